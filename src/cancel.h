@@ -1,0 +1,31 @@
+/*
+ * cancel.h: CancelRequest handling. pgmux gives every client its own
+ * (pid, key) pair; the registry maps it back to the client and its worker.
+ * Sending the cancel to PostgreSQL uses libpq's PQcancel, which blocks, so it
+ * runs on a dedicated helper thread and never on an event loop.
+ */
+#ifndef PGMUX_CANCEL_H
+#define PGMUX_CANCEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+struct client;
+struct worker;
+
+/* Give c a fresh (pid, key) and make it findable. */
+void cancel_register(struct client *c);
+void cancel_unregister(struct client *c);
+
+/* Find the client a CancelRequest names; false for unknown keys. */
+bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t *client_id);
+
+int cancel_thread_start(void);
+void cancel_thread_stop(void);
+
+/* Queue a cancel; takes ownership of pg_cancel (from PQgetCancel). */
+void cancel_submit(PGcancel *pg_cancel, uint64_t client_id, int backend_pid);
+
+#endif

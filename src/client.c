@@ -1,0 +1,899 @@
+/*
+ * client.c: client connections (see client.h). The life of one:
+ * STARTUP (SSLRequest -> TLS_HANDSHAKE -> STARTUP again, or a CancelRequest)
+ * -> AUTH (trust, MD5 or SCRAM against the user's secret) -> WAITING for a
+ * backend from the pool -> LOGIN_SETUP (the client's startup parameters are
+ * applied to that backend) -> ACTIVE (relaying) -> CLOSED.
+ */
+#include "client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/util.h>
+
+#include "auth.h"
+#include "cancel.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "server.h"
+#include "tls.h"
+#include "worker.h"
+
+/* Stop reading from the client while this much is queued for its backend. */
+#define CLIENT_SERVER_HIGH_WATER (256 * 1024)
+#define CLIENT_READ_BUDGET (256 * 1024)
+/* Input a client may queue before it has a backend (pipelined early queries). */
+#define CLIENT_EARLY_INPUT_LIMIT (64 * 1024)
+/* Password messages are small; PostgreSQL's own limit for them is similar. */
+#define CLIENT_MAX_AUTH_MESSAGE 10000
+
+static uint64_t next_client_id = 1;
+
+static const char *const client_state_names[] = {
+	[CLIENT_STARTUP] = "startup",       [CLIENT_TLS_HANDSHAKE] = "tls-handshake",
+	[CLIENT_AUTH] = "auth",             [CLIENT_WAITING] = "waiting",
+	[CLIENT_LOGIN_SETUP] = "login-setup", [CLIENT_ACTIVE] = "active",
+	[CLIENT_CLOSED] = "closed",
+};
+
+static void client_on_event(evutil_socket_t fd, short what, void *arg);
+static bool client_process_input(struct client *c);
+static void client_link(struct client *c, struct server *s);
+
+const char *client_state_name(enum client_state state)
+{
+	return client_state_names[state];
+}
+
+/*
+ * The one place a client changes state. Transitions are few and forward
+ * only, except that STARTUP follows TLS_HANDSHAKE.
+ */
+static void client_set_state(struct client *c, enum client_state next)
+{
+	static const unsigned allowed[] = {
+		[CLIENT_STARTUP] = 1u << CLIENT_TLS_HANDSHAKE | 1u << CLIENT_AUTH | 1u << CLIENT_CLOSED,
+		[CLIENT_TLS_HANDSHAKE] = 1u << CLIENT_STARTUP | 1u << CLIENT_CLOSED,
+		[CLIENT_AUTH] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
+		[CLIENT_WAITING] = 1u << CLIENT_LOGIN_SETUP | 1u << CLIENT_ACTIVE | 1u << CLIENT_CLOSED,
+		[CLIENT_LOGIN_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_CLOSED,
+		[CLIENT_ACTIVE] = 1u << CLIENT_CLOSED,
+		[CLIENT_CLOSED] = 0,
+	};
+
+	if (!(allowed[c->state] & (1u << next))) {
+		log_client(LOG_LEVEL_ERROR, c, "invalid state change %s -> %s", client_state_names[c->state],
+			   client_state_names[next]);
+		abort();
+	}
+	log_client(LOG_LEVEL_DEBUG, c, "%s -> %s", client_state_names[c->state], client_state_names[next]);
+	c->state = next;
+}
+
+/* ------------------------------------------------------------------ output */
+
+void client_flush(struct client *c)
+{
+	struct server *s = c->server;
+
+	if (c->state == CLIENT_CLOSED)
+		return;
+	switch (io_flush(&c->io)) {
+	case IO_OK:
+		/* Drained: the backend may send again. */
+		if (s && s->state == SERVER_ACTIVE && !s->io.reading)
+			io_want_read(&s->io, true);
+		break;
+	case IO_AGAIN:
+		break;
+	case IO_EOF:
+	case IO_ERROR:
+		client_close(c, c->io.error[0] ? c->io.error : "write failed");
+		break;
+	}
+}
+
+static void client_vfatal(struct client *c, const char *sqlstate, const char *fmt, va_list ap)
+{
+	char message[512];
+
+	vsnprintf(message, sizeof(message), fmt, ap);
+	if (c->state == CLIENT_CLOSED)
+		return;
+	/* A client in the middle of a TLS handshake cannot be sent anything. */
+	if (c->state != CLIENT_TLS_HANDSHAKE) {
+		proto_put_error(&c->io.out, "FATAL", sqlstate, message, NULL, NULL);
+		(void)io_flush(&c->io);
+	}
+	client_close(c, message);
+}
+
+void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	client_vfatal(c, sqlstate, fmt, ap);
+	va_end(ap);
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+static void client_login_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+
+	client_fatal(c, SQLSTATE_QUERY_CANCELED, "canceling authentication due to timeout");
+}
+
+void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+	const struct config *cfg = config_current();
+	struct client *c = calloc(1, sizeof(*c));
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	struct timeval tv;
+
+	if (c == NULL) {
+		close(fd);
+		return;
+	}
+	c->id = __atomic_fetch_add(&next_client_id, 1, __ATOMIC_RELAXED);
+	c->worker = w;
+	c->state = CLIENT_STARTUP;
+	c->connect_usec = pgmux_now_usec();
+	list_init(&c->wait_node);
+	list_init(&c->cancel_node);
+	list_append(&w->clients, &c->worker_node);
+	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
+
+	if (addr->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, host, sizeof(host));
+		port = ntohs(((const struct sockaddr_in *)addr)->sin_port);
+	} else if (addr->sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, host, sizeof(host));
+		port = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
+	}
+	snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
+	(void)addrlen;
+
+	evutil_make_socket_nonblocking(fd);
+	io_set_nodelay(fd);
+	io_init(&c->io, fd);
+	c->timer = evtimer_new(w->base, client_login_timeout, c);
+	if (c->timer == NULL || io_attach(&c->io, w->base, client_on_event, c) != 0) {
+		client_close(c, "out of memory");
+		return;
+	}
+	tv.tv_sec = cfg->client_login_timeout_ms / 1000;
+	tv.tv_usec = (cfg->client_login_timeout_ms % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+	log_client(LOG_LEVEL_DEBUG, c, "new connection");
+}
+
+void client_close(struct client *c, const char *reason)
+{
+	struct server *s = c->server;
+
+	if (c->state == CLIENT_CLOSED)
+		return;
+	if (c->state == CLIENT_ACTIVE)
+		log_client(LOG_LEVEL_DEBUG, c, "closing: %s", reason);
+	else
+		log_client(LOG_LEVEL_INFO, c, "closing during %s: %s", client_state_names[c->state], reason);
+	client_set_state(c, CLIENT_CLOSED);
+	if (c->timer) {
+		event_free(c->timer);
+		c->timer = NULL;
+	}
+	cancel_unregister(c);
+	pool_cancel_wait(c);
+	c->server = NULL;
+	if (s)
+		server_client_gone(s);
+	if (c->scram) {
+		scram_server_free(c->scram);
+		c->scram = NULL;
+	}
+	io_close(&c->io, true);
+	list_del(&c->worker_node);
+	list_append(&c->worker->reap_clients, &c->worker_node);
+	worker_schedule_reap(c->worker);
+	__atomic_sub_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
+}
+
+void client_free(struct client *c)
+{
+	if (c->have_startup)
+		proto_startup_free(&c->startup);
+	if (c->have_secret)
+		secret_clear(&c->secret);
+	tls_context_unref(c->tls);
+	free(c->assigned_error);
+	free(c);
+}
+
+void client_drain(struct client *c)
+{
+	/* Sessions in progress may finish; connections that have none yet are refused. */
+	if (c->state != CLIENT_ACTIVE && c->state != CLIENT_LOGIN_SETUP)
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+}
+
+void client_server_lost(struct client *c, const char *sqlstate, const char *message)
+{
+	if (c->state == CLIENT_CLOSED)
+		return;
+	client_fatal(c, sqlstate, "lost the connection to the database server: %s", message);
+}
+
+void client_cancel_backend(struct client *c)
+{
+	struct server *s = c->server;
+	PGcancel *pc;
+
+	if (s == NULL || s->pg == NULL || (s->state != SERVER_ACTIVE && s->state != SERVER_INTERNAL)) {
+		log_client(LOG_LEVEL_DEBUG, c, "cancel request: nothing to cancel");
+		return;
+	}
+	pc = PQgetCancel(s->pg);
+	if (pc == NULL)
+		return;
+	log_client(LOG_LEVEL_INFO, c, "forwarding cancel request to backend pid %d", s->backend_pid);
+	cancel_submit(pc, c->id, s->backend_pid);
+}
+
+/* ----------------------------------------------------------------- startup */
+
+/* Answer a one-byte 'S' or 'N'; the byte must leave before a TLS handshake starts. */
+static bool client_answer_byte(struct client *c, char answer)
+{
+	iobuf_append_u8(&c->io.out, (uint8_t)answer);
+	if (io_flush(&c->io) != IO_OK) {
+		client_close(c, "could not answer the encryption request");
+		return false;
+	}
+	return true;
+}
+
+static void client_begin_auth(struct client *c);
+
+static void client_handle_startup_message(struct client *c, uint32_t version, const uint8_t *body, size_t len)
+{
+	const struct config *cfg = config_current();
+	char err[256];
+	const char *replication;
+
+	if (version >> 16 != 3) {
+		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
+			     "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", version >> 16,
+			     version & 0xffff);
+		return;
+	}
+	if (proto_parse_startup(version, body, len, &c->startup, err, sizeof(err)) != 0) {
+		client_fatal(c, strstr(err, "user name") ? SQLSTATE_INVALID_AUTHORIZATION : SQLSTATE_PROTOCOL_VIOLATION,
+			     "%s", err);
+		return;
+	}
+	c->have_startup = true;
+	if (cfg->require_tls && c->io.ssl == NULL) {
+		client_fatal(c, SQLSTATE_INVALID_AUTHORIZATION, "This pgmux requires TLS connections");
+		return;
+	}
+	replication = proto_startup_get(&c->startup, "replication");
+	if (replication && strcmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
+	    strcmp(replication, "off") != 0 && strcmp(replication, "no") != 0) {
+		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "replication connections are not supported by pgmux");
+		return;
+	}
+	/* A newer 3.x minor or _pq_ options: say what we speak, then carry on. */
+	if ((version & 0xffff) != 0 || c->startup.n_unknown_protocol_options > 0)
+		proto_put_negotiate_version(&c->io.out, 0, c->startup.unknown_protocol_options,
+					    c->startup.n_unknown_protocol_options);
+	log_client(LOG_LEVEL_DEBUG, c, "startup packet: protocol 3.%u, %d parameters%s", version & 0xffff,
+		   c->startup.n_params, c->io.ssl ? ", TLS" : "");
+	client_begin_auth(c);
+}
+
+/* Returns false when the client was closed or must wait for more bytes. */
+static bool client_process_startup(struct client *c)
+{
+	const struct config *cfg = config_current();
+	struct iobuf *in = &c->io.in;
+	const uint8_t *p;
+	uint32_t len, code;
+
+	if (iobuf_len(in) < 8)
+		return false;
+	p = iobuf_head(in);
+	len = get_u32(p);
+	code = get_u32(p + 4);
+	if (len < 8 || len > PROTO_MAX_STARTUP_PACKET || len > (uint32_t)cfg->max_packet_size) {
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid length of startup packet");
+		return false;
+	}
+	if (iobuf_len(in) < len)
+		return false;
+
+	if (code == PROTO_SSL_REQUEST || code == PROTO_GSSENC_REQUEST) {
+		struct tls_context *tls = NULL;
+
+		if (len != 8 || c->io.ssl) {
+			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid encryption request");
+			return false;
+		}
+		iobuf_consume(in, 8);
+		/* Bytes sent before the handshake would be trusted as if encrypted (CVE-2021-23214). */
+		if (iobuf_len(in) > 0) {
+			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
+			return false;
+		}
+		if (code == PROTO_SSL_REQUEST)
+			tls = tls_get_current();
+		if (tls == NULL)
+			return client_answer_byte(c, 'N');
+		c->tls = tls;
+		if (!client_answer_byte(c, 'S'))
+			return false;
+		if (io_start_tls_accept(&c->io, tls->ctx) != 0) {
+			client_close(c, c->io.error);
+			return false;
+		}
+		client_set_state(c, CLIENT_TLS_HANDSHAKE);
+		return true;
+	}
+	if (code == PROTO_CANCEL_REQUEST) {
+		struct worker *w;
+		uint64_t id;
+
+		if (len == 16 && cancel_lookup(get_u32(p + 8), get_u32(p + 12), &w, &id))
+			worker_post_cancel(w, id);
+		else
+			log_client(LOG_LEVEL_DEBUG, c, "cancel request with an unknown key ignored");
+		client_close(c, "cancel request handled");
+		return false;
+	}
+	client_handle_startup_message(c, code, p + 8, len - 8);
+	if (c->state != CLIENT_CLOSED)
+		iobuf_consume(in, len);
+	return c->state != CLIENT_CLOSED;
+}
+
+/* ----------------------------------------------------------- authentication */
+
+static void client_authenticated(struct client *c);
+
+static void client_auth_failed(struct client *c, const char *why)
+{
+	log_client(LOG_LEVEL_WARNING, c, "authentication failed: %s", why);
+	client_fatal(c, SQLSTATE_INVALID_PASSWORD, "password authentication failed for user \"%s\"",
+		     c->startup.user);
+}
+
+static void client_begin_auth(struct client *c)
+{
+	const struct config *cfg = config_current();
+
+	c->have_secret = secrets_find(c->startup.user, &c->secret);
+	client_set_state(c, CLIENT_AUTH);
+	switch (cfg->client_auth) {
+	case CLIENT_AUTH_TRUST:
+		client_authenticated(c);
+		return;
+	case CLIENT_AUTH_MD5:
+		auth_random_bytes(c->md5_salt, sizeof(c->md5_salt));
+		proto_put_auth(&c->io.out, AUTH_REQ_MD5, c->md5_salt, sizeof(c->md5_salt));
+		c->auth_step = AUTH_STEP_MD5;
+		break;
+	case CLIENT_AUTH_SCRAM: {
+		char mechanisms[64];
+		bool plus = c->io.ssl && c->tls && c->tls->binding_len > 0;
+		size_t n = scram_mechanisms(plus, mechanisms, sizeof(mechanisms));
+
+		/* An unknown user gets a made-up exchange that fails at the end, like a wrong password. */
+		if (c->have_secret)
+			c->scram = scram_server_new(&c->secret, plus ? c->tls->binding : NULL,
+						    plus ? c->tls->binding_len : 0);
+		else
+			c->scram = scram_server_new_unknown_user(c->startup.user, plus ? c->tls->binding : NULL,
+								 plus ? c->tls->binding_len : 0);
+		if (c->scram == NULL) {
+			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
+			return;
+		}
+		proto_put_auth(&c->io.out, AUTH_REQ_SASL, mechanisms, n);
+		c->auth_step = AUTH_STEP_SASL_INITIAL;
+		break;
+	}
+	}
+	client_flush(c);
+}
+
+static void client_handle_password_message(struct client *c, const uint8_t *body, size_t len)
+{
+	struct msg_reader r;
+	char err[256] = "";
+	char *reply = NULL;
+	enum auth_result res;
+
+	msg_reader_init(&r, body, len);
+	switch (c->auth_step) {
+	case AUTH_STEP_MD5: {
+		const char *response = msg_read_str(&r);
+
+		if (response == NULL) {
+			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid password packet");
+			return;
+		}
+		if (!c->have_secret) {
+			client_auth_failed(c, "no secret for this user");
+			return;
+		}
+		if (!md5_check_response(c->startup.user, c->secret.password, c->md5_salt, response)) {
+			client_auth_failed(c, "wrong MD5 response");
+			return;
+		}
+		client_authenticated(c);
+		return;
+	}
+	case AUTH_STEP_SASL_INITIAL: {
+		const char *mechanism = msg_read_str(&r);
+		int32_t data_len = -1;
+		const uint8_t *data = NULL;
+
+		if (mechanism == NULL || msg_read_i32(&r, &data_len) != 0 ||
+		    (data_len >= 0 && (data = msg_read_bytes(&r, (size_t)data_len)) == NULL) || data_len < 0) {
+			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse message");
+			return;
+		}
+		res = scram_server_handle_first(c->scram, mechanism, (const char *)data, (size_t)data_len, &reply,
+						err, sizeof(err));
+		if (res == AUTH_OK) {
+			proto_put_auth(&c->io.out, AUTH_REQ_SASL_CONTINUE, reply, strlen(reply));
+			free(reply);
+			c->auth_step = AUTH_STEP_SASL_FINAL;
+			client_flush(c);
+			return;
+		}
+		break;
+	}
+	case AUTH_STEP_SASL_FINAL:
+		res = scram_server_handle_final(c->scram, (const char *)body, len, &reply, err, sizeof(err));
+		if (res == AUTH_OK) {
+			proto_put_auth(&c->io.out, AUTH_REQ_SASL_FINAL, reply, strlen(reply));
+			free(reply);
+			client_authenticated(c);
+			return;
+		}
+		break;
+	default:
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message");
+		return;
+	}
+	free(reply);
+	if (res == AUTH_PROTOCOL_ERROR)
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "%s", err[0] ? err : "malformed SCRAM message");
+	else
+		client_auth_failed(c, err[0] ? err : "wrong password");
+}
+
+static bool client_process_auth(struct client *c)
+{
+	struct iobuf *in = &c->io.in;
+	const uint8_t *p;
+	uint32_t mlen;
+
+	if (iobuf_len(in) < PROTO_HEADER_LEN)
+		return false;
+	p = iobuf_head(in);
+	mlen = get_u32(p + 1);
+	if (p[0] != FE_PASSWORD) {
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "expected password response, got message type %d", p[0]);
+		return false;
+	}
+	if (mlen < 4 || mlen > CLIENT_MAX_AUTH_MESSAGE) {
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid password message length %u", mlen);
+		return false;
+	}
+	if (iobuf_len(in) < 1 + (size_t)mlen)
+		return false;
+	/*
+	 * Take the message out of the buffer before acting on it: a login can
+	 * complete inside the handler, and whatever is still buffered then is
+	 * relayed to the backend as the client's first query.
+	 */
+	uint8_t body[CLIENT_MAX_AUTH_MESSAGE];
+
+	memcpy(body, p + PROTO_HEADER_LEN, mlen - 4);
+	iobuf_consume(in, 1 + (size_t)mlen);
+	client_handle_password_message(c, body, mlen - 4);
+	return c->state == CLIENT_AUTH;
+}
+
+static void client_authenticated(struct client *c)
+{
+	struct server *s;
+
+	if (c->scram) {
+		scram_server_free(c->scram);
+		c->scram = NULL;
+	}
+	c->auth_step = AUTH_STEP_NONE;
+	proto_put_auth(&c->io.out, AUTH_REQ_OK, NULL, 0);
+	if (c->timer) {
+		event_free(c->timer);
+		c->timer = NULL;
+	}
+	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
+	cancel_register(c);
+	c->pool = pool_get(c->startup.user, c->startup.database, c->have_secret ? c->secret.password : NULL);
+	client_set_state(c, CLIENT_WAITING);
+	client_flush(c);
+	if (c->state == CLIENT_CLOSED)
+		return;
+	s = pool_borrow(c->pool, c);
+	if (s)
+		client_link(c, s);
+}
+
+/* --------------------------------------------------- getting a backend */
+
+void client_wait_ended(struct client *c)
+{
+	struct server *s = c->assigned_server;
+
+	if (c->state != CLIENT_WAITING)
+		return;
+	if (c->assigned_error) {
+		char sqlstate[6];
+		char *message = c->assigned_error;
+
+		memcpy(sqlstate, c->assigned_sqlstate, sizeof(sqlstate));
+		c->assigned_error = NULL;
+		client_fatal(c, sqlstate, "%s", message);
+		free(message);
+		return;
+	}
+	c->assigned_server = NULL;
+	if (s == NULL)
+		return;
+	if (server_attach(s, c->worker)) {
+		client_link(c, s);
+		return;
+	}
+	/* It died while parked: wait again. */
+	s = pool_borrow(c->pool, c);
+	if (s)
+		client_link(c, s);
+}
+
+/* Append value as a SQL string literal. */
+static void sql_append_literal(struct iobuf *sql, const char *value)
+{
+	bool backslash = strchr(value, '\\') != NULL;
+
+	if (backslash)
+		iobuf_append_u8(sql, 'E');
+	iobuf_append_u8(sql, '\'');
+	for (const char *p = value; *p; p++) {
+		if (*p == '\'' || (*p == '\\' && backslash))
+			iobuf_append_u8(sql, (uint8_t)*p);
+		iobuf_append_u8(sql, (uint8_t)*p);
+	}
+	iobuf_append_u8(sql, '\'');
+}
+
+static void sql_append_set(struct iobuf *sql, int *count, const char *name, const char *value)
+{
+	iobuf_append(sql, *count == 0 ? "SELECT " : ", ", *count == 0 ? 7 : 2);
+	iobuf_append(sql, "pg_catalog.set_config(", 22);
+	sql_append_literal(sql, name);
+	iobuf_append_u8(sql, ',');
+	sql_append_literal(sql, value);
+	iobuf_append(sql, ", false)", 8);
+	(*count)++;
+}
+
+/*
+ * Turn the "options" startup parameter (as PostgreSQL reads it: words
+ * separated by spaces, a backslash escapes the next character) into settings.
+ * Only "-c name=value" and "--name=value" set parameters; pgmux refuses other
+ * switches rather than drop them silently. Returns -1 with err set.
+ */
+static int client_options_to_sql(const char *options, struct iobuf *sql, int *count, char *err, size_t errlen)
+{
+	char word[4096];
+	bool expect_c_value = false;
+	const char *p = options;
+
+	for (;;) {
+		size_t n = 0;
+
+		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			p++;
+		if (*p == '\0')
+			break;
+		while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+			if (*p == '\\' && p[1])
+				p++;
+			if (n + 1 >= sizeof(word)) {
+				snprintf(err, errlen, "options value too long");
+				return -1;
+			}
+			word[n++] = *p++;
+		}
+		word[n] = '\0';
+
+		char *setting = NULL;
+
+		if (expect_c_value) {
+			setting = word;
+			expect_c_value = false;
+		} else if (strcmp(word, "-c") == 0) {
+			expect_c_value = true;
+			continue;
+		} else if (strncmp(word, "-c", 2) == 0) {
+			setting = word + 2;
+		} else if (strncmp(word, "--", 2) == 0) {
+			setting = word + 2;
+			/* PostgreSQL reads "--a-b=c" as a_b = c. */
+			for (char *q = setting; *q && *q != '='; q++)
+				if (*q == '-')
+					*q = '_';
+		} else {
+			snprintf(err, errlen, "unsupported option \"%.200s\": pgmux accepts only -c name=value and --name=value",
+				 word);
+			return -1;
+		}
+		char *eq = strchr(setting, '=');
+
+		if (eq == NULL || eq == setting) {
+			snprintf(err, errlen, "invalid option \"%.200s\": expected name=value", setting);
+			return -1;
+		}
+		*eq = '\0';
+		sql_append_set(sql, count, setting, eq + 1);
+	}
+	if (expect_c_value) {
+		snprintf(err, errlen, "option -c requires a value");
+		return -1;
+	}
+	return 0;
+}
+
+static void client_login_complete(struct client *c)
+{
+	struct server *s = c->server;
+
+	for (int i = 0; i < s->n_params; i++)
+		proto_put_parameter_status(&c->io.out, s->params[i].name, s->params[i].value);
+	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
+	proto_put_ready(&c->io.out, s->tx_status ? s->tx_status : 'I');
+	s->state = SERVER_ACTIVE;
+	client_set_state(c, CLIENT_ACTIVE);
+	log_client(LOG_LEVEL_DEBUG, c, "logged in, backend pid %d", s->backend_pid);
+	client_flush(c);
+	/* Anything the client sent early is processed now. */
+	if (c->state == CLIENT_ACTIVE && iobuf_len(&c->io.in) > 0)
+		client_process_input(c);
+}
+
+static void client_setup_done(struct server *s, bool ok, void *arg)
+{
+	struct client *c = arg;
+
+	if (!ok) {
+		client_fatal(c, s->query_sqlstate[0] ? s->query_sqlstate : SQLSTATE_INVALID_PARAMETER_VALUE, "%s",
+			     s->query_error ? s->query_error : "could not apply startup parameters");
+		return;
+	}
+	client_login_complete(c);
+}
+
+static void client_link(struct client *c, struct server *s)
+{
+	struct iobuf sql;
+	int count = 0;
+	char err[512];
+
+	c->server = s;
+	s->client = c;
+	iobuf_init(&sql);
+	for (int i = 0; i < c->startup.n_params; i++) {
+		const char *name = c->startup.params[i].name;
+		const char *value = c->startup.params[i].value;
+
+		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 || strcmp(name, "replication") == 0)
+			continue;
+		if (strcmp(name, "options") == 0) {
+			if (client_options_to_sql(value, &sql, &count, err, sizeof(err)) != 0) {
+				iobuf_free(&sql);
+				client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
+				return;
+			}
+			continue;
+		}
+		sql_append_set(&sql, &count, name, value);
+	}
+	if (count == 0) {
+		iobuf_free(&sql);
+		client_login_complete(c);
+		return;
+	}
+	iobuf_append_u8(&sql, '\0');
+	client_set_state(c, CLIENT_LOGIN_SETUP);
+	server_run_query(s, (const char *)iobuf_head(&sql), client_setup_done, c);
+	iobuf_free(&sql);
+}
+
+/* ---------------------------------------------------------------- relaying */
+
+/* Forward complete and partial messages to the backend. Returns false if c was closed. */
+static bool client_relay(struct client *c)
+{
+	const struct config *cfg = config_current();
+	struct server *s = c->server;
+	struct iobuf *in = &c->io.in;
+
+	while (iobuf_len(in) > 0) {
+		const uint8_t *p = iobuf_head(in);
+		size_t avail = iobuf_len(in);
+		uint8_t type;
+		uint32_t mlen;
+		size_t n;
+
+		if (c->forward_remaining > 0) {
+			n = avail < c->forward_remaining ? avail : c->forward_remaining;
+			iobuf_append(&s->io.out, p, n);
+			iobuf_consume(in, n);
+			c->forward_remaining -= (uint32_t)n;
+			continue;
+		}
+		if (avail < PROTO_HEADER_LEN)
+			break;
+		type = p[0];
+		mlen = get_u32(p + 1);
+		if (!proto_valid_frontend_type(type) || mlen < 4) {
+			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", type);
+			return false;
+		}
+		if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
+			client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+				     "message of %u bytes exceeds max_packet_size (%d bytes)", mlen - 4,
+				     cfg->max_packet_size);
+			return false;
+		}
+		switch (type) {
+		case FE_TERMINATE:
+			iobuf_consume(in, PROTO_HEADER_LEN);
+			client_close(c, "client terminated the session");
+			return false;
+		case FE_QUERY:
+		case FE_SYNC:
+			s->outstanding++;
+			s->unsynced = false;
+			break;
+		case FE_FUNCTION_CALL:
+			s->outstanding++;
+			break;
+		case FE_PARSE:
+		case FE_BIND:
+		case FE_EXECUTE:
+		case FE_DESCRIBE:
+		case FE_CLOSE:
+			s->unsynced = true;
+			break;
+		default:
+			/* Flush and the COPY sub-protocol leave the transaction state alone. */
+			break;
+		}
+		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
+		iobuf_append(&s->io.out, p, n);
+		iobuf_consume(in, n);
+		c->forward_remaining = (uint32_t)(1 + mlen - n);
+	}
+	server_flush(s);
+	if (c->state == CLIENT_CLOSED)
+		return false;
+	if (c->server && io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER) {
+		c->read_paused = true;
+		io_want_read(&c->io, false);
+	}
+	return true;
+}
+
+/* Act on buffered input for the current state. Returns false if c was closed. */
+static bool client_process_input(struct client *c)
+{
+	for (;;) {
+		switch (c->state) {
+		case CLIENT_STARTUP:
+			if (!client_process_startup(c))
+				return c->state != CLIENT_CLOSED;
+			if (c->state == CLIENT_TLS_HANDSHAKE)
+				return true;
+			continue;
+		case CLIENT_AUTH:
+			if (!client_process_auth(c))
+				return c->state != CLIENT_CLOSED;
+			continue;
+		case CLIENT_ACTIVE:
+			return client_relay(c);
+		case CLIENT_WAITING:
+		case CLIENT_LOGIN_SETUP:
+			/* Keep early input until a backend is ready; bound it. */
+			if (iobuf_len(&c->io.in) >= CLIENT_EARLY_INPUT_LIMIT)
+				io_want_read(&c->io, false);
+			return true;
+		case CLIENT_TLS_HANDSHAKE:
+			return true;
+		case CLIENT_CLOSED:
+			return false;
+		}
+	}
+}
+
+static void client_on_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+	size_t budget = CLIENT_READ_BUDGET;
+
+	if (c->state == CLIENT_CLOSED)
+		return;
+	if (c->state == CLIENT_TLS_HANDSHAKE) {
+		switch (io_tls_handshake(&c->io)) {
+		case IO_OK:
+			client_set_state(c, CLIENT_STARTUP);
+			log_client(LOG_LEVEL_DEBUG, c, "TLS established: %s", SSL_get_version(c->io.ssl));
+			what = EV_READ; /* the startup packet may already be decrypted */
+			break;
+		case IO_AGAIN:
+			return;
+		default:
+			client_close(c, c->io.error);
+			return;
+		}
+	}
+	if ((what & EV_WRITE) || c->io.ssl_write_wants_read || io_pending_output(&c->io) > 0) {
+		c->io.writing = false;
+		client_flush(c);
+		if (c->state == CLIENT_CLOSED)
+			return;
+	}
+	if (!(what & EV_READ) && !c->io.ssl_read_wants_write)
+		return;
+	while (budget > 0 && !c->read_paused && c->io.reading) {
+		size_t before = iobuf_len(&c->io.in);
+		enum io_status st = io_read(&c->io, budget);
+
+		if (st == IO_OK) {
+			size_t got = iobuf_len(&c->io.in) - before;
+
+			budget -= got < budget ? got : budget;
+			if (!client_process_input(c))
+				return;
+			if (c->state == CLIENT_TLS_HANDSHAKE) {
+				client_on_event(fd, EV_READ, c);
+				return;
+			}
+			continue;
+		}
+		if (st == IO_AGAIN)
+			break;
+		if (st == IO_EOF)
+			client_close(c, c->state == CLIENT_ACTIVE ? "client disconnected" : "client disconnected during login");
+		else
+			client_close(c, c->io.error);
+		return;
+	}
+	if (budget == 0)
+		io_schedule_read(&c->io);
+}

@@ -1,0 +1,111 @@
+/*
+ * client.h: one client connection: startup, TLS, authentication, waiting for
+ * a backend, then relaying. Every change of state goes through
+ * client_set_state(), which checks and logs it.
+ */
+#ifndef PGMUX_CLIENT_H
+#define PGMUX_CLIENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+#include "io.h"
+#include "list.h"
+#include "log.h"
+#include "proto.h"
+#include "secrets.h"
+
+struct pool;
+struct server;
+struct tls_context;
+struct worker;
+struct scram_server;
+
+enum client_state {
+	CLIENT_STARTUP,       /* reading the startup packet (before or after TLS) */
+	CLIENT_TLS_HANDSHAKE, /* answered 'S' to SSLRequest, handshaking */
+	CLIENT_AUTH,          /* password exchange */
+	CLIENT_WAITING,       /* logged in, queued for a backend */
+	CLIENT_LOGIN_SETUP,   /* backend linked, applying the client's startup parameters */
+	CLIENT_ACTIVE,        /* relaying to and from its backend */
+	CLIENT_CLOSED,        /* waiting to be freed */
+};
+
+enum client_auth_step {
+	AUTH_STEP_NONE,
+	AUTH_STEP_MD5,
+	AUTH_STEP_SASL_INITIAL,
+	AUTH_STEP_SASL_FINAL,
+};
+
+struct client {
+	struct list_node worker_node; /* owner's clients list, or its reap list */
+	struct list_node wait_node;   /* pool waiters, or the worker's ready list (pool lock) */
+	struct list_node cancel_node; /* cancel registry (its own lock) */
+	uint64_t id;
+	uint32_t cancel_pid;
+	uint32_t cancel_key;
+	enum client_state state;
+	struct worker *worker;
+	struct io io;
+	struct tls_context *tls;
+	char peer[64];
+
+	struct startup_packet startup;
+	bool have_startup;
+	struct secret secret;
+	bool have_secret;
+	enum client_auth_step auth_step;
+	struct scram_server *scram;
+	uint8_t md5_salt[4];
+
+	struct pool *pool;
+	struct server *server;
+	uint32_t forward_remaining;
+	bool read_paused; /* back-pressure: the server's output is full */
+
+	/* Set by the pool, under its lock, when a wait ends. */
+	struct server *assigned_server;
+	char *assigned_error;
+	char assigned_sqlstate[6];
+
+	struct event *timer; /* login timeout */
+	uint64_t connect_usec;
+};
+
+#define log_client(level, c, fmt, ...) \
+	log_at(level, "C-%llu %s@%s %s: " fmt, (unsigned long long)(c)->id, \
+	       (c)->have_startup ? (c)->startup.user : "-", (c)->have_startup ? (c)->startup.database : "-", \
+	       (c)->peer, ##__VA_ARGS__)
+
+/* Take over an accepted socket on worker w. */
+void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen);
+
+/* The pool ended this client's wait (assigned_server or assigned_error is set). */
+void client_wait_ended(struct client *c);
+
+/* Cancel what the client's backend is running (a CancelRequest named this client). */
+void client_cancel_backend(struct client *c);
+
+/* The server linked to c has data for it or drained: resume/pause reading. */
+void client_flush(struct client *c);
+
+/* The backend linked to c failed: tell the client (FATAL) and close. */
+void client_server_lost(struct client *c, const char *sqlstate, const char *message);
+
+/* Send a FATAL ErrorResponse (best effort, non-blocking) and close. */
+void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+void client_close(struct client *c, const char *reason);
+void client_free(struct client *c);
+
+/* Graceful shutdown: close clients that are not in a session yet. */
+void client_drain(struct client *c);
+
+const char *client_state_name(enum client_state state);
+
+#endif

@@ -1,0 +1,140 @@
+/*
+ * config.h: pgmux's settings. Every option lives in one table in config.c
+ * (section, name, type, default, whether a reload may change it, and the text
+ * the man page documents); the parsed values land in struct config below.
+ * A struct config is immutable once loaded: a reload builds a new one.
+ */
+#ifndef PGMUX_CONFIG_H
+#define PGMUX_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum pool_mode {
+	POOL_MODE_SESSION,
+	POOL_MODE_TRANSACTION,
+};
+
+enum client_auth_method {
+	CLIENT_AUTH_SCRAM,
+	CLIENT_AUTH_MD5,
+	CLIENT_AUTH_TRUST,
+};
+
+/* The values map one to one onto libpq's sslmode. */
+enum server_tls_mode {
+	SERVER_TLS_DISABLE,
+	SERVER_TLS_PREFER,
+	SERVER_TLS_REQUIRE,
+	SERVER_TLS_VERIFY_CA,
+	SERVER_TLS_VERIFY_FULL,
+};
+
+struct target_host {
+	char *host; /* name or numeric address, as written */
+	int port;
+};
+
+struct config {
+	char *path; /* the file this was loaded from */
+
+	/* [pgmux] */
+	char *listen_addr;
+	int listen_port;
+	int workers; /* as configured; 0 = one per CPU */
+	char *client_tls_cert_file;
+	char *client_tls_key_file;
+	bool require_tls;
+	enum client_auth_method client_auth;
+	char *secrets_dir;
+	char *admin_users; /* comma separated, as written */
+	char *logfile;
+	int log_level; /* enum log_level */
+	char *pidfile;
+	int max_packet_size;        /* bytes, for any client message */
+	int client_login_timeout_ms; /* startup + TLS + authentication */
+	int shutdown_timeout_ms;     /* SIGINT: how long sessions may take to end */
+	int listen_backlog;
+
+	/* [target] */
+	struct target_host *hosts;
+	int n_hosts;
+	enum server_tls_mode server_tls;
+	char *server_tls_ca_file;
+	int server_connect_timeout_ms;
+
+	/* [pool] */
+	enum pool_mode pool_mode;
+	int max_connections;         /* per target instance; 0 = use the percent */
+	int max_connections_percent; /* of the server's max_connections */
+	char *server_reset_query;    /* run when a session-mode client leaves */
+};
+
+enum config_type {
+	CONFIG_STRING,
+	CONFIG_INT,
+	CONFIG_BOOL,
+	CONFIG_DURATION_MS, /* integer with unit: ms, s, min, h; bare number = the option's unit */
+	CONFIG_SIZE,        /* integer with unit: B, kB, MB, GB; bare number = bytes */
+	CONFIG_ENUM,
+	CONFIG_HOSTS, /* host:port[, host:port ...] */
+	CONFIG_LOG_LEVEL,
+};
+
+/* One row of the option table; exposed so that tests and docs can walk it. */
+struct config_option {
+	const char *section;
+	const char *name;
+	enum config_type type;
+	const char *default_value; /* as it would be written in the file */
+	bool reloadable;
+	const char *doc; /* one paragraph, as in man/pgmux.ini.5 */
+
+	/* How config.c parses and stores the value. */
+	size_t offset; /* of the field in struct config (CONFIG_HOSTS: hosts; n_hosts goes with it) */
+	/* Allowed range: INT as is, SIZE in bytes, DURATION_MS in milliseconds;
+	 * STRING with min_value 1 must not be empty. */
+	long long min_value;
+	long long max_value;
+	const char *const *enum_values; /* CONFIG_ENUM: NULL-terminated; index = the C enum value */
+	const char *bare_unit;          /* CONFIG_DURATION_MS: what a number without a unit means */
+};
+
+const struct config_option *config_options(size_t *count);
+
+/* The table row for section/name, or NULL. */
+const struct config_option *config_find_option(const char *section, const char *name);
+
+/* The type as the man page names it: "string", "integer", "boolean", ... */
+const char *config_type_name(enum config_type type);
+
+/*
+ * On reload: the first option that differs between old and next but cannot
+ * change without a restart, or NULL when next may replace old as a whole.
+ */
+const struct config_option *config_first_fixed_change(const struct config *old,
+						      const struct config *next);
+
+/*
+ * Load and validate a config file. On failure returns NULL and writes a
+ * message naming the file, line and key into err (e.g.
+ * "/etc/pgmux/pgmux.ini:12: [pool] max_connections: invalid integer 'x'");
+ * a file that cannot be read gives "PATH: strerror". String options that
+ * are not set hold "" (never NULL), so callers need no NULL checks.
+ */
+struct config *config_load(const char *path, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* The number of worker threads this config asks for, with 0 resolved to the CPU count. */
+int config_worker_count(const struct config *cfg);
+
+/* Render one option's current value as text, as SHOW CONFIG would. Returns a malloc'd string. */
+char *config_value_text(const struct config *cfg, const struct config_option *opt);
+
+/* True when admin_users lists user. */
+bool config_is_admin(const struct config *cfg, const char *user);
+
+const char *config_pool_mode_name(enum pool_mode mode);
+const char *config_server_tls_sslmode(enum server_tls_mode mode); /* libpq's sslmode string */
+
+#endif

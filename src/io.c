@@ -1,0 +1,295 @@
+/*
+ * io.c: non-blocking socket and TLS I/O for struct io (see io.h). Writes are
+ * attempted directly and the write event is armed only for what the kernel
+ * would not take, as Redis does; TLS retries remember which direction
+ * OpenSSL asked for.
+ */
+#include "io.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "log.h"
+
+#define IO_READ_CHUNK 16384
+
+void io_init(struct io *io, int fd)
+{
+	memset(io, 0, sizeof(*io));
+	io->fd = fd;
+	iobuf_init(&io->in);
+	iobuf_init(&io->out);
+}
+
+int io_attach(struct io *io, struct event_base *base, event_callback_fn cb, void *arg)
+{
+	io->ev_read = event_new(base, io->fd, EV_READ | EV_PERSIST, cb, arg);
+	io->ev_write = event_new(base, io->fd, EV_WRITE, cb, arg);
+	if (io->ev_read == NULL || io->ev_write == NULL) {
+		io_detach(io);
+		return -1;
+	}
+	io->reading = io->writing = false;
+	io_want_read(io, true);
+	/* Output queued while detached, or a TLS retry, still needs the write event. */
+	if (iobuf_len(&io->out) > 0 || io->ssl_read_wants_write) {
+		event_add(io->ev_write, NULL);
+		io->writing = true;
+	}
+	return 0;
+}
+
+void io_detach(struct io *io)
+{
+	if (io->ev_read) {
+		event_free(io->ev_read);
+		io->ev_read = NULL;
+	}
+	if (io->ev_write) {
+		event_free(io->ev_write);
+		io->ev_write = NULL;
+	}
+	io->reading = io->writing = false;
+}
+
+void io_want_read(struct io *io, bool on)
+{
+	if (io->ev_read == NULL || io->reading == on)
+		return;
+	if (on) {
+		event_add(io->ev_read, NULL);
+		/* Bytes OpenSSL already decrypted will not wake the socket again. */
+		if (io->ssl && SSL_pending(io->ssl) > 0)
+			event_active(io->ev_read, EV_READ, 1);
+	} else {
+		event_del(io->ev_read);
+	}
+	io->reading = on;
+}
+
+void io_schedule_read(struct io *io)
+{
+	if (io->ev_read)
+		event_active(io->ev_read, EV_READ, 1);
+}
+
+static void io_arm_write(struct io *io)
+{
+	if (io->ev_write && !io->writing) {
+		event_add(io->ev_write, NULL);
+		io->writing = true;
+	}
+}
+
+/* The write event is one-shot; note that it fired or is no longer needed. */
+static void io_disarm_write(struct io *io)
+{
+	if (io->ev_write && io->writing) {
+		event_del(io->ev_write);
+		io->writing = false;
+	}
+}
+
+static void io_ssl_error(struct io *io, const char *what, int ret, int err)
+{
+	unsigned long e = ERR_get_error();
+
+	if (e != 0)
+		snprintf(io->error, sizeof(io->error), "%s: %s", what, ERR_reason_error_string(e));
+	else if (err == SSL_ERROR_SYSCALL && ret == 0)
+		snprintf(io->error, sizeof(io->error), "%s: unexpected EOF", what);
+	else if (err == SSL_ERROR_SYSCALL)
+		snprintf(io->error, sizeof(io->error), "%s: %s", what, strerror(errno));
+	else
+		snprintf(io->error, sizeof(io->error), "%s: TLS error %d", what, err);
+	/* OpenSSL's error queue is per thread: leave nothing for the next caller. */
+	ERR_clear_error();
+}
+
+enum io_status io_read(struct io *io, size_t limit)
+{
+	size_t room = limit < IO_READ_CHUNK ? limit : IO_READ_CHUNK;
+	uint8_t *p;
+
+	if (room == 0)
+		return IO_AGAIN;
+	p = iobuf_reserve(&io->in, room);
+	if (io->ssl) {
+		int n, err;
+
+		io->ssl_read_wants_write = false;
+		ERR_clear_error();
+		n = SSL_read(io->ssl, p, (int)room);
+		if (n > 0) {
+			iobuf_commit(&io->in, (size_t)n);
+			return IO_OK;
+		}
+		err = SSL_get_error(io->ssl, n);
+		switch (err) {
+		case SSL_ERROR_WANT_READ:
+			return IO_AGAIN;
+		case SSL_ERROR_WANT_WRITE:
+			io->ssl_read_wants_write = true;
+			io_arm_write(io);
+			return IO_AGAIN;
+		case SSL_ERROR_ZERO_RETURN:
+			return IO_EOF;
+		default:
+			if (err == SSL_ERROR_SYSCALL && n == 0 && ERR_peek_error() == 0) {
+				ERR_clear_error();
+				return IO_EOF;
+			}
+			io_ssl_error(io, "TLS read", n, err);
+			return IO_ERROR;
+		}
+	}
+	for (;;) {
+		ssize_t n = recv(io->fd, p, room, 0);
+
+		if (n > 0) {
+			iobuf_commit(&io->in, (size_t)n);
+			return IO_OK;
+		}
+		if (n == 0)
+			return IO_EOF;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return IO_AGAIN;
+		snprintf(io->error, sizeof(io->error), "read: %s", strerror(errno));
+		return IO_ERROR;
+	}
+}
+
+enum io_status io_flush(struct io *io)
+{
+	while (iobuf_len(&io->out) > 0) {
+		size_t len = iobuf_len(&io->out);
+
+		if (io->ssl) {
+			int n, err;
+
+			io->ssl_write_wants_read = false;
+			ERR_clear_error();
+			n = SSL_write(io->ssl, iobuf_head(&io->out), len > INT32_MAX ? INT32_MAX : (int)len);
+			if (n > 0) {
+				iobuf_consume(&io->out, (size_t)n);
+				continue;
+			}
+			err = SSL_get_error(io->ssl, n);
+			if (err == SSL_ERROR_WANT_WRITE) {
+				io_arm_write(io);
+				return IO_AGAIN;
+			}
+			if (err == SSL_ERROR_WANT_READ) {
+				/* The read event (always on while output is pending) will retry. */
+				io->ssl_write_wants_read = true;
+				io_want_read(io, true);
+				return IO_AGAIN;
+			}
+			io_ssl_error(io, "TLS write", n, err);
+			return IO_ERROR;
+		} else {
+			ssize_t n = send(io->fd, iobuf_head(&io->out), len, MSG_NOSIGNAL);
+
+			if (n >= 0) {
+				iobuf_consume(&io->out, (size_t)n);
+				continue;
+			}
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				io_arm_write(io);
+				return IO_AGAIN;
+			}
+			snprintf(io->error, sizeof(io->error), "write: %s", strerror(errno));
+			return IO_ERROR;
+		}
+	}
+	if (!io->ssl_read_wants_write)
+		io_disarm_write(io);
+	return IO_OK;
+}
+
+int io_start_tls_accept(struct io *io, SSL_CTX *ctx)
+{
+	io->ssl = SSL_new(ctx);
+	if (io->ssl == NULL) {
+		io_ssl_error(io, "SSL_new", 0, 0);
+		return -1;
+	}
+	io->ssl_owned = true;
+	SSL_set_fd(io->ssl, io->fd);
+	SSL_set_accept_state(io->ssl);
+	SSL_set_mode(io->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+	return 0;
+}
+
+enum io_status io_tls_handshake(struct io *io)
+{
+	int n, err;
+
+	ERR_clear_error();
+	n = SSL_do_handshake(io->ssl);
+	if (n == 1) {
+		io_disarm_write(io);
+		return IO_OK;
+	}
+	err = SSL_get_error(io->ssl, n);
+	if (err == SSL_ERROR_WANT_READ) {
+		io_disarm_write(io);
+		io_want_read(io, true);
+		return IO_AGAIN;
+	}
+	if (err == SSL_ERROR_WANT_WRITE) {
+		io_arm_write(io);
+		return IO_AGAIN;
+	}
+	io_ssl_error(io, "TLS handshake", n, err);
+	return IO_ERROR;
+}
+
+void io_adopt_tls(struct io *io, SSL *ssl)
+{
+	io->ssl = ssl;
+	io->ssl_owned = false;
+	SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+}
+
+void io_close(struct io *io, bool close_fd)
+{
+	io_detach(io);
+	if (io->ssl && io->ssl_owned) {
+		/* One non-blocking attempt at close_notify; a peer that is gone does not care. */
+		ERR_clear_error();
+		SSL_set_quiet_shutdown(io->ssl, 0);
+		if (SSL_shutdown(io->ssl) < 0)
+			ERR_clear_error();
+		SSL_free(io->ssl);
+	}
+	io->ssl = NULL;
+	if (close_fd && io->fd >= 0)
+		close(io->fd);
+	io->fd = -1;
+	iobuf_free(&io->in);
+	iobuf_free(&io->out);
+}
+
+void io_shrink(struct io *io)
+{
+	iobuf_shrink(&io->in);
+	iobuf_shrink(&io->out);
+}
+
+void io_set_nodelay(int fd)
+{
+	int on = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+}

@@ -1,0 +1,95 @@
+/*
+ * io.h: the transport layer. A struct io is one socket, plain or TLS, with an
+ * input and an output buffer and its two libevent events. It moves bytes and
+ * reports what happened; it never looks inside them. Nothing above this layer
+ * calls read(), write(), SSL_read() or SSL_write().
+ *
+ * Contract: io_read() and io_flush() never block. When they cannot make
+ * progress they arm the events that will let them, and the owner's callback
+ * (one for both directions) is called again.
+ */
+#ifndef PGMUX_IO_H
+#define PGMUX_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "iobuf.h"
+
+enum io_status {
+	IO_OK = 0,       /* made progress (read: bytes arrived; flush: everything written) */
+	IO_AGAIN = 1,    /* nothing more now; the right event is armed */
+	IO_EOF = 2,      /* peer closed cleanly */
+	IO_ERROR = 3,    /* socket or TLS error; io->error says what */
+};
+
+struct io {
+	int fd;
+	SSL *ssl;        /* NULL for plaintext */
+	bool ssl_owned;  /* we free it (client side); libpq owns the backend's */
+	struct event *ev_read;
+	struct event *ev_write;
+	bool reading;    /* ev_read is added */
+	bool writing;    /* ev_write is added */
+	bool ssl_read_wants_write;  /* SSL_read returned WANT_WRITE */
+	bool ssl_write_wants_read;  /* SSL_write returned WANT_READ */
+	struct iobuf in;
+	struct iobuf out;
+	char error[128];
+};
+
+void io_init(struct io *io, int fd);
+
+/* Register the socket with base; cb gets (fd, EV_READ|EV_WRITE, arg). Reading starts enabled. */
+int io_attach(struct io *io, struct event_base *base, event_callback_fn cb, void *arg);
+
+/* Remove and free the events (the socket stays open). Safe when not attached. */
+void io_detach(struct io *io);
+
+static inline bool io_attached(const struct io *io)
+{
+	return io->ev_read != NULL;
+}
+
+/* Turn the read interest on or off (back-pressure when the peer's output is full). */
+void io_want_read(struct io *io, bool on);
+
+/* Run the owner's callback again soon, as if the socket were readable (fairness cap reached). */
+void io_schedule_read(struct io *io);
+
+/* Read what is available (up to limit bytes) into io->in. */
+enum io_status io_read(struct io *io, size_t limit);
+
+/* Write io->out; on IO_AGAIN the write event is armed and the rest stays queued. */
+enum io_status io_flush(struct io *io);
+
+static inline size_t io_pending_output(const struct io *io)
+{
+	return iobuf_len(&io->out);
+}
+
+/* Start TLS on an accepted socket (server side of the handshake). */
+int io_start_tls_accept(struct io *io, SSL_CTX *ctx);
+
+/* Drive the handshake: IO_OK when done, IO_AGAIN when waiting, IO_ERROR on failure. */
+enum io_status io_tls_handshake(struct io *io);
+
+/* Take over a connected socket whose TLS session someone else set up (libpq). */
+void io_adopt_tls(struct io *io, SSL *ssl);
+
+/*
+ * Close: detach the events, free the TLS object if we own it, close the fd
+ * if close_fd is set (libpq closes its own socket in PQfinish), free buffers.
+ */
+void io_close(struct io *io, bool close_fd);
+
+/* Release buffer memory of an idle connection. */
+void io_shrink(struct io *io);
+
+void io_set_nodelay(int fd);
+
+#endif

@@ -1,0 +1,119 @@
+/*
+ * iobuf.c: growable byte buffers (see iobuf.h). Growth doubles the capacity
+ * and first slides unread bytes to the front, so a buffer that is drained as
+ * fast as it fills never grows.
+ */
+#include "iobuf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IOBUF_MIN_CAP 512
+#define IOBUF_KEEP_CAP 16384
+
+void iobuf_init(struct iobuf *buf)
+{
+	buf->data = NULL;
+	buf->start = buf->end = buf->cap = 0;
+}
+
+void iobuf_free(struct iobuf *buf)
+{
+	free(buf->data);
+	iobuf_init(buf);
+}
+
+uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
+{
+	size_t len = buf->end - buf->start;
+	size_t need, newcap;
+	uint8_t *p;
+
+	if (buf->cap - buf->end >= n)
+		return buf->data + buf->end;
+	/* Sliding the unread bytes down may be enough. */
+	if (buf->start > 0 && buf->cap - len >= n && len <= buf->start) {
+		memcpy(buf->data, buf->data + buf->start, len);
+		buf->start = 0;
+		buf->end = len;
+		return buf->data + buf->end;
+	}
+	if (buf->start > 0 && buf->cap - len >= n) {
+		memmove(buf->data, buf->data + buf->start, len);
+		buf->start = 0;
+		buf->end = len;
+		return buf->data + buf->end;
+	}
+	need = len + n;
+	newcap = buf->cap ? buf->cap : IOBUF_MIN_CAP;
+	while (newcap < need)
+		newcap *= 2;
+	if (buf->start > 0) {
+		memmove(buf->data, buf->data + buf->start, len);
+		buf->start = 0;
+		buf->end = len;
+	}
+	p = realloc(buf->data, newcap);
+	if (p == NULL) {
+		fprintf(stderr, "pgmux: out of memory growing a buffer to %zu bytes\n", newcap);
+		abort();
+	}
+	buf->data = p;
+	buf->cap = newcap;
+	return buf->data + buf->end;
+}
+
+void iobuf_append(struct iobuf *buf, const void *data, size_t len)
+{
+	if (len == 0)
+		return;
+	memcpy(iobuf_reserve(buf, len), data, len);
+	buf->end += len;
+}
+
+void iobuf_append_u8(struct iobuf *buf, uint8_t v)
+{
+	*iobuf_reserve(buf, 1) = v;
+	buf->end += 1;
+}
+
+void iobuf_append_u16(struct iobuf *buf, uint16_t v)
+{
+	uint8_t *p = iobuf_reserve(buf, 2);
+
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+	buf->end += 2;
+}
+
+void iobuf_append_u32(struct iobuf *buf, uint32_t v)
+{
+	put_u32(iobuf_reserve(buf, 4), v);
+	buf->end += 4;
+}
+
+void iobuf_append_str(struct iobuf *buf, const char *s)
+{
+	iobuf_append(buf, s, strlen(s) + 1);
+}
+
+void iobuf_consume(struct iobuf *buf, size_t n)
+{
+	buf->start += n;
+	if (buf->start >= buf->end)
+		buf->start = buf->end = 0;
+}
+
+void iobuf_reset(struct iobuf *buf)
+{
+	buf->start = buf->end = 0;
+}
+
+void iobuf_shrink(struct iobuf *buf)
+{
+	if (buf->start == buf->end && buf->cap > IOBUF_KEEP_CAP) {
+		free(buf->data);
+		iobuf_init(buf);
+	}
+}

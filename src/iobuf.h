@@ -1,0 +1,75 @@
+/*
+ * iobuf.h: a growable byte buffer with a read cursor, used for every socket's
+ * input and output queues and for building protocol messages. Bytes live in
+ * data[start, end); consuming advances start, appending writes at end.
+ */
+#ifndef PGMUX_IOBUF_H
+#define PGMUX_IOBUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct iobuf {
+	uint8_t *data;
+	size_t start; /* first unread byte */
+	size_t end;   /* one past the last written byte */
+	size_t cap;
+};
+
+void iobuf_init(struct iobuf *buf);
+void iobuf_free(struct iobuf *buf);
+
+static inline size_t iobuf_len(const struct iobuf *buf)
+{
+	return buf->end - buf->start;
+}
+
+static inline uint8_t *iobuf_head(const struct iobuf *buf)
+{
+	return buf->data + buf->start;
+}
+
+/* Make room for at least n more bytes at the end; returns the write pointer. Aborts on OOM. */
+uint8_t *iobuf_reserve(struct iobuf *buf, size_t n);
+
+/* Record that n bytes were written at the pointer iobuf_reserve() returned. */
+static inline void iobuf_commit(struct iobuf *buf, size_t n)
+{
+	buf->end += n;
+}
+
+void iobuf_append(struct iobuf *buf, const void *data, size_t len);
+void iobuf_append_u8(struct iobuf *buf, uint8_t v);
+void iobuf_append_u16(struct iobuf *buf, uint16_t v); /* network byte order */
+void iobuf_append_u32(struct iobuf *buf, uint32_t v); /* network byte order */
+void iobuf_append_str(struct iobuf *buf, const char *s); /* with its NUL */
+
+/* Drop n bytes from the front. Resets to empty cheaply when everything is consumed. */
+void iobuf_consume(struct iobuf *buf, size_t n);
+
+void iobuf_reset(struct iobuf *buf);
+
+/* Release memory beyond a small floor when the buffer is empty (idle connections stay small). */
+void iobuf_shrink(struct iobuf *buf);
+
+/* Read network-order integers from raw bytes. */
+static inline uint32_t get_u32(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline uint16_t get_u16(const uint8_t *p)
+{
+	return (uint16_t)(((uint16_t)p[0] << 8) | p[1]);
+}
+
+static inline void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+#endif

@@ -1,0 +1,439 @@
+/*
+ * main.c: pgmux's entry point and main thread. It parses the command line,
+ * loads the configuration, secrets and TLS certificate, starts the worker
+ * threads and the cancel helper, then runs the acceptor and the signal
+ * handlers on its own event loop: HUP reloads, INT stops gracefully, TERM
+ * stops at once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+
+#include "cancel.h"
+#include "config.h"
+#include "log.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "secrets.h"
+#include "tls.h"
+#include "worker.h"
+
+#include "build_config.h"
+
+struct main_state {
+	struct event_base *base;
+	struct evconnlistener *listener;
+	struct event *drain_timer;
+	uint64_t drain_deadline_usec;
+	char *config_path;
+	int log_level_override; /* -1 when -v/-q were not given */
+	struct config **retired; /* configs replaced by reloads, freed at exit */
+	int n_retired;
+};
+
+static struct main_state M;
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"pgmux %s: a PostgreSQL connection proxy\n\n"
+		"Usage: pgmux [-d] [-v|-q] [-V] [-h] CONFIG\n\n"
+		"  -d  run in the background (writes the pidfile named in CONFIG)\n"
+		"  -v  log more (debug)\n"
+		"  -q  log less (warnings and errors only)\n"
+		"  -V  print the version and exit\n"
+		"  -h  print this help and exit\n\n"
+		"Signals: HUP reloads CONFIG and the secrets, INT stops gracefully,\n"
+		"TERM stops immediately. See pgmux(1) and pgmux.ini(5).\n",
+		PACKAGE_VERSION);
+}
+
+/* ------------------------------------------------------------------ reload */
+
+/* Copy one option's value from src to dst (a restart-only option keeps its running value). */
+static void config_copy_option(struct config *dst, const struct config *src, const struct config_option *opt)
+{
+	char *d = (char *)dst + opt->offset;
+	const char *s = (const char *)src + opt->offset;
+
+	switch (opt->type) {
+	case CONFIG_STRING: {
+		char **dp = (char **)d;
+		char *copy = strdup(*(char *const *)s);
+
+		if (copy == NULL)
+			abort();
+		free(*dp);
+		*dp = copy;
+		break;
+	}
+	case CONFIG_BOOL:
+		*(bool *)d = *(const bool *)s;
+		break;
+	case CONFIG_HOSTS: {
+		struct target_host *tmp = dst->hosts;
+		int n = dst->n_hosts;
+
+		/* Swap so that each config still frees its own list. */
+		dst->hosts = ((struct config *)src)->hosts;
+		dst->n_hosts = src->n_hosts;
+		((struct config *)src)->hosts = tmp;
+		((struct config *)src)->n_hosts = n;
+		break;
+	}
+	default:
+		*(int *)d = *(const int *)s;
+		break;
+	}
+}
+
+static bool hosts_equal(const struct config *a, const struct config *b)
+{
+	if (a->n_hosts != b->n_hosts)
+		return false;
+	for (int i = 0; i < a->n_hosts; i++)
+		if (strcmp(a->hosts[i].host, b->hosts[i].host) != 0 || a->hosts[i].port != b->hosts[i].port)
+			return false;
+	return true;
+}
+
+static void apply_log_settings(const struct config *cfg)
+{
+	log_current_level = M.log_level_override >= 0 ? M.log_level_override : cfg->log_level;
+	if (log_open(cfg->logfile) != 0)
+		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
+}
+
+static void reload(void)
+{
+	const struct config *old = config_current();
+	char err[512];
+	struct config *next = config_load(M.config_path, err, sizeof(err));
+	const struct config_option *opt;
+	struct config **retired;
+
+	if (next == NULL) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+		return;
+	}
+	while ((opt = config_first_fixed_change(old, next)) != NULL) {
+		log_warning("reload: [%s] %s can only change at start-up; keeping the running value", opt->section,
+			    opt->name);
+		config_copy_option(next, old, opt);
+	}
+	if (!hosts_equal(old, next)) {
+		log_warning("reload: [target] hosts changed; this version applies it at restart");
+		config_copy_option(next, (struct config *)old, config_find_option("target", "hosts"));
+	}
+	if (next->client_tls_cert_file[0]) {
+		struct tls_context *tls = tls_context_load(next->client_tls_cert_file, next->client_tls_key_file, err,
+							   sizeof(err));
+
+		if (tls == NULL) {
+			log_error("reload failed, keeping the running configuration: %s", err);
+			config_free(next);
+			return;
+		}
+		tls_set_current(tls);
+	} else {
+		tls_set_current(NULL);
+	}
+	if (secrets_reload(next->secrets_dir, err, sizeof(err)) < 0)
+		log_error("reload: secrets not reloaded: %s", err);
+	apply_log_settings(next);
+	retired = realloc(M.retired, sizeof(*M.retired) * (size_t)(M.n_retired + 1));
+	if (retired == NULL)
+		abort();
+	M.retired = retired;
+	M.retired[M.n_retired++] = (struct config *)old;
+	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_RELEASE);
+	log_info("configuration reloaded from %s", M.config_path);
+}
+
+/* ---------------------------------------------------------------- signals */
+
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+	int64_t open = pgmux_clients_open();
+
+	if (open == 0) {
+		log_info("all client sessions ended; stopping");
+		event_base_loopbreak(M.base);
+	} else if (pgmux_now_usec() >= M.drain_deadline_usec) {
+		log_info("shutdown_timeout reached with %lld client(s) open; stopping", (long long)open);
+		event_base_loopbreak(M.base);
+	}
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	const struct config *cfg = config_current();
+	struct timeval tick = { 0, 100 * 1000 };
+
+	switch (sig) {
+	case SIGHUP:
+		log_info("SIGHUP: reloading");
+		reload();
+		break;
+	case SIGTERM:
+		log_info("SIGTERM: stopping now");
+		event_base_loopbreak(M.base);
+		break;
+	case SIGINT:
+		if (M.drain_timer) {
+			log_info("SIGINT again: stopping now");
+			event_base_loopbreak(M.base);
+			break;
+		}
+		log_info("SIGINT: no longer accepting connections; waiting up to %d ms for sessions to end",
+			 cfg->shutdown_timeout_ms);
+		if (M.listener) {
+			evconnlistener_free(M.listener);
+			M.listener = NULL;
+		}
+		workers_broadcast(WORKER_MSG_DRAIN);
+		M.drain_deadline_usec = pgmux_now_usec() + (uint64_t)cfg->shutdown_timeout_ms * 1000;
+		M.drain_timer = event_new(M.base, -1, EV_PERSIST, drain_check, NULL);
+		event_add(M.drain_timer, &tick);
+		break;
+	default:
+		log_info("signal %d ignored", (int)sig);
+		break;
+	}
+}
+
+/* ---------------------------------------------------------------- acceptor */
+
+static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
+		      void *arg)
+{
+	workers_dispatch_connection(fd, addr, (socklen_t)addrlen);
+}
+
+static void on_accept_error(struct evconnlistener *listener, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+
+	/* Out of descriptors: keep running; the listener retries on the next connection. */
+	log_error("accept failed: %s", evutil_socket_error_to_string(err));
+}
+
+static int start_listener(const struct config *cfg)
+{
+	struct addrinfo hints, *res = NULL;
+	char port[16];
+	const char *addr = strcmp(cfg->listen_addr, "*") == 0 ? NULL : cfg->listen_addr;
+	int rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	snprintf(port, sizeof(port), "%d", cfg->listen_port);
+	rc = getaddrinfo(addr, port, &hints, &res);
+	if (rc != 0) {
+		log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
+		return -1;
+	}
+	M.listener = evconnlistener_new_bind(M.base, on_accept, NULL,
+					     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+					     cfg->listen_backlog, res->ai_addr, (int)res->ai_addrlen);
+	freeaddrinfo(res);
+	if (M.listener == NULL) {
+		log_error("cannot listen on %s:%d: %s", cfg->listen_addr, cfg->listen_port, strerror(errno));
+		return -1;
+	}
+	evconnlistener_set_error_cb(M.listener, on_accept_error);
+	return 0;
+}
+
+/* ------------------------------------------------------------ process setup */
+
+static int write_pidfile(const char *path)
+{
+	char buf[32];
+	int fd, n;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if (write(fd, buf, (size_t)n) != n) {
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static int daemonize(void)
+{
+	pid_t pid = fork();
+	int fd;
+
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") != 0)
+		return -1;
+	fd = open("/dev/null", O_RDWR);
+	if (fd >= 0) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+		/* stderr stays only when it is the log. */
+		if (config_current()->logfile[0])
+			dup2(fd, STDERR_FILENO);
+		if (fd > STDERR_FILENO)
+			close(fd);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	bool background = false;
+	struct config *cfg;
+	char err[512];
+	struct event *signals[5];
+	const int signums[5] = { SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 };
+	int opt, exit_code = 0, n;
+
+	M.log_level_override = -1;
+	while ((opt = getopt(argc, argv, "dvqVh")) != -1) {
+		switch (opt) {
+		case 'd':
+			background = true;
+			break;
+		case 'v':
+			M.log_level_override = LOG_LEVEL_DEBUG;
+			break;
+		case 'q':
+			M.log_level_override = LOG_LEVEL_WARNING;
+			break;
+		case 'V':
+			printf("pgmux %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	if (optind != argc - 1) {
+		usage(stderr);
+		return 1;
+	}
+	M.config_path = argv[optind];
+	cfg = config_load(M.config_path, err, sizeof(err));
+	if (cfg == NULL) {
+		fprintf(stderr, "pgmux: %s\n", err);
+		return 1;
+	}
+	pgmux_config_ptr = cfg;
+	apply_log_settings(cfg);
+
+	if (background && cfg->pidfile[0] == '\0') {
+		fprintf(stderr, "pgmux: -d needs a pidfile in %s\n", M.config_path);
+		config_free(cfg);
+		return 1;
+	}
+	if (cfg->client_tls_cert_file[0]) {
+		struct tls_context *tls = tls_context_load(cfg->client_tls_cert_file, cfg->client_tls_key_file, err,
+							   sizeof(err));
+
+		if (tls == NULL) {
+			log_error("%s", err);
+			config_free(cfg);
+			return 1;
+		}
+		tls_set_current(tls);
+	}
+	n = secrets_reload(cfg->secrets_dir, err, sizeof(err));
+	if (n < 0 && cfg->client_auth != CLIENT_AUTH_TRUST) {
+		log_error("secrets_dir: %s", err);
+		exit_code = 1;
+		goto out_early;
+	}
+	log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+
+	if (background && daemonize() != 0) {
+		log_error("cannot daemonize: %s", strerror(errno));
+		exit_code = 1;
+		goto out_early;
+	}
+	if (cfg->pidfile[0] && write_pidfile(cfg->pidfile) != 0) {
+		log_error("cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
+		exit_code = 1;
+		goto out_early;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	evthread_use_pthreads();
+	pthread_setname_np(pthread_self(), "main");
+
+	M.base = event_base_new();
+	if (M.base == NULL || pool_init(cfg) != 0 || start_listener(cfg) != 0) {
+		exit_code = 1;
+		goto out;
+	}
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0) {
+		log_error("cannot start threads");
+		exit_code = 1;
+		goto out;
+	}
+	for (int i = 0; i < 5; i++) {
+		signals[i] = evsignal_new(M.base, signums[i], on_signal, NULL);
+		event_add(signals[i], NULL);
+	}
+	log_info("pgmux %s listening on %s:%d, %d worker(s), %s pooling, target %s:%d", PACKAGE_VERSION,
+		 cfg->listen_addr, cfg->listen_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->hosts[0].host,
+		 cfg->hosts[0].port);
+
+	event_base_dispatch(M.base);
+
+	for (int i = 0; i < 5; i++)
+		event_free(signals[i]);
+out:
+	if (M.listener)
+		evconnlistener_free(M.listener);
+	if (M.drain_timer)
+		event_free(M.drain_timer);
+	workers_stop();
+	pool_shutdown();
+	cancel_thread_stop();
+	if (M.base)
+		event_base_free(M.base);
+	if (cfg->pidfile[0])
+		unlink(config_current()->pidfile);
+	log_info("pgmux stopped");
+out_early:
+	secrets_shutdown();
+	tls_set_current(NULL);
+	for (int i = 0; i < M.n_retired; i++)
+		config_free(M.retired[i]);
+	free(M.retired);
+	config_free((struct config *)config_current());
+	log_close();
+	libevent_global_shutdown();
+	return exit_code;
+}

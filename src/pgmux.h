@@ -1,0 +1,34 @@
+/*
+ * pgmux.h: process-wide state shared by every thread: the current
+ * configuration and the shutdown flags. The configuration pointer is swapped
+ * by the main thread on reload; a struct config is never modified after it is
+ * published, and old ones are kept until exit, so a worker may keep using the
+ * pointer it loaded for the length of a callback.
+ */
+#ifndef PGMUX_PGMUX_H
+#define PGMUX_PGMUX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+
+extern struct config *pgmux_config_ptr;
+
+static inline const struct config *config_current(void)
+{
+	return __atomic_load_n(&pgmux_config_ptr, __ATOMIC_ACQUIRE);
+}
+
+/* Client connections open across all workers (for graceful shutdown and caps). */
+extern int64_t pgmux_client_count;
+
+static inline int64_t pgmux_clients_open(void)
+{
+	return __atomic_load_n(&pgmux_client_count, __ATOMIC_RELAXED);
+}
+
+/* Monotonic clock in microseconds. */
+uint64_t pgmux_now_usec(void);
+
+#endif

@@ -1,0 +1,63 @@
+/*
+ * secrets.h: client credentials, read from a directory of JSON files shaped
+ * like AWS Secrets Manager database secrets:
+ *   {"username": "app", "password": "...", "engine": "postgres",
+ *    "host": "...", "port": 5432, "dbname": "..."}
+ * one user per file. The SCRAM verifier of each password is computed once at
+ * load time (PBKDF2 is expensive), never on the event loop.
+ * The store is swapped atomically on reload; lookups copy what they need.
+ */
+#ifndef PGMUX_SECRETS_H
+#define PGMUX_SECRETS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SCRAM_KEY_LEN 32
+#define SCRAM_SALT_LEN 16
+#define SCRAM_DEFAULT_ITERATIONS 4096
+
+/* A copy of one user's credentials, owned by whoever holds it. */
+struct secret {
+	char *username;
+	char *password; /* plaintext: pgmux needs it to log in to the backend */
+	char *dbname;   /* optional fields of the secret, NULL when absent */
+	char *host;
+	int port;       /* 0 when absent */
+	/* SCRAM-SHA-256 verifier */
+	uint8_t salt[SCRAM_SALT_LEN];
+	int iterations;
+	uint8_t stored_key[SCRAM_KEY_LEN];
+	uint8_t server_key[SCRAM_KEY_LEN];
+};
+
+/*
+ * Parse one secret from JSON text. Returns 0 and fills out (computing the
+ * SCRAM verifier with a fresh random salt), or -1 with a reason in err that
+ * never contains the password.
+ */
+int secret_parse_json(const char *json, size_t len, struct secret *out, char *err, size_t errlen);
+
+/* Wipe the password and keys, free the strings. */
+void secret_clear(struct secret *s);
+
+/* Deep copy. */
+void secret_copy(struct secret *dst, const struct secret *src);
+
+/*
+ * (Re)load every *.json file of dir into a new store and make it current.
+ * Bad files are logged (file name and reason) and skipped; a user that keeps
+ * the same password keeps its SCRAM salt and keys (no PBKDF2 on reload).
+ * Returns the number of users loaded, or -1 when dir cannot be read (the old
+ * store then stays current) with the reason in err.
+ */
+int secrets_reload(const char *dir, char *err, size_t errlen);
+
+/* Copy the current secret for user into out; false when there is none. Thread safe. */
+bool secrets_find(const char *user, struct secret *out);
+
+/* Drop the current store (at exit). */
+void secrets_shutdown(void);
+
+#endif

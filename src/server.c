@@ -1,0 +1,685 @@
+/*
+ * server.c: backend connections (see server.h). The life of one:
+ * RESOLVING (evdns, only for host names) -> CONNECTING (PQconnectPoll driven
+ * by this worker's loop) -> INTERNAL (a setup query when the pool needs one)
+ * -> handed to the pool -> ACTIVE (relaying for a client) or IDLE (parked),
+ * and back through INTERNAL (reset) when its client leaves.
+ */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/dns.h>
+#include <netdb.h>
+
+#include "client.h"
+#include "log.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "proto.h"
+#include "worker.h"
+
+/* Stop reading from the backend while this much is queued for its client. */
+#define SERVER_CLIENT_HIGH_WATER (256 * 1024)
+/* Bytes read from one backend per wake-up before others get a turn. */
+#define SERVER_READ_BUDGET (256 * 1024)
+/* Messages pgmux must see whole are small; a longer one is a broken stream. */
+#define SERVER_MAX_INSPECTED_MESSAGE (1024 * 1024)
+
+#define log_server(level, s, fmt, ...) \
+	log_at(level, "S-%llu %s@%s %s:%d pid=%d: " fmt, (unsigned long long)(s)->id, \
+	       (s)->pool ? (s)->pool->user : "-", (s)->pool ? (s)->pool->database : "-", \
+	       (s)->target ? (s)->target->host : "-", (s)->target ? (s)->target->port : 0, (s)->backend_pid, \
+	       ##__VA_ARGS__)
+
+static uint64_t next_server_id = 1;
+
+/* The parameters PostgreSQL 15 reports with ParameterStatus. */
+static const char *const reported_params[] = {
+	"application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
+	"in_hot_standby", "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding",
+	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
+};
+
+static const char *const server_state_names[] = {
+	[SERVER_RESOLVING] = "resolving", [SERVER_CONNECTING] = "connecting",
+	[SERVER_INTERNAL] = "internal",   [SERVER_IDLE] = "idle",
+	[SERVER_ACTIVE] = "active",       [SERVER_CLOSED] = "closed",
+};
+
+static void server_on_event(evutil_socket_t fd, short what, void *arg);
+static void server_connect_poll(struct server *s);
+static void server_setup_done(struct server *s, bool ok, void *arg);
+
+const char *server_param(const struct server *s, const char *name)
+{
+	for (int i = 0; i < s->n_params; i++)
+		if (strcasecmp(s->params[i].name, name) == 0)
+			return s->params[i].value;
+	return NULL;
+}
+
+void server_set_param(struct server *s, const char *name, const char *value)
+{
+	struct server_param *p;
+	char *copy = strdup(value);
+
+	if (copy == NULL)
+		abort();
+	for (int i = 0; i < s->n_params; i++) {
+		if (strcasecmp(s->params[i].name, name) == 0) {
+			free(s->params[i].value);
+			s->params[i].value = copy;
+			return;
+		}
+	}
+	p = realloc(s->params, sizeof(*p) * (size_t)(s->n_params + 1));
+	if (p == NULL)
+		abort();
+	s->params = p;
+	p[s->n_params].name = strdup(name);
+	p[s->n_params].value = copy;
+	if (p[s->n_params].name == NULL)
+		abort();
+	s->n_params++;
+}
+
+/* --------------------------------------------------------------- connecting */
+
+static void server_connect_failed(struct server *s, const char *why)
+{
+	char message[512];
+	struct pool *pool = s->pool;
+
+	snprintf(message, sizeof(message), "pgmux could not connect to the database server: %s", why);
+	log_server(LOG_LEVEL_WARNING, s, "connection failed: %s", why);
+	/* The pool fails the waiting clients; server_close must not free the slot again. */
+	if (pool)
+		pool_connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message);
+	server_close(s, "connection failed");
+}
+
+static void server_connect_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+
+	server_connect_failed(s, "timed out connecting");
+}
+
+static void server_start_libpq(struct server *s)
+{
+	const struct config *cfg = config_current();
+	struct pool *pool = s->pool;
+	char port[16];
+	const char *keys[16], *values[16];
+	int n = 0;
+
+	snprintf(port, sizeof(port), "%d", s->target->port);
+	keys[n] = "host", values[n++] = s->target->host;
+	keys[n] = "hostaddr", values[n++] = s->hostaddr;
+	keys[n] = "port", values[n++] = port;
+	keys[n] = "user", values[n++] = pool->user;
+	keys[n] = "dbname", values[n++] = pool->database;
+	if (pool->password)
+		keys[n] = "password", values[n++] = pool->password;
+	keys[n] = "sslmode", values[n++] = config_server_tls_sslmode(cfg->server_tls);
+	if (cfg->server_tls_ca_file && cfg->server_tls_ca_file[0])
+		keys[n] = "sslrootcert", values[n++] = cfg->server_tls_ca_file;
+	/* GSSAPI would look for a credential cache on every connect; pgmux never uses it. */
+	keys[n] = "gssencmode", values[n++] = "disable";
+	keys[n] = "fallback_application_name", values[n++] = "pgmux";
+	/* Let the kernel notice dead backends on idle connections. */
+	keys[n] = "keepalives", values[n++] = "1";
+	keys[n] = "keepalives_idle", values[n++] = "30";
+	keys[n] = NULL, values[n] = NULL;
+
+	s->state = SERVER_CONNECTING;
+	s->pg = PQconnectStartParams(keys, values, 0);
+	if (s->pg == NULL) {
+		server_connect_failed(s, "out of memory");
+		return;
+	}
+	if (PQstatus(s->pg) == CONNECTION_BAD) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", PQerrorMessage(s->pg));
+		why[strcspn(why, "\n")] = '\0';
+		server_connect_failed(s, why);
+		return;
+	}
+	/* libpq's rule: behave as if PQconnectPoll had returned PGRES_POLLING_WRITING. */
+	s->pg_wants_write = true;
+	io_init(&s->io, PQsocket(s->pg));
+	s->io.ev_write = event_new(s->worker->base, s->io.fd, EV_WRITE, server_on_event, s);
+	if (s->io.ev_write == NULL) {
+		server_connect_failed(s, "out of memory");
+		return;
+	}
+	event_add(s->io.ev_write, NULL);
+	s->io.writing = true;
+}
+
+/* Wait for the direction libpq asked for, following the socket if it changed. */
+static void server_connect_wait(struct server *s, bool want_write)
+{
+	int fd = PQsocket(s->pg);
+	struct event **ev = want_write ? &s->io.ev_write : &s->io.ev_read;
+
+	if (fd != s->io.fd) {
+		io_detach(&s->io);
+		s->io.fd = fd;
+	}
+	io_detach(&s->io);
+	*ev = event_new(s->worker->base, fd, want_write ? EV_WRITE : EV_READ, server_on_event, s);
+	if (*ev == NULL) {
+		server_connect_failed(s, "out of memory");
+		return;
+	}
+	event_add(*ev, NULL);
+}
+
+static void server_connect_poll(struct server *s)
+{
+	switch (PQconnectPoll(s->pg)) {
+	case PGRES_POLLING_READING:
+		server_connect_wait(s, false);
+		return;
+	case PGRES_POLLING_WRITING:
+		server_connect_wait(s, true);
+		return;
+	case PGRES_POLLING_FAILED: {
+		char why[512];
+		const char *msg = PQerrorMessage(s->pg);
+		const char *fatal = strstr(msg, "FATAL:  ");
+
+		/* Show the server's own reason when there is one. */
+		snprintf(why, sizeof(why), "%s", fatal ? fatal + 8 : msg);
+		why[strcspn(why, "\n")] = '\0';
+		server_connect_failed(s, why);
+		return;
+	}
+	default:
+		break;
+	}
+
+	/* Connected: libpq has consumed everything up to the first ReadyForQuery. */
+	io_detach(&s->io);
+	if (s->timer) {
+		event_free(s->timer);
+		s->timer = NULL;
+	}
+	/* Non-blocking, so that PQfinish's Terminate can never block the loop. */
+	PQsetnonblocking(s->pg, 1);
+	s->backend_pid = PQbackendPID(s->pg);
+	for (size_t i = 0; i < sizeof(reported_params) / sizeof(reported_params[0]); i++) {
+		const char *v = PQparameterStatus(s->pg, reported_params[i]);
+
+		if (v)
+			server_set_param(s, reported_params[i], v);
+	}
+	io_init(&s->io, PQsocket(s->pg));
+	if (PQsslInUse(s->pg))
+		io_adopt_tls(&s->io, PQsslStruct(s->pg, "OpenSSL"));
+	io_set_nodelay(s->io.fd);
+	s->tx_status = 'I';
+	if (io_attach(&s->io, s->worker->base, server_on_event, s) != 0) {
+		server_connect_failed(s, "out of memory");
+		return;
+	}
+	log_server(LOG_LEVEL_DEBUG, s, "connected%s", PQsslInUse(s->pg) ? " with TLS" : "");
+	if (!s->target->cap_known) {
+		/* Learn the server's limit before opening more connections to it. */
+		server_run_query(s,
+				 "SELECT pg_catalog.current_setting('max_connections')::int - "
+				 "pg_catalog.current_setting('superuser_reserved_connections')::int",
+				 server_setup_done, NULL);
+		return;
+	}
+	server_setup_done(s, true, NULL);
+}
+
+static void server_setup_done(struct server *s, bool ok, void *arg)
+{
+	if (!ok) {
+		server_connect_failed(s, s->query_error ? s->query_error : "setup query failed");
+		return;
+	}
+	if (s->query_value) {
+		pool_learn_cap(s->target, atoi(s->query_value));
+		free(s->query_value);
+		s->query_value = NULL;
+	}
+	s->created_usec = s->last_used_usec = pgmux_now_usec();
+	pool_connection_ready(s);
+}
+
+static void server_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+	struct server *s = arg;
+
+	s->dns_request = NULL;
+	if (result == EVUTIL_EAI_CANCEL)
+		return;
+	if (result != 0 || res == NULL) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "could not resolve host \"%s\": %s", s->target->host,
+			 evutil_gai_strerror(result));
+		if (res)
+			evutil_freeaddrinfo(res);
+		server_connect_failed(s, why);
+		return;
+	}
+	if (res->ai_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, s->hostaddr,
+			  sizeof(s->hostaddr));
+	else
+		inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, s->hostaddr,
+			  sizeof(s->hostaddr));
+	evutil_freeaddrinfo(res);
+	server_start_libpq(s);
+}
+
+void server_connect(struct worker *w, struct pool *pool)
+{
+	const struct config *cfg = config_current();
+	struct server *s = calloc(1, sizeof(*s));
+	struct in6_addr a6;
+	struct in_addr a4;
+	struct timeval tv;
+
+	if (s == NULL)
+		abort();
+	s->id = __atomic_fetch_add(&next_server_id, 1, __ATOMIC_RELAXED);
+	s->pool = pool;
+	s->target = pool->target;
+	s->worker = w;
+	s->counted_connecting = true;
+	s->state = SERVER_RESOLVING;
+	s->io.fd = -1;
+	list_init(&s->pool_node);
+	list_append(&w->servers, &s->worker_node);
+
+	s->timer = evtimer_new(w->base, server_connect_timeout, s);
+	if (s->timer == NULL)
+		abort();
+	tv.tv_sec = cfg->server_connect_timeout_ms / 1000;
+	tv.tv_usec = (cfg->server_connect_timeout_ms % 1000) * 1000;
+	evtimer_add(s->timer, &tv);
+
+	log_server(LOG_LEVEL_DEBUG, s, "opening a new connection");
+	if (inet_pton(AF_INET, s->target->host, &a4) == 1 || inet_pton(AF_INET6, s->target->host, &a6) == 1) {
+		snprintf(s->hostaddr, sizeof(s->hostaddr), "%s", s->target->host);
+		server_start_libpq(s);
+	} else {
+		struct evutil_addrinfo hints;
+
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_protocol = IPPROTO_TCP;
+		/* The callback may run before this returns (cached or numeric answers). */
+		s->dns_request = evdns_getaddrinfo(w->dns, s->target->host, NULL, &hints, server_resolved, s);
+	}
+}
+
+/* ------------------------------------------------------------ pool hand-off */
+
+bool server_attach(struct server *s, struct worker *w)
+{
+	uint8_t byte;
+	ssize_t n;
+
+	s->worker = w;
+	list_append(&w->servers, &s->worker_node);
+	/*
+	 * A parked connection should have nothing to say. Bytes or EOF mean the
+	 * server closed it or is about to (an admin terminate, a restart).
+	 */
+	n = recv(s->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || (s->io.ssl && SSL_pending(s->io.ssl) > 0)) {
+		server_close(s, n == 0 ? "server closed the idle connection" : "idle connection is not clean");
+		return false;
+	}
+	if (io_attach(&s->io, w->base, server_on_event, s) != 0) {
+		server_close(s, "out of memory");
+		return false;
+	}
+	s->state = SERVER_ACTIVE;
+	return true;
+}
+
+void server_detach(struct server *s)
+{
+	io_detach(&s->io);
+	if (s->worker)
+		list_del(&s->worker_node);
+	s->worker = NULL;
+	io_shrink(&s->io);
+}
+
+/* ---------------------------------------------------------------- relaying */
+
+void server_flush(struct server *s)
+{
+	struct client *c = s->client;
+
+	switch (io_flush(&s->io)) {
+	case IO_OK:
+		/* Drained: the client may send again. */
+		if (c && c->read_paused) {
+			c->read_paused = false;
+			io_want_read(&c->io, true);
+		}
+		break;
+	case IO_AGAIN:
+		break;
+	case IO_EOF:
+	case IO_ERROR:
+		log_server(LOG_LEVEL_WARNING, s, "write to server failed: %s", s->io.error);
+		server_close(s, "server connection lost");
+		break;
+	}
+}
+
+void server_run_query(struct server *s, const char *sql, server_query_done_fn done, void *arg)
+{
+	s->state = SERVER_INTERNAL;
+	s->query_done = done;
+	s->query_arg = arg;
+	free(s->query_error);
+	free(s->query_value);
+	s->query_error = s->query_value = NULL;
+	s->query_sqlstate[0] = '\0';
+	proto_put_query(&s->io.out, sql);
+	s->outstanding++;
+	server_flush(s);
+}
+
+/*
+ * A whole message during a query of pgmux's own, already consumed from the
+ * input. Returns false when the query ended: the done callback may have
+ * closed s or handed it to the pool (and so to another worker), so the
+ * caller must not touch s again.
+ */
+static bool server_internal_message(struct server *s, uint8_t type, const uint8_t *body, size_t len)
+{
+	struct msg_reader r;
+
+	switch (type) {
+	case BE_ERROR_RESPONSE: {
+		struct error_fields ef;
+
+		if (s->query_error == NULL && proto_parse_error(body, len, &ef) == 0) {
+			s->query_error = strdup(ef.message ? ef.message : "error");
+			snprintf(s->query_sqlstate, sizeof(s->query_sqlstate), "%s",
+				 ef.sqlstate ? ef.sqlstate : SQLSTATE_INTERNAL_ERROR);
+		}
+		break;
+	}
+	case BE_DATA_ROW:
+		if (s->query_value == NULL) {
+			int16_t ncols;
+			int32_t vlen;
+			const uint8_t *v;
+
+			msg_reader_init(&r, body, len);
+			if (msg_read_i16(&r, &ncols) == 0 && ncols > 0 && msg_read_i32(&r, &vlen) == 0 && vlen >= 0 &&
+			    (v = msg_read_bytes(&r, (size_t)vlen)) != NULL)
+				s->query_value = strndup((const char *)v, (size_t)vlen);
+		}
+		break;
+	case BE_READY_FOR_QUERY:
+		s->tx_status = len >= 1 ? (char)body[0] : 'E';
+		if (s->outstanding > 0)
+			s->outstanding--;
+		if (s->outstanding == 0) {
+			server_query_done_fn done = s->query_done;
+			bool ok = s->query_error == NULL && s->tx_status == 'I';
+
+			s->query_done = NULL;
+			if (done)
+				done(s, ok, s->query_arg);
+			return false;
+		}
+		break;
+	default:
+		/* RowDescription, CommandComplete, notices: nobody to show them to. */
+		break;
+	}
+	return true;
+}
+
+/*
+ * Frame what the backend sent. While relaying, bodies are passed through as
+ * they arrive; only ReadyForQuery and ParameterStatus are held until whole,
+ * because pgmux acts on them. Returns false if s was closed.
+ */
+static bool server_process_input(struct server *s)
+{
+	struct iobuf *in = &s->io.in;
+
+	while (iobuf_len(in) > 0) {
+		struct client *c = s->client;
+		const uint8_t *p = iobuf_head(in);
+		size_t avail = iobuf_len(in);
+		uint8_t type;
+		uint32_t mlen;
+
+		if (s->forward_remaining > 0) {
+			size_t n = avail < s->forward_remaining ? avail : s->forward_remaining;
+
+			if (c)
+				iobuf_append(&c->io.out, p, n);
+			iobuf_consume(in, n);
+			s->forward_remaining -= (uint32_t)n;
+			continue;
+		}
+		if (avail < PROTO_HEADER_LEN)
+			break;
+		type = p[0];
+		mlen = get_u32(p + 1);
+		if (mlen < 4 || !proto_valid_backend_type(type)) {
+			log_server(LOG_LEVEL_ERROR, s, "protocol error: message type 0x%02x length %u", type, mlen);
+			server_close(s, "protocol error from server");
+			return false;
+		}
+		if (s->state == SERVER_ACTIVE && c && type != BE_READY_FOR_QUERY && type != BE_PARAMETER_STATUS) {
+			size_t n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
+
+			iobuf_append(&c->io.out, p, n);
+			iobuf_consume(in, n);
+			s->forward_remaining = (uint32_t)(1 + mlen - n);
+			continue;
+		}
+		if (mlen > SERVER_MAX_INSPECTED_MESSAGE) {
+			log_server(LOG_LEVEL_ERROR, s, "protocol error: message '%c' of %u bytes", type, mlen);
+			server_close(s, "protocol error from server");
+			return false;
+		}
+		if (avail < 1 + (size_t)mlen)
+			break;
+
+		const uint8_t *body = p + PROTO_HEADER_LEN;
+		size_t blen = mlen - 4;
+
+		if (type == BE_PARAMETER_STATUS) {
+			struct msg_reader r;
+			const char *name, *value;
+
+			msg_reader_init(&r, body, blen);
+			name = msg_read_str(&r);
+			value = msg_read_str(&r);
+			if (name && value)
+				server_set_param(s, name, value);
+		}
+		if (s->state == SERVER_ACTIVE && c) {
+			if (type == BE_READY_FOR_QUERY) {
+				s->tx_status = blen >= 1 ? (char)body[0] : 'E';
+				if (s->outstanding > 0)
+					s->outstanding--;
+			}
+			iobuf_append(&c->io.out, p, 1 + (size_t)mlen);
+			iobuf_consume(in, 1 + (size_t)mlen);
+			continue;
+		}
+		if (s->state == SERVER_INTERNAL) {
+			uint8_t small[64];
+			uint8_t *copy = blen <= sizeof(small) ? small : malloc(blen);
+			bool more;
+
+			if (copy == NULL)
+				abort();
+			/* Consume first: the message handler may give s to another worker. */
+			memcpy(copy, body, blen);
+			iobuf_consume(in, 1 + (size_t)mlen);
+			more = server_internal_message(s, type, copy, blen);
+			if (copy != small)
+				free(copy);
+			if (!more)
+				return false;
+			continue;
+		}
+		/* Unsolicited message with nobody linked (notice, parameter change): drop it. */
+		iobuf_consume(in, 1 + (size_t)mlen);
+	}
+	return true;
+}
+
+static void server_on_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+	size_t budget = SERVER_READ_BUDGET;
+
+	if (s->state == SERVER_CONNECTING) {
+		server_connect_poll(s);
+		return;
+	}
+	if (s->state == SERVER_CLOSED || s->worker == NULL)
+		return;
+
+	if ((what & EV_WRITE) || s->io.ssl_write_wants_read || io_pending_output(&s->io) > 0) {
+		s->io.writing = false;
+		server_flush(s);
+		if (s->state == SERVER_CLOSED)
+			return;
+	}
+	if (!(what & EV_READ) && !s->io.ssl_read_wants_write)
+		return;
+
+	while (budget > 0) {
+		struct client *c = s->client;
+		enum io_status st;
+		size_t before = iobuf_len(&s->io.in);
+
+		/* Back-pressure: the client is not taking what we already have. */
+		if (c && io_pending_output(&c->io) >= SERVER_CLIENT_HIGH_WATER) {
+			io_want_read(&s->io, false);
+			break;
+		}
+		st = io_read(&s->io, budget);
+		if (st == IO_OK) {
+			budget -= iobuf_len(&s->io.in) - before < budget ? iobuf_len(&s->io.in) - before : budget;
+			if (!server_process_input(s))
+				return;
+			if (s->client)
+				client_flush(s->client);
+			if (s->state == SERVER_CLOSED || s->worker == NULL)
+				return;
+			continue;
+		}
+		if (st == IO_AGAIN)
+			break;
+		/* EOF or error: a FATAL the server sent before closing is already relayed. */
+		if (st == IO_EOF)
+			server_close(s, "server closed the connection");
+		else {
+			log_server(LOG_LEVEL_WARNING, s, "read from server failed: %s", s->io.error);
+			server_close(s, "server connection lost");
+		}
+		return;
+	}
+	if (budget == 0)
+		io_schedule_read(&s->io);
+}
+
+/* ----------------------------------------------------------- client leaves */
+
+static void server_reset_done(struct server *s, bool ok, void *arg)
+{
+	if (!ok) {
+		log_server(LOG_LEVEL_WARNING, s, "reset query failed: %s",
+			   s->query_error ? s->query_error : "not idle afterwards");
+		server_close(s, "reset failed");
+		return;
+	}
+	pool_release(s);
+}
+
+void server_client_gone(struct server *s)
+{
+	const struct config *cfg = config_current();
+
+	s->client = NULL;
+	if (s->state == SERVER_CLOSED)
+		return;
+	if (!server_is_clean(s)) {
+		server_close(s, "client left in the middle of a transaction or query");
+		return;
+	}
+	if (cfg->server_reset_query && cfg->server_reset_query[0])
+		server_run_query(s, cfg->server_reset_query, server_reset_done, NULL);
+	else
+		pool_release(s);
+}
+
+void server_close(struct server *s, const char *reason)
+{
+	struct client *c = s->client;
+
+	if (s->state == SERVER_CLOSED)
+		return;
+	log_server(LOG_LEVEL_DEBUG, s, "closing (%s, was %s)", reason, server_state_names[s->state]);
+	if (s->dns_request) {
+		evdns_getaddrinfo_cancel(s->dns_request);
+		s->dns_request = NULL;
+	}
+	if (s->timer) {
+		event_free(s->timer);
+		s->timer = NULL;
+	}
+	pool_forget(s);
+	s->state = SERVER_CLOSED;
+	s->client = NULL;
+	/* libpq owns the socket and the SSL object: PQfinish closes both. */
+	io_close(&s->io, false);
+	if (s->pg) {
+		PQfinish(s->pg);
+		s->pg = NULL;
+	}
+	if (c) {
+		c->server = NULL;
+		client_server_lost(c, SQLSTATE_CONNECTION_FAILURE, reason);
+	}
+	if (s->worker) {
+		list_del(&s->worker_node);
+		list_append(&s->worker->reap_servers, &s->worker_node);
+		worker_schedule_reap(s->worker);
+	}
+}
+
+void server_free(struct server *s)
+{
+	for (int i = 0; i < s->n_params; i++) {
+		free(s->params[i].name);
+		free(s->params[i].value);
+	}
+	free(s->params);
+	free(s->query_error);
+	free(s->query_value);
+	free(s);
+}

@@ -1,0 +1,117 @@
+/*
+ * server.h: one backend connection. libpq opens it (non-blocking, all of its
+ * authentication methods and TLS); after that pgmux relays protocol messages
+ * over the same socket (and libpq's SSL object), framing them just enough to
+ * see where transactions end. The PGconn is kept until the connection closes
+ * because it owns the socket and the SSL object.
+ */
+#ifndef PGMUX_SERVER_H
+#define PGMUX_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include "io.h"
+#include "list.h"
+
+struct client;
+struct pool;
+struct target;
+struct worker;
+
+enum server_state {
+	SERVER_RESOLVING,  /* evdns looking up the target's host name */
+	SERVER_CONNECTING, /* libpq's connection handshake */
+	SERVER_INTERNAL,   /* running a query of pgmux's own: setup, reset, client parameters */
+	SERVER_IDLE,       /* parked in its pool, attached to no worker */
+	SERVER_ACTIVE,     /* linked to a client, relaying */
+	SERVER_CLOSED,     /* waiting to be freed */
+};
+
+struct server_param {
+	char *name;
+	char *value;
+};
+
+struct server;
+/* Called when a query of pgmux's own ends; ok is false when it failed (error in server->query_error). */
+typedef void (*server_query_done_fn)(struct server *s, bool ok, void *arg);
+
+struct server {
+	struct list_node pool_node;   /* pool idle list, under the pool lock */
+	struct list_node worker_node; /* owner's servers list, or its reap list */
+	uint64_t id;
+	enum server_state state;
+	struct worker *worker; /* owner; NULL while parked */
+	struct pool *pool;
+	struct target *target;
+	PGconn *pg;
+	struct io io;
+	struct client *client;
+	int backend_pid;
+	struct event *timer;         /* connect timeout */
+	struct evdns_getaddrinfo_request *dns_request;
+	char hostaddr[64];
+	bool pg_wants_write;         /* PQconnectPoll asked for writability */
+	bool counted_connecting;     /* holds one of the target's n_connecting (pool lock) */
+
+	/* Relay framing. */
+	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
+	int outstanding;            /* Query/Sync/FunctionCall sent and not yet answered */
+	bool unsynced;              /* extended-protocol messages since the last Sync */
+	char tx_status;             /* from the last ReadyForQuery */
+
+	/* A query of pgmux's own. */
+	server_query_done_fn query_done;
+	void *query_arg;
+	char *query_error;          /* message of the first ErrorResponse */
+	char query_sqlstate[6];
+	char *query_value;          /* first column of the first row */
+
+	/* Parameters the server reported (ParameterStatus). */
+	struct server_param *params;
+	int n_params;
+
+	uint64_t created_usec;
+	uint64_t last_used_usec;
+};
+
+/* Start a new connection for pool on worker w (a slot was reserved by the pool). */
+void server_connect(struct worker *w, struct pool *pool);
+
+/* Attach a parked server to w's loop. Returns false when it turned out dead (it is then closed). */
+bool server_attach(struct server *s, struct worker *w);
+
+/* Detach from the current worker (before handing to the pool or another worker). */
+void server_detach(struct server *s);
+
+/* Run sql as a query of pgmux's own; done is called from the server's callback. */
+void server_run_query(struct server *s, const char *sql, server_query_done_fn done, void *arg);
+
+/* The client linked to s has left: reset and release s if clean, else close it. */
+void server_client_gone(struct server *s);
+
+/* Close now (logs reason); the pool slot is freed. */
+void server_close(struct server *s, const char *reason);
+
+/* Free (reap). */
+void server_free(struct server *s);
+
+/* Write what the client queued for s; resume the client when it drained. */
+void server_flush(struct server *s);
+
+/* Look up a reported parameter. */
+const char *server_param(const struct server *s, const char *name);
+void server_set_param(struct server *s, const char *name, const char *value);
+
+/* Is s between transactions, with nothing in flight? */
+static inline bool server_is_clean(const struct server *s)
+{
+	return s->outstanding == 0 && !s->unsynced && s->tx_status == 'I' && s->forward_remaining == 0 &&
+	       iobuf_len(&s->io.in) == 0 && iobuf_len(&s->io.out) == 0;
+}
+
+#endif

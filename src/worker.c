@@ -1,0 +1,334 @@
+/*
+ * worker.c: worker threads (see worker.h). The acceptor in the main thread
+ * hands sockets over round robin through each worker's inbox; the worker's
+ * wake event drains the inbox and the pool's ready list. Closed clients and
+ * servers are freed by a separate reap event, after the callbacks that may
+ * still hold pointers to them have returned.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/thread.h>
+
+#include "client.h"
+#include "log.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "server.h"
+
+struct config *pgmux_config_ptr;
+int64_t pgmux_client_count;
+
+struct worker **workers;
+int n_workers;
+
+static unsigned next_worker;
+static __thread struct worker *current_worker;
+
+uint64_t pgmux_now_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+struct worker *worker_self(void)
+{
+	return current_worker;
+}
+
+void worker_wake(struct worker *w)
+{
+	event_active(w->wake_event, EV_READ, 0);
+}
+
+void worker_schedule_reap(struct worker *w)
+{
+	event_active(w->reap_event, EV_READ, 0);
+}
+
+static void worker_post(struct worker *w, struct worker_msg *msg)
+{
+	pthread_mutex_lock(&w->inbox_lock);
+	list_append(&w->inbox, &msg->node);
+	pthread_mutex_unlock(&w->inbox_lock);
+	worker_wake(w);
+}
+
+static struct worker_msg *worker_msg_new(enum worker_msg_type type)
+{
+	struct worker_msg *msg = calloc(1, sizeof(*msg));
+
+	if (msg == NULL)
+		return NULL;
+	msg->type = type;
+	msg->fd = -1;
+	return msg;
+}
+
+void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+	struct worker *w = workers[next_worker++ % (unsigned)n_workers];
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECTION);
+
+	if (msg == NULL) {
+		log_error("out of memory accepting a connection");
+		close(fd);
+		return;
+	}
+	msg->fd = fd;
+	if (addrlen > sizeof(msg->addr))
+		addrlen = sizeof(msg->addr);
+	memcpy(&msg->addr, addr, addrlen);
+	msg->addrlen = addrlen;
+	worker_post(w, msg);
+}
+
+void worker_post_cancel(struct worker *w, uint64_t client_id)
+{
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CANCEL);
+
+	if (msg == NULL)
+		return;
+	msg->client_id = client_id;
+	worker_post(w, msg);
+}
+
+void workers_broadcast(enum worker_msg_type type)
+{
+	for (int i = 0; i < n_workers; i++) {
+		struct worker_msg *msg = worker_msg_new(type);
+
+		if (msg)
+			worker_post(workers[i], msg);
+	}
+}
+
+static struct client *worker_find_client(struct worker *w, uint64_t id)
+{
+	struct list_node *pos;
+
+	list_for_each(pos, &w->clients) {
+		struct client *c = list_entry(pos, struct client, worker_node);
+
+		if (c->id == id)
+			return c;
+	}
+	return NULL;
+}
+
+static void worker_close_everything(struct worker *w)
+{
+	struct list_node *pos, *tmp;
+
+	list_for_each_safe(pos, tmp, &w->clients) {
+		struct client *c = list_entry(pos, struct client, worker_node);
+
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+	}
+	list_for_each_safe(pos, tmp, &w->servers) {
+		struct server *s = list_entry(pos, struct server, worker_node);
+
+		server_close(s, "pgmux is shutting down");
+	}
+}
+
+static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
+{
+	struct client *c;
+	struct list_node *pos, *tmp;
+
+	switch (msg->type) {
+	case WORKER_MSG_CONNECTION:
+		if (w->draining || w->stopping) {
+			close(msg->fd);
+			break;
+		}
+		client_accept(w, msg->fd, (struct sockaddr *)&msg->addr, msg->addrlen);
+		break;
+	case WORKER_MSG_CANCEL:
+		c = worker_find_client(w, msg->client_id);
+		if (c)
+			client_cancel_backend(c);
+		break;
+	case WORKER_MSG_DRAIN:
+		w->draining = true;
+		list_for_each_safe(pos, tmp, &w->clients)
+			client_drain(list_entry(pos, struct client, worker_node));
+		break;
+	case WORKER_MSG_STOP:
+		w->stopping = true;
+		worker_close_everything(w);
+		break;
+	}
+}
+
+static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct list_node inbox, ready, *node;
+
+	list_init(&inbox);
+	pthread_mutex_lock(&w->inbox_lock);
+	if (!list_empty(&w->inbox)) {
+		/* Splice the whole inbox out so the lock is held only for this. */
+		inbox.next = w->inbox.next;
+		inbox.prev = w->inbox.prev;
+		inbox.next->prev = &inbox;
+		inbox.prev->next = &inbox;
+		list_init(&w->inbox);
+	}
+	pthread_mutex_unlock(&w->inbox_lock);
+
+	while ((node = list_pop_front(&inbox)) != NULL) {
+		struct worker_msg *msg = list_entry(node, struct worker_msg, node);
+
+		worker_handle_msg(w, msg);
+		free(msg);
+	}
+
+	list_init(&ready);
+	pool_take_ready(w, &ready);
+	while ((node = list_pop_front(&ready)) != NULL)
+		client_wait_ended(list_entry(node, struct client, wait_node));
+
+	if (w->stopping && list_empty(&w->clients) && list_empty(&w->servers))
+		event_base_loopexit(w->base, NULL);
+}
+
+static void worker_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct list_node *node;
+
+	while ((node = list_pop_front(&w->reap_clients)) != NULL)
+		client_free(list_entry(node, struct client, worker_node));
+	while ((node = list_pop_front(&w->reap_servers)) != NULL)
+		server_free(list_entry(node, struct server, worker_node));
+	if (w->stopping && list_empty(&w->clients) && list_empty(&w->servers))
+		event_base_loopexit(w->base, NULL);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	char name[16];
+
+	current_worker = w;
+	snprintf(name, sizeof(name), "worker-%d", w->id);
+	pthread_setname_np(pthread_self(), name);
+	log_debug("worker %d started", w->id);
+	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	log_debug("worker %d stopped", w->id);
+	return NULL;
+}
+
+static void worker_destroy(struct worker *w)
+{
+	struct list_node *node;
+
+	while ((node = list_pop_front(&w->inbox)) != NULL) {
+		struct worker_msg *msg = list_entry(node, struct worker_msg, node);
+
+		if (msg->fd >= 0)
+			close(msg->fd);
+		free(msg);
+	}
+	if (w->wake_event)
+		event_free(w->wake_event);
+	if (w->reap_event)
+		event_free(w->reap_event);
+	if (w->dns)
+		evdns_base_free(w->dns, 1);
+	if (w->base)
+		event_base_free(w->base);
+	pthread_mutex_destroy(&w->inbox_lock);
+	free(w);
+}
+
+static struct worker *worker_create(int id)
+{
+	struct worker *w = calloc(1, sizeof(*w));
+	struct event_config *ecfg;
+
+	if (w == NULL)
+		return NULL;
+	w->id = id;
+	pthread_mutex_init(&w->inbox_lock, NULL);
+	list_init(&w->inbox);
+	list_init(&w->ready);
+	list_init(&w->clients);
+	list_init(&w->servers);
+	list_init(&w->reap_clients);
+	list_init(&w->reap_servers);
+	ecfg = event_config_new();
+	if (ecfg == NULL)
+		goto fail;
+	/* Two priorities: normal I/O at 0, the reaper at 1 so it runs after them. */
+	w->base = event_base_new_with_config(ecfg);
+	event_config_free(ecfg);
+	if (w->base == NULL || event_base_priority_init(w->base, 2) != 0)
+		goto fail;
+	w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (w->dns == NULL) {
+		/* No resolv.conf: numeric addresses and /etc/hosts still work. */
+		w->dns = evdns_base_new(w->base, 0);
+		if (w->dns == NULL)
+			goto fail;
+		evdns_base_load_hosts(w->dns, NULL);
+	}
+	w->wake_event = event_new(w->base, -1, 0, worker_wake_cb, w);
+	w->reap_event = event_new(w->base, -1, 0, worker_reap_cb, w);
+	if (w->wake_event == NULL || w->reap_event == NULL)
+		goto fail;
+	event_priority_set(w->wake_event, 0);
+	event_priority_set(w->reap_event, 1);
+	return w;
+fail:
+	worker_destroy(w);
+	return NULL;
+}
+
+int workers_start(int n)
+{
+	workers = calloc((size_t)n, sizeof(*workers));
+	if (workers == NULL)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		workers[i] = worker_create(i);
+		if (workers[i] == NULL) {
+			log_error("cannot create worker %d", i);
+			return -1;
+		}
+		n_workers = i + 1;
+	}
+	for (int i = 0; i < n; i++) {
+		int rc = pthread_create(&workers[i]->thread, NULL, worker_main, workers[i]);
+
+		if (rc != 0) {
+			log_error("cannot start worker thread %d: %s", i, strerror(rc));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+void workers_stop(void)
+{
+	if (workers == NULL)
+		return;
+	workers_broadcast(WORKER_MSG_STOP);
+	for (int i = 0; i < n_workers; i++)
+		pthread_join(workers[i]->thread, NULL);
+	for (int i = 0; i < n_workers; i++)
+		worker_destroy(workers[i]);
+	free(workers);
+	workers = NULL;
+	n_workers = 0;
+}

@@ -1,0 +1,85 @@
+/*
+ * worker.h: worker threads. Each worker runs its own libevent event_base and
+ * owns the clients and servers attached to it; nothing else touches them.
+ * Other threads talk to a worker only through its inbox (a mutex-protected
+ * list plus an event_active() wake-up), as memcached's threads do, or through
+ * the pool's ready list, which the pool lock protects.
+ */
+#ifndef PGMUX_WORKER_H
+#define PGMUX_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+
+#include "list.h"
+
+enum worker_msg_type {
+	WORKER_MSG_CONNECTION, /* a newly accepted client socket */
+	WORKER_MSG_CANCEL,     /* cancel what this worker's client is running */
+	WORKER_MSG_DRAIN,      /* graceful shutdown started: refuse new work */
+	WORKER_MSG_STOP,       /* close everything now and leave the loop */
+};
+
+struct worker_msg {
+	struct list_node node;
+	enum worker_msg_type type;
+	int fd;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	uint64_t client_id;
+};
+
+struct worker {
+	int id;
+	pthread_t thread;
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct event *wake_event; /* activated by other threads */
+	struct event *reap_event; /* frees closed objects after the current callbacks */
+
+	pthread_mutex_t inbox_lock;
+	struct list_node inbox; /* struct worker_msg, under inbox_lock */
+
+	struct list_node ready; /* struct client: waits the pool has ended; under the pool lock */
+
+	/* Owned by the worker thread alone. */
+	struct list_node clients;      /* struct client.worker_node */
+	struct list_node servers;      /* struct server.worker_node: attached to this worker */
+	struct list_node reap_clients; /* closed, freed by reap_event */
+	struct list_node reap_servers;
+	bool draining;
+	bool stopping;
+};
+
+extern struct worker **workers;
+extern int n_workers;
+
+/* Create and start n workers; returns 0 or -1 with a logged reason. */
+int workers_start(int n);
+
+/* Post STOP to every worker and join them. */
+void workers_stop(void);
+
+/* Post a message of the given type (no payload) to every worker. */
+void workers_broadcast(enum worker_msg_type type);
+
+/* Hand an accepted socket to the next worker, round robin. */
+void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen);
+
+void worker_post_cancel(struct worker *w, uint64_t client_id);
+
+/* Wake a worker so that it looks at its inbox and ready list. Thread safe. */
+void worker_wake(struct worker *w);
+
+/* Ask for the reap callback to run once the current callbacks are done. */
+void worker_schedule_reap(struct worker *w);
+
+/* The worker running on this thread, or NULL on the main thread. */
+struct worker *worker_self(void);
+
+#endif

@@ -1,0 +1,838 @@
+/*
+ * harness.c: process, client and raw-socket helpers for the integration
+ * suite (see harness.h). Criterion runs every test in a process of its own,
+ * so the little state kept here (the test directory, the PIDs to clean up)
+ * belongs to exactly one test.
+ */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* ---------------------------------------------------------------- environment */
+
+static struct h_env env_cache;
+static bool env_loaded;
+
+static const char *need_env(const char *name)
+{
+	const char *v = getenv(name);
+	cr_assert(v != NULL && v[0] != '\0',
+		  "%s is not set: run the integration suite through tests/integration/pg-env.sh", name);
+	return v;
+}
+
+const struct h_env *h_env(void)
+{
+	if (env_loaded)
+		return &env_cache;
+	env_cache.dir = need_env("PGMUX_TEST_DIR");
+	env_cache.pghost = need_env("PGMUX_TEST_PGHOST");
+	env_cache.pgport = atoi(need_env("PGMUX_TEST_PGPORT"));
+	env_cache.superuser = need_env("PGMUX_TEST_SUPERUSER");
+	env_cache.superpass = need_env("PGMUX_TEST_SUPERPASS");
+	env_cache.appuser = getenv("PGMUX_TEST_APPUSER") ? getenv("PGMUX_TEST_APPUSER") : "app";
+	env_cache.apppass = getenv("PGMUX_TEST_APPPASS") ? getenv("PGMUX_TEST_APPPASS") : "app-secret-pw";
+	env_cache.secrets = need_env("PGMUX_TEST_SECRETS");
+	env_cache.cert = need_env("PGMUX_TEST_CERT");
+	env_cache.key = need_env("PGMUX_TEST_KEY");
+	env_cache.ca = need_env("PGMUX_TEST_CA");
+	env_cache.pgbin = need_env("PGMUX_TEST_PGBIN");
+	env_cache.pgmux = need_env("PGMUX_BIN");
+	cr_assert(access(env_cache.pgmux, X_OK) == 0, "PGMUX_BIN=%s is not executable", env_cache.pgmux);
+	const char *vg = getenv("PGMUX_VALGRIND");
+	/* configure writes "no" when it found no valgrind */
+	env_cache.valgrind = (vg && vg[0] && strcmp(vg, "no") != 0) ? vg : "";
+	env_loaded = true;
+	return &env_cache;
+}
+
+bool h_under_valgrind(void)
+{
+	return h_env()->valgrind[0] != '\0';
+}
+
+int h_scaled_ms(int ms)
+{
+	return h_under_valgrind() ? ms * 5 : ms;
+}
+
+long long h_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void h_sleep_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+static char test_dir[512];
+
+const char *h_test_dir(void)
+{
+	if (test_dir[0])
+		return test_dir;
+	snprintf(test_dir, sizeof(test_dir), "%s/t-%ld-XXXXXX", h_env()->dir, (long)getpid());
+	cr_assert(mkdtemp(test_dir) != NULL, "mkdtemp %s: %s", test_dir, strerror(errno));
+	return test_dir;
+}
+
+int h_free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert(fd >= 0, "socket: %s", strerror(errno));
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind: %s", strerror(errno));
+	socklen_t len = sizeof(sa);
+	cr_assert(getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* ---------------------------------------------------------------- child processes */
+
+/* PIDs this test started and has not reaped yet; h_teardown() kills them. */
+#define MAX_CHILDREN 128
+static pid_t children[MAX_CHILDREN];
+
+static void child_add(pid_t pid)
+{
+	for (int i = 0; i < MAX_CHILDREN; i++)
+		if (children[i] == 0) {
+			children[i] = pid;
+			return;
+		}
+}
+
+static void child_forget(pid_t pid)
+{
+	for (int i = 0; i < MAX_CHILDREN; i++)
+		if (children[i] == pid)
+			children[i] = 0;
+}
+
+/* Encode a wait status as our exit status: code, or 128 + signal. */
+static int decode_status(int ws)
+{
+	if (WIFEXITED(ws))
+		return WEXITSTATUS(ws);
+	if (WIFSIGNALED(ws))
+		return 128 + WTERMSIG(ws);
+	return -1;
+}
+
+/* Wait up to timeout_ms for pid. Returns the decoded status, or -2 if still running. */
+static int wait_pid(pid_t pid, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	int delay = 1;
+	for (;;) {
+		int ws;
+		pid_t r = waitpid(pid, &ws, WNOHANG);
+		if (r == pid) {
+			child_forget(pid);
+			return decode_status(ws);
+		}
+		if (r < 0 && errno != EINTR) {
+			child_forget(pid);
+			return -1;
+		}
+		if (h_now_ms() >= deadline)
+			return -2;
+		h_sleep_ms(delay);
+		if (delay < 20)
+			delay *= 2;
+	}
+}
+
+static void kill_and_reap(pid_t pid)
+{
+	if (pid <= 0)
+		return;
+	kill(pid, SIGKILL);
+	int ws;
+	while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
+		;
+	child_forget(pid);
+}
+
+/* In the child: die with the parent, drop every inherited descriptor but 0-2. */
+static void child_prepare(pid_t parent)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(127);
+#ifdef SYS_close_range
+	if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
+		return;
+#endif
+	for (int fd = 3; fd < 4096; fd++)
+		close(fd);
+}
+
+/* environ plus additions (which override same-named variables); malloc'd array. */
+static char **build_env(const char *const add[])
+{
+	size_t n_env = 0, n_add = 0;
+	while (environ[n_env])
+		n_env++;
+	while (add && add[n_add])
+		n_add++;
+	char **out = calloc(n_env + n_add + 1, sizeof(char *));
+	cr_assert(out != NULL);
+	size_t k = 0;
+	for (size_t i = 0; i < n_env; i++) {
+		bool overridden = false;
+		const char *eq = strchr(environ[i], '=');
+		size_t nlen = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
+		for (size_t j = 0; j < n_add; j++)
+			if (strncmp(add[j], environ[i], nlen) == 0 && add[j][nlen] == '=')
+				overridden = true;
+		if (!overridden)
+			out[k++] = environ[i];
+	}
+	for (size_t j = 0; j < n_add; j++)
+		out[k++] = (char *)add[j];
+	out[k] = NULL;
+	return out;
+}
+
+/* fork + exec with stdin from /dev/null and stdout/stderr to the given files. */
+static pid_t spawn(const char *const argv[], const char *const env_add[], const char *out_path,
+		   const char *err_path)
+{
+	char **envp = build_env(env_add);
+	pid_t parent = getpid();
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY);
+		int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (in < 0 || out < 0 || err < 0)
+			_exit(126);
+		dup2(in, 0);
+		dup2(out, 1);
+		dup2(err, 2);
+		child_prepare(parent);
+		execvpe(argv[0], (char *const *)argv, envp);
+		dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	free(envp);
+	child_add(pid);
+	return pid;
+}
+
+static char *read_file(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return strdup("");
+	size_t cap = 4096, len = 0;
+	char *buf = malloc(cap);
+	size_t n;
+	while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+		len += n;
+		if (cap - len < 2) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+		}
+	}
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+}
+
+static void print_tail(const char *title, const char *path, size_t max_bytes)
+{
+	char *text = read_file(path);
+	size_t len = strlen(text);
+	const char *start = len > max_bytes ? text + len - max_bytes : text;
+	if (len > 0)
+		fprintf(stderr, "----- %s (%s)%s -----\n%s\n----- end of %s -----\n", title, path,
+			len > max_bytes ? ", last part" : "", start, title);
+	free(text);
+}
+
+/* ---------------------------------------------------------------- pgmux */
+
+void pgmux_options_default(struct pgmux_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->tls = true;
+	o->require_tls = false;
+	o->client_auth = "scram-sha-256";
+	o->pool_mode = "session";
+	o->max_connections = 20;
+	o->server_tls = "prefer";
+	o->workers = 2;
+	o->shutdown_timeout = "30s";
+	o->client_login_timeout = "60s";
+}
+
+/* dst = dir/name, failing the test rather than silently truncating a path. */
+static void path_in_test_dir(char *dst, size_t size, const char *name)
+{
+	int n = snprintf(dst, size, "%s/%s", h_test_dir(), name);
+	cr_assert(n > 0 && (size_t)n < size, "path too long: %s/%s", h_test_dir(), name);
+}
+
+static void set_paths(struct pgmux *p)
+{
+	path_in_test_dir(p->config, sizeof(p->config), "pgmux.ini");
+	path_in_test_dir(p->logfile, sizeof(p->logfile), "pgmux.log");
+	path_in_test_dir(p->stderr_file, sizeof(p->stderr_file), "pgmux.stderr");
+	path_in_test_dir(p->valgrind_prefix, sizeof(p->valgrind_prefix), "valgrind.");
+}
+
+bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
+{
+	const struct h_env *e = h_env();
+	set_paths(p);
+	p->port = o->listen_port ? o->listen_port : h_free_port();
+	FILE *f = fopen(p->config, "w");
+	cr_assert(f != NULL, "%s: %s", p->config, strerror(errno));
+	fprintf(f,
+		"; written by the integration harness for one test\n"
+		"[pgmux]\n"
+		"listen_addr = 127.0.0.1\n"
+		"listen_port = %d\n"
+		"workers = %d\n"
+		"client_tls_cert_file = %s\n"
+		"client_tls_key_file = %s\n"
+		"require_tls = %s\n"
+		"client_auth = %s\n"
+		"secrets_dir = %s\n"
+		"admin_users =\n"
+		"logfile = %s\n"
+		"log_level = debug\n"
+		"pidfile =\n"
+		"client_login_timeout = %s\n"
+		"shutdown_timeout = %s\n"
+		"%s\n"
+		"[target]\n"
+		"hosts = %s:%d\n"
+		"server_tls = %s\n"
+		"server_tls_ca_file = %s\n"
+		"\n"
+		"[pool]\n"
+		"pool_mode = %s\n"
+		"max_connections = %d\n"
+		"max_connections_percent = 100\n"
+		"%s\n",
+		p->port, o->workers, o->tls ? e->cert : "", o->tls ? e->key : "",
+		o->require_tls ? "true" : "false", o->client_auth, e->secrets, p->logfile,
+		o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",
+		e->pghost, e->pgport, o->server_tls,
+		(strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "", o->pool_mode,
+		o->max_connections, o->extra_pool ? o->extra_pool : "");
+	fclose(f);
+	return true;
+}
+
+/* One attempt to connect to the port; true when something accepted. */
+static bool port_accepts(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
+}
+
+bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
+{
+	const struct h_env *e = h_env();
+	pgmux_write_config(p, o);
+
+	char vglog[600];
+	snprintf(vglog, sizeof(vglog), "--log-file=%s%%p", p->valgrind_prefix);
+	const char *argv_plain[] = {e->pgmux, p->config, NULL};
+	const char *argv_vg[] = {e->valgrind,
+				 "--leak-check=full",
+				 "--show-leak-kinds=definite,indirect",
+				 "--errors-for-leak-kinds=definite,indirect",
+				 "--error-exitcode=99",
+				 "--track-fds=no",
+				 "--num-callers=30",
+				 vglog,
+				 e->pgmux,
+				 p->config,
+				 NULL};
+	const char *const *argv = h_under_valgrind() ? argv_vg : argv_plain;
+	char outfile[600];
+	snprintf(outfile, sizeof(outfile), "%s.out", p->stderr_file);
+	p->pid = spawn(argv, NULL, outfile, p->stderr_file);
+
+	int timeout = h_under_valgrind() ? 60000 : 10000;
+	long long deadline = h_now_ms() + timeout;
+	int delay = 2;
+	while (h_now_ms() < deadline) {
+		if (port_accepts(p->port))
+			return true;
+		int st = wait_pid(p->pid, 0);
+		if (st != -2) {
+			fprintf(stderr, "pgmux exited with status %d before listening on port %d\n", st,
+				p->port);
+			p->pid = 0;
+			pgmux_dump_logs(p);
+			return false;
+		}
+		h_sleep_ms(delay);
+		if (delay < 50)
+			delay *= 2;
+	}
+	fprintf(stderr, "pgmux (pid %ld) did not accept connections on port %d within %d ms\n",
+		(long)p->pid, p->port, timeout);
+	pgmux_kill(p);
+	pgmux_dump_logs(p);
+	return false;
+}
+
+bool pgmux_running(struct pgmux *p)
+{
+	if (p->pid == 0)
+		return false;
+	int st = wait_pid(p->pid, 0);
+	if (st == -2)
+		return true;
+	fprintf(stderr, "pgmux (pid %ld) has exited with status %d\n", (long)p->pid, st);
+	p->pid = 0;
+	return false;
+}
+
+int pgmux_wait_exit(struct pgmux *p, int timeout_ms)
+{
+	if (p->pid == 0)
+		return -1;
+	int st = wait_pid(p->pid, timeout_ms);
+	if (st == -2)
+		return -2;
+	p->pid = 0;
+	if (st != 0)
+		pgmux_dump_logs(p);
+	return st;
+}
+
+int pgmux_stop(struct pgmux *p, int sig, int timeout_ms)
+{
+	if (p->pid == 0) {
+		fprintf(stderr, "pgmux_stop: pgmux is not running\n");
+		pgmux_dump_logs(p);
+		return -1;
+	}
+	kill(p->pid, sig);
+	int st = wait_pid(p->pid, timeout_ms);
+	if (st == -2) {
+		fprintf(stderr, "pgmux (pid %ld) did not exit within %d ms of signal %d; killing it\n",
+			(long)p->pid, timeout_ms, sig);
+		kill_and_reap(p->pid);
+		p->pid = 0;
+		pgmux_dump_logs(p);
+		return -1;
+	}
+	p->pid = 0;
+	if (st != 0) {
+		fprintf(stderr, "pgmux exited with status %d%s\n", st,
+			st == 99 ? " (valgrind found memory errors or leaks)" : "");
+		pgmux_dump_logs(p);
+	}
+	return st;
+}
+
+void pgmux_kill(struct pgmux *p)
+{
+	if (p->pid > 0)
+		kill_and_reap(p->pid);
+	p->pid = 0;
+}
+
+void pgmux_dump_logs(const struct pgmux *p)
+{
+	if (!p->config[0])
+		return;
+	print_tail("pgmux log", p->logfile, 6000);
+	print_tail("pgmux stderr", p->stderr_file, 4000);
+	/* valgrind.<pid> files */
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s", p->valgrind_prefix);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return;
+	*slash = '\0';
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, "valgrind.", 9) != 0)
+			continue;
+		char path[1024];
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		print_tail("valgrind report", path, 20000);
+	}
+	closedir(d);
+}
+
+/* ---------------------------------------------------------------- commands */
+
+static unsigned cmd_counter;
+
+bool h_cmd_start(struct h_cmd *c, const char *const argv[], const char *const env[])
+{
+	memset(c, 0, sizeof(*c));
+	c->status = -1;
+	unsigned n = ++cmd_counter;
+	const char *base = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+	char name[128];
+	snprintf(name, sizeof(name), "cmd%u-%.64s.out", n, base);
+	path_in_test_dir(c->out_path, sizeof(c->out_path), name);
+	snprintf(name, sizeof(name), "cmd%u-%.64s.err", n, base);
+	path_in_test_dir(c->err_path, sizeof(c->err_path), name);
+	c->started_ms = h_now_ms();
+	c->pid = spawn(argv, env, c->out_path, c->err_path);
+	return c->pid > 0;
+}
+
+static void collect(struct h_cmd *c, int status)
+{
+	c->status = status;
+	c->pid = 0;
+	c->ended_ms = h_now_ms();
+	free(c->out);
+	free(c->err);
+	c->out = read_file(c->out_path);
+	c->err = read_file(c->err_path);
+}
+
+bool h_cmd_wait(struct h_cmd *c, int timeout_ms)
+{
+	if (c->pid == 0)
+		return true;
+	int st = wait_pid(c->pid, timeout_ms);
+	if (st == -2)
+		return false;
+	collect(c, st);
+	return true;
+}
+
+void h_cmd_kill(struct h_cmd *c)
+{
+	if (c->pid == 0)
+		return;
+	kill_and_reap(c->pid);
+	collect(c, -1);
+}
+
+int h_cmd_run(struct h_cmd *c, const char *const argv[], const char *const env[], int timeout_ms)
+{
+	h_cmd_start(c, argv, env);
+	if (!h_cmd_wait(c, timeout_ms)) {
+		fprintf(stderr, "%s did not finish within %d ms; killed\n", argv[0], timeout_ms);
+		h_cmd_kill(c);
+		h_cmd_dump(c, argv[0]);
+	}
+	return c->status;
+}
+
+void h_cmd_free(struct h_cmd *c)
+{
+	if (c->pid)
+		h_cmd_kill(c);
+	free(c->out);
+	free(c->err);
+	c->out = c->err = NULL;
+}
+
+void h_cmd_dump(const struct h_cmd *c, const char *what)
+{
+	fprintf(stderr, "----- %s: status %d after %lld ms\nstdout:\n%s\nstderr:\n%s\n-----\n", what,
+		c->status, c->ended_ms - c->started_ms, c->out ? c->out : "", c->err ? c->err : "");
+}
+
+/* ---------------------------------------------------------------- libpq */
+
+char *h_conninfo(int port, const char *user, const char *password, const char *sslmode, const char *extra)
+{
+	char *s = NULL;
+	int n = asprintf(&s, "host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=%s connect_timeout=10%s%s%s%s",
+			 port, user, sslmode ? sslmode : "prefer", password ? " password=" : "",
+			 password ? password : "", extra ? " " : "", extra ? extra : "");
+	cr_assert(n > 0);
+	return s;
+}
+
+PGconn *h_connect_app(int port, const char *sslmode, const char *extra)
+{
+	const struct h_env *e = h_env();
+	char *ci = h_conninfo(port, e->appuser, e->apppass, sslmode, extra);
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	return conn;
+}
+
+PGconn *h_connect_super_direct(void)
+{
+	const struct h_env *e = h_env();
+	char *ci = h_conninfo(e->pgport, e->superuser, e->superpass, "disable", "application_name=pgmux-tests");
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL failed: %s",
+		  PQerrorMessage(conn));
+	return conn;
+}
+
+char *h_query_value(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+	char *v = NULL;
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && PQnfields(r) > 0)
+		v = strdup(PQgetisnull(r, 0, 0) ? "" : PQgetvalue(r, 0, 0));
+	else
+		fprintf(stderr, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+	PQclear(r);
+	return v;
+}
+
+bool h_poll_value(PGconn *super, const char *sql, const char *want, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	for (;;) {
+		char *v = h_query_value(super, sql);
+		bool ok = v && strcmp(v, want) == 0;
+		free(v);
+		if (ok)
+			return true;
+		if (h_now_ms() >= deadline)
+			return false;
+		h_sleep_ms(20);
+	}
+}
+
+PGresult *h_get_result(PGconn *conn, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	while (PQisBusy(conn)) {
+		long long left = deadline - h_now_ms();
+		if (left <= 0)
+			return NULL;
+		struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+		int r = poll(&pfd, 1, (int)left);
+		if (r < 0 && errno != EINTR)
+			return NULL;
+		if (!PQconsumeInput(conn))
+			break; /* PQgetResult reports the broken connection */
+	}
+	return PQgetResult(conn);
+}
+
+/* ---------------------------------------------------------------- raw TCP */
+
+uint32_t h_get_u32(const void *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return ntohl(v);
+}
+
+void h_put_u32(void *p, uint32_t v)
+{
+	v = htonl(v);
+	memcpy(p, &v, 4);
+}
+
+int h_raw_connect(int port, int timeout_ms)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		if (errno != EINPROGRESS) {
+			close(fd);
+			return -1;
+		}
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		int soerr = 0;
+		socklen_t len = sizeof(soerr);
+		if (poll(&pfd, 1, timeout_ms) != 1 ||
+		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
+			close(fd);
+			return -1;
+		}
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+bool h_raw_send(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+				if (poll(&pfd, 1, 2000) != 1)
+					return false;
+				continue;
+			}
+			return false;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+ssize_t h_raw_read(int fd, void *buf, size_t len, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n = recv(fd, (char *)buf + got, len - got, 0);
+		if (n > 0) {
+			got += (size_t)n;
+			continue;
+		}
+		if (n == 0)
+			return (ssize_t)got;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			return -1;
+		long long left = deadline - h_now_ms();
+		if (left <= 0)
+			return -2;
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		poll(&pfd, 1, (int)left);
+	}
+	return (ssize_t)got;
+}
+
+enum h_msg_result h_raw_read_message(int fd, char *type, char **body, size_t *len, int timeout_ms)
+{
+	uint8_t hdr[5];
+	*body = NULL;
+	*len = 0;
+	long long deadline = h_now_ms() + timeout_ms;
+	ssize_t n = h_raw_read(fd, hdr, 1, timeout_ms);
+	if (n == 0)
+		return H_MSG_CLOSED;
+	if (n < 0)
+		return (enum h_msg_result)n;
+	*type = (char)hdr[0];
+	n = h_raw_read(fd, hdr + 1, 4, (int)(deadline - h_now_ms()));
+	if (n < 0)
+		return (enum h_msg_result)n;
+	if (n < 4)
+		return H_MSG_CLOSED;
+	uint32_t mlen = h_get_u32(hdr + 1);
+	if (mlen < 4 || mlen > (1u << 24)) {
+		fprintf(stderr, "raw: message '%c' with impossible length %u\n", *type, mlen);
+		return H_MSG_ERROR;
+	}
+	char *b = malloc(mlen - 4 + 1);
+	n = h_raw_read(fd, b, mlen - 4, (int)(deadline - h_now_ms()));
+	if (n < 0 || (size_t)n < mlen - 4) {
+		free(b);
+		return n == -2 ? H_MSG_TIMEOUT : H_MSG_CLOSED;
+	}
+	b[mlen - 4] = '\0';
+	*body = b;
+	*len = mlen - 4;
+	return H_MSG_OK;
+}
+
+bool h_raw_wait_closed(int fd, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	char buf[4096];
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n == 0)
+			return true;
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return true; /* reset */
+		if (n > 0)
+			continue;
+		long long left = deadline - h_now_ms();
+		if (left <= 0)
+			return false;
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		poll(&pfd, 1, (int)left);
+	}
+}
+
+size_t h_build_startup(uint8_t *buf, size_t cap, uint32_t version, const char *const params[])
+{
+	size_t len = 8;
+	for (size_t i = 0; params && params[i]; i++) {
+		size_t l = strlen(params[i]) + 1;
+		cr_assert(len + l + 1 <= cap);
+		memcpy(buf + len, params[i], l);
+		len += l;
+	}
+	buf[len++] = '\0';
+	h_put_u32(buf, (uint32_t)len);
+	h_put_u32(buf + 4, version);
+	return len;
+}
+
+const char *h_error_field(const char *body, size_t len, char field)
+{
+	size_t i = 0;
+	while (i < len && body[i] != '\0') {
+		char f = body[i++];
+		const char *val = body + i;
+		size_t l = strnlen(val, len - i);
+		if (f == field)
+			return val;
+		i += l + 1;
+	}
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- teardown */
+
+void h_teardown(void)
+{
+	for (int i = 0; i < MAX_CHILDREN; i++)
+		if (children[i] > 0)
+			kill_and_reap(children[i]);
+}

@@ -1,0 +1,1085 @@
+/*
+ * test_integration.c: end-to-end tests that drive real clients (psql, pgbench,
+ * libpq and hand-made bytes) through a real pgmux to the PostgreSQL that
+ * pg-env.sh started. Each test's .init starts a pgmux with the configuration
+ * the test needs; the test ends by stopping it and asserting a clean exit
+ * (status 0, and under valgrind no memory errors or leaks); .fini kills
+ * whatever is left should the test have failed half way.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static struct pgmux px;
+
+/* ---------------------------------------------------------------- fixtures */
+
+static void start_pgmux(struct pgmux_options *o)
+{
+	cr_assert(pgmux_start(&px, o), "pgmux did not start (config %s)", px.config);
+}
+
+/* TLS offered and required, SCRAM. */
+static void init_tls_required(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.require_tls = true;
+	start_pgmux(&o);
+}
+
+/* TLS offered, not required, SCRAM. */
+static void init_tls_optional(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	start_pgmux(&o);
+}
+
+/* No TLS at all, SCRAM. */
+static void init_no_tls(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.tls = false;
+	start_pgmux(&o);
+}
+
+static void init_md5(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.tls = false;
+	o.client_auth = "md5";
+	start_pgmux(&o);
+}
+
+static void init_trust(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.tls = false;
+	o.client_auth = "trust";
+	start_pgmux(&o);
+}
+
+static void init_pgbench(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.require_tls = true;
+	o.pool_mode = "session";
+	o.max_connections = 40;
+	start_pgmux(&o);
+}
+
+static void init_pool_of_2(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.max_connections = 2;
+	start_pgmux(&o);
+}
+
+static void init_pool_of_1(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.max_connections = 1;
+	start_pgmux(&o);
+}
+
+static void fini_kill_leftovers(void)
+{
+	h_teardown();
+}
+
+/* Every test ends here: SIGTERM must make pgmux exit with status 0. */
+static void stop_pgmux_expect_clean_exit(void)
+{
+	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
+		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
+}
+
+/* ---------------------------------------------------------------- client helpers */
+
+#define CLIENT_TIMEOUT_MS 20000
+
+/*
+ * psql -X -w -At -c SQL "conninfo" with the password (if any) in PGPASSWORD
+ * and no password file. Returns the exit status.
+ */
+static int run_psql(struct h_cmd *c, const char *user, const char *password, const char *sslmode,
+		    const char *extra_conninfo, const char *sql)
+{
+	const struct h_env *e = h_env();
+	char psql[600], pw[256];
+	snprintf(psql, sizeof(psql), "%s/psql", e->pgbin);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", password ? password : "");
+	char *ci = h_conninfo(px.port, user, NULL, sslmode, extra_conninfo);
+	const char *argv[] = {psql, "-X", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, ci, NULL};
+	const char *env[] = {password ? pw : "PGPASSFILE=/dev/null", "PGCONNECT_TIMEOUT=10", NULL};
+	int st = h_cmd_run(c, argv, env, h_scaled_ms(CLIENT_TIMEOUT_MS));
+	free(ci);
+	return st;
+}
+
+static void start_psql(struct h_cmd *c, const char *sslmode, const char *sql)
+{
+	const struct h_env *e = h_env();
+	char psql[600], pw[256];
+	snprintf(psql, sizeof(psql), "%s/psql", e->pgbin);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	char *ci = h_conninfo(px.port, e->appuser, NULL, sslmode, NULL);
+	const char *argv[] = {psql, "-X", "-w", "-A", "-t", "-c", sql, ci, NULL};
+	const char *env[] = {pw, "PGCONNECT_TIMEOUT=10", NULL};
+	cr_assert(h_cmd_start(c, argv, env));
+	free(ci);
+}
+
+static PGconn *connect_app_ok(const char *sslmode, const char *extra)
+{
+	PGconn *conn = h_connect_app(px.port, sslmode, extra);
+	if (PQstatus(conn) != CONNECTION_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux as app failed: %s",
+		     PQerrorMessage(conn));
+	return conn;
+}
+
+/* The value of a one-value query that must succeed. */
+static char *value_ok(PGconn *conn, const char *sql)
+{
+	char *v = h_query_value(conn, sql);
+	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+	return v;
+}
+
+static void expect_value(PGconn *conn, const char *sql, const char *want)
+{
+	char *v = value_ok(conn, sql);
+	cr_expect_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
+	free(v);
+}
+
+/* A fresh client must still get a working session (pgmux not harmed by what came before). */
+static void expect_serves_normal_client(void)
+{
+	cr_assert(pgmux_running(&px), "pgmux is no longer running");
+	PGconn *conn = connect_app_ok("prefer", NULL);
+	expect_value(conn, "select 40 + 2", "42");
+	PQfinish(conn);
+}
+
+/* A query for the direct superuser connection: is app's pg_sleep running? */
+#define SLEEP_ACTIVE_SQL(seconds)                                                                  \
+	"select count(*) from pg_stat_activity where usename = 'app' and state = 'active' and "    \
+	"query like 'select pg_sleep(" #seconds ")%'"
+
+/* ================================================================ 1-3: TLS + SCRAM */
+
+TestSuite(tls_scram, .init = init_tls_required, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(tls_scram, psql_select_1)
+{
+	struct h_cmd c;
+	int st = run_psql(&c, "app", h_env()->apppass, "require", NULL, "select 1");
+	if (st != 0)
+		h_cmd_dump(&c, "psql");
+	cr_assert_eq(st, 0, "psql exited with %d: %s", st, c.err);
+	cr_assert_str_eq(c.out, "1\n");
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(tls_scram, libpq_ssl_in_use_and_backend_identity)
+{
+	PGconn *conn = connect_app_ok("require", NULL);
+	cr_assert_eq(PQsslInUse(conn), 1, "PQsslInUse is %d through pgmux with sslmode=require",
+		     PQsslInUse(conn));
+	PGresult *r = PQexec(conn, "select current_user, inet_server_port()");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "app");
+	cr_assert_eq(atoi(PQgetvalue(r, 0, 1)), h_env()->pgport,
+		     "inet_server_port() is %s, expected PostgreSQL's port %d", PQgetvalue(r, 0, 1),
+		     h_env()->pgport);
+	PQclear(r);
+	PQfinish(conn);
+
+	/* pgmux presents the configured certificate: verify-full against the test CA works. */
+	char extra[600];
+	snprintf(extra, sizeof(extra), "sslrootcert=%s", h_env()->ca);
+	conn = connect_app_ok("verify-full", extra);
+	cr_assert_eq(PQsslInUse(conn), 1);
+	expect_value(conn, "select 1", "1");
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(tls_scram, wrong_password_is_refused)
+{
+	struct h_cmd c;
+	int st = run_psql(&c, "app", "not-the-password", "require", NULL, "select 1");
+	cr_assert_neq(st, 0, "psql with a wrong password succeeded: %s", c.out);
+	cr_assert(st > 0 && st < 128, "psql died from a signal or timed out (%d)", st);
+	cr_assert(strstr(c.err, "password authentication failed for user \"app\"") != NULL,
+		  "psql's stderr lacks the 28P01 message: %s", c.err);
+	h_cmd_free(&c);
+
+	/* A user without a secret gets no hint that it does not exist. */
+	char *ci = h_conninfo(px.port, "nosuchuser", "whatever", "require", NULL);
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert_neq(PQstatus(conn), CONNECTION_OK, "an unknown user logged in");
+	cr_expect(strstr(PQerrorMessage(conn), "password authentication failed for user \"nosuchuser\"") != NULL,
+		  "unexpected message for an unknown user: %s", PQerrorMessage(conn));
+	PQfinish(conn);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(tls_scram, plaintext_refused_when_tls_required)
+{
+	struct h_cmd c;
+	int st = run_psql(&c, "app", h_env()->apppass, "disable", NULL, "select 1");
+	cr_assert_neq(st, 0, "psql without TLS got in although require_tls=true: %s", c.out);
+	cr_assert(st > 0 && st < 128, "psql died from a signal or timed out (%d)", st);
+	cr_assert(strstr(c.err, "requires TLS connections") != NULL,
+		  "psql's stderr does not say that TLS is required: %s", c.err);
+	h_cmd_free(&c);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 4-5: md5, trust */
+
+/* Send a StartupMessage for app and return the first message's auth code ('R'), or -1. */
+static int first_auth_request(const char *user, char **body_out, size_t *len_out)
+{
+	int fd = h_raw_connect(px.port, 2000);
+	cr_assert(fd >= 0, "cannot connect to pgmux");
+	uint8_t buf[256];
+	const char *params[] = {"user", user, "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	char type;
+	char *body;
+	size_t blen;
+	enum h_msg_result r = h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(3000));
+	close(fd);
+	cr_assert_eq(r, H_MSG_OK, "no reply to a StartupMessage (%d)", r);
+	cr_assert_eq(type, 'R', "expected an authentication request, got '%c'", type);
+	cr_assert(blen >= 4);
+	int code = (int)h_get_u32(body);
+	if (body_out) {
+		*body_out = body;
+		*len_out = blen;
+	} else {
+		free(body);
+	}
+	return code;
+}
+
+TestSuite(md5, .init = init_md5, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(md5, right_password_logs_in_wrong_one_does_not)
+{
+	char *body;
+	size_t blen;
+	int code = first_auth_request("app", &body, &blen);
+	cr_assert_eq(code, 5, "client_auth=md5 asked for authentication type %d, not 5 (MD5)", code);
+	cr_assert_eq(blen, 8u, "AuthenticationMD5Password must carry a 4-byte salt");
+	free(body);
+
+	struct h_cmd c;
+	int st = run_psql(&c, "app", h_env()->apppass, "disable", NULL, "select current_user");
+	if (st != 0)
+		h_cmd_dump(&c, "psql");
+	cr_assert_eq(st, 0);
+	cr_assert_str_eq(c.out, "app\n");
+	h_cmd_free(&c);
+
+	st = run_psql(&c, "app", "wrong-password", "disable", NULL, "select 1");
+	cr_assert(st > 0 && st < 128, "psql with a wrong md5 password: status %d", st);
+	cr_assert(strstr(c.err, "password authentication failed for user \"app\"") != NULL, "%s", c.err);
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+TestSuite(trust, .init = init_trust, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(trust, logs_in_without_password)
+{
+	int code = first_auth_request("app", NULL, NULL);
+	cr_assert_eq(code, 0, "client_auth=trust asked for authentication type %d, not 0 (OK)", code);
+
+	struct h_cmd c;
+	int st = run_psql(&c, "app", NULL, "disable", NULL, "select current_user");
+	if (st != 0)
+		h_cmd_dump(&c, "psql");
+	cr_assert_eq(st, 0);
+	cr_assert_str_eq(c.out, "app\n");
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 6: pgbench */
+
+TestSuite(pgbench, .init = init_pgbench, .fini = fini_kill_leftovers, .timeout = 180);
+
+Test(pgbench, select_only_32_clients_over_tls)
+{
+	const struct h_env *e = h_env();
+	char pgbench[600], port[16], pw[256];
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port, sizeof(port), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	/* Under valgrind, 32 TLS + SCRAM logins alone can take longer than 5 s. */
+	const char *duration = h_under_valgrind() ? "30" : "5";
+	const char *argv[] = {pgbench, "-n", "-S", "-c", "32", "-j", "2", "-T", duration, "-h", "127.0.0.1",
+			      "-p", port, "-U", "app", "postgres", NULL};
+	const char *env[] = {pw, "PGSSLMODE=require", "PGCONNECT_TIMEOUT=30", NULL};
+	struct h_cmd c;
+	int st = h_cmd_run(&c, argv, env, h_scaled_ms(60000));
+	if (st != 0 || strstr(c.out, "number of failed transactions: 0 ") == NULL ||
+	    strstr(c.out, "actually processed: 0\n") != NULL)
+		h_cmd_dump(&c, "pgbench");
+	cr_assert_eq(st, 0, "pgbench exited with %d", st);
+	cr_assert(strstr(c.out, "number of failed transactions: 0 ") != NULL,
+		  "pgbench reports failed transactions:\n%s", c.out);
+	const char *p = strstr(c.out, "number of transactions actually processed: ");
+	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", c.out);
+	long processed = strtol(p + strlen("number of transactions actually processed: "), NULL, 10);
+	cr_assert_gt(processed, 0, "pgbench processed no transactions");
+	cr_log_info("pgbench through pgmux: %ld transactions", processed);
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 7: cancel */
+
+TestSuite(cancel, .init = init_tls_optional, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(cancel, psql_sigint_sends_cancel_request)
+{
+	PGconn *super = h_connect_super_direct();
+	struct h_cmd c;
+	start_psql(&c, "require", "select pg_sleep(20)");
+	bool active = h_poll_value(super, SLEEP_ACTIVE_SQL(20), "1", h_scaled_ms(10000));
+	if (!active) {
+		h_cmd_kill(&c);
+		h_cmd_dump(&c, "psql");
+	}
+	cr_assert(active, "pg_sleep(20) never became active in pg_stat_activity");
+
+	kill(c.pid, SIGINT);
+	bool ended = h_cmd_wait(&c, h_scaled_ms(2000));
+	if (!ended)
+		h_cmd_kill(&c);
+	cr_assert(ended, "psql did not end within 2 s of SIGINT (CancelRequest not forwarded?)");
+	cr_assert(c.status > 0 && c.status < 128, "psql status %d", c.status);
+	cr_assert(strstr(c.err, "canceling statement due to user request") != NULL,
+		  "psql's stderr: %s", c.err);
+	h_cmd_free(&c);
+	/* the backend is no longer sleeping */
+	cr_assert(h_poll_value(super, SLEEP_ACTIVE_SQL(20), "0", h_scaled_ms(5000)));
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cancel, libpq_pqcancel_gives_57014)
+{
+	PGconn *super = h_connect_super_direct();
+	PGconn *conn = connect_app_ok("require", NULL);
+	cr_assert_eq(PQsendQuery(conn, "select pg_sleep(20)"), 1, "%s", PQerrorMessage(conn));
+	cr_assert(h_poll_value(super, SLEEP_ACTIVE_SQL(20), "1", h_scaled_ms(10000)),
+		  "pg_sleep(20) never became active");
+
+	PGcancel *cancel = PQgetCancel(conn);
+	cr_assert_not_null(cancel);
+	char errbuf[256];
+	cr_assert_eq(PQcancel(cancel, errbuf, sizeof(errbuf)), 1, "PQcancel: %s", errbuf);
+	PQfreeCancel(cancel);
+
+	PGresult *r = h_get_result(conn, h_scaled_ms(1000));
+	cr_assert_not_null(r, "no result within 1 s of the cancel request");
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "status %s",
+		     PQresStatus(PQresultStatus(r)));
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert_not_null(state);
+	cr_assert_str_eq(state, "57014");
+	PQclear(r);
+	while ((r = h_get_result(conn, 2000)) != NULL)
+		PQclear(r);
+
+	/* The session survives a cancelled query. */
+	expect_value(conn, "select 'still here'", "still here");
+	PQfinish(conn);
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 8: COPY */
+
+TestSuite(copy, .init = init_tls_optional, .fini = fini_kill_leftovers, .timeout = 120);
+
+#define COPY_ROWS 10000
+
+static uint64_t fnv1a(uint64_t h, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+Test(copy, libpq_copy_in_and_out_10000_rows)
+{
+	PGconn *conn = connect_app_ok("require", NULL);
+	PGresult *r = PQexec(conn, "create temp table copy_t (id int primary key, v text)");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
+	PQclear(r);
+
+	r = PQexec(conn, "copy copy_t from stdin");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "%s", PQerrorMessage(conn));
+	PQclear(r);
+	uint64_t sent_hash = 14695981039346656037ULL;
+	long long sum = 0;
+	char chunk[8192];
+	size_t used = 0;
+	for (int i = 1; i <= COPY_ROWS; i++) {
+		char line[128];
+		int n = snprintf(line, sizeof(line), "%d\trow %d: \\\\ tab\\there %08x\n", i, i,
+				 (unsigned)(i * 2654435761u));
+		sent_hash = fnv1a(sent_hash, line, (size_t)n);
+		sum += i;
+		if (used + (size_t)n > sizeof(chunk)) {
+			cr_assert_eq(PQputCopyData(conn, chunk, (int)used), 1, "%s", PQerrorMessage(conn));
+			used = 0;
+		}
+		memcpy(chunk + used, line, (size_t)n);
+		used += (size_t)n;
+	}
+	cr_assert_eq(PQputCopyData(conn, chunk, (int)used), 1);
+	cr_assert_eq(PQputCopyEnd(conn, NULL), 1);
+	r = PQgetResult(conn);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "COPY FROM failed: %s", PQerrorMessage(conn));
+	cr_assert_str_eq(PQcmdTuples(r), "10000");
+	PQclear(r);
+	while ((r = PQgetResult(conn)) != NULL)
+		PQclear(r);
+
+	char want_sum[64];
+	snprintf(want_sum, sizeof(want_sum), "%d|%lld", COPY_ROWS, sum);
+	expect_value(conn, "select count(*) || '|' || sum(id) from copy_t", want_sum);
+
+	r = PQexec(conn, "copy (select * from copy_t order by id) to stdout");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_OUT, "%s", PQerrorMessage(conn));
+	PQclear(r);
+	uint64_t got_hash = 14695981039346656037ULL;
+	int rows = 0;
+	char *buf;
+	int n;
+	while ((n = PQgetCopyData(conn, &buf, 0)) > 0) {
+		got_hash = fnv1a(got_hash, buf, (size_t)n);
+		rows++;
+		PQfreemem(buf);
+	}
+	cr_assert_eq(n, -1, "COPY TO STDOUT ended with %d: %s", n, PQerrorMessage(conn));
+	r = PQgetResult(conn);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
+	PQclear(r);
+	while ((r = PQgetResult(conn)) != NULL)
+		PQclear(r);
+	cr_assert_eq(rows, COPY_ROWS);
+	cr_assert_eq(got_hash, sent_hash, "the rows read back differ from the rows written");
+
+	/* A CopyFail ends the COPY with an error and leaves the session usable. */
+	r = PQexec(conn, "copy copy_t from stdin");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN);
+	PQclear(r);
+	cr_assert_eq(PQputCopyData(conn, "20001\tpartial\n", 14), 1);
+	cr_assert_eq(PQputCopyEnd(conn, "client gave up"), 1);
+	r = PQgetResult(conn);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "57014");
+	PQclear(r);
+	while ((r = PQgetResult(conn)) != NULL)
+		PQclear(r);
+	expect_value(conn, "select count(*) from copy_t", "10000");
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(copy, psql_backslash_copy_both_ways)
+{
+	char data[600];
+	snprintf(data, sizeof(data), "%s/rows.txt", h_test_dir());
+	FILE *f = fopen(data, "w");
+	cr_assert_not_null(f);
+	for (int i = 1; i <= COPY_ROWS; i++)
+		fprintf(f, "%d\n", i);
+	fclose(f);
+
+	/* psql's \copy streams the file through COPY FROM STDIN / TO STDOUT */
+	char script[600];
+	snprintf(script, sizeof(script), "%s/copy.sql", h_test_dir());
+	f = fopen(script, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "create temp table t (a int);\n\\copy t from '%s'\nselect count(*) || '|' || sum(a) from t;\n"
+		   "\\copy (select a * 2 from t order by a) to '%s.out'\n", data, data);
+	fclose(f);
+
+	const struct h_env *e = h_env();
+	char psql[600], pw[256];
+	snprintf(psql, sizeof(psql), "%s/psql", e->pgbin);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	char *ci = h_conninfo(px.port, "app", NULL, "require", NULL);
+	const char *argv[] = {psql, "-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", script, ci, NULL};
+	const char *env[] = {pw, NULL};
+	struct h_cmd c;
+	int st = h_cmd_run(&c, argv, env, h_scaled_ms(CLIENT_TIMEOUT_MS));
+	free(ci);
+	if (st != 0)
+		h_cmd_dump(&c, "psql");
+	cr_assert_eq(st, 0);
+	cr_assert_str_eq(c.out, "10000|50005000\n");
+	h_cmd_free(&c);
+
+	char outpath[700];
+	snprintf(outpath, sizeof(outpath), "%s.out", data);
+	f = fopen(outpath, "r");
+	cr_assert_not_null(f, "\\copy to a file wrote nothing");
+	long long sum = 0;
+	int rows = 0, v;
+	while (fscanf(f, "%d", &v) == 1) {
+		sum += v;
+		rows++;
+	}
+	fclose(f);
+	cr_assert_eq(rows, COPY_ROWS);
+	cr_assert_eq(sum, 2LL * 50005000);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 9: notices and errors */
+
+TestSuite(session, .init = init_tls_optional, .fini = fini_kill_leftovers, .timeout = 120);
+
+struct notices {
+	int count;
+	char last[256];
+};
+
+static void on_notice(void *arg, const PGresult *r)
+{
+	struct notices *n = arg;
+	n->count++;
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	snprintf(n->last, sizeof(n->last), "%s", msg ? msg : "");
+}
+
+Test(session, notice_then_error_then_query)
+{
+	PGconn *conn = connect_app_ok("require", NULL);
+	struct notices n = {0};
+	PQsetNoticeReceiver(conn, on_notice, &n);
+
+	PGresult *r = PQexec(conn, "DO $$BEGIN RAISE NOTICE 'hello %', 42; END$$");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
+	PQclear(r);
+	cr_assert_eq(n.count, 1, "expected one notice, got %d", n.count);
+	cr_assert_str_eq(n.last, "hello 42");
+
+	r = PQexec(conn, "select 1/0");
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "22012");
+	PQclear(r);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+
+	expect_value(conn, "select 2", "2");
+	/* an error inside a transaction block, then ROLLBACK, then more work */
+	PQclear(PQexec(conn, "begin"));
+	r = PQexec(conn, "select 1/0");
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	PQclear(r);
+	cr_assert_eq(PQtransactionStatus(conn), PQTRANS_INERROR);
+	PQclear(PQexec(conn, "rollback"));
+	cr_assert_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+	expect_value(conn, "select 3", "3");
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 11: startup parameters */
+
+Test(session, startup_parameters_are_kept)
+{
+	PGconn *super = h_connect_super_direct();
+	PGconn *conn = connect_app_ok("require", "application_name=foo options='-c statement_timeout=1234'");
+	expect_value(conn, "show application_name", "foo");
+	expect_value(conn, "show statement_timeout", "1234ms");
+	cr_assert_str_eq(PQparameterStatus(conn, "application_name"), "foo");
+
+	char *pid = value_ok(conn, "select pg_backend_pid()");
+	char sql[200];
+	snprintf(sql, sizeof(sql), "select application_name from pg_stat_activity where pid = %s", pid);
+	expect_value(super, sql, "foo");
+	free(pid);
+	PQfinish(conn);
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 15: BackendKeyData */
+
+Test(session, backend_key_is_pgmux_own)
+{
+	PGconn *conn = connect_app_ok("require", NULL);
+	char *pid = value_ok(conn, "select pg_backend_pid()");
+	cr_assert_neq(PQbackendPID(conn), atoi(pid),
+		      "pgmux passed the backend's own pid (%d) through in BackendKeyData", atoi(pid));
+	cr_assert_neq(PQbackendPID(conn), 0);
+	free(pid);
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 13: client vanishes */
+
+Test(session, client_killed_mid_query_does_not_harm_others)
+{
+	PGconn *super = h_connect_super_direct();
+	PGconn *other = connect_app_ok("require", NULL);
+	expect_value(other, "select 1", "1");
+
+	struct h_cmd c;
+	start_psql(&c, "require", "select pg_sleep(5)");
+	cr_assert(h_poll_value(super, SLEEP_ACTIVE_SQL(5), "1", h_scaled_ms(10000)),
+		  "pg_sleep(5) never became active");
+	h_cmd_kill(&c);
+	h_cmd_free(&c);
+
+	expect_value(other, "select 'other session fine'", "other session fine");
+	expect_serves_normal_client();
+	PQfinish(other);
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 10: malformed startup */
+
+TestSuite(startup, .init = init_tls_optional, .fini = fini_kill_leftovers, .timeout = 120);
+
+static int raw_open(void)
+{
+	int fd = h_raw_connect(px.port, 2000);
+	cr_assert(fd >= 0, "cannot connect to pgmux's port %d", px.port);
+	return fd;
+}
+
+/*
+ * The connection must be refused within 2 s: either closed, or an
+ * ErrorResponse with severity FATAL and one of the SQLSTATEs (NULL-terminated)
+ * followed by a close.
+ */
+static void expect_refused(int fd, const char *const sqlstates[], const char *what)
+{
+	long long t0 = h_now_ms();
+	char type;
+	char *body;
+	size_t len;
+	int limit = h_scaled_ms(2000);
+	enum h_msg_result r = h_raw_read_message(fd, &type, &body, &len, limit);
+	cr_assert_neq(r, H_MSG_TIMEOUT, "%s: neither an error nor a close within %d ms", what, limit);
+	if (r == H_MSG_OK) {
+		cr_assert_eq(type, 'E', "%s: expected an ErrorResponse, got message '%c'", what, type);
+		const char *sev = h_error_field(body, len, 'V');
+		if (!sev)
+			sev = h_error_field(body, len, 'S');
+		cr_assert(sev && strcmp(sev, "FATAL") == 0, "%s: severity %s, expected FATAL", what,
+			  sev ? sev : "(none)");
+		const char *code = h_error_field(body, len, 'C');
+		cr_assert_not_null(code, "%s: ErrorResponse without SQLSTATE", what);
+		bool allowed = false;
+		for (int i = 0; sqlstates[i]; i++)
+			if (strcmp(code, sqlstates[i]) == 0)
+				allowed = true;
+		const char *msg = h_error_field(body, len, 'M');
+		cr_assert(allowed, "%s: SQLSTATE %s (%s) not expected", what, code, msg ? msg : "");
+		free(body);
+		long long left = limit - (h_now_ms() - t0);
+		cr_assert(h_raw_wait_closed(fd, left > 0 ? (int)left : 1),
+			  "%s: connection not closed after the FATAL error", what);
+	}
+	close(fd);
+}
+
+static const char *const protocol_violation[] = {"08P01", NULL};
+static const char *const bad_version[] = {"0A000", "08P01", NULL};
+static const char *const no_user[] = {"28000", "08P01", NULL};
+
+static void send_header(int fd, uint32_t len, uint32_t code)
+{
+	uint8_t b[8];
+	h_put_u32(b, len);
+	h_put_u32(b + 4, code);
+	cr_assert(h_raw_send(fd, b, 8));
+}
+
+Test(startup, length_below_8)
+{
+	int fd = raw_open();
+	send_header(fd, 4, 196608);
+	expect_refused(fd, protocol_violation, "length 4");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, length_above_10000)
+{
+	int fd = raw_open();
+	send_header(fd, 10001, 196608);
+	expect_refused(fd, protocol_violation, "length 10001");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, one_gigabyte_length_claim)
+{
+	int fd = raw_open();
+	send_header(fd, 1u << 30, 196608);
+	expect_refused(fd, protocol_violation, "length 1 GB");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+static void bad_version_test(uint32_t version, const char *what)
+{
+	int fd = raw_open();
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), version, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	expect_refused(fd, bad_version, what);
+	expect_serves_normal_client();
+}
+
+Test(startup, protocol_2_0)
+{
+	bad_version_test(2u << 16, "protocol 2.0");
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, protocol_4_0)
+{
+	bad_version_test(4u << 16, "protocol 4.0");
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, garbage_bytes)
+{
+	int fd = raw_open();
+	const char http[] = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+	cr_assert(h_raw_send(fd, http, sizeof(http) - 1));
+	expect_refused(fd, protocol_violation, "an HTTP request");
+
+	fd = raw_open();
+	uint8_t junk[64];
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (uint8_t)(i * 37 + 11);
+	h_put_u32(junk, 64);
+	cr_assert(h_raw_send(fd, junk, sizeof(junk)));
+	expect_refused(fd, bad_version, "64 bytes of junk with a plausible length");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, truncated_then_closed)
+{
+	int fd = raw_open();
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len / 2));
+	shutdown(fd, SHUT_WR);
+	expect_refused(fd, protocol_violation, "half a startup packet, then EOF");
+
+	/* and one that simply vanishes */
+	fd = raw_open();
+	cr_assert(h_raw_send(fd, buf, 6));
+	close(fd);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, missing_user)
+{
+	int fd = raw_open();
+	uint8_t buf[256];
+	const char *params[] = {"database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	expect_refused(fd, no_user, "a startup packet without user");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, unterminated_parameters)
+{
+	int fd = raw_open();
+	uint8_t buf[64];
+	memcpy(buf + 8, "user\0app\0database", 17); /* no value, no final NUL */
+	h_put_u32(buf, 8 + 17);
+	h_put_u32(buf + 4, 196608);
+	cr_assert(h_raw_send(fd, buf, 8 + 17));
+	expect_refused(fd, protocol_violation, "a startup packet with unterminated parameters");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+/* Read one message that must arrive, of the given type. */
+static char *expect_message(int fd, char want, size_t *len, const char *what)
+{
+	char type;
+	char *body;
+	enum h_msg_result r = h_raw_read_message(fd, &type, &body, len, h_scaled_ms(3000));
+	cr_assert_eq(r, H_MSG_OK, "%s: no message (%d)", what, r);
+	if (type == 'E') {
+		const char *m = h_error_field(body, *len, 'M');
+		cr_assert_eq(type, want, "%s: got ErrorResponse: %s", what, m ? m : "");
+	}
+	cr_assert_eq(type, want, "%s: expected '%c', got '%c'", what, want, type);
+	return body;
+}
+
+/* A plain StartupMessage for app must now be answered with SCRAM (SASL) authentication. */
+static void expect_sasl_after_startup(int fd, bool plus_allowed, const char *what)
+{
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	size_t blen;
+	char *body = expect_message(fd, 'R', &blen, what);
+	cr_assert(blen >= 4);
+	cr_assert_eq(h_get_u32(body), 10u, "%s: authentication type %u, expected 10 (SASL)", what,
+		     h_get_u32(body));
+	bool scram = false, plus = false;
+	for (size_t i = 4; i < blen && body[i]; i += strlen(body + i) + 1) {
+		if (strcmp(body + i, "SCRAM-SHA-256") == 0)
+			scram = true;
+		if (strcmp(body + i, "SCRAM-SHA-256-PLUS") == 0)
+			plus = true;
+	}
+	cr_assert(scram, "%s: SCRAM-SHA-256 not offered", what);
+	if (!plus_allowed)
+		cr_assert(!plus, "%s: SCRAM-SHA-256-PLUS offered without TLS", what);
+	free(body);
+}
+
+Test(startup, ssl_request_answered_S_with_tls)
+{
+	int fd = raw_open();
+	send_header(fd, 8, 80877103);
+	char answer = 0;
+	cr_assert_eq(h_raw_read(fd, &answer, 1, h_scaled_ms(2000)), 1, "no answer to SSLRequest");
+	cr_assert_eq(answer, 'S', "SSLRequest answered '%c' although TLS is configured", answer);
+	close(fd);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, gssenc_request_answered_N)
+{
+	int fd = raw_open();
+	send_header(fd, 8, 80877104);
+	char answer = 0;
+	cr_assert_eq(h_raw_read(fd, &answer, 1, h_scaled_ms(2000)), 1, "no answer to GSSENCRequest");
+	cr_assert_eq(answer, 'N', "GSSENCRequest answered '%c'", answer);
+	/* the same connection goes on with a plain startup */
+	expect_sasl_after_startup(fd, false, "startup after GSSENCRequest");
+	close(fd);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+static void negotiate_test(uint32_t version, const char *pq_option)
+{
+	int fd = raw_open();
+	uint8_t buf[256];
+	const char *with_opt[] = {"user", "app", "database", "postgres", pq_option, "bar", NULL};
+	const char *without[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), version, pq_option ? with_opt : without);
+	cr_assert(h_raw_send(fd, buf, len));
+	size_t blen;
+	char *body = expect_message(fd, 'v', &blen, "NegotiateProtocolVersion");
+	cr_assert(blen >= 8);
+	/*
+	 * The protocol documentation calls this the newest supported minor
+	 * version, but PostgreSQL sends its full latest version, 3.0 (196608):
+	 * accept both spellings of "3.0".
+	 */
+	uint32_t newest = h_get_u32(body);
+	cr_assert((newest & 0xFFFF) == 0 && (newest >> 16 == 3 || newest >> 16 == 0),
+		  "NegotiateProtocolVersion offers version %u.%u, expected 3.0", newest >> 16, newest & 0xFFFF);
+	uint32_t n = h_get_u32(body + 4);
+	if (pq_option) {
+		cr_assert_eq(n, 1u, "%u unrecognized options reported, expected 1", n);
+		cr_assert_str_eq(body + 8, pq_option);
+	} else {
+		cr_assert_eq(n, 0u);
+	}
+	free(body);
+	body = expect_message(fd, 'R', &blen, "authentication after NegotiateProtocolVersion");
+	cr_assert_eq(h_get_u32(body), 10u);
+	free(body);
+	close(fd);
+}
+
+Test(startup, protocol_3_1_gets_negotiate_protocol_version)
+{
+	negotiate_test((3u << 16) | 1, NULL);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(startup, pq_option_gets_negotiate_protocol_version)
+{
+	negotiate_test(3u << 16, "_pq_.foo");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+TestSuite(startup_no_tls, .init = init_no_tls, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(startup_no_tls, ssl_request_answered_N)
+{
+	int fd = raw_open();
+	send_header(fd, 8, 80877103);
+	char answer = 0;
+	cr_assert_eq(h_raw_read(fd, &answer, 1, h_scaled_ms(2000)), 1, "no answer to SSLRequest");
+	cr_assert_eq(answer, 'N', "SSLRequest answered '%c' although no TLS is configured", answer);
+	expect_sasl_after_startup(fd, false, "startup after SSLRequest was refused");
+	close(fd);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 12: session pooling */
+
+TestSuite(pool2, .init = init_pool_of_2, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(pool2, sequential_sessions_reuse_reset_backends)
+{
+	int pids[5];
+	for (int i = 0; i < 5; i++) {
+		PGconn *conn = connect_app_ok("require", NULL);
+		if (i == 0) {
+			PGresult *r = PQexec(conn, "create temp table reuse_marker (x int)");
+			cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
+			PQclear(r);
+			PQclear(PQexec(conn, "set work_mem = '7MB'"));
+			expect_value(conn, "show work_mem", "7MB");
+		} else {
+			expect_value(conn, "select coalesce(to_regclass('pg_temp.reuse_marker')::text, 'gone')", "gone");
+			expect_value(conn, "show work_mem", "4MB");
+		}
+		char *pid = value_ok(conn, "select pg_backend_pid()");
+		pids[i] = atoi(pid);
+		free(pid);
+		PQfinish(conn);
+	}
+	int distinct = 0;
+	for (int i = 0; i < 5; i++) {
+		bool seen = false;
+		for (int j = 0; j < i; j++)
+			seen |= pids[j] == pids[i];
+		distinct += !seen;
+	}
+	cr_assert_leq(distinct, 2, "5 sessions used %d backends with max_connections=2 (pids %d %d %d %d %d)",
+		      distinct, pids[0], pids[1], pids[2], pids[3], pids[4]);
+
+	PGconn *super = h_connect_super_direct();
+	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app'");
+	cr_assert_leq(atoi(n), 2, "%s backend connections for app with max_connections=2", n);
+	free(n);
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+TestSuite(pool1, .init = init_pool_of_1, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(pool1, second_client_waits_for_the_first)
+{
+	PGconn *first = connect_app_ok("require", NULL);
+	expect_value(first, "select 1", "1");
+
+	struct h_cmd c;
+	start_psql(&c, "require", "select 'second got in'");
+	/* Give the second client time to be served if pgmux wrongly lets it through. */
+	bool ended_early = h_cmd_wait(&c, h_scaled_ms(1000));
+	if (ended_early)
+		h_cmd_dump(&c, "second psql");
+	cr_assert(!ended_early, "the second client did not wait for the only backend");
+
+	PGconn *super = h_connect_super_direct();
+	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app'");
+	cr_assert_str_eq(n, "1", "max_connections=1 but app has %s backends", n);
+	free(n);
+	PQfinish(super);
+
+	expect_value(first, "select 'first still works'", "first still works");
+	PQfinish(first);
+	bool ended = h_cmd_wait(&c, h_scaled_ms(10000));
+	if (!ended)
+		h_cmd_kill(&c);
+	if (!ended || c.status != 0)
+		h_cmd_dump(&c, "second psql");
+	cr_assert(ended, "the second client was not served after the first left");
+	cr_assert_eq(c.status, 0);
+	cr_assert_str_eq(c.out, "second got in\n");
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 14: graceful SIGINT */
+
+TestSuite(shutdown, .init = init_tls_optional, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(shutdown, sigint_lets_open_sessions_finish)
+{
+	PGconn *open = connect_app_ok("require", NULL);
+	expect_value(open, "select 1", "1");
+
+	cr_assert_eq(kill(px.pid, SIGINT), 0);
+	/* New connections are refused once pgmux has seen the signal. */
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	bool refused = false;
+	while (!refused && h_now_ms() < deadline) {
+		PGconn *late = h_connect_app(px.port, "require", NULL);
+		refused = PQstatus(late) != CONNECTION_OK;
+		PQfinish(late);
+		if (!refused)
+			h_sleep_ms(20);
+	}
+	cr_assert(refused, "pgmux still accepts new sessions after SIGINT");
+
+	cr_assert(pgmux_running(&px), "pgmux exited although a session was still open");
+	expect_value(open, "select 'open session still served'", "open session still served");
+	cr_assert(pgmux_running(&px));
+	PQfinish(open);
+
+	int st = pgmux_wait_exit(&px, h_scaled_ms(10000));
+	cr_assert_neq(st, -2, "pgmux did not exit after its last session ended");
+	cr_assert_eq(st, 0, "pgmux exit status after SIGINT: %d", st);
+}

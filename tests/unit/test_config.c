@@ -1,0 +1,873 @@
+/*
+ * test_config.c: unit tests for config.c: defaults, every value type, the
+ * exact "file:line: [section] name: problem" errors, and the checks that keep
+ * man/pgmux.ini.5 and etc/pgmux.ini in step with the option table.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+
+#ifndef TEST_SRCDIR
+#error "compile with -DTEST_SRCDIR='\"/abs/top/srcdir\"'"
+#endif
+
+/* ------------------------------------------------------------ helpers */
+
+static char config_path[64];
+
+/*
+ * Writes text to a fresh temporary file. Each load removes the file at once
+ * (the name stays in config_path for the expected error text), so tests that
+ * load many files leave nothing behind.
+ */
+static const char *write_config(const char *text)
+{
+	int fd;
+	size_t length = strlen(text);
+
+	strcpy(config_path, "/tmp/pgmux-test-config-XXXXXX");
+	fd = mkstemp(config_path);
+	cr_assert(fd >= 0, "mkstemp: %s", strerror(errno));
+	cr_assert_eq(write(fd, text, length), (ssize_t)length);
+	close(fd);
+	return config_path;
+}
+
+static struct config *load_file_once(const char *text, char *err, size_t errlen)
+{
+	struct config *cfg = config_load(write_config(text), err, errlen);
+
+	unlink(config_path);
+	return cfg;
+}
+
+static struct config *load_ok(const char *text)
+{
+	char err[512] = "";
+	struct config *cfg = load_file_once(text, err, sizeof(err));
+
+	cr_assert_not_null(cfg, "config did not load: %s\n--- text:\n%s", err, text);
+	return cfg;
+}
+
+/* Asserts that text fails to load with "PATH:" followed by expected. */
+static void expect_error(const char *text, const char *expected)
+{
+	char err[512] = "";
+	char want[512];
+	struct config *cfg = load_file_once(text, err, sizeof(err));
+
+	snprintf(want, sizeof(want), "%s:%s", config_path, expected);
+	cr_assert_null(cfg, "config loaded, expected error \"%s\"\n--- text:\n%s", want, text);
+	cr_expect_str_eq(err, want, "\n got: %s\nwant: %s", err, want);
+}
+
+static char *value_text(const struct config *cfg, const char *section, const char *name)
+{
+	const struct config_option *opt = config_find_option(section, name);
+
+	cr_assert_not_null(opt, "no option [%s] %s", section, name);
+	return config_value_text(cfg, opt);
+}
+
+static void expect_value_text(const struct config *cfg, const char *section, const char *name,
+			      const char *expected)
+{
+	char *text = value_text(cfg, section, name);
+
+	cr_expect_str_eq(text, expected, "[%s] %s renders as '%s', expected '%s'", section, name,
+			 text, expected);
+	free(text);
+}
+
+/* ------------------------------------------------------------ defaults */
+
+Test(config, defaults_from_a_file_with_only_a_section)
+{
+	struct config *cfg = load_ok("[pgmux]\n");
+
+	cr_expect_str_eq(cfg->path, config_path);
+	cr_expect_str_eq(cfg->listen_addr, "127.0.0.1");
+	cr_expect_eq(cfg->listen_port, 6432);
+	cr_expect_eq(cfg->workers, 0);
+	cr_expect_str_eq(cfg->client_tls_cert_file, "");
+	cr_expect_str_eq(cfg->client_tls_key_file, "");
+	cr_expect_eq(cfg->require_tls, false);
+	cr_expect_eq(cfg->client_auth, CLIENT_AUTH_SCRAM);
+	cr_expect_str_eq(cfg->secrets_dir, "/etc/pgmux/secrets");
+	cr_expect_str_eq(cfg->admin_users, "");
+	cr_expect_str_eq(cfg->logfile, "");
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_INFO);
+	cr_expect_str_eq(cfg->pidfile, "");
+	cr_expect_eq(cfg->max_packet_size, 1073741823);
+	cr_expect_eq(cfg->client_login_timeout_ms, 60000);
+	cr_expect_eq(cfg->shutdown_timeout_ms, 30000);
+	cr_expect_eq(cfg->listen_backlog, 4096);
+
+	cr_assert_eq(cfg->n_hosts, 1);
+	cr_expect_str_eq(cfg->hosts[0].host, "127.0.0.1");
+	cr_expect_eq(cfg->hosts[0].port, 5432);
+	cr_expect_eq(cfg->server_tls, SERVER_TLS_PREFER);
+	cr_expect_str_eq(cfg->server_tls_ca_file, "");
+	cr_expect_eq(cfg->server_connect_timeout_ms, 10000);
+
+	cr_expect_eq(cfg->pool_mode, POOL_MODE_SESSION);
+	cr_expect_eq(cfg->max_connections, 0);
+	cr_expect_eq(cfg->max_connections_percent, 100);
+	cr_expect_str_eq(cfg->server_reset_query, "DISCARD ALL");
+	config_free(cfg);
+}
+
+Test(config, empty_file_is_all_defaults)
+{
+	struct config *cfg = load_ok("");
+
+	cr_expect_eq(cfg->listen_port, 6432);
+	cr_expect_eq(cfg->n_hosts, 1);
+	config_free(cfg);
+}
+
+Test(config, every_default_renders_as_the_table_writes_it)
+{
+	size_t count;
+	const struct config_option *options = config_options(&count);
+	struct config *cfg = load_ok("");
+
+	cr_assert_gt(count, 20);
+	for (size_t i = 0; i < count; i++) {
+		char *text = config_value_text(cfg, &options[i]);
+
+		cr_expect_str_eq(text, options[i].default_value, "[%s] %s: '%s' vs default '%s'",
+				 options[i].section, options[i].name, text,
+				 options[i].default_value);
+		free(text);
+	}
+	config_free(cfg);
+}
+
+Test(config, table_rows_are_complete_and_unique)
+{
+	size_t count;
+	const struct config_option *options = config_options(&count);
+
+	for (size_t i = 0; i < count; i++) {
+		const struct config_option *opt = &options[i];
+
+		cr_expect(opt->doc != NULL && strlen(opt->doc) > 20, "[%s] %s: no doc", opt->section,
+			  opt->name);
+		cr_expect_eq(config_find_option(opt->section, opt->name), opt, "%s listed twice",
+			     opt->name);
+		if (opt->type == CONFIG_ENUM)
+			cr_expect_not_null(opt->enum_values, "%s: enum without values", opt->name);
+		if (opt->type == CONFIG_DURATION_MS)
+			cr_expect_not_null(opt->bare_unit, "%s: duration without a bare unit",
+					   opt->name);
+	}
+	cr_expect_null(config_find_option("pool", "nonsense"));
+	cr_expect_null(config_find_option("pgmux", "hosts"));
+}
+
+/* ------------------------------------------------------------ integers */
+
+Test(config, integer_values)
+{
+	struct config *cfg = load_ok("[pgmux]\nlisten_port = 7000\nworkers = 4\nlisten_backlog = +128\n"
+				     "[pool]\nmax_connections = 50\nmax_connections_percent = 1\n");
+
+	cr_expect_eq(cfg->listen_port, 7000);
+	cr_expect_eq(cfg->workers, 4);
+	cr_expect_eq(cfg->listen_backlog, 128);
+	cr_expect_eq(cfg->max_connections, 50);
+	cr_expect_eq(cfg->max_connections_percent, 1);
+	config_free(cfg);
+}
+
+Test(config, integer_errors_name_file_line_and_key)
+{
+	expect_error("[pool]\n\n; a comment\nmax_connections = abc\n",
+		     "4: [pool] max_connections: invalid integer 'abc'");
+	expect_error("[pgmux]\nlisten_port = 12abc\n",
+		     "2: [pgmux] listen_port: invalid integer '12abc'");
+	expect_error("[pgmux]\nlisten_port = 0x10\n",
+		     "2: [pgmux] listen_port: invalid integer '0x10'");
+	expect_error("[pgmux]\nlisten_port = 1.5\n",
+		     "2: [pgmux] listen_port: invalid integer '1.5'");
+	expect_error("[pgmux]\nlisten_port = 70000\n",
+		     "2: [pgmux] listen_port: must be between 1 and 65535");
+	expect_error("[pgmux]\nlisten_port = 99999999999999999999999\n",
+		     "2: [pgmux] listen_port: invalid integer '99999999999999999999999'");
+	expect_error("[pgmux]\nworkers = 65\n", "2: [pgmux] workers: must be between 0 and 64");
+	expect_error("[pool]\nmax_connections = -1\n",
+		     "2: [pool] max_connections: must be between 0 and 1000000");
+	expect_error("[pool]\nmax_connections_percent = 0\n",
+		     "2: [pool] max_connections_percent: must be between 1 and 100");
+	expect_error("[pool]\nmax_connections_percent = 101\n",
+		     "2: [pool] max_connections_percent: must be between 1 and 100");
+}
+
+/* ------------------------------------------------------------ booleans */
+
+Test(config, boolean_spellings)
+{
+	static const char *const truths[] = { "true", "on", "yes", "1", "TRUE", "Yes" };
+	static const char *const falsehoods[] = { "false", "off", "no", "0", "Off" };
+	char text[256];
+
+	for (size_t i = 0; i < sizeof(truths) / sizeof(truths[0]); i++) {
+		struct config *cfg;
+
+		snprintf(text, sizeof(text),
+			 "[pgmux]\nclient_tls_cert_file = c.pem\nclient_tls_key_file = k.pem\n"
+			 "require_tls = %s\n", truths[i]);
+		cfg = load_ok(text);
+		cr_expect_eq(cfg->require_tls, true, "'%s' should be true", truths[i]);
+		expect_value_text(cfg, "pgmux", "require_tls", "true");
+		config_free(cfg);
+	}
+	for (size_t i = 0; i < sizeof(falsehoods) / sizeof(falsehoods[0]); i++) {
+		struct config *cfg;
+
+		snprintf(text, sizeof(text), "[pgmux]\nrequire_tls = %s\n", falsehoods[i]);
+		cfg = load_ok(text);
+		cr_expect_eq(cfg->require_tls, false, "'%s' should be false", falsehoods[i]);
+		config_free(cfg);
+	}
+}
+
+Test(config, boolean_errors)
+{
+	expect_error("[pgmux]\nrequire_tls = maybe\n",
+		     "2: [pgmux] require_tls: invalid boolean 'maybe' "
+		     "(use true/false, on/off, yes/no or 1/0)");
+	expect_error("[pgmux]\nrequire_tls = 2\n",
+		     "2: [pgmux] require_tls: invalid boolean '2' "
+		     "(use true/false, on/off, yes/no or 1/0)");
+}
+
+/* ------------------------------------------------------------ durations */
+
+Test(config, duration_units)
+{
+	struct config *cfg = load_ok("[pgmux]\nclient_login_timeout = 45\nshutdown_timeout = 2min\n"
+				     "[target]\nserver_connect_timeout = 500ms\n");
+
+	cr_expect_eq(cfg->client_login_timeout_ms, 45000, "a bare number is seconds");
+	cr_expect_eq(cfg->shutdown_timeout_ms, 120000);
+	cr_expect_eq(cfg->server_connect_timeout_ms, 500);
+	expect_value_text(cfg, "pgmux", "client_login_timeout", "45s");
+	expect_value_text(cfg, "pgmux", "shutdown_timeout", "120s");
+	expect_value_text(cfg, "target", "server_connect_timeout", "500ms");
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nclient_login_timeout = 1h\nshutdown_timeout = 0\n"
+		      "[target]\nserver_connect_timeout = 3 s\n");
+	cr_expect_eq(cfg->client_login_timeout_ms, 3600000);
+	cr_expect_eq(cfg->shutdown_timeout_ms, 0);
+	cr_expect_eq(cfg->server_connect_timeout_ms, 3000);
+	expect_value_text(cfg, "pgmux", "shutdown_timeout", "0s");
+	config_free(cfg);
+}
+
+Test(config, duration_errors)
+{
+	const char *why = "(a whole number with unit ms, s, min or h)";
+	char want[256];
+
+	snprintf(want, sizeof(want), "2: [pgmux] shutdown_timeout: invalid duration '10x' %s", why);
+	expect_error("[pgmux]\nshutdown_timeout = 10x\n", want);
+	snprintf(want, sizeof(want), "2: [pgmux] shutdown_timeout: invalid duration '-5s' %s", why);
+	expect_error("[pgmux]\nshutdown_timeout = -5s\n", want);
+	snprintf(want, sizeof(want), "2: [pgmux] shutdown_timeout: invalid duration '1.5s' %s", why);
+	expect_error("[pgmux]\nshutdown_timeout = 1.5s\n", want);
+	snprintf(want, sizeof(want), "2: [pgmux] shutdown_timeout: invalid duration '10S' %s", why);
+	expect_error("[pgmux]\nshutdown_timeout = 10S\n", want);
+	snprintf(want, sizeof(want), "2: [pgmux] shutdown_timeout: invalid duration 's' %s", why);
+	expect_error("[pgmux]\nshutdown_timeout = s\n", want);
+
+	expect_error("[pgmux]\nclient_login_timeout = 500ms\n",
+		     "2: [pgmux] client_login_timeout: must be at least 1s");
+	expect_error("[pgmux]\nclient_login_timeout = 0\n",
+		     "2: [pgmux] client_login_timeout: must be at least 1s");
+	expect_error("[target]\nserver_connect_timeout = 50ms\n",
+		     "2: [target] server_connect_timeout: must be at least 100ms");
+	expect_error("[pgmux]\nshutdown_timeout = 1000h\n",
+		     "2: [pgmux] shutdown_timeout: must be at most 2147483647ms");
+	expect_error("[pgmux]\nshutdown_timeout = 99999999999999999999h\n",
+		     "2: [pgmux] shutdown_timeout: duration '99999999999999999999h' is too large");
+}
+
+/* ------------------------------------------------------------ sizes */
+
+Test(config, size_units)
+{
+	struct config *cfg = load_ok("[pgmux]\nmax_packet_size = 64kB\n");
+
+	cr_expect_eq(cfg->max_packet_size, 65536);
+	expect_value_text(cfg, "pgmux", "max_packet_size", "64kB");
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nmax_packet_size = 2MB\n");
+	cr_expect_eq(cfg->max_packet_size, 2 * 1024 * 1024);
+	expect_value_text(cfg, "pgmux", "max_packet_size", "2MB");
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nmax_packet_size = 1500\n");
+	cr_expect_eq(cfg->max_packet_size, 1500, "a bare number is bytes");
+	expect_value_text(cfg, "pgmux", "max_packet_size", "1500B");
+	config_free(cfg);
+
+	/* 1GB is PostgreSQL's limit, which is one byte less. */
+	cfg = load_ok("[pgmux]\nmax_packet_size = 1GB\n");
+	cr_expect_eq(cfg->max_packet_size, 1073741823);
+	expect_value_text(cfg, "pgmux", "max_packet_size", "1GB");
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nmax_packet_size = 1024MB\n");
+	cr_expect_eq(cfg->max_packet_size, 1073741823);
+	config_free(cfg);
+}
+
+Test(config, size_errors)
+{
+	const char *why = "(a whole number with unit B, kB, MB or GB)";
+	char want[256];
+
+	snprintf(want, sizeof(want), "2: [pgmux] max_packet_size: invalid size '1KB' %s", why);
+	expect_error("[pgmux]\nmax_packet_size = 1KB\n", want);
+	snprintf(want, sizeof(want), "2: [pgmux] max_packet_size: invalid size '1.5MB' %s", why);
+	expect_error("[pgmux]\nmax_packet_size = 1.5MB\n", want);
+	expect_error("[pgmux]\nmax_packet_size = 1000\n",
+		     "2: [pgmux] max_packet_size: must be between 1kB and 1GB");
+	expect_error("[pgmux]\nmax_packet_size = 2GB\n",
+		     "2: [pgmux] max_packet_size: must be between 1kB and 1GB");
+}
+
+/* ------------------------------------------------------------ enums and log levels */
+
+Test(config, enum_values)
+{
+	struct config *cfg = load_ok("[pgmux]\nclient_auth = md5\nlog_level = DEBUG\n"
+				     "[target]\nserver_tls = verify-full\n"
+				     "[pool]\npool_mode = Transaction\n");
+
+	cr_expect_eq(cfg->client_auth, CLIENT_AUTH_MD5);
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_DEBUG);
+	cr_expect_eq(cfg->server_tls, SERVER_TLS_VERIFY_FULL);
+	cr_expect_eq(cfg->pool_mode, POOL_MODE_TRANSACTION);
+	expect_value_text(cfg, "pgmux", "client_auth", "md5");
+	expect_value_text(cfg, "pgmux", "log_level", "debug");
+	expect_value_text(cfg, "pool", "pool_mode", "transaction");
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nclient_auth = trust\nlog_level = warning\n");
+	cr_expect_eq(cfg->client_auth, CLIENT_AUTH_TRUST);
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_WARNING);
+	config_free(cfg);
+}
+
+Test(config, every_server_tls_mode_maps_to_its_sslmode)
+{
+	static const char *const modes[] = { "disable", "prefer", "require", "verify-ca",
+					     "verify-full" };
+	char text[128];
+
+	for (int i = 0; i < 5; i++) {
+		struct config *cfg;
+
+		snprintf(text, sizeof(text), "[target]\nserver_tls = %s\n", modes[i]);
+		cfg = load_ok(text);
+		cr_expect_eq((int)cfg->server_tls, i);
+		cr_expect_str_eq(config_server_tls_sslmode(cfg->server_tls), modes[i]);
+		config_free(cfg);
+	}
+	cr_expect_str_eq(config_pool_mode_name(POOL_MODE_SESSION), "session");
+	cr_expect_str_eq(config_pool_mode_name(POOL_MODE_TRANSACTION), "transaction");
+	cr_expect_str_eq(config_server_tls_sslmode((enum server_tls_mode)42), "unknown");
+}
+
+Test(config, enum_errors_list_the_choices)
+{
+	expect_error("[pgmux]\nclient_auth = password\n",
+		     "2: [pgmux] client_auth: invalid value 'password' "
+		     "(expected scram-sha-256, md5 or trust)");
+	expect_error("[target]\nserver_tls = allow\n",
+		     "2: [target] server_tls: invalid value 'allow' "
+		     "(expected disable, prefer, require, verify-ca or verify-full)");
+	expect_error("[pool]\npool_mode = statement\n",
+		     "2: [pool] pool_mode: invalid value 'statement' (expected session or transaction)");
+	expect_error("[pgmux]\nlog_level = verbose\n",
+		     "2: [pgmux] log_level: invalid log level 'verbose' "
+		     "(expected error, warning, info or debug)");
+}
+
+/* ------------------------------------------------------------ strings */
+
+Test(config, strings_and_empty_values)
+{
+	struct config *cfg = load_ok("[pgmux]\nlogfile = /var/log/pgmux.log\npidfile =\n"
+				     "[pool]\nserver_reset_query =\n");
+
+	cr_expect_str_eq(cfg->logfile, "/var/log/pgmux.log");
+	cr_expect_str_eq(cfg->pidfile, "");
+	cr_expect_str_eq(cfg->server_reset_query, "", "empty means no reset query");
+	config_free(cfg);
+
+	expect_error("[pgmux]\nsecrets_dir =\n", "2: [pgmux] secrets_dir: must not be empty");
+	expect_error("[pgmux]\nlisten_addr =\n", "2: [pgmux] listen_addr: must not be empty");
+}
+
+/* ------------------------------------------------------------ hosts */
+
+Test(config, hosts_list)
+{
+	struct config *cfg = load_ok("[target]\nhosts = db1.example.com:5433, 10.0.0.2 ,"
+				     "[::1]:6000,[2001:db8::5], my_host\n");
+
+	cr_assert_eq(cfg->n_hosts, 5);
+	cr_expect_str_eq(cfg->hosts[0].host, "db1.example.com");
+	cr_expect_eq(cfg->hosts[0].port, 5433);
+	cr_expect_str_eq(cfg->hosts[1].host, "10.0.0.2");
+	cr_expect_eq(cfg->hosts[1].port, 5432, "the port defaults to 5432");
+	cr_expect_str_eq(cfg->hosts[2].host, "::1", "brackets are not part of the address");
+	cr_expect_eq(cfg->hosts[2].port, 6000);
+	cr_expect_str_eq(cfg->hosts[3].host, "2001:db8::5");
+	cr_expect_eq(cfg->hosts[3].port, 5432);
+	cr_expect_str_eq(cfg->hosts[4].host, "my_host");
+	expect_value_text(cfg, "target", "hosts",
+			  "db1.example.com:5433,10.0.0.2:5432,[::1]:6000,[2001:db8::5]:5432,"
+			  "my_host:5432");
+	config_free(cfg);
+}
+
+Test(config, hosts_limit_is_64)
+{
+	char text[512];
+	size_t used = (size_t)snprintf(text, sizeof(text), "[target]\nhosts = ");
+	struct config *cfg;
+
+	for (int i = 0; i < 64; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%sh", i ? "," : "");
+	snprintf(text + used, sizeof(text) - used, "\n");
+	cfg = load_ok(text);
+	cr_expect_eq(cfg->n_hosts, 64);
+	config_free(cfg);
+
+	snprintf(text + used, sizeof(text) - used, ",h\n");
+	expect_error(text, "2: [target] hosts: more than 64 hosts");
+}
+
+Test(config, hosts_errors)
+{
+	expect_error("[target]\nhosts = db:0\n",
+		     "2: [target] hosts: invalid port '0' in 'db:0' (expected 1 to 65535)");
+	expect_error("[target]\nhosts = a, db:99999\n",
+		     "2: [target] hosts: invalid port '99999' in 'db:99999' (expected 1 to 65535)");
+	expect_error("[target]\nhosts = db:pg\n",
+		     "2: [target] hosts: invalid port 'pg' in 'db:pg' (expected 1 to 65535)");
+	expect_error("[target]\nhosts = db:\n",
+		     "2: [target] hosts: invalid port '' in 'db:' (expected 1 to 65535)");
+	expect_error("[target]\nhosts = [::1]:x\n",
+		     "2: [target] hosts: invalid port 'x' in '[::1]:x' (expected 1 to 65535)");
+	expect_error("[target]\nhosts = ::1\n",
+		     "2: [target] hosts: IPv6 address '::1' must be in brackets, as [address]:port");
+	expect_error("[target]\nhosts = [db.example.com]:5432\n",
+		     "2: [target] hosts: '[db.example.com]:5432' is not an IPv6 address in brackets");
+	expect_error("[target]\nhosts = [::1\n", "2: [target] hosts: missing ']' in '[::1'");
+	expect_error("[target]\nhosts = [::1]5432\n",
+		     "2: [target] hosts: unexpected text after ']' in '[::1]5432'");
+	expect_error("[target]\nhosts = a,,b\n", "2: [target] hosts: empty entry in host list 'a,,b'");
+	expect_error("[target]\nhosts = a,\n", "2: [target] hosts: empty entry in host list 'a,'");
+	expect_error("[target]\nhosts = :5432\n", "2: [target] hosts: invalid host ':5432'");
+	expect_error("[target]\nhosts = bad host\n", "2: [target] hosts: invalid host 'bad host'");
+	expect_error("[target]\nhosts =\n", "2: [target] hosts: at least one host is needed");
+}
+
+/* ------------------------------------------------------------ TLS pairing */
+
+Test(config, client_tls_cert_and_key_go_together)
+{
+	struct config *cfg = load_ok("[pgmux]\nclient_tls_cert_file = /etc/pgmux/cert.pem\n"
+				     "client_tls_key_file = /etc/pgmux/key.pem\nrequire_tls = on\n");
+
+	cr_expect_str_eq(cfg->client_tls_cert_file, "/etc/pgmux/cert.pem");
+	cr_expect_str_eq(cfg->client_tls_key_file, "/etc/pgmux/key.pem");
+	cr_expect(cfg->require_tls);
+	config_free(cfg);
+
+	expect_error("[pgmux]\nlisten_port = 7000\nclient_tls_cert_file = cert.pem\n",
+		     "3: [pgmux] client_tls_cert_file: client_tls_key_file must be set too");
+	expect_error("[pgmux]\nclient_tls_key_file = key.pem\n",
+		     "2: [pgmux] client_tls_key_file: client_tls_cert_file must be set too");
+	expect_error("[pgmux]\n\nrequire_tls = true\n",
+		     "3: [pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
+}
+
+/* ------------------------------------------------------------ file structure */
+
+Test(config, unknown_keys_and_sections)
+{
+	expect_error("[pool]\nmax_conections = 5\n", "2: [pool] max_conections: unknown option");
+	expect_error("[pgmux]\nhosts = a\n", "2: [pgmux] hosts: unknown option");
+	expect_error("[pgmux]\n[poool]\nmax_connections = 5\n",
+		     "2: unknown section [poool] (expected [pgmux], [target] or [pool])");
+	expect_error("[pgmux]\nlisten_port = 1\n[extra]\n",
+		     "3: unknown section [extra] (expected [pgmux], [target] or [pool])");
+	expect_error("; top\nlisten_port = 1\n", "2: listen_port: option outside any section");
+	expect_error("[Pool]\n", "1: unknown section [Pool] (expected [pgmux], [target] or [pool])");
+}
+
+Test(config, duplicate_keys)
+{
+	expect_error("[pool]\nmax_connections = 5\n\nmax_connections = 6\n",
+		     "4: [pool] max_connections: already set on line 2");
+	/* A section may be reopened, but an option still appears once. */
+	expect_error("[pool]\nmax_connections = 5\n[pgmux]\n[pool]\nmax_connections = 5\n",
+		     "5: [pool] max_connections: already set on line 2");
+	config_free(load_ok("[pool]\nmax_connections = 5\n[pgmux]\n[pool]\npool_mode = session\n"));
+}
+
+Test(config, syntax_errors)
+{
+	expect_error("[pgmux]\nlisten_port 6432\n",
+		     "2: syntax error: expected '[section]' or 'name = value'");
+	expect_error("[pgmux\nlisten_port = 6432\n",
+		     "1: syntax error: expected '[section]' or 'name = value'");
+	/* The first problem in the file is the one reported. */
+	expect_error("[pgmux]\ngarbage\nlisten_port = abc\n",
+		     "2: syntax error: expected '[section]' or 'name = value'");
+	expect_error("[pgmux]\nlisten_port = abc\ngarbage\n",
+		     "2: [pgmux] listen_port: invalid integer 'abc'");
+}
+
+Test(config, long_lines_are_refused)
+{
+	char text[512];
+	char query[300];
+
+	memset(query, 'x', sizeof(query) - 1);
+	query[sizeof(query) - 1] = '\0';
+	snprintf(text, sizeof(text), "[pool]\nserver_reset_query = %s\n", query);
+	expect_error(text, "2: line is longer than 198 characters");
+
+	/* 198 characters is still fine. */
+	memset(query, 'x', 198 - strlen("server_reset_query = "));
+	query[198 - strlen("server_reset_query = ")] = '\0';
+	snprintf(text, sizeof(text), "[pool]\nserver_reset_query = %s\n", query);
+	config_free(load_ok(text));
+}
+
+Test(config, inline_comments_indentation_and_crlf)
+{
+	struct config *cfg = load_ok("# hash comment\n"
+				     "[pgmux]   ; section comment\n"
+				     "    listen_port = 7001 ; clients connect here\n"
+				     "\tlog_level=debug\n"
+				     "admin_users = alice;bob\n"
+				     "[pool]\r\n"
+				     "server_reset_query = SELECT 1;\r\n"
+				     "  max_connections = 9\r\n");
+
+	cr_expect_eq(cfg->listen_port, 7001);
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_DEBUG);
+	cr_expect_str_eq(cfg->admin_users, "alice;bob", "';' without a space before is kept");
+	cr_expect_str_eq(cfg->server_reset_query, "SELECT 1;");
+	cr_expect_eq(cfg->max_connections, 9);
+	config_free(cfg);
+}
+
+Test(config, byte_order_mark_is_ignored)
+{
+	struct config *cfg = load_ok("\xEF\xBB\xBF[pgmux]\nlisten_port = 7002\n");
+
+	cr_expect_eq(cfg->listen_port, 7002);
+	config_free(cfg);
+}
+
+Test(config, missing_file_names_path_and_reason)
+{
+	char err[256];
+	struct config *cfg = config_load("/nonexistent/pgmux.ini", err, sizeof(err));
+
+	cr_assert_null(cfg);
+	cr_expect_str_eq(err, "/nonexistent/pgmux.ini: No such file or directory");
+	cr_expect_null(config_load("/nonexistent/pgmux.ini", NULL, 0), "err may be NULL");
+}
+
+Test(config, error_message_is_truncated_safely)
+{
+	char err[16];
+
+	cr_assert_null(load_file_once("[pool]\nmax_connections = abc\n", err, sizeof(err)));
+	cr_expect_eq(strlen(err), sizeof(err) - 1);
+}
+
+/* ------------------------------------------------------------ queries */
+
+Test(config, admin_users_list)
+{
+	struct config *cfg = load_ok("[pgmux]\nadmin_users =  alice , bob,carol,,\tdave \n");
+
+	cr_expect(config_is_admin(cfg, "alice"));
+	cr_expect(config_is_admin(cfg, "bob"));
+	cr_expect(config_is_admin(cfg, "carol"));
+	cr_expect(config_is_admin(cfg, "dave"));
+	cr_expect_not(config_is_admin(cfg, "ali"));
+	cr_expect_not(config_is_admin(cfg, "Alice"), "role names are case sensitive");
+	cr_expect_not(config_is_admin(cfg, "alice , bob"));
+	cr_expect_not(config_is_admin(cfg, ""));
+	cr_expect_not(config_is_admin(cfg, NULL));
+	config_free(cfg);
+
+	cfg = load_ok("");
+	cr_expect_not(config_is_admin(cfg, "postgres"), "empty means nobody");
+	config_free(cfg);
+}
+
+Test(config, worker_count)
+{
+	struct config *cfg = load_ok("[pgmux]\nworkers = 3\n");
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int expected = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
+
+	cr_expect_eq(config_worker_count(cfg), 3);
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nworkers = 0\n");
+	cr_expect_eq(config_worker_count(cfg), expected);
+	config_free(cfg);
+}
+
+Test(config, type_names)
+{
+	cr_expect_str_eq(config_type_name(CONFIG_STRING), "string");
+	cr_expect_str_eq(config_type_name(CONFIG_DURATION_MS), "duration");
+	cr_expect_str_eq(config_type_name(CONFIG_HOSTS), "host list");
+}
+
+Test(config, fixed_options_are_reported_on_reload)
+{
+	struct config *old = load_ok("[pgmux]\nlisten_port = 6432\n");
+	struct config *same = load_ok("[pgmux]\nlisten_port = 6432\nlog_level = debug\n"
+				      "[target]\nhosts = a, b\n");
+	struct config *moved = load_ok("[pgmux]\nlisten_port = 6433\n");
+	const struct config_option *changed;
+
+	cr_expect_null(config_first_fixed_change(old, same), "reloadable changes are fine");
+	changed = config_first_fixed_change(old, moved);
+	cr_assert_not_null(changed);
+	cr_expect_str_eq(changed->name, "listen_port");
+	config_free(old);
+	config_free(same);
+	config_free(moved);
+}
+
+/* ------------------------------------------------------------ docs and example */
+
+/* A text file split into lines, in one allocation. */
+struct text_lines {
+	char *data;
+	char **line;
+	size_t count;
+};
+
+static void read_lines(const char *path, struct text_lines *out)
+{
+	FILE *file = fopen(path, "r");
+	long size;
+	size_t capacity = 64;
+
+	cr_assert_not_null(file, "%s: %s", path, strerror(errno));
+	fseek(file, 0, SEEK_END);
+	size = ftell(file);
+	rewind(file);
+	out->data = malloc((size_t)size + 1);
+	cr_assert_not_null(out->data);
+	cr_assert_eq(fread(out->data, 1, (size_t)size, file), (size_t)size);
+	out->data[size] = '\0';
+	fclose(file);
+
+	out->line = malloc(capacity * sizeof(char *));
+	out->count = 0;
+	for (char *p = out->data; *p != '\0';) {
+		char *end = strchr(p, '\n');
+
+		if (out->count == capacity) {
+			capacity *= 2;
+			out->line = realloc(out->line, capacity * sizeof(char *));
+			cr_assert_not_null(out->line);
+		}
+		out->line[out->count++] = p;
+		if (end == NULL)
+			break;
+		*end = '\0';
+		p = end + 1;
+	}
+}
+
+static void free_lines(struct text_lines *lines)
+{
+	free(lines->data);
+	free(lines->line);
+}
+
+/* Removes the few roff escapes the option entries use: \- \e \& */
+static void unescape_roff(const char *in, char *out, size_t len)
+{
+	size_t used = 0;
+
+	while (*in != '\0' && used + 1 < len) {
+		if (in[0] == '\\' && in[1] == '-') {
+			out[used++] = '-';
+			in += 2;
+		} else if (in[0] == '\\' && in[1] == 'e') {
+			out[used++] = '\\';
+			in += 2;
+		} else if (in[0] == '\\' && in[1] == '&') {
+			in += 2;
+		} else {
+			out[used++] = *in++;
+		}
+	}
+	out[used] = '\0';
+}
+
+/* The one-line summary both the man page and the example file show for opt. */
+static void option_summary(const struct config_option *opt, char *out, size_t len)
+{
+	char type[160];
+	char default_text[160];
+
+	if (opt->type == CONFIG_ENUM) {
+		size_t used = (size_t)snprintf(type, sizeof(type), "enum (");
+
+		for (int i = 0; opt->enum_values[i] != NULL; i++)
+			used += (size_t)snprintf(type + used, sizeof(type) - used, "%s%s",
+						 i ? ", " : "", opt->enum_values[i]);
+		snprintf(type + used, sizeof(type) - used, ")");
+	} else {
+		snprintf(type, sizeof(type), "%s", config_type_name(opt->type));
+	}
+	if (opt->type == CONFIG_STRING)
+		snprintf(default_text, sizeof(default_text), "\"%s\"", opt->default_value);
+	else
+		snprintf(default_text, sizeof(default_text), "%s", opt->default_value);
+	snprintf(out, len, "Type: %s. Default: %s. Reload: %s.", type, default_text,
+		 opt->reloadable ? "yes" : "no, needs a restart");
+}
+
+Test(config, man_page_documents_every_option_as_the_table_does)
+{
+	struct text_lines man;
+	size_t count;
+	const struct config_option *options = config_options(&count);
+
+	read_lines(TEST_SRCDIR "/man/pgmux.ini.5", &man);
+	for (size_t i = 0; i < count; i++) {
+		const struct config_option *opt = &options[i];
+		char entry[64], section_header[64], summary[512], got[1024], doc[2048];
+		const char *current_section = "";
+		size_t at = 0;
+		bool found = false;
+
+		snprintf(entry, sizeof(entry), ".B %s", opt->name);
+		snprintf(section_header, sizeof(section_header), ".SH \"THE [%s] SECTION\"",
+			 opt->section);
+		for (at = 0; at < man.count; at++) {
+			if (strncmp(man.line[at], ".SH", 3) == 0)
+				current_section = man.line[at];
+			if (strcmp(man.line[at], entry) == 0 && at > 0 &&
+			    strcmp(man.line[at - 1], ".TP") == 0 &&
+			    strcmp(current_section, section_header) == 0) {
+				found = true;
+				break;
+			}
+		}
+		cr_expect(found, "man/pgmux.ini.5: no '.TP' / '%s' entry under %s", entry,
+			  section_header);
+		if (!found || at + 3 >= man.count)
+			continue;
+
+		option_summary(opt, summary, sizeof(summary));
+		unescape_roff(man.line[at + 1], got, sizeof(got));
+		cr_expect_str_eq(got, summary, "man/pgmux.ini.5 %s:\n got: %s\nwant: %s", opt->name,
+				 got, summary);
+		cr_expect_str_eq(man.line[at + 2], ".br", "man/pgmux.ini.5 %s: .br after summary",
+				 opt->name);
+
+		/* The paragraph runs until the next request line. */
+		doc[0] = '\0';
+		for (size_t j = at + 3; j < man.count && man.line[j][0] != '.'; j++) {
+			unescape_roff(man.line[j], got, sizeof(got));
+			if (doc[0] != '\0')
+				strncat(doc, " ", sizeof(doc) - strlen(doc) - 1);
+			strncat(doc, got, sizeof(doc) - strlen(doc) - 1);
+		}
+		cr_expect_str_eq(doc, opt->doc,
+				 "man/pgmux.ini.5 %s: text differs from src/config.c\n got: %s\nwant: %s",
+				 opt->name, doc, opt->doc);
+	}
+	free_lines(&man);
+}
+
+Test(config, example_file_lists_every_option_in_its_section)
+{
+	struct text_lines example;
+	size_t count;
+	const struct config_option *options = config_options(&count);
+
+	read_lines(TEST_SRCDIR "/etc/pgmux.ini", &example);
+	for (size_t i = 0; i < count; i++) {
+		const struct config_option *opt = &options[i];
+		char header[64], active[64], commented[64], summary[512], want_summary[520];
+		const char *current_section = "";
+		bool found = false;
+
+		snprintf(header, sizeof(header), "[%s]", opt->section);
+		snprintf(active, sizeof(active), "%s =", opt->name);
+		snprintf(commented, sizeof(commented), "; %s =", opt->name);
+		option_summary(opt, summary, sizeof(summary));
+		snprintf(want_summary, sizeof(want_summary), "; %s", summary);
+		for (size_t at = 0; at < example.count; at++) {
+			const char *line = example.line[at];
+
+			if (line[0] == '[')
+				current_section = line;
+			if (strcmp(current_section, header) != 0)
+				continue;
+			if (strncmp(line, active, strlen(active)) == 0 ||
+			    strncmp(line, commented, strlen(commented)) == 0) {
+				found = true;
+				cr_expect(at > 0 && strcmp(example.line[at - 1], want_summary) == 0,
+					  "etc/pgmux.ini: the line above '%s' should be\n%s", line,
+					  want_summary);
+				break;
+			}
+		}
+		cr_expect(found, "etc/pgmux.ini: no '%s' or '%s' line under %s", active, commented,
+			  header);
+	}
+	free_lines(&example);
+}
+
+Test(config, example_file_loads_as_is)
+{
+	char err[512] = "";
+	struct config *cfg = config_load(TEST_SRCDIR "/etc/pgmux.ini", err, sizeof(err));
+
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_eq(cfg->listen_port, 6432);
+	cr_expect_str_eq(cfg->secrets_dir, "/etc/pgmux/secrets");
+	cr_assert_eq(cfg->n_hosts, 1);
+	cr_expect_str_eq(cfg->hosts[0].host, "127.0.0.1");
+	cr_expect_eq(cfg->hosts[0].port, 5432);
+	config_free(cfg);
+}
