@@ -5,6 +5,7 @@
  * that the client state machine hands in; see auth.h for the contract.
  */
 #include "auth.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -72,20 +73,6 @@ struct scram_server {
 };
 
 /* ------------------------------------------------------------ small helpers */
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* Allocation failure in the middle of an exchange is not recoverable in any useful way. */
 static void *checked_malloc(size_t size)
@@ -415,16 +402,16 @@ static char *copy_message(const char *message, size_t len, const char *what, cha
 			  size_t errlen)
 {
 	if (message == NULL) {
-		set_error(err, errlen, "malformed SCRAM exchange: missing %s", what);
+		error_printf(err, errlen, "malformed SCRAM exchange: missing %s", what);
 		return NULL;
 	}
 	if (len > SCRAM_MESSAGE_MAX) {
-		set_error(err, errlen, "malformed SCRAM exchange: %s is too long (%zu bytes)", what,
+		error_printf(err, errlen, "malformed SCRAM exchange: %s is too long (%zu bytes)", what,
 			  len);
 		return NULL;
 	}
 	if (memchr(message, '\0', len) != NULL) {
-		set_error(err, errlen, "malformed SCRAM exchange: %s contains a NUL byte", what);
+		error_printf(err, errlen, "malformed SCRAM exchange: %s contains a NUL byte", what);
 		return NULL;
 	}
 	return checked_strndup(message, len);
@@ -501,14 +488,14 @@ static enum auth_result parse_gs2_header(struct scram_server *s, bool chose_plus
 	char flag;
 
 	if (cursor_at_end(cursor)) {
-		set_error(err, errlen, "malformed SCRAM client-first-message: empty message");
+		error_printf(err, errlen, "malformed SCRAM client-first-message: empty message");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	flag = *cursor->position;
 	if (flag == 'n' || flag == 'y') {
 		cursor->position++;
 		if (chose_plus) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "SCRAM channel binding negotiation error: the client selected "
 				  SCRAM_MECHANISM_PLUS " but sent no channel binding data");
 			return AUTH_PROTOCOL_ERROR;
@@ -519,7 +506,7 @@ static enum auth_result parse_gs2_header(struct scram_server *s, bool chose_plus
 		 * means someone stripped PLUS from our list: a downgrade.
 		 */
 		if (flag == 'y' && s->channel_binding_data != NULL) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "SCRAM channel binding negotiation error: the client supports "
 				  "channel binding but thinks the server does not, yet this server "
 				  "offered it");
@@ -532,43 +519,43 @@ static enum auth_result parse_gs2_header(struct scram_server *s, bool chose_plus
 		char attribute;
 
 		if (!cursor_read_attribute(cursor, &attribute, &name, &name_len)) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "malformed SCRAM client-first-message: bad channel binding flag");
 			return AUTH_PROTOCOL_ERROR;
 		}
 		if (!chose_plus) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "SCRAM channel binding negotiation error: the client selected "
 				  SCRAM_MECHANISM " but sent channel binding data");
 			return AUTH_PROTOCOL_ERROR;
 		}
 		if (name_len != strlen(SCRAM_CHANNEL_BINDING_NAME) ||
 		    memcmp(name, SCRAM_CHANNEL_BINDING_NAME, name_len) != 0) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "unsupported SCRAM channel binding type (only "
 				  SCRAM_CHANNEL_BINDING_NAME " is supported)");
 			return AUTH_PROTOCOL_ERROR;
 		}
 		s->uses_channel_binding = true;
 	} else {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-first-message: unexpected channel binding flag");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	if (!cursor_skip_comma(cursor)) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-first-message: comma expected after the "
 			  "channel binding flag");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	/* PostgreSQL takes the user from the startup packet; an authorization identity means nothing here. */
 	if (!cursor_at_end(cursor) && *cursor->position == 'a') {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "SCRAM authorization identity (a=) is not supported");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	if (!cursor_skip_comma(cursor)) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-first-message: comma expected after the "
 			  "GS2 header");
 		return AUTH_PROTOCOL_ERROR;
@@ -616,12 +603,12 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 	int needed;
 
 	if (mechanism == NULL) {
-		set_error(err, errlen, "malformed SCRAM exchange: no SASL mechanism given");
+		error_printf(err, errlen, "malformed SCRAM exchange: no SASL mechanism given");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	if (strcmp(mechanism, SCRAM_MECHANISM_PLUS) == 0) {
 		if (s->channel_binding_data == NULL) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "the client selected " SCRAM_MECHANISM_PLUS
 				  ", which was not offered (channel binding needs TLS)");
 			return AUTH_PROTOCOL_ERROR;
@@ -630,7 +617,7 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 	} else if (strcmp(mechanism, SCRAM_MECHANISM) == 0) {
 		chose_plus = false;
 	} else {
-		set_error(err, errlen, "the client selected an unsupported SASL mechanism");
+		error_printf(err, errlen, "the client selected an unsupported SASL mechanism");
 		return AUTH_PROTOCOL_ERROR;
 	}
 
@@ -645,27 +632,27 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 	s->client_first_bare = checked_strndup(cursor.position, (size_t)(cursor.end - cursor.position));
 
 	if (cursor.end - cursor.position >= 2 && cursor.position[0] == 'm' && cursor.position[1] == '=') {
-		set_error(err, errlen, "unsupported SCRAM mandatory extension (m=)");
+		error_printf(err, errlen, "unsupported SCRAM mandatory extension (m=)");
 		goto out;
 	}
 	/* PostgreSQL ignores this name (the startup packet's user counts) and libpq sends it empty. */
 	if (!cursor_expect_attribute(&cursor, 'n', &username, &username_len)) {
-		set_error(err, errlen, "malformed SCRAM client-first-message: user name (n=) expected");
+		error_printf(err, errlen, "malformed SCRAM client-first-message: user name (n=) expected");
 		goto out;
 	}
 	if (!cursor_skip_comma(&cursor) ||
 	    !cursor_expect_attribute(&cursor, 'r', &client_nonce, &client_nonce_len)) {
-		set_error(err, errlen, "malformed SCRAM client-first-message: nonce (r=) expected");
+		error_printf(err, errlen, "malformed SCRAM client-first-message: nonce (r=) expected");
 		goto out;
 	}
 	if (!nonce_is_printable(client_nonce, client_nonce_len)) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-first-message: the nonce is empty or has "
 			  "characters outside printable ASCII");
 		goto out;
 	}
 	if (!skip_extensions(&cursor)) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-first-message: garbage after the nonce");
 		goto out;
 	}
@@ -711,12 +698,12 @@ enum auth_result scram_server_handle_first(struct scram_server *s, const char *m
 	if (server_first != NULL)
 		*server_first = NULL;
 	if (s == NULL || server_first == NULL) {
-		set_error(err, errlen, "SCRAM exchange used without a state");
+		error_printf(err, errlen, "SCRAM exchange used without a state");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	if (s->state != SCRAM_EXPECT_CLIENT_FIRST) {
 		s->state = SCRAM_FINISHED;
-		set_error(err, errlen, "SCRAM exchange out of order: client-first-message not expected");
+		error_printf(err, errlen, "SCRAM exchange out of order: client-first-message not expected");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	rc = answer_client_first(s, mechanism, client_first, len, server_first, err, errlen);
@@ -772,13 +759,13 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 	cursor.end = message + len;
 
 	if (!cursor_expect_attribute(&cursor, 'c', &binding, &binding_len)) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-final-message: channel binding (c=) expected");
 		goto out;
 	}
 	if (!cursor_skip_comma(&cursor) ||
 	    !cursor_expect_attribute(&cursor, 'r', &nonce, &nonce_len)) {
-		set_error(err, errlen, "malformed SCRAM client-final-message: nonce (r=) expected");
+		error_printf(err, errlen, "malformed SCRAM client-final-message: nonce (r=) expected");
 		goto out;
 	}
 	/* Extensions may follow; the proof must be the last attribute. */
@@ -790,13 +777,13 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 
 		if (!cursor_skip_comma(&cursor) ||
 		    !cursor_read_attribute(&cursor, &name, &value, &value_len) || value_len == 0) {
-			set_error(err, errlen,
+			error_printf(err, errlen,
 				  "malformed SCRAM client-final-message: attribute expected");
 			goto out;
 		}
 		if (name == 'p') {
 			if (!cursor_at_end(&cursor)) {
-				set_error(err, errlen,
+				error_printf(err, errlen,
 					  "malformed SCRAM client-final-message: garbage after "
 					  "the proof");
 				goto out;
@@ -807,24 +794,24 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 		}
 	}
 	if (proof_text == NULL) {
-		set_error(err, errlen, "malformed SCRAM client-final-message: proof (p=) expected");
+		error_printf(err, errlen, "malformed SCRAM client-final-message: proof (p=) expected");
 		goto out;
 	}
 	if (!channel_binding_matches(s, binding, binding_len)) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "SCRAM channel binding check failed: c= does not match what was "
 			  "negotiated");
 		goto out;
 	}
 	if (nonce_len != strlen(s->combined_nonce) ||
 	    memcmp(nonce, s->combined_nonce, nonce_len) != 0) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-final-message: the nonce does not match");
 		goto out;
 	}
 	proof_len = base64_decode(proof_text, proof_text_len, proof_buffer, sizeof(proof_buffer));
 	if (proof_len != SCRAM_HASH_LEN) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "malformed SCRAM client-final-message: the proof is not base64 of "
 			  "%d bytes", SCRAM_HASH_LEN);
 		goto out;
@@ -852,7 +839,7 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 
 	if (s->is_mock) {
 		/* Everything was well formed; the answer is the same as for a wrong password. */
-		set_error(err, errlen, "SCRAM authentication failed: wrong password or unknown user");
+		error_printf(err, errlen, "SCRAM authentication failed: wrong password or unknown user");
 		rc = AUTH_FAILED;
 		goto out;
 	}
@@ -860,17 +847,17 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 	/* ClientKey := ClientProof XOR HMAC(StoredKey, AuthMessage); it must hash to StoredKey. */
 	if (hmac_sha256(s->stored_key, sizeof(s->stored_key), auth_message, auth_message_len,
 			client_signature) != 0) {
-		set_error(err, errlen, "SCRAM computation failed inside OpenSSL");
+		error_printf(err, errlen, "SCRAM computation failed inside OpenSSL");
 		goto out;
 	}
 	for (size_t i = 0; i < SCRAM_HASH_LEN; i++)
 		client_key[i] = proof[i] ^ client_signature[i];
 	if (sha256(client_key, sizeof(client_key), computed_stored_key) != 0) {
-		set_error(err, errlen, "SCRAM computation failed inside OpenSSL");
+		error_printf(err, errlen, "SCRAM computation failed inside OpenSSL");
 		goto out;
 	}
 	if (CRYPTO_memcmp(computed_stored_key, s->stored_key, SCRAM_HASH_LEN) != 0) {
-		set_error(err, errlen, "SCRAM authentication failed: wrong password or unknown user");
+		error_printf(err, errlen, "SCRAM authentication failed: wrong password or unknown user");
 		rc = AUTH_FAILED;
 		goto out;
 	}
@@ -878,7 +865,7 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 	/* ServerSignature := HMAC(ServerKey, AuthMessage), proving we knew the verifier too. */
 	if (hmac_sha256(s->server_key, sizeof(s->server_key), auth_message, auth_message_len,
 			server_signature) != 0) {
-		set_error(err, errlen, "SCRAM computation failed inside OpenSSL");
+		error_printf(err, errlen, "SCRAM computation failed inside OpenSSL");
 		goto out;
 	}
 	signature_text = base64_encode_alloc(server_signature, sizeof(server_signature));
@@ -907,12 +894,12 @@ enum auth_result scram_server_handle_final(struct scram_server *s, const char *c
 	if (server_final != NULL)
 		*server_final = NULL;
 	if (s == NULL || server_final == NULL) {
-		set_error(err, errlen, "SCRAM exchange used without a state");
+		error_printf(err, errlen, "SCRAM exchange used without a state");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	if (s->state != SCRAM_EXPECT_CLIENT_FINAL) {
 		s->state = SCRAM_FINISHED;
-		set_error(err, errlen, "SCRAM exchange out of order: client-final-message not expected");
+		error_printf(err, errlen, "SCRAM exchange out of order: client-final-message not expected");
 		return AUTH_PROTOCOL_ERROR;
 	}
 	rc = verify_final(s, client_final, len, server_final, err, errlen);

@@ -4,6 +4,7 @@
  * are parsed from it, the man page and example file are checked against it.
  */
 #include "config.h"
+#include "util.h"
 
 #include "log.h"
 
@@ -804,20 +805,6 @@ static void check_combinations(struct load_state *state)
 			  "[pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
 }
 
-static void write_error(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void write_error(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* Every option at its default, parsed from the table's own text. */
 static struct config *config_defaults(const char *path, char *err, size_t errlen)
 {
@@ -825,7 +812,7 @@ static struct config *config_defaults(const char *path, char *err, size_t errlen
 
 	if (cfg == NULL || (cfg->path = strdup(path)) == NULL) {
 		free(cfg);
-		write_error(err, errlen, "%s: out of memory", path);
+		error_printf(err, errlen, "%s: out of memory", path);
 		return NULL;
 	}
 	for (size_t i = 0; i < OPTION_COUNT; i++) {
@@ -839,14 +826,14 @@ static struct config *config_defaults(const char *path, char *err, size_t errlen
 
 			if ((*slot = strdup("")) == NULL) {
 				config_free(cfg);
-				write_error(err, errlen, "%s: out of memory", path);
+				error_printf(err, errlen, "%s: out of memory", path);
 				return NULL;
 			}
 		}
 		why = apply_value(cfg, opt, opt->default_value, &p);
 		if (why != NULL) {
 			/* A broken table is a programming error, but say where. */
-			write_error(err, errlen, "%s: built-in default of [%s] %s: %s", path,
+			error_printf(err, errlen, "%s: built-in default of [%s] %s: %s", path,
 				    opt->section, opt->name, why);
 			config_free(cfg);
 			return NULL;
@@ -863,7 +850,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 	memset(&state, 0, sizeof(state));
 	state.file = fopen(path, "r");
 	if (state.file == NULL) {
-		write_error(err, errlen, "%s: %s", path, strerror(errno));
+		error_printf(err, errlen, "%s: %s", path, strerror(errno));
 		return NULL;
 	}
 	state.cfg = config_defaults(path, err, errlen);
@@ -879,7 +866,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 	free(state.line_buffer);
 
 	if (rc == -2) {
-		write_error(err, errlen, "%s: out of memory", path);
+		error_printf(err, errlen, "%s: out of memory", path);
 		config_free(state.cfg);
 		return NULL;
 	}
@@ -895,9 +882,9 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 		check_combinations(&state);
 	if (state.error_line != 0) {
 		if (state.error_line > 0)
-			write_error(err, errlen, "%s:%d: %s", path, state.error_line, state.error);
+			error_printf(err, errlen, "%s:%d: %s", path, state.error_line, state.error);
 		else
-			write_error(err, errlen, "%s: %s", path, state.error);
+			error_printf(err, errlen, "%s: %s", path, state.error);
 		config_free(state.cfg);
 		return NULL;
 	}

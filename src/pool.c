@@ -15,20 +15,12 @@
 #include "log.h"
 #include "pgmux.h"
 #include "server.h"
+#include "util.h"
 #include "worker.h"
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list_node targets = LIST_HEAD_INIT(targets);
 static struct list_node pools = LIST_HEAD_INIT(pools);
-
-static char *xstrdup(const char *s)
-{
-	char *p = strdup(s ? s : "");
-
-	if (p == NULL)
-		abort();
-	return p;
-}
 
 static void set_string(char **dst, const char *src)
 {

@@ -4,6 +4,7 @@
  * ErrorResponse field parser and the builders for every message pgmux writes.
  */
 #include "proto.h"
+#include "util.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -12,19 +13,6 @@
 #include <string.h>
 
 #define PQ_OPTION_PREFIX "_pq_."
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* Where one name/value pair sits inside the startup body; found by the first pass. */
 struct param_span {
@@ -55,35 +43,35 @@ static int find_params(const uint8_t *body, size_t len, struct param_span *spans
 		if (name_len == 0) {
 			/* The empty name is the list terminator; it must be the very last byte. */
 			if (off != len - 1) {
-				set_error(err, errlen, "invalid startup packet layout: data after the terminator");
+				error_printf(err, errlen, "invalid startup packet layout: data after the terminator");
 				return -1;
 			}
 			break;
 		}
 		if (name_len > PROTO_MAX_PARAM_NAME_LEN) {
-			set_error(err, errlen, "startup parameter name is too long (at most %d bytes)",
+			error_printf(err, errlen, "startup parameter name is too long (at most %d bytes)",
 				  PROTO_MAX_PARAM_NAME_LEN);
 			return -1;
 		}
 		value_off = off + name_len + 1;
 		if (value_off >= len) {
 			/* The name's NUL was the final byte: no value and no terminator. */
-			set_error(err, errlen, "invalid startup packet layout: parameter \"%s\" has no value", name);
+			error_printf(err, errlen, "invalid startup packet layout: parameter \"%s\" has no value", name);
 			return -1;
 		}
 		value_len = strlen((const char *)body + value_off);
 		if (value_off + value_len + 1 >= len) {
 			/* The value used up the final NUL, so the list itself is unterminated. */
-			set_error(err, errlen, "invalid startup packet layout: expected terminator as last byte");
+			error_printf(err, errlen, "invalid startup packet layout: expected terminator as last byte");
 			return -1;
 		}
 		if (value_len > PROTO_MAX_PARAM_VALUE_LEN) {
-			set_error(err, errlen, "value of startup parameter \"%s\" is too long (at most %d bytes)", name,
+			error_printf(err, errlen, "value of startup parameter \"%s\" is too long (at most %d bytes)", name,
 				  PROTO_MAX_PARAM_VALUE_LEN);
 			return -1;
 		}
 		if (n == PROTO_MAX_STARTUP_PARAMS) {
-			set_error(err, errlen, "too many startup parameters (at most %d)", PROTO_MAX_STARTUP_PARAMS);
+			error_printf(err, errlen, "too many startup parameters (at most %d)", PROTO_MAX_STARTUP_PARAMS);
 			return -1;
 		}
 		/*
@@ -93,7 +81,7 @@ static int find_params(const uint8_t *body, size_t len, struct param_span *spans
 		 */
 		for (int i = 0; i < n; i++) {
 			if (spans[i].name_len == name_len && memcmp(body + spans[i].name_off, name, name_len) == 0) {
-				set_error(err, errlen, "duplicate startup parameter \"%s\"", name);
+				error_printf(err, errlen, "duplicate startup parameter \"%s\"", name);
 				return -1;
 			}
 		}
@@ -124,12 +112,12 @@ int proto_parse_startup(uint32_t version, const uint8_t *body, size_t len, struc
 
 	memset(out, 0, sizeof(*out));
 	if (version >> 16 != 3) {
-		set_error(err, errlen, "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+		error_printf(err, errlen, "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
 			  (unsigned)(version >> 16), (unsigned)(version & 0xffff));
 		return -1;
 	}
 	if (len == 0 || body[len - 1] != '\0') {
-		set_error(err, errlen, "invalid startup packet layout: expected terminator as last byte");
+		error_printf(err, errlen, "invalid startup packet layout: expected terminator as last byte");
 		return -1;
 	}
 	if (find_params(body, len, spans, &n_spans, err, errlen) < 0)
@@ -183,7 +171,7 @@ int proto_parse_startup(uint32_t version, const uint8_t *body, size_t len, struc
 
 	/* Like PostgreSQL, an empty user is as good as none, and an empty database means the user's. */
 	if (user == NULL || user[0] == '\0') {
-		set_error(err, errlen, "no PostgreSQL user name specified in startup packet");
+		error_printf(err, errlen, "no PostgreSQL user name specified in startup packet");
 		proto_startup_free(out);
 		return -1;
 	}
@@ -193,7 +181,7 @@ int proto_parse_startup(uint32_t version, const uint8_t *body, size_t len, struc
 	return 0;
 
 oom:
-	set_error(err, errlen, "out of memory");
+	error_printf(err, errlen, "out of memory");
 	proto_startup_free(out);
 	return -1;
 }

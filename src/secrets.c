@@ -5,6 +5,7 @@
  * store in under a mutex; lookups copy one entry out under the same mutex.
  */
 #include "secrets.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -42,20 +43,6 @@ struct secret_store {
 static pthread_mutex_t store_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t reload_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct secret_store *current_store;
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* Copies of secrets cannot report failure (secret_copy returns nothing), so running out of memory is fatal. */
 static char *duplicate_string(const char *s)
@@ -116,7 +103,7 @@ static int optional_string(json_t *root, const char *key, char **out, char *err,
 	if (value == NULL || json_is_null(value))
 		return 0;
 	if (!json_is_string(value)) {
-		set_error(err, errlen, "\"%s\" must be a string", key);
+		error_printf(err, errlen, "\"%s\" must be a string", key);
 		return -1;
 	}
 	*out = duplicate_string(json_string_value(value));
@@ -140,21 +127,21 @@ static int parse_port(json_t *root, int *port, char *err, size_t errlen)
 
 		/* Digits only: strtoll alone would take spaces, signs and "0x". */
 		if (text[0] < '0' || text[0] > '9') {
-			set_error(err, errlen, "\"port\" must be a number between 1 and 65535");
+			error_printf(err, errlen, "\"port\" must be a number between 1 and 65535");
 			return -1;
 		}
 		errno = 0;
 		number = strtoll(text, &end, 10);
 		if (errno != 0 || *end != '\0') {
-			set_error(err, errlen, "\"port\" must be a number between 1 and 65535");
+			error_printf(err, errlen, "\"port\" must be a number between 1 and 65535");
 			return -1;
 		}
 	} else {
-		set_error(err, errlen, "\"port\" must be an integer or a numeric string");
+		error_printf(err, errlen, "\"port\" must be an integer or a numeric string");
 		return -1;
 	}
 	if (number < 1 || number > 65535) {
-		set_error(err, errlen, "\"port\" must be a number between 1 and 65535");
+		error_printf(err, errlen, "\"port\" must be a number between 1 and 65535");
 		return -1;
 	}
 	*port = (int)number;
@@ -176,36 +163,36 @@ static int parse_secret_fields(const char *json, size_t len, struct secret *out,
 
 	memset(out, 0, sizeof(*out));
 	if (json == NULL) {
-		set_error(err, errlen, "no JSON text");
+		error_printf(err, errlen, "no JSON text");
 		return -1;
 	}
 	root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &json_error);
 	if (root == NULL) {
-		set_error(err, errlen, "invalid JSON (line %d, column %d)", json_error.line,
+		error_printf(err, errlen, "invalid JSON (line %d, column %d)", json_error.line,
 			  json_error.column);
 		return -1;
 	}
 	if (!json_is_object(root)) {
-		set_error(err, errlen, "the JSON text is not an object");
+		error_printf(err, errlen, "the JSON text is not an object");
 		goto out;
 	}
 
 	username = json_object_get(root, "username");
 	if (username == NULL || !json_is_string(username)) {
-		set_error(err, errlen, "\"username\" is missing or not a string");
+		error_printf(err, errlen, "\"username\" is missing or not a string");
 		goto out;
 	}
 	if (json_string_value(username)[0] == '\0') {
-		set_error(err, errlen, "\"username\" is empty");
+		error_printf(err, errlen, "\"username\" is empty");
 		goto out;
 	}
 	password = json_object_get(root, "password");
 	if (password == NULL || !json_is_string(password)) {
-		set_error(err, errlen, "\"password\" is missing or not a string");
+		error_printf(err, errlen, "\"password\" is missing or not a string");
 		goto out;
 	}
 	if (json_string_value(password)[0] == '\0') {
-		set_error(err, errlen, "\"password\" is empty");
+		error_printf(err, errlen, "\"password\" is empty");
 		goto out;
 	}
 
@@ -214,7 +201,7 @@ static int parse_secret_fields(const char *json, size_t len, struct secret *out,
 		goto out;
 	if (engine != NULL && strcmp(engine, "postgres") != 0 &&
 	    strcmp(engine, "aurora-postgresql") != 0) {
-		set_error(err, errlen,
+		error_printf(err, errlen,
 			  "\"engine\" is \"%.64s\", not \"postgres\" or \"aurora-postgresql\"",
 			  engine);
 		goto out;
@@ -244,7 +231,7 @@ static int compute_verifier(struct secret *s, char *err, size_t errlen)
 	s->iterations = SCRAM_DEFAULT_ITERATIONS;
 	if (scram_compute_keys(s->password, s->salt, sizeof(s->salt), s->iterations,
 			       s->stored_key, s->server_key) != 0) {
-		set_error(err, errlen, "computing the SCRAM verifier failed");
+		error_printf(err, errlen, "computing the SCRAM verifier failed");
 		return -1;
 	}
 	return 0;
@@ -348,19 +335,19 @@ static char *read_secret_file(const char *path, size_t *len, char *err, size_t e
 
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		set_error(err, errlen, "cannot open: %s", strerror(errno));
+		error_printf(err, errlen, "cannot open: %s", strerror(errno));
 		return NULL;
 	}
 	if (fstat(fd, &st) != 0) {
-		set_error(err, errlen, "cannot stat: %s", strerror(errno));
+		error_printf(err, errlen, "cannot stat: %s", strerror(errno));
 		goto fail;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		set_error(err, errlen, "not a regular file");
+		error_printf(err, errlen, "not a regular file");
 		goto fail;
 	}
 	if (st.st_size > SECRET_FILE_MAX) {
-		set_error(err, errlen, "larger than %d bytes", SECRET_FILE_MAX);
+		error_printf(err, errlen, "larger than %d bytes", SECRET_FILE_MAX);
 		goto fail;
 	}
 	/* Loose permissions are allowed (some mounts cannot be changed) but worth a word. */
@@ -368,7 +355,7 @@ static char *read_secret_file(const char *path, size_t *len, char *err, size_t e
 		log_warning("secrets: %s is readable by every user on this host", path);
 	buffer = malloc((size_t)st.st_size + 1);
 	if (buffer == NULL) {
-		set_error(err, errlen, "out of memory");
+		error_printf(err, errlen, "out of memory");
 		goto fail;
 	}
 	/* Read up to the size fstat gave; a file that grows meanwhile is cut there (and then fails to parse). */
@@ -378,7 +365,7 @@ static char *read_secret_file(const char *path, size_t *len, char *err, size_t e
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			set_error(err, errlen, "read failed: %s", strerror(errno));
+			error_printf(err, errlen, "read failed: %s", strerror(errno));
 			goto fail;
 		}
 		if (n == 0)
@@ -421,7 +408,7 @@ static char **list_secret_files(const char *dir, size_t *count, char *err, size_
 
 	handle = opendir(dir);
 	if (handle == NULL) {
-		set_error(err, errlen, "cannot open secrets directory %s: %s", dir, strerror(errno));
+		error_printf(err, errlen, "cannot open secrets directory %s: %s", dir, strerror(errno));
 		return NULL;
 	}
 	for (;;) {
@@ -445,7 +432,7 @@ static char **list_secret_files(const char *dir, size_t *count, char *err, size_
 		names[used++] = duplicate_string(entry->d_name);
 	}
 	if (errno != 0) {
-		set_error(err, errlen, "cannot read secrets directory %s: %s", dir, strerror(errno));
+		error_printf(err, errlen, "cannot read secrets directory %s: %s", dir, strerror(errno));
 		for (size_t i = 0; i < used; i++)
 			free(names[i]);
 		free(names);
@@ -533,7 +520,7 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 	int loaded;
 
 	if (dir == NULL) {
-		set_error(err, errlen, "no secrets directory configured");
+		error_printf(err, errlen, "no secrets directory configured");
 		return -1;
 	}
 	pthread_mutex_lock(&reload_mutex);
