@@ -2,8 +2,10 @@
  * client.c: client connections (see client.h). The life of one:
  * STARTUP (SSLRequest -> TLS_HANDSHAKE -> STARTUP again, or a CancelRequest)
  * -> AUTH (trust, MD5 or SCRAM against the user's secret) -> WAITING for a
- * backend from the pool -> LOGIN_SETUP (the client's startup parameters are
- * applied to that backend) -> ACTIVE (relaying) -> CLOSED.
+ * backend from the pool -> SETUP (the client's session state is brought over
+ * to that backend) -> ACTIVE (relaying) -> CLOSED. With transaction pooling a
+ * client goes back to IDLE, without a backend, each time a transaction ends,
+ * and through WAITING and SETUP again when the next one starts.
  */
 #include "client.h"
 
@@ -21,10 +23,14 @@
 
 #include "auth.h"
 #include "cancel.h"
+#include "params.h"
 #include "pgmux.h"
 #include "pool.h"
+#include "prepared.h"
 #include "server.h"
+#include "sqlscan.h"
 #include "tls.h"
+#include "util.h"
 #include "worker.h"
 
 /* Stop reading from the client while this much is queued for its backend. */
@@ -36,17 +42,22 @@
 #define CLIENT_MAX_AUTH_MESSAGE 10000
 
 static uint64_t next_client_id = 1;
+int64_t client_pinned_sessions;
+
+#define BORROW_TIMEOUT_MESSAGE "timed out waiting to acquire database connection"
 
 static const char *const client_state_names[] = {
-	[CLIENT_STARTUP] = "startup",       [CLIENT_TLS_HANDSHAKE] = "tls-handshake",
-	[CLIENT_AUTH] = "auth",             [CLIENT_WAITING] = "waiting",
-	[CLIENT_LOGIN_SETUP] = "login-setup", [CLIENT_ACTIVE] = "active",
-	[CLIENT_CLOSED] = "closed",
+	[CLIENT_STARTUP] = "startup", [CLIENT_TLS_HANDSHAKE] = "tls-handshake",
+	[CLIENT_AUTH] = "auth",       [CLIENT_WAITING] = "waiting",
+	[CLIENT_SETUP] = "setup",     [CLIENT_ACTIVE] = "active",
+	[CLIENT_IDLE] = "idle",       [CLIENT_CLOSED] = "closed",
 };
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg);
 static bool client_process_input(struct client *c);
 static void client_link(struct client *c, struct server *s);
+static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
+static void client_arm_wait_timer(struct client *c);
 
 const char *client_state_name(enum client_state state)
 {
@@ -54,8 +65,9 @@ const char *client_state_name(enum client_state state)
 }
 
 /*
- * The one place a client changes state. Transitions are few and forward
- * only, except that STARTUP follows TLS_HANDSHAKE.
+ * The one place a client changes state. Transitions are few: forward only,
+ * except that STARTUP follows TLS_HANDSHAKE and that transaction pooling
+ * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE.
  */
 static void client_set_state(struct client *c, enum client_state next)
 {
@@ -63,9 +75,10 @@ static void client_set_state(struct client *c, enum client_state next)
 		[CLIENT_STARTUP] = 1u << CLIENT_TLS_HANDSHAKE | 1u << CLIENT_AUTH | 1u << CLIENT_CLOSED,
 		[CLIENT_TLS_HANDSHAKE] = 1u << CLIENT_STARTUP | 1u << CLIENT_CLOSED,
 		[CLIENT_AUTH] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
-		[CLIENT_WAITING] = 1u << CLIENT_LOGIN_SETUP | 1u << CLIENT_ACTIVE | 1u << CLIENT_CLOSED,
-		[CLIENT_LOGIN_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_CLOSED,
-		[CLIENT_ACTIVE] = 1u << CLIENT_CLOSED,
+		[CLIENT_WAITING] = 1u << CLIENT_SETUP | 1u << CLIENT_ACTIVE | 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
+		[CLIENT_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_CLOSED,
+		[CLIENT_ACTIVE] = 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
+		[CLIENT_IDLE] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
 		[CLIENT_CLOSED] = 0,
 	};
 
@@ -176,7 +189,15 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	tv.tv_sec = cfg->client_login_timeout_ms / 1000;
 	tv.tv_usec = (cfg->client_login_timeout_ms % 1000) * 1000;
 	evtimer_add(c->timer, &tv);
+	c->last_activity_usec = c->connect_usec;
+	strmap_init(&c->params_reported);
+	strmap_init(&c->params_set);
+	strmap_init(&c->stmts);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
+	if (pgmux_clients_open() > cfg->max_client_connections)
+		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS,
+			     "The maximum number of client connections to pgmux exceeded %d (max_client_connections)",
+			     cfg->max_client_connections);
 }
 
 void client_close(struct client *c, const char *reason)
@@ -194,11 +215,17 @@ void client_close(struct client *c, const char *reason)
 		event_free(c->timer);
 		c->timer = NULL;
 	}
+	if (c->wait_timer) {
+		event_free(c->wait_timer);
+		c->wait_timer = NULL;
+	}
+	if (c->pin_reason)
+		__atomic_sub_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	cancel_unregister(c);
 	pool_cancel_wait(c);
 	c->server = NULL;
 	if (s)
-		server_client_gone(s);
+		server_client_gone(s, !c->transaction_mode);
 	if (c->scram) {
 		scram_server_free(c->scram);
 		c->scram = NULL;
@@ -218,14 +245,22 @@ void client_free(struct client *c)
 		secret_clear(&c->secret);
 	tls_context_unref(c->tls);
 	free(c->assigned_error);
+	params_clear(&c->params_reported);
+	params_clear(&c->params_set);
+	strmap_clear(&c->stmts, prepared_free);
 	free(c);
 }
 
 void client_drain(struct client *c)
 {
-	/* Sessions in progress may finish; connections that have none yet are refused. */
-	if (c->state != CLIENT_ACTIVE && c->state != CLIENT_LOGIN_SETUP)
-		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+	/*
+	 * Sessions in progress may finish: with session pooling that is the whole
+	 * session, with transaction pooling the current transaction (a client
+	 * that gives its backend back while draining is closed then).
+	 */
+	if (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in))
+		return;
+	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
 void client_server_lost(struct client *c, const char *sqlstate, const char *message)
@@ -240,6 +275,11 @@ void client_cancel_backend(struct client *c)
 	struct server *s = c->server;
 	PGcancel *pc;
 
+	if (c->state == CLIENT_WAITING && c->logged_in) {
+		/* Still queued for a backend: the statement never started; end the wait. */
+		client_fail_batch(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+		return;
+	}
 	if (s == NULL || s->pg == NULL || (s->state != SERVER_ACTIVE && s->state != SERVER_INTERNAL)) {
 		log_client(LOG_LEVEL_DEBUG, c, "cancel request: nothing to cancel");
 		return;
@@ -518,8 +558,45 @@ static bool client_process_auth(struct client *c)
 	return c->state == CLIENT_AUTH;
 }
 
+/*
+ * Sort the startup packet's parameters into what pgmux carries: the
+ * reported ones it follows through ParameterStatus, and the others
+ * (including "-c name=value" and "--name=value" from options) that it sets
+ * itself on every backend the client uses. Returns -1 with err set for an
+ * options string pgmux cannot honour.
+ */
+static int client_options_parse(struct client *c, const char *options, char *err, size_t errlen);
+
+static void client_put_param(struct client *c, const char *name, const char *value)
+{
+	if (params_is_carried(name))
+		params_put(&c->params_reported, name, value);
+	else
+		params_put(&c->params_set, name, value);
+}
+
+static int client_collect_startup_params(struct client *c, char *err, size_t errlen)
+{
+	for (int i = 0; i < c->startup.n_params; i++) {
+		const char *name = c->startup.params[i].name;
+		const char *value = c->startup.params[i].value;
+
+		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 || strcmp(name, "replication") == 0)
+			continue;
+		if (strcmp(name, "options") == 0) {
+			if (client_options_parse(c, value, err, errlen) != 0)
+				return -1;
+			continue;
+		}
+		client_put_param(c, name, value);
+	}
+	return 0;
+}
+
 static void client_authenticated(struct client *c)
 {
+	const struct config *cfg = config_current();
+	char err[512];
 	struct server *s;
 
 	if (c->scram) {
@@ -527,11 +604,16 @@ static void client_authenticated(struct client *c)
 		c->scram = NULL;
 	}
 	c->auth_step = AUTH_STEP_NONE;
+	if (client_collect_startup_params(c, err, sizeof(err)) != 0) {
+		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
+		return;
+	}
 	proto_put_auth(&c->io.out, AUTH_REQ_OK, NULL, 0);
 	if (c->timer) {
 		event_free(c->timer);
 		c->timer = NULL;
 	}
+	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
 	cancel_register(c);
 	c->pool = pool_get(c->startup.user, c->startup.database, c->have_secret ? c->secret.password : NULL);
@@ -542,9 +624,59 @@ static void client_authenticated(struct client *c)
 	s = pool_borrow(c->pool, c);
 	if (s)
 		client_link(c, s);
+	else
+		client_arm_wait_timer(c);
 }
 
 /* --------------------------------------------------- getting a backend */
+
+static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+
+	if (c->state != CLIENT_WAITING)
+		return;
+	pool_cancel_wait(c);
+	log_client(LOG_LEVEL_WARNING, c, "%s after %d ms", BORROW_TIMEOUT_MESSAGE,
+		   config_current()->connection_borrow_timeout_ms);
+	if (!c->logged_in) {
+		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE);
+		return;
+	}
+	client_fail_batch(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE);
+}
+
+static void client_arm_wait_timer(struct client *c)
+{
+	const struct config *cfg = config_current();
+	struct timeval tv;
+
+	if (c->state != CLIENT_WAITING || cfg->connection_borrow_timeout_ms <= 0)
+		return;
+	if (c->wait_timer == NULL) {
+		c->wait_timer = evtimer_new(c->worker->base, client_borrow_timeout, c);
+		if (c->wait_timer == NULL) {
+			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
+			return;
+		}
+	}
+	tv.tv_sec = cfg->connection_borrow_timeout_ms / 1000;
+	tv.tv_usec = (cfg->connection_borrow_timeout_ms % 1000) * 1000;
+	evtimer_add(c->wait_timer, &tv);
+}
+
+/* A logged-in client needs a backend for the transaction it just started. */
+static void client_begin_transaction(struct client *c)
+{
+	struct server *s;
+
+	client_set_state(c, CLIENT_WAITING);
+	s = pool_borrow(c->pool, c);
+	if (s)
+		client_link(c, s);
+	else
+		client_arm_wait_timer(c);
+}
 
 void client_wait_ended(struct client *c)
 {
@@ -558,7 +690,10 @@ void client_wait_ended(struct client *c)
 
 		memcpy(sqlstate, c->assigned_sqlstate, sizeof(sqlstate));
 		c->assigned_error = NULL;
-		client_fatal(c, sqlstate, "%s", message);
+		if (c->logged_in)
+			client_fail_batch(c, sqlstate, message);
+		else
+			client_fatal(c, sqlstate, "%s", message);
 		free(message);
 		return;
 	}
@@ -574,6 +709,54 @@ void client_wait_ended(struct client *c)
 	if (s)
 		client_link(c, s);
 }
+
+/*
+ * Answer the batch a client sent while no backend could be had: an
+ * ErrorResponse, then drop its messages up to the Sync (or the Query) that
+ * ends it and say ReadyForQuery, so that the connection stays usable.
+ */
+static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
+{
+	if (c->wait_timer)
+		evtimer_del(c->wait_timer);
+	pool_cancel_wait(c);
+	if (c->state == CLIENT_WAITING)
+		client_set_state(c, CLIENT_IDLE);
+	proto_put_error(&c->io.out, "ERROR", sqlstate, message, NULL, NULL);
+	c->discard_until_sync = true;
+	io_want_read(&c->io, true);
+	if (client_process_input(c))
+		client_flush(c);
+}
+
+/* Drop buffered messages up to the end of the failed batch. Returns false when more bytes are needed. */
+static bool client_discard_batch(struct client *c)
+{
+	struct iobuf *in = &c->io.in;
+
+	while (c->discard_until_sync) {
+		const uint8_t *p = iobuf_head(in);
+		uint32_t mlen;
+		uint8_t type;
+
+		if (iobuf_len(in) < PROTO_HEADER_LEN)
+			return false;
+		type = p[0];
+		mlen = get_u32(p + 1);
+		if (mlen < 4 || iobuf_len(in) < 1 + (size_t)mlen)
+			return false;
+		if (type == FE_TERMINATE)
+			return true; /* left for the idle handler, which closes */
+		iobuf_consume(in, 1 + (size_t)mlen);
+		if (type == FE_SYNC || type == FE_QUERY) {
+			c->discard_until_sync = false;
+			proto_put_ready(&c->io.out, 'I');
+		}
+	}
+	return true;
+}
+
+/* ------------------------------------------------------ carrying state */
 
 /* Append value as a SQL string literal. */
 static void sql_append_literal(struct iobuf *sql, const char *value)
@@ -602,13 +785,75 @@ static void sql_append_set(struct iobuf *sql, int *count, const char *name, cons
 	(*count)++;
 }
 
+/* RESET of a (possibly dotted) parameter name, each part a quoted identifier. */
+static void sql_append_reset(struct iobuf *sql, const char *name)
+{
+	iobuf_append(sql, "; RESET \"", 9);
+	for (const char *p = name; *p; p++) {
+		if (*p == '.')
+			iobuf_append(sql, "\".\"", 3);
+		else if (*p == '"')
+			iobuf_append(sql, "\"\"", 2);
+		else
+			iobuf_append_u8(sql, (uint8_t)*p);
+	}
+	iobuf_append_u8(sql, '"');
+}
+
+/*
+ * Build the SQL that makes backend s match the client's session: carried
+ * parameters that differ, parameters pgmux set for the client that s lacks,
+ * and those set for an earlier client that this one does not want. Returns
+ * false when s already matches.
+ */
+static bool client_state_sql(struct client *c, struct server *s, struct iobuf *sql)
+{
+	struct list_node *pos, *tmp;
+	int count = 0;
+
+	for (int i = 0; params_carried_names[i]; i++) {
+		const char *name = params_carried_names[i];
+		const char *want = params_get(&c->params_reported, name);
+		const char *have = server_param(s, name);
+
+		/* What the client never changed is the server's default. */
+		if (want == NULL)
+			want = params_get(&s->defaults, name);
+		if (want == NULL || (have && strcmp(have, want) == 0))
+			continue;
+		sql_append_set(sql, &count, name, want);
+	}
+	list_for_each(pos, &c->params_set.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+		const char *have = params_get(&s->applied, e->key);
+
+		if (have && strcmp(have, e->value) == 0)
+			continue;
+		sql_append_set(sql, &count, e->key, e->value);
+		params_put(&s->applied, e->key, e->value);
+	}
+	if (count == 0)
+		iobuf_append(sql, "SELECT 1", 8);
+	list_for_each_safe(pos, tmp, &s->applied.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		if (params_get(&c->params_set, e->key) == NULL) {
+			sql_append_reset(sql, e->key);
+			free(strmap_delete(&s->applied, e));
+			count++;
+		}
+	}
+	iobuf_append_u8(sql, '\0');
+	return count > 0;
+}
+
 /*
  * Turn the "options" startup parameter (as PostgreSQL reads it: words
  * separated by spaces, a backslash escapes the next character) into settings.
  * Only "-c name=value" and "--name=value" set parameters; pgmux refuses other
  * switches rather than drop them silently. Returns -1 with err set.
  */
-static int client_options_to_sql(const char *options, struct iobuf *sql, int *count, char *err, size_t errlen)
+static int client_options_parse(struct client *c, const char *options, char *err, size_t errlen)
 {
 	char word[4096];
 	bool expect_c_value = false;
@@ -660,7 +905,7 @@ static int client_options_to_sql(const char *options, struct iobuf *sql, int *co
 			return -1;
 		}
 		*eq = '\0';
-		sql_append_set(sql, count, setting, eq + 1);
+		client_put_param(c, setting, eq + 1);
 	}
 	if (expect_c_value) {
 		snprintf(err, errlen, "option -c requires a value");
@@ -669,21 +914,65 @@ static int client_options_to_sql(const char *options, struct iobuf *sql, int *co
 	return 0;
 }
 
+void client_release_server(struct client *c)
+{
+	struct server *s = c->server;
+
+	c->server = NULL;
+	c->reset_all_pending = false;
+	client_set_state(c, CLIENT_IDLE);
+	if (c->read_paused) {
+		c->read_paused = false;
+		io_want_read(&c->io, true);
+	}
+	s->client = NULL;
+	/* The pool may hand s to another worker at once: nothing touches it after this. */
+	pool_release(s);
+	if (c->worker->draining)
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+}
+
 static void client_login_complete(struct client *c)
 {
 	struct server *s = c->server;
 
+	/* From now on the client's view of the carried parameters is what the server reported. */
+	for (int i = 0; params_carried_names[i]; i++) {
+		const char *v = server_param(s, params_carried_names[i]);
+
+		if (v)
+			params_put(&c->params_reported, params_carried_names[i], v);
+	}
 	for (int i = 0; i < s->n_params; i++)
 		proto_put_parameter_status(&c->io.out, s->params[i].name, s->params[i].value);
 	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
 	proto_put_ready(&c->io.out, s->tx_status ? s->tx_status : 'I');
-	s->state = SERVER_ACTIVE;
+	c->logged_in = true;
 	client_set_state(c, CLIENT_ACTIVE);
 	log_client(LOG_LEVEL_DEBUG, c, "logged in, backend pid %d", s->backend_pid);
 	client_flush(c);
+	if (c->state != CLIENT_ACTIVE)
+		return;
+	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && c->forward_remaining == 0 && server_is_clean(s)) {
+		client_release_server(c);
+		return;
+	}
 	/* Anything the client sent early is processed now. */
-	if (c->state == CLIENT_ACTIVE && iobuf_len(&c->io.in) > 0)
+	if (iobuf_len(&c->io.in) > 0)
 		client_process_input(c);
+}
+
+/* The backend matches the client's session: log in, or carry on with the transaction. */
+static void client_setup_complete(struct client *c)
+{
+	c->server->state = SERVER_ACTIVE;
+	if (!c->logged_in) {
+		client_login_complete(c);
+		return;
+	}
+	client_set_state(c, CLIENT_ACTIVE);
+	io_want_read(&c->io, !c->read_paused);
+	client_process_input(c);
 }
 
 static void client_setup_done(struct server *s, bool ok, void *arg)
@@ -692,49 +981,141 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 
 	if (!ok) {
 		client_fatal(c, s->query_sqlstate[0] ? s->query_sqlstate : SQLSTATE_INVALID_PARAMETER_VALUE, "%s",
-			     s->query_error ? s->query_error : "could not apply startup parameters");
+			     s->query_error ? s->query_error : "could not apply session parameters");
 		return;
 	}
-	client_login_complete(c);
+	client_setup_complete(c);
 }
 
 static void client_link(struct client *c, struct server *s)
 {
 	struct iobuf sql;
-	int count = 0;
-	char err[512];
 
+	if (c->wait_timer)
+		evtimer_del(c->wait_timer);
 	c->server = s;
 	s->client = c;
+	if (c->pin_reason)
+		s->pinned = true;
 	iobuf_init(&sql);
-	for (int i = 0; i < c->startup.n_params; i++) {
-		const char *name = c->startup.params[i].name;
-		const char *value = c->startup.params[i].value;
-
-		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 || strcmp(name, "replication") == 0)
-			continue;
-		if (strcmp(name, "options") == 0) {
-			if (client_options_to_sql(value, &sql, &count, err, sizeof(err)) != 0) {
-				iobuf_free(&sql);
-				client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
-				return;
-			}
-			continue;
-		}
-		sql_append_set(&sql, &count, name, value);
-	}
-	if (count == 0) {
+	if (!client_state_sql(c, s, &sql)) {
 		iobuf_free(&sql);
-		client_login_complete(c);
+		client_set_state(c, CLIENT_SETUP);
+		client_setup_complete(c);
 		return;
 	}
-	iobuf_append_u8(&sql, '\0');
-	client_set_state(c, CLIENT_LOGIN_SETUP);
+	client_set_state(c, CLIENT_SETUP);
 	server_run_query(s, (const char *)iobuf_head(&sql), client_setup_done, c);
 	iobuf_free(&sql);
 }
 
 /* ---------------------------------------------------------------- relaying */
+
+/* The session keeps state pgmux cannot carry: it keeps this backend to the end. */
+static void client_pin(struct client *c, const struct sql_scan_result *scan)
+{
+	if (c->pin_reason)
+		return;
+	c->pin_reason = sql_pin_reason_text(scan->pin);
+	snprintf(c->pin_detail, sizeof(c->pin_detail), "%s", scan->pin_detail);
+	if (c->server)
+		c->server->pinned = true;
+	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
+	log_client(LOG_LEVEL_INFO, c, "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
+		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
+}
+
+static void client_scan_sql(struct client *c, const char *sql, size_t len)
+{
+	struct sql_scan_result scan;
+
+	sql_scan(sql, len, params_carried_names, &scan);
+	if (scan.pin != SQL_PIN_NONE)
+		client_pin(c, &scan);
+	if (scan.effects & SQL_EFFECT_RESET_ALL)
+		c->reset_all_pending = true;
+}
+
+/*
+ * One whole extended-protocol or Query message, with transaction pooling:
+ * named statements are rewritten to their server-side names and prepared on
+ * this backend when it lacks them, and every reply is announced to the
+ * server's reply queue.
+ */
+static void client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
+{
+	const uint8_t *body = msg + PROTO_HEADER_LEN;
+	size_t blen = mlen - 4;
+	struct msg_reader r;
+	const char *name;
+	struct strmap_entry *e;
+
+	/* After an error the server ignores everything up to Sync: pass it on untouched. */
+	if (s->skipping_until_sync && type != FE_SYNC) {
+		iobuf_append(&s->io.out, msg, 1 + mlen);
+		return;
+	}
+	msg_reader_init(&r, body, blen);
+	switch (type) {
+	case FE_QUERY:
+		if (blen > 0)
+			client_scan_sql(c, (const char *)body, blen - 1);
+		break;
+	case FE_PARSE: {
+		const char *client_name;
+		struct prepared_stmt *st;
+
+		name = msg_read_str(&r);
+		const char *query = msg_read_str(&r);
+
+		if (name && query)
+			client_scan_sql(c, query, strlen(query));
+		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
+			break; /* unnamed (or malformed: the server says why) */
+		e = strmap_find(&c->stmts, client_name);
+		if (e)
+			prepared_free(strmap_delete(&c->stmts, e));
+		strmap_insert(&c->stmts, client_name, st);
+		server_parse(s, st);
+		return;
+	}
+	case FE_BIND:
+		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
+		    (e = strmap_find(&c->stmts, name)) == NULL)
+			break; /* unnamed or unknown: the server answers as it would directly */
+		server_ensure_prepared(s, e->value);
+		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
+				 ((struct prepared_stmt *)e->value)->server_name);
+		server_expect(s, FE_BIND, NULL);
+		return;
+	case FE_DESCRIBE:
+	case FE_CLOSE: {
+		uint8_t kind;
+
+		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0')
+			break;
+		e = strmap_find(&c->stmts, name);
+		if (type == FE_CLOSE) {
+			/* The server-side statement stays for others; the client's name is gone. */
+			if (e)
+				prepared_free(strmap_delete(&c->stmts, e));
+			server_expect(s, '3', NULL);
+			return;
+		}
+		if (e == NULL)
+			break;
+		server_ensure_prepared(s, e->value);
+		prepared_rewrite(&s->io.out, FE_DESCRIBE, body, blen, 1, strlen(name),
+				 ((struct prepared_stmt *)e->value)->server_name);
+		server_expect(s, FE_DESCRIBE, NULL);
+		return;
+	}
+	default:
+		break;
+	}
+	iobuf_append(&s->io.out, msg, 1 + mlen);
+	server_expect(s, (char)type, NULL);
+}
 
 /* Forward complete and partial messages to the backend. Returns false if c was closed. */
 static bool client_relay(struct client *c)
@@ -795,6 +1176,19 @@ static bool client_relay(struct client *c)
 			/* Flush and the COPY sub-protocol leave the transaction state alone. */
 			break;
 		}
+		if (c->transaction_mode && type != FE_FLUSH && type != FE_COPY_DATA && type != FE_COPY_DONE &&
+		    type != FE_COPY_FAIL) {
+			/* pgmux looks inside these: wait for the whole message. */
+			if (avail < 1 + (size_t)mlen) {
+				/* Undo the counting; it happens again when the rest arrives. */
+				if (type == FE_QUERY || type == FE_SYNC || type == FE_FUNCTION_CALL)
+					s->outstanding--;
+				break;
+			}
+			client_forward_tracked(c, s, type, p, mlen);
+			iobuf_consume(in, 1 + (size_t)mlen);
+			continue;
+		}
 		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 		iobuf_append(&s->io.out, p, n);
 		iobuf_consume(in, n);
@@ -803,11 +1197,41 @@ static bool client_relay(struct client *c)
 	server_flush(s);
 	if (c->state == CLIENT_CLOSED)
 		return false;
+	client_flush(c); /* replies pgmux owed at once (a cached Parse, a Close) */
+	if (c->state == CLIENT_CLOSED)
+		return false;
 	if (c->server && io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
 	return true;
+}
+
+/* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
+static bool client_process_idle(struct client *c)
+{
+	const uint8_t *p = iobuf_head(&c->io.in);
+
+	if (c->discard_until_sync) {
+		if (!client_discard_batch(c))
+			return false;
+		if (c->discard_until_sync)
+			return false;
+		client_flush(c);
+		return c->state == CLIENT_IDLE;
+	}
+	if (iobuf_len(&c->io.in) < PROTO_HEADER_LEN)
+		return false;
+	if (p[0] == FE_TERMINATE) {
+		client_close(c, "client terminated the session");
+		return false;
+	}
+	if (!proto_valid_frontend_type(p[0]) || get_u32(p + 1) < 4) {
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
+		return false;
+	}
+	client_begin_transaction(c);
+	return c->state == CLIENT_ACTIVE;
 }
 
 /* Act on buffered input for the current state. Returns false if c was closed. */
@@ -827,8 +1251,12 @@ static bool client_process_input(struct client *c)
 			continue;
 		case CLIENT_ACTIVE:
 			return client_relay(c);
+		case CLIENT_IDLE:
+			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c))
+				return c->state != CLIENT_CLOSED;
+			continue;
 		case CLIENT_WAITING:
-		case CLIENT_LOGIN_SETUP:
+		case CLIENT_SETUP:
 			/* Keep early input until a backend is ready; bound it. */
 			if (iobuf_len(&c->io.in) >= CLIENT_EARLY_INPUT_LIMIT)
 				io_want_read(&c->io, false);
@@ -839,6 +1267,18 @@ static bool client_process_input(struct client *c)
 			return false;
 		}
 	}
+}
+
+void client_janitor(struct client *c, uint64_t now)
+{
+	const struct config *cfg = config_current();
+	bool idle = c->state == CLIENT_IDLE ||
+		    (c->state == CLIENT_ACTIVE && !c->transaction_mode && c->server && server_is_clean(c->server));
+
+	if (idle && cfg->idle_client_timeout_ms > 0 &&
+	    now - c->last_activity_usec >= (uint64_t)cfg->idle_client_timeout_ms * 1000)
+		client_fatal(c, "57P05", "terminating connection due to idle_client_timeout (%d s)",
+			     cfg->idle_client_timeout_ms / 1000);
 }
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg)
@@ -876,6 +1316,8 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 
 		if (st == IO_OK) {
 			size_t got = iobuf_len(&c->io.in) - before;
+
+			c->last_activity_usec = pgmux_now_usec();
 
 			budget -= got < budget ? got : budget;
 			if (!client_process_input(c))

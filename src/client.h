@@ -17,6 +17,7 @@
 #include "log.h"
 #include "proto.h"
 #include "secrets.h"
+#include "strmap.h"
 
 struct pool;
 struct server;
@@ -28,9 +29,10 @@ enum client_state {
 	CLIENT_STARTUP,       /* reading the startup packet (before or after TLS) */
 	CLIENT_TLS_HANDSHAKE, /* answered 'S' to SSLRequest, handshaking */
 	CLIENT_AUTH,          /* password exchange */
-	CLIENT_WAITING,       /* logged in, queued for a backend */
-	CLIENT_LOGIN_SETUP,   /* backend linked, applying the client's startup parameters */
+	CLIENT_WAITING,       /* queued for a backend (to log in, or for a transaction) */
+	CLIENT_SETUP,         /* backend linked, pgmux brings its session state over first */
 	CLIENT_ACTIVE,        /* relaying to and from its backend */
+	CLIENT_IDLE,          /* logged in, between transactions, no backend (transaction pooling) */
 	CLIENT_CLOSED,        /* waiting to be freed */
 };
 
@@ -66,6 +68,19 @@ struct client {
 	struct server *server;
 	uint32_t forward_remaining;
 	bool read_paused; /* back-pressure: the server's output is full */
+	bool logged_in;   /* the client has had its ReadyForQuery after authentication */
+	bool transaction_mode; /* pool_mode at login: borrow a backend per transaction */
+
+	/* Session state pgmux carries from backend to backend (transaction pooling). */
+	struct strmap params_reported; /* carried reported parameters, as the client last saw them */
+	struct strmap params_set;      /* other parameters from the startup packet (options -c ...) */
+	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
+	const char *pin_reason;        /* why the session is pinned to its backend, or NULL */
+	char pin_detail[64];
+	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
+	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
+	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
+	uint64_t last_activity_usec;
 
 	/* Set by the pool, under its lock, when a wait ends. */
 	struct server *assigned_server;
@@ -105,6 +120,15 @@ void client_free(struct client *c);
 
 /* Graceful shutdown: close clients that are not in a session yet. */
 void client_drain(struct client *c);
+
+/* The client's transaction is over: give its backend back to the pool (the last use of it). */
+void client_release_server(struct client *c);
+
+/* Periodic checks on a worker's clients (idle_client_timeout). */
+void client_janitor(struct client *c, uint64_t now_usec);
+
+/* Sessions pinned to their backend, across workers (for SHOW and logs). */
+extern int64_t client_pinned_sessions;
 
 const char *client_state_name(enum client_state state);
 

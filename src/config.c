@@ -137,6 +137,20 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(listen_backlog), .min_value = 1, .max_value = 65535,
 	  .doc = "The backlog passed to listen(2): how many connections the kernel queues "
 		 "before pgmux accepts them. The kernel caps it at net.core.somaxconn." },
+	{ .section = "pgmux", .name = "max_client_connections", .type = CONFIG_INT,
+	  .default_value = "10000", .reloadable = true,
+	  .offset = FIELD(max_client_connections), .min_value = 1, .max_value = 1000000,
+	  .doc = "The most client connections pgmux holds at once, across all workers. "
+		 "A client that connects beyond the limit is refused with a FATAL error "
+		 "(SQLSTATE 53300) that names the limit, as RDS Proxy refuses clients "
+		 "once its maximum number of client connections is exceeded." },
+	{ .section = "pgmux", .name = "idle_client_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "1800s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(idle_client_timeout_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How long a client with no transaction in progress may send nothing "
+		 "before it is closed with a FATAL error (SQLSTATE 57P05), like RDS "
+		 "Proxy's IdleClientTimeout. A number without a unit is seconds; 0 means "
+		 "never." },
 
 	/* ----------------------------------------------------------- [target] */
 	{ .section = "target", .name = "hosts", .type = CONFIG_HOSTS,
@@ -168,11 +182,14 @@ static const struct config_option option_table[] = {
 
 	/* ------------------------------------------------------------- [pool] */
 	{ .section = "pool", .name = "pool_mode", .type = CONFIG_ENUM,
-	  .default_value = "session", .reloadable = true,
+	  .default_value = "transaction", .reloadable = true,
 	  .offset = FIELD(pool_mode), .enum_values = pool_mode_names,
-	  .doc = "When a server connection goes back to the pool: session (when the "
-		 "client disconnects) or transaction (at the end of each transaction). "
-		 "A change applies to sessions that start after the reload." },
+	  .doc = "How clients share server connections. transaction: a client borrows a "
+		 "server connection for each transaction and gives it back when "
+		 "ReadyForQuery reports the connection idle, so many clients can share "
+		 "a few connections. session: a client keeps one server connection for "
+		 "its whole session. A change applies to sessions that start after the "
+		 "reload." },
 	{ .section = "pool", .name = "max_connections", .type = CONFIG_INT,
 	  .default_value = "0", .reloadable = true,
 	  .offset = FIELD(max_connections), .min_value = 0, .max_value = 1000000,
@@ -184,6 +201,51 @@ static const struct config_option option_table[] = {
 	  .doc = "When max_connections is 0: the share, from 1 to 100 percent, of the "
 		 "server's max_connections that pgmux may use. Leave room for other "
 		 "clients and for superuser_reserved_connections." },
+	{ .section = "pool", .name = "max_idle_connections_percent", .type = CONFIG_INT,
+	  .default_value = "50", .reloadable = true,
+	  .offset = FIELD(max_idle_connections_percent), .min_value = 0, .max_value = 100,
+	  .doc = "How many idle server connections pgmux keeps to each target host, as a "
+		 "share, from 0 to 100 percent, of the connection limit in force for "
+		 "that host (max_connections, or max_connections_percent of the "
+		 "server's own setting), like RDS Proxy's MaxIdleConnectionsPercent. "
+		 "Idle connections beyond it are closed once they have been idle for a "
+		 "second." },
+	{ .section = "pool", .name = "min_pool_size", .type = CONFIG_INT,
+	  .default_value = "0", .reloadable = true,
+	  .offset = FIELD(min_pool_size), .min_value = 0, .max_value = 1000000,
+	  .doc = "The server connections kept open for each (user, database) pool that "
+		 "has been used, even when they are idle. They count against "
+		 "max_connections; when that is not 0, min_pool_size may not exceed "
+		 "it." },
+	{ .section = "pool", .name = "connection_borrow_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "120s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(connection_borrow_timeout_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How long a client waits for a server connection when none is free, "
+		 "because the pool is full or no server can be reached. When the time "
+		 "is up the client gets an ERROR with SQLSTATE 53300, \"timed out "
+		 "waiting to acquire database connection\", and its connection stays "
+		 "usable; a client that is still logging in gets a FATAL error instead. "
+		 "A number without a unit is seconds; 0 means wait forever." },
+	{ .section = "pool", .name = "server_idle_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "600s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(server_idle_timeout_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How long a server connection may sit idle in the pool, unused, before "
+		 "it is closed. A number without a unit is seconds; 0 means never." },
+	{ .section = "pool", .name = "server_lifetime", .type = CONFIG_DURATION_MS,
+	  .default_value = "3600s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(server_lifetime_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How old a server connection may grow: one opened longer ago than this "
+		 "is closed when it is next returned to the pool, instead of being "
+		 "handed to another client. A number without a unit is seconds; 0 means "
+		 "no limit." },
+	{ .section = "pool", .name = "init_query", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(init_query),
+	  .doc = "SQL run once on every new server connection before any client uses "
+		 "it, like RDS Proxy's InitQuery; for example SET work_mem = '64MB'. If "
+		 "it fails, the connection is closed and the failure logged. Empty means "
+		 "none. It must not contain a semicolon preceded by a space, which would "
+		 "start a comment." },
 	{ .section = "pool", .name = "server_reset_query", .type = CONFIG_STRING,
 	  .default_value = "DISCARD ALL", .reloadable = true,
 	  .offset = FIELD(server_reset_query),
@@ -191,6 +253,13 @@ static const struct config_option option_table[] = {
 		 "leaves, so the next client finds no state from the last one. Empty "
 		 "means none. It must not contain a semicolon preceded by a space, "
 		 "which would start a comment." },
+	{ .section = "pool", .name = "max_prepared_statements", .type = CONFIG_INT,
+	  .default_value = "100", .reloadable = true,
+	  .offset = FIELD(max_prepared_statements), .min_value = 1, .max_value = 100000,
+	  .doc = "How many protocol-level prepared statements pgmux keeps on each "
+		 "server connection. Beyond it the least recently used one is closed on "
+		 "the server, and prepared again, unseen by the client, when a client "
+		 "next needs it. From 1 to 100000." },
 };
 
 #define OPTION_COUNT (sizeof(option_table) / sizeof(option_table[0]))
@@ -803,6 +872,16 @@ static void check_combinations(struct load_state *state)
 	else if (cfg->require_tls && !have_cert)
 		set_error(state, line_of(state, "pgmux", "require_tls"),
 			  "[pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
+
+	/*
+	 * The pools of all users and databases share a host's max_connections,
+	 * so one pool's floor above it could never be met. (With max_connections
+	 * at 0 the limit is only known once the server has been asked.)
+	 */
+	if (cfg->max_connections > 0 && cfg->min_pool_size > cfg->max_connections)
+		set_error(state, line_of(state, "pool", "min_pool_size"),
+			  "[pool] min_pool_size: must not be larger than max_connections (%d)",
+			  cfg->max_connections);
 }
 
 /* Every option at its default, parsed from the table's own text. */

@@ -55,6 +55,8 @@ struct config {
 	int client_login_timeout_ms; /* startup + TLS + authentication */
 	int shutdown_timeout_ms;     /* SIGINT: how long sessions may take to end */
 	int listen_backlog;
+	int max_client_connections; /* across all workers */
+	int idle_client_timeout_ms; /* outside a transaction; 0 = never */
 
 	/* [target] */
 	struct target_host *hosts;
@@ -65,9 +67,16 @@ struct config {
 
 	/* [pool] */
 	enum pool_mode pool_mode;
-	int max_connections;         /* per target instance; 0 = use the percent */
-	int max_connections_percent; /* of the server's max_connections */
-	char *server_reset_query;    /* run when a session-mode client leaves */
+	int max_connections;              /* per target instance; 0 = use the percent */
+	int max_connections_percent;      /* of the server's max_connections */
+	int max_idle_connections_percent; /* of the effective max_connections */
+	int min_pool_size;                /* per (user, database) pool once used */
+	int connection_borrow_timeout_ms; /* 0 = wait forever */
+	int server_idle_timeout_ms;       /* 0 = never */
+	int server_lifetime_ms;           /* checked on return to the pool; 0 = forever */
+	char *init_query;                 /* run once on each new server connection */
+	char *server_reset_query;         /* run when a session-mode client leaves */
+	int max_prepared_statements;      /* per server connection */
 };
 
 enum config_type {

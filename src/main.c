@@ -176,6 +176,11 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void on_janitor(evutil_socket_t fd, short what, void *arg)
+{
+	pool_janitor(pgmux_now_usec());
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	const struct config *cfg = config_current();
@@ -316,6 +321,8 @@ int main(int argc, char **argv)
 	struct event *signals[5];
 	const int signums[5] = { SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 };
 	int opt, exit_code = 0, n;
+	struct event *janitor;
+	struct timeval second = { 1, 0 };
 
 	M.log_level_override = -1;
 	while ((opt = getopt(argc, argv, "dvqVh")) != -1) {
@@ -405,6 +412,8 @@ int main(int argc, char **argv)
 		signals[i] = evsignal_new(M.base, signums[i], on_signal, NULL);
 		event_add(signals[i], NULL);
 	}
+	janitor = event_new(M.base, -1, EV_PERSIST, on_janitor, NULL);
+	event_add(janitor, &second);
 	log_info("pgmux %s listening on %s:%d, %d worker(s), %s pooling, target %s:%d", PACKAGE_VERSION,
 		 cfg->listen_addr, cfg->listen_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->hosts[0].host,
 		 cfg->hosts[0].port);
@@ -413,6 +422,7 @@ int main(int argc, char **argv)
 
 	for (int i = 0; i < 5; i++)
 		event_free(signals[i]);
+	event_free(janitor);
 out:
 	if (M.listener)
 		evconnlistener_free(M.listener);

@@ -19,6 +19,8 @@
 #include "worker.h"
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void pool_start_connect(struct pool *pool);
 static struct list_node targets = LIST_HEAD_INIT(targets);
 static struct list_node pools = LIST_HEAD_INIT(pools);
 
@@ -217,10 +219,16 @@ void pool_cancel_wait(struct client *client)
 
 void pool_release(struct server *s)
 {
+	const struct config *cfg = config_current();
 	struct pool *pool = s->pool;
 	struct client *waiter = NULL;
 	struct worker *wake = NULL;
+	uint64_t now = pgmux_now_usec();
 
+	if (cfg->server_lifetime_ms > 0 && now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000) {
+		server_close(s, "server_lifetime reached");
+		return;
+	}
 	if (s->worker)
 		server_detach(s);
 	s->client = NULL;
@@ -277,7 +285,7 @@ void pool_forget(struct server *s)
 	pthread_mutex_unlock(&pool_lock);
 	s->pool = NULL;
 	if (next)
-		server_connect(worker_self(), next);
+		pool_start_connect(next);
 }
 
 void pool_connection_ready(struct server *s)
@@ -320,7 +328,7 @@ void pool_connect_failed(struct server *s, const char *sqlstate, const char *mes
 	pthread_mutex_unlock(&pool_lock);
 	s->pool = NULL;
 	if (next)
-		server_connect(worker_self(), next);
+		pool_start_connect(next);
 }
 
 void pool_learn_cap(struct target *t, int server_max)
@@ -345,7 +353,97 @@ void pool_learn_cap(struct target *t, int server_max)
 	}
 	pthread_mutex_unlock(&pool_lock);
 	for (int i = 0; i < n; i++)
-		server_connect(worker_self(), next[i]);
+		pool_start_connect(next[i]);
+}
+
+/* Start a connection for pool from any thread: directly on a worker, else through one's inbox. */
+static void pool_start_connect(struct pool *pool)
+{
+	struct worker *w = worker_self();
+
+	if (w)
+		server_connect(w, pool);
+	else
+		workers_post_connect(pool);
+}
+
+/*
+ * Once a second, on the main thread: close idle backends past
+ * server_idle_timeout or server_lifetime, or beyond the idle cap
+ * (max_idle_connections_percent of the target's cap, once idle for a
+ * second), sparing min_pool_size per pool; open connections up to
+ * min_pool_size.
+ */
+void pool_janitor(uint64_t now)
+{
+	const struct config *cfg = config_current();
+	struct list_node doomed, *pos, *node;
+	struct pool *to_connect[64];
+	int n_connect = 0;
+
+	list_init(&doomed);
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &targets) {
+		struct target *t = list_entry(pos, struct target, node);
+		int idle = 0, max_idle;
+		struct list_node *ppos;
+
+		list_for_each(ppos, &pools) {
+			struct pool *p = list_entry(ppos, struct pool, node);
+
+			if (p->target == t)
+				idle += p->n_idle;
+		}
+		max_idle = t->cap_known ? t->max_connections * cfg->max_idle_connections_percent / 100 : idle;
+		list_for_each(ppos, &pools) {
+			struct pool *p = list_entry(ppos, struct pool, node);
+			struct list_node *spos, *stmp;
+
+			if (p->target != t)
+				continue;
+			/* Oldest idle first: the idle list keeps the most recently used at the front. */
+			for (spos = p->idle.prev, stmp = spos->prev; spos != &p->idle; spos = stmp, stmp = spos->prev) {
+				struct server *s = list_entry(spos, struct server, pool_node);
+				uint64_t idle_for = now - s->last_used_usec;
+				bool expired = (cfg->server_idle_timeout_ms > 0 &&
+						idle_for >= (uint64_t)cfg->server_idle_timeout_ms * 1000) ||
+					       (cfg->server_lifetime_ms > 0 &&
+						now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000);
+				bool surplus = idle > max_idle && idle_for >= 1000000;
+
+				if (p->n_connections <= cfg->min_pool_size || (!expired && !surplus))
+					continue;
+				list_del(&s->pool_node);
+				p->n_idle--;
+				p->n_connections--;
+				t->n_connections--;
+				idle--;
+				s->pool = NULL;
+				list_append(&doomed, &s->pool_node);
+			}
+		}
+		/* Keep min_pool_size open for each pool that has been used. */
+		list_for_each(ppos, &pools) {
+			struct pool *p = list_entry(ppos, struct pool, node);
+
+			while (p->target == t && p->n_connections < cfg->min_pool_size && t->cap_known &&
+			       t->n_connections < t->max_connections && n_connect < 64) {
+				t->n_connections++;
+				t->n_connecting++;
+				p->n_connections++;
+				to_connect[n_connect++] = p;
+			}
+		}
+	}
+	pthread_mutex_unlock(&pool_lock);
+	while ((node = list_pop_front(&doomed)) != NULL) {
+		struct server *s = list_entry(node, struct server, pool_node);
+
+		list_init(&s->pool_node);
+		server_close(s, "idle too long, too old, or beyond the idle cap");
+	}
+	for (int i = 0; i < n_connect; i++)
+		pool_start_connect(to_connect[i]);
 }
 
 void pool_take_ready(struct worker *w, struct list_node *out)
@@ -379,7 +477,6 @@ void pool_close_idle(void)
 			s->pool = NULL;
 			pthread_mutex_unlock(&pool_lock);
 			server_close(s, "pgmux is shutting down");
-			server_free(s);
 			pthread_mutex_lock(&pool_lock);
 		}
 	}

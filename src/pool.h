@@ -13,6 +13,7 @@
 #define PGMUX_POOL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "list.h"
@@ -79,6 +80,9 @@ void pool_connect_failed(struct server *server, const char *sqlstate, const char
 
 /* The server told us its max_connections (less reserved slots): fix the cap if it was 0. */
 void pool_learn_cap(struct target *target, int server_max_connections);
+
+/* Periodic maintenance of idle backends and min_pool_size (main thread, once a second). */
+void pool_janitor(uint64_t now_usec);
 
 /* Move the clients whose wait ended to out (called by their worker). */
 void pool_take_ready(struct worker *w, struct list_node *out);

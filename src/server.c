@@ -19,8 +19,10 @@
 #include "client.h"
 #include "log.h"
 #include "pgmux.h"
+#include "params.h"
 #include "pool.h"
 #include "proto.h"
+#include "util.h"
 #include "worker.h"
 
 /* Stop reading from the backend while this much is queued for its client. */
@@ -218,8 +220,10 @@ static void server_connect_poll(struct server *s)
 	for (size_t i = 0; i < sizeof(reported_params) / sizeof(reported_params[0]); i++) {
 		const char *v = PQparameterStatus(s->pg, reported_params[i]);
 
-		if (v)
+		if (v) {
 			server_set_param(s, reported_params[i], v);
+			params_put(&s->defaults, reported_params[i], v);
+		}
 	}
 	io_init(&s->io, PQsocket(s->pg));
 	if (PQsslInUse(s->pg))
@@ -242,8 +246,23 @@ static void server_connect_poll(struct server *s)
 	server_setup_done(s, true, NULL);
 }
 
+static void server_init_done(struct server *s, bool ok, void *arg)
+{
+	char why[512];
+
+	if (!ok) {
+		snprintf(why, sizeof(why), "init_query failed: %s", s->query_error ? s->query_error : "not idle afterwards");
+		server_connect_failed(s, why);
+		return;
+	}
+	s->created_usec = s->last_used_usec = pgmux_now_usec();
+	pool_connection_ready(s);
+}
+
 static void server_setup_done(struct server *s, bool ok, void *arg)
 {
+	const struct config *cfg = config_current();
+
 	if (!ok) {
 		server_connect_failed(s, s->query_error ? s->query_error : "setup query failed");
 		return;
@@ -253,17 +272,21 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 		free(s->query_value);
 		s->query_value = NULL;
 	}
-	s->created_usec = s->last_used_usec = pgmux_now_usec();
-	pool_connection_ready(s);
+	if (cfg->init_query[0]) {
+		server_run_query(s, cfg->init_query, server_init_done, NULL);
+		return;
+	}
+	server_init_done(s, true, NULL);
 }
 
 static void server_resolved(int result, struct evutil_addrinfo *res, void *arg)
 {
 	struct server *s = arg;
 
-	s->dns_request = NULL;
+	/* A cancelled lookup's server may already be freed: do not touch it. */
 	if (result == EVUTIL_EAI_CANCEL)
 		return;
+	s->dns_request = NULL;
 	if (result != 0 || res == NULL) {
 		char why[256];
 
@@ -301,6 +324,9 @@ void server_connect(struct worker *w, struct pool *pool)
 	s->counted_connecting = true;
 	s->state = SERVER_RESOLVING;
 	s->io.fd = -1;
+	strmap_init(&s->defaults);
+	strmap_init(&s->prepared);
+	strmap_init(&s->applied);
 	list_init(&s->pool_node);
 	list_append(&w->servers, &s->worker_node);
 
@@ -360,6 +386,208 @@ void server_detach(struct server *s)
 		list_del(&s->worker_node);
 	s->worker = NULL;
 	io_shrink(&s->io);
+}
+
+/* ------------------------------------------------------------ reply queue */
+
+static struct pending_reply *reply_front(struct server *s)
+{
+	return s->replies.count ? &s->replies.items[s->replies.head] : NULL;
+}
+
+static void reply_pop(struct server *s)
+{
+	s->replies.head = (s->replies.head + 1) % s->replies.cap;
+	s->replies.count--;
+}
+
+static void reply_push(struct server *s, char kind, const char *name)
+{
+	struct reply_queue *q = &s->replies;
+	struct pending_reply *r;
+
+	if (q->count == q->cap) {
+		uint32_t cap = q->cap ? q->cap * 2 : 16;
+		struct pending_reply *items = xmalloc(sizeof(*items) * cap);
+
+		/* Unwrap the ring into the new array. */
+		for (uint32_t i = 0; i < q->count; i++)
+			items[i] = q->items[(q->head + i) % q->cap];
+		free(q->items);
+		q->items = items;
+		q->cap = cap;
+		q->head = 0;
+	}
+	r = &q->items[(q->head + q->count) % q->cap];
+	r->kind = kind;
+	if (name)
+		snprintf(r->name, sizeof(r->name), "%s", name);
+	else
+		r->name[0] = '\0';
+	q->count++;
+}
+
+/* Send the client the replies pgmux owes it that are now at the head of the queue. */
+static void server_emit_owed(struct server *s)
+{
+	struct client *c = s->client;
+	struct pending_reply *r;
+
+	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3')) {
+		if (c) {
+			iobuf_append_u8(&c->io.out, (uint8_t)r->kind);
+			iobuf_append_u32(&c->io.out, 4);
+		}
+		reply_pop(s);
+	}
+}
+
+void server_expect(struct server *s, char kind, const char *name)
+{
+	/* After an error the server discards everything up to Sync: nothing comes back, nothing is owed. */
+	if (s->skipping_until_sync) {
+		if (kind != 'S')
+			return;
+		s->skipping_until_sync = false;
+	}
+	reply_push(s, kind, name);
+	server_emit_owed(s);
+}
+
+/* Keep the backend within max_prepared_statements by closing the least recently used. */
+static void server_make_room(struct server *s)
+{
+	const struct config *cfg = config_current();
+
+	while (s->prepared.count > 0 && s->prepared.count >= (size_t)cfg->max_prepared_statements) {
+		struct strmap_entry *victim = strmap_oldest(&s->prepared);
+
+		prepared_put_close(&s->io.out, victim->key);
+		server_expect(s, 'c', NULL);
+		strmap_delete(&s->prepared, victim);
+	}
+}
+
+void server_ensure_prepared(struct server *s, const struct prepared_stmt *st)
+{
+	struct strmap_entry *e;
+
+	if (s->skipping_until_sync)
+		return;
+	e = strmap_find(&s->prepared, st->server_name);
+	if (e) {
+		strmap_touch(&s->prepared, e);
+		return;
+	}
+	server_make_room(s);
+	iobuf_append(&s->io.out, st->parse, st->parse_len);
+	server_expect(s, 'p', st->server_name);
+	strmap_insert(&s->prepared, st->server_name, NULL);
+}
+
+void server_parse(struct server *s, const struct prepared_stmt *st)
+{
+	struct strmap_entry *e = strmap_find(&s->prepared, st->server_name);
+
+	if (e) {
+		/* The backend has it already: answer the client's Parse ourselves, in order. */
+		strmap_touch(&s->prepared, e);
+		server_expect(s, '1', NULL);
+		return;
+	}
+	server_make_room(s);
+	iobuf_append(&s->io.out, st->parse, st->parse_len);
+	server_expect(s, 'P', st->server_name);
+	strmap_insert(&s->prepared, st->server_name, NULL);
+}
+
+/* The backend ran a statement that dropped session state; follow it. */
+static void server_command_complete(struct server *s, struct client *c, const uint8_t *body, size_t len)
+{
+	const char *tag = (const char *)body;
+
+	if (len == 0 || body[len - 1] != '\0')
+		return;
+	if (strcmp(tag, "DISCARD ALL") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0) {
+		strmap_clear(&s->prepared, NULL);
+		if (c)
+			strmap_clear(&c->stmts, prepared_free);
+	}
+	if (strcmp(tag, "DISCARD ALL") == 0 || (strcmp(tag, "RESET") == 0 && c && c->reset_all_pending))
+		params_clear(&s->applied);
+}
+
+/*
+ * A whole reply arrived while a transaction-pooled client is linked: match
+ * it with the queue. Returns false when pgmux must swallow it (the reply to
+ * a message it injected).
+ */
+static bool server_reply_arrived(struct server *s, uint8_t type)
+{
+	struct pending_reply *r = reply_front(s);
+	bool forward = true;
+
+	if (type == BE_NOTICE_RESPONSE || type == BE_NOTIFICATION || type == BE_PARAMETER_STATUS || r == NULL)
+		return true;
+	if (type == BE_ERROR_RESPONSE) {
+		if (r->kind == 'Q' || r->kind == 'F' || r->kind == 'S')
+			return true; /* ReadyForQuery follows and ends it */
+		/* An extended-protocol message failed: the server skips to the next Sync. */
+		while ((r = reply_front(s)) != NULL && r->kind != 'S') {
+			struct strmap_entry *e;
+
+			if ((r->kind == 'P' || r->kind == 'p') && r->name[0] &&
+			    (e = strmap_find(&s->prepared, r->name)) != NULL)
+				strmap_delete(&s->prepared, e);
+			reply_pop(s);
+		}
+		if (r == NULL)
+			s->skipping_until_sync = true;
+		return true;
+	}
+	switch (r->kind) {
+	case 'P':
+	case 'p':
+		if (type == '1') {
+			forward = r->kind == 'P';
+			reply_pop(s);
+		}
+		break;
+	case 'B':
+		if (type == '2')
+			reply_pop(s);
+		break;
+	case 'D':
+		if (type == BE_ROW_DESCRIPTION || type == 'n')
+			reply_pop(s);
+		break;
+	case 'E':
+		if (type == BE_COMMAND_COMPLETE || type == 's' || type == BE_EMPTY_QUERY)
+			reply_pop(s);
+		break;
+	case 'C':
+	case 'c':
+		if (type == '3') {
+			forward = r->kind == 'C';
+			reply_pop(s);
+		}
+		break;
+	case 'S':
+	case 'Q':
+	case 'F':
+		if (type == BE_READY_FOR_QUERY)
+			reply_pop(s);
+		break;
+	default:
+		break;
+	}
+	return forward;
+}
+
+/* Can a transaction-pooled client give its backend back now? */
+static bool server_transaction_over(const struct server *s, const struct client *c)
+{
+	return c->pin_reason == NULL && c->forward_remaining == 0 && server_is_clean(s);
 }
 
 /* ---------------------------------------------------------------- relaying */
@@ -454,12 +682,19 @@ static bool server_internal_message(struct server *s, uint8_t type, const uint8_
 	return true;
 }
 
+enum server_input {
+	SERVER_INPUT_MORE,    /* processed what there was; s is still ours */
+	SERVER_INPUT_GONE,    /* s was closed or handed away: do not touch it */
+	SERVER_INPUT_RELEASE, /* the client's transaction ended: flush it, then give s back */
+};
+
 /*
  * Frame what the backend sent. While relaying, bodies are passed through as
- * they arrive; only ReadyForQuery and ParameterStatus are held until whole,
- * because pgmux acts on them. Returns false if s was closed.
+ * they arrive; the messages pgmux acts on (ReadyForQuery, ParameterStatus,
+ * and with transaction pooling every reply but DataRow and CopyData) are
+ * held until whole.
  */
-static bool server_process_input(struct server *s)
+static enum server_input server_process_input(struct server *s)
 {
 	struct iobuf *in = &s->io.in;
 
@@ -486,9 +721,13 @@ static bool server_process_input(struct server *s)
 		if (mlen < 4 || !proto_valid_backend_type(type)) {
 			log_server(LOG_LEVEL_ERROR, s, "protocol error: message type 0x%02x length %u", type, mlen);
 			server_close(s, "protocol error from server");
-			return false;
+			return SERVER_INPUT_GONE;
 		}
-		if (s->state == SERVER_ACTIVE && c && type != BE_READY_FOR_QUERY && type != BE_PARAMETER_STATUS) {
+		bool relaying = s->state == SERVER_ACTIVE && c != NULL;
+		bool whole = !relaying || type == BE_READY_FOR_QUERY || type == BE_PARAMETER_STATUS ||
+			     (c->transaction_mode && type != BE_DATA_ROW && type != FE_COPY_DATA);
+
+		if (!whole) {
 			size_t n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 
 			iobuf_append(&c->io.out, p, n);
@@ -499,7 +738,7 @@ static bool server_process_input(struct server *s)
 		if (mlen > SERVER_MAX_INSPECTED_MESSAGE) {
 			log_server(LOG_LEVEL_ERROR, s, "protocol error: message '%c' of %u bytes", type, mlen);
 			server_close(s, "protocol error from server");
-			return false;
+			return SERVER_INPUT_GONE;
 		}
 		if (avail < 1 + (size_t)mlen)
 			break;
@@ -514,17 +753,34 @@ static bool server_process_input(struct server *s)
 			msg_reader_init(&r, body, blen);
 			name = msg_read_str(&r);
 			value = msg_read_str(&r);
-			if (name && value)
+			if (name && value) {
 				server_set_param(s, name, value);
+				/* The session is the client's: what it changes follows it to other backends. */
+				if (relaying && c->logged_in && params_is_carried(name))
+					params_put(&c->params_reported, name, value);
+			}
 		}
-		if (s->state == SERVER_ACTIVE && c) {
+		if (relaying) {
+			bool forward = true;
+
 			if (type == BE_READY_FOR_QUERY) {
 				s->tx_status = blen >= 1 ? (char)body[0] : 'E';
 				if (s->outstanding > 0)
 					s->outstanding--;
 			}
-			iobuf_append(&c->io.out, p, 1 + (size_t)mlen);
+			if (c->transaction_mode) {
+				if (type == BE_COMMAND_COMPLETE)
+					server_command_complete(s, c, body, blen);
+				forward = server_reply_arrived(s, type);
+			}
+			if (forward)
+				iobuf_append(&c->io.out, p, 1 + (size_t)mlen);
 			iobuf_consume(in, 1 + (size_t)mlen);
+			if (c->transaction_mode) {
+				server_emit_owed(s);
+				if (type == BE_READY_FOR_QUERY && server_transaction_over(s, c))
+					return SERVER_INPUT_RELEASE;
+			}
 			continue;
 		}
 		if (s->state == SERVER_INTERNAL) {
@@ -541,13 +797,13 @@ static bool server_process_input(struct server *s)
 			if (copy != small)
 				free(copy);
 			if (!more)
-				return false;
+				return SERVER_INPUT_GONE;
 			continue;
 		}
 		/* Unsolicited message with nobody linked (notice, parameter change): drop it. */
 		iobuf_consume(in, 1 + (size_t)mlen);
 	}
-	return true;
+	return SERVER_INPUT_MORE;
 }
 
 static void server_on_event(evutil_socket_t fd, short what, void *arg)
@@ -583,11 +839,21 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 		}
 		st = io_read(&s->io, budget);
 		if (st == IO_OK) {
+			enum server_input result;
+
 			budget -= iobuf_len(&s->io.in) - before < budget ? iobuf_len(&s->io.in) - before : budget;
-			if (!server_process_input(s))
+			result = server_process_input(s);
+			if (result == SERVER_INPUT_GONE)
 				return;
-			if (s->client)
-				client_flush(s->client);
+			c = s->client;
+			if (c)
+				client_flush(c);
+			if (result == SERVER_INPUT_RELEASE) {
+				/* Last use of s here: the pool may hand it to another worker at once. */
+				if (c && c->state != CLIENT_CLOSED && c->server == s)
+					client_release_server(c);
+				return;
+			}
 			if (s->state == SERVER_CLOSED || s->worker == NULL)
 				return;
 			continue;
@@ -617,10 +883,13 @@ static void server_reset_done(struct server *s, bool ok, void *arg)
 		server_close(s, "reset failed");
 		return;
 	}
+	/* DISCARD ALL dropped every prepared statement and parameter pgmux had set. */
+	strmap_clear(&s->prepared, NULL);
+	params_clear(&s->applied);
 	pool_release(s);
 }
 
-void server_client_gone(struct server *s)
+void server_client_gone(struct server *s, bool reset)
 {
 	const struct config *cfg = config_current();
 
@@ -629,6 +898,16 @@ void server_client_gone(struct server *s)
 		return;
 	if (!server_is_clean(s)) {
 		server_close(s, "client left in the middle of a transaction or query");
+		return;
+	}
+	if (s->pinned) {
+		/* Temp tables, LISTEN, advisory locks...: only a new connection is surely clean. */
+		server_close(s, "its pinned session ended");
+		return;
+	}
+	if (!reset) {
+		/* Transaction pooling tracks the session state: nothing to undo. */
+		pool_release(s);
 		return;
 	}
 	if (cfg->server_reset_query && cfg->server_reset_query[0])
@@ -669,6 +948,9 @@ void server_close(struct server *s, const char *reason)
 		list_del(&s->worker_node);
 		list_append(&s->worker->reap_servers, &s->worker_node);
 		worker_schedule_reap(s->worker);
+	} else {
+		/* Parked (attached to no loop): no callback can still refer to it. */
+		server_free(s);
 	}
 }
 
@@ -679,6 +961,10 @@ void server_free(struct server *s)
 		free(s->params[i].value);
 	}
 	free(s->params);
+	params_clear(&s->defaults);
+	params_clear(&s->applied);
+	strmap_clear(&s->prepared, NULL);
+	free(s->replies.items);
 	free(s->query_error);
 	free(s->query_value);
 	free(s);

@@ -16,6 +16,8 @@
 
 #include "io.h"
 #include "list.h"
+#include "prepared.h"
+#include "strmap.h"
 
 struct client;
 struct pool;
@@ -34,6 +36,26 @@ enum server_state {
 struct server_param {
 	char *name;
 	char *value;
+};
+
+/*
+ * What pgmux expects back for a message it sent to the backend, in order.
+ * Kinds: the frontend message type ('P', 'B', 'D', 'E', 'C', 'S', 'Q', 'F')
+ * whose reply is relayed; 'p' and 'c' for a Parse or Close pgmux injected,
+ * whose reply is swallowed; '1' and '3' for a ParseComplete or CloseComplete
+ * pgmux owes the client for a message it answered itself, sent when it
+ * reaches the head of the queue so that replies keep their order.
+ */
+struct pending_reply {
+	char kind;
+	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P' or 'p' */
+};
+
+struct reply_queue {
+	struct pending_reply *items;
+	uint32_t head;
+	uint32_t count;
+	uint32_t cap;
 };
 
 struct server;
@@ -71,9 +93,17 @@ struct server {
 	char query_sqlstate[6];
 	char *query_value;          /* first column of the first row */
 
-	/* Parameters the server reported (ParameterStatus). */
+	/* Parameters the server reported (ParameterStatus), and their values at connect time. */
 	struct server_param *params;
 	int n_params;
+	struct strmap defaults;
+
+	/* Transaction pooling: session state pgmux carries between backends. */
+	struct reply_queue replies;
+	bool skipping_until_sync;  /* an error made the server discard messages until Sync */
+	struct strmap prepared;    /* server-side statement names this backend has, LRU order */
+	struct strmap applied;     /* unreported parameters pgmux set here (lower-case name -> value) */
+	bool pinned;               /* served a pinned session: never shared again */
 
 	uint64_t created_usec;
 	uint64_t last_used_usec;
@@ -91,8 +121,12 @@ void server_detach(struct server *s);
 /* Run sql as a query of pgmux's own; done is called from the server's callback. */
 void server_run_query(struct server *s, const char *sql, server_query_done_fn done, void *arg);
 
-/* The client linked to s has left: reset and release s if clean, else close it. */
-void server_client_gone(struct server *s);
+/*
+ * The client linked to s has left: if s is clean, give it back to the pool
+ * (after server_reset_query when reset is set, as session pooling wants),
+ * else close it. Pinned servers are always closed.
+ */
+void server_client_gone(struct server *s, bool reset);
 
 /* Close now (logs reason); the pool slot is freed. */
 void server_close(struct server *s, const char *reason);
@@ -111,7 +145,17 @@ void server_set_param(struct server *s, const char *name, const char *value);
 static inline bool server_is_clean(const struct server *s)
 {
 	return s->outstanding == 0 && !s->unsynced && s->tx_status == 'I' && s->forward_remaining == 0 &&
-	       iobuf_len(&s->io.in) == 0 && iobuf_len(&s->io.out) == 0;
+	       s->replies.count == 0 && !s->skipping_until_sync && iobuf_len(&s->io.in) == 0 &&
+	       iobuf_len(&s->io.out) == 0;
 }
+
+/* Queue what the backend will answer to a message just sent (transaction pooling). */
+void server_expect(struct server *s, char kind, const char *name);
+
+/* Make sure the backend has statement st before a message uses it (sends its Parse if needed). */
+void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);
+
+/* Record that a client's Parse of st is being sent (or answered from the backend's cache). */
+void server_parse(struct server *s, const struct prepared_stmt *st);
 
 #endif

@@ -100,6 +100,17 @@ void worker_post_cancel(struct worker *w, uint64_t client_id)
 	worker_post(w, msg);
 }
 
+void workers_post_connect(struct pool *pool)
+{
+	struct worker *w = workers[next_worker++ % (unsigned)n_workers];
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECT);
+
+	if (msg == NULL)
+		return;
+	msg->pool = pool;
+	worker_post(w, msg);
+}
+
 void workers_broadcast(enum worker_msg_type type)
 {
 	for (int i = 0; i < n_workers; i++) {
@@ -164,7 +175,11 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 		break;
 	case WORKER_MSG_STOP:
 		w->stopping = true;
+		event_del(w->janitor_event);
 		worker_close_everything(w);
+		break;
+	case WORKER_MSG_CONNECT:
+		server_connect(w, msg->pool);
 		break;
 	}
 }
@@ -215,6 +230,16 @@ static void worker_reap_cb(evutil_socket_t fd, short what, void *arg)
 		event_base_loopexit(w->base, NULL);
 }
 
+static void worker_janitor_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	uint64_t now = pgmux_now_usec();
+	struct list_node *pos, *tmp;
+
+	list_for_each_safe(pos, tmp, &w->clients)
+		client_janitor(list_entry(pos, struct client, worker_node), now);
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -240,6 +265,8 @@ static void worker_destroy(struct worker *w)
 			close(msg->fd);
 		free(msg);
 	}
+	if (w->janitor_event)
+		event_free(w->janitor_event);
 	if (w->wake_event)
 		event_free(w->wake_event);
 	if (w->reap_event)
@@ -289,6 +316,14 @@ static struct worker *worker_create(int id)
 		goto fail;
 	event_priority_set(w->wake_event, 0);
 	event_priority_set(w->reap_event, 1);
+	w->janitor_event = event_new(w->base, -1, EV_PERSIST, worker_janitor_cb, w);
+	if (w->janitor_event == NULL)
+		goto fail;
+	{
+		struct timeval second = { 1, 0 };
+
+		event_add(w->janitor_event, &second);
+	}
 	return w;
 fail:
 	worker_destroy(w);

@@ -23,6 +23,7 @@ enum worker_msg_type {
 	WORKER_MSG_CANCEL,     /* cancel what this worker's client is running */
 	WORKER_MSG_DRAIN,      /* graceful shutdown started: refuse new work */
 	WORKER_MSG_STOP,       /* close everything now and leave the loop */
+	WORKER_MSG_CONNECT,    /* open a backend connection for a pool (a slot is reserved) */
 };
 
 struct worker_msg {
@@ -32,6 +33,7 @@ struct worker_msg {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	uint64_t client_id;
+	struct pool *pool;
 };
 
 struct worker {
@@ -41,6 +43,7 @@ struct worker {
 	struct evdns_base *dns;
 	struct event *wake_event; /* activated by other threads */
 	struct event *reap_event; /* frees closed objects after the current callbacks */
+	struct event *janitor_event; /* once a second: client timeouts */
 
 	pthread_mutex_t inbox_lock;
 	struct list_node inbox; /* struct worker_msg, under inbox_lock */
@@ -72,6 +75,9 @@ void workers_broadcast(enum worker_msg_type type);
 void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen);
 
 void worker_post_cancel(struct worker *w, uint64_t client_id);
+
+/* Ask the next worker to open a backend connection for pool (from a thread that is not a worker). */
+void workers_post_connect(struct pool *pool);
 
 /* Wake a worker so that it looks at its inbox and ready list. Thread safe. */
 void worker_wake(struct worker *w);

@@ -112,6 +112,8 @@ Test(config, defaults_from_a_file_with_only_a_section)
 	cr_expect_eq(cfg->client_login_timeout_ms, 60000);
 	cr_expect_eq(cfg->shutdown_timeout_ms, 30000);
 	cr_expect_eq(cfg->listen_backlog, 4096);
+	cr_expect_eq(cfg->max_client_connections, 10000);
+	cr_expect_eq(cfg->idle_client_timeout_ms, 1800 * 1000);
 
 	cr_assert_eq(cfg->n_hosts, 1);
 	cr_expect_str_eq(cfg->hosts[0].host, "127.0.0.1");
@@ -120,10 +122,17 @@ Test(config, defaults_from_a_file_with_only_a_section)
 	cr_expect_str_eq(cfg->server_tls_ca_file, "");
 	cr_expect_eq(cfg->server_connect_timeout_ms, 10000);
 
-	cr_expect_eq(cfg->pool_mode, POOL_MODE_SESSION);
+	cr_expect_eq(cfg->pool_mode, POOL_MODE_TRANSACTION);
 	cr_expect_eq(cfg->max_connections, 0);
 	cr_expect_eq(cfg->max_connections_percent, 100);
+	cr_expect_eq(cfg->max_idle_connections_percent, 50);
+	cr_expect_eq(cfg->min_pool_size, 0);
+	cr_expect_eq(cfg->connection_borrow_timeout_ms, 120 * 1000);
+	cr_expect_eq(cfg->server_idle_timeout_ms, 600 * 1000);
+	cr_expect_eq(cfg->server_lifetime_ms, 3600 * 1000);
+	cr_expect_str_eq(cfg->init_query, "");
 	cr_expect_str_eq(cfg->server_reset_query, "DISCARD ALL");
+	cr_expect_eq(cfg->max_prepared_statements, 100);
 	config_free(cfg);
 }
 
@@ -368,9 +377,12 @@ Test(config, enum_values)
 	expect_value_text(cfg, "pool", "pool_mode", "transaction");
 	config_free(cfg);
 
-	cfg = load_ok("[pgmux]\nclient_auth = trust\nlog_level = warning\n");
+	cfg = load_ok("[pgmux]\nclient_auth = trust\nlog_level = warning\n"
+		      "[pool]\npool_mode = session\n");
 	cr_expect_eq(cfg->client_auth, CLIENT_AUTH_TRUST);
 	cr_expect_eq(cfg->log_level, LOG_LEVEL_WARNING);
+	cr_expect_eq(cfg->pool_mode, POOL_MODE_SESSION);
+	expect_value_text(cfg, "pool", "pool_mode", "session");
 	config_free(cfg);
 }
 
@@ -489,6 +501,120 @@ Test(config, hosts_errors)
 	expect_error("[target]\nhosts = :5432\n", "2: [target] hosts: invalid host ':5432'");
 	expect_error("[target]\nhosts = bad host\n", "2: [target] hosts: invalid host 'bad host'");
 	expect_error("[target]\nhosts =\n", "2: [target] hosts: at least one host is needed");
+}
+
+/* ------------------------------------------------------------ client and pool limits */
+
+Test(config, client_limits)
+{
+	struct config *cfg = load_ok("[pgmux]\nmax_client_connections = 250\n"
+				     "idle_client_timeout = 15min\n");
+
+	cr_expect_eq(cfg->max_client_connections, 250);
+	cr_expect_eq(cfg->idle_client_timeout_ms, 15 * 60 * 1000);
+	expect_value_text(cfg, "pgmux", "idle_client_timeout", "900s");
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nmax_client_connections = 1\nidle_client_timeout = 0\n");
+	cr_expect_eq(cfg->max_client_connections, 1);
+	cr_expect_eq(cfg->idle_client_timeout_ms, 0, "0 means never");
+	config_free(cfg);
+}
+
+Test(config, client_limit_errors)
+{
+	expect_error("[pgmux]\nmax_client_connections = 0\n",
+		     "2: [pgmux] max_client_connections: must be between 1 and 1000000");
+	expect_error("[pgmux]\nlisten_port = 6432\nmax_client_connections = lots\n",
+		     "3: [pgmux] max_client_connections: invalid integer 'lots'");
+	expect_error("[pgmux]\nidle_client_timeout = 30 minutes\n",
+		     "2: [pgmux] idle_client_timeout: invalid duration '30 minutes' "
+		     "(a whole number with unit ms, s, min or h)");
+}
+
+Test(config, pool_limits_and_timeouts)
+{
+	struct config *cfg = load_ok("[pool]\nmax_idle_connections_percent = 0\nmin_pool_size = 5\n"
+				     "connection_borrow_timeout = 30\nserver_idle_timeout = 1min\n"
+				     "server_lifetime = 2h\nmax_prepared_statements = 100000\n");
+
+	cr_expect_eq(cfg->max_idle_connections_percent, 0);
+	cr_expect_eq(cfg->min_pool_size, 5);
+	cr_expect_eq(cfg->connection_borrow_timeout_ms, 30 * 1000, "a bare number is seconds");
+	cr_expect_eq(cfg->server_idle_timeout_ms, 60 * 1000);
+	cr_expect_eq(cfg->server_lifetime_ms, 2 * 3600 * 1000);
+	cr_expect_eq(cfg->max_prepared_statements, 100000);
+	expect_value_text(cfg, "pool", "server_lifetime", "7200s");
+	config_free(cfg);
+
+	/* 0 turns each timeout off; 100 keeps every idle connection. */
+	cfg = load_ok("[pool]\nmax_idle_connections_percent = 100\nconnection_borrow_timeout = 0\n"
+		      "server_idle_timeout = 0\nserver_lifetime = 0\nmax_prepared_statements = 1\n");
+	cr_expect_eq(cfg->max_idle_connections_percent, 100);
+	cr_expect_eq(cfg->connection_borrow_timeout_ms, 0);
+	cr_expect_eq(cfg->server_idle_timeout_ms, 0);
+	cr_expect_eq(cfg->server_lifetime_ms, 0);
+	cr_expect_eq(cfg->max_prepared_statements, 1);
+	config_free(cfg);
+}
+
+Test(config, pool_limit_and_timeout_errors)
+{
+	const char *why = "(a whole number with unit ms, s, min or h)";
+	char want[256];
+
+	expect_error("[pool]\nmax_idle_connections_percent = 101\n",
+		     "2: [pool] max_idle_connections_percent: must be between 0 and 100");
+	expect_error("[pool]\nmax_idle_connections_percent = -1\n",
+		     "2: [pool] max_idle_connections_percent: must be between 0 and 100");
+	expect_error("[pool]\nmin_pool_size = -1\n",
+		     "2: [pool] min_pool_size: must be between 0 and 1000000");
+	snprintf(want, sizeof(want), "2: [pool] connection_borrow_timeout: invalid duration '2m' %s",
+		 why);
+	expect_error("[pool]\nconnection_borrow_timeout = 2m\n", want);
+	snprintf(want, sizeof(want), "2: [pool] server_idle_timeout: invalid duration '-1' %s", why);
+	expect_error("[pool]\nserver_idle_timeout = -1\n", want);
+	expect_error("[pool]\nserver_lifetime = 1000h\n",
+		     "2: [pool] server_lifetime: must be at most 2147483647ms");
+	expect_error("[pool]\nmax_prepared_statements = 0\n",
+		     "2: [pool] max_prepared_statements: must be between 1 and 100000");
+	expect_error("[pool]\nmax_prepared_statements = 100001\n",
+		     "2: [pool] max_prepared_statements: must be between 1 and 100000");
+}
+
+Test(config, min_pool_size_fits_within_max_connections)
+{
+	struct config *cfg = load_ok("[pool]\nmax_connections = 10\nmin_pool_size = 10\n");
+
+	cr_expect_eq(cfg->min_pool_size, 10);
+	config_free(cfg);
+
+	/* With max_connections at 0 the limit comes from the server, so anything goes. */
+	cfg = load_ok("[pool]\nmin_pool_size = 500\n");
+	cr_expect_eq(cfg->min_pool_size, 500);
+	config_free(cfg);
+
+	expect_error("[pool]\nmax_connections = 10\n\nmin_pool_size = 11\n",
+		     "4: [pool] min_pool_size: must not be larger than max_connections (10)");
+	expect_error("[pool]\nmin_pool_size = 11\nmax_connections = 10\n",
+		     "2: [pool] min_pool_size: must not be larger than max_connections (10)");
+}
+
+Test(config, init_query_is_kept_as_written)
+{
+	struct config *cfg = load_ok("[pool]\ninit_query = SET work_mem = '64MB' ; per session\n");
+
+	cr_expect_str_eq(cfg->init_query, "SET work_mem = '64MB'", "' ;' starts a comment");
+	expect_value_text(cfg, "pool", "init_query", "SET work_mem = '64MB'");
+	config_free(cfg);
+
+	cfg = load_ok("[pool]\ninit_query = SET search_path = app;SET statement_timeout = '5s'\n");
+	cr_expect_str_eq(cfg->init_query, "SET search_path = app;SET statement_timeout = '5s'");
+	config_free(cfg);
+
+	/* Any text is a valid string, so the error a file can hold is a repeated key. */
+	expect_error("[pool]\ninit_query = SET a = 1\ninit_query = SET b = 2\n",
+		     "3: [pool] init_query: already set on line 2");
 }
 
 /* ------------------------------------------------------------ TLS pairing */
@@ -869,5 +995,6 @@ Test(config, example_file_loads_as_is)
 	cr_assert_eq(cfg->n_hosts, 1);
 	cr_expect_str_eq(cfg->hosts[0].host, "127.0.0.1");
 	cr_expect_eq(cfg->hosts[0].port, 5432);
+	cr_expect_eq(cfg->pool_mode, POOL_MODE_TRANSACTION);
 	config_free(cfg);
 }

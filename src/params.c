@@ -1,0 +1,76 @@
+/*
+ * params.c: parameter maps (see params.h). Names are folded to lower case
+ * because PostgreSQL's parameter names are case-insensitive and clients
+ * spell them both ways ("DateStyle", "datestyle").
+ */
+#include "params.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util.h"
+
+const char *const params_carried_names[] = {
+	"application_name", "client_encoding", "datestyle", "intervalstyle",
+	"timezone", "standard_conforming_strings", "search_path", NULL,
+};
+
+static void lower_copy(char *dst, size_t size, const char *src)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < size && src[i]; i++)
+		dst[i] = (char)tolower((unsigned char)src[i]);
+	dst[i] = '\0';
+}
+
+void params_put(struct strmap *m, const char *name, const char *value)
+{
+	char key[128];
+	struct strmap_entry *e;
+
+	lower_copy(key, sizeof(key), name);
+	e = strmap_find(m, key);
+	if (e) {
+		free(e->value);
+		e->value = xstrdup(value);
+		return;
+	}
+	strmap_insert(m, key, xstrdup(value));
+}
+
+const char *params_get(const struct strmap *m, const char *name)
+{
+	char key[128];
+	struct strmap_entry *e;
+
+	lower_copy(key, sizeof(key), name);
+	e = strmap_find(m, key);
+	return e ? e->value : NULL;
+}
+
+void params_remove(struct strmap *m, const char *name)
+{
+	char key[128];
+	struct strmap_entry *e;
+
+	lower_copy(key, sizeof(key), name);
+	e = strmap_find(m, key);
+	if (e)
+		free(strmap_delete(m, e));
+}
+
+void params_clear(struct strmap *m)
+{
+	strmap_clear(m, free);
+}
+
+bool params_is_carried(const char *name)
+{
+	for (int i = 0; params_carried_names[i]; i++)
+		if (strcasecmp(name, params_carried_names[i]) == 0)
+			return true;
+	return false;
+}

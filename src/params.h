@@ -1,0 +1,30 @@
+/*
+ * params.h: run-time parameters as pgmux carries them between backends:
+ * maps from lower-case parameter name to value, and the list of parameters
+ * that PostgreSQL reports with ParameterStatus and a client may change.
+ */
+#ifndef PGMUX_PARAMS_H
+#define PGMUX_PARAMS_H
+
+#include <stdbool.h>
+
+#include "strmap.h"
+
+/* Set name (any case) to value; the map owns copies. */
+void params_put(struct strmap *m, const char *name, const char *value);
+const char *params_get(const struct strmap *m, const char *name);
+void params_remove(struct strmap *m, const char *name);
+void params_clear(struct strmap *m);
+
+/*
+ * Reported parameters a session can change with SET (application_name,
+ * client_encoding, DateStyle, IntervalStyle, TimeZone,
+ * standard_conforming_strings, search_path where the server reports it).
+ * pgmux follows their ParameterStatus messages, so SET of them needs no pin.
+ */
+bool params_is_carried(const char *name);
+
+/* The carried parameter names, NULL-terminated (for the SQL scanner). */
+extern const char *const params_carried_names[];
+
+#endif

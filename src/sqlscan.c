@@ -1,0 +1,1100 @@
+/*
+ * sqlscan.c: a one-pass lexer over the SQL of a Query or Parse message. It
+ * splits the text into statements where the server would, judges each one by
+ * its leading keywords, and watches the whole statement for a few patterns
+ * that matter wherever they appear (session-level function calls, SELECT ...
+ * INTO TEMP, objects created in pg_temp). Nothing here allocates or reads past
+ * the length it is given; see sqlscan.h for the contract.
+ */
+#include "sqlscan.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ tokens */
+
+enum token_kind {
+	TOKEN_IDENT,        /* unquoted identifier or keyword */
+	TOKEN_QUOTED_IDENT, /* "..." or U&"..."; text is the body between the quotes */
+	TOKEN_STRING,       /* any string literal; text is the body between the delimiters */
+	TOKEN_NUMBER,
+	TOKEN_PARAM, /* $1 */
+	TOKEN_CHAR,  /* any other single byte: punctuation or an operator character */
+};
+
+enum string_flavor {
+	STRING_STANDARD, /* '...' and its B, X, N and U& forms: only '' is special */
+	STRING_ESCAPE,   /* E'...': a backslash also escapes the next byte */
+	STRING_DOLLAR,   /* $tag$...$tag$: nothing inside is special */
+};
+
+struct token {
+	const char *text;
+	size_t len;
+	size_t offset; /* where the token starts in the whole text, to order findings */
+	enum token_kind kind;
+	enum string_flavor flavor;
+};
+
+struct lexer {
+	const char *sql;
+	size_t len;
+	size_t pos;
+};
+
+static bool is_space(unsigned char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static bool is_digit(unsigned char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* PostgreSQL treats every byte with the high bit set as a letter, so UTF-8 names lex as identifiers. */
+static bool is_ident_start(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+}
+
+/* '$' may continue an identifier, which is why "a$$b" holds no dollar quote. */
+static bool is_ident_char(unsigned char c)
+{
+	return is_ident_start(c) || is_digit(c) || c == '$';
+}
+
+static bool is_dollar_tag_char(unsigned char c)
+{
+	return is_ident_start(c) || is_digit(c);
+}
+
+static char ascii_lower(char c)
+{
+	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+static bool ascii_case_equal(const char *a, size_t a_len, const char *b, size_t b_len)
+{
+	if (a_len != b_len)
+		return false;
+	for (size_t i = 0; i < a_len; i++)
+		if (ascii_lower(a[i]) != ascii_lower(b[i]))
+			return false;
+	return true;
+}
+
+/* The byte `ahead` positions on, or NUL past the end (the text never holds a NUL itself). */
+static unsigned char peek(const struct lexer *lx, size_t ahead)
+{
+	size_t at = lx->pos + ahead;
+
+	return at < lx->len ? (unsigned char)lx->sql[at] : '\0';
+}
+
+/* Skips a block comment that starts at pos. Comments nest, unlike in C. */
+static bool skip_block_comment(struct lexer *lx)
+{
+	int depth = 0;
+
+	while (lx->pos + 1 < lx->len) {
+		if (lx->sql[lx->pos] == '/' && lx->sql[lx->pos + 1] == '*') {
+			depth++;
+			lx->pos += 2;
+		} else if (lx->sql[lx->pos] == '*' && lx->sql[lx->pos + 1] == '/') {
+			lx->pos += 2;
+			if (--depth == 0)
+				return true;
+		} else {
+			lx->pos++;
+		}
+	}
+	lx->pos = lx->len;
+	return false;
+}
+
+/* Skips white space and comments; false when the text ends inside a comment. */
+static bool skip_blanks(struct lexer *lx)
+{
+	while (lx->pos < lx->len) {
+		unsigned char c = (unsigned char)lx->sql[lx->pos];
+
+		if (is_space(c)) {
+			lx->pos++;
+		} else if (c == '-' && peek(lx, 1) == '-') {
+			while (lx->pos < lx->len && lx->sql[lx->pos] != '\n' && lx->sql[lx->pos] != '\r')
+				lx->pos++;
+		} else if (c == '/' && peek(lx, 1) == '*') {
+			if (!skip_block_comment(lx))
+				return false;
+		} else {
+			break;
+		}
+	}
+	return true;
+}
+
+/*
+ * Reads the body of a quoted token whose opening quote has been consumed. A
+ * doubled quote stands for itself; with backslash_escapes (E'' strings) a
+ * backslash also protects the byte after it. False when the text ends first.
+ */
+static bool scan_quoted(struct lexer *lx, char quote, bool backslash_escapes, struct token *tok)
+{
+	size_t start = lx->pos;
+
+	while (lx->pos < lx->len) {
+		char c = lx->sql[lx->pos];
+
+		if (backslash_escapes && c == '\\') {
+			lx->pos += 2;
+		} else if (c == quote && peek(lx, 1) == (unsigned char)quote) {
+			lx->pos += 2;
+		} else if (c == quote) {
+			tok->text = lx->sql + start;
+			tok->len = lx->pos - start;
+			lx->pos++;
+			return true;
+		} else {
+			lx->pos++;
+		}
+	}
+	lx->pos = lx->len;
+	return false;
+}
+
+enum dollar_result { DOLLAR_NOT_A_QUOTE, DOLLAR_QUOTE, DOLLAR_UNTERMINATED };
+
+/*
+ * At a '$' that does not start a parameter: reads $tag$...$tag$ if one starts
+ * here. The body ends at the first copy of the opening delimiter, which is
+ * also where the server's scanner ends it.
+ */
+static enum dollar_result scan_dollar_quote(struct lexer *lx, struct token *tok)
+{
+	size_t open = lx->pos;
+	size_t tag_end = open + 1;
+
+	if (tag_end < lx->len && is_ident_start((unsigned char)lx->sql[tag_end]))
+		while (tag_end < lx->len && is_dollar_tag_char((unsigned char)lx->sql[tag_end]))
+			tag_end++;
+	if (tag_end >= lx->len || lx->sql[tag_end] != '$')
+		return DOLLAR_NOT_A_QUOTE;
+
+	size_t delim_len = tag_end + 1 - open;
+	size_t body = tag_end + 1;
+
+	for (size_t at = body; at + delim_len <= lx->len; at++) {
+		if (lx->sql[at] == '$' && memcmp(lx->sql + at, lx->sql + open, delim_len) == 0) {
+			tok->text = lx->sql + body;
+			tok->len = at - body;
+			lx->pos = at + delim_len;
+			return DOLLAR_QUOTE;
+		}
+	}
+	lx->pos = lx->len;
+	return DOLLAR_UNTERMINATED;
+}
+
+static bool start_string(struct lexer *lx, struct token *tok, size_t prefix, enum string_flavor flavor)
+{
+	lx->pos += prefix;
+	tok->kind = TOKEN_STRING;
+	tok->flavor = flavor;
+	return scan_quoted(lx, '\'', flavor == STRING_ESCAPE, tok);
+}
+
+/*
+ * Reads the next token. False at the end of the text, and also when the text
+ * ends inside a string, quoted identifier, dollar quote or comment: what
+ * follows an unterminated opener can never be a token.
+ */
+static bool lex_next(struct lexer *lx, struct token *tok)
+{
+	if (!skip_blanks(lx) || lx->pos >= lx->len)
+		return false;
+
+	size_t start = lx->pos;
+	unsigned char c = (unsigned char)lx->sql[start];
+	unsigned char next = peek(lx, 1);
+
+	tok->offset = start;
+	tok->flavor = STRING_STANDARD;
+
+	if ((c == 'e' || c == 'E') && next == '\'')
+		return start_string(lx, tok, 2, STRING_ESCAPE);
+	if ((c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && next == '\'')
+		return start_string(lx, tok, 2, STRING_STANDARD);
+	if ((c == 'u' || c == 'U') && next == '&' && peek(lx, 2) == '\'')
+		return start_string(lx, tok, 3, STRING_STANDARD);
+	if ((c == 'u' || c == 'U') && next == '&' && peek(lx, 2) == '"') {
+		lx->pos += 3;
+		tok->kind = TOKEN_QUOTED_IDENT;
+		return scan_quoted(lx, '"', false, tok);
+	}
+	if (c == '\'')
+		return start_string(lx, tok, 1, STRING_STANDARD);
+	if (c == '"') {
+		lx->pos++;
+		tok->kind = TOKEN_QUOTED_IDENT;
+		return scan_quoted(lx, '"', false, tok);
+	}
+	if (c == '$' && is_digit(next)) {
+		lx->pos++;
+		while (lx->pos < lx->len && is_digit((unsigned char)lx->sql[lx->pos]))
+			lx->pos++;
+		tok->kind = TOKEN_PARAM;
+	} else if (c == '$') {
+		enum dollar_result r = scan_dollar_quote(lx, tok);
+
+		if (r == DOLLAR_QUOTE) {
+			tok->kind = TOKEN_STRING;
+			tok->flavor = STRING_DOLLAR;
+			return true;
+		}
+		if (r == DOLLAR_UNTERMINATED)
+			return false;
+		lx->pos++;
+		tok->kind = TOKEN_CHAR;
+	} else if (is_ident_start(c)) {
+		while (lx->pos < lx->len && is_ident_char((unsigned char)lx->sql[lx->pos]))
+			lx->pos++;
+		tok->kind = TOKEN_IDENT;
+	} else if (is_digit(c) || (c == '.' && is_digit(next))) {
+		/* Loose on purpose: 1e10, 0x1F, 1_000 and 1.5 all end up as one token. */
+		while (lx->pos < lx->len && (is_dollar_tag_char((unsigned char)lx->sql[lx->pos]) ||
+					     lx->sql[lx->pos] == '.'))
+			lx->pos++;
+		tok->kind = TOKEN_NUMBER;
+	} else {
+		lx->pos++;
+		tok->kind = TOKEN_CHAR;
+	}
+	tok->text = lx->sql + start;
+	tok->len = lx->pos - start;
+	return true;
+}
+
+static bool token_is_char(const struct token *tok, char c)
+{
+	return tok != NULL && tok->kind == TOKEN_CHAR && tok->text[0] == c;
+}
+
+/* Keywords are unquoted and case-insensitive; "LISTEN" in quotes is a name, never a keyword. */
+static bool token_is_keyword(const struct token *tok, const char *word)
+{
+	return tok != NULL && tok->kind == TOKEN_IDENT && ascii_case_equal(tok->text, tok->len, word, strlen(word));
+}
+
+/* A name as the server resolves it: unquoted folds to lower case, quoted must match exactly. */
+static bool token_is_name(const struct token *tok, const char *name)
+{
+	if (tok == NULL)
+		return false;
+	if (tok->kind == TOKEN_IDENT)
+		return ascii_case_equal(tok->text, tok->len, name, strlen(name));
+	return tok->kind == TOKEN_QUOTED_IDENT && tok->len == strlen(name) && memcmp(tok->text, name, tok->len) == 0;
+}
+
+static bool token_is_any_name(const struct token *tok)
+{
+	return tok != NULL && (tok->kind == TOKEN_IDENT || tok->kind == TOKEN_QUOTED_IDENT);
+}
+
+/* The body of a string literal compared case-insensitively, for the few words a boolean accepts. */
+static bool string_body_is(const struct token *tok, const char *word)
+{
+	return tok->kind == TOKEN_STRING && ascii_case_equal(tok->text, tok->len, word, strlen(word));
+}
+
+/*
+ * Whether a token is a false boolean literal: FALSE, or a string the boolean
+ * input function reads as false. Option values (EXPLAIN (ANALYZE off)) also
+ * accept OFF and 0.
+ */
+static bool token_is_false(const struct token *tok, bool option_value)
+{
+	static const char *const false_strings[] = {"f", "false", "n", "no", "off", "0"};
+
+	if (token_is_keyword(tok, "false"))
+		return true;
+	if (option_value && (token_is_keyword(tok, "off") ||
+			     (tok->kind == TOKEN_NUMBER && tok->len == 1 && tok->text[0] == '0')))
+		return true;
+	for (size_t i = 0; i < sizeof(false_strings) / sizeof(false_strings[0]); i++)
+		if (string_body_is(tok, false_strings[i]))
+			return true;
+	return false;
+}
+
+/* -------------------------------------------------------------- name text */
+
+/* Parameter names are compared in full, so this is roomier than pin_detail. */
+#define NAME_BUFFER 256
+#define DETAIL_SIZE sizeof(((struct sql_scan_result *)0)->pin_detail)
+
+/* A bounded, always-terminated text being built from tokens. */
+struct text {
+	char *buf;
+	size_t cap;
+	size_t len;
+	bool truncated;
+};
+
+static void text_init(struct text *t, char *buf, size_t cap)
+{
+	t->buf = buf;
+	t->cap = cap;
+	t->len = 0;
+	t->truncated = false;
+	buf[0] = '\0';
+}
+
+static void text_putc(struct text *t, char c)
+{
+	if (t->len + 1 < t->cap) {
+		t->buf[t->len++] = c;
+		t->buf[t->len] = '\0';
+	} else {
+		t->truncated = true;
+	}
+}
+
+static void text_puts(struct text *t, const char *s)
+{
+	while (*s)
+		text_putc(t, *s++);
+}
+
+/* Appends a token as the server would read it: folded if unquoted, with escapes undone if quoted. */
+static void text_append_token(struct text *t, const struct token *tok)
+{
+	for (size_t i = 0; i < tok->len; i++) {
+		char c = tok->text[i];
+
+		if (tok->kind == TOKEN_IDENT) {
+			c = ascii_lower(c);
+		} else if (tok->kind == TOKEN_QUOTED_IDENT) {
+			if (c == '"')
+				i++; /* "" stands for one quote */
+		} else if (tok->kind == TOKEN_STRING && tok->flavor == STRING_ESCAPE && c == '\\') {
+			if (i + 1 < tok->len)
+				c = tok->text[++i];
+		} else if (tok->kind == TOKEN_STRING && tok->flavor != STRING_DOLLAR && c == '\'') {
+			i++;
+		}
+		text_putc(t, c);
+	}
+}
+
+/* ------------------------------------------------------------- statements */
+
+#define HEAD_MAX 32  /* leading tokens kept per statement; enough for any command's preamble */
+#define RECENT_MAX 4 /* previous tokens kept for the patterns found anywhere */
+#define CALL_MAX 4   /* nested set_config() calls followed at once */
+
+/* A pinning cause found by a pattern whose meaning depends on the kind of statement. */
+struct finding {
+	enum sql_pin_reason reason; /* SQL_PIN_NONE while nothing is found */
+	size_t offset;
+	char detail[DETAIL_SIZE];
+};
+
+/* An open set_config( call whose arguments are being followed. */
+struct set_config_call {
+	int depth;                  /* paren depth just inside the call */
+	int commas;                 /* commas seen at that depth */
+	int arg_tokens;             /* tokens in the current argument */
+	bool arg_is_false;          /* the current argument starts with a false literal */
+	bool first_arg_is_string;   /* the first argument is one string literal */
+	struct token first_arg;
+	size_t offset;
+};
+
+struct statement {
+	bool empty;
+	struct token head[HEAD_MAX]; /* first tokens, without leading '(' */
+	size_t head_count;
+	struct token recent[RECENT_MAX]; /* recent[0] is the token before the current one */
+	size_t recent_count;
+	int paren_depth;
+	int atomic_depth; /* BEGIN ATOMIC ... END nesting in a routine body, where ';' does not split */
+	struct set_config_call calls[CALL_MAX];
+	int call_count;
+	struct finding call; /* session-level advisory lock or set_config(.., false) */
+	unsigned call_effects;
+	struct finding into_temp; /* SELECT ... INTO TEMP */
+	struct finding pg_temp;   /* pg_temp.name */
+};
+
+struct scan {
+	const char *const *tracked;
+	struct sql_scan_result *out;
+};
+
+/* A truncated name is never tracked: it could only match by accident. */
+static bool is_tracked(const struct scan *sc, const struct text *name)
+{
+	if (sc->tracked == NULL || name->truncated || name->len == 0)
+		return false;
+	for (const char *const *p = sc->tracked; *p != NULL; p++)
+		if (ascii_case_equal(*p, strlen(*p), name->buf, name->len))
+			return true;
+	return false;
+}
+
+static void statement_reset(struct statement *st)
+{
+	st->empty = true;
+	st->head_count = 0;
+	st->recent_count = 0;
+	st->paren_depth = 0;
+	st->atomic_depth = 0;
+	st->call_count = 0;
+	st->call.reason = SQL_PIN_NONE;
+	st->call_effects = 0;
+	st->into_temp.reason = SQL_PIN_NONE;
+	st->pg_temp.reason = SQL_PIN_NONE;
+}
+
+static const struct token *head_token(const struct statement *st, size_t i)
+{
+	return i < st->head_count ? &st->head[i] : NULL;
+}
+
+static bool head_keyword(const struct statement *st, size_t i, const char *word)
+{
+	return token_is_keyword(head_token(st, i), word);
+}
+
+static const struct token *recent_token(const struct statement *st, size_t back)
+{
+	return back < st->recent_count ? &st->recent[back] : NULL;
+}
+
+static void copy_detail(char *dst, size_t cap, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/* Keeps the earliest finding of a kind, so the reported cause is the first in the text. */
+static void record_finding(struct finding *f, enum sql_pin_reason reason, size_t offset, const char *detail)
+{
+	if (f->reason != SQL_PIN_NONE && f->offset <= offset)
+		return;
+	f->reason = reason;
+	f->offset = offset;
+	copy_detail(f->detail, sizeof(f->detail), detail);
+}
+
+static void record_token_finding(struct finding *f, enum sql_pin_reason reason, const struct token *tok,
+				 const char *prefix, const struct token *name)
+{
+	char buf[DETAIL_SIZE];
+	struct text t;
+
+	text_init(&t, buf, sizeof(buf));
+	if (prefix)
+		text_puts(&t, prefix);
+	if (name)
+		text_append_token(&t, name);
+	record_finding(f, reason, tok->offset, buf);
+}
+
+/* CREATE [OR REPLACE] FUNCTION|PROCEDURE: the only statements with a BEGIN ATOMIC body. */
+static bool is_routine_definition(const struct statement *st)
+{
+	size_t i = 1;
+
+	if (!head_keyword(st, 0, "create"))
+		return false;
+	if (head_keyword(st, i, "or") && head_keyword(st, i + 1, "replace"))
+		i += 2;
+	return head_keyword(st, i, "function") || head_keyword(st, i, "procedure");
+}
+
+static bool is_pg_temp_schema(const struct token *tok)
+{
+	static const char prefix[] = "pg_temp";
+	size_t n = sizeof(prefix) - 1;
+
+	if (!token_is_any_name(tok) || tok->len < n)
+		return false;
+	if (tok->kind == TOKEN_IDENT ? !ascii_case_equal(tok->text, n, prefix, n) : memcmp(tok->text, prefix, n) != 0)
+		return false;
+	if (tok->len == n)
+		return true;
+	/* pg_temp_NNN names one backend's temporary schema. */
+	if (tok->len == n + 1 || tok->text[n] != '_')
+		return false;
+	for (size_t i = n + 1; i < tok->len; i++)
+		if (!is_digit((unsigned char)tok->text[i]))
+			return false;
+	return true;
+}
+
+static const char *const advisory_lock_functions[] = {
+	"pg_advisory_lock",
+	"pg_advisory_lock_shared",
+	"pg_try_advisory_lock",
+	"pg_try_advisory_lock_shared",
+};
+
+/*
+ * At a '(' after a name: decides whether this is a call of a function that
+ * matters. A name qualified by a schema other than pg_catalog is somebody
+ * else's function, and a name after FUNCTION (DROP FUNCTION f(bigint),
+ * GRANT ... ON FUNCTION) is a signature, not a call.
+ */
+static void note_call(struct statement *st)
+{
+	const struct token *name = recent_token(st, 0);
+	const struct token *before = recent_token(st, 1);
+
+	if (!token_is_any_name(name))
+		return;
+	if (token_is_char(before, '.')) {
+		if (!token_is_name(recent_token(st, 2), "pg_catalog"))
+			return;
+		before = recent_token(st, 3);
+	}
+	if (token_is_keyword(before, "function") || token_is_keyword(before, "procedure") ||
+	    token_is_keyword(before, "routine") || token_is_keyword(before, "aggregate"))
+		return;
+
+	for (size_t i = 0; i < sizeof(advisory_lock_functions) / sizeof(advisory_lock_functions[0]); i++) {
+		if (token_is_name(name, advisory_lock_functions[i])) {
+			record_finding(&st->call, SQL_PIN_ADVISORY_LOCK, name->offset, advisory_lock_functions[i]);
+			return;
+		}
+	}
+	if (token_is_name(name, "set_config") && st->call_count < CALL_MAX) {
+		struct set_config_call *call = &st->calls[st->call_count++];
+
+		memset(call, 0, sizeof(*call));
+		call->depth = st->paren_depth + 1; /* the '(' is counted after this */
+		call->offset = name->offset;
+	}
+}
+
+/* Feeds a token to the open set_config() calls so each knows its arguments. */
+static void follow_call_arguments(struct statement *st, const struct token *tok)
+{
+	for (int i = 0; i < st->call_count; i++) {
+		struct set_config_call *call = &st->calls[i];
+		bool at_call_level = st->paren_depth == call->depth;
+
+		if (at_call_level && token_is_char(tok, ')'))
+			continue;
+		if (at_call_level && token_is_char(tok, ',')) {
+			if (call->commas == 0)
+				call->first_arg_is_string = call->arg_tokens == 1 && call->first_arg.kind == TOKEN_STRING;
+			call->commas++;
+			call->arg_tokens = 0;
+			call->arg_is_false = false;
+			continue;
+		}
+		if (call->arg_tokens == 0) {
+			call->arg_is_false = token_is_false(tok, false);
+			if (call->commas == 0)
+				call->first_arg = *tok;
+		}
+		call->arg_tokens++;
+	}
+}
+
+/*
+ * At the ')' that closes a set_config() call: set_config(name, value, false)
+ * changes the session; with true it lasts only until the transaction ends.
+ */
+static void close_call(const struct scan *sc, struct statement *st, const struct set_config_call *call)
+{
+	char buf[NAME_BUFFER];
+	struct text name;
+
+	if (call->commas != 2 || call->arg_tokens != 1 || !call->arg_is_false)
+		return;
+	text_init(&name, buf, sizeof(buf));
+	if (call->first_arg_is_string)
+		text_append_token(&name, &call->first_arg);
+	if (is_tracked(sc, &name))
+		st->call_effects |= SQL_EFFECT_SET_TRACKED;
+	else
+		record_finding(&st->call, SQL_PIN_SET, call->offset, name.len ? name.buf : "set_config");
+}
+
+/* Patterns that need a few tokens of left context: SELECT ... INTO TEMP t and pg_temp.t. */
+static void note_names(struct statement *st, const struct token *tok)
+{
+	const struct token *r0 = recent_token(st, 0);
+	const struct token *r1 = recent_token(st, 1);
+	const struct token *r2 = recent_token(st, 2);
+	const struct token *r3 = recent_token(st, 3);
+	bool r0_temp = token_is_keyword(r0, "temp") || token_is_keyword(r0, "temporary");
+	bool r1_temp = token_is_keyword(r1, "temp") || token_is_keyword(r1, "temporary");
+
+	/* INSERT INTO temp and MERGE INTO temp name a table called "temp". */
+	if (r0_temp && token_is_keyword(r1, "into") && !token_is_keyword(r2, "insert") &&
+	    !token_is_keyword(r2, "merge") && !token_is_keyword(tok, "table"))
+		record_token_finding(&st->into_temp, SQL_PIN_TEMP_OBJECT, tok, NULL, tok);
+	else if (token_is_keyword(r0, "table") && r1_temp && token_is_keyword(r2, "into") &&
+		 !token_is_keyword(r3, "insert") && !token_is_keyword(r3, "merge"))
+		record_token_finding(&st->into_temp, SQL_PIN_TEMP_OBJECT, tok, NULL, tok);
+
+	if (token_is_char(r0, '.') && is_pg_temp_schema(r1)) {
+		char prefix[DETAIL_SIZE];
+		struct text t;
+
+		text_init(&t, prefix, sizeof(prefix));
+		text_append_token(&t, r1);
+		text_putc(&t, '.');
+		record_token_finding(&st->pg_temp, SQL_PIN_TEMP_OBJECT, r1, prefix, tok);
+	}
+}
+
+static void statement_token(const struct scan *sc, struct statement *st, const struct token *tok)
+{
+	st->empty = false;
+	if (st->head_count < HEAD_MAX && !(st->head_count == 0 && token_is_char(tok, '(')))
+		st->head[st->head_count++] = *tok;
+
+	if (tok->kind == TOKEN_IDENT && is_routine_definition(st)) {
+		if (token_is_keyword(tok, "atomic") && token_is_keyword(recent_token(st, 0), "begin"))
+			st->atomic_depth++;
+		else if (token_is_keyword(tok, "case") && st->atomic_depth > 0)
+			st->atomic_depth++;
+		else if (token_is_keyword(tok, "end") && st->atomic_depth > 0)
+			st->atomic_depth--;
+	}
+
+	follow_call_arguments(st, tok);
+	if (token_is_char(tok, '(')) {
+		note_call(st);
+		st->paren_depth++;
+	} else if (token_is_char(tok, ')')) {
+		if (st->call_count > 0 && st->calls[st->call_count - 1].depth == st->paren_depth) {
+			st->call_count--;
+			close_call(sc, st, &st->calls[st->call_count]);
+		}
+		if (st->paren_depth > 0)
+			st->paren_depth--;
+	} else if (token_is_any_name(tok)) {
+		note_names(st, tok);
+	}
+
+	memmove(&st->recent[1], &st->recent[0], sizeof(st->recent[0]) * (RECENT_MAX - 1));
+	st->recent[0] = *tok;
+	if (st->recent_count < RECENT_MAX)
+		st->recent_count++;
+}
+
+/* ------------------------------------------------------------- judgements */
+
+static void pin(struct scan *sc, enum sql_pin_reason reason, const char *detail)
+{
+	if (sc->out->pin != SQL_PIN_NONE)
+		return;
+	sc->out->pin = reason;
+	copy_detail(sc->out->pin_detail, sizeof(sc->out->pin_detail), detail ? detail : "");
+}
+
+/* Pins with the text of head[i] (a name or a string) as the detail, or "" when there is none. */
+static void pin_with_token(struct scan *sc, enum sql_pin_reason reason, const struct statement *st, size_t i)
+{
+	char buf[DETAIL_SIZE];
+	struct text t;
+	const struct token *tok = head_token(st, i);
+
+	text_init(&t, buf, sizeof(buf));
+	if (tok && (token_is_any_name(tok) || tok->kind == TOKEN_STRING))
+		text_append_token(&t, tok);
+	pin(sc, reason, buf);
+}
+
+/* Reads name[.name...] starting at head[i]; returns the index after it (i when there is none). */
+static size_t head_read_name(const struct statement *st, size_t i, struct text *name)
+{
+	size_t j = i;
+
+	while (token_is_any_name(head_token(st, j))) {
+		if (j > i)
+			text_putc(name, '.');
+		text_append_token(name, &st->head[j]);
+		j++;
+		if (!token_is_char(head_token(st, j), '.') || !token_is_any_name(head_token(st, j + 1)))
+			break;
+		j++;
+	}
+	return j;
+}
+
+static void judge_parameter(struct scan *sc, const struct text *name)
+{
+	if (is_tracked(sc, name))
+		sc->out->effects |= SQL_EFFECT_SET_TRACKED;
+	else
+		pin(sc, SQL_PIN_SET, name->buf);
+}
+
+static void judge_parameter_named(struct scan *sc, const char *parameter)
+{
+	char buf[NAME_BUFFER];
+	struct text name;
+
+	text_init(&name, buf, sizeof(buf));
+	text_puts(&name, parameter);
+	judge_parameter(sc, &name);
+}
+
+/*
+ * The special SET/RESET forms that name a parameter with keywords. SET NAMES
+ * and SET SCHEMA count only when not followed by TO or '=', where they would
+ * be ordinary (and nonexistent) parameter names.
+ */
+static const char *keyword_parameter(const struct statement *st, size_t i)
+{
+	bool generic_next = head_keyword(st, i + 1, "to") || token_is_char(head_token(st, i + 1), '=');
+
+	if (head_keyword(st, i, "session") && head_keyword(st, i + 1, "authorization"))
+		return "session_authorization";
+	if (head_keyword(st, i, "role"))
+		return "role";
+	if (head_keyword(st, i, "time") && head_keyword(st, i + 1, "zone"))
+		return "timezone";
+	if (head_keyword(st, i, "xml") && head_keyword(st, i + 1, "option"))
+		return "xmloption";
+	if (head_keyword(st, i, "names") && !generic_next)
+		return "client_encoding";
+	if (head_keyword(st, i, "schema") && !generic_next)
+		return "search_path";
+	return NULL;
+}
+
+/* SET SESSION CHARACTERISTICS AS TRANSACTION modes: each mode sets one default_transaction_* parameter. */
+static void judge_characteristics(struct scan *sc, const struct statement *st, size_t i)
+{
+	bool any = false;
+
+	for (size_t j = i; j < st->head_count; j++) {
+		if (head_keyword(st, j, "isolation")) {
+			judge_parameter_named(sc, "default_transaction_isolation");
+			any = true;
+		} else if (head_keyword(st, j, "read") && (head_keyword(st, j + 1, "only") || head_keyword(st, j + 1, "write"))) {
+			judge_parameter_named(sc, "default_transaction_read_only");
+			any = true;
+		} else if (head_keyword(st, j, "deferrable")) {
+			judge_parameter_named(sc, "default_transaction_deferrable");
+			any = true;
+		}
+	}
+	if (!any)
+		judge_parameter_named(sc, "default_transaction_isolation");
+}
+
+static void judge_set(struct scan *sc, const struct statement *st, size_t i)
+{
+	char buf[NAME_BUFFER];
+	struct text name;
+	const char *keyword_name;
+
+	/* SET LOCAL lasts until the end of the transaction, which pgmux already keeps on one backend. */
+	if (head_keyword(st, i, "local"))
+		return;
+	if (head_keyword(st, i, "session") && !head_keyword(st, i + 1, "authorization") &&
+	    !head_keyword(st, i + 1, "characteristics"))
+		i++;
+	if (head_keyword(st, i, "transaction") || head_keyword(st, i, "constraints"))
+		return;
+	if (head_keyword(st, i, "session") && head_keyword(st, i + 1, "characteristics")) {
+		judge_characteristics(sc, st, i + 2);
+		return;
+	}
+	keyword_name = keyword_parameter(st, i);
+	if (keyword_name) {
+		judge_parameter_named(sc, keyword_name);
+		return;
+	}
+	text_init(&name, buf, sizeof(buf));
+	if (head_read_name(st, i, &name) > i)
+		judge_parameter(sc, &name);
+}
+
+/*
+ * RESET only goes back to the default that every other backend has, so it
+ * never pins; a tracked parameter's value does change, which the caller hears.
+ */
+static void judge_reset(struct scan *sc, const struct statement *st, size_t i)
+{
+	char buf[NAME_BUFFER];
+	struct text name;
+	const char *keyword_name = keyword_parameter(st, i);
+
+	if (head_keyword(st, i, "all")) {
+		sc->out->effects |= SQL_EFFECT_RESET_ALL;
+		return;
+	}
+	text_init(&name, buf, sizeof(buf));
+	if (keyword_name)
+		text_puts(&name, keyword_name);
+	else
+		head_read_name(st, i, &name);
+	if (is_tracked(sc, &name))
+		sc->out->effects |= SQL_EFFECT_SET_TRACKED;
+}
+
+/* What kind of statement it was, for the patterns found anywhere in it. */
+struct verdict {
+	bool executes;   /* false under EXPLAIN without ANALYZE */
+	bool select;     /* SELECT or WITH: may hold INTO TEMP */
+	bool create;     /* CREATE: pg_temp.name creates a temporary object */
+	bool definition; /* a function, procedure, view or rule body: its calls do not run now */
+};
+
+/* CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP|TEMPORARY [RECURSIVE] kind [IF NOT EXISTS] name ... */
+static void judge_create(struct scan *sc, const struct statement *st, size_t i, struct verdict *v)
+{
+	static const char *const modifiers[] = {
+		"unlogged", "recursive", "materialized", "trusted", "procedural", "constraint", "default", "unique",
+	};
+	static const char *const definitions[] = {"function", "procedure", "view", "rule"};
+	size_t j = i + 1;
+
+	v->create = true;
+	if (head_keyword(st, j, "or") && head_keyword(st, j + 1, "replace"))
+		j += 2;
+	if (head_keyword(st, j, "global") || head_keyword(st, j, "local"))
+		j++;
+	if (head_keyword(st, j, "temp") || head_keyword(st, j, "temporary")) {
+		char buf[DETAIL_SIZE];
+		struct text name;
+
+		j++;
+		if (head_keyword(st, j, "recursive"))
+			j++;
+		j++; /* TABLE, SEQUENCE or VIEW */
+		if (head_keyword(st, j, "if") && head_keyword(st, j + 1, "not") && head_keyword(st, j + 2, "exists"))
+			j += 3;
+		text_init(&name, buf, sizeof(buf));
+		head_read_name(st, j, &name);
+		if (v->executes)
+			pin(sc, SQL_PIN_TEMP_OBJECT, buf);
+		return;
+	}
+	for (bool skipped = true; skipped;) {
+		skipped = false;
+		for (size_t m = 0; m < sizeof(modifiers) / sizeof(modifiers[0]); m++) {
+			if (head_keyword(st, j, modifiers[m])) {
+				j++;
+				skipped = true;
+			}
+		}
+	}
+	for (size_t d = 0; d < sizeof(definitions) / sizeof(definitions[0]); d++)
+		if (head_keyword(st, j, definitions[d]))
+			v->definition = true;
+}
+
+/* DECLARE name [BINARY] [ASENSITIVE|INSENSITIVE] [[NO] SCROLL] CURSOR [WITH HOLD|WITHOUT HOLD] FOR ... */
+static void judge_declare(struct scan *sc, const struct statement *st, size_t i)
+{
+	for (size_t j = i + 2; j < st->head_count && !head_keyword(st, j, "for"); j++) {
+		if (head_keyword(st, j, "with") && head_keyword(st, j + 1, "hold")) {
+			pin_with_token(sc, SQL_PIN_CURSOR_WITH_HOLD, st, i + 1);
+			return;
+		}
+	}
+}
+
+/*
+ * EXPLAIN [ANALYZE|ANALYSE] [VERBOSE] stmt or EXPLAIN (option [value], ...)
+ * stmt: returns the index of stmt and whether it really runs.
+ */
+static size_t skip_explain(const struct statement *st, size_t i, bool *analyze)
+{
+	*analyze = false;
+	if (token_is_char(head_token(st, i), '(')) {
+		int depth = 0;
+
+		for (size_t j = i; j < st->head_count; j++) {
+			const struct token *tok = &st->head[j];
+
+			if (token_is_char(tok, '(')) {
+				depth++;
+			} else if (token_is_char(tok, ')')) {
+				if (--depth == 0)
+					return j + 1;
+			} else if (depth == 1 && (token_is_keyword(tok, "analyze") || token_is_keyword(tok, "analyse")) &&
+				   (token_is_char(&st->head[j - 1], '(') || token_is_char(&st->head[j - 1], ','))) {
+				const struct token *value = head_token(st, j + 1);
+
+				*analyze = value == NULL || !token_is_false(value, true);
+			}
+		}
+		return st->head_count;
+	}
+	while (head_keyword(st, i, "analyze") || head_keyword(st, i, "analyse") || head_keyword(st, i, "verbose")) {
+		if (!head_keyword(st, i, "verbose"))
+			*analyze = true;
+		i++;
+	}
+	return i;
+}
+
+static bool is_transaction_control(const struct statement *st, size_t i)
+{
+	static const char *const words[] = {
+		"begin", "start", "commit", "rollback", "end", "abort", "savepoint", "release",
+	};
+
+	for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
+		if (head_keyword(st, i, words[w]))
+			return true;
+	return head_keyword(st, i, "prepare") && head_keyword(st, i + 1, "transaction");
+}
+
+/* Judges the leading keywords; commands that cannot follow EXPLAIN are judged only without it. */
+static void judge_command(struct scan *sc, const struct statement *st, size_t i, bool explain, struct verdict *v)
+{
+	char buf[NAME_BUFFER];
+	struct text name;
+
+	if (head_keyword(st, i, "select") || head_keyword(st, i, "with")) {
+		v->select = true;
+	} else if (head_keyword(st, i, "create")) {
+		judge_create(sc, st, i, v);
+	} else if (head_keyword(st, i, "execute")) {
+		/* Even EXPLAIN EXECUTE needs the prepared statement that lives on this backend. */
+		pin_with_token(sc, SQL_PIN_EXECUTE, st, i + 1);
+	} else if (head_keyword(st, i, "update") && v->executes) {
+		size_t j = head_keyword(st, i + 1, "only") ? i + 2 : i + 1;
+
+		text_init(&name, buf, sizeof(buf));
+		head_read_name(st, j, &name);
+		if (strcmp(buf, "pg_settings") == 0 || strcmp(buf, "pg_catalog.pg_settings") == 0)
+			pin(sc, SQL_PIN_SET, "pg_settings");
+	} else if (explain) {
+		return;
+	} else if (is_transaction_control(st, i)) {
+		sc->out->effects |= SQL_EFFECT_TRANSACTION_CONTROL;
+	} else if (head_keyword(st, i, "prepare")) {
+		pin_with_token(sc, SQL_PIN_PREPARE, st, i + 1);
+	} else if (head_keyword(st, i, "deallocate")) {
+		size_t j = head_keyword(st, i + 1, "prepare") ? i + 2 : i + 1;
+
+		if (head_keyword(st, j, "all"))
+			sc->out->effects |= SQL_EFFECT_DEALLOCATE_ALL;
+		else
+			pin_with_token(sc, SQL_PIN_DEALLOCATE, st, j);
+	} else if (head_keyword(st, i, "discard")) {
+		/* DISCARD PLANS, SEQUENCES and TEMP only drop state, which never needs a pin. */
+		if (head_keyword(st, i + 1, "all"))
+			sc->out->effects |= SQL_EFFECT_DISCARD_ALL;
+	} else if (head_keyword(st, i, "declare")) {
+		judge_declare(sc, st, i);
+	} else if (head_keyword(st, i, "listen")) {
+		pin_with_token(sc, SQL_PIN_LISTEN, st, i + 1);
+	} else if (head_keyword(st, i, "unlisten")) {
+		sc->out->effects |= SQL_EFFECT_UNLISTEN;
+	} else if (head_keyword(st, i, "load")) {
+		pin_with_token(sc, SQL_PIN_LOAD, st, i + 1);
+	} else if (head_keyword(st, i, "set")) {
+		judge_set(sc, st, i + 1);
+	} else if (head_keyword(st, i, "reset")) {
+		judge_reset(sc, st, i + 1);
+	}
+}
+
+static void finish_statement(struct scan *sc, const struct statement *st)
+{
+	struct verdict v = {.executes = true};
+	const struct finding *candidates[3];
+	const struct finding *first = NULL;
+	size_t n = 0;
+	size_t i = 0;
+	bool explain = head_keyword(st, 0, "explain");
+
+	if (st->empty)
+		return;
+	sc->out->statements++;
+	if (explain)
+		i = skip_explain(st, 1, &v.executes);
+	judge_command(sc, st, i, explain, &v);
+
+	if (v.executes && !v.definition) {
+		candidates[n++] = &st->call;
+		sc->out->effects |= st->call_effects;
+	}
+	if (v.executes && v.select)
+		candidates[n++] = &st->into_temp;
+	if (v.executes && v.create)
+		candidates[n++] = &st->pg_temp;
+	for (size_t c = 0; c < n; c++)
+		if (candidates[c]->reason != SQL_PIN_NONE && (first == NULL || candidates[c]->offset < first->offset))
+			first = candidates[c];
+	if (first)
+		pin(sc, first->reason, first->detail);
+}
+
+/* ------------------------------------------------------------------ entry */
+
+const char *sql_pin_reason_text(enum sql_pin_reason reason)
+{
+	switch (reason) {
+	case SQL_PIN_NONE:
+		return "no pin";
+	case SQL_PIN_PREPARE:
+		return "SQL-level PREPARE";
+	case SQL_PIN_EXECUTE:
+		return "SQL-level EXECUTE";
+	case SQL_PIN_DEALLOCATE:
+		return "SQL-level DEALLOCATE";
+	case SQL_PIN_TEMP_OBJECT:
+		return "temporary table";
+	case SQL_PIN_CURSOR_WITH_HOLD:
+		return "cursor WITH HOLD";
+	case SQL_PIN_LISTEN:
+		return "LISTEN";
+	case SQL_PIN_LOAD:
+		return "LOAD";
+	case SQL_PIN_ADVISORY_LOCK:
+		return "session-level advisory lock";
+	case SQL_PIN_SET:
+		return "SET of a parameter pgmux does not track";
+	case SQL_PIN_OTHER_SESSION_STATE:
+		return "other session state";
+	case SQL_PIN_TOO_LONG:
+		return "query text too long to scan";
+	}
+	return "unknown pin reason";
+}
+
+void sql_scan(const char *sql, size_t len, const char *const *tracked, struct sql_scan_result *out)
+{
+	struct scan sc = {.tracked = tracked, .out = out};
+	struct lexer lx = {.sql = sql, .len = sql ? len : 0, .pos = 0};
+	struct statement st;
+	struct token tok;
+	const char *nul;
+
+	memset(out, 0, sizeof(*out));
+	/* The server reads message text up to its terminating NUL; nothing after one is SQL. */
+	nul = lx.len ? memchr(sql, '\0', lx.len) : NULL;
+	if (nul)
+		lx.len = (size_t)(nul - sql);
+
+	statement_reset(&st);
+	while (lex_next(&lx, &tok)) {
+		if (token_is_char(&tok, ';') && st.paren_depth == 0 && st.atomic_depth == 0) {
+			finish_statement(&sc, &st);
+			statement_reset(&st);
+		} else {
+			statement_token(&sc, &st, &tok);
+		}
+	}
+	finish_statement(&sc, &st);
+}

@@ -1,0 +1,60 @@
+/*
+ * sqlscan.h: a small SQL lexer that reads the text of a Query or Parse message
+ * and reports what transaction pooling cares about: statements that leave
+ * session state behind (so the client must be pinned to its backend) and
+ * statements that reset session state (so pgmux can follow them instead).
+ */
+#ifndef PGMUX_SQLSCAN_H
+#define PGMUX_SQLSCAN_H
+
+#include <stddef.h>
+
+enum sql_pin_reason {
+	SQL_PIN_NONE = 0,
+	SQL_PIN_PREPARE,             /* SQL-level PREPARE name AS ... */
+	SQL_PIN_EXECUTE,             /* SQL-level EXECUTE name */
+	SQL_PIN_DEALLOCATE,          /* DEALLOCATE name (not ALL) */
+	SQL_PIN_TEMP_OBJECT,         /* CREATE TEMP ..., SELECT ... INTO TEMP, CREATE ... pg_temp.x */
+	SQL_PIN_CURSOR_WITH_HOLD,    /* DECLARE ... CURSOR WITH HOLD */
+	SQL_PIN_LISTEN,              /* LISTEN channel */
+	SQL_PIN_LOAD,                /* LOAD 'library' */
+	SQL_PIN_ADVISORY_LOCK,       /* a call to a session-level pg_[try_]advisory_lock[_shared] */
+	SQL_PIN_SET,                 /* SET (not LOCAL) of an untracked parameter, SET ROLE,
+	                              * SET SESSION AUTHORIZATION, SET SESSION CHARACTERISTICS,
+	                              * set_config(name, value, false), UPDATE pg_settings */
+	SQL_PIN_OTHER_SESSION_STATE, /* reserved; sql_scan() does not report it today */
+	SQL_PIN_TOO_LONG,            /* reserved for callers that refuse to scan long texts */
+};
+
+/* Statements that reset or change session state that pgmux follows instead of pinning. */
+#define SQL_EFFECT_DISCARD_ALL         0x01 /* DISCARD ALL */
+#define SQL_EFFECT_DEALLOCATE_ALL      0x02 /* DEALLOCATE [PREPARE] ALL */
+#define SQL_EFFECT_RESET_ALL           0x04 /* RESET ALL */
+#define SQL_EFFECT_SET_TRACKED         0x08 /* SET/RESET/set_config(.., false) of a tracked parameter */
+#define SQL_EFFECT_UNLISTEN            0x10 /* UNLISTEN name|* */
+#define SQL_EFFECT_TRANSACTION_CONTROL 0x20 /* BEGIN, START, COMMIT, ROLLBACK, END, ABORT,
+                                             * SAVEPOINT, RELEASE, PREPARE TRANSACTION (informational) */
+
+struct sql_scan_result {
+	enum sql_pin_reason pin; /* the first pinning cause in text order, or SQL_PIN_NONE */
+	char pin_detail[64];     /* what pinned: parameter, statement, cursor, channel, function or
+	                          * object name; "" when there is none. Truncated, always terminated. */
+	unsigned effects;        /* SQL_EFFECT_* bits of all statements, pinning or not */
+	int statements;          /* number of non-empty statements */
+};
+
+/* A fixed English description of a pin reason, for logs and error messages. */
+const char *sql_pin_reason_text(enum sql_pin_reason reason);
+
+/*
+ * Scan SQL text (not necessarily NUL-terminated; len bytes; a NUL byte ends
+ * the text as it would for the server). tracked is a NULL-terminated list of
+ * parameter names (case-insensitive) whose SET pgmux can carry, or NULL for
+ * none; SET of any other parameter pins. Never reads past len, never
+ * allocates, never fails: malformed SQL is scanned as far as it goes (an
+ * unterminated string, quoted identifier, dollar quote or comment just ends
+ * the scan, and the statement in progress is still judged).
+ */
+void sql_scan(const char *sql, size_t len, const char *const *tracked, struct sql_scan_result *out);
+
+#endif

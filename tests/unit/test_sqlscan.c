@@ -1,0 +1,750 @@
+/*
+ * test_sqlscan.c: unit tests for src/sqlscan.c: every pinning cause, the
+ * look-alikes that must not pin (strings, comments, quoted names, dollar
+ * quotes, function bodies), statement splitting, effects, and truncated input
+ * scanned from exact-length heap buffers so a sanitizer catches any over-read.
+ */
+#include <criterion/criterion.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sqlscan.h"
+
+/* ------------------------------------------------------------ helpers */
+
+static const char *const tracked[] = {
+	"search_path", "TimeZone", "client_encoding", "application_name", "DateStyle", NULL,
+};
+
+/*
+ * Copies len bytes into a heap buffer of exactly that size with no terminator,
+ * so reading one byte too far is a heap overflow under ASan or valgrind.
+ */
+static struct sql_scan_result scan_bytes(const char *sql, size_t len, const char *const *tracked_names)
+{
+	struct sql_scan_result result;
+	char *copy = malloc(len);
+
+	cr_assert(len == 0 || copy != NULL);
+	if (len > 0)
+		memcpy(copy, sql, len);
+	memset(&result, 0x5a, sizeof(result)); /* sql_scan must set every field */
+	sql_scan(copy, len, tracked_names, &result);
+	free(copy);
+	cr_assert_lt(strnlen(result.pin_detail, sizeof(result.pin_detail)), sizeof(result.pin_detail),
+		     "pin_detail is not terminated");
+	return result;
+}
+
+static struct sql_scan_result scan_with(const char *sql, const char *const *tracked_names)
+{
+	return scan_bytes(sql, strlen(sql), tracked_names);
+}
+
+/* Checks everything sql_scan reports for one text. */
+static void check(const char *sql, enum sql_pin_reason pin, const char *detail, unsigned effects, int statements)
+{
+	struct sql_scan_result r = scan_with(sql, tracked);
+
+	cr_assert_eq(r.pin, pin, "[%s]: pin %d (\"%s\"), expected %d", sql, r.pin, r.pin_detail, pin);
+	cr_assert_str_eq(r.pin_detail, detail, "[%s]: detail \"%s\", expected \"%s\"", sql, r.pin_detail, detail);
+	cr_assert_eq(r.effects, effects, "[%s]: effects 0x%x, expected 0x%x", sql, r.effects, effects);
+	cr_assert_eq(r.statements, statements, "[%s]: %d statements, expected %d", sql, r.statements, statements);
+}
+
+/* One statement that pins with no effects. */
+static void pins(const char *sql, enum sql_pin_reason pin, const char *detail)
+{
+	check(sql, pin, detail, 0, 1);
+}
+
+/* One statement that neither pins nor has effects. */
+static void harmless(const char *sql)
+{
+	check(sql, SQL_PIN_NONE, "", 0, 1);
+}
+
+/* ------------------------------------------------------------ PREPARE / EXECUTE / DEALLOCATE */
+
+Test(sqlscan_prepared, prepare_pins_with_statement_name)
+{
+	pins("PREPARE q1 (int) AS SELECT $1", SQL_PIN_PREPARE, "q1");
+	pins("prepare Q2 as select 1", SQL_PIN_PREPARE, "q2");
+	pins("PREPARE \"MixedCase\" AS SELECT 1", SQL_PIN_PREPARE, "MixedCase");
+}
+
+Test(sqlscan_prepared, prepare_transaction_is_transaction_control)
+{
+	check("PREPARE TRANSACTION 'gid-1'", SQL_PIN_NONE, "", SQL_EFFECT_TRANSACTION_CONTROL, 1);
+}
+
+Test(sqlscan_prepared, execute_pins_even_under_explain)
+{
+	pins("EXECUTE q1(42)", SQL_PIN_EXECUTE, "q1");
+	pins("EXPLAIN EXECUTE q1(42)", SQL_PIN_EXECUTE, "q1");
+	pins("EXPLAIN ANALYZE EXECUTE q1", SQL_PIN_EXECUTE, "q1");
+	pins("EXPLAIN (ANALYZE, BUFFERS) EXECUTE q1", SQL_PIN_EXECUTE, "q1");
+}
+
+Test(sqlscan_prepared, deallocate_name_pins)
+{
+	pins("DEALLOCATE q1", SQL_PIN_DEALLOCATE, "q1");
+	pins("DEALLOCATE PREPARE q1", SQL_PIN_DEALLOCATE, "q1");
+	pins("deallocate \"All\"", SQL_PIN_DEALLOCATE, "All");
+}
+
+Test(sqlscan_prepared, deallocate_all_is_an_effect)
+{
+	check("DEALLOCATE ALL", SQL_PIN_NONE, "", SQL_EFFECT_DEALLOCATE_ALL, 1);
+	check("deallocate prepare all", SQL_PIN_NONE, "", SQL_EFFECT_DEALLOCATE_ALL, 1);
+}
+
+/* ------------------------------------------------------------ temporary objects */
+
+Test(sqlscan_temp, create_temp_forms_pin)
+{
+	pins("CREATE TEMP TABLE t (a int)", SQL_PIN_TEMP_OBJECT, "t");
+	pins("CREATE TEMPORARY TABLE t (a int)", SQL_PIN_TEMP_OBJECT, "t");
+	pins("CREATE GLOBAL TEMPORARY TABLE t (a int)", SQL_PIN_TEMP_OBJECT, "t");
+	pins("CREATE LOCAL TEMP TABLE t (a int)", SQL_PIN_TEMP_OBJECT, "t");
+	pins("CREATE TEMP SEQUENCE s", SQL_PIN_TEMP_OBJECT, "s");
+	pins("CREATE TEMP VIEW v AS SELECT 1", SQL_PIN_TEMP_OBJECT, "v");
+	pins("CREATE TEMP RECURSIVE VIEW v (n) AS SELECT 1", SQL_PIN_TEMP_OBJECT, "v");
+	pins("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", SQL_PIN_TEMP_OBJECT, "v");
+	pins("create temp table if not exists Scratch (a int)", SQL_PIN_TEMP_OBJECT, "scratch");
+	pins("CREATE TEMP TABLE t AS SELECT * FROM big", SQL_PIN_TEMP_OBJECT, "t");
+	pins("CREATE TEMP TABLE t (a int) ON COMMIT DROP", SQL_PIN_TEMP_OBJECT, "t");
+}
+
+Test(sqlscan_temp, permanent_tables_do_not_pin)
+{
+	harmless("CREATE UNLOGGED TABLE t (a int)");
+	harmless("CREATE TABLE t (a int)");
+	harmless("CREATE TABLE temp (a int)");
+	harmless("CREATE TABLE t (temp int, temporary text)");
+	harmless("CREATE TABLE t AS SELECT 1 AS temp");
+}
+
+Test(sqlscan_temp, pg_temp_schema_pins)
+{
+	pins("CREATE TABLE pg_temp.t (a int)", SQL_PIN_TEMP_OBJECT, "pg_temp.t");
+	pins("CREATE TABLE IF NOT EXISTS PG_TEMP.T (a int)", SQL_PIN_TEMP_OBJECT, "pg_temp.t");
+	pins("CREATE TABLE \"pg_temp\".\"T\" (a int)", SQL_PIN_TEMP_OBJECT, "pg_temp.T");
+	pins("CREATE TABLE pg_temp_3.t (a int)", SQL_PIN_TEMP_OBJECT, "pg_temp_3.t");
+	pins("CREATE VIEW pg_temp.v AS SELECT 1", SQL_PIN_TEMP_OBJECT, "pg_temp.v");
+	pins("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'", SQL_PIN_TEMP_OBJECT,
+	     "pg_temp.f");
+}
+
+Test(sqlscan_temp, pg_temp_look_alikes_do_not_pin)
+{
+	harmless("SELECT * FROM pg_temp.t");
+	harmless("CREATE TABLE pg_temporary.t (a int)");
+	harmless("CREATE TABLE pg_temp_x.t (a int)");
+	harmless("CREATE TABLE pg_temp_.t (a int)");
+	harmless("CREATE TABLE t (a int) -- pg_temp.t");
+}
+
+Test(sqlscan_temp, select_into_temp_pins)
+{
+	pins("SELECT * INTO TEMP t FROM x", SQL_PIN_TEMP_OBJECT, "t");
+	pins("SELECT * INTO TEMPORARY TABLE t FROM x", SQL_PIN_TEMP_OBJECT, "t");
+	pins("select 1 as a into temp table \"T\"", SQL_PIN_TEMP_OBJECT, "T");
+	pins("WITH w AS (SELECT 1) SELECT * INTO TEMP t FROM w", SQL_PIN_TEMP_OBJECT, "t");
+	pins("(SELECT 1 INTO TEMP t)", SQL_PIN_TEMP_OBJECT, "t");
+	pins("EXPLAIN ANALYZE SELECT 1 INTO TEMP t", SQL_PIN_TEMP_OBJECT, "t");
+}
+
+Test(sqlscan_temp, select_into_look_alikes_do_not_pin)
+{
+	harmless("SELECT * INTO t FROM x");
+	harmless("SELECT * INTO UNLOGGED t FROM x");
+	harmless("INSERT INTO temp VALUES (1)");
+	harmless("INSERT INTO temp SELECT 1");
+	harmless("WITH w AS (SELECT 1) INSERT INTO temp SELECT * FROM w");
+	harmless("MERGE INTO temp t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING");
+	harmless("SELECT 'INTO TEMP t'");
+	harmless("EXPLAIN SELECT 1 INTO TEMP t");
+	harmless("EXPLAIN CREATE TEMP TABLE t AS SELECT 1");
+}
+
+/* ------------------------------------------------------------ cursors */
+
+Test(sqlscan_cursor, with_hold_pins)
+{
+	pins("DECLARE c CURSOR WITH HOLD FOR SELECT 1", SQL_PIN_CURSOR_WITH_HOLD, "c");
+	pins("DECLARE c BINARY INSENSITIVE NO SCROLL CURSOR WITH HOLD FOR SELECT 1", SQL_PIN_CURSOR_WITH_HOLD, "c");
+	pins("declare \"Cur\" asensitive scroll cursor with hold for select 1", SQL_PIN_CURSOR_WITH_HOLD, "Cur");
+}
+
+Test(sqlscan_cursor, without_hold_does_not_pin)
+{
+	harmless("DECLARE c CURSOR FOR SELECT 1");
+	harmless("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1");
+	harmless("DECLARE c SCROLL CURSOR FOR SELECT 1");
+	harmless("DECLARE c CURSOR FOR WITH hold AS (SELECT 1) SELECT * FROM hold");
+	harmless("EXPLAIN DECLARE c CURSOR WITH HOLD FOR SELECT 1");
+}
+
+/* ------------------------------------------------------------ LISTEN / LOAD */
+
+Test(sqlscan_listen, listen_pins_with_channel)
+{
+	pins("LISTEN jobs", SQL_PIN_LISTEN, "jobs");
+	pins("LiStEn Jobs", SQL_PIN_LISTEN, "jobs");
+	pins("LISTEN \"Jobs\"", SQL_PIN_LISTEN, "Jobs");
+}
+
+Test(sqlscan_listen, unlisten_is_an_effect)
+{
+	check("UNLISTEN jobs", SQL_PIN_NONE, "", SQL_EFFECT_UNLISTEN, 1);
+	check("UNLISTEN *", SQL_PIN_NONE, "", SQL_EFFECT_UNLISTEN, 1);
+}
+
+Test(sqlscan_listen, notify_does_not_pin)
+{
+	harmless("NOTIFY jobs, 'LISTEN'");
+	harmless("SELECT pg_notify('jobs', 'x')");
+}
+
+Test(sqlscan_load, load_pins_with_library)
+{
+	pins("LOAD 'auto_explain'", SQL_PIN_LOAD, "auto_explain");
+	pins("load '$libdir/plugins/it''s'", SQL_PIN_LOAD, "$libdir/plugins/it's");
+}
+
+/* ------------------------------------------------------------ advisory locks */
+
+Test(sqlscan_advisory, session_level_calls_pin)
+{
+	pins("SELECT pg_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("SELECT pg_advisory_lock_shared(1, 2)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock_shared");
+	pins("SELECT pg_try_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK, "pg_try_advisory_lock");
+	pins("SELECT pg_try_advisory_lock_shared(1)", SQL_PIN_ADVISORY_LOCK, "pg_try_advisory_lock_shared");
+	pins("SELECT pg_catalog.pg_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("SELECT \"pg_catalog\".\"pg_advisory_lock\"(1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("sElEcT PG_Advisory_Lock(1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+}
+
+Test(sqlscan_advisory, call_found_anywhere_in_the_statement)
+{
+	pins("SELECT id FROM jobs WHERE pg_try_advisory_lock(id) LIMIT 1", SQL_PIN_ADVISORY_LOCK,
+	     "pg_try_advisory_lock");
+	pins("SELECT pg_advisory_lock /* why */ -- not\n (1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("WITH l AS (SELECT pg_advisory_lock(1)) SELECT * FROM l", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("((SELECT pg_advisory_lock(1)))", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("UPDATE t SET locked = pg_try_advisory_lock(t.id)", SQL_PIN_ADVISORY_LOCK, "pg_try_advisory_lock");
+	pins("COPY (SELECT pg_advisory_lock(1)) TO STDOUT", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+}
+
+Test(sqlscan_advisory, explain_pins_only_when_it_runs)
+{
+	pins("EXPLAIN ANALYZE SELECT pg_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("EXPLAIN ANALYSE VERBOSE SELECT pg_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT pg_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK,
+	     "pg_advisory_lock");
+	pins("EXPLAIN (FORMAT TEXT, ANALYZE on) SELECT pg_advisory_lock(1)", SQL_PIN_ADVISORY_LOCK,
+	     "pg_advisory_lock");
+	harmless("EXPLAIN SELECT pg_advisory_lock(1)");
+	harmless("EXPLAIN VERBOSE SELECT pg_advisory_lock(1)");
+	harmless("EXPLAIN (ANALYZE false) SELECT pg_advisory_lock(1)");
+	harmless("EXPLAIN (ANALYZE off, COSTS on) SELECT pg_advisory_lock(1)");
+	harmless("EXPLAIN (FORMAT JSON) SELECT pg_advisory_lock(1)");
+}
+
+Test(sqlscan_advisory, look_alikes_do_not_pin)
+{
+	harmless("SELECT pg_advisory_xact_lock(1)");
+	harmless("SELECT pg_advisory_xact_lock_shared(1)");
+	harmless("SELECT pg_try_advisory_xact_lock(1)");
+	harmless("SELECT pg_try_advisory_xact_lock_shared(1)");
+	harmless("SELECT pg_advisory_unlock(1), pg_advisory_unlock_all()");
+	harmless("SELECT pg_advisory_lock FROM t");
+	harmless("SELECT 'pg_advisory_lock(1)'");
+	harmless("SELECT 1 /* pg_advisory_lock(1) */");
+	harmless("SELECT \"PG_ADVISORY_LOCK\"(1)");
+	harmless("SELECT myschema.pg_advisory_lock(1)");
+	harmless("SELECT my_pg_advisory_lock(1)");
+	harmless("DROP FUNCTION pg_advisory_lock(bigint)");
+	harmless("GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_lock(bigint) TO app");
+	harmless("CREATE VIEW v AS SELECT pg_advisory_lock(1)");
+	harmless("CREATE FUNCTION f() RETURNS void LANGUAGE sql RETURN pg_advisory_lock(1)");
+}
+
+/* ------------------------------------------------------------ SET */
+
+Test(sqlscan_set, tracked_parameter_is_an_effect)
+{
+	check("SET search_path = app, public", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET SEARCH_PATH TO app", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET SESSION search_path TO DEFAULT", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET \"search_path\" = app", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("set datestyle = iso", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET TIME ZONE 'UTC'", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET timezone TO 'UTC'", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET NAMES 'UTF8'", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("SET SCHEMA 'app'", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+}
+
+Test(sqlscan_set, untracked_parameter_pins)
+{
+	pins("SET work_mem = '64MB'", SQL_PIN_SET, "work_mem");
+	pins("SET SESSION work_mem TO 1024", SQL_PIN_SET, "work_mem");
+	pins("SET Statement_Timeout = 0", SQL_PIN_SET, "statement_timeout");
+	pins("SET \"work_mem\" = 1", SQL_PIN_SET, "work_mem");
+	pins("SET myapp.user_id = 5", SQL_PIN_SET, "myapp.user_id");
+	pins("SET \"MyApp\".User_Id TO 5", SQL_PIN_SET, "MyApp.user_id");
+	pins("SET XML OPTION DOCUMENT", SQL_PIN_SET, "xmloption");
+	pins("SET work_mem FROM CURRENT", SQL_PIN_SET, "work_mem");
+}
+
+Test(sqlscan_set, role_and_authorization_pin)
+{
+	pins("SET ROLE admin", SQL_PIN_SET, "role");
+	pins("SET role = 'admin'", SQL_PIN_SET, "role");
+	pins("SET SESSION ROLE admin", SQL_PIN_SET, "role");
+	pins("SET SESSION AUTHORIZATION bob", SQL_PIN_SET, "session_authorization");
+	pins("SET SESSION SESSION AUTHORIZATION DEFAULT", SQL_PIN_SET, "session_authorization");
+}
+
+Test(sqlscan_set, session_characteristics_pin)
+{
+	pins("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", SQL_PIN_SET,
+	     "default_transaction_isolation");
+	pins("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", SQL_PIN_SET, "default_transaction_read_only");
+	pins("SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE", SQL_PIN_SET,
+	     "default_transaction_deferrable");
+	pins("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE", SQL_PIN_SET,
+	     "default_transaction_isolation");
+}
+
+Test(sqlscan_set, transaction_scoped_forms_do_not_pin)
+{
+	harmless("SET LOCAL work_mem = '1GB'");
+	harmless("SET LOCAL search_path = app");
+	harmless("SET LOCAL ROLE admin");
+	harmless("SET LOCAL SESSION AUTHORIZATION bob");
+	harmless("SET LOCAL TIME ZONE 'UTC'");
+	harmless("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+	harmless("SET SESSION TRANSACTION READ ONLY");
+	harmless("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'");
+	harmless("SET CONSTRAINTS ALL DEFERRED");
+}
+
+Test(sqlscan_set, tracked_list_is_case_insensitive_and_optional)
+{
+	static const char *const custom[] = {"MyApp.User_Id", NULL};
+	struct sql_scan_result r = scan_with("SET myapp.user_id = 5", custom);
+
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	cr_assert_eq(r.effects, SQL_EFFECT_SET_TRACKED);
+
+	r = scan_with("SET TIME ZONE 'UTC'", NULL);
+	cr_assert_eq(r.pin, SQL_PIN_SET);
+	cr_assert_str_eq(r.pin_detail, "timezone");
+	cr_assert_eq(r.effects, 0);
+}
+
+Test(sqlscan_set, long_names_are_compared_in_full_and_truncated_in_detail)
+{
+	char sql[400];
+	char name[301];
+	const char *custom[] = {name, NULL};
+	struct sql_scan_result r;
+
+	/* A 102-byte name: the detail holds only its first 63 bytes. */
+	memset(name, 'p', 100);
+	name[100] = '\0';
+	snprintf(sql, sizeof(sql), "SET x.%s = 1", name);
+	r = scan_with(sql, tracked);
+	cr_assert_eq(r.pin, SQL_PIN_SET);
+	cr_assert_eq(strlen(r.pin_detail), sizeof(r.pin_detail) - 1);
+	cr_assert(strncmp(r.pin_detail, "x.ppp", 5) == 0);
+
+	/* Tracking the truncated detail does not track the whole name... */
+	memcpy(name, r.pin_detail, sizeof(r.pin_detail));
+	r = scan_with(sql, custom);
+	cr_assert_eq(r.pin, SQL_PIN_SET);
+
+	/* ...but tracking the whole name does. */
+	name[0] = 'X';
+	name[1] = '.';
+	memset(name + 2, 'P', 100);
+	name[102] = '\0';
+	r = scan_with(sql, custom);
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	cr_assert_eq(r.effects, SQL_EFFECT_SET_TRACKED);
+
+	/* A name too long to hold is never tracked, even if a prefix of it is. */
+	memset(name, 'q', 300);
+	name[300] = '\0';
+	snprintf(sql, sizeof(sql), "SET %s = 1", name);
+	name[255] = '\0';
+	r = scan_with(sql, custom);
+	cr_assert_eq(r.pin, SQL_PIN_SET);
+	name[255] = 'q';
+	r = scan_with(sql, custom);
+	cr_assert_eq(r.pin, SQL_PIN_SET, "names longer than the scanner holds always pin");
+}
+
+Test(sqlscan_set, set_config_session_pins)
+{
+	pins("SELECT set_config('myapp.user_id', '5', false)", SQL_PIN_SET, "myapp.user_id");
+	pins("SELECT pg_catalog.set_config('work_mem', '1GB', FALSE)", SQL_PIN_SET, "work_mem");
+	pins("SELECT set_config('a', 'b, c', 'off')", SQL_PIN_SET, "a");
+	pins("SELECT set_config('a', concat('x', 'y'), false)", SQL_PIN_SET, "a");
+	pins("SELECT set_config('a', set_config('b', 'c', true), false)", SQL_PIN_SET, "a");
+	pins("SELECT set_config($1, $2, false)", SQL_PIN_SET, "set_config");
+	pins("SELECT set_config /* c */ ( 'a' , 'b' , false )", SQL_PIN_SET, "a");
+	pins("SELECT set_config(E'my\\'app', 'b', false)", SQL_PIN_SET, "my'app");
+}
+
+Test(sqlscan_set, set_config_local_or_tracked_does_not_pin)
+{
+	harmless("SELECT set_config('myapp.user_id', '5', true)");
+	harmless("SELECT set_config('a', 'false', true)");
+	harmless("SELECT set_config('a', 'b', $3)");
+	harmless("SELECT set_config('a', 'b', false AND x)");
+	harmless("SELECT current_setting('a'), 'set_config(''a'',''b'',false)'");
+	check("SELECT set_config('search_path', 'app', false)", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	harmless("SELECT set_config('search_path', 'app', true)");
+	harmless("CREATE FUNCTION f() RETURNS text LANGUAGE sql RETURN set_config('a', 'b', false)");
+}
+
+Test(sqlscan_set, update_pg_settings_pins)
+{
+	pins("UPDATE pg_settings SET setting = '1GB' WHERE name = 'work_mem'", SQL_PIN_SET, "pg_settings");
+	pins("UPDATE ONLY pg_catalog.pg_settings SET setting = 'x'", SQL_PIN_SET, "pg_settings");
+	harmless("UPDATE my_settings SET setting = 'x'");
+}
+
+/* ------------------------------------------------------------ RESET / DISCARD / transactions */
+
+Test(sqlscan_reset, reset_never_pins)
+{
+	harmless("RESET work_mem");
+	harmless("RESET myapp.user_id");
+	harmless("RESET ROLE");
+	harmless("RESET SESSION AUTHORIZATION");
+	check("RESET search_path", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("RESET TIME ZONE", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
+	check("RESET ALL", SQL_PIN_NONE, "", SQL_EFFECT_RESET_ALL, 1);
+	check("reset all", SQL_PIN_NONE, "", SQL_EFFECT_RESET_ALL, 1);
+}
+
+Test(sqlscan_reset, discard)
+{
+	check("DISCARD ALL", SQL_PIN_NONE, "", SQL_EFFECT_DISCARD_ALL, 1);
+	harmless("DISCARD PLANS");
+	harmless("DISCARD SEQUENCES");
+	harmless("DISCARD TEMP");
+	harmless("DISCARD TEMPORARY");
+}
+
+Test(sqlscan_reset, transaction_control_is_reported)
+{
+	static const char *const texts[] = {
+		"BEGIN", "BEGIN ISOLATION LEVEL SERIALIZABLE", "START TRANSACTION READ ONLY", "COMMIT", "COMMIT AND CHAIN",
+		"ROLLBACK", "END", "ABORT", "SAVEPOINT s1", "RELEASE SAVEPOINT s1", "RELEASE s1",
+		"ROLLBACK TO SAVEPOINT s1", "COMMIT PREPARED 'gid'", "ROLLBACK PREPARED 'gid'", "begin work",
+	};
+
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+		check(texts[i], SQL_PIN_NONE, "", SQL_EFFECT_TRANSACTION_CONTROL, 1);
+}
+
+/* ------------------------------------------------------------ lexing */
+
+Test(sqlscan_lexer, keywords_inside_strings_do_not_count)
+{
+	harmless("SELECT 'PREPARE p AS SELECT 1'");
+	harmless("SELECT 'it''s; LISTEN x'");
+	harmless("SELECT N'LISTEN x', B'1010', X'1F'");
+	harmless("SELECT U&'d\\0061t\\+000061; LISTEN x'");
+	harmless("SELECT 'a'\n'b; LISTEN x'");
+}
+
+Test(sqlscan_lexer, escape_strings_honour_backslash_quote)
+{
+	harmless("SELECT E'\\'; LISTEN x'");
+	harmless("SELECT e'\\\\'' ; LISTEN x'");
+	check("SELECT E'\\\\'; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+}
+
+Test(sqlscan_lexer, plain_strings_treat_backslash_as_literal)
+{
+	check("SELECT '\\'; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+	check("SELECT 'C:\\path\\'; PREPARE p AS SELECT 1", SQL_PIN_PREPARE, "p", 0, 2);
+}
+
+Test(sqlscan_lexer, quoted_identifiers_are_never_keywords)
+{
+	harmless("SELECT 1 AS \"LISTEN\"");
+	harmless("SELECT \"LISTEN\" FROM t");
+	harmless("SELECT 1 AS \"a\"\"; LISTEN x\"");
+	harmless("SELECT U&\"LISTEN\" FROM t");
+	harmless("\"LISTEN\" x");
+}
+
+Test(sqlscan_lexer, keywords_must_be_whole_tokens)
+{
+	harmless("SELECT listen_count, prepared_xacts, execute_time, loader FROM stats");
+	harmless("SELECT * FROM pg_prepared_xacts");
+	harmless("SELECT listener, unlistened FROM t");
+	harmless("listener");
+	harmless("prepared_xacts");
+	harmless("settings");
+	harmless("SELECT 1 AS listen");
+}
+
+Test(sqlscan_lexer, comments_hide_keywords)
+{
+	harmless("-- LISTEN x\nSELECT 1");
+	harmless("SELECT 1 -- ; LISTEN x");
+	harmless("SELECT 1 -- ; LISTEN x\r");
+	harmless("/* LISTEN x; */ SELECT 1");
+	harmless("/* outer /* inner */ LISTEN x; */ SELECT 1");
+	harmless("/* a /* b /* c */ */ ; LISTEN x */ SELECT 1");
+	harmless("SELECT 1 +-- LISTEN\n 2");
+	check("/* a /* b */ c */ LISTEN ch", SQL_PIN_LISTEN, "ch", 0, 1);
+	check("/**/LISTEN ch/**/", SQL_PIN_LISTEN, "ch", 0, 1);
+}
+
+Test(sqlscan_lexer, dollar_quotes_hide_keywords_and_semicolons)
+{
+	harmless("SELECT $$; LISTEN x; $$");
+	harmless("SELECT $tag$ $$ ; LISTEN x $tag$");
+	harmless("SELECT $_t1$ $t1$ ; LISTEN x $_t1$");
+	harmless("SELECT $a$ $ab$; LISTEN x $a$");
+	check("SELECT $a$ $b$ ; $a$; LISTEN z", SQL_PIN_LISTEN, "z", 0, 2);
+	check("SELECT $$$$; LISTEN z", SQL_PIN_LISTEN, "z", 0, 2);
+}
+
+Test(sqlscan_lexer, parameters_and_dollar_identifiers_are_not_quotes)
+{
+	check("SELECT $1; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+	check("SELECT $1, $22 FROM t WHERE a = $1; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+	check("SELECT a$$b FROM t; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+	check("SELECT f$1$ FROM t; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+	check("SELECT $ 1; LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+}
+
+Test(sqlscan_lexer, semicolons_inside_parentheses_do_not_split)
+{
+	harmless("SELECT (1; LISTEN x)");
+	check("SELECT (1)); LISTEN x", SQL_PIN_LISTEN, "x", 0, 2);
+}
+
+Test(sqlscan_lexer, function_bodies_are_not_scanned)
+{
+	harmless("CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$\n"
+		 "BEGIN\n"
+		 "  PREPARE p AS SELECT 1; LISTEN x; PERFORM pg_advisory_lock(1);\n"
+		 "  SET work_mem = '1GB'; CREATE TEMP TABLE t (a int);\n"
+		 "END $$");
+	harmless("CREATE OR REPLACE FUNCTION f() RETURNS void AS $body$ BEGIN LISTEN x; END; $body$ LANGUAGE plpgsql");
+	harmless("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'LISTEN x; SELECT 1'");
+	harmless("DO $$ BEGIN EXECUTE 'LISTEN x'; END $$");
+}
+
+Test(sqlscan_lexer, begin_atomic_bodies_do_not_split)
+{
+	check("CREATE FUNCTION f() RETURNS int LANGUAGE sql\n"
+	      "BEGIN ATOMIC\n"
+	      "  SELECT 1;\n"
+	      "  SELECT CASE WHEN true THEN 1 ELSE 2 END;\n"
+	      "END; LISTEN x",
+	      SQL_PIN_LISTEN, "x", 0, 2);
+	check("CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END;"
+	      "COMMIT",
+	      SQL_PIN_NONE, "", SQL_EFFECT_TRANSACTION_CONTROL, 2);
+}
+
+Test(sqlscan_lexer, leading_noise_is_skipped)
+{
+	pins("  \t\r\n LISTEN x", SQL_PIN_LISTEN, "x");
+	pins("-- hello\n/* there */ LISTEN x", SQL_PIN_LISTEN, "x");
+	pins("(((LISTEN x)))", SQL_PIN_LISTEN, "x");
+	pins("\f\vLISTEN\tx\n", SQL_PIN_LISTEN, "x");
+}
+
+Test(sqlscan_lexer, utf8_identifiers)
+{
+	harmless("SELECT 1 AS \xc3\xa9t\xc3\xa9");
+	pins("LISTEN \xc3\xa9v\xc3\xa9nements", SQL_PIN_LISTEN, "\xc3\xa9v\xc3\xa9nements");
+}
+
+/* ------------------------------------------------------------ several statements */
+
+Test(sqlscan_multi, pinning_statement_second_or_third)
+{
+	check("SELECT 1; LISTEN x; SELECT 2", SQL_PIN_LISTEN, "x", 0, 3);
+	check("SELECT 1; SELECT 2; PREPARE p AS SELECT 1", SQL_PIN_PREPARE, "p", 0, 3);
+	check("SELECT 1;\nSELECT pg_advisory_lock(2)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock", 0, 2);
+	check("SET search_path = a; SET work_mem = 1", SQL_PIN_SET, "work_mem", SQL_EFFECT_SET_TRACKED, 2);
+}
+
+Test(sqlscan_multi, first_cause_wins)
+{
+	check("LISTEN a; PREPARE p AS SELECT 1", SQL_PIN_LISTEN, "a", 0, 2);
+	check("SELECT set_config('a', 'b', false), pg_advisory_lock(1)", SQL_PIN_SET, "a", 0, 1);
+	check("SELECT pg_advisory_lock(1), set_config('a', 'b', false)", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock",
+	      0, 1);
+	check("PREPARE p AS SELECT pg_advisory_lock(1)", SQL_PIN_PREPARE, "p", 0, 1);
+}
+
+Test(sqlscan_multi, effects_accumulate)
+{
+	check("BEGIN; SET search_path = x; UNLISTEN *; DISCARD ALL; DEALLOCATE ALL; RESET ALL; COMMIT", SQL_PIN_NONE,
+	      "",
+	      SQL_EFFECT_TRANSACTION_CONTROL | SQL_EFFECT_SET_TRACKED | SQL_EFFECT_UNLISTEN | SQL_EFFECT_DISCARD_ALL |
+		      SQL_EFFECT_DEALLOCATE_ALL | SQL_EFFECT_RESET_ALL,
+	      7);
+	check("LISTEN x; COMMIT", SQL_PIN_LISTEN, "x", SQL_EFFECT_TRANSACTION_CONTROL, 2);
+}
+
+Test(sqlscan_multi, empty_statements_are_not_counted)
+{
+	check("", SQL_PIN_NONE, "", 0, 0);
+	check("   \n\t ", SQL_PIN_NONE, "", 0, 0);
+	check(";;;", SQL_PIN_NONE, "", 0, 0);
+	check("-- only a comment", SQL_PIN_NONE, "", 0, 0);
+	check("/* c */ ; /* d */ ;", SQL_PIN_NONE, "", 0, 0);
+	check(";; SELECT 1;; ; SELECT 2 ;", SQL_PIN_NONE, "", 0, 2);
+}
+
+/* ------------------------------------------------------------ malformed and truncated input */
+
+Test(sqlscan_malformed, unterminated_tokens_end_the_scan)
+{
+	check("SELECT 'abc", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT 'abc; LISTEN x", SQL_PIN_NONE, "", 0, 1);
+	check("LISTEN x; SELECT 'abc", SQL_PIN_LISTEN, "x", 0, 2);
+	check("SELECT E'abc\\", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT $$abc; LISTEN x", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT $t$abc $t", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT \"abc", SQL_PIN_NONE, "", 0, 1);
+	check("/* abc", SQL_PIN_NONE, "", 0, 0);
+	check("/* a /* b */ LISTEN x", SQL_PIN_NONE, "", 0, 0);
+	check("LISTEN x /* unterminated", SQL_PIN_LISTEN, "x", 0, 1);
+	check("SELECT 1 -- no newline", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT $ab", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT 1 /", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT 1 -", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT U&", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT E", SQL_PIN_NONE, "", 0, 1);
+	check("SELECT $", SQL_PIN_NONE, "", 0, 1);
+}
+
+Test(sqlscan_malformed, incomplete_commands_do_not_crash)
+{
+	static const char *const texts[] = {
+		"SET", "SET SESSION", "SET LOCAL", "SET TIME", "SET SESSION CHARACTERISTICS", "RESET", "DECLARE",
+		"DECLARE c", "DEALLOCATE", "DEALLOCATE PREPARE", "LISTEN", "LOAD", "PREPARE", "EXECUTE", "CREATE",
+		"CREATE TEMP", "CREATE OR", "EXPLAIN", "EXPLAIN (", "EXPLAIN (ANALYZE", "UPDATE", "SELECT set_config(",
+		"SELECT set_config('a', 'b', false", "SELECT pg_advisory_lock", "SELECT * INTO TEMP",
+		"CREATE TABLE pg_temp.", ")))", "SELECT )))(((",
+	};
+
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		struct sql_scan_result r = scan_with(texts[i], tracked);
+
+		cr_assert_eq(r.statements, 1, "[%s]", texts[i]);
+	}
+	/* The few that pin do so on what is there. */
+	harmless("SET");
+	pins("LISTEN", SQL_PIN_LISTEN, "");
+	pins("CREATE TEMP", SQL_PIN_TEMP_OBJECT, "");
+	pins("SELECT pg_advisory_lock(", SQL_PIN_ADVISORY_LOCK, "pg_advisory_lock");
+	pins("SET SESSION CHARACTERISTICS", SQL_PIN_SET, "default_transaction_isolation");
+}
+
+Test(sqlscan_malformed, nul_byte_ends_the_text)
+{
+	static const char text[] = "LISTEN a\0; LISTEN b";
+	struct sql_scan_result r = scan_bytes(text, sizeof(text) - 1, tracked);
+
+	cr_assert_eq(r.pin, SQL_PIN_LISTEN);
+	cr_assert_str_eq(r.pin_detail, "a");
+	cr_assert_eq(r.statements, 1);
+
+	r = scan_bytes("SELECT 1\0LISTEN x", 17, tracked);
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	cr_assert_eq(r.statements, 1);
+}
+
+Test(sqlscan_malformed, null_text_with_zero_length)
+{
+	struct sql_scan_result r;
+
+	sql_scan(NULL, 0, tracked, &r);
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	cr_assert_eq(r.statements, 0);
+	cr_assert_eq(r.effects, 0);
+}
+
+/* Every prefix of a text full of openers and closers, each in an exact-length buffer. */
+Test(sqlscan_malformed, every_prefix_is_scanned_safely)
+{
+	static const char text[] =
+		"/* c /* n */ */ SELECT E'a\\'b', 'c''d', U&'x', U&\"y\", \"q\"\"i\", $t$ ; $ $t$, $1, a$$b,\n"
+		"  $$x$$ -- tail\n; LISTEN ch; SET myapp.x = 1; SELECT set_config('a', 'b', false);\n"
+		"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN true THEN 1 END; END;\n"
+		"EXPLAIN (ANALYZE) SELECT pg_catalog.pg_advisory_lock(1) INTO TEMP TABLE t; CREATE TABLE pg_temp.x ();"
+		"DECLARE c CURSOR WITH HOLD FOR SELECT 1; X'1' B'0' N'n' e";
+	int last_statements = 0;
+
+	for (size_t len = 0; len <= sizeof(text) - 1; len++) {
+		struct sql_scan_result r = scan_bytes(text, len, tracked);
+
+		cr_assert_geq(r.statements, 0);
+		cr_assert_leq(r.statements, 10);
+		last_statements = r.statements;
+	}
+	cr_assert_eq(last_statements, 9);
+}
+
+/* A fixed-seed generator keeps the random texts the same on every run. */
+static uint32_t next_random(uint32_t *state)
+{
+	*state = *state * 1103515245u + 12345u;
+	return *state >> 16;
+}
+
+Test(sqlscan_malformed, random_texts_from_tricky_bytes)
+{
+	static const char alphabet[] = "'\"$-/*;()\\&eEuUxXbBnN tT1_a.\n\0\x80=,LISTEN";
+	char buf[96];
+	uint32_t state = 12345;
+
+	for (int round = 0; round < 20000; round++) {
+		size_t len = next_random(&state) % sizeof(buf);
+
+		for (size_t i = 0; i < len; i++)
+			buf[i] = alphabet[next_random(&state) % (sizeof(alphabet) - 1)];
+		struct sql_scan_result r = scan_bytes(buf, len, round % 2 ? tracked : NULL);
+
+		cr_assert_geq(r.statements, 0);
+		cr_assert_leq((size_t)r.statements, len);
+		cr_assert_leq(r.pin, SQL_PIN_TOO_LONG);
+	}
+}
+
+/* ------------------------------------------------------------ reason texts */
+
+Test(sqlscan_text, every_reason_has_distinct_text)
+{
+	for (int a = SQL_PIN_NONE; a <= SQL_PIN_TOO_LONG; a++) {
+		cr_assert_not_null(sql_pin_reason_text(a));
+		for (int b = a + 1; b <= SQL_PIN_TOO_LONG; b++)
+			cr_assert_str_neq(sql_pin_reason_text(a), sql_pin_reason_text(b));
+	}
+	cr_assert_str_eq(sql_pin_reason_text(SQL_PIN_PREPARE), "SQL-level PREPARE");
+	cr_assert_str_eq(sql_pin_reason_text(SQL_PIN_CURSOR_WITH_HOLD), "cursor WITH HOLD");
+	cr_assert_str_eq(sql_pin_reason_text(SQL_PIN_ADVISORY_LOCK), "session-level advisory lock");
+	cr_assert_str_eq(sql_pin_reason_text(SQL_PIN_SET), "SET of a parameter pgmux does not track");
+	cr_assert_str_eq(sql_pin_reason_text((enum sql_pin_reason)99), "unknown pin reason");
+}
