@@ -288,6 +288,12 @@ void client_cancel_backend(struct client *c)
 	if (pc == NULL)
 		return;
 	log_client(LOG_LEVEL_INFO, c, "forwarding cancel request to backend pid %d", s->backend_pid);
+	/*
+	 * The cancel travels on its own connection and may arrive after this
+	 * backend has moved on; a backend that was sent one is closed rather
+	 * than given to someone else, so a late cancel can only hit this client.
+	 */
+	s->cancel_sent = true;
 	cancel_submit(pc, c->id, s->backend_pid);
 }
 

@@ -229,6 +229,10 @@ void pool_release(struct server *s)
 		server_close(s, "server_lifetime reached");
 		return;
 	}
+	if (s->cancel_sent) {
+		server_close(s, "a cancel request was sent to it");
+		return;
+	}
 	if (s->worker)
 		server_detach(s);
 	s->client = NULL;

@@ -104,6 +104,7 @@ struct server {
 	struct strmap prepared;    /* server-side statement names this backend has, LRU order */
 	struct strmap applied;     /* unreported parameters pgmux set here (lower-case name -> value) */
 	bool pinned;               /* served a pinned session: never shared again */
+	bool cancel_sent;          /* a CancelRequest may still be on its way: never shared again */
 
 	uint64_t created_usec;
 	uint64_t last_used_usec;

@@ -350,13 +350,38 @@ static void text_init(struct text *t, char *buf, size_t cap)
 	buf[0] = '\0';
 }
 
+/*
+ * Where to cut s[0, n) so it does not end inside a UTF-8 sequence: details
+ * end up in log lines and in error messages sent to clients, which must stay
+ * valid text.
+ */
+static size_t utf8_safe_cut(const char *s, size_t n)
+{
+	size_t lead = n;
+
+	while (lead > 0 && ((unsigned char)s[lead - 1] & 0xC0) == 0x80)
+		lead--;
+	if (lead == 0)
+		return n;
+	lead--; /* the byte that starts the last sequence */
+
+	unsigned char c = (unsigned char)s[lead];
+	size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+
+	return n - lead < need ? lead : n;
+}
+
 static void text_putc(struct text *t, char c)
 {
+	if (t->truncated)
+		return;
 	if (t->len + 1 < t->cap) {
 		t->buf[t->len++] = c;
 		t->buf[t->len] = '\0';
 	} else {
 		t->truncated = true;
+		t->len = utf8_safe_cut(t->buf, t->len);
+		t->buf[t->len] = '\0';
 	}
 }
 
@@ -477,7 +502,7 @@ static void copy_detail(char *dst, size_t cap, const char *src)
 	size_t n = strlen(src);
 
 	if (n >= cap)
-		n = cap - 1;
+		n = utf8_safe_cut(src, cap - 1);
 	memcpy(dst, src, n);
 	dst[n] = '\0';
 }

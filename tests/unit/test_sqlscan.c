@@ -34,8 +34,7 @@ static struct sql_scan_result scan_bytes(const char *sql, size_t len, const char
 	memset(&result, 0x5a, sizeof(result)); /* sql_scan must set every field */
 	sql_scan(copy, len, tracked_names, &result);
 	free(copy);
-	cr_assert_lt(strnlen(result.pin_detail, sizeof(result.pin_detail)), sizeof(result.pin_detail),
-		     "pin_detail is not terminated");
+	cr_assert_not_null(memchr(result.pin_detail, '\0', sizeof(result.pin_detail)), "pin_detail is not terminated");
 	return result;
 }
 
@@ -575,6 +574,20 @@ Test(sqlscan_lexer, utf8_identifiers)
 {
 	harmless("SELECT 1 AS \xc3\xa9t\xc3\xa9");
 	pins("LISTEN \xc3\xa9v\xc3\xa9nements", SQL_PIN_LISTEN, "\xc3\xa9v\xc3\xa9nements");
+}
+
+Test(sqlscan_lexer, long_utf8_detail_is_cut_between_characters)
+{
+	char sql[128] = "LISTEN ab";
+	struct sql_scan_result r;
+
+	for (int i = 0; i < 40; i++)
+		strcat(sql, "\xc3\xa9");
+	r = scan_with(sql, tracked);
+	cr_assert_eq(r.pin, SQL_PIN_LISTEN);
+	/* 63 bytes would end inside the 31st two-byte character, so 62 are kept. */
+	cr_assert_eq(strlen(r.pin_detail), 62);
+	cr_assert_eq((unsigned char)r.pin_detail[61], 0xa9);
 }
 
 /* ------------------------------------------------------------ several statements */
