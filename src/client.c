@@ -58,6 +58,7 @@ static bool client_process_input(struct client *c);
 static void client_link(struct client *c, struct server *s);
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
 static void client_arm_wait_timer(struct client *c);
+static void client_borrow(struct client *c);
 
 const char *client_state_name(enum client_state state)
 {
@@ -147,7 +148,8 @@ static void client_login_timeout(evutil_socket_t fd, short what, void *arg)
 	client_fatal(c, SQLSTATE_QUERY_CANCELED, "canceling authentication due to timeout");
 }
 
-void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen)
+void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
+		   enum pool_endpoint endpoint)
 {
 	const struct config *cfg = config_current();
 	struct client *c = calloc(1, sizeof(*c));
@@ -161,6 +163,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	}
 	c->id = __atomic_fetch_add(&next_client_id, 1, __ATOMIC_RELAXED);
 	c->worker = w;
+	c->endpoint = endpoint;
 	c->state = CLIENT_STARTUP;
 	c->connect_usec = pgmux_now_usec();
 	list_init(&c->wait_node);
@@ -263,11 +266,50 @@ void client_drain(struct client *c)
 	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
-void client_server_lost(struct client *c, const char *sqlstate, const char *message)
+void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
 {
+	bool was_in_transaction = s->tx_status == 'T' || s->tx_status == 'E';
+
 	if (c->state == CLIENT_CLOSED)
 		return;
-	client_fatal(c, sqlstate, "lost the connection to the database server: %s", message);
+	/*
+	 * With transaction pooling the client's session lives in pgmux, so it
+	 * survives its backend: the transaction in flight fails with an error of
+	 * class 08 and the next one gets another backend (a new writer after a
+	 * failover). That needs the reply stream at a message boundary and at
+	 * most one batch waiting for its ReadyForQuery. Sessions pinned to the
+	 * backend, session pooling and anything else end here.
+	 */
+	if (!c->transaction_mode || c->pin_reason || !c->logged_in || c->state != CLIENT_ACTIVE ||
+	    s->forward_remaining > 0 || c->forward_remaining > 0 || s->outstanding > 1) {
+		client_fatal(c, sqlstate, "%s: %s",
+			     c->pin_reason ? "the database connection of this pinned session was lost"
+					   : "lost the connection to the database server",
+			     message);
+		return;
+	}
+	c->server = NULL;
+	client_set_state(c, CLIENT_IDLE);
+	if (c->read_paused) {
+		c->read_paused = false;
+		io_want_read(&c->io, true);
+	}
+	log_client(LOG_LEVEL_WARNING, c, "backend lost mid-transaction (%s); the client's transaction fails", message);
+	if (s->outstanding > 0) {
+		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
+				message, NULL);
+		/* Messages sent after the failed batch began belong to it: drop them up to its Sync. */
+		if (s->unsynced)
+			c->discard_until_sync = true;
+		else
+			proto_put_ready(&c->io.out, 'I');
+	} else if (was_in_transaction || s->unsynced) {
+		/* Nothing in flight, but an open transaction died: its next statement must fail. */
+		c->transaction_lost = true;
+	}
+	client_flush(c);
+	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */
+	io_schedule_read(&c->io);
 }
 
 void client_cancel_backend(struct client *c)
@@ -603,7 +645,6 @@ static void client_authenticated(struct client *c)
 {
 	const struct config *cfg = config_current();
 	char err[512];
-	struct server *s;
 
 	if (c->scram) {
 		scram_server_free(c->scram);
@@ -622,16 +663,13 @@ static void client_authenticated(struct client *c)
 	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
 	cancel_register(c);
-	c->pool = pool_get(c->startup.user, c->startup.database, c->have_secret ? c->secret.password : NULL);
+	c->pool = pool_get(c->startup.user, c->startup.database, c->endpoint,
+			   c->have_secret ? c->secret.password : NULL);
 	client_set_state(c, CLIENT_WAITING);
 	client_flush(c);
 	if (c->state == CLIENT_CLOSED)
 		return;
-	s = pool_borrow(c->pool, c);
-	if (s)
-		client_link(c, s);
-	else
-		client_arm_wait_timer(c);
+	client_borrow(c);
 }
 
 /* --------------------------------------------------- getting a backend */
@@ -671,17 +709,33 @@ static void client_arm_wait_timer(struct client *c)
 	evtimer_add(c->wait_timer, &tv);
 }
 
+/* Ask the pool for a backend; the client is WAITING. */
+static void client_borrow(struct client *c)
+{
+	struct server *s;
+	const char *error;
+
+	switch (pool_borrow(c->pool, c, &s, &error)) {
+	case POOL_BORROWED:
+		client_link(c, s);
+		break;
+	case POOL_QUEUED:
+		client_arm_wait_timer(c);
+		break;
+	case POOL_FAILED:
+		if (c->logged_in)
+			client_fail_batch(c, SQLSTATE_SQLCLIENT_UNABLE_TO_ESTABLISH, error);
+		else
+			client_fatal(c, SQLSTATE_SQLCLIENT_UNABLE_TO_ESTABLISH, "%s", error);
+		break;
+	}
+}
+
 /* A logged-in client needs a backend for the transaction it just started. */
 static void client_begin_transaction(struct client *c)
 {
-	struct server *s;
-
 	client_set_state(c, CLIENT_WAITING);
-	s = pool_borrow(c->pool, c);
-	if (s)
-		client_link(c, s);
-	else
-		client_arm_wait_timer(c);
+	client_borrow(c);
 }
 
 void client_wait_ended(struct client *c)
@@ -711,9 +765,7 @@ void client_wait_ended(struct client *c)
 		return;
 	}
 	/* It died while parked: wait again. */
-	s = pool_borrow(c->pool, c);
-	if (s)
-		client_link(c, s);
+	client_borrow(c);
 }
 
 /*
@@ -1232,6 +1284,13 @@ static bool client_process_idle(struct client *c)
 		client_close(c, "client terminated the session");
 		return false;
 	}
+	if (c->transaction_lost) {
+		c->transaction_lost = false;
+		client_set_state(c, CLIENT_WAITING);
+		client_fail_batch(c, SQLSTATE_CONNECTION_FAILURE,
+				  "the connection to the database server was lost; the transaction was rolled back");
+		return c->state == CLIENT_IDLE;
+	}
 	if (!proto_valid_frontend_type(p[0]) || get_u32(p + 1) < 4) {
 		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
 		return false;
@@ -1315,6 +1374,10 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 			return;
 	}
 	if (!(what & EV_READ) && !c->io.ssl_read_wants_write)
+		return;
+	/* Input left from before (a lost backend, a failed batch) is handled before reading more. */
+	if ((c->state == CLIENT_IDLE || c->state == CLIENT_ACTIVE) && iobuf_len(&c->io.in) > 0 &&
+	    !client_process_input(c))
 		return;
 	while (budget > 0 && !c->read_paused && c->io.reading) {
 		size_t before = iobuf_len(&c->io.in);

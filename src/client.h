@@ -15,6 +15,7 @@
 #include "io.h"
 #include "list.h"
 #include "log.h"
+#include "pool.h"
 #include "proto.h"
 #include "secrets.h"
 #include "strmap.h"
@@ -64,6 +65,7 @@ struct client {
 	struct scram_server *scram;
 	uint8_t md5_salt[4];
 
+	enum pool_endpoint endpoint; /* which port it came in on: writer or reader */
 	struct pool *pool;
 	struct server *server;
 	uint32_t forward_remaining;
@@ -79,6 +81,7 @@ struct client {
 	char pin_detail[64];
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
+	bool transaction_lost;         /* its backend died inside a transaction block */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 
@@ -97,7 +100,8 @@ struct client {
 	       (c)->peer, ##__VA_ARGS__)
 
 /* Take over an accepted socket on worker w. */
-void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen);
+void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
+		   enum pool_endpoint endpoint);
 
 /* The pool ended this client's wait (assigned_server or assigned_error is set). */
 void client_wait_ended(struct client *c);
@@ -108,8 +112,12 @@ void client_cancel_backend(struct client *c);
 /* The server linked to c has data for it or drained: resume/pause reading. */
 void client_flush(struct client *c);
 
-/* The backend linked to c failed: tell the client (FATAL) and close. */
-void client_server_lost(struct client *c, const char *sqlstate, const char *message);
+/*
+ * The backend linked to c failed. With transaction pooling the client's
+ * transaction fails with an ERROR and its connection stays usable; a pinned
+ * or session-pooled client gets a FATAL and is closed.
+ */
+void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message);
 
 /* Send a FATAL ErrorResponse (best effort, non-blocking) and close. */
 void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)

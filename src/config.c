@@ -45,6 +45,19 @@ static const char *const server_tls_names[] = { "disable", "prefer", "require", 
 						"verify-full", NULL };
 static const char *const pool_mode_names[] = { "session", "transaction", NULL };
 
+/*
+ * The '?' stands for the server_id of an instance that aurora_replica_status()
+ * reports, so a pattern without one would name the same host for them all.
+ */
+static const char *check_instance_host_pattern(const char *text)
+{
+	const char *first = strchr(text, '?');
+
+	if (first == NULL || strchr(first + 1, '?') != NULL)
+		return "must contain exactly one '?', which stands for the instance's server_id";
+	return NULL;
+}
+
 #define FIELD(name) offsetof(struct config, name)
 
 static const struct config_option option_table[] = {
@@ -57,7 +70,16 @@ static const struct config_option option_table[] = {
 	{ .section = "pgmux", .name = "listen_port", .type = CONFIG_INT,
 	  .default_value = "6432", .reloadable = false,
 	  .offset = FIELD(listen_port), .min_value = 1, .max_value = 65535,
-	  .doc = "The TCP port to accept client connections on." },
+	  .doc = "The TCP port to accept client connections on. Its clients are always "
+		 "sent to the writer instance." },
+	{ .section = "pgmux", .name = "readonly_port", .type = CONFIG_INT,
+	  .default_value = "0", .reloadable = false,
+	  .offset = FIELD(readonly_port), .min_value = 0, .max_value = 65535,
+	  .doc = "A second TCP port, on listen_addr, for read-only work: its clients "
+		 "are sent to the reader instances (replicas), spread over the healthy "
+		 "readers by fewest borrowed connections. See reader_fallback_to_writer "
+		 "for when no reader is available. 0 means no second port; otherwise it "
+		 "must differ from listen_port." },
 	{ .section = "pgmux", .name = "workers", .type = CONFIG_INT,
 	  .default_value = "0", .reloadable = false,
 	  .offset = FIELD(workers), .min_value = 0, .max_value = MAX_WORKERS,
@@ -156,10 +178,14 @@ static const struct config_option option_table[] = {
 	{ .section = "target", .name = "hosts", .type = CONFIG_HOSTS,
 	  .default_value = "127.0.0.1:5432", .reloadable = true,
 	  .offset = FIELD(hosts),
-	  .doc = "The PostgreSQL servers to connect to, as a comma separated list of "
-		 "host:port. A host is a DNS name, an IPv4 address or an IPv6 address in "
-		 "brackets ([::1]:5432); the port defaults to 5432. With Aurora, list the "
-		 "cluster (writer) endpoint. At least one and at most 64 hosts." },
+	  .doc = "The cluster's instance endpoints, writer and readers in any order, as "
+		 "a comma separated list of host:port. A host is a DNS name, an IPv4 "
+		 "address or an IPv6 address in brackets ([::1]:5432); the port "
+		 "defaults to 5432. pgmux learns each instance's role from its health "
+		 "checks (pg_is_in_recovery() on PostgreSQL, aurora_replica_status() on "
+		 "Aurora) and follows the writer when it changes in a failover, without "
+		 "relying on DNS; so with Aurora, list the instance endpoints, not the "
+		 "cluster endpoints. At least one and at most 64 hosts." },
 	{ .section = "target", .name = "server_tls", .type = CONFIG_ENUM,
 	  .default_value = "prefer", .reloadable = true,
 	  .offset = FIELD(server_tls), .enum_values = server_tls_names,
@@ -179,6 +205,54 @@ static const struct config_option option_table[] = {
 	  .doc = "How long opening a server connection, TLS and login included, may take "
 		 "before that attempt fails. A number without a unit is seconds. At least "
 		 "100ms." },
+	{ .section = "target", .name = "health_check_interval", .type = CONFIG_DURATION_MS,
+	  .default_value = "1s", .reloadable = true, .bare_unit = "ms",
+	  .offset = FIELD(health_check_interval_ms), .min_value = 100, .max_value = INT_MAX,
+	  .doc = "How often pgmux checks each instance's health and role, over a "
+		 "monitoring connection of its own that does not count against "
+		 "max_connections. A server connection that fails triggers a check at "
+		 "once. A number without a unit is milliseconds. At least 100ms." },
+	{ .section = "target", .name = "health_check_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "1s", .reloadable = true, .bare_unit = "ms",
+	  .offset = FIELD(health_check_timeout_ms), .min_value = 50, .max_value = INT_MAX,
+	  .doc = "How long a health check may take, to connect or to run its query; a "
+		 "check that takes longer marks the instance unhealthy. A number without "
+		 "a unit is milliseconds. At least 50ms." },
+	{ .section = "target", .name = "health_check_user", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(health_check_user),
+	  .doc = "The user that monitoring connections log in as, with its password "
+		 "from secrets_dir. Empty means the user of the first secret file in "
+		 "secrets_dir, in order of file name." },
+	{ .section = "target", .name = "health_check_database", .type = CONFIG_STRING,
+	  .default_value = "postgres", .reloadable = true,
+	  .offset = FIELD(health_check_database), .min_value = 1,
+	  .doc = "The database that monitoring connections log in to. It must not be "
+		 "empty." },
+	{ .section = "target", .name = "instance_host_pattern", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(instance_host_pattern), .check_string = check_instance_host_pattern,
+	  .doc = "On Aurora, how to reach the instances that aurora_replica_status() "
+		 "reports but hosts does not list: the pattern holds exactly one ?, "
+		 "which is replaced by the instance's server_id, as in "
+		 "?.abc123xyz.us-east-1.rds.amazonaws.com (an instance endpoint), and "
+		 "the port is that of the first host. Empty means no discovery: only "
+		 "the instances in hosts are used." },
+	{ .section = "target", .name = "max_replica_lag", .type = CONFIG_DURATION_MS,
+	  .default_value = "0s", .reloadable = true, .bare_unit = "ms",
+	  .offset = FIELD(max_replica_lag_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "Readers whose replication lag exceeds this get no new transactions "
+		 "until they catch up. Aurora reports the lag itself; on PostgreSQL it "
+		 "is now() - pg_last_xact_replay_timestamp() while the reader still has "
+		 "WAL to replay. A number without a unit is milliseconds; 0 means no "
+		 "limit." },
+	{ .section = "target", .name = "reader_fallback_to_writer", .type = CONFIG_BOOL,
+	  .default_value = "false", .reloadable = true,
+	  .offset = FIELD(reader_fallback_to_writer),
+	  .doc = "When no reader is available, send readonly_port clients to the writer "
+		 "instead. When false they wait for a reader, up to "
+		 "connection_borrow_timeout, or fail at once with an error if the "
+		 "cluster has no readers at all." },
 
 	/* ------------------------------------------------------------- [pool] */
 	{ .section = "pool", .name = "pool_mode", .type = CONFIG_ENUM,
@@ -704,9 +778,14 @@ static const char *apply_value(struct config *cfg, const struct config_option *o
 	case CONFIG_STRING: {
 		char **slot = field_of(cfg, opt);
 		char *copy;
+		const char *why;
 
 		if (opt->min_value > 0 && text[0] == '\0')
 			return problem(p, "must not be empty");
+		/* Empty means unset, which needs no further check. */
+		if (text[0] != '\0' && opt->check_string != NULL &&
+		    (why = opt->check_string(text)) != NULL)
+			return why;
 		if ((copy = strdup(text)) == NULL)
 			return problem(p, "out of memory");
 		free(*slot);
@@ -872,6 +951,11 @@ static void check_combinations(struct load_state *state)
 	else if (cfg->require_tls && !have_cert)
 		set_error(state, line_of(state, "pgmux", "require_tls"),
 			  "[pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
+
+	if (cfg->readonly_port != 0 && cfg->readonly_port == cfg->listen_port)
+		set_error(state, line_of(state, "pgmux", "readonly_port"),
+			  "[pgmux] readonly_port: must differ from listen_port (%d)",
+			  cfg->listen_port);
 
 	/*
 	 * The pools of all users and databases share a host's max_connections,

@@ -40,7 +40,8 @@ struct config {
 
 	/* [pgmux] */
 	char *listen_addr;
-	int listen_port;
+	int listen_port;   /* routes to the writer */
+	int readonly_port; /* routes to the readers; 0 = none */
 	int workers; /* as configured; 0 = one per CPU */
 	char *client_tls_cert_file;
 	char *client_tls_key_file;
@@ -59,11 +60,18 @@ struct config {
 	int idle_client_timeout_ms; /* outside a transaction; 0 = never */
 
 	/* [target] */
-	struct target_host *hosts;
+	struct target_host *hosts; /* the instances, writer and readers in any order */
 	int n_hosts;
 	enum server_tls_mode server_tls;
 	char *server_tls_ca_file;
 	int server_connect_timeout_ms;
+	int health_check_interval_ms;
+	int health_check_timeout_ms;  /* for the connect or the query */
+	char *health_check_user;      /* "" = the user of the first secret file by name */
+	char *health_check_database;
+	char *instance_host_pattern;  /* "" = no discovery; else exactly one '?' */
+	int max_replica_lag_ms;       /* 0 = no limit */
+	bool reader_fallback_to_writer;
 
 	/* [pool] */
 	enum pool_mode pool_mode;
@@ -107,6 +115,9 @@ struct config_option {
 	long long max_value;
 	const char *const *enum_values; /* CONFIG_ENUM: NULL-terminated; index = the C enum value */
 	const char *bare_unit;          /* CONFIG_DURATION_MS: what a number without a unit means */
+	/* CONFIG_STRING, optional: NULL when text is acceptable, else what is wrong
+	 * with it, worded to follow "[section] name: ". */
+	const char *(*check_string)(const char *text);
 };
 
 const struct config_option *config_options(size_t *count);

@@ -23,6 +23,7 @@
 #include "cancel.h"
 #include "config.h"
 #include "log.h"
+#include "monitor.h"
 #include "pgmux.h"
 #include "pool.h"
 #include "secrets.h"
@@ -33,7 +34,8 @@
 
 struct main_state {
 	struct event_base *base;
-	struct evconnlistener *listener;
+	struct evconnlistener *listener;          /* listen_port: the writer endpoint */
+	struct evconnlistener *readonly_listener; /* readonly_port: the reader endpoint */
 	struct event *drain_timer;
 	uint64_t drain_deadline_usec;
 	char *config_path;
@@ -207,6 +209,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 			evconnlistener_free(M.listener);
 			M.listener = NULL;
 		}
+		if (M.readonly_listener) {
+			evconnlistener_free(M.readonly_listener);
+			M.readonly_listener = NULL;
+		}
 		workers_broadcast(WORKER_MSG_DRAIN);
 		M.drain_deadline_usec = pgmux_now_usec() + (uint64_t)cfg->shutdown_timeout_ms * 1000;
 		M.drain_timer = event_new(M.base, -1, EV_PERSIST, drain_check, NULL);
@@ -223,7 +229,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
 		      void *arg)
 {
-	workers_dispatch_connection(fd, addr, (socklen_t)addrlen);
+	workers_dispatch_connection(fd, addr, (socklen_t)addrlen,
+				    listener == M.readonly_listener ? ENDPOINT_READER : ENDPOINT_WRITER);
 }
 
 static void on_accept_error(struct evconnlistener *listener, void *arg)
@@ -234,7 +241,7 @@ static void on_accept_error(struct evconnlistener *listener, void *arg)
 	log_error("accept failed: %s", evutil_socket_error_to_string(err));
 }
 
-static int start_listener(const struct config *cfg)
+static struct evconnlistener *start_listener(const struct config *cfg, int port_number)
 {
 	struct addrinfo hints, *res = NULL;
 	char port[16];
@@ -245,22 +252,24 @@ static int start_listener(const struct config *cfg)
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE;
-	snprintf(port, sizeof(port), "%d", cfg->listen_port);
+	struct evconnlistener *listener;
+
+	snprintf(port, sizeof(port), "%d", port_number);
 	rc = getaddrinfo(addr, port, &hints, &res);
 	if (rc != 0) {
 		log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
-		return -1;
+		return NULL;
 	}
-	M.listener = evconnlistener_new_bind(M.base, on_accept, NULL,
-					     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-					     cfg->listen_backlog, res->ai_addr, (int)res->ai_addrlen);
+	listener = evconnlistener_new_bind(M.base, on_accept, NULL,
+					   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+					   cfg->listen_backlog, res->ai_addr, (int)res->ai_addrlen);
 	freeaddrinfo(res);
-	if (M.listener == NULL) {
-		log_error("cannot listen on %s:%d: %s", cfg->listen_addr, cfg->listen_port, strerror(errno));
-		return -1;
+	if (listener == NULL) {
+		log_error("cannot listen on %s:%d: %s", cfg->listen_addr, port_number, strerror(errno));
+		return NULL;
 	}
-	evconnlistener_set_error_cb(M.listener, on_accept_error);
-	return 0;
+	evconnlistener_set_error_cb(listener, on_accept_error);
+	return listener;
 }
 
 /* ------------------------------------------------------------ process setup */
@@ -399,11 +408,12 @@ int main(int argc, char **argv)
 	pthread_setname_np(pthread_self(), "main");
 
 	M.base = event_base_new();
-	if (M.base == NULL || pool_init(cfg) != 0 || start_listener(cfg) != 0) {
+	if (M.base == NULL || pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
+	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL)) {
 		exit_code = 1;
 		goto out;
 	}
-	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0) {
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;
@@ -414,9 +424,9 @@ int main(int argc, char **argv)
 	}
 	janitor = event_new(M.base, -1, EV_PERSIST, on_janitor, NULL);
 	event_add(janitor, &second);
-	log_info("pgmux %s listening on %s:%d, %d worker(s), %s pooling, target %s:%d", PACKAGE_VERSION,
-		 cfg->listen_addr, cfg->listen_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->hosts[0].host,
-		 cfg->hosts[0].port);
+	log_info("pgmux %s listening on %s:%d (writer)%s%.0d, %d worker(s), %s pooling, %d instance(s) listed",
+		 PACKAGE_VERSION, cfg->listen_addr, cfg->listen_port, cfg->readonly_port ? " and readers on port " : "",
+		 cfg->readonly_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->n_hosts);
 
 	event_base_dispatch(M.base);
 
@@ -426,6 +436,9 @@ int main(int argc, char **argv)
 out:
 	if (M.listener)
 		evconnlistener_free(M.listener);
+	if (M.readonly_listener)
+		evconnlistener_free(M.readonly_listener);
+	monitor_stop();
 	if (M.drain_timer)
 		event_free(M.drain_timer);
 	workers_stop();

@@ -1,8 +1,8 @@
 /*
- * pool.c: backend pools and the rules for handing out backend connections
- * (see pool.h). The decisions are made under one lock and are short; the
- * work they lead to (connecting, attaching a server to a loop, waking a
- * worker) happens after the lock is dropped.
+ * pool.c: the cluster's instances, backend pools and the rules for handing
+ * out backend connections (see pool.h). The decisions are made under one lock
+ * and are short; the work they lead to (connecting, closing, attaching a
+ * server to a loop, waking a worker) happens after the lock is dropped.
  */
 #include "pool.h"
 
@@ -18,11 +18,35 @@
 #include "util.h"
 #include "worker.h"
 
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Connections started by one decision; more wait for the next occasion. */
+#define POOL_MAX_CONNECTS 64
 
-static void pool_start_connect(struct pool *pool);
+struct connect_request {
+	struct pool *pool;
+	struct target *target;
+};
+
+struct connect_batch {
+	struct connect_request req[POOL_MAX_CONNECTS];
+	int n;
+};
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list_node targets = LIST_HEAD_INIT(targets);
 static struct list_node pools = LIST_HEAD_INIT(pools);
+static struct target *writer;      /* the instance serving the writer endpoint, or NULL */
+static uint64_t writer_lost_usec;  /* when the last writer was lost (0: not lost) */
+
+static const char *const role_names[] = {
+	[ROLE_UNKNOWN] = "unknown",
+	[ROLE_WRITER] = "writer",
+	[ROLE_READER] = "reader",
+};
+
+const char *pool_role_name(enum instance_role role)
+{
+	return role_names[role];
+}
 
 static void set_string(char **dst, const char *src)
 {
@@ -32,29 +56,63 @@ static void set_string(char **dst, const char *src)
 	*dst = xstrdup(src);
 }
 
-int pool_init(const struct config *cfg)
+static struct target *target_new_locked(const char *host, int port, bool listed)
 {
-	/* Session and transaction pooling use the first host as the target; roles come later. */
-	struct target *t = calloc(1, sizeof(*t));
+	const struct config *cfg = config_current();
+	struct target *t = xcalloc(1, sizeof(*t));
 
-	if (t == NULL || cfg->n_hosts < 1) {
-		free(t);
-		return -1;
-	}
-	t->host = xstrdup(cfg->hosts[0].host);
-	t->port = cfg->hosts[0].port;
+	t->host = xstrdup(host);
+	t->port = port;
+	t->listed = listed;
+	snprintf(t->instance_id, sizeof(t->instance_id), "%s:%d", host, port);
 	t->max_connections = cfg->max_connections;
 	t->cap_known = cfg->max_connections > 0;
 	list_append(&targets, &t->node);
+	return t;
+}
+
+int pool_init(const struct config *cfg)
+{
+	if (cfg->n_hosts < 1)
+		return -1;
+	pthread_mutex_lock(&pool_lock);
+	for (int i = 0; i < cfg->n_hosts; i++)
+		target_new_locked(cfg->hosts[i].host, cfg->hosts[i].port, true);
+	pthread_mutex_unlock(&pool_lock);
 	return 0;
 }
 
-static struct target *pool_default_target(void)
+void pool_add_instance(const char *host, int port, const char *instance_id)
 {
-	return list_empty(&targets) ? NULL : list_entry(targets.next, struct target, node);
+	struct list_node *pos;
+	struct target *t;
+
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &targets) {
+		t = list_entry(pos, struct target, node);
+		if (t->port == port && strcmp(t->host, host) == 0) {
+			pthread_mutex_unlock(&pool_lock);
+			return;
+		}
+	}
+	t = target_new_locked(host, port, false);
+	snprintf(t->instance_id, sizeof(t->instance_id), "%s", instance_id);
+	pthread_mutex_unlock(&pool_lock);
+	log_info("instance %s discovered at %s:%d", instance_id, host, port);
 }
 
-struct pool *pool_get(const char *user, const char *database, const char *password)
+void pool_for_each_target(void (*fn)(struct target *t, void *arg), void *arg)
+{
+	struct list_node *pos;
+
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &targets)
+		fn(list_entry(pos, struct target, node), arg);
+	pthread_mutex_unlock(&pool_lock);
+}
+
+struct pool *pool_get(const char *user, const char *database, enum pool_endpoint endpoint,
+		      const char *password)
 {
 	struct list_node *pos;
 	struct pool *p;
@@ -62,27 +120,27 @@ struct pool *pool_get(const char *user, const char *database, const char *passwo
 	pthread_mutex_lock(&pool_lock);
 	list_for_each(pos, &pools) {
 		p = list_entry(pos, struct pool, node);
-		if (strcmp(p->user, user) == 0 && strcmp(p->database, database) == 0) {
+		if (p->endpoint == endpoint && strcmp(p->user, user) == 0 && strcmp(p->database, database) == 0) {
 			if (password)
 				set_string(&p->password, password);
 			pthread_mutex_unlock(&pool_lock);
 			return p;
 		}
 	}
-	p = calloc(1, sizeof(*p));
-	if (p == NULL)
-		abort();
+	p = xcalloc(1, sizeof(*p));
 	p->user = xstrdup(user);
 	p->database = xstrdup(database);
+	p->endpoint = endpoint;
 	p->password = password ? xstrdup(password) : NULL;
-	p->target = pool_default_target();
 	list_init(&p->idle);
 	list_init(&p->waiters);
 	list_append(&pools, &p->node);
 	pthread_mutex_unlock(&pool_lock);
-	log_debug("pool %s@%s created for target %s:%d", user, database, p->target->host, p->target->port);
+	log_debug("pool %s@%s (%s endpoint) created", user, database, endpoint == ENDPOINT_WRITER ? "writer" : "reader");
 	return p;
 }
+
+/* ------------------------------------------------------------ routing rules */
 
 /*
  * How many connections the target may have now. While the server's own
@@ -96,100 +154,252 @@ static int target_cap_locked(const struct target *t)
 	return t->max_connections > 0 ? t->max_connections : 1;
 }
 
-/*
- * Find an idle server of another pool on the same target that can be closed
- * to make room. Returns it unlinked from its pool, its slot handed over to
- * the caller's pool.
- */
-static struct server *pool_steal_idle_locked(struct pool *for_pool)
+static bool reader_usable_locked(const struct target *t)
 {
+	const struct config *cfg = config_current();
+
+	return t->role == ROLE_READER && t->healthy && (cfg->max_replica_lag_ms <= 0 || t->lag_ms <= cfg->max_replica_lag_ms);
+}
+
+static bool writer_usable_locked(void)
+{
+	return writer != NULL && writer->healthy && writer->role == ROLE_WRITER;
+}
+
+/*
+ * The instance a new connection of pool should go to, or NULL to wait.
+ * *error is set when waiting is pointless: the cluster has no reader at all.
+ */
+static struct target *pool_pick_target_locked(struct pool *p, const char **error)
+{
+	const struct config *cfg = config_current();
+	struct target *best = NULL;
+	bool any_reader = false, all_checked = true;
 	struct list_node *pos;
 
-	list_for_each(pos, &pools) {
-		struct pool *p = list_entry(pos, struct pool, node);
+	*error = NULL;
+	if (p->endpoint == ENDPOINT_WRITER)
+		return writer_usable_locked() ? writer : NULL;
+	list_for_each(pos, &targets) {
+		struct target *t = list_entry(pos, struct target, node);
 
-		if (p == for_pool || p->target != for_pool->target || list_empty(&p->idle))
+		all_checked = all_checked && t->checked;
+		if (t->role == ROLE_READER)
+			any_reader = true;
+		if (!reader_usable_locked(t))
 			continue;
-		/* The least recently used one: idle lists keep the most recent first. */
-		struct server *s = list_entry(p->idle.prev, struct server, pool_node);
-
-		list_del(&s->pool_node);
-		p->n_idle--;
-		p->n_connections--;
-		for_pool->n_connections++;
-		return s;
+		/* Spread by fewest borrowed connections. */
+		if (best == NULL || t->n_connections - t->n_idle < best->n_connections - best->n_idle)
+			best = t;
 	}
+	if (best)
+		return best;
+	if (cfg->reader_fallback_to_writer && writer_usable_locked())
+		return writer;
+	if (!any_reader && all_checked)
+		*error = "no reader instance in the cluster";
 	return NULL;
 }
 
-/* Does any waiter need a connection that the cap now allows? Reserve it. */
-static struct pool *pool_next_to_connect_locked(struct target *t)
+/* May s serve its pool now? */
+static bool server_usable_locked(const struct server *s, const struct pool *p)
+{
+	const struct config *cfg = config_current();
+	const struct target *t = s->target;
+
+	if (s->generation != t->generation)
+		return false;
+	if (p->endpoint == ENDPOINT_WRITER)
+		return t == writer && writer_usable_locked();
+	return reader_usable_locked(t) || (cfg->reader_fallback_to_writer && t == writer && writer_usable_locked());
+}
+
+bool pool_server_usable(const struct server *s)
+{
+	bool usable;
+
+	if (s->pool == NULL)
+		return false;
+	pthread_mutex_lock(&pool_lock);
+	usable = server_usable_locked(s, s->pool);
+	pthread_mutex_unlock(&pool_lock);
+	return usable;
+}
+
+/* Reserve a connection of pool to t. */
+static void reserve_connect_locked(struct connect_batch *b, struct pool *p, struct target *t)
+{
+	t->n_connections++;
+	t->n_connecting++;
+	p->n_connections++;
+	p->n_connecting++;
+	b->req[b->n].pool = p;
+	b->req[b->n].target = t;
+	b->n++;
+}
+
+/*
+ * Start connections for pools whose waiters outnumber the connections
+ * already opening for them, where the chosen instance has room.
+ */
+static void pool_kick_locked(struct connect_batch *b)
 {
 	struct list_node *pos;
 
-	if (t->n_connections >= target_cap_locked(t))
-		return NULL;
 	list_for_each(pos, &pools) {
 		struct pool *p = list_entry(pos, struct pool, node);
+		const char *error;
 
-		/* Connections already opening will serve the first waiters. */
-		if (p->target == t && p->n_waiting > 0 && t->n_connecting < p->n_waiting) {
-			t->n_connections++;
-			t->n_connecting++;
-			p->n_connections++;
-			return p;
+		/* Connections already opening for the pool will serve its first waiters. */
+		while (p->n_waiting > p->n_connecting && b->n < POOL_MAX_CONNECTS) {
+			struct target *t = pool_pick_target_locked(p, &error);
+
+			if (t == NULL || t->n_connections >= target_cap_locked(t))
+				break;
+			reserve_connect_locked(b, p, t);
+		}
+	}
+}
+
+/* Start a connection from any thread: directly on a worker, else through one's inbox. */
+static void run_connects(struct connect_batch *b)
+{
+	struct worker *w = worker_self();
+
+	for (int i = 0; i < b->n; i++) {
+		if (w)
+			server_connect(w, b->req[i].pool, b->req[i].target);
+		else
+			workers_post_connect(b->req[i].pool, b->req[i].target);
+	}
+	b->n = 0;
+}
+
+/* Unlink an idle server from its pool and give back its slot; the caller closes it. */
+static void pool_unlink_idle_locked(struct server *s)
+{
+	struct pool *p = s->pool;
+
+	list_del(&s->pool_node);
+	p->n_idle--;
+	p->n_connections--;
+	s->target->n_idle--;
+	s->target->n_connections--;
+	s->pool = NULL;
+}
+
+static void close_all(struct list_node *doomed, const char *reason)
+{
+	struct list_node *node;
+
+	while ((node = list_pop_front(doomed)) != NULL) {
+		struct server *s = list_entry(node, struct server, pool_node);
+
+		server_close(s, reason);
+	}
+}
+
+/*
+ * Find an idle server of another pool on the same instance that can be
+ * closed to make room. Returns it unlinked, its slot handed over to for_pool.
+ */
+static struct server *pool_steal_idle_locked(struct pool *for_pool, struct target *t)
+{
+	struct list_node *pos;
+
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+		struct list_node *spos;
+
+		if (p == for_pool)
+			continue;
+		/* The least recently used one: idle lists keep the most recent first. */
+		for (spos = p->idle.prev; spos != &p->idle; spos = spos->prev) {
+			struct server *s = list_entry(spos, struct server, pool_node);
+
+			if (s->target != t)
+				continue;
+			list_del(&s->pool_node);
+			p->n_idle--;
+			p->n_connections--;
+			t->n_idle--;
+			for_pool->n_connections++;
+			s->pool = NULL;
+			return s;
 		}
 	}
 	return NULL;
 }
 
-struct server *pool_borrow(struct pool *pool, struct client *client)
+/* ------------------------------------------------------------- borrowing */
+
+enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, struct server **server,
+				    const char **error)
 {
 	struct worker *w = client->worker;
-	struct target *t = pool->target;
-	struct server *s = NULL, *victim = NULL;
-	bool connect = false;
+	struct server *s, *victim = NULL;
+	struct list_node doomed, *pos, *tmp;
+	struct connect_batch batch;
+	struct target *t;
+	enum pool_borrow_result result = POOL_QUEUED;
 
+	*server = NULL;
+	*error = NULL;
+	batch.n = 0;
+	list_init(&doomed);
 	for (;;) {
+		s = NULL;
 		pthread_mutex_lock(&pool_lock);
-		if (!list_empty(&pool->idle)) {
-			s = list_entry(pool->idle.next, struct server, pool_node);
+		list_for_each_safe(pos, tmp, &pool->idle) {
+			struct server *cand = list_entry(pos, struct server, pool_node);
+
+			if (!server_usable_locked(cand, pool)) {
+				/* Its instance failed or changed role: it must not serve anyone. */
+				pool_unlink_idle_locked(cand);
+				list_append(&doomed, &cand->pool_node);
+				continue;
+			}
+			s = cand;
 			list_del(&s->pool_node);
 			pool->n_idle--;
 			pool->n_active++;
-		} else {
-			/* Queue first: a connection that completes goes to the oldest waiter. */
-			list_append(&pool->waiters, &client->wait_node);
-			pool->n_waiting++;
-			if (t->n_connections < target_cap_locked(t)) {
-				t->n_connections++;
-				t->n_connecting++;
-				pool->n_connections++;
-				connect = true;
-			} else if (t->cap_known && (victim = pool_steal_idle_locked(pool)) != NULL) {
-				t->n_connecting++;
-				connect = true;
+			s->target->n_idle--;
+			break;
+		}
+		if (s == NULL) {
+			t = pool_pick_target_locked(pool, error);
+			if (*error) {
+				result = POOL_FAILED;
+			} else {
+				/* Queue first: a connection that completes goes to the oldest waiter. */
+				list_append(&pool->waiters, &client->wait_node);
+				pool->n_waiting++;
+				if (t && t->n_connections < target_cap_locked(t)) {
+					reserve_connect_locked(&batch, pool, t);
+				} else if (t && t->cap_known && (victim = pool_steal_idle_locked(pool, t)) != NULL) {
+					t->n_connecting++;
+					pool->n_connecting++;
+					batch.req[batch.n].pool = pool;
+					batch.req[batch.n].target = t;
+					batch.n++;
+				}
 			}
 		}
 		pthread_mutex_unlock(&pool_lock);
+		close_all(&doomed, "its instance is no longer usable for this pool");
 
 		if (s == NULL)
 			break;
 		/* An idle server may have died while parked; try the next one. */
-		if (server_attach(s, w))
-			return s;
-		s = NULL;
+		if (server_attach(s, w)) {
+			*server = s;
+			return POOL_BORROWED;
+		}
 	}
-	if (victim) {
-		/* Its slot now belongs to pool; closing it must not free the slot again. */
-		victim->pool = NULL;
-		victim->worker = w;
-		list_append(&w->servers, &victim->worker_node);
+	if (victim)
 		server_close(victim, "closed to make room for another pool");
-	}
-	if (connect)
-		server_connect(w, pool);
-	return NULL;
+	run_connects(&batch);
+	return result;
 }
 
 void pool_cancel_wait(struct client *client)
@@ -224,6 +434,7 @@ void pool_release(struct server *s)
 	struct client *waiter = NULL;
 	struct worker *wake = NULL;
 	uint64_t now = pgmux_now_usec();
+	bool usable;
 
 	if (cfg->server_lifetime_ms > 0 && now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000) {
 		server_close(s, "server_lifetime reached");
@@ -236,9 +447,10 @@ void pool_release(struct server *s)
 	if (s->worker)
 		server_detach(s);
 	s->client = NULL;
-	s->last_used_usec = pgmux_now_usec();
+	s->last_used_usec = now;
 	pthread_mutex_lock(&pool_lock);
-	if (!list_empty(&pool->waiters)) {
+	usable = server_usable_locked(s, pool);
+	if (usable && !list_empty(&pool->waiters)) {
 		waiter = list_entry(pool->waiters.next, struct client, wait_node);
 		list_del(&waiter->wait_node);
 		pool->n_waiting--;
@@ -247,14 +459,17 @@ void pool_release(struct server *s)
 		list_append(&waiter->worker->ready, &waiter->wait_node);
 		/* Once the lock is dropped the waiter may close; its worker lives on. */
 		wake = waiter->worker;
-	} else {
+	} else if (usable) {
 		s->state = SERVER_IDLE;
 		list_prepend(&pool->idle, &s->pool_node);
 		pool->n_idle++;
 		pool->n_active--;
+		s->target->n_idle++;
 	}
 	pthread_mutex_unlock(&pool_lock);
-	if (wake)
+	if (!usable)
+		server_close(s, "its instance is no longer usable for this pool");
+	else if (wake)
 		worker_wake(wake);
 }
 
@@ -266,10 +481,12 @@ static void pool_forget_locked(struct server *s)
 
 	if (s->counted_connecting) {
 		t->n_connecting--;
+		pool->n_connecting--;
 		s->counted_connecting = false;
 	} else if (s->state == SERVER_IDLE && list_linked(&s->pool_node)) {
 		list_del(&s->pool_node);
 		pool->n_idle--;
+		t->n_idle--;
 	} else {
 		pool->n_active--;
 	}
@@ -279,17 +496,17 @@ static void pool_forget_locked(struct server *s)
 
 void pool_forget(struct server *s)
 {
-	struct pool *next;
+	struct connect_batch batch;
 
 	if (s->pool == NULL)
 		return;
+	batch.n = 0;
 	pthread_mutex_lock(&pool_lock);
 	pool_forget_locked(s);
-	next = pool_next_to_connect_locked(s->target);
+	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
 	s->pool = NULL;
-	if (next)
-		pool_start_connect(next);
+	run_connects(&batch);
 }
 
 void pool_connection_ready(struct server *s)
@@ -297,6 +514,7 @@ void pool_connection_ready(struct server *s)
 	pthread_mutex_lock(&pool_lock);
 	if (s->counted_connecting) {
 		s->target->n_connecting--;
+		s->pool->n_connecting--;
 		s->counted_connecting = false;
 		s->pool->n_active++;
 	}
@@ -304,43 +522,53 @@ void pool_connection_ready(struct server *s)
 	pool_release(s);
 }
 
-void pool_connect_failed(struct server *s, const char *sqlstate, const char *message)
+/* Hand an error to every client waiting in pool; the caller holds the lock. */
+static void pool_fail_waiters_locked(struct pool *pool, const char *sqlstate, const char *message)
 {
-	struct pool *pool = s->pool;
-	struct pool *next;
 	struct list_node *node;
 
-	if (pool == NULL)
-		return;
-	pthread_mutex_lock(&pool_lock);
-	pool_forget_locked(s);
-	/*
-	 * Every client waiting in this pool hears why, rather than each one
-	 * triggering another attempt that fails the same way.
-	 */
 	while ((node = list_pop_front(&pool->waiters)) != NULL) {
 		struct client *c = list_entry(node, struct client, wait_node);
 
 		pool->n_waiting--;
-		c->assigned_error = strdup(message);
+		c->assigned_error = xstrdup(message);
 		memcpy(c->assigned_sqlstate, sqlstate, 5);
 		c->assigned_sqlstate[5] = '\0';
 		list_append(&c->worker->ready, &c->wait_node);
 		worker_wake(c->worker);
 	}
-	next = pool_next_to_connect_locked(s->target);
+}
+
+void pool_connect_failed(struct server *s, const char *sqlstate, const char *message)
+{
+	struct pool *pool = s->pool;
+	struct connect_batch batch;
+
+	if (pool == NULL)
+		return;
+	batch.n = 0;
+	pthread_mutex_lock(&pool_lock);
+	pool_forget_locked(s);
+	/*
+	 * A healthy instance that refuses the login (wrong password, no such
+	 * database) refuses every waiter the same way: they hear why rather than
+	 * each triggering another attempt. An instance that is down is the
+	 * monitor's business; the waiters wait for it or for a new writer.
+	 */
+	if (s->target->healthy)
+		pool_fail_waiters_locked(pool, sqlstate, message);
+	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
 	s->pool = NULL;
-	if (next)
-		pool_start_connect(next);
+	run_connects(&batch);
 }
 
 void pool_learn_cap(struct target *t, int server_max)
 {
 	const struct config *cfg = config_current();
-	struct pool *next[64];
-	int n = 0;
+	struct connect_batch batch;
 
+	batch.n = 0;
 	pthread_mutex_lock(&pool_lock);
 	if (!t->cap_known) {
 		int cap = cfg->max_connections;
@@ -349,62 +577,140 @@ void pool_learn_cap(struct target *t, int server_max)
 			cap = (int)((long)server_max * cfg->max_connections_percent / 100);
 		t->max_connections = cap > 0 ? cap : 1;
 		t->cap_known = true;
-		log_info("target %s:%d: server allows %d connections, pgmux uses at most %d", t->host, t->port,
+		log_info("instance %s: server allows %d connections, pgmux uses at most %d", t->instance_id,
 			 server_max, t->max_connections);
 		/* Connections that waited for the cap to be known can start now. */
-		while (n < 64 && (next[n] = pool_next_to_connect_locked(t)) != NULL)
-			n++;
+		pool_kick_locked(&batch);
 	}
 	pthread_mutex_unlock(&pool_lock);
-	for (int i = 0; i < n; i++)
-		pool_start_connect(next[i]);
+	run_connects(&batch);
 }
 
-/* Start a connection for pool from any thread: directly on a worker, else through one's inbox. */
-static void pool_start_connect(struct pool *pool)
+/* ---------------------------------------------------------------- failover */
+
+/* Unlink every idle server of t (it is down or changed role); the caller closes them. */
+static void pool_drop_idle_of_locked(struct target *t, struct list_node *doomed)
 {
-	struct worker *w = worker_self();
+	struct list_node *pos, *spos, *stmp;
 
-	if (w)
-		server_connect(w, pool);
-	else
-		workers_post_connect(pool);
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+
+		list_for_each_safe(spos, stmp, &p->idle) {
+			struct server *s = list_entry(spos, struct server, pool_node);
+
+			if (s->target == t) {
+				pool_unlink_idle_locked(s);
+				list_append(doomed, &s->pool_node);
+			}
+		}
+	}
 }
+
+void pool_instance_report(struct target *t, bool healthy, enum instance_role role, int lag_ms,
+			  const char *instance_id, const char *why)
+{
+	uint64_t now = pgmux_now_usec();
+	struct connect_batch batch;
+	struct list_node doomed;
+	bool was_healthy, changed_role;
+
+	batch.n = 0;
+	list_init(&doomed);
+	pthread_mutex_lock(&pool_lock);
+	was_healthy = t->healthy;
+	t->checked = true;
+	if (instance_id && instance_id[0])
+		snprintf(t->instance_id, sizeof(t->instance_id), "%s", instance_id);
+	if (!healthy) {
+		t->checks_failed++;
+		t->healthy = false;
+		if (was_healthy || t->unhealthy_since_usec == 0) {
+			t->unhealthy_since_usec = now;
+			log_warning("instance %s (%s:%d, %s) failed its health check: %s", t->instance_id, t->host, t->port,
+				    role_names[t->role], why ? why : "unknown reason");
+			pool_drop_idle_of_locked(t, &doomed);
+		}
+		if (t == writer) {
+			writer = NULL;
+			writer_lost_usec = now;
+			log_warning("writer %s lost; new transactions wait for a writer", t->instance_id);
+		}
+		pthread_mutex_unlock(&pool_lock);
+		close_all(&doomed, "its instance failed a health check");
+		return;
+	}
+	t->checks_ok++;
+	t->healthy = true;
+	t->lag_ms = lag_ms;
+	changed_role = t->role != role;
+	if (!was_healthy && t->unhealthy_since_usec)
+		log_info("instance %s (%s:%d) is healthy again after %llu ms", t->instance_id, t->host, t->port,
+			 (unsigned long long)((now - t->unhealthy_since_usec) / 1000));
+	t->unhealthy_since_usec = 0;
+	if (changed_role) {
+		if (t->role != ROLE_UNKNOWN)
+			log_info("instance %s (%s:%d) changed role: %s -> %s", t->instance_id, t->host, t->port,
+				 role_names[t->role], role_names[role]);
+		t->role = role;
+		t->generation++;
+		/* Its connections were made for the old role: never reuse them. */
+		pool_drop_idle_of_locked(t, &doomed);
+	}
+	if (role == ROLE_WRITER && t != writer && !writer_usable_locked()) {
+		struct target *old = writer;
+
+		writer = t;
+		if (writer_lost_usec)
+			log_info("failover: writer is now %s (%s:%d), %llu ms after the previous writer was lost", t->instance_id,
+				 t->host, t->port, (unsigned long long)((now - writer_lost_usec) / 1000));
+		else
+			log_info("writer is %s (%s:%d)", t->instance_id, t->host, t->port);
+		writer_lost_usec = 0;
+		(void)old;
+	} else if (role == ROLE_WRITER && t != writer) {
+		log_warning("instance %s (%s:%d) also reports being a writer; pgmux stays with %s", t->instance_id, t->host,
+			    t->port, writer->instance_id);
+	} else if (role != ROLE_WRITER && t == writer) {
+		/* A demoted writer: writes must not go to an instance in recovery. */
+		writer = NULL;
+		writer_lost_usec = now;
+		log_warning("writer %s is now a %s; new transactions wait for a writer", t->instance_id, role_names[role]);
+	}
+	pool_kick_locked(&batch);
+	pthread_mutex_unlock(&pool_lock);
+	close_all(&doomed, "its instance changed role");
+	run_connects(&batch);
+}
+
+/* ------------------------------------------------------------- maintenance */
 
 /*
  * Once a second, on the main thread: close idle backends past
  * server_idle_timeout or server_lifetime, or beyond the idle cap
- * (max_idle_connections_percent of the target's cap, once idle for a
+ * (max_idle_connections_percent of the instance's cap, once idle for a
  * second), sparing min_pool_size per pool; open connections up to
  * min_pool_size.
  */
 void pool_janitor(uint64_t now)
 {
 	const struct config *cfg = config_current();
-	struct list_node doomed, *pos, *node;
-	struct pool *to_connect[64];
-	int n_connect = 0;
+	struct list_node doomed, *pos;
+	struct connect_batch batch;
 
+	batch.n = 0;
 	list_init(&doomed);
 	pthread_mutex_lock(&pool_lock);
 	list_for_each(pos, &targets) {
 		struct target *t = list_entry(pos, struct target, node);
-		int idle = 0, max_idle;
+		int idle = t->n_idle;
+		int max_idle = t->cap_known ? t->max_connections * cfg->max_idle_connections_percent / 100 : idle;
 		struct list_node *ppos;
 
 		list_for_each(ppos, &pools) {
 			struct pool *p = list_entry(ppos, struct pool, node);
-
-			if (p->target == t)
-				idle += p->n_idle;
-		}
-		max_idle = t->cap_known ? t->max_connections * cfg->max_idle_connections_percent / 100 : idle;
-		list_for_each(ppos, &pools) {
-			struct pool *p = list_entry(ppos, struct pool, node);
 			struct list_node *spos, *stmp;
 
-			if (p->target != t)
-				continue;
 			/* Oldest idle first: the idle list keeps the most recently used at the front. */
 			for (spos = p->idle.prev, stmp = spos->prev; spos != &p->idle; spos = stmp, stmp = spos->prev) {
 				struct server *s = list_entry(spos, struct server, pool_node);
@@ -415,39 +721,30 @@ void pool_janitor(uint64_t now)
 						now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000);
 				bool surplus = idle > max_idle && idle_for >= 1000000;
 
-				if (p->n_connections <= cfg->min_pool_size || (!expired && !surplus))
+				if (s->target != t || p->n_connections <= cfg->min_pool_size || (!expired && !surplus))
 					continue;
-				list_del(&s->pool_node);
-				p->n_idle--;
-				p->n_connections--;
-				t->n_connections--;
-				idle--;
-				s->pool = NULL;
+				pool_unlink_idle_locked(s);
 				list_append(&doomed, &s->pool_node);
+				idle--;
 			}
 		}
-		/* Keep min_pool_size open for each pool that has been used. */
-		list_for_each(ppos, &pools) {
-			struct pool *p = list_entry(ppos, struct pool, node);
+	}
+	/* Keep min_pool_size open for each pool that has been used. */
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+		const char *error;
 
-			while (p->target == t && p->n_connections < cfg->min_pool_size && t->cap_known &&
-			       t->n_connections < t->max_connections && n_connect < 64) {
-				t->n_connections++;
-				t->n_connecting++;
-				p->n_connections++;
-				to_connect[n_connect++] = p;
-			}
+		while (p->n_connections < cfg->min_pool_size && batch.n < POOL_MAX_CONNECTS) {
+			struct target *t = pool_pick_target_locked(p, &error);
+
+			if (t == NULL || !t->cap_known || t->n_connections >= t->max_connections)
+				break;
+			reserve_connect_locked(&batch, p, t);
 		}
 	}
 	pthread_mutex_unlock(&pool_lock);
-	while ((node = list_pop_front(&doomed)) != NULL) {
-		struct server *s = list_entry(node, struct server, pool_node);
-
-		list_init(&s->pool_node);
-		server_close(s, "idle too long, too old, or beyond the idle cap");
-	}
-	for (int i = 0; i < n_connect; i++)
-		pool_start_connect(to_connect[i]);
+	close_all(&doomed, "idle too long, too old, or beyond the idle cap");
+	run_connects(&batch);
 }
 
 void pool_take_ready(struct worker *w, struct list_node *out)
@@ -465,26 +762,22 @@ void pool_take_ready(struct worker *w, struct list_node *out)
 
 void pool_close_idle(void)
 {
-	struct list_node *pos;
+	struct list_node doomed, *pos, *spos, *stmp;
 
+	list_init(&doomed);
 	pthread_mutex_lock(&pool_lock);
 	list_for_each(pos, &pools) {
 		struct pool *p = list_entry(pos, struct pool, node);
-		struct list_node *node;
 
-		while ((node = list_pop_front(&p->idle)) != NULL) {
-			struct server *s = list_entry(node, struct server, pool_node);
+		list_for_each_safe(spos, stmp, &p->idle) {
+			struct server *s = list_entry(spos, struct server, pool_node);
 
-			p->n_idle--;
-			p->n_connections--;
-			p->target->n_connections--;
-			s->pool = NULL;
-			pthread_mutex_unlock(&pool_lock);
-			server_close(s, "pgmux is shutting down");
-			pthread_mutex_lock(&pool_lock);
+			pool_unlink_idle_locked(s);
+			list_append(&doomed, &s->pool_node);
 		}
 	}
 	pthread_mutex_unlock(&pool_lock);
+	close_all(&doomed, "pgmux is shutting down");
 }
 
 void pool_shutdown(void)
@@ -509,4 +802,5 @@ void pool_shutdown(void)
 		free(t->host);
 		free(t);
 	}
+	writer = NULL;
 }

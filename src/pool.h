@@ -1,8 +1,12 @@
 /*
- * pool.h: backend connection pools. A target is one PostgreSQL instance with
- * a cap on connections to it; a pool is the set of backend connections for
- * one (user, database) on a target, with its idle servers and the clients
- * waiting for one, first come first served.
+ * pool.h: the cluster's instances and the backend connection pools.
+ *
+ * A target is one PostgreSQL instance (an Aurora writer or reader, or a
+ * primary or standby), with the role its health checks report and a cap on
+ * connections to it. A pool is the set of backend connections for one
+ * (user, database) and one endpoint: the writer endpoint (listen_port) or the
+ * reader endpoint (readonly_port). A writer pool follows whichever instance is
+ * the writer now; a reader pool spreads over the healthy readers.
  *
  * Every field below that is not marked otherwise is protected by the single
  * pool lock: pool limits are global across workers, and an idle server parked
@@ -21,47 +25,79 @@
 struct client;
 struct server;
 struct worker;
+struct monitor_conn;
+
+enum instance_role {
+	ROLE_UNKNOWN, /* not checked yet, or unreachable since start-up */
+	ROLE_WRITER,
+	ROLE_READER,
+};
+
+enum pool_endpoint {
+	ENDPOINT_WRITER, /* listen_port */
+	ENDPOINT_READER, /* readonly_port */
+};
 
 struct target {
 	struct list_node node;
 	char *host;
 	int port;
+	char instance_id[64]; /* Aurora's identifier, else host:port */
+	bool listed;          /* named in [target] hosts (not discovered) */
+	bool is_aurora;
+	enum instance_role role;
+	bool healthy;         /* the last health check succeeded */
+	bool checked;         /* a health check has completed (either way) */
+	int lag_ms;           /* replication lag of a reader */
+	uint64_t checks_ok, checks_failed;
+	uint64_t unhealthy_since_usec;
+	int generation;       /* bumps when the role changes: older connections are not reused */
+
 	int max_connections; /* effective cap; learned from the server when configured as 0 */
 	bool cap_known;
 	int n_connections;   /* open or opening */
 	int n_connecting;
-	int generation;      /* bumps when the target is replaced */
+	int n_idle;
+
+	struct monitor_conn *monitor; /* the monitor thread's own state for this instance */
 };
 
 struct pool {
 	struct list_node node;
 	char *user;
 	char *database;
+	enum pool_endpoint endpoint;
 	char *password; /* for backend logins; refreshed by each client login (rotation) */
-	struct target *target;
 	struct list_node idle;    /* struct server.pool_node, most recently used first */
 	struct list_node waiters; /* struct client.wait_node, oldest first */
 	int n_idle;
 	int n_active;   /* linked to a client or running pgmux's own queries */
 	int n_waiting;
-	int n_connections; /* this pool's share of target->n_connections */
+	int n_connecting;  /* connections being opened for it */
+	int n_connections; /* this pool's share of its targets' n_connections */
+};
+
+enum pool_borrow_result {
+	POOL_BORROWED, /* *server is attached to the caller's worker */
+	POOL_QUEUED,   /* the client waits; the pool sets assigned_server/assigned_error and wakes it */
+	POOL_FAILED,   /* no instance can ever serve this now (no readers): *error says why */
 };
 
 /* Build the targets from the config (start-up). */
 int pool_init(const struct config *cfg);
 void pool_shutdown(void);
 
-/* Find or create the pool for (user, database); records password for backend logins. */
-struct pool *pool_get(const char *user, const char *database, const char *password);
+/* Find or create the pool for (user, database, endpoint); records password for backend logins. */
+struct pool *pool_get(const char *user, const char *database, enum pool_endpoint endpoint,
+		      const char *password);
 
 /*
- * Called on the client's worker. Returns an idle server (already attached to
- * the caller's worker) when one is free; otherwise queues the client and, if
- * the cap allows, starts a new backend connection; returns NULL. When the
- * wait ends the pool sets client->assigned_server or client->assigned_error
- * and wakes the client's worker.
+ * Called on the client's worker: an idle server of the right instance when
+ * one is free, else the client is queued and, if the cap allows, a new
+ * backend connection is started.
  */
-struct server *pool_borrow(struct pool *pool, struct client *client);
+enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, struct server **server,
+				    const char **error);
 
 /* A client that leaves while waiting (or with a server assigned but not yet taken). */
 void pool_cancel_wait(struct client *client);
@@ -69,25 +105,44 @@ void pool_cancel_wait(struct client *client);
 /* A server that is clean and free: hand it to the oldest waiter or park it idle. */
 void pool_release(struct server *server);
 
-/* A server that is gone (closed or failed to connect): free its slot, serve waiters. */
+/* A server that is gone: free its slot, serve waiters. */
 void pool_forget(struct server *server);
 
 /* A new connection finished its setup: count it active, then release it. */
 void pool_connection_ready(struct server *server);
 
-/* A connection attempt failed: its slot is freed and every client waiting in its pool gets this error. */
+/* A connection attempt failed: its slot is freed and the clients waiting in its pool hear why. */
 void pool_connect_failed(struct server *server, const char *sqlstate, const char *message);
 
 /* The server told us its max_connections (less reserved slots): fix the cap if it was 0. */
 void pool_learn_cap(struct target *target, int server_max_connections);
 
-/* Periodic maintenance of idle backends and min_pool_size (main thread, once a second). */
-void pool_janitor(uint64_t now_usec);
+/* May s still serve its pool (its instance is healthy and has the role the pool needs)? */
+bool pool_server_usable(const struct server *s);
 
 /* Move the clients whose wait ended to out (called by their worker). */
 void pool_take_ready(struct worker *w, struct list_node *out);
 
+/* Periodic maintenance of idle backends and min_pool_size (main thread, once a second). */
+void pool_janitor(uint64_t now_usec);
+
 /* Close idle servers (shutdown). Called on the main thread after workers stopped. */
 void pool_close_idle(void);
+
+/*
+ * What a health check found (monitor thread). role is meaningful when
+ * healthy. Handles failover: a new writer takes over the writer pools, and
+ * clients waiting for one proceed.
+ */
+void pool_instance_report(struct target *t, bool healthy, enum instance_role role, int lag_ms,
+			  const char *instance_id, const char *why);
+
+/* Aurora discovery: make sure an instance endpoint is known (monitor thread). */
+void pool_add_instance(const char *host, int port, const char *instance_id);
+
+/* Call fn for every target, under the pool lock (monitor thread, SHOW). */
+void pool_for_each_target(void (*fn)(struct target *t, void *arg), void *arg);
+
+const char *pool_role_name(enum instance_role role);
 
 #endif

@@ -298,6 +298,21 @@ bool secrets_find(const char *user, struct secret *out)
 	return found != NULL;
 }
 
+bool secrets_find_first(struct secret *out)
+{
+	bool found = false;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&store_mutex);
+	/* Entries are kept sorted by user name. */
+	if (current_store != NULL && current_store->count > 0) {
+		secret_copy(out, &current_store->entries[0]);
+		found = true;
+	}
+	pthread_mutex_unlock(&store_mutex);
+	return found;
+}
+
 /*
  * Give s the verifier it had in the current store if its password did not
  * change, so a reload costs no PBKDF2 for unchanged users. Returns whether

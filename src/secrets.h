@@ -57,6 +57,9 @@ int secrets_reload(const char *dir, char *err, size_t errlen);
 /* Copy the current secret for user into out; false when there is none. Thread safe. */
 bool secrets_find(const char *user, struct secret *out);
 
+/* Copy the secret of the alphabetically first user; false when there are none. Thread safe. */
+bool secrets_find_first(struct secret *out);
+
 /* Drop the current store (at exit). */
 void secrets_shutdown(void);
 

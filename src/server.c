@@ -18,6 +18,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "monitor.h"
 #include "pgmux.h"
 #include "params.h"
 #include "pool.h"
@@ -99,6 +100,8 @@ static void server_connect_failed(struct server *s, const char *why)
 
 	snprintf(message, sizeof(message), "pgmux could not connect to the database server: %s", why);
 	log_server(LOG_LEVEL_WARNING, s, "connection failed: %s", why);
+	/* The instance may be down: find out now rather than at the next interval. */
+	monitor_check_now(s->target);
 	/* The pool fails the waiting clients; server_close must not free the slot again. */
 	if (pool)
 		pool_connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message);
@@ -112,35 +115,53 @@ static void server_connect_timeout(evutil_socket_t fd, short what, void *arg)
 	server_connect_failed(s, "timed out connecting");
 }
 
-static void server_start_libpq(struct server *s)
+PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
+			   const char *password, const char *application_name)
 {
 	const struct config *cfg = config_current();
-	struct pool *pool = s->pool;
 	char port[16];
 	const char *keys[16], *values[16];
 	int n = 0;
 
-	snprintf(port, sizeof(port), "%d", s->target->port);
-	keys[n] = "host", values[n++] = s->target->host;
-	keys[n] = "hostaddr", values[n++] = s->hostaddr;
+	snprintf(port, sizeof(port), "%d", t->port);
+	keys[n] = "host", values[n++] = t->host;
+	/* A numeric address: libpq must not resolve names itself (that blocks). */
+	keys[n] = "hostaddr", values[n++] = hostaddr;
 	keys[n] = "port", values[n++] = port;
-	keys[n] = "user", values[n++] = pool->user;
-	keys[n] = "dbname", values[n++] = pool->database;
-	if (pool->password)
-		keys[n] = "password", values[n++] = pool->password;
+	keys[n] = "user", values[n++] = user;
+	keys[n] = "dbname", values[n++] = database;
+	if (password)
+		keys[n] = "password", values[n++] = password;
 	keys[n] = "sslmode", values[n++] = config_server_tls_sslmode(cfg->server_tls);
 	if (cfg->server_tls_ca_file && cfg->server_tls_ca_file[0])
 		keys[n] = "sslrootcert", values[n++] = cfg->server_tls_ca_file;
 	/* GSSAPI would look for a credential cache on every connect; pgmux never uses it. */
 	keys[n] = "gssencmode", values[n++] = "disable";
-	keys[n] = "fallback_application_name", values[n++] = "pgmux";
+	if (application_name)
+		keys[n] = "application_name", values[n++] = application_name;
+	else
+		keys[n] = "fallback_application_name", values[n++] = "pgmux";
 	/* Let the kernel notice dead backends on idle connections. */
 	keys[n] = "keepalives", values[n++] = "1";
 	keys[n] = "keepalives_idle", values[n++] = "30";
 	keys[n] = NULL, values[n] = NULL;
+	return PQconnectStartParams(keys, values, 0);
+}
+
+void server_format_address(const struct evutil_addrinfo *res, char *out, size_t len)
+{
+	if (res->ai_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)res->ai_addr)->sin6_addr, out, (socklen_t)len);
+	else
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)res->ai_addr)->sin_addr, out, (socklen_t)len);
+}
+
+static void server_start_libpq(struct server *s)
+{
+	struct pool *pool = s->pool;
 
 	s->state = SERVER_CONNECTING;
-	s->pg = PQconnectStartParams(keys, values, 0);
+	s->pg = server_libpq_start(s->target, s->hostaddr, pool->user, pool->database, pool->password, NULL);
 	if (s->pg == NULL) {
 		server_connect_failed(s, "out of memory");
 		return;
@@ -297,17 +318,12 @@ static void server_resolved(int result, struct evutil_addrinfo *res, void *arg)
 		server_connect_failed(s, why);
 		return;
 	}
-	if (res->ai_family == AF_INET6)
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, s->hostaddr,
-			  sizeof(s->hostaddr));
-	else
-		inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, s->hostaddr,
-			  sizeof(s->hostaddr));
+	server_format_address(res, s->hostaddr, sizeof(s->hostaddr));
 	evutil_freeaddrinfo(res);
 	server_start_libpq(s);
 }
 
-void server_connect(struct worker *w, struct pool *pool)
+void server_connect(struct worker *w, struct pool *pool, struct target *target)
 {
 	const struct config *cfg = config_current();
 	struct server *s = calloc(1, sizeof(*s));
@@ -319,7 +335,9 @@ void server_connect(struct worker *w, struct pool *pool)
 		abort();
 	s->id = __atomic_fetch_add(&next_server_id, 1, __ATOMIC_RELAXED);
 	s->pool = pool;
-	s->target = pool->target;
+	s->target = target;
+	/* A role change while this connects makes it unusable; pool_release will see. */
+	s->generation = target->generation;
 	s->worker = w;
 	s->counted_connecting = true;
 	s->state = SERVER_RESOLVING;
@@ -861,6 +879,7 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 		if (st == IO_AGAIN)
 			break;
 		/* EOF or error: a FATAL the server sent before closing is already relayed. */
+		monitor_check_now(s->target);
 		if (st == IO_EOF)
 			server_close(s, "server closed the connection");
 		else {
@@ -942,7 +961,7 @@ void server_close(struct server *s, const char *reason)
 	}
 	if (c) {
 		c->server = NULL;
-		client_server_lost(c, SQLSTATE_CONNECTION_FAILURE, reason);
+		client_server_lost(c, s, SQLSTATE_CONNECTION_FAILURE, reason);
 	}
 	if (s->worker) {
 		list_del(&s->worker_node);

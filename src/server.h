@@ -74,6 +74,7 @@ struct server {
 	struct io io;
 	struct client *client;
 	int backend_pid;
+	int generation;              /* the target's generation when this connected */
 	struct event *timer;         /* connect timeout */
 	struct evdns_getaddrinfo_request *dns_request;
 	char hostaddr[64];
@@ -110,8 +111,20 @@ struct server {
 	uint64_t last_used_usec;
 };
 
-/* Start a new connection for pool on worker w (a slot was reserved by the pool). */
-void server_connect(struct worker *w, struct pool *pool);
+/* Start a new connection for pool to target on worker w (a slot was reserved by the pool). */
+void server_connect(struct worker *w, struct pool *pool, struct target *target);
+
+/*
+ * Start a non-blocking libpq connection to t at the numeric address
+ * hostaddr, with pgmux's settings for backend connections (server_tls and
+ * friends). Shared by pool connections and health checks.
+ */
+PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
+			   const char *password, const char *application_name);
+
+struct evutil_addrinfo;
+/* The numeric address of a resolver answer. */
+void server_format_address(const struct evutil_addrinfo *res, char *out, size_t len);
 
 /* Attach a parked server to w's loop. Returns false when it turned out dead (it is then closed). */
 bool server_attach(struct server *s, struct worker *w);

@@ -72,7 +72,7 @@ static struct worker_msg *worker_msg_new(enum worker_msg_type type)
 	return msg;
 }
 
-void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen)
+void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, enum pool_endpoint endpoint)
 {
 	struct worker *w = workers[next_worker++ % (unsigned)n_workers];
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECTION);
@@ -87,6 +87,7 @@ void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t 
 		addrlen = sizeof(msg->addr);
 	memcpy(&msg->addr, addr, addrlen);
 	msg->addrlen = addrlen;
+	msg->endpoint = endpoint;
 	worker_post(w, msg);
 }
 
@@ -100,7 +101,7 @@ void worker_post_cancel(struct worker *w, uint64_t client_id)
 	worker_post(w, msg);
 }
 
-void workers_post_connect(struct pool *pool)
+void workers_post_connect(struct pool *pool, struct target *target)
 {
 	struct worker *w = workers[next_worker++ % (unsigned)n_workers];
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECT);
@@ -108,6 +109,7 @@ void workers_post_connect(struct pool *pool)
 	if (msg == NULL)
 		return;
 	msg->pool = pool;
+	msg->target = target;
 	worker_post(w, msg);
 }
 
@@ -161,7 +163,7 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 			close(msg->fd);
 			break;
 		}
-		client_accept(w, msg->fd, (struct sockaddr *)&msg->addr, msg->addrlen);
+		client_accept(w, msg->fd, (struct sockaddr *)&msg->addr, msg->addrlen, msg->endpoint);
 		break;
 	case WORKER_MSG_CANCEL:
 		c = worker_find_client(w, msg->client_id);
@@ -179,7 +181,7 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 		worker_close_everything(w);
 		break;
 	case WORKER_MSG_CONNECT:
-		server_connect(w, msg->pool);
+		server_connect(w, msg->pool, msg->target);
 		break;
 	}
 }

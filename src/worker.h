@@ -17,6 +17,7 @@
 #include <event2/event.h>
 
 #include "list.h"
+#include "pool.h"
 
 enum worker_msg_type {
 	WORKER_MSG_CONNECTION, /* a newly accepted client socket */
@@ -33,7 +34,9 @@ struct worker_msg {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	uint64_t client_id;
+	enum pool_endpoint endpoint;
 	struct pool *pool;
+	struct target *target;
 };
 
 struct worker {
@@ -72,12 +75,12 @@ void workers_stop(void);
 void workers_broadcast(enum worker_msg_type type);
 
 /* Hand an accepted socket to the next worker, round robin. */
-void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen);
+void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, enum pool_endpoint endpoint);
 
 void worker_post_cancel(struct worker *w, uint64_t client_id);
 
 /* Ask the next worker to open a backend connection for pool (from a thread that is not a worker). */
-void workers_post_connect(struct pool *pool);
+void workers_post_connect(struct pool *pool, struct target *target);
 
 /* Wake a worker so that it looks at its inbox and ready list. Thread safe. */
 void worker_wake(struct worker *w);

@@ -1010,7 +1010,7 @@ Test(pool2, sequential_sessions_reuse_reset_backends)
 		      distinct, pids[0], pids[1], pids[2], pids[3], pids[4]);
 
 	PGconn *super = h_connect_super_direct();
-	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app'");
+	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgmux health check'");
 	cr_assert_leq(atoi(n), 2, "%s backend connections for app with max_connections=2", n);
 	free(n);
 	PQfinish(super);
@@ -1033,7 +1033,7 @@ Test(pool1, second_client_waits_for_the_first)
 	cr_assert(!ended_early, "the second client did not wait for the only backend");
 
 	PGconn *super = h_connect_super_direct();
-	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app'");
+	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgmux health check'");
 	cr_assert_str_eq(n, "1", "max_connections=1 but app has %s backends", n);
 	free(n);
 	PQfinish(super);

@@ -98,6 +98,7 @@ Test(config, defaults_from_a_file_with_only_a_section)
 	cr_expect_str_eq(cfg->path, config_path);
 	cr_expect_str_eq(cfg->listen_addr, "127.0.0.1");
 	cr_expect_eq(cfg->listen_port, 6432);
+	cr_expect_eq(cfg->readonly_port, 0);
 	cr_expect_eq(cfg->workers, 0);
 	cr_expect_str_eq(cfg->client_tls_cert_file, "");
 	cr_expect_str_eq(cfg->client_tls_key_file, "");
@@ -121,6 +122,13 @@ Test(config, defaults_from_a_file_with_only_a_section)
 	cr_expect_eq(cfg->server_tls, SERVER_TLS_PREFER);
 	cr_expect_str_eq(cfg->server_tls_ca_file, "");
 	cr_expect_eq(cfg->server_connect_timeout_ms, 10000);
+	cr_expect_eq(cfg->health_check_interval_ms, 1000);
+	cr_expect_eq(cfg->health_check_timeout_ms, 1000);
+	cr_expect_str_eq(cfg->health_check_user, "");
+	cr_expect_str_eq(cfg->health_check_database, "postgres");
+	cr_expect_str_eq(cfg->instance_host_pattern, "");
+	cr_expect_eq(cfg->max_replica_lag_ms, 0);
+	cr_expect_eq(cfg->reader_fallback_to_writer, false);
 
 	cr_expect_eq(cfg->pool_mode, POOL_MODE_TRANSACTION);
 	cr_expect_eq(cfg->max_connections, 0);
@@ -503,6 +511,137 @@ Test(config, hosts_errors)
 	expect_error("[target]\nhosts =\n", "2: [target] hosts: at least one host is needed");
 }
 
+/* ------------------------------------------------------------ readers and health checks */
+
+Test(config, readonly_port)
+{
+	struct config *cfg = load_ok("[pgmux]\nlisten_port = 7000\nreadonly_port = 7001\n");
+
+	cr_expect_eq(cfg->listen_port, 7000);
+	cr_expect_eq(cfg->readonly_port, 7001);
+	config_free(cfg);
+
+	cfg = load_ok("[pgmux]\nreadonly_port = 0\n");
+	cr_expect_eq(cfg->readonly_port, 0, "0 means no second port");
+	config_free(cfg);
+}
+
+Test(config, readonly_port_errors)
+{
+	expect_error("[pgmux]\nreadonly_port = 65536\n",
+		     "2: [pgmux] readonly_port: must be between 0 and 65535");
+	expect_error("[pgmux]\nreadonly_port = -1\n",
+		     "2: [pgmux] readonly_port: must be between 0 and 65535");
+	expect_error("[pgmux]\nreadonly_port = 5433x\n",
+		     "2: [pgmux] readonly_port: invalid integer '5433x'");
+	/* Against the default listen_port, and against one set later in the file. */
+	expect_error("[pgmux]\n\nreadonly_port = 6432\n",
+		     "3: [pgmux] readonly_port: must differ from listen_port (6432)");
+	expect_error("[pgmux]\nreadonly_port = 7000\nlisten_port = 7000\n",
+		     "2: [pgmux] readonly_port: must differ from listen_port (7000)");
+}
+
+Test(config, health_checks)
+{
+	struct config *cfg = load_ok("[target]\nhealth_check_interval = 250\n"
+				     "health_check_timeout = 50\nhealth_check_user = monitor\n"
+				     "health_check_database = app\n");
+
+	cr_expect_eq(cfg->health_check_interval_ms, 250, "a bare number is milliseconds");
+	cr_expect_eq(cfg->health_check_timeout_ms, 50);
+	cr_expect_str_eq(cfg->health_check_user, "monitor");
+	cr_expect_str_eq(cfg->health_check_database, "app");
+	expect_value_text(cfg, "target", "health_check_interval", "250ms");
+	expect_value_text(cfg, "target", "health_check_timeout", "50ms");
+	config_free(cfg);
+
+	cfg = load_ok("[target]\nhealth_check_interval = 5s\nhealth_check_timeout = 2s\n"
+		      "health_check_user =\n");
+	cr_expect_eq(cfg->health_check_interval_ms, 5000);
+	cr_expect_eq(cfg->health_check_timeout_ms, 2000);
+	cr_expect_str_eq(cfg->health_check_user, "", "empty means the first secret's user");
+	expect_value_text(cfg, "target", "health_check_interval", "5s");
+	config_free(cfg);
+}
+
+Test(config, health_check_errors)
+{
+	expect_error("[target]\nhealth_check_interval = 99\n",
+		     "2: [target] health_check_interval: must be at least 100ms");
+	expect_error("[target]\nhealth_check_interval = 1 sec\n",
+		     "2: [target] health_check_interval: invalid duration '1 sec' "
+		     "(a whole number with unit ms, s, min or h)");
+	expect_error("[target]\nhealth_check_timeout = 49ms\n",
+		     "2: [target] health_check_timeout: must be at least 50ms");
+	expect_error("[target]\nhealth_check_timeout = 0\n",
+		     "2: [target] health_check_timeout: must be at least 50ms");
+	expect_error("[target]\nhealth_check_database =\n",
+		     "2: [target] health_check_database: must not be empty");
+	/* Any user name is a valid string, so the error a file can hold is a repeated key. */
+	expect_error("[target]\nhealth_check_user = a\n\nhealth_check_user = b\n",
+		     "4: [target] health_check_user: already set on line 2");
+}
+
+Test(config, instance_host_pattern)
+{
+	struct config *cfg =
+		load_ok("[target]\ninstance_host_pattern = ?.abc123xyz.us-east-1.rds.amazonaws.com\n");
+
+	cr_expect_str_eq(cfg->instance_host_pattern, "?.abc123xyz.us-east-1.rds.amazonaws.com");
+	config_free(cfg);
+
+	cfg = load_ok("[target]\ninstance_host_pattern = db-?.internal\n");
+	cr_expect_str_eq(cfg->instance_host_pattern, "db-?.internal");
+	config_free(cfg);
+
+	cfg = load_ok("[target]\ninstance_host_pattern =\n");
+	cr_expect_str_eq(cfg->instance_host_pattern, "", "empty means no discovery");
+	config_free(cfg);
+}
+
+Test(config, instance_host_pattern_needs_exactly_one_question_mark)
+{
+	expect_error("[target]\ninstance_host_pattern = db.example.com\n",
+		     "2: [target] instance_host_pattern: must contain exactly one '?', which "
+		     "stands for the instance's server_id");
+	expect_error("[target]\nhosts = a\ninstance_host_pattern = ?.?.example.com\n",
+		     "3: [target] instance_host_pattern: must contain exactly one '?', which "
+		     "stands for the instance's server_id");
+}
+
+Test(config, replica_lag_and_reader_fallback)
+{
+	struct config *cfg = load_ok("[target]\nmax_replica_lag = 500\n"
+				     "reader_fallback_to_writer = on\n");
+
+	cr_expect_eq(cfg->max_replica_lag_ms, 500, "a bare number is milliseconds");
+	cr_expect_eq(cfg->reader_fallback_to_writer, true);
+	expect_value_text(cfg, "target", "max_replica_lag", "500ms");
+	expect_value_text(cfg, "target", "reader_fallback_to_writer", "true");
+	config_free(cfg);
+
+	cfg = load_ok("[target]\nmax_replica_lag = 30s\nreader_fallback_to_writer = no\n");
+	cr_expect_eq(cfg->max_replica_lag_ms, 30000);
+	cr_expect_eq(cfg->reader_fallback_to_writer, false);
+	config_free(cfg);
+
+	cfg = load_ok("[target]\nmax_replica_lag = 0\n");
+	cr_expect_eq(cfg->max_replica_lag_ms, 0, "0 means no limit");
+	config_free(cfg);
+}
+
+Test(config, replica_lag_and_reader_fallback_errors)
+{
+	expect_error("[target]\nmax_replica_lag = -1\n",
+		     "2: [target] max_replica_lag: invalid duration '-1' "
+		     "(a whole number with unit ms, s, min or h)");
+	expect_error("[target]\nmax_replica_lag = 1000h\n",
+		     "2: [target] max_replica_lag: must be at most 2147483647ms");
+	expect_error("[target]\nreader_fallback_to_writer = sometimes\n",
+		     "2: [target] reader_fallback_to_writer: invalid boolean 'sometimes' "
+		     "(use true/false, on/off, yes/no or 1/0)");
+}
+
 /* ------------------------------------------------------------ client and pool limits */
 
 Test(config, client_limits)
@@ -785,15 +924,22 @@ Test(config, fixed_options_are_reported_on_reload)
 	struct config *same = load_ok("[pgmux]\nlisten_port = 6432\nlog_level = debug\n"
 				      "[target]\nhosts = a, b\n");
 	struct config *moved = load_ok("[pgmux]\nlisten_port = 6433\n");
+	struct config *with_readers = load_ok("[pgmux]\nlisten_port = 6432\nreadonly_port = 6433\n"
+					      "[target]\nhealth_check_interval = 200ms\n"
+					      "reader_fallback_to_writer = true\n");
 	const struct config_option *changed;
 
 	cr_expect_null(config_first_fixed_change(old, same), "reloadable changes are fine");
 	changed = config_first_fixed_change(old, moved);
 	cr_assert_not_null(changed);
 	cr_expect_str_eq(changed->name, "listen_port");
+	changed = config_first_fixed_change(old, with_readers);
+	cr_assert_not_null(changed);
+	cr_expect_str_eq(changed->name, "readonly_port", "opening a second port needs a restart");
 	config_free(old);
 	config_free(same);
 	config_free(moved);
+	config_free(with_readers);
 }
 
 /* ------------------------------------------------------------ docs and example */

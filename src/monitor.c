@@ -1,0 +1,462 @@
+/*
+ * monitor.c: health checks (see monitor.h). The monitor thread runs its own
+ * event_base. For each instance it keeps a libpq connection, opened and
+ * queried without blocking, and a deadline of health_check_timeout per
+ * check. Roles come from pg_is_in_recovery() on PostgreSQL and from
+ * aurora_replica_status() on Aurora, which also names instances that
+ * [target] hosts does not list.
+ */
+#include "monitor.h"
+
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include "log.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "secrets.h"
+#include "server.h"
+#include "util.h"
+
+#define MONITOR_APPLICATION_NAME "pgmux health check"
+
+/*
+ * The first check of an instance also finds out whether it is Aurora. The
+ * lag of a PostgreSQL standby counts only while WAL it has received is not
+ * yet replayed; an idle standby is not behind however old its last commit.
+ */
+static const char plain_check_sql[] =
+	"SELECT pg_catalog.pg_is_in_recovery(), "
+	"CASE WHEN pg_catalog.pg_is_in_recovery() AND "
+	"pg_catalog.pg_last_wal_receive_lsn() IS DISTINCT FROM pg_catalog.pg_last_wal_replay_lsn() "
+	"THEN COALESCE((EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()) * 1000)::int, 0) "
+	"ELSE 0 END, "
+	"pg_catalog.to_regproc('aurora_replica_status') IS NOT NULL";
+
+static const char aurora_check_sql[] =
+	"SELECT aurora_db_instance_identifier(), server_id, session_id, replica_lag_in_msec "
+	"FROM aurora_replica_status()";
+
+enum monitor_state {
+	MON_IDLE,
+	MON_RESOLVING,
+	MON_CONNECTING,
+	MON_QUERYING,
+};
+
+struct monitor_conn {
+	struct target *t;
+	PGconn *pg;
+	enum monitor_state state;
+	bool connected_before; /* pg was up when this check began: one quiet retry on failure */
+	bool retried;
+	bool aurora;
+	struct event *io_event;
+	struct event *deadline;
+	int check_now; /* atomic: a worker asked for a check */
+	struct evdns_getaddrinfo_request *dns;
+	char hostaddr[64];
+};
+
+static struct event_base *mon_base;
+static struct evdns_base *mon_dns;
+static struct event *tick_event;
+static struct event *wake_event;
+static pthread_t mon_thread;
+static bool mon_running;
+static struct monitor_conn **mons;
+static int n_mons;
+
+static void monitor_start_check(struct monitor_conn *m);
+static void monitor_on_io(evutil_socket_t fd, short what, void *arg);
+
+/* ------------------------------------------------------------------ results */
+
+static void monitor_reset(struct monitor_conn *m)
+{
+	if (m->io_event) {
+		event_free(m->io_event);
+		m->io_event = NULL;
+	}
+	if (m->deadline)
+		evtimer_del(m->deadline);
+	if (m->dns) {
+		evdns_getaddrinfo_cancel(m->dns);
+		m->dns = NULL;
+	}
+	m->state = MON_IDLE;
+}
+
+static void monitor_fail(struct monitor_conn *m, const char *why)
+{
+	char reason[256];
+
+	snprintf(reason, sizeof(reason), "%s", why);
+	reason[strcspn(reason, "\n")] = '\0';
+	monitor_reset(m);
+	if (m->pg) {
+		PQfinish(m->pg);
+		m->pg = NULL;
+	}
+	/* An old monitoring connection may just have been dropped: try once afresh before judging. */
+	if (m->connected_before && !m->retried) {
+		m->retried = true;
+		monitor_start_check(m);
+		return;
+	}
+	pool_instance_report(m->t, false, ROLE_UNKNOWN, 0, NULL, reason);
+}
+
+static void monitor_done(struct monitor_conn *m, enum instance_role role, int lag_ms, const char *instance_id)
+{
+	monitor_reset(m);
+	pool_instance_report(m->t, true, role, lag_ms, instance_id, NULL);
+}
+
+/* Aurora: this instance's role from the cluster's own view, and the instances it names. */
+static void monitor_aurora_result(struct monitor_conn *m, PGresult *res)
+{
+	const struct config *cfg = config_current();
+	const char *me = NULL, *writer_id = NULL;
+	int lag = 0;
+
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *server_id = PQgetvalue(res, i, 1);
+		const char *session_id = PQgetvalue(res, i, 2);
+
+		me = PQgetvalue(res, i, 0);
+		if (strcmp(session_id, "MASTER_SESSION_ID") == 0)
+			writer_id = server_id;
+		if (cfg->instance_host_pattern[0] && server_id[0]) {
+			char host[256];
+			const char *q = strchr(cfg->instance_host_pattern, '?');
+
+			snprintf(host, sizeof(host), "%.*s%s%s", (int)(q - cfg->instance_host_pattern),
+				 cfg->instance_host_pattern, server_id, q + 1);
+			pool_add_instance(host, cfg->hosts[0].port, server_id);
+		}
+	}
+	for (int i = 0; me && i < PQntuples(res); i++)
+		if (strcmp(PQgetvalue(res, i, 1), me) == 0 && !PQgetisnull(res, i, 3))
+			lag = (int)atof(PQgetvalue(res, i, 3));
+	if (me == NULL) {
+		monitor_fail(m, "aurora_replica_status() returned no rows");
+		return;
+	}
+	monitor_done(m, writer_id && strcmp(writer_id, me) == 0 ? ROLE_WRITER : ROLE_READER, lag < 0 ? 0 : lag, me);
+}
+
+static void monitor_result(struct monitor_conn *m, PGresult *res)
+{
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		monitor_fail(m, PQresultErrorMessage(res));
+		return;
+	}
+	if (m->aurora) {
+		monitor_aurora_result(m, res);
+		return;
+	}
+	if (PQntuples(res) != 1 || PQnfields(res) != 3) {
+		monitor_fail(m, "unexpected health check result");
+		return;
+	}
+	if (strcmp(PQgetvalue(res, 0, 2), "t") == 0) {
+		/* Aurora: the next check asks the cluster itself. */
+		m->aurora = true;
+		log_info("instance %s:%d is Aurora PostgreSQL", m->t->host, m->t->port);
+	}
+	monitor_done(m, strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? ROLE_READER : ROLE_WRITER, atoi(PQgetvalue(res, 0, 1)),
+		     NULL);
+}
+
+/* ------------------------------------------------------------ the exchange */
+
+static void monitor_wait(struct monitor_conn *m, short what)
+{
+	if (m->io_event)
+		event_free(m->io_event);
+	m->io_event = event_new(mon_base, PQsocket(m->pg), what, monitor_on_io, m);
+	if (m->io_event == NULL) {
+		monitor_fail(m, "out of memory");
+		return;
+	}
+	event_add(m->io_event, NULL);
+}
+
+static void monitor_send_query(struct monitor_conn *m)
+{
+	int flushed;
+
+	m->state = MON_QUERYING;
+	if (!PQsendQuery(m->pg, m->aurora ? aurora_check_sql : plain_check_sql)) {
+		monitor_fail(m, PQerrorMessage(m->pg));
+		return;
+	}
+	flushed = PQflush(m->pg);
+	if (flushed < 0) {
+		monitor_fail(m, PQerrorMessage(m->pg));
+		return;
+	}
+	monitor_wait(m, flushed ? EV_READ | EV_WRITE : EV_READ);
+}
+
+static void monitor_on_io(evutil_socket_t fd, short what, void *arg)
+{
+	struct monitor_conn *m = arg;
+
+	if (m->state == MON_CONNECTING) {
+		switch (PQconnectPoll(m->pg)) {
+		case PGRES_POLLING_READING:
+			monitor_wait(m, EV_READ);
+			return;
+		case PGRES_POLLING_WRITING:
+			monitor_wait(m, EV_WRITE);
+			return;
+		case PGRES_POLLING_FAILED:
+			monitor_fail(m, PQerrorMessage(m->pg));
+			return;
+		default:
+			PQsetnonblocking(m->pg, 1);
+			monitor_send_query(m);
+			return;
+		}
+	}
+	if (m->state != MON_QUERYING)
+		return;
+	if ((what & EV_WRITE) && PQflush(m->pg) < 0) {
+		monitor_fail(m, PQerrorMessage(m->pg));
+		return;
+	}
+	if (!PQconsumeInput(m->pg)) {
+		monitor_fail(m, PQerrorMessage(m->pg));
+		return;
+	}
+	while (!PQisBusy(m->pg)) {
+		PGresult *res = PQgetResult(m->pg);
+
+		if (res == NULL)
+			return; /* the result was handled; monitor_result reset the state */
+		if (m->state == MON_QUERYING)
+			monitor_result(m, res);
+		PQclear(res);
+	}
+	monitor_wait(m, EV_READ);
+}
+
+static void monitor_connect(struct monitor_conn *m)
+{
+	const struct config *cfg = config_current();
+	struct secret secret;
+	bool found;
+
+	found = cfg->health_check_user[0] ? secrets_find(cfg->health_check_user, &secret) : secrets_find_first(&secret);
+	if (!found) {
+		monitor_fail(m, cfg->health_check_user[0] ? "health_check_user has no secret in secrets_dir"
+							  : "no secret in secrets_dir for health checks");
+		return;
+	}
+	m->pg = server_libpq_start(m->t, m->hostaddr, secret.username, cfg->health_check_database, secret.password,
+				   MONITOR_APPLICATION_NAME);
+	secret_clear(&secret);
+	if (m->pg == NULL || PQstatus(m->pg) == CONNECTION_BAD) {
+		monitor_fail(m, m->pg ? PQerrorMessage(m->pg) : "out of memory");
+		return;
+	}
+	m->state = MON_CONNECTING;
+	/* libpq's rule: start as if PQconnectPoll had asked for writability. */
+	monitor_wait(m, EV_WRITE);
+}
+
+static void monitor_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+	struct monitor_conn *m = arg;
+
+	if (result == EVUTIL_EAI_CANCEL)
+		return;
+	m->dns = NULL;
+	if (result != 0 || res == NULL) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "could not resolve host \"%s\": %s", m->t->host, evutil_gai_strerror(result));
+		if (res)
+			evutil_freeaddrinfo(res);
+		monitor_fail(m, why);
+		return;
+	}
+	server_format_address(res, m->hostaddr, sizeof(m->hostaddr));
+	evutil_freeaddrinfo(res);
+	monitor_connect(m);
+}
+
+static void monitor_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct monitor_conn *m = arg;
+	char why[64];
+
+	snprintf(why, sizeof(why), "no answer within health_check_timeout (%d ms)",
+		 config_current()->health_check_timeout_ms);
+	/* A hung instance gets no quiet retry. */
+	m->retried = true;
+	monitor_fail(m, why);
+}
+
+static void monitor_start_check(struct monitor_conn *m)
+{
+	const struct config *cfg = config_current();
+	struct timeval tv = { cfg->health_check_timeout_ms / 1000, (cfg->health_check_timeout_ms % 1000) * 1000 };
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (m->state != MON_IDLE)
+		return;
+	evtimer_add(m->deadline, &tv);
+	if (m->pg && PQstatus(m->pg) == CONNECTION_OK) {
+		m->connected_before = true;
+		monitor_send_query(m);
+		return;
+	}
+	m->connected_before = false;
+	if (m->pg) {
+		PQfinish(m->pg);
+		m->pg = NULL;
+	}
+	if (inet_pton(AF_INET, m->t->host, &a4) == 1 || inet_pton(AF_INET6, m->t->host, &a6) == 1) {
+		snprintf(m->hostaddr, sizeof(m->hostaddr), "%s", m->t->host);
+		monitor_connect(m);
+		return;
+	}
+	struct evutil_addrinfo hints;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	m->state = MON_RESOLVING;
+	m->dns = evdns_getaddrinfo(mon_dns, m->t->host, NULL, &hints, monitor_resolved, m);
+}
+
+/* --------------------------------------------------------------- the thread */
+
+/* Runs under the pool lock: give every target (including discovered ones) its monitor. */
+static void monitor_adopt(struct target *t, void *arg)
+{
+	struct monitor_conn *m, **grown;
+
+	if (t->monitor)
+		return;
+	m = xcalloc(1, sizeof(*m));
+	m->t = t;
+	m->deadline = evtimer_new(mon_base, monitor_deadline, m);
+	if (m->deadline == NULL)
+		abort();
+	grown = realloc(mons, sizeof(*mons) * (size_t)(n_mons + 1));
+	if (grown == NULL)
+		abort();
+	mons = grown;
+	mons[n_mons++] = m;
+	t->monitor = m;
+}
+
+static void monitor_tick(evutil_socket_t fd, short what, void *arg)
+{
+	const struct config *cfg = config_current();
+	struct timeval tv = { cfg->health_check_interval_ms / 1000, (cfg->health_check_interval_ms % 1000) * 1000 };
+
+	pool_for_each_target(monitor_adopt, NULL);
+	for (int i = 0; i < n_mons; i++) {
+		mons[i]->retried = false;
+		monitor_start_check(mons[i]);
+	}
+	/* Re-armed each time so that a reloaded interval applies at once. */
+	evtimer_add(tick_event, &tv);
+}
+
+static void monitor_wake(evutil_socket_t fd, short what, void *arg)
+{
+	for (int i = 0; i < n_mons; i++) {
+		if (__atomic_exchange_n(&mons[i]->check_now, 0, __ATOMIC_ACQ_REL)) {
+			mons[i]->retried = true; /* the backend already saw it fail */
+			monitor_start_check(mons[i]);
+		}
+	}
+}
+
+void monitor_check_now(struct target *t)
+{
+	struct monitor_conn *m = t->monitor;
+
+	if (!mon_running || m == NULL)
+		return;
+	__atomic_store_n(&m->check_now, 1, __ATOMIC_RELEASE);
+	event_active(wake_event, EV_READ, 0);
+}
+
+static void *monitor_main(void *arg)
+{
+	pthread_setname_np(pthread_self(), "monitor");
+	event_base_loop(mon_base, EVLOOP_NO_EXIT_ON_EMPTY);
+	for (int i = 0; i < n_mons; i++) {
+		struct monitor_conn *m = mons[i];
+
+		monitor_reset(m);
+		event_free(m->deadline);
+		if (m->pg)
+			PQfinish(m->pg);
+		m->t->monitor = NULL;
+		free(m);
+	}
+	free(mons);
+	mons = NULL;
+	n_mons = 0;
+	return NULL;
+}
+
+int monitor_start(void)
+{
+	struct timeval now = { 0, 0 };
+
+	mon_base = event_base_new();
+	if (mon_base == NULL)
+		return -1;
+	mon_dns = evdns_base_new(mon_base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (mon_dns == NULL) {
+		mon_dns = evdns_base_new(mon_base, 0);
+		if (mon_dns)
+			evdns_base_load_hosts(mon_dns, NULL);
+	}
+	tick_event = evtimer_new(mon_base, monitor_tick, NULL);
+	wake_event = event_new(mon_base, -1, 0, monitor_wake, NULL);
+	if (mon_dns == NULL || tick_event == NULL || wake_event == NULL)
+		return -1;
+	/* The first round starts at once: the writer is unknown until it completes. */
+	evtimer_add(tick_event, &now);
+	if (pthread_create(&mon_thread, NULL, monitor_main, NULL) != 0)
+		return -1;
+	mon_running = true;
+	return 0;
+}
+
+void monitor_stop(void)
+{
+	if (mon_running) {
+		event_base_loopbreak(mon_base);
+		pthread_join(mon_thread, NULL);
+		mon_running = false;
+	}
+	if (tick_event)
+		event_free(tick_event);
+	if (wake_event)
+		event_free(wake_event);
+	if (mon_dns)
+		evdns_base_free(mon_dns, 1);
+	if (mon_base)
+		event_base_free(mon_base);
+	tick_event = wake_event = NULL;
+	mon_dns = NULL;
+	mon_base = NULL;
+}
