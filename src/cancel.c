@@ -91,6 +91,18 @@ bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t 
 	return found;
 }
 
+void cancel_for_each_client(void (*fn)(struct client *c, void *arg), void *arg)
+{
+	struct list_node *pos;
+
+	pthread_mutex_lock(&registry_lock);
+	if (registry_ready)
+		for (int i = 0; i < CANCEL_BUCKETS; i++)
+			list_for_each(pos, &registry[i])
+				fn(list_entry(pos, struct client, cancel_node), arg);
+	pthread_mutex_unlock(&registry_lock);
+}
+
 static void *cancel_main(void *arg)
 {
 	pthread_setname_np(pthread_self(), "cancel");

@@ -22,6 +22,9 @@ void cancel_unregister(struct client *c);
 /* Find the client a CancelRequest names; false for unknown keys. */
 bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t *client_id);
 
+/* Call fn for every logged-in client, under the registry lock (SHOW CLIENTS, KILL). */
+void cancel_for_each_client(void (*fn)(struct client *c, void *arg), void *arg);
+
 int cancel_thread_start(void);
 void cancel_thread_stop(void);
 

@@ -21,6 +21,7 @@
 
 #include <event2/util.h>
 
+#include "admin.h"
 #include "auth.h"
 #include "cancel.h"
 #include "params.h"
@@ -89,7 +90,8 @@ static void client_set_state(struct client *c, enum client_state next)
 		abort();
 	}
 	log_client(LOG_LEVEL_DEBUG, c, "%s -> %s", client_state_names[c->state], client_state_names[next]);
-	c->state = next;
+	/* Atomic because SHOW CLIENTS reads it from another worker. */
+	__atomic_store_n(&c->state, next, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------ output */
@@ -197,6 +199,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	strmap_init(&c->params_set);
 	strmap_init(&c->stmts);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
+	STAT_INC(w, clients_accepted);
 	if (pgmux_clients_open() > cfg->max_client_connections)
 		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS,
 			     "The maximum number of client connections to pgmux exceeded %d (max_client_connections)",
@@ -248,6 +251,7 @@ void client_free(struct client *c)
 		secret_clear(&c->secret);
 	tls_context_unref(c->tls);
 	free(c->assigned_error);
+	admin_session_free(c);
 	params_clear(&c->params_reported);
 	params_clear(&c->params_set);
 	strmap_clear(&c->stmts, prepared_free);
@@ -261,7 +265,8 @@ void client_drain(struct client *c)
 	 * session, with transaction pooling the current transaction (a client
 	 * that gives its backend back while draining is closed then).
 	 */
-	if (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in))
+	if (!c->admin &&
+	    (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in)))
 		return;
 	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
@@ -461,6 +466,7 @@ static void client_authenticated(struct client *c);
 
 static void client_auth_failed(struct client *c, const char *why)
 {
+	STAT_INC(c->worker, logins_failed);
 	log_client(LOG_LEVEL_WARNING, c, "authentication failed: %s", why);
 	client_fatal(c, SQLSTATE_INVALID_PASSWORD, "password authentication failed for user \"%s\"",
 		     c->startup.user);
@@ -662,6 +668,23 @@ static void client_authenticated(struct client *c)
 	}
 	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
+	if (strcmp(c->startup.database, ADMIN_DATABASE) == 0) {
+		if (!config_is_admin(cfg, c->startup.user)) {
+			client_fatal(c, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+				     "permission denied for the pgmux admin console: user \"%s\" is not in admin_users",
+				     c->startup.user);
+			return;
+		}
+		cancel_register(c);
+		c->admin = true;
+		client_set_state(c, CLIENT_WAITING);
+		client_set_state(c, CLIENT_ACTIVE);
+		admin_login(c);
+		client_flush(c);
+		if (c->state == CLIENT_ACTIVE && iobuf_len(&c->io.in) > 0)
+			admin_process_input(c);
+		return;
+	}
 	cancel_register(c);
 	c->pool = pool_get(c->startup.user, c->startup.database, c->endpoint,
 			   c->have_secret ? c->secret.password : NULL);
@@ -681,6 +704,7 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 	if (c->state != CLIENT_WAITING)
 		return;
 	pool_cancel_wait(c);
+	STAT_INC(c->worker, borrow_timeouts);
 	log_client(LOG_LEVEL_WARNING, c, "%s after %d ms", BORROW_TIMEOUT_MESSAGE,
 		   config_current()->connection_borrow_timeout_ms);
 	if (!c->logged_in) {
@@ -720,6 +744,7 @@ static void client_borrow(struct client *c)
 		client_link(c, s);
 		break;
 	case POOL_QUEUED:
+		STAT_INC(c->worker, borrow_waits);
 		client_arm_wait_timer(c);
 		break;
 	case POOL_FAILED:
@@ -977,7 +1002,9 @@ void client_release_server(struct client *c)
 	struct server *s = c->server;
 
 	c->server = NULL;
+	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
 	c->reset_all_pending = false;
+	STAT_INC(c->worker, transactions);
 	client_set_state(c, CLIENT_IDLE);
 	if (c->read_paused) {
 		c->read_paused = false;
@@ -1053,8 +1080,13 @@ static void client_link(struct client *c, struct server *s)
 		evtimer_del(c->wait_timer);
 	c->server = s;
 	s->client = c;
+	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->client_id, c->id, __ATOMIC_RELAXED);
 	if (c->pin_reason)
 		s->pinned = true;
+	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
+	if (c->pin_reason || !c->transaction_mode)
+		pool_note_pinned(s);
 	iobuf_init(&sql);
 	if (!client_state_sql(c, s, &sql)) {
 		iobuf_free(&sql);
@@ -1076,9 +1108,12 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		return;
 	c->pin_reason = sql_pin_reason_text(scan->pin);
 	snprintf(c->pin_detail, sizeof(c->pin_detail), "%s", scan->pin_detail);
-	if (c->server)
+	if (c->server) {
 		c->server->pinned = true;
+		pool_note_pinned(c->server);
+	}
 	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
+	STAT_INC(c->worker, sessions_pinned);
 	log_client(LOG_LEVEL_INFO, c, "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
 		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
@@ -1219,6 +1254,7 @@ static bool client_relay(struct client *c)
 		case FE_SYNC:
 			s->outstanding++;
 			s->unsynced = false;
+			STAT_INC(c->worker, queries);
 			break;
 		case FE_FUNCTION_CALL:
 			s->outstanding++;
@@ -1315,6 +1351,8 @@ static bool client_process_input(struct client *c)
 				return c->state != CLIENT_CLOSED;
 			continue;
 		case CLIENT_ACTIVE:
+			if (c->admin)
+				return admin_process_input(c);
 			return client_relay(c);
 		case CLIENT_IDLE:
 			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c))

@@ -91,6 +91,9 @@ struct client {
 	char assigned_sqlstate[6];
 
 	struct event *timer; /* login timeout */
+	int backend_pid;     /* of the backend serving it now (0: none); atomic, for SHOW CLIENTS */
+	bool admin;          /* a session of the admin console (database "pgmux") */
+	struct admin_session *admin_session;
 	uint64_t connect_usec;
 };
 

@@ -205,6 +205,14 @@ static const struct config_option option_table[] = {
 	  .doc = "How long opening a server connection, TLS and login included, may take "
 		 "before that attempt fails. A number without a unit is seconds. At least "
 		 "100ms." },
+	{ .section = "target", .name = "cutover_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(cutover_timeout_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "When a reload (or CUTOVER TO in the admin console) changes hosts, pgmux "
+		 "pauses new transactions, lets those in flight finish for up to this long, "
+		 "then moves the pools to the new instances and resumes. Sessions pinned to "
+		 "an old instance keep it until they end or this much time has passed, then "
+		 "get a FATAL error. A number without a unit is seconds." },
 	{ .section = "target", .name = "health_check_interval", .type = CONFIG_DURATION_MS,
 	  .default_value = "1s", .reloadable = true, .bare_unit = "ms",
 	  .offset = FIELD(health_check_interval_ms), .min_value = 100, .max_value = INT_MAX,
@@ -1064,6 +1072,46 @@ void config_free(struct config *cfg)
 	free_hosts(cfg->hosts, cfg->n_hosts);
 	free(cfg->path);
 	free(cfg);
+}
+
+int config_parse_hosts(const char *text, struct target_host **hosts, int *n_hosts, char *err, size_t errlen)
+{
+	struct value_problem p;
+	const char *why = parse_hosts_value(text, hosts, n_hosts, &p);
+
+	if (why) {
+		error_printf(err, errlen, "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
+void config_free_hosts(struct target_host *hosts, int n_hosts)
+{
+	free_hosts(hosts, n_hosts);
+}
+
+struct config *config_with_hosts(const struct config *cfg, const struct target_host *hosts, int n_hosts)
+{
+	struct config *copy = xmalloc(sizeof(*copy));
+
+	*copy = *cfg;
+	for (size_t i = 0; i < OPTION_COUNT; i++) {
+		if (option_table[i].type == CONFIG_STRING) {
+			char **field = (char **)field_of(copy, &option_table[i]);
+
+			*field = xstrdup(*field);
+		}
+	}
+	copy->path = xstrdup(cfg->path);
+	copy->hosts = xcalloc((size_t)n_hosts, sizeof(*copy->hosts));
+	for (int i = 0; i < n_hosts; i++) {
+		copy->hosts[i].host = xstrdup(hosts[i].host);
+		copy->hosts[i].port = hosts[i].port;
+	}
+	copy->n_hosts = n_hosts;
+	copy->hosts_in_memory = true;
+	return copy;
 }
 
 /* ------------------------------------------------------------ queries */

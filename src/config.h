@@ -62,9 +62,11 @@ struct config {
 	/* [target] */
 	struct target_host *hosts; /* the instances, writer and readers in any order */
 	int n_hosts;
+	bool hosts_in_memory; /* set by CUTOVER TO: hosts differ from the file until the next reload */
 	enum server_tls_mode server_tls;
 	char *server_tls_ca_file;
 	int server_connect_timeout_ms;
+	int cutover_timeout_ms;
 	int health_check_interval_ms;
 	int health_check_timeout_ms;  /* for the connect or the query */
 	char *health_check_user;      /* "" = the user of the first secret file by name */
@@ -144,6 +146,13 @@ const struct config_option *config_first_fixed_change(const struct config *old,
  */
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
+
+/* Parse "host:port[, host:port ...]" as [target] hosts is parsed. Returns 0, or -1 with err set. */
+int config_parse_hosts(const char *text, struct target_host **hosts, int *n_hosts, char *err, size_t errlen);
+void config_free_hosts(struct target_host *hosts, int n_hosts);
+
+/* A copy of cfg with other hosts, as CUTOVER TO makes it (in memory only: hosts_in_memory is set). */
+struct config *config_with_hosts(const struct config *cfg, const struct target_host *hosts, int n_hosts);
 
 /* The number of worker threads this config asks for, with 0 resolved to the CPU count. */
 int config_worker_count(const struct config *cfg);

@@ -1,9 +1,9 @@
 /*
  * main.c: pgmux's entry point and main thread. It parses the command line,
  * loads the configuration, secrets and TLS certificate, starts the worker
- * threads and the cancel helper, then runs the acceptor and the signal
- * handlers on its own event loop: HUP reloads, INT stops gracefully, TERM
- * stops at once.
+ * threads, the cancel helper and the health-check monitor, then runs the
+ * acceptors on its own event loop, where control.c handles signals, reloads,
+ * cutovers and shutdown.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 
 #include "cancel.h"
 #include "config.h"
+#include "control.h"
 #include "log.h"
 #include "monitor.h"
 #include "pgmux.h"
@@ -36,12 +37,8 @@ struct main_state {
 	struct event_base *base;
 	struct evconnlistener *listener;          /* listen_port: the writer endpoint */
 	struct evconnlistener *readonly_listener; /* readonly_port: the reader endpoint */
-	struct event *drain_timer;
-	uint64_t drain_deadline_usec;
 	char *config_path;
 	int log_level_override; /* -1 when -v/-q were not given */
-	struct config **retired; /* configs replaced by reloads, freed at exit */
-	int n_retired;
 };
 
 static struct main_state M;
@@ -61,170 +58,20 @@ static void usage(FILE *out)
 		PACKAGE_VERSION);
 }
 
-/* ------------------------------------------------------------------ reload */
-
-/* Copy one option's value from src to dst (a restart-only option keeps its running value). */
-static void config_copy_option(struct config *dst, const struct config *src, const struct config_option *opt)
-{
-	char *d = (char *)dst + opt->offset;
-	const char *s = (const char *)src + opt->offset;
-
-	switch (opt->type) {
-	case CONFIG_STRING: {
-		char **dp = (char **)d;
-		char *copy = strdup(*(char *const *)s);
-
-		if (copy == NULL)
-			abort();
-		free(*dp);
-		*dp = copy;
-		break;
-	}
-	case CONFIG_BOOL:
-		*(bool *)d = *(const bool *)s;
-		break;
-	case CONFIG_HOSTS: {
-		struct target_host *tmp = dst->hosts;
-		int n = dst->n_hosts;
-
-		/* Swap so that each config still frees its own list. */
-		dst->hosts = ((struct config *)src)->hosts;
-		dst->n_hosts = src->n_hosts;
-		((struct config *)src)->hosts = tmp;
-		((struct config *)src)->n_hosts = n;
-		break;
-	}
-	default:
-		*(int *)d = *(const int *)s;
-		break;
-	}
-}
-
-static bool hosts_equal(const struct config *a, const struct config *b)
-{
-	if (a->n_hosts != b->n_hosts)
-		return false;
-	for (int i = 0; i < a->n_hosts; i++)
-		if (strcmp(a->hosts[i].host, b->hosts[i].host) != 0 || a->hosts[i].port != b->hosts[i].port)
-			return false;
-	return true;
-}
-
-static void apply_log_settings(const struct config *cfg)
-{
-	log_current_level = M.log_level_override >= 0 ? M.log_level_override : cfg->log_level;
-	if (log_open(cfg->logfile) != 0)
-		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
-}
-
-static void reload(void)
-{
-	const struct config *old = config_current();
-	char err[512];
-	struct config *next = config_load(M.config_path, err, sizeof(err));
-	const struct config_option *opt;
-	struct config **retired;
-
-	if (next == NULL) {
-		log_error("reload failed, keeping the running configuration: %s", err);
-		return;
-	}
-	while ((opt = config_first_fixed_change(old, next)) != NULL) {
-		log_warning("reload: [%s] %s can only change at start-up; keeping the running value", opt->section,
-			    opt->name);
-		config_copy_option(next, old, opt);
-	}
-	if (!hosts_equal(old, next)) {
-		log_warning("reload: [target] hosts changed; this version applies it at restart");
-		config_copy_option(next, (struct config *)old, config_find_option("target", "hosts"));
-	}
-	if (next->client_tls_cert_file[0]) {
-		struct tls_context *tls = tls_context_load(next->client_tls_cert_file, next->client_tls_key_file, err,
-							   sizeof(err));
-
-		if (tls == NULL) {
-			log_error("reload failed, keeping the running configuration: %s", err);
-			config_free(next);
-			return;
-		}
-		tls_set_current(tls);
-	} else {
-		tls_set_current(NULL);
-	}
-	if (secrets_reload(next->secrets_dir, err, sizeof(err)) < 0)
-		log_error("reload: secrets not reloaded: %s", err);
-	apply_log_settings(next);
-	retired = realloc(M.retired, sizeof(*M.retired) * (size_t)(M.n_retired + 1));
-	if (retired == NULL)
-		abort();
-	M.retired = retired;
-	M.retired[M.n_retired++] = (struct config *)old;
-	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_RELEASE);
-	log_info("configuration reloaded from %s", M.config_path);
-}
-
-/* ---------------------------------------------------------------- signals */
-
-static void drain_check(evutil_socket_t fd, short what, void *arg)
-{
-	int64_t open = pgmux_clients_open();
-
-	if (open == 0) {
-		log_info("all client sessions ended; stopping");
-		event_base_loopbreak(M.base);
-	} else if (pgmux_now_usec() >= M.drain_deadline_usec) {
-		log_info("shutdown_timeout reached with %lld client(s) open; stopping", (long long)open);
-		event_base_loopbreak(M.base);
-	}
-}
-
-static void on_janitor(evutil_socket_t fd, short what, void *arg)
-{
-	pool_janitor(pgmux_now_usec());
-}
-
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-	const struct config *cfg = config_current();
-	struct timeval tick = { 0, 100 * 1000 };
-
-	switch (sig) {
-	case SIGHUP:
-		log_info("SIGHUP: reloading");
-		reload();
-		break;
-	case SIGTERM:
-		log_info("SIGTERM: stopping now");
-		event_base_loopbreak(M.base);
-		break;
-	case SIGINT:
-		if (M.drain_timer) {
-			log_info("SIGINT again: stopping now");
-			event_base_loopbreak(M.base);
-			break;
-		}
-		log_info("SIGINT: no longer accepting connections; waiting up to %d ms for sessions to end",
-			 cfg->shutdown_timeout_ms);
-		if (M.listener) {
-			evconnlistener_free(M.listener);
-			M.listener = NULL;
-		}
-		if (M.readonly_listener) {
-			evconnlistener_free(M.readonly_listener);
-			M.readonly_listener = NULL;
-		}
-		workers_broadcast(WORKER_MSG_DRAIN);
-		M.drain_deadline_usec = pgmux_now_usec() + (uint64_t)cfg->shutdown_timeout_ms * 1000;
-		M.drain_timer = event_new(M.base, -1, EV_PERSIST, drain_check, NULL);
-		event_add(M.drain_timer, &tick);
-		break;
-	default:
-		log_info("signal %d ignored", (int)sig);
-		break;
-	}
-}
-
 /* ---------------------------------------------------------------- acceptor */
+
+/* A graceful shutdown begins: refuse new connections at the socket. */
+static void stop_listening(void)
+{
+	if (M.listener) {
+		evconnlistener_free(M.listener);
+		M.listener = NULL;
+	}
+	if (M.readonly_listener) {
+		evconnlistener_free(M.readonly_listener);
+		M.readonly_listener = NULL;
+	}
+}
 
 static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
 		      void *arg)
@@ -327,11 +174,7 @@ int main(int argc, char **argv)
 	bool background = false;
 	struct config *cfg;
 	char err[512];
-	struct event *signals[5];
-	const int signums[5] = { SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 };
 	int opt, exit_code = 0, n;
-	struct event *janitor;
-	struct timeval second = { 1, 0 };
 
 	M.log_level_override = -1;
 	while ((opt = getopt(argc, argv, "dvqVh")) != -1) {
@@ -367,7 +210,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	pgmux_config_ptr = cfg;
-	apply_log_settings(cfg);
+	control_apply_log_settings(cfg);
 
 	if (background && cfg->pidfile[0] == '\0') {
 		fprintf(stderr, "pgmux: -d needs a pidfile in %s\n", M.config_path);
@@ -413,34 +256,22 @@ int main(int argc, char **argv)
 		exit_code = 1;
 		goto out;
 	}
-	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0 ||
+	    control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;
 	}
-	for (int i = 0; i < 5; i++) {
-		signals[i] = evsignal_new(M.base, signums[i], on_signal, NULL);
-		event_add(signals[i], NULL);
-	}
-	janitor = event_new(M.base, -1, EV_PERSIST, on_janitor, NULL);
-	event_add(janitor, &second);
 	log_info("pgmux %s listening on %s:%d (writer)%s%.0d, %d worker(s), %s pooling, %d instance(s) listed",
 		 PACKAGE_VERSION, cfg->listen_addr, cfg->listen_port, cfg->readonly_port ? " and readers on port " : "",
 		 cfg->readonly_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->n_hosts);
 
 	event_base_dispatch(M.base);
 
-	for (int i = 0; i < 5; i++)
-		event_free(signals[i]);
-	event_free(janitor);
 out:
-	if (M.listener)
-		evconnlistener_free(M.listener);
-	if (M.readonly_listener)
-		evconnlistener_free(M.readonly_listener);
+	stop_listening();
+	control_cleanup();
 	monitor_stop();
-	if (M.drain_timer)
-		event_free(M.drain_timer);
 	workers_stop();
 	pool_shutdown();
 	cancel_thread_stop();
@@ -452,10 +283,8 @@ out:
 out_early:
 	secrets_shutdown();
 	tls_set_current(NULL);
-	for (int i = 0; i < M.n_retired; i++)
-		config_free(M.retired[i]);
-	free(M.retired);
 	config_free((struct config *)config_current());
+	control_free_retired_configs();
 	log_close();
 	libevent_global_shutdown();
 	return exit_code;

@@ -52,6 +52,7 @@ enum monitor_state {
 
 struct monitor_conn {
 	struct target *t;
+	unsigned seen; /* the last round that found its target among the live ones */
 	PGconn *pg;
 	enum monitor_state state;
 	bool connected_before; /* pg was up when this check began: one quiet retry on failure */
@@ -59,7 +60,6 @@ struct monitor_conn {
 	bool aurora;
 	struct event *io_event;
 	struct event *deadline;
-	int check_now; /* atomic: a worker asked for a check */
 	struct evdns_getaddrinfo_request *dns;
 	char hostaddr[64];
 };
@@ -72,6 +72,7 @@ static pthread_t mon_thread;
 static bool mon_running;
 static struct monitor_conn **mons;
 static int n_mons;
+static unsigned round_number;
 
 static void monitor_start_check(struct monitor_conn *m);
 static void monitor_on_io(evutil_socket_t fd, short what, void *arg);
@@ -342,15 +343,28 @@ static void monitor_start_check(struct monitor_conn *m)
 
 /* --------------------------------------------------------------- the thread */
 
+static void monitor_free(struct monitor_conn *m)
+{
+	monitor_reset(m);
+	event_free(m->deadline);
+	if (m->pg)
+		PQfinish(m->pg);
+	m->t->monitor = NULL;
+	free(m);
+}
+
 /* Runs under the pool lock: give every target (including discovered ones) its monitor. */
 static void monitor_adopt(struct target *t, void *arg)
 {
 	struct monitor_conn *m, **grown;
 
-	if (t->monitor)
+	if (t->monitor) {
+		t->monitor->seen = round_number;
 		return;
+	}
 	m = xcalloc(1, sizeof(*m));
 	m->t = t;
+	m->seen = round_number;
 	m->deadline = evtimer_new(mon_base, monitor_deadline, m);
 	if (m->deadline == NULL)
 		abort();
@@ -367,10 +381,19 @@ static void monitor_tick(evutil_socket_t fd, short what, void *arg)
 	const struct config *cfg = config_current();
 	struct timeval tv = { cfg->health_check_interval_ms / 1000, (cfg->health_check_interval_ms % 1000) * 1000 };
 
+	round_number++;
 	pool_for_each_target(monitor_adopt, NULL);
 	for (int i = 0; i < n_mons; i++) {
-		mons[i]->retried = false;
-		monitor_start_check(mons[i]);
+		struct monitor_conn *m = mons[i];
+
+		if (m->seen != round_number) {
+			/* Its instance was retired by a cutover: stop watching it. */
+			monitor_free(m);
+			mons[i--] = mons[--n_mons];
+			continue;
+		}
+		m->retried = false;
+		monitor_start_check(m);
 	}
 	/* Re-armed each time so that a reloaded interval applies at once. */
 	evtimer_add(tick_event, &tv);
@@ -379,7 +402,7 @@ static void monitor_tick(evutil_socket_t fd, short what, void *arg)
 static void monitor_wake(evutil_socket_t fd, short what, void *arg)
 {
 	for (int i = 0; i < n_mons; i++) {
-		if (__atomic_exchange_n(&mons[i]->check_now, 0, __ATOMIC_ACQ_REL)) {
+		if (__atomic_exchange_n(&mons[i]->t->check_requested, 0, __ATOMIC_ACQ_REL)) {
 			mons[i]->retried = true; /* the backend already saw it fail */
 			monitor_start_check(mons[i]);
 		}
@@ -388,28 +411,25 @@ static void monitor_wake(evutil_socket_t fd, short what, void *arg)
 
 void monitor_check_now(struct target *t)
 {
-	struct monitor_conn *m = t->monitor;
-
-	if (!mon_running || m == NULL)
+	/* Targets live until exit, so the flag is safe to set whatever the monitor is doing. */
+	if (!mon_running)
 		return;
-	__atomic_store_n(&m->check_now, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&t->check_requested, 1, __ATOMIC_RELEASE);
 	event_active(wake_event, EV_READ, 0);
+}
+
+void monitor_rescan(void)
+{
+	if (mon_running)
+		event_active(tick_event, EV_TIMEOUT, 0);
 }
 
 static void *monitor_main(void *arg)
 {
 	pthread_setname_np(pthread_self(), "monitor");
 	event_base_loop(mon_base, EVLOOP_NO_EXIT_ON_EMPTY);
-	for (int i = 0; i < n_mons; i++) {
-		struct monitor_conn *m = mons[i];
-
-		monitor_reset(m);
-		event_free(m->deadline);
-		if (m->pg)
-			PQfinish(m->pg);
-		m->t->monitor = NULL;
-		free(m);
-	}
+	for (int i = 0; i < n_mons; i++)
+		monitor_free(mons[i]);
 	free(mons);
 	mons = NULL;
 	n_mons = 0;

@@ -16,4 +16,7 @@ void monitor_stop(void);
 /* Check t now rather than at the next interval (a backend connection to it failed). Thread safe. */
 void monitor_check_now(struct target *t);
 
+/* Look at the list of instances again now (a cutover replaced it). Thread safe. */
+void monitor_rescan(void);
+
 #endif

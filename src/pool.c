@@ -14,6 +14,7 @@
 #include "client.h"
 #include "log.h"
 #include "pgmux.h"
+#include "secrets.h"
 #include "server.h"
 #include "util.h"
 #include "worker.h"
@@ -34,7 +35,9 @@ struct connect_batch {
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list_node targets = LIST_HEAD_INIT(targets);
 static struct list_node pools = LIST_HEAD_INIT(pools);
+static struct list_node retired_targets = LIST_HEAD_INIT(retired_targets);
 static struct target *writer;      /* the instance serving the writer endpoint, or NULL */
+static bool paused;                /* PAUSE, or a cutover waiting for transactions to end */
 static uint64_t writer_lost_usec;  /* when the last writer was lost (0: not lost) */
 
 static const char *const role_names[] = {
@@ -99,6 +102,16 @@ void pool_add_instance(const char *host, int port, const char *instance_id)
 	snprintf(t->instance_id, sizeof(t->instance_id), "%s", instance_id);
 	pthread_mutex_unlock(&pool_lock);
 	log_info("instance %s discovered at %s:%d", instance_id, host, port);
+}
+
+void pool_for_each_pool(void (*fn)(struct pool *p, void *arg), void *arg)
+{
+	struct list_node *pos;
+
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &pools)
+		fn(list_entry(pos, struct pool, node), arg);
+	pthread_mutex_unlock(&pool_lock);
 }
 
 void pool_for_each_target(void (*fn)(struct target *t, void *arg), void *arg)
@@ -246,6 +259,8 @@ static void pool_kick_locked(struct connect_batch *b)
 {
 	struct list_node *pos;
 
+	if (paused)
+		return;
 	list_for_each(pos, &pools) {
 		struct pool *p = list_entry(pos, struct pool, node);
 		const char *error;
@@ -254,7 +269,7 @@ static void pool_kick_locked(struct connect_batch *b)
 		while (p->n_waiting > p->n_connecting && b->n < POOL_MAX_CONNECTS) {
 			struct target *t = pool_pick_target_locked(p, &error);
 
-			if (t == NULL || t->n_connections >= target_cap_locked(t))
+			if (t == NULL || t->paused || t->n_connections >= target_cap_locked(t))
 				break;
 			reserve_connect_locked(b, p, t);
 		}
@@ -353,6 +368,8 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 		list_for_each_safe(pos, tmp, &pool->idle) {
 			struct server *cand = list_entry(pos, struct server, pool_node);
 
+			if (paused || cand->target->paused)
+				break;
 			if (!server_usable_locked(cand, pool)) {
 				/* Its instance failed or changed role: it must not serve anyone. */
 				pool_unlink_idle_locked(cand);
@@ -374,7 +391,9 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 				/* Queue first: a connection that completes goes to the oldest waiter. */
 				list_append(&pool->waiters, &client->wait_node);
 				pool->n_waiting++;
-				if (t && t->n_connections < target_cap_locked(t)) {
+				if (paused || (t && t->paused)) {
+					/* PAUSE: wait like a client of a full pool. */
+				} else if (t && t->n_connections < target_cap_locked(t)) {
 					reserve_connect_locked(&batch, pool, t);
 				} else if (t && t->cap_known && (victim = pool_steal_idle_locked(pool, t)) != NULL) {
 					t->n_connecting++;
@@ -447,10 +466,15 @@ void pool_release(struct server *s)
 	if (s->worker)
 		server_detach(s);
 	s->client = NULL;
+	__atomic_store_n(&s->client_id, 0, __ATOMIC_RELAXED);
 	s->last_used_usec = now;
 	pthread_mutex_lock(&pool_lock);
+	if (s->pinned_counted) {
+		s->pinned_counted = false;
+		pool->n_pinned--;
+	}
 	usable = server_usable_locked(s, pool);
-	if (usable && !list_empty(&pool->waiters)) {
+	if (usable && !paused && !s->target->paused && !list_empty(&pool->waiters)) {
 		waiter = list_entry(pool->waiters.next, struct client, wait_node);
 		list_del(&waiter->wait_node);
 		pool->n_waiting--;
@@ -489,6 +513,8 @@ static void pool_forget_locked(struct server *s)
 		t->n_idle--;
 	} else {
 		pool->n_active--;
+		if (s->pinned_counted)
+			pool->n_pinned--;
 	}
 	pool->n_connections--;
 	t->n_connections--;
@@ -747,6 +773,185 @@ void pool_janitor(uint64_t now)
 	run_connects(&batch);
 }
 
+/* ------------------------------------------------------- pause and cutover */
+
+/* Give idle servers to waiting clients and start connections for the rest (after RESUME). */
+static void pool_serve_waiters_locked(struct connect_batch *b)
+{
+	struct list_node *pos;
+
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+
+		while (!list_empty(&p->waiters) && !list_empty(&p->idle)) {
+			struct server *s = list_entry(p->idle.next, struct server, pool_node);
+			struct client *c = list_entry(p->waiters.next, struct client, wait_node);
+
+			if (s->target->paused || !server_usable_locked(s, p))
+				break;
+			list_del(&s->pool_node);
+			p->n_idle--;
+			p->n_active++;
+			s->target->n_idle--;
+			list_del(&c->wait_node);
+			p->n_waiting--;
+			c->assigned_server = s;
+			list_append(&c->worker->ready, &c->wait_node);
+			worker_wake(c->worker);
+		}
+	}
+	pool_kick_locked(b);
+}
+
+static struct target *find_target_locked(const char *instance)
+{
+	struct list_node *pos;
+	char hostport[300];
+
+	list_for_each(pos, &targets) {
+		struct target *t = list_entry(pos, struct target, node);
+
+		snprintf(hostport, sizeof(hostport), "%s:%d", t->host, t->port);
+		if (strcmp(instance, hostport) == 0 || strcmp(instance, t->instance_id) == 0 || strcmp(instance, t->host) == 0)
+			return t;
+	}
+	return NULL;
+}
+
+static int pool_set_paused(const char *instance, bool on)
+{
+	struct connect_batch batch;
+	struct target *t = NULL;
+
+	batch.n = 0;
+	pthread_mutex_lock(&pool_lock);
+	if (instance && instance[0]) {
+		t = find_target_locked(instance);
+		if (t == NULL) {
+			pthread_mutex_unlock(&pool_lock);
+			return -1;
+		}
+		t->paused = on;
+	} else {
+		paused = on;
+		if (!on) {
+			struct list_node *pos;
+
+			/* RESUME without a name resumes everything. */
+			list_for_each(pos, &targets)
+				list_entry(pos, struct target, node)->paused = false;
+		}
+	}
+	if (!on)
+		pool_serve_waiters_locked(&batch);
+	pthread_mutex_unlock(&pool_lock);
+	run_connects(&batch);
+	log_info("%s %s", on ? "paused" : "resumed", t ? t->instance_id : "all instances");
+	return 0;
+}
+
+int pool_pause(const char *instance)
+{
+	return pool_set_paused(instance, true);
+}
+
+int pool_resume(const char *instance)
+{
+	return pool_set_paused(instance, false);
+}
+
+bool pool_is_paused(void)
+{
+	bool p;
+
+	pthread_mutex_lock(&pool_lock);
+	p = paused;
+	pthread_mutex_unlock(&pool_lock);
+	return p;
+}
+
+int pool_transactions_in_flight(void)
+{
+	struct list_node *pos;
+	int n = 0;
+
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+
+		n += p->n_active - p->n_pinned;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	return n;
+}
+
+int pool_clients_waiting(void)
+{
+	struct list_node *pos;
+	int n = 0;
+
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &pools)
+		n += list_entry(pos, struct pool, node)->n_waiting;
+	pthread_mutex_unlock(&pool_lock);
+	return n;
+}
+
+void pool_note_pinned(struct server *s)
+{
+	pthread_mutex_lock(&pool_lock);
+	if (s->pool && !s->pinned_counted) {
+		s->pinned_counted = true;
+		s->pool->n_pinned++;
+	}
+	pthread_mutex_unlock(&pool_lock);
+}
+
+void pool_replace_targets(const struct target_host *hosts, int n_hosts)
+{
+	struct list_node doomed, *node;
+
+	list_init(&doomed);
+	pthread_mutex_lock(&pool_lock);
+	while ((node = list_pop_front(&targets)) != NULL) {
+		struct target *t = list_entry(node, struct target, node);
+
+		t->retired = true;
+		t->healthy = false;
+		t->generation++;
+		pool_drop_idle_of_locked(t, &doomed);
+		list_append(&retired_targets, &t->node);
+	}
+	writer = NULL;
+	writer_lost_usec = 0;
+	for (int i = 0; i < n_hosts; i++)
+		target_new_locked(hosts[i].host, hosts[i].port, true);
+	pthread_mutex_unlock(&pool_lock);
+	close_all(&doomed, "cutover to new instances");
+}
+
+bool pool_target_retired(const struct target *t)
+{
+	return __atomic_load_n(&t->retired, __ATOMIC_RELAXED);
+}
+
+void pool_refresh_passwords(void)
+{
+	struct list_node *pos;
+
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+		struct secret secret;
+
+		if (secrets_find(p->user, &secret)) {
+			set_string(&p->password, secret.password);
+			secret_clear(&secret);
+		}
+	}
+	pthread_mutex_unlock(&pool_lock);
+}
+
 void pool_take_ready(struct worker *w, struct list_node *out)
 {
 	pthread_mutex_lock(&pool_lock);
@@ -796,7 +1001,7 @@ void pool_shutdown(void)
 		}
 		free(p);
 	}
-	while ((node = list_pop_front(&targets)) != NULL) {
+	while ((node = list_pop_front(&targets)) != NULL || (node = list_pop_front(&retired_targets)) != NULL) {
 		struct target *t = list_entry(node, struct target, node);
 
 		free(t->host);

@@ -52,6 +52,9 @@ struct target {
 	uint64_t checks_ok, checks_failed;
 	uint64_t unhealthy_since_usec;
 	int generation;       /* bumps when the role changes: older connections are not reused */
+	bool paused;          /* PAUSE of this instance: no new transactions go to it */
+	bool retired;         /* replaced by a cutover; kept while connections still refer to it */
+	int check_requested;  /* atomic: a worker asked for a health check now */
 
 	int max_connections; /* effective cap; learned from the server when configured as 0 */
 	bool cap_known;
@@ -74,6 +77,7 @@ struct pool {
 	int n_active;   /* linked to a client or running pgmux's own queries */
 	int n_waiting;
 	int n_connecting;  /* connections being opened for it */
+	int n_pinned;      /* active connections held by pinned (or session-pooled) clients */
 	int n_connections; /* this pool's share of its targets' n_connections */
 };
 
@@ -140,9 +144,43 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 /* Aurora discovery: make sure an instance endpoint is known (monitor thread). */
 void pool_add_instance(const char *host, int port, const char *instance_id);
 
+/* Call fn for every pool, under the pool lock (SHOW POOLS). */
+void pool_for_each_pool(void (*fn)(struct pool *p, void *arg), void *arg);
+
 /* Call fn for every target, under the pool lock (monitor thread, SHOW). */
 void pool_for_each_target(void (*fn)(struct target *t, void *arg), void *arg);
 
 const char *pool_role_name(enum instance_role role);
+
+/*
+ * PAUSE: new transactions wait (as for a full pool) until RESUME; those in
+ * flight finish. instance NULL pauses everything, else the instance with
+ * that host:port or identifier. Returns -1 for an unknown instance.
+ */
+int pool_pause(const char *instance);
+int pool_resume(const char *instance);
+bool pool_is_paused(void);
+
+/* Transactions in flight: active connections not held by pinned sessions. */
+int pool_transactions_in_flight(void);
+
+/* Clients queued for a backend, in all pools. */
+int pool_clients_waiting(void);
+
+/* A linked server's client became pinned (or holds it for a whole session). */
+void pool_note_pinned(struct server *s);
+
+/*
+ * Cutover: retire every current instance and make hosts the new ones. Idle
+ * connections to the old instances are closed; active ones stop being
+ * reused. The writer is unknown until the monitor checks the new instances.
+ */
+void pool_replace_targets(const struct target_host *hosts, int n_hosts);
+
+/* Is t one of the instances a cutover replaced? */
+bool pool_target_retired(const struct target *t);
+
+/* After a reload: backend logins use each user's current secret (credential rotation). */
+void pool_refresh_passwords(void);
 
 #endif

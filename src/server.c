@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,6 +41,8 @@
 	       ##__VA_ARGS__)
 
 static uint64_t next_server_id = 1;
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct list_node registry = LIST_HEAD_INIT(registry);
 
 /* The parameters PostgreSQL 15 reports with ParameterStatus. */
 static const char *const reported_params[] = {
@@ -100,6 +103,8 @@ static void server_connect_failed(struct server *s, const char *why)
 
 	snprintf(message, sizeof(message), "pgmux could not connect to the database server: %s", why);
 	log_server(LOG_LEVEL_WARNING, s, "connection failed: %s", why);
+	if (s->worker)
+		STAT_INC(s->worker, server_connect_failures);
 	/* The instance may be down: find out now rather than at the next interval. */
 	monitor_check_now(s->target);
 	/* The pool fails the waiting clients; server_close must not free the slot again. */
@@ -347,6 +352,10 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	strmap_init(&s->applied);
 	list_init(&s->pool_node);
 	list_append(&w->servers, &s->worker_node);
+	pthread_mutex_lock(&registry_lock);
+	list_append(&registry, &s->registry_node);
+	pthread_mutex_unlock(&registry_lock);
+	STAT_INC(w, servers_opened);
 
 	s->timer = evtimer_new(w->base, server_connect_timeout, s);
 	if (s->timer == NULL)
@@ -973,8 +982,26 @@ void server_close(struct server *s, const char *reason)
 	}
 }
 
+void server_for_each(void (*fn)(struct server *s, void *arg), void *arg)
+{
+	struct list_node *pos;
+
+	pthread_mutex_lock(&registry_lock);
+	list_for_each(pos, &registry)
+		fn(list_entry(pos, struct server, registry_node), arg);
+	pthread_mutex_unlock(&registry_lock);
+}
+
+const char *server_state_name(enum server_state state)
+{
+	return server_state_names[state];
+}
+
 void server_free(struct server *s)
 {
+	pthread_mutex_lock(&registry_lock);
+	list_del(&s->registry_node);
+	pthread_mutex_unlock(&registry_lock);
 	for (int i = 0; i < s->n_params; i++) {
 		free(s->params[i].name);
 		free(s->params[i].value);

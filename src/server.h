@@ -65,6 +65,8 @@ typedef void (*server_query_done_fn)(struct server *s, bool ok, void *arg);
 struct server {
 	struct list_node pool_node;   /* pool idle list, under the pool lock */
 	struct list_node worker_node; /* owner's servers list, or its reap list */
+	struct list_node registry_node; /* every server, for SHOW SERVERS (registry lock) */
+	uint64_t client_id;           /* of the client it serves (0: none); atomic, for SHOW SERVERS */
 	uint64_t id;
 	enum server_state state;
 	struct worker *worker; /* owner; NULL while parked */
@@ -106,6 +108,7 @@ struct server {
 	struct strmap applied;     /* unreported parameters pgmux set here (lower-case name -> value) */
 	bool pinned;               /* served a pinned session: never shared again */
 	bool cancel_sent;          /* a CancelRequest may still be on its way: never shared again */
+	bool pinned_counted;       /* counted in its pool's n_pinned (pool lock) */
 
 	uint64_t created_usec;
 	uint64_t last_used_usec;
@@ -150,6 +153,11 @@ void server_free(struct server *s);
 
 /* Write what the client queued for s; resume the client when it drained. */
 void server_flush(struct server *s);
+
+/* Call fn for every backend connection (SHOW SERVERS); fn must only read atomic or fixed fields. */
+void server_for_each(void (*fn)(struct server *s, void *arg), void *arg);
+
+const char *server_state_name(enum server_state state);
 
 /* Look up a reported parameter. */
 const char *server_param(const struct server *s, const char *name);

@@ -15,11 +15,13 @@
 
 #include <event2/thread.h>
 
+#include "admin.h"
 #include "client.h"
 #include "log.h"
 #include "pgmux.h"
 #include "pool.h"
 #include "server.h"
+#include "util.h"
 
 struct config *pgmux_config_ptr;
 int64_t pgmux_client_count;
@@ -36,6 +38,24 @@ uint64_t pgmux_now_usec(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void workers_sum_stats(struct worker_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (int i = 0; i < n_workers; i++) {
+		const struct worker_stats *s = &workers[i]->stats;
+
+		out->clients_accepted += __atomic_load_n(&s->clients_accepted, __ATOMIC_RELAXED);
+		out->logins_failed += __atomic_load_n(&s->logins_failed, __ATOMIC_RELAXED);
+		out->transactions += __atomic_load_n(&s->transactions, __ATOMIC_RELAXED);
+		out->queries += __atomic_load_n(&s->queries, __ATOMIC_RELAXED);
+		out->borrow_waits += __atomic_load_n(&s->borrow_waits, __ATOMIC_RELAXED);
+		out->borrow_timeouts += __atomic_load_n(&s->borrow_timeouts, __ATOMIC_RELAXED);
+		out->servers_opened += __atomic_load_n(&s->servers_opened, __ATOMIC_RELAXED);
+		out->server_connect_failures += __atomic_load_n(&s->server_connect_failures, __ATOMIC_RELAXED);
+		out->sessions_pinned += __atomic_load_n(&s->sessions_pinned, __ATOMIC_RELAXED);
+	}
 }
 
 struct worker *worker_self(void)
@@ -94,6 +114,28 @@ void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t 
 void worker_post_cancel(struct worker *w, uint64_t client_id)
 {
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CANCEL);
+
+	if (msg == NULL)
+		return;
+	msg->client_id = client_id;
+	worker_post(w, msg);
+}
+
+void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, const char *text)
+{
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_ADMIN_REPLY);
+
+	if (msg == NULL)
+		return;
+	msg->client_id = client_id;
+	msg->ok = ok;
+	msg->text = xstrdup(text);
+	worker_post(w, msg);
+}
+
+void worker_post_kill(struct worker *w, uint64_t client_id)
+{
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_KILL);
 
 	if (msg == NULL)
 		return;
@@ -183,6 +225,24 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 	case WORKER_MSG_CONNECT:
 		server_connect(w, msg->pool, msg->target);
 		break;
+	case WORKER_MSG_ADMIN_REPLY:
+		c = worker_find_client(w, msg->client_id);
+		if (c)
+			admin_reply(c, msg->ok, msg->text);
+		break;
+	case WORKER_MSG_RETIRE:
+		list_for_each_safe(pos, tmp, &w->servers) {
+			struct server *s = list_entry(pos, struct server, worker_node);
+
+			if (pool_target_retired(s->target))
+				server_close(s, "pgmux cut over to new database instances and this session could not move");
+		}
+		break;
+	case WORKER_MSG_KILL:
+		c = worker_find_client(w, msg->client_id);
+		if (c)
+			client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "terminating connection due to KILL from the pgmux admin console");
+		break;
 	}
 }
 
@@ -207,6 +267,7 @@ static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 		struct worker_msg *msg = list_entry(node, struct worker_msg, node);
 
 		worker_handle_msg(w, msg);
+		free(msg->text);
 		free(msg);
 	}
 
@@ -265,6 +326,7 @@ static void worker_destroy(struct worker *w)
 
 		if (msg->fd >= 0)
 			close(msg->fd);
+		free(msg->text);
 		free(msg);
 	}
 	if (w->janitor_event)

@@ -25,6 +25,9 @@ enum worker_msg_type {
 	WORKER_MSG_DRAIN,      /* graceful shutdown started: refuse new work */
 	WORKER_MSG_STOP,       /* close everything now and leave the loop */
 	WORKER_MSG_CONNECT,    /* open a backend connection for a pool (a slot is reserved) */
+	WORKER_MSG_ADMIN_REPLY, /* the main thread finished an admin console request */
+	WORKER_MSG_RETIRE,     /* a cutover is over: close connections to retired instances */
+	WORKER_MSG_KILL,       /* KILL from the admin console: close this client */
 };
 
 struct worker_msg {
@@ -37,10 +40,31 @@ struct worker_msg {
 	enum pool_endpoint endpoint;
 	struct pool *pool;
 	struct target *target;
+	bool ok;
+	char *text; /* ADMIN_REPLY: the command tag or the error */
 };
+
+/*
+ * Counters of one worker, written only by its thread (relaxed atomic stores,
+ * so that SHOW STATS may read them from another) and summed when asked.
+ */
+struct worker_stats {
+	uint64_t clients_accepted;
+	uint64_t logins_failed;
+	uint64_t transactions;     /* backends given back at the end of a transaction */
+	uint64_t queries;          /* Query and Sync messages relayed */
+	uint64_t borrow_waits;     /* clients that had to queue for a backend */
+	uint64_t borrow_timeouts;
+	uint64_t servers_opened;
+	uint64_t server_connect_failures;
+	uint64_t sessions_pinned;
+};
+
+#define STAT_INC(w, field) __atomic_store_n(&(w)->stats.field, (w)->stats.field + 1, __ATOMIC_RELAXED)
 
 struct worker {
 	int id;
+	struct worker_stats stats;
 	pthread_t thread;
 	struct event_base *base;
 	struct evdns_base *dns;
@@ -79,6 +103,12 @@ void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t 
 
 void worker_post_cancel(struct worker *w, uint64_t client_id);
 
+/* The answer to an admin console request of client_id (text is copied). */
+void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, const char *text);
+
+/* Close client_id, wherever it lives (KILL). */
+void worker_post_kill(struct worker *w, uint64_t client_id);
+
 /* Ask the next worker to open a backend connection for pool (from a thread that is not a worker). */
 void workers_post_connect(struct pool *pool, struct target *target);
 
@@ -87,6 +117,9 @@ void worker_wake(struct worker *w);
 
 /* Ask for the reap callback to run once the current callbacks are done. */
 void worker_schedule_reap(struct worker *w);
+
+/* Add up every worker's counters. */
+void workers_sum_stats(struct worker_stats *out);
 
 /* The worker running on this thread, or NULL on the main thread. */
 struct worker *worker_self(void);

@@ -1,0 +1,517 @@
+/*
+ * control.c: process-wide operations on the main thread (see control.h).
+ *
+ * A cutover is a small state machine driven by a 20 ms timer: PAUSE the
+ * pools, wait until no transaction is in flight (or cutover_timeout), retire
+ * the old instances and add the new ones, RESUME; the monitor then finds the
+ * new writer and the waiting clients proceed. Pinned sessions keep their old
+ * backend until cutover_timeout, when the workers close what is left.
+ */
+#include "control.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "monitor.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "secrets.h"
+#include "tls.h"
+#include "util.h"
+#include "worker.h"
+
+#define CUTOVER_TICK_USEC 20000
+
+struct control_request {
+	struct list_node node;
+	enum control_op op;
+	char *arg;
+	struct worker *reply_to;
+	uint64_t client_id;
+};
+
+/* Someone waiting for the end of the cutover in progress (the admin who asked for it). */
+struct cutover_waiter {
+	struct worker *worker;
+	uint64_t client_id;
+};
+
+static struct {
+	struct event_base *base;
+	char *config_path;
+	int log_level_override;
+	struct event *signals[5];
+	struct event *request_event;
+	struct event *drain_timer;
+	struct event *janitor;
+	uint64_t drain_deadline_usec;
+	void (*stop_listening)(void);
+	struct config **retired;
+	int n_retired;
+
+	pthread_mutex_t lock; /* the request queue and the cutover stats */
+	struct list_node requests;
+	struct cutover_stats stats;
+
+	/* The cutover in progress (main thread only). */
+	struct event *cutover_timer;
+	struct event *pinned_timer;
+	uint64_t cutover_started_usec;
+	struct target_host *cutover_hosts;
+	int cutover_n_hosts;
+	int cutover_in_flight;
+	struct cutover_waiter waiters[16];
+	int n_waiters;
+} C;
+
+/* ------------------------------------------------------------------ replies */
+
+static void reply(struct worker *w, uint64_t client_id, bool ok, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void reply(struct worker *w, uint64_t client_id, bool ok, const char *fmt, ...)
+{
+	char text[512];
+	va_list ap;
+
+	if (w == NULL)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	worker_post_admin_reply(w, client_id, ok, text);
+}
+
+/* ------------------------------------------------------------------ cutover */
+
+static void cutover_finish_pinned(evutil_socket_t fd, short what, void *arg)
+{
+	/* cutover_timeout has passed: sessions still on the old instances must end. */
+	workers_broadcast(WORKER_MSG_RETIRE);
+}
+
+static void cutover_switch(bool timed_out)
+{
+	uint64_t now = pgmux_now_usec();
+	uint64_t paused_ms = (now - C.cutover_started_usec) / 1000;
+	int pinned = (int)__atomic_load_n(&client_pinned_sessions, __ATOMIC_RELAXED);
+	int in_flight = pool_transactions_in_flight();
+	int waited = pool_clients_waiting();
+	const struct config *cfg = config_current();
+
+	pool_replace_targets(C.cutover_hosts, C.cutover_n_hosts);
+	monitor_rescan();
+	pool_resume(NULL);
+	if (timed_out && in_flight > 0) {
+		/* Transactions that outlived cutover_timeout end with an error; pinned sessions with them. */
+		workers_broadcast(WORKER_MSG_RETIRE);
+	} else if (pinned > 0 && cfg->cutover_timeout_ms > 0) {
+		struct timeval rest;
+		uint64_t left_ms = (uint64_t)cfg->cutover_timeout_ms > paused_ms ? (uint64_t)cfg->cutover_timeout_ms - paused_ms : 0;
+
+		rest.tv_sec = (time_t)(left_ms / 1000);
+		rest.tv_usec = (suseconds_t)((left_ms % 1000) * 1000);
+		evtimer_add(C.pinned_timer, &rest);
+	} else if (pinned > 0) {
+		workers_broadcast(WORKER_MSG_RETIRE);
+	}
+	pthread_mutex_lock(&C.lock);
+	C.stats.count++;
+	C.stats.in_progress = false;
+	C.stats.last_pause_ms = paused_ms;
+	C.stats.last_in_flight = C.cutover_in_flight;
+	C.stats.last_waited = waited;
+	C.stats.last_pinned = pinned;
+	pthread_mutex_unlock(&C.lock);
+	log_info("cutover to %s: new transactions paused for %llu ms; %d transaction(s) were in flight, %d client(s) "
+		 "waited%s; %d pinned session(s) stay on the old instances for up to cutover_timeout",
+		 C.stats.last_hosts, (unsigned long long)paused_ms, C.cutover_in_flight, waited,
+		 timed_out ? "; cutover_timeout cut the remaining transactions short" : "", pinned);
+	for (int i = 0; i < C.n_waiters; i++)
+		reply(C.waiters[i].worker, C.waiters[i].client_id, true, "CUTOVER");
+	C.n_waiters = 0;
+	config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
+	C.cutover_hosts = NULL;
+	C.cutover_n_hosts = 0;
+}
+
+static void cutover_tick(evutil_socket_t fd, short what, void *arg)
+{
+	const struct config *cfg = config_current();
+	struct timeval tick = { 0, CUTOVER_TICK_USEC };
+	uint64_t elapsed_ms = (pgmux_now_usec() - C.cutover_started_usec) / 1000;
+
+	if (pool_transactions_in_flight() == 0) {
+		cutover_switch(false);
+		return;
+	}
+	if (cfg->cutover_timeout_ms >= 0 && elapsed_ms >= (uint64_t)cfg->cutover_timeout_ms) {
+		cutover_switch(true);
+		return;
+	}
+	evtimer_add(C.cutover_timer, &tick);
+}
+
+/* Begin moving to hosts (takes them). Returns -1 when a cutover is already running. */
+static int cutover_begin(struct target_host *hosts, int n_hosts, struct worker *w, uint64_t client_id)
+{
+	struct timeval now = { 0, 0 };
+	size_t used = 0;
+
+	if (C.cutover_hosts) {
+		/* The newest list wins; whoever asked hears when the one running ends. */
+		config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
+	} else {
+		C.cutover_started_usec = pgmux_now_usec();
+		C.cutover_in_flight = pool_transactions_in_flight();
+		pool_pause(NULL);
+		evtimer_add(C.cutover_timer, &now);
+	}
+	C.cutover_hosts = hosts;
+	C.cutover_n_hosts = n_hosts;
+	if (w && C.n_waiters < (int)(sizeof(C.waiters) / sizeof(C.waiters[0]))) {
+		C.waiters[C.n_waiters].worker = w;
+		C.waiters[C.n_waiters].client_id = client_id;
+		C.n_waiters++;
+	}
+	pthread_mutex_lock(&C.lock);
+	C.stats.in_progress = true;
+	C.stats.last_hosts[0] = '\0';
+	for (int i = 0; i < n_hosts; i++) {
+		int n = snprintf(C.stats.last_hosts + used, sizeof(C.stats.last_hosts) - used, "%s%s:%d", i ? ", " : "",
+				 hosts[i].host, hosts[i].port);
+
+		if (n < 0 || (size_t)n >= sizeof(C.stats.last_hosts) - used)
+			break;
+		used += (size_t)n;
+	}
+	pthread_mutex_unlock(&C.lock);
+	log_info("cutover to %s begins: new transactions wait while %d in flight finish (cutover_timeout %d ms)",
+		 C.stats.last_hosts, C.cutover_in_flight, config_current()->cutover_timeout_ms);
+	return 0;
+}
+
+void control_get_cutover_stats(struct cutover_stats *out)
+{
+	pthread_mutex_lock(&C.lock);
+	*out = C.stats;
+	pthread_mutex_unlock(&C.lock);
+}
+
+/* ------------------------------------------------------------------ reload */
+
+/* Copy one option's value from src to dst (a restart-only option keeps its running value). */
+static void config_copy_option(struct config *dst, const struct config *src, const struct config_option *opt)
+{
+	char *d = (char *)dst + opt->offset;
+	const char *s = (const char *)src + opt->offset;
+
+	switch (opt->type) {
+	case CONFIG_STRING: {
+		char **dp = (char **)d;
+
+		free(*dp);
+		*dp = xstrdup(*(char *const *)s);
+		break;
+	}
+	case CONFIG_BOOL:
+		*(bool *)d = *(const bool *)s;
+		break;
+	default:
+		*(int *)d = *(const int *)s;
+		break;
+	}
+}
+
+static bool hosts_equal(const struct target_host *a, int na, const struct target_host *b, int nb)
+{
+	if (na != nb)
+		return false;
+	for (int i = 0; i < na; i++)
+		if (strcmp(a[i].host, b[i].host) != 0 || a[i].port != b[i].port)
+			return false;
+	return true;
+}
+
+void control_apply_log_settings(const void *arg)
+{
+	const struct config *cfg = arg;
+
+	log_current_level = C.log_level_override >= 0 ? C.log_level_override : cfg->log_level;
+	if (log_open(cfg->logfile) != 0)
+		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
+}
+
+/* Publish next as the running configuration; the old one stays allocated until exit. */
+static void publish(struct config *next)
+{
+	struct config *old = (struct config *)config_current();
+	struct config **retired = realloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
+
+	if (retired == NULL)
+		abort();
+	C.retired = retired;
+	C.retired[C.n_retired++] = old;
+	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_RELEASE);
+}
+
+/*
+ * Re-read the file and the secrets. An invalid file changes nothing.
+ * Returns 0, or -1 with the reason in err.
+ */
+static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id)
+{
+	const struct config *old = config_current();
+	struct config *next = config_load(C.config_path, err, errlen);
+	const struct config_option *opt;
+	struct tls_context *tls = NULL;
+	bool hosts_changed;
+	int n;
+
+	if (next == NULL) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+		return -1;
+	}
+	if (next->client_tls_cert_file[0]) {
+		tls = tls_context_load(next->client_tls_cert_file, next->client_tls_key_file, err, errlen);
+		if (tls == NULL) {
+			log_error("reload failed, keeping the running configuration: %s", err);
+			config_free(next);
+			return -1;
+		}
+	}
+	while ((opt = config_first_fixed_change(old, next)) != NULL) {
+		log_warning("reload: [%s] %s can only change at start-up; keeping the running value", opt->section,
+			    opt->name);
+		config_copy_option(next, old, opt);
+	}
+	tls_set_current(tls);
+	n = secrets_reload(next->secrets_dir, err, errlen);
+	if (n < 0)
+		log_error("reload: secrets not reloaded: %s", err);
+	else
+		log_info("reload: %d secret(s) loaded from %s", n, next->secrets_dir);
+	control_apply_log_settings(next);
+	/* A CUTOVER TO in memory counts as the running hosts until the file says otherwise. */
+	hosts_changed = !hosts_equal(old->hosts, old->n_hosts, next->hosts, next->n_hosts);
+	publish(next);
+	pool_refresh_passwords();
+	log_info("configuration reloaded from %s", C.config_path);
+	if (hosts_changed) {
+		struct target_host *hosts = xcalloc((size_t)next->n_hosts, sizeof(*hosts));
+
+		for (int i = 0; i < next->n_hosts; i++) {
+			hosts[i].host = xstrdup(next->hosts[i].host);
+			hosts[i].port = next->hosts[i].port;
+		}
+		cutover_begin(hosts, next->n_hosts, w, client_id);
+		return 1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+	int64_t open = pgmux_clients_open();
+
+	if (open == 0) {
+		log_info("all client sessions ended; stopping");
+		event_base_loopbreak(C.base);
+	} else if (pgmux_now_usec() >= C.drain_deadline_usec) {
+		log_info("shutdown_timeout reached with %lld client(s) open; stopping", (long long)open);
+		event_base_loopbreak(C.base);
+	}
+}
+
+static void begin_drain(void)
+{
+	const struct config *cfg = config_current();
+	struct timeval tick = { 0, 100 * 1000 };
+
+	if (C.drain_timer) {
+		log_info("second shutdown request: stopping now");
+		event_base_loopbreak(C.base);
+		return;
+	}
+	log_info("no longer accepting connections; waiting up to %d ms for sessions to end", cfg->shutdown_timeout_ms);
+	if (C.stop_listening)
+		C.stop_listening();
+	workers_broadcast(WORKER_MSG_DRAIN);
+	C.drain_deadline_usec = pgmux_now_usec() + (uint64_t)cfg->shutdown_timeout_ms * 1000;
+	C.drain_timer = event_new(C.base, -1, EV_PERSIST, drain_check, NULL);
+	event_add(C.drain_timer, &tick);
+}
+
+/* ------------------------------------------------------------ entry points */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	char err[512];
+
+	switch (sig) {
+	case SIGHUP:
+		log_info("SIGHUP: reloading");
+		reload(err, sizeof(err), NULL, 0);
+		break;
+	case SIGTERM:
+		log_info("SIGTERM: stopping now");
+		event_base_loopbreak(C.base);
+		break;
+	case SIGINT:
+		log_info("SIGINT: graceful shutdown");
+		begin_drain();
+		break;
+	case SIGUSR1:
+		log_info("SIGUSR1: pausing");
+		pool_pause(NULL);
+		break;
+	case SIGUSR2:
+		log_info("SIGUSR2: resuming");
+		pool_resume(NULL);
+		break;
+	default:
+		break;
+	}
+}
+
+static void on_requests(evutil_socket_t fd, short what, void *arg)
+{
+	struct list_node queue, *node;
+	char err[512];
+
+	list_init(&queue);
+	pthread_mutex_lock(&C.lock);
+	while ((node = list_pop_front(&C.requests)) != NULL)
+		list_append(&queue, node);
+	pthread_mutex_unlock(&C.lock);
+	while ((node = list_pop_front(&queue)) != NULL) {
+		struct control_request *r = list_entry(node, struct control_request, node);
+
+		switch (r->op) {
+		case CONTROL_RELOAD: {
+			int rc = reload(err, sizeof(err), r->reply_to, r->client_id);
+
+			if (rc < 0)
+				reply(r->reply_to, r->client_id, false, "reload failed, configuration unchanged: %s", err);
+			else if (rc == 0)
+				reply(r->reply_to, r->client_id, true, "RELOAD");
+			/* rc 1: a cutover began; the reply comes when it is over. */
+			break;
+		}
+		case CONTROL_CUTOVER: {
+			struct target_host *hosts;
+			int n;
+
+			if (config_parse_hosts(r->arg, &hosts, &n, err, sizeof(err)) != 0) {
+				reply(r->reply_to, r->client_id, false, "CUTOVER TO: %s", err);
+				break;
+			}
+			/* In memory only: the running config says so until the next reload. */
+			publish(config_with_hosts(config_current(), hosts, n));
+			cutover_begin(hosts, n, r->reply_to, r->client_id);
+			break;
+		}
+		case CONTROL_SHUTDOWN:
+			log_info("SHUTDOWN from the admin console");
+			reply(r->reply_to, r->client_id, true, "SHUTDOWN");
+			begin_drain();
+			break;
+		}
+		free(r->arg);
+		free(r);
+	}
+}
+
+void control_request(enum control_op op, const char *arg, struct worker *w, uint64_t client_id)
+{
+	struct control_request *r = xcalloc(1, sizeof(*r));
+
+	r->op = op;
+	r->arg = arg ? xstrdup(arg) : NULL;
+	r->reply_to = w;
+	r->client_id = client_id;
+	pthread_mutex_lock(&C.lock);
+	list_append(&C.requests, &r->node);
+	pthread_mutex_unlock(&C.lock);
+	event_active(C.request_event, EV_READ, 0);
+}
+
+static void on_janitor(evutil_socket_t fd, short what, void *arg)
+{
+	pool_janitor(pgmux_now_usec());
+}
+
+int control_init(struct event_base *base, const char *config_path, int log_level_override,
+		 void (*stop_listening)(void))
+{
+	const int signums[5] = { SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 };
+	struct timeval second = { 1, 0 };
+
+	C.base = base;
+	C.config_path = xstrdup(config_path);
+	C.log_level_override = log_level_override;
+	C.stop_listening = stop_listening;
+	pthread_mutex_init(&C.lock, NULL);
+	list_init(&C.requests);
+	for (int i = 0; i < 5; i++) {
+		C.signals[i] = evsignal_new(base, signums[i], on_signal, NULL);
+		if (C.signals[i] == NULL || event_add(C.signals[i], NULL) != 0)
+			return -1;
+	}
+	C.request_event = event_new(base, -1, 0, on_requests, NULL);
+	C.cutover_timer = evtimer_new(base, cutover_tick, NULL);
+	C.pinned_timer = evtimer_new(base, cutover_finish_pinned, NULL);
+	C.janitor = event_new(base, -1, EV_PERSIST, on_janitor, NULL);
+	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL || C.janitor == NULL)
+		return -1;
+	event_add(C.janitor, &second);
+	return 0;
+}
+
+void control_cleanup(void)
+{
+	struct list_node *node;
+
+	for (int i = 0; i < 5; i++)
+		if (C.signals[i])
+			event_free(C.signals[i]);
+	if (C.request_event)
+		event_free(C.request_event);
+	if (C.cutover_timer)
+		event_free(C.cutover_timer);
+	if (C.pinned_timer)
+		event_free(C.pinned_timer);
+	if (C.janitor)
+		event_free(C.janitor);
+	if (C.drain_timer)
+		event_free(C.drain_timer);
+	while ((node = list_pop_front(&C.requests)) != NULL) {
+		struct control_request *r = list_entry(node, struct control_request, node);
+
+		free(r->arg);
+		free(r);
+	}
+	if (C.cutover_hosts)
+		config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
+	free(C.config_path);
+	memset(&C.signals, 0, sizeof(C.signals));
+}
+
+void control_free_retired_configs(void)
+{
+	for (int i = 0; i < C.n_retired; i++)
+		config_free(C.retired[i]);
+	free(C.retired);
+	C.retired = NULL;
+	C.n_retired = 0;
+}

@@ -1,0 +1,57 @@
+/*
+ * control.h: operations on the whole process, run on the main thread:
+ * reload (SIGHUP, RELOAD), cutover to new instances (a reload that changes
+ * hosts, or CUTOVER TO), pause and resume (SIGUSR1/SIGUSR2, PAUSE/RESUME),
+ * and shutdown (SIGINT, SHUTDOWN, SIGTERM). The admin console asks from its
+ * worker through a queue and gets the answer back in that worker's inbox.
+ */
+#ifndef PGMUX_CONTROL_H
+#define PGMUX_CONTROL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+struct worker;
+
+enum control_op {
+	CONTROL_RELOAD,
+	CONTROL_CUTOVER,  /* arg: the new hosts */
+	CONTROL_SHUTDOWN, /* graceful, as SIGINT */
+};
+
+/* What SHOW STATS and SHOW TARGETS report about cutovers. */
+struct cutover_stats {
+	int count;
+	bool in_progress;
+	uint64_t last_pause_ms;     /* how long new transactions waited */
+	int last_in_flight;         /* transactions still running when it began */
+	int last_waited;            /* clients waiting when the pools moved */
+	int last_pinned;            /* pinned sessions left on the old instances */
+	char last_hosts[256];
+};
+
+/*
+ * Set up signals, the request queue and the pool janitor on the main loop.
+ * stop_listening closes the listeners when a graceful shutdown begins.
+ */
+int control_init(struct event_base *base, const char *config_path, int log_level_override,
+		 void (*stop_listening)(void));
+void control_cleanup(void);
+
+/* Apply log level and file from cfg (start-up and reload). */
+void control_apply_log_settings(const void *cfg);
+
+/*
+ * Ask the main thread for op (thread safe). When it is done, the worker w
+ * gets WORKER_MSG_ADMIN_REPLY for client_id with the outcome.
+ */
+void control_request(enum control_op op, const char *arg, struct worker *w, uint64_t client_id);
+
+void control_get_cutover_stats(struct cutover_stats *out);
+
+/* Configs replaced by reloads stay allocated until exit; this frees them. */
+void control_free_retired_configs(void);
+
+#endif
