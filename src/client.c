@@ -623,6 +623,7 @@ static int client_options_parse(struct client *c, const char *options, char *err
 
 static void client_put_param(struct client *c, const char *name, const char *value)
 {
+	c->params_fingerprint_valid = false;
 	if (params_is_carried(name))
 		params_put(&c->params_reported, name, value);
 	else
@@ -914,6 +915,7 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 			continue;
 		sql_append_set(sql, &count, e->key, e->value);
 		params_put(&s->applied, e->key, e->value);
+		s->params_fingerprint_valid = false;
 	}
 	if (count == 0)
 		iobuf_append(sql, "SELECT 1", 8);
@@ -923,6 +925,7 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 		if (params_get(&c->params_set, e->key) == NULL) {
 			sql_append_reset(sql, e->key);
 			free(strmap_delete(&s->applied, e));
+			s->params_fingerprint_valid = false;
 			count++;
 		}
 	}
@@ -1028,6 +1031,7 @@ static void client_login_complete(struct client *c)
 		if (v)
 			params_put(&c->params_reported, params_carried_names[i], v);
 	}
+	c->params_fingerprint_valid = false;
 	for (int i = 0; i < s->n_params; i++)
 		proto_put_parameter_status(&c->io.out, s->params[i].name, s->params[i].value);
 	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
@@ -1072,6 +1076,33 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 	client_setup_complete(c);
 }
 
+static const char *client_reported_get(const char *name, void *arg)
+{
+	return params_get(&((struct client *)arg)->params_reported, name);
+}
+
+static const char *server_reported_get(const char *name, void *arg)
+{
+	return server_param(arg, name);
+}
+
+/* Does backend s already match the client's session? Cheap: two cached fingerprints. */
+static bool client_state_matches(struct client *c, struct server *s)
+{
+	/* Before login the client's view is incomplete: always compare in full. */
+	if (!c->logged_in)
+		return false;
+	if (!c->params_fingerprint_valid) {
+		c->params_fingerprint = params_fingerprint(client_reported_get, c, &c->params_set);
+		c->params_fingerprint_valid = true;
+	}
+	if (!s->params_fingerprint_valid) {
+		s->params_fingerprint = params_fingerprint(server_reported_get, s, &s->applied);
+		s->params_fingerprint_valid = true;
+	}
+	return c->params_fingerprint == s->params_fingerprint;
+}
+
 static void client_link(struct client *c, struct server *s)
 {
 	struct iobuf sql;
@@ -1087,6 +1118,11 @@ static void client_link(struct client *c, struct server *s)
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
 	if (c->pin_reason || !c->transaction_mode)
 		pool_note_pinned(s);
+	if (client_state_matches(c, s)) {
+		client_set_state(c, CLIENT_SETUP);
+		client_setup_complete(c);
+		return;
+	}
 	iobuf_init(&sql);
 	if (!client_state_sql(c, s, &sql)) {
 		iobuf_free(&sql);
@@ -1433,6 +1469,8 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 				client_on_event(fd, EV_READ, c);
 				return;
 			}
+			if (c->io.drained)
+				break;
 			continue;
 		}
 		if (st == IO_AGAIN)

@@ -76,6 +76,8 @@ struct client {
 	/* Session state pgmux carries from backend to backend (transaction pooling). */
 	struct strmap params_reported; /* carried reported parameters, as the client last saw them */
 	struct strmap params_set;      /* other parameters from the startup packet (options -c ...) */
+	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
+	bool params_fingerprint_valid;
 	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL */
 	char pin_detail[64];

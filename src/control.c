@@ -51,7 +51,6 @@ static struct {
 	struct event *signals[5];
 	struct event *request_event;
 	struct event *drain_timer;
-	struct event *janitor;
 	uint64_t drain_deadline_usec;
 	void (*stop_listening)(void);
 	struct config **retired;
@@ -446,16 +445,10 @@ void control_request(enum control_op op, const char *arg, struct worker *w, uint
 	event_active(C.request_event, EV_READ, 0);
 }
 
-static void on_janitor(evutil_socket_t fd, short what, void *arg)
-{
-	pool_janitor(pgmux_now_usec());
-}
-
 int control_init(struct event_base *base, const char *config_path, int log_level_override,
 		 void (*stop_listening)(void))
 {
 	const int signums[5] = { SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 };
-	struct timeval second = { 1, 0 };
 
 	C.base = base;
 	C.config_path = xstrdup(config_path);
@@ -471,10 +464,8 @@ int control_init(struct event_base *base, const char *config_path, int log_level
 	C.request_event = event_new(base, -1, 0, on_requests, NULL);
 	C.cutover_timer = evtimer_new(base, cutover_tick, NULL);
 	C.pinned_timer = evtimer_new(base, cutover_finish_pinned, NULL);
-	C.janitor = event_new(base, -1, EV_PERSIST, on_janitor, NULL);
-	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL || C.janitor == NULL)
+	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL)
 		return -1;
-	event_add(C.janitor, &second);
 	return 0;
 }
 
@@ -491,8 +482,6 @@ void control_cleanup(void)
 		event_free(C.cutover_timer);
 	if (C.pinned_timer)
 		event_free(C.pinned_timer);
-	if (C.janitor)
-		event_free(C.janitor);
 	if (C.drain_timer)
 		event_free(C.drain_timer);
 	while ((node = list_pop_front(&C.requests)) != NULL) {

@@ -128,6 +128,8 @@ enum io_status io_read(struct io *io, size_t limit)
 		n = SSL_read(io->ssl, p, (int)room);
 		if (n > 0) {
 			iobuf_commit(&io->in, (size_t)n);
+			/* Decrypted bytes still inside OpenSSL would not wake the socket. */
+			io->drained = (size_t)n < room && SSL_pending(io->ssl) == 0;
 			return IO_OK;
 		}
 		err = SSL_get_error(io->ssl, n);
@@ -154,6 +156,12 @@ enum io_status io_read(struct io *io, size_t limit)
 
 		if (n > 0) {
 			iobuf_commit(&io->in, (size_t)n);
+			/*
+			 * A short read emptied the socket: reading again would only
+			 * return EAGAIN. The event is level-triggered, so anything that
+			 * arrives later wakes us again.
+			 */
+			io->drained = (size_t)n < room;
 			return IO_OK;
 		}
 		if (n == 0)

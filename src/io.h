@@ -37,6 +37,7 @@ struct io {
 	bool writing;    /* ev_write is added */
 	bool ssl_read_wants_write;  /* SSL_read returned WANT_WRITE */
 	bool ssl_write_wants_read;  /* SSL_write returned WANT_READ */
+	bool drained;               /* the last read took everything there was (a short read) */
 	struct iobuf in;
 	struct iobuf out;
 	char error[128];

@@ -67,6 +67,42 @@ void params_clear(struct strmap *m)
 	strmap_clear(m, free);
 }
 
+static uint64_t entry_hash(const char *name, const char *value)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ (unsigned char)tolower(*p)) * 1099511628211ull;
+	h = (h ^ '=') * 1099511628211ull;
+	for (const unsigned char *p = (const unsigned char *)value; *p; p++)
+		h = (h ^ *p) * 1099511628211ull;
+	/* Mix so that summing entries does not cancel out. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	return h;
+}
+
+uint64_t params_fingerprint(const char *(*get)(const char *name, void *arg), void *arg, const struct strmap *extra)
+{
+	uint64_t fp = 0;
+	struct list_node *pos;
+
+	for (int i = 0; params_carried_names[i]; i++) {
+		const char *v = get(params_carried_names[i], arg);
+
+		if (v)
+			fp += entry_hash(params_carried_names[i], v);
+	}
+	/* The extra entries are told apart from carried ones by a tag. */
+	list_for_each(pos, &extra->lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		fp += entry_hash(e->key, e->value) * 3 + 1;
+	}
+	return fp;
+}
+
 bool params_is_carried(const char *name)
 {
 	for (int i = 0; params_carried_names[i]; i++)

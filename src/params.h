@@ -7,6 +7,7 @@
 #define PGMUX_PARAMS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "strmap.h"
 
@@ -23,6 +24,14 @@ void params_clear(struct strmap *m);
  * pgmux follows their ParameterStatus messages, so SET of them needs no pin.
  */
 bool params_is_carried(const char *name);
+
+/*
+ * A fingerprint of a session state: the carried reported parameters, as
+ * get(name, arg) returns them, and every entry of extra. Order-independent
+ * for extra; equal states give equal fingerprints, so a backend whose
+ * fingerprint matches the client's needs no SET at all.
+ */
+uint64_t params_fingerprint(const char *(*get)(const char *name, void *arg), void *arg, const struct strmap *extra);
 
 /* The carried parameter names, NULL-terminated (for the SQL scanner). */
 extern const char *const params_carried_names[];

@@ -332,7 +332,8 @@ static struct server *pool_steal_idle_locked(struct pool *for_pool, struct targe
 		for (spos = p->idle.prev; spos != &p->idle; spos = spos->prev) {
 			struct server *s = list_entry(spos, struct server, pool_node);
 
-			if (s->target != t)
+			/* Only this thread may close it: parked here, or on no loop at all. */
+			if (s->target != t || (s->worker != NULL && s->worker != worker_self()))
 				continue;
 			list_del(&s->pool_node);
 			p->n_idle--;
@@ -356,6 +357,7 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 	struct list_node doomed, *pos, *tmp;
 	struct connect_batch batch;
 	struct target *t;
+	struct server *migrate;
 	enum pool_borrow_result result = POOL_QUEUED;
 
 	*server = NULL;
@@ -363,7 +365,10 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 	batch.n = 0;
 	list_init(&doomed);
 	for (;;) {
+		struct server *detached = NULL, *remote = NULL;
+
 		s = NULL;
+		migrate = NULL;
 		pthread_mutex_lock(&pool_lock);
 		list_for_each_safe(pos, tmp, &pool->idle) {
 			struct server *cand = list_entry(pos, struct server, pool_node);
@@ -371,19 +376,48 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 			if (paused || cand->target->paused)
 				break;
 			if (!server_usable_locked(cand, pool)) {
-				/* Its instance failed or changed role: it must not serve anyone. */
-				pool_unlink_idle_locked(cand);
-				list_append(&doomed, &cand->pool_node);
+				/*
+				 * Its instance failed or changed role: it must not serve
+				 * anyone. Only its own worker may close one still
+				 * attached to a loop; that worker's sweep does.
+				 */
+				if (cand->worker == NULL || cand->worker == w) {
+					pool_unlink_idle_locked(cand);
+					list_append(&doomed, &cand->pool_node);
+				}
 				continue;
 			}
-			s = cand;
+			/* Best: parked on this worker's loop already, so no system call at all. */
+			if (cand->worker == w) {
+				s = cand;
+				break;
+			}
+			if (cand->worker == NULL && detached == NULL)
+				detached = cand;
+			else if (cand->worker != NULL && remote == NULL)
+				remote = cand;
+		}
+		if (s == NULL)
+			s = detached;
+		if (s == NULL && remote != NULL) {
+			/*
+			 * Only another worker's loop holds one: that worker detaches it
+			 * and hands it to the oldest waiter, which this client becomes.
+			 */
+			migrate = remote;
+			list_del(&migrate->pool_node);
+			pool->n_idle--;
+			pool->n_active++;
+			migrate->target->n_idle--;
+			list_append(&pool->waiters, &client->wait_node);
+			pool->n_waiting++;
+		} else if (s != NULL) {
 			list_del(&s->pool_node);
 			pool->n_idle--;
 			pool->n_active++;
 			s->target->n_idle--;
-			break;
 		}
-		if (s == NULL) {
+		if (s == NULL && migrate == NULL) {
 			t = pool_pick_target_locked(pool, error);
 			if (*error) {
 				result = POOL_FAILED;
@@ -407,6 +441,10 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 		pthread_mutex_unlock(&pool_lock);
 		close_all(&doomed, "its instance is no longer usable for this pool");
 
+		if (migrate) {
+			worker_post_migrate(migrate->worker, migrate->id);
+			break;
+		}
 		if (s == NULL)
 			break;
 		/* An idle server may have died while parked; try the next one. */
@@ -463,8 +501,6 @@ void pool_release(struct server *s)
 		server_close(s, "a cancel request was sent to it");
 		return;
 	}
-	if (s->worker)
-		server_detach(s);
 	s->client = NULL;
 	__atomic_store_n(&s->client_id, 0, __ATOMIC_RELAXED);
 	s->last_used_usec = now;
@@ -478,13 +514,23 @@ void pool_release(struct server *s)
 		waiter = list_entry(pool->waiters.next, struct client, wait_node);
 		list_del(&waiter->wait_node);
 		pool->n_waiting--;
+		/* A server moves to another worker's loop only detached; on this one it stays. */
+		if (s->worker && s->worker != waiter->worker)
+			server_detach(s);
 		waiter->assigned_server = s;
 		s->state = SERVER_IDLE;
 		list_append(&waiter->worker->ready, &waiter->wait_node);
 		/* Once the lock is dropped the waiter may close; its worker lives on. */
 		wake = waiter->worker;
 	} else if (usable) {
+		/*
+		 * Parked, it stays on this worker's loop with its read event on: the
+		 * next borrow here costs no system call, and a server that closes
+		 * the connection is noticed at once.
+		 */
 		s->state = SERVER_IDLE;
+		if (s->worker)
+			io_want_read(&s->io, true);
 		list_prepend(&pool->idle, &s->pool_node);
 		pool->n_idle++;
 		pool->n_active--;
@@ -625,7 +671,8 @@ static void pool_drop_idle_of_locked(struct target *t, struct list_node *doomed)
 		list_for_each_safe(spos, stmp, &p->idle) {
 			struct server *s = list_entry(spos, struct server, pool_node);
 
-			if (s->target == t) {
+			/* One parked on a worker's loop is closed by that worker's sweep. */
+			if (s->target == t && s->worker == NULL) {
 				pool_unlink_idle_locked(s);
 				list_append(doomed, &s->pool_node);
 			}
@@ -664,6 +711,8 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		}
 		pthread_mutex_unlock(&pool_lock);
 		close_all(&doomed, "its instance failed a health check");
+		/* Servers parked on worker loops are closed by their own worker. */
+		workers_broadcast(WORKER_MSG_SWEEP);
 		return;
 	}
 	t->checks_ok++;
@@ -706,53 +755,55 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
 	close_all(&doomed, "its instance changed role");
+	if (changed_role)
+		workers_broadcast(WORKER_MSG_SWEEP);
 	run_connects(&batch);
 }
 
 /* ------------------------------------------------------------- maintenance */
 
 /*
- * Once a second, on the main thread: close idle backends past
- * server_idle_timeout or server_lifetime, or beyond the idle cap
+ * Maintenance of the idle backends parked on worker w's loop (and, on the
+ * first worker, of those parked on none): close those past
+ * server_idle_timeout or server_lifetime, beyond the idle cap
  * (max_idle_connections_percent of the instance's cap, once idle for a
- * second), sparing min_pool_size per pool; open connections up to
- * min_pool_size.
+ * second), or no longer usable (failover, cutover), sparing min_pool_size
+ * per pool; the first worker also opens connections up to min_pool_size.
+ * Each worker runs it once a second, and at once when asked to sweep.
  */
-void pool_janitor(uint64_t now)
+void pool_janitor(uint64_t now, struct worker *w)
 {
 	const struct config *cfg = config_current();
+	bool first = workers[0] == w;
 	struct list_node doomed, *pos;
 	struct connect_batch batch;
 
 	batch.n = 0;
 	list_init(&doomed);
 	pthread_mutex_lock(&pool_lock);
-	list_for_each(pos, &targets) {
-		struct target *t = list_entry(pos, struct target, node);
-		int idle = t->n_idle;
-		int max_idle = t->cap_known ? t->max_connections * cfg->max_idle_connections_percent / 100 : idle;
-		struct list_node *ppos;
+	list_for_each(pos, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+		struct list_node *spos, *stmp;
 
-		list_for_each(ppos, &pools) {
-			struct pool *p = list_entry(ppos, struct pool, node);
-			struct list_node *spos, *stmp;
+		/* Oldest idle first: the idle list keeps the most recently used at the front. */
+		for (spos = p->idle.prev, stmp = spos->prev; spos != &p->idle; spos = stmp, stmp = spos->prev) {
+			struct server *s = list_entry(spos, struct server, pool_node);
+			struct target *t = s->target;
+			uint64_t idle_for = now - s->last_used_usec;
+			int max_idle = t->cap_known ? t->max_connections * cfg->max_idle_connections_percent / 100 : t->n_idle;
+			bool expired = (cfg->server_idle_timeout_ms > 0 &&
+					idle_for >= (uint64_t)cfg->server_idle_timeout_ms * 1000) ||
+				       (cfg->server_lifetime_ms > 0 &&
+					now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000);
+			bool surplus = t->n_idle > max_idle && idle_for >= 1000000;
+			bool unusable = !server_usable_locked(s, p);
 
-			/* Oldest idle first: the idle list keeps the most recently used at the front. */
-			for (spos = p->idle.prev, stmp = spos->prev; spos != &p->idle; spos = stmp, stmp = spos->prev) {
-				struct server *s = list_entry(spos, struct server, pool_node);
-				uint64_t idle_for = now - s->last_used_usec;
-				bool expired = (cfg->server_idle_timeout_ms > 0 &&
-						idle_for >= (uint64_t)cfg->server_idle_timeout_ms * 1000) ||
-					       (cfg->server_lifetime_ms > 0 &&
-						now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000);
-				bool surplus = idle > max_idle && idle_for >= 1000000;
-
-				if (s->target != t || p->n_connections <= cfg->min_pool_size || (!expired && !surplus))
-					continue;
-				pool_unlink_idle_locked(s);
-				list_append(&doomed, &s->pool_node);
-				idle--;
-			}
+			if (s->worker != w && !(first && s->worker == NULL))
+				continue;
+			if (!unusable && (p->n_connections <= cfg->min_pool_size || (!expired && !surplus)))
+				continue;
+			pool_unlink_idle_locked(s);
+			list_append(&doomed, &s->pool_node);
 		}
 	}
 	/* Keep min_pool_size open for each pool that has been used. */
@@ -760,7 +811,7 @@ void pool_janitor(uint64_t now)
 		struct pool *p = list_entry(pos, struct pool, node);
 		const char *error;
 
-		while (p->n_connections < cfg->min_pool_size && batch.n < POOL_MAX_CONNECTS) {
+		while (first && p->n_connections < cfg->min_pool_size && batch.n < POOL_MAX_CONNECTS) {
 			struct target *t = pool_pick_target_locked(p, &error);
 
 			if (t == NULL || !t->cap_known || t->n_connections >= t->max_connections)
@@ -769,7 +820,7 @@ void pool_janitor(uint64_t now)
 		}
 	}
 	pthread_mutex_unlock(&pool_lock);
-	close_all(&doomed, "idle too long, too old, or beyond the idle cap");
+	close_all(&doomed, "idle too long, too old, beyond the idle cap, or its instance is no longer usable");
 	run_connects(&batch);
 }
 
@@ -928,6 +979,7 @@ void pool_replace_targets(const struct target_host *hosts, int n_hosts)
 		target_new_locked(hosts[i].host, hosts[i].port, true);
 	pthread_mutex_unlock(&pool_lock);
 	close_all(&doomed, "cutover to new instances");
+	workers_broadcast(WORKER_MSG_SWEEP);
 }
 
 bool pool_target_retired(const struct target *t)

@@ -127,8 +127,8 @@ bool pool_server_usable(const struct server *s);
 /* Move the clients whose wait ended to out (called by their worker). */
 void pool_take_ready(struct worker *w, struct list_node *out);
 
-/* Periodic maintenance of idle backends and min_pool_size (main thread, once a second). */
-void pool_janitor(uint64_t now_usec);
+/* Maintenance of the idle backends parked on w's loop, and min_pool_size (worker w, once a second). */
+void pool_janitor(uint64_t now_usec, struct worker *w);
 
 /* Close idle servers (shutdown). Called on the main thread after workers stopped. */
 void pool_close_idle(void);

@@ -71,6 +71,7 @@ const char *server_param(const struct server *s, const char *name)
 
 void server_set_param(struct server *s, const char *name, const char *value)
 {
+	s->params_fingerprint_valid = false;
 	struct server_param *p;
 	char *copy = strdup(value);
 
@@ -387,6 +388,11 @@ bool server_attach(struct server *s, struct worker *w)
 	uint8_t byte;
 	ssize_t n;
 
+	/* Parked on this loop already: its read event would have seen a close. */
+	if (s->worker == w) {
+		s->state = SERVER_ACTIVE;
+		return true;
+	}
 	s->worker = w;
 	list_append(&w->servers, &s->worker_node);
 	/*
@@ -540,8 +546,10 @@ static void server_command_complete(struct server *s, struct client *c, const ui
 		if (c)
 			strmap_clear(&c->stmts, prepared_free);
 	}
-	if (strcmp(tag, "DISCARD ALL") == 0 || (strcmp(tag, "RESET") == 0 && c && c->reset_all_pending))
+	if (strcmp(tag, "DISCARD ALL") == 0 || (strcmp(tag, "RESET") == 0 && c && c->reset_all_pending)) {
 		params_clear(&s->applied);
+		s->params_fingerprint_valid = false;
+	}
 }
 
 /*
@@ -783,8 +791,10 @@ static enum server_input server_process_input(struct server *s)
 			if (name && value) {
 				server_set_param(s, name, value);
 				/* The session is the client's: what it changes follows it to other backends. */
-				if (relaying && c->logged_in && params_is_carried(name))
+				if (relaying && c->logged_in && params_is_carried(name)) {
 					params_put(&c->params_reported, name, value);
+					c->params_fingerprint_valid = false;
+				}
 			}
 		}
 		if (relaying) {
@@ -883,6 +893,8 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 			}
 			if (s->state == SERVER_CLOSED || s->worker == NULL)
 				return;
+			if (s->io.drained)
+				break;
 			continue;
 		}
 		if (st == IO_AGAIN)
@@ -914,6 +926,7 @@ static void server_reset_done(struct server *s, bool ok, void *arg)
 	/* DISCARD ALL dropped every prepared statement and parameter pgmux had set. */
 	strmap_clear(&s->prepared, NULL);
 	params_clear(&s->applied);
+	s->params_fingerprint_valid = false;
 	pool_release(s);
 }
 
@@ -1009,6 +1022,7 @@ void server_free(struct server *s)
 	free(s->params);
 	params_clear(&s->defaults);
 	params_clear(&s->applied);
+	s->params_fingerprint_valid = false;
 	strmap_clear(&s->prepared, NULL);
 	free(s->replies.items);
 	free(s->query_error);

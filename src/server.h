@@ -106,6 +106,8 @@ struct server {
 	bool skipping_until_sync;  /* an error made the server discard messages until Sync */
 	struct strmap prepared;    /* server-side statement names this backend has, LRU order */
 	struct strmap applied;     /* unreported parameters pgmux set here (lower-case name -> value) */
+	uint64_t params_fingerprint; /* of params (carried ones) and applied, when ..._valid */
+	bool params_fingerprint_valid;
 	bool pinned;               /* served a pinned session: never shared again */
 	bool cancel_sent;          /* a CancelRequest may still be on its way: never shared again */
 	bool pinned_counted;       /* counted in its pool's n_pinned (pool lock) */

@@ -133,6 +133,16 @@ void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, cons
 	worker_post(w, msg);
 }
 
+void worker_post_migrate(struct worker *w, uint64_t server_id)
+{
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_MIGRATE);
+
+	if (msg == NULL)
+		return;
+	msg->client_id = server_id;
+	worker_post(w, msg);
+}
+
 void worker_post_kill(struct worker *w, uint64_t client_id)
 {
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_KILL);
@@ -238,6 +248,21 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 				server_close(s, "pgmux cut over to new database instances and this session could not move");
 		}
 		break;
+	case WORKER_MSG_SWEEP:
+		pool_janitor(pgmux_now_usec(), w);
+		break;
+	case WORKER_MSG_MIGRATE:
+		list_for_each_safe(pos, tmp, &w->servers) {
+			struct server *s = list_entry(pos, struct server, worker_node);
+
+			/* Gone already if it closed meanwhile; the waiting client then gets another. */
+			if (s->id == msg->client_id && s->state == SERVER_IDLE && s->client == NULL) {
+				server_detach(s);
+				pool_release(s);
+				break;
+			}
+		}
+		break;
 	case WORKER_MSG_KILL:
 		c = worker_find_client(w, msg->client_id);
 		if (c)
@@ -301,6 +326,7 @@ static void worker_janitor_cb(evutil_socket_t fd, short what, void *arg)
 
 	list_for_each_safe(pos, tmp, &w->clients)
 		client_janitor(list_entry(pos, struct client, worker_node), now);
+	pool_janitor(now, w);
 }
 
 static void *worker_main(void *arg)

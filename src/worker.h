@@ -28,6 +28,8 @@ enum worker_msg_type {
 	WORKER_MSG_ADMIN_REPLY, /* the main thread finished an admin console request */
 	WORKER_MSG_RETIRE,     /* a cutover is over: close connections to retired instances */
 	WORKER_MSG_KILL,       /* KILL from the admin console: close this client */
+	WORKER_MSG_SWEEP,      /* close parked servers that became unusable (failover, cutover) */
+	WORKER_MSG_MIGRATE,    /* detach a parked server so that another worker's client can use it */
 };
 
 struct worker_msg {
@@ -105,6 +107,9 @@ void worker_post_cancel(struct worker *w, uint64_t client_id);
 
 /* The answer to an admin console request of client_id (text is copied). */
 void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, const char *text);
+
+/* Ask w to detach its parked server server_id and give it to the pool's oldest waiter. */
+void worker_post_migrate(struct worker *w, uint64_t server_id);
 
 /* Close client_id, wherever it lives (KILL). */
 void worker_post_kill(struct worker *w, uint64_t client_id);

@@ -828,6 +828,39 @@ const char *h_error_field(const char *body, size_t len, char field)
 	return NULL;
 }
 
+/* ---------------------------------------------------------------- files, direct app sessions */
+
+char *h_read_file(const char *path)
+{
+	return read_file(path);
+}
+
+bool h_file_wait_contains(const char *path, const char *needle, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	for (;;) {
+		char *text = read_file(path);
+		bool found = strstr(text, needle) != NULL;
+		free(text);
+		if (found)
+			return true;
+		if (h_now_ms() >= deadline)
+			return false;
+		h_sleep_ms(20);
+	}
+}
+
+PGconn *h_connect_app_direct(const char *extra)
+{
+	const struct h_env *e = h_env();
+	char *ci = h_conninfo(e->pgport, e->appuser, e->apppass, "disable", extra);
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL as %s failed: %s",
+		  e->appuser, PQerrorMessage(conn));
+	return conn;
+}
+
 /* ---------------------------------------------------------------- teardown */
 
 void h_teardown(void)

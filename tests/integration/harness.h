@@ -166,6 +166,15 @@ const char *h_error_field(const char *body, size_t len, char field);
 uint32_t h_get_u32(const void *p);
 void h_put_u32(void *p, uint32_t v);
 
+/* ---------------------------------------------------------------- files, direct app sessions */
+
+/* A file's whole content (malloc'd, NUL-terminated); "" when it cannot be read. */
+char *h_read_file(const char *path);
+/* Poll a file (a log) until it contains needle, at most timeout_ms. */
+bool h_file_wait_contains(const char *path, const char *needle, int timeout_ms);
+/* A direct connection to PostgreSQL as the app user (bypassing pgmux); fails the test on error. */
+PGconn *h_connect_app_direct(const char *extra);
+
 /* ---------------------------------------------------------------- teardown */
 
 /* Kill every process this test started and still running (pgmux included). */

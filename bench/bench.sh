@@ -1,0 +1,695 @@
+#!/usr/bin/env bash
+# bench/bench.sh: pgmux against PgBouncer (and against PostgreSQL directly),
+# on one machine, over loopback. See bench/README.md, "PgBouncer comparison".
+#
+# One command:   bash bench/bench.sh        (root or a normal user)
+#
+# Environment:
+#   ROUNDS=3            rounds per scenario; each round runs pgmux, PgBouncer and
+#                       direct back to back (interleaved), the table shows medians
+#   DURATION=10         seconds per pgbench run
+#   SCENARIOS="1 2 3 4 5 6"   which scenarios to run (see README.md)
+#   POOL_SIZE=16        server connections per pooler (pgmux max_connections,
+#                       PgBouncer default_pool_size)
+#   IDLE_CLIENTS=10000  idle client connections in scenario 5
+#   WARMUP=5            seconds of unmeasured pgbench -S, direct, before scenario 1
+#   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
+#   PGBIN=dir           PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+#   RESULTS=file        where to write the table (default bench/results-latest.txt)
+#   KEEP=1              keep the scratch directory (configs, logs, pgbench output)
+#
+# Everything listens on 127.0.0.1 on free ports. PostgreSQL is a throw-away
+# cluster in a new directory under $TMPDIR; Debian's pgbouncer service and
+# configuration are never used. Every process this script starts is stopped by
+# PID when it exits, whatever way it ends.
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
+POOL_SIZE=${POOL_SIZE:-16}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+WARMUP=${WARMUP:-5}
+KEEP=${KEEP:-}
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+RESULTS=${RESULTS:-$HERE/results-latest.txt}
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------ argument checks
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_uint "$ROUNDS" && [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+is_uint "$DURATION" && [ "$DURATION" -ge 1 ] || die "DURATION must be a positive number of seconds (got '$DURATION')"
+is_uint "$POOL_SIZE" && [ "$POOL_SIZE" -ge 1 ] || die "POOL_SIZE must be a positive integer (got '$POOL_SIZE')"
+is_uint "$IDLE_CLIENTS" && [ "$IDLE_CLIENTS" -ge 1 ] || die "IDLE_CLIENTS must be a positive integer (got '$IDLE_CLIENTS')"
+is_uint "$WARMUP" || die "WARMUP must be a number of seconds (got '$WARMUP')"
+for s in $SCENARIOS; do
+	case $s in 1|2|3|4|5|6) ;; *) die "SCENARIOS may only list 1 to 6 (got '$s')" ;; esac
+done
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+# ------------------------------------------------------------ tools
+find_pgbin() {
+	if [ -n "${PGBIN:-}" ]; then
+		[ -x "$PGBIN/initdb" ] || die "PGBIN=$PGBIN has no initdb"
+		echo "$PGBIN"; return
+	fi
+	for d in /usr/lib/postgresql/15/bin $(pg_config --bindir 2>/dev/null || true); do
+		if [ -x "$d/initdb" ]; then echo "$d"; return; fi
+	done
+	die "cannot find the PostgreSQL 15 server binaries (initdb); install postgresql-15 or set PGBIN"
+}
+PGBIN=$(find_pgbin)
+for t in pgbench psql; do
+	if [ -x "$PGBIN/$t" ]; then :; elif command -v "$t" >/dev/null; then :; else
+		die "$t not found; install postgresql-client-15"
+	fi
+done
+PGBENCH=$PGBIN/pgbench; [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
+PSQL=$PGBIN/psql; [ -x "$PSQL" ] || PSQL=$(command -v psql)
+for t in openssl cc pkg-config awk setpriv; do
+	command -v "$t" >/dev/null || die "$t not found (needed by this script)"
+done
+pkg-config --exists libpq || die "libpq's pkg-config file not found; install libpq-dev"
+
+# PgBouncer: Debian's package. Install it if missing, without letting the
+# package start its own service (a policy-rc.d that forbids starting
+# services, removed again right after).
+PGBOUNCER=$(command -v pgbouncer || true)
+[ -n "$PGBOUNCER" ] || { [ -x /usr/sbin/pgbouncer ] && PGBOUNCER=/usr/sbin/pgbouncer; } || true
+if [ -z "$PGBOUNCER" ]; then
+	[ "$(id -u)" -eq 0 ] || die "pgbouncer is not installed; run 'sudo apt-get install -y pgbouncer' or run this script as root"
+	log "installing pgbouncer with apt-get (its service is not started)"
+	created_policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		created_policy=1
+	fi
+	set +e
+	DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >&2
+	apt_rc=$?
+	set -e
+	[ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
+	[ "$apt_rc" -eq 0 ] || die "apt-get install pgbouncer failed"
+	PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+	[ -x "$PGBOUNCER" ] || die "pgbouncer still not found after installing it"
+fi
+
+# pgmux: PGMUX_BIN, or the repository's binary, built if missing.
+if [ -n "${PGMUX_BIN:-}" ]; then
+	[ -x "$PGMUX_BIN" ] || die "PGMUX_BIN=$PGMUX_BIN is not an executable file"
+	PGMUX=$PGMUX_BIN
+else
+	PGMUX=$REPO/pgmux
+	if [ ! -x "$PGMUX" ]; then
+		log "building pgmux in $REPO (autoreconf -fi && ./configure && make)"
+		(cd "$REPO" && autoreconf -fi && ./configure && make) >&2 || die "building pgmux failed"
+		[ -x "$PGMUX" ] || die "the build did not produce $PGMUX"
+	fi
+fi
+
+# ------------------------------------------------------------ users, limits
+if [ "$(id -u)" -eq 0 ]; then
+	id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run PostgreSQL and PgBouncer"
+	RUN_USER=postgres
+	# setpriv execs the program, so $! is the server's own PID (runuser forks).
+	as_user() { setpriv --reuid=postgres --regid=postgres --init-groups -- env HOME="$WORK" "$@"; }
+else
+	RUN_USER=$(id -un)
+	as_user() { "$@"; }
+fi
+
+# Scenario 5 needs one descriptor per client in both the pooler and the client program.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+if want 5 && [ "$FD_LIMIT" != unlimited ] && [ "$FD_LIMIT" -lt $((IDLE_CLIENTS + 256)) ]; then
+	die "the open-files limit is $FD_LIMIT (hard limit $(ulimit -Hn)); scenario 5 needs at least $((IDLE_CLIENTS + 256)). Raise it, lower IDLE_CLIENTS or leave 5 out of SCENARIOS"
+fi
+
+free_port() {
+	perl -MSocket -e 'socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+		bind($s, pack_sockaddr_in(0, inet_aton("127.0.0.1"))) or die "bind: $!";
+		my ($p) = unpack_sockaddr_in(getsockname($s)); print "$p\n";'
+}
+command -v perl >/dev/null || die "perl not found (used to pick free ports)"
+
+# True while pid runs; a zombie counts as gone.
+alive() {
+	kill -0 "$1" 2>/dev/null || return 1
+	local st
+	st=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\).*/\1/p' "/proc/$1/stat" 2>/dev/null || true)
+	[ -n "$st" ] && [ "$st" != Z ]
+}
+
+# Stop one process we started: SIGTERM, wait up to 10 s, then SIGKILL.
+stop_pid() {
+	local pid=$1 i
+	[ -n "$pid" ] || return 0
+	if alive "$pid"; then
+		kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < 200; i++)); do alive "$pid" || break; sleep 0.05; done
+		if alive "$pid"; then
+			log "process $pid did not stop on SIGTERM; killing it"
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+	fi
+	wait "$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------ teardown
+WORK=
+PGDATA=
+MUX_PID=
+PGB_PID=
+IDLE_PID=
+IDLE_IN=
+cleanup() {
+	local status=$?
+	set +e
+	trap - EXIT
+	if [ -n "$IDLE_IN" ]; then eval "exec $IDLE_IN>&-" 2>/dev/null; fi
+	stop_pid "$IDLE_PID"
+	stop_pid "$MUX_PID"
+	stop_pid "$PGB_PID"
+	if [ -n "$PGDATA" ] && [ -f "$PGDATA/postmaster.pid" ]; then
+		local pgpid
+		pgpid=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null)
+		as_user "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
+			as_user "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w -t 10 stop >/dev/null 2>&1
+		if [ -n "$pgpid" ] && alive "$pgpid"; then kill -KILL "$pgpid" 2>/dev/null; fi
+	fi
+	if [ "$status" -ne 0 ] && [ -n "$WORK" ] && [ -d "$WORK" ]; then
+		for f in "$WORK/postgres.log" "$WORK/pgmux/pgmux.log" "$WORK/pgmux/stderr" \
+			 "$WORK/pgb/pgbouncer.log" "$WORK/pgb/stderr"; do
+			if [ -s "$f" ]; then
+				printf '\n--- last lines of %s ---\n' "$f" >&2
+				tail -n 15 "$f" >&2
+			fi
+		done
+	fi
+	if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+		if [ -n "$KEEP" ] || [ "$status" -ne 0 ]; then
+			log "scratch directory kept: $WORK"
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# ------------------------------------------------------------ scratch directory
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgmux-bench.XXXXXX")
+chmod 755 "$WORK"
+PGDATA=$WORK/pgdata
+mkdir -p "$PGDATA" "$WORK/sock" "$WORK/tls" "$WORK/pgmux/secrets" "$WORK/pgb" "$WORK/out"
+chmod 700 "$PGDATA" "$WORK/pgmux/secrets"
+touch "$WORK/postgres.log"
+if [ "$RUN_USER" != "$(id -un)" ]; then
+	chown -R "$RUN_USER" "$PGDATA" "$WORK/sock" "$WORK/tls" "$WORK/pgmux" "$WORK/pgb" "$WORK/postgres.log"
+fi
+
+PW=$(openssl rand -hex 16)
+PGPORT=$(free_port)
+MUXPORT=$(free_port)
+PGBPORT=$(free_port)
+while [ "$MUXPORT" = "$PGPORT" ]; do MUXPORT=$(free_port); done
+while [ "$PGBPORT" = "$PGPORT" ] || [ "$PGBPORT" = "$MUXPORT" ]; do PGBPORT=$(free_port); done
+
+# One RSA-2048 self-signed certificate, used by pgmux, PgBouncer and PostgreSQL.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+	-keyout "$WORK/tls/server.key" -out "$WORK/tls/server.crt" >/dev/null 2>&1 ||
+	die "openssl could not create the test certificate"
+chmod 600 "$WORK/tls/server.key"
+[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/tls/server.key" "$WORK/tls/server.crt"
+
+# ------------------------------------------------------------ PostgreSQL
+log "starting PostgreSQL 15 on 127.0.0.1:$PGPORT (scratch dir $WORK)"
+as_user "$PGBIN/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C \
+	--auth-local=trust --auth-host=scram-sha-256 >"$WORK/initdb.log" 2>&1 ||
+	{ cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+cat >>"$PGDATA/postgresql.conf" <<EOF
+
+# bench/bench.sh
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$WORK/sock'
+max_connections = 200
+shared_buffers = 128MB
+password_encryption = scram-sha-256
+# A throw-away benchmark cluster: no durability (fsync off). All three targets share it.
+fsync = off
+ssl = on
+ssl_cert_file = '$WORK/tls/server.crt'
+ssl_key_file = '$WORK/tls/server.key'
+logging_collector = off
+EOF
+as_user "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 60 start >/dev/null ||
+	die "PostgreSQL did not start (see the log above)"
+
+psql_admin() { as_user "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$PGPORT" -U postgres "$@"; }
+psql_admin -d postgres -c "create role bench login password '$PW'" -c "create database bench owner bench" ||
+	die "could not create role and database bench"
+VERIFIER=$(psql_admin -d postgres -Atc "select rolpassword from pg_authid where rolname = 'bench'")
+[[ $VERIFIER == SCRAM-SHA-256\$* ]] || die "bench's password is not stored as a SCRAM verifier: $VERIFIER"
+
+export PGPASSWORD=$PW PGCONNECT_TIMEOUT=10
+log "pgbench -i -s 10"
+"$PGBENCH" -i -s 10 -q -h 127.0.0.1 -p "$PGPORT" -U bench bench >"$WORK/out/pgbench-init.log" 2>&1 ||
+	{ tail -n 20 "$WORK/out/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ------------------------------------------------------------ pooler configurations
+# Equivalent settings: transaction pooling, POOL_SIZE server connections,
+# SCRAM for clients (pgmux from bench's secret, PgBouncer from bench's SCRAM
+# verifier), no TLS to the server, no per-connection logging (pgmux
+# log_level = warning; PgBouncer log_connections/log_disconnections = 0), idle
+# server connections kept (pgmux max_idle_connections_percent = 100, like
+# PgBouncer, which keeps its pool until server_idle_timeout), the same accept
+# backlog. $1: plain (TLS offered, not required) or tls (TLS required).
+write_pgmux_conf() {
+	local require=false
+	[ "$1" = tls ] && require=true
+	cat >"$WORK/pgmux/pgmux.ini" <<EOF
+[pgmux]
+listen_addr = 127.0.0.1
+listen_port = $MUXPORT
+workers = 2
+client_tls_cert_file = $WORK/tls/server.crt
+client_tls_key_file = $WORK/tls/server.key
+require_tls = $require
+client_auth = scram-sha-256
+secrets_dir = $WORK/pgmux/secrets
+logfile = $WORK/pgmux/pgmux.log
+log_level = warning
+max_client_connections = 20000
+listen_backlog = 4096
+
+[target]
+hosts = 127.0.0.1:$PGPORT
+server_tls = disable
+
+[pool]
+pool_mode = transaction
+max_connections = $POOL_SIZE
+max_idle_connections_percent = 100
+EOF
+}
+printf '{"username": "bench", "password": "%s", "engine": "postgres"}\n' "$PW" >"$WORK/pgmux/secrets/bench.json"
+chmod 600 "$WORK/pgmux/secrets/bench.json"
+
+printf '"bench" "%s"\n' "$VERIFIER" >"$WORK/pgb/userlist.txt"
+chmod 600 "$WORK/pgb/userlist.txt"
+write_pgb_conf() {
+	local sslmode=allow
+	[ "$1" = tls ] && sslmode=require
+	cat >"$WORK/pgb/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PGPORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBPORT
+unix_socket_dir =
+listen_backlog = 4096
+auth_type = scram-sha-256
+auth_file = $WORK/pgb/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 20000
+ignore_startup_parameters = extra_float_digits
+server_tls_sslmode = disable
+client_tls_sslmode = $sslmode
+client_tls_cert_file = $WORK/tls/server.crt
+client_tls_key_file = $WORK/tls/server.key
+logfile = $WORK/pgb/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+EOF
+}
+if [ "$RUN_USER" != "$(id -un)" ]; then chown -R "$RUN_USER" "$WORK/pgmux" "$WORK/pgb"; fi
+
+# Wait until a login through port $1 works (at most 30 s), while pid $2 lives.
+wait_ready() {
+	local port=$1 pid=$2 name=$3 sslmode=$4 i
+	for ((i = 0; i < 300; i++)); do
+		alive "$pid" || die "$name exited while starting (port $port)"
+		if PGCONNECT_TIMEOUT=2 "$PSQL" -X -Atq "host=127.0.0.1 port=$port user=bench dbname=bench sslmode=$sslmode" \
+			-c 'select 1' >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "$name did not accept a login on 127.0.0.1:$port within 30 s"
+}
+
+start_pgmux() {
+	write_pgmux_conf "$1"
+	[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/pgmux/pgmux.ini"
+	as_user "$PGMUX" "$WORK/pgmux/pgmux.ini" >>"$WORK/pgmux/stderr" 2>&1 &
+	MUX_PID=$!
+	local sslmode=disable
+	[ "$1" = tls ] && sslmode=require
+	wait_ready "$MUXPORT" "$MUX_PID" pgmux "$sslmode"
+}
+start_pgbouncer() {
+	write_pgb_conf "$1"
+	[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/pgb/pgbouncer.ini"
+	as_user "$PGBOUNCER" "$WORK/pgb/pgbouncer.ini" >>"$WORK/pgb/stderr" 2>&1 &
+	PGB_PID=$!
+	local sslmode=disable
+	[ "$1" = tls ] && sslmode=require
+	wait_ready "$PGBPORT" "$PGB_PID" PgBouncer "$sslmode"
+}
+stop_pgmux() { stop_pid "$MUX_PID"; MUX_PID=; }
+stop_pgbouncer() { stop_pid "$PGB_PID"; PGB_PID=; }
+start_poolers() { start_pgmux "$1"; start_pgbouncer "$1"; }
+stop_poolers() { stop_pgmux; stop_pgbouncer; }
+
+port_of() { case $1 in pgmux) echo "$MUXPORT" ;; pgbouncer) echo "$PGBPORT" ;; direct) echo "$PGPORT" ;; esac; }
+pid_of() { case $1 in pgmux) echo "$MUX_PID" ;; pgbouncer) echo "$PGB_PID" ;; *) echo "" ;; esac; }
+name_of() { case $1 in pgmux) echo pgmux ;; pgbouncer) echo PgBouncer ;; direct) echo direct ;; esac; }
+
+# utime + stime of every thread of a process, in clock ticks (/proc/PID/stat
+# fields 14 and 15; the fields are counted after the parenthesised command name).
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# ------------------------------------------------------------ results store
+declare -A V   # key -> space-separated values, one per round
+declare -A NOTE
+add() { V[$1]="${V[$1]:-} $2"; }
+note() { NOTE[$1]="${NOTE[$1]:+${NOTE[$1]}; }$2"; }
+median() {
+	tr ' ' '\n' | awk 'NF { a[++n] = $1 } END {
+		if (n == 0) exit
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+		if (n % 2) printf "%.6g\n", a[(n + 1) / 2]; else printf "%.6g\n", (a[n / 2] + a[n / 2 + 1]) / 2 }'
+}
+med() { printf '%s' "${V[$1]:-}" | median; }
+
+# ------------------------------------------------------------ one pgbench run
+# run_pgbench TARGET SSLMODE TAG PGBENCH-ARGS...
+# Sets R_TPS, R_LAT_US, R_TXNS, R_CPU_US (pooler CPU per transaction, empty
+# for direct), R_RC (pgbench's exit status), R_ABORTED (clients that aborted),
+# R_OUT (the output file).
+run_pgbench() {
+	local target=$1 sslmode=$2 tag=$3
+	shift 3
+	local port pid out err t0= t1=
+	port=$(port_of "$target")
+	pid=$(pid_of "$target")
+	out=$WORK/out/$tag-$target.out
+	err=$WORK/out/$tag-$target.err
+	if [ -n "$pid" ]; then
+		alive "$pid" || die "$(name_of "$target") (pid $pid) is not running before $tag"
+		t0=$(cpu_ticks "$pid")
+	fi
+	R_RC=0
+	PGSSLMODE=$sslmode "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U bench "$@" bench >"$out" 2>"$err" || R_RC=$?
+	if [ -n "$pid" ]; then
+		alive "$pid" || die "$(name_of "$target") (pid $pid) died during $tag; see $WORK"
+		t1=$(cpu_ticks "$pid")
+	fi
+	R_OUT=$out
+	R_TPS=$(awk '/^tps = / { print $3; exit }' "$out")
+	R_LAT_US=$(awk '/^latency average = / { printf "%.1f", $4 * 1000; exit }' "$out")
+	R_TXNS=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
+	R_ABORTED=$(grep -c 'client [0-9]* .*aborted' "$err" || true)
+	R_CPU_US=
+	if [ -n "$pid" ] && [ -n "$R_TXNS" ] && [ "$R_TXNS" -gt 0 ]; then
+		R_CPU_US=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$R_TXNS" 'BEGIN { printf "%.2f", (b - a) / hz * 1e6 / n }')
+	fi
+	if [ -z "$R_TPS" ]; then
+		if [ "$R_RC" -eq 0 ]; then
+			die "could not read pgbench's tps for $tag $target; see $out"
+		fi
+		R_TPS=0
+	fi
+	if [ "$R_RC" -ne 0 ] && [ "$R_ABORTED" -eq 0 ]; then
+		log "pgbench exited with status $R_RC for $tag $(name_of "$target"):"
+		tail -n 5 "$err" >&2
+	fi
+	local msg="$tag $(name_of "$target"): $R_TPS tps"
+	[ -n "$R_LAT_US" ] && msg+=", latency $R_LAT_US us"
+	[ -n "$R_CPU_US" ] && msg+=", pooler CPU $R_CPU_US us/txn"
+	[ "$R_RC" -ne 0 ] && msg+=", pgbench exit status $R_RC, $R_ABORTED clients aborted"
+	log "$msg"
+}
+
+# ------------------------------------------------------------ machine description
+MACHINE_CPUS=$(nproc)
+MACHINE_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+MACHINE_KERNEL=$(uname -sr)
+MACHINE_MEM=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+PG_VERSION=$(psql_admin -d postgres -Atc 'select version()' | sed 's/ on .*//')
+PGB_VERSION=$("$PGBOUNCER" --version 2>/dev/null | head -n 1)
+PGMUX_COMMIT=unknown
+if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+	PGMUX_COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
+	if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- src 2>/dev/null)" ]; then
+		PGMUX_COMMIT+=" (with uncommitted changes in src/)"
+	fi
+fi
+PGMUX_COMMIT=${PGMUX_COMMIT_OVERRIDE:-$PGMUX_COMMIT}
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+DATE_START=$(date -u '+%Y-%m-%d %H:%M UTC')
+log "machine: $MACHINE_CPUS CPUs ($MACHINE_MODEL), $MACHINE_KERNEL; $PG_VERSION; $PGB_VERSION; pgmux $PGMUX_COMMIT ($PGMUX)"
+
+if [ "$WARMUP" -gt 0 ]; then
+	log "warm-up: ${WARMUP}s of pgbench -S, direct (not measured)"
+	run_pgbench direct disable warmup -S -c 8 -j 2 -T "$WARMUP" >/dev/null 2>&1 || true
+fi
+
+TARGETS="pgmux pgbouncer direct"
+
+# ------------------------------------------------------------ scenario 1: pgbench -S, 32 clients
+if want 1; then
+	log "scenario 1: pgbench -S -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
+	start_poolers plain
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for t in $TARGETS; do
+			run_pgbench "$t" disable "s1-r$r" -S -c 32 -j 2 -T "$DURATION"
+			add "s1.tps.$t" "$R_TPS"
+			[ -n "$R_CPU_US" ] && add "s1.cpu.$t" "$R_CPU_US"
+			[ "$R_RC" -eq 0 ] || note "s1.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
+		done
+	done
+	stop_poolers
+fi
+
+# ------------------------------------------------------------ scenario 2: the same with -M prepared
+if want 2; then
+	log "scenario 2: pgbench -S -M prepared -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
+	start_poolers plain
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for t in $TARGETS; do
+			run_pgbench "$t" disable "s2-r$r" -S -M prepared -c 32 -j 2 -T "$DURATION"
+			add "s2.tps.$t" "$R_TPS"
+			add "s2.aborted.$t" "$R_ABORTED"
+			[ -n "$R_CPU_US" ] && add "s2.cpu.$t" "$R_CPU_US"
+			if [ "$R_RC" -ne 0 ]; then
+				first=$(grep -m1 'aborted' "$WORK/out/s2-r$r-$t.err" | sed 's/^pgbench: error: //' || true)
+				note "s2.$t" "round $r: pgbench exit $R_RC, $R_ABORTED of 32 clients aborted, ${R_TXNS:-0} transactions done${first:+ (first error: $first)}"
+			fi
+		done
+	done
+	stop_poolers
+fi
+
+# ------------------------------------------------------------ scenario 3: one client, latency
+if want 3; then
+	log "scenario 3: pgbench -S -c 1 -j 1 -T $DURATION: average latency"
+	start_poolers plain
+	for ((r = 1; r <= ROUNDS; r++)); do
+		declare -A lat=()
+		for t in $TARGETS; do
+			run_pgbench "$t" disable "s3-r$r" -S -c 1 -j 1 -T "$DURATION"
+			[ -n "$R_LAT_US" ] || die "no latency average in $R_OUT"
+			lat[$t]=$R_LAT_US
+			add "s3.lat.$t" "$R_LAT_US"
+			[ -n "$R_CPU_US" ] && add "s3.cpu.$t" "$R_CPU_US"
+		done
+		for t in pgmux pgbouncer; do
+			add "s3.added.$t" "$(awk -v a="${lat[$t]}" -v b="${lat[direct]}" 'BEGIN { printf "%.1f", a - b }')"
+		done
+		unset lat
+	done
+	stop_poolers
+fi
+
+# ------------------------------------------------------------ scenario 4: connection per transaction, client TLS
+if want 4; then
+	log "scenario 4: pgbench -C -S -c 16 -j 2 -T $DURATION with client TLS (sslmode=require)"
+	start_poolers tls
+	for t in pgmux pgbouncer direct; do
+		info=$(PGSSLMODE=require "$PSQL" -X -q "host=127.0.0.1 port=$(port_of "$t") user=bench dbname=bench" -c '\conninfo' 2>&1 | grep -o 'SSL connection.*' || true)
+		note "s4.tls.$t" "${info:-no TLS information}"
+	done
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for t in $TARGETS; do
+			run_pgbench "$t" require "s4-r$r" -C -S -c 16 -j 2 -T "$DURATION"
+			add "s4.tps.$t" "$R_TPS"
+			[ -n "$R_CPU_US" ] && add "s4.cpu.$t" "$R_CPU_US"
+			[ "$R_RC" -eq 0 ] || note "s4.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
+		done
+	done
+	stop_poolers
+fi
+
+# ------------------------------------------------------------ scenario 5: idle clients, resident memory
+if want 5; then
+	log "scenario 5: $IDLE_CLIENTS idle plaintext clients (SCRAM login each): resident memory per client"
+	IDLE_BIN=$WORK/idle_clients
+	cc -std=c11 -O2 -Wall -o "$IDLE_BIN" "$HERE/idle_clients.c" $(pkg-config --cflags --libs libpq) ||
+		die "could not compile $HERE/idle_clients.c"
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for t in pgmux pgbouncer; do
+			# A fresh pooler for every measurement: memory freed by a previous
+			# round's clients would otherwise be reused and hide the growth.
+			"start_$t" plain
+			pid=$(pid_of "$t")
+			before=$(rss_kb "$pid")
+			err=$WORK/out/s5-r$r-$t.err
+			coproc IDLE { exec "$IDLE_BIN" 127.0.0.1 "$(port_of "$t")" bench bench "$IDLE_CLIENTS" 64 600 2>"$err"; }
+			IDLE_PID=$IDLE_PID
+			IDLE_OUT=${IDLE[0]}
+			IDLE_IN=${IDLE[1]}
+			line=
+			if ! read -r -t 900 line <&"$IDLE_OUT" || [[ $line != ready* ]]; then
+				cat "$err" >&2
+				die "the idle-clients helper did not get $IDLE_CLIENTS connections through $(name_of "$t")"
+			fi
+			alive "$pid" || die "$(name_of "$t") died with $IDLE_CLIENTS clients connected"
+			after=$(rss_kb "$pid")
+			backends=$(psql_admin -d postgres -Atc "select count(*) from pg_stat_activity where usename = 'bench' and backend_type = 'client backend'")
+			secs=$(awk '{ print $4 }' <<<"$line")
+			per=$(awk -v a="$before" -v b="$after" -v n="$IDLE_CLIENTS" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')
+			log "s5-r$r $(name_of "$t"): VmRSS $before kB -> $after kB: $per bytes per idle client; $backends server connections (bench) held; logins took $secs s"
+			add "s5.rss.$t" "$per"
+			add "s5.backends.$t" "$backends"
+			add "s5.login.$t" "$secs"
+			eval "exec $IDLE_IN>&-"
+			IDLE_IN=
+			wait "$IDLE_PID" || die "the idle-clients helper failed while closing its connections; see $err"
+			IDLE_PID=
+			"stop_$t"
+		done
+	done
+fi
+
+# ------------------------------------------------------------ scenario 6: TPC-B, 64 clients
+if want 6; then
+	log "scenario 6: pgbench (TPC-B) -c 64 -j 2 -T $DURATION, pool $POOL_SIZE"
+	start_poolers plain
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for t in $TARGETS; do
+			psql_admin -d postgres -c checkpoint >/dev/null
+			run_pgbench "$t" disable "s6-r$r" -c 64 -j 2 -T "$DURATION"
+			add "s6.tps.$t" "$R_TPS"
+			[ -n "$R_CPU_US" ] && add "s6.cpu.$t" "$R_CPU_US"
+			[ "$R_RC" -eq 0 ] || note "s6.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
+		done
+	done
+	stop_poolers
+fi
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------------ the table
+ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f\n", a / b }'
+}
+fmt() {
+	local v=$1 f=$2
+	if [ -z "$v" ]; then echo "-"; else awk -v v="$v" -v f="$f" 'BEGIN { printf f "\n", v }'; fi
+}
+rows=()
+row() { # label key format [no-direct-ratio]
+	local label=$1 key=$2 f=$3 m b d
+	m=$(med "$key.pgmux"); b=$(med "$key.pgbouncer"); d=$(med "$key.direct")
+	[ -n "$m$b$d" ] || return 0
+	rows+=("$(printf '%-46s %12s %12s %12s %10s %10s' "$label" "$(fmt "$m" "$f")" "$(fmt "$b" "$f")" \
+		"$(fmt "$d" "$f")" "$(ratio "$m" "$b")" "$(ratio "$m" "$d")")")
+}
+row "1. -S c32: tps"                          s1.tps  "%.0f"
+row "1. -S c32: pooler CPU us/txn"            s1.cpu  "%.2f"
+row "2. -S -M prepared c32: tps"              s2.tps  "%.0f"
+row "2. -S -M prepared c32: aborted clients"  s2.aborted "%.0f"
+row "2. -S -M prepared c32: pooler CPU us/txn" s2.cpu "%.2f"
+row "3. -S c1: latency average us"            s3.lat  "%.1f"
+row "3. -S c1: added latency over direct us"  s3.added "%.1f"
+row "4. -C -S c16 TLS: tps"                   s4.tps  "%.0f"
+row "4. -C -S c16 TLS: pooler CPU us/txn"     s4.cpu  "%.2f"
+row "5. $IDLE_CLIENTS idle clients: RSS bytes/client" s5.rss "%.0f"
+row "5. idle: server connections held"        s5.backends "%.0f"
+row "5. idle: seconds to log in all clients"  s5.login "%.1f"
+row "6. TPC-B c64: tps"                       s6.tps  "%.0f"
+row "6. TPC-B c64: pooler CPU us/txn"         s6.cpu  "%.2f"
+
+# Targets from the brief.
+targets=()
+target() { # description value threshold op(ge|le)
+	local desc=$1 v=$2 th=$3 op=$4 verdict
+	if [ -z "$v" ] || [ "$v" = - ]; then verdict="not measured"
+	elif awk -v v="$v" -v t="$th" -v op="$op" 'BEGIN { exit !((op == "ge") ? (v >= t) : (v <= t)) }'; then verdict=MET
+	else verdict=MISSED; fi
+	targets+=("$(printf '%-70s %-8s %-12s' "$desc" "$v" "$verdict")")
+}
+target "1. -S c32 tps, pgmux / PgBouncer >= 1.10" "$(ratio "$(med s1.tps.pgmux)" "$(med s1.tps.pgbouncer)")" 1.10 ge
+target "1. -S c32 CPU per txn, pgmux / PgBouncer <= 0.70" "$(ratio "$(med s1.cpu.pgmux)" "$(med s1.cpu.pgbouncer)")" 0.70 le
+target "2. -M prepared tps, pgmux / PgBouncer's -S simple tps >= 1.10" "$(ratio "$(med s2.tps.pgmux)" "$(med s1.tps.pgbouncer)")" 1.10 ge
+target "3. one client, pgmux added latency over direct <= 15 us" "$(med s3.added.pgmux)" 15 le
+target "4. -C TLS tps, pgmux / PgBouncer >= 1.0" "$(ratio "$(med s4.tps.pgmux)" "$(med s4.tps.pgbouncer)")" 1.0 ge
+target "5. pgmux resident bytes per idle plaintext client <= 2048" "$(med s5.rss.pgmux)" 2048 le
+
+pgmux_log_lines=$(cat "$WORK/pgmux/pgmux.log" "$WORK/pgmux/stderr" 2>/dev/null | wc -l)
+pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNING|ERROR|FATAL) ' || true)
+
+{
+	echo "pgmux vs PgBouncer vs PostgreSQL direct ($DATE_START)"
+	echo "command:   $COMMAND_LINE"
+	echo "machine:   $MACHINE_CPUS CPUs, $MACHINE_MODEL, $MACHINE_MEM RAM, $MACHINE_KERNEL"
+	echo "software:  $PG_VERSION; $PGB_VERSION; pgmux $PGMUX_COMMIT ($PGMUX)"
+	echo "setup:     pool $POOL_SIZE server connections, transaction pooling, SCRAM clients, no server TLS,"
+	echo "           pgmux workers = 2; PostgreSQL fsync = off, shared_buffers = 128MB; everything on loopback"
+	echo "load avg:  $LOAD_START at start, $LOAD_END at end (other processes on the machine add noise)"
+	echo "medians of $ROUNDS interleaved rounds (pgmux, PgBouncer, direct), $DURATION s per pgbench run"
+	echo
+	printf '%-46s %12s %12s %12s %10s %10s\n' scenario pgmux PgBouncer direct mux/pgb mux/direct
+	printf '%s\n' "${rows[@]}"
+	echo
+	printf '%-70s %-8s %-12s\n' "target" value verdict
+	printf '%s\n' "${targets[@]}"
+	echo
+	echo "per-round values:"
+	for k in $(printf '%s\n' "${!V[@]}" | sort -V); do printf '  %-22s %s\n' "$k" "${V[$k]# }"; done
+	if [ "${#NOTE[@]}" -gt 0 ]; then
+		echo
+		echo "notes:"
+		for k in $(printf '%s\n' "${!NOTE[@]}" | sort -V); do printf '  %s: %s\n' "$k" "${NOTE[$k]}"; done
+	fi
+	echo
+	echo "pgmux log lines (log_level = warning): $pgmux_log_lines"
+	if [ "$pgmux_log_lines" -gt 0 ]; then
+		cat "$WORK/pgmux/pgmux.log" "$WORK/pgmux/stderr" 2>/dev/null | sed -E 's/^[0-9T:. +-]+ ?//' |
+			sort | uniq -c | sort -rn | head -n 8 | sed 's/^/  /'
+	fi
+	echo "PgBouncer WARNING/ERROR/FATAL log lines: $pgb_warn_lines"
+	if [ "$pgb_warn_lines" -gt 0 ]; then
+		grep -E ' (WARNING|ERROR|FATAL) ' "$WORK/pgb/pgbouncer.log" | sed -E 's/^[0-9: .-]+ [A-Z]+ \[?[0-9]*\]? ?//; s/^[^ ]+ [^ ]+ [0-9]+ //' |
+			sed -E 's/[0-9a-fx]{6,}//g; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' | sort | uniq -c | sort -rn | head -n 8 | sed 's/^/  /'
+	fi
+} >"$RESULTS.tmp"
+mv "$RESULTS.tmp" "$RESULTS"
+echo
+cat "$RESULTS"

@@ -1,0 +1,1936 @@
+/*
+ * test_txn.c: end-to-end tests of transaction pooling (pool_mode =
+ * transaction) through a real pgmux and real clients: pgbench and libpq
+ * sessions that share a few backends, sessions that must be pinned to their
+ * backend, session state that must follow a client from backend to backend,
+ * the pool's limits, and conformance (the same libpq calls give the same
+ * results through pgmux as directly against PostgreSQL).
+ *
+ * Backends are made to change under a client on purpose: with a pool of two,
+ * a second client that holds one backend in an open transaction forces the
+ * first onto the other, so "the setting followed the client" is proved on a
+ * backend the client had not used for that statement before.
+ */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct pgmux px;
+
+/*
+ * Backends of the app role on the test database, as PostgreSQL sees them,
+ * but for pgmux's health-check connection (outside the pool caps by design).
+ */
+#define APP_BACKENDS_SQL                                                                               \
+	"select count(*) from pg_stat_activity where usename = 'app' and datname = 'postgres' and "    \
+	"coalesce(application_name, '') <> 'pgmux health check'"
+
+/* ---------------------------------------------------------------- fixtures */
+
+struct traffic;
+static struct traffic *running_traffic;
+static void traffic_stop(struct traffic *t);
+
+/* After a failed assertion: stop the background client's thread, then every process. */
+static void fini_kill_leftovers(void)
+{
+	if (running_traffic)
+		traffic_stop(running_traffic);
+	h_teardown();
+}
+
+/*
+ * Start a pgmux in transaction mode with a pool of max_connections backends.
+ * First wait for backends of app left by an earlier test to be gone, so that
+ * counts in pg_stat_activity belong to this test only.
+ */
+static void start_txn_pgmux(int max_connections, const char *extra_pgmux, const char *extra_pool)
+{
+	PGconn *super = h_connect_super_direct();
+	bool quiet = h_poll_value(super, APP_BACKENDS_SQL, "0", h_scaled_ms(10000));
+	PQfinish(super);
+	cr_assert(quiet, "backends of app from an earlier test are still connected to PostgreSQL");
+
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = max_connections;
+	o.extra_pgmux = extra_pgmux;
+	o.extra_pool = extra_pool;
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+/* Every test ends here: SIGTERM must make pgmux exit with status 0. */
+static void stop_pgmux_expect_clean_exit(void)
+{
+	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
+		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
+}
+
+/* ---------------------------------------------------------------- libpq helpers */
+
+/* A session through pgmux (no TLS unless sslmode asks), that must log in. */
+static PGconn *app_ssl(const char *sslmode, const char *extra)
+{
+	PGconn *conn = h_connect_app(px.port, sslmode, extra);
+	if (PQstatus(conn) != CONNECTION_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux as app failed: %s",
+		     PQerrorMessage(conn));
+	return conn;
+}
+
+static PGconn *app(const char *extra)
+{
+	return app_ssl("disable", extra);
+}
+
+/* Run a statement that must succeed (command or rows). */
+static void run_ok(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+	ExecStatusType st = PQresultStatus(r);
+	cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "\"%s\" failed (%s): %s", sql,
+		  PQresStatus(st), PQerrorMessage(conn));
+	PQclear(r);
+}
+
+static char *value_ok(PGconn *conn, const char *sql)
+{
+	char *v = h_query_value(conn, sql);
+	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+	return v;
+}
+
+static void expect_value(PGconn *conn, const char *sql, const char *want)
+{
+	char *v = value_ok(conn, sql);
+	cr_assert_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
+	free(v);
+}
+
+static int backend_pid(PGconn *conn)
+{
+	char *v = value_ok(conn, "select pg_backend_pid()");
+	int pid = atoi(v);
+	free(v);
+	cr_assert_gt(pid, 0);
+	return pid;
+}
+
+/* sql returns (pid, value) in one row: one statement, so both come from the same backend. */
+static char *pid_and_value(PGconn *conn, const char *sql, int *pid)
+{
+	PGresult *r = PQexec(conn, sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "\"%s\" failed: %s", sql, PQerrorMessage(conn));
+	cr_assert_eq(PQntuples(r), 1);
+	cr_assert_eq(PQnfields(r), 2);
+	*pid = atoi(PQgetvalue(r, 0, 0));
+	char *v = strdup(PQgetvalue(r, 0, 1));
+	PQclear(r);
+	return v;
+}
+
+/* A statement that must fail with sqlstate; returns the primary message (malloc'd). */
+static char *expect_error(PGconn *conn, const char *sql, const char *sqlstate)
+{
+	PGresult *r = PQexec(conn, sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "\"%s\" gave %s, expected an error %s", sql,
+		     PQresStatus(PQresultStatus(r)), sqlstate);
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert(state && strcmp(state, sqlstate) == 0, "\"%s\" failed with SQLSTATE %s (%s), expected %s", sql,
+		  state ? state : "(none)", PQerrorMessage(conn), sqlstate);
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	char *out = strdup(msg ? msg : "");
+	PQclear(r);
+	return out;
+}
+
+/* PQexecPrepared with one text parameter; the single value it returns (malloc'd). */
+static char *exec_prepared_1(PGconn *conn, const char *name, const char *param)
+{
+	const char *values[1] = {param};
+	PGresult *r = PQexecPrepared(conn, name, param ? 1 : 0, param ? values : NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "executing prepared statement \"%s\" failed: %s", name,
+		     PQerrorMessage(conn));
+	cr_assert_eq(PQntuples(r), 1);
+	char *v = strdup(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	return v;
+}
+
+static void prepare_ok(PGconn *conn, const char *name, const char *sql)
+{
+	PGresult *r = PQprepare(conn, name, sql, 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "PQprepare(\"%s\", \"%s\") failed: %s", name, sql,
+		     PQerrorMessage(conn));
+	PQclear(r);
+}
+
+/* Wait until PQgetResult would not block; false on timeout or a broken connection. */
+static bool wait_not_busy(PGconn *conn, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	while (PQisBusy(conn)) {
+		long long left = deadline - h_now_ms();
+		if (left <= 0)
+			return false;
+		struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+		if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR)
+			return false;
+		if (!PQconsumeInput(conn))
+			return true; /* PQgetResult reports the broken connection */
+	}
+	return true;
+}
+
+static PGresult *next_result(PGconn *conn)
+{
+	cr_assert(wait_not_busy(conn, h_scaled_ms(20000)), "no result within %d ms: %s", h_scaled_ms(20000),
+		  PQerrorMessage(conn));
+	return PQgetResult(conn);
+}
+
+static int distinct_count(const int *v, int n)
+{
+	int distinct = 0;
+	for (int i = 0; i < n; i++) {
+		bool seen = false;
+		for (int j = 0; j < i; j++)
+			seen |= v[j] == v[i];
+		distinct += !seen;
+	}
+	return distinct;
+}
+
+static bool contains_int(const int *v, int n, int x)
+{
+	for (int i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
+}
+
+/* ---------------------------------------------------------------- log */
+
+static void expect_log_contains(const char *needle)
+{
+	bool found = h_file_wait_contains(px.logfile, needle, h_scaled_ms(3000));
+	if (!found)
+		pgmux_dump_logs(&px);
+	cr_assert(found, "pgmux's log (%s) lacks \"%s\"", px.logfile, needle);
+}
+
+static void expect_log_lacks(const char *needle)
+{
+	char *text = h_read_file(px.logfile);
+	const char *at = strstr(text, needle);
+	if (at) {
+		const char *eol = strchr(at, '\n');
+		fprintf(stderr, "unexpected log line: %.*s\n", eol ? (int)(eol - at) : 200, at);
+	}
+	bool absent = at == NULL;
+	free(text);
+	cr_assert(absent, "pgmux's log contains \"%s\"", needle);
+}
+
+static void expect_pinned_log(int pid, const char *reason)
+{
+	char needle[256];
+	snprintf(needle, sizeof(needle), "session pinned to backend pid %d: %s", pid, reason);
+	expect_log_contains(needle);
+}
+
+/* ---------------------------------------------------------------- background traffic */
+
+/*
+ * A second client on a thread of its own that runs short transactions
+ * (BEGIN; SELECT pg_backend_pid(); COMMIT) without pause, so that the pool's
+ * backends really are shared while the test's own client works. A backend
+ * that is pinned to the test's client must never serve it: avoid_pid names
+ * that backend once the pin is established, and every transaction begun
+ * after that checks it. Nothing here calls criterion: the main thread
+ * asserts on the counters.
+ */
+struct traffic {
+	pthread_t thread;
+	int port;
+	atomic_bool stop;
+	atomic_int avoid_pid;
+	atomic_int transactions;
+	atomic_int failures;
+	atomic_int collisions;
+	char error[512];
+};
+
+static bool traffic_exec(struct traffic *t, PGconn *conn, const char *sql, int *value)
+{
+	PGresult *r = PQexec(conn, sql);
+	ExecStatusType st = PQresultStatus(r);
+	bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+	if (!ok && atomic_fetch_add(&t->failures, 1) == 0)
+		snprintf(t->error, sizeof(t->error), "\"%s\": %s", sql, PQerrorMessage(conn));
+	if (ok && value)
+		*value = atoi(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	return ok;
+}
+
+static void *traffic_main(void *arg)
+{
+	struct traffic *t = arg;
+	PGconn *conn = h_connect_app(t->port, "disable", "application_name=traffic");
+	if (PQstatus(conn) != CONNECTION_OK) {
+		snprintf(t->error, sizeof(t->error), "connect: %s", PQerrorMessage(conn));
+		atomic_fetch_add(&t->failures, 1);
+		PQfinish(conn);
+		return NULL;
+	}
+	while (!atomic_load(&t->stop)) {
+		int avoid = atomic_load(&t->avoid_pid);
+		int pid = 0;
+		if (!traffic_exec(t, conn, "begin", NULL) || !traffic_exec(t, conn, "select pg_backend_pid()", &pid) ||
+		    !traffic_exec(t, conn, "commit", NULL))
+			break;
+		if (avoid != 0 && pid == avoid)
+			atomic_fetch_add(&t->collisions, 1);
+		atomic_fetch_add(&t->transactions, 1);
+	}
+	PQfinish(conn);
+	return NULL;
+}
+
+static void traffic_start(struct traffic *t)
+{
+	memset(t, 0, sizeof(*t));
+	t->port = px.port;
+	(void)h_env(); /* loaded here, read-only on the thread */
+	cr_assert_eq(pthread_create(&t->thread, NULL, traffic_main, t), 0);
+	running_traffic = t;
+	long long deadline = h_now_ms() + h_scaled_ms(10000);
+	while (atomic_load(&t->transactions) < 1 && atomic_load(&t->failures) == 0 && h_now_ms() < deadline)
+		h_sleep_ms(5);
+	cr_assert_gt(atomic_load(&t->transactions), 0, "the background client ran no transaction: %s", t->error);
+}
+
+static void traffic_stop(struct traffic *t)
+{
+	atomic_store(&t->stop, true);
+	pthread_join(t->thread, NULL);
+	running_traffic = NULL;
+}
+
+static void traffic_stop_and_check(struct traffic *t)
+{
+	traffic_stop(t);
+	cr_assert_eq(atomic_load(&t->failures), 0, "the background client failed: %s", t->error);
+	cr_assert_eq(atomic_load(&t->collisions), 0,
+		     "the background client was served backend %d %d times while it was pinned to another session",
+		     atomic_load(&t->avoid_pid), atomic_load(&t->collisions));
+	cr_log_info("background client: %d transactions", atomic_load(&t->transactions));
+}
+
+/* ================================================================ 1: pgbench */
+
+TestSuite(txn_pgbench, .fini = fini_kill_leftovers, .timeout = 300);
+
+/*
+ * pgbench -S with 64 clients over 8 backends. While it runs, pg_stat_activity
+ * is sampled from a direct superuser connection: app never has more than 8
+ * backends.
+ */
+static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
+{
+	start_txn_pgmux(8, NULL, NULL);
+	const struct h_env *e = h_env();
+	char pgbench[600], port[16], pw[256], ssl[64];
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port, sizeof(port), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	snprintf(ssl, sizeof(ssl), "PGSSLMODE=%s", sslmode);
+	const char *duration = h_under_valgrind() ? "15" : "5";
+	const char *argv[] = {pgbench, "-n", "-S", "-M", protocol, "-c", "64", "-j", "2", "-T", duration,
+			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
+	const char *env[] = {pw, ssl, "PGCONNECT_TIMEOUT=60", NULL};
+
+	PGconn *super = h_connect_super_direct();
+	struct h_cmd c;
+	cr_assert(h_cmd_start(&c, argv, env));
+	int samples = 0, max_seen = 0;
+	long long deadline = h_now_ms() + h_scaled_ms(90000);
+	while (!h_cmd_wait(&c, 100)) {
+		if (h_now_ms() > deadline) {
+			h_cmd_kill(&c);
+			h_cmd_dump(&c, "pgbench");
+			cr_assert_fail("pgbench -M %s did not finish in time", protocol);
+		}
+		char *n = value_ok(super, APP_BACKENDS_SQL);
+		samples++;
+		if (atoi(n) > max_seen)
+			max_seen = atoi(n);
+		free(n);
+	}
+	PQfinish(super);
+
+	int st = c.status;
+	if (st != 0 || strstr(c.out, "number of failed transactions: 0 ") == NULL)
+		h_cmd_dump(&c, "pgbench");
+	cr_assert_eq(st, 0, "pgbench -M %s exited with %d", protocol, st);
+	cr_assert(strstr(c.out, "number of failed transactions: 0 ") != NULL,
+		  "pgbench -M %s reports failed transactions:\n%s", protocol, c.out);
+	const char *p = strstr(c.out, "number of transactions actually processed: ");
+	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", c.out);
+	long processed = strtol(p + strlen("number of transactions actually processed: "), NULL, 10);
+	cr_assert_gt(processed, 0, "pgbench -M %s processed no transactions", protocol);
+	cr_assert_geq(samples, 3, "pg_stat_activity was sampled only %d times while pgbench ran", samples);
+	cr_assert_leq(max_seen, 8, "app had %d backends with max_connections = 8 (pgbench -M %s)", max_seen,
+		      protocol);
+	cr_assert_gt(max_seen, 0, "no backend of app was ever seen while pgbench ran");
+	cr_log_info("pgbench -M %s: %ld transactions, at most %d backends in %d samples", protocol, processed,
+		    max_seen, samples);
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(txn_pgbench, simple_protocol_64_clients_8_backends_tls)
+{
+	pgbench_64_clients_over_8("simple", "require");
+}
+
+Test(txn_pgbench, extended_protocol_64_clients_8_backends)
+{
+	pgbench_64_clients_over_8("extended", "disable");
+}
+
+Test(txn_pgbench, prepared_statements_64_clients_8_backends)
+{
+	pgbench_64_clients_over_8("prepared", "disable");
+}
+
+/* ================================================================ 2: pinning */
+
+TestSuite(txn_pin, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* A client about to pin itself, a pool of two, and a second client busy on the other backend. */
+struct pin_test {
+	PGconn *conn;
+	struct traffic traffic;
+	int pid; /* the backend the session is pinned to */
+};
+
+static void pin_test_begin(struct pin_test *p)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	p->conn = app(NULL);
+	traffic_start(&p->traffic);
+}
+
+/* The pinning statement has run: remember the backend, find the log line. */
+static void pin_test_pinned(struct pin_test *p, const char *reason)
+{
+	p->pid = backend_pid(p->conn);
+	atomic_store(&p->traffic.avoid_pid, p->pid);
+	expect_pinned_log(p->pid, reason);
+}
+
+static void expect_still_pinned(struct pin_test *p, int statements)
+{
+	for (int i = 0; i < statements; i++) {
+		int pid = backend_pid(p->conn);
+		cr_assert_eq(pid, p->pid, "pinned session moved from backend %d to %d (statement %d)", p->pid, pid,
+			     i + 1);
+	}
+}
+
+static void pin_test_end(struct pin_test *p)
+{
+	int before = atomic_load(&p->traffic.transactions);
+	expect_still_pinned(p, 2);
+	/* The other client really worked beside the pinned session. */
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	while (atomic_load(&p->traffic.transactions) < before + 5 && h_now_ms() < deadline)
+		h_sleep_ms(5);
+	cr_assert_geq(atomic_load(&p->traffic.transactions), before + 5,
+		      "the other client made no progress while the session was pinned");
+	traffic_stop_and_check(&p->traffic);
+	PQfinish(p->conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(txn_pin, temp_table)
+{
+	struct pin_test p;
+	pin_test_begin(&p);
+	run_ok(p.conn, "create temp table t (x int)");
+	pin_test_pinned(&p, "temporary table");
+	run_ok(p.conn, "insert into t values (1), (2), (3)");
+	char want[64];
+	snprintf(want, sizeof(want), "3:%d", p.pid);
+	for (int i = 0; i < 20; i++)
+		expect_value(p.conn, "select count(*) || ':' || pg_backend_pid() from t", want);
+	expect_still_pinned(&p, 10);
+	pin_test_end(&p);
+}
+
+Test(txn_pin, cursor_with_hold)
+{
+	struct pin_test p;
+	pin_test_begin(&p);
+	run_ok(p.conn, "declare c cursor with hold for select generate_series(1, 100)");
+	pin_test_pinned(&p, "cursor WITH HOLD");
+	for (int i = 0; i < 10; i++) {
+		PGresult *r = PQexec(p.conn, "fetch 10 from c");
+		cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "fetch %d: %s", i + 1, PQerrorMessage(p.conn));
+		cr_assert_eq(PQntuples(r), 10, "fetch %d returned %d rows", i + 1, PQntuples(r));
+		cr_assert_eq(atoi(PQgetvalue(r, 0, 0)), 10 * i + 1);
+		cr_assert_eq(atoi(PQgetvalue(r, 9, 0)), 10 * i + 10);
+		PQclear(r);
+		cr_assert_eq(backend_pid(p.conn), p.pid);
+	}
+	PGresult *r = PQexec(p.conn, "fetch 10 from c");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(p.conn));
+	cr_assert_eq(PQntuples(r), 0, "the cursor returned rows after its 100th");
+	PQclear(r);
+	run_ok(p.conn, "close c");
+	expect_still_pinned(&p, 10);
+	pin_test_end(&p);
+}
+
+/* Wait for a notification, at most timeout_ms; NULL if none came or the connection broke. */
+static PGnotify *wait_notify(PGconn *conn, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	for (;;) {
+		if (!PQconsumeInput(conn))
+			return NULL;
+		PGnotify *n = PQnotifies(conn);
+		if (n)
+			return n;
+		long long left = deadline - h_now_ms();
+		if (left <= 0)
+			return NULL;
+		struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+		poll(&pfd, 1, (int)left);
+	}
+}
+
+Test(txn_pin, listen)
+{
+	struct pin_test p;
+	pin_test_begin(&p);
+	run_ok(p.conn, "listen ch");
+	pin_test_pinned(&p, "LISTEN");
+
+	PGconn *super = h_connect_super_direct();
+	int notifier = backend_pid(super);
+	for (int round = 0; round < 3; round++) {
+		char sql[64], payload[16];
+		snprintf(payload, sizeof(payload), "x%d", round);
+		snprintf(sql, sizeof(sql), "notify ch, '%s'", payload);
+		run_ok(super, sql);
+		/* The notification arrives while the client sits idle between transactions. */
+		PGnotify *n = wait_notify(p.conn, h_scaled_ms(5000));
+		cr_assert_not_null(n, "no notification within 5 s of NOTIFY ch, '%s' (%s)", payload,
+				   PQerrorMessage(p.conn));
+		cr_assert_str_eq(n->relname, "ch");
+		cr_assert_str_eq(n->extra, payload);
+		cr_assert_eq(n->be_pid, notifier, "notification from pid %d, expected the notifier %d", n->be_pid,
+			     notifier);
+		PQfreemem(n);
+		expect_still_pinned(&p, 3);
+	}
+	PQfinish(super);
+	pin_test_end(&p);
+}
+
+Test(txn_pin, session_advisory_lock)
+{
+	struct pin_test p;
+	pin_test_begin(&p);
+	expect_value(p.conn, "select pg_advisory_lock(42)", "");
+	pin_test_pinned(&p, "session-level advisory lock");
+
+	PGconn *super = h_connect_super_direct();
+	const char *holder_sql = "select coalesce(string_agg(pid::text, ','), 'none') from pg_locks "
+				 "where locktype = 'advisory' and objid = 42 and granted";
+	char want[32];
+	snprintf(want, sizeof(want), "%d", p.pid);
+	for (int i = 0; i < 5; i++) {
+		expect_value(super, holder_sql, want);
+		expect_still_pinned(&p, 2);
+	}
+	expect_value(p.conn, "select pg_advisory_unlock(42)", "t");
+	expect_value(super, holder_sql, "none");
+	PQfinish(super);
+	pin_test_end(&p);
+}
+
+Test(txn_pin, sql_prepare_execute)
+{
+	struct pin_test p;
+	pin_test_begin(&p);
+	run_ok(p.conn, "prepare p as select $1::int");
+	pin_test_pinned(&p, "SQL-level PREPARE");
+	for (int i = 0; i < 10; i++) {
+		expect_value(p.conn, "execute p(5)", "5");
+		cr_assert_eq(backend_pid(p.conn), p.pid);
+	}
+	run_ok(p.conn, "deallocate p");
+	free(expect_error(p.conn, "execute p(5)", "26000"));
+	pin_test_end(&p);
+}
+
+Test(txn_pin, set_untracked_parameter)
+{
+	struct pin_test p;
+	pin_test_begin(&p);
+	run_ok(p.conn, "set work_mem = '7MB'");
+	pin_test_pinned(&p, "SET of a parameter pgmux does not track");
+	for (int i = 0; i < 10; i++) {
+		int pid;
+		char *v = pid_and_value(p.conn, "select pg_backend_pid(), current_setting('work_mem')", &pid);
+		cr_assert_str_eq(v, "7MB");
+		cr_assert_eq(pid, p.pid);
+		free(v);
+	}
+	pin_test_end(&p);
+}
+
+/* ================================================================ 3: state that follows the client */
+
+TestSuite(txn_state, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* One step of client a: runs its checks and returns the backend pid they ran on. */
+typedef int (*step_fn)(PGconn *a, int step, void *arg);
+/* Something client b does inside its transaction (while it holds a backend), or NULL. */
+typedef void (*held_fn)(PGconn *b, int round, void *arg);
+
+struct rounds {
+	int pids[128]; /* a's backend at each step */
+	int n;
+};
+
+/* BEGIN on conn, which must be served backend want (pool of two, the only idle one) within 5 s. */
+static void begin_on_backend(PGconn *conn, int want, const char *why)
+{
+	cr_assert_eq(PQsendQuery(conn, "begin; select pg_backend_pid()"), 1, "%s", PQerrorMessage(conn));
+	bool answered = wait_not_busy(conn, h_scaled_ms(5000));
+	if (!answered)
+		pgmux_dump_logs(&px);
+	cr_assert(answered, "%s: no backend for a BEGIN within 5 s, although backend %d should be idle", why, want);
+	PGresult *r;
+	int pid = 0;
+	while ((r = next_result(conn)) != NULL) {
+		cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", why,
+			  PQerrorMessage(conn));
+		if (PQresultStatus(r) == PGRES_TUPLES_OK)
+			pid = atoi(PQgetvalue(r, 0, 0));
+		PQclear(r);
+	}
+	cr_assert_eq(pid, want, "%s: served backend %d, expected the only idle one, %d", why, pid, want);
+}
+
+/*
+ * Client a is inside a transaction on backend pa. End it and leave c holding
+ * pa in a transaction of its own, with b's help: b takes the other backend
+ * while a still holds pa, so the only backend c can get is pa. Any pooling
+ * policy (LIFO, FIFO, affinity) has to do exactly this with a pool of two.
+ * Returns the other backend, which is then idle.
+ */
+static int take_over_backend(PGconn *a, int pa, PGconn *b, PGconn *c)
+{
+	run_ok(b, "begin");
+	int pb = backend_pid(b);
+	cr_assert_neq(pb, pa, "client b was served backend %d while client a held it in a transaction", pa);
+	run_ok(a, "commit");
+	begin_on_backend(c, pa, "client c after a's COMMIT");
+	run_ok(b, "commit");
+	return pb;
+}
+
+/*
+ * Move client a between the pool's two backends. In each round a opens a
+ * transaction on some backend pa, the helpers b and c take pa over (see
+ * take_over_backend()), and a runs a step that must be served by the other
+ * backend: whatever a's session carries must follow it there. Then c lets
+ * go, and a runs another step with both backends free.
+ */
+static void switching_rounds(PGconn *a, PGconn *b, PGconn *c, int rounds, step_fn step, held_fn while_held,
+			     void *arg, struct rounds *out)
+{
+	out->n = 0;
+	for (int r = 0; r < rounds && out->n + 3 <= 128; r++) {
+		run_ok(a, "begin");
+		int pa = backend_pid(a);
+		out->pids[out->n++] = pa;
+		if (while_held) {
+			run_ok(b, "begin");
+			while_held(b, r, arg);
+			run_ok(b, "commit");
+		}
+		int other = take_over_backend(a, pa, b, c);
+		int pid = step(a, out->n, arg);
+		cr_assert_eq(pid, other, "client a was served backend %d, expected %d (client c holds %d)", pid, other,
+			     pa);
+		out->pids[out->n++] = pid;
+		run_ok(c, "commit");
+		pid = step(a, out->n, arg);
+		out->pids[out->n++] = pid;
+	}
+	cr_assert_geq(distinct_count(out->pids, out->n), 2);
+}
+
+/*
+ * Client b (which never changed sql's setting) sees want, also on backends
+ * client a used: a holds a backend at times so that b is moved around too.
+ */
+static void expect_other_client_sees(PGconn *a, PGconn *b, const struct rounds *a_rounds, const char *sql,
+				     const char *want)
+{
+	int pids[16], n = 0;
+	for (int r = 0; r < 4; r++) {
+		run_ok(a, "begin");
+		(void)backend_pid(a);
+		char *v = pid_and_value(b, sql, &pids[n]);
+		cr_assert_str_eq(v, want, "a client that never changed it got \"%s\" from \"%s\", expected \"%s\"", v,
+				 sql, want);
+		free(v);
+		n++;
+		run_ok(a, "commit");
+		v = pid_and_value(b, sql, &pids[n]);
+		cr_assert_str_eq(v, want, "a client that never changed it got \"%s\" from \"%s\", expected \"%s\"", v,
+				 sql, want);
+		free(v);
+		n++;
+	}
+	bool shared = false;
+	for (int i = 0; i < n; i++)
+		shared |= contains_int(a_rounds->pids, a_rounds->n, pids[i]);
+	cr_assert(shared, "client b never used a backend that client a had used");
+}
+
+/* (a) SET TimeZone and IntervalStyle follow the client; RESET too. */
+struct tz_arg {
+	const char *want; /* "TimeZone|IntervalStyle|interval '1 day'" */
+	const char *want_tz;
+};
+
+static int tz_step(PGconn *a, int step, void *arg)
+{
+	struct tz_arg *t = arg;
+	int pid;
+	char *v = pid_and_value(a, "select pg_backend_pid(), current_setting('TimeZone') || '|' || "
+				   "current_setting('IntervalStyle') || '|' || interval '1 day'",
+				&pid);
+	cr_assert_str_eq(v, t->want, "step %d on backend %d: \"%s\", expected \"%s\"", step, pid, v, t->want);
+	free(v);
+	expect_value(a, "show timezone", t->want_tz);
+	return pid;
+}
+
+Test(txn_state, timezone_and_intervalstyle_follow_the_client)
+{
+	PGconn *direct = h_connect_app_direct(NULL);
+	char *default_tz = value_ok(direct, "show timezone");
+	PQfinish(direct);
+
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	cr_assert_str_eq(PQparameterStatus(a, "TimeZone"), default_tz);
+	run_ok(a, "set timezone = 'Asia/Tokyo'");
+	cr_assert_str_eq(PQparameterStatus(a, "TimeZone"), "Asia/Tokyo",
+			 "the client was not told of its new TimeZone (ParameterStatus)");
+	run_ok(a, "set intervalstyle = 'iso_8601'");
+	cr_assert_str_eq(PQparameterStatus(a, "IntervalStyle"), "iso_8601");
+
+	struct tz_arg t = {.want = "Asia/Tokyo|iso_8601|P1D", .want_tz = "Asia/Tokyo"};
+	struct rounds ra;
+	switching_rounds(a, b, c, 8, tz_step, NULL, &t, &ra);
+
+	char want_b[256];
+	snprintf(want_b, sizeof(want_b), "%s|postgres|1 day", default_tz);
+	expect_other_client_sees(a, b, &ra,
+				 "select pg_backend_pid(), current_setting('TimeZone') || '|' || "
+				 "current_setting('IntervalStyle') || '|' || interval '1 day'",
+				 want_b);
+	cr_assert_str_eq(PQparameterStatus(b, "TimeZone"), default_tz);
+
+	/* RESET is followed as well: back to the default, on every backend. */
+	run_ok(a, "reset timezone");
+	cr_assert_str_eq(PQparameterStatus(a, "TimeZone"), default_tz);
+	char want_a[256];
+	snprintf(want_a, sizeof(want_a), "%s|iso_8601|P1D", default_tz);
+	t.want = want_a;
+	t.want_tz = default_tz;
+	switching_rounds(a, b, c, 4, tz_step, NULL, &t, &ra);
+
+	free(default_tz);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* (b) startup options: -c and --name=value, on every backend. */
+static int timeout_step(PGconn *a, int step, void *arg)
+{
+	int pid;
+	char *v = pid_and_value(a, "select pg_backend_pid(), current_setting('statement_timeout') || '|' || "
+				   "current_setting('lock_timeout')",
+				&pid);
+	cr_assert_str_eq(v, "1234ms|4321ms", "step %d on backend %d: \"%s\"", step, pid, v);
+	free(v);
+	expect_value(a, "show statement_timeout", "1234ms");
+	return pid;
+}
+
+Test(txn_state, startup_options_follow_the_client)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app("options='-c statement_timeout=1234 --lock_timeout=4321'");
+	PGconn *b = app(NULL), *c = app(NULL);
+	struct rounds ra;
+	switching_rounds(a, b, c, 6, timeout_step, NULL, NULL, &ra);
+
+	long long t0 = h_now_ms();
+	char *msg = expect_error(a, "select pg_sleep(2)", "57014");
+	long long took = h_now_ms() - t0;
+	cr_assert(strstr(msg, "statement timeout") != NULL, "pg_sleep(2) failed with \"%s\"", msg);
+	cr_assert_lt(took, 1990, "the statement timeout of 1234 ms ended pg_sleep(2) only after %lld ms", took);
+	free(msg);
+	cr_assert_eq(PQtransactionStatus(a), PQTRANS_IDLE);
+	(void)timeout_step(a, 0, NULL);
+
+	expect_other_client_sees(a, b, &ra,
+				 "select pg_backend_pid(), current_setting('statement_timeout') || '|' || "
+				 "current_setting('lock_timeout')",
+				 "0|0");
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* (c) application_name from the conninfo, then changed with SET. */
+struct appname_arg {
+	const char *want;
+	PGconn *super;
+};
+
+static int appname_step(PGconn *a, int step, void *arg)
+{
+	struct appname_arg *t = arg;
+	int pid;
+	char *v = pid_and_value(a, "select pg_backend_pid(), current_setting('application_name')", &pid);
+	cr_assert_str_eq(v, t->want, "step %d on backend %d: application_name \"%s\", expected \"%s\"", step, pid,
+			 v, t->want);
+	free(v);
+	expect_value(a, "show application_name", t->want);
+	/* PostgreSQL shows it too, for the backend while it serves the client. */
+	run_ok(a, "begin");
+	pid = backend_pid(a);
+	char sql[128];
+	snprintf(sql, sizeof(sql), "select application_name from pg_stat_activity where pid = %d", pid);
+	expect_value(t->super, sql, t->want);
+	run_ok(a, "commit");
+	return pid;
+}
+
+Test(txn_state, application_name_follows_the_client)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app("application_name=foo");
+	PGconn *b = app(NULL), *c = app(NULL);
+	cr_assert_str_eq(PQparameterStatus(a, "application_name"), "foo");
+	struct appname_arg t = {.want = "foo", .super = h_connect_super_direct()};
+	struct rounds ra;
+	switching_rounds(a, b, c, 5, appname_step, NULL, &t, &ra);
+	/*
+	 * b sent no application_name: it must keep the value its own login
+	 * reported (pgmux may name itself there), never a's "foo".
+	 */
+	const char *b_name = PQparameterStatus(b, "application_name");
+	cr_assert_not_null(b_name);
+	char *b_default = strdup(b_name);
+	expect_other_client_sees(a, b, &ra, "select pg_backend_pid(), current_setting('application_name')", b_default);
+	free(b_default);
+
+	run_ok(a, "set application_name = 'bar'");
+	cr_assert_str_eq(PQparameterStatus(a, "application_name"), "bar");
+	t.want = "bar";
+	switching_rounds(a, b, c, 4, appname_step, NULL, &t, &ra);
+	PQfinish(t.super);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* search_path is not a reported parameter: it must follow the client (carried or pinned). */
+static int search_path_step(PGconn *a, int step, void *arg)
+{
+	int pid;
+	char *v = pid_and_value(a, "select pg_backend_pid(), current_setting('search_path')", &pid);
+	cr_assert_str_eq(v, "pg_catalog, public", "step %d on backend %d: search_path \"%s\"", step, pid, v);
+	free(v);
+	return pid;
+}
+
+Test(txn_state, set_search_path_follows_the_client)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	run_ok(a, "set search_path = pg_catalog, public");
+	struct rounds ra;
+	switching_rounds(a, b, c, 5, search_path_step, NULL, NULL, &ra);
+	expect_other_client_sees(a, b, &ra, "select pg_backend_pid(), current_setting('search_path')",
+				 "\"$user\", public");
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* SET LOCAL ends with its transaction: no pin, the client still moves between backends. */
+static int work_mem_step(PGconn *a, int step, void *arg)
+{
+	int pid;
+	char *v = pid_and_value(a, "select pg_backend_pid(), current_setting('work_mem')", &pid);
+	cr_assert_str_eq(v, "4MB", "step %d on backend %d: work_mem \"%s\" after SET LOCAL's transaction", step,
+			 pid, v);
+	free(v);
+	return pid;
+}
+
+Test(txn_state, set_local_does_not_pin)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	run_ok(a, "begin");
+	run_ok(a, "set local work_mem = '9MB'");
+	expect_value(a, "show work_mem", "9MB");
+	run_ok(a, "commit");
+	struct rounds ra;
+	switching_rounds(a, b, c, 5, work_mem_step, NULL, NULL, &ra);
+	expect_log_lacks("session pinned");
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* (d) protocol-level prepared statements across backends; b has its own "s1". */
+static int prepared_step(PGconn *a, int step, void *arg)
+{
+	char param[16], want[16];
+	snprintf(param, sizeof(param), "%d", step * 7);
+	snprintf(want, sizeof(want), "%d", step * 7 + 1);
+	char *v = exec_prepared_1(a, "s1", param);
+	cr_assert_str_eq(v, want, "s1(%s) returned %s", param, v);
+	free(v);
+	v = exec_prepared_1(a, "pid", NULL);
+	int pid = atoi(v);
+	free(v);
+	return pid;
+}
+
+static void prepared_while_held(PGconn *b, int round, void *arg)
+{
+	char param[16], want[16];
+	snprintf(param, sizeof(param), "%d", round);
+	snprintf(want, sizeof(want), "%d", round * 100);
+	char *v = exec_prepared_1(b, "s1", param);
+	cr_assert_str_eq(v, want, "the other client's own s1(%s) returned %s", param, v);
+	free(v);
+}
+
+Test(txn_state, prepared_statements_follow_the_client)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	prepare_ok(a, "s1", "select $1::int + 1");
+	prepare_ok(a, "pid", "select pg_backend_pid()");
+	prepare_ok(b, "s1", "select $1::int * 100");
+	struct rounds ra;
+	switching_rounds(a, b, c, 10, prepared_step, prepared_while_held, NULL, &ra);
+	/* The same again inside transactions, and through PQexecParams in between. */
+	for (int i = 0; i < 5; i++) {
+		run_ok(a, "begin");
+		(void)prepared_step(a, 100 + i, NULL);
+		const char *v[1] = {"40"};
+		PGresult *r = PQexecParams(a, "select $1::int + 2", 1, NULL, v, NULL, NULL, 0);
+		cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(a));
+		cr_assert_str_eq(PQgetvalue(r, 0, 0), "42");
+		PQclear(r);
+		run_ok(a, "commit");
+	}
+	/* The client's names never reach the server, and so cannot clash with other clients'. */
+	expect_value(a, "select count(*) from pg_prepared_statements where name in ('s1', 'pid')", "0");
+	expect_log_lacks("session pinned");
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* (e) max_prepared_statements = 2 with five statements in use: evicted ones come back unseen. */
+static int evict_step(PGconn *a, int step, void *arg)
+{
+	bool in_transaction = step % 3 == 2;
+	if (in_transaction)
+		run_ok(a, "begin");
+	for (int k = 1; k <= 5; k++) {
+		char name[8], param[16], want[16];
+		snprintf(name, sizeof(name), "s%d", k);
+		snprintf(param, sizeof(param), "%d", step);
+		snprintf(want, sizeof(want), "%d", step + k);
+		char *v = exec_prepared_1(a, name, param);
+		cr_assert_str_eq(v, want, "%s(%s) returned %s at step %d", name, param, v, step);
+		free(v);
+	}
+	PGresult *r = PQexecParams(a,
+				   "select pg_backend_pid(), count(*), count(*) filter (where name not like 'pgmux\\_%') "
+				   "from pg_prepared_statements",
+				   0, NULL, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(a));
+	int pid = atoi(PQgetvalue(r, 0, 0));
+	cr_assert_leq(atoi(PQgetvalue(r, 0, 1)), 2, "backend %d holds %s prepared statements, max_prepared_statements = 2",
+		      pid, PQgetvalue(r, 0, 1));
+	cr_assert_str_eq(PQgetvalue(r, 0, 2), "0", "a prepared statement on the server has a client's name");
+	PQclear(r);
+	if (in_transaction)
+		run_ok(a, "commit");
+	return pid;
+}
+
+Test(txn_state, max_prepared_statements_evicts_and_prepares_again)
+{
+	start_txn_pgmux(2, NULL, "max_prepared_statements = 2");
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	for (int k = 1; k <= 5; k++) {
+		char name[8], sql[64];
+		snprintf(name, sizeof(name), "s%d", k);
+		snprintf(sql, sizeof(sql), "select $1::int + %d", k);
+		prepare_ok(a, name, sql);
+	}
+	struct rounds ra;
+	switching_rounds(a, b, c, 8, evict_step, NULL, NULL, &ra);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* (f) PQdescribePrepared on another backend; (g) two names for the same SQL. */
+Test(txn_state, describe_after_switch_and_shared_statement)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	run_ok(a, "begin");
+	int prepared_on = backend_pid(a);
+	prepare_ok(a, "d1", "select $1::int as a, $2::text as b, $1::int8 * 2 as c");
+	int other = take_over_backend(a, prepared_on, b, c);
+	/* c holds the backend d1 was prepared on: a is served the other one */
+	run_ok(a, "begin");
+	cr_assert_eq(backend_pid(a), other);
+	PGresult *r = PQdescribePrepared(a, "d1");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "PQdescribePrepared after a backend switch: %s",
+		     PQerrorMessage(a));
+	cr_assert_eq(PQnparams(r), 2);
+	cr_assert_eq(PQparamtype(r, 0), 23u);
+	cr_assert_eq(PQparamtype(r, 1), 25u);
+	cr_assert_eq(PQnfields(r), 3);
+	cr_assert_str_eq(PQfname(r, 0), "a");
+	cr_assert_str_eq(PQfname(r, 1), "b");
+	cr_assert_str_eq(PQfname(r, 2), "c");
+	cr_assert_eq(PQftype(r, 0), 23u);
+	cr_assert_eq(PQftype(r, 1), 25u);
+	cr_assert_eq(PQftype(r, 2), 20u);
+	PQclear(r);
+	const char *v[2] = {"21", "x"};
+	r = PQexecPrepared(a, "d1", 2, v, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(a));
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "21");
+	cr_assert_str_eq(PQgetvalue(r, 0, 1), "x");
+	cr_assert_str_eq(PQgetvalue(r, 0, 2), "42");
+	PQclear(r);
+	run_ok(a, "commit");
+	run_ok(c, "commit");
+
+	/* Two client names, one SQL text: both work, and the server holds the statement once. */
+	prepare_ok(a, "g1", "select $1::int * 3");
+	prepare_ok(a, "g2", "select $1::int * 3");
+	for (int i = 0; i < 3; i++) {
+		char *x = exec_prepared_1(a, "g1", "5");
+		cr_assert_str_eq(x, "15");
+		free(x);
+		x = exec_prepared_1(a, "g2", "6");
+		cr_assert_str_eq(x, "18");
+		free(x);
+	}
+	run_ok(a, "begin");
+	char *x = exec_prepared_1(a, "g1", "7");
+	cr_assert_str_eq(x, "21");
+	free(x);
+	x = exec_prepared_1(a, "g2", "8");
+	cr_assert_str_eq(x, "24");
+	free(x);
+	expect_value(a, "select count(*) from pg_prepared_statements where statement = 'select $1::int * 3'", "1");
+	run_ok(a, "commit");
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 4: borrow timeout */
+
+TestSuite(txn_borrow, .fini = fini_kill_leftovers, .timeout = 120);
+
+static void expect_borrow_timeout(PGconn *b, PGresult *r, long long took_ms, const char *what)
+{
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "%s while the only backend was busy: %s (%s)", what,
+		     PQresStatus(PQresultStatus(r)), PQerrorMessage(b));
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	const char *severity = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	cr_assert(state && strcmp(state, "53300") == 0, "%s: SQLSTATE %s, expected 53300 (%s)", what,
+		  state ? state : "(none)", PQerrorMessage(b));
+	cr_assert(msg && strstr(msg, "timed out waiting to acquire database connection") != NULL,
+		  "%s: message \"%s\"", what, msg ? msg : "");
+	cr_assert(severity && strcmp(severity, "ERROR") == 0, "%s: severity %s, expected ERROR", what,
+		  severity ? severity : "(none)");
+	cr_assert(took_ms >= 800 && took_ms <= h_scaled_ms(5000),
+		  "%s: the error came after %lld ms with connection_borrow_timeout = 1s", what, took_ms);
+	cr_assert_eq(PQstatus(b), CONNECTION_OK, "%s: the connection did not survive the borrow timeout", what);
+	cr_assert_eq(PQtransactionStatus(b), PQTRANS_IDLE);
+}
+
+Test(txn_borrow, timeout_error_and_connection_stays_usable)
+{
+	start_txn_pgmux(1, NULL, "connection_borrow_timeout = 1s");
+	PGconn *a = app(NULL), *b = app(NULL);
+	prepare_ok(b, "bs", "select $1::int * 10");
+
+	/* simple protocol */
+	run_ok(a, "begin");
+	int held = backend_pid(a);
+	long long t0 = h_now_ms();
+	PGresult *r = PQexec(b, "select 1");
+	expect_borrow_timeout(b, r, h_now_ms() - t0, "a simple query");
+	PQclear(r);
+	expect_value(a, "select 'a still in its transaction'", "a still in its transaction");
+	cr_assert_eq(backend_pid(a), held);
+	run_ok(a, "commit");
+	expect_value(b, "select 2", "2");
+
+	/* extended protocol, unnamed statement */
+	run_ok(a, "begin");
+	const char *v[1] = {"7"};
+	t0 = h_now_ms();
+	r = PQexecParams(b, "select $1::int", 1, NULL, v, NULL, NULL, 0);
+	expect_borrow_timeout(b, r, h_now_ms() - t0, "PQexecParams");
+	PQclear(r);
+	run_ok(a, "commit");
+	r = PQexecParams(b, "select $1::int", 1, NULL, v, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "PQexecParams after the timeout: %s", PQerrorMessage(b));
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "7");
+	PQclear(r);
+
+	/* extended protocol, a named statement prepared before */
+	run_ok(a, "begin");
+	const char *three[1] = {"3"};
+	t0 = h_now_ms();
+	r = PQexecPrepared(b, "bs", 1, three, NULL, NULL, 0);
+	expect_borrow_timeout(b, r, h_now_ms() - t0, "PQexecPrepared");
+	PQclear(r);
+	run_ok(a, "commit");
+	char *x = exec_prepared_1(b, "bs", "3");
+	cr_assert_str_eq(x, "30");
+	free(x);
+
+	PQfinish(a);
+	PQfinish(b);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 5: conformance */
+
+TestSuite(txn_conform, .fini = fini_kill_leftovers, .timeout = 300);
+
+/*
+ * A transcript: a text rendering of every result a sequence of libpq calls
+ * produced (status, SQLSTATE and message, fields and their types, values,
+ * command tags, transaction status, notices). The same sequence is run through
+ * pgmux and directly against PostgreSQL, and the transcripts must be equal.
+ */
+struct transcript {
+	char *text;
+	size_t len, cap;
+	bool sqlstate_only; /* for the next results: leave the message out */
+};
+
+static void tr_add(struct transcript *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void tr_add(struct transcript *t, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	va_list ap2;
+	va_copy(ap2, ap);
+	int n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	cr_assert_geq(n, 0);
+	if (t->len + (size_t)n + 1 > t->cap) {
+		t->cap = (t->len + (size_t)n + 1) * 2;
+		t->text = realloc(t->text, t->cap);
+		cr_assert_not_null(t->text);
+	}
+	vsnprintf(t->text + t->len, t->cap - t->len, fmt, ap2);
+	va_end(ap2);
+	t->len += (size_t)n;
+}
+
+static uint64_t fnv1a(uint64_t h, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static void tr_value(struct transcript *t, const char *v, int len, int format)
+{
+	if (len > 256) {
+		tr_add(t, "<%d bytes, hash %016llx>", len,
+		       (unsigned long long)fnv1a(14695981039346656037ULL, v, (size_t)len));
+		return;
+	}
+	if (format == 0) {
+		tr_add(t, "'%s'", v);
+		return;
+	}
+	tr_add(t, "x");
+	for (int i = 0; i < len; i++)
+		tr_add(t, "%02x", (unsigned char)v[i]);
+}
+
+static char txn_status_char(PGconn *conn)
+{
+	switch (PQtransactionStatus(conn)) {
+	case PQTRANS_IDLE:
+		return 'I';
+	case PQTRANS_ACTIVE:
+		return 'A';
+	case PQTRANS_INTRANS:
+		return 'T';
+	case PQTRANS_INERROR:
+		return 'E';
+	default:
+		return '?';
+	}
+}
+
+static void tr_result(struct transcript *t, const char *label, PGconn *conn, PGresult *r)
+{
+	if (r == NULL) {
+		tr_add(t, "%s: (no result)\n", label);
+		return;
+	}
+	ExecStatusType st = PQresultStatus(r);
+	tr_add(t, "%s: %s", label, PQresStatus(st));
+	if (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR) {
+		const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+		const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+		const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+		const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+		const char *pos = PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION);
+		tr_add(t, " %s %s", sev ? sev : "-", state ? state : "-");
+		if (!t->sqlstate_only)
+			tr_add(t, " \"%s\" detail=\"%s\" position=%s", msg ? msg : "", detail ? detail : "",
+			       pos ? pos : "-");
+	}
+	tr_add(t, " cmd=\"%s\" rows=\"%s\"", PQcmdStatus(r), PQcmdTuples(r));
+	if (PQnparams(r) > 0) {
+		tr_add(t, " params=");
+		for (int i = 0; i < PQnparams(r); i++)
+			tr_add(t, "%s%u", i ? "," : "", PQparamtype(r, i));
+	}
+	tr_add(t, " txn=%c\n", txn_status_char(conn));
+	int nf = PQnfields(r);
+	if (nf > 0) {
+		tr_add(t, "  fields:");
+		for (int i = 0; i < nf; i++)
+			tr_add(t, " %s/%u/%d/%d/%d", PQfname(r, i), PQftype(r, i), PQfformat(r, i), PQfmod(r, i),
+			       PQfsize(r, i));
+		tr_add(t, "\n");
+	}
+	for (int row = 0; row < PQntuples(r); row++) {
+		tr_add(t, "  row %d:", row);
+		for (int i = 0; i < nf; i++) {
+			tr_add(t, " ");
+			if (PQgetisnull(r, row, i))
+				tr_add(t, "NULL");
+			else
+				tr_value(t, PQgetvalue(r, row, i), PQgetlength(r, row, i), PQfformat(r, i));
+		}
+		tr_add(t, "\n");
+	}
+}
+
+/* Record and free r. */
+static void tr_take(struct transcript *t, const char *label, PGconn *conn, PGresult *r)
+{
+	tr_result(t, label, conn, r);
+	PQclear(r);
+}
+
+/* Every result of a query sent with PQsend*, up to the final NULL. */
+static void tr_drain(struct transcript *t, const char *label, PGconn *conn)
+{
+	PGresult *r;
+	int i = 0;
+	while ((r = next_result(conn)) != NULL) {
+		char l[128];
+		snprintf(l, sizeof(l), "%s[%d]", label, i++);
+		tr_take(t, l, conn, r);
+	}
+}
+
+static void tr_notice(void *arg, const PGresult *r)
+{
+	struct transcript *t = arg;
+	const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	tr_add(t, "notice: %s %s \"%s\"\n", sev ? sev : "-", state ? state : "-", msg ? msg : "");
+}
+
+/* Write text to a file in the test directory; its path goes to path. */
+static void write_test_file(const char *name, const char *text, char *path, size_t size)
+{
+	int n = snprintf(path, size, "%s/%s", h_test_dir(), name);
+	cr_assert(n > 0 && (size_t)n < size);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fputs(text, f);
+	fclose(f);
+}
+
+/* Show how two transcripts differ (diff -u) on stderr; the first differing line goes to first. */
+static void report_differences(const char *via, const char *direct, const char *what, char *first, size_t first_size)
+{
+	int line = 1;
+	first[0] = '\0';
+	while (*via || *direct) {
+		int na = (int)(strchrnul(via, '\n') - via), nb = (int)(strchrnul(direct, '\n') - direct);
+		if (na != nb || memcmp(via, direct, (size_t)na) != 0) {
+			snprintf(first, first_size, "line %d:\n  pgmux:  %.*s\n  direct: %.*s", line, na, via, nb, direct);
+			break;
+		}
+		via += na + (via[na] == '\n');
+		direct += nb + (direct[nb] == '\n');
+		line++;
+	}
+}
+
+/*
+ * Compare two transcripts; on a difference print it and count a failure, but
+ * go on, so that one run shows every scenario that differs.
+ */
+static int conformance_failures;
+
+static void expect_same_transcript(const struct transcript *via, const struct transcript *direct, const char *what)
+{
+	cr_assert_not_null(via->text, "%s: nothing recorded through pgmux", what);
+	cr_assert_not_null(direct->text, "%s: nothing recorded directly", what);
+	if (strcmp(via->text, direct->text) == 0)
+		return;
+	char first[2048], via_path[600], direct_path[600], name[128];
+	report_differences(via->text, direct->text, what, first, sizeof(first));
+	snprintf(name, sizeof(name), "transcript-%d.direct", conformance_failures);
+	write_test_file(name, direct->text, direct_path, sizeof(direct_path));
+	snprintf(name, sizeof(name), "transcript-%d.pgmux", conformance_failures);
+	write_test_file(name, via->text, via_path, sizeof(via_path));
+	const char *argv[] = {"diff", "-u", direct_path, via_path, NULL};
+	struct h_cmd diff;
+	h_cmd_run(&diff, argv, NULL, 10000);
+	fprintf(stderr, "----- %s: PostgreSQL directly (-) and through pgmux (+) -----\n%s-----\n", what,
+		diff.out ? diff.out : "");
+	h_cmd_free(&diff);
+	cr_expect_fail("%s: through pgmux the results differ from PostgreSQL's; first at %s", what, first);
+	conformance_failures++;
+}
+
+typedef void (*scenario_fn)(PGconn *conn, struct transcript *t);
+
+/* Run scenario through pgmux (on via) and on a direct connection; compare. */
+static void compare_scenario(PGconn *via, scenario_fn scenario, const char *what)
+{
+	struct transcript tv = {0}, td = {0};
+	PGconn *direct = h_connect_app_direct(NULL);
+	void *old_arg = NULL;
+	PQnoticeReceiver old = PQsetNoticeReceiver(via, tr_notice, &tv);
+	PQsetNoticeReceiver(direct, tr_notice, &td);
+	scenario(via, &tv);
+	scenario(direct, &td);
+	PQsetNoticeReceiver(via, old, old_arg);
+	PQfinish(direct);
+	cr_assert_eq(PQstatus(via), CONNECTION_OK, "%s: the connection through pgmux broke: %s", what,
+		     PQerrorMessage(via));
+	expect_same_transcript(&tv, &td, what);
+	free(tv.text);
+	free(td.text);
+}
+
+static void scenario_extended(PGconn *c, struct transcript *t)
+{
+	/* unnamed statements, text parameters and results */
+	const char *p3[3] = {"41", "hello", NULL};
+	tr_take(t, "params text", c,
+		PQexecParams(c, "select $1::int4 + 1 as a, $2::text as b, $3::bytea as c", 3, NULL, p3, NULL, NULL, 0));
+
+	/* binary parameters and results: int4, int8, text, bytea with NUL bytes */
+	uint32_t i4 = htonl(123456);
+	unsigned char i8[8];
+	uint64_t big = (uint64_t)-9000000000LL;
+	for (int i = 0; i < 8; i++)
+		i8[i] = (unsigned char)(big >> (56 - 8 * i));
+	const char bytes[] = {0x00, (char)0xff, 0x10, 0x00, 'z'};
+	const char *bv[4] = {(const char *)&i4, (const char *)i8, "h\xc3\xa9llo", bytes};
+	int bl[4] = {4, 8, 6, 5};
+	int bf[4] = {1, 1, 1, 1};
+	Oid bt[4] = {23, 20, 25, 17};
+	tr_take(t, "params binary", c,
+		PQexecParams(c, "select $1 as i4, $2 as i8, $3 as txt, $4 as bin, $1::int8 * 2 as dbl", 4, bt, bv, bl,
+			     bf, 1));
+	tr_take(t, "binary numeric/bool/float", c,
+		PQexecParams(c, "select 3.14159::numeric, true, 2.5::float8, '2024-01-31'::date, null::int", 0, NULL,
+			     NULL, NULL, NULL, 1));
+
+	/* errors with unnamed statements */
+	const char *one[1] = {"1"};
+	tr_take(t, "too few params", c, PQexecParams(c, "select $1::int, $2::int", 1, NULL, one, NULL, NULL, 0));
+	tr_take(t, "division by zero", c, PQexecParams(c, "select 1/0", 0, NULL, NULL, NULL, NULL, 0));
+	tr_take(t, "syntax error", c, PQexecParams(c, "selec 1", 0, NULL, NULL, NULL, NULL, 0));
+	tr_take(t, "bad input", c, PQexecParams(c, "select $1::int", 1, NULL, (const char *[]){"x"}, NULL, NULL, 0));
+
+	/* named statements */
+	tr_take(t, "prepare n1", c, PQprepare(c, "n1", "select $1::int * 2 as doubled", 1, NULL));
+	tr_take(t, "exec n1", c, PQexecPrepared(c, "n1", 1, (const char *[]){"21"}, NULL, NULL, 0));
+	tr_take(t, "exec n1 binary", c, PQexecPrepared(c, "n1", 1, (const char *[]){"-4"}, NULL, NULL, 1));
+	tr_take(t, "describe n1", c, PQdescribePrepared(c, "n1"));
+	Oid t8[1] = {20};
+	tr_take(t, "prepare n2", c,
+		PQprepare(c, "n2", "select $1 as big, $1 + 1 as next, 'x'::varchar(7) as v, 1.5::numeric(5,2) as n", 1,
+			  t8));
+	tr_take(t, "describe n2", c, PQdescribePrepared(c, "n2"));
+	tr_take(t, "exec n2", c, PQexecPrepared(c, "n2", 1, (const char *[]){"9000000000"}, NULL, NULL, 0));
+	tr_take(t, "prepare n1 again", c, PQprepare(c, "n1", "select 2", 0, NULL));
+	tr_take(t, "exec n1 after failed re-prepare", c,
+		PQexecPrepared(c, "n1", 1, (const char *[]){"5"}, NULL, NULL, 0));
+	tr_take(t, "prepare bad", c, PQprepare(c, "bad", "selec 1", 0, NULL));
+	tr_take(t, "exec bad", c, PQexecPrepared(c, "bad", 0, NULL, NULL, NULL, 0));
+	tr_take(t, "describe nosuch", c, PQdescribePrepared(c, "nosuch"));
+	tr_take(t, "exec nosuch", c, PQexecPrepared(c, "nosuch", 0, NULL, NULL, NULL, 0));
+	tr_take(t, "exec n2 binary param", c,
+		PQexecPrepared(c, "n2", 1, (const char *[]){(const char *)i8}, (int[]){8}, (int[]){1}, 0));
+	/* The server names the statement in this error: through pgmux only the SQLSTATE must match. */
+	t->sqlstate_only = true;
+	tr_take(t, "exec n1 without its param", c, PQexecPrepared(c, "n1", 0, NULL, NULL, NULL, 0));
+	t->sqlstate_only = false;
+	tr_take(t, "n1 still fine", c, PQexecPrepared(c, "n1", 1, (const char *[]){"8"}, NULL, NULL, 0));
+	/* DEALLOCATE ALL forgets the client's statements (and does not pin). */
+	tr_take(t, "deallocate all", c, PQexec(c, "deallocate all"));
+	tr_take(t, "exec n1 after deallocate all", c, PQexecPrepared(c, "n1", 1, (const char *[]){"8"}, NULL, NULL, 0));
+	tr_take(t, "prepare n1 after deallocate all", c, PQprepare(c, "n1", "select $1::int - 1", 0, NULL));
+	tr_take(t, "exec new n1", c, PQexecPrepared(c, "n1", 1, (const char *[]){"8"}, NULL, NULL, 0));
+
+	/* single-row mode */
+	cr_assert_eq(PQsendQueryParams(c, "select g, g * g as sq from generate_series(1, 5) g", 0, NULL, NULL, NULL,
+				       NULL, 0),
+		     1, "%s", PQerrorMessage(c));
+	cr_assert_eq(PQsetSingleRowMode(c), 1);
+	tr_drain(t, "single row", c);
+
+	/* simple protocol: several statements in one Query, an error among them, an empty one */
+	cr_assert_eq(PQsendQuery(c, "select 1 as one; select 'two' as two, 2.0 as n; select 1/0; select 4"), 1);
+	tr_drain(t, "multi", c);
+	tr_take(t, "empty", c, PQexec(c, ""));
+	tr_take(t, "comment only", c, PQexec(c, "-- nothing"));
+	tr_take(t, "show", c, PQexec(c, "show integer_datetimes"));
+}
+
+static void scenario_cursors(PGconn *c, struct transcript *t)
+{
+	tr_take(t, "begin", c, PQexec(c, "begin"));
+	tr_take(t, "declare", c,
+		PQexec(c, "declare cur cursor for select g, md5(g::text) as h, g::numeric / 3 as third "
+			  "from generate_series(1, 10) g"));
+	tr_take(t, "describe portal", c, PQdescribePortal(c, "cur"));
+	for (int i = 0; i < 4; i++)
+		tr_take(t, "fetch 3", c, PQexec(c, "fetch 3 from cur"));
+	tr_take(t, "fetch backward", c, PQexec(c, "move absolute 2 in cur"));
+	tr_take(t, "fetch after move", c,
+		PQexecParams(c, "fetch 2 from cur", 0, NULL, NULL, NULL, NULL, 1));
+	tr_take(t, "close", c, PQexec(c, "close cur"));
+	tr_take(t, "describe closed portal", c, PQdescribePortal(c, "cur"));
+	tr_take(t, "fetch closed", c, PQexec(c, "fetch 1 from cur"));
+	tr_take(t, "rollback", c, PQexec(c, "rollback"));
+	tr_take(t, "describe portal outside a transaction", c, PQdescribePortal(c, "cur"));
+}
+
+static void scenario_pipeline(PGconn *c, struct transcript *t)
+{
+	cr_assert_eq(PQenterPipelineMode(c), 1, "%s", PQerrorMessage(c));
+	const char *v21[1] = {"21"}, *v5[1] = {"5"}, *v50[1] = {"50"}, *vt[1] = {"text"};
+	/* batch 1: a named statement prepared and used, then an error: the rest is aborted */
+	cr_assert_eq(PQsendPrepare(c, "pp1", "select $1::int * 2 as x", 1, NULL), 1);
+	cr_assert_eq(PQsendQueryPrepared(c, "pp1", 1, v21, NULL, NULL, 0), 1);
+	cr_assert_eq(PQsendQueryParams(c, "select 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
+	cr_assert_eq(PQsendQueryPrepared(c, "pp1", 1, v5, NULL, NULL, 0), 1);
+	cr_assert_eq(PQsendQueryParams(c, "select $1::text as t", 1, NULL, vt, NULL, NULL, 0), 1);
+	cr_assert_eq(PQpipelineSync(c), 1);
+	/* batch 2: works again after the sync, pp1 still exists */
+	cr_assert_eq(PQsendQueryPrepared(c, "pp1", 1, v50, NULL, NULL, 0), 1);
+	cr_assert_eq(PQsendQueryParams(c, "select 'after sync' as s", 0, NULL, NULL, NULL, NULL, 1), 1);
+	cr_assert_eq(PQpipelineSync(c), 1);
+	/* batch 3: a statement whose Parse fails, then used in the same batch */
+	cr_assert_eq(PQsendPrepare(c, "pp2", "selec 1", 0, NULL), 1);
+	cr_assert_eq(PQsendQueryPrepared(c, "pp2", 0, NULL, NULL, NULL, 0), 1);
+	cr_assert_eq(PQpipelineSync(c), 1);
+	/* batch 4: ... and in the next one */
+	cr_assert_eq(PQsendQueryPrepared(c, "pp2", 0, NULL, NULL, NULL, 0), 1);
+	cr_assert_eq(PQpipelineSync(c), 1);
+	/* batch 5: a transaction across statements, with a describe */
+	cr_assert_eq(PQsendQueryParams(c, "begin", 0, NULL, NULL, NULL, NULL, 0), 1);
+	cr_assert_eq(PQsendDescribePrepared(c, "pp1"), 1);
+	cr_assert_eq(PQsendQueryPrepared(c, "pp1", 1, v5, NULL, NULL, 1), 1);
+	cr_assert_eq(PQsendQueryParams(c, "commit", 0, NULL, NULL, NULL, NULL, 0), 1);
+	cr_assert_eq(PQpipelineSync(c), 1);
+	int syncs = 0, n = 0;
+	while (syncs < 5) {
+		PGresult *r = next_result(c);
+		char label[64];
+		snprintf(label, sizeof(label), "pipeline %d", n++);
+		if (r && PQresultStatus(r) == PGRES_PIPELINE_SYNC)
+			syncs++;
+		tr_take(t, label, c, r);
+		cr_assert_lt(n, 100, "pipeline: too many results");
+	}
+	cr_assert_eq(PQexitPipelineMode(c), 1, "%s", PQerrorMessage(c));
+	tr_take(t, "after pipeline", c, PQexec(c, "select 'after pipeline'"));
+}
+
+#define LARGE_SIZE (10 * 1024 * 1024)
+
+static void scenario_large(PGconn *c, struct transcript *t)
+{
+	char *big = malloc(LARGE_SIZE + 1);
+	cr_assert_not_null(big);
+	uint32_t x = 12345;
+	for (size_t i = 0; i < LARGE_SIZE; i++) {
+		x = x * 1103515245u + 12345u;
+		big[i] = (char)('a' + (x >> 16) % 26);
+	}
+	big[LARGE_SIZE] = '\0';
+	const char *v[1] = {big};
+	for (int format = 0; format <= 1; format++) {
+		PGresult *r = PQexecParams(c, "select length($1), md5($1), $1", 1, (Oid[]){25}, v, NULL, NULL, format);
+		cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "10 MB round trip: %s", PQerrorMessage(c));
+		cr_assert_eq(PQgetlength(r, 0, 2), LARGE_SIZE);
+		cr_assert(memcmp(PQgetvalue(r, 0, 2), big, LARGE_SIZE) == 0, "the 10 MB value came back changed");
+		tr_take(t, "10 MB round trip", c, r);
+	}
+	free(big);
+	tr_take(t, "12 MB result", c, PQexec(c, "select repeat('abc', 4000000) as r, md5(repeat('abc', 4000000))"));
+	tr_take(t, "many rows", c, PQexec(c, "select g, repeat('y', g % 100) from generate_series(1, 50000) g"));
+}
+
+#define COPY_ROWS 10000
+
+static void scenario_copy(PGconn *c, struct transcript *t)
+{
+	tr_take(t, "drop", c, PQexec(c, "drop table if exists txn_copy_t"));
+	tr_take(t, "create", c, PQexec(c, "create table txn_copy_t (id int primary key, v text)"));
+	PGresult *r = PQexec(c, "copy txn_copy_t from stdin");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "%s", PQerrorMessage(c));
+	tr_take(t, "copy in", c, r);
+	char chunk[8192];
+	size_t used = 0;
+	for (int i = 1; i <= COPY_ROWS; i++) {
+		char line[128];
+		int n = snprintf(line, sizeof(line), "%d\trow %d: \\\\ tab\\there %08x\n", i, i,
+				 (unsigned)(i * 2654435761u));
+		if (used + (size_t)n > sizeof(chunk)) {
+			cr_assert_eq(PQputCopyData(c, chunk, (int)used), 1, "%s", PQerrorMessage(c));
+			used = 0;
+		}
+		memcpy(chunk + used, line, (size_t)n);
+		used += (size_t)n;
+	}
+	cr_assert_eq(PQputCopyData(c, chunk, (int)used), 1);
+	cr_assert_eq(PQputCopyEnd(c, NULL), 1);
+	tr_drain(t, "copy in end", c);
+	tr_take(t, "count", c, PQexec(c, "select count(*), sum(id), md5(string_agg(v, ',' order by id)) from txn_copy_t"));
+
+	r = PQexec(c, "copy (select * from txn_copy_t order by id) to stdout");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_OUT, "%s", PQerrorMessage(c));
+	tr_take(t, "copy out", c, r);
+	uint64_t h = 14695981039346656037ULL;
+	int rows = 0, n;
+	char *buf;
+	while ((n = PQgetCopyData(c, &buf, 0)) > 0) {
+		h = fnv1a(h, buf, (size_t)n);
+		rows++;
+		PQfreemem(buf);
+	}
+	tr_add(t, "copy out: %d rows, end %d, hash %016llx\n", rows, n, (unsigned long long)h);
+	tr_drain(t, "copy out end", c);
+
+	/* inside a transaction: CopyFail, then a bad row */
+	tr_take(t, "begin", c, PQexec(c, "begin"));
+	r = PQexec(c, "copy txn_copy_t from stdin");
+	tr_take(t, "copy in (to fail)", c, r);
+	cr_assert_eq(PQputCopyData(c, "20001\tpartial\n", 14), 1);
+	cr_assert_eq(PQputCopyEnd(c, "client gave up"), 1);
+	tr_drain(t, "copy fail", c);
+	tr_take(t, "rollback", c, PQexec(c, "rollback"));
+	r = PQexec(c, "copy txn_copy_t from stdin");
+	tr_take(t, "copy in (bad row)", c, r);
+	cr_assert_eq(PQputCopyData(c, "x\ty\n", 4), 1);
+	cr_assert_eq(PQputCopyEnd(c, NULL), 1);
+	tr_drain(t, "copy bad row", c);
+	tr_take(t, "count again", c, PQexec(c, "select count(*) from txn_copy_t"));
+	tr_take(t, "drop", c, PQexec(c, "drop table txn_copy_t"));
+}
+
+static void scenario_notices_and_errors(PGconn *c, struct transcript *t)
+{
+	tr_take(t, "notice", c, PQexec(c, "DO $$BEGIN RAISE NOTICE 'hello %', 42; RAISE WARNING 'careful'; END$$"));
+	tr_take(t, "notice in txn", c, PQexec(c, "begin; DO $$BEGIN RAISE NOTICE 'inside'; END$$; commit"));
+	tr_take(t, "begin", c, PQexec(c, "begin"));
+	tr_take(t, "1/0", c, PQexec(c, "select 1/0"));
+	tr_take(t, "in failed txn", c, PQexec(c, "select 1"));
+	tr_take(t, "in failed txn, extended", c, PQexecParams(c, "select 1", 0, NULL, NULL, NULL, NULL, 0));
+	tr_take(t, "rollback", c, PQexec(c, "rollback"));
+	tr_take(t, "after rollback", c, PQexec(c, "select 1"));
+	tr_take(t, "begin", c, PQexec(c, "begin"));
+	tr_take(t, "extended error", c, PQexecParams(c, "select 1/0", 0, NULL, NULL, NULL, NULL, 0));
+	tr_take(t, "commit of failed", c, PQexec(c, "commit"));
+	tr_take(t, "savepoints", c,
+		PQexec(c, "begin; savepoint s; select 1/0"));
+	tr_take(t, "rollback to", c, PQexec(c, "rollback to savepoint s"));
+	tr_take(t, "after rollback to", c, PQexec(c, "select 'recovered'"));
+	tr_take(t, "commit", c, PQexec(c, "commit"));
+	tr_take(t, "commit outside", c, PQexec(c, "commit"));
+	tr_take(t, "raise exception", c,
+		PQexec(c, "DO $$BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = 'P0042', DETAIL = 'd'; END$$"));
+	tr_take(t, "subquery returns two rows", c, PQexec(c, "select * from (values (1)) v(x) where x = (select 1 union all select 1)"));
+}
+
+Test(txn_conform, same_results_as_postgresql)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *via = app_ssl("require", NULL);
+	struct traffic traffic;
+	traffic_start(&traffic);
+	compare_scenario(via, scenario_extended, "extended protocol");
+	compare_scenario(via, scenario_cursors, "cursors with row limits");
+	compare_scenario(via, scenario_pipeline, "pipeline mode");
+	compare_scenario(via, scenario_large, "large values");
+	compare_scenario(via, scenario_copy, "COPY");
+	compare_scenario(via, scenario_notices_and_errors, "notices and errors");
+	traffic_stop_and_check(&traffic);
+	PQfinish(via);
+	cr_assert_eq(conformance_failures, 0, "%d scenario(s) gave different results through pgmux",
+		     conformance_failures);
+	expect_log_lacks("session pinned");
+	stop_pgmux_expect_clean_exit();
+}
+
+/* 100 clients over 4 backends, each with its own connection on a thread. */
+#define MANY_CLIENTS 100
+
+struct many {
+	int port;
+	int transactions;
+	atomic_int done;
+	atomic_int failures;
+	atomic_int committed;
+	char error[512];
+};
+
+static void many_fail(struct many *m, const char *what, PGconn *conn)
+{
+	if (atomic_fetch_add(&m->failures, 1) == 0)
+		snprintf(m->error, sizeof(m->error), "%s: %s", what, conn ? PQerrorMessage(conn) : "");
+}
+
+static void *many_client(void *arg)
+{
+	struct many *m = arg;
+	PGconn *conn = h_connect_app(m->port, "disable", NULL);
+	if (PQstatus(conn) != CONNECTION_OK) {
+		many_fail(m, "connect", conn);
+		goto out;
+	}
+	for (int i = 0; i < m->transactions; i++) {
+		char param[16];
+		snprintf(param, sizeof(param), "%d", i);
+		const char *v[1] = {param};
+		PGresult *r = PQexec(conn, "begin");
+		bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+		PQclear(r);
+		if (!ok) {
+			many_fail(m, "begin", conn);
+			break;
+		}
+		r = PQexecParams(conn, "select pg_backend_pid(), $1::int", 1, NULL, v, NULL, NULL, 0);
+		ok = PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 1), param) == 0;
+		int pid1 = ok ? atoi(PQgetvalue(r, 0, 0)) : 0;
+		PQclear(r);
+		if (!ok) {
+			many_fail(m, "select in the transaction", conn);
+			break;
+		}
+		r = PQexec(conn, "select pg_backend_pid()");
+		ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+		int pid2 = ok ? atoi(PQgetvalue(r, 0, 0)) : 0;
+		PQclear(r);
+		if (!ok || pid1 != pid2) {
+			many_fail(m, ok ? "the backend changed inside a transaction" : "second select", conn);
+			break;
+		}
+		r = PQexec(conn, "commit");
+		ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+		PQclear(r);
+		if (!ok) {
+			many_fail(m, "commit", conn);
+			break;
+		}
+		atomic_fetch_add(&m->committed, 1);
+	}
+out:
+	PQfinish(conn);
+	atomic_fetch_add(&m->done, 1);
+	return NULL;
+}
+
+Test(txn_conform, hundred_clients_over_4_backends)
+{
+	start_txn_pgmux(4, NULL, NULL);
+	struct many m = {.port = px.port, .transactions = h_under_valgrind() ? 20 : 50};
+	(void)h_env();
+	pthread_t threads[MANY_CLIENTS];
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 1024 * 1024);
+	for (int i = 0; i < MANY_CLIENTS; i++)
+		cr_assert_eq(pthread_create(&threads[i], &attr, many_client, &m), 0);
+	pthread_attr_destroy(&attr);
+
+	PGconn *super = h_connect_super_direct();
+	int samples = 0, max_seen = 0;
+	long long deadline = h_now_ms() + h_scaled_ms(60000);
+	while (atomic_load(&m.done) < MANY_CLIENTS && h_now_ms() < deadline) {
+		char *n = value_ok(super, APP_BACKENDS_SQL);
+		samples++;
+		if (atoi(n) > max_seen)
+			max_seen = atoi(n);
+		free(n);
+		h_sleep_ms(20);
+	}
+	PQfinish(super);
+	bool finished = atomic_load(&m.done) == MANY_CLIENTS;
+	if (!finished)
+		pgmux_dump_logs(&px);
+	cr_assert(finished, "only %d of %d clients finished in time", atomic_load(&m.done), MANY_CLIENTS);
+	for (int i = 0; i < MANY_CLIENTS; i++)
+		pthread_join(threads[i], NULL);
+	cr_assert_eq(atomic_load(&m.failures), 0, "%d clients failed; first: %s", atomic_load(&m.failures), m.error);
+	cr_assert_eq(atomic_load(&m.committed), MANY_CLIENTS * m.transactions);
+	cr_assert_geq(samples, 2);
+	cr_assert_leq(max_seen, 4, "app had %d backends with max_connections = 4", max_seen);
+	cr_assert_gt(max_seen, 0);
+	cr_log_info("100 clients: %d transactions, at most %d backends in %d samples", atomic_load(&m.committed),
+		    max_seen, samples);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 6-7: client limits */
+
+TestSuite(txn_limits, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* A client that must get in; retried while pgmux still counts a client that just left. */
+static PGconn *app_eventually(void)
+{
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	for (;;) {
+		PGconn *conn = h_connect_app(px.port, "disable", NULL);
+		if (PQstatus(conn) == CONNECTION_OK)
+			return conn;
+		if (h_now_ms() >= deadline) {
+			pgmux_dump_logs(&px);
+			cr_assert_fail("no connection within 5 s: %s", PQerrorMessage(conn));
+		}
+		PQfinish(conn);
+		h_sleep_ms(20);
+	}
+}
+
+Test(txn_limits, max_client_connections)
+{
+	start_txn_pgmux(2, "max_client_connections = 5", NULL);
+	PGconn *c[5];
+	for (int i = 0; i < 5; i++)
+		c[i] = app_eventually();
+	for (int i = 0; i < 5; i++)
+		expect_value(c[i], "select 1", "1");
+
+	PGconn *sixth = h_connect_app(px.port, "disable", NULL);
+	cr_assert_neq(PQstatus(sixth), CONNECTION_OK, "a 6th client got in with max_client_connections = 5");
+	const char *err = PQerrorMessage(sixth);
+	cr_assert(strstr(err, "FATAL") != NULL && strstr(err, "max_client_connections") != NULL,
+		  "the 6th client's error does not name max_client_connections: %s", err);
+	PQfinish(sixth);
+
+	/* the SQLSTATE, read from the raw ErrorResponse */
+	int fd = h_raw_connect(px.port, 2000);
+	cr_assert(fd >= 0);
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	char type;
+	char *body;
+	size_t blen;
+	enum h_msg_result res = h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(3000));
+	cr_assert_eq(res, H_MSG_OK, "no answer to a 6th client (%d)", res);
+	cr_assert_eq(type, 'E', "a 6th client got message '%c', expected an ErrorResponse", type);
+	const char *code = h_error_field(body, blen, 'C');
+	const char *sev = h_error_field(body, blen, 'V');
+	cr_assert(code && strcmp(code, "53300") == 0, "SQLSTATE %s, expected 53300", code ? code : "(none)");
+	cr_assert(sev && strcmp(sev, "FATAL") == 0, "severity %s, expected FATAL", sev ? sev : "(none)");
+	free(body);
+	cr_assert(h_raw_wait_closed(fd, h_scaled_ms(2000)), "the refused connection was not closed");
+	close(fd);
+
+	for (int i = 0; i < 5; i++)
+		expect_value(c[i], "select 2", "2");
+	PQfinish(c[0]);
+	PGconn *again = app_eventually();
+	expect_value(again, "select 'in again'", "in again");
+	PQfinish(again);
+	for (int i = 1; i < 5; i++)
+		PQfinish(c[i]);
+	stop_pgmux_expect_clean_exit();
+}
+
+struct fatal_notice {
+	char sqlstate[8];
+	char severity[16];
+};
+
+static void on_fatal_notice(void *arg, const PGresult *r)
+{
+	struct fatal_notice *n = arg;
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	snprintf(n->sqlstate, sizeof(n->sqlstate), "%s", state ? state : "");
+	snprintf(n->severity, sizeof(n->severity), "%s", sev ? sev : "");
+}
+
+Test(txn_limits, idle_client_timeout)
+{
+	start_txn_pgmux(2, "idle_client_timeout = 1s", NULL);
+	PGconn *idle = app(NULL), *busy = app(NULL);
+	struct fatal_notice n;
+	memset(&n, 0, sizeof(n));
+	PQsetNoticeReceiver(idle, on_fatal_notice, &n);
+	expect_value(idle, "select 1", "1");
+	long long t0 = h_now_ms();
+	cr_assert_eq(PQsendQuery(busy, "select pg_sleep(2)"), 1);
+
+	/* The idle one is closed: an ErrorResponse 57P05 (a notice to libpq while idle), then EOF. */
+	bool closed = false;
+	long long deadline = t0 + h_scaled_ms(5000);
+	while (!closed && h_now_ms() < deadline) {
+		struct pollfd pfd = {.fd = PQsocket(idle), .events = POLLIN};
+		poll(&pfd, 1, (int)(deadline - h_now_ms()));
+		closed = !PQconsumeInput(idle) || PQstatus(idle) == CONNECTION_BAD;
+		(void)PQisBusy(idle); /* parses what came: the ErrorResponse goes to the notice receiver */
+	}
+	long long took = h_now_ms() - t0;
+	if (!closed)
+		pgmux_dump_logs(&px);
+	cr_assert(closed, "an idle client was still connected %lld ms after its last query (idle_client_timeout = 1s)",
+		  took);
+	cr_assert_geq(took, 900, "the idle client was closed after %lld ms, before idle_client_timeout = 1s", took);
+	cr_assert_str_eq(n.sqlstate, "57P05", "the idle client was closed with SQLSTATE \"%s\", expected 57P05",
+			 n.sqlstate);
+	cr_assert_str_eq(n.severity, "FATAL");
+
+	/* The one whose query ran longer than the timeout was not idle. */
+	PGresult *r = h_get_result(busy, h_scaled_ms(10000));
+	cr_assert_not_null(r, "pg_sleep(2) gave no result");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "a client busy in pg_sleep(2) was cut off: %s",
+		     PQerrorMessage(busy));
+	PQclear(r);
+	while ((r = h_get_result(busy, 2000)) != NULL)
+		PQclear(r);
+	PQfinish(idle);
+	PQfinish(busy);
+
+	PGconn *fresh = app(NULL);
+	expect_value(fresh, "select 'fresh'", "fresh");
+	PQfinish(fresh);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 8: session mode */
+
+TestSuite(txn_session, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(txn_session, session_mode_keeps_state_without_pinning)
+{
+	PGconn *super = h_connect_super_direct();
+	cr_assert(h_poll_value(super, APP_BACKENDS_SQL, "0", h_scaled_ms(10000)));
+	PQfinish(super);
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "session";
+	o.max_connections = 2;
+	cr_assert(pgmux_start(&px, &o));
+
+	PGconn *a = app(NULL), *b = app(NULL);
+	int pid = backend_pid(a);
+	run_ok(a, "set search_path = pg_catalog, public");
+	run_ok(a, "set work_mem = '7MB'");
+	run_ok(a, "create temp table st (x int)");
+	for (int i = 0; i < 10; i++) {
+		expect_value(b, "select 1", "1");
+		expect_value(a, "show search_path", "pg_catalog, public");
+		expect_value(a, "show work_mem", "7MB");
+		expect_value(a, "select count(*) from st", "0");
+		cr_assert_eq(backend_pid(a), pid);
+	}
+	expect_value(b, "show search_path", "\"$user\", public");
+	expect_log_lacks("session pinned");
+	PQfinish(a);
+	PQfinish(b);
+	stop_pgmux_expect_clean_exit();
+}
