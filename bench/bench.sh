@@ -118,12 +118,14 @@ fi
 if [ "$(id -u)" -eq 0 ]; then
 	id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run PostgreSQL and PgBouncer"
 	RUN_USER=postgres
-	# setpriv execs the program, so $! is the server's own PID (runuser forks).
-	as_user() { setpriv --reuid=postgres --regid=postgres --init-groups -- env HOME="$WORK" "$@"; }
+	# setpriv and env exec the program, so a background "${AS_USER[@]}" cmd &
+	# leaves the server's own PID in $! (runuser would fork).
+	AS_USER=(setpriv --reuid=postgres --regid=postgres --init-groups -- env HOME=/tmp)
 else
 	RUN_USER=$(id -un)
-	as_user() { "$@"; }
+	AS_USER=()
 fi
+as_user() { "${AS_USER[@]}" "$@"; }
 
 # Scenario 5 needs one descriptor per client in both the pooler and the client program.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -167,14 +169,14 @@ WORK=
 PGDATA=
 MUX_PID=
 PGB_PID=
-IDLE_PID=
-IDLE_IN=
+HELPER_PID=
+HELPER_IN=
 cleanup() {
 	local status=$?
 	set +e
 	trap - EXIT
-	if [ -n "$IDLE_IN" ]; then eval "exec $IDLE_IN>&-" 2>/dev/null; fi
-	stop_pid "$IDLE_PID"
+	if [ -n "$HELPER_IN" ]; then eval "exec $HELPER_IN>&-" 2>/dev/null; fi
+	stop_pid "$HELPER_PID"
 	stop_pid "$MUX_PID"
 	stop_pid "$PGB_PID"
 	if [ -n "$PGDATA" ] && [ -f "$PGDATA/postmaster.pid" ]; then
@@ -337,6 +339,19 @@ EOF
 }
 if [ "$RUN_USER" != "$(id -un)" ]; then chown -R "$RUN_USER" "$WORK/pgmux" "$WORK/pgb"; fi
 
+# Make sure $! is the server itself (setpriv and env exec it), not a wrapper:
+# its CPU time and memory are what is measured, and it is what gets stopped.
+check_comm() {
+	local pid=$1 want=$2 comm i
+	for ((i = 0; i < 100; i++)); do
+		comm=$(head -z -n 1 "/proc/$pid/cmdline" 2>/dev/null | tr -d '\0' || true)
+		[ "${comm##*/}" = "$want" ] && return 0
+		alive "$pid" || die "$want exited at once; see $WORK/${want/pgbouncer/pgb}/"
+		sleep 0.02
+	done
+	die "process $pid is '$comm', not $want"
+}
+
 # Wait until a login through port $1 works (at most 30 s), while pid $2 lives.
 wait_ready() {
 	local port=$1 pid=$2 name=$3 sslmode=$4 i
@@ -354,8 +369,10 @@ wait_ready() {
 start_pgmux() {
 	write_pgmux_conf "$1"
 	[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/pgmux/pgmux.ini"
-	as_user "$PGMUX" "$WORK/pgmux/pgmux.ini" >>"$WORK/pgmux/stderr" 2>&1 &
+	# A simple command in the background, so that $! is pgmux's own PID.
+	"${AS_USER[@]}" "$PGMUX" "$WORK/pgmux/pgmux.ini" >>"$WORK/pgmux/stderr" 2>&1 &
 	MUX_PID=$!
+	check_comm "$MUX_PID" pgmux
 	local sslmode=disable
 	[ "$1" = tls ] && sslmode=require
 	wait_ready "$MUXPORT" "$MUX_PID" pgmux "$sslmode"
@@ -363,8 +380,9 @@ start_pgmux() {
 start_pgbouncer() {
 	write_pgb_conf "$1"
 	[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/pgb/pgbouncer.ini"
-	as_user "$PGBOUNCER" "$WORK/pgb/pgbouncer.ini" >>"$WORK/pgb/stderr" 2>&1 &
+	"${AS_USER[@]}" "$PGBOUNCER" "$WORK/pgb/pgbouncer.ini" >>"$WORK/pgb/stderr" 2>&1 &
 	PGB_PID=$!
+	check_comm "$PGB_PID" pgbouncer
 	local sslmode=disable
 	[ "$1" = tls ] && sslmode=require
 	wait_ready "$PGBPORT" "$PGB_PID" PgBouncer "$sslmode"
@@ -561,27 +579,30 @@ if want 5; then
 			before=$(rss_kb "$pid")
 			err=$WORK/out/s5-r$r-$t.err
 			coproc IDLE { exec "$IDLE_BIN" 127.0.0.1 "$(port_of "$t")" bench bench "$IDLE_CLIENTS" 64 600 2>"$err"; }
-			IDLE_PID=$IDLE_PID
-			IDLE_OUT=${IDLE[0]}
-			IDLE_IN=${IDLE[1]}
+			HELPER_PID=$IDLE_PID
+			HELPER_OUT=${IDLE[0]}
+			HELPER_IN=${IDLE[1]}
 			line=
-			if ! read -r -t 900 line <&"$IDLE_OUT" || [[ $line != ready* ]]; then
+			if ! read -r -t 900 line <&"$HELPER_OUT" || [[ $line != ready* ]]; then
 				cat "$err" >&2
 				die "the idle-clients helper did not get $IDLE_CLIENTS connections through $(name_of "$t")"
 			fi
 			alive "$pid" || die "$(name_of "$t") died with $IDLE_CLIENTS clients connected"
 			after=$(rss_kb "$pid")
 			backends=$(psql_admin -d postgres -Atc "select count(*) from pg_stat_activity where usename = 'bench' and backend_type = 'client backend'")
-			secs=$(awk '{ print $4 }' <<<"$line")
+			secs=$(awk '{ print $5 }' <<<"$line")
 			per=$(awk -v a="$before" -v b="$after" -v n="$IDLE_CLIENTS" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')
 			log "s5-r$r $(name_of "$t"): VmRSS $before kB -> $after kB: $per bytes per idle client; $backends server connections (bench) held; logins took $secs s"
 			add "s5.rss.$t" "$per"
 			add "s5.backends.$t" "$backends"
 			add "s5.login.$t" "$secs"
-			eval "exec $IDLE_IN>&-"
-			IDLE_IN=
-			wait "$IDLE_PID" || die "the idle-clients helper failed while closing its connections; see $err"
-			IDLE_PID=
+			eval "exec $HELPER_IN>&- $HELPER_OUT<&-"
+			HELPER_IN=
+			helper_rc=0
+			wait "$HELPER_PID" || helper_rc=$?
+			[ "$helper_rc" -eq 0 ] || [ "$helper_rc" -eq 127 ] ||
+				die "the idle-clients helper failed (status $helper_rc) while closing its connections; see $err"
+			HELPER_PID=
 			"stop_$t"
 		done
 	done
@@ -681,13 +702,12 @@ pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNI
 	echo
 	echo "pgmux log lines (log_level = warning): $pgmux_log_lines"
 	if [ "$pgmux_log_lines" -gt 0 ]; then
-		cat "$WORK/pgmux/pgmux.log" "$WORK/pgmux/stderr" 2>/dev/null | sed -E 's/^[0-9T:. +-]+ ?//' |
+		cat "$WORK/pgmux/pgmux.log" "$WORK/pgmux/stderr" 2>/dev/null | sed -E 's/^[^]]*\] //; s/[0-9]{4,}/#/g' |
 			sort | uniq -c | sort -rn | head -n 8 | sed 's/^/  /'
 	fi
 	echo "PgBouncer WARNING/ERROR/FATAL log lines: $pgb_warn_lines"
 	if [ "$pgb_warn_lines" -gt 0 ]; then
-		grep -E ' (WARNING|ERROR|FATAL) ' "$WORK/pgb/pgbouncer.log" | sed -E 's/^[0-9: .-]+ [A-Z]+ \[?[0-9]*\]? ?//; s/^[^ ]+ [^ ]+ [0-9]+ //' |
-			sed -E 's/[0-9a-fx]{6,}//g; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' | sort | uniq -c | sort -rn | head -n 8 | sed 's/^/  /'
+		grep -E ' (WARNING|ERROR|FATAL) ' "$WORK/pgb/pgbouncer.log" | sed -E 's/^[^]]*\] //; s/0x[0-9a-f]+/#/g; s/[0-9]{4,}/#/g' | sort | uniq -c | sort -rn | head -n 8 | sed 's/^/  /'
 	fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"

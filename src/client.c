@@ -78,7 +78,7 @@ static void client_set_state(struct client *c, enum client_state next)
 		[CLIENT_TLS_HANDSHAKE] = 1u << CLIENT_STARTUP | 1u << CLIENT_CLOSED,
 		[CLIENT_AUTH] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
 		[CLIENT_WAITING] = 1u << CLIENT_SETUP | 1u << CLIENT_ACTIVE | 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
-		[CLIENT_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_CLOSED,
+		[CLIENT_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
 		[CLIENT_ACTIVE] = 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
 		[CLIENT_IDLE] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
 		[CLIENT_CLOSED] = 0,
@@ -198,6 +198,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	strmap_init(&c->params_reported);
 	strmap_init(&c->params_set);
 	strmap_init(&c->stmts);
+	strmap_init(&c->stmt_names);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
 	STAT_INC(w, clients_accepted);
 	if (pgmux_clients_open() > cfg->max_client_connections)
@@ -255,6 +256,7 @@ void client_free(struct client *c)
 	params_clear(&c->params_reported);
 	params_clear(&c->params_set);
 	strmap_clear(&c->stmts, prepared_free);
+	params_clear(&c->stmt_names);
 	free(c);
 }
 
@@ -277,6 +279,13 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 
 	if (c->state == CLIENT_CLOSED)
 		return;
+	if (c->state == CLIENT_SETUP && c->logged_in && c->transaction_mode && !c->pin_reason) {
+		/* Nothing of the client's reached that backend yet: try another. */
+		log_client(LOG_LEVEL_INFO, c, "backend lost while being prepared (%s); borrowing another", message);
+		client_set_state(c, CLIENT_WAITING);
+		client_borrow(c);
+		return;
+	}
 	/*
 	 * With transaction pooling the client's session lives in pgmux, so it
 	 * survives its backend: the transaction in flight fails with an error of
@@ -1201,11 +1210,16 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			client_scan_sql(c, query, strlen(query));
 		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
 			break; /* unnamed (or malformed: the server says why) */
-		e = strmap_find(&c->stmts, client_name);
-		if (e)
-			prepared_free(strmap_delete(&c->stmts, e));
+		if (strmap_find(&c->stmts, client_name)) {
+			/* As PostgreSQL: an error, and the rest of the batch is skipped up to Sync. */
+			server_owe_duplicate_error(s, client_name);
+			prepared_free(st);
+			c->skip_until_sync = true;
+			return;
+		}
 		strmap_insert(&c->stmts, client_name, st);
-		server_parse(s, st);
+		params_put(&c->stmt_names, st->server_name, client_name);
+		server_parse(s, st, client_name);
 		return;
 	}
 	case FE_BIND:
@@ -1281,6 +1295,15 @@ static bool client_relay(struct client *c)
 				     cfg->max_packet_size);
 			return false;
 		}
+		if (c->skip_until_sync && type != FE_SYNC && type != FE_TERMINATE) {
+			/* The batch failed in pgmux's hands: the server never sees the rest of it. */
+			if (avail < 1 + (size_t)mlen)
+				break;
+			iobuf_consume(in, 1 + (size_t)mlen);
+			continue;
+		}
+		if (type == FE_SYNC)
+			c->skip_until_sync = false;
 		switch (type) {
 		case FE_TERMINATE:
 			iobuf_consume(in, PROTO_HEADER_LEN);

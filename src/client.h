@@ -79,11 +79,13 @@ struct client {
 	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
 	bool params_fingerprint_valid;
 	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
+	struct strmap stmt_names;      /* server-side name -> the client's name, for error messages */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL */
 	char pin_detail[64];
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
+	bool skip_until_sync;          /* pgmux failed a message of this batch: drop the rest up to Sync */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 

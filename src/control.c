@@ -240,6 +240,11 @@ static bool hosts_equal(const struct target_host *a, int na, const struct target
 	return true;
 }
 
+void control_set_log_level_override(int level)
+{
+	C.log_level_override = level;
+}
+
 void control_apply_log_settings(const void *arg)
 {
 	const struct config *cfg = arg;

@@ -40,6 +40,9 @@ int control_init(struct event_base *base, const char *config_path, int log_level
 		 void (*stop_listening)(void));
 void control_cleanup(void);
 
+/* -v / -q: a level that wins over the configuration's log_level (-1: none). */
+void control_set_log_level_override(int level);
+
 /* Apply log level and file from cfg (start-up and reload). */
 void control_apply_log_settings(const void *cfg);
 

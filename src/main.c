@@ -210,6 +210,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	pgmux_config_ptr = cfg;
+	control_set_log_level_override(M.log_level_override);
 	control_apply_log_settings(cfg);
 
 	if (background && cfg->pidfile[0] == '\0') {

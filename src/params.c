@@ -12,9 +12,14 @@
 
 #include "util.h"
 
+/*
+ * PostgreSQL 15 reports these and a session may change them. search_path is
+ * reported only from PostgreSQL 18 on, so SET search_path pins (its value
+ * given at startup is applied like any other startup parameter).
+ */
 const char *const params_carried_names[] = {
 	"application_name", "client_encoding", "datestyle", "intervalstyle",
-	"timezone", "standard_conforming_strings", "search_path", NULL,
+	"timezone", "standard_conforming_strings", NULL,
 };
 
 static void lower_copy(char *dst, size_t size, const char *src)

@@ -20,7 +20,7 @@ void params_clear(struct strmap *m);
 /*
  * Reported parameters a session can change with SET (application_name,
  * client_encoding, DateStyle, IntervalStyle, TimeZone,
- * standard_conforming_strings, search_path where the server reports it).
+ * standard_conforming_strings).
  * pgmux follows their ParameterStatus messages, so SET of them needs no pin.
  */
 bool params_is_carried(const char *name);

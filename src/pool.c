@@ -224,7 +224,18 @@ static bool server_usable_locked(const struct server *s, const struct pool *p)
 		return false;
 	if (p->endpoint == ENDPOINT_WRITER)
 		return t == writer && writer_usable_locked();
-	return reader_usable_locked(t) || (cfg->reader_fallback_to_writer && t == writer && writer_usable_locked());
+	if (reader_usable_locked(t))
+		return true;
+	/* The writer serves reads only while no reader can. */
+	if (cfg->reader_fallback_to_writer && t == writer && writer_usable_locked()) {
+		struct list_node *pos;
+
+		list_for_each(pos, &targets)
+			if (reader_usable_locked(list_entry(pos, struct target, node)))
+				return false;
+		return true;
+	}
+	return false;
 }
 
 bool pool_server_usable(const struct server *s)
@@ -611,7 +622,7 @@ static void pool_fail_waiters_locked(struct pool *pool, const char *sqlstate, co
 	}
 }
 
-void pool_connect_failed(struct server *s, const char *sqlstate, const char *message)
+void pool_connect_failed(struct server *s, const char *sqlstate, const char *message, bool fail_waiters)
 {
 	struct pool *pool = s->pool;
 	struct connect_batch batch;
@@ -627,7 +638,7 @@ void pool_connect_failed(struct server *s, const char *sqlstate, const char *mes
 	 * each triggering another attempt. An instance that is down is the
 	 * monitor's business; the waiters wait for it or for a new writer.
 	 */
-	if (s->target->healthy)
+	if (fail_waiters)
 		pool_fail_waiters_locked(pool, sqlstate, message);
 	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
@@ -705,14 +716,30 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 			pool_drop_idle_of_locked(t, &doomed);
 		}
 		if (t == writer) {
+			struct list_node *pos;
+
 			writer = NULL;
 			writer_lost_usec = now;
 			log_warning("writer %s lost; new transactions wait for a writer", t->instance_id);
+			/* A promoted instance may have reported already: no need to wait for its next check. */
+			list_for_each(pos, &targets) {
+				struct target *other = list_entry(pos, struct target, node);
+
+				if (other != t && other->healthy && other->role == ROLE_WRITER) {
+					writer = other;
+					writer_lost_usec = 0;
+					log_info("failover: writer is now %s (%s:%d), 0 ms after the previous writer was lost",
+						 other->instance_id, other->host, other->port);
+					pool_kick_locked(&batch);
+					break;
+				}
+			}
 		}
 		pthread_mutex_unlock(&pool_lock);
 		close_all(&doomed, "its instance failed a health check");
 		/* Servers parked on worker loops are closed by their own worker. */
 		workers_broadcast(WORKER_MSG_SWEEP);
+		run_connects(&batch);
 		return;
 	}
 	t->checks_ok++;

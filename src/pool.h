@@ -115,8 +115,11 @@ void pool_forget(struct server *server);
 /* A new connection finished its setup: count it active, then release it. */
 void pool_connection_ready(struct server *server);
 
-/* A connection attempt failed: its slot is freed and the clients waiting in its pool hear why. */
-void pool_connect_failed(struct server *server, const char *sqlstate, const char *message);
+/*
+ * A connection attempt failed: its slot is freed. With fail_waiters (the
+ * server refused the login) the clients waiting in its pool hear why.
+ */
+void pool_connect_failed(struct server *server, const char *sqlstate, const char *message, bool fail_waiters);
 
 /* The server told us its max_connections (less reserved slots): fix the cap if it was 0. */
 void pool_learn_cap(struct target *target, int server_max_connections);

@@ -97,7 +97,14 @@ void server_set_param(struct server *s, const char *name, const char *value)
 
 /* --------------------------------------------------------------- connecting */
 
-static void server_connect_failed(struct server *s, const char *why)
+/*
+ * A new connection failed. answered says whether the server itself refused
+ * (a FATAL: bad password, no such database, a failing init_query): then the
+ * clients waiting in the pool hear why. A connection refused or timed out
+ * says the instance may be down; that is the health check's call, and the
+ * clients keep waiting for it or for a new writer.
+ */
+static void server_connect_failed(struct server *s, const char *why, bool answered)
 {
 	char message[512];
 	struct pool *pool = s->pool;
@@ -110,7 +117,7 @@ static void server_connect_failed(struct server *s, const char *why)
 	monitor_check_now(s->target);
 	/* The pool fails the waiting clients; server_close must not free the slot again. */
 	if (pool)
-		pool_connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message);
+		pool_connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message, answered);
 	server_close(s, "connection failed");
 }
 
@@ -118,7 +125,7 @@ static void server_connect_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
 
-	server_connect_failed(s, "timed out connecting");
+	server_connect_failed(s, "timed out connecting", false);
 }
 
 PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
@@ -145,8 +152,7 @@ PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const c
 	keys[n] = "gssencmode", values[n++] = "disable";
 	if (application_name)
 		keys[n] = "application_name", values[n++] = application_name;
-	else
-		keys[n] = "fallback_application_name", values[n++] = "pgmux";
+	/* Pool connections carry no name of their own: clients see the server's default, as directly. */
 	/* Let the kernel notice dead backends on idle connections. */
 	keys[n] = "keepalives", values[n++] = "1";
 	keys[n] = "keepalives_idle", values[n++] = "30";
@@ -169,7 +175,7 @@ static void server_start_libpq(struct server *s)
 	s->state = SERVER_CONNECTING;
 	s->pg = server_libpq_start(s->target, s->hostaddr, pool->user, pool->database, pool->password, NULL);
 	if (s->pg == NULL) {
-		server_connect_failed(s, "out of memory");
+		server_connect_failed(s, "out of memory", false);
 		return;
 	}
 	if (PQstatus(s->pg) == CONNECTION_BAD) {
@@ -177,7 +183,7 @@ static void server_start_libpq(struct server *s)
 
 		snprintf(why, sizeof(why), "%s", PQerrorMessage(s->pg));
 		why[strcspn(why, "\n")] = '\0';
-		server_connect_failed(s, why);
+		server_connect_failed(s, why, false);
 		return;
 	}
 	/* libpq's rule: behave as if PQconnectPoll had returned PGRES_POLLING_WRITING. */
@@ -185,7 +191,7 @@ static void server_start_libpq(struct server *s)
 	io_init(&s->io, PQsocket(s->pg));
 	s->io.ev_write = event_new(s->worker->base, s->io.fd, EV_WRITE, server_on_event, s);
 	if (s->io.ev_write == NULL) {
-		server_connect_failed(s, "out of memory");
+		server_connect_failed(s, "out of memory", false);
 		return;
 	}
 	event_add(s->io.ev_write, NULL);
@@ -205,7 +211,7 @@ static void server_connect_wait(struct server *s, bool want_write)
 	io_detach(&s->io);
 	*ev = event_new(s->worker->base, fd, want_write ? EV_WRITE : EV_READ, server_on_event, s);
 	if (*ev == NULL) {
-		server_connect_failed(s, "out of memory");
+		server_connect_failed(s, "out of memory", false);
 		return;
 	}
 	event_add(*ev, NULL);
@@ -228,7 +234,7 @@ static void server_connect_poll(struct server *s)
 		/* Show the server's own reason when there is one. */
 		snprintf(why, sizeof(why), "%s", fatal ? fatal + 8 : msg);
 		why[strcspn(why, "\n")] = '\0';
-		server_connect_failed(s, why);
+		server_connect_failed(s, why, fatal != NULL);
 		return;
 	}
 	default:
@@ -258,7 +264,7 @@ static void server_connect_poll(struct server *s)
 	io_set_nodelay(s->io.fd);
 	s->tx_status = 'I';
 	if (io_attach(&s->io, s->worker->base, server_on_event, s) != 0) {
-		server_connect_failed(s, "out of memory");
+		server_connect_failed(s, "out of memory", false);
 		return;
 	}
 	log_server(LOG_LEVEL_DEBUG, s, "connected%s", PQsslInUse(s->pg) ? " with TLS" : "");
@@ -279,7 +285,7 @@ static void server_init_done(struct server *s, bool ok, void *arg)
 
 	if (!ok) {
 		snprintf(why, sizeof(why), "init_query failed: %s", s->query_error ? s->query_error : "not idle afterwards");
-		server_connect_failed(s, why);
+		server_connect_failed(s, why, true);
 		return;
 	}
 	s->created_usec = s->last_used_usec = pgmux_now_usec();
@@ -291,7 +297,7 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 	const struct config *cfg = config_current();
 
 	if (!ok) {
-		server_connect_failed(s, s->query_error ? s->query_error : "setup query failed");
+		server_connect_failed(s, s->query_error ? s->query_error : "setup query failed", true);
 		return;
 	}
 	if (s->query_value) {
@@ -321,7 +327,7 @@ static void server_resolved(int result, struct evutil_addrinfo *res, void *arg)
 			 evutil_gai_strerror(result));
 		if (res)
 			evutil_freeaddrinfo(res);
-		server_connect_failed(s, why);
+		server_connect_failed(s, why, false);
 		return;
 	}
 	server_format_address(res, s->hostaddr, sizeof(s->hostaddr));
@@ -457,7 +463,14 @@ static void reply_push(struct server *s, char kind, const char *name)
 		snprintf(r->name, sizeof(r->name), "%s", name);
 	else
 		r->name[0] = '\0';
+	r->client_name[0] = '\0';
 	q->count++;
+}
+
+/* The entry just pushed (to add details). */
+static struct pending_reply *reply_back(struct server *s)
+{
+	return &s->replies.items[(s->replies.head + s->replies.count - 1) % s->replies.cap];
 }
 
 /* Send the client the replies pgmux owes it that are now at the head of the queue. */
@@ -466,8 +479,13 @@ static void server_emit_owed(struct server *s)
 	struct client *c = s->client;
 	struct pending_reply *r;
 
-	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3')) {
-		if (c) {
+	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3' || r->kind == 'e')) {
+		if (c && r->kind == 'e') {
+			char message[128];
+
+			snprintf(message, sizeof(message), "prepared statement \"%s\" already exists", r->client_name);
+			proto_put_error(&c->io.out, "ERROR", "42P05", message, NULL, NULL);
+		} else if (c) {
 			iobuf_append_u8(&c->io.out, (uint8_t)r->kind);
 			iobuf_append_u32(&c->io.out, 4);
 		}
@@ -518,7 +536,16 @@ void server_ensure_prepared(struct server *s, const struct prepared_stmt *st)
 	strmap_insert(&s->prepared, st->server_name, NULL);
 }
 
-void server_parse(struct server *s, const struct prepared_stmt *st)
+void server_owe_duplicate_error(struct server *s, const char *client_name)
+{
+	if (s->skipping_until_sync)
+		return;
+	reply_push(s, 'e', NULL);
+	snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
+	server_emit_owed(s);
+}
+
+void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name)
 {
 	struct strmap_entry *e = strmap_find(&s->prepared, st->server_name);
 
@@ -531,6 +558,8 @@ void server_parse(struct server *s, const struct prepared_stmt *st)
 	server_make_room(s);
 	iobuf_append(&s->io.out, st->parse, st->parse_len);
 	server_expect(s, 'P', st->server_name);
+	if (s->replies.count > 0 && reply_back(s)->kind == 'P')
+		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
 	strmap_insert(&s->prepared, st->server_name, NULL);
 }
 
@@ -574,6 +603,11 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 			if ((r->kind == 'P' || r->kind == 'p') && r->name[0] &&
 			    (e = strmap_find(&s->prepared, r->name)) != NULL)
 				strmap_delete(&s->prepared, e);
+			/* A statement the server refused to create does not exist for the client either. */
+			if (r->kind == 'P' && r->client_name[0] && s->client &&
+			    (e = strmap_find(&s->client->stmts, r->client_name)) != NULL &&
+			    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0)
+				prepared_free(strmap_delete(&s->client->stmts, e));
 			reply_pop(s);
 		}
 		if (r == NULL)
@@ -617,6 +651,53 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 		break;
 	}
 	return forward;
+}
+
+/*
+ * An ErrorResponse may name a statement by pgmux's internal name (a Bind
+ * sent before the Parse it relied on failed, a wrong parameter count):
+ * write it to the client with the client's own name instead. Returns false
+ * when there is nothing to translate.
+ */
+static bool server_translate_error(struct client *c, const uint8_t *body, size_t len, struct iobuf *out)
+{
+	const char *hit = memmem(body, len, "pgmux_", 6);
+	size_t begin;
+	const uint8_t *p = body, *end = body + len;
+
+	if (hit == NULL || c->stmt_names.count == 0)
+		return false;
+	begin = proto_begin(out, BE_ERROR_RESPONSE);
+	while (p < end && *p) {
+		const char *field = (const char *)p + 1;
+		size_t flen = strnlen(field, (size_t)(end - p - 1));
+		const char *at;
+
+		iobuf_append_u8(out, *p);
+		/* Copy the field, replacing each internal name that this client knows. */
+		while (flen > 0 && (at = memmem(field, flen, "pgmux_", 6)) != NULL &&
+		       (size_t)(at - field) + PREPARED_NAME_LEN - 1 <= flen) {
+			char internal[PREPARED_NAME_LEN];
+			struct strmap_entry *e;
+
+			memcpy(internal, at, PREPARED_NAME_LEN - 1);
+			internal[PREPARED_NAME_LEN - 1] = '\0';
+			e = strmap_find(&c->stmt_names, internal);
+			iobuf_append(out, field, (size_t)(at - field));
+			if (e)
+				iobuf_append(out, e->value, strlen(e->value));
+			else
+				iobuf_append(out, internal, PREPARED_NAME_LEN - 1);
+			flen -= (size_t)(at - field) + PREPARED_NAME_LEN - 1;
+			field = at + PREPARED_NAME_LEN - 1;
+		}
+		iobuf_append(out, field, flen);
+		iobuf_append_u8(out, 0);
+		p = (const uint8_t *)field + flen + 1;
+	}
+	iobuf_append_u8(out, 0);
+	proto_end(out, begin);
+	return true;
 }
 
 /* Can a transaction-pooled client give its backend back now? */
@@ -810,7 +891,8 @@ static enum server_input server_process_input(struct server *s)
 					server_command_complete(s, c, body, blen);
 				forward = server_reply_arrived(s, type);
 			}
-			if (forward)
+			if (forward && !(type == BE_ERROR_RESPONSE && c->transaction_mode &&
+					 server_translate_error(c, body, blen, &c->io.out)))
 				iobuf_append(&c->io.out, p, 1 + (size_t)mlen);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			if (c->transaction_mode) {

@@ -43,12 +43,14 @@ struct server_param {
  * Kinds: the frontend message type ('P', 'B', 'D', 'E', 'C', 'S', 'Q', 'F')
  * whose reply is relayed; 'p' and 'c' for a Parse or Close pgmux injected,
  * whose reply is swallowed; '1' and '3' for a ParseComplete or CloseComplete
- * pgmux owes the client for a message it answered itself, sent when it
- * reaches the head of the queue so that replies keep their order.
+ * pgmux owes the client for a message it answered itself, and 'e' for the
+ * ErrorResponse of a Parse that reused a statement name (42P05), each sent
+ * when it reaches the head of the queue so that replies keep their order.
  */
 struct pending_reply {
 	char kind;
 	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P' or 'p' */
+	char client_name[64];             /* the client's name for a 'P', or the statement of an 'e' */
 };
 
 struct reply_queue {
@@ -176,10 +178,17 @@ static inline bool server_is_clean(const struct server *s)
 /* Queue what the backend will answer to a message just sent (transaction pooling). */
 void server_expect(struct server *s, char kind, const char *name);
 
+/* The client's Parse of an existing statement name: owe it PostgreSQL's 42P05 error, in order. */
+void server_owe_duplicate_error(struct server *s, const char *client_name);
+
 /* Make sure the backend has statement st before a message uses it (sends its Parse if needed). */
 void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);
 
-/* Record that a client's Parse of st is being sent (or answered from the backend's cache). */
-void server_parse(struct server *s, const struct prepared_stmt *st);
+/*
+ * Record that a client's Parse of st (named client_name) is being sent, or
+ * answered from the backend's cache. If the server rejects it, the client's
+ * name is dropped again, as PostgreSQL would never have created it.
+ */
+void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name);
 
 #endif

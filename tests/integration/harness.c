@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -316,8 +317,10 @@ static void set_paths(struct pgmux *p)
 bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 {
 	const struct h_env *e = h_env();
+	char suite_host[300];
 	set_paths(p);
 	p->port = o->listen_port ? o->listen_port : h_free_port();
+	snprintf(suite_host, sizeof(suite_host), "%s:%d", e->pghost, e->pgport);
 	FILE *f = fopen(p->config, "w");
 	cr_assert(f != NULL, "%s: %s", p->config, strerror(errno));
 	fprintf(f,
@@ -331,7 +334,7 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		"require_tls = %s\n"
 		"client_auth = %s\n"
 		"secrets_dir = %s\n"
-		"admin_users =\n"
+		"admin_users = %s\n"
 		"logfile = %s\n"
 		"log_level = debug\n"
 		"pidfile =\n"
@@ -339,20 +342,22 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		"shutdown_timeout = %s\n"
 		"%s\n"
 		"[target]\n"
-		"hosts = %s:%d\n"
+		"hosts = %s\n"
 		"server_tls = %s\n"
 		"server_tls_ca_file = %s\n"
-		"\n"
+		"%s\n"
 		"[pool]\n"
 		"pool_mode = %s\n"
 		"max_connections = %d\n"
 		"max_connections_percent = 100\n"
 		"%s\n",
 		p->port, o->workers, o->tls ? e->cert : "", o->tls ? e->key : "",
-		o->require_tls ? "true" : "false", o->client_auth, e->secrets, p->logfile,
+		o->require_tls ? "true" : "false", o->client_auth,
+		o->secrets_dir ? o->secrets_dir : e->secrets, o->admin_users ? o->admin_users : "", p->logfile,
 		o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",
-		e->pghost, e->pgport, o->server_tls,
-		(strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "", o->pool_mode,
+		o->hosts ? o->hosts : suite_host, o->server_tls,
+		(strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "",
+		o->extra_target ? o->extra_target : "", o->pool_mode,
 		o->max_connections, o->extra_pool ? o->extra_pool : "");
 	fclose(f);
 	return true;
@@ -859,6 +864,215 @@ PGconn *h_connect_app_direct(const char *extra)
 	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL as %s failed: %s",
 		  e->appuser, PQerrorMessage(conn));
 	return conn;
+}
+
+/* ---------------------------------------------------------------- logs, second server */
+
+int h_file_count(const char *path, const char *needle)
+{
+	char *text = read_file(path);
+	int n = 0;
+	size_t step = strlen(needle) ? strlen(needle) : 1;
+	for (const char *p = strstr(text, needle); p; p = strstr(p + step, needle))
+		n++;
+	free(text);
+	return n;
+}
+
+bool h_file_wait_count(const char *path, const char *needle, int min_count, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	for (;;) {
+		if (h_file_count(path, needle) >= min_count)
+			return true;
+		if (h_now_ms() >= deadline)
+			return false;
+		h_sleep_ms(20);
+	}
+}
+
+void h_write_file(const char *path, const char *text, int mode)
+{
+	/* A new file renamed over the old one: a reader never sees half of it. */
+	char tmp[600];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	cr_assert(f != NULL, "%s: %s", tmp, strerror(errno));
+	cr_assert(fputs(text, f) >= 0 && fclose(f) == 0, "%s: %s", tmp, strerror(errno));
+	cr_assert(chmod(tmp, (mode_t)mode) == 0, "chmod %s: %s", tmp, strerror(errno));
+	cr_assert(rename(tmp, path) == 0, "rename %s: %s", path, strerror(errno));
+}
+
+/* When we are root, PostgreSQL runs as "postgres": its uid/gid; else our own. */
+static void pg_os_user(uid_t *uid, gid_t *gid)
+{
+	*uid = getuid();
+	*gid = getgid();
+	if (*uid != 0)
+		return;
+	struct passwd *pw = getpwnam("postgres");
+	cr_assert(pw != NULL, "running as root but there is no 'postgres' user to run PostgreSQL");
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+}
+
+/* argv behind setpriv (as postgres, dying with us) when we are root; argv itself otherwise. */
+static void as_pg_argv(const char **out, size_t cap, const char *const argv[])
+{
+	size_t n = 0;
+	if (getuid() == 0) {
+		static const char *const pre[] = {"setpriv", "--reuid=postgres", "--regid=postgres",
+						  "--init-groups", "--pdeathsig=KILL", "--", NULL};
+		for (size_t i = 0; pre[i] && n + 1 < cap; i++)
+			out[n++] = pre[i];
+	}
+	for (size_t i = 0; argv[i] && n + 1 < cap; i++)
+		out[n++] = argv[i];
+	out[n] = NULL;
+}
+
+bool h_pg_start(struct h_pg *pg)
+{
+	const struct h_env *e = h_env();
+	uid_t uid;
+	gid_t gid;
+	pg_os_user(&uid, &gid);
+	memset(pg, 0, sizeof(*pg));
+
+	/* Not in h_test_dir(): that one is private to us, and postgres must reach this. */
+	snprintf(pg->dir, sizeof(pg->dir), "%s/pg2-%ld-XXXXXX", e->dir, (long)getpid());
+	cr_assert(mkdtemp(pg->dir) != NULL, "mkdtemp %s: %s", pg->dir, strerror(errno));
+	cr_assert(chown(pg->dir, uid, gid) == 0 && chmod(pg->dir, 0700) == 0, "%s: %s", pg->dir,
+		  strerror(errno));
+	char data[600], pwfile[600], initdb[600], postgres[600], conf[700], pwtext[300], pwopt[700];
+	snprintf(data, sizeof(data), "%s/data", pg->dir);
+	snprintf(pwfile, sizeof(pwfile), "%s/pwfile", pg->dir);
+	snprintf(pg->logfile, sizeof(pg->logfile), "%s/postgres.log", pg->dir);
+	snprintf(initdb, sizeof(initdb), "%s/initdb", e->pgbin);
+	snprintf(postgres, sizeof(postgres), "%s/postgres", e->pgbin);
+	snprintf(pwtext, sizeof(pwtext), "%s\n", e->superpass);
+	h_write_file(pwfile, pwtext, 0600);
+	cr_assert(chown(pwfile, uid, gid) == 0, "chown %s: %s", pwfile, strerror(errno));
+
+	snprintf(pwopt, sizeof(pwopt), "--pwfile=%s", pwfile);
+	const char *initdb_argv[] = {initdb, "-D", data, "-U", e->superuser, pwopt, "--auth=scram-sha-256",
+				     "-E", "UTF8", "--locale=C", "-N", NULL};
+	const char *argv[32];
+	as_pg_argv(argv, 32, initdb_argv);
+	struct h_cmd c;
+	int st = h_cmd_run(&c, argv, NULL, 60000);
+	if (st != 0)
+		h_cmd_dump(&c, "initdb");
+	h_cmd_free(&c);
+	unlink(pwfile);
+	if (st != 0)
+		return false;
+
+	pg->port = h_free_port();
+	snprintf(conf, sizeof(conf), "%s/postgresql.conf", data);
+	FILE *f = fopen(conf, "a");
+	cr_assert(f != NULL, "%s: %s", conf, strerror(errno));
+	fprintf(f,
+		"\n# ---- second server for the pgmux integration tests (harness.c)\n"
+		"listen_addresses = '127.0.0.1'\n"
+		"port = %d\n"
+		"unix_socket_directories = '%s'\n"
+		"max_connections = 60\n"
+		"password_encryption = 'scram-sha-256'\n"
+		"fsync = off\n"
+		"synchronous_commit = off\n"
+		"full_page_writes = off\n"
+		"shared_buffers = 16MB\n"
+		"log_line_prefix = '%%m [%%p] %%q%%u@%%d '\n",
+		pg->port, pg->dir);
+	fclose(f);
+
+	/* The postmaster itself is our child (setpriv execs it), so its PID is the one we stop. */
+	const char *pg_argv[] = {postgres, "-D", data, NULL};
+	as_pg_argv(argv, 32, pg_argv);
+	pid_t parent = getpid();
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY);
+		int out = open(pg->logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (in < 0 || out < 0)
+			_exit(126);
+		dup2(in, 0);
+		dup2(out, 1);
+		dup2(out, 2);
+		child_prepare(parent);
+		execvp(argv[0], (char *const *)argv);
+		dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	child_add(pid);
+	pg->pid = pid;
+
+	/* Ready when the superuser can log in. */
+	char ci[700];
+	snprintf(ci, sizeof(ci),
+		 "host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable connect_timeout=5",
+		 pg->port, e->superuser, e->superpass);
+	long long deadline = h_now_ms() + 30000;
+	for (;;) {
+		PGconn *conn = PQconnectdb(ci);
+		bool ok = PQstatus(conn) == CONNECTION_OK;
+		PQfinish(conn);
+		if (ok)
+			return true;
+		int ws = wait_pid(pid, 0);
+		if (ws != -2 || h_now_ms() >= deadline) {
+			fprintf(stderr, "second PostgreSQL on port %d %s\n", pg->port,
+				ws != -2 ? "exited during start-up" : "did not accept logins within 30 s");
+			if (ws == -2)
+				kill_and_reap(pid);
+			pg->pid = 0;
+			print_tail("second PostgreSQL log", pg->logfile, 4000);
+			return false;
+		}
+		h_sleep_ms(20);
+	}
+}
+
+int h_pg_stop(struct h_pg *pg)
+{
+	if (pg->pid <= 0)
+		return -1;
+	kill(pg->pid, SIGINT); /* fast shutdown */
+	int st = wait_pid(pg->pid, 20000);
+	if (st == -2) {
+		fprintf(stderr, "second PostgreSQL (pid %ld) did not stop within 20 s; killing it\n", (long)pg->pid);
+		kill_and_reap(pg->pid);
+		st = -1;
+	}
+	pg->pid = 0;
+	return st;
+}
+
+PGconn *h_connect_super_port(int port, const char *dbname)
+{
+	const struct h_env *e = h_env();
+	char ci[700];
+	snprintf(ci, sizeof(ci),
+		 "host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 "
+		 "application_name=pgmux-tests",
+		 port, e->superuser, e->superpass, dbname);
+	PGconn *conn = PQconnectdb(ci);
+	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL on port %d failed: %s", port,
+		  PQerrorMessage(conn));
+	return conn;
+}
+
+void h_exec_ok(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+	ExecStatusType s = PQresultStatus(r);
+	char *msg = strdup(PQerrorMessage(conn));
+	PQclear(r);
+	cr_assert(s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK, "\"%s\" failed: %s", sql, msg);
+	free(msg);
 }
 
 /* ---------------------------------------------------------------- teardown */

@@ -64,6 +64,10 @@ struct pgmux_options {
 	const char *client_login_timeout;
 	const char *extra_pgmux; /* raw lines appended to [pgmux], or NULL */
 	const char *extra_pool;  /* raw lines appended to [pool], or NULL */
+	const char *hosts;        /* [target] hosts; NULL means the suite's PostgreSQL */
+	const char *extra_target; /* raw lines appended to [target], or NULL */
+	const char *admin_users;  /* [pgmux] admin_users; NULL means nobody */
+	const char *secrets_dir;  /* [pgmux] secrets_dir; NULL means the suite's */
 };
 
 /* TLS offered but not required, SCRAM, session pooling, 20 connections, 2 workers. */
@@ -174,6 +178,36 @@ char *h_read_file(const char *path);
 bool h_file_wait_contains(const char *path, const char *needle, int timeout_ms);
 /* A direct connection to PostgreSQL as the app user (bypassing pgmux); fails the test on error. */
 PGconn *h_connect_app_direct(const char *extra);
+
+/* ---------------------------------------------------------------- logs, second server */
+
+/* How many times needle occurs in a file (0 when it cannot be read). */
+int h_file_count(const char *path, const char *needle);
+/* Poll a file until needle occurs in it at least min_count times, at most timeout_ms. */
+bool h_file_wait_count(const char *path, const char *needle, int min_count, int timeout_ms);
+/* Write a whole file (a new one renamed over the old) with the given mode; fails the test on error. */
+void h_write_file(const char *path, const char *text, int mode);
+
+/*
+ * A second, throw-away PostgreSQL for tests that need two servers (cutover):
+ * its own cluster under the suite's directory, the suite's superuser and
+ * password, SCRAM, loopback only. The postmaster is a child of the test
+ * (stopped by its PID; it dies with the test process too).
+ */
+struct h_pg {
+	pid_t pid; /* the postmaster; 0 when not running */
+	int port;
+	char dir[512]; /* holds data/ and the socket */
+	char logfile[600];
+};
+/* initdb, start and wait until it accepts logins; false (and the log printed) on failure. */
+bool h_pg_start(struct h_pg *pg);
+/* Fast shutdown (SIGINT to the postmaster) and wait; returns its exit status or -1. */
+int h_pg_stop(struct h_pg *pg);
+/* A connection to a server (port) as the suite's superuser to dbname; fails the test on error. */
+PGconn *h_connect_super_port(int port, const char *dbname);
+/* Run one statement that must succeed (fails the test otherwise). */
+void h_exec_ok(PGconn *conn, const char *sql);
 
 /* ---------------------------------------------------------------- teardown */
 

@@ -878,29 +878,25 @@ Test(txn_state, application_name_follows_the_client)
 	stop_pgmux_expect_clean_exit();
 }
 
-/* search_path is not a reported parameter: it must follow the client (carried or pinned). */
-static int search_path_step(PGconn *a, int step, void *arg)
+/*
+ * search_path is not a reported parameter in PostgreSQL 15, so pgmux cannot
+ * follow it: SET search_path pins the session, which keeps the setting on
+ * its backend; other clients never see it.
+ */
+Test(txn_pin, set_search_path)
 {
-	int pid;
-	char *v = pid_and_value(a, "select pg_backend_pid(), current_setting('search_path')", &pid);
-	cr_assert_str_eq(v, "pg_catalog, public", "step %d on backend %d: search_path \"%s\"", step, pid, v);
-	free(v);
-	return pid;
-}
-
-Test(txn_state, set_search_path_follows_the_client)
-{
-	start_txn_pgmux(2, NULL, NULL);
-	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
-	run_ok(a, "set search_path = pg_catalog, public");
-	struct rounds ra;
-	switching_rounds(a, b, c, 5, search_path_step, NULL, NULL, &ra);
-	expect_other_client_sees(a, b, &ra, "select pg_backend_pid(), current_setting('search_path')",
-				 "\"$user\", public");
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	struct pin_test p;
+	pin_test_begin(&p);
+	run_ok(p.conn, "set search_path = pg_catalog, public");
+	pin_test_pinned(&p, "SET of a parameter pgmux does not track");
+	for (int i = 0; i < 10; i++) {
+		int pid;
+		char *v = pid_and_value(p.conn, "select pg_backend_pid(), current_setting('search_path')", &pid);
+		cr_assert_str_eq(v, "pg_catalog, public", "statement %d: search_path \"%s\"", i, v);
+		cr_assert_eq(pid, p.pid, "statement %d ran on backend %d, not the pinned %d", i, pid, p.pid);
+		free(v);
+	}
+	pin_test_end(&p);
 }
 
 /* SET LOCAL ends with its transaction: no pin, the client still moves between backends. */

@@ -1,0 +1,1510 @@
+/*
+ * test_cutover.c: end-to-end tests of what lets pgmux change servers and
+ * credentials without dropping clients: reload (SIGHUP and the admin RELOAD),
+ * cutover to another PostgreSQL under pgbench load, the admin console's
+ * commands over both query protocols, the pause/resume signals, and password
+ * rotation through the secrets directory. Cutover tests start a second
+ * PostgreSQL of their own (h_pg_start); everything a test creates on the
+ * suite's server (a database, a role) is dropped again by its .fini.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <dirent.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct pgmux px;
+static struct h_pg pgb;         /* the second server, B, of the cutover tests */
+static bool cutover_db_created; /* .fini drops the "cutover" database on the suite's server A */
+static bool rot_role_created;   /* .fini drops the "rot" role on A */
+
+#define DB "cutover" /* the database the cutover tests run pgbench in, on A and on B */
+#define CLIENT_TIMEOUT_MS 20000
+
+/* ---------------------------------------------------------------- small helpers */
+
+static char *conninfo_db(int port, const char *user, const char *password, const char *dbname)
+{
+	char *s = NULL;
+	int n = asprintf(&s, "host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10",
+			 port, user, password, dbname);
+	cr_assert(n > 0);
+	return s;
+}
+
+static PGconn *connect_db(int port, const char *user, const char *password, const char *dbname)
+{
+	char *ci = conninfo_db(port, user, password, dbname);
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	return conn;
+}
+
+static PGconn *connect_ok(int port, const char *user, const char *password, const char *dbname)
+{
+	PGconn *conn = connect_db(port, user, password, dbname);
+	if (PQstatus(conn) != CONNECTION_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting as %s to %s on port %d failed: %s", user, dbname,
+		     port, PQerrorMessage(conn));
+	return conn;
+}
+
+/* The app user through pgmux, to dbname. */
+static PGconn *app_ok(const char *dbname)
+{
+	return connect_ok(px.port, h_env()->appuser, h_env()->apppass, dbname);
+}
+
+/* The admin console (the suite's superuser is the admin user). */
+static PGconn *admin_ok(void)
+{
+	return connect_ok(px.port, h_env()->superuser, h_env()->superpass, "pgmux");
+}
+
+static char *value_ok(PGconn *conn, const char *sql)
+{
+	char *v = h_query_value(conn, sql);
+	if (!v)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+	return v;
+}
+
+static long long number_ok(PGconn *conn, const char *sql)
+{
+	char *v = value_ok(conn, sql);
+	long long n = atoll(v);
+	free(v);
+	return n;
+}
+
+/* Run sql and require a result set. */
+static PGresult *rows_ok(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "\"%s\": %s %s", sql, PQresStatus(PQresultStatus(r)),
+		     PQerrorMessage(conn));
+	return r;
+}
+
+static int column(const PGresult *r, const char *name)
+{
+	int c = PQfnumber(r, name);
+	cr_assert_geq(c, 0, "the result has no column \"%s\"", name);
+	return c;
+}
+
+/* The first row whose column key_col equals key, or -1. */
+static int find_row(const PGresult *r, const char *key_col, const char *key)
+{
+	int k = column(r, key_col);
+	for (int i = 0; i < PQntuples(r); i++)
+		if (strcmp(PQgetvalue(r, i, k), key) == 0)
+			return i;
+	return -1;
+}
+
+/* The value of column val_col in the row whose key_col is key (malloc'd); fails when absent. */
+static char *lookup(PGconn *admin, const char *command, const char *key_col, const char *key, const char *val_col)
+{
+	PGresult *r = rows_ok(admin, command);
+	int i = find_row(r, key_col, key);
+	cr_assert_geq(i, 0, "%s has no row with %s = %s", command, key_col, key);
+	char *v = strdup(PQgetvalue(r, i, column(r, val_col)));
+	PQclear(r);
+	return v;
+}
+
+static long long stat_value(PGconn *admin, const char *name)
+{
+	char *v = lookup(admin, "SHOW STATS", "name", name, "value");
+	long long n = atoll(v);
+	free(v);
+	return n;
+}
+
+/* Poll an admin lookup until it equals want. */
+static bool poll_lookup(PGconn *admin, const char *command, const char *key_col, const char *key,
+			const char *val_col, const char *want, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	for (;;) {
+		PGresult *r = rows_ok(admin, command);
+		int i = find_row(r, key_col, key);
+		bool ok = i >= 0 && strcmp(PQgetvalue(r, i, column(r, val_col)), want) == 0;
+		PQclear(r);
+		if (ok)
+			return true;
+		if (h_now_ms() >= deadline)
+			return false;
+		h_sleep_ms(20);
+	}
+}
+
+static void drain_results(PGconn *conn)
+{
+	PGresult *r;
+	while ((r = h_get_result(conn, 5000)) != NULL)
+		PQclear(r);
+}
+
+/* The result of a query sent with PQsendQuery, which must arrive within timeout_ms and be rows. */
+static char *sent_value_ok(PGconn *conn, int timeout_ms, const char *what)
+{
+	PGresult *r = h_get_result(conn, timeout_ms);
+	if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(r, "%s: no result within %d ms", what, timeout_ms);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s: %s", what, PQresultErrorMessage(r));
+	char *v = strdup(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	drain_results(conn);
+	return v;
+}
+
+/* A query sent with PQsendQuery must still be unanswered after wait_ms. */
+static void expect_blocked(PGconn *conn, int wait_ms, const char *what)
+{
+	PGresult *r = h_get_result(conn, wait_ms);
+	if (r)
+		fprintf(stderr, "%s: got %s: %s\n", what, PQresStatus(PQresultStatus(r)), PQresultErrorMessage(r));
+	cr_assert_null(r, "%s: the query was answered although pgmux should hold it", what);
+}
+
+/* psql -X -w -A [-t] -c sql against the admin console; returns the exit status. */
+static int admin_psql(struct h_cmd *c, const char *sql, bool tuples_only)
+{
+	const struct h_env *e = h_env();
+	char psql[600], pw[300];
+	snprintf(psql, sizeof(psql), "%s/psql", e->pgbin);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->superpass);
+	char *ci = conninfo_db(px.port, e->superuser, e->superpass, "pgmux");
+	/* conninfo carries the password too; PGPASSWORD keeps psql from ever prompting. */
+	const char *argv[] = {psql, "-X", "-w", "-A", tuples_only ? "-t" : "-P", tuples_only ? "-q" : "footer=on",
+			      "-v", "ON_ERROR_STOP=1", "-c", sql, ci, NULL};
+	const char *env[] = {pw, "PGCONNECT_TIMEOUT=10", NULL};
+	int st = h_cmd_run(c, argv, env, h_scaled_ms(CLIENT_TIMEOUT_MS));
+	free(ci);
+	return st;
+}
+
+/* Stop pgmux with SIGTERM: it must exit 0. */
+static void stop_pgmux_expect_clean_exit(void)
+{
+	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
+		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
+}
+
+/* Rewrite pgmux's config file in place (same port) from o. */
+static void rewrite_config(struct pgmux_options *o)
+{
+	o->listen_port = px.port;
+	pgmux_write_config(&px, o);
+}
+
+/* The line number (1-based) of the first line of a file containing needle, or 0. */
+static int line_of(const char *path, const char *needle)
+{
+	char *text = h_read_file(path);
+	int line = 1, found = 0;
+	for (char *p = text; *p; line++) {
+		char *nl = strchr(p, '\n');
+		if (nl)
+			*nl = '\0';
+		if (strstr(p, needle)) {
+			found = line;
+			break;
+		}
+		if (!nl)
+			break;
+		p = nl + 1;
+	}
+	free(text);
+	return found;
+}
+
+static void sigsend(int sig)
+{
+	cr_assert(pgmux_running(&px), "pgmux is not running");
+	cr_assert_eq(kill(px.pid, sig), 0);
+}
+
+/* Collects the messages libpq receives outside a query (an asynchronous FATAL, say). */
+struct notices {
+	char text[2048];
+};
+
+static void collect_notice(void *arg, const PGresult *r)
+{
+	struct notices *n = arg;
+	size_t used = strlen(n->text);
+	snprintf(n->text + used, sizeof(n->text) - used, "%s", PQresultErrorMessage(r));
+}
+
+/* For cleanup statements whose "does not exist, skipping" notices are expected. */
+static void quiet_notice(void *arg, const PGresult *r)
+{
+	(void)arg;
+	(void)r;
+}
+
+/* ---------------------------------------------------------------- fixtures */
+
+/* Options every test here shares: transaction pooling, quick health checks, an admin user. */
+static void base_options(struct pgmux_options *o)
+{
+	pgmux_options_default(o);
+	o->pool_mode = "transaction";
+	o->max_connections = 8;
+	o->admin_users = h_env()->superuser;
+	o->extra_target = "health_check_interval = 250ms";
+}
+
+static void start_pgmux(struct pgmux_options *o)
+{
+	cr_assert(pgmux_start(&px, o), "pgmux did not start (config %s)", px.config);
+}
+
+/* pgbench -i in DB on a server where the app role exists, as app. */
+static void pgbench_init(int port)
+{
+	const struct h_env *e = h_env();
+	char pgbench[600], portstr[16], pw[300];
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	const char *argv[] = {pgbench, "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", portstr, "-U", e->appuser, DB, NULL};
+	const char *env[] = {pw, "PGSSLMODE=disable", NULL};
+	struct h_cmd c;
+	int st = h_cmd_run(&c, argv, env, 60000);
+	if (st != 0)
+		h_cmd_dump(&c, "pgbench -i");
+	cr_assert_eq(st, 0, "pgbench -i on port %d failed", port);
+	h_cmd_free(&c);
+}
+
+/* An empty DB owned by app, with pgbench's tables, on the server at port. */
+static void make_pgbench_db(int port)
+{
+	PGconn *su = h_connect_super_port(port, "postgres");
+	PQsetNoticeReceiver(su, quiet_notice, NULL);
+	h_exec_ok(su, "DROP DATABASE IF EXISTS " DB " WITH (FORCE)");
+	char sql[300];
+	snprintf(sql, sizeof(sql), "CREATE DATABASE " DB " OWNER %s", h_env()->appuser);
+	h_exec_ok(su, sql);
+	PQfinish(su);
+	pgbench_init(port);
+}
+
+/* Server A (the suite's) and a new server B, both with DB; pgmux on A. */
+static void init_two_servers(void)
+{
+	const struct h_env *e = h_env();
+	cutover_db_created = true;
+	make_pgbench_db(e->pgport);
+
+	cr_assert(h_pg_start(&pgb), "the second PostgreSQL did not start");
+	PGconn *su = h_connect_super_port(pgb.port, "postgres");
+	char sql[400];
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN PASSWORD '%s'", e->appuser, e->apppass);
+	h_exec_ok(su, sql);
+	PQfinish(su);
+	make_pgbench_db(pgb.port);
+
+	struct pgmux_options o;
+	base_options(&o);
+	o.tls = false;
+	start_pgmux(&o);
+}
+
+static void fini_two_servers(void)
+{
+	pgmux_kill(&px);
+	h_pg_stop(&pgb);
+	h_teardown();
+	if (cutover_db_created) {
+		PGconn *su = h_connect_super_direct();
+		PGresult *r = PQexec(su, "DROP DATABASE IF EXISTS " DB " WITH (FORCE)");
+		if (PQresultStatus(r) != PGRES_COMMAND_OK)
+			fprintf(stderr, "cleanup: dropping database %s on the suite's server failed: %s", DB,
+				PQerrorMessage(su));
+		PQclear(r);
+		PQfinish(su);
+		cutover_db_created = false;
+	}
+}
+
+static void init_admin(void)
+{
+	struct pgmux_options o;
+	base_options(&o);
+	start_pgmux(&o);
+}
+
+static void init_admin_trust(void)
+{
+	struct pgmux_options o;
+	base_options(&o);
+	o.tls = false;
+	o.client_auth = "trust";
+	start_pgmux(&o);
+}
+
+static void fini_kill_leftovers(void)
+{
+	h_teardown();
+}
+
+/* ================================================================ cutover under load */
+
+TestSuite(cutover, .init = init_two_servers, .fini = fini_two_servers, .timeout = 150);
+
+/* The "new transactions paused for N ms" of the log's cutover line to host:port, or -1. */
+static long cutover_pause_from_log(const char *target)
+{
+	char needle[200];
+	snprintf(needle, sizeof(needle), "cutover to %s: new transactions paused for ", target);
+	char *log = h_read_file(px.logfile);
+	const char *p = strstr(log, needle);
+	long ms = p ? strtol(p + strlen(needle), NULL, 10) : -1;
+	free(log);
+	return ms;
+}
+
+struct latency_summary {
+	long transactions;
+	long failed;
+	long long max_us;
+	long long max_epoch_us; /* when that slowest transaction ended */
+	long long window_from_us, window_to_us; /* wall-clock window around the cutover (set by the caller) */
+	long long window_max_us;                /* slowest transaction that ended in it */
+	long window_transactions;
+};
+
+/*
+ * pgbench -l writes one line per transaction: client_id transaction_no time
+ * script_no time_epoch time_us [...]; time is the latency in microseconds
+ * (or "failed"/"skipped"). Read every log file in dir.
+ */
+static void read_pgbench_logs(const char *dir, struct latency_summary *s)
+{
+	long long from = s->window_from_us, to = s->window_to_us;
+	memset(s, 0, sizeof(*s));
+	s->window_from_us = from;
+	s->window_to_us = to;
+	DIR *d = opendir(dir);
+	cr_assert_not_null(d, "cannot open %s", dir);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, "pgbench_log", 11) != 0)
+			continue;
+		char path[1024];
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		FILE *f = fopen(path, "r");
+		cr_assert_not_null(f, "%s", path);
+		char line[256];
+		while (fgets(line, sizeof(line), f)) {
+			long client, txno, script;
+			char time_field[32];
+			long long epoch, usec;
+			if (sscanf(line, "%ld %ld %31s %ld %lld %lld", &client, &txno, time_field, &script, &epoch,
+				   &usec) != 6)
+				continue;
+			if (strcmp(time_field, "failed") == 0 || strcmp(time_field, "skipped") == 0) {
+				s->failed++;
+				continue;
+			}
+			long long lat = atoll(time_field);
+			s->transactions++;
+			long long ended = epoch * 1000000LL + usec;
+			if (lat > s->max_us) {
+				s->max_us = lat;
+				s->max_epoch_us = ended;
+			}
+			if (ended >= s->window_from_us && ended <= s->window_to_us) {
+				s->window_transactions++;
+				if (lat > s->window_max_us)
+					s->window_max_us = lat;
+			}
+		}
+		fclose(f);
+	}
+	closedir(d);
+}
+
+static long long wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static long parse_processed(const char *out)
+{
+	const char *key = "number of transactions actually processed: ";
+	const char *p = strstr(out, key);
+	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", out);
+	return strtol(p + strlen(key), NULL, 10);
+}
+
+enum cutover_how { BY_SIGHUP, BY_ADMIN_CUTOVER_TO };
+
+/*
+ * pgbench (TPC-B, 16 clients over 8 server connections) runs through pgmux
+ * against A; a few seconds in, hosts changes to B. No transaction may fail,
+ * every committed one must be on A or B exactly once, B must get the rest of
+ * the run, and later sessions must land on B.
+ */
+static void cutover_under_pgbench(enum cutover_how how, const char *protocol, int max_connections)
+{
+	const struct h_env *e = h_env();
+	if (max_connections != 8) {
+		stop_pgmux_expect_clean_exit();
+		struct pgmux_options o;
+		base_options(&o);
+		o.tls = false;
+		o.max_connections = max_connections;
+		start_pgmux(&o);
+	}
+	char b_hostport[64];
+	snprintf(b_hostport, sizeof(b_hostport), "127.0.0.1:%d", pgb.port);
+
+	PGconn *admin = admin_ok();
+	PGconn *on_a = h_connect_super_port(e->pgport, DB);
+	PGconn *on_b = h_connect_super_port(pgb.port, DB);
+
+	char pgbench[600], portstr[16], pw[300], logdir[600], prefix[700];
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(portstr, sizeof(portstr), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	snprintf(logdir, sizeof(logdir), "%s/pgbench-logs", h_test_dir());
+	cr_assert_eq(mkdir(logdir, 0700), 0);
+	snprintf(prefix, sizeof(prefix), "--log-prefix=%s/pgbench_log", logdir);
+	const char *duration = h_under_valgrind() ? "20" : "10";
+	const char *argv[] = {pgbench, "-n", "-c", "16", "-j", "2", "-T", duration, "-M", protocol, "-l", prefix,
+			      "-h", "127.0.0.1", "-p", portstr, "-U", e->appuser, DB, NULL};
+	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=30", NULL};
+	struct h_cmd bench;
+	cr_assert(h_cmd_start(&bench, argv, env));
+
+	/* Load is flowing through A... */
+	long long deadline = h_now_ms() + h_scaled_ms(15000);
+	while (number_ok(on_a, "select count(*) from pgbench_history") < 200) {
+		bool ended = h_cmd_wait(&bench, 0);
+		if (ended || h_now_ms() >= deadline) {
+			if (!ended)
+				h_cmd_kill(&bench);
+			h_cmd_dump(&bench, "pgbench");
+			pgmux_dump_logs(&px);
+			cr_assert_fail("pgbench did not get 200 transactions through pgmux to A");
+		}
+		h_sleep_ms(20);
+	}
+	/* ...and has run for about 4 s of its 10 (a load duration, not something to poll for). */
+	long long since = h_now_ms() - bench.started_ms;
+	if (since < 4000)
+		h_sleep_ms((int)(4000 - since));
+	cr_assert(!h_cmd_wait(&bench, 0), "pgbench ended before the cutover");
+
+	long long cut_started = h_now_ms();
+	long long cut_started_wall_us = wall_us();
+	long long cut_ended;
+	if (how == BY_SIGHUP) {
+		struct pgmux_options o;
+		base_options(&o);
+		o.tls = false;
+		o.max_connections = max_connections;
+		o.hosts = b_hostport;
+		rewrite_config(&o);
+		sigsend(SIGHUP);
+		bool done = poll_lookup(admin, "SHOW STATS", "name", "cutovers", "value", "1", h_scaled_ms(35000));
+		cut_ended = h_now_ms();
+		if (!done)
+			pgmux_dump_logs(&px);
+		cr_assert(done, "SHOW STATS does not count a cutover within 35 s of SIGHUP");
+	} else {
+		char sql[200];
+		snprintf(sql, sizeof(sql), "CUTOVER TO '%s'", b_hostport);
+		cr_assert(PQsendQuery(admin, sql));
+		PGresult *r = h_get_result(admin, h_scaled_ms(35000));
+		cut_ended = h_now_ms();
+		if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
+			pgmux_dump_logs(&px);
+		cr_assert_not_null(r, "CUTOVER TO did not answer within 35 s");
+		cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO failed: %s", PQresultErrorMessage(r));
+		cr_expect_str_eq(PQcmdStatus(r), "CUTOVER");
+		PQclear(r);
+		drain_results(admin);
+	}
+
+	long long cut_ended_wall_us = wall_us();
+	bool ended = h_cmd_wait(&bench, h_scaled_ms(40000));
+	if (!ended)
+		h_cmd_kill(&bench);
+	if (!ended || bench.status != 0 || !strstr(bench.out, "number of failed transactions: 0 ")) {
+		h_cmd_dump(&bench, "pgbench");
+		pgmux_dump_logs(&px);
+	}
+	cr_assert(ended, "pgbench did not finish");
+	cr_assert_eq(bench.status, 0, "pgbench exited with %d:\n%s", bench.status, bench.err);
+	cr_assert(strstr(bench.out, "number of failed transactions: 0 ") != NULL,
+		  "pgbench reports failed transactions:\n%s", bench.out);
+	long processed = parse_processed(bench.out);
+
+	/* Every committed TPC-B transaction inserted one history row, on A or on B. */
+	long long rows_a = number_ok(on_a, "select count(*) from pgbench_history");
+	long long rows_b = number_ok(on_b, "select count(*) from pgbench_history");
+	cr_log_info("cutover (%s, -M %s): pgbench processed %ld transactions; history rows: %lld on A, %lld on B",
+		    how == BY_SIGHUP ? "SIGHUP" : "CUTOVER TO", protocol, processed, rows_a, rows_b);
+	cr_expect_gt(rows_a, 0, "A got no transactions");
+	cr_expect_gt(rows_b, 0, "B got no transactions after the cutover");
+	/* pgbench may leave up to one committed transaction per client uncounted when -T runs out. */
+	cr_expect(rows_a + rows_b >= processed && rows_a + rows_b <= processed + 16,
+		  "history rows on A+B = %lld, but pgbench processed %ld transactions", rows_a + rows_b, processed);
+
+	/* The longest pause: pgmux's own account (log and SHOW STATS), and what pgbench's clients saw. */
+	long pause_ms = cutover_pause_from_log(b_hostport);
+	long long stats_pause_ms = stat_value(admin, "last_cutover_pause_ms");
+	/* Transactions held by the pause end between the start of the cutover and shortly after its end. */
+	struct latency_summary lat = {.window_from_us = cut_started_wall_us, .window_to_us = cut_ended_wall_us + 500000};
+	read_pgbench_logs(logdir, &lat);
+	char msg[600];
+	snprintf(msg, sizeof(msg),
+		 "cutover (%s, -M %s): new transactions paused for %lld ms (SHOW STATS; log line says %ld); the "
+		 "cutover took %lld ms as the test saw it; slowest pgbench transaction ending during the cutover (or 0.5 s "
+		 "after): %.1f ms (of %ld); slowest of all %ld: %.1f ms; failed: %ld",
+		 how == BY_SIGHUP ? "SIGHUP" : "CUTOVER TO", protocol, stats_pause_ms, pause_ms, cut_ended - cut_started,
+		 lat.window_max_us / 1000.0, lat.window_transactions, lat.transactions, lat.max_us / 1000.0, lat.failed);
+	cr_log_info("%s", msg);
+	fprintf(stderr, "%s\n", msg);
+	cr_expect_geq(pause_ms, 0, "no \"cutover to %s: new transactions paused for N ms\" line in pgmux's log",
+		      b_hostport);
+	cr_expect_eq(lat.failed, 0);
+	cr_expect_gt(lat.transactions, 0, "pgbench's per-transaction logs are empty");
+
+	/* Later sessions run on B. */
+	PGconn *app = app_ok(DB);
+	char *port = value_ok(app, "select inet_server_port()");
+	char want[16];
+	snprintf(want, sizeof(want), "%d", pgb.port);
+	cr_expect_str_eq(port, want, "a session after the cutover runs on port %s, expected B (%s)", port, want);
+	free(port);
+	PQfinish(app);
+
+	cr_expect_eq(stat_value(admin, "cutovers"), 1);
+	cr_expect_eq(stat_value(admin, "cutover_in_progress"), 0);
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	if (pause_ms >= 0)
+		cr_expect_eq(stats_pause_ms, pause_ms, "SHOW STATS and the log disagree on the pause");
+	/* B is the only target now, and the monitor knows it as the writer. */
+	cr_expect(poll_lookup(admin, "SHOW TARGETS", "port", want, "role", "writer", 5000),
+		  "SHOW TARGETS does not show B as the writer");
+	char a_port[16];
+	snprintf(a_port, sizeof(a_port), "%d", e->pgport);
+	PGresult *targets = rows_ok(admin, "SHOW TARGETS");
+	cr_expect_lt(find_row(targets, "port", a_port), 0, "SHOW TARGETS still lists A after the cutover");
+	PQclear(targets);
+
+	char *hosts = lookup(admin, "SHOW CONFIG", "name", "hosts", "value");
+	cr_expect(strstr(hosts, b_hostport) != NULL, "SHOW CONFIG hosts = \"%s\"", hosts);
+	if (how == BY_ADMIN_CUTOVER_TO)
+		cr_expect(strstr(hosts, "(in memory, set by CUTOVER TO; not in the file)") != NULL,
+			  "SHOW CONFIG hosts after CUTOVER TO = \"%s\"", hosts);
+	else
+		cr_expect(strstr(hosts, "in memory") == NULL, "SHOW CONFIG hosts after SIGHUP = \"%s\"", hosts);
+	free(hosts);
+
+	h_cmd_free(&bench);
+	PQfinish(admin);
+	PQfinish(on_a);
+	PQfinish(on_b);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover, sighup_new_hosts_under_pgbench)
+{
+	cutover_under_pgbench(BY_SIGHUP, "simple", 8);
+}
+
+/*
+ * pgbench 15 -M prepared prepares each command with a synchronous PQprepare
+ * the first time a client runs it, which blocks the whole pgbench thread:
+ * with fewer server connections than clients, a thread waiting in PQprepare
+ * for a connection that its own clients hold never gets one (pgbench's
+ * deadlock, not pgmux's). So this variant gets one server connection per
+ * client; pgmux must still carry the prepared statements over to B.
+ */
+Test(cutover, admin_cutover_to_under_pgbench_prepared)
+{
+	cutover_under_pgbench(BY_ADMIN_CUTOVER_TO, "prepared", 16);
+}
+
+/*
+ * An open transaction on A holds the cutover: CUTOVER TO does not answer and
+ * other clients' new transactions wait, until it commits (on A); then the
+ * waiting query runs on B.
+ */
+Test(cutover, open_transaction_finishes_on_old_server_first)
+{
+	const struct h_env *e = h_env();
+	PGconn *admin = admin_ok();
+	PGconn *tx = app_ok(DB);
+	PGconn *other = app_ok(DB);
+	char a_port[16], b_port[16], sql[200];
+	snprintf(a_port, sizeof(a_port), "%d", e->pgport);
+	snprintf(b_port, sizeof(b_port), "%d", pgb.port);
+
+	h_exec_ok(tx, "BEGIN");
+	char *port = value_ok(tx, "insert into pgbench_history (tid, bid, aid, delta, mtime) "
+				  "values (1, 1, 1, 4242, now()) returning inet_server_port()");
+	cr_assert_str_eq(port, a_port);
+	free(port);
+
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", pgb.port);
+	cr_assert(PQsendQuery(admin, sql));
+	/* pgmux pauses first: poll until it says so, then a new transaction must wait. */
+	PGconn *watch = admin_ok();
+	cr_assert(poll_lookup(watch, "SHOW STATS", "name", "cutover_in_progress", "value", "1", 5000),
+		  "SHOW STATS never showed the cutover in progress");
+	cr_expect_eq(stat_value(watch, "paused"), 1);
+	cr_assert(PQsendQuery(other, "select inet_server_port()"));
+	expect_blocked(other, 1000, "a new transaction during the cutover");
+	expect_blocked(admin, 10, "CUTOVER TO while a transaction is open");
+
+	h_exec_ok(tx, "COMMIT");
+	PGresult *r = h_get_result(admin, 10000);
+	cr_assert_not_null(r, "CUTOVER TO did not finish after the open transaction committed");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO: %s", PQresultErrorMessage(r));
+	PQclear(r);
+	drain_results(admin);
+
+	port = sent_value_ok(other, 10000, "the waiting transaction");
+	cr_expect_str_eq(port, b_port, "the transaction that waited ran on port %s, expected B", port);
+	free(port);
+
+	/* The transaction that was open committed on A, and the client that held it now runs on B. */
+	PGconn *on_a = h_connect_super_port(e->pgport, DB);
+	cr_expect_eq(number_ok(on_a, "select count(*) from pgbench_history where delta = 4242"), 1);
+	PQfinish(on_a);
+	port = value_ok(tx, "select inet_server_port()");
+	cr_expect_str_eq(port, b_port);
+	free(port);
+	cr_expect_eq(stat_value(admin, "last_cutover_transactions_in_flight"), 1);
+	cr_expect_geq(stat_value(admin, "last_cutover_clients_waited"), 1);
+	char needle[200];
+	snprintf(needle, sizeof(needle), "cutover to 127.0.0.1:%d: new transactions paused for", pgb.port);
+	cr_expect(h_file_count(px.logfile, needle) == 1, "no \"%s\" line in pgmux's log", needle);
+	PQfinish(watch);
+	cr_expect_geq(stat_value(admin, "last_cutover_pause_ms"), 1000);
+
+	PQfinish(tx);
+	PQfinish(other);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * A pinned session (temp table) keeps its backend on A after the cutover
+ * until cutover_timeout, then gets a FATAL; an unpinned one moves to B and
+ * stays connected.
+ */
+Test(cutover, pinned_session_keeps_old_backend_until_cutover_timeout)
+{
+	const struct h_env *e = h_env();
+	/* Restart pgmux with a short cutover_timeout. */
+	stop_pgmux_expect_clean_exit();
+	struct pgmux_options o;
+	base_options(&o);
+	o.tls = false;
+	o.extra_target = "health_check_interval = 250ms\ncutover_timeout = 2s";
+	start_pgmux(&o);
+
+	PGconn *admin = admin_ok();
+	PGconn *pinned = app_ok(DB);
+	PGconn *free_client = app_ok(DB);
+	char a_port[16], b_port[16], sql[200];
+	snprintf(a_port, sizeof(a_port), "%d", e->pgport);
+	snprintf(b_port, sizeof(b_port), "%d", pgb.port);
+
+	struct notices pinned_notices = {.text = ""};
+	PQsetNoticeReceiver(pinned, collect_notice, &pinned_notices);
+	h_exec_ok(pinned, "create temp table pin_me (x int)");
+	char *pid_before = value_ok(pinned, "select pg_backend_pid()");
+	char *port = value_ok(free_client, "select inet_server_port()");
+	cr_assert_str_eq(port, a_port);
+	free(port);
+
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", pgb.port);
+	long long t0 = h_now_ms();
+	PGresult *r = PQexec(admin, sql);
+	long long took = h_now_ms() - t0;
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO: %s", PQerrorMessage(admin));
+	PQclear(r);
+	cr_expect_lt(took, 1500, "an idle pinned session held the cutover for %lld ms", took);
+
+	/* Right after the cutover: the pinned session is still on its A backend... */
+	port = value_ok(pinned, "select inet_server_port()");
+	cr_expect_str_eq(port, a_port, "the pinned session moved to port %s before cutover_timeout", port);
+	free(port);
+	char *pid_after = value_ok(pinned, "select pg_backend_pid()");
+	cr_expect_str_eq(pid_after, pid_before);
+	free(pid_after);
+	free(pid_before);
+	/* ...and the unpinned one is on B. */
+	port = value_ok(free_client, "select inet_server_port()");
+	cr_expect_str_eq(port, b_port);
+	free(port);
+	cr_expect_eq(stat_value(admin, "last_cutover_pinned_sessions"), 1);
+
+	/* When cutover_timeout has passed, the pinned session ends with a FATAL error. */
+	struct pollfd pfd = {.fd = PQsocket(pinned), .events = POLLIN};
+	int ready = poll(&pfd, 1, h_scaled_ms(6000));
+	long long ended_after = h_now_ms() - t0;
+	cr_assert_eq(ready, 1, "the pinned session was not closed within cutover_timeout + 4 s");
+	PQconsumeInput(pinned);
+	r = PQexec(pinned, "select 1");
+	cr_expect_neq(PQresultStatus(r), PGRES_TUPLES_OK, "the pinned session still works after cutover_timeout");
+	PQclear(r);
+	cr_expect_eq(PQstatus(pinned), CONNECTION_BAD);
+	/* libpq hands a FATAL that arrives while idle to the notice receiver. */
+	cr_expect(strstr(pinned_notices.text, "FATAL") != NULL || strstr(PQerrorMessage(pinned), "FATAL") != NULL,
+		  "the pinned session ended without a FATAL: \"%s\" / \"%s\"", pinned_notices.text,
+		  PQerrorMessage(pinned));
+	cr_log_info("the pinned session ended %lld ms after CUTOVER TO with: %s", ended_after, pinned_notices.text);
+	cr_expect_geq(ended_after, 1800, "the pinned session was closed after %lld ms, before cutover_timeout (2 s)",
+		      ended_after);
+
+	port = value_ok(free_client, "select inet_server_port()");
+	cr_expect_str_eq(port, b_port);
+	free(port);
+
+	PQfinish(pinned);
+	PQfinish(free_client);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ admin console */
+
+TestSuite(cutover_admin, .init = init_admin, .fini = fini_kill_leftovers, .timeout = 60);
+
+Test(cutover_admin, psql_show_pools_one_row_per_pool)
+{
+	const struct h_env *e = h_env();
+	PGconn *app = app_ok("postgres");
+	PGconn *su = connect_ok(px.port, e->superuser, e->superpass, "postgres");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+	cr_assert_eq(number_ok(su, "select 2"), 2);
+
+	struct h_cmd c;
+	int st = admin_psql(&c, "SHOW POOLS", false);
+	if (st != 0)
+		h_cmd_dump(&c, "psql SHOW POOLS");
+	cr_assert_eq(st, 0);
+	cr_expect(strstr(c.out, "database|user|endpoint|cl_waiting|sv_active|sv_idle|sv_connecting|sv_total|sv_pinned\n") ==
+			  c.out,
+		  "SHOW POOLS header:\n%s", c.out);
+	char row[200];
+	snprintf(row, sizeof(row), "\npostgres|%s|writer|", e->appuser);
+	cr_expect(strstr(c.out, row) != NULL, "no app@postgres row:\n%s", c.out);
+	snprintf(row, sizeof(row), "\npostgres|%s|writer|", e->superuser);
+	cr_expect(strstr(c.out, row) != NULL, "no %s@postgres row:\n%s", e->superuser, c.out);
+	cr_expect(strstr(c.out, "\n(2 rows)\n") != NULL, "expected exactly two pools:\n%s", c.out);
+	h_cmd_free(&c);
+	PQfinish(app);
+	PQfinish(su);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, show_help_lists_every_command)
+{
+	struct h_cmd c;
+	int st = admin_psql(&c, "SHOW HELP", true);
+	cr_assert_eq(st, 0, "psql: %s", c.err);
+	static const char *const commands[] = {"SHOW HELP", "SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS",
+					       "SHOW TARGETS", "SHOW STATS", "SHOW CONFIG", "SHOW VERSION",
+					       "PAUSE", "RESUME", "RELOAD", "CUTOVER TO", "KILL", "SHUTDOWN", NULL};
+	for (int i = 0; commands[i]; i++) {
+		char line_start[64];
+		snprintf(line_start, sizeof(line_start), "\n%s", commands[i]);
+		bool found = strncmp(c.out, commands[i], strlen(commands[i])) == 0 || strstr(c.out, line_start);
+		cr_expect(found, "SHOW HELP does not list %s:\n%s", commands[i], c.out);
+	}
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, show_clients_then_kill_closes_that_client)
+{
+	const struct h_env *e = h_env();
+	PGconn *admin = admin_ok();
+	PGconn *app = app_ok("postgres");
+	PGconn *bystander = connect_ok(px.port, e->superuser, e->superpass, "postgres");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+
+	PGresult *r = rows_ok(admin, "SHOW CLIENTS");
+	int row = find_row(r, "user", e->appuser);
+	cr_assert_geq(row, 0, "SHOW CLIENTS has no row for %s", e->appuser);
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "database")), "postgres");
+	char *id = strdup(PQgetvalue(r, row, column(r, "id")));
+	cr_expect_geq(find_row(r, "database", "pgmux"), 0, "SHOW CLIENTS does not list the admin session");
+	cr_expect_eq(PQntuples(r), 3, "expected 3 clients (admin, app, superuser)");
+	PQclear(r);
+
+	char sql[100];
+	snprintf(sql, sizeof(sql), "KILL %s", id);
+	r = PQexec(admin, sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(admin));
+	cr_expect_str_eq(PQcmdStatus(r), "KILL");
+	PQclear(r);
+
+	/* pgmux closes the connection: wait until its socket says so, then the next query fails. */
+	struct pollfd pfd = {.fd = PQsocket(app), .events = POLLIN};
+	cr_assert_eq(poll(&pfd, 1, 5000), 1, "KILL did not close the app connection within 5 s");
+	PQconsumeInput(app);
+	r = PQexec(app, "select 1");
+	cr_expect_neq(PQresultStatus(r), PGRES_TUPLES_OK, "the killed client's query still worked");
+	PQclear(r);
+	cr_expect_eq(PQstatus(app), CONNECTION_BAD);
+
+	cr_expect(poll_lookup(admin, "SHOW STATS", "name", "client_connections", "value", "2", 5000),
+		  "the killed client is still counted");
+	r = rows_ok(admin, "SHOW CLIENTS");
+	cr_expect_lt(find_row(r, "id", id), 0, "SHOW CLIENTS still lists the killed client %s", id);
+	PQclear(r);
+	/* Others are untouched; an unknown id is an error. */
+	cr_expect_eq(number_ok(bystander, "select 3"), 3);
+	r = PQexec(admin, "KILL 999999");
+	cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "KILL of an unknown id: %s", PQresStatus(PQresultStatus(r)));
+	PQclear(r);
+	free(id);
+	PQfinish(app);
+	PQfinish(bystander);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, show_servers_lists_the_backend_a_client_used)
+{
+	const struct h_env *e = h_env();
+	PGconn *admin = admin_ok();
+	PGconn *app = app_ok("postgres");
+	char *pid = value_ok(app, "select pg_backend_pid()");
+
+	PGresult *r = rows_ok(admin, "SHOW SERVERS");
+	int row = find_row(r, "backend_pid", pid);
+	cr_assert_geq(row, 0, "SHOW SERVERS has no backend with pid %s (%d rows)", pid, PQntuples(r));
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "user")), e->appuser);
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "database")), "postgres");
+	char instance[64];
+	snprintf(instance, sizeof(instance), "127.0.0.1:%d", e->pgport);
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "instance")), instance);
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "pinned")), "no");
+	PQclear(r);
+	free(pid);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, show_targets_writer_healthy)
+{
+	const struct h_env *e = h_env();
+	PGconn *admin = admin_ok();
+	char port[16];
+	snprintf(port, sizeof(port), "%d", e->pgport);
+	cr_assert(poll_lookup(admin, "SHOW TARGETS", "port", port, "health", "healthy", 5000),
+		  "the suite's server never became healthy in SHOW TARGETS");
+	PGresult *r = rows_ok(admin, "SHOW TARGETS");
+	cr_expect_eq(PQntuples(r), 1);
+	int row = find_row(r, "port", port);
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "host")), "127.0.0.1");
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "role")), "writer");
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "paused")), "no");
+	cr_expect_gt(atoll(PQgetvalue(r, row, column(r, "checks_ok"))), 0);
+	PQclear(r);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, show_stats_counts_queries)
+{
+	PGconn *admin = admin_ok();
+	long long before = stat_value(admin, "queries");
+	PGconn *app = app_ok("postgres");
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(number_ok(app, "select 7"), 7);
+	cr_expect_geq(stat_value(admin, "queries") - before, 5, "5 queries were not counted");
+	cr_expect_geq(stat_value(admin, "transactions"), 5);
+	cr_expect_eq(stat_value(admin, "client_connections"), 2, "admin + app");
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(stat_value(admin, "cutovers"), 0);
+	cr_expect_eq(stat_value(admin, "cutover_in_progress"), 0);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, show_config_and_show_version)
+{
+	const struct h_env *e = h_env();
+	struct h_cmd c;
+	int st = admin_psql(&c, "SHOW CONFIG", true);
+	cr_assert_eq(st, 0, "psql: %s", c.err);
+	char row[200];
+	snprintf(row, sizeof(row), "\npgmux|listen_port|%d|6432|no\n", px.port);
+	cr_expect(strstr(c.out, row) != NULL, "SHOW CONFIG has no row \"%s\":\n%s", row + 1, c.out);
+	snprintf(row, sizeof(row), "\ntarget|hosts|127.0.0.1:%d|", e->pgport);
+	cr_expect(strstr(c.out, row) != NULL, "SHOW CONFIG hosts is not the suite's server:\n%s", c.out);
+	cr_expect(strstr(c.out, "\npool|max_connections|8|") != NULL, "max_connections:\n%s", c.out);
+	cr_expect(strstr(c.out, "in memory") == NULL, "nothing was set by CUTOVER TO:\n%s", c.out);
+	h_cmd_free(&c);
+
+	st = admin_psql(&c, "SHOW VERSION", true);
+	cr_assert_eq(st, 0, "psql: %s", c.err);
+	cr_expect(strncmp(c.out, "pgmux ", 6) == 0, "SHOW VERSION: %s", c.out);
+	h_cmd_free(&c);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* PAUSE (all, or one instance) holds new transactions until RESUME. */
+static void pause_resume(const char *pause_sql, const char *resume_sql)
+{
+	const struct h_env *e = h_env();
+	PGconn *admin = admin_ok();
+	PGconn *app = app_ok("postgres");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+
+	PGresult *r = PQexec(admin, pause_sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", pause_sql, PQerrorMessage(admin));
+	cr_expect_str_eq(PQcmdStatus(r), "PAUSE");
+	PQclear(r);
+	char port[16];
+	snprintf(port, sizeof(port), "%d", e->pgport);
+	if (strchr(pause_sql, ':')) {
+		char *paused = lookup(admin, "SHOW TARGETS", "port", port, "paused");
+		cr_expect_str_eq(paused, "yes", "SHOW TARGETS after %s", pause_sql);
+		free(paused);
+	} else {
+		cr_expect_eq(stat_value(admin, "paused"), 1, "SHOW STATS after PAUSE");
+	}
+
+	cr_assert(PQsendQuery(app, "select 42"));
+	expect_blocked(app, 1000, pause_sql);
+	cr_expect_geq(stat_value(admin, "transactions_waiting"), 1);
+
+	r = PQexec(admin, resume_sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", resume_sql, PQerrorMessage(admin));
+	cr_expect_str_eq(PQcmdStatus(r), "RESUME");
+	PQclear(r);
+	char *v = sent_value_ok(app, 5000, "the query held by PAUSE, after RESUME");
+	cr_expect_str_eq(v, "42");
+	free(v);
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	char *paused = lookup(admin, "SHOW TARGETS", "port", port, "paused");
+	cr_expect_str_eq(paused, "no");
+	free(paused);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, pause_holds_queries_until_resume)
+{
+	pause_resume("PAUSE", "RESUME");
+}
+
+Test(cutover_admin, pause_one_instance)
+{
+	char pause[100], resume[100];
+	snprintf(pause, sizeof(pause), "PAUSE '127.0.0.1:%d'", h_env()->pgport);
+	snprintf(resume, sizeof(resume), "RESUME '127.0.0.1:%d'", h_env()->pgport);
+	pause_resume(pause, resume);
+}
+
+Test(cutover_admin, pause_unknown_instance_is_an_error)
+{
+	PGconn *admin = admin_ok();
+	PGresult *r = PQexec(admin, "PAUSE '127.0.0.1:1'");
+	cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "PAUSE of an unknown instance: %s",
+		     PQresStatus(PQresultStatus(r)));
+	PQclear(r);
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, reload_applies_a_reloadable_change)
+{
+	PGconn *admin = admin_ok();
+	struct pgmux_options o;
+	base_options(&o);
+	o.max_connections = 5;
+	rewrite_config(&o);
+	PGresult *r = PQexec(admin, "RELOAD");
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "RELOAD: %s", PQerrorMessage(admin));
+	cr_expect_str_eq(PQcmdStatus(r), "RELOAD");
+	PQclear(r);
+	char *v = lookup(admin, "SHOW CONFIG", "name", "max_connections", "value");
+	cr_expect_str_eq(v, "5", "max_connections after RELOAD");
+	free(v);
+	PGconn *app = app_ok("postgres");
+	cr_expect_eq(number_ok(app, "select 5"), 5);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, reload_of_a_broken_file_is_refused_as_a_whole)
+{
+	PGconn *admin = admin_ok();
+	struct pgmux_options o;
+	base_options(&o);
+	/* Valid changes first, then one bad line: none of it may take effect. */
+	o.max_connections = 3;
+	o.hosts = "127.0.0.1:1";
+	o.extra_pool = "bogus_key = 1";
+	rewrite_config(&o);
+	int line = line_of(px.config, "bogus_key");
+	cr_assert_gt(line, 0);
+
+	PGresult *r = PQexec(admin, "RELOAD");
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "RELOAD of a broken file: %s",
+		     PQresStatus(PQresultStatus(r)));
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	cr_assert_not_null(msg);
+	char where[700];
+	snprintf(where, sizeof(where), "%s:%d", px.config, line);
+	cr_expect(strstr(msg, where) != NULL, "the error does not name %s: %s", where, msg);
+	cr_expect(strstr(msg, "bogus_key") != NULL, "the error does not name the key: %s", msg);
+	PQclear(r);
+	cr_expect(h_file_wait_contains(px.logfile, "reload failed", 2000), "no \"reload failed\" in the log");
+
+	/* The old configuration is still in force, the admin session still works. */
+	char *v = lookup(admin, "SHOW CONFIG", "name", "max_connections", "value");
+	cr_expect_str_eq(v, "8");
+	free(v);
+	v = lookup(admin, "SHOW CONFIG", "name", "hosts", "value");
+	char want[64];
+	snprintf(want, sizeof(want), "127.0.0.1:%d", h_env()->pgport);
+	cr_expect_str_eq(v, want);
+	free(v);
+	cr_expect_eq(stat_value(admin, "cutovers"), 0);
+	PGconn *app = app_ok("postgres");
+	cr_expect_eq(number_ok(app, "select 9"), 9);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * SHUTDOWN is graceful, like SIGINT: no new connections, a transaction in
+ * progress may finish (the client is closed when it gives its backend back),
+ * and pgmux exits 0 once the sessions are gone.
+ */
+Test(cutover_admin, shutdown_lets_the_open_transaction_finish_then_exits_0)
+{
+	PGconn *admin = admin_ok();
+	PGconn *app = app_ok("postgres");
+	h_exec_ok(app, "BEGIN");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+
+	PGresult *r = PQexec(admin, "SHUTDOWN");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "SHUTDOWN: %s", PQerrorMessage(admin));
+	cr_expect_str_eq(PQcmdStatus(r), "SHUTDOWN");
+	PQclear(r);
+	/* No longer accepting: poll until a new connection is refused. */
+	long long deadline = h_now_ms() + 5000;
+	int fd;
+	while ((fd = h_raw_connect(px.port, 500)) >= 0 && h_now_ms() < deadline) {
+		close(fd);
+		h_sleep_ms(20);
+	}
+	if (fd >= 0)
+		close(fd);
+	cr_expect_lt(fd, 0, "pgmux still accepts connections after SHUTDOWN");
+	PQfinish(admin);
+
+	/* The transaction is still served, and pgmux waits for it. */
+	cr_expect_eq(pgmux_wait_exit(&px, 300), -2, "pgmux exited while a transaction was open");
+	cr_expect_eq(number_ok(app, "select 2"), 2, "the open transaction was cut short by SHUTDOWN");
+	h_exec_ok(app, "COMMIT");
+	int st = pgmux_wait_exit(&px, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SHUTDOWN: %d", st);
+	PQfinish(app);
+}
+
+Test(cutover_admin, extended_protocol_gives_the_same_results)
+{
+	PGconn *admin = admin_ok();
+	PGconn *app = app_ok("postgres");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+
+	PGresult *simple = rows_ok(admin, "SHOW POOLS");
+	PGresult *ext = PQexecParams(admin, "SHOW POOLS", 0, NULL, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(ext), PGRES_TUPLES_OK, "PQexecParams(SHOW POOLS): %s", PQerrorMessage(admin));
+	cr_expect_eq(PQnfields(ext), PQnfields(simple));
+	cr_expect_eq(PQnfields(ext), 9);
+	for (int i = 0; i < PQnfields(ext) && i < PQnfields(simple); i++)
+		cr_expect_str_eq(PQfname(ext, i), PQfname(simple, i));
+	cr_expect_eq(PQntuples(ext), PQntuples(simple));
+	cr_expect_eq(PQntuples(ext), 1);
+	cr_expect_str_eq(PQgetvalue(ext, 0, column(ext, "user")), h_env()->appuser);
+	PQclear(simple);
+	PQclear(ext);
+
+	/* A prepared statement, and a command the main thread answers. */
+	PGresult *r = PQprepare(admin, "v", "SHOW VERSION", 0, NULL);
+	cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "PQprepare: %s", PQerrorMessage(admin));
+	PQclear(r);
+	r = PQexecPrepared(admin, "v", 0, NULL, NULL, NULL, 0);
+	cr_expect_eq(PQresultStatus(r), PGRES_TUPLES_OK, "PQexecPrepared: %s", PQerrorMessage(admin));
+	if (PQresultStatus(r) == PGRES_TUPLES_OK)
+		cr_expect(strncmp(PQgetvalue(r, 0, 0), "pgmux", 5) == 0);
+	PQclear(r);
+	r = PQexecParams(admin, "RELOAD", 0, NULL, NULL, NULL, NULL, 0);
+	cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "PQexecParams(RELOAD): %s", PQerrorMessage(admin));
+	cr_expect_str_eq(PQcmdStatus(r), "RELOAD");
+	PQclear(r);
+	r = PQexecParams(admin, "NO SUCH COMMAND", 0, NULL, NULL, NULL, NULL, 0);
+	cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_expect_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE) ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : "", "42601");
+	PQclear(r);
+	/* Still in step after the error. */
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, non_admin_and_wrong_password_are_refused)
+{
+	const struct h_env *e = h_env();
+	PGconn *conn = connect_db(px.port, e->appuser, e->apppass, "pgmux");
+	cr_expect_eq(PQstatus(conn), CONNECTION_BAD, "app logged in to the admin console");
+	cr_expect(strstr(PQerrorMessage(conn), "permission denied") != NULL, "app's error: %s", PQerrorMessage(conn));
+	PQfinish(conn);
+
+	conn = connect_db(px.port, e->superuser, "not-the-password", "pgmux");
+	cr_expect_eq(PQstatus(conn), CONNECTION_BAD, "the admin logged in with a wrong password");
+	cr_expect(strstr(PQerrorMessage(conn), "password authentication failed") != NULL, "error: %s",
+		  PQerrorMessage(conn));
+	PQfinish(conn);
+
+	/* pgmux is unharmed. */
+	PGconn *admin = admin_ok();
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_admin, unknown_command_points_to_show_help)
+{
+	PGconn *admin = admin_ok();
+	static const char *const bad[] = {"FROBNICATE", "SHOW NOTHING", "select 1", NULL};
+	for (int i = 0; bad[i]; i++) {
+		PGresult *r = PQexec(admin, bad[i]);
+		cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "%s: %s", bad[i], PQresStatus(PQresultStatus(r)));
+		const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+		const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+		cr_expect_str_eq(state ? state : "", "42601", "%s", bad[i]);
+		cr_expect(msg && strstr(msg, "SHOW HELP"), "%s: message \"%s\"", bad[i], msg ? msg : "");
+		PQclear(r);
+	}
+	char *v = value_ok(admin, "SHOW VERSION");
+	cr_expect(strncmp(v, "pgmux", 5) == 0);
+	free(v);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+TestSuite(cutover_admin_trust, .init = init_admin_trust, .fini = fini_kill_leftovers, .timeout = 60);
+
+/* Without a password exchange in the way, the refusal's SQLSTATE can be read off the wire. */
+Test(cutover_admin_trust, non_admin_gets_fatal_42501)
+{
+	int fd = h_raw_connect(px.port, 2000);
+	cr_assert_geq(fd, 0);
+	uint8_t buf[256];
+	const char *params[] = {"user", h_env()->appuser, "database", "pgmux", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 3u << 16, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	char type = 0, *body = NULL;
+	size_t blen = 0;
+	/* AuthenticationOk may come first; the ErrorResponse must follow. */
+	for (int i = 0; i < 20; i++) {
+		enum h_msg_result m = h_raw_read_message(fd, &type, &body, &blen, 5000);
+		cr_assert_eq(m, H_MSG_OK, "no ErrorResponse before the connection ended (%d)", m);
+		if (type == 'E')
+			break;
+		cr_assert(type == 'R' || type == 'S' || type == 'K' || type == 'N', "unexpected message '%c'", type);
+		free(body);
+		body = NULL;
+	}
+	cr_assert_eq(type, 'E');
+	const char *sev = h_error_field(body, blen, 'V');
+	const char *code = h_error_field(body, blen, 'C');
+	const char *msg = h_error_field(body, blen, 'M');
+	cr_expect_str_eq(sev ? sev : "", "FATAL");
+	cr_expect_str_eq(code ? code : "", "42501");
+	cr_expect(msg && strstr(msg, "permission denied"), "message: %s", msg ? msg : "");
+	free(body);
+	cr_expect(h_raw_wait_closed(fd, 5000), "pgmux did not close the refused connection");
+	close(fd);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ signals and reload */
+
+TestSuite(cutover_signals, .init = init_admin, .fini = fini_kill_leftovers, .timeout = 60);
+
+Test(cutover_signals, sigusr1_pauses_sigusr2_resumes)
+{
+	PGconn *admin = admin_ok();
+	PGconn *app = app_ok("postgres");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+
+	sigsend(SIGUSR1);
+	cr_assert(poll_lookup(admin, "SHOW STATS", "name", "paused", "value", "1", 5000), "SIGUSR1 did not pause");
+	cr_assert(PQsendQuery(app, "select 43"));
+	expect_blocked(app, 1000, "a query after SIGUSR1");
+
+	sigsend(SIGUSR2);
+	char *v = sent_value_ok(app, 5000, "the query held by SIGUSR1, after SIGUSR2");
+	cr_expect_str_eq(v, "43");
+	free(v);
+	cr_expect_eq(stat_value(admin, "paused"), 0);
+	PQfinish(app);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_signals, sighup_with_an_invalid_file_keeps_the_old_one)
+{
+	PGconn *app = app_ok("postgres");
+	struct pgmux_options o;
+	base_options(&o);
+	o.hosts = "127.0.0.1:1";
+	o.max_connections = 3;
+	o.extra_pgmux = "no_such_option = yes";
+	rewrite_config(&o);
+	int failures = h_file_count(px.logfile, "reload failed");
+	sigsend(SIGHUP);
+	bool logged = h_file_wait_count(px.logfile, "reload failed", failures + 1, 5000);
+	if (!logged)
+		pgmux_dump_logs(&px);
+	cr_assert(logged, "no \"reload failed\" in the log after SIGHUP with an invalid file");
+	char *log = h_read_file(px.logfile);
+	cr_expect(strstr(log, "no_such_option") != NULL, "the log does not name the bad option");
+	free(log);
+
+	cr_assert(pgmux_running(&px));
+	cr_expect_eq(number_ok(app, "select 1"), 1, "an open session stopped working");
+	PGconn *fresh = app_ok("postgres");
+	char *port = value_ok(fresh, "select inet_server_port()");
+	char want[16];
+	snprintf(want, sizeof(want), "%d", h_env()->pgport);
+	cr_expect_str_eq(port, want);
+	free(port);
+	PGconn *admin = admin_ok();
+	char *v = lookup(admin, "SHOW CONFIG", "name", "max_connections", "value");
+	cr_expect_str_eq(v, "8");
+	free(v);
+	cr_expect_eq(stat_value(admin, "cutovers"), 0);
+	PQfinish(admin);
+	PQfinish(fresh);
+	PQfinish(app);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(cutover_signals, sighup_keeps_restart_only_settings)
+{
+	int old_port = px.port;
+	int new_port = h_free_port();
+	struct pgmux_options o;
+	base_options(&o);
+	o.workers = 5;
+	o.max_connections = 3;
+	o.listen_port = new_port;
+	pgmux_write_config(&px, &o); /* sets px.port to the new one: put it back */
+	px.port = old_port;
+	int reloads = h_file_count(px.logfile, "configuration reloaded from");
+	sigsend(SIGHUP);
+	bool done = h_file_wait_count(px.logfile, "configuration reloaded from", reloads + 1, 5000);
+	if (!done)
+		pgmux_dump_logs(&px);
+	cr_assert(done, "SIGHUP did not reload");
+	char *log = h_read_file(px.logfile);
+	cr_expect(strstr(log, "listen_port can only change at start-up") != NULL, "listen_port change not reported");
+	cr_expect(strstr(log, "workers can only change at start-up") != NULL, "workers change not reported");
+	free(log);
+
+	PGconn *admin = admin_ok(); /* on the old port */
+	char port[16];
+	snprintf(port, sizeof(port), "%d", old_port);
+	char *v = lookup(admin, "SHOW CONFIG", "name", "listen_port", "value");
+	cr_expect_str_eq(v, port);
+	free(v);
+	v = lookup(admin, "SHOW CONFIG", "name", "workers", "value");
+	cr_expect_str_eq(v, "2");
+	free(v);
+	v = lookup(admin, "SHOW CONFIG", "name", "max_connections", "value");
+	cr_expect_str_eq(v, "3", "the reloadable change in the same file was not applied");
+	free(v);
+	int fd = h_raw_connect(new_port, 500);
+	cr_expect_lt(fd, 0, "pgmux listens on the new port without a restart");
+	if (fd >= 0)
+		close(fd);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ credential rotation */
+
+#define ROT_OLD "rot-old-pw"
+#define ROT_NEW "rot-new-pw"
+
+static char rot_secrets[600];
+
+static void write_rot_secret(const char *password)
+{
+	char path[700], text[400];
+	snprintf(path, sizeof(path), "%s/rot.json", rot_secrets);
+	snprintf(text, sizeof(text),
+		 "{\"username\": \"rot\", \"password\": \"%s\", \"engine\": \"postgres\", \"host\": \"127.0.0.1\", "
+		 "\"port\": %d, \"dbname\": \"postgres\"}\n",
+		 password, h_env()->pgport);
+	h_write_file(path, text, 0600);
+}
+
+/* Terminate rot's sessions on A except keep_pid, and wait until they are gone. */
+static void terminate_rot_backends(PGconn *su, const char *keep_pid)
+{
+	char sql[300], check[300];
+	snprintf(sql, sizeof(sql),
+		 "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = 'rot' and pid <> %s",
+		 keep_pid);
+	snprintf(check, sizeof(check), "select count(*) from pg_stat_activity where usename = 'rot' and pid <> %s",
+		 keep_pid);
+	char *v = value_ok(su, sql);
+	free(v);
+	cr_assert(h_poll_value(su, check, "0", 10000), "rot's backends did not go away");
+}
+
+/* A role of its own and a copy of the secrets with it, so that nothing shared changes. */
+static void init_rotation(void)
+{
+	const struct h_env *e = h_env();
+	PGconn *su = h_connect_super_direct();
+	rot_role_created = true;
+	PQsetNoticeReceiver(su, quiet_notice, NULL);
+	h_exec_ok(su, "DROP ROLE IF EXISTS rot");
+	h_exec_ok(su, "CREATE ROLE rot LOGIN PASSWORD '" ROT_OLD "'");
+	PQfinish(su);
+
+	snprintf(rot_secrets, sizeof(rot_secrets), "%s/secrets", h_test_dir());
+	cr_assert_eq(mkdir(rot_secrets, 0700), 0);
+	static const char *const names[] = {"app.json", "postgres.json", NULL};
+	for (int i = 0; names[i]; i++) {
+		char from[700], to[700];
+		snprintf(from, sizeof(from), "%s/%s", e->secrets, names[i]);
+		snprintf(to, sizeof(to), "%s/%s", rot_secrets, names[i]);
+		char *text = h_read_file(from);
+		cr_assert(text[0], "%s is empty or missing", from);
+		h_write_file(to, text, 0600);
+		free(text);
+	}
+	write_rot_secret(ROT_OLD);
+
+	struct pgmux_options o;
+	base_options(&o);
+	o.max_connections = 20;
+	o.secrets_dir = rot_secrets;
+	start_pgmux(&o);
+}
+
+static void fini_rotation(void)
+{
+	pgmux_kill(&px);
+	h_teardown();
+	if (rot_role_created) {
+		PGconn *su = h_connect_super_direct();
+		PQclear(PQexec(su, "select pg_terminate_backend(pid) from pg_stat_activity where usename = 'rot'"));
+		if (!h_poll_value(su, "select count(*) from pg_stat_activity where usename = 'rot'", "0", 10000))
+			fprintf(stderr, "cleanup: rot still has sessions\n");
+		PGresult *r = PQexec(su, "DROP ROLE IF EXISTS rot");
+		if (PQresultStatus(r) != PGRES_COMMAND_OK)
+			fprintf(stderr, "cleanup: DROP ROLE rot failed: %s", PQerrorMessage(su));
+		PQclear(r);
+		PQfinish(su);
+		rot_role_created = false;
+	}
+}
+
+TestSuite(cutover_rotation, .init = init_rotation, .fini = fini_rotation, .timeout = 60);
+
+Test(cutover_rotation, new_password_at_reload_old_sessions_untouched)
+{
+	/* S1 is pinned (temp table) so it keeps its backend; S2 is not pinned. */
+	PGconn *s1 = connect_ok(px.port, "rot", ROT_OLD, "postgres");
+	PGconn *s2 = connect_ok(px.port, "rot", ROT_OLD, "postgres");
+	h_exec_ok(s1, "create temp table rot_pin (x int)");
+	char *s1_pid = value_ok(s1, "select pg_backend_pid()");
+	cr_assert_eq(number_ok(s2, "select 1"), 1);
+
+	/* Rotate: the server first, then the secret, then SIGHUP. */
+	PGconn *su = h_connect_super_direct();
+	h_exec_ok(su, "ALTER ROLE rot PASSWORD '" ROT_NEW "'");
+	write_rot_secret(ROT_NEW);
+	int reloads = h_file_count(px.logfile, "configuration reloaded from");
+	sigsend(SIGHUP);
+	cr_assert(h_file_wait_count(px.logfile, "configuration reloaded from", reloads + 1, 5000),
+		  "SIGHUP did not reload");
+	/* Every later query needs a new backend: only S1's pinned one is left. */
+	terminate_rot_backends(su, s1_pid);
+
+	PGconn *s3 = connect_db(px.port, "rot", ROT_NEW, "postgres");
+	if (PQstatus(s3) != CONNECTION_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQstatus(s3), CONNECTION_OK, "login with the new password failed: %s", PQerrorMessage(s3));
+	char *v = h_query_value(s3, "select current_user || ' ' || pg_backend_pid()");
+	if (!v)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(v, "a query that needs a new backend failed after the rotation: %s", PQerrorMessage(s3));
+	cr_expect(strncmp(v, "rot ", 4) == 0 && strcmp(v + 4, s1_pid) != 0, "got \"%s\"", v);
+	free(v);
+
+	PGconn *old = connect_db(px.port, "rot", ROT_OLD, "postgres");
+	cr_expect_eq(PQstatus(old), CONNECTION_BAD, "the old password still logs in after the rotation");
+	cr_expect(strstr(PQerrorMessage(old), "password authentication failed") != NULL, "error: %s",
+		  PQerrorMessage(old));
+	PQfinish(old);
+
+	/* Established sessions are left alone. */
+	cr_expect_eq(number_ok(s1, "select count(*) from rot_pin"), 0);
+	v = value_ok(s1, "select pg_backend_pid()");
+	cr_expect_str_eq(v, s1_pid, "S1 lost its backend");
+	free(v);
+	cr_expect_eq(number_ok(s2, "select 2"), 2, "S2 stopped working");
+
+	free(s1_pid);
+	PQfinish(s1);
+	PQfinish(s2);
+	PQfinish(s3);
+	PQfinish(su);
+	stop_pgmux_expect_clean_exit();
+}

@@ -1,0 +1,910 @@
+/*
+ * test_failover.c: pgmux in front of a real primary + streaming standby
+ * pair. The suite's PostgreSQL (pg-env.sh) cannot fail over, so every test
+ * here builds its own little cluster on loopback ports, crashes or stops its
+ * instances with pg_ctl and promotes the standby, and checks what clients of
+ * pgmux's writer port (listen_port) and reader port (readonly_port) see.
+ *
+ * The postmasters are children of the test process (started directly, not
+ * through pg_ctl, and asking for SIGKILL should the test process die); .fini
+ * stops each by its PID and removes the cluster's directory.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <errno.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- one cluster */
+
+struct instance {
+	const char *name; /* "primary" or "standby" */
+	char dir[600];
+	int port;
+	struct h_cmd postmaster; /* pid 0 once it has exited and been reaped */
+	bool started;
+};
+
+struct cluster {
+	char base[512]; /* everything of this cluster lives below it */
+	struct instance primary;
+	struct instance standby;
+};
+
+static struct cluster cl;
+static struct pgmux px;
+static int readonly_port;
+
+static bool running_as_root(void)
+{
+	return geteuid() == 0;
+}
+
+static const char *pg_program(const char *name)
+{
+	static char path[8][600];
+	static int next;
+	char *p = path[next++ % 8];
+	snprintf(p, sizeof(path[0]), "%s/%s", h_env()->pgbin, name);
+	return p;
+}
+
+/*
+ * Run a PostgreSQL tool as the user that owns the clusters (postgres when we
+ * are root: PostgreSQL refuses to run as root) and fail the test unless it
+ * exits with 0 within timeout_ms.
+ */
+static void run_as_pg(const char *what, const char *const argv[], int timeout_ms)
+{
+	const char *full[32];
+	int n = 0;
+	if (running_as_root()) {
+		full[n++] = "runuser";
+		full[n++] = "-u";
+		full[n++] = "postgres";
+		full[n++] = "--";
+	}
+	for (int i = 0; argv[i]; i++) {
+		cr_assert(n < 31);
+		full[n++] = argv[i];
+	}
+	full[n] = NULL;
+	/* Replication connections are trusted; no tool may ever prompt. */
+	const char *env[] = {"PGPASSFILE=/dev/null", "PGCONNECT_TIMEOUT=10", NULL};
+	struct h_cmd c;
+	int st = h_cmd_run(&c, full, env, timeout_ms);
+	if (st != 0)
+		h_cmd_dump(&c, what);
+	cr_assert_eq(st, 0, "%s exited with status %d", what, st);
+	h_cmd_free(&c);
+}
+
+/* Write (mode "w") or append (mode "a") text to a file inside the cluster. */
+static void write_cluster_file(const char *path, const char *mode, const char *text)
+{
+	FILE *f = fopen(path, mode);
+	cr_assert(f != NULL, "%s: %s", path, strerror(errno));
+	fputs(text, f);
+	cr_assert(fclose(f) == 0, "%s: %s", path, strerror(errno));
+}
+
+static void chown_to_postgres(const char *path)
+{
+	if (!running_as_root())
+		return;
+	struct passwd *pw = getpwnam("postgres");
+	cr_assert(pw != NULL, "running as root but there is no 'postgres' user");
+	cr_assert(chown(path, pw->pw_uid, pw->pw_gid) == 0, "chown %s: %s", path, strerror(errno));
+}
+
+static char *conninfo_super(int port)
+{
+	const struct h_env *e = h_env();
+	char *s = NULL;
+	cr_assert(asprintf(&s,
+			   "host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable "
+			   "connect_timeout=5 application_name=pgmux-failover-tests",
+			   port, e->superuser, e->superpass) > 0);
+	return s;
+}
+
+/* A direct superuser connection to one instance of the cluster; fails the test on error. */
+static PGconn *connect_super(int port)
+{
+	char *ci = conninfo_super(port);
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "direct connection to 127.0.0.1:%d failed: %s", port,
+		     PQerrorMessage(conn));
+	return conn;
+}
+
+static void exec_ok(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+	cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
+		  "\"%s\" failed: %s", sql, PQerrorMessage(conn));
+	PQclear(r);
+}
+
+/*
+ * Start the postmaster of inst as our own child, as postgres when we are
+ * root (setpriv execs in place, so the PID is the postmaster's and the
+ * parent-death signal survives the change of user), and wait until it
+ * accepts connections.
+ */
+static void instance_start(struct instance *inst)
+{
+	const char *argv_root[] = {"setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+				   "--pdeathsig", "keep", pg_program("postgres"), "-D", inst->dir, NULL};
+	const char *argv_user[] = {pg_program("postgres"), "-D", inst->dir, NULL};
+	cr_assert(h_cmd_start(&inst->postmaster, running_as_root() ? argv_root : argv_user, NULL));
+	inst->started = true;
+
+	char ping[200];
+	snprintf(ping, sizeof(ping), "host=127.0.0.1 port=%d dbname=postgres connect_timeout=2", inst->port);
+	long long deadline = h_now_ms() + 30000;
+	for (;;) {
+		if (PQping(ping) == PQPING_OK)
+			return;
+		if (h_cmd_wait(&inst->postmaster, 0)) {
+			fprintf(stderr, "%s postmaster log:\n%s\n", inst->name, inst->postmaster.err);
+			cr_assert_fail("the %s (port %d) exited with status %d while starting", inst->name,
+				       inst->port, inst->postmaster.status);
+		}
+		cr_assert(h_now_ms() < deadline, "the %s (port %d) did not accept connections within 30 s",
+			  inst->name, inst->port);
+		h_sleep_ms(20);
+	}
+}
+
+/* pg_ctl stop -m immediate (a crash, as far as clients can tell), then reap the postmaster. */
+static void instance_crash(struct instance *inst)
+{
+	const char *argv[] = {pg_program("pg_ctl"), "-D", inst->dir, "-m", "immediate", "-w", "-t", "30", "stop",
+			      NULL};
+	run_as_pg("pg_ctl stop -m immediate", argv, 40000);
+	cr_assert(h_cmd_wait(&inst->postmaster, 10000), "the %s postmaster did not exit after pg_ctl stop",
+		  inst->name);
+	h_cmd_free(&inst->postmaster);
+	inst->started = false;
+}
+
+/* For .fini: stop a postmaster still running by its PID (SIGQUIT = immediate shutdown). */
+static void instance_stop_quietly(struct instance *inst)
+{
+	if (!inst->started || inst->postmaster.pid == 0)
+		return;
+	kill(inst->postmaster.pid, SIGQUIT);
+	if (!h_cmd_wait(&inst->postmaster, 10000))
+		h_cmd_kill(&inst->postmaster);
+	h_cmd_free(&inst->postmaster);
+	inst->started = false;
+}
+
+static void cluster_dirs(void)
+{
+	memset(&cl, 0, sizeof(cl));
+	/* The suite's directory is world-searchable; the test's own is not (postgres must reach this). */
+	snprintf(cl.base, sizeof(cl.base), "%s/failover-%ld-XXXXXX", h_env()->dir, (long)getpid());
+	cr_assert(mkdtemp(cl.base) != NULL, "mkdtemp %s: %s", cl.base, strerror(errno));
+	chown_to_postgres(cl.base);
+	cl.primary.name = "primary";
+	cl.standby.name = "standby";
+	snprintf(cl.primary.dir, sizeof(cl.primary.dir), "%s/primary", cl.base);
+	snprintf(cl.standby.dir, sizeof(cl.standby.dir), "%s/standby", cl.base);
+	cl.primary.port = h_free_port();
+	do
+		cl.standby.port = h_free_port();
+	while (cl.standby.port == cl.primary.port);
+}
+
+/*
+ * A fresh primary with the suite's superuser password and the app role
+ * (SCRAM over TCP), ready to stream WAL to a standby. Tables:
+ * fo_writes (one row per write, with the port of the instance that took it)
+ * and fo_counters (one row per load thread).
+ */
+static void cluster_init_primary(void)
+{
+	const struct h_env *e = h_env();
+	char path[700], text[1024];
+
+	snprintf(path, sizeof(path), "%s/pwfile", cl.base);
+	snprintf(text, sizeof(text), "%s\n", e->superpass);
+	write_cluster_file(path, "w", text);
+	chmod(path, 0600);
+	chown_to_postgres(path);
+	char pwopt[720];
+	snprintf(pwopt, sizeof(pwopt), "--pwfile=%s", path);
+	const char *initdb[] = {pg_program("initdb"), "-D", cl.primary.dir, "-U", e->superuser, pwopt,
+				"--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8",
+				"--locale=C", "-N", NULL};
+	run_as_pg("initdb", initdb, 60000);
+	unlink(path);
+
+	snprintf(path, sizeof(path), "%s/postgresql.conf", cl.primary.dir);
+	snprintf(text, sizeof(text),
+		 "\n# ---- pgmux failover tests\n"
+		 "listen_addresses = '127.0.0.1'\n"
+		 "port = %d\n"
+		 "unix_socket_directories = ''\n"
+		 "max_connections = 60\n"
+		 "password_encryption = 'scram-sha-256'\n"
+		 "wal_level = replica\n"
+		 "max_wal_senders = 4\n"
+		 "hot_standby = on\n"
+		 "fsync = off\n"
+		 "synchronous_commit = off\n"
+		 "shared_buffers = 16MB\n"
+		 "logging_collector = off\n"
+		 "log_line_prefix = '%%m [%%p] %%q%%u@%%d '\n",
+		 cl.primary.port);
+	write_cluster_file(path, "a", text);
+	snprintf(path, sizeof(path), "%s/pg_hba.conf", cl.primary.dir);
+	write_cluster_file(path, "w",
+			   "# pgmux failover tests: the standby streams without a password\n"
+			   "host replication all 127.0.0.1/32 trust\n"
+			   "host all all 127.0.0.1/32 scram-sha-256\n");
+	instance_start(&cl.primary);
+
+	PGconn *super = connect_super(cl.primary.port);
+	snprintf(text, sizeof(text), "CREATE ROLE %s LOGIN PASSWORD '%s'", e->appuser, e->apppass);
+	exec_ok(super, text);
+	snprintf(text, sizeof(text), "GRANT CREATE, USAGE ON SCHEMA public TO %s", e->appuser);
+	exec_ok(super, text);
+	exec_ok(super, "CREATE TABLE fo_writes (id bigserial PRIMARY KEY, client int NOT NULL, "
+		       "port int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+	exec_ok(super, "CREATE TABLE fo_counters (id int PRIMARY KEY, n bigint NOT NULL)");
+	exec_ok(super, "INSERT INTO fo_counters SELECT g, 0 FROM generate_series(0, 15) g");
+	snprintf(text, sizeof(text), "ALTER TABLE fo_writes OWNER TO %s", e->appuser);
+	exec_ok(super, text);
+	snprintf(text, sizeof(text), "ALTER TABLE fo_counters OWNER TO %s", e->appuser);
+	exec_ok(super, text);
+	PQfinish(super);
+}
+
+/* A streaming standby of the primary: pg_basebackup -R, its own port, started and caught up. */
+static void cluster_add_standby(void)
+{
+	char port[16], path[700], text[200];
+	snprintf(port, sizeof(port), "%d", cl.primary.port);
+	const char *basebackup[] = {pg_program("pg_basebackup"), "-h", "127.0.0.1", "-p", port, "-U",
+				    h_env()->superuser, "-D", cl.standby.dir, "-R", "-c", "fast", "-X",
+				    "stream", "-w", NULL};
+	run_as_pg("pg_basebackup", basebackup, 60000);
+	snprintf(path, sizeof(path), "%s/postgresql.conf", cl.standby.dir);
+	snprintf(text, sizeof(text), "\n# ---- the standby\nport = %d\n", cl.standby.port);
+	write_cluster_file(path, "a", text);
+	instance_start(&cl.standby);
+
+	PGconn *standby = connect_super(cl.standby.port);
+	cr_assert(h_poll_value(standby, "select pg_is_in_recovery()", "t", 10000),
+		  "the standby is not in recovery");
+	PQfinish(standby);
+	PGconn *primary = connect_super(cl.primary.port);
+	cr_assert(h_poll_value(primary, "select count(*) from pg_stat_replication where state = 'streaming'", "1",
+			       20000),
+		  "the standby is not streaming from the primary");
+	/* The app role and the tables have reached the standby. */
+	exec_ok(primary, "select 1");
+	PQfinish(primary);
+}
+
+/* pg_ctl promote (it waits until the promotion is done); returns when it returned. */
+static long long promote_standby(void)
+{
+	const char *argv[] = {pg_program("pg_ctl"), "-D", cl.standby.dir, "-w", "-t", "30", "promote", NULL};
+	run_as_pg("pg_ctl promote", argv, 40000);
+	return h_now_ms();
+}
+
+static void cluster_remove(void)
+{
+	instance_stop_quietly(&cl.standby);
+	instance_stop_quietly(&cl.primary);
+	if (cl.base[0] && getenv("PGMUX_TEST_KEEP") == NULL) {
+		const char *argv[] = {"rm", "-rf", cl.base, NULL};
+		struct h_cmd c;
+		h_cmd_run(&c, argv, NULL, 30000);
+		h_cmd_free(&c);
+	}
+	cl.base[0] = '\0';
+}
+
+/* ---------------------------------------------------------------- pgmux in front */
+
+/* pgmux with transaction pooling, quick health checks and a reader port. */
+static void start_pgmux(const char *hosts, const char *extra_target, const char *borrow_timeout)
+{
+	static char pgmux_lines[128], target_lines[512], pool_lines[128];
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.tls = false;
+	o.pool_mode = "transaction";
+	o.server_tls = "disable";
+	o.max_connections = 20;
+	readonly_port = h_free_port();
+	snprintf(pgmux_lines, sizeof(pgmux_lines), "readonly_port = %d\n", readonly_port);
+	snprintf(target_lines, sizeof(target_lines),
+		 "health_check_interval = 250\n"
+		 "health_check_timeout = 500ms\n"
+		 "health_check_user = %s\n%s",
+		 h_env()->appuser, extra_target ? extra_target : "");
+	snprintf(pool_lines, sizeof(pool_lines), "connection_borrow_timeout = %s\n", borrow_timeout);
+	o.extra_pgmux = pgmux_lines;
+	o.extra_target = target_lines;
+	o.extra_pool = pool_lines;
+	o.hosts = hosts;
+	do
+		o.listen_port = h_free_port();
+	while (o.listen_port == readonly_port);
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+static char hosts_buf[128];
+
+static const char *hosts_of(const struct instance *a, const struct instance *b)
+{
+	if (b)
+		snprintf(hosts_buf, sizeof(hosts_buf), "127.0.0.1:%d, 127.0.0.1:%d", a->port, b->port);
+	else
+		snprintf(hosts_buf, sizeof(hosts_buf), "127.0.0.1:%d", a->port);
+	return hosts_buf;
+}
+
+static PGconn *connect_app_ok(int port)
+{
+	PGconn *conn = h_connect_app(port, "disable", "application_name=failover-test");
+	if (PQstatus(conn) != CONNECTION_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux port %d failed: %s", port,
+		     PQerrorMessage(conn));
+	return conn;
+}
+
+static void expect_value(PGconn *conn, const char *sql, const char *want)
+{
+	char *v = h_query_value(conn, sql);
+	if (v == NULL)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+	cr_expect_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
+	free(v);
+}
+
+static void expect_port(PGconn *conn, int port)
+{
+	char want[16];
+	snprintf(want, sizeof(want), "%d", port);
+	expect_value(conn, "select inet_server_port()", want);
+}
+
+/* Poll pgmux's log for a line holding both needles; returns that line (malloc'd) or NULL. */
+static char *wait_log_line(const char *needle, const char *also, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	for (;;) {
+		FILE *f = fopen(px.logfile, "r");
+		char line[2048];
+		while (f && fgets(line, sizeof(line), f))
+			if (strstr(line, needle) && (also == NULL || strstr(line, also))) {
+				fclose(f);
+				line[strcspn(line, "\n")] = '\0';
+				return strdup(line);
+			}
+		if (f)
+			fclose(f);
+		if (h_now_ms() >= deadline)
+			return NULL;
+		h_sleep_ms(20);
+	}
+}
+
+static void stop_pgmux_expect_clean_exit(void)
+{
+	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
+		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
+}
+
+/* ---------------------------------------------------------------- fixtures */
+
+static void init_pair(void)
+{
+	cluster_dirs();
+	cluster_init_primary();
+	cluster_add_standby();
+}
+
+static void init_primary_only(void)
+{
+	cluster_dirs();
+	cluster_init_primary();
+}
+
+static void fini_cluster(void)
+{
+	pgmux_kill(&px);
+	cluster_remove();
+	h_teardown();
+}
+
+TestSuite(failover, .init = init_pair, .fini = fini_cluster, .timeout = 120);
+TestSuite(failover_no_reader, .init = init_primary_only, .fini = fini_cluster, .timeout = 60);
+
+/* ================================================================ routing */
+
+Test(failover, writer_port_reaches_primary_reader_port_reaches_standby)
+{
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), NULL, "10s");
+
+	PGconn *w = connect_app_ok(px.port);
+	expect_port(w, cl.primary.port);
+	expect_value(w, "select pg_is_in_recovery()", "f");
+	char p1[16];
+	snprintf(p1, sizeof(p1), "%d", cl.primary.port);
+	expect_value(w, "insert into fo_writes (client, port) values (1, inet_server_port()) returning port", p1);
+
+	PGconn *r = connect_app_ok(readonly_port);
+	expect_port(r, cl.standby.port);
+	expect_value(r, "select pg_is_in_recovery()", "t");
+	/* The standby really is read-only: a write through the reader port fails there, not in pgmux. */
+	PGresult *res = PQexec(r, "insert into fo_writes (client, port) values (2, 0)");
+	cr_expect_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
+	cr_expect_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "25006",
+			 "a write on the reader port: %s", PQresultErrorMessage(res));
+	PQclear(res);
+	expect_port(r, cl.standby.port);
+
+	PQfinish(r);
+	PQfinish(w);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ failover, idle client */
+
+/*
+ * A client that is idle (between transactions) when the primary crashes
+ * sends its next INSERT after the standby was promoted: it must go through,
+ * on the new writer, within a second of the promotion. The log must name
+ * the new writer.
+ */
+static void idle_client_survives_failover(void)
+{
+	PGconn *conn = connect_app_ok(px.port);
+	expect_port(conn, cl.primary.port);
+
+	instance_crash(&cl.primary);
+	long long promoted = promote_standby();
+
+	PGresult *res =
+		PQexec(conn, "insert into fo_writes (client, port) values (7, inet_server_port()) returning port");
+	long long took = h_now_ms() - promoted;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "the INSERT after the failover failed (SQLSTATE %s): %s",
+		     PQresultErrorField(res, PG_DIAG_SQLSTATE), PQresultErrorMessage(res));
+	cr_assert_eq(atoi(PQgetvalue(res, 0, 0)), cl.standby.port, "the INSERT landed on port %s, expected %d",
+		     PQgetvalue(res, 0, 0), cl.standby.port);
+	PQclear(res);
+	cr_log_info("idle client: INSERT succeeded %lld ms after pg_ctl promote returned", took);
+	fprintf(stderr, "failover/idle client: INSERT on the new writer %lld ms after promotion\n", took);
+	cr_expect_lt(took, h_scaled_ms(1000), "the INSERT took %lld ms after the promotion (limit %d ms)", took,
+		     h_scaled_ms(1000));
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+	expect_port(conn, cl.standby.port);
+	expect_value(conn, "select pg_is_in_recovery()", "f");
+
+	/* The log says which instance became the writer, and when. */
+	char where[64];
+	snprintf(where, sizeof(where), "127.0.0.1:%d)", cl.standby.port);
+	char *line = wait_log_line("failover: writer is now", where, 5000);
+	if (line == NULL)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(line, "no \"failover: writer is now ... (%s\" line in %s", where, px.logfile);
+	cr_expect(strstr(line, "ms after the previous writer was lost") != NULL, "log line: %s", line);
+	fprintf(stderr, "failover/idle client: log: %s\n", line);
+	free(line);
+	line = wait_log_line("writer", "lost", 0);
+	cr_expect_not_null(line, "no \"writer ... lost\" line in %s", px.logfile);
+	free(line);
+
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(failover, idle_client_writes_on_new_writer_within_1s)
+{
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), NULL, "10s");
+	idle_client_survives_failover();
+}
+
+Test(failover, idle_client_writes_on_new_writer_hosts_listed_standby_first)
+{
+	start_pgmux(hosts_of(&cl.standby, &cl.primary), NULL, "10s");
+	idle_client_survives_failover();
+}
+
+/*
+ * A transaction that begins after the crash but before the promotion waits
+ * for the new writer (connection_borrow_timeout is 10 s) instead of failing.
+ */
+Test(failover, insert_sent_before_promotion_waits_for_new_writer)
+{
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), NULL, "10s");
+	PGconn *conn = connect_app_ok(px.port);
+	expect_port(conn, cl.primary.port);
+
+	instance_crash(&cl.primary);
+	cr_assert(PQsendQuery(conn, "insert into fo_writes (client, port) values (8, inet_server_port()) returning port"),
+		  "%s", PQerrorMessage(conn));
+	long long sent = h_now_ms();
+	long long promoted = promote_standby();
+	PGresult *res = h_get_result(conn, h_scaled_ms(10000));
+	long long done = h_now_ms();
+	cr_assert_not_null(res, "no answer to the INSERT within 10 s of the promotion");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		pgmux_dump_logs(&px);
+	fprintf(stderr,
+		"failover/insert before promotion: %s %lld ms after it was sent, %lld ms after the promotion\n",
+		PQresultStatus(res) == PGRES_TUPLES_OK ? "succeeded" : "failed", done - sent, done - promoted);
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK,
+		     "the INSERT sent %lld ms before the promotion failed after %lld ms (SQLSTATE %s): %s", promoted - sent,
+		     done - sent, PQresultErrorField(res, PG_DIAG_SQLSTATE), PQresultErrorMessage(res));
+	cr_expect_eq(atoi(PQgetvalue(res, 0, 0)), cl.standby.port, "the INSERT landed on port %s, expected %d",
+		     PQgetvalue(res, 0, 0), cl.standby.port);
+	PQclear(res);
+	cr_assert_null(PQgetResult(conn));
+	cr_expect_lt(done - promoted, h_scaled_ms(1000), "the INSERT finished %lld ms after the promotion",
+		     done - promoted);
+	expect_port(conn, cl.standby.port);
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ failover under load */
+
+#define LOAD_THREADS 8
+#define LOAD_MS 8000
+#define CRASH_AFTER_MS 2000
+
+struct loader {
+	int id;
+	PGconn *conn;
+	pthread_t thread;
+	int p1, p2;                 /* the ports of the old and the new writer */
+	atomic_int ok_total;        /* committed transactions */
+	int ok_on_old;              /* ... that ran on the old writer */
+	int ok_on_new;              /* ... on the new writer */
+	int ok_after_promotion;     /* ... on the new writer, started after the promotion */
+	int bad_commit;             /* COMMIT that reported ROLLBACK (a silently lost transaction) */
+	int errors;
+	char error_states[4][8];    /* the first few SQLSTATEs */
+	char first_error[256];
+	long long first_ok_after_promotion_ms;
+	bool connection_broken;
+};
+
+static atomic_bool load_stop;
+static atomic_llong load_promoted_ms; /* 0 until pg_ctl promote returned */
+
+/* Run one statement; false on error (recorded). */
+static bool load_step(struct loader *l, const char *sql, PGresult **out)
+{
+	PGresult *r = PQexec(l->conn, sql);
+	ExecStatusType st = PQresultStatus(r);
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+		if (out)
+			*out = r;
+		else
+			PQclear(r);
+		return true;
+	}
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	if (l->errors < 4)
+		snprintf(l->error_states[l->errors], sizeof(l->error_states[0]), "%s", state ? state : "none");
+	if (l->errors == 0)
+		snprintf(l->first_error, sizeof(l->first_error), "%s", PQerrorMessage(l->conn));
+	l->errors++;
+	PQclear(r);
+	if (PQstatus(l->conn) != CONNECTION_OK)
+		l->connection_broken = true;
+	return false;
+}
+
+static void *load_main(void *arg)
+{
+	struct loader *l = arg;
+	char update[128], insert[160];
+	snprintf(update, sizeof(update), "UPDATE fo_counters SET n = n + 1 WHERE id = %d", l->id);
+	snprintf(insert, sizeof(insert),
+		 "INSERT INTO fo_writes (client, port) VALUES (%d, inet_server_port()) RETURNING port", l->id);
+
+	while (!atomic_load(&load_stop) && !l->connection_broken) {
+		long long promoted = atomic_load(&load_promoted_ms);
+		PGresult *ins = NULL;
+		int port = 0;
+		bool ok = load_step(l, "BEGIN", NULL) && load_step(l, update, NULL) && load_step(l, insert, &ins);
+		if (ins) {
+			port = atoi(PQgetvalue(ins, 0, 0));
+			PQclear(ins);
+		}
+		if (ok) {
+			PGresult *c = NULL;
+			ok = load_step(l, "COMMIT", &c);
+			if (ok && strcmp(PQcmdStatus(c), "COMMIT") != 0) {
+				l->bad_commit++;
+				ok = false;
+			}
+			PQclear(c);
+		}
+		if (!ok) {
+			/* What a client does after an error: make sure no transaction is left open. */
+			if (!l->connection_broken)
+				load_step(l, "ROLLBACK", NULL);
+			continue;
+		}
+		atomic_fetch_add(&l->ok_total, 1);
+		if (port == l->p1)
+			l->ok_on_old++;
+		else if (port == l->p2) {
+			l->ok_on_new++;
+			if (promoted) {
+				l->ok_after_promotion++;
+				if (l->first_ok_after_promotion_ms == 0)
+					l->first_ok_after_promotion_ms = h_now_ms();
+			}
+		}
+	}
+	return NULL;
+}
+
+static void ignore_notice(void *arg, const char *message)
+{
+}
+
+static int min_ok_total(struct loader *ls)
+{
+	int least = -1;
+	for (int i = 0; i < LOAD_THREADS; i++) {
+		int n = atomic_load(&ls[i].ok_total);
+		if (least < 0 || n < least)
+			least = n;
+	}
+	return least;
+}
+
+/*
+ * Eight clients run BEGIN; UPDATE; INSERT; COMMIT in a loop through the
+ * writer port for eight seconds; two seconds in, the primary crashes and the
+ * standby is promoted. Only the transactions in flight at the crash may fail
+ * (class 08, or 53300 should a wait time out); every client's connection
+ * stays up and goes on committing on the new writer.
+ */
+Test(failover, eight_writers_keep_their_connections_across_failover)
+{
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), NULL, "10s");
+	static struct loader ls[LOAD_THREADS];
+	atomic_store(&load_stop, false);
+	atomic_store(&load_promoted_ms, 0);
+	for (int i = 0; i < LOAD_THREADS; i++) {
+		memset(&ls[i], 0, sizeof(ls[i]));
+		ls[i].id = i;
+		ls[i].p1 = cl.primary.port;
+		ls[i].p2 = cl.standby.port;
+		ls[i].conn = connect_app_ok(px.port);
+		/* The WARNINGs of the crash and of ROLLBACK without a transaction are expected. */
+		PQsetNoticeProcessor(ls[i].conn, ignore_notice, NULL);
+	}
+	long long started = h_now_ms();
+	for (int i = 0; i < LOAD_THREADS; i++)
+		cr_assert_eq(pthread_create(&ls[i].thread, NULL, load_main, &ls[i]), 0);
+
+	/* Load for two seconds, and until every client has committed on the old writer. */
+	long long deadline = started + 20000;
+	while (h_now_ms() < started + CRASH_AFTER_MS || min_ok_total(ls) < 10) {
+		if (h_now_ms() > deadline)
+			break;
+		h_sleep_ms(20);
+	}
+	int before_crash = min_ok_total(ls);
+	long long crash_at = h_now_ms();
+	instance_crash(&cl.primary);
+	long long crashed = h_now_ms();
+	long long promoted = promote_standby();
+	atomic_store(&load_promoted_ms, promoted);
+	/* The rest of the eight seconds, and at least three seconds on the new writer. */
+	long long end = started + LOAD_MS;
+	if (end < promoted + 3000)
+		end = promoted + 3000;
+	while (h_now_ms() < end)
+		h_sleep_ms(20);
+	atomic_store(&load_stop, true);
+	for (int i = 0; i < LOAD_THREADS; i++)
+		pthread_join(ls[i].thread, NULL);
+
+	fprintf(stderr,
+		"failover/load: every client had >= %d commits before the crash; pg_ctl stop -m immediate took "
+		"%lld ms, pg_ctl promote %lld ms\n",
+		before_crash, crashed - crash_at, promoted - crashed);
+	int total_errors = 0;
+	long long worst_gap = 0;
+	for (int i = 0; i < LOAD_THREADS; i++) {
+		struct loader *l = &ls[i];
+		long long gap = l->first_ok_after_promotion_ms ? l->first_ok_after_promotion_ms - promoted : -1;
+		if (gap > worst_gap)
+			worst_gap = gap;
+		total_errors += l->errors;
+		fprintf(stderr,
+			"failover/load: client %d: %d commits on the old writer, %d on the new (%d after promotion, "
+			"first %lld ms after it), %d errors [%s %s %s %s]%s%s\n",
+			i, l->ok_on_old, l->ok_on_new, l->ok_after_promotion, gap, l->errors, l->error_states[0],
+			l->error_states[1], l->error_states[2], l->error_states[3], l->errors ? " first: " : "",
+			l->first_error);
+	}
+	cr_log_info("failover under load: %d errors in all, worst first commit %lld ms after promotion",
+		    total_errors, worst_gap);
+
+	bool dumped = false;
+	for (int i = 0; i < LOAD_THREADS; i++) {
+		struct loader *l = &ls[i];
+		bool ok = !l->connection_broken && PQstatus(l->conn) == CONNECTION_OK && l->errors <= 2 &&
+			  l->bad_commit == 0 && l->ok_on_old > 0 && l->ok_after_promotion > 0;
+		for (int k = 0; k < l->errors && k < 4; k++)
+			ok = ok && (strncmp(l->error_states[k], "08", 2) == 0 || strcmp(l->error_states[k], "53300") == 0);
+		if (!ok && !dumped) {
+			pgmux_dump_logs(&px);
+			dumped = true;
+		}
+		cr_expect(!l->connection_broken && PQstatus(l->conn) == CONNECTION_OK,
+			  "client %d lost its connection to pgmux: %s", i, PQerrorMessage(l->conn));
+		cr_expect_leq(l->errors, 2, "client %d had %d errors (at most 2 expected), first: %s", i, l->errors,
+			      l->first_error);
+		for (int k = 0; k < l->errors && k < 4; k++)
+			cr_expect(strncmp(l->error_states[k], "08", 2) == 0 || strcmp(l->error_states[k], "53300") == 0,
+				  "client %d error %d has SQLSTATE %s (expected class 08 or 53300)", i, k,
+				  l->error_states[k]);
+		cr_expect_eq(l->bad_commit, 0, "client %d: %d COMMITs reported ROLLBACK without an error", i,
+			     l->bad_commit);
+		cr_expect_gt(l->ok_on_old, 0, "client %d committed nothing on the old writer", i);
+		cr_expect_gt(l->ok_after_promotion, 0, "client %d committed nothing on the new writer", i);
+	}
+
+	/* Every commit reported on the new writer is there, and nothing else claims to come from it. */
+	PGconn *super = connect_super(cl.standby.port);
+	for (int i = 0; i < LOAD_THREADS; i++) {
+		char sql[160], want[16];
+		snprintf(sql, sizeof(sql), "select count(*) from fo_writes where client = %d and port = %d", i,
+			 cl.standby.port);
+		snprintf(want, sizeof(want), "%d", ls[i].ok_on_new);
+		expect_value(super, sql, want);
+	}
+	PQfinish(super);
+
+	for (int i = 0; i < LOAD_THREADS; i++)
+		PQfinish(ls[i].conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ readers */
+
+/*
+ * The only reader stops: a reader-port client's next query waits for a
+ * reader and, after connection_borrow_timeout, gets 53300; its connection
+ * stays usable and is served again once the standby is back.
+ */
+Test(failover, reader_down_query_waits_then_times_out)
+{
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), NULL, "2s");
+	PGconn *r = connect_app_ok(readonly_port);
+	expect_port(r, cl.standby.port);
+
+	instance_crash(&cl.standby);
+	long long t0 = h_now_ms();
+	PGresult *res = PQexec(r, "select inet_server_port()");
+	long long took = h_now_ms() - t0;
+	fprintf(stderr, "failover/reader down: the query ended after %lld ms: %s", took,
+		PQresultStatus(res) == PGRES_TUPLES_OK ? "succeeded\n" : PQresultErrorMessage(res));
+	if (PQresultStatus(res) != PGRES_FATAL_ERROR)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR, "the query on the reader port did not fail");
+	cr_expect_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "53300", "error: %s",
+			 PQresultErrorMessage(res));
+	cr_expect(strstr(PQresultErrorMessage(res), "timed out waiting to acquire database connection") != NULL,
+		  "error: %s", PQresultErrorMessage(res));
+	cr_expect_geq(took, 1900, "the query failed after %lld ms, before connection_borrow_timeout (2 s)", took);
+	cr_expect_lt(took, h_scaled_ms(2000) + 2000, "the query failed only after %lld ms", took);
+	PQclear(res);
+	cr_assert_eq(PQstatus(r), CONNECTION_OK, "the reader-port client lost its connection");
+
+	/* The writer port is not affected. */
+	PGconn *w = connect_app_ok(px.port);
+	expect_port(w, cl.primary.port);
+	PQfinish(w);
+
+	/* The same connection is served once a reader is back. */
+	instance_start(&cl.standby);
+	expect_port(r, cl.standby.port);
+	expect_value(r, "select pg_is_in_recovery()", "t");
+	PQfinish(r);
+	stop_pgmux_expect_clean_exit();
+}
+
+Test(failover, reader_down_falls_back_to_writer)
+{
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), "reader_fallback_to_writer = true\n", "2s");
+	PGconn *r = connect_app_ok(readonly_port);
+	/*
+	 * Until its first health check of the standby, pgmux knows no reader and
+	 * falls back to the writer; once it knows one, reads go to the reader.
+	 */
+	char standby_port[16];
+	snprintf(standby_port, sizeof(standby_port), "%d", cl.standby.port);
+	long long t_first = h_now_ms();
+	bool on_reader = h_poll_value(r, "select inet_server_port()", standby_port, h_scaled_ms(3000));
+	fprintf(stderr, "failover/reader down, fallback: reads reached the standby: %s after %lld ms\n",
+		on_reader ? "yes" : "no", h_now_ms() - t_first);
+	if (!on_reader)
+		pgmux_dump_logs(&px);
+	cr_assert(on_reader, "the reader port kept sending reads to the writer while the standby was healthy");
+
+	instance_crash(&cl.standby);
+	long long t0 = h_now_ms();
+	PGresult *res = PQexec(r, "select inet_server_port(), pg_is_in_recovery()");
+	long long took = h_now_ms() - t0;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "the reader-port query failed (SQLSTATE %s) after %lld ms: %s",
+		     PQresultErrorField(res, PG_DIAG_SQLSTATE), took, PQresultErrorMessage(res));
+	cr_expect_eq(atoi(PQgetvalue(res, 0, 0)), cl.primary.port, "served by port %s, expected the writer's %d",
+		     PQgetvalue(res, 0, 0), cl.primary.port);
+	cr_expect_str_eq(PQgetvalue(res, 0, 1), "f");
+	PQclear(res);
+	fprintf(stderr, "failover/reader down, fallback: served by the writer after %lld ms\n", took);
+	cr_expect_lt(took, h_scaled_ms(2000), "falling back to the writer took %lld ms", took);
+	PQfinish(r);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* A cluster without any reader: the reader port refuses at once, naming the reason. */
+Test(failover_no_reader, reader_port_fails_at_once)
+{
+	start_pgmux(hosts_of(&cl.primary, NULL), NULL, "10s");
+	/* Wait until pgmux knows the writer (and so has checked every instance). */
+	PGconn *w = connect_app_ok(px.port);
+	expect_port(w, cl.primary.port);
+
+	long long t0 = h_now_ms();
+	PGconn *r = h_connect_app(readonly_port, "disable", NULL);
+	const char *message = PQerrorMessage(r);
+	bool failed = PQstatus(r) != CONNECTION_OK;
+	PGresult *res = NULL;
+	if (!failed) {
+		/* Should pgmux let the login through, the first query must fail instead. */
+		res = PQexec(r, "select 1");
+		failed = PQresultStatus(res) != PGRES_TUPLES_OK;
+		message = PQresultErrorMessage(res);
+	}
+	long long took = h_now_ms() - t0;
+	fprintf(stderr, "failover/no reader: %s after %lld ms: %s", failed ? "failed" : "succeeded", took, message);
+	cr_assert(failed, "a reader-port client of a cluster without readers was served");
+	cr_expect(strstr(message, "no reader instance") != NULL, "error: %s", message);
+	cr_expect_lt(took, h_scaled_ms(1000), "the failure took %lld ms", took);
+	PQclear(res);
+	PQfinish(r);
+
+	expect_port(w, cl.primary.port);
+	PQfinish(w);
+	stop_pgmux_expect_clean_exit();
+}
