@@ -5,7 +5,7 @@
 #
 # It installs whatever build dependencies are missing, builds pgmux, starts a
 # throw-away PostgreSQL 15 in a new temporary directory with a role "app",
-# puts pgmux (TLS required, SCRAM, session pooling) in front of it, and runs
+# puts pgmux (TLS required, SCRAM, transaction pooling) in front of it, and runs
 # psql through pgmux to show the session. Both servers are left running for
 # you to try; the stop.sh it writes into the temporary directory stops them
 # and removes the directory. With --stop (or QUICKSTART_STOP=1) everything
@@ -232,7 +232,7 @@ hosts = 127.0.0.1:$PGPORT
 server_tls = require
 
 [pool]
-pool_mode = session
+pool_mode = transaction
 max_connections = 20
 EOF
 touch "$PGMUX_DIR/pgmux.log"

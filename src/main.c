@@ -252,13 +252,18 @@ int main(int argc, char **argv)
 	pthread_setname_np(pthread_self(), "main");
 
 	M.base = event_base_new();
-	if (M.base == NULL || pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
+	/*
+	 * Signals are handled before the port opens: a service manager may send
+	 * SIGHUP as soon as it sees pgmux listening. They are acted on once the
+	 * loop runs, by which time everything below is up.
+	 */
+	if (M.base == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
+	    pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
 	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL)) {
 		exit_code = 1;
 		goto out;
 	}
-	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0 ||
-	    control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0) {
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;

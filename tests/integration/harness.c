@@ -321,6 +321,25 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 	set_paths(p);
 	p->port = o->listen_port ? o->listen_port : h_free_port();
 	snprintf(suite_host, sizeof(suite_host), "%s:%d", e->pghost, e->pgport);
+	/*
+	 * Under valgrind a health check's first connection (SCRAM's PBKDF2 in
+	 * libpq, run through valgrind) takes seconds: give checks the time, or
+	 * the writer is never found and every test waits for it.
+	 */
+	char target_extra[2048];
+	const char *hct = o->extra_target ? strstr(o->extra_target, "health_check_timeout") : NULL;
+	snprintf(target_extra, sizeof(target_extra), "%s", o->extra_target ? o->extra_target : "");
+	if (h_under_valgrind()) {
+		if (hct) {
+			size_t at = (size_t)(hct - o->extra_target);
+			const char *eol = strchr(hct, '\n');
+			snprintf(target_extra + at, sizeof(target_extra) - at, "health_check_timeout = 20s\n%s",
+				 eol ? eol + 1 : "");
+		} else {
+			snprintf(target_extra + strlen(target_extra), sizeof(target_extra) - strlen(target_extra),
+				 "%shealth_check_timeout = 20s\n", target_extra[0] ? "\n" : "");
+		}
+	}
 	FILE *f = fopen(p->config, "w");
 	cr_assert(f != NULL, "%s: %s", p->config, strerror(errno));
 	fprintf(f,
@@ -357,7 +376,7 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",
 		o->hosts ? o->hosts : suite_host, o->server_tls,
 		(strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "",
-		o->extra_target ? o->extra_target : "", o->pool_mode,
+		target_extra, o->pool_mode,
 		o->max_connections, o->extra_pool ? o->extra_pool : "");
 	fclose(f);
 	return true;

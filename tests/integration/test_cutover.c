@@ -277,6 +277,18 @@ static void start_pgmux(struct pgmux_options *o)
 	cr_assert(pgmux_start(&px, o), "pgmux did not start (config %s)", px.config);
 }
 
+/*
+ * Stop the .init's pgmux and start one with o. A session first: pgmux installs
+ * its signal handlers only after its port opens, and a SIGTERM that comes
+ * sooner kills it with status 143 (see sighup_as_soon_as_the_port_accepts).
+ */
+static void restart_pgmux(struct pgmux_options *o)
+{
+	PQfinish(admin_ok());
+	stop_pgmux_expect_clean_exit();
+	start_pgmux(o);
+}
+
 /* pgbench -i in DB on a server where the app role exists, as app. */
 static void pgbench_init(int port)
 {
@@ -471,12 +483,11 @@ static void cutover_under_pgbench(enum cutover_how how, const char *protocol, in
 {
 	const struct h_env *e = h_env();
 	if (max_connections != 8) {
-		stop_pgmux_expect_clean_exit();
 		struct pgmux_options o;
 		base_options(&o);
 		o.tls = false;
 		o.max_connections = max_connections;
-		start_pgmux(&o);
+		restart_pgmux(&o);
 	}
 	char b_hostport[64];
 	snprintf(b_hostport, sizeof(b_hostport), "127.0.0.1:%d", pgb.port);
@@ -724,12 +735,11 @@ Test(cutover, pinned_session_keeps_old_backend_until_cutover_timeout)
 {
 	const struct h_env *e = h_env();
 	/* Restart pgmux with a short cutover_timeout. */
-	stop_pgmux_expect_clean_exit();
 	struct pgmux_options o;
 	base_options(&o);
 	o.tls = false;
 	o.extra_target = "health_check_interval = 250ms\ncutover_timeout = 2s";
-	start_pgmux(&o);
+	restart_pgmux(&o);
 
 	PGconn *admin = admin_ok();
 	PGconn *pinned = app_ok(DB);
@@ -1340,6 +1350,8 @@ Test(cutover_signals, sighup_keeps_restart_only_settings)
 	o.workers = 5;
 	o.max_connections = 3;
 	o.listen_port = new_port;
+	/* A session first: it proves start-up is over (see sighup_as_soon_as_the_port_accepts). */
+	PGconn *admin = admin_ok();
 	pgmux_write_config(&px, &o); /* sets px.port to the new one: put it back */
 	px.port = old_port;
 	int reloads = h_file_count(px.logfile, "configuration reloaded from");
@@ -1353,7 +1365,6 @@ Test(cutover_signals, sighup_keeps_restart_only_settings)
 	cr_expect(strstr(log, "workers can only change at start-up") != NULL, "workers change not reported");
 	free(log);
 
-	PGconn *admin = admin_ok(); /* on the old port */
 	char port[16];
 	snprintf(port, sizeof(port), "%d", old_port);
 	char *v = lookup(admin, "SHOW CONFIG", "name", "listen_port", "value");
@@ -1371,6 +1382,47 @@ Test(cutover_signals, sighup_keeps_restart_only_settings)
 		close(fd);
 	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * A service manager may send SIGHUP as soon as the port accepts connections:
+ * pgmux must not die of it (SIGHUP's default action) however early it comes.
+ * pgmux_start() polls too slowly to hit that moment, so each round starts
+ * pgmux itself, polls the port without pause and signals at once.
+ */
+Test(cutover_signals, sighup_as_soon_as_the_port_accepts)
+{
+	/* The .init's pgmux is not needed; a session first, so that SIGTERM does not hit its start-up. */
+	PQfinish(admin_ok());
+	stop_pgmux_expect_clean_exit();
+	struct pgmux_options o;
+	base_options(&o);
+	pgmux_write_config(&px, &o);
+	const char *argv[] = {h_env()->pgmux, px.config, NULL};
+	int killed = 0;
+	for (int round = 0; round < 10; round++) {
+		struct h_cmd c;
+		cr_assert(h_cmd_start(&c, argv, NULL));
+		long long deadline = h_now_ms() + 10000;
+		int fd;
+		while ((fd = h_raw_connect(px.port, 100)) < 0) {
+			cr_assert(h_now_ms() < deadline && !h_cmd_wait(&c, 0), "round %d: pgmux did not start", round);
+		}
+		close(fd);
+		cr_assert_eq(kill(c.pid, SIGHUP), 0);
+		bool ended = h_cmd_wait(&c, 100);
+		if (ended) {
+			killed++;
+			fprintf(stderr, "round %d: pgmux exited with status %d on a SIGHUP right after its port opened\n",
+				round, c.status);
+		} else {
+			kill(c.pid, SIGTERM);
+			cr_assert(h_cmd_wait(&c, 10000), "round %d: pgmux did not stop on SIGTERM", round);
+			cr_expect_eq(c.status, 0, "round %d: exit status %d after SIGTERM", round, c.status);
+		}
+		h_cmd_free(&c);
+	}
+	cr_expect_eq(killed, 0, "an early SIGHUP killed pgmux in %d of 10 starts", killed);
 }
 
 /* ================================================================ credential rotation */

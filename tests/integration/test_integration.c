@@ -224,6 +224,26 @@ Test(tls_scram, libpq_ssl_in_use_and_backend_identity)
 	stop_pgmux_expect_clean_exit();
 }
 
+/* Over TLS pgmux offers SCRAM-SHA-256-PLUS: a client that insists on channel binding gets it. */
+Test(tls_scram, channel_binding_required_by_the_client)
+{
+	PGconn *conn = connect_app_ok("require", "channel_binding=require");
+
+	cr_assert_eq(PQsslInUse(conn), 1);
+	expect_value(conn, "select 'bound'", "bound");
+	PQfinish(conn);
+
+	/* A wrong password with channel binding still fails as a wrong password. */
+	char *ci = h_conninfo(px.port, "app", "not-the-password", "require", "channel_binding=require");
+	conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert_neq(PQstatus(conn), CONNECTION_OK, "a wrong password logged in with channel binding");
+	cr_assert(strstr(PQerrorMessage(conn), "password authentication failed for user \"app\"") != NULL,
+		  "unexpected message: %s", PQerrorMessage(conn));
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
 Test(tls_scram, wrong_password_is_refused)
 {
 	struct h_cmd c;
