@@ -14,6 +14,8 @@
 #   IDLE_CLIENTS=10000  idle client connections in scenario 5
 #   WARMUP=5            seconds of unmeasured pgbench -S, direct, before scenario 1
 #   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
+#   PGMUX_COMMIT_OVERRIDE=text  label printed for that binary (default: the
+#                       repository's HEAD commit, which a PGMUX_BIN snapshot may not match)
 #   PGBIN=dir           PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
 #   RESULTS=file        where to write the table (default bench/results-latest.txt)
 #   KEEP=1              keep the scratch directory (configs, logs, pgbench output)
@@ -403,8 +405,8 @@ cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # ------------------------------------------------------------ results store
-declare -A V   # key -> space-separated values, one per round
-declare -A NOTE
+declare -A V=()   # key -> space-separated values, one per round
+declare -A NOTE=()
 add() { V[$1]="${V[$1]:-} $2"; }
 note() { NOTE[$1]="${NOTE[$1]:+${NOTE[$1]}; }$2"; }
 median() {
@@ -423,7 +425,7 @@ med() { printf '%s' "${V[$1]:-}" | median; }
 run_pgbench() {
 	local target=$1 sslmode=$2 tag=$3
 	shift 3
-	local port pid out err t0= t1=
+	local port pid out err t0='' t1=''
 	port=$(port_of "$target")
 	pid=$(pid_of "$target")
 	out=$WORK/out/$tag-$target.out
@@ -457,7 +459,8 @@ run_pgbench() {
 		log "pgbench exited with status $R_RC for $tag $(name_of "$target"):"
 		tail -n 5 "$err" >&2
 	fi
-	local msg="$tag $(name_of "$target"): $R_TPS tps"
+	local msg
+	msg="$tag $(name_of "$target"): $R_TPS tps"
 	[ -n "$R_LAT_US" ] && msg+=", latency $R_LAT_US us"
 	[ -n "$R_CPU_US" ] && msg+=", pooler CPU $R_CPU_US us/txn"
 	[ "$R_RC" -ne 0 ] && msg+=", pgbench exit status $R_RC, $R_ABORTED clients aborted"
@@ -568,6 +571,7 @@ fi
 if want 5; then
 	log "scenario 5: $IDLE_CLIENTS idle plaintext clients (SCRAM login each): resident memory per client"
 	IDLE_BIN=$WORK/idle_clients
+	# shellcheck disable=SC2046 # pkg-config's output is meant to be split into words
 	cc -std=c11 -O2 -Wall -o "$IDLE_BIN" "$HERE/idle_clients.c" $(pkg-config --cflags --libs libpq) ||
 		die "could not compile $HERE/idle_clients.c"
 	for ((r = 1; r <= ROUNDS; r++)); do

@@ -698,6 +698,11 @@ static void client_authenticated(struct client *c)
 	cancel_register(c);
 	c->pool = pool_get(c->startup.user, c->startup.database, c->endpoint,
 			   c->have_secret ? c->secret.password : NULL);
+	/* The pool keeps what backend logins need; the client's copy of the password goes now. */
+	if (c->have_secret) {
+		secret_clear(&c->secret);
+		c->have_secret = false;
+	}
 	client_set_state(c, CLIENT_WAITING);
 	client_flush(c);
 	if (c->state == CLIENT_CLOSED)
@@ -1443,9 +1448,48 @@ void client_janitor(struct client *c, uint64_t now)
 			     cfg->idle_client_timeout_ms / 1000);
 }
 
+static void client_handle_event(evutil_socket_t fd, short what, struct client *c);
+
+/*
+ * A client with nothing buffered reads into its worker's scratch buffer;
+ * only bytes left over (a partial message) get a buffer of its own. Idle
+ * clients (most of them, with transaction pooling) thus hold no input
+ * buffer, and their output buffer is let go once it is empty.
+ */
 static void client_on_event(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
+	struct worker *w = c->worker;
+	bool borrowed = false;
+
+	if (c->state != CLIENT_CLOSED && c->io.in.data == NULL && !w->scratch_busy) {
+		c->io.in = w->scratch;
+		c->io.in_borrowed = true;
+		w->scratch_busy = true;
+		borrowed = true;
+	}
+	client_handle_event(fd, what, c);
+	if (borrowed) {
+		struct iobuf own;
+
+		iobuf_init(&own);
+		if (c->state != CLIENT_CLOSED && iobuf_len(&c->io.in) > 0)
+			iobuf_append(&own, iobuf_head(&c->io.in), iobuf_len(&c->io.in));
+		/* The scratch buffer may have grown (a large message): keep it grown. */
+		w->scratch = c->io.in;
+		iobuf_reset(&w->scratch);
+		w->scratch_busy = false;
+		c->io.in = own;
+		c->io.in_borrowed = false;
+	} else if (c->io.in.data && iobuf_len(&c->io.in) == 0) {
+		iobuf_free(&c->io.in);
+	}
+	if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) == 0)
+		iobuf_free(&c->io.out);
+}
+
+static void client_handle_event(evutil_socket_t fd, short what, struct client *c)
+{
 	size_t budget = CLIENT_READ_BUDGET;
 
 	if (c->state == CLIENT_CLOSED)
@@ -1489,7 +1533,7 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 			if (!client_process_input(c))
 				return;
 			if (c->state == CLIENT_TLS_HANDSHAKE) {
-				client_on_event(fd, EV_READ, c);
+				client_handle_event(fd, EV_READ, c);
 				return;
 			}
 			if (c->io.drained)

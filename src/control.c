@@ -489,7 +489,8 @@ void control_cleanup(void)
 		event_free(C.pinned_timer);
 	if (C.drain_timer)
 		event_free(C.drain_timer);
-	while ((node = list_pop_front(&C.requests)) != NULL) {
+	/* Start-up may have failed before control_init ran. */
+	while (C.requests.next != NULL && (node = list_pop_front(&C.requests)) != NULL) {
 		struct control_request *r = list_entry(node, struct control_request, node);
 
 		free(r->arg);

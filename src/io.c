@@ -285,7 +285,8 @@ void io_close(struct io *io, bool close_fd)
 	if (close_fd && io->fd >= 0)
 		close(io->fd);
 	io->fd = -1;
-	iobuf_free(&io->in);
+	if (!io->in_borrowed)
+		iobuf_free(&io->in);
 	iobuf_free(&io->out);
 }
 

@@ -38,6 +38,7 @@ struct io {
 	bool ssl_read_wants_write;  /* SSL_read returned WANT_WRITE */
 	bool ssl_write_wants_read;  /* SSL_write returned WANT_READ */
 	bool drained;               /* the last read took everything there was (a short read) */
+	bool in_borrowed;           /* in is the worker's scratch buffer: io_close must not free it */
 	struct iobuf in;
 	struct iobuf out;
 	char error[128];

@@ -13,6 +13,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "monitor.h"
 #include "pgmux.h"
 #include "secrets.h"
 #include "server.h"
@@ -33,6 +34,8 @@ struct connect_batch {
 };
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void pool_serve_waiters_locked(struct connect_batch *b);
 static struct list_node targets = LIST_HEAD_INIT(targets);
 static struct list_node pools = LIST_HEAD_INIT(pools);
 static struct list_node retired_targets = LIST_HEAD_INIT(retired_targets);
@@ -83,6 +86,14 @@ int pool_init(const struct config *cfg)
 		target_new_locked(cfg->hosts[i].host, cfg->hosts[i].port, true);
 	pthread_mutex_unlock(&pool_lock);
 	return 0;
+}
+
+void pool_instance_suspect(struct target *t)
+{
+	pthread_mutex_lock(&pool_lock);
+	t->suspect = true;
+	pthread_mutex_unlock(&pool_lock);
+	monitor_check_now(t);
 }
 
 void pool_add_instance(const char *host, int port, const char *instance_id)
@@ -171,12 +182,13 @@ static bool reader_usable_locked(const struct target *t)
 {
 	const struct config *cfg = config_current();
 
-	return t->role == ROLE_READER && t->healthy && (cfg->max_replica_lag_ms <= 0 || t->lag_ms <= cfg->max_replica_lag_ms);
+	return t->role == ROLE_READER && t->healthy && !t->suspect &&
+	       (cfg->max_replica_lag_ms <= 0 || t->lag_ms <= cfg->max_replica_lag_ms);
 }
 
 static bool writer_usable_locked(void)
 {
-	return writer != NULL && writer->healthy && writer->role == ROLE_WRITER;
+	return writer != NULL && writer->healthy && !writer->suspect && writer->role == ROLE_WRITER;
 }
 
 /*
@@ -704,6 +716,7 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 	pthread_mutex_lock(&pool_lock);
 	was_healthy = t->healthy;
 	t->checked = true;
+	t->suspect = false;
 	if (instance_id && instance_id[0])
 		snprintf(t->instance_id, sizeof(t->instance_id), "%s", instance_id);
 	if (!healthy) {
@@ -779,7 +792,8 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		writer_lost_usec = now;
 		log_warning("writer %s is now a %s; new transactions wait for a writer", t->instance_id, role_names[role]);
 	}
-	pool_kick_locked(&batch);
+	/* Clients that waited (for a writer, or while t was suspect) get idle connections or new ones. */
+	pool_serve_waiters_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
 	close_all(&doomed, "its instance changed role");
 	if (changed_role)
@@ -858,19 +872,33 @@ static void pool_serve_waiters_locked(struct connect_batch *b)
 {
 	struct list_node *pos;
 
+	if (paused)
+		return;
 	list_for_each(pos, &pools) {
 		struct pool *p = list_entry(pos, struct pool, node);
 
-		while (!list_empty(&p->waiters) && !list_empty(&p->idle)) {
-			struct server *s = list_entry(p->idle.next, struct server, pool_node);
-			struct client *c = list_entry(p->waiters.next, struct client, wait_node);
+		struct list_node *spos, *stmp;
+		int migrating = 0;
 
-			if (s->target->paused || !server_usable_locked(s, p))
+		list_for_each_safe(spos, stmp, &p->idle) {
+			struct server *s = list_entry(spos, struct server, pool_node);
+			struct client *c;
+
+			if (p->n_waiting <= migrating)
 				break;
+			if (s->target->paused || !server_usable_locked(s, p))
+				continue;
+			c = list_entry(p->waiters.next, struct client, wait_node);
 			list_del(&s->pool_node);
 			p->n_idle--;
 			p->n_active++;
 			s->target->n_idle--;
+			if (s->worker != NULL && s->worker != c->worker) {
+				/* Attached to another loop: its worker detaches it and hands it to the oldest waiter. */
+				worker_post_migrate(s->worker, s->id);
+				migrating++;
+				continue;
+			}
 			list_del(&c->wait_node);
 			p->n_waiting--;
 			c->assigned_server = s;

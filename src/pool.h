@@ -47,6 +47,7 @@ struct target {
 	bool is_aurora;
 	enum instance_role role;
 	bool healthy;         /* the last health check succeeded */
+	bool suspect;         /* a backend connection was lost since: not used until the next check says */
 	bool checked;         /* a health check has completed (either way) */
 	int lag_ms;           /* replication lag of a reader */
 	uint64_t checks_ok, checks_failed;
@@ -143,6 +144,13 @@ void pool_close_idle(void);
  */
 void pool_instance_report(struct target *t, bool healthy, enum instance_role role, int lag_ms,
 			  const char *instance_id, const char *why);
+
+/*
+ * A backend connection to t was lost. Until the health check this asks for
+ * answers, t's parked connections are not lent (their loss may not have
+ * been seen yet) and no new ones are opened.
+ */
+void pool_instance_suspect(struct target *t);
 
 /* Aurora discovery: make sure an instance endpoint is known (monitor thread). */
 void pool_add_instance(const char *host, int port, const char *instance_id);

@@ -982,7 +982,7 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 		if (st == IO_AGAIN)
 			break;
 		/* EOF or error: a FATAL the server sent before closing is already relayed. */
-		monitor_check_now(s->target);
+		pool_instance_suspect(s->target);
 		if (st == IO_EOF)
 			server_close(s, "server closed the connection");
 		else {

@@ -355,6 +355,7 @@ static void worker_destroy(struct worker *w)
 		free(msg->text);
 		free(msg);
 	}
+	iobuf_free(&w->scratch);
 	if (w->janitor_event)
 		event_free(w->janitor_event);
 	if (w->wake_event)
@@ -377,6 +378,8 @@ static struct worker *worker_create(int id)
 	if (w == NULL)
 		return NULL;
 	w->id = id;
+	iobuf_init(&w->scratch);
+	iobuf_reserve(&w->scratch, 32 * 1024);
 	pthread_mutex_init(&w->inbox_lock, NULL);
 	list_init(&w->inbox);
 	list_init(&w->ready);

@@ -16,6 +16,7 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "iobuf.h"
 #include "list.h"
 #include "pool.h"
 
@@ -67,6 +68,12 @@ struct worker_stats {
 struct worker {
 	int id;
 	struct worker_stats stats;
+	/*
+	 * Clients with no buffered input read into this, so that an idle
+	 * client holds no input buffer of its own (see client_on_event).
+	 */
+	struct iobuf scratch;
+	bool scratch_busy;
 	pthread_t thread;
 	struct event_base *base;
 	struct evdns_base *dns;
