@@ -195,7 +195,6 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	tv.tv_usec = (cfg->client_login_timeout_ms % 1000) * 1000;
 	evtimer_add(c->timer, &tv);
 	c->last_activity_usec = c->connect_usec;
-	strmap_init(&c->params_reported);
 	strmap_init(&c->params_set);
 	strmap_init(&c->stmts);
 	strmap_init(&c->stmt_names);
@@ -253,7 +252,8 @@ void client_free(struct client *c)
 	tls_context_unref(c->tls);
 	free(c->assigned_error);
 	admin_session_free(c);
-	params_clear(&c->params_reported);
+	for (int i = 0; i < PARAMS_N_CARRIED; i++)
+		free(c->reported[i]);
 	params_clear(&c->params_set);
 	strmap_clear(&c->stmts, prepared_free);
 	params_clear(&c->stmt_names);
@@ -630,11 +630,22 @@ static bool client_process_auth(struct client *c)
  */
 static int client_options_parse(struct client *c, const char *options, char *err, size_t errlen);
 
+void client_set_reported(struct client *c, int index, const char *value)
+{
+	if (c->reported[index] && strcmp(c->reported[index], value) == 0)
+		return;
+	free(c->reported[index]);
+	c->reported[index] = xstrdup(value);
+	c->params_fingerprint_valid = false;
+}
+
 static void client_put_param(struct client *c, const char *name, const char *value)
 {
+	int index = params_carried_index(name);
+
 	c->params_fingerprint_valid = false;
-	if (params_is_carried(name))
-		params_put(&c->params_reported, name, value);
+	if (index >= 0)
+		client_set_reported(c, index, value);
 	else
 		params_put(&c->params_set, name, value);
 }
@@ -911,7 +922,7 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 
 	for (int i = 0; params_carried_names[i]; i++) {
 		const char *name = params_carried_names[i];
-		const char *want = params_get(&c->params_reported, name);
+		const char *want = c->reported[i];
 		const char *have = server_param(s, name);
 
 		/* What the client never changed is the server's default. */
@@ -1043,7 +1054,7 @@ static void client_login_complete(struct client *c)
 		const char *v = server_param(s, params_carried_names[i]);
 
 		if (v)
-			params_put(&c->params_reported, params_carried_names[i], v);
+			client_set_reported(c, i, v);
 	}
 	c->params_fingerprint_valid = false;
 	for (int i = 0; i < s->n_params; i++)
@@ -1092,7 +1103,9 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 
 static const char *client_reported_get(const char *name, void *arg)
 {
-	return params_get(&((struct client *)arg)->params_reported, name);
+	int index = params_carried_index(name);
+
+	return index >= 0 ? ((struct client *)arg)->reported[index] : NULL;
 }
 
 static const char *server_reported_get(const char *name, void *arg)

@@ -15,6 +15,7 @@
 #include "io.h"
 #include "list.h"
 #include "log.h"
+#include "params.h"
 #include "pool.h"
 #include "proto.h"
 #include "secrets.h"
@@ -74,7 +75,7 @@ struct client {
 	bool transaction_mode; /* pool_mode at login: borrow a backend per transaction */
 
 	/* Session state pgmux carries from backend to backend (transaction pooling). */
-	struct strmap params_reported; /* carried reported parameters, as the client last saw them */
+	char *reported[PARAMS_N_CARRIED]; /* carried reported parameters as the client last saw them (NULL: unset) */
 	struct strmap params_set;      /* other parameters from the startup packet (options -c ...) */
 	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
 	bool params_fingerprint_valid;
@@ -141,6 +142,9 @@ void client_release_server(struct client *c);
 
 /* Periodic checks on a worker's clients (idle_client_timeout). */
 void client_janitor(struct client *c, uint64_t now_usec);
+
+/* Record a carried parameter's value as the client sees it now (ParameterStatus, startup). */
+void client_set_reported(struct client *c, int index, const char *value);
 
 /* Sessions pinned to their backend, across workers (for SHOW and logs). */
 extern int64_t client_pinned_sessions;

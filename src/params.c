@@ -21,6 +21,8 @@ const char *const params_carried_names[] = {
 	"application_name", "client_encoding", "datestyle", "intervalstyle",
 	"timezone", "standard_conforming_strings", NULL,
 };
+_Static_assert(sizeof(params_carried_names) / sizeof(params_carried_names[0]) == PARAMS_N_CARRIED + 1,
+	       "PARAMS_N_CARRIED must match params_carried_names");
 
 static void lower_copy(char *dst, size_t size, const char *src)
 {
@@ -108,10 +110,15 @@ uint64_t params_fingerprint(const char *(*get)(const char *name, void *arg), voi
 	return fp;
 }
 
-bool params_is_carried(const char *name)
+int params_carried_index(const char *name)
 {
 	for (int i = 0; params_carried_names[i]; i++)
 		if (strcasecmp(name, params_carried_names[i]) == 0)
-			return true;
-	return false;
+			return i;
+	return -1;
+}
+
+bool params_is_carried(const char *name)
+{
+	return params_carried_index(name) >= 0;
 }

@@ -33,6 +33,10 @@ bool params_is_carried(const char *name);
  */
 uint64_t params_fingerprint(const char *(*get)(const char *name, void *arg), void *arg, const struct strmap *extra);
 
+/* How many carried parameters there are, and the index of name among them (-1: not carried). */
+#define PARAMS_N_CARRIED 6
+int params_carried_index(const char *name);
+
 /* The carried parameter names, NULL-terminated (for the SQL scanner). */
 extern const char *const params_carried_names[];
 

@@ -872,10 +872,10 @@ static enum server_input server_process_input(struct server *s)
 			if (name && value) {
 				server_set_param(s, name, value);
 				/* The session is the client's: what it changes follows it to other backends. */
-				if (relaying && c->logged_in && params_is_carried(name)) {
-					params_put(&c->params_reported, name, value);
-					c->params_fingerprint_valid = false;
-				}
+				int index = params_carried_index(name);
+
+				if (relaying && c->logged_in && index >= 0)
+					client_set_reported(c, index, value);
 			}
 		}
 		if (relaying) {
