@@ -65,7 +65,7 @@ void io_want_read(struct io *io, bool on)
 	if (on) {
 		event_add(io->ev_read, NULL);
 		/* Bytes OpenSSL already decrypted will not wake the socket again. */
-		if (io->ssl && SSL_pending(io->ssl) > 0)
+		if (io->ssl && SSL_has_pending(io->ssl))
 			event_active(io->ev_read, EV_READ, 1);
 	} else {
 		event_del(io->ev_read);
@@ -129,7 +129,7 @@ enum io_status io_read(struct io *io, size_t limit)
 		if (n > 0) {
 			iobuf_commit(&io->in, (size_t)n);
 			/* Decrypted bytes still inside OpenSSL would not wake the socket. */
-			io->drained = (size_t)n < room && SSL_pending(io->ssl) == 0;
+			io->drained = (size_t)n < room && !SSL_has_pending(io->ssl);
 			return IO_OK;
 		}
 		err = SSL_get_error(io->ssl, n);
@@ -236,6 +236,8 @@ int io_start_tls_accept(struct io *io, SSL_CTX *ctx)
 	SSL_set_fd(io->ssl, io->fd);
 	SSL_set_accept_state(io->ssl);
 	SSL_set_mode(io->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+	/* One recv per batch of records, not one for each record's header and another for its body. */
+	SSL_set_read_ahead(io->ssl, 1);
 	return 0;
 }
 
@@ -268,6 +270,7 @@ void io_adopt_tls(struct io *io, SSL *ssl)
 	io->ssl = ssl;
 	io->ssl_owned = false;
 	SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+	SSL_set_read_ahead(ssl, 1);
 }
 
 void io_close(struct io *io, bool close_fd)

@@ -406,7 +406,7 @@ bool server_attach(struct server *s, struct worker *w)
 	 * server closed it or is about to (an admin terminate, a restart).
 	 */
 	n = recv(s->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || (s->io.ssl && SSL_pending(s->io.ssl) > 0)) {
+	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || (s->io.ssl && SSL_has_pending(s->io.ssl))) {
 		server_close(s, n == 0 ? "server closed the idle connection" : "idle connection is not clean");
 		return false;
 	}
