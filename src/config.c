@@ -230,8 +230,8 @@ static const struct config_option option_table[] = {
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(health_check_user),
 	  .doc = "The user that monitoring connections log in as, with its password "
-		 "from secrets_dir. Empty means the user of the first secret file in "
-		 "secrets_dir, in order of file name." },
+		 "from secrets_dir. Empty means the first user in secrets_dir, in "
+		 "alphabetical order." },
 	{ .section = "target", .name = "health_check_database", .type = CONFIG_STRING,
 	  .default_value = "postgres", .reloadable = true,
 	  .offset = FIELD(health_check_database), .min_value = 1,
