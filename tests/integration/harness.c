@@ -423,8 +423,17 @@ bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
 	long long deadline = h_now_ms() + timeout;
 	int delay = 2;
 	while (h_now_ms() < deadline) {
-		if (port_accepts(p->port))
+		if (port_accepts(p->port)) {
+			/*
+			 * Under valgrind the monitor's first check takes seconds, and a
+			 * test with a short connection_borrow_timeout would time out
+			 * waiting for the writer at login. Wait until it is known (a
+			 * cluster without a reachable writer never logs this: go on).
+			 */
+			if (h_under_valgrind())
+				h_file_wait_contains(p->logfile, "writer is", 30000);
 			return true;
+		}
 		int st = wait_pid(p->pid, 0);
 		if (st != -2) {
 			fprintf(stderr, "pgmux exited with status %d before listening on port %d\n", st,
