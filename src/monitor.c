@@ -8,7 +8,6 @@
  */
 #include "monitor.h"
 
-#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,8 +310,6 @@ static void monitor_start_check(struct monitor_conn *m)
 {
 	const struct config *cfg = config_current();
 	struct timeval tv = { cfg->health_check_timeout_ms / 1000, (cfg->health_check_timeout_ms % 1000) * 1000 };
-	struct in_addr a4;
-	struct in6_addr a6;
 
 	if (m->state != MON_IDLE)
 		return;
@@ -327,7 +324,7 @@ static void monitor_start_check(struct monitor_conn *m)
 		PQfinish(m->pg);
 		m->pg = NULL;
 	}
-	if (inet_pton(AF_INET, m->t->host, &a4) == 1 || inet_pton(AF_INET6, m->t->host, &a6) == 1) {
+	if (server_host_is_numeric(m->t->host)) {
 		snprintf(m->hostaddr, sizeof(m->hostaddr), "%s", m->t->host);
 		monitor_connect(m);
 		return;

@@ -250,18 +250,6 @@ static bool server_usable_locked(const struct server *s, const struct pool *p)
 	return false;
 }
 
-bool pool_server_usable(const struct server *s)
-{
-	bool usable;
-
-	if (s->pool == NULL)
-		return false;
-	pthread_mutex_lock(&pool_lock);
-	usable = server_usable_locked(s, s->pool);
-	pthread_mutex_unlock(&pool_lock);
-	return usable;
-}
-
 /* Reserve a connection of pool to t. */
 static void reserve_connect_locked(struct connect_batch *b, struct pool *p, struct target *t)
 {
@@ -773,8 +761,6 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		pool_drop_idle_of_locked(t, &doomed);
 	}
 	if (role == ROLE_WRITER && t != writer && !writer_usable_locked()) {
-		struct target *old = writer;
-
 		writer = t;
 		if (writer_lost_usec)
 			log_info("failover: writer is now %s (%s:%d), %llu ms after the previous writer was lost", t->instance_id,
@@ -782,7 +768,6 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		else
 			log_info("writer is %s (%s:%d)", t->instance_id, t->host, t->port);
 		writer_lost_usec = 0;
-		(void)old;
 	} else if (role == ROLE_WRITER && t != writer) {
 		log_warning("instance %s (%s:%d) also reports being a writer; pgmux stays with %s", t->instance_id, t->host,
 			    t->port, writer->instance_id);

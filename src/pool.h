@@ -125,9 +125,6 @@ void pool_connect_failed(struct server *server, const char *sqlstate, const char
 /* The server told us its max_connections (less reserved slots): fix the cap if it was 0. */
 void pool_learn_cap(struct target *target, int server_max_connections);
 
-/* May s still serve its pool (its instance is healthy and has the role the pool needs)? */
-bool pool_server_usable(const struct server *s);
-
 /* Move the clients whose wait ended to out (called by their worker). */
 void pool_take_ready(struct worker *w, struct list_node *out);
 

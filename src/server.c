@@ -160,6 +160,14 @@ PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const c
 	return PQconnectStartParams(keys, values, 0);
 }
 
+bool server_host_is_numeric(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	return inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
+}
+
 void server_format_address(const struct evutil_addrinfo *res, char *out, size_t len)
 {
 	if (res->ai_family == AF_INET6)
@@ -339,8 +347,6 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 {
 	const struct config *cfg = config_current();
 	struct server *s = calloc(1, sizeof(*s));
-	struct in6_addr a6;
-	struct in_addr a4;
 	struct timeval tv;
 
 	if (s == NULL)
@@ -372,7 +378,7 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	evtimer_add(s->timer, &tv);
 
 	log_server(LOG_LEVEL_DEBUG, s, "opening a new connection");
-	if (inet_pton(AF_INET, s->target->host, &a4) == 1 || inet_pton(AF_INET6, s->target->host, &a6) == 1) {
+	if (server_host_is_numeric(s->target->host)) {
 		snprintf(s->hostaddr, sizeof(s->hostaddr), "%s", s->target->host);
 		server_start_libpq(s);
 	} else {

@@ -129,6 +129,9 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target);
 PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
 			   const char *password, const char *application_name);
 
+/* Is host a numeric IPv4 or IPv6 address (no resolution needed)? */
+bool server_host_is_numeric(const char *host);
+
 struct evutil_addrinfo;
 /* The numeric address of a resolver answer. */
 void server_format_address(const struct evutil_addrinfo *res, char *out, size_t len);
