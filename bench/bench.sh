@@ -12,6 +12,7 @@
 #   POOL_SIZE=16        server connections per pooler (pgmux max_connections,
 #                       PgBouncer default_pool_size)
 #   IDLE_CLIENTS=10000  idle client connections in scenario 5
+#   BUSY_POLL_US=200    pgmux's busy_poll_us (0 turns busy polling off)
 #   WARMUP=5            seconds of unmeasured pgbench -S, direct, before scenario 1
 #   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
 #   PGMUX_COMMIT_OVERRIDE=text  label printed for that binary (default: the
@@ -33,12 +34,13 @@ SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
 POOL_SIZE=${POOL_SIZE:-16}
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 WARMUP=${WARMUP:-5}
+BUSY_POLL_US=${BUSY_POLL_US:-200}
 KEEP=${KEEP:-}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 RESULTS=${RESULTS:-$HERE/results-latest.txt}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -50,6 +52,7 @@ is_uint "$DURATION" && [ "$DURATION" -ge 1 ] || die "DURATION must be a positive
 is_uint "$POOL_SIZE" && [ "$POOL_SIZE" -ge 1 ] || die "POOL_SIZE must be a positive integer (got '$POOL_SIZE')"
 is_uint "$IDLE_CLIENTS" && [ "$IDLE_CLIENTS" -ge 1 ] || die "IDLE_CLIENTS must be a positive integer (got '$IDLE_CLIENTS')"
 is_uint "$WARMUP" || die "WARMUP must be a number of seconds (got '$WARMUP')"
+is_uint "$BUSY_POLL_US" && [ "$BUSY_POLL_US" -le 10000 ] || die "BUSY_POLL_US must be 0 to 10000 microseconds (got '$BUSY_POLL_US')"
 for s in $SCENARIOS; do
 	case $s in 1|2|3|4|5|6) ;; *) die "SCENARIOS may only list 1 to 6 (got '$s')" ;; esac
 done
@@ -287,6 +290,7 @@ write_pgmux_conf() {
 listen_addr = 127.0.0.1
 listen_port = $MUXPORT
 workers = 2
+busy_poll_us = $BUSY_POLL_US
 client_tls_cert_file = $WORK/tls/server.crt
 client_tls_key_file = $WORK/tls/server.key
 require_tls = $require

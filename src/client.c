@@ -71,6 +71,12 @@ const char *client_state_name(enum client_state state)
  * except that STARTUP follows TLS_HANDSHAKE and that transaction pooling
  * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE.
  */
+/* In a transaction or waiting for a backend (for the worker's busy polling). */
+static bool client_state_busy(enum client_state state)
+{
+	return state == CLIENT_WAITING || state == CLIENT_SETUP || state == CLIENT_ACTIVE;
+}
+
 static void client_set_state(struct client *c, enum client_state next)
 {
 	static const unsigned allowed[] = {
@@ -90,6 +96,8 @@ static void client_set_state(struct client *c, enum client_state next)
 		abort();
 	}
 	log_client(LOG_LEVEL_DEBUG, c, "%s -> %s", client_state_names[c->state], client_state_names[next]);
+	if (client_state_busy(c->state) != client_state_busy(next))
+		c->worker->n_busy += client_state_busy(next) ? 1 : -1;
 	/* Atomic because SHOW CLIENTS reads it from another worker. */
 	__atomic_store_n(&c->state, next, __ATOMIC_RELAXED);
 }
@@ -1474,6 +1482,8 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 	struct client *c = arg;
 	struct worker *w = c->worker;
 	bool borrowed = false;
+
+	w->activity++;
 
 	if (c->state != CLIENT_CLOSED && c->io.in.data == NULL && !w->scratch_busy) {
 		c->io.in = w->scratch;

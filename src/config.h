@@ -43,6 +43,7 @@ struct config {
 	int listen_port;   /* routes to the writer */
 	int readonly_port; /* routes to the readers; 0 = none */
 	int workers; /* as configured; 0 = one per CPU */
+	int busy_poll_us; /* 0 = off */
 	char *client_tls_cert_file;
 	char *client_tls_key_file;
 	bool require_tls;

@@ -936,6 +936,7 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 	struct server *s = arg;
 	size_t budget = SERVER_READ_BUDGET;
 
+	s->worker->activity++;
 	if (s->state == SERVER_CONNECTING) {
 		server_connect_poll(s);
 		return;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <event2/thread.h>
@@ -276,6 +277,8 @@ static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 	struct list_node inbox, ready, *node;
 
+	w->activity++;
+
 	list_init(&inbox);
 	pthread_mutex_lock(&w->inbox_lock);
 	if (!list_empty(&w->inbox)) {
@@ -329,6 +332,95 @@ static void worker_janitor_cb(evutil_socket_t fd, short what, void *arg)
 	pool_janitor(now, w);
 }
 
+/*
+ * Busy polling: while this worker has at most BUSY_POLL_MAX_BUSY sessions in
+ * a transaction or waiting for a backend, it polls its sockets without
+ * sleeping for up to busy_poll_us after the last event, instead of blocking
+ * in epoll_wait. A reply or a query that arrives within the window is then
+ * handled at once: no wake-up of a sleeping thread (and of an idle CPU), which
+ * is most of the latency a proxy adds. With more sessions in flight events
+ * arrive often enough without it, and the CPU is better left to the others.
+ */
+#define BUSY_POLL_MAX_BUSY 2
+/* How long a verdict on the machine's load stands. */
+#define BUSY_POLL_RECHECK_USEC 1000
+
+static int loadavg_fd = -1; /* /proc/loadavg, read with pread by every worker */
+static long n_cpus = 1;
+
+/*
+ * Polling only pays while a CPU would otherwise sit idle: true if no more
+ * threads are runnable on the machine than it has CPUs (the fourth field of
+ * /proc/loadavg, "running/total", counts this thread too). Without
+ * /proc/loadavg, assume there is room.
+ */
+static bool machine_has_idle_cpu(void)
+{
+	char buf[128];
+	ssize_t n;
+	const char *p;
+	int fields = 0;
+
+	if (loadavg_fd < 0)
+		return true;
+	n = pread(loadavg_fd, buf, sizeof(buf) - 1, 0);
+	if (n <= 0)
+		return true;
+	buf[n] = '\0';
+	for (p = buf; *p && fields < 3; p++)
+		if (*p == ' ')
+			fields++;
+	return strtol(p, NULL, 10) <= n_cpus;
+}
+
+static bool worker_busy_poll(struct worker *w)
+{
+	int window = config_current()->busy_poll_us;
+	unsigned long seen = w->activity;
+	uint64_t now, until;
+
+	if (window <= 0 || w->n_busy > BUSY_POLL_MAX_BUSY)
+		return true;
+	now = pgmux_now_usec();
+	if (now - w->busy_poll_checked >= BUSY_POLL_RECHECK_USEC) {
+		w->busy_poll_checked = now;
+		w->busy_poll_ok = machine_has_idle_cpu();
+	}
+	if (!w->busy_poll_ok)
+		return true;
+	until = now + (uint64_t)window;
+	do {
+		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		if (event_base_got_exit(w->base))
+			return false;
+		if (w->activity != seen) {
+			seen = w->activity;
+			if (w->n_busy > BUSY_POLL_MAX_BUSY)
+				break;
+			now = pgmux_now_usec();
+			if (now - w->busy_poll_checked >= BUSY_POLL_RECHECK_USEC) {
+				w->busy_poll_checked = now;
+				w->busy_poll_ok = machine_has_idle_cpu();
+				if (!w->busy_poll_ok)
+					break;
+			}
+			until = now + (uint64_t)window;
+		}
+	} while (pgmux_now_usec() < until);
+	return true;
+}
+
+static void worker_run(struct worker *w)
+{
+	for (;;) {
+		if (!worker_busy_poll(w))
+			return;
+		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
+		if (event_base_got_exit(w->base))
+			return;
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -338,7 +430,7 @@ static void *worker_main(void *arg)
 	snprintf(name, sizeof(name), "worker-%d", w->id);
 	pthread_setname_np(pthread_self(), name);
 	log_debug("worker %d started", w->id);
-	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	worker_run(w);
 	log_debug("worker %d stopped", w->id);
 	return NULL;
 }
@@ -428,6 +520,10 @@ int workers_start(int n)
 	workers = calloc((size_t)n, sizeof(*workers));
 	if (workers == NULL)
 		return -1;
+	n_cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n_cpus < 1)
+		n_cpus = 1;
+	loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
 	for (int i = 0; i < n; i++) {
 		workers[i] = worker_create(i);
 		if (workers[i] == NULL) {
@@ -459,4 +555,8 @@ void workers_stop(void)
 	free(workers);
 	workers = NULL;
 	n_workers = 0;
+	if (loadavg_fd >= 0) {
+		close(loadavg_fd);
+		loadavg_fd = -1;
+	}
 }

@@ -91,6 +91,14 @@ struct worker {
 	struct list_node servers;      /* struct server.worker_node: attached to this worker */
 	struct list_node reap_clients; /* closed, freed by reap_event */
 	struct list_node reap_servers;
+	/*
+	 * For busy polling (busy_poll_us): events handled so far, and sessions
+	 * in a transaction or waiting for a backend.
+	 */
+	unsigned long activity;
+	int n_busy;
+	uint64_t busy_poll_checked; /* when the machine's load was last looked at */
+	bool busy_poll_ok;          /* it had an idle CPU then */
 	bool draining;
 	bool stopping;
 };

@@ -1930,3 +1930,74 @@ Test(txn_session, session_mode_keeps_state_without_pinning)
 	PQfinish(b);
 	stop_pgmux_expect_clean_exit();
 }
+
+/* ================================================================ 9: busy polling */
+
+TestSuite(txn_busy_poll, .fini = fini_kill_leftovers, .timeout = 180);
+
+/* utime + stime of every thread of pid, in milliseconds (/proc/PID/stat fields 14 and 15). */
+static long long proc_cpu_ms(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	char *text = h_read_file(path);
+	cr_assert_not_null(text, "cannot read %s", path);
+	const char *p = strrchr(text, ')');
+	cr_assert_not_null(p, "unexpected %s: %s", path, text);
+	unsigned long long utime = 0, stime = 0;
+	/* After "comm)": state is field 3, utime 14, stime 15. */
+	int n = sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime);
+	free(text);
+	cr_assert_eq(n, 2, "cannot parse utime and stime from %s", path);
+	return (long long)(utime + stime) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+/* pgbench -S through pgmux with the given clients for the given seconds: no failed transaction. */
+static void pgbench_select_ok(const char *clients, const char *seconds)
+{
+	const struct h_env *e = h_env();
+	char pgbench[600], port[16], pw[256];
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port, sizeof(port), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	const char *argv[] = {pgbench, "-n", "-S", "-c", clients, "-j", "1", "-T", seconds,
+			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
+	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
+	struct h_cmd c;
+	int st = h_cmd_run(&c, argv, env, h_scaled_ms(60000));
+	if (st != 0 || strstr(c.out, "number of failed transactions: 0 ") == NULL)
+		h_cmd_dump(&c, "pgbench");
+	cr_assert_eq(st, 0, "pgbench -c %s exited with %d", clients, st);
+	cr_assert(strstr(c.out, "number of failed transactions: 0 ") != NULL,
+		  "pgbench -c %s reports failed transactions:\n%s", clients, c.out);
+	cr_log_info("busy_poll_us = 500, pgbench -S -c %s: %s", clients,
+		    strstr(c.out, "tps = ") ? strstr(c.out, "tps = ") : "(no tps)");
+	h_cmd_free(&c);
+}
+
+/*
+ * With busy_poll_us set, a worker polls instead of sleeping while it has few
+ * sessions in flight. Transactions must be relayed exactly as without it, at
+ * one client (polling) and at eight (more sessions than it polls for), and
+ * once the traffic stops the workers must go back to sleep: pgmux uses
+ * almost no CPU time while idle.
+ */
+Test(txn_busy_poll, relays_transactions_and_sleeps_when_idle)
+{
+	start_txn_pgmux(4, "busy_poll_us = 500", NULL);
+	pgbench_select_ok("1", h_under_valgrind() ? "4" : "2");
+	pgbench_select_ok("8", h_under_valgrind() ? "4" : "2");
+
+	PGconn *conn = app(NULL);
+	expect_value(conn, "select 41 + 1", "42");
+	h_sleep_ms(200);
+	long long before = proc_cpu_ms(px.pid);
+	h_sleep_ms(2000);
+	long long used = proc_cpu_ms(px.pid) - before;
+	cr_log_info("busy_poll_us = 500: pgmux used %lld ms of CPU time in 2 s of idleness", used);
+	cr_assert_lt(used, 400, "pgmux used %lld ms of CPU time in 2 s with no traffic: a worker kept polling",
+		     used);
+	expect_value(conn, "select 6 * 7", "42");
+	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
