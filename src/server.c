@@ -194,6 +194,8 @@ static void server_start_libpq(struct server *s)
 		server_connect_failed(s, why, false);
 		return;
 	}
+	/* So that a FATAL during login comes with its SQLSTATE (see server_connect_poll). */
+	PQsetErrorVerbosity(s->pg, PQERRORS_VERBOSE);
 	/* libpq's rule: behave as if PQconnectPoll had returned PGRES_POLLING_WRITING. */
 	s->pg_wants_write = true;
 	io_init(&s->io, PQsocket(s->pg));
@@ -235,14 +237,29 @@ static void server_connect_poll(struct server *s)
 		server_connect_wait(s, true);
 		return;
 	case PGRES_POLLING_FAILED: {
-		char why[512];
+		char why[512], sqlstate[6] = "";
 		const char *msg = PQerrorMessage(s->pg);
 		const char *fatal = strstr(msg, "FATAL:  ");
+		const char *reason = fatal ? fatal + 8 : msg;
 
+		/* Verbose: "FATAL:  57P03: the database system is shutting down". */
+		if (fatal && strspn(reason, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5 && reason[5] == ':' &&
+		    reason[6] == ' ') {
+			memcpy(sqlstate, reason, 5);
+			reason += 7;
+		}
 		/* Show the server's own reason when there is one. */
-		snprintf(why, sizeof(why), "%s", fatal ? fatal + 8 : msg);
+		snprintf(why, sizeof(why), "%s", reason);
 		why[strcspn(why, "\n")] = '\0';
-		server_connect_failed(s, why, fatal != NULL);
+		/*
+		 * 57P01-57P03 (shutting down, crashed, starting up or in recovery):
+		 * the instance is unavailable, not refusing these clients. Like a
+		 * refused connection, that is the health check's call, and the
+		 * waiting clients wait for it or for a new writer (a failover).
+		 */
+		server_connect_failed(s, why,
+				      fatal != NULL && !(strncmp(sqlstate, "57P0", 4) == 0 && sqlstate[4] >= '1' &&
+							 sqlstate[4] <= '3'));
 		return;
 	}
 	default:
@@ -250,6 +267,7 @@ static void server_connect_poll(struct server *s)
 	}
 
 	/* Connected: libpq has consumed everything up to the first ReadyForQuery. */
+	PQsetErrorVerbosity(s->pg, PQERRORS_DEFAULT);
 	io_detach(&s->io);
 	if (s->timer) {
 		event_free(s->timer);
