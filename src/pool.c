@@ -702,6 +702,14 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 	batch.n = 0;
 	list_init(&doomed);
 	pthread_mutex_lock(&pool_lock);
+	if (t->retired) {
+		/*
+		 * A check that was under way when a cutover retired t: whatever it
+		 * found, t must not become the writer (or a reader) again.
+		 */
+		pthread_mutex_unlock(&pool_lock);
+		return;
+	}
 	was_healthy = t->healthy;
 	t->checked = true;
 	t->suspect = false;

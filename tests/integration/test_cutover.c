@@ -663,6 +663,94 @@ Test(cutover, admin_cutover_to_under_pgbench_prepared)
 }
 
 /*
+ * CUTOVER TO while a health check of A is under way, to a B that refuses the
+ * monitor's login for a while. A stand-in for Aurora's functions on A (pgmux
+ * then asks aurora_replica_status() and takes the instance's name from it)
+ * holds A's check at an advisory lock the test owns, released right after
+ * the cutover. A must never serve again: a query sent after the cutover
+ * waits until B answers its health check, then runs on B.
+ *
+ * pool_instance_report() ignores retired targets, for the narrower race where
+ * the monitor handles A's answer before the cutover's rescan drops A's
+ * check (seen under valgrind); this test cannot time that from outside.
+ */
+Test(cutover, check_of_old_server_under_way_and_new_server_not_yet_healthy)
+{
+	const struct h_env *e = h_env();
+	PGconn *on_a = h_connect_super_port(e->pgport, DB);
+	PGconn *on_b = h_connect_super_port(pgb.port, DB);
+	h_exec_ok(on_a, "CREATE FUNCTION aurora_db_instance_identifier() RETURNS text LANGUAGE sql "
+			"AS $$ SELECT 'instance-a'::text $$");
+	h_exec_ok(on_a, "CREATE FUNCTION aurora_replica_status() "
+			"RETURNS TABLE (server_id text, session_id text, replica_lag_in_msec float8) LANGUAGE sql "
+			"AS $$ SELECT 'instance-a'::text, 'MASTER_SESSION_ID'::text, 0::float8 "
+			"FROM (SELECT pg_advisory_xact_lock_shared(4242)) AS gate $$");
+
+	struct pgmux_options o;
+	base_options(&o);
+	o.tls = false;
+	/* A long interval: the tick after the cutover stops A's check, which must end before it. */
+	o.extra_target = "health_check_interval = 2s\nhealth_check_database = " DB;
+	restart_pgmux(&o);
+	cr_assert(h_file_wait_contains(px.logfile, "is Aurora PostgreSQL", h_scaled_ms(10000)),
+		  "pgmux did not take A's stand-in functions for Aurora's");
+	PGconn *admin = admin_ok();
+	cr_assert(poll_lookup(admin, "SHOW TARGETS", "instance", "instance-a", "role", "writer", h_scaled_ms(10000)),
+		  "SHOW TARGETS does not show instance-a as the writer");
+	PGconn *app = app_ok(DB);
+	char *port = value_ok(app, "select inet_server_port()");
+	cr_assert_eq(atoi(port), e->pgport, "before the cutover a session runs on port %s, not A's", port);
+	free(port);
+
+	char sql[300];
+	snprintf(sql, sizeof(sql), "ALTER ROLE %s NOLOGIN", e->appuser);
+	h_exec_ok(on_b, sql);
+	h_exec_ok(on_a, "SELECT pg_advisory_lock(4242)");
+	cr_assert(h_poll_value(on_a,
+			       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmux health check' "
+			       "AND wait_event_type = 'Lock'",
+			       "1", h_scaled_ms(10000)),
+		  "no health check of A was seen waiting for the lock");
+
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", pgb.port);
+	PGresult *r = PQexec(admin, sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO failed: %s", PQresultErrorMessage(r));
+	PQclear(r);
+	cr_assert(PQsendQuery(app, "select inet_server_port()"));
+
+	/* A's held check ends and reports "writer"; B still refuses the monitor. */
+	h_exec_ok(on_a, "SELECT pg_advisory_unlock(4242)");
+	cr_assert(h_poll_value(on_a,
+			       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmux health check' "
+			       "AND wait_event_type = 'Lock'",
+			       "0", h_scaled_ms(10000)),
+		  "A's health check did not go on");
+	h_sleep_ms(h_scaled_ms(300));
+	snprintf(sql, sizeof(sql), "ALTER ROLE %s LOGIN", e->appuser);
+	h_exec_ok(on_b, sql);
+
+	r = h_get_result(app, h_scaled_ms(20000));
+	cr_assert_not_null(r, "the query sent after the cutover got no answer");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "the query sent after the cutover failed: %s",
+		     PQresultErrorMessage(r));
+	cr_expect_eq(atoi(PQgetvalue(r, 0, 0)), pgb.port,
+		     "the query sent after the cutover ran on port %s, not B's (%d)",
+		     PQgetvalue(r, 0, 0), pgb.port);
+	PQclear(r);
+	drain_results(app);
+	char b_port[16];
+	snprintf(b_port, sizeof(b_port), "%d", pgb.port);
+	cr_expect(poll_lookup(admin, "SHOW TARGETS", "port", b_port, "role", "writer", h_scaled_ms(5000)),
+		  "SHOW TARGETS does not show B as the writer");
+
+	PQfinish(app);
+	PQfinish(admin);
+	PQfinish(on_a);
+	PQfinish(on_b);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
  * An open transaction on A holds the cutover: CUTOVER TO does not answer and
  * other clients' new transactions wait, until it commits (on A); then the
  * waiting query runs on B.
