@@ -280,16 +280,22 @@ static bool token_is_char(const struct token *tok, char c)
 	return tok != NULL && tok->kind == TOKEN_CHAR && tok->text[0] == c;
 }
 
-/* Keywords are unquoted and case-insensitive; "LISTEN" in quotes is a name, never a keyword. */
+/*
+ * Keywords are unquoted and case-insensitive; "LISTEN" in quotes is a name,
+ * never a keyword. word is in lower case. Every token of every statement is
+ * held against a dozen words, so the first letter decides most cases before
+ * strlen and the full comparison are paid for.
+ */
 static bool token_is_keyword(const struct token *tok, const char *word)
 {
-	return tok != NULL && tok->kind == TOKEN_IDENT && ascii_case_equal(tok->text, tok->len, word, strlen(word));
+	return tok != NULL && tok->kind == TOKEN_IDENT && tok->len > 0 && ascii_lower(tok->text[0]) == word[0] &&
+	       ascii_case_equal(tok->text, tok->len, word, strlen(word));
 }
 
-/* A name as the server resolves it: unquoted folds to lower case, quoted must match exactly. */
+/* A name as the server resolves it: unquoted folds to lower case, quoted must match exactly. name is in lower case. */
 static bool token_is_name(const struct token *tok, const char *name)
 {
-	if (tok == NULL)
+	if (tok == NULL || tok->len == 0 || (tok->kind == TOKEN_IDENT ? ascii_lower(tok->text[0]) : tok->text[0]) != name[0])
 		return false;
 	if (tok->kind == TOKEN_IDENT)
 		return ascii_case_equal(tok->text, tok->len, name, strlen(name));
