@@ -90,12 +90,14 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(busy_poll_us), .min_value = 0, .max_value = 10000,
 	  .doc = "Microseconds a worker keeps polling its sockets after its last event "
 		 "before it sleeps, while it has at most two sessions in a transaction "
-		 "or waiting for a backend and the machine has an idle CPU (no more "
-		 "runnable threads than CPUs). A reply that arrives within that time is "
-		 "relayed without waking a sleeping thread, which is most of the latency "
-		 "a proxy adds at low load, at the price of CPU time: a worker serving "
-		 "one busy session keeps a CPU busy. Cover the backend's usual reply "
-		 "time (200 is a good start on a local network). 0 turns it off." },
+		 "or waiting for a backend (a session-pooled client or an admin console "
+		 "session counts as long as it is connected) and the machine has an idle "
+		 "CPU (no more runnable threads than CPUs). A reply that arrives within "
+		 "that time is relayed without waking a sleeping thread, which is most "
+		 "of the latency a proxy adds at low load, at the price of CPU time: a "
+		 "worker serving one busy session keeps a CPU busy. Cover the backend's "
+		 "usual reply time (200 is a good start on a local network). 0 turns it "
+		 "off." },
 	{ .section = "pgmux", .name = "client_tls_cert_file", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(client_tls_cert_file),
