@@ -373,6 +373,16 @@ static bool machine_has_idle_cpu(void)
 	return strtol(p, NULL, 10) <= n_cpus;
 }
 
+/* The machine's load allows polling (looked at no more than once per BUSY_POLL_RECHECK_USEC). */
+static bool worker_may_poll(struct worker *w, uint64_t now)
+{
+	if (now - w->busy_poll_checked >= BUSY_POLL_RECHECK_USEC) {
+		w->busy_poll_checked = now;
+		w->busy_poll_ok = machine_has_idle_cpu();
+	}
+	return w->busy_poll_ok;
+}
+
 static bool worker_busy_poll(struct worker *w)
 {
 	int window = config_current()->busy_poll_us;
@@ -382,11 +392,7 @@ static bool worker_busy_poll(struct worker *w)
 	if (window <= 0 || w->n_busy > BUSY_POLL_MAX_BUSY)
 		return true;
 	now = pgmux_now_usec();
-	if (now - w->busy_poll_checked >= BUSY_POLL_RECHECK_USEC) {
-		w->busy_poll_checked = now;
-		w->busy_poll_ok = machine_has_idle_cpu();
-	}
-	if (!w->busy_poll_ok)
+	if (!worker_may_poll(w, now))
 		return true;
 	until = now + (uint64_t)window;
 	do {
@@ -398,12 +404,8 @@ static bool worker_busy_poll(struct worker *w)
 			if (w->n_busy > BUSY_POLL_MAX_BUSY)
 				break;
 			now = pgmux_now_usec();
-			if (now - w->busy_poll_checked >= BUSY_POLL_RECHECK_USEC) {
-				w->busy_poll_checked = now;
-				w->busy_poll_ok = machine_has_idle_cpu();
-				if (!w->busy_poll_ok)
-					break;
-			}
+			if (!worker_may_poll(w, now))
+				break;
 			until = now + (uint64_t)window;
 		}
 	} while (pgmux_now_usec() < until);
