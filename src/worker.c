@@ -112,14 +112,20 @@ void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t 
 	worker_post(w, msg);
 }
 
-void worker_post_cancel(struct worker *w, uint64_t client_id)
+/* A message whose only payload is an id (msg->client_id; a server's id for MIGRATE). */
+static void worker_post_id(struct worker *w, enum worker_msg_type type, uint64_t id)
 {
-	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CANCEL);
+	struct worker_msg *msg = worker_msg_new(type);
 
 	if (msg == NULL)
 		return;
-	msg->client_id = client_id;
+	msg->client_id = id;
 	worker_post(w, msg);
+}
+
+void worker_post_cancel(struct worker *w, uint64_t client_id)
+{
+	worker_post_id(w, WORKER_MSG_CANCEL, client_id);
 }
 
 void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, const char *text)
@@ -136,22 +142,12 @@ void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, cons
 
 void worker_post_migrate(struct worker *w, uint64_t server_id)
 {
-	struct worker_msg *msg = worker_msg_new(WORKER_MSG_MIGRATE);
-
-	if (msg == NULL)
-		return;
-	msg->client_id = server_id;
-	worker_post(w, msg);
+	worker_post_id(w, WORKER_MSG_MIGRATE, server_id);
 }
 
 void worker_post_kill(struct worker *w, uint64_t client_id)
 {
-	struct worker_msg *msg = worker_msg_new(WORKER_MSG_KILL);
-
-	if (msg == NULL)
-		return;
-	msg->client_id = client_id;
-	worker_post(w, msg);
+	worker_post_id(w, WORKER_MSG_KILL, client_id);
 }
 
 void workers_post_connect(struct pool *pool, struct target *target)
