@@ -66,17 +66,17 @@ const char *client_state_name(enum client_state state)
 	return client_state_names[state];
 }
 
-/*
- * The one place a client changes state. Transitions are few: forward only,
- * except that STARTUP follows TLS_HANDSHAKE and that transaction pooling
- * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE.
- */
 /* In a transaction or waiting for a backend (for the worker's busy polling). */
 static bool client_state_busy(enum client_state state)
 {
 	return state == CLIENT_WAITING || state == CLIENT_SETUP || state == CLIENT_ACTIVE;
 }
 
+/*
+ * The one place a client changes state. Transitions are few: forward only,
+ * except that STARTUP follows TLS_HANDSHAKE and that transaction pooling
+ * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE.
+ */
 static void client_set_state(struct client *c, enum client_state next)
 {
 	static const unsigned allowed[] = {

@@ -227,6 +227,18 @@ static void server_connect_wait(struct server *s, bool want_write)
 	event_add(*ev, NULL);
 }
 
+/*
+ * A login refused with 57P01-57P03 (shutting down, crashed, starting up or in
+ * recovery): the instance is unavailable, not refusing these clients. Like a
+ * refused connection, that is the health check's call, and the waiting
+ * clients wait for it or for a new writer (a failover).
+ */
+static bool sqlstate_instance_unavailable(const char *sqlstate)
+{
+	return strcmp(sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0 || strcmp(sqlstate, SQLSTATE_CRASH_SHUTDOWN) == 0 ||
+	       strcmp(sqlstate, SQLSTATE_CANNOT_CONNECT_NOW) == 0;
+}
+
 static void server_connect_poll(struct server *s)
 {
 	switch (PQconnectPoll(s->pg)) {
@@ -251,15 +263,7 @@ static void server_connect_poll(struct server *s)
 		/* Show the server's own reason when there is one. */
 		snprintf(why, sizeof(why), "%s", reason);
 		why[strcspn(why, "\n")] = '\0';
-		/*
-		 * 57P01-57P03 (shutting down, crashed, starting up or in recovery):
-		 * the instance is unavailable, not refusing these clients. Like a
-		 * refused connection, that is the health check's call, and the
-		 * waiting clients wait for it or for a new writer (a failover).
-		 */
-		server_connect_failed(s, why,
-				      fatal != NULL && !(strncmp(sqlstate, "57P0", 4) == 0 && sqlstate[4] >= '1' &&
-							 sqlstate[4] <= '3'));
+		server_connect_failed(s, why, fatal != NULL && !sqlstate_instance_unavailable(sqlstate));
 		return;
 	}
 	default:
