@@ -658,6 +658,13 @@ char *h_query_value(PGconn *conn, const char *sql)
 	return v;
 }
 
+char *h_value_ok(PGconn *conn, const char *sql)
+{
+	char *v = h_query_value(conn, sql);
+	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+	return v;
+}
+
 bool h_poll_value(PGconn *super, const char *sql, const char *want, int timeout_ms)
 {
 	long long deadline = h_now_ms() + timeout_ms;

@@ -142,6 +142,8 @@ PGconn *h_connect_app(int port, const char *sslmode, const char *extra);
 PGconn *h_connect_super_direct(void);
 /* First column of the first row (malloc'd), or NULL on error (message to stderr). */
 char *h_query_value(PGconn *conn, const char *sql);
+/* The same for a query that must succeed: fails the test otherwise (free the value). */
+char *h_value_ok(PGconn *conn, const char *sql);
 /*
  * Poll (direct superuser connection) until sql returns a first value equal to
  * want, or timeout_ms passes. Returns true when it did.

@@ -676,6 +676,8 @@ Test(cutover, admin_cutover_to_under_pgbench_prepared)
  */
 Test(cutover, check_of_old_server_under_way_and_new_server_not_yet_healthy)
 {
+	static const char held_checks[] = "SELECT count(*) FROM pg_stat_activity "
+					  "WHERE application_name = 'pgmux health check' AND wait_event_type = 'Lock'";
 	const struct h_env *e = h_env();
 	PGconn *on_a = h_connect_super_port(e->pgport, DB);
 	PGconn *on_b = h_connect_super_port(pgb.port, DB);
@@ -706,10 +708,7 @@ Test(cutover, check_of_old_server_under_way_and_new_server_not_yet_healthy)
 	snprintf(sql, sizeof(sql), "ALTER ROLE %s NOLOGIN", e->appuser);
 	h_exec_ok(on_b, sql);
 	h_exec_ok(on_a, "SELECT pg_advisory_lock(4242)");
-	cr_assert(h_poll_value(on_a,
-			       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmux health check' "
-			       "AND wait_event_type = 'Lock'",
-			       "1", h_scaled_ms(10000)),
+	cr_assert(h_poll_value(on_a, held_checks, "1", h_scaled_ms(10000)),
 		  "no health check of A was seen waiting for the lock");
 
 	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", pgb.port);
@@ -720,24 +719,16 @@ Test(cutover, check_of_old_server_under_way_and_new_server_not_yet_healthy)
 
 	/* A's held check ends and reports "writer"; B still refuses the monitor. */
 	h_exec_ok(on_a, "SELECT pg_advisory_unlock(4242)");
-	cr_assert(h_poll_value(on_a,
-			       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmux health check' "
-			       "AND wait_event_type = 'Lock'",
-			       "0", h_scaled_ms(10000)),
+	cr_assert(h_poll_value(on_a, held_checks, "0", h_scaled_ms(10000)),
 		  "A's health check did not go on");
 	h_sleep_ms(h_scaled_ms(300));
 	snprintf(sql, sizeof(sql), "ALTER ROLE %s LOGIN", e->appuser);
 	h_exec_ok(on_b, sql);
 
-	r = h_get_result(app, h_scaled_ms(20000));
-	cr_assert_not_null(r, "the query sent after the cutover got no answer");
-	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "the query sent after the cutover failed: %s",
-		     PQresultErrorMessage(r));
-	cr_expect_eq(atoi(PQgetvalue(r, 0, 0)), pgb.port,
-		     "the query sent after the cutover ran on port %s, not B's (%d)",
-		     PQgetvalue(r, 0, 0), pgb.port);
-	PQclear(r);
-	drain_results(app);
+	port = sent_value_ok(app, h_scaled_ms(20000), "the query sent after the cutover");
+	cr_expect_eq(atoi(port), pgb.port, "the query sent after the cutover ran on port %s, not B's (%d)", port,
+		     pgb.port);
+	free(port);
 	char b_port[16];
 	snprintf(b_port, sizeof(b_port), "%d", pgb.port);
 	cr_expect(poll_lookup(admin, "SHOW TARGETS", "port", b_port, "role", "writer", h_scaled_ms(5000)),

@@ -155,17 +155,9 @@ static PGconn *connect_app_ok(const char *sslmode, const char *extra)
 	return conn;
 }
 
-/* The value of a one-value query that must succeed. */
-static char *value_ok(PGconn *conn, const char *sql)
-{
-	char *v = h_query_value(conn, sql);
-	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
-	return v;
-}
-
 static void expect_value(PGconn *conn, const char *sql, const char *want)
 {
-	char *v = value_ok(conn, sql);
+	char *v = h_value_ok(conn, sql);
 	cr_expect_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
 	free(v);
 }
@@ -650,7 +642,7 @@ Test(session, startup_parameters_are_kept)
 	expect_value(conn, "show statement_timeout", "1234ms");
 	cr_assert_str_eq(PQparameterStatus(conn, "application_name"), "foo");
 
-	char *pid = value_ok(conn, "select pg_backend_pid()");
+	char *pid = h_value_ok(conn, "select pg_backend_pid()");
 	char sql[200];
 	snprintf(sql, sizeof(sql), "select application_name from pg_stat_activity where pid = %s", pid);
 	expect_value(super, sql, "foo");
@@ -665,7 +657,7 @@ Test(session, startup_parameters_are_kept)
 Test(session, backend_key_is_pgmux_own)
 {
 	PGconn *conn = connect_app_ok("require", NULL);
-	char *pid = value_ok(conn, "select pg_backend_pid()");
+	char *pid = h_value_ok(conn, "select pg_backend_pid()");
 	cr_assert_neq(PQbackendPID(conn), atoi(pid),
 		      "pgmux passed the backend's own pid (%d) through in BackendKeyData", atoi(pid));
 	cr_assert_neq(PQbackendPID(conn), 0);
@@ -1014,7 +1006,7 @@ Test(pool2, sequential_sessions_reuse_reset_backends)
 			expect_value(conn, "select coalesce(to_regclass('pg_temp.reuse_marker')::text, 'gone')", "gone");
 			expect_value(conn, "show work_mem", "4MB");
 		}
-		char *pid = value_ok(conn, "select pg_backend_pid()");
+		char *pid = h_value_ok(conn, "select pg_backend_pid()");
 		pids[i] = atoi(pid);
 		free(pid);
 		PQfinish(conn);
@@ -1030,7 +1022,7 @@ Test(pool2, sequential_sessions_reuse_reset_backends)
 		      distinct, pids[0], pids[1], pids[2], pids[3], pids[4]);
 
 	PGconn *super = h_connect_super_direct();
-	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgmux health check'");
+	char *n = h_value_ok(super, "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgmux health check'");
 	cr_assert_leq(atoi(n), 2, "%s backend connections for app with max_connections=2", n);
 	free(n);
 	PQfinish(super);
@@ -1053,7 +1045,7 @@ Test(pool1, second_client_waits_for_the_first)
 	cr_assert(!ended_early, "the second client did not wait for the only backend");
 
 	PGconn *super = h_connect_super_direct();
-	char *n = value_ok(super, "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgmux health check'");
+	char *n = h_value_ok(super, "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgmux health check'");
 	cr_assert_str_eq(n, "1", "max_connections=1 but app has %s backends", n);
 	free(n);
 	PQfinish(super);

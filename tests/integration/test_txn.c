@@ -107,23 +107,16 @@ static void run_ok(PGconn *conn, const char *sql)
 	PQclear(r);
 }
 
-static char *value_ok(PGconn *conn, const char *sql)
-{
-	char *v = h_query_value(conn, sql);
-	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
-	return v;
-}
-
 static void expect_value(PGconn *conn, const char *sql, const char *want)
 {
-	char *v = value_ok(conn, sql);
+	char *v = h_value_ok(conn, sql);
 	cr_assert_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
 	free(v);
 }
 
 static int backend_pid(PGconn *conn)
 {
-	char *v = value_ok(conn, "select pg_backend_pid()");
+	char *v = h_value_ok(conn, "select pg_backend_pid()");
 	int pid = atoi(v);
 	free(v);
 	cr_assert_gt(pid, 0);
@@ -342,6 +335,18 @@ static void traffic_stop_and_check(struct traffic *t)
 	cr_log_info("background client: %d transactions", atomic_load(&t->transactions));
 }
 
+/* pgbench (c, ended) exited with 0 and reports no failed transaction; its output is printed if not. */
+static void expect_pgbench_clean(const struct h_cmd *c, const char *what)
+{
+	bool clean = c->status == 0 && strstr(c->out, "number of failed transactions: 0 ") != NULL;
+
+	if (!clean)
+		h_cmd_dump(c, "pgbench");
+	cr_assert_eq(c->status, 0, "%s exited with %d", what, c->status);
+	cr_assert(strstr(c->out, "number of failed transactions: 0 ") != NULL, "%s reports failed transactions:\n%s",
+		  what, c->out);
+}
+
 /* ================================================================ 1: pgbench */
 
 TestSuite(txn_pgbench, .fini = fini_kill_leftovers, .timeout = 300);
@@ -376,7 +381,7 @@ static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
 			h_cmd_dump(&c, "pgbench");
 			cr_assert_fail("pgbench -M %s did not finish in time", protocol);
 		}
-		char *n = value_ok(super, APP_BACKENDS_SQL);
+		char *n = h_value_ok(super, APP_BACKENDS_SQL);
 		samples++;
 		if (atoi(n) > max_seen)
 			max_seen = atoi(n);
@@ -384,12 +389,9 @@ static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
 	}
 	PQfinish(super);
 
-	int st = c.status;
-	if (st != 0 || strstr(c.out, "number of failed transactions: 0 ") == NULL)
-		h_cmd_dump(&c, "pgbench");
-	cr_assert_eq(st, 0, "pgbench -M %s exited with %d", protocol, st);
-	cr_assert(strstr(c.out, "number of failed transactions: 0 ") != NULL,
-		  "pgbench -M %s reports failed transactions:\n%s", protocol, c.out);
+	char what[64];
+	snprintf(what, sizeof(what), "pgbench -M %s", protocol);
+	expect_pgbench_clean(&c, what);
 	const char *p = strstr(c.out, "number of transactions actually processed: ");
 	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", c.out);
 	long processed = strtol(p + strlen("number of transactions actually processed: "), NULL, 10);
@@ -743,7 +745,7 @@ static int tz_step(PGconn *a, int step, void *arg)
 Test(txn_state, timezone_and_intervalstyle_follow_the_client)
 {
 	PGconn *direct = h_connect_app_direct(NULL);
-	char *default_tz = value_ok(direct, "show timezone");
+	char *default_tz = h_value_ok(direct, "show timezone");
 	PQfinish(direct);
 
 	start_txn_pgmux(2, NULL, NULL);
@@ -1743,7 +1745,7 @@ Test(txn_conform, hundred_clients_over_4_backends)
 	int samples = 0, max_seen = 0;
 	long long deadline = h_now_ms() + h_scaled_ms(60000);
 	while (atomic_load(&m.done) < MANY_CLIENTS && h_now_ms() < deadline) {
-		char *n = value_ok(super, APP_BACKENDS_SQL);
+		char *n = h_value_ok(super, APP_BACKENDS_SQL);
 		samples++;
 		if (atoi(n) > max_seen)
 			max_seen = atoi(n);
@@ -1964,12 +1966,10 @@ static void pgbench_select_ok(const char *clients, const char *seconds)
 			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
 	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
 	struct h_cmd c;
-	int st = h_cmd_run(&c, argv, env, h_scaled_ms(60000));
-	if (st != 0 || strstr(c.out, "number of failed transactions: 0 ") == NULL)
-		h_cmd_dump(&c, "pgbench");
-	cr_assert_eq(st, 0, "pgbench -c %s exited with %d", clients, st);
-	cr_assert(strstr(c.out, "number of failed transactions: 0 ") != NULL,
-		  "pgbench -c %s reports failed transactions:\n%s", clients, c.out);
+	char what[64];
+	h_cmd_run(&c, argv, env, h_scaled_ms(60000));
+	snprintf(what, sizeof(what), "pgbench -c %s", clients);
+	expect_pgbench_clean(&c, what);
 	cr_log_info("busy_poll_us = 500, pgbench -S -c %s: %s", clients,
 		    strstr(c.out, "tps = ") ? strstr(c.out, "tps = ") : "(no tps)");
 	h_cmd_free(&c);
