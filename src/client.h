@@ -90,6 +90,8 @@ struct client {
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 
+	uint64_t wait_since_usec;      /* when it joined its pool's waiters (pool lock) */
+
 	/* Set by the pool, under its lock, when a wait ends. */
 	struct server *assigned_server;
 	char *assigned_error;

@@ -56,6 +56,7 @@ void workers_sum_stats(struct worker_stats *out)
 		out->servers_opened += __atomic_load_n(&s->servers_opened, __ATOMIC_RELAXED);
 		out->server_connect_failures += __atomic_load_n(&s->server_connect_failures, __ATOMIC_RELAXED);
 		out->sessions_pinned += __atomic_load_n(&s->sessions_pinned, __ATOMIC_RELAXED);
+		out->server_handoffs += __atomic_load_n(&s->server_handoffs, __ATOMIC_RELAXED);
 	}
 }
 
@@ -254,6 +255,7 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 
 			/* Gone already if it closed meanwhile; the waiting client then gets another. */
 			if (s->id == msg->client_id && s->state == SERVER_IDLE && s->client == NULL) {
+				STAT_INC(w, server_handoffs);
 				server_detach(s);
 				pool_release(s);
 				break;

@@ -61,6 +61,7 @@ struct worker_stats {
 	uint64_t servers_opened;
 	uint64_t server_connect_failures;
 	uint64_t sessions_pinned;
+	uint64_t server_handoffs;  /* backends detached from this worker for a client on another */
 };
 
 #define STAT_INC(w, field) __atomic_store_n(&(w)->stats.field, (w)->stats.field + 1, __ATOMIC_RELAXED)

@@ -665,6 +665,20 @@ char *h_value_ok(PGconn *conn, const char *sql)
 	return v;
 }
 
+long long h_admin_stat(PGconn *admin, const char *name)
+{
+	PGresult *r = PQexec(admin, "SHOW STATS");
+	long long v = -1;
+
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "SHOW STATS: %s", PQerrorMessage(admin));
+	for (int i = 0; i < PQntuples(r) && v < 0; i++)
+		if (strcmp(PQgetvalue(r, i, 0), name) == 0)
+			v = atoll(PQgetvalue(r, i, 1));
+	PQclear(r);
+	cr_assert_geq(v, 0, "SHOW STATS has no row named %s", name);
+	return v;
+}
+
 bool h_poll_value(PGconn *super, const char *sql, const char *want, int timeout_ms)
 {
 	long long deadline = h_now_ms() + timeout_ms;

@@ -144,6 +144,8 @@ PGconn *h_connect_super_direct(void);
 char *h_query_value(PGconn *conn, const char *sql);
 /* The same for a query that must succeed: fails the test otherwise (free the value). */
 char *h_value_ok(PGconn *conn, const char *sql);
+/* The value of counter name in SHOW STATS, on a connection to the admin console. */
+long long h_admin_stat(PGconn *admin, const char *name);
 /*
  * Poll (direct superuser connection) until sql returns a first value equal to
  * want, or timeout_ms passes. Returns true when it did.

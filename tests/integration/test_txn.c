@@ -68,6 +68,7 @@ static void start_txn_pgmux(int max_connections, const char *extra_pgmux, const 
 	o.max_connections = max_connections;
 	o.extra_pgmux = extra_pgmux;
 	o.extra_pool = extra_pool;
+	o.admin_users = h_env()->superuser;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 }
 
@@ -1161,6 +1162,57 @@ Test(txn_borrow, timeout_error_and_connection_stays_usable)
 
 	PQfinish(a);
 	PQfinish(b);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* The clock_timestamp() (microseconds since 1970) of a query that waited for the only backend. */
+static long long queued_clock_ok(PGconn *conn, const char *who)
+{
+	bool answered = wait_not_busy(conn, h_scaled_ms(5000));
+	if (!answered)
+		pgmux_dump_logs(&px);
+	cr_assert(answered, "%s got no backend within 5 s of the only backend's release", who);
+	PGresult *r = next_result(conn);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s: %s", who, PQerrorMessage(conn));
+	long long t = atoll(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	cr_assert_null(next_result(conn));
+	return t;
+}
+
+/*
+ * A backend given back goes to a waiter on its own worker thread when the
+ * oldest waiter is on the other one and has waited under a millisecond, which
+ * saves moving the backend between threads. A waiter that has waited longer
+ * comes first, wherever it is. The harness starts two workers and pgmux deals
+ * connections to them in turn, so x and z share one and y has the other.
+ */
+Test(txn_borrow, oldest_waiter_comes_first_across_workers)
+{
+	static const char clock_sql[] = "select (extract(epoch from clock_timestamp()) * 1000000)::bigint";
+
+	start_txn_pgmux(1, NULL, NULL);
+	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	PGconn *x = app(NULL), *y = app(NULL), *z = app(NULL);
+	long long handoffs = h_admin_stat(admin, "database_connection_handoffs");
+
+	run_ok(x, "begin");
+	cr_assert_eq(PQsendQuery(y, clock_sql), 1, "%s", PQerrorMessage(y));
+	h_sleep_ms(h_scaled_ms(50));
+	cr_assert_eq(PQsendQuery(z, clock_sql), 1, "%s", PQerrorMessage(z));
+	h_sleep_ms(h_scaled_ms(50));
+	run_ok(x, "commit");
+	long long ty = queued_clock_ok(y, "y (the oldest waiter, on the other worker)");
+	long long tz = queued_clock_ok(z, "z (on x's worker)");
+	cr_assert_lt(ty, tz, "z, on the releasing worker, ran %lld us before y, which had waited 50 ms longer", ty - tz);
+	/* x's worker to y's, then y's to z's. */
+	cr_assert_eq(h_admin_stat(admin, "database_connection_handoffs") - handoffs, 2);
+	expect_value(x, "select 'x again'", "x again");
+
+	PQfinish(x);
+	PQfinish(y);
+	PQfinish(z);
+	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
 }
 
