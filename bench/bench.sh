@@ -300,6 +300,7 @@ logfile = $WORK/pgmux/pgmux.log
 log_level = warning
 max_client_connections = 20000
 listen_backlog = 4096
+admin_users = bench
 
 [target]
 hosts = 127.0.0.1:$PGPORT
@@ -509,6 +510,11 @@ if want 1; then
 			[ "$R_RC" -eq 0 ] || note "s1.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
 		done
 	done
+	# How often a backend moved between pgmux's two workers (all rounds, logins included).
+	handoffs=$("$PSQL" -X -At -F ' ' -h 127.0.0.1 -p "$MUXPORT" -U bench -d pgmux -c 'SHOW STATS' 2>/dev/null |
+		awk '$1 == "transactions" { t = $2 } $1 == "database_connection_handoffs" { h = $2 }
+		     END { if (t > 0) printf "%d of %d transactions (%.2f per transaction)", h, t, h / t }' || true)
+	note "s1.pgmux" "backends handed from one worker to the other (SHOW STATS): ${handoffs:-not available}"
 	stop_poolers
 fi
 
