@@ -482,10 +482,17 @@ static struct worker *worker_create(int id)
 	ecfg = event_config_new();
 	if (ecfg == NULL)
 		goto fail;
-	/* Two priorities: normal I/O at 0, the reaper at 1 so it runs after them. */
+	/*
+	 * One priority for every event. A wake-up posted during a pass (a
+	 * backend given to a client of this worker) then runs in that same pass:
+	 * with the wake event ahead of the I/O events, as it used to be, it
+	 * waited for the next pass, which cost an epoll_wait, sometimes two. The
+	 * reaper runs after the callbacks already queued when it was scheduled,
+	 * and a freed object's events are gone from the queue by then.
+	 */
 	w->base = event_base_new_with_config(ecfg);
 	event_config_free(ecfg);
-	if (w->base == NULL || event_base_priority_init(w->base, 2) != 0)
+	if (w->base == NULL)
 		goto fail;
 	w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
 	if (w->dns == NULL) {
@@ -499,8 +506,6 @@ static struct worker *worker_create(int id)
 	w->reap_event = event_new(w->base, -1, 0, worker_reap_cb, w);
 	if (w->wake_event == NULL || w->reap_event == NULL)
 		goto fail;
-	event_priority_set(w->wake_event, 0);
-	event_priority_set(w->reap_event, 1);
 	w->janitor_event = event_new(w->base, -1, EV_PERSIST, worker_janitor_cb, w);
 	if (w->janitor_event == NULL)
 		goto fail;
