@@ -13,6 +13,7 @@
 #                       PgBouncer default_pool_size)
 #   IDLE_CLIENTS=10000  idle client connections in scenario 5
 #   BUSY_POLL_US=200    pgmux's busy_poll_us (0 turns busy polling off)
+#   PGMUX_WORKERS=2     pgmux's worker threads
 #   WARMUP=5            seconds of unmeasured pgbench -S, direct, before scenario 1
 #   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
 #   PGMUX_COMMIT_OVERRIDE=text  label printed for that binary (default: the
@@ -35,12 +36,13 @@ POOL_SIZE=${POOL_SIZE:-16}
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 WARMUP=${WARMUP:-5}
 BUSY_POLL_US=${BUSY_POLL_US:-200}
+PGMUX_WORKERS=${PGMUX_WORKERS:-2}
 KEEP=${KEEP:-}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 RESULTS=${RESULTS:-$HERE/results-latest.txt}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US PGMUX_WORKERS=$PGMUX_WORKERS${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -53,6 +55,7 @@ is_uint "$POOL_SIZE" && [ "$POOL_SIZE" -ge 1 ] || die "POOL_SIZE must be a posit
 is_uint "$IDLE_CLIENTS" && [ "$IDLE_CLIENTS" -ge 1 ] || die "IDLE_CLIENTS must be a positive integer (got '$IDLE_CLIENTS')"
 is_uint "$WARMUP" || die "WARMUP must be a number of seconds (got '$WARMUP')"
 is_uint "$BUSY_POLL_US" && [ "$BUSY_POLL_US" -le 10000 ] || die "BUSY_POLL_US must be 0 to 10000 microseconds (got '$BUSY_POLL_US')"
+is_uint "$PGMUX_WORKERS" && [ "$PGMUX_WORKERS" -ge 1 ] && [ "$PGMUX_WORKERS" -le 64 ] || die "PGMUX_WORKERS must be 1 to 64 (got '$PGMUX_WORKERS')"
 for s in $SCENARIOS; do
 	case $s in 1|2|3|4|5|6) ;; *) die "SCENARIOS may only list 1 to 6 (got '$s')" ;; esac
 done
@@ -289,7 +292,7 @@ write_pgmux_conf() {
 [pgmux]
 listen_addr = 127.0.0.1
 listen_port = $MUXPORT
-workers = 2
+workers = $PGMUX_WORKERS
 busy_poll_us = $BUSY_POLL_US
 client_tls_cert_file = $WORK/tls/server.crt
 client_tls_key_file = $WORK/tls/server.key
@@ -696,7 +699,7 @@ pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNI
 	echo "machine:   $MACHINE_CPUS CPUs, $MACHINE_MODEL, $MACHINE_MEM RAM, $MACHINE_KERNEL"
 	echo "software:  $PG_VERSION; $PGB_VERSION; pgmux $PGMUX_COMMIT ($PGMUX)"
 	echo "setup:     pool $POOL_SIZE server connections, transaction pooling, SCRAM clients, no server TLS,"
-	echo "           pgmux workers = 2; PostgreSQL fsync = off, shared_buffers = 128MB; everything on loopback"
+	echo "           pgmux workers = $PGMUX_WORKERS; PostgreSQL fsync = off, shared_buffers = 128MB; everything on loopback"
 	echo "load avg:  $LOAD_START at start, $LOAD_END at end (other processes on the machine add noise)"
 	echo "medians of $ROUNDS interleaved rounds (pgmux, PgBouncer, direct), $DURATION s per pgbench run"
 	echo
