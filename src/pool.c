@@ -563,10 +563,8 @@ void pool_release(struct server *s)
 		list_del(&waiter->wait_node);
 		pool->n_waiting--;
 		/* A server moves to another worker's loop only detached; on this one it stays. */
-		if (s->worker && s->worker != waiter->worker) {
-			STAT_INC(s->worker, server_handoffs);
+		if (s->worker && s->worker != waiter->worker)
 			server_detach(s);
-		}
 		waiter->assigned_server = s;
 		s->state = SERVER_IDLE;
 		list_append(&waiter->worker->ready, &waiter->wait_node);

@@ -449,8 +449,11 @@ bool server_attach(struct server *s, struct worker *w)
 void server_detach(struct server *s)
 {
 	io_detach(&s->io);
-	if (s->worker)
+	if (s->worker) {
+		/* Its only callers hand it to another worker (directly or through the pool). */
+		STAT_INC(s->worker, server_handoffs);
 		list_del(&s->worker_node);
+	}
 	s->worker = NULL;
 	io_shrink(&s->io);
 }

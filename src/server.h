@@ -139,7 +139,7 @@ void server_format_address(const struct evutil_addrinfo *res, char *out, size_t 
 /* Attach a parked server to w's loop. Returns false when it turned out dead (it is then closed). */
 bool server_attach(struct server *s, struct worker *w);
 
-/* Detach from the current worker (before handing to the pool or another worker). */
+/* Detach from the current worker (before handing to the pool or another worker); counted as a hand-off. */
 void server_detach(struct server *s);
 
 /* Run sql as a query of pgmux's own; done is called from the server's callback. */

@@ -255,7 +255,6 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 
 			/* Gone already if it closed meanwhile; the waiting client then gets another. */
 			if (s->id == msg->client_id && s->state == SERVER_IDLE && s->client == NULL) {
-				STAT_INC(w, server_handoffs);
 				server_detach(s);
 				pool_release(s);
 				break;

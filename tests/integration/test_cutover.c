@@ -126,14 +126,6 @@ static char *lookup(PGconn *admin, const char *command, const char *key_col, con
 	return v;
 }
 
-static long long stat_value(PGconn *admin, const char *name)
-{
-	char *v = lookup(admin, "SHOW STATS", "name", name, "value");
-	long long n = atoll(v);
-	free(v);
-	return n;
-}
-
 /* Poll an admin lookup until it equals want. */
 static bool poll_lookup(PGconn *admin, const char *command, const char *key_col, const char *key,
 			const char *val_col, const char *want, int timeout_ms)
@@ -587,7 +579,7 @@ static void cutover_under_pgbench(enum cutover_how how, const char *protocol, in
 
 	/* The longest pause: pgmux's own account (log and SHOW STATS), and what pgbench's clients saw. */
 	long pause_ms = cutover_pause_from_log(b_hostport);
-	long long stats_pause_ms = stat_value(admin, "last_cutover_pause_ms");
+	long long stats_pause_ms = h_admin_stat(admin, "last_cutover_pause_ms");
 	/* Transactions held by the pause end between the start of the cutover and shortly after its end. */
 	struct latency_summary lat = {.window_from_us = cut_started_wall_us, .window_to_us = cut_ended_wall_us + 500000};
 	read_pgbench_logs(logdir, &lat);
@@ -614,9 +606,9 @@ static void cutover_under_pgbench(enum cutover_how how, const char *protocol, in
 	free(port);
 	PQfinish(app);
 
-	cr_expect_eq(stat_value(admin, "cutovers"), 1);
-	cr_expect_eq(stat_value(admin, "cutover_in_progress"), 0);
-	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "cutovers"), 1);
+	cr_expect_eq(h_admin_stat(admin, "cutover_in_progress"), 0);
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	if (pause_ms >= 0)
 		cr_expect_eq(stats_pause_ms, pause_ms, "SHOW STATS and the log disagree on the pause");
 	/* B is the only target now, and the monitor knows it as the writer. */
@@ -768,7 +760,7 @@ Test(cutover, open_transaction_finishes_on_old_server_first)
 	PGconn *watch = admin_ok();
 	cr_assert(poll_lookup(watch, "SHOW STATS", "name", "cutover_in_progress", "value", "1", 5000),
 		  "SHOW STATS never showed the cutover in progress");
-	cr_expect_eq(stat_value(watch, "paused"), 1);
+	cr_expect_eq(h_admin_stat(watch, "paused"), 1);
 	cr_assert(PQsendQuery(other, "select inet_server_port()"));
 	expect_blocked(other, 1000, "a new transaction during the cutover");
 	expect_blocked(admin, 10, "CUTOVER TO while a transaction is open");
@@ -791,13 +783,13 @@ Test(cutover, open_transaction_finishes_on_old_server_first)
 	port = value_ok(tx, "select inet_server_port()");
 	cr_expect_str_eq(port, b_port);
 	free(port);
-	cr_expect_eq(stat_value(admin, "last_cutover_transactions_in_flight"), 1);
-	cr_expect_geq(stat_value(admin, "last_cutover_clients_waited"), 1);
+	cr_expect_eq(h_admin_stat(admin, "last_cutover_transactions_in_flight"), 1);
+	cr_expect_geq(h_admin_stat(admin, "last_cutover_clients_waited"), 1);
 	char needle[200];
 	snprintf(needle, sizeof(needle), "cutover to 127.0.0.1:%d: new transactions paused for", pgb.port);
 	cr_expect(h_file_count(px.logfile, needle) == 1, "no \"%s\" line in pgmux's log", needle);
 	PQfinish(watch);
-	cr_expect_geq(stat_value(admin, "last_cutover_pause_ms"), 1000);
+	cr_expect_geq(h_admin_stat(admin, "last_cutover_pause_ms"), 1000);
 
 	PQfinish(tx);
 	PQfinish(other);
@@ -855,7 +847,7 @@ Test(cutover, pinned_session_keeps_old_backend_until_cutover_timeout)
 	port = value_ok(free_client, "select inet_server_port()");
 	cr_expect_str_eq(port, b_port);
 	free(port);
-	cr_expect_eq(stat_value(admin, "last_cutover_pinned_sessions"), 1);
+	cr_expect_eq(h_admin_stat(admin, "last_cutover_pinned_sessions"), 1);
 
 	/* When cutover_timeout has passed, the pinned session ends with a FATAL error. */
 	struct pollfd pfd = {.fd = PQsocket(pinned), .events = POLLIN};
@@ -1031,16 +1023,16 @@ Test(cutover_admin, show_targets_writer_healthy)
 Test(cutover_admin, show_stats_counts_queries)
 {
 	PGconn *admin = admin_ok();
-	long long before = stat_value(admin, "queries");
+	long long before = h_admin_stat(admin, "queries");
 	PGconn *app = app_ok("postgres");
 	for (int i = 0; i < 5; i++)
 		cr_assert_eq(number_ok(app, "select 7"), 7);
-	cr_expect_geq(stat_value(admin, "queries") - before, 5, "5 queries were not counted");
-	cr_expect_geq(stat_value(admin, "transactions"), 5);
-	cr_expect_eq(stat_value(admin, "client_connections"), 2, "admin + app");
-	cr_expect_eq(stat_value(admin, "paused"), 0);
-	cr_expect_eq(stat_value(admin, "cutovers"), 0);
-	cr_expect_eq(stat_value(admin, "cutover_in_progress"), 0);
+	cr_expect_geq(h_admin_stat(admin, "queries") - before, 5, "5 queries were not counted");
+	cr_expect_geq(h_admin_stat(admin, "transactions"), 5);
+	cr_expect_eq(h_admin_stat(admin, "client_connections"), 2, "admin + app");
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "cutovers"), 0);
+	cr_expect_eq(h_admin_stat(admin, "cutover_in_progress"), 0);
 	PQfinish(app);
 	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
@@ -1087,12 +1079,12 @@ static void pause_resume(const char *pause_sql, const char *resume_sql)
 		cr_expect_str_eq(paused, "yes", "SHOW TARGETS after %s", pause_sql);
 		free(paused);
 	} else {
-		cr_expect_eq(stat_value(admin, "paused"), 1, "SHOW STATS after PAUSE");
+		cr_expect_eq(h_admin_stat(admin, "paused"), 1, "SHOW STATS after PAUSE");
 	}
 
 	cr_assert(PQsendQuery(app, "select 42"));
 	expect_blocked(app, 1000, pause_sql);
-	cr_expect_geq(stat_value(admin, "transactions_waiting"), 1);
+	cr_expect_geq(h_admin_stat(admin, "transactions_waiting"), 1);
 
 	r = PQexec(admin, resume_sql);
 	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", resume_sql, PQerrorMessage(admin));
@@ -1101,7 +1093,7 @@ static void pause_resume(const char *pause_sql, const char *resume_sql)
 	char *v = sent_value_ok(app, 5000, "the query held by PAUSE, after RESUME");
 	cr_expect_str_eq(v, "42");
 	free(v);
-	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	char *paused = lookup(admin, "SHOW TARGETS", "port", port, "paused");
 	cr_expect_str_eq(paused, "no");
 	free(paused);
@@ -1130,7 +1122,7 @@ Test(cutover_admin, pause_unknown_instance_is_an_error)
 	cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "PAUSE of an unknown instance: %s",
 		     PQresStatus(PQresultStatus(r)));
 	PQclear(r);
-	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
 }
@@ -1192,7 +1184,7 @@ Test(cutover_admin, reload_of_a_broken_file_is_refused_as_a_whole)
 	snprintf(want, sizeof(want), "127.0.0.1:%d", h_env()->pgport);
 	cr_expect_str_eq(v, want);
 	free(v);
-	cr_expect_eq(stat_value(admin, "cutovers"), 0);
+	cr_expect_eq(h_admin_stat(admin, "cutovers"), 0);
 	PGconn *app = app_ok("postgres");
 	cr_expect_eq(number_ok(app, "select 9"), 9);
 	PQfinish(app);
@@ -1274,7 +1266,7 @@ Test(cutover_admin, extended_protocol_gives_the_same_results)
 	cr_expect_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE) ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : "", "42601");
 	PQclear(r);
 	/* Still in step after the error. */
-	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(app);
 	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
@@ -1296,7 +1288,7 @@ Test(cutover_admin, non_admin_and_wrong_password_are_refused)
 
 	/* pgmux is unharmed. */
 	PGconn *admin = admin_ok();
-	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
 }
@@ -1376,7 +1368,7 @@ Test(cutover_signals, sigusr1_pauses_sigusr2_resumes)
 	char *v = sent_value_ok(app, 5000, "the query held by SIGUSR1, after SIGUSR2");
 	cr_expect_str_eq(v, "43");
 	free(v);
-	cr_expect_eq(stat_value(admin, "paused"), 0);
+	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(app);
 	PQfinish(admin);
 	stop_pgmux_expect_clean_exit();
@@ -1413,7 +1405,7 @@ Test(cutover_signals, sighup_with_an_invalid_file_keeps_the_old_one)
 	char *v = lookup(admin, "SHOW CONFIG", "name", "max_connections", "value");
 	cr_expect_str_eq(v, "8");
 	free(v);
-	cr_expect_eq(stat_value(admin, "cutovers"), 0);
+	cr_expect_eq(h_admin_stat(admin, "cutovers"), 0);
 	PQfinish(admin);
 	PQfinish(fresh);
 	PQfinish(app);
