@@ -54,6 +54,12 @@ static void fini_kill_leftovers(void)
  * Start a pgmux in transaction mode with a pool of max_connections backends.
  * First wait for backends of app left by an earlier test to be gone, so that
  * counts in pg_stat_activity belong to this test only.
+ *
+ * The pool keeps every idle backend (max_idle_connections_percent = 100)
+ * unless extra_pool sets the cap: these tests follow clients over a fixed
+ * set of backends, and the default cap of 50 % closes one of two backends
+ * left idle for a second (during a pg_sleep, or a slow run under valgrind).
+ * The janitor suite tests the cap.
  */
 static void start_txn_pgmux(int max_connections, const char *extra_pgmux, const char *extra_pool)
 {
@@ -62,12 +68,17 @@ static void start_txn_pgmux(int max_connections, const char *extra_pgmux, const 
 	PQfinish(super);
 	cr_assert(quiet, "backends of app from an earlier test are still connected to PostgreSQL");
 
+	char pool[1024];
+	snprintf(pool, sizeof(pool), "%s\n%s",
+		 extra_pool && strstr(extra_pool, "max_idle_connections_percent") ? "" : "max_idle_connections_percent = 100",
+		 extra_pool ? extra_pool : "");
+
 	struct pgmux_options o;
 	pgmux_options_default(&o);
 	o.pool_mode = "transaction";
 	o.max_connections = max_connections;
 	o.extra_pgmux = extra_pgmux;
-	o.extra_pool = extra_pool;
+	o.extra_pool = pool;
 	o.admin_users = h_env()->superuser;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 }
@@ -721,6 +732,16 @@ static void expect_other_client_sees(PGconn *a, PGconn *b, const struct rounds *
 	bool shared = false;
 	for (int i = 0; i < n; i++)
 		shared |= contains_int(a_rounds->pids, a_rounds->n, pids[i]);
+	if (!shared) {
+		fprintf(stderr, "client a's backends:");
+		for (int i = 0; i < a_rounds->n; i++)
+			fprintf(stderr, " %d", a_rounds->pids[i]);
+		fprintf(stderr, "\nclient b's backends:");
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %d", pids[i]);
+		fprintf(stderr, "\n");
+		pgmux_dump_logs(&px);
+	}
 	cr_assert(shared, "client b never used a backend that client a had used");
 }
 
@@ -2051,5 +2072,163 @@ Test(txn_busy_poll, relays_transactions_and_sleeps_when_idle)
 		     used);
 	expect_value(conn, "select 6 * 7", "42");
 	PQfinish(conn);
+	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ 10: the pool's janitor */
+
+TestSuite(txn_janitor, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* How many of app's backends PostgreSQL has now (see APP_BACKENDS_SQL). */
+static int app_backends(PGconn *super)
+{
+	char *v = h_value_ok(super, APP_BACKENDS_SQL);
+	int n = atoi(v);
+	free(v);
+	return n;
+}
+
+/*
+ * Wait until app has want backends; returns the milliseconds since t0. On a
+ * timeout, prints pgmux's log and fails with why.
+ */
+static long long wait_app_backends(PGconn *super, int want, long long t0, const char *why)
+{
+	char s[16];
+	snprintf(s, sizeof(s), "%d", want);
+	bool reached = h_poll_value(super, APP_BACKENDS_SQL, s, h_scaled_ms(6000));
+	long long took = h_now_ms() - t0;
+	if (!reached)
+		pgmux_dump_logs(&px);
+	cr_assert(reached, "%d backends %lld ms later, expected %d: %s", app_backends(super), took, want, why);
+	return took;
+}
+
+/* Each of n clients opens a transaction, so that the pool has n backends; their pids go to pids. */
+static void hold_backends(PGconn **clients, int n, int *pids)
+{
+	for (int i = 0; i < n; i++) {
+		run_ok(clients[i], "begin");
+		pids[i] = backend_pid(clients[i]);
+		for (int j = 0; j < i; j++)
+			cr_assert_neq(pids[j], pids[i], "two clients in a transaction share backend %d", pids[i]);
+	}
+}
+
+/*
+ * Make the pool's four backends busy (one transaction per client), then idle.
+ * Returns the time just before the first of them went idle.
+ */
+static long long four_busy_then_idle(PGconn *super, PGconn **c, int *pids)
+{
+	hold_backends(c, 4, pids);
+	cr_assert_eq(app_backends(super), 4);
+	long long t0 = h_now_ms();
+	for (int i = 0; i < 4; i++)
+		run_ok(c[i], "commit");
+	return t0;
+}
+
+/* Every backend of app that PostgreSQL has is one of pids: the pool opened none since. */
+static void expect_backends_among(PGconn *super, const int *pids, int n, const char *why)
+{
+	PGresult *r = PQexec(super, "select pid from pg_stat_activity where usename = 'app' and datname = "
+				    "'postgres' and coalesce(application_name, '') <> 'pgmux health check'");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(super));
+	for (int i = 0; i < PQntuples(r); i++) {
+		int pid = atoi(PQgetvalue(r, i, 0));
+		cr_assert(contains_int(pids, n, pid), "%s: backend %d is not one of those the clients used", why, pid);
+	}
+	PQclear(r);
+}
+
+/*
+ * max_idle_connections_percent = 50 of max_connections = 4: of four backends
+ * left idle, two are closed once they have been idle for a second, and two
+ * stay. The clients then get four backends again.
+ */
+Test(txn_janitor, idle_cap_closes_surplus_backends_after_a_second)
+{
+	start_txn_pgmux(4, NULL, "max_idle_connections_percent = 50");
+	PGconn *super = h_connect_super_direct();
+	PGconn *c[4];
+	int pids[4];
+	for (int i = 0; i < 4; i++)
+		c[i] = app(NULL);
+	/* Every backend goes idle after t0, so none may be closed before t0 + 1 s. */
+	long long t0 = four_busy_then_idle(super, c, pids);
+	long long took = wait_app_backends(super, 2, t0, "four went idle and the idle cap is 2");
+	cr_assert_geq(took, 995, "the idle cap closed backends %lld ms after they went idle, before a second", took);
+	h_sleep_ms(1500);
+	cr_assert_eq(app_backends(super), 2, "the janitor went below the idle cap of 2");
+	expect_backends_among(super, pids, 4, "after the idle cap");
+
+	hold_backends(c, 4, pids);
+	cr_assert_eq(app_backends(super), 4);
+	for (int i = 0; i < 4; i++) {
+		run_ok(c[i], "commit");
+		PQfinish(c[i]);
+	}
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * min_pool_size = 2: one client's first statement makes the pool open a
+ * second backend, with no second client. server_idle_timeout = 1s: of four
+ * backends left idle, those beyond min_pool_size are closed, and the two
+ * that stay are kept however long they are idle.
+ */
+Test(txn_janitor, server_idle_timeout_spares_min_pool_size)
+{
+	start_txn_pgmux(4, NULL, "min_pool_size = 2\nserver_idle_timeout = 1s");
+	PGconn *super = h_connect_super_direct();
+	PGconn *c[4];
+	int pids[4];
+	for (int i = 0; i < 4; i++)
+		c[i] = app(NULL);
+	expect_value(c[0], "select 1", "1");
+	(void)wait_app_backends(super, 2, h_now_ms(), "one client ran a statement and min_pool_size is 2");
+
+	long long t0 = four_busy_then_idle(super, c, pids);
+	long long took = wait_app_backends(super, 2, t0, "four went idle, server_idle_timeout = 1s, min_pool_size = 2");
+	cr_assert_geq(took, 995, "idle backends were closed %lld ms after they went idle, before server_idle_timeout",
+		      took);
+	h_sleep_ms(2500);
+	cr_assert_eq(app_backends(super), 2, "the janitor closed backends that min_pool_size keeps");
+	expect_backends_among(super, pids, 4, "after server_idle_timeout");
+	expect_value(c[3], "select 'still served'", "still served");
+	for (int i = 0; i < 4; i++)
+		PQfinish(c[i]);
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * server_lifetime = 1s: a transaction on a backend older than that is never
+ * cut short; the backend is closed when the transaction gives it back, and
+ * the next statement gets a new one.
+ */
+Test(txn_janitor, server_lifetime_replaces_backends_between_transactions)
+{
+	start_txn_pgmux(2, NULL, "server_lifetime = 1s");
+	PGconn *super = h_connect_super_direct();
+	PGconn *a = app(NULL);
+	run_ok(a, "begin");
+	int old = backend_pid(a);
+	h_sleep_ms(1500);
+	cr_assert_eq(backend_pid(a), old, "a transaction moved to another backend when its own grew old");
+	run_ok(a, "commit");
+	/* At once: not left to the janitor's round once a second. */
+	cr_assert_neq(backend_pid(a), old, "the next statement was served by a backend older than server_lifetime");
+
+	char sql[160];
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d", old);
+	bool gone = h_poll_value(super, sql, "0", h_scaled_ms(5000));
+	if (!gone)
+		pgmux_dump_logs(&px);
+	cr_assert(gone, "backend %d, older than server_lifetime = 1s, was still connected after it was released", old);
+	PQfinish(a);
+	PQfinish(super);
 	stop_pgmux_expect_clean_exit();
 }
