@@ -145,6 +145,21 @@ static void start_psql(struct h_cmd *c, const char *sslmode, const char *sql)
 	free(ci);
 }
 
+/* A psql started with SECOND_CLIENT_SQL that waited for a backend must now be served (and is freed). */
+#define SECOND_CLIENT_SQL "select 'second got in'"
+static void expect_second_client_served(struct h_cmd *c)
+{
+	bool ended = h_cmd_wait(c, h_scaled_ms(10000));
+	if (!ended)
+		h_cmd_kill(c);
+	if (!ended || c->status != 0)
+		h_cmd_dump(c, "second psql");
+	cr_assert(ended, "the second client was not served after the first left");
+	cr_assert_eq(c->status, 0);
+	cr_assert_str_eq(c->out, "second got in\n");
+	h_cmd_free(c);
+}
+
 static PGconn *connect_app_ok(const char *sslmode, const char *extra)
 {
 	PGconn *conn = h_connect_app(px.port, sslmode, extra);
@@ -699,6 +714,49 @@ static int raw_open(void)
 	return fd;
 }
 
+/* An ErrorResponse body must say FATAL with one of the SQLSTATEs (NULL-terminated). */
+static void expect_fatal_body(const char *body, size_t len, const char *const sqlstates[], const char *what)
+{
+	const char *sev = h_error_field(body, len, 'V');
+	if (!sev)
+		sev = h_error_field(body, len, 'S');
+	cr_assert(sev && strcmp(sev, "FATAL") == 0, "%s: severity %s, expected FATAL", what, sev ? sev : "(none)");
+	const char *code = h_error_field(body, len, 'C');
+	cr_assert_not_null(code, "%s: ErrorResponse without SQLSTATE", what);
+	bool allowed = false;
+	for (int i = 0; sqlstates[i]; i++)
+		if (strcmp(code, sqlstates[i]) == 0)
+			allowed = true;
+	const char *msg = h_error_field(body, len, 'M');
+	cr_assert(allowed, "%s: SQLSTATE %s (%s) not expected", what, code, msg ? msg : "");
+}
+
+/*
+ * The connection must be refused within limit_ms: either closed or (when
+ * error_required, only) an ErrorResponse as expect_fatal_body() wants,
+ * followed by a close. Closes fd.
+ */
+static void expect_refused_within(int fd, const char *const sqlstates[], bool error_required, int limit_ms,
+				  const char *what)
+{
+	long long t0 = h_now_ms();
+	char type;
+	char *body;
+	size_t len;
+	enum h_msg_result r = h_raw_read_message(fd, &type, &body, &len, limit_ms);
+	cr_assert_neq(r, H_MSG_TIMEOUT, "%s: neither an error nor a close within %d ms", what, limit_ms);
+	cr_assert(r == H_MSG_OK || !error_required, "%s: closed without an ErrorResponse (%d)", what, r);
+	if (r == H_MSG_OK) {
+		cr_assert_eq(type, 'E', "%s: expected an ErrorResponse, got message '%c'", what, type);
+		expect_fatal_body(body, len, sqlstates, what);
+		free(body);
+		long long left = limit_ms - (h_now_ms() - t0);
+		cr_assert(h_raw_wait_closed(fd, left > 0 ? (int)left : 1),
+			  "%s: connection not closed after the FATAL error", what);
+	}
+	close(fd);
+}
+
 /*
  * The connection must be refused within 2 s: either closed, or an
  * ErrorResponse with severity FATAL and one of the SQLSTATEs (NULL-terminated)
@@ -706,34 +764,7 @@ static int raw_open(void)
  */
 static void expect_refused(int fd, const char *const sqlstates[], const char *what)
 {
-	long long t0 = h_now_ms();
-	char type;
-	char *body;
-	size_t len;
-	int limit = h_scaled_ms(2000);
-	enum h_msg_result r = h_raw_read_message(fd, &type, &body, &len, limit);
-	cr_assert_neq(r, H_MSG_TIMEOUT, "%s: neither an error nor a close within %d ms", what, limit);
-	if (r == H_MSG_OK) {
-		cr_assert_eq(type, 'E', "%s: expected an ErrorResponse, got message '%c'", what, type);
-		const char *sev = h_error_field(body, len, 'V');
-		if (!sev)
-			sev = h_error_field(body, len, 'S');
-		cr_assert(sev && strcmp(sev, "FATAL") == 0, "%s: severity %s, expected FATAL", what,
-			  sev ? sev : "(none)");
-		const char *code = h_error_field(body, len, 'C');
-		cr_assert_not_null(code, "%s: ErrorResponse without SQLSTATE", what);
-		bool allowed = false;
-		for (int i = 0; sqlstates[i]; i++)
-			if (strcmp(code, sqlstates[i]) == 0)
-				allowed = true;
-		const char *msg = h_error_field(body, len, 'M');
-		cr_assert(allowed, "%s: SQLSTATE %s (%s) not expected", what, code, msg ? msg : "");
-		free(body);
-		long long left = limit - (h_now_ms() - t0);
-		cr_assert(h_raw_wait_closed(fd, left > 0 ? (int)left : 1),
-			  "%s: connection not closed after the FATAL error", what);
-	}
-	close(fd);
+	expect_refused_within(fd, sqlstates, false, h_scaled_ms(2000), what);
 }
 
 static const char *const protocol_violation[] = {"08P01", NULL};
@@ -1037,7 +1068,7 @@ Test(pool1, second_client_waits_for_the_first)
 	expect_value(first, "select 1", "1");
 
 	struct h_cmd c;
-	start_psql(&c, "require", "select 'second got in'");
+	start_psql(&c, "require", SECOND_CLIENT_SQL);
 	/* Give the second client time to be served if pgmux wrongly lets it through. */
 	bool ended_early = h_cmd_wait(&c, h_scaled_ms(1000));
 	if (ended_early)
@@ -1052,15 +1083,7 @@ Test(pool1, second_client_waits_for_the_first)
 
 	expect_value(first, "select 'first still works'", "first still works");
 	PQfinish(first);
-	bool ended = h_cmd_wait(&c, h_scaled_ms(10000));
-	if (!ended)
-		h_cmd_kill(&c);
-	if (!ended || c.status != 0)
-		h_cmd_dump(&c, "second psql");
-	cr_assert(ended, "the second client was not served after the first left");
-	cr_assert_eq(c.status, 0);
-	cr_assert_str_eq(c.out, "second got in\n");
-	h_cmd_free(&c);
+	expect_second_client_served(&c);
 	stop_pgmux_expect_clean_exit();
 }
 
@@ -1095,3 +1118,146 @@ Test(shutdown, sigint_lets_open_sessions_finish)
 	cr_assert_neq(st, -2, "pgmux did not exit after its last session ended");
 	cr_assert_eq(st, 0, "pgmux exit status after SIGINT: %d", st);
 }
+
+/* ================================================================ client_login_timeout */
+
+/* 1 s, pgmux's minimum; longer under valgrind, where a TLS + SCRAM login alone can take a second. */
+static int login_timeout_ms(void)
+{
+	return h_under_valgrind() ? 3000 : 1000;
+}
+
+/* The timeout, one backend (so that a client waiting for it can be made to wait past the timeout). */
+static void init_login_timeout(void)
+{
+	struct pgmux_options o;
+	char timeout[16];
+	pgmux_options_default(&o);
+	snprintf(timeout, sizeof(timeout), "%dms", login_timeout_ms());
+	o.client_login_timeout = timeout;
+	o.max_connections = 1;
+	start_pgmux(&o);
+}
+
+TestSuite(login_timeout, .init = init_login_timeout, .fini = fini_kill_leftovers, .timeout = 120);
+
+#define LOGIN_TIMEOUT_MESSAGE "canceling authentication due to timeout"
+
+static const char *const login_timed_out[] = {"57014", NULL};
+
+/*
+ * A client stalled in its login (connected at connected_ms) must be cut off
+ * once client_login_timeout has passed, not before: with FATAL 57014 when
+ * error_expected, by a plain close otherwise (in the middle of a TLS
+ * handshake, where nothing can be sent).
+ */
+static void expect_login_timed_out(int fd, long long connected_ms, bool error_expected, const char *what)
+{
+	int limit = login_timeout_ms() + h_scaled_ms(4000);
+	long long left = limit - (h_now_ms() - connected_ms);
+	if (error_expected)
+		expect_refused_within(fd, login_timed_out, true, left > 0 ? (int)left : 1, what);
+	else {
+		cr_assert(h_raw_wait_closed(fd, left > 0 ? (int)left : 1), "%s: not closed within %d ms", what, limit);
+		close(fd);
+	}
+	long long waited = h_now_ms() - connected_ms;
+	/* A little slack for the two clocks; pgmux's timer never fires early. */
+	cr_assert_geq(waited, login_timeout_ms() - 50, "%s: cut off after %lld ms, before client_login_timeout (%d ms)",
+		      what, waited, login_timeout_ms());
+}
+
+/* The raw bytes of a SASLInitialResponse for SCRAM-SHA-256 without channel binding. */
+static size_t build_sasl_initial_response(uint8_t *buf, size_t cap)
+{
+	static const char mechanism[] = "SCRAM-SHA-256";
+	static const char first[] = "n,,n=,r=pgmuxtestnonce0123456789";
+	size_t len = 1 + 4 + sizeof(mechanism) + 4 + strlen(first);
+	cr_assert_leq(len, cap);
+	buf[0] = 'p';
+	h_put_u32(buf + 1, (uint32_t)(len - 1));
+	memcpy(buf + 5, mechanism, sizeof(mechanism));
+	h_put_u32(buf + 5 + sizeof(mechanism), (uint32_t)strlen(first));
+	memcpy(buf + 9 + sizeof(mechanism), first, strlen(first));
+	return len;
+}
+
+Test(login_timeout, stalled_logins_are_cut_off_others_log_in)
+{
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t startup_len = h_build_startup(buf, sizeof(buf), 196608, params);
+
+	/* One that sends nothing at all. */
+	long long silent_ms = h_now_ms();
+	int silent = raw_open();
+
+	/* One that sends half of its startup packet. */
+	long long half_ms = h_now_ms();
+	int half = raw_open();
+	cr_assert(h_raw_send(half, buf, startup_len / 2));
+
+	/* One that stops in the middle of SCRAM: after its client-first-message. */
+	long long scram_ms = h_now_ms();
+	int scram = raw_open();
+	expect_sasl_after_startup(scram, false, "the client that stalls in SCRAM");
+	size_t n = build_sasl_initial_response(buf, sizeof(buf));
+	cr_assert(h_raw_send(scram, buf, n));
+	size_t blen;
+	char *body = expect_message(scram, 'R', &blen, "SASLContinue");
+	cr_assert(blen >= 4 && h_get_u32(body) == 11u, "expected SASLContinue (11), got authentication type %u",
+		  blen >= 4 ? h_get_u32(body) : 0u);
+	free(body);
+
+	/* One that asks for TLS and then never starts the handshake. */
+	long long tls_ms = h_now_ms();
+	int tls = raw_open();
+	send_header(tls, 8, 80877103);
+	char answer = 0;
+	cr_assert_eq(h_raw_read(tls, &answer, 1, h_scaled_ms(2000)), 1, "no answer to SSLRequest");
+	cr_assert_eq(answer, 'S');
+
+	/* Meanwhile a real client logs in and works. */
+	PGconn *conn = connect_app_ok("require", NULL);
+	expect_value(conn, "select 'logged in while others stall'", "logged in while others stall");
+	PQfinish(conn);
+
+	expect_login_timed_out(silent, silent_ms, true, "a client that sends nothing");
+	expect_login_timed_out(half, half_ms, true, "a client that sends half a startup packet");
+	expect_login_timed_out(scram, scram_ms, true, "a client that stops in the middle of SCRAM");
+	expect_login_timed_out(tls, tls_ms, false, "a client that stops before its TLS handshake");
+	cr_assert(h_file_wait_count(px.logfile, LOGIN_TIMEOUT_MESSAGE, 4, h_scaled_ms(2000)),
+		  "pgmux's log does not give the login timeout as the reason 4 times (%d)",
+		  h_file_count(px.logfile, LOGIN_TIMEOUT_MESSAGE));
+
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * The timeout ends with authentication: neither a logged-in session that
+ * outlives it nor an authenticated client that waits longer than it for the
+ * only backend is cut off.
+ */
+Test(login_timeout, does_not_apply_after_authentication)
+{
+	PGconn *first = connect_app_ok("require", NULL);
+	expect_value(first, "select 1", "1");
+
+	struct h_cmd c;
+	start_psql(&c, "require", SECOND_CLIENT_SQL);
+	h_sleep_ms(login_timeout_ms() + 500);
+	bool ended_early = h_cmd_wait(&c, 0);
+	if (ended_early)
+		h_cmd_dump(&c, "second psql");
+	cr_assert(!ended_early, "the client waiting for the only backend ended (status %d) before it was free",
+		  c.status);
+
+	expect_value(first, "select 'still logged in'", "still logged in");
+	PQfinish(first);
+	expect_second_client_served(&c);
+	cr_assert_eq(h_file_count(px.logfile, LOGIN_TIMEOUT_MESSAGE), 0,
+		     "pgmux cut a client off for the login timeout");
+	stop_pgmux_expect_clean_exit();
+}
+
