@@ -1261,3 +1261,127 @@ Test(login_timeout, does_not_apply_after_authentication)
 	stop_pgmux_expect_clean_exit();
 }
 
+/* ================================================================ max_packet_size */
+
+#define MAX_PACKET_SIZE 8192
+
+static void init_max_packet(const char *pool_mode)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = "max_packet_size = 8kB";
+	o.pool_mode = pool_mode;
+	/* One backend: a refused client that kept its backend would stop everyone else. */
+	o.max_connections = 1;
+	start_pgmux(&o);
+}
+
+static void init_max_packet_session(void)
+{
+	init_max_packet("session");
+}
+
+static void init_max_packet_transaction(void)
+{
+	init_max_packet("transaction");
+}
+
+#define MAX_PACKET_MESSAGE "exceeds max_packet_size"
+
+/* "select length('xxx...')" whose text is text_len bytes long (malloc'd). */
+static char *query_of_length(size_t text_len)
+{
+	static const char head[] = "select length('", tail[] = "')";
+	size_t fixed = strlen(head) + strlen(tail);
+	cr_assert_gt(text_len, fixed);
+	char *q = malloc(text_len + 1);
+	cr_assert_not_null(q);
+	memcpy(q, head, strlen(head));
+	memset(q + strlen(head), 'x', text_len - fixed);
+	memcpy(q + text_len - strlen(tail), tail, strlen(tail) + 1);
+	return q;
+}
+
+/*
+ * The first result of a query sent with PQsend* must be pgmux's FATAL 54000
+ * for an oversized message (the first: PQexec would return libpq's own
+ * "connection closed" result that follows it); the connection is then closed.
+ */
+static void expect_too_large(PGconn *conn, int sent, const char *what)
+{
+	cr_assert_eq(sent, 1, "%s: not sent: %s", what, PQerrorMessage(conn));
+	PGresult *r = h_get_result(conn, h_scaled_ms(5000));
+	cr_assert_not_null(r, "%s: no result", what);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "%s: status %s, expected an error", what,
+		     PQresStatus(PQresultStatus(r)));
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *severity = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	cr_assert(state && strcmp(state, "54000") == 0, "%s: SQLSTATE %s, expected 54000: %s", what,
+		  state ? state : "(none)", PQerrorMessage(conn));
+	cr_assert(severity && strcmp(severity, "FATAL") == 0, "%s: severity %s", what, severity ? severity : "(none)");
+	cr_assert(strstr(PQresultErrorMessage(r), MAX_PACKET_MESSAGE) != NULL, "%s: message %s", what,
+		  PQresultErrorMessage(r));
+	PQclear(r);
+	while ((r = h_get_result(conn, h_scaled_ms(5000))) != NULL)
+		PQclear(r);
+	PGresult *after = PQexec(conn, "select 1");
+	cr_assert_neq(PQresultStatus(after), PGRES_TUPLES_OK, "%s: the connection still works", what);
+	PQclear(after);
+	cr_assert_eq(PQstatus(conn), CONNECTION_BAD, "%s: the connection was not closed", what);
+}
+
+/* The largest Query ('Q': text and its NUL) passes; one byte more is refused, and only that client goes. */
+static void query_limit_test(void)
+{
+	PGconn *conn = connect_app_ok("require", NULL);
+	char *q = query_of_length(MAX_PACKET_SIZE - 1);
+	char want[16];
+	snprintf(want, sizeof(want), "%zu", MAX_PACKET_SIZE - 1 - strlen("select length('')"));
+	expect_value(conn, q, want);
+	free(q);
+
+	q = query_of_length(MAX_PACKET_SIZE);
+	expect_too_large(conn, PQsendQuery(conn, q), "a Query one byte over max_packet_size");
+	free(q);
+	PQfinish(conn);
+	cr_assert(h_file_wait_contains(px.logfile, MAX_PACKET_MESSAGE, h_scaled_ms(2000)),
+		  "pgmux's log does not say why the client was closed");
+	expect_serves_normal_client();
+}
+
+TestSuite(max_packet, .init = init_max_packet_session, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(max_packet, query_over_the_limit_is_refused_with_54000)
+{
+	query_limit_test();
+	stop_pgmux_expect_clean_exit();
+}
+
+TestSuite(max_packet_txn, .init = init_max_packet_transaction, .fini = fini_kill_leftovers, .timeout = 120);
+
+Test(max_packet_txn, query_over_the_limit_is_refused_with_54000)
+{
+	query_limit_test();
+	stop_pgmux_expect_clean_exit();
+}
+
+/* A Parse (name, text, NUL, int16 0) checked the same way; a session in a transaction keeps working. */
+Test(max_packet_txn, parse_over_the_limit_is_refused_with_54000)
+{
+	size_t parse_overhead = 1 + 1 + 2; /* the unnamed statement's NUL, the text's NUL, no parameter types */
+	PGconn *conn = connect_app_ok("require", NULL);
+	char *q = query_of_length(MAX_PACKET_SIZE - parse_overhead);
+	PGresult *r = PQprepare(conn, "", q, 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "a Parse of exactly max_packet_size: %s",
+		     PQerrorMessage(conn));
+	PQclear(r);
+	free(q);
+
+	q = query_of_length(MAX_PACKET_SIZE - parse_overhead + 1);
+	expect_too_large(conn, PQsendPrepare(conn, "", q, 0, NULL), "a Parse one byte over max_packet_size");
+	free(q);
+	PQfinish(conn);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
