@@ -1091,13 +1091,9 @@ Test(pool1, second_client_waits_for_the_first)
 
 TestSuite(shutdown, .init = init_tls_optional, .fini = fini_kill_leftovers, .timeout = 120);
 
-Test(shutdown, sigint_lets_open_sessions_finish)
+/* After SIGINT: new connections are refused once pgmux has seen the signal. */
+static void expect_new_sessions_refused(void)
 {
-	PGconn *open = connect_app_ok("require", NULL);
-	expect_value(open, "select 1", "1");
-
-	cr_assert_eq(kill(px.pid, SIGINT), 0);
-	/* New connections are refused once pgmux has seen the signal. */
 	long long deadline = h_now_ms() + h_scaled_ms(5000);
 	bool refused = false;
 	while (!refused && h_now_ms() < deadline) {
@@ -1108,6 +1104,15 @@ Test(shutdown, sigint_lets_open_sessions_finish)
 			h_sleep_ms(20);
 	}
 	cr_assert(refused, "pgmux still accepts new sessions after SIGINT");
+}
+
+Test(shutdown, sigint_lets_open_sessions_finish)
+{
+	PGconn *open = connect_app_ok("require", NULL);
+	expect_value(open, "select 1", "1");
+
+	cr_assert_eq(kill(px.pid, SIGINT), 0);
+	expect_new_sessions_refused();
 
 	cr_assert(pgmux_running(&px), "pgmux exited although a session was still open");
 	expect_value(open, "select 'open session still served'", "open session still served");
@@ -1383,5 +1388,95 @@ Test(max_packet_txn, parse_over_the_limit_is_refused_with_54000)
 	PQfinish(conn);
 	expect_serves_normal_client();
 	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ shutdown_timeout */
+
+#define SHUTDOWN_TIMEOUT_MS 1000
+
+static void init_shutdown_timeout(void)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.shutdown_timeout = "1s";
+	start_pgmux(&o);
+}
+
+TestSuite(shutdown_timeout, .init = init_shutdown_timeout, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* A notice receiver that keeps the SQLSTATE of the last FATAL error libpq saw while idle. */
+static void keep_fatal_sqlstate(void *arg, const PGresult *r)
+{
+	const char *severity = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	if (severity && strcmp(severity, "FATAL") == 0 && state)
+		snprintf(arg, 6, "%s", state);
+}
+
+#define APP_BACKENDS_SQL                                                                           \
+	"select count(*) from pg_stat_activity where usename = 'app' and "                          \
+	"application_name <> 'pgmux health check'"
+
+/*
+ * Two sessions in open transactions outlast shutdown_timeout after SIGINT:
+ * one running a long query, one idle in its transaction. Both are kept until
+ * the timeout, then get FATAL 57P01; pgmux leaves no backend behind and exits
+ * with status 0.
+ */
+Test(shutdown_timeout, sigint_closes_transactions_that_outlast_it)
+{
+	PGconn *super = h_connect_super_direct();
+	PGconn *busy = connect_app_ok("require", NULL);
+	PGconn *idle = connect_app_ok("require", NULL);
+	char idle_sqlstate[6] = "";
+	PQsetNoticeReceiver(idle, keep_fatal_sqlstate, idle_sqlstate);
+	h_exec_ok(idle, "begin");
+	expect_value(idle, "select 'in a transaction'", "in a transaction");
+	h_exec_ok(busy, "begin");
+	cr_assert_eq(PQsendQuery(busy, "select pg_sleep(60)"), 1, "%s", PQerrorMessage(busy));
+	cr_assert(h_poll_value(super, SLEEP_ACTIVE_SQL(60), "1", h_scaled_ms(10000)),
+		  "pg_sleep(60) never became active");
+
+	long long signalled_ms = h_now_ms();
+	cr_assert_eq(kill(px.pid, SIGINT), 0);
+	expect_new_sessions_refused();
+
+	PGresult *r = h_get_result(busy, SHUTDOWN_TIMEOUT_MS + h_scaled_ms(5000));
+	long long waited = h_now_ms() - signalled_ms;
+	cr_assert_not_null(r, "the long query was not ended after shutdown_timeout");
+	cr_assert_geq(waited, SHUTDOWN_TIMEOUT_MS - 50, "the query was ended %lld ms after SIGINT, before shutdown_timeout",
+		      waited);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "status %s", PQresStatus(PQresultStatus(r)));
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert(state && strcmp(state, "57P01") == 0, "SQLSTATE %s, expected 57P01: %s", state ? state : "(none)",
+		  PQresultErrorMessage(r));
+	cr_assert(strstr(PQresultErrorMessage(r), "pgmux is shutting down") != NULL, "message: %s",
+		  PQresultErrorMessage(r));
+	PQclear(r);
+
+	int st = pgmux_wait_exit(&px, h_scaled_ms(5000));
+	cr_assert_neq(st, -2, "pgmux did not exit after shutdown_timeout");
+	cr_assert_eq(st, 0, "pgmux exit status after SIGINT and shutdown_timeout: %d", st);
+	cr_assert_eq(h_file_count(px.logfile, "shutdown_timeout reached with 2 client(s) open"), 1,
+		     "pgmux's log does not say that shutdown_timeout closed 2 clients");
+
+	/* The session idle in its transaction got the same error; libpq reports it as a notice. */
+	PQconsumeInput(idle);
+	(void)PQisBusy(idle); /* parses what was read */
+	cr_assert_str_eq(idle_sqlstate, "57P01", "the session idle in its transaction did not get FATAL 57P01");
+	/*
+	 * pgmux closed both backends. The idle one ends at once; the sleeping one
+	 * would only notice at the end of its pg_sleep (PostgreSQL does not watch
+	 * the socket during a query), so it is ended here for the tests that follow.
+	 */
+	cr_assert(h_poll_value(super, APP_BACKENDS_SQL " and query not like 'select pg_sleep(60)%'", "0",
+			       h_scaled_ms(5000)),
+		  "the backend of the session idle in its transaction is still connected after pgmux exited");
+	h_exec_ok(super, "select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app' and "
+			 "query like 'select pg_sleep(60)%'");
+	cr_assert(h_poll_value(super, APP_BACKENDS_SQL, "0", h_scaled_ms(5000)));
+	PQfinish(idle);
+	PQfinish(busy);
+	PQfinish(super);
 }
 
