@@ -147,8 +147,9 @@ static const struct config_option option_table[] = {
 	{ .section = "pgmux", .name = "pidfile", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = false,
 	  .offset = FIELD(pidfile),
-	  .doc = "The file pgmux writes its process id to when it runs as a daemon (-d). "
-		 "Empty means no pid file is written." },
+	  .doc = "The file pgmux writes its process id to once it listens (in the foreground "
+		 "too) and removes when it exits; -d needs one. Empty means no pid file is "
+		 "written." },
 	{ .section = "pgmux", .name = "max_packet_size", .type = CONFIG_SIZE,
 	  .default_value = "1GB", .reloadable = true,
 	  .offset = FIELD(max_packet_size), .min_value = 1024, .max_value = GIGABYTE,

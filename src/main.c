@@ -171,7 +171,7 @@ static int daemonize(void)
 
 int main(int argc, char **argv)
 {
-	bool background = false;
+	bool background = false, pidfile_written = false;
 	struct config *cfg;
 	char err[512];
 	int opt, exit_code = 0, n;
@@ -242,11 +242,6 @@ int main(int argc, char **argv)
 		exit_code = 1;
 		goto out_early;
 	}
-	if (cfg->pidfile[0] && write_pidfile(cfg->pidfile) != 0) {
-		log_error("cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
-		exit_code = 1;
-		goto out_early;
-	}
 	signal(SIGPIPE, SIG_IGN);
 	evthread_use_pthreads();
 	pthread_setname_np(pthread_self(), "main");
@@ -262,6 +257,20 @@ int main(int argc, char **argv)
 	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL)) {
 		exit_code = 1;
 		goto out;
+	}
+	/*
+	 * The pid file is written only once the ports are ours: a second pgmux
+	 * started by mistake with the same configuration cannot listen, and must
+	 * leave the running one's pid file alone rather than overwrite it and
+	 * then remove it on its way out.
+	 */
+	if (cfg->pidfile[0]) {
+		if (write_pidfile(cfg->pidfile) != 0) {
+			log_error("cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
+			exit_code = 1;
+			goto out;
+		}
+		pidfile_written = true;
 	}
 	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
 		log_error("cannot start threads");
@@ -283,7 +292,7 @@ out:
 	cancel_thread_stop();
 	if (M.base)
 		event_base_free(M.base);
-	if (cfg->pidfile[0])
+	if (pidfile_written)
 		unlink(config_current()->pidfile);
 	log_info("pgmux stopped");
 out_early:
