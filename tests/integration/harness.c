@@ -356,7 +356,7 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		"admin_users = %s\n"
 		"logfile = %s\n"
 		"log_level = debug\n"
-		"pidfile =\n"
+		"pidfile = %s\n"
 		"client_login_timeout = %s\n"
 		"shutdown_timeout = %s\n"
 		"%s\n"
@@ -373,7 +373,7 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		p->port, o->workers, o->tls ? e->cert : "", o->tls ? e->key : "",
 		o->require_tls ? "true" : "false", o->client_auth,
 		o->secrets_dir ? o->secrets_dir : e->secrets, o->admin_users ? o->admin_users : "", p->logfile,
-		o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",
+		o->pidfile ? o->pidfile : "", o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",
 		o->hosts ? o->hosts : suite_host, o->server_tls,
 		(strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "",
 		target_extra, o->pool_mode,
@@ -395,29 +395,90 @@ static bool port_accepts(int port)
 	return ok;
 }
 
-bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
+/* Start pgmux (under valgrind when asked) on the config written for p; "-d" first when daemonize. */
+static pid_t pgmux_spawn(struct pgmux *p, bool daemonize)
 {
 	const struct h_env *e = h_env();
-	pgmux_write_config(p, o);
-
 	char vglog[600];
 	snprintf(vglog, sizeof(vglog), "--log-file=%s%%p", p->valgrind_prefix);
-	const char *argv_plain[] = {e->pgmux, p->config, NULL};
-	const char *argv_vg[] = {e->valgrind,
-				 "--leak-check=full",
-				 "--show-leak-kinds=definite,indirect",
-				 "--errors-for-leak-kinds=definite,indirect",
-				 "--error-exitcode=99",
-				 "--track-fds=no",
-				 "--num-callers=30",
-				 vglog,
-				 e->pgmux,
-				 p->config,
-				 NULL};
-	const char *const *argv = h_under_valgrind() ? argv_vg : argv_plain;
+	const char *argv[16];
+	int n = 0;
+	if (h_under_valgrind()) {
+		const char *vg[] = {e->valgrind,
+				    "--leak-check=full",
+				    "--show-leak-kinds=definite,indirect",
+				    "--errors-for-leak-kinds=definite,indirect",
+				    "--error-exitcode=99",
+				    "--track-fds=no",
+				    "--num-callers=30",
+				    vglog};
+		for (size_t i = 0; i < sizeof(vg) / sizeof(vg[0]); i++)
+			argv[n++] = vg[i];
+	}
+	argv[n++] = e->pgmux;
+	if (daemonize)
+		argv[n++] = "-d";
+	argv[n++] = p->config;
+	argv[n] = NULL;
 	char outfile[600];
 	snprintf(outfile, sizeof(outfile), "%s.out", p->stderr_file);
-	p->pid = spawn(argv, NULL, outfile, p->stderr_file);
+	return spawn(argv, NULL, outfile, p->stderr_file);
+}
+
+int pgmux_run_to_exit(struct pgmux *p, const struct pgmux_options *o, int timeout_ms)
+{
+	pgmux_write_config(p, o);
+	pid_t pid = pgmux_spawn(p, o->daemonize);
+	int st = wait_pid(pid, timeout_ms);
+	if (st == -2) {
+		fprintf(stderr, "pgmux (pid %ld) did not exit within %d ms; killing it\n", (long)pid, timeout_ms);
+		kill_and_reap(pid);
+		pgmux_dump_logs(p);
+		return -1;
+	}
+	return st;
+}
+
+/*
+ * pgmux -d was started as launcher: wait for it to exit 0, then for the
+ * daemon's pid in the pidfile and for the daemon to become this process's
+ * child (its parents exit at once). Returns that pid, or 0.
+ */
+static pid_t adopt_daemon(const struct pgmux_options *o, pid_t launcher, int timeout_ms)
+{
+	int st = wait_pid(launcher, timeout_ms);
+	if (st != 0) {
+		fprintf(stderr, "pgmux -d exited with status %d (-2: still running)\n", st);
+		if (st == -2)
+			kill_and_reap(launcher);
+		return 0;
+	}
+	long long deadline = h_now_ms() + timeout_ms;
+	while (h_now_ms() < deadline) {
+		char *text = read_file(o->pidfile);
+		pid_t pid = (pid_t)atol(text);
+		free(text);
+		int ws;
+		if (pid > 0 && waitpid(pid, &ws, WNOHANG) == 0) {
+			child_add(pid);
+			return pid;
+		}
+		h_sleep_ms(10);
+	}
+	fprintf(stderr, "pgmux -d: no running daemon named in %s within %d ms\n", o->pidfile, timeout_ms);
+	return 0;
+}
+
+bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
+{
+	pgmux_write_config(p, o);
+	if (o->daemonize)
+		cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0, "PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+	p->pid = pgmux_spawn(p, o->daemonize);
+	if (o->daemonize && (p->pid = adopt_daemon(o, p->pid, h_under_valgrind() ? 60000 : 10000)) == 0) {
+		pgmux_dump_logs(p);
+		return false;
+	}
 
 	int timeout = h_under_valgrind() ? 60000 : 10000;
 	long long deadline = h_now_ms() + timeout;
@@ -1126,9 +1187,37 @@ void h_exec_ok(PGconn *conn, const char *sql)
 
 /* ---------------------------------------------------------------- teardown */
 
+/*
+ * Children this process has but did not start: a pgmux -d daemon inherited as
+ * child subreaper (see pgmux_start), perhaps before it could be adopted.
+ */
+static void kill_inherited_children(void)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		pid_t pid = (pid_t)atol(de->d_name);
+		if (pid <= 0)
+			continue;
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+		char *stat = read_file(path);
+		const char *after_name = strrchr(stat, ')'); /* "pid (name) state ppid ..." */
+		char state;
+		long ppid;
+		if (after_name && sscanf(after_name + 1, " %c %ld", &state, &ppid) == 2 && ppid == (long)getpid())
+			kill_and_reap(pid);
+		free(stat);
+	}
+	closedir(d);
+}
+
 void h_teardown(void)
 {
 	for (int i = 0; i < MAX_CHILDREN; i++)
 		if (children[i] > 0)
 			kill_and_reap(children[i]);
+	kill_inherited_children();
 }

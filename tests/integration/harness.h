@@ -68,6 +68,8 @@ struct pgmux_options {
 	const char *extra_target; /* raw lines appended to [target], or NULL */
 	const char *admin_users;  /* [pgmux] admin_users; NULL means nobody */
 	const char *secrets_dir;  /* [pgmux] secrets_dir; NULL means the suite's */
+	const char *pidfile;      /* [pgmux] pidfile; NULL means none */
+	bool daemonize;           /* run with -d (needs pidfile, an absolute path) */
 };
 
 /* TLS offered but not required, SCRAM, session pooling, 20 connections, 2 workers. */
@@ -87,8 +89,17 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o);
 /*
  * Write the config, start pgmux and wait until its port accepts connections.
  * On failure the process is stopped, its logs are printed and false returned.
+ * With o->daemonize the process started must exit 0; the daemon it leaves
+ * (whose pid the pidfile gives) becomes this process's child, as a child
+ * subreaper, so that p->pid is stopped and reaped like any other.
  */
 bool pgmux_start(struct pgmux *p, const struct pgmux_options *o);
+/*
+ * Write the config, run pgmux and wait up to timeout_ms for it to exit, for
+ * start-ups that must fail. Returns the exit status as pgmux_stop does, or -1
+ * (pgmux killed) when it did not exit in time.
+ */
+int pgmux_run_to_exit(struct pgmux *p, const struct pgmux_options *o, int timeout_ms);
 /* True while pgmux has not exited (reaps it when it has). */
 bool pgmux_running(struct pgmux *p);
 /*
@@ -215,7 +226,7 @@ void h_exec_ok(PGconn *conn, const char *sql);
 
 /* ---------------------------------------------------------------- teardown */
 
-/* Kill every process this test started and still running (pgmux included). */
+/* Kill every process this test started and still running (pgmux included), and any it inherited. */
 void h_teardown(void);
 
 #endif

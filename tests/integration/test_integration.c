@@ -1480,3 +1480,108 @@ Test(shutdown_timeout, sigint_closes_transactions_that_outlast_it)
 	PQfinish(super);
 }
 
+/* ================================================================ pidfile */
+
+TestSuite(pidfile, .fini = fini_kill_leftovers, .timeout = 120);
+
+static char pidfile_path[600];
+
+static void options_with_pidfile(struct pgmux_options *o, const char *name)
+{
+	pgmux_options_default(o);
+	snprintf(pidfile_path, sizeof(pidfile_path), "%s/%s", h_test_dir(), name);
+	o->pidfile = pidfile_path;
+}
+
+/* The pidfile must hold pid (it is written a moment after the port opens). */
+static void expect_pidfile_holds(pid_t pid)
+{
+	char want[32];
+	snprintf(want, sizeof(want), "%ld\n", (long)pid);
+	bool holds = h_file_wait_contains(pidfile_path, want, h_scaled_ms(5000));
+	char *text = h_read_file(pidfile_path);
+	cr_assert(holds && strcmp(text, want) == 0, "pidfile %s holds \"%s\", expected pgmux's pid %ld", pidfile_path,
+		  text, (long)pid);
+	free(text);
+}
+
+static void expect_pidfile_gone(void)
+{
+	cr_assert(access(pidfile_path, F_OK) != 0, "pidfile %s is still there after pgmux exited", pidfile_path);
+}
+
+Test(pidfile, written_at_start_removed_at_exit)
+{
+	struct pgmux_options o;
+	options_with_pidfile(&o, "pgmux.pid");
+	start_pgmux(&o);
+	expect_pidfile_holds(px.pid);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+	expect_pidfile_gone();
+
+	/* The graceful way out removes it too. */
+	start_pgmux(&o);
+	expect_pidfile_holds(px.pid);
+	int st = pgmux_stop(&px, SIGINT, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SIGINT: %d", st);
+	expect_pidfile_gone();
+}
+
+/* A pidfile that cannot be written stops the start-up: status 1, a clear log line, no port. */
+Test(pidfile, unwritable_directory_fails_the_start)
+{
+	struct pgmux_options o;
+	options_with_pidfile(&o, "no-such-directory/pgmux.pid");
+	int st = pgmux_run_to_exit(&px, &o, h_scaled_ms(10000));
+	if (st != 1)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(st, 1, "pgmux exit status with an unwritable pidfile: %d, expected 1", st);
+	char want[700];
+	snprintf(want, sizeof(want), "cannot write pidfile %s: No such file or directory", pidfile_path);
+	char *log = h_read_file(px.logfile);
+	cr_assert(strstr(log, want) != NULL, "pgmux's log lacks \"%s\":\n%s", want, log);
+	free(log);
+	cr_assert_lt(h_raw_connect(px.port, 200), 0, "something listens on pgmux's port");
+	expect_pidfile_gone();
+}
+
+/*
+ * A second pgmux started by mistake with the same configuration cannot listen
+ * on the port: it must exit 1 and leave the running one's pidfile alone.
+ */
+Test(pidfile, second_instance_leaves_it_alone)
+{
+	struct pgmux_options o;
+	options_with_pidfile(&o, "pgmux.pid");
+	start_pgmux(&o);
+	expect_pidfile_holds(px.pid);
+
+	struct pgmux second;
+	memset(&second, 0, sizeof(second));
+	o.listen_port = px.port;
+	int st = pgmux_run_to_exit(&second, &o, h_scaled_ms(10000));
+	cr_assert_eq(st, 1, "a second pgmux on the same port exited with %d, expected 1", st);
+	expect_pidfile_holds(px.pid);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+	expect_pidfile_gone();
+}
+
+/*
+ * With -d the process started exits 0 at once and the daemon, in a session
+ * of its own, writes its own pid; SIGTERM to that pid stops it cleanly and
+ * removes the file.
+ */
+Test(pidfile, daemon_writes_its_own_pid)
+{
+	struct pgmux_options o;
+	options_with_pidfile(&o, "pgmux.pid");
+	o.daemonize = true;
+	start_pgmux(&o);
+	cr_assert_neq(getsid(px.pid), getsid(0), "the daemon did not leave the test's session");
+	cr_assert_neq(getsid(px.pid), px.pid, "the daemon is a session leader (it could get a terminal)");
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+	expect_pidfile_gone();
+}
