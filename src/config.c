@@ -166,8 +166,8 @@ static const struct config_option option_table[] = {
 	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(shutdown_timeout_ms), .min_value = 0, .max_value = INT_MAX,
 	  .doc = "After SIGINT, how long sessions may take to end on their own before "
-		 "pgmux closes them and exits. A number without a unit is seconds; 0 "
-		 "closes them at once." },
+		 "pgmux closes them, cancelling the statements they still run, and exits. "
+		 "A number without a unit is seconds; 0 closes them at once." },
 	{ .section = "pgmux", .name = "listen_backlog", .type = CONFIG_INT,
 	  .default_value = "4096", .reloadable = false,
 	  .offset = FIELD(listen_backlog), .min_value = 1, .max_value = 65535,

@@ -17,6 +17,7 @@
 #include <event2/dns.h>
 #include <netdb.h>
 
+#include "cancel.h"
 #include "client.h"
 #include "log.h"
 #include "monitor.h"
@@ -1044,6 +1045,29 @@ static void server_reset_done(struct server *s, bool ok, void *arg)
 	pool_release(s);
 }
 
+/*
+ * The backend is about to be closed while it may still be running a
+ * statement. PostgreSQL notices a closed connection only when it next reads
+ * or writes it, so a long query (and the locks of its transaction) would
+ * live on after pgmux let go; a cancel request ends it. The cancel travels
+ * on the cancel thread, and the backend is never reused, so it cannot hit
+ * anyone else's statement.
+ */
+void server_cancel_running(struct server *s)
+{
+	PGcancel *pc;
+
+	if (s->pg == NULL || s->outstanding == 0 || s->cancel_sent ||
+	    (s->state != SERVER_ACTIVE && s->state != SERVER_INTERNAL))
+		return;
+	pc = PQgetCancel(s->pg);
+	if (pc == NULL)
+		return;
+	log_server(LOG_LEVEL_INFO, s, "sending a cancel request for the statement it is running");
+	s->cancel_sent = true;
+	cancel_submit(pc, __atomic_load_n(&s->client_id, __ATOMIC_RELAXED), s->backend_pid);
+}
+
 void server_client_gone(struct server *s, bool reset)
 {
 	const struct config *cfg = config_current();
@@ -1052,6 +1076,7 @@ void server_client_gone(struct server *s, bool reset)
 	if (s->state == SERVER_CLOSED)
 		return;
 	if (!server_is_clean(s)) {
+		server_cancel_running(s);
 		server_close(s, "client left in the middle of a transaction or query");
 		return;
 	}

@@ -148,9 +148,13 @@ void server_run_query(struct server *s, const char *sql, server_query_done_fn do
 /*
  * The client linked to s has left: if s is clean, give it back to the pool
  * (after server_reset_query when reset is set, as session pooling wants),
- * else close it. Pinned servers are always closed.
+ * else close it (cancelling the statement it runs, if any). Pinned servers
+ * are always closed.
  */
 void server_client_gone(struct server *s, bool reset);
+
+/* Before closing a backend that is alive: send a cancel for the statement it is running, if any. */
+void server_cancel_running(struct server *s);
 
 /* Close now (logs reason); the pool slot is freed. */
 void server_close(struct server *s, const char *reason);

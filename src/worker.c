@@ -242,8 +242,10 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 		list_for_each_safe(pos, tmp, &w->servers) {
 			struct server *s = list_entry(pos, struct server, worker_node);
 
-			if (pool_target_retired(s->target))
+			if (pool_target_retired(s->target)) {
+				server_cancel_running(s);
 				server_close(s, "pgmux cut over to new database instances and this session could not move");
+			}
 		}
 		break;
 	case WORKER_MSG_SWEEP:

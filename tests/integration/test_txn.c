@@ -2232,3 +2232,36 @@ Test(txn_janitor, server_lifetime_replaces_backends_between_transactions)
 	PQfinish(super);
 	stop_pgmux_expect_clean_exit();
 }
+
+/*
+ * A client that leaves while its statement runs: pgmux closes the backend
+ * and cancels the statement, which PostgreSQL would otherwise run to its end
+ * (it does not watch the socket during a query). The pool's only slot is
+ * free again for the next client.
+ */
+Test(txn_janitor, client_gone_mid_statement_cancels_it)
+{
+	start_txn_pgmux(1, NULL, NULL);
+	PGconn *super = h_connect_super_direct();
+	PGconn *a = app(NULL);
+	int pid = backend_pid(a);
+	cr_assert_eq(PQsendQuery(a, "select pg_sleep(60)"), 1, "%s", PQerrorMessage(a));
+	char sql[200];
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d and state = 'active'", pid);
+	cr_assert(h_poll_value(super, sql, "1", h_scaled_ms(5000)), "pg_sleep(60) never ran on backend %d", pid);
+	PQfinish(a);
+
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d", pid);
+	bool gone = h_poll_value(super, sql, "0", h_scaled_ms(5000));
+	if (!gone) {
+		pgmux_dump_logs(&px);
+		snprintf(sql, sizeof(sql), "select pg_terminate_backend(%d)", pid);
+		h_exec_ok(super, sql);
+	}
+	cr_assert(gone, "backend %d still ran pg_sleep(60) 5 s after its client left", pid);
+	PGconn *b = app(NULL);
+	expect_value(b, "select 'served'", "served");
+	PQfinish(b);
+	PQfinish(super);
+	stop_pgmux_expect_clean_exit();
+}
