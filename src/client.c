@@ -132,8 +132,12 @@ static void client_vfatal(struct client *c, const char *sqlstate, const char *fm
 	vsnprintf(message, sizeof(message), fmt, ap);
 	if (c->state == CLIENT_CLOSED)
 		return;
-	/* A client in the middle of a TLS handshake cannot be sent anything. */
-	if (c->state != CLIENT_TLS_HANDSHAKE) {
+	/*
+	 * A client in the middle of a TLS handshake cannot be sent anything, nor
+	 * one that has part of a server message and waits for the rest: an
+	 * ErrorResponse would be read as the rest of that message.
+	 */
+	if (c->state != CLIENT_TLS_HANDSHAKE && !(c->server && c->server->forward_remaining > 0)) {
 		proto_put_error(&c->io.out, "FATAL", sqlstate, message, NULL, NULL);
 		(void)io_flush(&c->io);
 	}
@@ -287,6 +291,11 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 
 	if (c->state == CLIENT_CLOSED)
 		return;
+	if (s->forward_remaining > 0) {
+		/* The client has part of a message of s: nothing can follow it (see client_vfatal()). */
+		client_close(c, message);
+		return;
+	}
 	if (c->state == CLIENT_SETUP && c->logged_in && c->transaction_mode && !c->pin_reason) {
 		/* Nothing of the client's reached that backend yet: try another. */
 		log_client(LOG_LEVEL_INFO, c, "backend lost while being prepared (%s); borrowing another", message);

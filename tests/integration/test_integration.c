@@ -1398,6 +1398,95 @@ Test(max_packet_txn, parse_over_the_limit_is_refused_with_54000)
 	stop_pgmux_expect_clean_exit();
 }
 
+/* ================================================================ closed mid-message */
+
+TestSuite(mid_message, .init = init_trust, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* A raw session logged in with trust; returns the socket once ReadyForQuery came. */
+static int raw_trust_session(void)
+{
+	int fd = h_raw_connect(px.port, 2000);
+	cr_assert(fd >= 0, "cannot connect to pgmux");
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	for (;;) {
+		char type;
+		char *body;
+		size_t blen;
+		enum h_msg_result r = h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(5000));
+		cr_assert_eq(r, H_MSG_OK, "login through pgmux did not finish (%d)", r);
+		free(body);
+		cr_assert_neq(type, 'E', "login through pgmux failed");
+		if (type == 'Z')
+			return fd;
+	}
+}
+
+/*
+ * The backend dies in the middle of a 16 MB DataRow: the client does not
+ * read, so PostgreSQL blocks in the middle of sending it, and is then
+ * terminated (it sends no error inside a message). When the client reads
+ * again it must get the part of the row pgmux had, then EOF, with nothing
+ * but the value's bytes: an ErrorResponse there would be taken for part of
+ * the row.
+ */
+Test(mid_message, backend_lost_inside_a_message_gets_no_error_appended)
+{
+	enum { VALUE = 16 * 1024 * 1024 };
+	int fd = raw_trust_session();
+	const char *sql = "select repeat('x', 16777216)";
+	uint8_t q[64];
+	q[0] = 'Q';
+	h_put_u32(q + 1, (uint32_t)(4 + strlen(sql) + 1));
+	memcpy(q + 5, sql, strlen(sql) + 1);
+	cr_assert(h_raw_send(fd, q, 5 + strlen(sql) + 1));
+
+	/* RowDescription, then the DataRow's header: its length, one column, the value's length. */
+	char type;
+	char *body;
+	size_t blen;
+	cr_assert_eq(h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(10000)), H_MSG_OK);
+	free(body);
+	cr_assert_eq(type, 'T');
+	uint8_t head[11];
+	cr_assert_eq(h_raw_read(fd, head, sizeof(head), h_scaled_ms(10000)), (ssize_t)sizeof(head));
+	cr_assert_eq(head[0], 'D');
+	cr_assert_eq(h_get_u32(head + 1), 4 + 2 + 4 + VALUE);
+	cr_assert_eq(h_get_u32(head + 7), VALUE);
+
+	/* The buffers fill up and the backend blocks in its send; then it is terminated. */
+	PGconn *super = h_connect_super_direct();
+	h_sleep_ms(300);
+	const char *mine = "select count(*) from pg_stat_activity where usename = 'app' and query like 'select repeat%'";
+	h_exec_ok(super, "select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app' and "
+			 "query like 'select repeat%'");
+	cr_assert(h_poll_value(super, mine, "0", h_scaled_ms(5000)), "the backend did not end");
+	PQfinish(super);
+
+	/* Everything pgmux sends now: only 'x' bytes, fewer than the value's length, then EOF. */
+	size_t got = 0, bad_at = 0;
+	bool bad = false;
+	static char chunk[65536];
+	ssize_t n;
+	while ((n = h_raw_read(fd, chunk, sizeof(chunk), h_scaled_ms(10000))) > 0) {
+		for (ssize_t i = 0; i < n && !bad; i++)
+			if (chunk[i] != 'x') {
+				bad = true;
+				bad_at = got + (size_t)i;
+			}
+		got += (size_t)n;
+	}
+	close(fd);
+	cr_assert_eq(n, 0, "the stream did not end with EOF (%zd)", n);
+	cr_assert(!bad, "byte %zu of the value is not 'x': something was appended inside the DataRow", bad_at);
+	cr_assert_lt(got, (size_t)VALUE, "the whole value arrived (%zu bytes): the backend was not cut off", got);
+	cr_log_info("mid_message: the session was closed %zu bytes into a %d-byte value", got, VALUE);
+	expect_serves_normal_client();
+	stop_pgmux_expect_clean_exit();
+}
+
 /* ================================================================ shutdown_timeout */
 
 #define SHUTDOWN_TIMEOUT_MS 1000
