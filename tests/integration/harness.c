@@ -740,14 +740,33 @@ long long h_admin_stat(PGconn *admin, const char *name)
 	return v;
 }
 
+struct poll_value {
+	PGconn *conn;
+	const char *sql;
+	const char *want;
+};
+
+static bool poll_value_matches(void *arg)
+{
+	struct poll_value *p = arg;
+	char *v = h_query_value(p->conn, p->sql);
+	bool ok = v && strcmp(v, p->want) == 0;
+	free(v);
+	return ok;
+}
+
 bool h_poll_value(PGconn *super, const char *sql, const char *want, int timeout_ms)
+{
+	struct poll_value p = { super, sql, want };
+
+	return h_poll_until(poll_value_matches, &p, timeout_ms);
+}
+
+bool h_poll_until(bool (*check)(void *arg), void *arg, int timeout_ms)
 {
 	long long deadline = h_now_ms() + timeout_ms;
 	for (;;) {
-		char *v = h_query_value(super, sql);
-		bool ok = v && strcmp(v, want) == 0;
-		free(v);
-		if (ok)
+		if (check(arg))
 			return true;
 		if (h_now_ms() >= deadline)
 			return false;

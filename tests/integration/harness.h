@@ -162,6 +162,8 @@ long long h_admin_stat(PGconn *admin, const char *name);
  * want, or timeout_ms passes. Returns true when it did.
  */
 bool h_poll_value(PGconn *super, const char *sql, const char *want, int timeout_ms);
+/* Poll check(arg) every 20 ms until it returns true (then true) or timeout_ms passes (false). */
+bool h_poll_until(bool (*check)(void *arg), void *arg, int timeout_ms);
 /* Wait for the result of a query sent with PQsendQuery, at most timeout_ms; NULL on timeout. */
 PGresult *h_get_result(PGconn *conn, int timeout_ms);
 

@@ -346,6 +346,7 @@ static void start_pgmux(const char *hosts, const char *extra_target, const char 
 	o.extra_target = target_lines;
 	o.extra_pool = pool_lines;
 	o.hosts = hosts;
+	o.admin_users = h_env()->superuser;
 	do
 		o.listen_port = h_free_port();
 	while (o.listen_port == readonly_port);
@@ -442,6 +443,7 @@ static void fini_cluster(void)
 
 TestSuite(failover, .init = init_pair, .fini = fini_cluster, .timeout = 120);
 TestSuite(failover_no_reader, .init = init_primary_only, .fini = fini_cluster, .timeout = 60);
+TestSuite(replica_lag, .init = init_pair, .fini = fini_cluster, .timeout = 60);
 
 /* ================================================================ routing */
 
@@ -912,4 +914,175 @@ Test(failover_no_reader, reader_port_fails_at_once)
 	expect_port(w, cl.primary.port);
 	PQfinish(w);
 	stop_pgmux_expect_clean_exit();
+}
+
+/* ================================================================ replication lag */
+
+/* The admin console (the suite's superuser is its admin); fails the test on error. */
+static PGconn *connect_admin_ok(void)
+{
+	char *ci = h_conninfo(px.port, h_env()->superuser, h_env()->superpass, "disable", "dbname=pgmux");
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "admin console: %s", PQerrorMessage(conn));
+	return conn;
+}
+
+/* Column col of the SHOW TARGETS row whose column key_col is key (malloc'd), or NULL when there is none. */
+static char *target_field(PGconn *admin, const char *key_col, const char *key, const char *col)
+{
+	PGresult *r = PQexec(admin, "SHOW TARGETS");
+	char *v = NULL;
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "SHOW TARGETS: %s", PQerrorMessage(admin));
+	int k = PQfnumber(r, key_col), c = PQfnumber(r, col);
+	cr_assert(k >= 0 && c >= 0, "SHOW TARGETS has no column %s or %s", key_col, col);
+	for (int i = 0; i < PQntuples(r) && v == NULL; i++)
+		if (strcmp(PQgetvalue(r, i, k), key) == 0)
+			v = strdup(PQgetvalue(r, i, c));
+	PQclear(r);
+	return v;
+}
+
+struct lag_probe {
+	PGconn *admin;
+	char port[16];
+	bool above;
+	int limit_ms;
+};
+
+static bool lag_probe_holds(void *arg)
+{
+	struct lag_probe *p = arg;
+	char *lag = target_field(p->admin, "port", p->port, "lag_ms");
+	bool ok = lag && (atoi(lag) > p->limit_ms) == p->above;
+	free(lag);
+	return ok;
+}
+
+/* Poll SHOW TARGETS until the lag_ms of the instance on port is above (or, !above, at most) limit_ms. */
+static bool wait_target_lag(PGconn *admin, int port, bool above, int limit_ms, int timeout_ms)
+{
+	struct lag_probe p = {.admin = admin, .above = above, .limit_ms = limit_ms};
+	snprintf(p.port, sizeof(p.port), "%d", port);
+	return h_poll_until(lag_probe_holds, &p, timeout_ms);
+}
+
+/*
+ * Make the standby fall behind for real: it replays a commit (client 1), its
+ * replay is paused, and the primary commits another (client 2) that the
+ * standby receives but does not apply. From then on pgmux's measure of its
+ * lag, now() - pg_last_xact_replay_timestamp(), grows with the clock.
+ */
+static void standby_fall_behind(PGconn *primary, PGconn *standby)
+{
+	exec_ok(primary, "insert into fo_writes (client, port) values (1, inet_server_port())");
+	cr_assert(h_poll_value(standby, "select count(*) from fo_writes where client = 1", "1", 10000),
+		  "the standby did not replay the first insert");
+	exec_ok(standby, "select pg_wal_replay_pause()");
+	cr_assert(h_poll_value(standby, "select pg_get_wal_replay_pause_state()", "paused", 10000),
+		  "the standby's replay did not pause");
+	exec_ok(primary, "insert into fo_writes (client, port) values (2, inet_server_port())");
+	cr_assert(h_poll_value(standby, "select pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()", "t", 10000),
+		  "the standby did not receive WAL it could not replay");
+}
+
+/* What a read of the second insert sees: the port that served it and whether the row was there. */
+static const char read_after_second_insert[] =
+	"select inet_server_port() || ' ' || (select count(*) from fo_writes where client = 2)";
+
+struct lag_setup {
+	PGconn *primary, *standby, *admin, *reader;
+};
+
+/* pgmux with max_replica_lag = 1s in front of the pair, a reader-port client served by the standby. */
+static void lag_begin(struct lag_setup *l, const char *extra_target, const char *borrow_timeout)
+{
+	char want[16];
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), extra_target, borrow_timeout);
+	l->primary = connect_super(cl.primary.port);
+	l->standby = connect_super(cl.standby.port);
+	l->admin = connect_admin_ok();
+	l->reader = connect_app_ok(readonly_port);
+	/* Until its first check of the standby pgmux may fall back to the writer (when allowed). */
+	snprintf(want, sizeof(want), "%d", cl.standby.port);
+	cr_assert(h_poll_value(l->reader, "select inet_server_port()", want, h_scaled_ms(5000)),
+		  "reads did not reach the standby while it was up to date");
+	cr_expect(wait_target_lag(l->admin, cl.standby.port, false, 0, h_scaled_ms(5000)),
+		  "SHOW TARGETS showed lag for a standby that was up to date");
+
+	standby_fall_behind(l->primary, l->standby);
+	bool lagging = wait_target_lag(l->admin, cl.standby.port, true, 1000, h_scaled_ms(10000));
+	if (!lagging)
+		pgmux_dump_logs(&px);
+	cr_assert(lagging, "SHOW TARGETS never showed the paused standby's lag_ms above 1000");
+	char *health = target_field(l->admin, "port", want, "health");
+	cr_expect_str_eq(health, "healthy", "a lagging standby is still healthy, SHOW TARGETS says %s", health);
+	free(health);
+}
+
+static void lag_end(struct lag_setup *l)
+{
+	cr_expect(wait_target_lag(l->admin, cl.standby.port, false, 0, h_scaled_ms(5000)),
+		  "SHOW TARGETS still shows lag after the standby caught up");
+	PQfinish(l->reader);
+	PQfinish(l->admin);
+	PQfinish(l->standby);
+	PQfinish(l->primary);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * The only reader falls further behind than max_replica_lag: a reader-port
+ * read waits (no fallback to the writer) instead of reading stale data, and
+ * runs on the standby, seeing the row it was missing, once replay resumes.
+ */
+Test(replica_lag, lagging_reader_gets_no_reads_until_it_catches_up)
+{
+	struct lag_setup l;
+	lag_begin(&l, "max_replica_lag = 1s\n", "20s");
+
+	cr_assert(PQsendQuery(l.reader, read_after_second_insert), "%s", PQerrorMessage(l.reader));
+	PGresult *res = h_get_result(l.reader, h_scaled_ms(1500));
+	if (res)
+		fprintf(stderr, "replica_lag/wait: a read was served by a lagging reader: %s %s\n",
+			PQresStatus(PQresultStatus(res)),
+			PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : PQresultErrorMessage(res));
+	cr_assert_null(res, "a read on the reader port did not wait while the only reader lagged");
+
+	exec_ok(l.standby, "select pg_wal_replay_resume()");
+	res = h_get_result(l.reader, h_scaled_ms(10000));
+	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(res, "the waiting read was not served after the standby caught up");
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "the waiting read failed: %s", PQresultErrorMessage(res));
+	char want[32];
+	snprintf(want, sizeof(want), "%d 1", cl.standby.port);
+	cr_expect_str_eq(PQgetvalue(res, 0, 0), want, "the waiting read returned \"%s\" (port, rows), expected \"%s\"",
+			 PQgetvalue(res, 0, 0), want);
+	PQclear(res);
+	cr_assert_null(h_get_result(l.reader, 5000));
+	lag_end(&l);
+}
+
+/*
+ * With reader_fallback_to_writer, reads go to the writer while the only
+ * reader lags too far (and so see the newest row), and back to the reader
+ * once it has caught up.
+ */
+Test(replica_lag, lagging_reader_falls_back_to_writer_then_serves_again)
+{
+	struct lag_setup l;
+	lag_begin(&l, "max_replica_lag = 1s\nreader_fallback_to_writer = true\n", "10s");
+
+	char want[32];
+	snprintf(want, sizeof(want), "%d 1", cl.primary.port);
+	expect_value(l.reader, read_after_second_insert, want);
+
+	exec_ok(l.standby, "select pg_wal_replay_resume()");
+	snprintf(want, sizeof(want), "%d 1", cl.standby.port);
+	bool back = h_poll_value(l.reader, read_after_second_insert, want, h_scaled_ms(10000));
+	if (!back)
+		pgmux_dump_logs(&px);
+	cr_assert(back, "reads did not return to the standby after it caught up");
+	lag_end(&l);
 }
