@@ -258,8 +258,10 @@ static const struct config_option option_table[] = {
 		 "reports but hosts does not list: the pattern holds exactly one ?, "
 		 "which is replaced by the instance's server_id, as in "
 		 "?.abc123xyz.us-east-1.rds.amazonaws.com (an instance endpoint), and "
-		 "the port is that of the first host. Empty means no discovery: only "
-		 "the instances in hosts are used." },
+		 "the port is that of the first host. Only the writer's view counts: "
+		 "a discovered instance that it no longer reports (deleted, or removed "
+		 "by auto scaling) gets no new transactions and is no longer checked. "
+		 "Empty means no discovery: only the instances in hosts are used." },
 	{ .section = "target", .name = "max_replica_lag", .type = CONFIG_DURATION_MS,
 	  .default_value = "0s", .reloadable = true, .bare_unit = "ms",
 	  .offset = FIELD(max_replica_lag_ms), .min_value = 0, .max_value = INT_MAX,

@@ -119,36 +119,54 @@ static void monitor_done(struct monitor_conn *m, enum instance_role role, int la
 	pool_instance_report(m->t, true, role, lag_ms, instance_id, NULL);
 }
 
-/* Aurora: this instance's role from the cluster's own view, and the instances it names. */
-static void monitor_aurora_result(struct monitor_conn *m, PGresult *res)
+/*
+ * Discovery, from the writer's view of the cluster only: it is the one that
+ * adds and removes instances, and a reader's copy of the topology may lag
+ * behind it (which, were readers heard too, would bring back an instance the
+ * writer no longer names). Instances it names are added, discovered ones it
+ * no longer names are retired.
+ */
+static void monitor_discover(PGresult *res)
 {
 	const struct config *cfg = config_current();
+	const char *q = strchr(cfg->instance_host_pattern, '?');
+	const char **named = xcalloc((size_t)PQntuples(res) + 1, sizeof(*named));
+
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *server_id = PQgetvalue(res, i, 1);
+		char host[256];
+
+		named[i] = server_id;
+		if (server_id[0] == '\0')
+			continue;
+		snprintf(host, sizeof(host), "%.*s%s%s", (int)(q - cfg->instance_host_pattern),
+			 cfg->instance_host_pattern, server_id, q + 1);
+		pool_add_instance(host, cfg->hosts[0].port, server_id);
+	}
+	pool_retire_absent_instances(named, PQntuples(res));
+	free(named);
+}
+
+/* Aurora: this instance's role from the cluster's own view, and (on the writer) the instances it names. */
+static void monitor_aurora_result(struct monitor_conn *m, PGresult *res)
+{
 	const char *me = NULL, *writer_id = NULL;
 	int lag = 0;
 
 	for (int i = 0; i < PQntuples(res); i++) {
-		const char *server_id = PQgetvalue(res, i, 1);
-		const char *session_id = PQgetvalue(res, i, 2);
-
 		me = PQgetvalue(res, i, 0);
-		if (strcmp(session_id, "MASTER_SESSION_ID") == 0)
-			writer_id = server_id;
-		if (cfg->instance_host_pattern[0] && server_id[0]) {
-			char host[256];
-			const char *q = strchr(cfg->instance_host_pattern, '?');
-
-			snprintf(host, sizeof(host), "%.*s%s%s", (int)(q - cfg->instance_host_pattern),
-				 cfg->instance_host_pattern, server_id, q + 1);
-			pool_add_instance(host, cfg->hosts[0].port, server_id);
-		}
+		if (strcmp(PQgetvalue(res, i, 2), "MASTER_SESSION_ID") == 0)
+			writer_id = PQgetvalue(res, i, 1);
 	}
-	for (int i = 0; me && i < PQntuples(res); i++)
-		if (strcmp(PQgetvalue(res, i, 1), me) == 0 && !PQgetisnull(res, i, 3))
-			lag = (int)atof(PQgetvalue(res, i, 3));
 	if (me == NULL) {
 		monitor_fail(m, "aurora_replica_status() returned no rows");
 		return;
 	}
+	for (int i = 0; i < PQntuples(res); i++)
+		if (strcmp(PQgetvalue(res, i, 1), me) == 0 && !PQgetisnull(res, i, 3))
+			lag = (int)atof(PQgetvalue(res, i, 3));
+	if (config_current()->instance_host_pattern[0] && writer_id && strcmp(writer_id, me) == 0)
+		monitor_discover(res);
 	monitor_done(m, writer_id && strcmp(writer_id, me) == 0 ? ROLE_WRITER : ROLE_READER, lag < 0 ? 0 : lag, me);
 }
 

@@ -1043,6 +1043,58 @@ void pool_note_pinned(struct server *s)
 	pthread_mutex_unlock(&pool_lock);
 }
 
+/* Retire t as a cutover does: no new transactions, idle connections unlinked into doomed. */
+static void target_retire_locked(struct target *t, struct list_node *doomed)
+{
+	t->retired = true;
+	t->healthy = false;
+	t->generation++;
+	pool_drop_idle_of_locked(t, doomed);
+	list_del(&t->node);
+	list_append(&retired_targets, &t->node);
+}
+
+/*
+ * A reader that was deleted (or removed by Aurora Auto Scaling) leaves the
+ * topology before its endpoint stops answering. Until this, pgmux kept
+ * sending it reads while it still answered, and kept it for good afterwards,
+ * so that a cluster scaled in to no reader made reader-port clients wait for
+ * connection_borrow_timeout instead of failing at once. Only the writer's
+ * view counts: it is the one that adds and removes instances. Transactions
+ * still running on a retired instance finish there; session-pooled clients
+ * pinned to it keep it until they end or it goes away. The target itself
+ * stays allocated (workers may still refer to it), on the retired list; should
+ * the instance come back, discovery adds it afresh. The monitor stops
+ * watching it at its next round.
+ */
+void pool_retire_absent_instances(const char *const *instance_ids, int n)
+{
+	struct list_node doomed, *pos, *tmp;
+	int n_retired = 0;
+
+	list_init(&doomed);
+	pthread_mutex_lock(&pool_lock);
+	list_for_each_safe(pos, tmp, &targets) {
+		struct target *t = list_entry(pos, struct target, node);
+		bool named = false;
+
+		for (int i = 0; i < n && !named; i++)
+			named = strcmp(t->instance_id, instance_ids[i]) == 0;
+		if (t->listed || named || t == writer)
+			continue;
+		log_info("instance %s (%s:%d) is no longer in the cluster's topology; it gets no new transactions",
+			 t->instance_id, t->host, t->port);
+		target_retire_locked(t, &doomed);
+		n_retired++;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	if (n_retired == 0)
+		return;
+	close_all(&doomed, "its instance left the cluster");
+	/* Servers parked on worker loops are closed by their own worker. */
+	workers_broadcast(WORKER_MSG_SWEEP);
+}
+
 void pool_replace_targets(const struct target_host *hosts, int n_hosts)
 {
 	struct list_node doomed, *node;
@@ -1050,13 +1102,7 @@ void pool_replace_targets(const struct target_host *hosts, int n_hosts)
 	list_init(&doomed);
 	pthread_mutex_lock(&pool_lock);
 	while ((node = list_pop_front(&targets)) != NULL) {
-		struct target *t = list_entry(node, struct target, node);
-
-		t->retired = true;
-		t->healthy = false;
-		t->generation++;
-		pool_drop_idle_of_locked(t, &doomed);
-		list_append(&retired_targets, &t->node);
+		target_retire_locked(list_entry(node, struct target, node), &doomed);
 	}
 	writer = NULL;
 	writer_lost_usec = 0;

@@ -151,6 +151,12 @@ void pool_instance_suspect(struct target *t);
 
 /* Aurora discovery: make sure an instance endpoint is known (monitor thread). */
 void pool_add_instance(const char *host, int port, const char *instance_id);
+/*
+ * Aurora discovery, the other way: retire every discovered instance (one not
+ * in hosts) whose identifier is not among the n in instance_ids, the
+ * instances that the writer's aurora_replica_status() names (monitor thread).
+ */
+void pool_retire_absent_instances(const char *const *instance_ids, int n);
 
 /* Call fn for every pool, under the pool lock (SHOW POOLS). */
 void pool_for_each_pool(void (*fn)(struct pool *p, void *arg), void *arg);
