@@ -30,6 +30,7 @@
 struct instance {
 	const char *name; /* "primary" or "standby" */
 	char dir[600];
+	char addr[16]; /* the loopback address it listens on: 127.0.0.1 unless a test says otherwise */
 	int port;
 	struct h_cmd postmaster; /* pid 0 once it has exited and been reaped */
 	bool started;
@@ -107,26 +108,26 @@ static void chown_to_postgres(const char *path)
 	cr_assert(chown(path, pw->pw_uid, pw->pw_gid) == 0, "chown %s: %s", path, strerror(errno));
 }
 
-static char *conninfo_super(int port)
+/* A direct superuser connection to addr:port; fails the test on error. */
+static PGconn *connect_super_at(const char *addr, int port)
 {
 	const struct h_env *e = h_env();
-	char *s = NULL;
-	cr_assert(asprintf(&s,
-			   "host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable "
+	char *ci = NULL;
+	cr_assert(asprintf(&ci,
+			   "host=%s port=%d user=%s password=%s dbname=postgres sslmode=disable "
 			   "connect_timeout=5 application_name=pgmux-failover-tests",
-			   port, e->superuser, e->superpass) > 0);
-	return s;
+			   addr, port, e->superuser, e->superpass) > 0);
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "direct connection to %s:%d failed: %s", addr, port,
+		     PQerrorMessage(conn));
+	return conn;
 }
 
 /* A direct superuser connection to one instance of the cluster; fails the test on error. */
 static PGconn *connect_super(int port)
 {
-	char *ci = conninfo_super(port);
-	PGconn *conn = PQconnectdb(ci);
-	free(ci);
-	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "direct connection to 127.0.0.1:%d failed: %s", port,
-		     PQerrorMessage(conn));
-	return conn;
+	return connect_super_at("127.0.0.1", port);
 }
 
 static void exec_ok(PGconn *conn, const char *sql)
@@ -152,7 +153,7 @@ static void instance_start(struct instance *inst)
 	inst->started = true;
 
 	char ping[200];
-	snprintf(ping, sizeof(ping), "host=127.0.0.1 port=%d dbname=postgres connect_timeout=2", inst->port);
+	snprintf(ping, sizeof(ping), "host=%s port=%d dbname=postgres connect_timeout=2", inst->addr, inst->port);
 	long long deadline = h_now_ms() + 30000;
 	for (;;) {
 		if (PQping(ping) == PQPING_OK)
@@ -203,6 +204,8 @@ static void cluster_dirs(void)
 	cl.standby.name = "standby";
 	snprintf(cl.primary.dir, sizeof(cl.primary.dir), "%s/primary", cl.base);
 	snprintf(cl.standby.dir, sizeof(cl.standby.dir), "%s/standby", cl.base);
+	snprintf(cl.primary.addr, sizeof(cl.primary.addr), "127.0.0.1");
+	snprintf(cl.standby.addr, sizeof(cl.standby.addr), "127.0.0.1");
 	cl.primary.port = h_free_port();
 	do
 		cl.standby.port = h_free_port();
@@ -284,11 +287,12 @@ static void cluster_add_standby(void)
 				    "stream", "-w", NULL};
 	run_as_pg("pg_basebackup", basebackup, 60000);
 	snprintf(path, sizeof(path), "%s/postgresql.conf", cl.standby.dir);
-	snprintf(text, sizeof(text), "\n# ---- the standby\nport = %d\n", cl.standby.port);
+	snprintf(text, sizeof(text), "\n# ---- the standby\nlisten_addresses = '%s'\nport = %d\n", cl.standby.addr,
+		 cl.standby.port);
 	write_cluster_file(path, "a", text);
 	instance_start(&cl.standby);
 
-	PGconn *standby = connect_super(cl.standby.port);
+	PGconn *standby = connect_super_at(cl.standby.addr, cl.standby.port);
 	cr_assert(h_poll_value(standby, "select pg_is_in_recovery()", "t", 10000),
 		  "the standby is not in recovery");
 	PQfinish(standby);
@@ -444,6 +448,43 @@ static void fini_cluster(void)
 TestSuite(failover, .init = init_pair, .fini = fini_cluster, .timeout = 120);
 TestSuite(failover_no_reader, .init = init_primary_only, .fini = fini_cluster, .timeout = 60);
 TestSuite(replica_lag, .init = init_pair, .fini = fini_cluster, .timeout = 60);
+
+/*
+ * Discovery as on Aurora, where every instance endpoint has the same port and
+ * its own name, <server_id>.<cluster>.<region>.rds.amazonaws.com: here every
+ * instance has the same port and its own loopback address, 127.0.0.<server_id>
+ * (the pattern 127.0.0.?). The primary is instance 1 on 127.0.0.1, the
+ * standby instance 2 on 127.0.0.2. Stand-ins for Aurora's functions report
+ * the topology the test writes into aurora_topology on the primary (which
+ * every instance sees, as on Aurora) and name each instance by the address
+ * it was reached at.
+ */
+static void init_discovery(void)
+{
+	cluster_dirs();
+	snprintf(cl.standby.addr, sizeof(cl.standby.addr), "127.0.0.2");
+	cl.standby.port = cl.primary.port;
+	cluster_init_primary();
+	cluster_add_standby();
+	PGconn *primary = connect_super(cl.primary.port);
+	exec_ok(primary, "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, session_id text NOT NULL, "
+			 "replica_lag_in_msec float8 NOT NULL DEFAULT 0)");
+	exec_ok(primary, "GRANT SELECT ON aurora_topology TO PUBLIC");
+	exec_ok(primary, "INSERT INTO aurora_topology VALUES ('1', 'MASTER_SESSION_ID', 0)");
+	exec_ok(primary, "CREATE FUNCTION aurora_db_instance_identifier() RETURNS text LANGUAGE sql "
+			 "AS $$ SELECT split_part(host(inet_server_addr()), '.', 4) $$");
+	exec_ok(primary, "CREATE FUNCTION aurora_replica_status() "
+			 "RETURNS TABLE (server_id text, session_id text, replica_lag_in_msec float8) LANGUAGE sql "
+			 "AS $$ SELECT server_id, session_id, replica_lag_in_msec FROM aurora_topology $$");
+	PQfinish(primary);
+	PGconn *standby = connect_super_at(cl.standby.addr, cl.standby.port);
+	cr_assert(h_poll_value(standby, "select to_regproc('aurora_replica_status') is not null", "t", 10000),
+		  "the stand-ins did not reach the standby");
+	cr_assert(h_poll_value(standby, "select aurora_db_instance_identifier()", "2", 0));
+	PQfinish(standby);
+}
+
+TestSuite(discovery, .init = init_discovery, .fini = fini_cluster, .timeout = 60);
 
 /* ================================================================ routing */
 
@@ -884,14 +925,9 @@ Test(failover, reader_down_falls_back_to_writer)
 	stop_pgmux_expect_clean_exit();
 }
 
-/* A cluster without any reader: the reader port refuses at once, naming the reason. */
-Test(failover_no_reader, reader_port_fails_at_once)
+/* A new reader-port client is refused at once, naming the reason: the cluster has no reader. */
+static void expect_reader_port_refused(void)
 {
-	start_pgmux(hosts_of(&cl.primary, NULL), NULL, "10s");
-	/* Wait until pgmux knows the writer (and so has checked every instance). */
-	PGconn *w = connect_app_ok(px.port);
-	expect_port(w, cl.primary.port);
-
 	long long t0 = h_now_ms();
 	PGconn *r = h_connect_app(readonly_port, "disable", NULL);
 	const char *message = PQerrorMessage(r);
@@ -904,13 +940,22 @@ Test(failover_no_reader, reader_port_fails_at_once)
 		message = PQresultErrorMessage(res);
 	}
 	long long took = h_now_ms() - t0;
-	fprintf(stderr, "failover/no reader: %s after %lld ms: %s", failed ? "failed" : "succeeded", took, message);
+	fprintf(stderr, "no reader: %s after %lld ms: %s", failed ? "failed" : "succeeded", took, message);
 	cr_assert(failed, "a reader-port client of a cluster without readers was served");
 	cr_expect(strstr(message, "no reader instance") != NULL, "error: %s", message);
 	cr_expect_lt(took, h_scaled_ms(1000), "the failure took %lld ms", took);
 	PQclear(res);
 	PQfinish(r);
+}
 
+/* A cluster without any reader: the reader port refuses at once, naming the reason. */
+Test(failover_no_reader, reader_port_fails_at_once)
+{
+	start_pgmux(hosts_of(&cl.primary, NULL), NULL, "10s");
+	/* Wait until pgmux knows the writer (and so has checked every instance). */
+	PGconn *w = connect_app_ok(px.port);
+	expect_port(w, cl.primary.port);
+	expect_reader_port_refused();
 	expect_port(w, cl.primary.port);
 	PQfinish(w);
 	stop_pgmux_expect_clean_exit();
@@ -1085,4 +1130,143 @@ Test(replica_lag, lagging_reader_falls_back_to_writer_then_serves_again)
 		pgmux_dump_logs(&px);
 	cr_assert(back, "reads did not return to the standby after it caught up");
 	lag_end(&l);
+}
+
+/* ================================================================ discovery */
+
+static void set_topology(const char *sql)
+{
+	PGconn *primary = connect_super(cl.primary.port);
+	exec_ok(primary, sql);
+	PQfinish(primary);
+}
+
+/*
+ * [target] hosts names only the writer. The standby is up all along, but
+ * pgmux uses it as a reader only while the topology names instance 2: reads
+ * reach it once it appears, without a config change; once it has left, the
+ * reader port has no reader again (and says so at once); when it comes back,
+ * reads reach it again.
+ */
+Test(discovery, reader_gets_reads_while_in_topology)
+{
+	char hosts[64], discovered[96];
+	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", cl.primary.port);
+	start_pgmux(hosts, "instance_host_pattern = 127.0.0.?\n", "10s");
+	cr_assert(h_file_wait_contains(px.logfile, "is Aurora PostgreSQL", h_scaled_ms(10000)),
+		  "pgmux did not take the stand-ins for Aurora's functions");
+	PGconn *w = connect_app_ok(px.port);
+	expect_value(w, "select host(inet_server_addr())", "127.0.0.1");
+	expect_reader_port_refused();
+
+	set_topology("INSERT INTO aurora_topology VALUES ('2', '7f3c1a52-reader-session', 0)");
+	snprintf(discovered, sizeof(discovered), "instance 2 discovered at 127.0.0.2:%d", cl.primary.port);
+	cr_assert(h_file_wait_contains(px.logfile, discovered, h_scaled_ms(5000)), "no \"%s\" in pgmux's log",
+		  discovered);
+	/* The login waits for the first check of the new instance, then reads run there. */
+	PGconn *r = connect_app_ok(readonly_port);
+	expect_value(r, "select host(inet_server_addr()) || ' ' || pg_is_in_recovery()", "127.0.0.2 true");
+	PGconn *admin = connect_admin_ok();
+	char *v = target_field(admin, "instance", "2", "host");
+	cr_expect(v && strcmp(v, "127.0.0.2") == 0, "SHOW TARGETS: instance 2 has host %s", v ? v : "(no row)");
+	free(v);
+	v = target_field(admin, "instance", "2", "role");
+	cr_expect(v && strcmp(v, "reader") == 0, "SHOW TARGETS: instance 2 has role %s", v ? v : "(no row)");
+	free(v);
+	/* The writer is the one listed in hosts, not a second, discovered copy. */
+	PGresult *targets = PQexec(admin, "SHOW TARGETS");
+	cr_expect_eq(PQntuples(targets), 2, "SHOW TARGETS has %d rows, expected 2", PQntuples(targets));
+	PQclear(targets);
+
+	/*
+	 * Only the writer's view counts: the standby's own copy of the topology
+	 * (its replay paused) still names instance 2, and must not bring it back.
+	 */
+	PGconn *standby = connect_super_at(cl.standby.addr, cl.standby.port);
+	exec_ok(standby, "select pg_wal_replay_pause()");
+	cr_assert(h_poll_value(standby, "select pg_get_wal_replay_pause_state()", "paused", 10000));
+	set_topology("DELETE FROM aurora_topology WHERE server_id = '2'");
+	/* Reads go on (within a health check or two) until pgmux hears the writer's new view. */
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	PGresult *res;
+	for (;;) {
+		res = PQexec(r, "select host(inet_server_addr())");
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || h_now_ms() >= deadline)
+			break;
+		PQclear(res);
+		h_sleep_ms(20);
+	}
+	if (PQresultStatus(res) != PGRES_FATAL_ERROR)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR, "reads still ran on %s 5 s after instance 2 left",
+		     PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : PQresultErrorMessage(res));
+	cr_expect(strstr(PQresultErrorMessage(res), "no reader instance") != NULL, "error: %s",
+		  PQresultErrorMessage(res));
+	PQclear(res);
+	/* For several health checks of both instances, no read reaches instance 2. */
+	deadline = h_now_ms() + h_scaled_ms(1500);
+	while (h_now_ms() < deadline) {
+		res = PQexec(r, "select host(inet_server_addr())");
+		cr_assert_neq(PQresultStatus(res), PGRES_TUPLES_OK, "a read ran on %s after instance 2 left",
+			      PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : "");
+		PQclear(res);
+		h_sleep_ms(20);
+	}
+	exec_ok(standby, "select pg_wal_replay_resume()");
+	PQfinish(standby);
+	cr_expect(h_file_wait_contains(px.logfile, "instance 2 (127.0.0.2", 0) &&
+			  h_file_wait_contains(px.logfile, "is no longer in the cluster's topology", 0),
+		  "pgmux's log does not say that instance 2 left the topology");
+	v = target_field(admin, "instance", "2", "role");
+	cr_expect_null(v, "SHOW TARGETS still lists instance 2 after it left the topology");
+	free(v);
+	expect_reader_port_refused();
+
+	set_topology("INSERT INTO aurora_topology VALUES ('2', '0b9e44d1-reader-session', 0)");
+	bool back = h_poll_value(r, "select host(inet_server_addr())", "127.0.0.2", h_scaled_ms(5000));
+	if (!back)
+		pgmux_dump_logs(&px);
+	cr_assert(back, "reads did not reach instance 2 after it came back");
+	expect_value(w, "select host(inet_server_addr())", "127.0.0.1");
+
+	PQfinish(admin);
+	PQfinish(r);
+	PQfinish(w);
+	stop_pgmux_expect_clean_exit();
+}
+
+/*
+ * max_replica_lag on Aurora's terms: the lag is the replica_lag_in_msec that
+ * aurora_replica_status() reports for the instance itself. While instance 2
+ * reports 5 s, reads fall back to the writer; once it reports 0, they reach
+ * it again. (Both instances are listed in hosts here: no discovery.)
+ */
+Test(discovery, aurora_reported_lag_over_max_replica_lag)
+{
+	char hosts[64], lag_line[64];
+	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d, 127.0.0.2:%d", cl.primary.port, cl.primary.port);
+	set_topology("INSERT INTO aurora_topology VALUES ('2', '7f3c1a52-reader-session', 5000)");
+	start_pgmux(hosts, "max_replica_lag = 1s\nreader_fallback_to_writer = true\n", "10s");
+	PGconn *admin = connect_admin_ok();
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	char *lag = NULL;
+	while ((lag == NULL || strcmp(lag, "5000") != 0) && h_now_ms() < deadline) {
+		free(lag);
+		h_sleep_ms(20);
+		lag = target_field(admin, "instance", "2", "lag_ms");
+	}
+	snprintf(lag_line, sizeof(lag_line), "%s", lag ? lag : "(no row)");
+	free(lag);
+	cr_assert_str_eq(lag_line, "5000", "SHOW TARGETS: instance 2 has lag_ms %s, expected 5000", lag_line);
+
+	PGconn *r = connect_app_ok(readonly_port);
+	expect_value(r, "select host(inet_server_addr())", "127.0.0.1");
+	set_topology("UPDATE aurora_topology SET replica_lag_in_msec = 0 WHERE server_id = '2'");
+	bool back = h_poll_value(r, "select host(inet_server_addr())", "127.0.0.2", h_scaled_ms(5000));
+	if (!back)
+		pgmux_dump_logs(&px);
+	cr_assert(back, "reads did not reach instance 2 once it reported no lag");
+	PQfinish(r);
+	PQfinish(admin);
+	stop_pgmux_expect_clean_exit();
 }
