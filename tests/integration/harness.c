@@ -1204,6 +1204,68 @@ void h_exec_ok(PGconn *conn, const char *sql)
 	free(msg);
 }
 
+/* ---------------------------------------------------------------- shared test steps */
+
+int h_app_backends(PGconn *super)
+{
+	char *v = h_value_ok(super, H_APP_BACKENDS_SQL);
+	int n = atoi(v);
+	free(v);
+	return n;
+}
+
+void h_wait_no_app_backends(void)
+{
+	PGconn *super = h_connect_super_direct();
+	bool quiet = h_poll_value(super, H_APP_BACKENDS_SQL, "0", h_scaled_ms(10000));
+	PQfinish(super);
+	cr_assert(quiet, "backends of app from an earlier test are still connected to PostgreSQL");
+}
+
+PGconn *h_app_session(const struct pgmux *p, const char *sslmode, const char *extra)
+{
+	PGconn *conn = h_connect_app(p->port, sslmode, extra);
+	if (PQstatus(conn) != CONNECTION_OK)
+		pgmux_dump_logs(p);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux as app failed: %s",
+		     PQerrorMessage(conn));
+	return conn;
+}
+
+void h_expect_value(PGconn *conn, const char *sql, const char *want)
+{
+	char *v = h_value_ok(conn, sql);
+	cr_assert_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
+	free(v);
+}
+
+int h_backend_pid(PGconn *conn)
+{
+	char *v = h_value_ok(conn, "select pg_backend_pid()");
+	int pid = atoi(v);
+	free(v);
+	cr_assert_gt(pid, 0);
+	return pid;
+}
+
+void h_stop_expect_clean_exit(struct pgmux *p)
+{
+	int st = pgmux_stop(p, SIGTERM, h_scaled_ms(10000));
+	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
+		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
+}
+
+void h_expect_pgbench_clean(const struct h_cmd *c, const char *what)
+{
+	bool clean = c->status == 0 && strstr(c->out, "number of failed transactions: 0 ") != NULL;
+
+	if (!clean)
+		h_cmd_dump(c, "pgbench");
+	cr_assert_eq(c->status, 0, "%s exited with %d", what, c->status);
+	cr_assert(strstr(c->out, "number of failed transactions: 0 ") != NULL, "%s reports failed transactions:\n%s",
+		  what, c->out);
+}
+
 /* ---------------------------------------------------------------- teardown */
 
 /*

@@ -226,6 +226,34 @@ PGconn *h_connect_super_port(int port, const char *dbname);
 /* Run one statement that must succeed (fails the test otherwise). */
 void h_exec_ok(PGconn *conn, const char *sql);
 
+/* ---------------------------------------------------------------- shared test steps */
+
+/*
+ * Backends of the app role on the test database, as PostgreSQL sees them,
+ * but for pgmux's health-check connection (outside the pool caps by design).
+ */
+#define H_APP_BACKENDS_SQL                                                                             \
+	"select count(*) from pg_stat_activity where usename = 'app' and datname = 'postgres' and "    \
+	"coalesce(application_name, '') <> 'pgmux health check'"
+
+/* How many of app's backends PostgreSQL has now (see H_APP_BACKENDS_SQL). */
+int h_app_backends(PGconn *super);
+/*
+ * Wait for backends of app left by an earlier test to be gone, so that counts
+ * in pg_stat_activity belong to the current test; fails the test otherwise.
+ */
+void h_wait_no_app_backends(void);
+/* A session to pgmux p as app that must log in (pgmux's logs are printed if not). */
+PGconn *h_app_session(const struct pgmux *p, const char *sslmode, const char *extra);
+/* sql must return want as its first value. */
+void h_expect_value(PGconn *conn, const char *sql, const char *want);
+/* The pid of the backend that serves conn's next statement. */
+int h_backend_pid(PGconn *conn);
+/* SIGTERM must make pgmux exit with status 0 (99 under valgrind means errors or leaks). */
+void h_stop_expect_clean_exit(struct pgmux *p);
+/* pgbench (c, ended) exited with 0 and reports no failed transaction; its output is printed if not. */
+void h_expect_pgbench_clean(const struct h_cmd *c, const char *what);
+
 /* ---------------------------------------------------------------- teardown */
 
 /* Kill every process this test started and still running (pgmux included), and any it inherited. */

@@ -28,14 +28,6 @@
 
 static struct pgmux px;
 
-/*
- * Backends of the app role on the test database, as PostgreSQL sees them,
- * but for pgmux's health-check connection (outside the pool caps by design).
- */
-#define APP_BACKENDS_SQL                                                                               \
-	"select count(*) from pg_stat_activity where usename = 'app' and datname = 'postgres' and "    \
-	"coalesce(application_name, '') <> 'pgmux health check'"
-
 /* ---------------------------------------------------------------- fixtures */
 
 struct traffic;
@@ -63,10 +55,7 @@ static void fini_kill_leftovers(void)
  */
 static void start_txn_pgmux(int max_connections, const char *extra_pgmux, const char *extra_pool)
 {
-	PGconn *super = h_connect_super_direct();
-	bool quiet = h_poll_value(super, APP_BACKENDS_SQL, "0", h_scaled_ms(10000));
-	PQfinish(super);
-	cr_assert(quiet, "backends of app from an earlier test are still connected to PostgreSQL");
+	h_wait_no_app_backends();
 
 	char pool[1024];
 	snprintf(pool, sizeof(pool), "%s\n%s",
@@ -83,30 +72,17 @@ static void start_txn_pgmux(int max_connections, const char *extra_pgmux, const 
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 }
 
-/* Every test ends here: SIGTERM must make pgmux exit with status 0. */
-static void stop_pgmux_expect_clean_exit(void)
-{
-	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
-	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
-		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
-}
-
 /* ---------------------------------------------------------------- libpq helpers */
 
 /* A session through pgmux (no TLS unless sslmode asks), that must log in. */
-static PGconn *app_ssl(const char *sslmode, const char *extra)
+static PGconn *app_session_ssl(const char *sslmode, const char *extra)
 {
-	PGconn *conn = h_connect_app(px.port, sslmode, extra);
-	if (PQstatus(conn) != CONNECTION_OK)
-		pgmux_dump_logs(&px);
-	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux as app failed: %s",
-		     PQerrorMessage(conn));
-	return conn;
+	return h_app_session(&px, sslmode, extra);
 }
 
 static PGconn *app(const char *extra)
 {
-	return app_ssl("disable", extra);
+	return app_session_ssl("disable", extra);
 }
 
 /* Run a statement that must succeed (command or rows). */
@@ -117,22 +93,6 @@ static void run_ok(PGconn *conn, const char *sql)
 	cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "\"%s\" failed (%s): %s", sql,
 		  PQresStatus(st), PQerrorMessage(conn));
 	PQclear(r);
-}
-
-static void expect_value(PGconn *conn, const char *sql, const char *want)
-{
-	char *v = h_value_ok(conn, sql);
-	cr_assert_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
-	free(v);
-}
-
-static int backend_pid(PGconn *conn)
-{
-	char *v = h_value_ok(conn, "select pg_backend_pid()");
-	int pid = atoi(v);
-	free(v);
-	cr_assert_gt(pid, 0);
-	return pid;
 }
 
 /* sql returns (pid, value) in one row: one statement, so both come from the same backend. */
@@ -347,18 +307,6 @@ static void traffic_stop_and_check(struct traffic *t)
 	cr_log_info("background client: %d transactions", atomic_load(&t->transactions));
 }
 
-/* pgbench (c, ended) exited with 0 and reports no failed transaction; its output is printed if not. */
-static void expect_pgbench_clean(const struct h_cmd *c, const char *what)
-{
-	bool clean = c->status == 0 && strstr(c->out, "number of failed transactions: 0 ") != NULL;
-
-	if (!clean)
-		h_cmd_dump(c, "pgbench");
-	cr_assert_eq(c->status, 0, "%s exited with %d", what, c->status);
-	cr_assert(strstr(c->out, "number of failed transactions: 0 ") != NULL, "%s reports failed transactions:\n%s",
-		  what, c->out);
-}
-
 /* ================================================================ 1: pgbench */
 
 TestSuite(txn_pgbench, .fini = fini_kill_leftovers, .timeout = 300);
@@ -393,7 +341,7 @@ static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
 			h_cmd_dump(&c, "pgbench");
 			cr_assert_fail("pgbench -M %s did not finish in time", protocol);
 		}
-		char *n = h_value_ok(super, APP_BACKENDS_SQL);
+		char *n = h_value_ok(super, H_APP_BACKENDS_SQL);
 		samples++;
 		if (atoi(n) > max_seen)
 			max_seen = atoi(n);
@@ -403,7 +351,7 @@ static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
 
 	char what[64];
 	snprintf(what, sizeof(what), "pgbench -M %s", protocol);
-	expect_pgbench_clean(&c, what);
+	h_expect_pgbench_clean(&c, what);
 	const char *p = strstr(c.out, "number of transactions actually processed: ");
 	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", c.out);
 	long processed = strtol(p + strlen("number of transactions actually processed: "), NULL, 10);
@@ -415,7 +363,7 @@ static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
 	cr_log_info("pgbench -M %s: %ld transactions, at most %d backends in %d samples", protocol, processed,
 		    max_seen, samples);
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(txn_pgbench, simple_protocol_64_clients_8_backends_tls)
@@ -454,7 +402,7 @@ static void pin_test_begin(struct pin_test *p)
 /* The pinning statement has run: remember the backend, find the log line. */
 static void pin_test_pinned(struct pin_test *p, const char *reason)
 {
-	p->pid = backend_pid(p->conn);
+	p->pid = h_backend_pid(p->conn);
 	atomic_store(&p->traffic.avoid_pid, p->pid);
 	expect_pinned_log(p->pid, reason);
 }
@@ -462,7 +410,7 @@ static void pin_test_pinned(struct pin_test *p, const char *reason)
 static void expect_still_pinned(struct pin_test *p, int statements)
 {
 	for (int i = 0; i < statements; i++) {
-		int pid = backend_pid(p->conn);
+		int pid = h_backend_pid(p->conn);
 		cr_assert_eq(pid, p->pid, "pinned session moved from backend %d to %d (statement %d)", p->pid, pid,
 			     i + 1);
 	}
@@ -480,7 +428,7 @@ static void pin_test_end(struct pin_test *p)
 		      "the other client made no progress while the session was pinned");
 	traffic_stop_and_check(&p->traffic);
 	PQfinish(p->conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(txn_pin, temp_table)
@@ -493,7 +441,7 @@ Test(txn_pin, temp_table)
 	char want[64];
 	snprintf(want, sizeof(want), "3:%d", p.pid);
 	for (int i = 0; i < 20; i++)
-		expect_value(p.conn, "select count(*) || ':' || pg_backend_pid() from t", want);
+		h_expect_value(p.conn, "select count(*) || ':' || pg_backend_pid() from t", want);
 	expect_still_pinned(&p, 10);
 	pin_test_end(&p);
 }
@@ -511,7 +459,7 @@ Test(txn_pin, cursor_with_hold)
 		cr_assert_eq(atoi(PQgetvalue(r, 0, 0)), 10 * i + 1);
 		cr_assert_eq(atoi(PQgetvalue(r, 9, 0)), 10 * i + 10);
 		PQclear(r);
-		cr_assert_eq(backend_pid(p.conn), p.pid);
+		cr_assert_eq(h_backend_pid(p.conn), p.pid);
 	}
 	PGresult *r = PQexec(p.conn, "fetch 10 from c");
 	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(p.conn));
@@ -548,7 +496,7 @@ Test(txn_pin, listen)
 	pin_test_pinned(&p, "LISTEN");
 
 	PGconn *super = h_connect_super_direct();
-	int notifier = backend_pid(super);
+	int notifier = h_backend_pid(super);
 	for (int round = 0; round < 3; round++) {
 		char sql[64], payload[16];
 		snprintf(payload, sizeof(payload), "x%d", round);
@@ -573,7 +521,7 @@ Test(txn_pin, session_advisory_lock)
 {
 	struct pin_test p;
 	pin_test_begin(&p);
-	expect_value(p.conn, "select pg_advisory_lock(42)", "");
+	h_expect_value(p.conn, "select pg_advisory_lock(42)", "");
 	pin_test_pinned(&p, "session-level advisory lock");
 
 	PGconn *super = h_connect_super_direct();
@@ -582,11 +530,11 @@ Test(txn_pin, session_advisory_lock)
 	char want[32];
 	snprintf(want, sizeof(want), "%d", p.pid);
 	for (int i = 0; i < 5; i++) {
-		expect_value(super, holder_sql, want);
+		h_expect_value(super, holder_sql, want);
 		expect_still_pinned(&p, 2);
 	}
-	expect_value(p.conn, "select pg_advisory_unlock(42)", "t");
-	expect_value(super, holder_sql, "none");
+	h_expect_value(p.conn, "select pg_advisory_unlock(42)", "t");
+	h_expect_value(super, holder_sql, "none");
 	PQfinish(super);
 	pin_test_end(&p);
 }
@@ -598,8 +546,8 @@ Test(txn_pin, sql_prepare_execute)
 	run_ok(p.conn, "prepare p as select $1::int");
 	pin_test_pinned(&p, "SQL-level PREPARE");
 	for (int i = 0; i < 10; i++) {
-		expect_value(p.conn, "execute p(5)", "5");
-		cr_assert_eq(backend_pid(p.conn), p.pid);
+		h_expect_value(p.conn, "execute p(5)", "5");
+		cr_assert_eq(h_backend_pid(p.conn), p.pid);
 	}
 	run_ok(p.conn, "deallocate p");
 	free(expect_error(p.conn, "execute p(5)", "26000"));
@@ -666,7 +614,7 @@ static void begin_on_backend(PGconn *conn, int want, const char *why)
 static int take_over_backend(PGconn *a, int pa, PGconn *b, PGconn *c)
 {
 	run_ok(b, "begin");
-	int pb = backend_pid(b);
+	int pb = h_backend_pid(b);
 	cr_assert_neq(pb, pa, "client b was served backend %d while client a held it in a transaction", pa);
 	run_ok(a, "commit");
 	begin_on_backend(c, pa, "client c after a's COMMIT");
@@ -687,7 +635,7 @@ static void switching_rounds(PGconn *a, PGconn *b, PGconn *c, int rounds, step_f
 	out->n = 0;
 	for (int r = 0; r < rounds && out->n + 3 <= 128; r++) {
 		run_ok(a, "begin");
-		int pa = backend_pid(a);
+		int pa = h_backend_pid(a);
 		out->pids[out->n++] = pa;
 		if (while_held) {
 			run_ok(b, "begin");
@@ -716,7 +664,7 @@ static void expect_other_client_sees(PGconn *a, PGconn *b, const struct rounds *
 	int pids[16], n = 0;
 	for (int r = 0; r < 4; r++) {
 		run_ok(a, "begin");
-		(void)backend_pid(a);
+		(void)h_backend_pid(a);
 		char *v = pid_and_value(b, sql, &pids[n]);
 		cr_assert_str_eq(v, want, "a client that never changed it got \"%s\" from \"%s\", expected \"%s\"", v,
 				 sql, want);
@@ -760,7 +708,7 @@ static int tz_step(PGconn *a, int step, void *arg)
 				&pid);
 	cr_assert_str_eq(v, t->want, "step %d on backend %d: \"%s\", expected \"%s\"", step, pid, v, t->want);
 	free(v);
-	expect_value(a, "show timezone", t->want_tz);
+	h_expect_value(a, "show timezone", t->want_tz);
 	return pid;
 }
 
@@ -804,7 +752,7 @@ Test(txn_state, timezone_and_intervalstyle_follow_the_client)
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* (b) startup options: -c and --name=value, on every backend. */
@@ -816,7 +764,7 @@ static int timeout_step(PGconn *a, int step, void *arg)
 				&pid);
 	cr_assert_str_eq(v, "1234ms|4321ms", "step %d on backend %d: \"%s\"", step, pid, v);
 	free(v);
-	expect_value(a, "show statement_timeout", "1234ms");
+	h_expect_value(a, "show statement_timeout", "1234ms");
 	return pid;
 }
 
@@ -844,7 +792,7 @@ Test(txn_state, startup_options_follow_the_client)
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* (c) application_name from the conninfo, then changed with SET. */
@@ -861,13 +809,13 @@ static int appname_step(PGconn *a, int step, void *arg)
 	cr_assert_str_eq(v, t->want, "step %d on backend %d: application_name \"%s\", expected \"%s\"", step, pid,
 			 v, t->want);
 	free(v);
-	expect_value(a, "show application_name", t->want);
+	h_expect_value(a, "show application_name", t->want);
 	/* PostgreSQL shows it too, for the backend while it serves the client. */
 	run_ok(a, "begin");
-	pid = backend_pid(a);
+	pid = h_backend_pid(a);
 	char sql[128];
 	snprintf(sql, sizeof(sql), "select application_name from pg_stat_activity where pid = %d", pid);
-	expect_value(t->super, sql, t->want);
+	h_expect_value(t->super, sql, t->want);
 	run_ok(a, "commit");
 	return pid;
 }
@@ -899,7 +847,7 @@ Test(txn_state, application_name_follows_the_client)
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -940,7 +888,7 @@ Test(txn_state, set_local_does_not_pin)
 	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
 	run_ok(a, "begin");
 	run_ok(a, "set local work_mem = '9MB'");
-	expect_value(a, "show work_mem", "9MB");
+	h_expect_value(a, "show work_mem", "9MB");
 	run_ok(a, "commit");
 	struct rounds ra;
 	switching_rounds(a, b, c, 5, work_mem_step, NULL, NULL, &ra);
@@ -948,7 +896,7 @@ Test(txn_state, set_local_does_not_pin)
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* (d) protocol-level prepared statements across backends; b has its own "s1". */
@@ -997,12 +945,12 @@ Test(txn_state, prepared_statements_follow_the_client)
 		run_ok(a, "commit");
 	}
 	/* The client's names never reach the server, and so cannot clash with other clients'. */
-	expect_value(a, "select count(*) from pg_prepared_statements where name in ('s1', 'pid')", "0");
+	h_expect_value(a, "select count(*) from pg_prepared_statements where name in ('s1', 'pid')", "0");
 	expect_log_lacks("session pinned");
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* (e) max_prepared_statements = 2 with five statements in use: evicted ones come back unseen. */
@@ -1050,7 +998,7 @@ Test(txn_state, max_prepared_statements_evicts_and_prepares_again)
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* (f) PQdescribePrepared on another backend; (g) two names for the same SQL. */
@@ -1059,12 +1007,12 @@ Test(txn_state, describe_after_switch_and_shared_statement)
 	start_txn_pgmux(2, NULL, NULL);
 	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
 	run_ok(a, "begin");
-	int prepared_on = backend_pid(a);
+	int prepared_on = h_backend_pid(a);
 	prepare_ok(a, "d1", "select $1::int as a, $2::text as b, $1::int8 * 2 as c");
 	int other = take_over_backend(a, prepared_on, b, c);
 	/* c holds the backend d1 was prepared on: a is served the other one */
 	run_ok(a, "begin");
-	cr_assert_eq(backend_pid(a), other);
+	cr_assert_eq(h_backend_pid(a), other);
 	PGresult *r = PQdescribePrepared(a, "d1");
 	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "PQdescribePrepared after a backend switch: %s",
 		     PQerrorMessage(a));
@@ -1107,12 +1055,12 @@ Test(txn_state, describe_after_switch_and_shared_statement)
 	x = exec_prepared_1(a, "g2", "8");
 	cr_assert_str_eq(x, "24");
 	free(x);
-	expect_value(a, "select count(*) from pg_prepared_statements where statement = 'select $1::int * 3'", "1");
+	h_expect_value(a, "select count(*) from pg_prepared_statements where statement = 'select $1::int * 3'", "1");
 	run_ok(a, "commit");
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 4: borrow timeout */
@@ -1146,15 +1094,15 @@ Test(txn_borrow, timeout_error_and_connection_stays_usable)
 
 	/* simple protocol */
 	run_ok(a, "begin");
-	int held = backend_pid(a);
+	int held = h_backend_pid(a);
 	long long t0 = h_now_ms();
 	PGresult *r = PQexec(b, "select 1");
 	expect_borrow_timeout(b, r, h_now_ms() - t0, "a simple query");
 	PQclear(r);
-	expect_value(a, "select 'a still in its transaction'", "a still in its transaction");
-	cr_assert_eq(backend_pid(a), held);
+	h_expect_value(a, "select 'a still in its transaction'", "a still in its transaction");
+	cr_assert_eq(h_backend_pid(a), held);
 	run_ok(a, "commit");
-	expect_value(b, "select 2", "2");
+	h_expect_value(b, "select 2", "2");
 
 	/* extended protocol, unnamed statement */
 	run_ok(a, "begin");
@@ -1183,7 +1131,7 @@ Test(txn_borrow, timeout_error_and_connection_stays_usable)
 
 	PQfinish(a);
 	PQfinish(b);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* The clock_timestamp() (microseconds since 1970) of a query that waited for the only backend. */
@@ -1228,13 +1176,13 @@ Test(txn_borrow, oldest_waiter_comes_first_across_workers)
 	cr_assert_lt(ty, tz, "z, on the releasing worker, ran %lld us before y, which had waited 50 ms longer", ty - tz);
 	/* x's worker to y's, then y's to z's. */
 	cr_assert_eq(h_admin_stat(admin, "database_connection_handoffs") - handoffs, 2);
-	expect_value(x, "select 'x again'", "x again");
+	h_expect_value(x, "select 'x again'", "x again");
 
 	PQfinish(x);
 	PQfinish(y);
 	PQfinish(z);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 5: conformance */
@@ -1716,7 +1664,7 @@ static void scenario_notices_and_errors(PGconn *c, struct transcript *t)
 Test(txn_conform, same_results_as_postgresql)
 {
 	start_txn_pgmux(2, NULL, NULL);
-	PGconn *via = app_ssl("require", NULL);
+	PGconn *via = app_session_ssl("require", NULL);
 	struct traffic traffic;
 	traffic_start(&traffic);
 	compare_scenario(via, scenario_extended, "extended protocol");
@@ -1730,7 +1678,7 @@ Test(txn_conform, same_results_as_postgresql)
 	cr_assert_eq(conformance_failures, 0, "%d scenario(s) gave different results through pgmux",
 		     conformance_failures);
 	expect_log_lacks("session pinned");
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* 100 clients over 4 backends, each with its own connection on a thread. */
@@ -1818,7 +1766,7 @@ Test(txn_conform, hundred_clients_over_4_backends)
 	int samples = 0, max_seen = 0;
 	long long deadline = h_now_ms() + h_scaled_ms(60000);
 	while (atomic_load(&m.done) < MANY_CLIENTS && h_now_ms() < deadline) {
-		char *n = h_value_ok(super, APP_BACKENDS_SQL);
+		char *n = h_value_ok(super, H_APP_BACKENDS_SQL);
 		samples++;
 		if (atoi(n) > max_seen)
 			max_seen = atoi(n);
@@ -1839,7 +1787,7 @@ Test(txn_conform, hundred_clients_over_4_backends)
 	cr_assert_gt(max_seen, 0);
 	cr_log_info("100 clients: %d transactions, at most %d backends in %d samples", atomic_load(&m.committed),
 		    max_seen, samples);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 6-7: client limits */
@@ -1870,7 +1818,7 @@ Test(txn_limits, max_client_connections)
 	for (int i = 0; i < 5; i++)
 		c[i] = app_eventually();
 	for (int i = 0; i < 5; i++)
-		expect_value(c[i], "select 1", "1");
+		h_expect_value(c[i], "select 1", "1");
 
 	PGconn *sixth = h_connect_app(px.port, "disable", NULL);
 	cr_assert_neq(PQstatus(sixth), CONNECTION_OK, "a 6th client got in with max_client_connections = 5");
@@ -1901,14 +1849,14 @@ Test(txn_limits, max_client_connections)
 	close(fd);
 
 	for (int i = 0; i < 5; i++)
-		expect_value(c[i], "select 2", "2");
+		h_expect_value(c[i], "select 2", "2");
 	PQfinish(c[0]);
 	PGconn *again = app_eventually();
-	expect_value(again, "select 'in again'", "in again");
+	h_expect_value(again, "select 'in again'", "in again");
 	PQfinish(again);
 	for (int i = 1; i < 5; i++)
 		PQfinish(c[i]);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 struct fatal_notice {
@@ -1932,7 +1880,7 @@ Test(txn_limits, idle_client_timeout)
 	struct fatal_notice n;
 	memset(&n, 0, sizeof(n));
 	PQsetNoticeReceiver(idle, on_fatal_notice, &n);
-	expect_value(idle, "select 1", "1");
+	h_expect_value(idle, "select 1", "1");
 	long long t0 = h_now_ms();
 	cr_assert_eq(PQsendQuery(busy, "select pg_sleep(2)"), 1);
 
@@ -1967,9 +1915,9 @@ Test(txn_limits, idle_client_timeout)
 	PQfinish(busy);
 
 	PGconn *fresh = app(NULL);
-	expect_value(fresh, "select 'fresh'", "fresh");
+	h_expect_value(fresh, "select 'fresh'", "fresh");
 	PQfinish(fresh);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 8: session mode */
@@ -1979,7 +1927,7 @@ TestSuite(txn_session, .fini = fini_kill_leftovers, .timeout = 120);
 Test(txn_session, session_mode_keeps_state_without_pinning)
 {
 	PGconn *super = h_connect_super_direct();
-	cr_assert(h_poll_value(super, APP_BACKENDS_SQL, "0", h_scaled_ms(10000)));
+	cr_assert(h_poll_value(super, H_APP_BACKENDS_SQL, "0", h_scaled_ms(10000)));
 	PQfinish(super);
 	struct pgmux_options o;
 	pgmux_options_default(&o);
@@ -1988,22 +1936,22 @@ Test(txn_session, session_mode_keeps_state_without_pinning)
 	cr_assert(pgmux_start(&px, &o));
 
 	PGconn *a = app(NULL), *b = app(NULL);
-	int pid = backend_pid(a);
+	int pid = h_backend_pid(a);
 	run_ok(a, "set search_path = pg_catalog, public");
 	run_ok(a, "set work_mem = '7MB'");
 	run_ok(a, "create temp table st (x int)");
 	for (int i = 0; i < 10; i++) {
-		expect_value(b, "select 1", "1");
-		expect_value(a, "show search_path", "pg_catalog, public");
-		expect_value(a, "show work_mem", "7MB");
-		expect_value(a, "select count(*) from st", "0");
-		cr_assert_eq(backend_pid(a), pid);
+		h_expect_value(b, "select 1", "1");
+		h_expect_value(a, "show search_path", "pg_catalog, public");
+		h_expect_value(a, "show work_mem", "7MB");
+		h_expect_value(a, "select count(*) from st", "0");
+		cr_assert_eq(h_backend_pid(a), pid);
 	}
-	expect_value(b, "show search_path", "\"$user\", public");
+	h_expect_value(b, "show search_path", "\"$user\", public");
 	expect_log_lacks("session pinned");
 	PQfinish(a);
 	PQfinish(b);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 9: busy polling */
@@ -2042,7 +1990,7 @@ static void pgbench_select_ok(const char *clients, const char *seconds)
 	char what[64];
 	h_cmd_run(&c, argv, env, h_scaled_ms(60000));
 	snprintf(what, sizeof(what), "pgbench -c %s", clients);
-	expect_pgbench_clean(&c, what);
+	h_expect_pgbench_clean(&c, what);
 	cr_log_info("busy_poll_us = 500, pgbench -S -c %s: %s", clients,
 		    strstr(c.out, "tps = ") ? strstr(c.out, "tps = ") : "(no tps)");
 	h_cmd_free(&c);
@@ -2062,7 +2010,7 @@ Test(txn_busy_poll, relays_transactions_and_sleeps_when_idle)
 	pgbench_select_ok("8", h_under_valgrind() ? "4" : "2");
 
 	PGconn *conn = app(NULL);
-	expect_value(conn, "select 41 + 1", "42");
+	h_expect_value(conn, "select 41 + 1", "42");
 	h_sleep_ms(200);
 	long long before = proc_cpu_ms(px.pid);
 	h_sleep_ms(2000);
@@ -2070,23 +2018,14 @@ Test(txn_busy_poll, relays_transactions_and_sleeps_when_idle)
 	cr_log_info("busy_poll_us = 500: pgmux used %lld ms of CPU time in 2 s of idleness", used);
 	cr_assert_lt(used, 400, "pgmux used %lld ms of CPU time in 2 s with no traffic: a worker kept polling",
 		     used);
-	expect_value(conn, "select 6 * 7", "42");
+	h_expect_value(conn, "select 6 * 7", "42");
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 10: the pool's janitor */
 
 TestSuite(txn_janitor, .fini = fini_kill_leftovers, .timeout = 120);
-
-/* How many of app's backends PostgreSQL has now (see APP_BACKENDS_SQL). */
-static int app_backends(PGconn *super)
-{
-	char *v = h_value_ok(super, APP_BACKENDS_SQL);
-	int n = atoi(v);
-	free(v);
-	return n;
-}
 
 /*
  * Wait until app has want backends; returns the milliseconds since t0. On a
@@ -2096,11 +2035,11 @@ static long long wait_app_backends(PGconn *super, int want, long long t0, const 
 {
 	char s[16];
 	snprintf(s, sizeof(s), "%d", want);
-	bool reached = h_poll_value(super, APP_BACKENDS_SQL, s, h_scaled_ms(6000));
+	bool reached = h_poll_value(super, H_APP_BACKENDS_SQL, s, h_scaled_ms(6000));
 	long long took = h_now_ms() - t0;
 	if (!reached)
 		pgmux_dump_logs(&px);
-	cr_assert(reached, "%d backends %lld ms later, expected %d: %s", app_backends(super), took, want, why);
+	cr_assert(reached, "%d backends %lld ms later, expected %d: %s", h_app_backends(super), took, want, why);
 	return took;
 }
 
@@ -2109,7 +2048,7 @@ static void hold_backends(PGconn **clients, int n, int *pids)
 {
 	for (int i = 0; i < n; i++) {
 		run_ok(clients[i], "begin");
-		pids[i] = backend_pid(clients[i]);
+		pids[i] = h_backend_pid(clients[i]);
 		for (int j = 0; j < i; j++)
 			cr_assert_neq(pids[j], pids[i], "two clients in a transaction share backend %d", pids[i]);
 	}
@@ -2122,7 +2061,7 @@ static void hold_backends(PGconn **clients, int n, int *pids)
 static long long four_busy_then_idle(PGconn *super, PGconn **c, int *pids)
 {
 	hold_backends(c, 4, pids);
-	cr_assert_eq(app_backends(super), 4);
+	cr_assert_eq(h_app_backends(super), 4);
 	long long t0 = h_now_ms();
 	for (int i = 0; i < 4; i++)
 		run_ok(c[i], "commit");
@@ -2160,17 +2099,17 @@ Test(txn_janitor, idle_cap_closes_surplus_backends_after_a_second)
 	long long took = wait_app_backends(super, 2, t0, "four went idle and the idle cap is 2");
 	cr_assert_geq(took, 995, "the idle cap closed backends %lld ms after they went idle, before a second", took);
 	h_sleep_ms(1500);
-	cr_assert_eq(app_backends(super), 2, "the janitor went below the idle cap of 2");
+	cr_assert_eq(h_app_backends(super), 2, "the janitor went below the idle cap of 2");
 	expect_backends_among(super, pids, 4, "after the idle cap");
 
 	hold_backends(c, 4, pids);
-	cr_assert_eq(app_backends(super), 4);
+	cr_assert_eq(h_app_backends(super), 4);
 	for (int i = 0; i < 4; i++) {
 		run_ok(c[i], "commit");
 		PQfinish(c[i]);
 	}
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -2187,7 +2126,7 @@ Test(txn_janitor, server_idle_timeout_spares_min_pool_size)
 	int pids[4];
 	for (int i = 0; i < 4; i++)
 		c[i] = app(NULL);
-	expect_value(c[0], "select 1", "1");
+	h_expect_value(c[0], "select 1", "1");
 	(void)wait_app_backends(super, 2, h_now_ms(), "one client ran a statement and min_pool_size is 2");
 
 	long long t0 = four_busy_then_idle(super, c, pids);
@@ -2195,13 +2134,13 @@ Test(txn_janitor, server_idle_timeout_spares_min_pool_size)
 	cr_assert_geq(took, 995, "idle backends were closed %lld ms after they went idle, before server_idle_timeout",
 		      took);
 	h_sleep_ms(2500);
-	cr_assert_eq(app_backends(super), 2, "the janitor closed backends that min_pool_size keeps");
+	cr_assert_eq(h_app_backends(super), 2, "the janitor closed backends that min_pool_size keeps");
 	expect_backends_among(super, pids, 4, "after server_idle_timeout");
-	expect_value(c[3], "select 'still served'", "still served");
+	h_expect_value(c[3], "select 'still served'", "still served");
 	for (int i = 0; i < 4; i++)
 		PQfinish(c[i]);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -2215,12 +2154,12 @@ Test(txn_janitor, server_lifetime_replaces_backends_between_transactions)
 	PGconn *super = h_connect_super_direct();
 	PGconn *a = app(NULL);
 	run_ok(a, "begin");
-	int old = backend_pid(a);
+	int old = h_backend_pid(a);
 	h_sleep_ms(1500);
-	cr_assert_eq(backend_pid(a), old, "a transaction moved to another backend when its own grew old");
+	cr_assert_eq(h_backend_pid(a), old, "a transaction moved to another backend when its own grew old");
 	run_ok(a, "commit");
 	/* At once: not left to the janitor's round once a second. */
-	cr_assert_neq(backend_pid(a), old, "the next statement was served by a backend older than server_lifetime");
+	cr_assert_neq(h_backend_pid(a), old, "the next statement was served by a backend older than server_lifetime");
 
 	char sql[160];
 	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d", old);
@@ -2230,7 +2169,7 @@ Test(txn_janitor, server_lifetime_replaces_backends_between_transactions)
 	cr_assert(gone, "backend %d, older than server_lifetime = 1s, was still connected after it was released", old);
 	PQfinish(a);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -2244,7 +2183,7 @@ Test(txn_janitor, client_gone_mid_statement_cancels_it)
 	start_txn_pgmux(1, NULL, NULL);
 	PGconn *super = h_connect_super_direct();
 	PGconn *a = app(NULL);
-	int pid = backend_pid(a);
+	int pid = h_backend_pid(a);
 	cr_assert_eq(PQsendQuery(a, "select pg_sleep(60)"), 1, "%s", PQerrorMessage(a));
 	char sql[200];
 	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d and state = 'active'", pid);
@@ -2260,8 +2199,8 @@ Test(txn_janitor, client_gone_mid_statement_cancels_it)
 	}
 	cr_assert(gone, "backend %d still ran pg_sleep(60) 5 s after its client left", pid);
 	PGconn *b = app(NULL);
-	expect_value(b, "select 'served'", "served");
+	h_expect_value(b, "select 'served'", "served");
 	PQfinish(b);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
