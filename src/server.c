@@ -319,6 +319,14 @@ static void server_init_done(struct server *s, bool ok, void *arg)
 		server_connect_failed(s, why, true);
 		return;
 	}
+	/*
+	 * init_query may have changed reported parameters (SET TimeZone, say).
+	 * Their values now, not those at login, are this connection's defaults:
+	 * client_link() puts a parameter that a client never changed back to its
+	 * default, which would otherwise undo init_query for every client.
+	 */
+	for (int i = 0; i < s->n_params; i++)
+		params_put(&s->defaults, s->params[i].name, s->params[i].value);
 	s->created_usec = s->last_used_usec = pgmux_now_usec();
 	pool_connection_ready(s);
 }
