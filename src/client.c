@@ -911,10 +911,10 @@ static void sql_append_set(struct iobuf *sql, int *count, const char *name, cons
 	(*count)++;
 }
 
-/* RESET of a (possibly dotted) parameter name, each part a quoted identifier. */
+/* RESET of a (possibly dotted) parameter name, each part a quoted identifier, then "; ". */
 static void sql_append_reset(struct iobuf *sql, const char *name)
 {
-	iobuf_append(sql, "; RESET \"", 9);
+	iobuf_append(sql, "RESET \"", 7);
 	for (const char *p = name; *p; p++) {
 		if (*p == '.')
 			iobuf_append(sql, "\".\"", 3);
@@ -923,20 +923,45 @@ static void sql_append_reset(struct iobuf *sql, const char *name)
 		else
 			iobuf_append_u8(sql, (uint8_t)*p);
 	}
-	iobuf_append_u8(sql, '"');
+	iobuf_append(sql, "\"; ", 3);
 }
 
 /*
- * Build the SQL that makes backend s match the client's session: carried
- * parameters that differ, parameters pgmux set for the client that s lacks,
- * and those set for an earlier client that this one does not want. Returns
- * false when s already matches.
+ * Build the SQL that makes backend s match the client's session: parameters
+ * set for an earlier client that this one does not want are RESET; a RESET
+ * (or an earlier DISCARD ALL, see init_undone) goes back to the server's
+ * defaults and so undoes init_query, which then runs again; then carried
+ * parameters that differ and parameters pgmux set for the client that s
+ * lacks. After init_query runs, every parameter the client wants is set,
+ * whatever s had before, since init_query may have changed any of them.
+ * Returns false when s already matches.
  */
 static bool client_state_sql(struct client *c, struct server *s, struct iobuf *sql)
 {
+	const char *init_query = config_current()->init_query;
 	struct list_node *pos, *tmp;
 	int count = 0;
+	bool reset = false, reinit;
 
+	list_for_each_safe(pos, tmp, &s->applied.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		if (params_get(&c->params_set, e->key) == NULL) {
+			sql_append_reset(sql, e->key);
+			free(strmap_delete(&s->applied, e));
+			s->params_fingerprint_valid = false;
+			reset = true;
+		}
+	}
+	if (reset)
+		s->init_undone = true;
+	reinit = s->init_undone && init_query && init_query[0];
+	if (!reinit)
+		s->init_undone = false; /* no init_query to run again */
+	if (reinit) {
+		iobuf_append(sql, init_query, strlen(init_query));
+		iobuf_append(sql, "; ", 2);
+	}
 	for (int i = 0; params_carried_names[i]; i++) {
 		const char *name = params_carried_names[i];
 		const char *want = c->reported[i];
@@ -945,7 +970,7 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 		/* What the client never changed is the server's default. */
 		if (want == NULL)
 			want = params_get(&s->defaults, name);
-		if (want == NULL || (have && strcmp(have, want) == 0))
+		if (want == NULL || (!reinit && have && strcmp(have, want) == 0))
 			continue;
 		sql_append_set(sql, &count, name, want);
 	}
@@ -953,7 +978,7 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 		const char *have = params_get(&s->applied, e->key);
 
-		if (have && strcmp(have, e->value) == 0)
+		if (!reinit && have && strcmp(have, e->value) == 0)
 			continue;
 		sql_append_set(sql, &count, e->key, e->value);
 		params_put(&s->applied, e->key, e->value);
@@ -961,18 +986,8 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 	}
 	if (count == 0)
 		iobuf_append(sql, "SELECT 1", 8);
-	list_for_each_safe(pos, tmp, &s->applied.lru) {
-		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-
-		if (params_get(&c->params_set, e->key) == NULL) {
-			sql_append_reset(sql, e->key);
-			free(strmap_delete(&s->applied, e));
-			s->params_fingerprint_valid = false;
-			count++;
-		}
-	}
 	iobuf_append_u8(sql, '\0');
-	return count > 0;
+	return count > 0 || reset || reinit;
 }
 
 /*
@@ -1115,6 +1130,8 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 			     s->query_error ? s->query_error : "could not apply session parameters");
 		return;
 	}
+	/* The query ran init_query again if it had been undone. */
+	s->init_undone = false;
 	client_setup_complete(c);
 }
 
@@ -1162,7 +1179,7 @@ static void client_link(struct client *c, struct server *s)
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
 	if (c->pin_reason || !c->transaction_mode)
 		pool_note_pinned(s);
-	if (client_state_matches(c, s)) {
+	if (!s->init_undone && client_state_matches(c, s)) {
 		client_set_state(c, CLIENT_SETUP);
 		client_setup_complete(c);
 		return;

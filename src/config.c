@@ -339,18 +339,24 @@ static const struct config_option option_table[] = {
 	{ .section = "pool", .name = "init_query", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(init_query),
-	  .doc = "SQL run once on every new server connection before any client uses "
-		 "it, like RDS Proxy's InitQuery; for example SET work_mem = '64MB'. If "
-		 "it fails, the connection is closed and the failure logged. Empty means "
-		 "none. It must not contain a semicolon preceded by a space, which would "
-		 "start a comment." },
+	  .doc = "SQL run on every new server connection before any client uses it, like "
+		 "RDS Proxy's InitQuery; for example SET work_mem = '64MB'. Clients see "
+		 "what it sets as the connection's defaults. A reset undoes it "
+		 "(server_reset_query with session pooling; with transaction pooling, the "
+		 "RESET of a parameter that an earlier client set at startup, or a "
+		 "client's DISCARD ALL or RESET ALL), so pgmux runs it again before the "
+		 "next client uses that connection. If it fails, the connection is closed, "
+		 "the failure logged, and the clients waiting for a connection get the "
+		 "error. Empty means none. It must not contain a semicolon preceded by a "
+		 "space, which would start a comment." },
 	{ .section = "pool", .name = "server_reset_query", .type = CONFIG_STRING,
 	  .default_value = "DISCARD ALL", .reloadable = true,
 	  .offset = FIELD(server_reset_query),
 	  .doc = "The statement run on a server connection when a session-mode client "
-		 "leaves, so the next client finds no state from the last one. Empty "
-		 "means none. It must not contain a semicolon preceded by a space, "
-		 "which would start a comment." },
+		 "leaves, so the next client finds no state from the last one; init_query, "
+		 "when set, runs again before the next client uses the connection. If it "
+		 "fails, the connection is closed. Empty means none. It must not contain a "
+		 "semicolon preceded by a space, which would start a comment." },
 	{ .section = "pool", .name = "max_prepared_statements", .type = CONFIG_INT,
 	  .default_value = "100", .reloadable = true,
 	  .offset = FIELD(max_prepared_statements), .min_value = 1, .max_value = 100000,

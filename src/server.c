@@ -618,6 +618,8 @@ static void server_command_complete(struct server *s, struct client *c, const ui
 	if (strcmp(tag, "DISCARD ALL") == 0 || (strcmp(tag, "RESET") == 0 && c && c->reset_all_pending)) {
 		params_clear(&s->applied);
 		s->params_fingerprint_valid = false;
+		/* Back to the server's defaults: init_query's settings are gone too. */
+		s->init_undone = true;
 	}
 }
 
@@ -1050,6 +1052,11 @@ static void server_reset_done(struct server *s, bool ok, void *arg)
 	strmap_clear(&s->prepared, NULL);
 	params_clear(&s->applied);
 	s->params_fingerprint_valid = false;
+	/*
+	 * And init_query's settings with them (DISCARD ALL includes RESET ALL):
+	 * client_link() runs init_query again before the next client uses s.
+	 */
+	s->init_undone = true;
 	pool_release(s);
 }
 
