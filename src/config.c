@@ -292,13 +292,16 @@ static const struct config_option option_table[] = {
 	  .default_value = "0", .reloadable = true,
 	  .offset = FIELD(max_connections), .min_value = 0, .max_value = 1000000,
 	  .doc = "The most server connections pgmux opens to each target host. 0 means "
-		 "max_connections_percent of the server's own max_connections setting." },
+		 "max_connections_percent of what the server's own max_connections setting "
+		 "allows." },
 	{ .section = "pool", .name = "max_connections_percent", .type = CONFIG_INT,
 	  .default_value = "100", .reloadable = true,
 	  .offset = FIELD(max_connections_percent), .min_value = 1, .max_value = 100,
 	  .doc = "When max_connections is 0: the share, from 1 to 100 percent, of the "
-		 "server's max_connections that pgmux may use. Leave room for other "
-		 "clients and for superuser_reserved_connections." },
+		 "connections the server allows ordinary roles (its max_connections minus "
+		 "superuser_reserved_connections, read on the first connection) that pgmux "
+		 "may use. SHOW TARGETS in the admin console reports the result. Leave "
+		 "room for other clients." },
 	{ .section = "pool", .name = "max_idle_connections_percent", .type = CONFIG_INT,
 	  .default_value = "50", .reloadable = true,
 	  .offset = FIELD(max_idle_connections_percent), .min_value = 0, .max_value = 100,
