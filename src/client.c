@@ -58,6 +58,8 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg);
 static bool client_process_input(struct client *c);
 static void client_link(struct client *c, struct server *s);
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
+static void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message,
+				     const char *detail);
 static void client_arm_wait_timer(struct client *c);
 static void client_borrow(struct client *c);
 
@@ -125,11 +127,9 @@ void client_flush(struct client *c)
 	}
 }
 
-static void client_vfatal(struct client *c, const char *sqlstate, const char *fmt, va_list ap)
+/* A FATAL error (with an optional DETAIL), then close. */
+static void client_fatal_detail(struct client *c, const char *sqlstate, const char *message, const char *detail)
 {
-	char message[512];
-
-	vsnprintf(message, sizeof(message), fmt, ap);
 	if (c->state == CLIENT_CLOSED)
 		return;
 	/*
@@ -138,10 +138,18 @@ static void client_vfatal(struct client *c, const char *sqlstate, const char *fm
 	 * ErrorResponse would be read as the rest of that message.
 	 */
 	if (c->state != CLIENT_TLS_HANDSHAKE && !(c->server && c->server->forward_remaining > 0)) {
-		proto_put_error(&c->io.out, "FATAL", sqlstate, message, NULL, NULL);
+		proto_put_error(&c->io.out, "FATAL", sqlstate, message, detail, NULL);
 		(void)io_flush(&c->io);
 	}
 	client_close(c, message);
+}
+
+static void client_vfatal(struct client *c, const char *sqlstate, const char *fmt, va_list ap)
+{
+	char message[512];
+
+	vsnprintf(message, sizeof(message), fmt, ap);
+	client_fatal_detail(c, sqlstate, message, NULL);
 }
 
 void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)
@@ -743,18 +751,21 @@ static void client_authenticated(struct client *c)
 static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
+	char detail[512];
 
 	if (c->state != CLIENT_WAITING)
 		return;
 	pool_cancel_wait(c);
 	STAT_INC(c->worker, borrow_timeouts);
-	log_client(LOG_LEVEL_WARNING, c, "%s after %d ms", BORROW_TIMEOUT_MESSAGE,
-		   config_current()->connection_borrow_timeout_ms);
+	/* Say why, when pgmux knows: no healthy writer, or how its connection attempts fail. */
+	pool_wait_detail(c->pool, detail, sizeof(detail));
+	log_client(LOG_LEVEL_WARNING, c, "%s after %d ms%s%s", BORROW_TIMEOUT_MESSAGE,
+		   config_current()->connection_borrow_timeout_ms, detail[0] ? ": " : "", detail);
 	if (!c->logged_in) {
-		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE);
+		client_fatal_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
 		return;
 	}
-	client_fail_batch(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE);
+	client_fail_batch_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
 }
 
 static void client_arm_wait_timer(struct client *c)
@@ -841,18 +852,24 @@ void client_wait_ended(struct client *c)
  * ErrorResponse, then drop its messages up to the Sync (or the Query) that
  * ends it and say ReadyForQuery, so that the connection stays usable.
  */
-static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
+static void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message,
+				     const char *detail)
 {
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
 	pool_cancel_wait(c);
 	if (c->state == CLIENT_WAITING)
 		client_set_state(c, CLIENT_IDLE);
-	proto_put_error(&c->io.out, "ERROR", sqlstate, message, NULL, NULL);
+	proto_put_error(&c->io.out, "ERROR", sqlstate, message, detail, NULL);
 	c->discard_until_sync = true;
 	io_want_read(&c->io, true);
 	if (client_process_input(c))
 		client_flush(c);
+}
+
+static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
+{
+	client_fail_batch_detail(c, sqlstate, message, NULL);
 }
 
 /* Drop buffered messages up to the end of the failed batch. Returns false when more bytes are needed. */

@@ -322,11 +322,14 @@ static const struct config_option option_table[] = {
 	  .default_value = "120s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(connection_borrow_timeout_ms), .min_value = 0, .max_value = INT_MAX,
 	  .doc = "How long a client waits for a server connection when none is free, "
-		 "because the pool is full or no server can be reached. When the time "
-		 "is up the client gets an ERROR with SQLSTATE 53300, \"timed out "
-		 "waiting to acquire database connection\", and its connection stays "
-		 "usable; a client that is still logging in gets a FATAL error instead. "
-		 "A number without a unit is seconds; 0 means wait forever." },
+		 "because the pool is full or no server can be reached. When the time is "
+		 "up the client gets an ERROR with SQLSTATE 53300, \"timed out waiting to "
+		 "acquire database connection\", and its connection stays usable; a client "
+		 "that is still logging in gets a FATAL error instead. The error's DETAIL "
+		 "says why when pgmux knows: no instance could serve the pool (with what "
+		 "its last failed health check found), or how the last attempt to open a "
+		 "server connection failed. A number without a unit is seconds; 0 means "
+		 "wait forever." },
 	{ .section = "pool", .name = "server_idle_timeout", .type = CONFIG_DURATION_MS,
 	  .default_value = "600s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(server_idle_timeout_ms), .min_value = 0, .max_value = INT_MAX,

@@ -532,6 +532,35 @@ void pool_cancel_wait(struct client *client)
 	}
 }
 
+void pool_wait_detail(struct pool *pool, char *out, size_t len)
+{
+	struct list_node *pos;
+	const char *error;
+
+	out[0] = '\0';
+	pthread_mutex_lock(&pool_lock);
+	if (pool_pick_target_locked(pool, &error) == NULL) {
+		const struct target *failed = NULL;
+
+		list_for_each(pos, &targets) {
+			const struct target *t = list_entry(pos, struct target, node);
+
+			if (!t->retired && t->check_failure[0] && failed == NULL)
+				failed = t;
+		}
+		if (failed)
+			snprintf(out, len, "No %s instance is available: %s (%s:%d) failed its health check: %s",
+				 pool->endpoint == ENDPOINT_WRITER ? "writer" : "reader", failed->instance_id,
+				 failed->host, failed->port, failed->check_failure);
+		else
+			snprintf(out, len, "No %s instance is available.",
+				 pool->endpoint == ENDPOINT_WRITER ? "writer" : "reader");
+	} else if (pool->last_failure[0]) {
+		snprintf(out, len, "%s", pool->last_failure);
+	}
+	pthread_mutex_unlock(&pool_lock);
+}
+
 void pool_release(struct server *s)
 {
 	const struct config *cfg = config_current();
@@ -638,6 +667,7 @@ void pool_connection_ready(struct server *s)
 		s->counted_connecting = false;
 		s->pool->n_active++;
 	}
+	s->pool->last_failure[0] = '\0';
 	pthread_mutex_unlock(&pool_lock);
 	pool_release(s);
 }
@@ -669,6 +699,8 @@ void pool_connect_failed(struct server *s, const char *sqlstate, const char *mes
 	batch.n = 0;
 	pthread_mutex_lock(&pool_lock);
 	pool_forget_locked(s);
+	/* For the DETAIL of a borrow timeout (pool_wait_detail). */
+	snprintf(pool->last_failure, sizeof(pool->last_failure), "%s", message);
 	/*
 	 * A healthy instance that refuses the login (wrong password, no such
 	 * database) refuses every waiter the same way: they hear why rather than
@@ -752,6 +784,7 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 	t->suspect = false;
 	if (instance_id && instance_id[0])
 		snprintf(t->instance_id, sizeof(t->instance_id), "%s", instance_id);
+	snprintf(t->check_failure, sizeof(t->check_failure), "%s", healthy ? "" : why ? why : "unknown reason");
 	if (!healthy) {
 		t->checks_failed++;
 		t->healthy = false;

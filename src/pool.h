@@ -56,6 +56,7 @@ struct target {
 	bool paused;          /* PAUSE of this instance: no new transactions go to it */
 	bool retired;         /* replaced by a cutover; kept while connections still refer to it */
 	int check_requested;  /* atomic: a worker asked for a health check now */
+	char check_failure[256]; /* why the last health check failed; "" when it passed */
 
 	int max_connections; /* effective cap; learned from the server when configured as 0 */
 	bool cap_known;
@@ -78,6 +79,7 @@ struct pool {
 	int n_active;   /* linked to a client or running pgmux's own queries */
 	int n_waiting;
 	int n_connecting;  /* connections being opened for it */
+	char last_failure[256]; /* why its last new connection failed; "" once one succeeds */
 	int n_pinned;      /* active connections held by pinned (or session-pooled) clients */
 	int n_connections; /* this pool's share of its targets' n_connections */
 };
@@ -106,6 +108,13 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 
 /* A client that leaves while waiting (or with a server assigned but not yet taken). */
 void pool_cancel_wait(struct client *client);
+/*
+ * Why a client of pool may have waited in vain, for the DETAIL of its
+ * borrow timeout: no usable writer (and what its health check said), or how
+ * the last attempt to open a connection failed. "" when there is nothing to
+ * say (the pool is busy, say).
+ */
+void pool_wait_detail(struct pool *pool, char *out, size_t len);
 
 /* A server that is clean and free: hand it to the oldest waiter or park it idle. */
 void pool_release(struct server *server);
