@@ -216,9 +216,10 @@ static const struct config_option option_table[] = {
 	{ .section = "target", .name = "server_connect_timeout", .type = CONFIG_DURATION_MS,
 	  .default_value = "10s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(server_connect_timeout_ms), .min_value = 100, .max_value = INT_MAX,
-	  .doc = "How long opening a server connection, TLS and login included, may take "
-		 "before that attempt fails. A number without a unit is seconds. At least "
-		 "100ms." },
+	  .doc = "How long opening a server connection, TLS, login and init_query "
+		 "included, may take before that attempt fails. The clients waiting for it "
+		 "keep waiting (see connection_borrow_timeout) while pgmux tries again. A "
+		 "number without a unit is seconds. At least 100ms." },
 	{ .section = "target", .name = "cutover_timeout", .type = CONFIG_DURATION_MS,
 	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(cutover_timeout_ms), .min_value = 0, .max_value = INT_MAX,

@@ -126,7 +126,9 @@ static void server_connect_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
 
-	server_connect_failed(s, "timed out connecting", false);
+	server_connect_failed(s, s->state == SERVER_INTERNAL ? "timed out running the setup query or init_query"
+							     : "timed out connecting",
+			      false);
 }
 
 PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
@@ -271,13 +273,14 @@ static void server_connect_poll(struct server *s)
 		break;
 	}
 
-	/* Connected: libpq has consumed everything up to the first ReadyForQuery. */
+	/*
+	 * Connected: libpq has consumed everything up to the first ReadyForQuery.
+	 * The connect timer keeps running through the setup query and init_query
+	 * (server_init_done stops it): one that never ends (a lock wait) must not
+	 * hold the slot forever.
+	 */
 	PQsetErrorVerbosity(s->pg, PQERRORS_DEFAULT);
 	io_detach(&s->io);
-	if (s->timer) {
-		event_free(s->timer);
-		s->timer = NULL;
-	}
 	/* Non-blocking, so that PQfinish's Terminate can never block the loop. */
 	PQsetnonblocking(s->pg, 1);
 	s->backend_pid = PQbackendPID(s->pg);
@@ -327,6 +330,11 @@ static void server_init_done(struct server *s, bool ok, void *arg)
 	 */
 	for (int i = 0; i < s->n_params; i++)
 		params_put(&s->defaults, s->params[i].name, s->params[i].value);
+	/* Ready within server_connect_timeout; the timer is on this worker's loop, s may leave it now. */
+	if (s->timer) {
+		event_free(s->timer);
+		s->timer = NULL;
+	}
 	s->created_usec = s->last_used_usec = pgmux_now_usec();
 	pool_connection_ready(s);
 }
