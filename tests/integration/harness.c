@@ -368,16 +368,16 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		"[pool]\n"
 		"pool_mode = %s\n"
 		"max_connections = %d\n"
-		"max_connections_percent = 100\n"
+		"max_connections_percent = %d\n"
 		"%s\n",
 		p->port, o->workers, o->tls ? e->cert : "", o->tls ? e->key : "",
 		o->require_tls ? "true" : "false", o->client_auth,
 		o->secrets_dir ? o->secrets_dir : e->secrets, o->admin_users ? o->admin_users : "", p->logfile,
 		o->pidfile ? o->pidfile : "", o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",
 		o->hosts ? o->hosts : suite_host, o->server_tls,
-		(strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "",
-		target_extra, o->pool_mode,
-		o->max_connections, o->extra_pool ? o->extra_pool : "");
+		o->server_tls_ca_file ? o->server_tls_ca_file : (strncmp(o->server_tls, "verify", 6) == 0) ? e->ca : "",
+		target_extra, o->pool_mode, o->max_connections,
+		o->max_connections_percent ? o->max_connections_percent : 100, o->extra_pool ? o->extra_pool : "");
 	fclose(f);
 	return true;
 }

@@ -59,6 +59,8 @@ struct pgmux_options {
 	const char *pool_mode;    /* session | transaction */
 	int max_connections;      /* [pool] max_connections */
 	const char *server_tls;   /* disable | prefer | require | verify-ca | verify-full */
+	const char *server_tls_ca_file; /* NULL: the suite's CA with verify-*, else none */
+	int max_connections_percent;    /* [pool] max_connections_percent; 0 means 100 */
 	int workers;
 	const char *shutdown_timeout;
 	const char *client_login_timeout;
