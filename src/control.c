@@ -308,6 +308,7 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	hosts_changed = !hosts_equal(old->hosts, old->n_hosts, next->hosts, next->n_hosts);
 	publish(next);
 	pool_refresh_passwords();
+	pool_apply_caps();
 	log_info("configuration reloaded from %s", C.config_path);
 	if (hosts_changed) {
 		struct target_host *hosts = xcalloc((size_t)next->n_hosts, sizeof(*hosts));

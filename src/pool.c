@@ -715,6 +715,27 @@ void pool_connect_failed(struct server *s, const char *sqlstate, const char *mes
 	run_connects(&batch);
 }
 
+/*
+ * t's cap under cfg: max_connections, or max_connections_percent of what the
+ * server allows. Returns false when that needs the server's limit and it is
+ * not known yet (the next new connection asks; until then one is allowed).
+ */
+static bool target_set_cap_locked(struct target *t, const struct config *cfg)
+{
+	int cap = cfg->max_connections;
+
+	if (cap <= 0) {
+		if (t->server_max <= 0) {
+			t->cap_known = false;
+			return false;
+		}
+		cap = (int)((long)t->server_max * cfg->max_connections_percent / 100);
+	}
+	t->max_connections = cap > 0 ? cap : 1;
+	t->cap_known = true;
+	return true;
+}
+
 void pool_learn_cap(struct target *t, int server_max)
 {
 	const struct config *cfg = config_current();
@@ -722,18 +743,37 @@ void pool_learn_cap(struct target *t, int server_max)
 
 	batch.n = 0;
 	pthread_mutex_lock(&pool_lock);
+	/* Kept so that a reload can apply another max_connections_percent (pool_apply_caps). */
+	__atomic_store_n(&t->server_max, server_max > 0 ? server_max : 1, __ATOMIC_RELAXED);
 	if (!t->cap_known) {
-		int cap = cfg->max_connections;
-
-		if (cap <= 0)
-			cap = (int)((long)server_max * cfg->max_connections_percent / 100);
-		t->max_connections = cap > 0 ? cap : 1;
-		t->cap_known = true;
+		target_set_cap_locked(t, cfg);
 		log_info("instance %s: server allows %d connections, pgmux uses at most %d", t->instance_id,
 			 server_max, t->max_connections);
 		/* Connections that waited for the cap to be known can start now. */
 		pool_kick_locked(&batch);
 	}
+	pthread_mutex_unlock(&pool_lock);
+	run_connects(&batch);
+}
+
+void pool_apply_caps(void)
+{
+	const struct config *cfg = config_current();
+	struct connect_batch batch;
+	struct list_node *pos;
+
+	batch.n = 0;
+	pthread_mutex_lock(&pool_lock);
+	list_for_each(pos, &targets) {
+		struct target *t = list_entry(pos, struct target, node);
+		int before = t->cap_known ? t->max_connections : 0;
+
+		if (target_set_cap_locked(t, cfg) && t->max_connections != before)
+			log_info("instance %s: pgmux now uses at most %d connections", t->instance_id,
+				 t->max_connections);
+	}
+	/* A larger cap lets waiting clients have new connections now. */
+	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
 	run_connects(&batch);
 }

@@ -60,6 +60,7 @@ struct target {
 
 	int max_connections; /* effective cap; learned from the server when configured as 0 */
 	bool cap_known;
+	int server_max;      /* what the server allows ordinary roles; 0 until the first connection asked (atomic) */
 	int n_connections;   /* open or opening */
 	int n_connecting;
 	int n_idle;
@@ -205,5 +206,7 @@ bool pool_target_retired(const struct target *t);
 
 /* After a reload: backend logins use each user's current secret (credential rotation). */
 void pool_refresh_passwords(void);
+/* After a reload: every target's cap from the new max_connections or max_connections_percent. */
+void pool_apply_caps(void);
 
 #endif

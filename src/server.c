@@ -302,8 +302,13 @@ static void server_connect_poll(struct server *s)
 		return;
 	}
 	log_server(LOG_LEVEL_DEBUG, s, "connected%s", PQsslInUse(s->pg) ? " with TLS" : "");
-	if (!s->target->cap_known) {
-		/* Learn the server's limit before opening more connections to it. */
+	if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0) {
+		/*
+		 * Learn the server's limit (once per instance, whatever the
+		 * config says, so that a reload can switch to
+		 * max_connections = 0): before opening more connections to it
+		 * when the cap depends on it.
+		 */
 		server_run_query(s,
 				 "SELECT pg_catalog.current_setting('max_connections')::int - "
 				 "pg_catalog.current_setting('superuser_reserved_connections')::int",
