@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -640,6 +641,39 @@ Test(server_connect, timeout_fails_the_attempt_without_blocking_the_loop)
 
 TestSuite(server_cap, .fini = fini_kill_leftovers, .timeout = 180);
 
+/* What the suite's PostgreSQL allows ordinary roles: max_connections - superuser_reserved_connections. */
+static int server_allows(void)
+{
+	PGconn *super = h_connect_super_direct();
+	char *max = h_value_ok(super, "show max_connections");
+	char *reserved = h_value_ok(super, "show superuser_reserved_connections");
+	int allowed = atoi(max) - atoi(reserved);
+	free(max);
+	free(reserved);
+	PQfinish(super);
+	return allowed;
+}
+
+/* SHOW TARGETS must come to report want as the suite's instance's max_connections, after a reload. */
+static void expect_target_cap(PGconn *admin, int want, const char *why)
+{
+	char instance[64], text[16];
+	snprintf(instance, sizeof(instance), "%s:%d", h_env()->pghost, h_env()->pgport);
+	snprintf(text, sizeof(text), "%d", want);
+	char *shown = NULL;
+	for (long long end = h_now_ms() + h_scaled_ms(5000); h_now_ms() < end; h_sleep_ms(20)) {
+		free(shown);
+		shown = admin_cell(admin, "SHOW TARGETS", instance, "max_connections");
+		if (shown && strcmp(shown, text) == 0)
+			break;
+	}
+	if (shown == NULL || strcmp(shown, text) != 0)
+		pgmux_dump_logs(&px);
+	cr_assert(shown && strcmp(shown, text) == 0, "%s: SHOW TARGETS reports max_connections = %s, expected %d",
+		  why, shown ? shown : "(no row)", want);
+	free(shown);
+}
+
 /*
  * max_connections = 0 and max_connections_percent = 10: pgmux asks the
  * server and uses a tenth of the connections it allows ordinary roles
@@ -649,11 +683,8 @@ TestSuite(server_cap, .fini = fini_kill_leftovers, .timeout = 180);
  */
 Test(server_cap, percent_of_the_servers_max_connections)
 {
-	PGconn *super = h_connect_super_direct();
-	char *max = h_value_ok(super, "show max_connections");
-	char *reserved = h_value_ok(super, "show superuser_reserved_connections");
-	int cap = (atoi(max) - atoi(reserved)) * 10 / 100;
-	cr_assert_gt(cap, 1, "the suite's PostgreSQL allows too few connections (%s, %s reserved)", max, reserved);
+	int allowed = server_allows(), cap = allowed * 10 / 100;
+	cr_assert_gt(cap, 1, "the suite's PostgreSQL allows too few connections (%d)", allowed);
 	cr_assert_lt(cap, 20, "pgbench's 20 clients must outnumber the cap of %d", cap);
 
 	struct pgmux_options o;
@@ -672,6 +703,7 @@ Test(server_cap, percent_of_the_servers_max_connections)
 	const char *argv[] = {pgbench, "-n", "-S", "-c", "20", "-j", "2", "-T", h_under_valgrind() ? "10" : "4",
 			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
 	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
+	PGconn *super = h_connect_super_direct();
 	struct h_cmd c;
 	cr_assert(h_cmd_start(&c, argv, env));
 	int samples = 0, max_seen = 0;
@@ -688,26 +720,20 @@ Test(server_cap, percent_of_the_servers_max_connections)
 	}
 	h_expect_pgbench_clean(&c, "pgbench -c 20");
 	cr_assert_geq(samples, 3, "pg_stat_activity was sampled only %d times while pgbench ran", samples);
-	cr_assert_leq(max_seen, cap, "app had %d backends; 10 %% of %s - %s allows %d", max_seen, max, reserved, cap);
+	cr_assert_leq(max_seen, cap, "app had %d backends; 10 %% of %d allows %d", max_seen, allowed, cap);
 	cr_assert_gt(max_seen, 0, "no backend of app was ever seen while pgbench ran");
 
 	PGconn *admin = h_connect_super_port(px.port, "pgmux");
-	char instance[64], want[16];
+	expect_target_cap(admin, cap, "max_connections_percent = 10");
+	char instance[64];
 	snprintf(instance, sizeof(instance), "%s:%d", e->pghost, e->pgport);
-	snprintf(want, sizeof(want), "%d", cap);
-	char *shown = admin_cell(admin, "SHOW TARGETS", instance, "max_connections");
 	char *connections = admin_cell(admin, "SHOW TARGETS", instance, "connections");
-	cr_assert_not_null(shown, "SHOW TARGETS has no row for %s", instance);
-	cr_assert_str_eq(shown, want, "SHOW TARGETS reports max_connections = %s, expected %d", shown, cap);
 	cr_assert_leq(atoi(connections), cap, "SHOW TARGETS reports %s connections, over the cap of %d", connections,
 		      cap);
-	expect_log("pgmux uses at most", 1000);
-	cr_log_info("max_connections_percent = 10 of %s - %s: cap %d, at most %d backends in %d samples", max, reserved,
-		    cap, max_seen, samples);
-	free(shown);
 	free(connections);
-	free(max);
-	free(reserved);
+	expect_log("pgmux uses at most", 1000);
+	cr_log_info("max_connections_percent = 10 of %d: cap %d, at most %d backends in %d samples", allowed, cap,
+		    max_seen, samples);
 	h_cmd_free(&c);
 	PQfinish(admin);
 	PQfinish(super);
@@ -841,5 +867,50 @@ Test(server_connect, hung_init_query_times_out)
 	h_expect_value(a, "select 'served once the lock is free'", "served once the lock is free");
 	PQfinish(a);
 	PQfinish(holder);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* Rewrite pgmux's config with o (same port) and SIGHUP it; waits for the reload'th reload to be logged. */
+static void reload_with(struct pgmux_options *o, int reload)
+{
+	o->listen_port = px.port;
+	cr_assert(pgmux_write_config(&px, o));
+	cr_assert_eq(kill(px.pid, SIGHUP), 0);
+	bool done = h_file_wait_count(px.logfile, "configuration reloaded", reload, h_scaled_ms(5000));
+	if (!done)
+		pgmux_dump_logs(&px);
+	cr_assert(done, "reload %d was not logged", reload);
+}
+
+/*
+ * Both options are reloadable: a reload that changes max_connections_percent
+ * applies the new share of the server's limit at once, one that sets
+ * max_connections applies that, and going back to 0 uses the server's limit
+ * again, even though it was learned under a fixed max_connections.
+ */
+Test(server_cap, reload_applies_a_new_cap)
+{
+	int allowed = server_allows();
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.max_connections = 3;
+	start_pgmux(&o);
+	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	PGconn *a = app(); /* a first connection, which learns the server's limit */
+	expect_target_cap(admin, 3, "max_connections = 3");
+
+	o.max_connections = 0;
+	o.max_connections_percent = 20;
+	reload_with(&o, 1);
+	expect_target_cap(admin, allowed * 20 / 100, "reloaded with max_connections = 0, percent = 20");
+	o.max_connections_percent = 50;
+	reload_with(&o, 2);
+	expect_target_cap(admin, allowed * 50 / 100, "reloaded with max_connections_percent = 50");
+	o.max_connections = 4;
+	reload_with(&o, 3);
+	expect_target_cap(admin, 4, "reloaded with max_connections = 4");
+	h_expect_value(a, "select 'still served'", "still served");
+	PQfinish(a);
+	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
