@@ -475,6 +475,13 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 				pool_add_waiter_locked(pool, client);
 				if (paused || (t && t->paused)) {
 					/* PAUSE: wait like a client of a full pool. */
+				} else if (pool->n_connecting >= pool->n_waiting) {
+					/*
+					 * Connections already opening for the pool serve its
+					 * waiters first come, first served, this one among
+					 * them: one more would only add to the idle ones once
+					 * a busy backend comes back before they are ready.
+					 */
 				} else if (t && t->n_connections < target_cap_locked(t)) {
 					reserve_connect_locked(&batch, pool, t);
 				} else if (t && t->cap_known && (victim = pool_steal_idle_locked(pool, t)) != NULL) {

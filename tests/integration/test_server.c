@@ -681,6 +681,43 @@ static void expect_target_cap(PGconn *admin, int want, const char *why)
  * with more clients than that, app never has more backends, and SHOW
  * TARGETS reports the cap.
  */
+/*
+ * Run pgbench -S with the given number of clients through pgmux, sampling
+ * pg_stat_activity from super meanwhile; returns the most backends of app
+ * seen at once.
+ */
+static int pgbench_max_backends(PGconn *super, const char *clients)
+{
+	const struct h_env *e = h_env();
+	char pgbench[600], port[16], pw[256], what[64];
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port, sizeof(port), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	const char *argv[] = {pgbench, "-n", "-S", "-c", clients, "-j", "2", "-T", h_under_valgrind() ? "6" : "4",
+			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
+	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
+	struct h_cmd c;
+	cr_assert(h_cmd_start(&c, argv, env));
+	int samples = 0, max_seen = 0;
+	long long deadline = h_now_ms() + h_scaled_ms(60000);
+	while (!h_cmd_wait(&c, 100)) {
+		if (h_now_ms() > deadline) {
+			h_cmd_kill(&c);
+			h_cmd_dump(&c, "pgbench");
+			cr_assert_fail("pgbench did not finish in time");
+		}
+		int n = h_app_backends(super);
+		samples++;
+		max_seen = n > max_seen ? n : max_seen;
+	}
+	snprintf(what, sizeof(what), "pgbench -c %s", clients);
+	h_expect_pgbench_clean(&c, what);
+	h_cmd_free(&c);
+	cr_assert_geq(samples, 3, "pg_stat_activity was sampled only %d times while pgbench ran", samples);
+	cr_assert_gt(max_seen, 0, "no backend of app was ever seen while pgbench ran");
+	return max_seen;
+}
+
 Test(server_cap, percent_of_the_servers_max_connections)
 {
 	int allowed = server_allows(), cap = allowed * 10 / 100;
@@ -696,32 +733,9 @@ Test(server_cap, percent_of_the_servers_max_connections)
 	start_pgmux(&o);
 
 	const struct h_env *e = h_env();
-	char pgbench[600], port[16], pw[256];
-	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
-	snprintf(port, sizeof(port), "%d", px.port);
-	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
-	const char *argv[] = {pgbench, "-n", "-S", "-c", "20", "-j", "2", "-T", h_under_valgrind() ? "10" : "4",
-			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
-	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
 	PGconn *super = h_connect_super_direct();
-	struct h_cmd c;
-	cr_assert(h_cmd_start(&c, argv, env));
-	int samples = 0, max_seen = 0;
-	long long deadline = h_now_ms() + h_scaled_ms(60000);
-	while (!h_cmd_wait(&c, 100)) {
-		if (h_now_ms() > deadline) {
-			h_cmd_kill(&c);
-			h_cmd_dump(&c, "pgbench");
-			cr_assert_fail("pgbench did not finish in time");
-		}
-		int n = h_app_backends(super);
-		samples++;
-		max_seen = n > max_seen ? n : max_seen;
-	}
-	h_expect_pgbench_clean(&c, "pgbench -c 20");
-	cr_assert_geq(samples, 3, "pg_stat_activity was sampled only %d times while pgbench ran", samples);
+	int max_seen = pgbench_max_backends(super, "20");
 	cr_assert_leq(max_seen, cap, "app had %d backends; 10 %% of %d allows %d", max_seen, allowed, cap);
-	cr_assert_gt(max_seen, 0, "no backend of app was ever seen while pgbench ran");
 
 	PGconn *admin = h_connect_super_port(px.port, "pgmux");
 	expect_target_cap(admin, cap, "max_connections_percent = 10");
@@ -732,10 +746,30 @@ Test(server_cap, percent_of_the_servers_max_connections)
 		      cap);
 	free(connections);
 	expect_log("pgmux uses at most", 1000);
-	cr_log_info("max_connections_percent = 10 of %d: cap %d, at most %d backends in %d samples", allowed, cap,
-		    max_seen, samples);
-	h_cmd_free(&c);
+	cr_log_info("max_connections_percent = 10 of %d: cap %d, at most %d backends", allowed, cap, max_seen);
 	PQfinish(admin);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * A cap far above the number of clients: pgmux opens a backend for a client
+ * that waits only when the connections already opening cannot serve it, so
+ * eight clients never have more than eight backends however their
+ * transactions interleave.
+ */
+Test(server_cap, no_more_backends_than_clients_under_a_large_cap)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = 40;
+	o.extra_pool = "max_idle_connections_percent = 100";
+	start_pgmux(&o);
+	PGconn *super = h_connect_super_direct();
+	int max_seen = pgbench_max_backends(super, "8");
+	cr_assert_leq(max_seen, 8, "eight clients had %d backends at once", max_seen);
+	cr_log_info("pgbench -c 8 under a cap of 40: at most %d backends", max_seen);
 	PQfinish(super);
 	h_stop_expect_clean_exit(&px);
 }
