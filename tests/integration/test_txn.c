@@ -325,7 +325,7 @@ static void pgbench_64_clients_over_8(const char *protocol, const char *sslmode)
 	snprintf(port, sizeof(port), "%d", px.port);
 	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
 	snprintf(ssl, sizeof(ssl), "PGSSLMODE=%s", sslmode);
-	const char *duration = h_under_valgrind() ? "15" : "5";
+	const char *duration = h_under_valgrind() ? "10" : "5";
 	const char *argv[] = {pgbench, "-n", "-S", "-M", protocol, "-c", "64", "-j", "2", "-T", duration,
 			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
 	const char *env[] = {pw, ssl, "PGCONNECT_TIMEOUT=60", NULL};
