@@ -353,29 +353,16 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 
 void client_cancel_backend(struct client *c)
 {
-	struct server *s = c->server;
-	PGcancel *pc;
-
 	if (c->state == CLIENT_WAITING && c->logged_in) {
 		/* Still queued for a backend: the statement never started; end the wait. */
 		client_fail_batch(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
 		return;
 	}
-	if (s == NULL || s->pg == NULL || (s->state != SERVER_ACTIVE && s->state != SERVER_INTERNAL)) {
+	if (c->server == NULL || !server_send_cancel(c->server, c->id)) {
 		log_client(LOG_LEVEL_DEBUG, c, "cancel request: nothing to cancel");
 		return;
 	}
-	pc = PQgetCancel(s->pg);
-	if (pc == NULL)
-		return;
-	log_client(LOG_LEVEL_INFO, c, "forwarding cancel request to backend pid %d", s->backend_pid);
-	/*
-	 * The cancel travels on its own connection and may arrive after this
-	 * backend has moved on; a backend that was sent one is closed rather
-	 * than given to someone else, so a late cancel can only hit this client.
-	 */
-	s->cancel_sent = true;
-	cancel_submit(pc, c->id, s->backend_pid);
+	log_client(LOG_LEVEL_INFO, c, "forwarding cancel request to backend pid %d", c->server->backend_pid);
 }
 
 /* ----------------------------------------------------------------- startup */
@@ -973,11 +960,11 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 	if (reset)
 		s->init_undone = true;
 	reinit = s->init_undone && init_query && init_query[0];
-	if (!reinit)
-		s->init_undone = false; /* no init_query to run again */
 	if (reinit) {
 		iobuf_append(sql, init_query, strlen(init_query));
 		iobuf_append(sql, "; ", 2);
+	} else {
+		s->init_undone = false; /* no init_query to run again */
 	}
 	for (int i = 0; params_carried_names[i]; i++) {
 		const char *name = params_carried_names[i];

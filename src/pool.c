@@ -547,21 +547,23 @@ void pool_wait_detail(struct pool *pool, char *out, size_t len)
 	out[0] = '\0';
 	pthread_mutex_lock(&pool_lock);
 	if (pool_pick_target_locked(pool, &error) == NULL) {
+		const char *role = pool->endpoint == ENDPOINT_WRITER ? "writer" : "reader";
 		const struct target *failed = NULL;
 
+		/* Retired targets are on retired_targets, never on this list. */
 		list_for_each(pos, &targets) {
 			const struct target *t = list_entry(pos, struct target, node);
 
-			if (!t->retired && t->check_failure[0] && failed == NULL)
+			if (t->check_failure[0]) {
 				failed = t;
+				break;
+			}
 		}
 		if (failed)
-			snprintf(out, len, "No %s instance is available: %s (%s:%d) failed its health check: %s",
-				 pool->endpoint == ENDPOINT_WRITER ? "writer" : "reader", failed->instance_id,
-				 failed->host, failed->port, failed->check_failure);
+			snprintf(out, len, "No %s instance is available: %s (%s:%d) failed its health check: %s", role,
+				 failed->instance_id, failed->host, failed->port, failed->check_failure);
 		else
-			snprintf(out, len, "No %s instance is available.",
-				 pool->endpoint == ENDPOINT_WRITER ? "writer" : "reader");
+			snprintf(out, len, "No %s instance is available.", role);
 	} else if (pool->last_failure[0]) {
 		snprintf(out, len, "%s", pool->last_failure);
 	}
@@ -1177,13 +1179,12 @@ void pool_retire_absent_instances(const char *const *instance_ids, int n)
 
 void pool_replace_targets(const struct target_host *hosts, int n_hosts)
 {
-	struct list_node doomed, *node;
+	struct list_node doomed, *node, *tmp;
 
 	list_init(&doomed);
 	pthread_mutex_lock(&pool_lock);
-	while ((node = list_pop_front(&targets)) != NULL) {
+	list_for_each_safe(node, tmp, &targets)
 		target_retire_locked(list_entry(node, struct target, node), &doomed);
-	}
 	writer = NULL;
 	writer_lost_usec = 0;
 	for (int i = 0; i < n_hosts; i++)

@@ -1073,27 +1073,38 @@ static void server_reset_done(struct server *s, bool ok, void *arg)
 	pool_release(s);
 }
 
+bool server_send_cancel(struct server *s, uint64_t client_id)
+{
+	PGcancel *pc;
+
+	if (s->pg == NULL || (s->state != SERVER_ACTIVE && s->state != SERVER_INTERNAL))
+		return false;
+	pc = PQgetCancel(s->pg);
+	if (pc == NULL)
+		return false;
+	/*
+	 * The cancel travels on its own connection and may arrive after this
+	 * backend has moved on; a backend that was sent one is closed rather
+	 * than given to someone else, so a late cancel can only hit the
+	 * statement it was meant for.
+	 */
+	s->cancel_sent = true;
+	cancel_submit(pc, client_id, s->backend_pid);
+	return true;
+}
+
 /*
  * The backend is about to be closed while it may still be running a
  * statement. PostgreSQL notices a closed connection only when it next reads
  * or writes it, so a long query (and the locks of its transaction) would
- * live on after pgmux let go; a cancel request ends it. The cancel travels
- * on the cancel thread, and the backend is never reused, so it cannot hit
- * anyone else's statement.
+ * live on after pgmux let go; a cancel request ends it.
  */
 void server_cancel_running(struct server *s)
 {
-	PGcancel *pc;
-
-	if (s->pg == NULL || s->outstanding == 0 || s->cancel_sent ||
-	    (s->state != SERVER_ACTIVE && s->state != SERVER_INTERNAL))
+	if (s->outstanding == 0 || s->cancel_sent)
 		return;
-	pc = PQgetCancel(s->pg);
-	if (pc == NULL)
-		return;
-	log_server(LOG_LEVEL_INFO, s, "sending a cancel request for the statement it is running");
-	s->cancel_sent = true;
-	cancel_submit(pc, __atomic_load_n(&s->client_id, __ATOMIC_RELAXED), s->backend_pid);
+	if (server_send_cancel(s, __atomic_load_n(&s->client_id, __ATOMIC_RELAXED)))
+		log_server(LOG_LEVEL_INFO, s, "sending a cancel request for the statement it is running");
 }
 
 void server_client_gone(struct server *s, bool reset)

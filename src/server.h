@@ -154,6 +154,12 @@ void server_run_query(struct server *s, const char *sql, server_query_done_fn do
  */
 void server_client_gone(struct server *s, bool reset);
 
+/*
+ * Send a cancel request for s's current statement through the cancel thread
+ * (s is never shared again). False when s has no live connection to cancel on.
+ */
+bool server_send_cancel(struct server *s, uint64_t client_id);
+
 /* Before closing a backend that is alive: send a cancel for the statement it is running, if any. */
 void server_cancel_running(struct server *s);
 
