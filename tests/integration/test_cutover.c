@@ -191,14 +191,6 @@ static int admin_psql(struct h_cmd *c, const char *sql, bool tuples_only)
 	return st;
 }
 
-/* Stop pgmux with SIGTERM: it must exit 0. */
-static void stop_pgmux_expect_clean_exit(void)
-{
-	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
-	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
-		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
-}
-
 /* Rewrite pgmux's config file in place (same port) from o. */
 static void rewrite_config(struct pgmux_options *o)
 {
@@ -277,7 +269,7 @@ static void start_pgmux(struct pgmux_options *o)
 static void restart_pgmux(struct pgmux_options *o)
 {
 	PQfinish(admin_ok());
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 	start_pgmux(o);
 }
 
@@ -633,7 +625,7 @@ static void cutover_under_pgbench(enum cutover_how how, const char *protocol, in
 	PQfinish(admin);
 	PQfinish(on_a);
 	PQfinish(on_b);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover, sighup_new_hosts_under_pgbench)
@@ -730,7 +722,7 @@ Test(cutover, check_of_old_server_under_way_and_new_server_not_yet_healthy)
 	PQfinish(admin);
 	PQfinish(on_a);
 	PQfinish(on_b);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -794,7 +786,7 @@ Test(cutover, open_transaction_finishes_on_old_server_first)
 	PQfinish(tx);
 	PQfinish(other);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -874,7 +866,7 @@ Test(cutover, pinned_session_keeps_old_backend_until_cutover_timeout)
 	PQfinish(pinned);
 	PQfinish(free_client);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ admin console */
@@ -906,7 +898,7 @@ Test(cutover_admin, psql_show_pools_one_row_per_pool)
 	h_cmd_free(&c);
 	PQfinish(app);
 	PQfinish(su);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, show_help_lists_every_command)
@@ -924,7 +916,7 @@ Test(cutover_admin, show_help_lists_every_command)
 		cr_expect(found, "SHOW HELP does not list %s:\n%s", commands[i], c.out);
 	}
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, show_clients_then_kill_closes_that_client)
@@ -974,7 +966,7 @@ Test(cutover_admin, show_clients_then_kill_closes_that_client)
 	PQfinish(app);
 	PQfinish(bystander);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, show_servers_lists_the_backend_a_client_used)
@@ -997,7 +989,7 @@ Test(cutover_admin, show_servers_lists_the_backend_a_client_used)
 	free(pid);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, show_targets_writer_healthy)
@@ -1017,7 +1009,7 @@ Test(cutover_admin, show_targets_writer_healthy)
 	cr_expect_gt(atoll(PQgetvalue(r, row, column(r, "checks_ok"))), 0);
 	PQclear(r);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, show_stats_counts_queries)
@@ -1035,7 +1027,7 @@ Test(cutover_admin, show_stats_counts_queries)
 	cr_expect_eq(h_admin_stat(admin, "cutover_in_progress"), 0);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, show_config_and_show_version)
@@ -1057,7 +1049,7 @@ Test(cutover_admin, show_config_and_show_version)
 	cr_assert_eq(st, 0, "psql: %s", c.err);
 	cr_expect(strncmp(c.out, "pgmux ", 6) == 0, "SHOW VERSION: %s", c.out);
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* PAUSE (all, or one instance) holds new transactions until RESUME. */
@@ -1099,7 +1091,7 @@ static void pause_resume(const char *pause_sql, const char *resume_sql)
 	free(paused);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, pause_holds_queries_until_resume)
@@ -1124,7 +1116,7 @@ Test(cutover_admin, pause_unknown_instance_is_an_error)
 	PQclear(r);
 	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, reload_applies_a_reloadable_change)
@@ -1147,7 +1139,7 @@ Test(cutover_admin, reload_applies_a_reloadable_change)
 	cr_expect_eq(number_ok(app, "select 5"), 5);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, reload_of_a_broken_file_is_refused_as_a_whole)
@@ -1189,7 +1181,7 @@ Test(cutover_admin, reload_of_a_broken_file_is_refused_as_a_whole)
 	cr_expect_eq(number_ok(app, "select 9"), 9);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -1269,7 +1261,7 @@ Test(cutover_admin, extended_protocol_gives_the_same_results)
 	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, non_admin_and_wrong_password_are_refused)
@@ -1290,7 +1282,7 @@ Test(cutover_admin, non_admin_and_wrong_password_are_refused)
 	PGconn *admin = admin_ok();
 	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_admin, unknown_command_points_to_show_help)
@@ -1310,7 +1302,7 @@ Test(cutover_admin, unknown_command_points_to_show_help)
 	cr_expect(strncmp(v, "pgmux", 5) == 0);
 	free(v);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 TestSuite(cutover_admin_trust, .init = init_admin_trust, .fini = fini_kill_leftovers, .timeout = 60);
@@ -1346,7 +1338,7 @@ Test(cutover_admin_trust, non_admin_gets_fatal_42501)
 	free(body);
 	cr_expect(h_raw_wait_closed(fd, 5000), "pgmux did not close the refused connection");
 	close(fd);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ signals and reload */
@@ -1371,7 +1363,7 @@ Test(cutover_signals, sigusr1_pauses_sigusr2_resumes)
 	cr_expect_eq(h_admin_stat(admin, "paused"), 0);
 	PQfinish(app);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_signals, sighup_with_an_invalid_file_keeps_the_old_one)
@@ -1409,7 +1401,7 @@ Test(cutover_signals, sighup_with_an_invalid_file_keeps_the_old_one)
 	PQfinish(admin);
 	PQfinish(fresh);
 	PQfinish(app);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cutover_signals, sighup_keeps_restart_only_settings)
@@ -1452,7 +1444,7 @@ Test(cutover_signals, sighup_keeps_restart_only_settings)
 	if (fd >= 0)
 		close(fd);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -1465,7 +1457,7 @@ Test(cutover_signals, sighup_as_soon_as_the_port_accepts)
 {
 	/* The .init's pgmux is not needed; a session first, so that SIGTERM does not hit its start-up. */
 	PQfinish(admin_ok());
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 	struct pgmux_options o;
 	base_options(&o);
 	pgmux_write_config(&px, &o);
@@ -1629,5 +1621,5 @@ Test(cutover_rotation, new_password_at_reload_old_sessions_untouched)
 	PQfinish(s2);
 	PQfinish(s3);
 	PQfinish(su);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }

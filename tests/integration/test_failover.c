@@ -416,13 +416,6 @@ static char *wait_log_line(const char *needle, const char *also, int timeout_ms)
 	}
 }
 
-static void stop_pgmux_expect_clean_exit(void)
-{
-	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
-	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
-		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
-}
-
 /* ---------------------------------------------------------------- fixtures */
 
 static void init_pair(void)
@@ -512,7 +505,7 @@ Test(failover, writer_port_reaches_primary_reader_port_reaches_standby)
 
 	PQfinish(r);
 	PQfinish(w);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ failover, idle client */
@@ -564,7 +557,7 @@ static void idle_client_survives_failover(void)
 	free(line);
 
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(failover, idle_client_writes_on_new_writer_within_1s)
@@ -613,7 +606,7 @@ Test(failover, insert_sent_before_promotion_waits_for_new_writer)
 		     done - promoted);
 	expect_port(conn, cl.standby.port);
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ failover under load */
@@ -842,7 +835,7 @@ Test(failover, eight_writers_keep_their_connections_across_failover)
 
 	for (int i = 0; i < LOAD_THREADS; i++)
 		PQfinish(ls[i].conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ readers */
@@ -886,7 +879,7 @@ Test(failover, reader_down_query_waits_then_times_out)
 	expect_port(r, cl.standby.port);
 	expect_value(r, "select pg_is_in_recovery()", "t");
 	PQfinish(r);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(failover, reader_down_falls_back_to_writer)
@@ -922,7 +915,7 @@ Test(failover, reader_down_falls_back_to_writer)
 	fprintf(stderr, "failover/reader down, fallback: served by the writer after %lld ms\n", took);
 	cr_expect_lt(took, h_scaled_ms(2000), "falling back to the writer took %lld ms", took);
 	PQfinish(r);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* A new reader-port client is refused at once, naming the reason: the cluster has no reader. */
@@ -958,7 +951,7 @@ Test(failover_no_reader, reader_port_fails_at_once)
 	expect_reader_port_refused();
 	expect_port(w, cl.primary.port);
 	PQfinish(w);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ replication lag */
@@ -1073,7 +1066,7 @@ static void lag_end(struct lag_setup *l)
 	PQfinish(l->admin);
 	PQfinish(l->standby);
 	PQfinish(l->primary);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -1232,7 +1225,7 @@ Test(discovery, reader_gets_reads_while_in_topology)
 	PQfinish(admin);
 	PQfinish(r);
 	PQfinish(w);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -1268,5 +1261,5 @@ Test(discovery, aurora_reported_lag_over_max_replica_lag)
 	cr_assert(back, "reads did not reach instance 2 once it reported no lag");
 	PQfinish(r);
 	PQfinish(admin);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }

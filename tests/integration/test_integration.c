@@ -101,14 +101,6 @@ static void fini_kill_leftovers(void)
 	h_teardown();
 }
 
-/* Every test ends here: SIGTERM must make pgmux exit with status 0. */
-static void stop_pgmux_expect_clean_exit(void)
-{
-	int st = pgmux_stop(&px, SIGTERM, h_scaled_ms(10000));
-	cr_assert_eq(st, 0, "pgmux exit status after SIGTERM: %d (expected 0%s)", st,
-		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
-}
-
 /* ---------------------------------------------------------------- client helpers */
 
 #define CLIENT_TIMEOUT_MS 20000
@@ -204,7 +196,7 @@ Test(tls_scram, psql_select_1)
 	cr_assert_eq(st, 0, "psql exited with %d: %s", st, c.err);
 	cr_assert_str_eq(c.out, "1\n");
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(tls_scram, libpq_ssl_in_use_and_backend_identity)
@@ -228,7 +220,7 @@ Test(tls_scram, libpq_ssl_in_use_and_backend_identity)
 	cr_assert_eq(PQsslInUse(conn), 1);
 	expect_value(conn, "select 1", "1");
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* Over TLS pgmux offers SCRAM-SHA-256-PLUS: a client that insists on channel binding gets it. */
@@ -248,7 +240,7 @@ Test(tls_scram, channel_binding_required_by_the_client)
 	cr_assert(strstr(PQerrorMessage(conn), "password authentication failed for user \"app\"") != NULL,
 		  "unexpected message: %s", PQerrorMessage(conn));
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(tls_scram, wrong_password_is_refused)
@@ -270,7 +262,7 @@ Test(tls_scram, wrong_password_is_refused)
 		  "unexpected message for an unknown user: %s", PQerrorMessage(conn));
 	PQfinish(conn);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(tls_scram, plaintext_refused_when_tls_required)
@@ -283,7 +275,7 @@ Test(tls_scram, plaintext_refused_when_tls_required)
 		  "psql's stderr does not say that TLS is required: %s", c.err);
 	h_cmd_free(&c);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 4-5: md5, trust */
@@ -338,7 +330,7 @@ Test(md5, right_password_logs_in_wrong_one_does_not)
 	cr_assert(st > 0 && st < 128, "psql with a wrong md5 password: status %d", st);
 	cr_assert(strstr(c.err, "password authentication failed for user \"app\"") != NULL, "%s", c.err);
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 TestSuite(trust, .init = init_trust, .fini = fini_kill_leftovers, .timeout = 120);
@@ -355,7 +347,7 @@ Test(trust, logs_in_without_password)
 	cr_assert_eq(st, 0);
 	cr_assert_str_eq(c.out, "app\n");
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 6: pgbench */
@@ -388,7 +380,7 @@ Test(pgbench, select_only_32_clients_over_tls)
 	cr_assert_gt(processed, 0, "pgbench processed no transactions");
 	cr_log_info("pgbench through pgmux: %ld transactions", processed);
 	h_cmd_free(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 7: cancel */
@@ -419,7 +411,7 @@ Test(cancel, psql_sigint_sends_cancel_request)
 	/* the backend is no longer sleeping */
 	cr_assert(h_poll_value(super, SLEEP_ACTIVE_SQL(20), "0", h_scaled_ms(5000)));
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(cancel, libpq_pqcancel_gives_57014)
@@ -451,7 +443,7 @@ Test(cancel, libpq_pqcancel_gives_57014)
 	expect_value(conn, "select 'still here'", "still here");
 	PQfinish(conn);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 8: COPY */
@@ -544,7 +536,7 @@ Test(copy, libpq_copy_in_and_out_10000_rows)
 		PQclear(r);
 	expect_value(conn, "select count(*) from copy_t", "10000");
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(copy, psql_backslash_copy_both_ways)
@@ -595,7 +587,7 @@ Test(copy, psql_backslash_copy_both_ways)
 	fclose(f);
 	cr_assert_eq(rows, COPY_ROWS);
 	cr_assert_eq(sum, 2LL * 50005000);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 9: notices and errors */
@@ -644,7 +636,7 @@ Test(session, notice_then_error_then_query)
 	cr_assert_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
 	expect_value(conn, "select 3", "3");
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 11: startup parameters */
@@ -664,7 +656,7 @@ Test(session, startup_parameters_are_kept)
 	free(pid);
 	PQfinish(conn);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 15: BackendKeyData */
@@ -678,7 +670,7 @@ Test(session, backend_key_is_pgmux_own)
 	cr_assert_neq(PQbackendPID(conn), 0);
 	free(pid);
 	PQfinish(conn);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 13: client vanishes */
@@ -708,7 +700,7 @@ Test(session, client_killed_mid_query_does_not_harm_others)
 	expect_serves_normal_client();
 	PQfinish(other);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 10: malformed startup */
@@ -793,7 +785,7 @@ Test(startup, length_below_8)
 	send_header(fd, 4, 196608);
 	expect_refused(fd, protocol_violation, "length 4");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, length_above_10000)
@@ -802,7 +794,7 @@ Test(startup, length_above_10000)
 	send_header(fd, 10001, 196608);
 	expect_refused(fd, protocol_violation, "length 10001");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, one_gigabyte_length_claim)
@@ -811,7 +803,7 @@ Test(startup, one_gigabyte_length_claim)
 	send_header(fd, 1u << 30, 196608);
 	expect_refused(fd, protocol_violation, "length 1 GB");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 static void bad_version_test(uint32_t version, const char *what)
@@ -828,13 +820,13 @@ static void bad_version_test(uint32_t version, const char *what)
 Test(startup, protocol_2_0)
 {
 	bad_version_test(2u << 16, "protocol 2.0");
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, protocol_4_0)
 {
 	bad_version_test(4u << 16, "protocol 4.0");
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, garbage_bytes)
@@ -852,7 +844,7 @@ Test(startup, garbage_bytes)
 	cr_assert(h_raw_send(fd, junk, sizeof(junk)));
 	expect_refused(fd, bad_version, "64 bytes of junk with a plausible length");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, truncated_then_closed)
@@ -870,7 +862,7 @@ Test(startup, truncated_then_closed)
 	cr_assert(h_raw_send(fd, buf, 6));
 	close(fd);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, missing_user)
@@ -882,7 +874,7 @@ Test(startup, missing_user)
 	cr_assert(h_raw_send(fd, buf, len));
 	expect_refused(fd, no_user, "a startup packet without user");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, unterminated_parameters)
@@ -895,7 +887,7 @@ Test(startup, unterminated_parameters)
 	cr_assert(h_raw_send(fd, buf, 8 + 17));
 	expect_refused(fd, protocol_violation, "a startup packet with unterminated parameters");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* Read one message that must arrive, of the given type. */
@@ -947,7 +939,7 @@ Test(startup, ssl_request_answered_S_with_tls)
 	cr_assert_eq(answer, 'S', "SSLRequest answered '%c' although TLS is configured", answer);
 	close(fd);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, gssenc_request_answered_N)
@@ -961,7 +953,7 @@ Test(startup, gssenc_request_answered_N)
 	expect_sasl_after_startup(fd, false, "startup after GSSENCRequest");
 	close(fd);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 static void negotiate_test(uint32_t version, const char *pq_option)
@@ -1001,14 +993,14 @@ Test(startup, protocol_3_1_gets_negotiate_protocol_version)
 {
 	negotiate_test((3u << 16) | 1, NULL);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 Test(startup, pq_option_gets_negotiate_protocol_version)
 {
 	negotiate_test(3u << 16, "_pq_.foo");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 TestSuite(startup_no_tls, .init = init_no_tls, .fini = fini_kill_leftovers, .timeout = 120);
@@ -1023,7 +1015,7 @@ Test(startup_no_tls, ssl_request_answered_N)
 	expect_sasl_after_startup(fd, false, "startup after SSLRequest was refused");
 	close(fd);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 12: session pooling */
@@ -1065,7 +1057,7 @@ Test(pool2, sequential_sessions_reuse_reset_backends)
 	cr_assert_leq(atoi(n), 2, "%s backend connections for app with max_connections=2", n);
 	free(n);
 	PQfinish(super);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 TestSuite(pool1, .init = init_pool_of_1, .fini = fini_kill_leftovers, .timeout = 120);
@@ -1092,7 +1084,7 @@ Test(pool1, second_client_waits_for_the_first)
 	expect_value(first, "select 'first still works'", "first still works");
 	PQfinish(first);
 	expect_second_client_served(&c);
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ 14: graceful SIGINT */
@@ -1244,7 +1236,7 @@ Test(login_timeout, stalled_logins_are_cut_off_others_log_in)
 		  h_file_count(px.logfile, LOGIN_TIMEOUT_MESSAGE));
 
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /*
@@ -1271,7 +1263,7 @@ Test(login_timeout, does_not_apply_after_authentication)
 	expect_second_client_served(&c);
 	cr_assert_eq(h_file_count(px.logfile, LOGIN_TIMEOUT_MESSAGE), 0,
 		     "pgmux cut a client off for the login timeout");
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ max_packet_size */
@@ -1367,7 +1359,7 @@ TestSuite(max_packet, .init = init_max_packet_session, .fini = fini_kill_leftove
 Test(max_packet, query_over_the_limit_is_refused_with_54000)
 {
 	query_limit_test();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 TestSuite(max_packet_txn, .init = init_max_packet_transaction, .fini = fini_kill_leftovers, .timeout = 120);
@@ -1375,7 +1367,7 @@ TestSuite(max_packet_txn, .init = init_max_packet_transaction, .fini = fini_kill
 Test(max_packet_txn, query_over_the_limit_is_refused_with_54000)
 {
 	query_limit_test();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* A Parse (name, text, NUL, int16 0) checked the same way; a session in a transaction keeps working. */
@@ -1395,7 +1387,7 @@ Test(max_packet_txn, parse_over_the_limit_is_refused_with_54000)
 	free(q);
 	PQfinish(conn);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ closed mid-message */
@@ -1405,8 +1397,7 @@ TestSuite(mid_message, .init = init_trust, .fini = fini_kill_leftovers, .timeout
 /* A raw session logged in with trust; returns the socket once ReadyForQuery came. */
 static int raw_trust_session(void)
 {
-	int fd = h_raw_connect(px.port, 2000);
-	cr_assert(fd >= 0, "cannot connect to pgmux");
+	int fd = raw_open();
 	uint8_t buf[256];
 	const char *params[] = {"user", "app", "database", "postgres", NULL};
 	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
@@ -1484,7 +1475,7 @@ Test(mid_message, backend_lost_inside_a_message_gets_no_error_appended)
 	cr_assert_lt(got, (size_t)VALUE, "the whole value arrived (%zu bytes): the backend was not cut off", got);
 	cr_log_info("mid_message: the session was closed %zu bytes into a %d-byte value", got, VALUE);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ shutdown_timeout */
@@ -1615,7 +1606,7 @@ Test(pidfile, written_at_start_removed_at_exit)
 	start_pgmux(&o);
 	expect_pidfile_holds(px.pid);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 	expect_pidfile_gone();
 
 	/* The graceful way out removes it too. */
@@ -1662,7 +1653,7 @@ Test(pidfile, second_instance_leaves_it_alone)
 	cr_assert_eq(st, 1, "a second pgmux on the same port exited with %d, expected 1", st);
 	expect_pidfile_holds(px.pid);
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 	expect_pidfile_gone();
 }
 
@@ -1680,6 +1671,6 @@ Test(pidfile, daemon_writes_its_own_pid)
 	cr_assert_neq(getsid(px.pid), getsid(0), "the daemon did not leave the test's session");
 	cr_assert_neq(getsid(px.pid), px.pid, "the daemon is a session leader (it could get a terminal)");
 	expect_serves_normal_client();
-	stop_pgmux_expect_clean_exit();
+	h_stop_expect_clean_exit(&px);
 	expect_pidfile_gone();
 }
