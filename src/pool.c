@@ -276,8 +276,8 @@ static void pool_kick_locked(struct connect_batch *b)
 		struct pool *p = list_entry(pos, struct pool, node);
 		const char *error;
 
-		/* Connections already opening for the pool will serve its first waiters. */
-		while (p->n_waiting > p->n_connecting && b->n < POOL_MAX_CONNECTS) {
+		/* Connections opening or moving to the pool's waiters will serve its first ones. */
+		while (p->n_waiting > p->n_connecting + p->n_migrating && b->n < POOL_MAX_CONNECTS) {
 			struct target *t = pool_pick_target_locked(p, &error);
 
 			if (t == NULL || t->paused || t->n_connections >= target_cap_locked(t))
@@ -458,6 +458,8 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 			list_del(&migrate->pool_node);
 			pool->n_idle--;
 			pool->n_active++;
+			pool->n_migrating++;
+			migrate->counted_migrating = true;
 			migrate->target->n_idle--;
 			pool_add_waiter_locked(pool, client);
 		} else if (s != NULL) {
@@ -475,9 +477,10 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 				pool_add_waiter_locked(pool, client);
 				if (paused || (t && t->paused)) {
 					/* PAUSE: wait like a client of a full pool. */
-				} else if (pool->n_connecting >= pool->n_waiting) {
+				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting) {
 					/*
-					 * Connections already opening for the pool serve its
+					 * Connections already opening for the pool, and idle
+					 * ones on their way from another worker, serve its
 					 * waiters first come, first served, this one among
 					 * them: one more would only add to the idle ones once
 					 * a busy backend comes back before they are ready.
@@ -591,6 +594,10 @@ void pool_release(struct server *s)
 	__atomic_store_n(&s->client_id, 0, __ATOMIC_RELAXED);
 	s->last_used_usec = now;
 	pthread_mutex_lock(&pool_lock);
+	if (s->counted_migrating) {
+		s->counted_migrating = false;
+		pool->n_migrating--;
+	}
 	if (s->pinned_counted) {
 		s->pinned_counted = false;
 		pool->n_pinned--;
@@ -635,6 +642,10 @@ static void pool_forget_locked(struct server *s)
 	struct pool *pool = s->pool;
 	struct target *t = s->target;
 
+	if (s->counted_migrating) {
+		s->counted_migrating = false;
+		pool->n_migrating--;
+	}
 	if (s->counted_connecting) {
 		t->n_connecting--;
 		pool->n_connecting--;
@@ -990,13 +1001,12 @@ static void pool_serve_waiters_locked(struct connect_batch *b)
 		struct pool *p = list_entry(pos, struct pool, node);
 
 		struct list_node *spos, *stmp;
-		int migrating = 0;
 
 		list_for_each_safe(spos, stmp, &p->idle) {
 			struct server *s = list_entry(spos, struct server, pool_node);
 			struct client *c;
 
-			if (p->n_waiting <= migrating)
+			if (p->n_waiting <= p->n_migrating)
 				break;
 			if (s->target->paused || !server_usable_locked(s, p))
 				continue;
@@ -1007,8 +1017,9 @@ static void pool_serve_waiters_locked(struct connect_batch *b)
 			s->target->n_idle--;
 			if (s->worker != NULL && s->worker != c->worker) {
 				/* Attached to another loop: its worker detaches it and hands it to the oldest waiter. */
+				s->counted_migrating = true;
+				p->n_migrating++;
 				worker_post_migrate(s->worker, s->id);
-				migrating++;
 				continue;
 			}
 			list_del(&c->wait_node);

@@ -80,6 +80,7 @@ struct pool {
 	int n_active;   /* linked to a client or running pgmux's own queries */
 	int n_waiting;
 	int n_connecting;  /* connections being opened for it */
+	int n_migrating;   /* idle backends on their way from one worker to a waiter on another */
 	char last_failure[256]; /* why its last new connection failed; "" once one succeeds */
 	int n_pinned;      /* active connections held by pinned (or session-pooled) clients */
 	int n_connections; /* this pool's share of its targets' n_connections */

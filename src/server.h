@@ -84,6 +84,7 @@ struct server {
 	char hostaddr[64];
 	bool pg_wants_write;         /* PQconnectPoll asked for writability */
 	bool counted_connecting;     /* holds one of the target's n_connecting (pool lock) */
+	bool counted_migrating;      /* holds one of its pool's n_migrating (pool lock) */
 
 	/* Relay framing. */
 	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
