@@ -138,15 +138,59 @@ static int write_pidfile(const char *path)
 	return 0;
 }
 
+/*
+ * -d: the command that started pgmux returns only once the daemon listens
+ * (status 0) or has given up (status 1), so that a port already in use or an
+ * unwritable pid file is not hidden behind a successful start. The daemon
+ * writes one byte to ready_fd when it is up; if it exits first, the parent
+ * reads end-of-file instead.
+ */
+static int ready_fd = -1;
+
+static void daemon_parent_wait(int fd)
+{
+	char c;
+	ssize_t n;
+
+	do
+		n = read(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n == 1)
+		_exit(0);
+	if (config_current()->logfile[0])
+		fprintf(stderr, "pgmux: the background process did not start; see %s\n", config_current()->logfile);
+	else
+		fprintf(stderr, "pgmux: the background process did not start\n");
+	_exit(1);
+}
+
+static void daemon_ready(void)
+{
+	if (ready_fd < 0)
+		return;
+	if (write(ready_fd, "R", 1) != 1)
+		log_warning("cannot tell the starting command that pgmux is up: %s", strerror(errno));
+	close(ready_fd);
+	ready_fd = -1;
+}
+
 static int daemonize(void)
 {
-	pid_t pid = fork();
+	int fds[2];
+	pid_t pid;
 	int fd;
 
+	if (pipe2(fds, O_CLOEXEC) != 0)
+		return -1;
+	pid = fork();
 	if (pid < 0)
 		return -1;
-	if (pid > 0)
-		_exit(0);
+	if (pid > 0) {
+		close(fds[1]);
+		daemon_parent_wait(fds[0]);
+	}
+	close(fds[0]);
+	ready_fd = fds[1];
 	if (setsid() < 0)
 		return -1;
 	pid = fork();
@@ -280,6 +324,7 @@ int main(int argc, char **argv)
 	log_info("pgmux %s listening on %s:%d (writer)%s%.0d, %d worker(s), %s pooling, %d instance(s) listed",
 		 PACKAGE_VERSION, cfg->listen_addr, cfg->listen_port, cfg->readonly_port ? " and readers on port " : "",
 		 cfg->readonly_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->n_hosts);
+	daemon_ready();
 
 	event_base_dispatch(M.base);
 

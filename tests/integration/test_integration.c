@@ -10,10 +10,12 @@
 
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1651,6 +1653,43 @@ Test(pidfile, second_instance_leaves_it_alone)
 	o.listen_port = px.port;
 	int st = pgmux_run_to_exit(&second, &o, h_scaled_ms(10000));
 	cr_assert_eq(st, 1, "a second pgmux on the same port exited with %d, expected 1", st);
+	expect_pidfile_holds(px.pid);
+	expect_serves_normal_client();
+	h_stop_expect_clean_exit(&px);
+	expect_pidfile_gone();
+}
+
+/*
+ * With -d the command returns only once the daemon listens: a daemon that
+ * cannot (the port is taken by a pgmux already running) makes the command
+ * exit 1 and say so, rather than 0 with nothing running. The running one
+ * keeps its pidfile and serves on.
+ */
+Test(pidfile, daemon_that_cannot_listen_fails_the_command)
+{
+	struct pgmux_options o;
+	options_with_pidfile(&o, "pgmux.pid");
+	start_pgmux(&o);
+	expect_pidfile_holds(px.pid);
+
+	/* The daemon's own parents exit: it becomes this process's child, and the teardown reaps it. */
+	cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0, "PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+	struct pgmux second;
+	memset(&second, 0, sizeof(second));
+	o.listen_port = px.port;
+	o.daemonize = true;
+	int st = pgmux_run_to_exit(&second, &o, h_scaled_ms(10000));
+	if (st != 1)
+		pgmux_dump_logs(&second);
+	cr_assert_eq(st, 1, "pgmux -d on a port in use exited with %d, expected 1", st);
+	char *err = h_read_file(second.stderr_file);
+	cr_assert(strstr(err, "the background process did not start; see ") != NULL,
+		  "pgmux -d did not say that its daemon failed; its stderr:\n%s", err);
+	free(err);
+	char want[64];
+	snprintf(want, sizeof(want), "cannot listen on 127.0.0.1:%d", px.port);
+	bool logged = h_file_wait_contains(second.logfile, want, h_scaled_ms(5000));
+	cr_assert(logged, "the daemon's log lacks \"%s\"", want);
 	expect_pidfile_holds(px.pid);
 	expect_serves_normal_client();
 	h_stop_expect_clean_exit(&px);
