@@ -1316,10 +1316,31 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 	server_expect(s, (char)type, NULL);
 }
 
+/*
+ * Check the header of the client's next message (type, length p[1..4]):
+ * false, with c closed and told why, when it is not a frontend message or
+ * longer than max_packet_size. Checked before a backend is borrowed for it.
+ */
+static bool client_check_header(struct client *c, const uint8_t *p)
+{
+	const struct config *cfg = config_current();
+	uint32_t mlen = get_u32(p + 1);
+
+	if (!proto_valid_frontend_type(p[0]) || mlen < 4) {
+		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
+		return false;
+	}
+	if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
+		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED, "message of %u bytes exceeds max_packet_size (%d bytes)",
+			     mlen - 4, cfg->max_packet_size);
+		return false;
+	}
+	return true;
+}
+
 /* Forward complete and partial messages to the backend. Returns false if c was closed. */
 static bool client_relay(struct client *c)
 {
-	const struct config *cfg = config_current();
 	struct server *s = c->server;
 	struct iobuf *in = &c->io.in;
 
@@ -1339,18 +1360,10 @@ static bool client_relay(struct client *c)
 		}
 		if (avail < PROTO_HEADER_LEN)
 			break;
+		if (!client_check_header(c, p))
+			return false;
 		type = p[0];
 		mlen = get_u32(p + 1);
-		if (!proto_valid_frontend_type(type) || mlen < 4) {
-			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", type);
-			return false;
-		}
-		if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
-			client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
-				     "message of %u bytes exceeds max_packet_size (%d bytes)", mlen - 4,
-				     cfg->max_packet_size);
-			return false;
-		}
 		if (c->skip_until_sync && type != FE_SYNC && type != FE_TERMINATE) {
 			/* The batch failed in pgmux's hands: the server never sees the rest of it. */
 			if (avail < 1 + (size_t)mlen)
@@ -1442,10 +1455,8 @@ static bool client_process_idle(struct client *c)
 				  "the connection to the database server was lost; the transaction was rolled back");
 		return c->state == CLIENT_IDLE;
 	}
-	if (!proto_valid_frontend_type(p[0]) || get_u32(p + 1) < 4) {
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
+	if (!client_check_header(c, p))
 		return false;
-	}
 	client_begin_transaction(c);
 	return c->state == CLIENT_ACTIVE;
 }

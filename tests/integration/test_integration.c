@@ -1372,6 +1372,34 @@ Test(max_packet_txn, query_over_the_limit_is_refused_with_54000)
 	h_stop_expect_clean_exit(&px);
 }
 
+/*
+ * An oversized message is refused before a backend is borrowed for it: while
+ * another client's transaction holds the only backend, the sender gets 54000
+ * at once rather than after waiting for that backend.
+ */
+Test(max_packet_txn, refused_without_waiting_for_a_backend)
+{
+	/* Both log in first: a login borrows a backend too. */
+	PGconn *holder = connect_app_ok("require", NULL);
+	PGconn *conn = connect_app_ok("require", NULL);
+	h_exec_ok(holder, "begin");
+	expect_value(holder, "select 1", "1");
+
+	char *q = query_of_length(MAX_PACKET_SIZE);
+	long long t0 = h_now_ms();
+	expect_too_large(conn, PQsendQuery(conn, q), "a Query one byte over max_packet_size, all backends busy");
+	long long waited = h_now_ms() - t0;
+	free(q);
+	PQfinish(conn);
+	cr_assert_lt(waited, h_scaled_ms(1000), "the oversized Query was refused only after %lld ms", waited);
+
+	expect_value(holder, "select 2", "2");
+	h_exec_ok(holder, "commit");
+	PQfinish(holder);
+	expect_serves_normal_client();
+	h_stop_expect_clean_exit(&px);
+}
+
 /* A Parse (name, text, NUL, int16 0) checked the same way; a session in a transaction keeps working. */
 Test(max_packet_txn, parse_over_the_limit_is_refused_with_54000)
 {
