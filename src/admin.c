@@ -175,6 +175,7 @@ static void target_row(struct target *t, void *arg)
 {
 	struct iobuf *out = arg;
 	struct row r = { .n = 0 };
+	char status[384];
 
 	cell(&r, "%s", t->instance_id);
 	cell(&r, "%s", t->host);
@@ -191,6 +192,9 @@ static void target_row(struct target *t, void *arg)
 	cell(&r, "%llu", (unsigned long long)t->checks_ok);
 	cell(&r, "%llu", (unsigned long long)t->checks_failed);
 	cell(&r, "%s", t->paused ? "yes" : "no");
+	/* Longer than a cell can be (a health check's error): passed as it is. */
+	pool_target_status_locked(t, status, sizeof(status));
+	r.ptrs[r.n++] = status;
 	put_row(out, r.n, r.ptrs);
 }
 
@@ -198,9 +202,9 @@ static void show_targets(struct iobuf *out)
 {
 	static const char *const cols[] = { "instance",    "host",        "port",      "role",
 					    "health",      "lag_ms",      "connections", "idle",
-					    "max_connections", "checks_ok", "checks_failed", "paused" };
+					    "max_connections", "checks_ok", "checks_failed", "paused", "status" };
 
-	put_columns(out, 12, cols);
+	put_columns(out, 13, cols);
 	pool_for_each_target(target_row, out);
 	put_complete(out, "SHOW");
 }

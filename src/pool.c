@@ -191,6 +191,28 @@ static bool writer_usable_locked(void)
 	return writer != NULL && writer->healthy && !writer->suspect && writer->role == ROLE_WRITER;
 }
 
+void pool_target_status_locked(const struct target *t, char *out, size_t len)
+{
+	const struct config *cfg = config_current();
+
+	if (!t->checked)
+		snprintf(out, len, "waiting for its first health check");
+	else if (!t->healthy)
+		snprintf(out, len, "health check failed: %s", t->check_failure);
+	else if (t->suspect)
+		snprintf(out, len, "a connection to it was lost; waiting for the next health check");
+	else if (paused || t->paused)
+		snprintf(out, len, "paused");
+	else if (t->role == ROLE_WRITER && t != writer)
+		snprintf(out, len, "reports itself writer, but %s is the writer in use",
+			 writer ? writer->instance_id : "none");
+	else if (t->role == ROLE_READER && cfg->max_replica_lag_ms > 0 && t->lag_ms > cfg->max_replica_lag_ms)
+		snprintf(out, len, "replication lag %d ms is over max_replica_lag (%d ms): no reads", t->lag_ms,
+			 cfg->max_replica_lag_ms);
+	else
+		snprintf(out, len, "serving");
+}
+
 /*
  * The instance a new connection of pool should go to, or NULL to wait.
  * *error is set when waiting is pointless: the cluster has no reader at all.

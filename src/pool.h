@@ -176,6 +176,11 @@ void pool_for_each_pool(void (*fn)(struct pool *p, void *arg), void *arg);
 void pool_for_each_target(void (*fn)(struct target *t, void *arg), void *arg);
 
 const char *pool_role_name(enum instance_role role);
+/*
+ * Whether t takes new transactions now, and why not (SHOW TARGETS): "serving",
+ * or what keeps it out. Only from a pool_for_each_target() callback (the lock is held).
+ */
+void pool_target_status_locked(const struct target *t, char *out, size_t len);
 
 /*
  * PAUSE: new transactions wait (as for a full pool) until RESUME; those in

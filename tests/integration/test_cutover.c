@@ -1006,6 +1006,7 @@ Test(cutover_admin, show_targets_writer_healthy)
 	cr_expect_str_eq(PQgetvalue(r, row, column(r, "host")), "127.0.0.1");
 	cr_expect_str_eq(PQgetvalue(r, row, column(r, "role")), "writer");
 	cr_expect_str_eq(PQgetvalue(r, row, column(r, "paused")), "no");
+	cr_expect_str_eq(PQgetvalue(r, row, column(r, "status")), "serving");
 	cr_expect_gt(atoll(PQgetvalue(r, row, column(r, "checks_ok"))), 0);
 	PQclear(r);
 	PQfinish(admin);
@@ -1070,7 +1071,11 @@ static void pause_resume(const char *pause_sql, const char *resume_sql)
 		char *paused = lookup(admin, "SHOW TARGETS", "port", port, "paused");
 		cr_expect_str_eq(paused, "yes", "SHOW TARGETS after %s", pause_sql);
 		free(paused);
-	} else {
+	}
+	char *status = lookup(admin, "SHOW TARGETS", "port", port, "status");
+	cr_expect_str_eq(status, "paused", "SHOW TARGETS status after %s", pause_sql);
+	free(status);
+	if (!strchr(pause_sql, ':')) {
 		cr_expect_eq(h_admin_stat(admin, "paused"), 1, "SHOW STATS after PAUSE");
 	}
 

@@ -1056,12 +1056,24 @@ static void lag_begin(struct lag_setup *l, const char *extra_target, const char 
 	char *health = target_field(l->admin, "port", want, "health");
 	cr_expect_str_eq(health, "healthy", "a lagging standby is still healthy, SHOW TARGETS says %s", health);
 	free(health);
+	/* Its status says why it gets no reads. */
+	char *status = target_field(l->admin, "port", want, "status");
+	cr_expect(status && strncmp(status, "replication lag ", 16) == 0 &&
+			  strstr(status, " ms is over max_replica_lag (1000 ms): no reads") != NULL,
+		  "SHOW TARGETS status of the lagging standby: %s", status ? status : "(no row)");
+	free(status);
 }
 
 static void lag_end(struct lag_setup *l)
 {
 	cr_expect(wait_target_lag(l->admin, cl.standby.port, false, 0, h_scaled_ms(5000)),
 		  "SHOW TARGETS still shows lag after the standby caught up");
+	char port[16];
+	snprintf(port, sizeof(port), "%d", cl.standby.port);
+	char *status = target_field(l->admin, "port", port, "status");
+	cr_expect(status && strcmp(status, "serving") == 0, "SHOW TARGETS status of the standby that caught up: %s",
+		  status ? status : "(no row)");
+	free(status);
 	PQfinish(l->reader);
 	PQfinish(l->admin);
 	PQfinish(l->standby);

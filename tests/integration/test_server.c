@@ -858,6 +858,17 @@ Test(server_tls, verify_ca_with_another_ca_fails_with_the_reason_logged)
 	PGconn *super = h_connect_super_direct();
 	cr_assert_eq(h_app_backends(super), 0, "app has a backend although no certificate check can pass");
 	PQfinish(super);
+	/* SHOW TARGETS says why the instance serves nobody. */
+	const struct h_env *e = h_env();
+	char instance[64];
+	snprintf(instance, sizeof(instance), "%s:%d", e->pghost, e->pgport);
+	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	char *status = admin_cell(admin, "SHOW TARGETS", instance, "status");
+	cr_assert(status && strncmp(status, "health check failed: ", 21) == 0 &&
+			  strstr(status, "certificate verify failed") != NULL,
+		  "SHOW TARGETS status: %s", status ? status : "(no row)");
+	free(status);
+	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
 
