@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <event2/util.h>
+#include <jansson.h>
 
 #include "admin.h"
 #include "auth.h"
@@ -56,6 +57,7 @@ static const char *const client_state_names[] = {
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg);
 static bool client_process_input(struct client *c);
+static void client_pin(struct client *c, const struct sql_scan_result *scan);
 static void client_link(struct client *c, struct server *s);
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
 static void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message,
@@ -77,7 +79,8 @@ static bool client_state_busy(enum client_state state)
 /*
  * The one place a client changes state. Transitions are few: forward only,
  * except that STARTUP follows TLS_HANDSHAKE and that transaction pooling
- * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE.
+ * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE, with ACTIVE -> SETUP ->
+ * IDLE while the session's settings are read back (client_release_server()).
  */
 static void client_set_state(struct client *c, enum client_state next)
 {
@@ -86,8 +89,9 @@ static void client_set_state(struct client *c, enum client_state next)
 		[CLIENT_TLS_HANDSHAKE] = 1u << CLIENT_STARTUP | 1u << CLIENT_CLOSED,
 		[CLIENT_AUTH] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
 		[CLIENT_WAITING] = 1u << CLIENT_SETUP | 1u << CLIENT_ACTIVE | 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
-		[CLIENT_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
-		[CLIENT_ACTIVE] = 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
+		[CLIENT_SETUP] = 1u << CLIENT_ACTIVE | 1u << CLIENT_WAITING | 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
+		/* ACTIVE -> SETUP: the session's settings are read back before the backend goes. */
+		[CLIENT_ACTIVE] = 1u << CLIENT_SETUP | 1u << CLIENT_IDLE | 1u << CLIENT_CLOSED,
 		[CLIENT_IDLE] = 1u << CLIENT_WAITING | 1u << CLIENT_CLOSED,
 		[CLIENT_CLOSED] = 0,
 	};
@@ -216,6 +220,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	evtimer_add(c->timer, &tv);
 	c->last_activity_usec = c->connect_usec;
 	strmap_init(&c->params_set);
+	strmap_init(&c->params_startup);
 	strmap_init(&c->stmts);
 	strmap_init(&c->stmt_names);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
@@ -275,6 +280,11 @@ void client_free(struct client *c)
 	for (int i = 0; i < PARAMS_N_CARRIED; i++)
 		free(c->reported[i]);
 	params_clear(&c->params_set);
+	params_clear(&c->params_startup);
+	if (c->custom_pending) {
+		params_clear(c->custom_pending);
+		free(c->custom_pending);
+	}
 	strmap_clear(&c->stmts, prepared_free);
 	params_clear(&c->stmt_names);
 	free(c);
@@ -302,6 +312,12 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 	if (s->forward_remaining > 0) {
 		/* The client has part of a message of s: nothing can follow it (see client_vfatal()). */
 		client_close(c, message);
+		return;
+	}
+	if (c->reading_settings) {
+		/* What the session SET lived only on that backend: it cannot go on as if nothing happened. */
+		client_fatal(c, sqlstate, "lost the connection to the database server before pgmux could read the "
+				 "session's settings: %s", message);
 		return;
 	}
 	if (c->state == CLIENT_SETUP && c->logged_in && c->transaction_mode && !c->pin_reason) {
@@ -656,10 +672,12 @@ static void client_put_param(struct client *c, const char *name, const char *val
 	int index = params_carried_index(name);
 
 	c->params_fingerprint_valid = false;
-	if (index >= 0)
+	if (index >= 0) {
 		client_set_reported(c, index, value);
-	else
+	} else {
 		params_put(&c->params_set, name, value);
+		params_put(&c->params_startup, name, value);
+	}
 }
 
 static int client_collect_startup_params(struct client *c, char *err, size_t errlen)
@@ -1061,10 +1079,148 @@ static int client_options_parse(struct client *c, const char *options, char *err
 	return 0;
 }
 
+/*
+ * Transaction pooling carries the settings PostgreSQL does not report
+ * (statement_timeout, search_path, a custom app.tenant, ...) by asking the
+ * backend, once a transaction that may have changed one is over, what the
+ * session's own settings are now. That follows SET, RESET, SET ... TO
+ * DEFAULT, set_config(.., false), a rolled-back transaction and a failed
+ * statement alike, which reading the statements could not. The answer is
+ * what the client's next backends are given (client_state_sql()).
+ */
+static void settings_sql_name(struct iobuf *sql, int *n, const char *name)
+{
+	static const char custom[] = " UNION SELECT name, pg_catalog.current_setting(name, true) FROM "
+				     "pg_catalog.unnest(ARRAY[";
+
+	if (*n == 0)
+		iobuf_append(sql, custom, sizeof(custom) - 1);
+	else
+		iobuf_append(sql, ", ", 2);
+	sql_append_literal(sql, name);
+	(*n)++;
+}
+
+static void client_settings_sql(struct client *c, struct iobuf *sql)
+{
+	static const char head[] = "SELECT coalesce(pg_catalog.json_object_agg(name, setting), '{}') FROM ("
+				   "SELECT name, pg_catalog.current_setting(name) AS setting FROM pg_catalog.pg_settings "
+				   "WHERE source = 'session'";
+	struct list_node *pos;
+	int n = 0;
+
+	iobuf_append(sql, head, sizeof(head) - 1);
+	/* Custom parameters are not in pg_settings: the ones the session has or touched, by name. */
+	list_for_each(pos, &c->params_set.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		if (strchr(e->key, '.') == NULL || (c->custom_pending && params_get(c->custom_pending, e->key)))
+			continue;
+		settings_sql_name(sql, &n, e->key);
+	}
+	if (c->custom_pending) {
+		list_for_each(pos, &c->custom_pending->lru) {
+			struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+			settings_sql_name(sql, &n, e->key);
+		}
+		params_clear(c->custom_pending);
+		free(c->custom_pending);
+		c->custom_pending = NULL;
+	}
+	if (n > 0)
+		iobuf_append(sql, "]::text[]) AS name", 18);
+	/*
+	 * A custom parameter that was never set, or RESET, reads as NULL or "":
+	 * not the session's. (A built-in one SET to "" is then left out too; it
+	 * is the default of every such parameter that a client may set.)
+	 */
+	iobuf_append(sql, ") AS s WHERE setting <> ''", 26);
+	iobuf_append_u8(sql, '\0');
+}
+
+/* The settings could not be read back: the session keeps this backend, as it did before pgmux carried SETs. */
+static void client_settings_unread(struct client *c, struct server *s)
+{
+	struct sql_scan_result pin = {.pin = SQL_PIN_SET};
+
+	if (s->tx_status != 'I') {
+		client_fatal(c, SQLSTATE_INTERNAL_ERROR, "could not read the session's settings: %s",
+			     s->query_error ? s->query_error : "unexpected reply");
+		return;
+	}
+	log_client(LOG_LEVEL_WARNING, c, "could not read the session's settings back (%s)",
+		   s->query_error ? s->query_error : "unexpected reply");
+	snprintf(pin.pin_detail, sizeof(pin.pin_detail), "its settings could not be read back");
+	client_pin(c, &pin);
+	s->state = SERVER_ACTIVE;
+	client_set_state(c, CLIENT_ACTIVE);
+	io_want_read(&c->io, !c->read_paused);
+	client_process_input(c);
+}
+
+static void client_settings_read(struct server *s, bool ok, void *arg)
+{
+	struct client *c = arg;
+	json_error_t jerr;
+	json_t *root = ok && s->query_value ? json_loads(s->query_value, 0, &jerr) : NULL;
+	const char *name;
+	json_t *value;
+	struct list_node *pos;
+
+	c->reading_settings = false;
+	if (root == NULL || !json_is_object(root)) {
+		json_decref(root);
+		client_settings_unread(c, s);
+		return;
+	}
+	params_clear(&c->params_set);
+	params_clear(&s->applied);
+	json_object_foreach(root, name, value) {
+		/* The reported ones follow ParameterStatus. */
+		if (!json_is_string(value) || params_carried_index(name) >= 0)
+			continue;
+		params_put(&c->params_set, name, json_string_value(value));
+		params_put(&s->applied, name, json_string_value(value));
+	}
+	json_decref(root);
+	/*
+	 * RESET goes back to the value from the startup packet, which the
+	 * backend had only as a SET of pgmux's: the client gets it back.
+	 */
+	list_for_each(pos, &c->params_startup.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		if (params_get(&c->params_set, e->key) == NULL)
+			params_put(&c->params_set, e->key, e->value);
+	}
+	c->params_fingerprint_valid = false;
+	s->params_fingerprint_valid = false;
+	client_release_server(c);
+	if (c->state != CLIENT_IDLE)
+		return;
+	/* Anything the client sent meanwhile was kept: go on with it. */
+	io_want_read(&c->io, true);
+	if (iobuf_len(&c->io.in) > 0)
+		client_process_input(c);
+}
+
 void client_release_server(struct client *c)
 {
 	struct server *s = c->server;
 
+	if (c->settings_dirty && c->transaction_mode && !c->pin_reason) {
+		struct iobuf sql;
+
+		c->settings_dirty = false;
+		c->reading_settings = true;
+		client_set_state(c, CLIENT_SETUP);
+		iobuf_init(&sql);
+		client_settings_sql(c, &sql);
+		server_run_query(s, (const char *)iobuf_head(&sql), client_settings_read, c);
+		iobuf_free(&sql);
+		return;
+	}
 	c->server = NULL;
 	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
 	c->reset_all_pending = false;
@@ -1219,15 +1375,49 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
-static void client_scan_sql(struct client *c, const char *sql, size_t len)
+/* Returns true when the text may change untracked settings (so its every run must be read back). */
+static bool client_scan_sql(struct client *c, const char *sql, size_t len)
 {
 	struct sql_scan_result scan;
+	bool sets = false;
 
-	sql_scan(sql, len, params_carried_names, &scan);
+	sql_scan(sql, len, params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
 	if (scan.pin != SQL_PIN_NONE)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->reset_all_pending = true;
+	if (scan.custom_overflow && !c->pin_reason) {
+		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
+		scan.pin = SQL_PIN_SET;
+		snprintf(scan.pin_detail, sizeof(scan.pin_detail), "more than %d custom parameters at once",
+			 SQL_SCAN_MAX_CUSTOM);
+		client_pin(c, &scan);
+	}
+	if (scan.effects & (SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL)) {
+		c->settings_dirty = true;
+		sets = true;
+	}
+	for (int i = 0; i < scan.n_custom; i++) {
+		if (c->custom_pending == NULL) {
+			c->custom_pending = xcalloc(1, sizeof(*c->custom_pending));
+			strmap_init(c->custom_pending);
+		}
+		params_put(c->custom_pending, scan.custom[i], "");
+	}
+	return sets;
+}
+
+/* A Bind of a statement whose text SETs session parameters: its run changes them again. */
+static void client_rescan_prepared(struct client *c, const struct prepared_stmt *st)
+{
+	struct msg_reader r;
+	const char *query;
+
+	msg_reader_init(&r, st->parse + PROTO_HEADER_LEN, st->parse_len - PROTO_HEADER_LEN);
+	if (msg_read_str(&r) != NULL && (query = msg_read_str(&r)) != NULL)
+		client_scan_sql(c, query, strlen(query));
+	else
+		c->settings_dirty = true;
 }
 
 /*
@@ -1261,11 +1451,13 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 
 		name = msg_read_str(&r);
 		const char *query = msg_read_str(&r);
+		bool sets = false;
 
 		if (name && query)
-			client_scan_sql(c, query, strlen(query));
+			sets = client_scan_sql(c, query, strlen(query));
 		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
 			break; /* unnamed (or malformed: the server says why) */
+		st->sets_session = sets;
 		if (strmap_find(&c->stmts, client_name)) {
 			/* As PostgreSQL: an error, and the rest of the batch is skipped up to Sync. */
 			server_owe_duplicate_error(s, client_name);
@@ -1282,6 +1474,8 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
 		    (e = strmap_find(&c->stmts, name)) == NULL)
 			break; /* unnamed or unknown: the server answers as it would directly */
+		if (((struct prepared_stmt *)e->value)->sets_session)
+			client_rescan_prepared(c, e->value);
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
 				 ((struct prepared_stmt *)e->value)->server_name);

@@ -76,7 +76,9 @@ struct client {
 
 	/* Session state pgmux carries from backend to backend (transaction pooling). */
 	char *reported[PARAMS_N_CARRIED]; /* carried reported parameters as the client last saw them (NULL: unset) */
-	struct strmap params_set;      /* other parameters from the startup packet (options -c ...) */
+	struct strmap params_set;      /* other parameters: from the startup packet (options -c ...), then as
+	                                * the session's own SETs left them (read back, see settings_dirty) */
+	struct strmap params_startup;  /* params_set as the startup packet gave it: what RESET goes back to */
 	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
 	bool params_fingerprint_valid;
 	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
@@ -84,6 +86,11 @@ struct client {
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL */
 	char pin_detail[64];
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
+	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
+	                                * session's settings back before the backend goes */
+	bool reading_settings;         /* that read-back is running on c->server (state SETUP) */
+	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
+	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
 	bool skip_until_sync;          /* pgmux failed a message of this batch: drop the rest up to Sync */

@@ -21,6 +21,7 @@ struct prepared_stmt {
 	char server_name[PREPARED_NAME_LEN + 1];
 	uint8_t *parse;   /* a complete Parse message naming server_name */
 	size_t parse_len;
+	bool sets_session; /* its text SETs an untracked parameter: each run may change the session */
 };
 
 /*

@@ -8,6 +8,7 @@
  */
 #include "sqlscan.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -460,6 +461,7 @@ struct statement {
 
 struct scan {
 	const char *const *tracked;
+	unsigned flags; /* SQL_SCAN_* */
 	struct sql_scan_result *out;
 };
 
@@ -472,6 +474,44 @@ static bool is_tracked(const struct scan *sc, const struct text *name)
 		if (ascii_case_equal(*p, strlen(*p), name->buf, name->len))
 			return true;
 	return false;
+}
+
+/*
+ * With SQL_SCAN_CARRY_SETS, may a session-level SET of this untracked
+ * parameter be carried (SQL_EFFECT_SET_SESSION) rather than pin? Not ROLE or
+ * SESSION AUTHORIZATION, which change who the session is, and not a name
+ * the scanner could not read whole (set_config($1, ...), a truncated name).
+ */
+static bool is_carried_set(const struct scan *sc, const struct text *name)
+{
+	static const char *const privileged[] = {"role", "session_authorization"};
+
+	if (!(sc->flags & SQL_SCAN_CARRY_SETS) || name->truncated || name->len == 0)
+		return false;
+	for (size_t i = 0; i < sizeof(privileged) / sizeof(privileged[0]); i++)
+		if (ascii_case_equal(privileged[i], strlen(privileged[i]), name->buf, name->len))
+			return false;
+	return true;
+}
+
+/* A carried SET or RESET of name: a custom (dotted) one is listed by name for the caller. */
+static void note_carried_set(struct scan *sc, const struct text *name)
+{
+	struct sql_scan_result *out = sc->out;
+
+	if (memchr(name->buf, '.', name->len) == NULL)
+		return;
+	for (int i = 0; i < out->n_custom; i++)
+		if (ascii_case_equal(out->custom[i], strlen(out->custom[i]), name->buf, name->len))
+			return;
+	if (out->n_custom == SQL_SCAN_MAX_CUSTOM || name->len >= sizeof(out->custom[0])) {
+		out->custom_overflow = true;
+		return;
+	}
+	for (size_t i = 0; i < name->len; i++)
+		out->custom[out->n_custom][i] = (char)tolower((unsigned char)name->buf[i]);
+	out->custom[out->n_custom][name->len] = '\0';
+	out->n_custom++;
 }
 
 static void statement_reset(struct statement *st)
@@ -643,7 +683,7 @@ static void follow_call_arguments(struct statement *st, const struct token *tok)
  * At the ')' that closes a set_config() call: set_config(name, value, false)
  * changes the session; with true it lasts only until the transaction ends.
  */
-static void close_call(const struct scan *sc, struct statement *st, const struct set_config_call *call)
+static void close_call(struct scan *sc, struct statement *st, const struct set_config_call *call)
 {
 	char buf[NAME_BUFFER];
 	struct text name;
@@ -655,7 +695,11 @@ static void close_call(const struct scan *sc, struct statement *st, const struct
 		text_append_token(&name, &call->first_arg);
 	if (is_tracked(sc, &name))
 		st->call_effects |= SQL_EFFECT_SET_TRACKED;
-	else
+	else if (is_carried_set(sc, &name)) {
+		/* Listed even if the call turns out not to run (a function body): reading one more name is harmless. */
+		st->call_effects |= SQL_EFFECT_SET_SESSION;
+		note_carried_set(sc, &name);
+	} else
 		record_finding(&st->call, SQL_PIN_SET, call->offset, name.len ? name.buf : "set_config");
 }
 
@@ -688,7 +732,7 @@ static void note_names(struct statement *st, const struct token *tok)
 	}
 }
 
-static void statement_token(const struct scan *sc, struct statement *st, const struct token *tok)
+static void statement_token(struct scan *sc, struct statement *st, const struct token *tok)
 {
 	st->empty = false;
 	if (st->head_count < HEAD_MAX && !(st->head_count == 0 && token_is_char(tok, '(')))
@@ -768,7 +812,10 @@ static void judge_parameter(struct scan *sc, const struct text *name)
 {
 	if (is_tracked(sc, name))
 		sc->out->effects |= SQL_EFFECT_SET_TRACKED;
-	else
+	else if (is_carried_set(sc, name)) {
+		sc->out->effects |= SQL_EFFECT_SET_SESSION;
+		note_carried_set(sc, name);
+	} else
 		pin(sc, SQL_PIN_SET, name->buf);
 }
 
@@ -876,6 +923,10 @@ static void judge_reset(struct scan *sc, const struct statement *st, size_t i)
 		head_read_name(st, i, &name);
 	if (is_tracked(sc, &name))
 		sc->out->effects |= SQL_EFFECT_SET_TRACKED;
+	else if (is_carried_set(sc, &name)) {
+		sc->out->effects |= SQL_EFFECT_SET_SESSION;
+		note_carried_set(sc, &name);
+	}
 }
 
 /* What kind of statement it was, for the patterns found anywhere in it. */
@@ -1104,9 +1155,9 @@ const char *sql_pin_reason_text(enum sql_pin_reason reason)
 	return "unknown pin reason";
 }
 
-void sql_scan(const char *sql, size_t len, const char *const *tracked, struct sql_scan_result *out)
+void sql_scan(const char *sql, size_t len, const char *const *tracked, unsigned flags, struct sql_scan_result *out)
 {
-	struct scan sc = {.tracked = tracked, .out = out};
+	struct scan sc = {.tracked = tracked, .flags = flags, .out = out};
 	struct lexer lx = {.sql = sql, .len = sql ? len : 0, .pos = 0};
 	struct statement st;
 	struct token tok;

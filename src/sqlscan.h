@@ -7,6 +7,7 @@
 #ifndef PGMUX_SQLSCAN_H
 #define PGMUX_SQLSCAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum sql_pin_reason {
@@ -34,6 +35,19 @@ enum sql_pin_reason {
 #define SQL_EFFECT_UNLISTEN            0x10 /* UNLISTEN name|* */
 #define SQL_EFFECT_TRANSACTION_CONTROL 0x20 /* BEGIN, START, COMMIT, ROLLBACK, END, ABORT,
                                              * SAVEPOINT, RELEASE, PREPARE TRANSACTION (informational) */
+#define SQL_EFFECT_SET_SESSION         0x40 /* with SQL_SCAN_CARRY_SETS: SET/RESET/set_config(.., false)
+                                             * of an untracked parameter, which then does not pin */
+
+/*
+ * sql_scan() flags. SQL_SCAN_CARRY_SETS: the caller carries session-level
+ * SETs of parameters that are not tracked by reading the session's settings
+ * back; such a SET (by name: not SET ROLE or SET SESSION AUTHORIZATION, not
+ * set_config() of a name that is not a literal) reports SQL_EFFECT_SET_SESSION
+ * instead of pinning, and RESET of one reports it too.
+ */
+#define SQL_SCAN_CARRY_SETS 0x01
+
+#define SQL_SCAN_MAX_CUSTOM 4
 
 struct sql_scan_result {
 	enum sql_pin_reason pin; /* the first pinning cause in text order, or SQL_PIN_NONE */
@@ -41,6 +55,15 @@ struct sql_scan_result {
 	                          * object name; "" when there is none. Truncated, always terminated. */
 	unsigned effects;        /* SQL_EFFECT_* bits of all statements, pinning or not */
 	int statements;          /* number of non-empty statements */
+	/*
+	 * With SQL_SCAN_CARRY_SETS: the custom (dotted) parameters whose SET or
+	 * RESET it reported as SQL_EFFECT_SET_SESSION, lower-case. PostgreSQL
+	 * does not list those in pg_settings, so the caller must read them by
+	 * name. custom_overflow: there were more, or a name too long to hold.
+	 */
+	char custom[SQL_SCAN_MAX_CUSTOM][64];
+	int n_custom;
+	bool custom_overflow;
 };
 
 /* A fixed English description of a pin reason, for logs and error messages. */
@@ -50,11 +73,12 @@ const char *sql_pin_reason_text(enum sql_pin_reason reason);
  * Scan SQL text (not necessarily NUL-terminated; len bytes; a NUL byte ends
  * the text as it would for the server). tracked is a NULL-terminated list of
  * parameter names (case-insensitive) whose SET pgmux can carry, or NULL for
- * none; SET of any other parameter pins. Never reads past len, never
+ * none; SET of any other parameter pins (unless flags has
+ * SQL_SCAN_CARRY_SETS). Never reads past len, never
  * allocates, never fails: malformed SQL is scanned as far as it goes (an
  * unterminated string, quoted identifier, dollar quote or comment just ends
  * the scan, and the statement in progress is still judged).
  */
-void sql_scan(const char *sql, size_t len, const char *const *tracked, struct sql_scan_result *out);
+void sql_scan(const char *sql, size_t len, const char *const *tracked, unsigned flags, struct sql_scan_result *out);
 
 #endif

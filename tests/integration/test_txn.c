@@ -554,11 +554,18 @@ Test(txn_pin, sql_prepare_execute)
 	pin_test_end(&p);
 }
 
-Test(txn_pin, set_untracked_parameter)
+/*
+ * set_config() of a parameter named by a bind parameter: pgmux cannot tell
+ * which setting changes (it could be role), so the session is pinned.
+ */
+Test(txn_pin, set_config_of_a_name_pgmux_cannot_read)
 {
 	struct pin_test p;
 	pin_test_begin(&p);
-	run_ok(p.conn, "set work_mem = '7MB'");
+	const char *values[2] = {"work_mem", "7MB"};
+	PGresult *r = PQexecParams(p.conn, "select set_config($1, $2, false)", 2, NULL, values, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(p.conn));
+	PQclear(r);
 	pin_test_pinned(&p, "SET of a parameter pgmux does not track");
 	for (int i = 0; i < 10; i++) {
 		int pid;
@@ -571,6 +578,16 @@ Test(txn_pin, set_untracked_parameter)
 }
 
 /* ================================================================ 3: state that follows the client */
+
+/* The end of a test with three clients: close them, then pgmux must exit cleanly. */
+static void finish_three(PGconn *a, PGconn *b, PGconn *c)
+{
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	h_stop_expect_clean_exit(&px);
+}
+
 
 TestSuite(txn_state, .fini = fini_kill_leftovers, .timeout = 120);
 
@@ -749,10 +766,7 @@ Test(txn_state, timezone_and_intervalstyle_follow_the_client)
 	switching_rounds(a, b, c, 4, tz_step, NULL, &t, &ra);
 
 	free(default_tz);
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /* (b) startup options: -c and --name=value, on every backend. */
@@ -766,6 +780,48 @@ static int timeout_step(PGconn *a, int step, void *arg)
 	free(v);
 	h_expect_value(a, "show statement_timeout", "1234ms");
 	return pid;
+}
+
+/* A step that checks one value: sql returns (pid, value), which must be want. */
+struct value_check {
+	const char *sql;
+	const char *want;
+};
+
+static int value_step(PGconn *a, int step, void *arg)
+{
+	const struct value_check *v = arg;
+	int pid;
+	char *got = pid_and_value(a, v->sql, &pid);
+	cr_assert_str_eq(got, v->want, "step %d on backend %d: \"%s\" gave \"%s\", expected \"%s\"", step, pid, v->sql,
+			 got, v->want);
+	free(got);
+	return pid;
+}
+
+/* Client a's rounds must all see want from sql. */
+static void rounds_expect(PGconn *a, PGconn *b, PGconn *c, int rounds, const char *sql, const char *want,
+			  struct rounds *out)
+{
+	struct value_check v = {sql, want};
+	switching_rounds(a, b, c, rounds, value_step, NULL, &v, out);
+}
+
+#define TIMEOUT_SQL "select pg_backend_pid(), current_setting('statement_timeout')"
+
+/* Client a runs each run, then every backend it is moved to must give want from check_sql. */
+struct set_step {
+	const char *run;
+	const char *want;
+};
+
+static void set_steps(PGconn *a, PGconn *b, PGconn *c, const char *check_sql, const struct set_step *steps, size_t n,
+		      struct rounds *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		run_ok(a, steps[i].run);
+		rounds_expect(a, b, c, 2, check_sql, steps[i].want, out);
+	}
 }
 
 Test(txn_state, startup_options_follow_the_client)
@@ -789,10 +845,7 @@ Test(txn_state, startup_options_follow_the_client)
 				 "select pg_backend_pid(), current_setting('statement_timeout') || '|' || "
 				 "current_setting('lock_timeout')",
 				 "0|0");
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /* (c) application_name from the conninfo, then changed with SET. */
@@ -844,31 +897,94 @@ Test(txn_state, application_name_follows_the_client)
 	t.want = "bar";
 	switching_rounds(a, b, c, 4, appname_step, NULL, &t, &ra);
 	PQfinish(t.super);
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /*
- * search_path is not a reported parameter in PostgreSQL 15, so pgmux cannot
- * follow it: SET search_path pins the session, which keeps the setting on
- * its backend; other clients never see it.
+ * (e) SET of parameters PostgreSQL does not report (search_path is not
+ * reported before PostgreSQL 18, work_mem and custom ones never are) follows
+ * the client without pinning it: pgmux reads the session's settings back
+ * after the transaction. RESET, SET ... TO DEFAULT and a rolled-back SET are
+ * followed as well, and other clients never see any of it.
  */
-Test(txn_pin, set_search_path)
+#define SETTINGS_SQL                                                                                            \
+	"select pg_backend_pid(), current_setting('work_mem') || '|' || current_setting('search_path') || '|' || " \
+	"coalesce(current_setting('myapp.tenant', true), '')"
+
+Test(txn_state, set_of_unreported_parameters_follows_the_client)
 {
-	struct pin_test p;
-	pin_test_begin(&p);
-	run_ok(p.conn, "set search_path = pg_catalog, public");
-	pin_test_pinned(&p, "SET of a parameter pgmux does not track");
-	for (int i = 0; i < 10; i++) {
-		int pid;
-		char *v = pid_and_value(p.conn, "select pg_backend_pid(), current_setting('search_path')", &pid);
-		cr_assert_str_eq(v, "pg_catalog, public", "statement %d: search_path \"%s\"", i, v);
-		cr_assert_eq(pid, p.pid, "statement %d ran on backend %d, not the pinned %d", i, pid, p.pid);
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	char *defaults;
+	int pid;
+	defaults = pid_and_value(b, SETTINGS_SQL, &pid);
+	cr_assert_str_eq(defaults, "4MB|\"$user\", public|");
+
+	run_ok(a, "set work_mem = '7MB'; set search_path = pg_catalog, public");
+	run_ok(a, "select set_config('myapp.tenant', '42', false)");
+	struct rounds ra;
+	rounds_expect(a, b, c, 4, SETTINGS_SQL, "7MB|pg_catalog, public|42", &ra);
+	expect_other_client_sees(a, b, &ra, SETTINGS_SQL, defaults);
+
+	const struct set_step steps[] = {
+		/* A SET in a transaction that rolls back leaves nothing behind; one that commits does. */
+		{"begin; set work_mem = '99MB'; set myapp.tenant = 'x'; rollback", "7MB|pg_catalog, public|42"},
+		{"begin; set myapp.tenant = '43'; commit", "7MB|pg_catalog, public|43"},
+		/* RESET and TO DEFAULT go back to the server's default everywhere. */
+		{"reset work_mem; set search_path to default", "4MB|\"$user\", public|43"},
+		{"reset all", defaults},
+	};
+	set_steps(a, b, c, SETTINGS_SQL, steps, sizeof(steps) / sizeof(steps[0]), &ra);
+	expect_other_client_sees(a, b, &ra, SETTINGS_SQL, defaults);
+	expect_log_lacks("session pinned");
+	free(defaults);
+	finish_three(a, b, c);
+}
+
+/* A startup option is what RESET goes back to, on every backend, as it would be directly. */
+Test(txn_state, reset_goes_back_to_the_startup_option)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app("options='-c statement_timeout=1234'");
+	PGconn *b = app(NULL), *c = app(NULL);
+	static const struct set_step steps[] = {
+		{"set statement_timeout = 5000", "5s"},
+		{"reset statement_timeout", "1234ms"},
+		{"set statement_timeout = 0", "0"},
+		{"reset all", "1234ms"},
+	};
+	struct rounds ra;
+	set_steps(a, b, c, TIMEOUT_SQL, steps, sizeof(steps) / sizeof(steps[0]), &ra);
+	expect_other_client_sees(a, b, &ra, TIMEOUT_SQL, "0");
+	expect_log_lacks("session pinned");
+	finish_three(a, b, c);
+}
+
+/*
+ * The pattern of row-level security by tenant: one prepared statement,
+ * set_config('myapp.tenant', $1, false), run again with each new tenant.
+ * Every run is read back, not only the first (which is when pgmux sees the
+ * statement's text), so the tenant follows the client to every backend.
+ */
+Test(txn_state, prepared_set_config_follows_the_client_at_every_run)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL), *b = app(NULL), *c = app(NULL);
+	PGresult *r = PQprepare(a, "tenant", "select set_config('myapp.tenant', $1, false)", 1, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQerrorMessage(a));
+	PQclear(r);
+	static const char *const tenants[] = {"1", "2", "3"};
+	struct rounds ra;
+	for (size_t i = 0; i < sizeof(tenants) / sizeof(tenants[0]); i++) {
+		char *v = exec_prepared_1(a, "tenant", tenants[i]);
+		cr_assert_str_eq(v, tenants[i]);
 		free(v);
+		rounds_expect(a, b, c, 2, "select pg_backend_pid(), current_setting('myapp.tenant')", tenants[i], &ra);
 	}
-	pin_test_end(&p);
+	expect_other_client_sees(a, b, &ra,
+				 "select pg_backend_pid(), coalesce(current_setting('myapp.tenant', true), '')", "");
+	expect_log_lacks("session pinned");
+	finish_three(a, b, c);
 }
 
 /* SET LOCAL ends with its transaction: no pin, the client still moves between backends. */
@@ -893,10 +1009,7 @@ Test(txn_state, set_local_does_not_pin)
 	struct rounds ra;
 	switching_rounds(a, b, c, 5, work_mem_step, NULL, NULL, &ra);
 	expect_log_lacks("session pinned");
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /* (d) protocol-level prepared statements across backends; b has its own "s1". */
@@ -947,10 +1060,7 @@ Test(txn_state, prepared_statements_follow_the_client)
 	/* The client's names never reach the server, and so cannot clash with other clients'. */
 	h_expect_value(a, "select count(*) from pg_prepared_statements where name in ('s1', 'pid')", "0");
 	expect_log_lacks("session pinned");
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /* (e) max_prepared_statements = 2 with five statements in use: evicted ones come back unseen. */
@@ -995,10 +1105,7 @@ Test(txn_state, max_prepared_statements_evicts_and_prepares_again)
 	}
 	struct rounds ra;
 	switching_rounds(a, b, c, 8, evict_step, NULL, NULL, &ra);
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /* (f) PQdescribePrepared on another backend; (g) two names for the same SQL. */
@@ -1057,10 +1164,7 @@ Test(txn_state, describe_after_switch_and_shared_statement)
 	free(x);
 	h_expect_value(a, "select count(*) from pg_prepared_statements where statement = 'select $1::int * 3'", "1");
 	run_ok(a, "commit");
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
-	h_stop_expect_clean_exit(&px);
+	finish_three(a, b, c);
 }
 
 /* ================================================================ 4: borrow timeout */

@@ -23,7 +23,8 @@ static const char *const tracked[] = {
  * Copies len bytes into a heap buffer of exactly that size with no terminator,
  * so reading one byte too far is a heap overflow under ASan or valgrind.
  */
-static struct sql_scan_result scan_bytes(const char *sql, size_t len, const char *const *tracked_names)
+static struct sql_scan_result scan_bytes_flags(const char *sql, size_t len, const char *const *tracked_names,
+					       unsigned flags)
 {
 	struct sql_scan_result result;
 	char *copy = malloc(len);
@@ -32,10 +33,15 @@ static struct sql_scan_result scan_bytes(const char *sql, size_t len, const char
 	if (len > 0)
 		memcpy(copy, sql, len);
 	memset(&result, 0x5a, sizeof(result)); /* sql_scan must set every field */
-	sql_scan(copy, len, tracked_names, &result);
+	sql_scan(copy, len, tracked_names, flags, &result);
 	free(copy);
 	cr_assert_not_null(memchr(result.pin_detail, '\0', sizeof(result.pin_detail)), "pin_detail is not terminated");
 	return result;
+}
+
+static struct sql_scan_result scan_bytes(const char *sql, size_t len, const char *const *tracked_names)
+{
+	return scan_bytes_flags(sql, len, tracked_names, 0);
 }
 
 static struct sql_scan_result scan_with(const char *sql, const char *const *tracked_names)
@@ -413,6 +419,79 @@ Test(sqlscan_set, set_config_local_or_tracked_does_not_pin)
 	harmless("CREATE FUNCTION f() RETURNS text LANGUAGE sql RETURN set_config('a', 'b', false)");
 }
 
+/* With SQL_SCAN_CARRY_SETS: what the scan reports for sql. */
+static void check_carrying(const char *sql, enum sql_pin_reason pin, const char *detail, unsigned effects)
+{
+	struct sql_scan_result r = scan_bytes_flags(sql, strlen(sql), tracked, SQL_SCAN_CARRY_SETS);
+
+	cr_assert_eq(r.pin, pin, "[%s]: pin %d (\"%s\"), expected %d", sql, r.pin, r.pin_detail, pin);
+	cr_assert_str_eq(r.pin_detail, detail, "[%s]: detail \"%s\", expected \"%s\"", sql, r.pin_detail, detail);
+	cr_assert_eq(r.effects, effects, "[%s]: effects 0x%x, expected 0x%x", sql, r.effects, effects);
+}
+
+Test(sqlscan_set, carried_sets_do_not_pin)
+{
+	check_carrying("SET work_mem = '64MB'", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("SET SESSION statement_timeout TO 1000", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("SET myapp.user_id = 5", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("SET XML OPTION DOCUMENT", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", SQL_PIN_NONE, "",
+		       SQL_EFFECT_SET_SESSION);
+	check_carrying("SELECT set_config('myapp.user_id', '5', false)", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("RESET work_mem", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("SET work_mem TO DEFAULT", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	/* Tracked ones stay tracked; SET LOCAL is nothing either way. */
+	check_carrying("SET search_path = app", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED);
+	check_carrying("SET LOCAL work_mem = '1GB'", SQL_PIN_NONE, "", 0);
+	check_carrying("SET search_path = a; SET work_mem = 1", SQL_PIN_NONE, "",
+		       SQL_EFFECT_SET_TRACKED | SQL_EFFECT_SET_SESSION);
+}
+
+Test(sqlscan_set, carried_custom_parameters_are_listed_by_name)
+{
+	struct sql_scan_result r = scan_bytes_flags(
+		"SET MyApp.Tenant = 1; SELECT set_config('myapp.user', 'x', false); RESET \"A\".b; SET work_mem = 1; "
+		"SET myapp.tenant = 2",
+		strlen("SET MyApp.Tenant = 1; SELECT set_config('myapp.user', 'x', false); RESET \"A\".b; SET work_mem = 1; "
+		       "SET myapp.tenant = 2"),
+		tracked, SQL_SCAN_CARRY_SETS);
+
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	cr_assert_eq(r.n_custom, 3, "%d custom names", r.n_custom);
+	cr_assert_str_eq(r.custom[0], "myapp.tenant");
+	cr_assert_str_eq(r.custom[1], "myapp.user");
+	cr_assert_str_eq(r.custom[2], "a.b");
+	cr_assert(!r.custom_overflow);
+
+	const char *many = "SET a.a = 1; SET b.b = 1; SET c.c = 1; SET d.d = 1; SET e.e = 1";
+	r = scan_bytes_flags(many, strlen(many), tracked, SQL_SCAN_CARRY_SETS);
+	cr_assert_eq(r.n_custom, SQL_SCAN_MAX_CUSTOM);
+	cr_assert(r.custom_overflow, "a fifth custom name is not reported as overflow");
+
+	r = scan_bytes_flags("SET work_mem = 1", 16, tracked, SQL_SCAN_CARRY_SETS);
+	cr_assert_eq(r.n_custom, 0);
+	cr_assert(!r.custom_overflow);
+}
+
+Test(sqlscan_set, carrying_still_pins_identity_and_unknown_names)
+{
+	check_carrying("SET ROLE admin", SQL_PIN_SET, "role", 0);
+	check_carrying("SET SESSION AUTHORIZATION bob", SQL_PIN_SET, "session_authorization", 0);
+	check_carrying("SELECT set_config('Role', 'admin', false)", SQL_PIN_SET, "Role", 0);
+	check_carrying("SELECT set_config($1, $2, false)", SQL_PIN_SET, "set_config", 0);
+	check_carrying("UPDATE pg_settings SET setting = '1GB' WHERE name = 'work_mem'", SQL_PIN_SET, "pg_settings", 0);
+	/* Any other pin in the text still pins. */
+	check_carrying("SET work_mem = 1; LISTEN x", SQL_PIN_LISTEN, "x", SQL_EFFECT_SET_SESSION);
+
+	char sql[400];
+	memset(sql, 0, sizeof(sql));
+	memcpy(sql, "SET ", 4);
+	memset(sql + 4, 'q', 300);
+	memcpy(sql + 304, " = 1", 4);
+	struct sql_scan_result r = scan_bytes_flags(sql, strlen(sql), tracked, SQL_SCAN_CARRY_SETS);
+	cr_assert_eq(r.pin, SQL_PIN_SET, "a name longer than the scanner holds is not carried");
+}
+
 Test(sqlscan_set, update_pg_settings_pins)
 {
 	pins("UPDATE pg_settings SET setting = '1GB' WHERE name = 'work_mem'", SQL_PIN_SET, "pg_settings");
@@ -693,7 +772,7 @@ Test(sqlscan_malformed, null_text_with_zero_length)
 {
 	struct sql_scan_result r;
 
-	sql_scan(NULL, 0, tracked, &r);
+	sql_scan(NULL, 0, tracked, 0, &r);
 	cr_assert_eq(r.pin, SQL_PIN_NONE);
 	cr_assert_eq(r.statements, 0);
 	cr_assert_eq(r.effects, 0);
