@@ -168,6 +168,12 @@ static const struct config_option option_table[] = {
 	  .doc = "After SIGINT, how long sessions may take to end on their own before "
 		 "pgmux closes them, cancelling the statements they still run, and exits. "
 		 "A number without a unit is seconds; 0 closes them at once." },
+	{ .section = "pgmux", .name = "metrics_port", .type = CONFIG_INT,
+	  .default_value = "0", .reloadable = false,
+	  .offset = FIELD(metrics_port), .min_value = 0, .max_value = 65535,
+	  .doc = "A TCP port, on listen_addr, for Prometheus: GET /metrics returns pgmux's "
+		 "counters and, per pool and per instance, what SHOW POOLS and SHOW TARGETS "
+		 "show, in the text exposition format. 0 means no metrics endpoint." },
 	{ .section = "pgmux", .name = "listen_backlog", .type = CONFIG_INT,
 	  .default_value = "4096", .reloadable = false,
 	  .offset = FIELD(listen_backlog), .min_value = 1, .max_value = 65535,
@@ -989,6 +995,9 @@ static void check_combinations(struct load_state *state)
 		set_error(state, line_of(state, "pgmux", "require_tls"),
 			  "[pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
 
+	if (cfg->metrics_port != 0 && (cfg->metrics_port == cfg->listen_port || cfg->metrics_port == cfg->readonly_port))
+		set_error(state, line_of(state, "pgmux", "metrics_port"),
+			  "[pgmux] metrics_port: must differ from listen_port and readonly_port (%d)", cfg->metrics_port);
 	if (cfg->readonly_port != 0 && cfg->readonly_port == cfg->listen_port)
 		set_error(state, line_of(state, "pgmux", "readonly_port"),
 			  "[pgmux] readonly_port: must differ from listen_port (%d)",

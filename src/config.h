@@ -42,6 +42,7 @@ struct config {
 	char *listen_addr;
 	int listen_port;   /* routes to the writer */
 	int readonly_port; /* routes to the readers; 0 = none */
+	int metrics_port;  /* Prometheus endpoint; 0 = none */
 	int workers; /* as configured; 0 = one per CPU */
 	int busy_poll_us; /* 0 = off */
 	char *client_tls_cert_file;

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "control.h"
 #include "log.h"
+#include "metrics.h"
 #include "monitor.h"
 #include "pgmux.h"
 #include "pool.h"
@@ -298,7 +299,8 @@ int main(int argc, char **argv)
 	 */
 	if (M.base == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
 	    pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
-	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL)) {
+	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL) ||
+	    metrics_start(M.base, cfg) != 0) {
 		exit_code = 1;
 		goto out;
 	}
@@ -330,6 +332,7 @@ int main(int argc, char **argv)
 
 out:
 	stop_listening();
+	metrics_stop();
 	control_cleanup();
 	monitor_stop();
 	workers_stop();

@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <dirent.h>
+#include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -342,10 +343,16 @@ static void fini_two_servers(void)
 	}
 }
 
+static int metrics_port;
+
 static void init_admin(void)
 {
+	static char extra[64];
 	struct pgmux_options o;
 	base_options(&o);
+	metrics_port = h_free_port();
+	snprintf(extra, sizeof(extra), "metrics_port = %d", metrics_port);
+	o.extra_pgmux = extra;
 	start_pgmux(&o);
 }
 
@@ -872,6 +879,154 @@ Test(cutover, pinned_session_keeps_old_backend_until_cutover_timeout)
 /* ================================================================ admin console */
 
 TestSuite(cutover_admin, .init = init_admin, .fini = fini_kill_leftovers, .timeout = 60);
+
+/* ---------------------------------------------------------------- metrics */
+
+/* One HTTP/1.0 request to the metrics port; the whole response, read to EOF (malloc'd). */
+static char *http_request(const char *request)
+{
+	int fd = h_raw_connect(metrics_port, h_scaled_ms(2000));
+	cr_assert_geq(fd, 0, "nothing listens on metrics_port %d", metrics_port);
+	cr_assert(h_raw_send(fd, request, strlen(request)));
+	size_t cap = 65536, len = 0;
+	char *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	for (;;) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		long long left = deadline - h_now_ms();
+		cr_assert_gt(left, 0, "the metrics response did not end within 5 s");
+		if (poll(&pfd, 1, (int)left) <= 0)
+			continue;
+		if (len + 1 == cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+			cr_assert_not_null(buf);
+		}
+		ssize_t n = read(fd, buf + len, cap - len - 1);
+		cr_assert_geq(n, 0, "reading the metrics response: %s", strerror(errno));
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return buf;
+}
+
+/* The value of the sample whose name and labels are exactly series, or -1 when there is none. */
+static double sample(const char *body, const char *series)
+{
+	size_t n = strlen(series);
+	for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+		if (strncmp(line, series, n) == 0 && line[n] == ' ')
+			return strtod(line + n + 1, NULL);
+	return -1;
+}
+
+/* Every line is a comment or "name{labels} value" with a Prometheus name and a number. */
+static void expect_exposition_format(const char *body)
+{
+	int samples = 0;
+	for (const char *line = body; *line; line = strchr(line, '\n') + 1) {
+		const char *end = strchr(line, '\n');
+		cr_assert_not_null(end, "the last line has no newline");
+		if (*line == '#') {
+			cr_assert(strncmp(line, "# HELP pgmux_", 13) == 0 || strncmp(line, "# TYPE pgmux_", 13) == 0,
+				  "comment line: %.*s", (int)(end - line), line);
+			continue;
+		}
+		const char *p = line;
+		cr_assert(strncmp(p, "pgmux_", 6) == 0, "sample line: %.*s", (int)(end - line), line);
+		while (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9'))
+			p++;
+		if (*p == '{') {
+			/* label="value" pairs; values may hold escaped quotes. */
+			while (*p != '}') {
+				p++;
+				while (*p == '_' || (*p >= 'a' && *p <= 'z'))
+					p++;
+				cr_assert(p[0] == '=' && p[1] == '"', "labels: %.*s", (int)(end - line), line);
+				for (p += 2; *p != '"'; p++) {
+					cr_assert(p < end, "unterminated label value: %.*s", (int)(end - line), line);
+					if (*p == '\\')
+						p++;
+				}
+				p++;
+				cr_assert(*p == ',' || *p == '}', "labels: %.*s", (int)(end - line), line);
+			}
+			p++;
+		}
+		cr_assert_eq(*p, ' ', "no space before the value: %.*s", (int)(end - line), line);
+		char *after;
+		(void)strtod(p + 1, &after);
+		cr_assert(after == end && after > p + 1, "not a number: %.*s", (int)(end - line), line);
+		samples++;
+	}
+	cr_assert_gt(samples, 20, "only %d samples", samples);
+}
+
+/*
+ * metrics_port serves Prometheus's text format: the counters move with the
+ * traffic, the pool and the instance are there with their labels, and
+ * anything but GET /metrics is refused.
+ */
+Test(cutover_admin, metrics_endpoint_serves_prometheus_text)
+{
+	const struct h_env *e = h_env();
+	PGconn *app = app_ok("postgres");
+	cr_assert_eq(number_ok(app, "select 1"), 1);
+	char instance[128], target[512];
+	snprintf(instance, sizeof(instance), "%s:%d", e->pghost, e->pgport);
+	snprintf(target, sizeof(target), "pgmux_target_up{instance=\"%s\",host=\"%s\",port=\"%d\",role=\"writer\"}",
+		 instance, e->pghost, e->pgport);
+	bool up = false;
+	char *body = NULL;
+	for (long long end = h_now_ms() + h_scaled_ms(5000); !up && h_now_ms() < end; h_sleep_ms(50)) {
+		free(body);
+		body = http_request("GET /metrics HTTP/1.0\r\n\r\n");
+		up = strstr(body, target) && sample(strstr(body, "\r\n\r\n") + 4, target) == 1;
+	}
+	cr_assert(up, "no \"%s 1\" in:\n%s", target, body);
+	cr_assert(strncmp(body, "HTTP/1.1 200 OK\r\n", 17) == 0 || strncmp(body, "HTTP/1.0 200 OK\r\n", 17) == 0,
+		  "status line: %.40s", body);
+	cr_assert(strstr(body, "Content-Type: text/plain; version=0.0.4") != NULL, "%s", body);
+	const char *text = strstr(body, "\r\n\r\n") + 4;
+	expect_exposition_format(text);
+	double transactions = sample(text, "pgmux_transactions_total");
+	cr_assert_geq(transactions, 1, "pgmux_transactions_total %g", transactions);
+	cr_assert_geq(sample(text, "pgmux_client_connections"), 1);
+	cr_assert_geq(sample(text, "pgmux_pool_server_connections{database=\"postgres\",user=\"app\",endpoint=\"writer\"}"),
+		      1, "%s", text);
+	char serving[512];
+	snprintf(serving, sizeof(serving), "pgmux_target_serving{instance=\"%s\",host=\"%s\",port=\"%d\",role=\"writer\"}",
+		 instance, e->pghost, e->pgport);
+	cr_assert_eq(sample(text, serving), 1, "%s", text);
+
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(number_ok(app, "select 1"), 1);
+	/* A transaction is counted when its backend goes back, just after the client has its answer. */
+	double later = 0;
+	for (long long end = h_now_ms() + h_scaled_ms(2000); later < transactions + 5 && h_now_ms() < end;
+	     h_sleep_ms(20)) {
+		char *again = http_request("GET /metrics HTTP/1.0\r\n\r\n");
+		later = sample(strstr(again, "\r\n\r\n") + 4, "pgmux_transactions_total");
+		free(again);
+	}
+	cr_assert_geq(later, transactions + 5, "pgmux_transactions_total went from %g to %g over 5 transactions",
+		      transactions, later);
+	free(body);
+
+	char *missing = http_request("GET /other HTTP/1.0\r\n\r\n");
+	cr_assert(strstr(missing, " 404 ") != NULL, "GET /other: %.60s", missing);
+	free(missing);
+	char *post = http_request("POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+	/* libevent's answer to a method the server does not allow. */
+	cr_assert(strstr(post, " 501 ") != NULL, "POST /metrics: %.60s", post);
+	free(post);
+	PQfinish(app);
+	h_stop_expect_clean_exit(&px);
+}
 
 Test(cutover_admin, psql_show_pools_one_row_per_pool)
 {

@@ -539,6 +539,10 @@ Test(config, readonly_port_errors)
 		     "3: [pgmux] readonly_port: must differ from listen_port (6432)");
 	expect_error("[pgmux]\nreadonly_port = 7000\nlisten_port = 7000\n",
 		     "2: [pgmux] readonly_port: must differ from listen_port (7000)");
+	expect_error("[pgmux]\nmetrics_port = 6432\n",
+		     "2: [pgmux] metrics_port: must differ from listen_port and readonly_port (6432)");
+	expect_error("[pgmux]\nreadonly_port = 7001\nmetrics_port = 7001\n",
+		     "3: [pgmux] metrics_port: must differ from listen_port and readonly_port (7001)");
 }
 
 Test(config, health_checks)

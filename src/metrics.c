@@ -1,0 +1,276 @@
+/*
+ * metrics.c: the Prometheus endpoint (see metrics.h).
+ *
+ * Served by libevent's HTTP server on the main thread's loop, so a scrape
+ * never touches a worker's loop: counters are summed from the workers'
+ * statistics (atomic loads), pools and targets are read under the pool lock
+ * for as long as it takes to print them.
+ */
+#include "metrics.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+
+#include "client.h"
+#include "control.h"
+#include "log.h"
+#include "pgmux.h"
+#include "pool.h"
+#include "worker.h"
+
+#include "build_config.h"
+
+static struct evhttp *http;
+
+/* value as a label value: backslash, double quote and newline escaped. */
+static void put_label(struct evbuffer *b, const char *name, const char *value, bool first)
+{
+	evbuffer_add_printf(b, "%s%s=\"", first ? "" : ",", name);
+	for (const char *p = value; *p; p++) {
+		if (*p == '\\' || *p == '"')
+			evbuffer_add_printf(b, "\\%c", *p);
+		else if (*p == '\n')
+			evbuffer_add(b, "\\n", 2);
+		else
+			evbuffer_add(b, p, 1);
+	}
+	evbuffer_add(b, "\"", 1);
+}
+
+static void put_help(struct evbuffer *b, const char *name, const char *type, const char *help)
+{
+	evbuffer_add_printf(b, "# HELP pgmux_%s %s\n# TYPE pgmux_%s %s\n", name, help, name, type);
+}
+
+static void put_value(struct evbuffer *b, const char *name, const char *type, const char *help,
+		      unsigned long long value)
+{
+	put_help(b, name, type, help);
+	evbuffer_add_printf(b, "pgmux_%s %llu\n", name, value);
+}
+
+/* One family of per-pool or per-target samples: a header, then a row per object. */
+struct family {
+	const char *name;
+	const char *type;
+	const char *help;
+};
+
+static const struct family pool_families[] = {
+	{ "pool_clients_waiting", "gauge", "Clients waiting for a server connection." },
+	{ "pool_server_connections_active", "gauge", "Server connections linked to a client or busy with pgmux's own queries." },
+	{ "pool_server_connections_idle", "gauge", "Idle server connections." },
+	{ "pool_server_connections_opening", "gauge", "Server connections being opened." },
+	{ "pool_server_connections", "gauge", "Server connections, open or opening." },
+	{ "pool_server_connections_pinned", "gauge", "Server connections held by pinned or session-pooled clients." },
+};
+
+/* What a pool_for_each_* callback prints: one family's samples into b. */
+struct family_pass {
+	struct evbuffer *b;
+	size_t family;
+};
+
+static void pool_sample(struct pool *p, void *arg)
+{
+	struct family_pass *pass = arg;
+	const int values[] = { p->n_waiting, p->n_active, p->n_idle, p->n_connecting, p->n_connections, p->n_pinned };
+
+	evbuffer_add_printf(pass->b, "pgmux_%s{", pool_families[pass->family].name);
+	put_label(pass->b, "database", p->database, true);
+	put_label(pass->b, "user", p->user, false);
+	put_label(pass->b, "endpoint", p->endpoint == ENDPOINT_WRITER ? "writer" : "reader", false);
+	evbuffer_add_printf(pass->b, "} %d\n", values[pass->family]);
+}
+
+static const struct family target_families[] = {
+	{ "target_up", "gauge", "1 when the instance's last health check passed." },
+	{ "target_serving", "gauge", "1 when the instance takes new transactions (SHOW TARGETS status)." },
+	{ "target_replication_lag_seconds", "gauge", "Replication lag of a reader, from its last health check." },
+	{ "target_server_connections", "gauge", "Server connections to the instance, open or opening." },
+	{ "target_server_connections_idle", "gauge", "Idle server connections to the instance." },
+	{ "target_max_server_connections", "gauge", "The cap on server connections to the instance (0 until known)." },
+	{ "target_health_checks_total", "counter", "Health checks of the instance, by result." },
+};
+
+static void target_labels(struct evbuffer *b, const struct target *t)
+{
+	char port[16];
+
+	snprintf(port, sizeof(port), "%d", t->port);
+	put_label(b, "instance", t->instance_id, true);
+	put_label(b, "host", t->host, false);
+	put_label(b, "port", port, false);
+	put_label(b, "role", pool_role_name(t->role), false);
+}
+
+static void target_sample(struct target *t, void *arg)
+{
+	struct family_pass *pass = arg;
+	const char *name = target_families[pass->family].name;
+	char status[384];
+
+	evbuffer_add_printf(pass->b, "pgmux_%s{", name);
+	target_labels(pass->b, t);
+	switch (pass->family) {
+	case 0:
+		evbuffer_add_printf(pass->b, "} %d\n", t->checked && t->healthy ? 1 : 0);
+		break;
+	case 1:
+		pool_target_status_locked(t, status, sizeof(status));
+		evbuffer_add_printf(pass->b, "} %d\n", strcmp(status, "serving") == 0 ? 1 : 0);
+		break;
+	case 2:
+		evbuffer_add_printf(pass->b, "} %.3f\n", t->lag_ms / 1000.0);
+		break;
+	case 3:
+		evbuffer_add_printf(pass->b, "} %d\n", t->n_connections);
+		break;
+	case 4:
+		evbuffer_add_printf(pass->b, "} %d\n", t->n_idle);
+		break;
+	case 5:
+		evbuffer_add_printf(pass->b, "} %d\n", t->cap_known ? t->max_connections : 0);
+		break;
+	default:
+		evbuffer_add_printf(pass->b, ",result=\"ok\"} %llu\npgmux_%s{", (unsigned long long)t->checks_ok, name);
+		target_labels(pass->b, t);
+		evbuffer_add_printf(pass->b, ",result=\"failed\"} %llu\n", (unsigned long long)t->checks_failed);
+		break;
+	}
+}
+
+static void metrics_render(struct evbuffer *b)
+{
+	struct worker_stats st;
+	struct cutover_stats cs;
+
+	workers_sum_stats(&st);
+	control_get_cutover_stats(&cs);
+	put_help(b, "info", "gauge", "The pgmux version.");
+	evbuffer_add_printf(b, "pgmux_info{version=\"%s\"} 1\n", PACKAGE_VERSION);
+	put_value(b, "client_connections", "gauge", "Client connections open now.",
+		  (unsigned long long)pgmux_clients_open());
+	put_value(b, "client_connections_received_total", "counter", "Client connections accepted.",
+		  st.clients_accepted);
+	put_value(b, "client_logins_failed_total", "counter", "Client logins that failed.", st.logins_failed);
+	put_value(b, "transactions_total", "counter", "Transactions (server connections given back).",
+		  st.transactions);
+	put_value(b, "queries_total", "counter", "Query and Sync messages relayed.", st.queries);
+	put_value(b, "borrow_waits_total", "counter", "Clients that had to wait for a server connection.",
+		  st.borrow_waits);
+	put_value(b, "borrow_timeouts_total", "counter", "Waits that ended at connection_borrow_timeout.",
+		  st.borrow_timeouts);
+	put_value(b, "transactions_waiting", "gauge", "Clients waiting for a server connection now.",
+		  (unsigned long long)pool_clients_waiting());
+	put_value(b, "sessions_pinned", "gauge", "Sessions pinned to their server connection now.",
+		  (unsigned long long)__atomic_load_n(&client_pinned_sessions, __ATOMIC_RELAXED));
+	put_value(b, "sessions_pinned_total", "counter", "Sessions that were pinned.", st.sessions_pinned);
+	put_value(b, "server_connections_opened_total", "counter", "Server connections opened.", st.servers_opened);
+	put_value(b, "server_connection_failures_total", "counter", "Server connection attempts that failed.",
+		  st.server_connect_failures);
+	put_value(b, "server_connection_handoffs_total", "counter",
+		  "Idle server connections moved from one worker thread to another.", st.server_handoffs);
+	put_value(b, "paused", "gauge", "1 while PAUSE (of everything) holds new transactions.",
+		  pool_is_paused() ? 1 : 0);
+	put_value(b, "cutovers_total", "counter", "Cutovers to new instances.", (unsigned long long)cs.count);
+	put_value(b, "cutover_in_progress", "gauge", "1 while a cutover runs.", cs.in_progress ? 1 : 0);
+	put_help(b, "last_cutover_pause_seconds", "gauge", "How long the last cutover held new transactions.");
+	evbuffer_add_printf(b, "pgmux_last_cutover_pause_seconds %.3f\n", cs.last_pause_ms / 1000.0);
+
+	for (size_t i = 0; i < sizeof(pool_families) / sizeof(pool_families[0]); i++) {
+		struct family_pass pass = { b, i };
+
+		put_help(b, pool_families[i].name, pool_families[i].type, pool_families[i].help);
+		pool_for_each_pool(pool_sample, &pass);
+	}
+	for (size_t i = 0; i < sizeof(target_families) / sizeof(target_families[0]); i++) {
+		struct family_pass pass = { b, i };
+
+		put_help(b, target_families[i].name, target_families[i].type, target_families[i].help);
+		pool_for_each_target(target_sample, &pass);
+	}
+}
+
+static void metrics_reply(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	(void)arg;
+	if (b == NULL) {
+		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		return;
+	}
+	metrics_render(b);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, HTTP_OK, "OK", b);
+	evbuffer_free(b);
+}
+
+static void metrics_not_found(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	evhttp_send_error(req, HTTP_NOTFOUND, "pgmux serves only /metrics");
+}
+
+int metrics_start(struct event_base *base, const struct config *cfg)
+{
+	struct addrinfo hints, *res = NULL;
+	struct evconnlistener *listener;
+	char port[16];
+	const char *addr = strcmp(cfg->listen_addr, "*") == 0 ? NULL : cfg->listen_addr;
+	int rc;
+
+	if (cfg->metrics_port == 0)
+		return 0;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	snprintf(port, sizeof(port), "%d", cfg->metrics_port);
+	rc = getaddrinfo(addr, port, &hints, &res);
+	if (rc != 0) {
+		log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
+		return -1;
+	}
+	listener = evconnlistener_new_bind(base, NULL, NULL,
+					   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 64,
+					   res->ai_addr, (int)res->ai_addrlen);
+	freeaddrinfo(res);
+	if (listener == NULL) {
+		log_error("cannot listen for metrics on %s:%d: %s", cfg->listen_addr, cfg->metrics_port,
+			  strerror(errno));
+		return -1;
+	}
+	http = evhttp_new(base);
+	if (http == NULL || evhttp_bind_listener(http, listener) == NULL) {
+		log_error("cannot start the metrics endpoint: out of memory");
+		evconnlistener_free(listener);
+		metrics_stop();
+		return -1;
+	}
+	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_timeout(http, 10);
+	evhttp_set_max_headers_size(http, 8192);
+	evhttp_set_max_body_size(http, 0);
+	evhttp_set_cb(http, "/metrics", metrics_reply, NULL);
+	evhttp_set_gencb(http, metrics_not_found, NULL);
+	log_info("metrics on http://%s:%d/metrics", cfg->listen_addr, cfg->metrics_port);
+	return 0;
+}
+
+void metrics_stop(void)
+{
+	if (http) {
+		evhttp_free(http);
+		http = NULL;
+	}
+}

@@ -1,0 +1,20 @@
+/*
+ * metrics.h: pgmux's counters and gauges for Prometheus, over HTTP.
+ *
+ * With metrics_port set, GET http://listen_addr:metrics_port/metrics returns
+ * the text exposition format: the SHOW STATS counters, and per pool and per
+ * instance what SHOW POOLS and SHOW TARGETS show. Runs on the main thread's
+ * loop.
+ */
+#ifndef PGMUX_METRICS_H
+#define PGMUX_METRICS_H
+
+#include <event2/event.h>
+
+#include "config.h"
+
+/* Listen on metrics_port (nothing when it is 0). -1, logged, when the port cannot be had. */
+int metrics_start(struct event_base *base, const struct config *cfg);
+void metrics_stop(void);
+
+#endif
