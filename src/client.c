@@ -374,7 +374,8 @@ void client_cancel_backend(struct client *c)
 		client_fail_batch(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
 		return;
 	}
-	if (c->server == NULL || !server_send_cancel(c->server, c->id)) {
+	/* Reading the settings back: the client's statements are over, and the read must not fail. */
+	if (c->server == NULL || c->reading_settings || !server_send_cancel(c->server, c->id)) {
 		log_client(LOG_LEVEL_DEBUG, c, "cancel request: nothing to cancel");
 		return;
 	}
