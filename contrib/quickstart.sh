@@ -130,6 +130,8 @@ trap 'exit 143' TERM
 PGPORT=$(free_port)
 PGMUX_PORT=$(free_port)
 while [ "$PGMUX_PORT" = "$PGPORT" ]; do PGMUX_PORT=$(free_port); done
+METRICS_PORT=$(free_port)
+while [ "$METRICS_PORT" = "$PGPORT" ] || [ "$METRICS_PORT" = "$PGMUX_PORT" ]; do METRICS_PORT=$(free_port); done
 SUPERPASS=$(openssl rand -hex 16)
 APPPASS=$(openssl rand -hex 12)
 
@@ -218,6 +220,7 @@ cat >"$PGMUX_DIR/pgmux.ini" <<EOF
 [pgmux]
 listen_addr = 127.0.0.1
 listen_port = $PGMUX_PORT
+metrics_port = $METRICS_PORT
 client_tls_cert_file = $PGMUX_DIR/server.crt
 client_tls_key_file = $PGMUX_DIR/server.key
 require_tls = true
@@ -278,6 +281,14 @@ if PGPASSWORD=$APPPASS PGCONNECT_TIMEOUT=10 "$PGBIN/psql" -X \
 	die "a plaintext client got in although require_tls = true"
 fi
 
+step "Prometheus metrics (metrics_port = $METRICS_PORT)"
+printf '$ curl -s http://127.0.0.1:%s/metrics | grep -E %s\n' "$METRICS_PORT" "'^pgmux_(transactions_total|client_connections_received_total|target_up)'"
+# bash's /dev/tcp, so that the demo needs no curl.
+exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" || die "nothing listens on metrics_port $METRICS_PORT"
+printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+grep -E '^pgmux_(transactions_total|client_connections_received_total|target_up)' <&3 || die "no metrics from pgmux"
+exec 3<&-
+
 READY=1
 if [ "$STOP_AT_END" = 1 ]; then
 	step "Stopping (--stop)"
@@ -293,6 +304,7 @@ Connect through pgmux yourself:
   PGPASSWORD=$APPPASS psql "$CONNSTR"
 
 pgmux:       pid $PGMUX_PID, 127.0.0.1:$PGMUX_PORT, config $PGMUX_DIR/pgmux.ini
+             metrics http://127.0.0.1:$METRICS_PORT/metrics
              log $PGMUX_DIR/pgmux.log
 PostgreSQL:  pid $PG_PID, 127.0.0.1:$PGPORT, log $DIR/postgres.log
 Secrets:     $SECRETS/app.json
