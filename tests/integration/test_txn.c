@@ -381,6 +381,58 @@ Test(txn_pgbench, prepared_statements_64_clients_8_backends)
 	pgbench_64_clients_over_8("prepared", "disable");
 }
 
+/*
+ * Each pgbench client sets its own tenant with set_config(.., false), then
+ * checks it in a second statement, which runs in a transaction of its own and
+ * so may get another backend: 16 clients over 4 backends, so it often does.
+ * A tenant that did not follow its client divides by zero and fails the run.
+ * With -M prepared the set_config is one prepared statement run again and
+ * again, so every run must be read back.
+ */
+static void pgbench_tenants(const char *protocol)
+{
+	start_txn_pgmux(4, NULL, NULL);
+	const struct h_env *e = h_env();
+	char script[600], pgbench[600], port[16], pw[256];
+	snprintf(script, sizeof(script), "%s/tenant.sql", h_test_dir());
+	h_write_file(script,
+		     "\\set t random(1, 1000000)\n"
+		     "SELECT set_config('myapp.tenant', :t::text, false);\n"
+		     "SELECT 1 / (current_setting('myapp.tenant') = :t::text)::int;\n",
+		     0644);
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port, sizeof(port), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	const char *duration = h_under_valgrind() ? "8" : "4";
+	const char *argv[] = {pgbench, "-n", "-f", script, "-M", protocol, "-c", "16", "-j", "2", "-T", duration,
+			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
+	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
+	struct h_cmd c;
+	int st = h_cmd_run(&c, argv, env, h_scaled_ms(90000));
+	char what[64];
+	snprintf(what, sizeof(what), "pgbench tenants -M %s", protocol);
+	cr_assert_eq(st, 0, "%s exited with %d:\n%s\n%s", what, st, c.out, c.err);
+	h_expect_pgbench_clean(&c, what);
+	const char *p = strstr(c.out, "number of transactions actually processed: ");
+	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", c.out);
+	long processed = strtol(p + strlen("number of transactions actually processed: "), NULL, 10);
+	cr_assert_gt(processed, 100, "%s processed only %ld transactions", what, processed);
+	cr_log_info("%s: %ld transactions, no tenant lost", what, processed);
+	h_cmd_free(&c);
+	expect_log_lacks("session pinned");
+	h_stop_expect_clean_exit(&px);
+}
+
+Test(txn_pgbench, tenants_follow_16_clients_over_4_backends_simple)
+{
+	pgbench_tenants("simple");
+}
+
+Test(txn_pgbench, tenants_follow_16_clients_over_4_backends_prepared)
+{
+	pgbench_tenants("prepared");
+}
+
 /* ================================================================ 2: pinning */
 
 TestSuite(txn_pin, .fini = fini_kill_leftovers, .timeout = 120);
