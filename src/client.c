@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include <event2/util.h>
-#include <jansson.h>
 
 #include "admin.h"
 #include "auth.h"
@@ -1163,28 +1162,21 @@ static void client_settings_unread(struct client *c, struct server *s)
 static void client_settings_read(struct server *s, bool ok, void *arg)
 {
 	struct client *c = arg;
-	json_error_t jerr;
-	json_t *root = ok && s->query_value ? json_loads(s->query_value, 0, &jerr) : NULL;
-	const char *name;
-	json_t *value;
 	struct list_node *pos;
 
 	c->reading_settings = false;
-	if (root == NULL || !json_is_object(root)) {
-		json_decref(root);
+	s->reading_settings = false;
+	if (!ok || !server_applied_from_settings(s)) {
 		client_settings_unread(c, s);
 		return;
 	}
+	/* What is set on s now is the session's. */
 	params_clear(&c->params_set);
-	params_clear(&s->applied);
-	json_object_foreach(root, name, value) {
-		/* The reported ones follow ParameterStatus. */
-		if (!json_is_string(value) || params_carried_index(name) >= 0)
-			continue;
-		params_put(&c->params_set, name, json_string_value(value));
-		params_put(&s->applied, name, json_string_value(value));
+	list_for_each(pos, &s->applied.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		params_put(&c->params_set, e->key, e->value);
 	}
-	json_decref(root);
 	/*
 	 * RESET goes back to the value from the startup packet, which the
 	 * backend had only as a SET of pgmux's: the client gets it back.
@@ -1196,7 +1188,6 @@ static void client_settings_read(struct server *s, bool ok, void *arg)
 			params_put(&c->params_set, e->key, e->value);
 	}
 	c->params_fingerprint_valid = false;
-	s->params_fingerprint_valid = false;
 	client_release_server(c);
 	if (c->state != CLIENT_IDLE)
 		return;
@@ -1215,6 +1206,7 @@ void client_release_server(struct client *c)
 
 		c->settings_dirty = false;
 		c->reading_settings = true;
+		s->reading_settings = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
 		client_settings_sql(c, &sql);

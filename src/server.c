@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include <event2/dns.h>
+#include <jansson.h>
 #include <netdb.h>
 
 #include "cancel.h"
@@ -1107,6 +1108,45 @@ void server_cancel_running(struct server *s)
 		log_server(LOG_LEVEL_INFO, s, "sending a cancel request for the statement it is running");
 }
 
+bool server_applied_from_settings(struct server *s)
+{
+	json_error_t jerr;
+	json_t *root = s->query_value ? json_loads(s->query_value, 0, &jerr) : NULL;
+	const char *name;
+	json_t *value;
+
+	if (root == NULL || !json_is_object(root)) {
+		json_decref(root);
+		return false;
+	}
+	params_clear(&s->applied);
+	json_object_foreach(root, name, value) {
+		/* The reported ones follow ParameterStatus. */
+		if (json_is_string(value) && params_carried_index(name) < 0)
+			params_put(&s->applied, name, json_string_value(value));
+	}
+	json_decref(root);
+	s->params_fingerprint_valid = false;
+	return true;
+}
+
+/*
+ * pgmux's own query, whose client has left, is answered: the backend goes
+ * back if that left it clean and pgmux knows what is set on it.
+ */
+static void server_orphan_query_done(struct server *s, bool ok, void *arg)
+{
+	bool settings = s->reading_settings;
+
+	(void)arg;
+	s->reading_settings = false;
+	if (!ok || (settings && !server_applied_from_settings(s))) {
+		server_close(s, "a query of pgmux's own failed after its client left");
+		return;
+	}
+	pool_release(s);
+}
+
 void server_client_gone(struct server *s, bool reset)
 {
 	const struct config *cfg = config_current();
@@ -1114,6 +1154,18 @@ void server_client_gone(struct server *s, bool reset)
 	s->client = NULL;
 	if (s->state == SERVER_CLOSED)
 		return;
+	if (!reset && s->state == SERVER_INTERNAL && s->query_done && s->outstanding == 1 && s->tx_status == 'I' &&
+	    !s->pinned && !s->cancel_sent) {
+		/*
+		 * A client of transaction pooling left while pgmux set its
+		 * session up or read its settings back: that query is pgmux's
+		 * and short, so the backend is given back once it is answered
+		 * rather than closed.
+		 */
+		s->query_done = server_orphan_query_done;
+		s->query_arg = NULL;
+		return;
+	}
 	if (!server_is_clean(s)) {
 		server_cancel_running(s);
 		server_close(s, "client left in the middle of a transaction or query");

@@ -85,6 +85,7 @@ struct server {
 	bool pg_wants_write;         /* PQconnectPoll asked for writability */
 	bool counted_connecting;     /* holds one of the target's n_connecting (pool lock) */
 	bool counted_migrating;      /* holds one of its pool's n_migrating (pool lock) */
+	bool reading_settings;       /* pgmux's query is the read-back of a session's settings */
 
 	/* Relay framing. */
 	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
@@ -154,6 +155,14 @@ void server_run_query(struct server *s, const char *sql, server_query_done_fn do
  * are always closed.
  */
 void server_client_gone(struct server *s, bool reset);
+
+/*
+ * The answer to a read-back of the session's settings (s->query_value, a JSON
+ * object of name -> value) becomes what s has applied: the parameters set on
+ * it beyond the reported ones. false, s->applied untouched, when it is not
+ * such an object.
+ */
+bool server_applied_from_settings(struct server *s);
 
 /*
  * Send a cancel request for s's current statement through the cancel thread

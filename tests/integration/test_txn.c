@@ -993,6 +993,32 @@ Test(txn_state, set_of_unreported_parameters_follows_the_client)
 	finish_three(a, b, c);
 }
 
+/*
+ * A client that SETs something and leaves at once (psql -c "SET ...") leaves
+ * while pgmux reads its settings back. That read is pgmux's own: the backend
+ * goes back to the pool once it is answered, rather than being closed as
+ * if the client had left mid-query. One backend, twenty such clients.
+ */
+Test(txn_state, client_leaving_during_the_read_back_keeps_the_backend)
+{
+	start_txn_pgmux(1, NULL, NULL);
+	PGconn *first = app(NULL);
+	int pid = h_backend_pid(first);
+	PQfinish(first);
+	for (int i = 0; i < 20; i++) {
+		PGconn *a = app(NULL);
+		run_ok(a, "set work_mem = '5MB'");
+		PQfinish(a);
+	}
+	PGconn *b = app(NULL);
+	int after = h_backend_pid(b);
+	cr_assert_eq(after, pid, "the backend changed from %d to %d: pgmux closed it under a leaving client", pid, after);
+	h_expect_value(b, "show work_mem", "4MB");
+	expect_log_lacks("client left in the middle");
+	PQfinish(b);
+	h_stop_expect_clean_exit(&px);
+}
+
 /* A startup option is what RESET goes back to, on every backend, as it would be directly. */
 Test(txn_state, reset_goes_back_to_the_startup_option)
 {
