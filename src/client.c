@@ -475,9 +475,18 @@ static bool client_process_startup(struct client *c)
 		client_close(c, "cancel request handled");
 		return false;
 	}
-	client_handle_startup_message(c, code, p + 8, len - 8);
-	if (c->state != CLIENT_CLOSED)
-		iobuf_consume(in, len);
+	/*
+	 * Take the packet out of the buffer before acting on it: with trust
+	 * authentication the login can complete inside the handler (an idle
+	 * backend that already matches the client's session needs no setup),
+	 * and whatever is still buffered then is relayed to the backend as the
+	 * client's first message.
+	 */
+	uint8_t body[PROTO_MAX_STARTUP_PACKET];
+
+	memcpy(body, p + 8, len - 8);
+	iobuf_consume(in, len);
+	client_handle_startup_message(c, code, body, len - 8);
 	return c->state != CLIENT_CLOSED;
 }
 
