@@ -1335,7 +1335,12 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	const struct config *cfg = config_current();
 	uint32_t mlen = get_u32(p + 1);
 
-	if (!proto_valid_frontend_type(p[0]) || mlen < 4) {
+	/*
+	 * A password message belongs to authentication, which is over by now:
+	 * PostgreSQL ends the session for one, and so does pgmux, before it
+	 * reaches a backend (with transaction pooling, one other clients use).
+	 */
+	if (!proto_valid_frontend_type(p[0]) || p[0] == FE_PASSWORD || mlen < 4) {
 		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
 		return false;
 	}
