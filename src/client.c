@@ -1456,11 +1456,33 @@ static bool client_process_idle(struct client *c)
 		client_flush(c);
 		return c->state == CLIENT_IDLE;
 	}
+	if (c->ignore_remaining > 0) {
+		size_t n = iobuf_len(&c->io.in) < c->ignore_remaining ? iobuf_len(&c->io.in) : c->ignore_remaining;
+
+		iobuf_consume(&c->io.in, n);
+		c->ignore_remaining -= (uint32_t)n;
+		return true;
+	}
 	if (iobuf_len(&c->io.in) < PROTO_HEADER_LEN)
 		return false;
 	if (p[0] == FE_TERMINATE) {
 		client_close(c, "client terminated the session");
 		return false;
+	}
+	if (!client_check_header(c, p))
+		return false;
+	/*
+	 * PostgreSQL ignores COPY messages outside a COPY (the rest of a COPY
+	 * that failed, still on its way), and a Flush with nothing in flight
+	 * has nothing to flush. Borrowing a backend for them would keep it from
+	 * every other client until this one's next query: no ReadyForQuery
+	 * would come to end the "transaction". They are dropped here, as they
+	 * arrive. A Flush with a body is left to the server, which refuses it.
+	 */
+	if (p[0] == FE_COPY_DATA || p[0] == FE_COPY_DONE || p[0] == FE_COPY_FAIL ||
+	    (p[0] == FE_FLUSH && get_u32(p + 1) == 4)) {
+		c->ignore_remaining = 1 + get_u32(p + 1);
+		return true;
 	}
 	if (c->transaction_lost) {
 		c->transaction_lost = false;
@@ -1469,8 +1491,6 @@ static bool client_process_idle(struct client *c)
 				  "the connection to the database server was lost; the transaction was rolled back");
 		return c->state == CLIENT_IDLE;
 	}
-	if (!client_check_header(c, p))
-		return false;
 	client_begin_transaction(c);
 	return c->state == CLIENT_ACTIVE;
 }

@@ -136,6 +136,20 @@ static void msg_raw(struct buf *b, char type, const void *body, size_t len)
 	msg_end(b, at);
 }
 
+/* A string and its NUL. */
+static void buf_str(struct buf *b, const char *s)
+{
+	buf_put(b, s, strlen(s) + 1);
+}
+
+static void msg_query(struct buf *b, const char *sql)
+{
+	size_t at = msg_begin(b, 'Q');
+
+	buf_str(b, sql);
+	msg_end(b, at);
+}
+
 /* ---------------------------------------------------------------- raw sessions */
 
 /*
@@ -247,6 +261,62 @@ static void expect_fatal_then_close(int fd, const char *sqlstate, const char *wh
 	close(fd);
 }
 
+/* A simple query on a raw session, answered up to its ReadyForQuery; false if that did not come. */
+static bool raw_query(int fd, const char *sql)
+{
+	struct buf q = {0};
+	bool ok;
+
+	msg_query(&q, sql);
+	ok = h_raw_send(fd, q.p, q.len);
+	buf_free(&q);
+	while (ok) {
+		char type;
+		char *body;
+		size_t len;
+
+		ok = read_message(fd, &type, &body, &len, h_scaled_ms(5000)) == H_MSG_OK && type != 'E';
+		free(body);
+		if (ok && type == 'Z')
+			return true;
+	}
+	return false;
+}
+
+/*
+ * With transaction pooling a client that is idle must not keep the only
+ * backend: another client's query must run now. NULL when it did, else why
+ * (static storage).
+ */
+static const char *backend_free(PGconn *other)
+{
+	static char why[600];
+	PGresult *res;
+	bool ok;
+
+	if (!PQsendQuery(other, "select 'backend free'")) {
+		snprintf(why, sizeof(why), "the other client: %s", PQerrorMessage(other));
+		return why;
+	}
+	res = h_get_result(other, h_scaled_ms(3000));
+	ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+	snprintf(why, sizeof(why), "the other client's query %s%s",
+		 res ? "failed: " : "got no answer within its time", res ? PQresultErrorMessage(res) : "");
+	PQclear(res);
+	while (res && (res = h_get_result(other, h_scaled_ms(3000))) != NULL)
+		PQclear(res);
+	return ok ? NULL : why;
+}
+
+static void expect_backend_free(PGconn *other, const char *what)
+{
+	const char *why = backend_free(other);
+
+	if (why)
+		pgmux_dump_logs(&px);
+	cr_assert(why == NULL, "%s: %s", what, why);
+}
+
 /* ================================================================ what the fuzzer found */
 
 TestSuite(fuzz_found, .fini = fini_kill_leftovers, .timeout = 120);
@@ -319,5 +389,32 @@ Test(fuzz_found, password_message_after_login)
 	buf_free(&m);
 	expect_fatal_then_close(fd, "08P01", "a PasswordMessage after login");
 	cr_assert_eq(h_backend_pid(other), pid, "the backend the clients share was lost");
+	stop_shared(other);
+}
+
+/*
+ * A Flush, or COPY messages outside a COPY (PostgreSQL ignores them), from
+ * an idle client made pgmux borrow a backend for them; no ReadyForQuery
+ * came to end that "transaction", so the client kept the backend from
+ * everyone else until its next query.
+ */
+Test(fuzz_found, idle_flush_and_copy_messages_keep_no_backend)
+{
+	struct buf m = {0};
+	PGconn *other;
+	int fd;
+
+	other = start_shared(NULL);
+	fd = raw_session(NULL);
+	msg_raw(&m, 'H', "", 0);
+	msg_raw(&m, 'd', "1\t2\n", 4);
+	msg_raw(&m, 'c', "", 0);
+	msg_raw(&m, 'f', "no", 3);
+	send_buf(fd, &m);
+	buf_free(&m);
+	h_sleep_ms(h_scaled_ms(100));
+	expect_backend_free(other, "a Flush and COPY messages from an idle client");
+	cr_assert(raw_query(fd, "select 1"), "the session does not work after them");
+	close(fd);
 	stop_shared(other);
 }
