@@ -1352,6 +1352,43 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	return true;
 }
 
+/* Follow the transaction state of backend s as the client's next message goes to it. */
+static void client_count_message(struct client *c, struct server *s, uint8_t type)
+{
+	switch (type) {
+	case FE_QUERY:
+	case FE_FUNCTION_CALL:
+		/*
+		 * After an error in an extended-protocol batch the server skips
+		 * everything up to the next Sync, a Query too: it gets no
+		 * ReadyForQuery. With transaction pooling pgmux knows when.
+		 */
+		if (c->transaction_mode && s->skipping_until_sync)
+			break;
+		s->outstanding++;
+		if (type == FE_FUNCTION_CALL)
+			break;
+		s->unsynced = false;
+		STAT_INC(c->worker, queries);
+		break;
+	case FE_SYNC:
+		s->outstanding++;
+		s->unsynced = false;
+		STAT_INC(c->worker, queries);
+		break;
+	case FE_PARSE:
+	case FE_BIND:
+	case FE_EXECUTE:
+	case FE_DESCRIBE:
+	case FE_CLOSE:
+		s->unsynced = true;
+		break;
+	default:
+		/* Flush and the COPY sub-protocol leave the transaction state alone. */
+		break;
+	}
+}
+
 /* Forward complete and partial messages to the backend. Returns false if c was closed. */
 static bool client_relay(struct client *c)
 {
@@ -1387,44 +1424,22 @@ static bool client_relay(struct client *c)
 		}
 		if (type == FE_SYNC)
 			c->skip_until_sync = false;
-		switch (type) {
-		case FE_TERMINATE:
+		if (type == FE_TERMINATE) {
 			iobuf_consume(in, PROTO_HEADER_LEN);
 			client_close(c, "client terminated the session");
 			return false;
-		case FE_QUERY:
-		case FE_SYNC:
-			s->outstanding++;
-			s->unsynced = false;
-			STAT_INC(c->worker, queries);
-			break;
-		case FE_FUNCTION_CALL:
-			s->outstanding++;
-			break;
-		case FE_PARSE:
-		case FE_BIND:
-		case FE_EXECUTE:
-		case FE_DESCRIBE:
-		case FE_CLOSE:
-			s->unsynced = true;
-			break;
-		default:
-			/* Flush and the COPY sub-protocol leave the transaction state alone. */
-			break;
 		}
 		if (c->transaction_mode && type != FE_FLUSH && type != FE_COPY_DATA && type != FE_COPY_DONE &&
 		    type != FE_COPY_FAIL) {
 			/* pgmux looks inside these: wait for the whole message. */
-			if (avail < 1 + (size_t)mlen) {
-				/* Undo the counting; it happens again when the rest arrives. */
-				if (type == FE_QUERY || type == FE_SYNC || type == FE_FUNCTION_CALL)
-					s->outstanding--;
+			if (avail < 1 + (size_t)mlen)
 				break;
-			}
+			client_count_message(c, s, type);
 			client_forward_tracked(c, s, type, p, mlen);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			continue;
 		}
+		client_count_message(c, s, type);
 		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 		iobuf_append(&s->io.out, p, n);
 		iobuf_consume(in, n);

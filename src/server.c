@@ -663,6 +663,9 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 			    (e = strmap_find(&s->client->stmts, r->client_name)) != NULL &&
 			    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0)
 				prepared_free(strmap_delete(&s->client->stmts, e));
+			/* A Query skipped this way gets no ReadyForQuery. */
+			if ((r->kind == 'Q' || r->kind == 'F') && s->outstanding > 0)
+				s->outstanding--;
 			reply_pop(s);
 		}
 		if (r == NULL)

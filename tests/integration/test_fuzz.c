@@ -150,6 +150,41 @@ static void msg_query(struct buf *b, const char *sql)
 	msg_end(b, at);
 }
 
+static void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void buf_printf(struct buf *b, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	buf_put(b, line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static void msg_sync(struct buf *b)
+{
+	msg_raw(b, 'S', "", 0);
+}
+
+/* An Execute of a portal, all of its rows. */
+static void msg_execute(struct buf *b, const char *portal)
+{
+	size_t at = msg_begin(b, 'E');
+
+	buf_str(b, portal);
+	buf_i32(b, 0);
+	msg_end(b, at);
+}
+
+/* A buffer's bytes as a string ("" when there are none). */
+static const char *buf_text(const struct buf *b)
+{
+	return b->p ? (const char *)b->p : "";
+}
+
 /* ---------------------------------------------------------------- raw sessions */
 
 /*
@@ -317,6 +352,323 @@ static void expect_backend_free(PGconn *other, const char *what)
 	cr_assert(why == NULL, "%s: %s", what, why);
 }
 
+/* ---------------------------------------------------------------- answers, and PostgreSQL's */
+
+/* Is body a list of NUL-terminated fields ended by a zero byte, as ErrorResponse/NoticeResponse? */
+static const char *check_error_fields(const char *body, size_t len, bool error)
+{
+	size_t i = 0;
+
+	while (i < len && body[i] != '\0') {
+		size_t l = strnlen(body + i + 1, len - i - 1);
+
+		if (i + 1 + l >= len)
+			return "a field without its NUL";
+		i += l + 2;
+	}
+	if (i + 1 != len)
+		return "no terminator, or bytes after it";
+	const char *sev = h_error_field(body, len, 'V');
+	const char *code = h_error_field(body, len, 'C');
+	const char *msg = h_error_field(body, len, 'M');
+
+	if (!sev || !h_error_field(body, len, 'S') || !code || !msg)
+		return "missing S, V, C or M";
+	if (strlen(code) != 5 || strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") != 5)
+		return "a malformed SQLSTATE";
+	if (error && strcmp(sev, "ERROR") != 0 && strcmp(sev, "FATAL") != 0)
+		return "an ErrorResponse that is neither ERROR nor FATAL";
+	if (!error && strcmp(sev, "NOTICE") != 0 && strcmp(sev, "WARNING") != 0 && strcmp(sev, "INFO") != 0 &&
+	    strcmp(sev, "LOG") != 0 && strcmp(sev, "DEBUG") != 0)
+		return "a NoticeResponse of an unknown severity";
+	if (strcmp(code, "XX000") == 0)
+		return "an internal error (XX000)";
+	/* pgmux's own statement names must never reach the client. */
+	if (memmem(body, len, "pgmux_", 6))
+		return "pgmux's internal statement name";
+	return NULL;
+}
+
+/* A reader over a message body that says whether the layout adds up. */
+struct rd {
+	const uint8_t *p;
+	size_t len, pos;
+	bool bad;
+};
+
+static int64_t rd_int(struct rd *r, int size)
+{
+	int64_t v = 0;
+
+	if (r->bad || r->len - r->pos < (size_t)size) {
+		r->bad = true;
+		return 0;
+	}
+	for (int i = 0; i < size; i++)
+		v = (v << 8) | r->p[r->pos++];
+	return size == 2 ? (int16_t)v : (int32_t)v;
+}
+
+static void rd_skip(struct rd *r, int64_t n)
+{
+	if (r->bad || n < 0 || (uint64_t)n > r->len - r->pos)
+		r->bad = true;
+	else
+		r->pos += (size_t)n;
+}
+
+static void rd_str(struct rd *r)
+{
+	const void *nul = r->bad ? NULL : memchr(r->p + r->pos, 0, r->len - r->pos);
+
+	if (nul == NULL)
+		r->bad = true;
+	else
+		r->pos = (size_t)((const uint8_t *)nul - r->p) + 1;
+}
+
+/* NULL when a backend message is well-formed, else what is wrong with it. */
+static const char *check_backend_message(char type, const char *body, size_t len)
+{
+	struct rd r = {(const uint8_t *)body, len, 0, false};
+	int64_t n;
+
+	switch (type) {
+	case 'E':
+	case 'N':
+		return check_error_fields(body, len, type == 'E');
+	case 'Z':
+		return len == 1 && strchr("ITE", body[0]) && body[0] ? NULL : "a malformed ReadyForQuery";
+	case '1':
+	case '2':
+	case '3':
+	case 'n':
+	case 's':
+	case 'I':
+	case 'c':
+		return len == 0 ? NULL : "a body on a message that has none";
+	case 'C':
+		rd_str(&r);
+		break;
+	case 'S':
+		rd_str(&r);
+		rd_str(&r);
+		break;
+	case 'A':
+		rd_int(&r, 4);
+		rd_str(&r);
+		rd_str(&r);
+		break;
+	case 'T':
+		n = rd_int(&r, 2);
+		for (int64_t i = 0; i < n && !r.bad; i++) {
+			rd_str(&r);
+			rd_skip(&r, 18);
+		}
+		r.bad |= n < 0;
+		break;
+	case 'D':
+		n = rd_int(&r, 2);
+		for (int64_t i = 0; i < n && !r.bad; i++) {
+			int64_t l = rd_int(&r, 4);
+
+			if (l != -1)
+				rd_skip(&r, l);
+		}
+		r.bad |= n < 0;
+		break;
+	case 't':
+		n = rd_int(&r, 2);
+		rd_skip(&r, n * 4);
+		break;
+	case 'G':
+	case 'H':
+	case 'W':
+		rd_skip(&r, 1);
+		n = rd_int(&r, 2);
+		rd_skip(&r, n * 2);
+		break;
+	case 'V':
+		n = rd_int(&r, 4);
+		if (n != -1)
+			rd_skip(&r, n);
+		break;
+	case 'd':
+		return NULL;
+	default:
+		return "a message type a backend does not send after login";
+	}
+	return !r.bad && r.pos == r.len ? NULL : "a body whose layout does not add up";
+}
+
+/* What came back from a session, and how it ended. */
+struct outcome {
+	bool marker;      /* the marker's row came */
+	bool finished;    /* ... and the ReadyForQuery after it */
+	bool closed;      /* the connection closed (EOF or reset) */
+	bool cut;         /* ... in the middle of a message */
+	bool timed_out;
+	char fatal[6];    /* SQLSTATE of a FATAL error, "" if none */
+	int errors;       /* ERROR responses */
+	char problem[300];
+	struct buf transcript; /* a line per message, to compare with PostgreSQL's answers */
+};
+
+/*
+ * A message's line in the transcript: errors and notices by severity and
+ * SQLSTATE only (their texts may name a statement another way).
+ */
+static void transcribe(struct buf *t, char type, const char *body, size_t len)
+{
+	if (type == 'S')
+		return; /* ParameterStatus: pgmux reports what it carries, as it sees fit */
+	if (type == 'E' || type == 'N') {
+		buf_printf(t, "%c %s %s\n", type, h_error_field(body, len, 'V'), h_error_field(body, len, 'C'));
+		return;
+	}
+	buf_printf(t, "%c %zu ", type, len);
+	for (size_t i = 0; i < len && i < 64; i++)
+		buf_printf(t, "%02x", (uint8_t)body[i]);
+	buf_printf(t, "\n");
+}
+
+/* Read until the ReadyForQuery after the row with marker (if not NULL), a close, or the time limit. */
+static void read_outcome(int fd, const char *marker, struct outcome *o)
+{
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+
+	buf_free(&o->transcript);
+	memset(o, 0, sizeof(*o));
+	for (;;) {
+		long long left = deadline - h_now_ms();
+		char type;
+		char *body;
+		size_t len;
+		enum h_msg_result r = read_message(fd, &type, &body, &len, left > 0 ? (int)left : 1);
+		const char *bad;
+
+		if (r == H_MSG_TIMEOUT) {
+			o->timed_out = true;
+			return;
+		}
+		if (r == H_MSG_ERROR) {
+			snprintf(o->problem, sizeof(o->problem), "a message '%c' with an impossible length", type);
+			return;
+		}
+		if (r == H_MSG_CLOSED) {
+			o->closed = true;
+			o->cut = len > 0;
+			buf_printf(&o->transcript, "closed\n");
+			return;
+		}
+		bad = check_backend_message(type, body, len);
+		if (bad) {
+			const char *m = type == 'E' || type == 'N' ? h_error_field(body, len, 'M') : NULL;
+
+			snprintf(o->problem, sizeof(o->problem), "message '%c' (%zu bytes): %s%s%s", type, len, bad,
+				 m ? ": " : "", m ? m : "");
+		} else if (o->fatal[0]) {
+			snprintf(o->problem, sizeof(o->problem), "message '%c' after a FATAL error", type);
+		} else {
+			transcribe(&o->transcript, type, body, len);
+			if (type == 'E' && strcmp(h_error_field(body, len, 'V'), "FATAL") == 0)
+				snprintf(o->fatal, sizeof(o->fatal), "%s", h_error_field(body, len, 'C'));
+			else if (type == 'E')
+				o->errors++;
+			else if (type == 'D' && marker && memmem(body, len, marker, strlen(marker)))
+				o->marker = true;
+			else if (type == 'Z' && o->marker)
+				o->finished = true;
+		}
+		free(body);
+		if (o->problem[0] || o->finished)
+			return;
+	}
+}
+
+/*
+ * A direct session to PostgreSQL that runs the same messages, for
+ * comparison: libpq logs in, then the socket is used raw. DISCARD ALL
+ * between uses makes it a new session for each; it is opened again after a
+ * close.
+ */
+static PGconn *direct;
+
+static int direct_fd(void)
+{
+	if (direct == NULL)
+		direct = h_connect_app_direct("application_name=fuzz");
+	return PQsocket(direct);
+}
+
+static void direct_done(bool reusable)
+{
+	if (reusable && raw_query(PQsocket(direct), "discard all"))
+		return;
+	PQfinish(direct);
+	direct = NULL;
+}
+
+/* How a script that should end normally ends: a Sync, then a query whose row is the marker. */
+static void put_finish(struct buf *b, const char *marker)
+{
+	char sql[96];
+
+	msg_raw(b, 'S', "", 0);
+	snprintf(sql, sizeof(sql), "rollback; select '%s'", marker);
+	msg_query(b, sql);
+}
+
+#define LIKE_POSTGRES_MARKER "like postgres"
+
+/* Send parts one after the other, pausing so that the answers to one come before the next; then finish. */
+static void run_parts(int fd, const struct buf *parts, int n, struct outcome *o)
+{
+	struct buf finish = {0};
+
+	for (int i = 0; i < n; i++) {
+		h_raw_send(fd, parts[i].p, parts[i].len);
+		h_sleep_ms(h_scaled_ms(50));
+	}
+	put_finish(&finish, LIKE_POSTGRES_MARKER);
+	h_raw_send(fd, finish.p, finish.len);
+	buf_free(&finish);
+	read_outcome(fd, LIKE_POSTGRES_MARKER, o);
+}
+
+/*
+ * The parts, sent through pgmux and directly to PostgreSQL, must get the
+ * same answers (errors compared by SQLSTATE). With other (not NULL), the
+ * session through pgmux, idle at the end, must leave the backend free for
+ * that client. Frees the parts.
+ */
+static void like_postgres(struct buf *parts, int n, const char *what, PGconn *other)
+{
+	int fd = raw_session(NULL);
+	struct outcome mux = {0}, pg = {0};
+	bool same;
+
+	run_parts(fd, parts, n, &mux);
+	if (other && mux.finished)
+		expect_backend_free(other, what);
+	close(fd);
+	run_parts(direct_fd(), parts, n, &pg);
+	direct_done(pg.finished);
+	cr_assert(pg.finished, "%s: PostgreSQL itself did not answer: %s%s", what, pg.problem,
+		  pg.timed_out ? "timed out" : "");
+	same = mux.finished && strcmp(buf_text(&mux.transcript), buf_text(&pg.transcript)) == 0;
+	if (!same) {
+		fprintf(stderr, "----- %s: pgmux answered:\n%s%s\n----- PostgreSQL answered:\n%s-----\n", what,
+			buf_text(&mux.transcript), mux.problem, buf_text(&pg.transcript));
+		pgmux_dump_logs(&px);
+	}
+	cr_assert(same, "%s: pgmux's answers differ from PostgreSQL's", what);
+	buf_free(&mux.transcript);
+	buf_free(&pg.transcript);
+	for (int i = 0; i < n; i++)
+		buf_free(&parts[i]);
+}
+
 /* ================================================================ what the fuzzer found */
 
 TestSuite(fuzz_found, .fini = fini_kill_leftovers, .timeout = 120);
@@ -416,5 +768,31 @@ Test(fuzz_found, idle_flush_and_copy_messages_keep_no_backend)
 	expect_backend_free(other, "a Flush and COPY messages from an idle client");
 	cr_assert(raw_query(fd, "select 1"), "the session does not work after them");
 	close(fd);
+	stop_shared(other);
+}
+
+/*
+ * After an error in an extended-protocol batch, PostgreSQL skips everything
+ * up to the next Sync, a Query (or FunctionCall) too: it gets no
+ * ReadyForQuery. pgmux counted one owed for it, so the backend never looked
+ * free again and the idle client kept it. Both when the error comes back
+ * after pgmux saw the Query, and when pgmux knows of it before.
+ */
+Test(fuzz_found, queries_skipped_after_an_error_keep_no_backend)
+{
+	struct buf parts[2] = {{0}};
+	PGconn *other;
+
+	other = start_shared(NULL);
+	msg_execute(&parts[0], "no_such_portal");
+	msg_query(&parts[0], "select 1");
+	msg_sync(&parts[0]);
+	like_postgres(parts, 1, "a Query behind a failed Execute, sent together", other);
+
+	msg_execute(&parts[0], "no_such_portal");
+	msg_raw(&parts[0], 'H', "", 0);
+	msg_query(&parts[1], "select 1");
+	msg_sync(&parts[1]);
+	like_postgres(parts, 2, "a Query after the error of an Execute came back", other);
 	stop_shared(other);
 }
