@@ -1429,8 +1429,13 @@ static bool client_relay(struct client *c)
 			client_close(c, "client terminated the session");
 			return false;
 		}
-		if (c->transaction_mode && type != FE_FLUSH && type != FE_COPY_DATA && type != FE_COPY_DONE &&
-		    type != FE_COPY_FAIL) {
+		/*
+		 * A Flush has no reply, unless it has a body: then the server
+		 * refuses it (and skips to the next Sync), and that error must be
+		 * matched with it, not with the next message in the reply queue.
+		 */
+		if (c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
+		    type != FE_COPY_DONE && type != FE_COPY_FAIL) {
 			/* pgmux looks inside these: wait for the whole message. */
 			if (avail < 1 + (size_t)mlen)
 				break;

@@ -646,12 +646,16 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 	struct pending_reply *r = reply_front(s);
 	bool forward = true;
 
-	if (type == BE_NOTICE_RESPONSE || type == BE_NOTIFICATION || type == BE_PARAMETER_STATUS || r == NULL)
+	if (type == BE_NOTICE_RESPONSE || type == BE_NOTIFICATION || type == BE_PARAMETER_STATUS)
 		return true;
 	if (type == BE_ERROR_RESPONSE) {
-		if (r->kind == 'Q' || r->kind == 'F' || r->kind == 'S')
+		if (r && (r->kind == 'Q' || r->kind == 'F' || r->kind == 'S'))
 			return true; /* ReadyForQuery follows and ends it */
-		/* An extended-protocol message failed: the server skips to the next Sync. */
+		/*
+		 * An extended-protocol message failed (with nothing pending, a
+		 * Flush with a body, which has no reply to wait for): the server
+		 * skips everything up to the next Sync.
+		 */
 		while ((r = reply_front(s)) != NULL && r->kind != 'S') {
 			struct strmap_entry *e;
 
@@ -672,6 +676,8 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 			s->skipping_until_sync = true;
 		return true;
 	}
+	if (r == NULL)
+		return true;
 	switch (r->kind) {
 	case 'P':
 	case 'p':

@@ -46,6 +46,7 @@ struct server_param {
  * pgmux owes the client for a message it answered itself, and 'e' for the
  * ErrorResponse of a Parse that reused a statement name (42P05), each sent
  * when it reaches the head of the queue so that replies keep their order.
+ * 'H' is a Flush with a body: its only reply is the error that refuses it.
  */
 struct pending_reply {
 	char kind;

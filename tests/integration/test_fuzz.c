@@ -185,6 +185,54 @@ static const char *buf_text(const struct buf *b)
 	return b->p ? (const char *)b->p : "";
 }
 
+static void buf_i16(struct buf *b, int v)
+{
+	uint8_t x[2] = {(uint8_t)((unsigned)v >> 8), (uint8_t)v};
+
+	buf_put(b, x, 2);
+}
+
+/* Extended-protocol messages in their plainest form: no parameters, default formats. */
+static void msg_parse(struct buf *b, const char *name, const char *sql)
+{
+	size_t at = msg_begin(b, 'P');
+
+	buf_str(b, name);
+	buf_str(b, sql);
+	buf_i16(b, 0);
+	msg_end(b, at);
+}
+
+static void msg_bind(struct buf *b, const char *portal, const char *name)
+{
+	size_t at = msg_begin(b, 'B');
+
+	buf_str(b, portal);
+	buf_str(b, name);
+	buf_i16(b, 0);
+	buf_i16(b, 0);
+	buf_i16(b, 0);
+	msg_end(b, at);
+}
+
+/* Run a statement: Bind it to the unnamed portal, Execute that, Sync. */
+static void msg_run(struct buf *b, const char *name)
+{
+	msg_bind(b, "", name);
+	msg_execute(b, "");
+	msg_sync(b);
+}
+
+/* A Describe or Close ('D', 'C') of a statement ('S') or portal ('P'). */
+static void msg_target(struct buf *b, char type, char kind, const char *name)
+{
+	size_t at = msg_begin(b, type);
+
+	buf_u8(b, (uint8_t)kind);
+	buf_str(b, name);
+	msg_end(b, at);
+}
+
 /* ---------------------------------------------------------------- raw sessions */
 
 /*
@@ -794,5 +842,35 @@ Test(fuzz_found, queries_skipped_after_an_error_keep_no_backend)
 	msg_query(&parts[1], "select 1");
 	msg_sync(&parts[1]);
 	like_postgres(parts, 2, "a Query after the error of an Execute came back", other);
+	stop_shared(other);
+}
+
+/*
+ * A Flush with a body is refused by PostgreSQL (08P01), which then skips to
+ * the next Sync. pgmux expected no reply to a Flush, so that error was taken
+ * for the reply to the next message in its queue (a Query: "ReadyForQuery
+ * follows"), or with nothing queued its skipping went unnoticed; either way
+ * the replies that followed were matched with the wrong messages and the
+ * backend was never free again.
+ */
+Test(fuzz_found, flush_with_a_body)
+{
+	struct buf parts[3] = {{0}};
+	PGconn *other;
+
+	other = start_shared(NULL);
+	msg_raw(&parts[0], 'H', "xx", 2);
+	msg_query(&parts[1], "select 1");
+	msg_parse(&parts[1], "s1", "select 2");
+	msg_run(&parts[1], "s1");
+	msg_run(&parts[2], "s1");
+	like_postgres(parts, 3, "a Flush with a body, alone, then more", other);
+
+	msg_target(&parts[0], 'D', 'S', "no_such_statement");
+	msg_sync(&parts[0]);
+	msg_raw(&parts[0], 'H', "xx", 2);
+	msg_query(&parts[0], "begin");
+	msg_sync(&parts[0]);
+	like_postgres(parts, 1, "a Flush with a body while other replies are due", other);
 	stop_shared(other);
 }
