@@ -1300,7 +1300,9 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 	case FE_CLOSE: {
 		uint8_t kind;
 
-		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0')
+		/* Bytes after the name make the message malformed: the server refuses it, as it would directly. */
+		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
+		    r.pos != blen)
 			break;
 		e = strmap_find(&c->stmts, name);
 		if (type == FE_CLOSE) {

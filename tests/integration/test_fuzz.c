@@ -874,3 +874,24 @@ Test(fuzz_found, flush_with_a_body)
 	like_postgres(parts, 1, "a Flush with a body while other replies are due", other);
 	stop_shared(other);
 }
+
+/*
+ * A Close of a statement with bytes after its name is malformed: PostgreSQL
+ * refuses it (08P01) and the statement stays. pgmux, which answers a Close
+ * of a statement itself, answered CloseComplete and dropped the statement.
+ */
+Test(fuzz_found, close_or_describe_with_trailing_bytes)
+{
+	struct buf parts[3] = {{0}};
+
+	start_txn_one_backend(NULL);
+	msg_parse(&parts[0], "s1", "select 1");
+	msg_sync(&parts[0]);
+	msg_raw(&parts[1], 'C', "Ss1\0junk", 8);
+	msg_sync(&parts[1]);
+	msg_raw(&parts[1], 'D', "Ss1\0junk", 8);
+	msg_sync(&parts[1]);
+	msg_run(&parts[2], "s1");
+	like_postgres(parts, 3, "a Close and a Describe with bytes after the name", NULL);
+	h_stop_expect_clean_exit(&px);
+}
