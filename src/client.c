@@ -1240,6 +1240,25 @@ static void client_scan_sql(struct client *c, const char *sql, size_t len)
 }
 
 /*
+ * PostgreSQL keeps a prepared statement under the first NAMEDATALEN - 1 (63)
+ * bytes of its name: longer names that agree on those are one statement.
+ * pgmux keys the client's statements the same way (and the reply queue keeps
+ * these keys whole).
+ */
+#define CLIENT_STMT_KEY_LEN 63
+_Static_assert(sizeof(((struct pending_reply *)0)->client_name) == CLIENT_STMT_KEY_LEN + 1,
+	       "the reply queue must hold a whole statement key");
+
+static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LEN + 1])
+{
+	size_t n = strnlen(name, CLIENT_STMT_KEY_LEN);
+
+	memcpy(key, name, n);
+	key[n] = '\0';
+	return key;
+}
+
+/*
  * One whole extended-protocol or Query message, with transaction pooling:
  * named statements are rewritten to their server-side names and prepared on
  * this backend when it lacks them, and every reply is announced to the
@@ -1252,6 +1271,7 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 	struct msg_reader r;
 	const char *name;
 	struct strmap_entry *e;
+	char key[CLIENT_STMT_KEY_LEN + 1];
 
 	/* After an error the server ignores everything up to Sync: pass it on untouched. */
 	if (s->skipping_until_sync && type != FE_SYNC) {
@@ -1275,21 +1295,22 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			client_scan_sql(c, query, strlen(query));
 		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
 			break; /* unnamed (or malformed: the server says why) */
-		if (strmap_find(&c->stmts, client_name)) {
+		client_stmt_key(client_name, key);
+		if (strmap_find(&c->stmts, key)) {
 			/* As PostgreSQL: an error, and the rest of the batch is skipped up to Sync. */
-			server_owe_duplicate_error(s, client_name);
+			server_owe_duplicate_error(s, key);
 			prepared_free(st);
 			c->skip_until_sync = true;
 			return;
 		}
-		strmap_insert(&c->stmts, client_name, st);
-		params_put(&c->stmt_names, st->server_name, client_name);
-		server_parse(s, st, client_name);
+		strmap_insert(&c->stmts, key, st);
+		params_put(&c->stmt_names, st->server_name, key);
+		server_parse(s, st, key);
 		return;
 	}
 	case FE_BIND:
 		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
-		    (e = strmap_find(&c->stmts, name)) == NULL)
+		    (e = strmap_find(&c->stmts, client_stmt_key(name, key))) == NULL)
 			break; /* unnamed or unknown: the server answers as it would directly */
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
@@ -1304,7 +1325,7 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
 		    r.pos != blen)
 			break;
-		e = strmap_find(&c->stmts, name);
+		e = strmap_find(&c->stmts, client_stmt_key(name, key));
 		if (type == FE_CLOSE) {
 			/* The server-side statement stays for others; the client's name is gone. */
 			if (e)

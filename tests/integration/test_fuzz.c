@@ -895,3 +895,37 @@ Test(fuzz_found, close_or_describe_with_trailing_bytes)
 	like_postgres(parts, 3, "a Close and a Describe with bytes after the name", NULL);
 	h_stop_expect_clean_exit(&px);
 }
+
+/*
+ * PostgreSQL knows a prepared statement by the first 63 bytes of its name
+ * (NAMEDATALEN - 1). pgmux kept longer names whole in its map but cut them
+ * in its reply queue: the statement of a failed Parse with a long name was
+ * never dropped (so the name was "already in use", and a Bind of it got the
+ * Parse's error again), and two names that agree on 63 bytes were two
+ * statements.
+ */
+#define LONG_63 "name_of_63_bytes_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+
+/* Prepare a and b (a Sync after each), then run a: the answers must be PostgreSQL's. */
+static void parse_parse_run(const char *a, const char *sql_a, const char *b, const char *sql_b, const char *what)
+{
+	struct buf parts[3] = {{0}};
+
+	msg_parse(&parts[0], a, sql_a);
+	msg_sync(&parts[0]);
+	msg_parse(&parts[1], b, sql_b);
+	msg_sync(&parts[1]);
+	msg_run(&parts[2], a);
+	like_postgres(parts, 3, what, NULL);
+}
+
+Test(fuzz_found, statement_names_longer_than_63_bytes)
+{
+	start_txn_one_backend(NULL);
+	cr_assert_eq(strlen(LONG_63), 63);
+	parse_parse_run(LONG_63 "_a", "select 1", LONG_63 "_b", "select 2",
+			"two names that agree on their first 63 bytes");
+	parse_parse_run(LONG_63 "_c", "selec 1", LONG_63 "_c", "select 3",
+			"a long name whose Parse failed, prepared again");
+	h_stop_expect_clean_exit(&px);
+}
