@@ -868,7 +868,14 @@ static void client_fail_batch(struct client *c, const char *sqlstate, const char
 	client_fail_batch_detail(c, sqlstate, message, NULL);
 }
 
-/* Drop buffered messages up to the end of the failed batch. Returns false when more bytes are needed. */
+static bool client_check_header(struct client *c, const uint8_t *p);
+
+/*
+ * Drop buffered messages up to the end of the failed batch. Returns false
+ * when more bytes are needed, or when c was closed: a Terminate ends the
+ * session here too, and a header pgmux refuses elsewhere (a bad type or
+ * length) is refused here as well rather than waited on.
+ */
 static bool client_discard_batch(struct client *c)
 {
 	struct iobuf *in = &c->io.in;
@@ -881,11 +888,15 @@ static bool client_discard_batch(struct client *c)
 		if (iobuf_len(in) < PROTO_HEADER_LEN)
 			return false;
 		type = p[0];
-		mlen = get_u32(p + 1);
-		if (mlen < 4 || iobuf_len(in) < 1 + (size_t)mlen)
+		if (type == FE_TERMINATE) {
+			client_close(c, "client terminated the session");
 			return false;
-		if (type == FE_TERMINATE)
-			return true; /* left for the idle handler, which closes */
+		}
+		if (!client_check_header(c, p))
+			return false;
+		mlen = get_u32(p + 1);
+		if (iobuf_len(in) < 1 + (size_t)mlen)
+			return false;
 		iobuf_consume(in, 1 + (size_t)mlen);
 		if (type == FE_SYNC || type == FE_QUERY) {
 			c->discard_until_sync = false;

@@ -929,3 +929,94 @@ Test(fuzz_found, statement_names_longer_than_63_bytes)
 			"a long name whose Parse failed, prepared again");
 	h_stop_expect_clean_exit(&px);
 }
+
+/* A CancelRequest with the client's key, on a connection of its own. */
+static void send_cancel(const uint32_t key[2])
+{
+	int fd = h_raw_connect(px.port, h_scaled_ms(2000));
+	uint8_t req[16];
+
+	cr_assert(fd >= 0, "cannot connect to pgmux to cancel");
+	h_put_u32(req, 16);
+	h_put_u32(req + 4, 80877102);
+	h_put_u32(req + 8, key[0]);
+	h_put_u32(req + 12, key[1]);
+	cr_assert(h_raw_send(fd, req, sizeof(req)));
+	/* pgmux closes once it has looked the key up. */
+	h_raw_wait_closed(fd, h_scaled_ms(2000));
+	close(fd);
+}
+
+/* Another client holds the only backend in a transaction (raw, logged in and begun). */
+static int blocker_begin(void)
+{
+	int fd = raw_session(NULL);
+
+	cr_assert(raw_query(fd, "begin"), "the blocking client could not begin");
+	return fd;
+}
+
+static void blocker_end(int fd)
+{
+	cr_assert(raw_query(fd, "rollback"), "the blocking client could not roll back");
+	close(fd);
+}
+
+/*
+ * A batch waits for the only backend and its wait is cancelled: it fails
+ * (57014) and pgmux drops the rest of it, up to the next Sync. Returns the
+ * session, still in that batch; *blocker holds the backend until
+ * blocker_end().
+ */
+static int cancelled_batch(int *blocker)
+{
+	uint32_t key[2];
+	int fd = raw_session(key);
+	struct buf m = {0};
+	char type;
+	char *body;
+	size_t len;
+
+	*blocker = blocker_begin();
+	msg_parse(&m, "s1", "select 1");
+	send_buf(fd, &m);
+	buf_free(&m);
+	h_sleep_ms(h_scaled_ms(100));
+	send_cancel(key);
+	cr_assert_eq(read_message(fd, &type, &body, &len, h_scaled_ms(3000)), H_MSG_OK, "no answer to the cancel");
+	cr_assert(type == 'E' && strcmp(h_error_field(body, len, 'C'), "57014") == 0,
+		  "the cancelled wait did not fail with 57014");
+	free(body);
+	return fd;
+}
+
+/*
+ * While pgmux dropped the rest of such a batch, a Terminate was left for a
+ * handler that was never called (the session hung), and a message with a
+ * length under 4 or over max_packet_size was waited on instead of refused.
+ */
+Test(fuzz_found, terminate_or_bad_header_after_a_cancelled_wait)
+{
+	struct buf m = {0};
+	int blocker, fd;
+
+	start_txn_one_backend(NULL);
+	fd = cancelled_batch(&blocker);
+	msg_raw(&m, 'X', "", 0);
+	send_buf(fd, &m);
+	buf_free(&m);
+	cr_assert(h_raw_wait_closed(fd, h_scaled_ms(3000)), "a Terminate did not end the session");
+	close(fd);
+	blocker_end(blocker);
+
+	fd = cancelled_batch(&blocker);
+	cr_assert(h_raw_send(fd, "Q\0\0\0\2", 5));
+	expect_fatal_then_close(fd, "08P01", "a length of 2 while a failed batch is dropped");
+	blocker_end(blocker);
+
+	fd = cancelled_batch(&blocker);
+	cr_assert(h_raw_send(fd, "Q\x7f\xff\xff\xff", 5));
+	expect_fatal_then_close(fd, "54000", "a length over max_packet_size while a failed batch is dropped");
+	blocker_end(blocker);
+	h_stop_expect_clean_exit(&px);
+}
