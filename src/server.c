@@ -487,6 +487,12 @@ static struct pending_reply *reply_front(struct server *s)
 	return s->replies.count ? &s->replies.items[s->replies.head] : NULL;
 }
 
+/* The i-th entry from the front (i < count). */
+static struct pending_reply *reply_at(const struct server *s, uint32_t i)
+{
+	return &s->replies.items[(s->replies.head + i) % s->replies.cap];
+}
+
 static void reply_pop(struct server *s)
 {
 	s->replies.head = (s->replies.head + 1) % s->replies.cap;
@@ -523,7 +529,7 @@ static void reply_push(struct server *s, char kind, const char *name)
 /* The entry just pushed (to add details). */
 static struct pending_reply *reply_back(struct server *s)
 {
-	return &s->replies.items[(s->replies.head + s->replies.count - 1) % s->replies.cap];
+	return reply_at(s, s->replies.count - 1);
 }
 
 /* Send the client the replies pgmux owes it that are now at the head of the queue. */
@@ -567,7 +573,7 @@ static void server_make_room(struct server *s)
 		struct strmap_entry *victim = strmap_oldest(&s->prepared);
 
 		prepared_put_close(&s->io.out, victim->key);
-		server_expect(s, 'c', NULL);
+		server_expect(s, 'c', victim->key);
 		strmap_delete(&s->prepared, victim);
 	}
 }
@@ -605,15 +611,16 @@ void server_parse(struct server *s, const struct prepared_stmt *st, const char *
 	if (e) {
 		/* The backend has it already: answer the client's Parse ourselves, in order. */
 		strmap_touch(&s->prepared, e);
-		server_expect(s, '1', NULL);
-		return;
+		server_expect(s, '1', st->server_name);
+	} else {
+		server_make_room(s);
+		iobuf_append(&s->io.out, st->parse, st->parse_len);
+		server_expect(s, 'P', st->server_name);
+		strmap_insert(&s->prepared, st->server_name, NULL);
 	}
-	server_make_room(s);
-	iobuf_append(&s->io.out, st->parse, st->parse_len);
-	server_expect(s, 'P', st->server_name);
-	if (s->replies.count > 0 && reply_back(s)->kind == 'P')
+	/* Whose Parse it is, unless already answered: should the server skip it, the client's name goes. */
+	if (s->replies.count > 0 && (reply_back(s)->kind == 'P' || reply_back(s)->kind == '1'))
 		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
-	strmap_insert(&s->prepared, st->server_name, NULL);
 }
 
 /* The backend ran a statement that dropped session state; follow it. */
@@ -637,6 +644,66 @@ static void server_command_complete(struct server *s, struct client *c, const ui
 }
 
 /*
+ * The server failed the message at the head of the queue and skips the rest
+ * up to the next Sync: undo what pgmux assumed when it sent them, and drop
+ * their entries (and the replies owed for them, which the server would not
+ * have sent either).
+ */
+static void server_skipped_to_sync(struct server *s)
+{
+	struct pending_reply *r;
+	uint32_t n = 0;
+
+	while (n < s->replies.count && reply_at(s, n)->kind != 'S')
+		n++;
+	/*
+	 * The backend's statements are as they were before the first of them:
+	 * undone from the last back, a statement pgmux prepared and then
+	 * evicted in the same batch (or the other way round) ends where it was.
+	 */
+	for (uint32_t i = n; i-- > 0;) {
+		struct strmap_entry *e;
+
+		r = reply_at(s, i);
+		if ((r->kind == 'P' || r->kind == 'p') && (e = strmap_find(&s->prepared, r->name)) != NULL) {
+			strmap_delete(&s->prepared, e);
+		} else if (r->kind == 'P' || r->kind == 'p') {
+			/*
+			 * A later batch evicted it already: that Close now closes
+			 * nothing, and must not bring the name back should that
+			 * batch fail too.
+			 */
+			for (uint32_t j = n; j < s->replies.count; j++) {
+				struct pending_reply *later = reply_at(s, j);
+
+				if (later->kind == 'c' && strcmp(later->name, r->name) == 0) {
+					later->name[0] = '\0';
+					break;
+				}
+			}
+		} else if (r->kind == 'c' && r->name[0] && strmap_find(&s->prepared, r->name) == NULL) {
+			strmap_insert(&s->prepared, r->name, NULL);
+		}
+	}
+	while (n-- > 0) {
+		struct strmap_entry *e;
+
+		r = reply_front(s);
+		/* A statement the server never created does not exist for the client either. */
+		if ((r->kind == 'P' || r->kind == '1') && r->client_name[0] && s->client &&
+		    (e = strmap_find(&s->client->stmts, r->client_name)) != NULL &&
+		    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0)
+			prepared_free(strmap_delete(&s->client->stmts, e));
+		/* A Query skipped this way gets no ReadyForQuery. */
+		if ((r->kind == 'Q' || r->kind == 'F') && s->outstanding > 0)
+			s->outstanding--;
+		reply_pop(s);
+	}
+	if (s->replies.count == 0)
+		s->skipping_until_sync = true;
+}
+
+/*
  * A whole reply arrived while a transaction-pooled client is linked: match
  * it with the queue. Returns false when pgmux must swallow it (the reply to
  * a message it injected).
@@ -656,24 +723,7 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 		 * Flush with a body, which has no reply to wait for): the server
 		 * skips everything up to the next Sync.
 		 */
-		while ((r = reply_front(s)) != NULL && r->kind != 'S') {
-			struct strmap_entry *e;
-
-			if ((r->kind == 'P' || r->kind == 'p') && r->name[0] &&
-			    (e = strmap_find(&s->prepared, r->name)) != NULL)
-				strmap_delete(&s->prepared, e);
-			/* A statement the server refused to create does not exist for the client either. */
-			if (r->kind == 'P' && r->client_name[0] && s->client &&
-			    (e = strmap_find(&s->client->stmts, r->client_name)) != NULL &&
-			    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0)
-				prepared_free(strmap_delete(&s->client->stmts, e));
-			/* A Query skipped this way gets no ReadyForQuery. */
-			if ((r->kind == 'Q' || r->kind == 'F') && s->outstanding > 0)
-				s->outstanding--;
-			reply_pop(s);
-		}
-		if (r == NULL)
-			s->skipping_until_sync = true;
+		server_skipped_to_sync(s);
 		return true;
 	}
 	if (r == NULL)

@@ -50,8 +50,8 @@ struct server_param {
  */
 struct pending_reply {
 	char kind;
-	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P' or 'p' */
-	char client_name[64];             /* the client's name for a 'P', or the statement of an 'e' */
+	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P', 'p', 'c' or '1' */
+	char client_name[64];             /* the client's name for a 'P' or '1', or the statement of an 'e' */
 };
 
 struct reply_queue {

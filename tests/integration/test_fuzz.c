@@ -1020,3 +1020,93 @@ Test(fuzz_found, terminate_or_bad_header_after_a_cancelled_wait)
 	blocker_end(blocker);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* A named statement another client prepares, which must work. */
+static void prepare_ok(PGconn *conn, const char *name, const char *sql)
+{
+	PGresult *res = PQprepare(conn, name, sql, 0, NULL);
+
+	cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "preparing %s: %s", name, PQerrorMessage(conn));
+	PQclear(res);
+}
+
+/*
+ * A Parse that pgmux answers itself (other prepares "select 1", so the
+ * backend has it) in a batch that fails, then a Bind of it: sent once the
+ * error came back (apart), or together.
+ */
+static void answered_parse_skipped(PGconn *other, bool apart, const char *what)
+{
+	struct buf parts[2] = {{0}};
+
+	prepare_ok(other, "one", "select 1");
+	msg_execute(&parts[0], "no_such_portal");
+	msg_parse(&parts[0], "s2", "select 1");
+	msg_sync(&parts[0]);
+	msg_run(&parts[apart ? 1 : 0], "s2");
+	like_postgres(parts, apart ? 2 : 1, what, other);
+}
+
+/*
+ * Statements pgmux keeps on a backend are bounded (max_prepared_statements,
+ * 3 here): a Parse beyond that closes the least recently used one first.
+ * When an earlier message of the batch failed, the server skipped that
+ * Close too and kept the statement, but pgmux took it for gone: preparing
+ * it again for its next use failed with 42P05, given to a client whose Bind
+ * was fine. And a Parse pgmux answered itself (the backend had the
+ * statement) left the client's name in place when the server skipped it:
+ * a Bind of a statement that PostgreSQL never created then worked.
+ */
+Test(fuzz_found, messages_skipped_after_an_error_are_undone)
+{
+	struct buf parts[4] = {{0}};
+	PGconn *other;
+
+	other = start_shared("max_prepared_statements = 3");
+	msg_parse(&parts[0], "a", "select 11");
+	msg_parse(&parts[0], "b", "select 12");
+	msg_parse(&parts[0], "c", "select 13");
+	msg_sync(&parts[0]);
+	msg_execute(&parts[1], "no_such_portal");
+	msg_parse(&parts[1], "d", "select 14");
+	msg_sync(&parts[1]);
+	msg_run(&parts[2], "a");
+	msg_run(&parts[3], "b");
+	like_postgres(parts, 4, "an eviction skipped after an error", other);
+
+	answered_parse_skipped(other, true, "a Parse pgmux answered, skipped after an error");
+	h_expect_value(other, "select 'still fine'", "still fine");
+	stop_shared(other);
+}
+
+/*
+ * What is undone must be undone whole: two failed batches, sent together,
+ * the first of which prepares a statement that the second evicts. Undoing
+ * the second must not bring the statement back in pgmux's books: the
+ * server never had it, and the next client to use that text would get
+ * "does not exist".
+ */
+Test(fuzz_found, statement_prepared_and_evicted_by_failed_batches)
+{
+	struct buf parts[1] = {{0}};
+	PGconn *other;
+	PGresult *res;
+	const char *params[1] = {"41"};
+
+	other = start_shared("max_prepared_statements = 3");
+	msg_raw(&parts[0], 'C', "x\0", 2);
+	msg_parse(&parts[0], "s1", "select $1::int + 1");
+	msg_sync(&parts[0]);
+	msg_target(&parts[0], 'D', 'S', "no_such_statement");
+	msg_parse(&parts[0], "x1", "select 21");
+	msg_parse(&parts[0], "x2", "select 22");
+	msg_parse(&parts[0], "x3", "select 23");
+	msg_sync(&parts[0]);
+	like_postgres(parts, 1, "a statement prepared, then evicted, by two failed batches", other);
+	prepare_ok(other, "plus_one", "select $1::int + 1");
+	res = PQexecPrepared(other, "plus_one", 1, params, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "the other client's statement: %s", PQerrorMessage(other));
+	cr_assert_str_eq(PQgetvalue(res, 0, 0), "42");
+	PQclear(res);
+	stop_shared(other);
+}
