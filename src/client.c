@@ -1307,11 +1307,10 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
 			break; /* unnamed (or malformed: the server says why) */
 		client_stmt_key(client_name, key);
-		if (strmap_find(&c->stmts, key)) {
-			/* As PostgreSQL: an error, and the rest of the batch is skipped up to Sync. */
-			server_owe_duplicate_error(s, key);
+		if ((e = strmap_find(&c->stmts, key)) != NULL) {
+			/* The backend refuses it, as PostgreSQL would (see server_parse_taken()). */
+			server_parse_taken(s, e->value, st);
 			prepared_free(st);
-			c->skip_until_sync = true;
 			return;
 		}
 		strmap_insert(&c->stmts, key, st);
@@ -1449,15 +1448,6 @@ static bool client_relay(struct client *c)
 			return false;
 		type = p[0];
 		mlen = get_u32(p + 1);
-		if (c->skip_until_sync && type != FE_SYNC && type != FE_TERMINATE) {
-			/* The batch failed in pgmux's hands: the server never sees the rest of it. */
-			if (avail < 1 + (size_t)mlen)
-				break;
-			iobuf_consume(in, 1 + (size_t)mlen);
-			continue;
-		}
-		if (type == FE_SYNC)
-			c->skip_until_sync = false;
 		if (type == FE_TERMINATE) {
 			iobuf_consume(in, PROTO_HEADER_LEN);
 			client_close(c, "client terminated the session");

@@ -86,7 +86,6 @@ struct client {
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
-	bool skip_until_sync;          /* pgmux failed a message of this batch: drop the rest up to Sync */
 	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;

@@ -30,6 +30,9 @@ struct prepared_stmt {
 struct prepared_stmt *prepared_from_parse(const uint8_t *body, size_t len, const char **client_name);
 void prepared_free(void *stmt);
 
+/* Append a Parse of st's text and parameter types under another server-side name. */
+void prepared_put_parse_as(struct iobuf *out, const struct prepared_stmt *st, const char *server_name);
+
 /*
  * Append to out a copy of a Bind ('B') or Describe/Close ('D'/'C' with 'S')
  * message whose statement name is replaced by server_name. body is the

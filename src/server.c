@@ -538,13 +538,8 @@ static void server_emit_owed(struct server *s)
 	struct client *c = s->client;
 	struct pending_reply *r;
 
-	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3' || r->kind == 'e')) {
-		if (c && r->kind == 'e') {
-			char message[128];
-
-			snprintf(message, sizeof(message), "prepared statement \"%s\" already exists", r->client_name);
-			proto_put_error(&c->io.out, "ERROR", "42P05", message, NULL, NULL);
-		} else if (c) {
+	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3')) {
+		if (c) {
 			iobuf_append_u8(&c->io.out, (uint8_t)r->kind);
 			iobuf_append_u32(&c->io.out, 4);
 		}
@@ -595,13 +590,19 @@ void server_ensure_prepared(struct server *s, const struct prepared_stmt *st)
 	strmap_insert(&s->prepared, st->server_name, NULL);
 }
 
-void server_owe_duplicate_error(struct server *s, const char *client_name)
+void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st)
 {
-	if (s->skipping_until_sync)
-		return;
-	reply_push(s, 'e', NULL);
-	snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
-	server_emit_owed(s);
+	/*
+	 * PostgreSQL finds a name taken only once the new text has passed every
+	 * other check (parse, analysis, an aborted transaction), and its error
+	 * fails a transaction block. So the backend is made to refuse it: the
+	 * new text goes under the server-side name of the statement that has
+	 * the client's name, which the backend has (made sure of first), and
+	 * its error, whichever it is, is the client's.
+	 */
+	server_ensure_prepared(s, taken);
+	prepared_put_parse_as(&s->io.out, st, taken->server_name);
+	server_expect(s, 'x', NULL);
 }
 
 void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name)

@@ -43,15 +43,15 @@ struct server_param {
  * Kinds: the frontend message type ('P', 'B', 'D', 'E', 'C', 'S', 'Q', 'F')
  * whose reply is relayed; 'p' and 'c' for a Parse or Close pgmux injected,
  * whose reply is swallowed; '1' and '3' for a ParseComplete or CloseComplete
- * pgmux owes the client for a message it answered itself, and 'e' for the
- * ErrorResponse of a Parse that reused a statement name (42P05), each sent
- * when it reaches the head of the queue so that replies keep their order.
- * 'H' is a Flush with a body: its only reply is the error that refuses it.
+ * pgmux owes the client for a message it answered itself, sent when it
+ * reaches the head of the queue so that replies keep their order. 'H' is a
+ * Flush with a body, and 'x' a client's Parse of a name it has already (see
+ * server_parse_taken()): their only reply is the error that refuses them.
  */
 struct pending_reply {
 	char kind;
 	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P', 'p', 'c' or '1' */
-	char client_name[64];             /* the client's name for a 'P' or '1', or the statement of an 'e' */
+	char client_name[64];             /* the client's name for a 'P' or '1' */
 };
 
 struct reply_queue {
@@ -194,8 +194,11 @@ static inline bool server_is_clean(const struct server *s)
 /* Queue what the backend will answer to a message just sent (transaction pooling). */
 void server_expect(struct server *s, char kind, const char *name);
 
-/* The client's Parse of an existing statement name: owe it PostgreSQL's 42P05 error, in order. */
-void server_owe_duplicate_error(struct server *s, const char *client_name);
+/*
+ * The client's Parse of st under a name it has already given to statement
+ * taken: let the backend refuse it (42P05, or what is wrong with the text).
+ */
+void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st);
 
 /* Make sure the backend has statement st before a message uses it (sends its Parse if needed). */
 void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);

@@ -1110,3 +1110,33 @@ Test(fuzz_found, statement_prepared_and_evicted_by_failed_batches)
 	PQclear(res);
 	stop_shared(other);
 }
+
+/*
+ * A Parse of a name the client has given to a statement already: pgmux
+ * answered 42P05 itself. PostgreSQL finds the name taken only after the new
+ * text passed its other checks (another error comes first), and its error
+ * fails a transaction block, which pgmux's did not: a COMMIT then committed
+ * where PostgreSQL rolls back.
+ */
+Test(fuzz_found, parse_of_a_name_in_use)
+{
+	struct buf parts[4] = {{0}};
+
+	start_txn_one_backend(NULL);
+	msg_query(&parts[0], "begin");
+	msg_parse(&parts[1], "s1", "select 1");
+	msg_sync(&parts[1]);
+	msg_parse(&parts[2], "s1", "select 2");
+	msg_sync(&parts[2]);
+	msg_query(&parts[3], "commit");
+	like_postgres(parts, 4, "a Parse of a name in use, in a transaction block", NULL);
+
+	msg_parse(&parts[0], "s2", "select 1");
+	msg_sync(&parts[0]);
+	msg_parse(&parts[1], "s2", "selec 1");
+	msg_sync(&parts[1]);
+	msg_parse(&parts[2], "s2", "select 1; select 2");
+	msg_sync(&parts[2]);
+	like_postgres(parts, 3, "a Parse of a name in use, of a text PostgreSQL refuses", NULL);
+	h_stop_expect_clean_exit(&px);
+}
