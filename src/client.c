@@ -1273,9 +1273,13 @@ static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LE
  * One whole extended-protocol or Query message, with transaction pooling:
  * named statements are rewritten to their server-side names and prepared on
  * this backend when it lacks them, and every reply is announced to the
- * server's reply queue.
+ * server's reply queue. Returns false, having done nothing, when what the
+ * message must do hangs on an earlier batch not answered yet, which the
+ * server skips the rest of if it fails: whether the client's statement
+ * exists (server_parse_unsettled()), or the backend's copy of it
+ * (server_statement_unsettled()).
  */
-static void client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
+static bool client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
 {
 	const uint8_t *body = msg + PROTO_HEADER_LEN;
 	size_t blen = mlen - 4;
@@ -1287,7 +1291,7 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 	/* After an error the server ignores everything up to Sync: pass it on untouched. */
 	if (s->skipping_until_sync && type != FE_SYNC) {
 		iobuf_append(&s->io.out, msg, 1 + mlen);
-		return;
+		return true;
 	}
 	msg_reader_init(&r, body, blen);
 	switch (type) {
@@ -1297,36 +1301,55 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		break;
 	case FE_PARSE: {
 		const char *client_name;
-		struct prepared_stmt *st;
+		struct prepared_stmt *st, *taken = NULL;
 
 		name = msg_read_str(&r);
 		const char *query = msg_read_str(&r);
 
+		/* Is the name taken? Not if that Parse is skipped. */
+		if (name && name[0] && server_parse_unsettled(s, client_stmt_key(name, key), false))
+			return false;
+		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
+		if (st && (e = strmap_find(&c->stmts, key)) != NULL)
+			taken = e->value;
+		/* Has the backend the statement (the one that has the name, if taken) already? */
+		if (st && server_statement_unsettled(s, taken ? taken->server_name : st->server_name, key)) {
+			prepared_free(st);
+			return false;
+		}
 		if (name && query)
 			client_scan_sql(c, query, strlen(query));
-		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
+		if (st == NULL)
 			break; /* unnamed (or malformed: the server says why) */
-		client_stmt_key(client_name, key);
-		if ((e = strmap_find(&c->stmts, key)) != NULL) {
+		if (taken) {
 			/* The backend refuses it, as PostgreSQL would (see server_parse_taken()). */
-			server_parse_taken(s, e->value, st);
+			server_parse_taken(s, taken, st);
 			prepared_free(st);
-			return;
+			return true;
 		}
 		strmap_insert(&c->stmts, key, st);
 		params_put(&c->stmt_names, st->server_name, key);
 		server_parse(s, st, key);
-		return;
+		return true;
 	}
 	case FE_BIND:
-		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
-		    (e = strmap_find(&c->stmts, client_stmt_key(name, key))) == NULL)
-			break; /* unnamed or unknown: the server answers as it would directly */
+		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0')
+			break; /* unnamed or malformed: the server answers as it would directly */
+		/*
+		 * A Parse that pgmux answered itself (the backend had the
+		 * statement) must not make this Bind work if it is skipped.
+		 */
+		if (server_parse_unsettled(s, client_stmt_key(name, key), true))
+			return false;
+		if ((e = strmap_find(&c->stmts, key)) == NULL)
+			break; /* unknown: the server answers as it would directly */
+		if (server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key))
+			return false;
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
 				 ((struct prepared_stmt *)e->value)->server_name);
 		server_expect(s, FE_BIND, NULL);
-		return;
+		return true;
 	case FE_DESCRIBE:
 	case FE_CLOSE: {
 		uint8_t kind;
@@ -1341,21 +1364,26 @@ static void client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			if (e)
 				prepared_free(strmap_delete(&c->stmts, e));
 			server_expect(s, '3', NULL);
-			return;
+			return true;
 		}
+		/* As for a Bind. */
+		if (server_parse_unsettled(s, key, true) ||
+		    (e && server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key)))
+			return false;
 		if (e == NULL)
 			break;
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_DESCRIBE, body, blen, 1, strlen(name),
 				 ((struct prepared_stmt *)e->value)->server_name);
 		server_expect(s, FE_DESCRIBE, NULL);
-		return;
+		return true;
 	}
 	default:
 		break;
 	}
 	iobuf_append(&s->io.out, msg, 1 + mlen);
 	server_expect(s, (char)type, NULL);
+	return true;
 }
 
 /*
@@ -1428,6 +1456,7 @@ static bool client_relay(struct client *c)
 	struct server *s = c->server;
 	struct iobuf *in = &c->io.in;
 
+	c->relay_waiting = false;
 	while (iobuf_len(in) > 0) {
 		const uint8_t *p = iobuf_head(in);
 		size_t avail = iobuf_len(in);
@@ -1463,8 +1492,12 @@ static bool client_relay(struct client *c)
 			/* pgmux looks inside these: wait for the whole message. */
 			if (avail < 1 + (size_t)mlen)
 				break;
+			if (!client_forward_tracked(c, s, type, p, mlen)) {
+				/* Until the earlier batch is answered (client_replies_arrived()). */
+				c->relay_waiting = true;
+				break;
+			}
 			client_count_message(c, s, type);
-			client_forward_tracked(c, s, type, p, mlen);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			continue;
 		}
@@ -1480,11 +1513,23 @@ static bool client_relay(struct client *c)
 	client_flush(c); /* replies pgmux owed at once (a cached Parse, a Close) */
 	if (c->state == CLIENT_CLOSED)
 		return false;
-	if (c->server && io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER) {
+	/* Nothing more is relayed while a message waits: no more is read either. */
+	if (c->server && (c->relay_waiting || io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER)) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
 	return true;
+}
+
+void client_replies_arrived(struct client *c)
+{
+	if (!c->relay_waiting || c->state == CLIENT_CLOSED)
+		return;
+	/* Try the waiting message again (from the loop, as input left from before). */
+	c->relay_waiting = false;
+	c->read_paused = false;
+	io_want_read(&c->io, true);
+	io_schedule_read(&c->io);
 }
 
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */

@@ -624,6 +624,38 @@ void server_parse(struct server *s, const struct prepared_stmt *st, const char *
 		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
 }
 
+bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only)
+{
+	bool found = false;
+
+	for (uint32_t i = 0; i < s->replies.count; i++) {
+		const struct pending_reply *r = reply_at(s, i);
+
+		if (found && r->kind == 'S')
+			return true;
+		if ((r->kind == '1' || (r->kind == 'P' && !owed_only)) && strcmp(r->client_name, client_name) == 0)
+			found = true;
+	}
+	return false;
+}
+
+bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name)
+{
+	bool found = false;
+
+	for (uint32_t i = 0; i < s->replies.count; i++) {
+		const struct pending_reply *r = reply_at(s, i);
+
+		if (found && r->kind == 'S')
+			return true;
+		if ((r->kind == 'p' || r->kind == 'c' ||
+		     (r->kind == 'P' && (client_name == NULL || strcmp(r->client_name, client_name) != 0))) &&
+		    strcmp(r->name, server_name) == 0)
+			found = true;
+	}
+	return false;
+}
+
 /* The backend ran a statement that dropped session state; follow it. */
 static void server_command_complete(struct server *s, struct client *c, const uint8_t *body, size_t len)
 {
@@ -672,7 +704,9 @@ static void server_skipped_to_sync(struct server *s)
 			/*
 			 * A later batch evicted it already: that Close now closes
 			 * nothing, and must not bring the name back should that
-			 * batch fail too.
+			 * batch fail too. (Nothing prepares it again after the
+			 * Close while this batch is unanswered: see
+			 * server_statement_unsettled().)
 			 */
 			for (uint32_t j = n; j < s->replies.count; j++) {
 				struct pending_reply *later = reply_at(s, j);
@@ -1081,8 +1115,10 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 			if (result == SERVER_INPUT_GONE)
 				return;
 			c = s->client;
-			if (c)
+			if (c) {
 				client_flush(c);
+				client_replies_arrived(c);
+			}
 			if (result == SERVER_INPUT_RELEASE) {
 				/* Last use of s here: the pool may hand it to another worker at once. */
 				if (c && c->state != CLIENT_CLOSED && c->server == s)

@@ -204,6 +204,26 @@ void server_parse_taken(struct server *s, const struct prepared_stmt *taken, con
 void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);
 
 /*
+ * Is a Parse of the client's statement client_name still unanswered in an
+ * earlier batch (a Sync follows it in the reply queue)? The server skips it
+ * if that batch fails, so whether the statement exists is not known yet.
+ * With owed_only, only a Parse pgmux answered itself counts (the backend had
+ * the statement already, so a message using it would work regardless).
+ */
+bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only);
+
+/*
+ * Does the backend's copy of statement server_name hang on an earlier batch
+ * still unanswered (a Parse or Close of it, with a Sync after it in the
+ * reply queue)? The server skips them if that batch fails, so whether the
+ * backend has it is not known yet: a message that relies on it (or prepares
+ * it) must wait. A Parse by the client's own name client_name (may be NULL)
+ * does not count: were it skipped, the statement would not exist for the
+ * client either, and the backend's "does not exist" is the right answer.
+ */
+bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name);
+
+/*
  * Record that a client's Parse of st (named client_name) is being sent, or
  * answered from the backend's cache. If the server rejects it, the client's
  * name is dropped again, as PostgreSQL would never have created it.

@@ -1140,3 +1140,34 @@ Test(fuzz_found, parse_of_a_name_in_use)
 	like_postgres(parts, 3, "a Parse of a name in use, of a text PostgreSQL refuses", NULL);
 	h_stop_expect_clean_exit(&px);
 }
+
+/*
+ * Batches a client sends ahead (pipelining) were handled as if every
+ * earlier batch had worked. When one fails, the server skips the rest of it:
+ * a Parse there does not create its statement, and a Close there (pgmux's,
+ * to keep within max_prepared_statements) does not close one. A message of a
+ * later batch that names the client's statement, or needs the backend's,
+ * now waits for the answer to the batch it depends on.
+ */
+static void msg_parse_sync(struct buf *b, const char *name, const char *sql)
+{
+	msg_parse(b, name, sql);
+	msg_sync(b);
+}
+
+Test(fuzz_found, pipelined_batches_after_a_failed_one)
+{
+	struct buf parts[1] = {{0}};
+	PGconn *other;
+
+	other = start_shared(NULL);
+	/* The first Parse of s1 fails: the second is no reuse of the name. */
+	msg_parse_sync(&parts[0], "s1", "selec 1");
+	msg_parse_sync(&parts[0], "s1", "select 1");
+	msg_run(&parts[0], "s1");
+	like_postgres(parts, 1, "a name prepared again after its Parse failed, sent together", other);
+
+	/* A Parse pgmux answers itself, skipped, and its Bind in the next batch. */
+	answered_parse_skipped(other, false, "a Bind after a skipped Parse pgmux answered, sent together");
+	stop_shared(other);
+}
