@@ -1296,7 +1296,12 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 	msg_reader_init(&r, body, blen);
 	switch (type) {
 	case FE_QUERY:
-		if (blen > 0)
+		/*
+		 * Only a text PostgreSQL will run: one string and its NUL, nothing
+		 * after. A malformed Query is refused without running anything, and
+		 * must not pin the session on what a scan of its bytes guesses.
+		 */
+		if (blen > 0 && memchr(body, '\0', blen) == body + blen - 1)
 			client_scan_sql(c, (const char *)body, blen - 1);
 		break;
 	case FE_PARSE: {

@@ -1171,3 +1171,23 @@ Test(fuzz_found, pipelined_batches_after_a_failed_one)
 	answered_parse_skipped(other, false, "a Bind after a skipped Parse pgmux answered, sent together");
 	stop_shared(other);
 }
+
+/*
+ * A Query whose text has no NUL (or bytes after it) is refused by
+ * PostgreSQL without running anything. pgmux scanned its bytes anyway and
+ * pinned the session on what it guessed ("set d": a SET of a parameter it
+ * does not track), so the client kept its backend for good.
+ */
+Test(fuzz_found, malformed_query_does_not_pin)
+{
+	struct buf parts[1] = {{0}};
+	PGconn *other;
+
+	other = start_shared(NULL);
+	msg_raw(&parts[0], 'Q', "set d", 5);
+	like_postgres(parts, 1, "a Query without its NUL", other);
+	msg_raw(&parts[0], 'Q', "set d\0x", 7);
+	like_postgres(parts, 1, "a Query with a byte after its NUL", other);
+	cr_assert_eq(h_file_count(px.logfile, "pinned"), 0, "the session was pinned");
+	stop_shared(other);
+}
