@@ -1365,10 +1365,8 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			break;
 		e = strmap_find(&c->stmts, client_stmt_key(name, key));
 		if (type == FE_CLOSE) {
-			/* The server-side statement stays for others; the client's name is gone. */
-			if (e)
-				prepared_free(strmap_delete(&c->stmts, e));
-			server_expect(s, '3', NULL);
+			/* Answered by pgmux: the server-side statement stays for others. */
+			server_close_owed(s, key);
 			return true;
 		}
 		/* As for a Bind. */

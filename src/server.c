@@ -523,6 +523,7 @@ static void reply_push(struct server *s, char kind, const char *name)
 	else
 		r->name[0] = '\0';
 	r->client_name[0] = '\0';
+	r->closed = NULL;
 	q->count++;
 }
 
@@ -543,6 +544,8 @@ static void server_emit_owed(struct server *s)
 			iobuf_append_u8(&c->io.out, (uint8_t)r->kind);
 			iobuf_append_u32(&c->io.out, 4);
 		}
+		/* A Close the server did not skip: the statement is gone for good. */
+		prepared_free(r->closed);
 		reply_pop(s);
 	}
 }
@@ -590,6 +593,22 @@ void server_ensure_prepared(struct server *s, const struct prepared_stmt *st)
 	strmap_insert(&s->prepared, st->server_name, NULL);
 }
 
+void server_close_owed(struct server *s, const char *client_name)
+{
+	struct client *c = s->client;
+	struct strmap_entry *e;
+
+	/* After an error the server skips it: no answer, and the client keeps its statement. */
+	if (s->skipping_until_sync)
+		return;
+	reply_push(s, '3', NULL);
+	if (c && (e = strmap_find(&c->stmts, client_name)) != NULL) {
+		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
+		reply_back(s)->closed = strmap_delete(&c->stmts, e);
+	}
+	server_emit_owed(s);
+}
+
 void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st)
 {
 	/*
@@ -633,7 +652,8 @@ bool server_parse_unsettled(const struct server *s, const char *client_name, boo
 
 		if (found && r->kind == 'S')
 			return true;
-		if ((r->kind == '1' || (r->kind == 'P' && !owed_only)) && strcmp(r->client_name, client_name) == 0)
+		if ((r->kind == '1' || r->kind == '3' || (r->kind == 'P' && !owed_only)) &&
+		    strcmp(r->client_name, client_name) == 0)
 			found = true;
 	}
 	return false;
@@ -690,11 +710,13 @@ static void server_skipped_to_sync(struct server *s)
 	while (n < s->replies.count && reply_at(s, n)->kind != 'S')
 		n++;
 	/*
-	 * The backend's statements are as they were before the first of them:
-	 * undone from the last back, a statement pgmux prepared and then
-	 * evicted in the same batch (or the other way round) ends where it was.
+	 * The backend's statements, and the client's, are as they were before
+	 * the first of them: undone from the last back, a statement prepared
+	 * and then evicted or closed in the same batch (or the other way round)
+	 * ends where it was.
 	 */
 	for (uint32_t i = n; i-- > 0;) {
+		struct client *c = s->client;
 		struct strmap_entry *e;
 
 		r = reply_at(s, i);
@@ -719,16 +741,36 @@ static void server_skipped_to_sync(struct server *s)
 		} else if (r->kind == 'c' && r->name[0] && strmap_find(&s->prepared, r->name) == NULL) {
 			strmap_insert(&s->prepared, r->name, NULL);
 		}
+		/*
+		 * A statement the server never created does not exist for the
+		 * client either (nor, if a later batch closed it already, may
+		 * undoing that Close bring it back)...
+		 */
+		if ((r->kind == 'P' || r->kind == '1') && r->client_name[0] && c &&
+		    (e = strmap_find(&c->stmts, r->client_name)) != NULL &&
+		    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0) {
+			prepared_free(strmap_delete(&c->stmts, e));
+		} else if ((r->kind == 'P' || r->kind == '1') && r->client_name[0]) {
+			for (uint32_t j = n; j < s->replies.count; j++) {
+				struct pending_reply *later = reply_at(s, j);
+
+				if (later->closed && strcmp(later->client_name, r->client_name) == 0 &&
+				    strcmp(later->closed->server_name, r->name) == 0) {
+					prepared_free(later->closed);
+					later->closed = NULL;
+					break;
+				}
+			}
+		}
+		/* ...and one it never closed is the client's again. */
+		if (r->closed && c && strmap_find(&c->stmts, r->client_name) == NULL)
+			strmap_insert(&c->stmts, r->client_name, r->closed);
+		else
+			prepared_free(r->closed);
+		r->closed = NULL;
 	}
 	while (n-- > 0) {
-		struct strmap_entry *e;
-
 		r = reply_front(s);
-		/* A statement the server never created does not exist for the client either. */
-		if ((r->kind == 'P' || r->kind == '1') && r->client_name[0] && s->client &&
-		    (e = strmap_find(&s->client->stmts, r->client_name)) != NULL &&
-		    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0)
-			prepared_free(strmap_delete(&s->client->stmts, e));
 		/* A Query skipped this way gets no ReadyForQuery. */
 		if ((r->kind == 'Q' || r->kind == 'F') && s->outstanding > 0)
 			s->outstanding--;
@@ -1298,6 +1340,10 @@ void server_free(struct server *s)
 	params_clear(&s->applied);
 	s->params_fingerprint_valid = false;
 	strmap_clear(&s->prepared, NULL);
+	while (s->replies.count > 0) {
+		prepared_free(reply_front(s)->closed);
+		reply_pop(s);
+	}
 	free(s->replies.items);
 	free(s->query_error);
 	free(s->query_value);

@@ -51,7 +51,8 @@ struct server_param {
 struct pending_reply {
 	char kind;
 	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P', 'p', 'c' or '1' */
-	char client_name[64];             /* the client's name for a 'P' or '1' */
+	char client_name[64];             /* the client's name for a 'P', '1' or '3' */
+	struct prepared_stmt *closed;     /* a '3': the client's statement, until the Close is answered */
 };
 
 struct reply_queue {
@@ -195,6 +196,14 @@ static inline bool server_is_clean(const struct server *s)
 void server_expect(struct server *s, char kind, const char *name);
 
 /*
+ * The client's Close of its statement client_name: answered by pgmux, in
+ * order, leaving the server's statement for others. The client's name goes
+ * at once, but the statement comes back if the server skips the Close
+ * (after an error earlier in its batch), as PostgreSQL keeps it then.
+ */
+void server_close_owed(struct server *s, const char *client_name);
+
+/*
  * The client's Parse of st under a name it has already given to statement
  * taken: let the backend refuse it (42P05, or what is wrong with the text).
  */
@@ -204,11 +213,12 @@ void server_parse_taken(struct server *s, const struct prepared_stmt *taken, con
 void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);
 
 /*
- * Is a Parse of the client's statement client_name still unanswered in an
- * earlier batch (a Sync follows it in the reply queue)? The server skips it
- * if that batch fails, so whether the statement exists is not known yet.
- * With owed_only, only a Parse pgmux answered itself counts (the backend had
- * the statement already, so a message using it would work regardless).
+ * Is a Parse or Close of the client's statement client_name still
+ * unanswered in an earlier batch (a Sync follows it in the reply queue)?
+ * The server skips it if that batch fails, so whether the statement exists
+ * is not known yet. With owed_only, of the Parses only one pgmux answered
+ * itself counts (the backend had the statement already, so a message using
+ * it would work regardless).
  */
 bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only);
 

@@ -1216,6 +1216,62 @@ Test(fuzz_found, malformed_query_does_not_pin)
 	stop_shared(other);
 }
 
+/*
+ * A Close of a statement is answered by pgmux (the server-side statement
+ * stays for others), and it dropped the client's name at once. After an
+ * error earlier in the batch PostgreSQL skips the Close and keeps the
+ * statement: a later Bind of it worked directly and failed through pgmux.
+ * The statement now comes back when the server skips the Close, and a later
+ * batch that uses the name waits for that batch's answer.
+ */
+Test(fuzz_found, close_skipped_after_an_error_keeps_the_statement)
+{
+	struct buf parts[2] = {{0}};
+
+	start_txn_one_backend(NULL);
+	msg_parse_sync(&parts[0], "s1", "select 1");
+	msg_execute(&parts[1], "no_such_portal");
+	msg_target(&parts[1], 'C', 'S', "s1");
+	msg_sync(&parts[1]);
+	msg_run(&parts[1], "s1");
+	like_postgres(parts, 2, "a Close behind a failed Execute, then a Bind", NULL);
+
+	msg_parse_sync(&parts[0], "s2", "select 1");
+	msg_query(&parts[1], "select pg_sleep(0.05)");
+	msg_target(&parts[1], 'C', 'S', "s2");
+	msg_parse(&parts[1], "s2", "select 2");
+	msg_run(&parts[1], "s2");
+	like_postgres(parts, 2, "a Close and a new Parse of the name while a Query runs", NULL);
+
+	/* The Parse in the next batch must find the name still taken. */
+	msg_parse_sync(&parts[0], "s3", "select 1");
+	msg_execute(&parts[1], "no_such_portal");
+	msg_target(&parts[1], 'C', 'S', "s3");
+	msg_sync(&parts[1]);
+	msg_parse_sync(&parts[1], "s3", "select 3");
+	msg_run(&parts[1], "s3");
+	like_postgres(parts, 2, "a Close skipped, then a Parse of the name in the next batch", NULL);
+
+	/* Prepared and closed in a batch that fails: the statement never was. */
+	msg_execute(&parts[0], "no_such_portal");
+	msg_parse(&parts[0], "s4", "select 4");
+	msg_target(&parts[0], 'C', 'S', "s4");
+	msg_sync(&parts[0]);
+	msg_target(&parts[0], 'D', 'S', "s4");
+	msg_sync(&parts[0]);
+	like_postgres(parts, 1, "a Parse and a Close of a name, both skipped", NULL);
+
+	/* A failed Parse, then a Close of the name in the next batch, which fails too. */
+	msg_parse_sync(&parts[0], "s5", "selec 5");
+	msg_execute(&parts[0], "no_such_portal");
+	msg_target(&parts[0], 'C', 'S', "s5");
+	msg_sync(&parts[0]);
+	msg_target(&parts[0], 'D', 'S', "s5");
+	msg_sync(&parts[0]);
+	like_postgres(parts, 1, "a Close, skipped, of a name whose Parse failed", NULL);
+	h_stop_expect_clean_exit(&px);
+}
+
 /* ================================================================ the fuzzer */
 
 /* Other clients are checked every this many sessions. */
