@@ -1239,7 +1239,8 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
-static void client_scan_sql(struct client *c, const char *sql, size_t len)
+/* Scan SQL the client sends: pin the session if need be. Returns the text's SQL_EFFECT_* bits. */
+static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 {
 	struct sql_scan_result scan;
 
@@ -1248,6 +1249,7 @@ static void client_scan_sql(struct client *c, const char *sql, size_t len)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->reset_all_pending = true;
+	return scan.effects;
 }
 
 /*
@@ -1307,6 +1309,7 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 	case FE_PARSE: {
 		const char *client_name;
 		struct prepared_stmt *st, *taken = NULL;
+		unsigned effects = 0;
 
 		name = msg_read_str(&r);
 		const char *query = msg_read_str(&r);
@@ -1323,7 +1326,7 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			return false;
 		}
 		if (name && query)
-			client_scan_sql(c, query, strlen(query));
+			effects = client_scan_sql(c, query, strlen(query));
 		if (st == NULL)
 			break; /* unnamed (or malformed: the server says why) */
 		if (taken) {
@@ -1334,7 +1337,7 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		}
 		strmap_insert(&c->stmts, key, st);
 		params_put(&c->stmt_names, st->server_name, key);
-		server_parse(s, st, key);
+		server_parse(s, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0);
 		return true;
 	}
 	case FE_BIND:

@@ -73,6 +73,21 @@ void prepared_put_parse_as(struct iobuf *out, const struct prepared_stmt *st, co
 	proto_end(out, begin);
 }
 
+void prepared_put_check(struct iobuf *out, const struct prepared_stmt *st)
+{
+	size_t begin;
+
+	if (st) {
+		prepared_put_parse_as(out, st, PREPARED_CHECK_NAME);
+		return;
+	}
+	begin = proto_begin(out, FE_PARSE);
+	iobuf_append_str(out, PREPARED_CHECK_NAME);
+	iobuf_append_str(out, "SELECT");
+	iobuf_append_u16(out, 0); /* no parameter types */
+	proto_end(out, begin);
+}
+
 void prepared_free(void *p)
 {
 	struct prepared_stmt *st = p;

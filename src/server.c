@@ -624,10 +624,38 @@ void server_parse_taken(struct server *s, const struct prepared_stmt *taken, con
 	server_expect(s, 'x', NULL);
 }
 
-void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name)
+/* Does the backend still owe a ReadyForQuery (the transaction state it will be in is not known yet)? */
+static bool server_batch_pending(const struct server *s)
+{
+	for (uint32_t i = 0; i < s->replies.count; i++) {
+		char kind = reply_at(s, i)->kind;
+
+		if (kind == 'S' || kind == 'Q' || kind == 'F')
+			return true;
+	}
+	return false;
+}
+
+void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name,
+		  bool transaction_control)
 {
 	struct strmap_entry *e = strmap_find(&s->prepared, st->server_name);
 
+	if (e && (s->tx_status != 'I' || server_batch_pending(s))) {
+		/*
+		 * In a failed transaction block PostgreSQL refuses a Parse (25P02)
+		 * unless the statement ends the transaction, and the backend may
+		 * be in one. Before pgmux answers the Parse itself, the backend
+		 * judges one of pgmux's own, closed again at once: of the client's
+		 * text if it controls transactions, else of a SELECT, refused
+		 * exactly when the client's would be (the text itself is known to
+		 * be good: the backend has it). Its error is the client's.
+		 */
+		prepared_put_check(&s->io.out, transaction_control ? st : NULL);
+		server_expect(s, 'p', NULL);
+		prepared_put_close(&s->io.out, PREPARED_CHECK_NAME);
+		server_expect(s, 'c', NULL);
+	}
 	if (e) {
 		/* The backend has it already: answer the client's Parse ourselves, in order. */
 		strmap_touch(&s->prepared, e);

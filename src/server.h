@@ -237,7 +237,9 @@ bool server_statement_unsettled(const struct server *s, const char *server_name,
  * Record that a client's Parse of st (named client_name) is being sent, or
  * answered from the backend's cache. If the server rejects it, the client's
  * name is dropped again, as PostgreSQL would never have created it.
+ * transaction_control: the text begins or ends transactions (see there).
  */
-void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name);
+void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name,
+		  bool transaction_control);
 
 #endif

@@ -1272,6 +1272,36 @@ Test(fuzz_found, close_skipped_after_an_error_keeps_the_statement)
 	h_stop_expect_clean_exit(&px);
 }
 
+/*
+ * A Parse of a statement the backend has already is answered by pgmux
+ * itself. In a failed transaction block PostgreSQL refuses it (25P02),
+ * unless the statement ends the transaction: pgmux answered ParseComplete,
+ * and the name then existed for the client where PostgreSQL never made it.
+ */
+Test(fuzz_found, parse_in_a_failed_transaction_block)
+{
+	struct buf parts[4] = {{0}};
+	PGconn *other;
+
+	other = start_shared(NULL);
+	/* The other client prepares both texts: the backend has them, and pgmux would answer Parses of them. */
+	prepare_ok(other, "one", "select 1");
+	prepare_ok(other, "rb", "rollback");
+	msg_query(&parts[0], "begin");
+	msg_query(&parts[1], "select 1/0");
+	msg_parse_sync(&parts[2], "s1", "select 1");
+	msg_query(&parts[3], "rollback");
+	msg_run(&parts[3], "s1");
+	like_postgres(parts, 4, "a Parse in a failed transaction block", other);
+
+	msg_query(&parts[0], "begin");
+	msg_query(&parts[1], "select 1/0");
+	msg_parse_sync(&parts[2], "s2", "rollback");
+	msg_run(&parts[3], "s2");
+	like_postgres(parts, 4, "a Parse that ends a failed transaction block", other);
+	stop_shared(other);
+}
+
 /* ================================================================ the fuzzer */
 
 /* Other clients are checked every this many sessions. */
