@@ -491,9 +491,18 @@ static bool client_process_startup(struct client *c)
 		client_close(c, "cancel request handled");
 		return false;
 	}
-	client_handle_startup_message(c, code, p + 8, len - 8);
-	if (c->state != CLIENT_CLOSED)
-		iobuf_consume(in, len);
+	/*
+	 * Take the packet out of the buffer before acting on it: with trust
+	 * authentication the login can complete inside the handler (an idle
+	 * backend that already matches the client's session needs no setup),
+	 * and whatever is still buffered then is relayed to the backend as the
+	 * client's first message.
+	 */
+	uint8_t body[PROTO_MAX_STARTUP_PACKET];
+
+	memcpy(body, p + 8, len - 8);
+	iobuf_consume(in, len);
+	client_handle_startup_message(c, code, body, len - 8);
 	return c->state != CLIENT_CLOSED;
 }
 
@@ -877,7 +886,14 @@ static void client_fail_batch(struct client *c, const char *sqlstate, const char
 	client_fail_batch_detail(c, sqlstate, message, NULL);
 }
 
-/* Drop buffered messages up to the end of the failed batch. Returns false when more bytes are needed. */
+static bool client_check_header(struct client *c, const uint8_t *p);
+
+/*
+ * Drop buffered messages up to the end of the failed batch. Returns false
+ * when more bytes are needed, or when c was closed: a Terminate ends the
+ * session here too, and a header pgmux refuses elsewhere (a bad type or
+ * length) is refused here as well rather than waited on.
+ */
 static bool client_discard_batch(struct client *c)
 {
 	struct iobuf *in = &c->io.in;
@@ -890,11 +906,15 @@ static bool client_discard_batch(struct client *c)
 		if (iobuf_len(in) < PROTO_HEADER_LEN)
 			return false;
 		type = p[0];
-		mlen = get_u32(p + 1);
-		if (mlen < 4 || iobuf_len(in) < 1 + (size_t)mlen)
+		if (type == FE_TERMINATE) {
+			client_close(c, "client terminated the session");
 			return false;
-		if (type == FE_TERMINATE)
-			return true; /* left for the idle handler, which closes */
+		}
+		if (!client_check_header(c, p))
+			return false;
+		mlen = get_u32(p + 1);
+		if (iobuf_len(in) < 1 + (size_t)mlen)
+			return false;
 		iobuf_consume(in, 1 + (size_t)mlen);
 		if (type == FE_SYNC || type == FE_QUERY) {
 			c->discard_until_sync = false;
@@ -1368,11 +1388,16 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
-/* Returns true when the text may change untracked settings (so its every run must be read back). */
-static bool client_scan_sql(struct client *c, const char *sql, size_t len)
+/* What a text does that means its session's settings must be read back after it runs. */
+#define CLIENT_SETTINGS_EFFECTS (SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL)
+
+/*
+ * Scan SQL the client sends: pin the session if need be, and note what its
+ * settings read-back must cover. Returns the text's SQL_EFFECT_* bits.
+ */
+static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 {
 	struct sql_scan_result scan;
-	bool sets = false;
 
 	sql_scan(sql, len, params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
 	if (scan.pin != SQL_PIN_NONE)
@@ -1386,10 +1411,8 @@ static bool client_scan_sql(struct client *c, const char *sql, size_t len)
 			 SQL_SCAN_MAX_CUSTOM);
 		client_pin(c, &scan);
 	}
-	if (scan.effects & (SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL)) {
+	if (scan.effects & CLIENT_SETTINGS_EFFECTS)
 		c->settings_dirty = true;
-		sets = true;
-	}
 	for (int i = 0; i < scan.n_custom; i++) {
 		if (c->custom_pending == NULL) {
 			c->custom_pending = xcalloc(1, sizeof(*c->custom_pending));
@@ -1397,7 +1420,7 @@ static bool client_scan_sql(struct client *c, const char *sql, size_t len)
 		}
 		params_put(c->custom_pending, scan.custom[i], "");
 	}
-	return sets;
+	return scan.effects;
 }
 
 /* A Bind of a statement whose text SETs session parameters: its run changes them again. */
@@ -1414,93 +1437,146 @@ static void client_rescan_prepared(struct client *c, const struct prepared_stmt 
 }
 
 /*
+ * PostgreSQL keeps a prepared statement under the first NAMEDATALEN - 1 (63)
+ * bytes of its name: longer names that agree on those are one statement.
+ * pgmux keys the client's statements the same way (and the reply queue keeps
+ * these keys whole).
+ */
+#define CLIENT_STMT_KEY_LEN 63
+_Static_assert(sizeof(((struct pending_reply *)0)->client_name) == CLIENT_STMT_KEY_LEN + 1,
+	       "the reply queue must hold a whole statement key");
+
+static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LEN + 1])
+{
+	size_t n = strnlen(name, CLIENT_STMT_KEY_LEN);
+
+	memcpy(key, name, n);
+	key[n] = '\0';
+	return key;
+}
+
+/*
  * One whole extended-protocol or Query message, with transaction pooling:
  * named statements are rewritten to their server-side names and prepared on
  * this backend when it lacks them, and every reply is announced to the
- * server's reply queue.
+ * server's reply queue. Returns false, having done nothing, when what the
+ * message must do hangs on an earlier batch not answered yet, which the
+ * server skips the rest of if it fails: whether the client's statement
+ * exists (server_parse_unsettled()), or the backend's copy of it
+ * (server_statement_unsettled()).
  */
-static void client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
+static bool client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
 {
 	const uint8_t *body = msg + PROTO_HEADER_LEN;
 	size_t blen = mlen - 4;
 	struct msg_reader r;
 	const char *name;
 	struct strmap_entry *e;
+	char key[CLIENT_STMT_KEY_LEN + 1];
 
 	/* After an error the server ignores everything up to Sync: pass it on untouched. */
 	if (s->skipping_until_sync && type != FE_SYNC) {
 		iobuf_append(&s->io.out, msg, 1 + mlen);
-		return;
+		return true;
 	}
 	msg_reader_init(&r, body, blen);
 	switch (type) {
 	case FE_QUERY:
-		if (blen > 0)
+		/*
+		 * Only a text PostgreSQL will run: one string and its NUL, nothing
+		 * after. A malformed Query is refused without running anything, and
+		 * must not pin the session on what a scan of its bytes guesses.
+		 */
+		if (blen > 0 && memchr(body, '\0', blen) == body + blen - 1)
 			client_scan_sql(c, (const char *)body, blen - 1);
 		break;
 	case FE_PARSE: {
 		const char *client_name;
-		struct prepared_stmt *st;
+		struct prepared_stmt *st, *taken = NULL;
+		unsigned effects = 0;
 
 		name = msg_read_str(&r);
 		const char *query = msg_read_str(&r);
-		bool sets = false;
 
-		if (name && query)
-			sets = client_scan_sql(c, query, strlen(query));
-		if (name == NULL || name[0] == '\0' || (st = prepared_from_parse(body, blen, &client_name)) == NULL)
-			break; /* unnamed (or malformed: the server says why) */
-		st->sets_session = sets;
-		if (strmap_find(&c->stmts, client_name)) {
-			/* As PostgreSQL: an error, and the rest of the batch is skipped up to Sync. */
-			server_owe_duplicate_error(s, client_name);
+		/* Is the name taken? Not if that Parse is skipped. */
+		if (name && name[0] && server_parse_unsettled(s, client_stmt_key(name, key), false))
+			return false;
+		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
+		if (st && (e = strmap_find(&c->stmts, key)) != NULL)
+			taken = e->value;
+		/* Has the backend the statement (the one that has the name, if taken) already? */
+		if (st && server_statement_unsettled(s, taken ? taken->server_name : st->server_name, key)) {
 			prepared_free(st);
-			c->skip_until_sync = true;
-			return;
+			return false;
 		}
-		strmap_insert(&c->stmts, client_name, st);
-		params_put(&c->stmt_names, st->server_name, client_name);
-		server_parse(s, st, client_name);
-		return;
+		if (name && query)
+			effects = client_scan_sql(c, query, strlen(query));
+		if (st == NULL)
+			break; /* unnamed (or malformed: the server says why) */
+		if (taken) {
+			/* The backend refuses it, as PostgreSQL would (see server_parse_taken()). */
+			server_parse_taken(s, taken, st);
+			prepared_free(st);
+			return true;
+		}
+		st->sets_session = (effects & CLIENT_SETTINGS_EFFECTS) != 0;
+		strmap_insert(&c->stmts, key, st);
+		params_put(&c->stmt_names, st->server_name, key);
+		server_parse(s, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0);
+		return true;
 	}
 	case FE_BIND:
-		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
-		    (e = strmap_find(&c->stmts, name)) == NULL)
-			break; /* unnamed or unknown: the server answers as it would directly */
+		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0')
+			break; /* unnamed or malformed: the server answers as it would directly */
+		/*
+		 * A Parse that pgmux answered itself (the backend had the
+		 * statement) must not make this Bind work if it is skipped.
+		 */
+		if (server_parse_unsettled(s, client_stmt_key(name, key), true))
+			return false;
+		if ((e = strmap_find(&c->stmts, key)) == NULL)
+			break; /* unknown: the server answers as it would directly */
+		if (server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key))
+			return false;
 		if (((struct prepared_stmt *)e->value)->sets_session)
 			client_rescan_prepared(c, e->value);
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
 				 ((struct prepared_stmt *)e->value)->server_name);
 		server_expect(s, FE_BIND, NULL);
-		return;
+		return true;
 	case FE_DESCRIBE:
 	case FE_CLOSE: {
 		uint8_t kind;
 
-		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0')
+		/* Bytes after the name make the message malformed: the server refuses it, as it would directly. */
+		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
+		    r.pos != blen)
 			break;
-		e = strmap_find(&c->stmts, name);
+		e = strmap_find(&c->stmts, client_stmt_key(name, key));
 		if (type == FE_CLOSE) {
-			/* The server-side statement stays for others; the client's name is gone. */
-			if (e)
-				prepared_free(strmap_delete(&c->stmts, e));
-			server_expect(s, '3', NULL);
-			return;
+			/* Answered by pgmux: the server-side statement stays for others. */
+			server_close_owed(s, key);
+			return true;
 		}
+		/* As for a Bind. */
+		if (server_parse_unsettled(s, key, true) ||
+		    (e && server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key)))
+			return false;
 		if (e == NULL)
 			break;
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_DESCRIBE, body, blen, 1, strlen(name),
 				 ((struct prepared_stmt *)e->value)->server_name);
 		server_expect(s, FE_DESCRIBE, NULL);
-		return;
+		return true;
 	}
 	default:
 		break;
 	}
 	iobuf_append(&s->io.out, msg, 1 + mlen);
 	server_expect(s, (char)type, NULL);
+	return true;
 }
 
 /*
@@ -1513,7 +1589,12 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	const struct config *cfg = config_current();
 	uint32_t mlen = get_u32(p + 1);
 
-	if (!proto_valid_frontend_type(p[0]) || mlen < 4) {
+	/*
+	 * A password message belongs to authentication, which is over by now:
+	 * PostgreSQL ends the session for one, and so does pgmux, before it
+	 * reaches a backend (with transaction pooling, one other clients use).
+	 */
+	if (!proto_valid_frontend_type(p[0]) || p[0] == FE_PASSWORD || mlen < 4) {
 		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
 		return false;
 	}
@@ -1525,12 +1606,50 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	return true;
 }
 
+/* Follow the transaction state of backend s as the client's next message goes to it. */
+static void client_count_message(struct client *c, struct server *s, uint8_t type)
+{
+	switch (type) {
+	case FE_QUERY:
+	case FE_FUNCTION_CALL:
+		/*
+		 * After an error in an extended-protocol batch the server skips
+		 * everything up to the next Sync, a Query too: it gets no
+		 * ReadyForQuery. With transaction pooling pgmux knows when.
+		 */
+		if (c->transaction_mode && s->skipping_until_sync)
+			break;
+		s->outstanding++;
+		if (type == FE_FUNCTION_CALL)
+			break;
+		s->unsynced = false;
+		STAT_INC(c->worker, queries);
+		break;
+	case FE_SYNC:
+		s->outstanding++;
+		s->unsynced = false;
+		STAT_INC(c->worker, queries);
+		break;
+	case FE_PARSE:
+	case FE_BIND:
+	case FE_EXECUTE:
+	case FE_DESCRIBE:
+	case FE_CLOSE:
+		s->unsynced = true;
+		break;
+	default:
+		/* Flush and the COPY sub-protocol leave the transaction state alone. */
+		break;
+	}
+}
+
 /* Forward complete and partial messages to the backend. Returns false if c was closed. */
 static bool client_relay(struct client *c)
 {
 	struct server *s = c->server;
 	struct iobuf *in = &c->io.in;
 
+	c->relay_waiting = false;
 	while (iobuf_len(in) > 0) {
 		const uint8_t *p = iobuf_head(in);
 		size_t avail = iobuf_len(in);
@@ -1551,53 +1670,31 @@ static bool client_relay(struct client *c)
 			return false;
 		type = p[0];
 		mlen = get_u32(p + 1);
-		if (c->skip_until_sync && type != FE_SYNC && type != FE_TERMINATE) {
-			/* The batch failed in pgmux's hands: the server never sees the rest of it. */
-			if (avail < 1 + (size_t)mlen)
-				break;
-			iobuf_consume(in, 1 + (size_t)mlen);
-			continue;
-		}
-		if (type == FE_SYNC)
-			c->skip_until_sync = false;
-		switch (type) {
-		case FE_TERMINATE:
+		if (type == FE_TERMINATE) {
 			iobuf_consume(in, PROTO_HEADER_LEN);
 			client_close(c, "client terminated the session");
 			return false;
-		case FE_QUERY:
-		case FE_SYNC:
-			s->outstanding++;
-			s->unsynced = false;
-			STAT_INC(c->worker, queries);
-			break;
-		case FE_FUNCTION_CALL:
-			s->outstanding++;
-			break;
-		case FE_PARSE:
-		case FE_BIND:
-		case FE_EXECUTE:
-		case FE_DESCRIBE:
-		case FE_CLOSE:
-			s->unsynced = true;
-			break;
-		default:
-			/* Flush and the COPY sub-protocol leave the transaction state alone. */
-			break;
 		}
-		if (c->transaction_mode && type != FE_FLUSH && type != FE_COPY_DATA && type != FE_COPY_DONE &&
-		    type != FE_COPY_FAIL) {
+		/*
+		 * A Flush has no reply, unless it has a body: then the server
+		 * refuses it (and skips to the next Sync), and that error must be
+		 * matched with it, not with the next message in the reply queue.
+		 */
+		if (c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
+		    type != FE_COPY_DONE && type != FE_COPY_FAIL) {
 			/* pgmux looks inside these: wait for the whole message. */
-			if (avail < 1 + (size_t)mlen) {
-				/* Undo the counting; it happens again when the rest arrives. */
-				if (type == FE_QUERY || type == FE_SYNC || type == FE_FUNCTION_CALL)
-					s->outstanding--;
+			if (avail < 1 + (size_t)mlen)
+				break;
+			if (!client_forward_tracked(c, s, type, p, mlen)) {
+				/* Until the earlier batch is answered (client_replies_arrived()). */
+				c->relay_waiting = true;
 				break;
 			}
-			client_forward_tracked(c, s, type, p, mlen);
+			client_count_message(c, s, type);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			continue;
 		}
+		client_count_message(c, s, type);
 		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 		iobuf_append(&s->io.out, p, n);
 		iobuf_consume(in, n);
@@ -1609,11 +1706,23 @@ static bool client_relay(struct client *c)
 	client_flush(c); /* replies pgmux owed at once (a cached Parse, a Close) */
 	if (c->state == CLIENT_CLOSED)
 		return false;
-	if (c->server && io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER) {
+	/* Nothing more is relayed while a message waits: no more is read either. */
+	if (c->server && (c->relay_waiting || io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER)) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
 	return true;
+}
+
+void client_replies_arrived(struct client *c)
+{
+	if (!c->relay_waiting || c->state == CLIENT_CLOSED)
+		return;
+	/* Try the waiting message again (from the loop, as input left from before). */
+	c->relay_waiting = false;
+	c->read_paused = false;
+	io_want_read(&c->io, true);
+	io_schedule_read(&c->io);
 }
 
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
@@ -1629,11 +1738,33 @@ static bool client_process_idle(struct client *c)
 		client_flush(c);
 		return c->state == CLIENT_IDLE;
 	}
+	if (c->ignore_remaining > 0) {
+		size_t n = iobuf_len(&c->io.in) < c->ignore_remaining ? iobuf_len(&c->io.in) : c->ignore_remaining;
+
+		iobuf_consume(&c->io.in, n);
+		c->ignore_remaining -= (uint32_t)n;
+		return true;
+	}
 	if (iobuf_len(&c->io.in) < PROTO_HEADER_LEN)
 		return false;
 	if (p[0] == FE_TERMINATE) {
 		client_close(c, "client terminated the session");
 		return false;
+	}
+	if (!client_check_header(c, p))
+		return false;
+	/*
+	 * PostgreSQL ignores COPY messages outside a COPY (the rest of a COPY
+	 * that failed, still on its way), and a Flush with nothing in flight
+	 * has nothing to flush. Borrowing a backend for them would keep it from
+	 * every other client until this one's next query: no ReadyForQuery
+	 * would come to end the "transaction". They are dropped here, as they
+	 * arrive. A Flush with a body is left to the server, which refuses it.
+	 */
+	if (p[0] == FE_COPY_DATA || p[0] == FE_COPY_DONE || p[0] == FE_COPY_FAIL ||
+	    (p[0] == FE_FLUSH && get_u32(p + 1) == 4)) {
+		c->ignore_remaining = 1 + get_u32(p + 1);
+		return true;
 	}
 	if (c->transaction_lost) {
 		c->transaction_lost = false;
@@ -1642,8 +1773,6 @@ static bool client_process_idle(struct client *c)
 				  "the connection to the database server was lost; the transaction was rolled back");
 		return c->state == CLIENT_IDLE;
 	}
-	if (!client_check_header(c, p))
-		return false;
 	client_begin_transaction(c);
 	return c->state == CLIENT_ACTIVE;
 }

@@ -93,7 +93,8 @@ struct client {
 	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
-	bool skip_until_sync;          /* pgmux failed a message of this batch: drop the rest up to Sync */
+	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
+	bool relay_waiting;            /* the next message waits for the answer to an earlier batch */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 
@@ -128,6 +129,9 @@ void client_cancel_backend(struct client *c);
 
 /* The server linked to c has data for it or drained: resume/pause reading. */
 void client_flush(struct client *c);
+
+/* The backend linked to c answered something: a message waiting for that may go now. */
+void client_replies_arrived(struct client *c);
 
 /*
  * The backend linked to c failed. With transaction pooling the client's

@@ -62,6 +62,32 @@ struct prepared_stmt *prepared_from_parse(const uint8_t *body, size_t len, const
 	return st;
 }
 
+void prepared_put_parse_as(struct iobuf *out, const struct prepared_stmt *st, const char *server_name)
+{
+	/* st->parse: type, length, st->server_name and its NUL, then the text, its NUL and the types. */
+	size_t rest = PROTO_HEADER_LEN + strlen(st->server_name) + 1;
+	size_t begin = proto_begin(out, FE_PARSE);
+
+	iobuf_append_str(out, server_name);
+	iobuf_append(out, st->parse + rest, st->parse_len - rest);
+	proto_end(out, begin);
+}
+
+void prepared_put_check(struct iobuf *out, const struct prepared_stmt *st)
+{
+	size_t begin;
+
+	if (st) {
+		prepared_put_parse_as(out, st, PREPARED_CHECK_NAME);
+		return;
+	}
+	begin = proto_begin(out, FE_PARSE);
+	iobuf_append_str(out, PREPARED_CHECK_NAME);
+	iobuf_append_str(out, "SELECT");
+	iobuf_append_u16(out, 0); /* no parameter types */
+	proto_end(out, begin);
+}
+
 void prepared_free(void *p)
 {
 	struct prepared_stmt *st = p;

@@ -16,6 +16,8 @@
 #include "iobuf.h"
 
 #define PREPARED_NAME_LEN 31 /* "pgmux_" + 24 hex digits + NUL = 31 bytes */
+/* A statement pgmux prepares only to have a backend judge a text, closed again at once. */
+#define PREPARED_CHECK_NAME "pgmux_check"
 
 struct prepared_stmt {
 	char server_name[PREPARED_NAME_LEN + 1];
@@ -30,6 +32,12 @@ struct prepared_stmt {
  */
 struct prepared_stmt *prepared_from_parse(const uint8_t *body, size_t len, const char **client_name);
 void prepared_free(void *stmt);
+
+/* Append a Parse of st's text and parameter types under another server-side name. */
+void prepared_put_parse_as(struct iobuf *out, const struct prepared_stmt *st, const char *server_name);
+
+/* Append a Parse of st's text (or, with st NULL, of a bare SELECT) as PREPARED_CHECK_NAME. */
+void prepared_put_check(struct iobuf *out, const struct prepared_stmt *st);
 
 /*
  * Append to out a copy of a Bind ('B') or Describe/Close ('D'/'C' with 'S')

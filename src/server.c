@@ -488,6 +488,12 @@ static struct pending_reply *reply_front(struct server *s)
 	return s->replies.count ? &s->replies.items[s->replies.head] : NULL;
 }
 
+/* The i-th entry from the front (i < count). */
+static struct pending_reply *reply_at(const struct server *s, uint32_t i)
+{
+	return &s->replies.items[(s->replies.head + i) % s->replies.cap];
+}
+
 static void reply_pop(struct server *s)
 {
 	s->replies.head = (s->replies.head + 1) % s->replies.cap;
@@ -518,13 +524,14 @@ static void reply_push(struct server *s, char kind, const char *name)
 	else
 		r->name[0] = '\0';
 	r->client_name[0] = '\0';
+	r->closed = NULL;
 	q->count++;
 }
 
 /* The entry just pushed (to add details). */
 static struct pending_reply *reply_back(struct server *s)
 {
-	return &s->replies.items[(s->replies.head + s->replies.count - 1) % s->replies.cap];
+	return reply_at(s, s->replies.count - 1);
 }
 
 /* Send the client the replies pgmux owes it that are now at the head of the queue. */
@@ -533,16 +540,13 @@ static void server_emit_owed(struct server *s)
 	struct client *c = s->client;
 	struct pending_reply *r;
 
-	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3' || r->kind == 'e')) {
-		if (c && r->kind == 'e') {
-			char message[128];
-
-			snprintf(message, sizeof(message), "prepared statement \"%s\" already exists", r->client_name);
-			proto_put_error(&c->io.out, "ERROR", "42P05", message, NULL, NULL);
-		} else if (c) {
+	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3')) {
+		if (c) {
 			iobuf_append_u8(&c->io.out, (uint8_t)r->kind);
 			iobuf_append_u32(&c->io.out, 4);
 		}
+		/* A Close the server did not skip: the statement is gone for good. */
+		prepared_free(r->closed);
 		reply_pop(s);
 	}
 }
@@ -568,7 +572,7 @@ static void server_make_room(struct server *s)
 		struct strmap_entry *victim = strmap_oldest(&s->prepared);
 
 		prepared_put_close(&s->io.out, victim->key);
-		server_expect(s, 'c', NULL);
+		server_expect(s, 'c', victim->key);
 		strmap_delete(&s->prepared, victim);
 	}
 }
@@ -590,31 +594,115 @@ void server_ensure_prepared(struct server *s, const struct prepared_stmt *st)
 	strmap_insert(&s->prepared, st->server_name, NULL);
 }
 
-void server_owe_duplicate_error(struct server *s, const char *client_name)
+void server_close_owed(struct server *s, const char *client_name)
 {
+	struct client *c = s->client;
+	struct strmap_entry *e;
+
+	/* After an error the server skips it: no answer, and the client keeps its statement. */
 	if (s->skipping_until_sync)
 		return;
-	reply_push(s, 'e', NULL);
-	snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
+	reply_push(s, '3', NULL);
+	if (c && (e = strmap_find(&c->stmts, client_name)) != NULL) {
+		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
+		reply_back(s)->closed = strmap_delete(&c->stmts, e);
+	}
 	server_emit_owed(s);
 }
 
-void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name)
+void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st)
+{
+	/*
+	 * PostgreSQL finds a name taken only once the new text has passed every
+	 * other check (parse, analysis, an aborted transaction), and its error
+	 * fails a transaction block. So the backend is made to refuse it: the
+	 * new text goes under the server-side name of the statement that has
+	 * the client's name, which the backend has (made sure of first), and
+	 * its error, whichever it is, is the client's.
+	 */
+	server_ensure_prepared(s, taken);
+	prepared_put_parse_as(&s->io.out, st, taken->server_name);
+	server_expect(s, 'x', NULL);
+}
+
+/* Does the backend still owe a ReadyForQuery (the transaction state it will be in is not known yet)? */
+static bool server_batch_pending(const struct server *s)
+{
+	for (uint32_t i = 0; i < s->replies.count; i++) {
+		char kind = reply_at(s, i)->kind;
+
+		if (kind == 'S' || kind == 'Q' || kind == 'F')
+			return true;
+	}
+	return false;
+}
+
+void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name,
+		  bool transaction_control)
 {
 	struct strmap_entry *e = strmap_find(&s->prepared, st->server_name);
 
+	if (e && (s->tx_status != 'I' || server_batch_pending(s))) {
+		/*
+		 * In a failed transaction block PostgreSQL refuses a Parse (25P02)
+		 * unless the statement ends the transaction, and the backend may
+		 * be in one. Before pgmux answers the Parse itself, the backend
+		 * judges one of pgmux's own, closed again at once: of the client's
+		 * text if it controls transactions, else of a SELECT, refused
+		 * exactly when the client's would be (the text itself is known to
+		 * be good: the backend has it). Its error is the client's.
+		 */
+		prepared_put_check(&s->io.out, transaction_control ? st : NULL);
+		server_expect(s, 'p', NULL);
+		prepared_put_close(&s->io.out, PREPARED_CHECK_NAME);
+		server_expect(s, 'c', NULL);
+	}
 	if (e) {
 		/* The backend has it already: answer the client's Parse ourselves, in order. */
 		strmap_touch(&s->prepared, e);
-		server_expect(s, '1', NULL);
-		return;
+		server_expect(s, '1', st->server_name);
+	} else {
+		server_make_room(s);
+		iobuf_append(&s->io.out, st->parse, st->parse_len);
+		server_expect(s, 'P', st->server_name);
+		strmap_insert(&s->prepared, st->server_name, NULL);
 	}
-	server_make_room(s);
-	iobuf_append(&s->io.out, st->parse, st->parse_len);
-	server_expect(s, 'P', st->server_name);
-	if (s->replies.count > 0 && reply_back(s)->kind == 'P')
+	/* Whose Parse it is, unless already answered: should the server skip it, the client's name goes. */
+	if (s->replies.count > 0 && (reply_back(s)->kind == 'P' || reply_back(s)->kind == '1'))
 		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
-	strmap_insert(&s->prepared, st->server_name, NULL);
+}
+
+bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only)
+{
+	bool found = false;
+
+	for (uint32_t i = 0; i < s->replies.count; i++) {
+		const struct pending_reply *r = reply_at(s, i);
+
+		if (found && r->kind == 'S')
+			return true;
+		if ((r->kind == '1' || r->kind == '3' || (r->kind == 'P' && !owed_only)) &&
+		    strcmp(r->client_name, client_name) == 0)
+			found = true;
+	}
+	return false;
+}
+
+bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name)
+{
+	bool found = false;
+
+	for (uint32_t i = 0; i < s->replies.count; i++) {
+		const struct pending_reply *r = reply_at(s, i);
+
+		if (found && r->kind == 'S')
+			return true;
+		if ((r->kind == 'p' || r->kind == 'c' ||
+		     (r->kind == 'P' && (client_name == NULL || strcmp(r->client_name, client_name) != 0))) &&
+		    strcmp(r->name, server_name) == 0)
+			found = true;
+	}
+	return false;
 }
 
 /* The backend ran a statement that dropped session state; follow it. */
@@ -638,6 +726,90 @@ static void server_command_complete(struct server *s, struct client *c, const ui
 }
 
 /*
+ * The server failed the message at the head of the queue and skips the rest
+ * up to the next Sync: undo what pgmux assumed when it sent them, and drop
+ * their entries (and the replies owed for them, which the server would not
+ * have sent either).
+ */
+static void server_skipped_to_sync(struct server *s)
+{
+	struct pending_reply *r;
+	uint32_t n = 0;
+
+	while (n < s->replies.count && reply_at(s, n)->kind != 'S')
+		n++;
+	/*
+	 * The backend's statements, and the client's, are as they were before
+	 * the first of them: undone from the last back, a statement prepared
+	 * and then evicted or closed in the same batch (or the other way round)
+	 * ends where it was.
+	 */
+	for (uint32_t i = n; i-- > 0;) {
+		struct client *c = s->client;
+		struct strmap_entry *e;
+
+		r = reply_at(s, i);
+		if ((r->kind == 'P' || r->kind == 'p') && (e = strmap_find(&s->prepared, r->name)) != NULL) {
+			strmap_delete(&s->prepared, e);
+		} else if (r->kind == 'P' || r->kind == 'p') {
+			/*
+			 * A later batch evicted it already: that Close now closes
+			 * nothing, and must not bring the name back should that
+			 * batch fail too. (Nothing prepares it again after the
+			 * Close while this batch is unanswered: see
+			 * server_statement_unsettled().)
+			 */
+			for (uint32_t j = n; j < s->replies.count; j++) {
+				struct pending_reply *later = reply_at(s, j);
+
+				if (later->kind == 'c' && strcmp(later->name, r->name) == 0) {
+					later->name[0] = '\0';
+					break;
+				}
+			}
+		} else if (r->kind == 'c' && r->name[0] && strmap_find(&s->prepared, r->name) == NULL) {
+			strmap_insert(&s->prepared, r->name, NULL);
+		}
+		/*
+		 * A statement the server never created does not exist for the
+		 * client either (nor, if a later batch closed it already, may
+		 * undoing that Close bring it back)...
+		 */
+		if ((r->kind == 'P' || r->kind == '1') && r->client_name[0] && c &&
+		    (e = strmap_find(&c->stmts, r->client_name)) != NULL &&
+		    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0) {
+			prepared_free(strmap_delete(&c->stmts, e));
+		} else if ((r->kind == 'P' || r->kind == '1') && r->client_name[0]) {
+			for (uint32_t j = n; j < s->replies.count; j++) {
+				struct pending_reply *later = reply_at(s, j);
+
+				if (later->closed && strcmp(later->client_name, r->client_name) == 0 &&
+				    strcmp(later->closed->server_name, r->name) == 0) {
+					prepared_free(later->closed);
+					later->closed = NULL;
+					break;
+				}
+			}
+		}
+		/* ...and one it never closed is the client's again. */
+		if (r->closed && c && strmap_find(&c->stmts, r->client_name) == NULL)
+			strmap_insert(&c->stmts, r->client_name, r->closed);
+		else
+			prepared_free(r->closed);
+		r->closed = NULL;
+	}
+	while (n-- > 0) {
+		r = reply_front(s);
+		/* A Query skipped this way gets no ReadyForQuery. */
+		if ((r->kind == 'Q' || r->kind == 'F') && s->outstanding > 0)
+			s->outstanding--;
+		reply_pop(s);
+	}
+	if (s->replies.count == 0)
+		s->skipping_until_sync = true;
+}
+
+/*
  * A whole reply arrived while a transaction-pooled client is linked: match
  * it with the queue. Returns false when pgmux must swallow it (the reply to
  * a message it injected).
@@ -647,29 +819,21 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 	struct pending_reply *r = reply_front(s);
 	bool forward = true;
 
-	if (type == BE_NOTICE_RESPONSE || type == BE_NOTIFICATION || type == BE_PARAMETER_STATUS || r == NULL)
+	if (type == BE_NOTICE_RESPONSE || type == BE_NOTIFICATION || type == BE_PARAMETER_STATUS)
 		return true;
 	if (type == BE_ERROR_RESPONSE) {
-		if (r->kind == 'Q' || r->kind == 'F' || r->kind == 'S')
+		if (r && (r->kind == 'Q' || r->kind == 'F' || r->kind == 'S'))
 			return true; /* ReadyForQuery follows and ends it */
-		/* An extended-protocol message failed: the server skips to the next Sync. */
-		while ((r = reply_front(s)) != NULL && r->kind != 'S') {
-			struct strmap_entry *e;
-
-			if ((r->kind == 'P' || r->kind == 'p') && r->name[0] &&
-			    (e = strmap_find(&s->prepared, r->name)) != NULL)
-				strmap_delete(&s->prepared, e);
-			/* A statement the server refused to create does not exist for the client either. */
-			if (r->kind == 'P' && r->client_name[0] && s->client &&
-			    (e = strmap_find(&s->client->stmts, r->client_name)) != NULL &&
-			    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0)
-				prepared_free(strmap_delete(&s->client->stmts, e));
-			reply_pop(s);
-		}
-		if (r == NULL)
-			s->skipping_until_sync = true;
+		/*
+		 * An extended-protocol message failed (with nothing pending, a
+		 * Flush with a body, which has no reply to wait for): the server
+		 * skips everything up to the next Sync.
+		 */
+		server_skipped_to_sync(s);
 		return true;
 	}
+	if (r == NULL)
+		return true;
 	switch (r->kind) {
 	case 'P':
 	case 'p':
@@ -1022,8 +1186,10 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 			if (result == SERVER_INPUT_GONE)
 				return;
 			c = s->client;
-			if (c)
+			if (c) {
 				client_flush(c);
+				client_replies_arrived(c);
+			}
 			if (result == SERVER_INPUT_RELEASE) {
 				/* Last use of s here: the pool may hand it to another worker at once. */
 				if (c && c->state != CLIENT_CLOSED && c->server == s)
@@ -1254,6 +1420,10 @@ void server_free(struct server *s)
 	params_clear(&s->applied);
 	s->params_fingerprint_valid = false;
 	strmap_clear(&s->prepared, NULL);
+	while (s->replies.count > 0) {
+		prepared_free(reply_front(s)->closed);
+		reply_pop(s);
+	}
 	free(s->replies.items);
 	free(s->query_error);
 	free(s->query_value);

@@ -43,14 +43,16 @@ struct server_param {
  * Kinds: the frontend message type ('P', 'B', 'D', 'E', 'C', 'S', 'Q', 'F')
  * whose reply is relayed; 'p' and 'c' for a Parse or Close pgmux injected,
  * whose reply is swallowed; '1' and '3' for a ParseComplete or CloseComplete
- * pgmux owes the client for a message it answered itself, and 'e' for the
- * ErrorResponse of a Parse that reused a statement name (42P05), each sent
- * when it reaches the head of the queue so that replies keep their order.
+ * pgmux owes the client for a message it answered itself, sent when it
+ * reaches the head of the queue so that replies keep their order. 'H' is a
+ * Flush with a body, and 'x' a client's Parse of a name it has already (see
+ * server_parse_taken()): their only reply is the error that refuses them.
  */
 struct pending_reply {
 	char kind;
-	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P' or 'p' */
-	char client_name[64];             /* the client's name for a 'P', or the statement of an 'e' */
+	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P', 'p', 'c' or '1' */
+	char client_name[64];             /* the client's name for a 'P', '1' or '3' */
+	struct prepared_stmt *closed;     /* a '3': the client's statement, until the Close is answered */
 };
 
 struct reply_queue {
@@ -202,17 +204,51 @@ static inline bool server_is_clean(const struct server *s)
 /* Queue what the backend will answer to a message just sent (transaction pooling). */
 void server_expect(struct server *s, char kind, const char *name);
 
-/* The client's Parse of an existing statement name: owe it PostgreSQL's 42P05 error, in order. */
-void server_owe_duplicate_error(struct server *s, const char *client_name);
+/*
+ * The client's Close of its statement client_name: answered by pgmux, in
+ * order, leaving the server's statement for others. The client's name goes
+ * at once, but the statement comes back if the server skips the Close
+ * (after an error earlier in its batch), as PostgreSQL keeps it then.
+ */
+void server_close_owed(struct server *s, const char *client_name);
+
+/*
+ * The client's Parse of st under a name it has already given to statement
+ * taken: let the backend refuse it (42P05, or what is wrong with the text).
+ */
+void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st);
 
 /* Make sure the backend has statement st before a message uses it (sends its Parse if needed). */
 void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);
 
 /*
+ * Is a Parse or Close of the client's statement client_name still
+ * unanswered in an earlier batch (a Sync follows it in the reply queue)?
+ * The server skips it if that batch fails, so whether the statement exists
+ * is not known yet. With owed_only, of the Parses only one pgmux answered
+ * itself counts (the backend had the statement already, so a message using
+ * it would work regardless).
+ */
+bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only);
+
+/*
+ * Does the backend's copy of statement server_name hang on an earlier batch
+ * still unanswered (a Parse or Close of it, with a Sync after it in the
+ * reply queue)? The server skips them if that batch fails, so whether the
+ * backend has it is not known yet: a message that relies on it (or prepares
+ * it) must wait. A Parse by the client's own name client_name (may be NULL)
+ * does not count: were it skipped, the statement would not exist for the
+ * client either, and the backend's "does not exist" is the right answer.
+ */
+bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name);
+
+/*
  * Record that a client's Parse of st (named client_name) is being sent, or
  * answered from the backend's cache. If the server rejects it, the client's
  * name is dropped again, as PostgreSQL would never have created it.
+ * transaction_control: the text begins or ends transactions (see there).
  */
-void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name);
+void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name,
+		  bool transaction_control);
 
 #endif
