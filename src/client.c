@@ -313,7 +313,7 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		client_close(c, message);
 		return;
 	}
-	if (c->reading_settings) {
+	if (s->reading_settings) {
 		/* What the session SET lived only on that backend: it cannot go on as if nothing happened. */
 		client_fatal(c, sqlstate, "lost the connection to the database server before pgmux could read the "
 				 "session's settings: %s", message);
@@ -374,7 +374,7 @@ void client_cancel_backend(struct client *c)
 		return;
 	}
 	/* Reading the settings back: the client's statements are over, and the read must not fail. */
-	if (c->server == NULL || c->reading_settings || !server_send_cancel(c->server, c->id)) {
+	if (c->server == NULL || c->server->reading_settings || !server_send_cancel(c->server, c->id)) {
 		log_client(LOG_LEVEL_DEBUG, c, "cancel request: nothing to cancel");
 		return;
 	}
@@ -1184,7 +1184,6 @@ static void client_settings_read(struct server *s, bool ok, void *arg)
 	struct client *c = arg;
 	struct list_node *pos;
 
-	c->reading_settings = false;
 	s->reading_settings = false;
 	if (!ok || !server_applied_from_settings(s)) {
 		client_settings_unread(c, s);
@@ -1225,7 +1224,6 @@ void client_release_server(struct client *c)
 		struct iobuf sql;
 
 		c->settings_dirty = false;
-		c->reading_settings = true;
 		s->reading_settings = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);

@@ -88,7 +88,6 @@ struct client {
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
 	                                * session's settings back before the backend goes */
-	bool reading_settings;         /* that read-back is running on c->server (state SETUP) */
 	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
 	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */

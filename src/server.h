@@ -87,7 +87,8 @@ struct server {
 	bool pg_wants_write;         /* PQconnectPoll asked for writability */
 	bool counted_connecting;     /* holds one of the target's n_connecting (pool lock) */
 	bool counted_migrating;      /* holds one of its pool's n_migrating (pool lock) */
-	bool reading_settings;       /* pgmux's query is the read-back of a session's settings */
+	bool reading_settings;       /* pgmux's query is the read-back of its client's settings (the
+	                              * client, if still linked, waits in SETUP) */
 
 	/* Relay framing. */
 	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
