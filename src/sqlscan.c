@@ -494,24 +494,32 @@ static bool is_carried_set(const struct scan *sc, const struct text *name)
 	return true;
 }
 
-/* A carried SET or RESET of name: a custom (dotted) one is listed by name for the caller. */
-static void note_carried_set(struct scan *sc, const struct text *name)
+/*
+ * A SET or RESET of an untracked parameter: when it is carried, *effects
+ * gets SQL_EFFECT_SET_SESSION and a custom (dotted) name is listed for the
+ * caller. Returns false when it is not carried.
+ */
+static bool carry_set(struct scan *sc, const struct text *name, unsigned *effects)
 {
 	struct sql_scan_result *out = sc->out;
 
+	if (!is_carried_set(sc, name))
+		return false;
+	*effects |= SQL_EFFECT_SET_SESSION;
 	if (memchr(name->buf, '.', name->len) == NULL)
-		return;
+		return true;
 	for (int i = 0; i < out->n_custom; i++)
 		if (ascii_case_equal(out->custom[i], strlen(out->custom[i]), name->buf, name->len))
-			return;
+			return true;
 	if (out->n_custom == SQL_SCAN_MAX_CUSTOM || name->len >= sizeof(out->custom[0])) {
 		out->custom_overflow = true;
-		return;
+		return true;
 	}
 	for (size_t i = 0; i < name->len; i++)
 		out->custom[out->n_custom][i] = (char)tolower((unsigned char)name->buf[i]);
 	out->custom[out->n_custom][name->len] = '\0';
 	out->n_custom++;
+	return true;
 }
 
 static void statement_reset(struct statement *st)
@@ -693,13 +701,10 @@ static void close_call(struct scan *sc, struct statement *st, const struct set_c
 	text_init(&name, buf, sizeof(buf));
 	if (call->first_arg_is_string)
 		text_append_token(&name, &call->first_arg);
+	/* A custom name is listed even if the call turns out not to run (a function body): reading one more is harmless. */
 	if (is_tracked(sc, &name))
 		st->call_effects |= SQL_EFFECT_SET_TRACKED;
-	else if (is_carried_set(sc, &name)) {
-		/* Listed even if the call turns out not to run (a function body): reading one more name is harmless. */
-		st->call_effects |= SQL_EFFECT_SET_SESSION;
-		note_carried_set(sc, &name);
-	} else
+	else if (!carry_set(sc, &name, &st->call_effects))
 		record_finding(&st->call, SQL_PIN_SET, call->offset, name.len ? name.buf : "set_config");
 }
 
@@ -812,10 +817,7 @@ static void judge_parameter(struct scan *sc, const struct text *name)
 {
 	if (is_tracked(sc, name))
 		sc->out->effects |= SQL_EFFECT_SET_TRACKED;
-	else if (is_carried_set(sc, name)) {
-		sc->out->effects |= SQL_EFFECT_SET_SESSION;
-		note_carried_set(sc, name);
-	} else
+	else if (!carry_set(sc, name, &sc->out->effects))
 		pin(sc, SQL_PIN_SET, name->buf);
 }
 
@@ -923,10 +925,8 @@ static void judge_reset(struct scan *sc, const struct statement *st, size_t i)
 		head_read_name(st, i, &name);
 	if (is_tracked(sc, &name))
 		sc->out->effects |= SQL_EFFECT_SET_TRACKED;
-	else if (is_carried_set(sc, &name)) {
-		sc->out->effects |= SQL_EFFECT_SET_SESSION;
-		note_carried_set(sc, &name);
-	}
+	else
+		(void)carry_set(sc, &name, &sc->out->effects);
 }
 
 /* What kind of statement it was, for the patterns found anywhere in it. */
