@@ -7,6 +7,8 @@
 #include "io.h"
 
 #include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -304,4 +306,31 @@ void io_set_nodelay(int fd)
 	int on = 1;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+}
+
+struct evconnlistener *io_listen(struct event_base *base, const char *addr, int port, int backlog,
+				 evconnlistener_cb cb, void *arg)
+{
+	struct addrinfo hints, *res = NULL;
+	struct evconnlistener *listener;
+	char service[16];
+	int rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	snprintf(service, sizeof(service), "%d", port);
+	rc = getaddrinfo(strcmp(addr, "*") == 0 ? NULL : addr, service, &hints, &res);
+	if (rc != 0) {
+		log_error("listen_addr %s: %s", addr, gai_strerror(rc));
+		return NULL;
+	}
+	listener = evconnlistener_new_bind(base, cb, arg,
+					   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, backlog,
+					   res->ai_addr, (int)res->ai_addrlen);
+	freeaddrinfo(res);
+	if (listener == NULL)
+		log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
+	return listener;
 }

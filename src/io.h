@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <openssl/ssl.h>
 
 #include "iobuf.h"
@@ -93,5 +94,14 @@ void io_close(struct io *io, bool close_fd);
 void io_shrink(struct io *io);
 
 void io_set_nodelay(int fd);
+
+/*
+ * Listen on addr:port (addr numeric, or "*" for every address) with the given
+ * backlog, close-on-exec and SO_REUSEADDR; accepted sockets go to cb (NULL:
+ * none until one is set, as evhttp_bind_listener() does). NULL, with the
+ * reason logged, when addr does not resolve or the port cannot be had.
+ */
+struct evconnlistener *io_listen(struct event_base *base, const char *addr, int port, int backlog,
+				 evconnlistener_cb cb, void *arg);
 
 #endif

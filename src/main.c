@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +22,7 @@
 #include "cancel.h"
 #include "config.h"
 #include "control.h"
+#include "io.h"
 #include "log.h"
 #include "metrics.h"
 #include "monitor.h"
@@ -91,32 +91,11 @@ static void on_accept_error(struct evconnlistener *listener, void *arg)
 
 static struct evconnlistener *start_listener(const struct config *cfg, int port_number)
 {
-	struct addrinfo hints, *res = NULL;
-	char port[16];
-	const char *addr = strcmp(cfg->listen_addr, "*") == 0 ? NULL : cfg->listen_addr;
-	int rc;
+	struct evconnlistener *listener =
+		io_listen(M.base, cfg->listen_addr, port_number, cfg->listen_backlog, on_accept, NULL);
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE;
-	struct evconnlistener *listener;
-
-	snprintf(port, sizeof(port), "%d", port_number);
-	rc = getaddrinfo(addr, port, &hints, &res);
-	if (rc != 0) {
-		log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
-		return NULL;
-	}
-	listener = evconnlistener_new_bind(M.base, on_accept, NULL,
-					   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-					   cfg->listen_backlog, res->ai_addr, (int)res->ai_addrlen);
-	freeaddrinfo(res);
-	if (listener == NULL) {
-		log_error("cannot listen on %s:%d: %s", cfg->listen_addr, port_number, strerror(errno));
-		return NULL;
-	}
-	evconnlistener_set_error_cb(listener, on_accept_error);
+	if (listener)
+		evconnlistener_set_error_cb(listener, on_accept_error);
 	return listener;
 }
 

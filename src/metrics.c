@@ -8,11 +8,8 @@
  */
 #include "metrics.h"
 
-#include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -20,6 +17,7 @@
 
 #include "client.h"
 #include "control.h"
+#include "io.h"
 #include "log.h"
 #include "pgmux.h"
 #include "pool.h"
@@ -223,33 +221,14 @@ static void metrics_not_found(struct evhttp_request *req, void *arg)
 
 int metrics_start(struct event_base *base, const struct config *cfg)
 {
-	struct addrinfo hints, *res = NULL;
 	struct evconnlistener *listener;
-	char port[16];
-	const char *addr = strcmp(cfg->listen_addr, "*") == 0 ? NULL : cfg->listen_addr;
-	int rc;
 
 	if (cfg->metrics_port == 0)
 		return 0;
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE;
-	snprintf(port, sizeof(port), "%d", cfg->metrics_port);
-	rc = getaddrinfo(addr, port, &hints, &res);
-	if (rc != 0) {
-		log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
+	/* No callback: evhttp takes the listener over. */
+	listener = io_listen(base, cfg->listen_addr, cfg->metrics_port, 64, NULL, NULL);
+	if (listener == NULL)
 		return -1;
-	}
-	listener = evconnlistener_new_bind(base, NULL, NULL,
-					   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 64,
-					   res->ai_addr, (int)res->ai_addrlen);
-	freeaddrinfo(res);
-	if (listener == NULL) {
-		log_error("cannot listen for metrics on %s:%d: %s", cfg->listen_addr, cfg->metrics_port,
-			  strerror(errno));
-		return -1;
-	}
 	http = evhttp_new(base);
 	if (http == NULL || evhttp_bind_listener(http, listener) == NULL) {
 		log_error("cannot start the metrics endpoint: out of memory");
