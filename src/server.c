@@ -672,35 +672,39 @@ void server_parse(struct server *s, const struct prepared_stmt *st, const char *
 		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
 }
 
+/*
+ * Is there a Sync behind the i-th entry: does the batch of that entry still
+ * await its answer, with later batches sent behind it?
+ */
+static bool reply_sync_behind(const struct server *s, uint32_t i)
+{
+	while (++i < s->replies.count)
+		if (reply_at(s, i)->kind == 'S')
+			return true;
+	return false;
+}
+
 bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only)
 {
-	bool found = false;
-
 	for (uint32_t i = 0; i < s->replies.count; i++) {
 		const struct pending_reply *r = reply_at(s, i);
 
-		if (found && r->kind == 'S')
-			return true;
 		if ((r->kind == '1' || r->kind == '3' || (r->kind == 'P' && !owed_only)) &&
 		    strcmp(r->client_name, client_name) == 0)
-			found = true;
+			return reply_sync_behind(s, i);
 	}
 	return false;
 }
 
 bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name)
 {
-	bool found = false;
-
 	for (uint32_t i = 0; i < s->replies.count; i++) {
 		const struct pending_reply *r = reply_at(s, i);
 
-		if (found && r->kind == 'S')
-			return true;
 		if ((r->kind == 'p' || r->kind == 'c' ||
 		     (r->kind == 'P' && (client_name == NULL || strcmp(r->client_name, client_name) != 0))) &&
 		    strcmp(r->name, server_name) == 0)
-			found = true;
+			return reply_sync_behind(s, i);
 	}
 	return false;
 }
