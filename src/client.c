@@ -101,6 +101,9 @@ static void client_set_state(struct client *c, enum client_state next)
 		abort();
 	}
 	log_client(LOG_LEVEL_DEBUG, c, "%s -> %s", client_state_names[c->state], client_state_names[next]);
+	/* Back to idle: whatever the client's statements were, a cancel held for them is void. */
+	if (next == CLIENT_IDLE)
+		c->cancel_deferred = false;
 	if (client_state_busy(c->state) != client_state_busy(next))
 		c->worker->n_busy += client_state_busy(next) ? 1 : -1;
 	/* Atomic because SHOW CLIENTS reads it from another worker. */
@@ -371,6 +374,17 @@ void client_cancel_backend(struct client *c)
 	if (c->state == CLIENT_WAITING && c->logged_in) {
 		/* Still queued for a backend: the statement never started; end the wait. */
 		client_fail_batch(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+		return;
+	}
+	/*
+	 * pgmux is bringing the backend to the client's session before the
+	 * statement goes: a cancel now would fail that preparation and with it
+	 * the session. It is forwarded once the statement is on its way.
+	 */
+	if (c->state == CLIENT_SETUP && c->server && c->server->state == SERVER_INTERNAL &&
+	    !c->server->reading_settings) {
+		log_client(LOG_LEVEL_DEBUG, c, "cancel request while the backend is prepared: deferred");
+		c->cancel_deferred = true;
 		return;
 	}
 	/* Reading the settings back: the client's statements are over, and the read must not fail. */
@@ -1289,7 +1303,10 @@ static void client_setup_complete(struct client *c)
 	}
 	client_set_state(c, CLIENT_ACTIVE);
 	io_want_read(&c->io, !c->read_paused);
-	client_process_input(c);
+	if (!client_process_input(c) || !c->cancel_deferred)
+		return;
+	c->cancel_deferred = false;
+	client_cancel_backend(c);
 }
 
 static void client_setup_done(struct server *s, bool ok, void *arg)

@@ -261,6 +261,50 @@ Test(server_init, transaction_mode_runs_once_per_backend)
 }
 
 /*
+ * A cancel that arrives while pgmux prepares the borrowed backend (here it
+ * runs init_query again after the client's DISCARD ALL) must not cancel
+ * pgmux's own query: that would fail the preparation and end the session.
+ * pgmux holds the cancel until the client's statement is sent, so the
+ * statement is what gets cancelled (57014), and the session goes on.
+ */
+Test(server_init, cancel_while_the_backend_is_prepared_cancels_the_statement)
+{
+	start_pool_of_one("transaction", "init_query = SELECT pg_sleep(1)");
+	PGconn *super = h_connect_super_direct();
+	PGconn *a = app();
+
+	h_exec_ok(a, "discard all");
+	cr_assert_eq(PQsendQuery(a, "select pg_sleep(30)"), 1, "%s", PQerrorMessage(a));
+	cr_assert(h_poll_value(super,
+			       "select count(*) from pg_stat_activity where state = 'active' and "
+			       "query like 'SELECT pg_sleep(1);%'",
+			       "1", h_scaled_ms(10000)),
+		  "pgmux did not run init_query again before the client's statement");
+
+	PGcancel *cancel = PQgetCancel(a);
+	char errbuf[256];
+	cr_assert_not_null(cancel);
+	cr_assert_eq(PQcancel(cancel, errbuf, sizeof(errbuf)), 1, "PQcancel: %s", errbuf);
+	PQfreeCancel(cancel);
+
+	PGresult *r = h_get_result(a, h_scaled_ms(10000));
+	cr_assert_not_null(r, "no result within 10 s of the cancel request");
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	if (PQresultStatus(r) != PGRES_FATAL_ERROR || state == NULL || strcmp(state, "57014") != 0)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "status %s", PQresStatus(PQresultStatus(r)));
+	cr_assert_str_eq(state ? state : "", "57014", "%s", PQresultErrorMessage(r));
+	PQclear(r);
+	while ((r = h_get_result(a, h_scaled_ms(2000))) != NULL)
+		PQclear(r);
+	cr_assert_eq(PQstatus(a), CONNECTION_OK, "the session ended: %s", PQerrorMessage(a));
+	h_expect_value(a, "select 'still here'", "still here");
+	PQfinish(a);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
  * An init_query that fails (an error, or one that leaves a transaction
  * open): the new connection is closed, the log says why, and the waiting
  * client gets a FATAL error that says why at once (not a wait for
