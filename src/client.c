@@ -1938,7 +1938,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		if (st == IO_AGAIN)
 			break;
 		if (st == IO_EOF)
-			client_close(c, c->state == CLIENT_ACTIVE ? "client disconnected" : "client disconnected during login");
+			client_close(c, c->logged_in ? "client disconnected" : "client disconnected during login");
 		else
 			client_close(c, c->io.error);
 		return;

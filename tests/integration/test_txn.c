@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static struct pgmux px;
@@ -1004,6 +1005,8 @@ Test(txn_state, client_leaving_during_the_read_back_keeps_the_backend)
 	start_txn_pgmux(1, NULL, NULL);
 	PGconn *first = app(NULL);
 	int pid = h_backend_pid(first);
+	/* Gone without a Terminate message, as a killed client goes. */
+	shutdown(PQsocket(first), SHUT_RDWR);
 	PQfinish(first);
 	for (int i = 0; i < 20; i++) {
 		PGconn *a = app(NULL);
@@ -1015,6 +1018,9 @@ Test(txn_state, client_leaving_during_the_read_back_keeps_the_backend)
 	cr_assert_eq(after, pid, "the backend changed from %d to %d: pgmux closed it under a leaving client", pid, after);
 	h_expect_value(b, "show work_mem", "4MB");
 	expect_log_lacks("client left in the middle");
+	/* The first client left between transactions, long after its login: the log must not say otherwise. */
+	expect_log_contains("closing during idle: client disconnected");
+	expect_log_lacks("closing during idle: client disconnected during login");
 	PQfinish(b);
 	h_stop_expect_clean_exit(&px);
 }
