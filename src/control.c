@@ -38,11 +38,45 @@ struct control_request {
 	uint64_t client_id;
 };
 
+#define CONFIG_READERS_MAX 80 /* MAX_WORKERS workers and the monitor, with room to spare */
+
+/*
+ * A configuration that was replaced, with each reader's pass count when it
+ * was: once every count has moved, no reader can hold a pointer into it.
+ */
+struct retired_config {
+	struct config *cfg;
+	uint64_t passes[CONFIG_READERS_MAX];
+	int n_readers;
+};
+
 /* Someone waiting for the end of the cutover in progress (the admin who asked for it). */
 struct cutover_waiter {
 	struct worker *worker;
 	uint64_t client_id;
 };
+
+/*
+ * Config readers. A reader bumps its count between loop passes; the main
+ * thread swaps the pointer, then reads the counts (all sequentially
+ * consistent). A count that moved after that read was bumped after the swap,
+ * so the reader's earlier uses of the old configuration are over and its
+ * later loads see the new one. Readers past CONFIG_READERS_MAX (not possible
+ * with MAX_WORKERS) would only keep old configurations until exit.
+ */
+static uint64_t reader_passes[CONFIG_READERS_MAX];
+static int n_readers_registered;
+
+int config_reader_register(void)
+{
+	return __atomic_fetch_add(&n_readers_registered, 1, __ATOMIC_SEQ_CST);
+}
+
+void config_reader_quiescent(int reader)
+{
+	if (reader >= 0 && reader < CONFIG_READERS_MAX)
+		__atomic_fetch_add(&reader_passes[reader], 1, __ATOMIC_SEQ_CST);
+}
 
 static struct {
 	struct event_base *base;
@@ -53,8 +87,9 @@ static struct {
 	struct event *drain_timer;
 	uint64_t drain_deadline_usec;
 	void (*stop_listening)(void);
-	struct config **retired;
+	struct retired_config *retired; /* replaced, not yet freed: oldest first */
 	int n_retired;
+	struct event *reclaim_timer;
 
 	pthread_mutex_t lock; /* the request queue and the cutover stats */
 	struct list_node requests;
@@ -254,17 +289,72 @@ void control_apply_log_settings(const void *arg)
 		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
 }
 
-/* Publish next as the running configuration; the old one stays allocated until exit. */
+/* Has every reader passed a quiescent point since r was retired? */
+static bool retired_config_unused(const struct retired_config *r)
+{
+	if (__atomic_load_n(&n_readers_registered, __ATOMIC_SEQ_CST) > CONFIG_READERS_MAX)
+		return false;
+	for (int i = 0; i < r->n_readers; i++)
+		if (__atomic_load_n(&reader_passes[i], __ATOMIC_SEQ_CST) == r->passes[i])
+			return false;
+	return true;
+}
+
+/*
+ * Frees the replaced configurations no reader can hold any more. A timer
+ * callback of the main thread, so the main thread itself holds none either;
+ * it checks again a second later while some are left (a worker with nothing
+ * to do still passes every second, for its janitor).
+ */
+static void reclaim_configs(evutil_socket_t fd, short what, void *arg)
+{
+	struct timeval again = {1, 0};
+	int kept = 0, freed = 0;
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	for (int i = 0; i < C.n_retired; i++) {
+		if (retired_config_unused(&C.retired[i])) {
+			config_free(C.retired[i].cfg);
+			freed++;
+		} else {
+			C.retired[kept++] = C.retired[i];
+		}
+	}
+	C.n_retired = kept;
+	if (freed > 0)
+		log_debug("freed %d replaced configuration(s), %d still in use", freed, kept);
+	if (kept > 0)
+		evtimer_add(C.reclaim_timer, &again);
+}
+
+/*
+ * Publish next as the running configuration. The old one is freed by
+ * reclaim_configs() once no reader can be using it; callers on the main
+ * thread may go on using it until they return to the loop.
+ */
 static void publish(struct config *next)
 {
 	struct config *old = (struct config *)config_current();
-	struct config **retired = realloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
+	struct retired_config *retired = realloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
+	struct retired_config *r;
+	struct timeval soon = {1, 0};
 
 	if (retired == NULL)
 		abort();
 	C.retired = retired;
-	C.retired[C.n_retired++] = old;
-	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_RELEASE);
+	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_SEQ_CST);
+	/* The counts are read after the swap: see reader_passes. */
+	r = &C.retired[C.n_retired++];
+	r->cfg = old;
+	r->n_readers = __atomic_load_n(&n_readers_registered, __ATOMIC_SEQ_CST);
+	if (r->n_readers > CONFIG_READERS_MAX)
+		r->n_readers = CONFIG_READERS_MAX;
+	for (int i = 0; i < r->n_readers; i++)
+		r->passes[i] = __atomic_load_n(&reader_passes[i], __ATOMIC_SEQ_CST);
+	if (C.reclaim_timer && !evtimer_pending(C.reclaim_timer, NULL))
+		evtimer_add(C.reclaim_timer, &soon);
 }
 
 /*
@@ -470,7 +560,8 @@ int control_init(struct event_base *base, const char *config_path, int log_level
 	C.request_event = event_new(base, -1, 0, on_requests, NULL);
 	C.cutover_timer = evtimer_new(base, cutover_tick, NULL);
 	C.pinned_timer = evtimer_new(base, cutover_finish_pinned, NULL);
-	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL)
+	C.reclaim_timer = evtimer_new(base, reclaim_configs, NULL);
+	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL || C.reclaim_timer == NULL)
 		return -1;
 	return 0;
 }
@@ -488,6 +579,9 @@ void control_cleanup(void)
 		event_free(C.cutover_timer);
 	if (C.pinned_timer)
 		event_free(C.pinned_timer);
+	if (C.reclaim_timer)
+		event_free(C.reclaim_timer);
+	C.reclaim_timer = NULL;
 	if (C.drain_timer)
 		event_free(C.drain_timer);
 	/* Start-up may have failed before control_init ran. */
@@ -506,7 +600,7 @@ void control_cleanup(void)
 void control_free_retired_configs(void)
 {
 	for (int i = 0; i < C.n_retired; i++)
-		config_free(C.retired[i]);
+		config_free(C.retired[i].cfg);
 	free(C.retired);
 	C.retired = NULL;
 	C.n_retired = 0;

@@ -69,6 +69,7 @@ static struct event *tick_event;
 static struct event *wake_event;
 static pthread_t mon_thread;
 static bool mon_running;
+static int mon_reader = -1; /* config_reader_register() */
 static struct monitor_conn **mons;
 static int n_mons;
 static unsigned round_number;
@@ -393,7 +394,11 @@ static void monitor_adopt(struct target *t, void *arg)
 
 static void monitor_tick(evutil_socket_t fd, short what, void *arg)
 {
-	const struct config *cfg = config_current();
+	const struct config *cfg;
+
+	/* A callback's start: the monitor holds no pointer into a configuration. */
+	config_reader_quiescent(mon_reader);
+	cfg = config_current();
 	struct timeval tv = { cfg->health_check_interval_ms / 1000, (cfg->health_check_interval_ms % 1000) * 1000 };
 
 	round_number++;
@@ -442,6 +447,7 @@ void monitor_rescan(void)
 static void *monitor_main(void *arg)
 {
 	pthread_setname_np(pthread_self(), "monitor");
+	mon_reader = config_reader_register();
 	event_base_loop(mon_base, EVLOOP_NO_EXIT_ON_EMPTY);
 	for (int i = 0; i < n_mons; i++)
 		monitor_free(mons[i]);

@@ -395,6 +395,7 @@ static bool worker_busy_poll(struct worker *w)
 		return true;
 	until = now + (uint64_t)window;
 	do {
+		config_reader_quiescent(w->config_reader);
 		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 		if (event_base_got_exit(w->base))
 			return false;
@@ -416,6 +417,8 @@ static void worker_run(struct worker *w)
 	for (;;) {
 		if (!worker_busy_poll(w))
 			return;
+		/* Between passes no callback runs, so no pointer into a configuration is held. */
+		config_reader_quiescent(w->config_reader);
 		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
 		if (event_base_got_exit(w->base))
 			return;
@@ -428,6 +431,7 @@ static void *worker_main(void *arg)
 	char name[16];
 
 	current_worker = w;
+	w->config_reader = config_reader_register();
 	snprintf(name, sizeof(name), "worker-%d", w->id);
 	pthread_setname_np(pthread_self(), name);
 	log_debug("worker %d started", w->id);

@@ -68,6 +68,7 @@ struct worker_stats {
 
 struct worker {
 	int id;
+	int config_reader; /* config_reader_register(), from the worker's own thread */
 	struct worker_stats stats;
 	/*
 	 * Clients with no buffered input read into this, so that an idle

@@ -1564,6 +1564,61 @@ Test(cutover_signals, sighup_with_an_invalid_file_keeps_the_old_one)
 	h_stop_expect_clean_exit(&px);
 }
 
+/* The replaced configurations pgmux's log says it freed ("freed N replaced configuration(s)"), in all. */
+static int freed_configurations(void)
+{
+	static const char needle[] = "freed ";
+	char *log = h_read_file(px.logfile);
+	int total = 0;
+	for (const char *p = log; (p = strstr(p, needle)) != NULL; p += sizeof(needle) - 1) {
+		int n;
+		char word[16];
+		if (sscanf(p + sizeof(needle) - 1, "%d %15s", &n, word) == 2 && strcmp(word, "replaced") == 0)
+			total += n;
+	}
+	free(log);
+	return total;
+}
+
+/*
+ * A reload replaces the configuration, and the old one is freed once no
+ * worker and no monitor can still be reading it, not kept until exit. Ten
+ * reloads while two clients keep querying: all ten are freed, the clients
+ * notice nothing, and under valgrind nothing reads freed memory.
+ */
+Test(cutover_signals, replaced_configurations_are_freed)
+{
+	PGconn *a = app_ok("postgres"), *b = app_ok("postgres");
+	struct pgmux_options o;
+	char extra[64];
+	base_options(&o);
+	snprintf(extra, sizeof(extra), "metrics_port = %d", metrics_port);
+	o.extra_pgmux = extra;
+	for (int i = 0; i < 10; i++) {
+		o.max_connections = 6 + i % 3;
+		rewrite_config(&o);
+		int reloads = h_file_count(px.logfile, "configuration reloaded from");
+		sigsend(SIGHUP);
+		bool done = h_file_wait_count(px.logfile, "configuration reloaded from", reloads + 1, h_scaled_ms(5000));
+		if (!done)
+			pgmux_dump_logs(&px);
+		cr_assert(done, "reload %d did not happen", i + 1);
+		cr_assert_eq(number_ok(a, "select 1"), 1);
+		cr_assert_eq(number_ok(b, "select 2"), 2);
+	}
+	long long deadline = h_now_ms() + h_scaled_ms(10000);
+	int freed;
+	while ((freed = freed_configurations()) < 10 && h_now_ms() < deadline)
+		h_sleep_ms(100);
+	if (freed != 10)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(freed, 10, "pgmux freed %d of the 10 configurations its reloads replaced", freed);
+	cr_assert_eq(number_ok(a, "select 3"), 3);
+	PQfinish(a);
+	PQfinish(b);
+	h_stop_expect_clean_exit(&px);
+}
+
 Test(cutover_signals, sighup_keeps_restart_only_settings)
 {
 	int old_port = px.port;
