@@ -1,0 +1,84 @@
+/*
+ * test_drivers.c: real client drivers through pgmux in transaction pooling,
+ * each over a pool of two backends: asyncpg (its own named prepared
+ * statements and statement cache, its pool's reset query) and psycopg 3
+ * (server-side prepared statements, pipeline mode) with psycopg2 (simple
+ * queries, implicit transaction blocks). The scripts in tests/drivers/ check
+ * every answer and that no more than two backends served them; this file
+ * starts pgmux, runs them with Debian's python3 and checks what pgmux saw:
+ * no session pinned, nothing failed.
+ *
+ * The drivers come from Debian (python3-asyncpg, python3-psycopg,
+ * python3-psycopg2; .ci/run installs them). /usr/bin/python3 is used on
+ * purpose: another python3 first in PATH would lack them.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PYTHON "/usr/bin/python3"
+#define BACKENDS 2
+
+static struct pgmux px;
+
+TestSuite(drivers, .fini = h_teardown, .timeout = 300);
+
+/* Runs tests/drivers/SCRIPT against a fresh pgmux; its output must contain want. */
+static void run_driver_script(const char *script, const char *want)
+{
+	const struct h_env *e = h_env();
+	struct pgmux_options o;
+	char path[700], port[32], user[300], pw[300], backends[32];
+	struct h_cmd c;
+
+	h_wait_no_app_backends();
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = BACKENDS;
+	o.admin_users = e->superuser;
+	o.extra_pool = "max_idle_connections_percent = 100";
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+
+	const char *top = getenv("TOP_SRCDIR"); /* set by tests/run-tests.sh */
+	snprintf(path, sizeof(path), "%s/tests/drivers/%s", top ? top : ".", script);
+	snprintf(port, sizeof(port), "PGPORT=%d", px.port);
+	snprintf(user, sizeof(user), "PGUSER=%s", e->appuser);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	snprintf(backends, sizeof(backends), "MAX_BACKENDS=%d", BACKENDS);
+	const char *argv[] = {PYTHON, path, NULL};
+	const char *env[] = {"PGHOST=127.0.0.1", port, user, pw, "PGDATABASE=postgres", backends,
+			     h_under_valgrind() ? "DRIVER_ROUNDS=15" : "DRIVER_ROUNDS=40", NULL};
+	cr_assert(access(PYTHON, X_OK) == 0, "%s is missing (install python3 and the drivers: see .ci/run)", PYTHON);
+	int st = h_cmd_run(&c, argv, env, h_scaled_ms(120000));
+	if (st != 0 || strstr(c.out, want) == NULL) {
+		h_cmd_dump(&c, script);
+		pgmux_dump_logs(&px);
+	}
+	cr_assert_eq(st, 0, "%s exited with %d: %s", script, st, c.err);
+	cr_assert(strstr(c.out, want) != NULL, "%s did not print \"%s\": %s", script, want, c.out);
+	cr_log_info("%s", c.out);
+	h_cmd_free(&c);
+
+	/* Everything the drivers do is carried: nothing pinned a session to its backend. */
+	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	long long pinned = h_admin_stat(admin, "sessions_pinned_total");
+	PQfinish(admin);
+	if (pinned != 0)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(pinned, 0, "%lld session(s) were pinned", pinned);
+	h_stop_expect_clean_exit(&px);
+}
+
+Test(drivers, asyncpg_pool_with_its_statement_cache)
+{
+	run_driver_script("asyncpg_pool.py", "asyncpg ok:");
+}
+
+Test(drivers, psycopg3_pipeline_and_psycopg2)
+{
+	run_driver_script("psycopg_pipeline.py", "psycopg ok:");
+}
