@@ -1,12 +1,13 @@
 /*
  * test_drivers.c: real client drivers through pgmux in transaction pooling,
  * each over a pool of two backends: asyncpg (its own named prepared
- * statements and statement cache, its pool's reset query) and psycopg 3
- * (server-side prepared statements, pipeline mode) with psycopg2 (simple
- * queries, implicit transaction blocks). The scripts in tests/drivers/ check
- * every answer and that no more than two backends served them; this file
- * starts pgmux, runs them with Debian's python3 and checks what pgmux saw:
- * no session pinned, nothing failed.
+ * statements and statement cache, its pool's reset query, its query timeout,
+ * which sends a cancel) and psycopg 3 (server-side prepared statements,
+ * pipeline mode, Connection.cancel()) with psycopg2 (simple queries,
+ * implicit transaction blocks). The scripts in tests/drivers/ check every
+ * answer, and that no more than three backends served them (two at a time;
+ * pgmux replaces the one a cancel reached); this file starts pgmux, runs
+ * them with Debian's python3 and checks what pgmux saw: no session pinned.
  *
  * The drivers come from Debian (python3-asyncpg, python3-psycopg,
  * python3-psycopg2; .ci/run installs them). /usr/bin/python3 is used on
