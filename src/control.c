@@ -64,7 +64,10 @@ struct cutover_waiter {
  * later loads see the new one. Readers past CONFIG_READERS_MAX (not possible
  * with MAX_WORKERS) would only keep old configurations until exit.
  */
-static uint64_t reader_passes[CONFIG_READERS_MAX];
+static struct {
+	uint64_t passes;
+	char pad[64 - sizeof(uint64_t)]; /* a cache line each: workers bump theirs on every pass */
+} reader_passes[CONFIG_READERS_MAX] __attribute__((aligned(64)));
 static int n_readers_registered;
 
 int config_reader_register(void)
@@ -75,7 +78,7 @@ int config_reader_register(void)
 void config_reader_quiescent(int reader)
 {
 	if (reader >= 0 && reader < CONFIG_READERS_MAX)
-		__atomic_fetch_add(&reader_passes[reader], 1, __ATOMIC_SEQ_CST);
+		__atomic_fetch_add(&reader_passes[reader].passes, 1, __ATOMIC_SEQ_CST);
 }
 
 static struct {
@@ -295,7 +298,7 @@ static bool retired_config_unused(const struct retired_config *r)
 	if (__atomic_load_n(&n_readers_registered, __ATOMIC_SEQ_CST) > CONFIG_READERS_MAX)
 		return false;
 	for (int i = 0; i < r->n_readers; i++)
-		if (__atomic_load_n(&reader_passes[i], __ATOMIC_SEQ_CST) == r->passes[i])
+		if (__atomic_load_n(&reader_passes[i].passes, __ATOMIC_SEQ_CST) == r->passes[i])
 			return false;
 	return true;
 }
@@ -352,7 +355,7 @@ static void publish(struct config *next)
 	if (r->n_readers > CONFIG_READERS_MAX)
 		r->n_readers = CONFIG_READERS_MAX;
 	for (int i = 0; i < r->n_readers; i++)
-		r->passes[i] = __atomic_load_n(&reader_passes[i], __ATOMIC_SEQ_CST);
+		r->passes[i] = __atomic_load_n(&reader_passes[i].passes, __ATOMIC_SEQ_CST);
 	if (C.reclaim_timer && !evtimer_pending(C.reclaim_timer, NULL))
 		evtimer_add(C.reclaim_timer, &soon);
 }
