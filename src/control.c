@@ -287,7 +287,7 @@ void control_apply_log_settings(const void *arg)
 {
 	const struct config *cfg = arg;
 
-	log_current_level = C.log_level_override >= 0 ? C.log_level_override : cfg->log_level;
+	log_set_level(C.log_level_override >= 0 ? C.log_level_override : cfg->log_level);
 	if (log_open(cfg->logfile) != 0)
 		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
 }

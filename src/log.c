@@ -14,9 +14,15 @@
 #include <time.h>
 #include <unistd.h>
 
-volatile int log_current_level = LOG_LEVEL_INFO;
+int log_current_level = LOG_LEVEL_INFO;
 
+/* STDERR_FILENO, or a descriptor of our own for the logfile; atomic (see log_open). */
 static int log_fd = STDERR_FILENO;
+
+void log_set_level(int level)
+{
+	__atomic_store_n(&log_current_level, level, __ATOMIC_RELAXED);
+}
 
 static const char *const level_names[] = { "error", "warning", "info", "debug" };
 static const char *const level_tags[] = { "ERROR", "WARNING", "LOG", "DEBUG" };
@@ -38,30 +44,40 @@ const char *log_level_name(int level)
 
 int log_open(const char *path)
 {
-	int fd, old;
+	int fd, cur = __atomic_load_n(&log_fd, __ATOMIC_RELAXED);
 
 	if (path == NULL || path[0] == '\0') {
-		old = log_fd;
-		log_fd = STDERR_FILENO;
-		if (old != STDERR_FILENO)
-			close(old);
+		/* Our own descriptor now writes where stderr does. */
+		if (cur != STDERR_FILENO && dup2(STDERR_FILENO, cur) < 0)
+			return -1;
 		return 0;
 	}
 	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -1;
-	old = log_fd;
-	log_fd = fd;
-	if (old != STDERR_FILENO)
-		close(old);
+	if (cur == STDERR_FILENO) {
+		__atomic_store_n(&log_fd, fd, __ATOMIC_RELEASE);
+		return 0;
+	}
+	/* dup2 swaps the file under cur in one step; dup3 keeps O_CLOEXEC. */
+	if (dup3(fd, cur, O_CLOEXEC) < 0) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	close(fd);
 	return 0;
 }
 
+/* At exit, once no other thread logs. */
 void log_close(void)
 {
-	if (log_fd != STDERR_FILENO)
-		close(log_fd);
-	log_fd = STDERR_FILENO;
+	int fd = __atomic_exchange_n(&log_fd, STDERR_FILENO, __ATOMIC_ACQ_REL);
+
+	if (fd != STDERR_FILENO)
+		close(fd);
 }
 
 void log_write(int level, const char *fmt, ...)
@@ -89,7 +105,7 @@ void log_write(int level, const char *fmt, ...)
 		len += (size_t)n < sizeof(line) - len - 1 ? (size_t)n : sizeof(line) - len - 2;
 	line[len++] = '\n';
 	/* A short write to a log is not worth retrying in a loop; the line is best effort. */
-	if (write(log_fd, line, len) < 0)
+	if (write(__atomic_load_n(&log_fd, __ATOMIC_ACQUIRE), line, len) < 0)
 		(void)0;
 	errno = saved_errno;
 }

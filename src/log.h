@@ -16,13 +16,27 @@ enum log_level {
 	LOG_LEVEL_DEBUG = 3,
 };
 
-extern volatile int log_current_level;
+/* Written by the main thread (start-up, reload), read by every thread: relaxed atomics. */
+extern int log_current_level;
+
+static inline int log_level_now(void)
+{
+	return __atomic_load_n(&log_current_level, __ATOMIC_RELAXED);
+}
+
+void log_set_level(int level);
 
 /* Parse "error" | "warning" | "info" | "debug"; returns -1 if unknown. */
 int log_level_from_name(const char *name);
 const char *log_level_name(int level);
 
-/* Open (or reopen, after a reload or log rotation) the log file; NULL or "" means stderr. */
+/*
+ * Open (or reopen, after a reload or log rotation) the log file; NULL or ""
+ * means stderr. Main thread only. Other threads may be writing meanwhile: the
+ * descriptor they use is never closed while pgmux runs, only pointed at the
+ * new file (dup2), so a line goes to the old file or the new one and never to
+ * a descriptor number that a new socket has taken over.
+ */
 int log_open(const char *path);
 void log_close(void);
 
@@ -30,7 +44,7 @@ void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2,
 
 #define log_at(level, ...) \
 	do { \
-		if ((level) <= log_current_level) \
+		if ((level) <= log_level_now()) \
 			log_write((level), __VA_ARGS__); \
 	} while (0)
 

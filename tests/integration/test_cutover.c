@@ -1619,6 +1619,66 @@ Test(cutover_signals, replaced_configurations_are_freed)
 	h_stop_expect_clean_exit(&px);
 }
 
+/*
+ * Log rotation as logrotate does it: rename the file, then SIGHUP. Meanwhile
+ * both workers log every state change (log_level = debug) and pgbench -C
+ * opens a socket per transaction, so a descriptor number that the reopen
+ * freed too early would soon belong to a client, and a log line written to
+ * it would break that client's protocol stream.
+ */
+Test(cutover_signals, sighup_reopens_the_logfile_while_workers_log)
+{
+	const struct h_env *e = h_env();
+	char pgbench[600], port[16], pw[256], script[700], rotated[8][700];
+	const int rotations = 8;
+
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port, sizeof(port), "%d", px.port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	snprintf(script, sizeof(script), "%s.select.sql", px.logfile);
+	h_write_file(script, "select 1;\n", 0644);
+	const char *duration = h_under_valgrind() ? "12" : "4";
+	const char *argv[] = {pgbench, "-n", "-C", "-c", "4", "-j", "2", "-T", duration, "-f", script,
+			      "-h", "127.0.0.1", "-p", port, "-U", e->appuser, "postgres", NULL};
+	const char *env[] = {pw, "PGSSLMODE=disable", NULL};
+	struct h_cmd bench;
+	cr_assert(h_cmd_start(&bench, argv, env), "pgbench did not start");
+
+	for (int i = 0; i < rotations; i++) {
+		h_sleep_ms(h_scaled_ms(200));
+		snprintf(rotated[i], sizeof(rotated[i]), "%s.%d", px.logfile, i + 1);
+		cr_assert_eq(rename(px.logfile, rotated[i]), 0, "rename %s: %s", px.logfile, strerror(errno));
+		sigsend(SIGHUP);
+		/* The reload is logged to the new file, once it is open. */
+		bool reopened = h_file_wait_contains(px.logfile, "configuration reloaded from", h_scaled_ms(5000));
+		if (!reopened)
+			h_cmd_dump(&bench, "pgbench");
+		cr_assert(reopened, "rotation %d: pgmux did not log to a new %s after SIGHUP", i + 1, px.logfile);
+	}
+	cr_assert(h_cmd_wait(&bench, h_scaled_ms(60000)), "pgbench did not finish");
+	h_expect_pgbench_clean(&bench, "pgbench -C during log rotations");
+	h_cmd_free(&bench);
+
+	/* Each rotated file holds a full stretch of the log: clients logged in while it was current. */
+	for (int i = 0; i < rotations; i++)
+		cr_expect_gt(h_file_count(rotated[i], ": authenticated"), 0, "%s has no login from its stretch", rotated[i]);
+	/* The renamed files are finished: new lines go to the new file only. */
+	long long before = 0;
+	for (int i = 0; i < rotations; i++)
+		before += h_file_count(rotated[i], " C-");
+	int logins = h_file_count(px.logfile, ": authenticated");
+	PGconn *a = app_ok("postgres");
+	cr_assert_eq(number_ok(a, "select 7"), 7);
+	PQfinish(a);
+	cr_assert(h_file_wait_count(px.logfile, ": authenticated", logins + 1, h_scaled_ms(5000)),
+		  "the login after the rotations is not in the current log");
+	long long after = 0;
+	for (int i = 0; i < rotations; i++)
+		after += h_file_count(rotated[i], " C-");
+	cr_expect_eq(after, before, "lines still went to rotated files after the last reopen");
+	h_stop_expect_clean_exit(&px);
+}
+
 Test(cutover_signals, sighup_keeps_restart_only_settings)
 {
 	int old_port = px.port;

@@ -234,7 +234,7 @@ static void setup_directory(void)
 	cr_assert_not_null(mkdtemp(test_dir));
 	snprintf(log_path, sizeof(log_path), "%s.log", test_dir);
 	cr_assert_eq(log_open(log_path), 0);
-	log_current_level = LOG_LEVEL_WARNING;
+	log_set_level(LOG_LEVEL_WARNING);
 }
 
 static void remove_directory(void)
