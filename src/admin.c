@@ -214,6 +214,7 @@ static void client_row(struct client *c, void *arg)
 	struct iobuf *out = arg;
 	struct row r = { .n = 0 };
 	enum client_state state = __atomic_load_n(&c->state, __ATOMIC_RELAXED);
+	const char *pin_reason = __atomic_load_n(&c->pin_reason, __ATOMIC_RELAXED);
 
 	cell(&r, "%llu", (unsigned long long)c->id);
 	cell(&r, "%s", c->startup.user);
@@ -222,7 +223,7 @@ static void client_row(struct client *c, void *arg)
 	cell(&r, "%s", client_state_name(state));
 	cell(&r, "%s", c->io.ssl ? "yes" : "no");
 	cell(&r, "%d", __atomic_load_n(&c->backend_pid, __ATOMIC_RELAXED));
-	cell(&r, "%s", c->pin_reason ? c->pin_reason : "");
+	cell(&r, "%s", pin_reason ? pin_reason : "");
 	cell(&r, "%llu", (unsigned long long)((pgmux_now_usec() - c->connect_usec) / 1000000));
 	put_row(out, r.n, r.ptrs);
 }

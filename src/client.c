@@ -1187,7 +1187,7 @@ static void client_settings_unread(struct client *c, struct server *s)
 		   s->query_error ? s->query_error : "unexpected reply");
 	snprintf(pin.pin_detail, sizeof(pin.pin_detail), "its settings could not be read back");
 	client_pin(c, &pin);
-	s->state = SERVER_ACTIVE;
+	server_set_state(s, SERVER_ACTIVE);
 	client_set_state(c, CLIENT_ACTIVE);
 	io_want_read(&c->io, !c->read_paused);
 	client_process_input(c);
@@ -1296,7 +1296,7 @@ static void client_login_complete(struct client *c)
 /* The backend matches the client's session: log in, or carry on with the transaction. */
 static void client_setup_complete(struct client *c)
 {
-	c->server->state = SERVER_ACTIVE;
+	server_set_state(c->server, SERVER_ACTIVE);
 	if (!c->logged_in) {
 		client_login_complete(c);
 		return;
@@ -1363,7 +1363,7 @@ static void client_link(struct client *c, struct server *s)
 	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->client_id, c->id, __ATOMIC_RELAXED);
 	if (c->pin_reason)
-		s->pinned = true;
+		server_set_pinned(s);
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
 	if (c->pin_reason || !c->transaction_mode)
 		pool_note_pinned(s);
@@ -1391,10 +1391,11 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 {
 	if (c->pin_reason)
 		return;
-	c->pin_reason = sql_pin_reason_text(scan->pin);
+	/* Atomic because SHOW CLIENTS reads it from another worker. */
+	__atomic_store_n(&c->pin_reason, sql_pin_reason_text(scan->pin), __ATOMIC_RELAXED);
 	snprintf(c->pin_detail, sizeof(c->pin_detail), "%s", scan->pin_detail);
 	if (c->server) {
-		c->server->pinned = true;
+		server_set_pinned(c->server);
 		pool_note_pinned(c->server);
 	}
 	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);

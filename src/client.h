@@ -83,7 +83,7 @@ struct client {
 	bool params_fingerprint_valid;
 	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
 	struct strmap stmt_names;      /* server-side name -> the client's name, for error messages */
-	const char *pin_reason;        /* why the session is pinned to its backend, or NULL */
+	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */
 	char pin_detail[64];
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the

@@ -333,7 +333,7 @@ static void pool_unlink_idle_locked(struct server *s)
 	p->n_connections--;
 	s->target->n_idle--;
 	s->target->n_connections--;
-	s->pool = NULL;
+	server_set_pool(s, NULL);
 }
 
 static void close_all(struct list_node *doomed, const char *reason)
@@ -373,7 +373,7 @@ static struct server *pool_steal_idle_locked(struct pool *for_pool, struct targe
 			p->n_connections--;
 			t->n_idle--;
 			for_pool->n_connections++;
-			s->pool = NULL;
+			server_set_pool(s, NULL);
 			return s;
 		}
 	}
@@ -633,7 +633,7 @@ void pool_release(struct server *s)
 		if (s->worker && s->worker != waiter->worker)
 			server_detach(s);
 		waiter->assigned_server = s;
-		s->state = SERVER_IDLE;
+		server_set_state(s, SERVER_IDLE);
 		list_append(&waiter->worker->ready, &waiter->wait_node);
 		/* Once the lock is dropped the waiter may close; its worker lives on. */
 		wake = waiter->worker;
@@ -643,7 +643,7 @@ void pool_release(struct server *s)
 		 * next borrow here costs no system call, and a server that closes
 		 * the connection is noticed at once.
 		 */
-		s->state = SERVER_IDLE;
+		server_set_state(s, SERVER_IDLE);
 		if (s->worker)
 			io_want_read(&s->io, true);
 		list_prepend(&pool->idle, &s->pool_node);
@@ -696,7 +696,7 @@ void pool_forget(struct server *s)
 	pool_forget_locked(s);
 	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
-	s->pool = NULL;
+	server_set_pool(s, NULL);
 	run_connects(&batch);
 }
 
@@ -753,7 +753,7 @@ void pool_connect_failed(struct server *s, const char *sqlstate, const char *mes
 		pool_fail_waiters_locked(pool, sqlstate, message);
 	pool_kick_locked(&batch);
 	pthread_mutex_unlock(&pool_lock);
-	s->pool = NULL;
+	server_set_pool(s, NULL);
 	run_connects(&batch);
 }
 

@@ -184,7 +184,7 @@ static void server_start_libpq(struct server *s)
 {
 	struct pool *pool = s->pool;
 
-	s->state = SERVER_CONNECTING;
+	server_set_state(s, SERVER_CONNECTING);
 	s->pg = server_libpq_start(s->target, s->hostaddr, pool->user, pool->database, pool->password, NULL);
 	if (s->pg == NULL) {
 		server_connect_failed(s, "out of memory", false);
@@ -284,7 +284,7 @@ static void server_connect_poll(struct server *s)
 	io_detach(&s->io);
 	/* Non-blocking, so that PQfinish's Terminate can never block the loop. */
 	PQsetnonblocking(s->pg, 1);
-	s->backend_pid = PQbackendPID(s->pg);
+	__atomic_store_n(&s->backend_pid, PQbackendPID(s->pg), __ATOMIC_RELAXED);
 	for (size_t i = 0; i < sizeof(reported_params) / sizeof(reported_params[0]); i++) {
 		const char *v = PQparameterStatus(s->pg, reported_params[i]);
 
@@ -397,13 +397,13 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	if (s == NULL)
 		abort();
 	s->id = __atomic_fetch_add(&next_server_id, 1, __ATOMIC_RELAXED);
-	s->pool = pool;
+	server_set_pool(s, pool);
 	s->target = target;
 	/* A role change while this connects makes it unusable; pool_release will see. */
 	s->generation = target->generation;
 	s->worker = w;
 	s->counted_connecting = true;
-	s->state = SERVER_RESOLVING;
+	server_set_state(s, SERVER_RESOLVING);
 	s->io.fd = -1;
 	strmap_init(&s->defaults);
 	strmap_init(&s->prepared);
@@ -447,7 +447,7 @@ bool server_attach(struct server *s, struct worker *w)
 
 	/* Parked on this loop already: its read event would have seen a close. */
 	if (s->worker == w) {
-		s->state = SERVER_ACTIVE;
+		server_set_state(s, SERVER_ACTIVE);
 		return true;
 	}
 	s->worker = w;
@@ -465,7 +465,7 @@ bool server_attach(struct server *s, struct worker *w)
 		server_close(s, "out of memory");
 		return false;
 	}
-	s->state = SERVER_ACTIVE;
+	server_set_state(s, SERVER_ACTIVE);
 	return true;
 }
 
@@ -956,7 +956,7 @@ void server_flush(struct server *s)
 
 void server_run_query(struct server *s, const char *sql, server_query_done_fn done, void *arg)
 {
-	s->state = SERVER_INTERNAL;
+	server_set_state(s, SERVER_INTERNAL);
 	s->query_done = done;
 	s->query_arg = arg;
 	free(s->query_error);
@@ -1373,7 +1373,7 @@ void server_close(struct server *s, const char *reason)
 		s->timer = NULL;
 	}
 	pool_forget(s);
-	s->state = SERVER_CLOSED;
+	server_set_state(s, SERVER_CLOSED);
 	s->client = NULL;
 	/* libpq owns the socket and the SSL object: PQfinish closes both. */
 	io_close(&s->io, false);

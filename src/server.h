@@ -72,14 +72,14 @@ struct server {
 	struct list_node registry_node; /* every server, for SHOW SERVERS (registry lock) */
 	uint64_t client_id;           /* of the client it serves (0: none); atomic, for SHOW SERVERS */
 	uint64_t id;
-	enum server_state state;
+	enum server_state state; /* atomic stores: server_set_state() */
 	struct worker *worker; /* owner; NULL while parked */
-	struct pool *pool;
+	struct pool *pool;     /* atomic stores: server_set_pool() */
 	struct target *target;
 	PGconn *pg;
 	struct io io;
 	struct client *client;
-	int backend_pid;
+	int backend_pid;       /* atomic, for SHOW SERVERS */
 	int generation;              /* the target's generation when this connected */
 	struct event *timer;         /* connect timeout */
 	struct evdns_getaddrinfo_request *dns_request;
@@ -123,6 +123,26 @@ struct server {
 	uint64_t created_usec;
 	uint64_t last_used_usec;
 };
+
+/*
+ * Fields SHOW SERVERS reads from another thread (under the registry lock,
+ * which their writers do not take): written with these relaxed atomic stores,
+ * read with relaxed loads. Each value is shown as it was at some moment.
+ */
+static inline void server_set_state(struct server *s, enum server_state state)
+{
+	__atomic_store_n(&s->state, state, __ATOMIC_RELAXED);
+}
+
+static inline void server_set_pool(struct server *s, struct pool *pool)
+{
+	__atomic_store_n(&s->pool, pool, __ATOMIC_RELAXED);
+}
+
+static inline void server_set_pinned(struct server *s)
+{
+	__atomic_store_n(&s->pinned, true, __ATOMIC_RELAXED);
+}
 
 /* Start a new connection for pool to target on worker w (a slot was reserved by the pool). */
 void server_connect(struct worker *w, struct pool *pool, struct target *target);

@@ -30,6 +30,7 @@ int64_t pgmux_client_count;
 struct worker **workers;
 int n_workers;
 
+/* Round robin; the main thread (accept) and the monitor (connects) both take from it. */
 static unsigned next_worker;
 static __thread struct worker *current_worker;
 
@@ -96,7 +97,7 @@ static struct worker_msg *worker_msg_new(enum worker_msg_type type)
 
 void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, enum pool_endpoint endpoint)
 {
-	struct worker *w = workers[next_worker++ % (unsigned)n_workers];
+	struct worker *w = workers[__atomic_fetch_add(&next_worker, 1, __ATOMIC_RELAXED) % (unsigned)n_workers];
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECTION);
 
 	if (msg == NULL) {
@@ -153,7 +154,7 @@ void worker_post_kill(struct worker *w, uint64_t client_id)
 
 void workers_post_connect(struct pool *pool, struct target *target)
 {
-	struct worker *w = workers[next_worker++ % (unsigned)n_workers];
+	struct worker *w = workers[__atomic_fetch_add(&next_worker, 1, __ATOMIC_RELAXED) % (unsigned)n_workers];
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECT);
 
 	if (msg == NULL)
