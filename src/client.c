@@ -278,6 +278,7 @@ void client_free(struct client *c)
 		secret_clear(&c->secret);
 	tls_context_unref(c->tls);
 	free(c->assigned_error);
+	free(c->lost_detail);
 	admin_session_free(c);
 	for (int i = 0; i < PARAMS_N_CARRIED; i++)
 		free(c->reported[i]);
@@ -363,6 +364,8 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 	} else if (was_in_transaction || s->unsynced) {
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
+		free(c->lost_detail);
+		c->lost_detail = strdup(message); /* NULL if out of memory: the error just has no DETAIL */
 	}
 	client_flush(c);
 	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */
@@ -1783,10 +1786,15 @@ static bool client_process_idle(struct client *c)
 		return true;
 	}
 	if (c->transaction_lost) {
+		char *detail = c->lost_detail;
+
 		c->transaction_lost = false;
+		c->lost_detail = NULL;
 		client_set_state(c, CLIENT_WAITING);
-		client_fail_batch(c, SQLSTATE_CONNECTION_FAILURE,
-				  "the connection to the database server was lost; the transaction was rolled back");
+		client_fail_batch_detail(c, SQLSTATE_CONNECTION_FAILURE,
+					 "the connection to the database server was lost; the transaction was rolled back",
+					 detail);
+		free(detail);
 		return c->state == CLIENT_IDLE;
 	}
 	client_begin_transaction(c);

@@ -92,6 +92,7 @@ struct client {
 	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
+	char *lost_detail;             /* why, for the DETAIL of the error its next statement gets */
 	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
 	                                * once the client's own statements are on their way */
 	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */

@@ -1029,6 +1029,28 @@ enum server_input {
 };
 
 /*
+ * Is this ErrorResponse one after which the backend closes the connection?
+ * If so, *why is "the server ended the session: FATAL: <message> (SQLSTATE
+ * <code>)", for the log and the client's DETAIL, and *timeout says whether
+ * the session ended only because it sat idle too long (the instance is fine).
+ */
+static bool server_error_ends_session(const uint8_t *body, size_t len, char *why, size_t cap, bool *timeout)
+{
+	struct error_fields ef;
+	const char *code;
+
+	if (proto_parse_error(body, len, &ef) != 0 || ef.severity == NULL ||
+	    (strcmp(ef.severity, "FATAL") != 0 && strcmp(ef.severity, "PANIC") != 0))
+		return false;
+	code = ef.sqlstate ? ef.sqlstate : "?";
+	/* idle_in_transaction_session_timeout, idle_session_timeout, transaction_timeout */
+	*timeout = strcmp(code, "25P03") == 0 || strcmp(code, "57P05") == 0 || strcmp(code, "25P04") == 0;
+	snprintf(why, cap, "the server ended the session: %s: %.200s (SQLSTATE %s)", ef.severity,
+		 ef.message ? ef.message : "", code);
+	return true;
+}
+
+/*
  * Frame what the backend sent. While relaying, bodies are passed through as
  * they arrive; the messages pgmux acts on (ReadyForQuery, ParameterStatus,
  * and with transaction pooling every reply but DataRow and CopyData) are
@@ -1085,6 +1107,8 @@ static enum server_input server_process_input(struct server *s)
 
 		const uint8_t *body = p + PROTO_HEADER_LEN;
 		size_t blen = mlen - 4;
+		char reason[320];
+		bool timeout = false;
 
 		if (type == BE_PARAMETER_STATUS) {
 			struct msg_reader r;
@@ -1101,6 +1125,23 @@ static enum server_input server_process_input(struct server *s)
 				if (relaying && c->logged_in && index >= 0)
 					client_set_reported(c, index, value);
 			}
+		}
+		if (relaying && type == BE_ERROR_RESPONSE && c->transaction_mode &&
+		    server_error_ends_session(body, blen, reason, sizeof(reason), &timeout)) {
+			iobuf_consume(in, 1 + (size_t)mlen);
+			/*
+			 * The backend ends its session (terminated, shutting down, an
+			 * idle-in-transaction timeout). The client's session lives on in
+			 * pgmux, so it gets the class 08 error of a lost backend rather
+			 * than a FATAL that ends nothing (client_server_lost()), and gets
+			 * it now: until the connection closed, a statement of the client
+			 * would still go to this backend, which never reads it, and the
+			 * client would wait for its answer for good.
+			 */
+			if (!timeout)
+				pool_instance_suspect(s->target);
+			server_close(s, reason);
+			return SERVER_INPUT_GONE;
 		}
 		if (relaying) {
 			bool forward = true;

@@ -2394,3 +2394,146 @@ Test(txn_janitor, client_gone_mid_statement_cancels_it)
 	PQfinish(super);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* ================================================================ 11: a backend that ends its session */
+
+TestSuite(txn_backend_ends, .fini = fini_kill_leftovers, .timeout = 120);
+
+static void count_fatal_notice(void *arg, const PGresult *r)
+{
+	const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+		++*(int *)arg;
+}
+
+static void terminate_backend(PGconn *super, int pid, bool wait_gone)
+{
+	char sql[160];
+	snprintf(sql, sizeof(sql), "select pg_terminate_backend(%d)", pid);
+	h_exec_ok(super, sql);
+	if (!wait_gone)
+		return;
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d", pid);
+	cr_assert(h_poll_value(super, sql, "0", h_scaled_ms(5000)), "backend %d outlived pg_terminate_backend", pid);
+}
+
+/*
+ * A backend terminated while its client is idle in a transaction sends a
+ * FATAL and closes. The session is pgmux's and goes on: the client must not
+ * get a FATAL that ends nothing (libpq passes one that arrives while it is
+ * idle to the notice receiver); its next statement fails with 08006, since
+ * the transaction is gone, and the one after runs on another backend.
+ */
+Test(txn_backend_ends, terminated_while_idle_in_a_transaction)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *super = h_connect_super_direct();
+	PGconn *a = app(NULL);
+	int fatal_notices = 0;
+	PQsetNoticeReceiver(a, count_fatal_notice, &fatal_notices);
+	run_ok(a, "begin");
+	int pid = h_backend_pid(a);
+	terminate_backend(super, pid, true);
+	h_sleep_ms(h_scaled_ms(300));
+	cr_assert(PQconsumeInput(a), "the client's connection broke: %s", PQerrorMessage(a));
+	(void)PQisBusy(a); /* parses whatever came */
+	cr_expect_eq(fatal_notices, 0, "the backend's FATAL reached the idle client");
+
+	PGresult *r = PQexec(a, "select 1");
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "a statement in the lost transaction did not fail (%s)",
+		     PQresStatus(PQresultStatus(r)));
+	cr_expect_str_eq(state ? state : "", "08006", "%s", PQresultErrorMessage(r));
+	const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+	cr_expect(detail && strstr(detail, "terminating connection due to administrator command") &&
+			  strstr(detail, "57P01"),
+		  "the error does not say why the backend went: DETAIL %s", detail ? detail : "(none)");
+	PQclear(r);
+	cr_expect_eq(fatal_notices, 0, "a FATAL reached the client");
+	cr_assert_eq(PQstatus(a), CONNECTION_OK, "the session ended with its backend");
+	h_expect_value(a, "select 'next'", "next");
+	cr_expect_neq(h_backend_pid(a), pid);
+	PQfinish(a);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * The same, with the client's next statement sent as the backend goes. Before
+ * pgmux acted on the FATAL itself, a statement that came between the FATAL and
+ * the end of the connection went to the dying backend uncounted (as if the
+ * server skipped it after an extended-protocol error), and the client waited
+ * for its answer for good (pgbench TPC-B with pg_terminate_backend hung that
+ * way). Each round must get an answer, whichever it is.
+ */
+Test(txn_backend_ends, statement_sent_as_the_backend_is_terminated_gets_an_answer)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *super = h_connect_super_direct();
+	PGconn *a = app(NULL);
+	int rounds = h_under_valgrind() ? 20 : 150, failed = 0;
+	for (int i = 0; i < rounds; i++) {
+		run_ok(a, "begin");
+		int pid = h_backend_pid(a);
+		terminate_backend(super, pid, false);
+		cr_assert_eq(PQsendQuery(a, "select 1"), 1, "round %d: %s", i, PQerrorMessage(a));
+		PGresult *r = h_get_result(a, h_scaled_ms(5000));
+		if (r == NULL)
+			pgmux_dump_logs(&px);
+		cr_assert_not_null(r, "round %d: no answer within 5 s to a statement sent as backend %d was terminated",
+				   i, pid);
+		failed += PQresultStatus(r) == PGRES_FATAL_ERROR;
+		PQclear(r);
+		while ((r = h_get_result(a, h_scaled_ms(5000))) != NULL)
+			PQclear(r);
+		cr_assert_eq(PQstatus(a), CONNECTION_OK, "round %d: the session ended: %s", i, PQerrorMessage(a));
+		cr_assert(!PQisBusy(a), "round %d: the answer to \"select 1\" never ended with ReadyForQuery", i);
+		/* Whatever happened, end the transaction; it may fail in its turn if the backend went after "select 1". */
+		cr_assert_eq(PQsendQuery(a, "rollback"), 1, "round %d: %s", i, PQerrorMessage(a));
+		r = h_get_result(a, h_scaled_ms(5000));
+		if (r == NULL)
+			pgmux_dump_logs(&px);
+		cr_assert_not_null(r, "round %d: no answer within 5 s to the rollback after backend %d was terminated",
+				   i, pid);
+		PQclear(r);
+		while ((r = h_get_result(a, h_scaled_ms(5000))) != NULL)
+			PQclear(r);
+	}
+	h_expect_value(a, "select 'after'", "after");
+	cr_log_info("%d rounds, %d statements failed with their backend", rounds, failed);
+	PQfinish(a);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * idle_in_transaction_session_timeout set by the client (carried to each
+ * backend it borrows) ends the backend's session; the client's next
+ * statement learns why from the DETAIL, and the session goes on.
+ */
+Test(txn_backend_ends, idle_in_transaction_timeout_says_why)
+{
+	start_txn_pgmux(2, NULL, NULL);
+	PGconn *a = app(NULL);
+	int fatal_notices = 0;
+	PQsetNoticeReceiver(a, count_fatal_notice, &fatal_notices);
+	run_ok(a, "set idle_in_transaction_session_timeout = '200ms'");
+	run_ok(a, "begin");
+	int pid = h_backend_pid(a);
+	h_sleep_ms(h_scaled_ms(1000));
+	PGresult *r = PQexec(a, "select 1");
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "the timed-out transaction went on (%s)",
+		     PQresStatus(PQresultStatus(r)));
+	cr_expect_str_eq(state ? state : "", "08006", "%s", PQresultErrorMessage(r));
+	cr_expect(detail && strstr(detail, "idle-in-transaction timeout") && strstr(detail, "25P03"),
+		  "DETAIL %s", detail ? detail : "(none)");
+	PQclear(r);
+	cr_expect_eq(fatal_notices, 0, "the backend's FATAL reached the client");
+	cr_assert_eq(PQstatus(a), CONNECTION_OK, "the session ended with its backend");
+	h_expect_value(a, "show idle_in_transaction_session_timeout", "200ms");
+	cr_expect_neq(h_backend_pid(a), pid);
+	PQfinish(a);
+	h_stop_expect_clean_exit(&px);
+}
