@@ -240,7 +240,10 @@ static const struct config_option option_table[] = {
 	  .doc = "How often pgmux checks each instance's health and role, over a "
 		 "monitoring connection of its own that does not count against "
 		 "max_connections. A server connection that fails triggers a check at "
-		 "once. A number without a unit is milliseconds. At least 100ms." },
+		 "once. A check that fails on a monitoring connection that was already "
+		 "open (someone may have terminated it) is tried once more on a new "
+		 "connection before the instance counts as down. A number without a "
+		 "unit is milliseconds. At least 100ms." },
 	{ .section = "target", .name = "health_check_timeout", .type = CONFIG_DURATION_MS,
 	  .default_value = "1s", .reloadable = true, .bare_unit = "ms",
 	  .offset = FIELD(health_check_timeout_ms), .min_value = 50, .max_value = INT_MAX,

@@ -422,8 +422,16 @@ static void monitor_tick(evutil_socket_t fd, short what, void *arg)
 static void monitor_wake(evutil_socket_t fd, short what, void *arg)
 {
 	for (int i = 0; i < n_mons; i++) {
+		/*
+		 * A backend saw the instance fail. The check still gets its one
+		 * quiet retry on a fresh connection if its own was up when it began:
+		 * what ended a session may have ended that idle connection as well
+		 * (pg_terminate_backend, idle_session_timeout), and a dead
+		 * monitoring connection says nothing about the instance. If the
+		 * instance is down, the fresh connection is refused at once.
+		 */
 		if (__atomic_exchange_n(&mons[i]->t->check_requested, 0, __ATOMIC_ACQ_REL)) {
-			mons[i]->retried = true; /* the backend already saw it fail */
+			mons[i]->retried = false;
 			monitor_start_check(mons[i]);
 		}
 	}

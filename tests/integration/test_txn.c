@@ -2537,3 +2537,57 @@ Test(txn_backend_ends, idle_in_transaction_timeout_says_why)
 	PQfinish(a);
 	h_stop_expect_clean_exit(&px);
 }
+
+/*
+ * Someone terminates pgmux's idle health-check connection, then a session's
+ * backend (a script that ends idle sessions does both). The session's FATAL
+ * asks for a health check at once; it runs on the monitor's dead connection
+ * and fails, which says nothing about the instance: the monitor must try a
+ * fresh connection before it declares the writer lost and makes every new
+ * transaction wait for the next check.
+ */
+Test(txn_backend_ends, a_terminated_health_check_connection_is_not_an_outage)
+{
+	h_wait_no_app_backends();
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = 2;
+	o.admin_users = h_env()->superuser;
+	o.extra_target = "health_check_interval = 60s"; /* no scheduled check comes to the rescue */
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	PGconn *super = h_connect_super_direct();
+	const char *monitor_sql = "select coalesce(max(pid), 0) from pg_stat_activity "
+				  "where application_name = 'pgmux health check'";
+	cr_assert(h_poll_value(super, "select count(*) from pg_stat_activity "
+				      "where application_name = 'pgmux health check'",
+			       "1", h_scaled_ms(5000)),
+		  "no health-check connection");
+	char *v = h_value_ok(super, monitor_sql);
+	int monitor_pid = atoi(v);
+	free(v);
+
+	PGconn *a = app(NULL);
+	run_ok(a, "begin");
+	int pid = h_backend_pid(a);
+	terminate_backend(super, monitor_pid, true);
+	terminate_backend(super, pid, true);
+
+	PGresult *r = PQexec(a, "select 1");
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_expect_str_eq(state ? state : "", "08006", "%s", PQresultErrorMessage(r));
+	PQclear(r);
+	h_expect_value(a, "select 'next'", "next");
+	/* The check that the session's FATAL asked for reconnected. */
+	char sql[200];
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where application_name = "
+				   "'pgmux health check' and pid <> %d", monitor_pid);
+	cr_expect(h_poll_value(super, sql, "1", h_scaled_ms(5000)), "the health check did not reconnect");
+	int lost = h_file_count(px.logfile, "lost; new transactions wait for a writer");
+	if (lost)
+		pgmux_dump_logs(&px);
+	cr_expect_eq(lost, 0, "the writer was declared lost because its health-check connection was terminated");
+	PQfinish(a);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
