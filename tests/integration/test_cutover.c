@@ -1786,13 +1786,27 @@ static void terminate_rot_backends(PGconn *su, const char *keep_pid)
 {
 	char sql[300], check[300];
 	snprintf(sql, sizeof(sql),
-		 "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = 'rot' and pid <> %s",
+		 "with t as materialized (select pid from pg_stat_activity where usename = 'rot' and pid <> %s) "
+		 "select coalesce(string_agg(pid::text, ' '), '') from t where pg_terminate_backend(pid)",
 		 keep_pid);
 	snprintf(check, sizeof(check), "select count(*) from pg_stat_activity where usename = 'rot' and pid <> %s",
 		 keep_pid);
-	char *v = value_ok(su, sql);
-	free(v);
+	char *pids = value_ok(su, sql);
 	cr_assert(h_poll_value(su, check, "0", 10000), "rot's backends did not go away");
+	/*
+	 * And pgmux has seen them go. A backend that dies while parked is noticed
+	 * when its worker reads the end of the connection; a borrow that comes
+	 * first (pgmux under valgrind is slow) hands out the dead backend, and
+	 * the transaction sent to it fails with 08006.
+	 */
+	char *save = NULL;
+	for (char *pid = strtok_r(pids, " ", &save); pid; pid = strtok_r(NULL, " ", &save)) {
+		char needle[64];
+		snprintf(needle, sizeof(needle), " pid=%s: closing (", pid);
+		cr_assert(h_file_wait_contains(px.logfile, needle, h_scaled_ms(10000)),
+			  "pgmux did not notice that backend %s was terminated", pid);
+	}
+	free(pids);
 }
 
 /* A role of its own and a copy of the secrets with it, so that nothing shared changes. */
