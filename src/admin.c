@@ -297,6 +297,8 @@ static void show_stats(struct iobuf *out)
 	stat_row(out, "database_connections_opened", st.servers_opened);
 	stat_row(out, "database_connection_failures", st.server_connect_failures);
 	stat_row(out, "database_connection_handoffs", st.server_handoffs);
+	stat_row(out, "parses_answered_without_backend", st.parses_answered);
+	stat_row(out, "parses_answered_unjudged", st.parses_unjudged);
 	stat_row(out, "transactions_waiting", (unsigned long long)pool_clients_waiting());
 	stat_row(out, "paused", pool_is_paused() ? 1 : 0);
 	stat_row(out, "cutovers", (unsigned long long)cs.count);

@@ -818,13 +818,11 @@ static void client_arm_wait_timer(struct client *c)
 	evtimer_add(c->wait_timer, &tv);
 }
 
-/* Ask the pool for a backend; the client is WAITING. */
-static void client_borrow(struct client *c)
+/* Act on what pool_borrow() said; the client is WAITING. */
+static void client_borrow_result(struct client *c, enum pool_borrow_result result, struct server *s,
+				 const char *error)
 {
-	struct server *s;
-	const char *error;
-
-	switch (pool_borrow(c->pool, c, &s, &error)) {
+	switch (result) {
 	case POOL_BORROWED:
 		client_link(c, s);
 		break;
@@ -839,6 +837,16 @@ static void client_borrow(struct client *c)
 			client_fatal(c, SQLSTATE_SQLCLIENT_UNABLE_TO_ESTABLISH, "%s", error);
 		break;
 	}
+}
+
+/* Ask the pool for a backend; the client is WAITING. */
+static void client_borrow(struct client *c)
+{
+	struct server *s;
+	const char *error;
+	enum pool_borrow_result result = pool_borrow(c->pool, c, &s, &error);
+
+	client_borrow_result(c, result, s, error);
 }
 
 /* A logged-in client needs a backend for the transaction it just started. */
@@ -1744,6 +1752,126 @@ void client_replies_arrived(struct client *c)
 	io_schedule_read(&c->io);
 }
 
+/*
+ * What pgmux answers alone for a client outside a transaction, with no
+ * backend. There a Sync only says ReadyForQuery 'I'; a Close of a statement
+ * drops pgmux's record of it (the server-side statement stays for others, as
+ * with server_close_owed()); a Close of a portal closes nothing (none
+ * outlives its transaction); and a Parse of a named statement creates only
+ * pgmux's record, as the backend prepares it when a message first uses it
+ * (server_ensure_prepared()). This matters beyond saving a borrow: libpq's
+ * PQprepare() waits for its Parse and Sync, and a program that drives several
+ * connections from one thread (pgbench -M prepared) would wait there, for a
+ * backend, while its other connections hold every backend inside their
+ * transactions, which only it can end.
+ *
+ * A Parse is the backend's to judge, though: pgmux answers it alone when a
+ * backend of the pool accepted the same text and parameter types before
+ * (pool_statement_known()), or, with unjudged set, when no backend could take
+ * it without waiting for another client's transaction to end (see
+ * client_borrow_for_parse()). A text the backend then refuses fails the first
+ * message that uses it, with the backend's error (and pgmux forgets that the
+ * text was good, so the next Parse of it is judged again).
+ */
+enum idle_answer {
+	IDLE_ANSWERED,         /* answered; the message is consumed */
+	IDLE_NEED_MORE,        /* the message is not all here yet */
+	IDLE_BORROW,           /* it needs a backend */
+	IDLE_BORROW_OR_ANSWER, /* a Parse that a backend should judge, if one can be had now */
+};
+
+static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
+{
+	const uint8_t *p = iobuf_head(&c->io.in);
+	uint8_t type = p[0];
+	uint32_t mlen = get_u32(p + 1);
+	const uint8_t *body = p + PROTO_HEADER_LEN;
+	size_t blen = mlen - 4;
+	char key[CLIENT_STMT_KEY_LEN + 1];
+	struct msg_reader r;
+	struct strmap_entry *e;
+
+	if (!c->transaction_mode || (type != FE_SYNC && type != FE_PARSE && type != FE_CLOSE))
+		return IDLE_BORROW;
+	if (iobuf_len(&c->io.in) < 1 + (size_t)mlen)
+		return IDLE_NEED_MORE;
+	msg_reader_init(&r, body, blen);
+	switch (type) {
+	case FE_SYNC:
+		if (blen != 0)
+			return IDLE_BORROW; /* malformed: the server says why */
+		proto_put_ready(&c->io.out, 'I');
+		break;
+	case FE_CLOSE: {
+		const char *name;
+		uint8_t kind;
+
+		if (msg_read_u8(&r, &kind) != 0 || (kind != 'S' && kind != 'P') || (name = msg_read_str(&r)) == NULL ||
+		    r.pos != blen)
+			return IDLE_BORROW;
+		if (kind == 'S' && (e = strmap_find(&c->stmts, client_stmt_key(name, key))) != NULL)
+			prepared_free(strmap_delete(&c->stmts, e));
+		iobuf_append_u8(&c->io.out, BE_CLOSE_COMPLETE);
+		iobuf_append_u32(&c->io.out, 4);
+		break;
+	}
+	case FE_PARSE: {
+		struct sql_scan_result scan;
+		struct prepared_stmt *st;
+		const char *name = msg_read_str(&r), *query = msg_read_str(&r), *client_name;
+
+		/* The unnamed statement, a name in use, a malformed message: as usual. */
+		if (name == NULL || query == NULL || name[0] == '\0' ||
+		    strmap_find(&c->stmts, client_stmt_key(name, key)) != NULL)
+			return IDLE_BORROW;
+		/* A text that pins the session pins it on a backend. */
+		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
+		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow)
+			return IDLE_BORROW;
+		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL)
+			return IDLE_BORROW;
+		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
+			prepared_free(st);
+			return IDLE_BORROW_OR_ANSWER;
+		}
+		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
+		strmap_insert(&c->stmts, key, st);
+		params_put(&c->stmt_names, st->server_name, key);
+		iobuf_append_u8(&c->io.out, BE_PARSE_COMPLETE);
+		iobuf_append_u32(&c->io.out, 4);
+		STAT_INC(c->worker, parses_answered);
+		if (unjudged)
+			STAT_INC(c->worker, parses_unjudged);
+		break;
+	}
+	}
+	iobuf_consume(&c->io.in, 1 + (size_t)mlen);
+	return IDLE_ANSWERED;
+}
+
+/*
+ * A Parse no backend of the pool has judged: borrow one to judge it, unless
+ * the client would have to wait for another client's transaction to end
+ * (no idle backend, none opening or on its way for it): then pgmux answers
+ * the Parse itself, unjudged. Returns false if c was closed or must wait.
+ */
+static bool client_borrow_for_parse(struct client *c)
+{
+	struct server *s;
+	const char *error;
+	enum pool_borrow_result result;
+
+	client_set_state(c, CLIENT_WAITING);
+	result = pool_borrow(c->pool, c, &s, &error);
+	if (result == POOL_QUEUED && !pool_backend_coming(c->pool)) {
+		pool_cancel_wait(c);
+		client_set_state(c, CLIENT_IDLE);
+		return client_answer_idle(c, true) == IDLE_ANSWERED;
+	}
+	client_borrow_result(c, result, s, error);
+	return c->state == CLIENT_ACTIVE;
+}
+
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
 static bool client_process_idle(struct client *c)
 {
@@ -1797,6 +1925,16 @@ static bool client_process_idle(struct client *c)
 		free(detail);
 		return c->state == CLIENT_IDLE;
 	}
+	switch (client_answer_idle(c, false)) {
+	case IDLE_ANSWERED:
+		return true;
+	case IDLE_NEED_MORE:
+		return false;
+	case IDLE_BORROW_OR_ANSWER:
+		return client_borrow_for_parse(c);
+	case IDLE_BORROW:
+		break;
+	}
 	client_begin_transaction(c);
 	return c->state == CLIENT_ACTIVE;
 }
@@ -1821,8 +1959,12 @@ static bool client_process_input(struct client *c)
 				return admin_process_input(c);
 			return client_relay(c);
 		case CLIENT_IDLE:
-			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c))
+			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c)) {
+				/* What pgmux answered alone (client_answer_idle()) goes out once all is read. */
+				if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) > 0)
+					client_flush(c);
 				return c->state != CLIENT_CLOSED;
+			}
 			continue;
 		case CLIENT_WAITING:
 		case CLIENT_SETUP:

@@ -176,6 +176,12 @@ static void metrics_render(struct evbuffer *b)
 		  st.server_connect_failures);
 	put_value(b, "server_connection_handoffs_total", "counter",
 		  "Idle server connections moved from one worker thread to another.", st.server_handoffs);
+	put_value(b, "parses_answered_without_backend_total", "counter",
+		  "Parse messages of clients outside a transaction that pgmux answered without a server connection.",
+		  st.parses_answered);
+	put_value(b, "parses_answered_unjudged_total", "counter",
+		  "Of those, Parses of a text no server connection had accepted before (none was free to judge it).",
+		  st.parses_unjudged);
 	put_value(b, "paused", "gauge", "1 while PAUSE (of everything) holds new transactions.",
 		  pool_is_paused() ? 1 : 0);
 	put_value(b, "cutovers_total", "counter", "Cutovers to new instances.", (unsigned long long)cs.count);

@@ -158,6 +158,7 @@ struct pool *pool_get(const char *user, const char *database, enum pool_endpoint
 	p->password = password ? xstrdup(password) : NULL;
 	list_init(&p->idle);
 	list_init(&p->waiters);
+	strmap_init(&p->known_statements);
 	list_append(&pools, &p->node);
 	pthread_mutex_unlock(&pool_lock);
 	log_debug("pool %s@%s (%s endpoint) created", user, database, endpoint == ENDPOINT_WRITER ? "writer" : "reader");
@@ -537,6 +538,57 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 		server_close(victim, "closed to make room for another pool");
 	run_connects(&batch);
 	return result;
+}
+
+/* ------------------------------------------------------------ statements */
+
+void pool_statement_accepted(struct pool *pool, const char *server_name)
+{
+	size_t cap = (size_t)config_current()->max_prepared_statements * POOL_KNOWN_STATEMENTS_PER_BACKEND;
+	struct strmap_entry *e;
+
+	pthread_mutex_lock(&pool_lock);
+	if ((e = strmap_find(&pool->known_statements, server_name)) != NULL) {
+		strmap_touch(&pool->known_statements, e);
+	} else {
+		while (pool->known_statements.count > 0 && pool->known_statements.count >= cap)
+			strmap_delete(&pool->known_statements, strmap_oldest(&pool->known_statements));
+		strmap_insert(&pool->known_statements, server_name, NULL);
+	}
+	pthread_mutex_unlock(&pool_lock);
+}
+
+void pool_statement_refused(struct pool *pool, const char *server_name)
+{
+	struct strmap_entry *e;
+
+	pthread_mutex_lock(&pool_lock);
+	if ((e = strmap_find(&pool->known_statements, server_name)) != NULL)
+		strmap_delete(&pool->known_statements, e);
+	pthread_mutex_unlock(&pool_lock);
+}
+
+bool pool_statement_known(struct pool *pool, const char *server_name)
+{
+	struct strmap_entry *e;
+
+	pthread_mutex_lock(&pool_lock);
+	e = strmap_find(&pool->known_statements, server_name);
+	if (e)
+		strmap_touch(&pool->known_statements, e);
+	pthread_mutex_unlock(&pool_lock);
+	return e != NULL;
+}
+
+bool pool_backend_coming(struct pool *pool)
+{
+	bool coming;
+
+	pthread_mutex_lock(&pool_lock);
+	/* The waiters are served oldest first, this one among them. */
+	coming = pool->n_connecting + pool->n_migrating >= pool->n_waiting;
+	pthread_mutex_unlock(&pool_lock);
+	return coming;
 }
 
 void pool_cancel_wait(struct client *client)
@@ -1296,6 +1348,7 @@ void pool_shutdown(void)
 			memset(p->password, 0, strlen(p->password));
 			free(p->password);
 		}
+		strmap_clear(&p->known_statements, NULL);
 		free(p);
 	}
 	while ((node = list_pop_front(&targets)) != NULL || (node = list_pop_front(&retired_targets)) != NULL) {

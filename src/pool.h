@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "list.h"
+#include "strmap.h"
 
 struct client;
 struct server;
@@ -84,7 +85,17 @@ struct pool {
 	char last_failure[256]; /* why its last new connection failed; "" once one succeeds */
 	int n_pinned;      /* active connections held by pinned (or session-pooled) clients */
 	int n_connections; /* this pool's share of its targets' n_connections */
+	/*
+	 * Server-side names (a hash of text and parameter types) of statements
+	 * a backend of this pool accepted, least recently used last, at most
+	 * POOL_KNOWN_STATEMENTS_PER_BACKEND x max_prepared_statements: a client's
+	 * Parse of one of them outside a transaction is answered without a
+	 * backend (see client_answer_idle()).
+	 */
+	struct strmap known_statements;
 };
+
+#define POOL_KNOWN_STATEMENTS_PER_BACKEND 4
 
 enum pool_borrow_result {
 	POOL_BORROWED, /* *server is attached to the caller's worker */
@@ -117,6 +128,22 @@ void pool_cancel_wait(struct client *client);
  * say (the pool is busy, say).
  */
 void pool_wait_detail(struct pool *pool, char *out, size_t len);
+
+/*
+ * Statements a backend of pool accepted (ParseComplete) or refused (its
+ * error), by server-side name; and whether one was accepted and not refused
+ * since.
+ */
+void pool_statement_accepted(struct pool *pool, const char *server_name);
+void pool_statement_refused(struct pool *pool, const char *server_name);
+bool pool_statement_known(struct pool *pool, const char *server_name);
+
+/*
+ * Will client, queued by pool_borrow(), be served by a backend already on
+ * its way (a connection opening, an idle one moving from another worker)?
+ * When not, it waits for some other client's transaction to end.
+ */
+bool pool_backend_coming(struct pool *pool);
 
 /* A server that is clean and free: hand it to the oldest waiter or park it idle. */
 void pool_release(struct server *server);

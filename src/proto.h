@@ -67,6 +67,8 @@
 #define BE_COPY_OUT 'H'
 #define BE_COPY_BOTH 'W'
 #define BE_NEGOTIATE_PROTOCOL 'v'
+#define BE_PARSE_COMPLETE '1'
+#define BE_CLOSE_COMPLETE '3'
 
 /* Authentication request codes carried by 'R'. */
 #define AUTH_REQ_OK 0

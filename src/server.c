@@ -831,8 +831,11 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 		/*
 		 * An extended-protocol message failed (with nothing pending, a
 		 * Flush with a body, which has no reply to wait for): the server
-		 * skips everything up to the next Sync.
+		 * skips everything up to the next Sync. A text the backend refused
+		 * is no longer one pgmux may accept without asking.
 		 */
+		if (r && (r->kind == 'P' || r->kind == 'p') && r->name[0] && s->pool)
+			pool_statement_refused(s->pool, r->name);
 		server_skipped_to_sync(s);
 		return true;
 	}
@@ -843,6 +846,8 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 	case 'p':
 		if (type == '1') {
 			forward = r->kind == 'P';
+			if (r->name[0] && s->pool)
+				pool_statement_accepted(s->pool, r->name);
 			reply_pop(s);
 		}
 		break;

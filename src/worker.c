@@ -58,6 +58,8 @@ void workers_sum_stats(struct worker_stats *out)
 		out->server_connect_failures += __atomic_load_n(&s->server_connect_failures, __ATOMIC_RELAXED);
 		out->sessions_pinned += __atomic_load_n(&s->sessions_pinned, __ATOMIC_RELAXED);
 		out->server_handoffs += __atomic_load_n(&s->server_handoffs, __ATOMIC_RELAXED);
+		out->parses_answered += __atomic_load_n(&s->parses_answered, __ATOMIC_RELAXED);
+		out->parses_unjudged += __atomic_load_n(&s->parses_unjudged, __ATOMIC_RELAXED);
 	}
 }
 

@@ -62,6 +62,8 @@ struct worker_stats {
 	uint64_t server_connect_failures;
 	uint64_t sessions_pinned;
 	uint64_t server_handoffs;  /* backends detached from this worker for a client on another */
+	uint64_t parses_answered;  /* Parses of clients outside a transaction answered without a backend */
+	uint64_t parses_unjudged;  /* ... of which no backend had accepted the text before */
 };
 
 #define STAT_INC(w, field) __atomic_store_n(&(w)->stats.field, (w)->stats.field + 1, __ATOMIC_RELAXED)

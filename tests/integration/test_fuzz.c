@@ -1002,7 +1002,8 @@ static int cancelled_batch(int *blocker)
 	size_t len;
 
 	*blocker = blocker_begin();
-	msg_parse(&m, "s1", "select 1");
+	/* The unnamed statement: a named one pgmux would prepare without a backend (client_answer_idle()). */
+	msg_parse(&m, "", "select 1");
 	send_buf(fd, &m);
 	buf_free(&m);
 	h_sleep_ms(h_scaled_ms(100));
