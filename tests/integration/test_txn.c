@@ -2591,3 +2591,90 @@ Test(txn_backend_ends, a_terminated_health_check_connection_is_not_an_outage)
 	PQfinish(super);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* ------------------------------------------------------------ prepare outside a transaction */
+
+/*
+ * libpq's PQprepare() sends Parse and Sync and waits. pgbench -M prepared
+ * calls it before a statement's first use, from a thread that drives several
+ * connections: when those held every backend inside their transactions, the
+ * thread waited here for a backend that only it could free (issue 15). Outside
+ * a transaction pgmux answers a Parse, a Close and a Sync without a backend.
+ */
+TestSuite(txn_prepare_idle, .fini = fini_kill_leftovers, .timeout = 120);
+
+/* A PQprepare() that must be answered within a second, while the only backend is held. */
+static void prepare_while_held(PGconn *conn, const char *name, const char *sql)
+{
+	long long t0 = h_now_ms();
+
+	prepare_ok(conn, name, sql);
+	cr_assert_lt(h_now_ms() - t0, h_scaled_ms(1000), "PQprepare(\"%s\") waited for the held backend", name);
+}
+
+Test(txn_prepare_idle, prepare_is_answered_while_every_backend_is_held)
+{
+	PGconn *holder, *b, *c, *admin;
+	char *v;
+
+	start_txn_pgmux(1, NULL, "connection_borrow_timeout = 20");
+	holder = app(NULL);
+	b = app(NULL);
+	c = app(NULL);
+	admin = h_connect_super_port(px.port, "pgmux");
+	cr_assert(admin && PQstatus(admin) == CONNECTION_OK, "admin console");
+
+	/* No backend has seen this text: answered unjudged. */
+	run_ok(holder, "BEGIN");
+	prepare_while_held(b, "plus_one", "SELECT $1::int + 1");
+	cr_assert_eq(h_admin_stat(admin, "parses_answered_unjudged"), 1);
+	run_ok(holder, "COMMIT");
+	v = exec_prepared_1(b, "plus_one", "41");
+	cr_assert_str_eq(v, "42");
+	free(v);
+
+	/* Now a backend accepted it: another client's Parse of the same text is answered as known. */
+	run_ok(holder, "BEGIN");
+	prepare_while_held(c, "mine", "SELECT $1::int + 1");
+	cr_assert_eq(h_admin_stat(admin, "parses_answered_unjudged"), 1);
+	cr_assert_eq(h_admin_stat(admin, "parses_answered_without_backend"), 2);
+	/* Another text under another name, while still held: unjudged again. */
+	prepare_while_held(c, "mine2", "SELECT $1::int + 2");
+	cr_assert_eq(h_admin_stat(admin, "parses_answered_unjudged"), 2);
+	run_ok(holder, "COMMIT");
+	v = exec_prepared_1(c, "mine2", "40");
+	cr_assert_str_eq(v, "42");
+	free(v);
+
+	/* A text no backend judged that turns out bad: its first use gets the server's error, and keeps getting it. */
+	run_ok(holder, "BEGIN");
+	prepare_while_held(b, "bad", "SELEC 1");
+	run_ok(holder, "COMMIT");
+	for (int i = 0; i < 2; i++) {
+		PGresult *r = PQexecPrepared(b, "bad", 0, NULL, NULL, NULL, 0);
+		const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+		cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+		cr_assert(state && strcmp(state, "42601") == 0, "run %d of a bad statement: %s", i,
+			  PQerrorMessage(b));
+		PQclear(r);
+	}
+	/* The session is fine afterwards, and the good statement still works. */
+	v = exec_prepared_1(b, "plus_one", "1");
+	cr_assert_str_eq(v, "2");
+	free(v);
+
+	/* With the backend free, an unknown text is judged by it: a bad one fails at once, as directly. */
+	{
+		PGresult *r = PQprepare(b, "bad2", "SELEC 2", 0, NULL);
+
+		cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "a bad Parse with a free backend was not judged");
+		PQclear(r);
+	}
+	cr_assert_eq(h_admin_stat(admin, "parses_answered_unjudged"), 3);
+	PQfinish(admin);
+	PQfinish(holder);
+	PQfinish(b);
+	PQfinish(c);
+	h_stop_expect_clean_exit(&px);
+}
