@@ -6,6 +6,7 @@
  * INTO TEMP, objects created in pg_temp). Nothing here allocates or reads past
  * the length it is given; see sqlscan.h for the contract.
  */
+#include "sqlnames.h"
 #include "sqlscan.h"
 
 #include <ctype.h>
@@ -334,6 +335,47 @@ static bool token_is_false(const struct token *tok, bool option_value)
 	return false;
 }
 
+/* Whether a token is a true boolean literal: TRUE, or a string the boolean input function reads as true. */
+static bool token_is_true(const struct token *tok)
+{
+	static const char *const true_strings[] = {"t", "true", "y", "yes", "on", "1"};
+
+	if (token_is_keyword(tok, "true"))
+		return true;
+	for (size_t i = 0; i < sizeof(true_strings) / sizeof(true_strings[0]); i++)
+		if (string_body_is(tok, true_strings[i]))
+			return true;
+	return false;
+}
+
+/*
+ * Is the name tok (an identifier, or a quoted one taken as it is) in list,
+ * one of the sorted lower-case lists of sqlnames.c?
+ */
+static bool token_in_names(const struct token *tok, const char *const *list, size_t n)
+{
+	char name[64];
+	size_t lo = 0, hi = n;
+
+	if (!token_is_any_name(tok) || tok->len >= sizeof(name))
+		return false;
+	for (size_t i = 0; i < tok->len; i++)
+		name[i] = tok->kind == TOKEN_IDENT ? ascii_lower(tok->text[i]) : tok->text[i];
+	name[tok->len] = '\0';
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int cmp = strcmp(name, list[mid]);
+
+		if (cmp == 0)
+			return true;
+		if (cmp < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return false;
+}
+
 /* -------------------------------------------------------------- name text */
 
 /* Parameter names are compared in full, so this is roomier than pin_detail. */
@@ -438,6 +480,7 @@ struct set_config_call {
 	int commas;                 /* commas seen at that depth */
 	int arg_tokens;             /* tokens in the current argument */
 	bool arg_is_false;          /* the current argument starts with a false literal */
+	bool arg_is_true;           /* ... with a true literal */
 	bool first_arg_is_string;   /* the first argument is one string literal */
 	struct token first_arg;
 	size_t offset;
@@ -445,6 +488,7 @@ struct set_config_call {
 
 struct statement {
 	bool empty;
+	bool writes; /* a DML keyword: INSERT, UPDATE, DELETE, MERGE, COPY, TRUNCATE */
 	struct token head[HEAD_MAX]; /* first tokens, without leading '(' */
 	size_t head_count;
 	struct token recent[RECENT_MAX]; /* recent[0] is the token before the current one */
@@ -463,7 +507,13 @@ struct scan {
 	const char *const *tracked;
 	unsigned flags; /* SQL_SCAN_* */
 	struct sql_scan_result *out;
+	int depth;      /* DO blocks within DO blocks being read */
 };
+
+#define DO_DEPTH_MAX 4
+
+static void scan_text(const char *sql, size_t len, const char *const *tracked, unsigned flags,
+		      struct sql_scan_result *out, int depth);
 
 /* A truncated name is never tracked: it could only match by accident. */
 static bool is_tracked(const struct scan *sc, const struct text *name)
@@ -525,6 +575,7 @@ static bool carry_set(struct scan *sc, const struct text *name, unsigned *effect
 static void statement_reset(struct statement *st)
 {
 	st->empty = true;
+	st->writes = false;
 	st->head_count = 0;
 	st->recent_count = 0;
 	st->paren_depth = 0;
@@ -625,26 +676,59 @@ static const char *const advisory_lock_functions[] = {
 };
 
 /*
+ * Words before "name (" that make the parenthesis part of the syntax, not a
+ * call: a table's column list (INSERT INTO t (a, b), CREATE TABLE t (...),
+ * COPY t (a)), an alias's (AS t (a, b)), an index's (ON t (a), USING gin (a)),
+ * a view's or a common table expression's (WITH c (a) AS ...).
+ */
+static const char *const not_a_call_after[] = {
+	"into", "table", "as", "references", "on", "view", "exists", "index", "copy", "type", "with", "using",
+	"statistics", "only", "execute", "prepare",
+};
+
+/*
  * At a '(' after a name: decides whether this is a call of a function that
- * matters. A name qualified by a schema other than pg_catalog is somebody
- * else's function, and a name after FUNCTION (DROP FUNCTION f(bigint),
- * GRANT ... ON FUNCTION) is a signature, not a call.
+ * matters. A name after FUNCTION (DROP FUNCTION f(bigint), GRANT ... ON
+ * FUNCTION) is a signature, not a call. A call of anything but PostgreSQL's
+ * own functions (sqlnames.c) may leave session state that no text shows:
+ * SQL_EFFECT_OPAQUE. A keyword before '(' is syntax (IN (...), VALUES (...)).
  */
 static void note_call(struct statement *st)
 {
 	const struct token *name = recent_token(st, 0);
 	const struct token *before = recent_token(st, 1);
+	bool qualified = false, catalog = false;
 
 	if (!token_is_any_name(name))
 		return;
 	if (token_is_char(before, '.')) {
-		if (!token_is_name(recent_token(st, 2), "pg_catalog"))
-			return;
+		qualified = true;
+		catalog = token_is_name(recent_token(st, 2), "pg_catalog");
 		before = recent_token(st, 3);
 	}
 	if (token_is_keyword(before, "function") || token_is_keyword(before, "procedure") ||
 	    token_is_keyword(before, "routine") || token_is_keyword(before, "aggregate"))
 		return;
+	if (!qualified && name->kind == TOKEN_IDENT &&
+	    token_in_names(name, sqlnames_keywords, sqlnames_keywords_count))
+		return;
+	for (size_t i = 0; i < sizeof(not_a_call_after) / sizeof(not_a_call_after[0]); i++)
+		if (token_is_keyword(before, not_a_call_after[i]))
+			return;
+	if (qualified && !catalog) {
+		/* Somebody else's function. */
+		st->call_effects |= SQL_EFFECT_OPAQUE;
+		return;
+	}
+	if (!token_in_names(name, sqlnames_functions, sqlnames_functions_count) &&
+	    !token_is_name(name, "set_config")) {
+		bool advisory = false;
+
+		for (size_t i = 0; i < sizeof(advisory_lock_functions) / sizeof(advisory_lock_functions[0]); i++)
+			advisory = advisory || token_is_name(name, advisory_lock_functions[i]);
+		if (!advisory)
+			st->call_effects |= SQL_EFFECT_OPAQUE;
+	}
 
 	for (size_t i = 0; i < sizeof(advisory_lock_functions) / sizeof(advisory_lock_functions[0]); i++) {
 		if (token_is_name(name, advisory_lock_functions[i])) {
@@ -676,10 +760,12 @@ static void follow_call_arguments(struct statement *st, const struct token *tok)
 			call->commas++;
 			call->arg_tokens = 0;
 			call->arg_is_false = false;
+			call->arg_is_true = false;
 			continue;
 		}
 		if (call->arg_tokens == 0) {
 			call->arg_is_false = token_is_false(tok, false);
+			call->arg_is_true = token_is_true(tok);
 			if (call->commas == 0)
 				call->first_arg = *tok;
 		}
@@ -690,13 +776,15 @@ static void follow_call_arguments(struct statement *st, const struct token *tok)
 /*
  * At the ')' that closes a set_config() call: set_config(name, value, false)
  * changes the session; with true it lasts only until the transaction ends.
+ * Anything but a literal true there (1=0, $3, an expression) may be false:
+ * it counts as a change of the session.
  */
 static void close_call(struct scan *sc, struct statement *st, const struct set_config_call *call)
 {
 	char buf[NAME_BUFFER];
 	struct text name;
 
-	if (call->commas != 2 || call->arg_tokens != 1 || !call->arg_is_false)
+	if (call->commas != 2 || (call->arg_tokens == 1 && call->arg_is_true))
 		return;
 	text_init(&name, buf, sizeof(buf));
 	if (call->first_arg_is_string)
@@ -706,6 +794,27 @@ static void close_call(struct scan *sc, struct statement *st, const struct set_c
 		st->call_effects |= SQL_EFFECT_SET_TRACKED;
 	else if (!carry_set(sc, &name, &st->call_effects))
 		record_finding(&st->call, SQL_PIN_SET, call->offset, name.len ? name.buf : "set_config");
+}
+
+/* INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE (every identifier comes here: look at the first letter first). */
+static bool is_write_keyword(const struct token *tok)
+{
+	switch (ascii_lower(tok->text[0])) {
+	case 'i':
+		return token_is_keyword(tok, "insert");
+	case 'u':
+		return token_is_keyword(tok, "update");
+	case 'd':
+		return token_is_keyword(tok, "delete");
+	case 'm':
+		return token_is_keyword(tok, "merge");
+	case 'c':
+		return token_is_keyword(tok, "copy");
+	case 't':
+		return token_is_keyword(tok, "truncate");
+	default:
+		return false;
+	}
 }
 
 /* Patterns that need a few tokens of left context: SELECT ... INTO TEMP t and pg_temp.t. */
@@ -752,6 +861,8 @@ static void statement_token(struct scan *sc, struct statement *st, const struct 
 			st->atomic_depth--;
 	}
 
+	if (!st->writes && tok->kind == TOKEN_IDENT && is_write_keyword(tok))
+		st->writes = true;
 	follow_call_arguments(st, tok);
 	if (token_is_char(tok, '(')) {
 		note_call(st);
@@ -1039,16 +1150,64 @@ static bool is_transaction_control(const struct statement *st, size_t i)
 	return head_keyword(st, i, "prepare") && head_keyword(st, i + 1, "transaction");
 }
 
+/*
+ * DO [LANGUAGE name] code [LANGUAGE name]: code pgmux cannot run, so the
+ * block is SQL_EFFECT_OPAQUE; but its text is read as SQL too, for what it
+ * shows: a SET or set_config() of a custom parameter names one that the
+ * session's read-back must cover, and what pins in SQL pins here as well.
+ * (BEGIN and END there are PL/pgSQL's, not transaction control.)
+ */
+static void judge_do(struct scan *sc, const struct statement *st, size_t i)
+{
+	struct sql_scan_result body;
+	const struct token *code = NULL;
+	struct sql_scan_result *out = sc->out;
+
+	out->effects |= SQL_EFFECT_OPAQUE;
+	for (size_t j = i; j < st->head_count && code == NULL; j++)
+		if (st->head[j].kind == TOKEN_STRING && !head_keyword(st, j - 1, "language"))
+			code = &st->head[j];
+	if (code == NULL || sc->depth >= DO_DEPTH_MAX)
+		return;
+	scan_text(code->text, code->len, sc->tracked, sc->flags, &body, sc->depth + 1);
+	out->effects |= body.effects & ~SQL_EFFECT_TRANSACTION_CONTROL;
+	if (out->pin == SQL_PIN_NONE && body.pin != SQL_PIN_NONE) {
+		out->pin = body.pin;
+		memcpy(out->pin_detail, body.pin_detail, sizeof(out->pin_detail));
+	}
+	out->custom_overflow = out->custom_overflow || body.custom_overflow;
+	for (int k = 0; k < body.n_custom; k++) {
+		bool seen = false;
+
+		for (int m = 0; m < out->n_custom; m++)
+			seen = seen || strcmp(out->custom[m], body.custom[k]) == 0;
+		if (seen)
+			continue;
+		if (out->n_custom == SQL_SCAN_MAX_CUSTOM)
+			out->custom_overflow = true;
+		else
+			memcpy(out->custom[out->n_custom++], body.custom[k], sizeof(out->custom[0]));
+	}
+}
+
 /* Judges the leading keywords; commands that cannot follow EXPLAIN are judged only without it. */
 static void judge_command(struct scan *sc, const struct statement *st, size_t i, bool explain, struct verdict *v)
 {
 	char buf[NAME_BUFFER];
 	struct text name;
 
+	/* In a DO block's code, BEGIN opens a PL/pgSQL block: its first statement follows. */
+	if (sc->depth > 0 && head_keyword(st, i, "begin") && i + 1 < st->head_count &&
+	    !head_keyword(st, i + 1, "transaction") && !head_keyword(st, i + 1, "work") &&
+	    !head_keyword(st, i + 1, "isolation"))
+		i++;
+
 	if (head_keyword(st, i, "select") || head_keyword(st, i, "with")) {
 		v->select = true;
 	} else if (head_keyword(st, i, "create")) {
 		judge_create(sc, st, i, v);
+	} else if (head_keyword(st, i, "execute") && sc->depth > 0) {
+		/* PL/pgSQL's EXECUTE runs a text pgmux cannot see: the block is opaque already. */
 	} else if (head_keyword(st, i, "execute")) {
 		/* Even EXPLAIN EXECUTE needs the prepared statement that lives on this backend. */
 		pin_with_token(sc, SQL_PIN_EXECUTE, st, i + 1);
@@ -1063,6 +1222,11 @@ static void judge_command(struct scan *sc, const struct statement *st, size_t i,
 		return;
 	} else if (is_transaction_control(st, i)) {
 		sc->out->effects |= SQL_EFFECT_TRANSACTION_CONTROL;
+	} else if (head_keyword(st, i, "do")) {
+		judge_do(sc, st, i + 1);
+	} else if (head_keyword(st, i, "call")) {
+		/* A procedure: code pgmux cannot read, which may even end the transaction. */
+		sc->out->effects |= SQL_EFFECT_OPAQUE;
 	} else if (head_keyword(st, i, "prepare")) {
 		pin_with_token(sc, SQL_PIN_PREPARE, st, i + 1);
 	} else if (head_keyword(st, i, "deallocate")) {
@@ -1106,6 +1270,16 @@ static void finish_statement(struct scan *sc, const struct statement *st)
 	if (explain)
 		i = skip_explain(st, 1, &v.executes);
 	judge_command(sc, st, i, explain, &v);
+	if (st->writes && v.executes && !v.definition)
+		sc->out->effects |= SQL_EFFECT_WRITE;
+	if (head_keyword(st, i, "create") || head_keyword(st, i, "alter")) {
+		static const char *const code[] = {"function", "procedure", "trigger", "rule", "extension", "language"};
+
+		for (size_t j = i + 1; j < st->head_count && j < i + 6; j++)
+			for (size_t k = 0; k < sizeof(code) / sizeof(code[0]); k++)
+				if (head_keyword(st, j, code[k]))
+					sc->out->effects |= SQL_EFFECT_DEFINES_CODE;
+	}
 
 	if (v.executes && !v.definition) {
 		candidates[n++] = &st->call;
@@ -1157,7 +1331,13 @@ const char *sql_pin_reason_text(enum sql_pin_reason reason)
 
 void sql_scan(const char *sql, size_t len, const char *const *tracked, unsigned flags, struct sql_scan_result *out)
 {
-	struct scan sc = {.tracked = tracked, .flags = flags, .out = out};
+	scan_text(sql, len, tracked, flags, out, 0);
+}
+
+static void scan_text(const char *sql, size_t len, const char *const *tracked, unsigned flags,
+		      struct sql_scan_result *out, int depth)
+{
+	struct scan sc = {.tracked = tracked, .flags = flags, .out = out, .depth = depth};
 	struct lexer lx = {.sql = sql, .len = sql ? len : 0, .pos = 0};
 	struct statement st;
 	struct token tok;

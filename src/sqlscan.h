@@ -37,6 +37,13 @@ enum sql_pin_reason {
                                              * SAVEPOINT, RELEASE, PREPARE TRANSACTION (informational) */
 #define SQL_EFFECT_SET_SESSION         0x40 /* with SQL_SCAN_CARRY_SETS: SET/RESET/set_config(.., false)
                                              * of an untracked parameter, which then does not pin */
+#define SQL_EFFECT_OPAQUE              0x80 /* runs code pgmux cannot read (DO, CALL, a function that is
+                                             * not PostgreSQL's own): what it leaves in the session must
+                                             * be verified (see sqlnames.h) */
+#define SQL_EFFECT_WRITE               0x100 /* INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE: may fire
+                                              * triggers, column defaults, ... (code no text shows) */
+#define SQL_EFFECT_DEFINES_CODE        0x200 /* CREATE or ALTER of a function, procedure, trigger, rule,
+                                              * extension or language: what DML may run changes */
 
 /*
  * sql_scan() flags. SQL_SCAN_CARRY_SETS: the caller carries session-level

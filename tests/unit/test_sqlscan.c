@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sqlnames.h"
 #include "sqlscan.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -49,11 +50,15 @@ static struct sql_scan_result scan_with(const char *sql, const char *const *trac
 	return scan_bytes(sql, strlen(sql), tracked_names);
 }
 
+/* What these tests check of the effects; SQL_EFFECT_WRITE and _DEFINES_CODE have tests of their own. */
+#define CHECKED_EFFECTS (~(unsigned)(SQL_EFFECT_WRITE | SQL_EFFECT_DEFINES_CODE))
+
 /* Checks everything sql_scan reports for one text. */
 static void check(const char *sql, enum sql_pin_reason pin, const char *detail, unsigned effects, int statements)
 {
 	struct sql_scan_result r = scan_with(sql, tracked);
 
+	r.effects &= CHECKED_EFFECTS;
 	cr_assert_eq(r.pin, pin, "[%s]: pin %d (\"%s\"), expected %d", sql, r.pin, r.pin_detail, pin);
 	cr_assert_str_eq(r.pin_detail, detail, "[%s]: detail \"%s\", expected \"%s\"", sql, r.pin_detail, detail);
 	cr_assert_eq(r.effects, effects, "[%s]: effects 0x%x, expected 0x%x", sql, r.effects, effects);
@@ -270,9 +275,10 @@ Test(sqlscan_advisory, look_alikes_do_not_pin)
 	harmless("SELECT pg_advisory_lock FROM t");
 	harmless("SELECT 'pg_advisory_lock(1)'");
 	harmless("SELECT 1 /* pg_advisory_lock(1) */");
-	harmless("SELECT \"PG_ADVISORY_LOCK\"(1)");
-	harmless("SELECT myschema.pg_advisory_lock(1)");
-	harmless("SELECT my_pg_advisory_lock(1)");
+	/* Not the built-in (names in quotes keep their case): somebody else's function. */
+	check("SELECT \"PG_ADVISORY_LOCK\"(1)", SQL_PIN_NONE, "", SQL_EFFECT_OPAQUE, 1);
+	check("SELECT myschema.pg_advisory_lock(1)", SQL_PIN_NONE, "", SQL_EFFECT_OPAQUE, 1);
+	check("SELECT my_pg_advisory_lock(1)", SQL_PIN_NONE, "", SQL_EFFECT_OPAQUE, 1);
 	harmless("DROP FUNCTION pg_advisory_lock(bigint)");
 	harmless("GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_lock(bigint) TO app");
 	harmless("CREATE VIEW v AS SELECT pg_advisory_lock(1)");
@@ -411,12 +417,109 @@ Test(sqlscan_set, set_config_local_or_tracked_does_not_pin)
 {
 	harmless("SELECT set_config('myapp.user_id', '5', true)");
 	harmless("SELECT set_config('a', 'false', true)");
-	harmless("SELECT set_config('a', 'b', $3)");
-	harmless("SELECT set_config('a', 'b', false AND x)");
+	/* Anything but a literal true may be false: a session SET (issue 16: set_config(.., 1=0) leaked). */
+	pins("SELECT set_config('a', 'b', $3)", SQL_PIN_SET, "a");
+	pins("SELECT set_config('a', 'b', false AND x)", SQL_PIN_SET, "a");
+	pins("SELECT set_config('a', 'b', 1=0)", SQL_PIN_SET, "a");
+	harmless("SELECT set_config('a', 'b', 'on')");
 	harmless("SELECT current_setting('a'), 'set_config(''a'',''b'',false)'");
 	check("SELECT set_config('search_path', 'app', false)", SQL_PIN_NONE, "", SQL_EFFECT_SET_TRACKED, 1);
 	harmless("SELECT set_config('search_path', 'app', true)");
 	harmless("CREATE FUNCTION f() RETURNS text LANGUAGE sql RETURN set_config('a', 'b', false)");
+}
+
+/* ------------------------------------------------------------ code pgmux cannot read */
+
+/* One statement that runs code pgmux cannot read, and does not pin. */
+static void opaque(const char *sql)
+{
+	check(sql, SQL_PIN_NONE, "", SQL_EFFECT_OPAQUE, 1);
+}
+
+Test(sqlscan_opaque, calls_of_other_functions_are_opaque)
+{
+	opaque("SELECT public.set_tenant('42')");
+	opaque("SELECT set_tenant('42')");
+	opaque("SELECT \"Now\"()");
+	opaque("SELECT x FROM my_srf(1) AS t");
+	opaque("INSERT INTO t (a) VALUES (app.next_id())");
+	opaque("SELECT pg_catalog.now(), audit.log('x')");
+	opaque("CALL refresh_all()");
+	opaque("call app.p(1, 2)");
+	opaque("DO 'BEGIN NULL; END'");
+	opaque("DO LANGUAGE plpgsql $$ BEGIN PERFORM 1; END $$");
+	opaque("SELECT setseed(0.5)");
+	opaque("SELECT query_to_xml('SET ROLE x', true, true, '')");
+	/* A function's own body is not run by defining it. */
+	harmless("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT g()'");
+}
+
+Test(sqlscan_opaque, syntax_and_builtin_functions_are_not)
+{
+	harmless("SELECT now(), count(*), coalesce(a, 1), lower(b), pg_catalog.upper(c) FROM t");
+	harmless("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP)");
+	harmless("INSERT INTO public.t(a, b) SELECT a, b FROM u WHERE a IN (1, 2) AND EXISTS (SELECT 1)");
+	harmless("UPDATE t SET (a, b) = (1, 2) WHERE c = ANY($1)");
+	harmless("SELECT count(*) FILTER (WHERE a > 1) OVER (PARTITION BY b) FROM t");
+	harmless("SELECT x::numeric(10, 2), CAST(y AS varchar(20)), ROW(1, 2), ARRAY(SELECT 1) FROM t");
+	harmless("SELECT * FROM generate_series(1, 3) AS g(i) JOIN t USING (i)");
+	harmless("WITH c (a) AS (SELECT 1) SELECT a FROM c");
+	harmless("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO NOTHING");
+	harmless("SELECT nextval('s'), substring(a FROM 1 FOR 2), extract(epoch FROM now()) FROM t");
+	harmless("CREATE TABLE t (a int CHECK (a > 0), PRIMARY KEY (a))");
+	harmless("CREATE INDEX i ON t USING btree (a)");
+	harmless("COPY t (a, b) FROM STDIN");
+}
+
+Test(sqlscan_opaque, do_block_text_is_read_for_custom_names_and_pins)
+{
+	struct sql_scan_result r = scan_bytes_flags(
+		"DO $$ BEGIN PERFORM set_config('app.tenant', '42', false); END $$",
+		strlen("DO $$ BEGIN PERFORM set_config('app.tenant', '42', false); END $$"), tracked, SQL_SCAN_CARRY_SETS);
+
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	cr_assert_eq(r.effects, SQL_EFFECT_OPAQUE | SQL_EFFECT_SET_SESSION, "effects 0x%x", r.effects);
+	cr_assert_eq(r.n_custom, 1);
+	cr_assert_str_eq(r.custom[0], "app.tenant");
+	/* What pins in SQL pins in a block too; a name pgmux cannot read pins. */
+	check("DO $$ BEGIN CREATE TEMP TABLE x (a int); END $$", SQL_PIN_TEMP_OBJECT, "x", SQL_EFFECT_OPAQUE, 1);
+	check("DO $$ BEGIN PERFORM set_config(n, '1', false); END $$", SQL_PIN_SET, "set_config", SQL_EFFECT_OPAQUE,
+	      1);
+}
+
+/* Whether sql reports the effect bit. */
+static bool has_effect(const char *sql, unsigned bit)
+{
+	return (scan_with(sql, tracked).effects & bit) != 0;
+}
+
+Test(sqlscan_opaque, writes_and_code_definitions_are_reported)
+{
+	cr_assert(has_effect("INSERT INTO t VALUES (1)", SQL_EFFECT_WRITE));
+	cr_assert(has_effect("update t set a = 1", SQL_EFFECT_WRITE));
+	cr_assert(has_effect("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", SQL_EFFECT_WRITE));
+	cr_assert(has_effect("COPY t FROM STDIN", SQL_EFFECT_WRITE));
+	cr_assert(has_effect("TRUNCATE t", SQL_EFFECT_WRITE));
+	cr_assert(!has_effect("SELECT 'insert' FROM t", SQL_EFFECT_WRITE));
+	cr_assert(!has_effect("EXPLAIN UPDATE t SET a = 1", SQL_EFFECT_WRITE));
+	cr_assert(!has_effect("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DELETE FROM t'", SQL_EFFECT_WRITE));
+	cr_assert(has_effect("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'SELECT 1'", SQL_EFFECT_DEFINES_CODE));
+	cr_assert(has_effect("create or replace procedure p() language sql as 'select 1'", SQL_EFFECT_DEFINES_CODE));
+	cr_assert(has_effect("CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()",
+			     SQL_EFFECT_DEFINES_CODE));
+	cr_assert(has_effect("CREATE EXTENSION pgcrypto", SQL_EFFECT_DEFINES_CODE));
+	cr_assert(has_effect("ALTER FUNCTION f() SECURITY DEFINER", SQL_EFFECT_DEFINES_CODE));
+	cr_assert(!has_effect("CREATE TABLE function_log (a int)", SQL_EFFECT_DEFINES_CODE));
+}
+
+Test(sqlscan_opaque, name_lists_are_sorted)
+{
+	for (size_t i = 1; i < sqlnames_keywords_count; i++)
+		cr_assert(strcmp(sqlnames_keywords[i - 1], sqlnames_keywords[i]) < 0, "keywords: %s before %s",
+			  sqlnames_keywords[i - 1], sqlnames_keywords[i]);
+	for (size_t i = 1; i < sqlnames_functions_count; i++)
+		cr_assert(strcmp(sqlnames_functions[i - 1], sqlnames_functions[i]) < 0, "functions: %s before %s",
+			  sqlnames_functions[i - 1], sqlnames_functions[i]);
 }
 
 /* With SQL_SCAN_CARRY_SETS: what the scan reports for sql. */
@@ -424,6 +527,7 @@ static void check_carrying(const char *sql, enum sql_pin_reason pin, const char 
 {
 	struct sql_scan_result r = scan_bytes_flags(sql, strlen(sql), tracked, SQL_SCAN_CARRY_SETS);
 
+	r.effects &= CHECKED_EFFECTS;
 	cr_assert_eq(r.pin, pin, "[%s]: pin %d (\"%s\"), expected %d", sql, r.pin, r.pin_detail, pin);
 	cr_assert_str_eq(r.pin_detail, detail, "[%s]: detail \"%s\", expected \"%s\"", sql, r.pin_detail, detail);
 	cr_assert_eq(r.effects, effects, "[%s]: effects 0x%x, expected 0x%x", sql, r.effects, effects);
@@ -438,6 +542,7 @@ Test(sqlscan_set, carried_sets_do_not_pin)
 	check_carrying("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", SQL_PIN_NONE, "",
 		       SQL_EFFECT_SET_SESSION);
 	check_carrying("SELECT set_config('myapp.user_id', '5', false)", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
+	check_carrying("SELECT set_config('app.tenant', '42', 1=0)", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
 	check_carrying("RESET work_mem", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
 	check_carrying("SET work_mem TO DEFAULT", SQL_PIN_NONE, "", SQL_EFFECT_SET_SESSION);
 	/* Tracked ones stay tracked; SET LOCAL is nothing either way. */
@@ -625,7 +730,8 @@ Test(sqlscan_lexer, function_bodies_are_not_scanned)
 		 "END $$");
 	harmless("CREATE OR REPLACE FUNCTION f() RETURNS void AS $body$ BEGIN LISTEN x; END; $body$ LANGUAGE plpgsql");
 	harmless("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'LISTEN x; SELECT 1'");
-	harmless("DO $$ BEGIN EXECUTE 'LISTEN x'; END $$");
+	/* A DO block is code pgmux cannot run: opaque (what it leaves is verified), but not a pin. */
+	check("DO $$ BEGIN EXECUTE 'LISTEN x'; END $$", SQL_PIN_NONE, "", SQL_EFFECT_OPAQUE, 1);
 }
 
 Test(sqlscan_lexer, begin_atomic_bodies_do_not_split)
