@@ -1008,8 +1008,19 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 	const char *init_query = config_current()->init_query;
 	struct list_node *pos, *tmp;
 	int count = 0;
-	bool reset = false, reinit;
+	bool reset = false, reinit, reset_all = s->reset_before_reuse;
 
+	if (reset_all) {
+		/*
+		 * Code pgmux could not read ran on s (see verify_head): back to
+		 * the server's defaults, every parameter, then the client's own.
+		 */
+		iobuf_append(sql, "RESET ALL; ", 11);
+		params_clear(&s->applied);
+		s->params_fingerprint_valid = false;
+		s->reset_before_reuse = false;
+		reset = true;
+	}
 	list_for_each_safe(pos, tmp, &s->applied.lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 
@@ -1037,7 +1048,8 @@ static bool client_state_sql(struct client *c, struct server *s, struct iobuf *s
 		/* What the client never changed is the server's default. */
 		if (want == NULL)
 			want = params_get(&s->defaults, name);
-		if (want == NULL || (!reinit && have && strcmp(have, want) == 0))
+		/* After RESET ALL, what s reported before is stale: set it all. */
+		if (want == NULL || (!reinit && !reset_all && have && strcmp(have, want) == 0))
 			continue;
 		sql_append_set(sql, &count, name, want);
 	}
@@ -1146,7 +1158,40 @@ static void settings_sql_name(struct iobuf *sql, int *n, const char *name)
 	(*n)++;
 }
 
-static void client_settings_sql(struct client *c, struct iobuf *sql)
+/*
+ * After a transaction that ran code pgmux cannot read (SQL_EFFECT_OPAQUE: a
+ * DO block, CALL, somebody else's function, a trigger's work is not seen
+ * either but needs such a call), the read-back is a verification too: the
+ * session state pgmux cannot carry must be as it was, or the session keeps
+ * its backend (pinned); the answer is then the reason, not a JSON object.
+ * And custom parameters named in the database's own functions are read
+ * back by name as well, so that the client keeps what a function set for it.
+ * A custom parameter whose name no text shows (made at run time) cannot be
+ * read; the backend is RESET ALL before anyone else uses it (see
+ * reset_before_reuse), so that no client sees another's.
+ */
+static const char verify_head[] =
+	"SELECT CASE"
+	" WHEN CURRENT_USER <> SESSION_USER OR SESSION_USER <> %s"
+	" THEN 'SET ROLE or SESSION AUTHORIZATION'"
+	" WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements) <> %zu"
+	" THEN 'SQL-level PREPARE or DEALLOCATE'"
+	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN 'LISTEN'"
+	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors) THEN 'cursor WITH HOLD'"
+	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
+	" THEN 'temporary table'"
+	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid()"
+	" AND locktype = 'advisory') THEN 'session-level advisory lock'"
+	" ELSE (";
+static const char verify_catalog_names[] =
+	" UNION SELECT m.name, pg_catalog.current_setting(m.name, true) FROM (SELECT DISTINCT"
+	" pg_catalog.lower(r[1]) AS name FROM pg_catalog.pg_proc p, pg_catalog.regexp_matches(p.prosrc,"
+	" '''([A-Za-z_][A-Za-z0-9_$]*[.][A-Za-z_][A-Za-z0-9_$]*)''', 'g') AS r"
+	" WHERE p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace,"
+	" 'information_schema'::pg_catalog.regnamespace)) AS m"
+	" WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings g WHERE g.name = m.name)";
+
+static void client_settings_sql(struct client *c, struct iobuf *sql, bool verify)
 {
 	static const char head[] = "SELECT coalesce(pg_catalog.json_object_agg(name, setting), '{}') FROM ("
 				   "SELECT name, pg_catalog.current_setting(name) AS setting FROM pg_catalog.pg_settings "
@@ -1154,7 +1199,24 @@ static void client_settings_sql(struct client *c, struct iobuf *sql)
 	struct list_node *pos;
 	int n = 0;
 
+	if (verify) {
+		struct iobuf user;
+		char *text;
+		int len;
+
+		iobuf_init(&user);
+		sql_append_literal(&user, c->startup.user);
+		iobuf_append_u8(&user, '\0');
+		len = snprintf(NULL, 0, verify_head, (const char *)iobuf_head(&user), c->server->prepared.count);
+		text = xmalloc((size_t)len + 1);
+		snprintf(text, (size_t)len + 1, verify_head, (const char *)iobuf_head(&user), c->server->prepared.count);
+		iobuf_append(sql, text, (size_t)len);
+		free(text);
+		iobuf_free(&user);
+	}
 	iobuf_append(sql, head, sizeof(head) - 1);
+	if (verify)
+		iobuf_append(sql, verify_catalog_names, sizeof(verify_catalog_names) - 1);
 	/* Custom parameters are not in pg_settings: the ones the session has or touched, by name. */
 	list_for_each(pos, &c->params_set.lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
@@ -1181,22 +1243,32 @@ static void client_settings_sql(struct client *c, struct iobuf *sql)
 	 * is the default of every such parameter that a client may set.)
 	 */
 	iobuf_append(sql, ") AS s WHERE setting <> ''", 26);
+	if (verify)
+		iobuf_append(sql, ")::text END", 11);
 	iobuf_append_u8(sql, '\0');
 }
 
-/* The settings could not be read back: the session keeps this backend, as it did before pgmux carried SETs. */
-static void client_settings_unread(struct client *c, struct server *s)
+/*
+ * The settings could not be read back, or the verification found state
+ * pgmux cannot carry (found: what): the session keeps this backend, as it
+ * did before pgmux carried SETs.
+ */
+static void client_settings_unread(struct client *c, struct server *s, const char *found)
 {
-	struct sql_scan_result pin = {.pin = SQL_PIN_SET};
+	struct sql_scan_result pin = {.pin = found ? SQL_PIN_OTHER_SESSION_STATE : SQL_PIN_SET};
 
 	if (s->tx_status != 'I') {
 		client_fatal(c, SQLSTATE_INTERNAL_ERROR, "could not read the session's settings: %s",
 			     s->query_error ? s->query_error : "unexpected reply");
 		return;
 	}
-	log_client(LOG_LEVEL_WARNING, c, "could not read the session's settings back (%s)",
-		   s->query_error ? s->query_error : "unexpected reply");
-	snprintf(pin.pin_detail, sizeof(pin.pin_detail), "its settings could not be read back");
+	if (found) {
+		snprintf(pin.pin_detail, sizeof(pin.pin_detail), "%s", found);
+	} else {
+		log_client(LOG_LEVEL_WARNING, c, "could not read the session's settings back (%s)",
+			   s->query_error ? s->query_error : "unexpected reply");
+		snprintf(pin.pin_detail, sizeof(pin.pin_detail), "its settings could not be read back");
+	}
 	client_pin(c, &pin);
 	server_set_state(s, SERVER_ACTIVE);
 	client_set_state(c, CLIENT_ACTIVE);
@@ -1210,8 +1282,13 @@ static void client_settings_read(struct server *s, bool ok, void *arg)
 	struct list_node *pos;
 
 	s->reading_settings = false;
+	/* The verification's answer is a reason when the session holds what pgmux cannot carry. */
+	if (ok && s->query_value && s->query_value[0] != '{' && s->query_value[0] != '\0') {
+		client_settings_unread(c, s, s->query_value);
+		return;
+	}
 	if (!ok || !server_applied_from_settings(s)) {
-		client_settings_unread(c, s);
+		client_settings_unread(c, s, NULL);
 		return;
 	}
 	/* What is set on s now is the session's. */
@@ -1247,12 +1324,17 @@ void client_release_server(struct client *c)
 
 	if (c->settings_dirty && c->transaction_mode && !c->pin_reason) {
 		struct iobuf sql;
+		bool verify = c->state_unverified;
 
 		c->settings_dirty = false;
+		c->state_unverified = false;
 		s->reading_settings = true;
+		/* Whatever the verification finds, what it cannot see goes before anyone else's turn. */
+		if (verify)
+			s->reset_before_reuse = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
-		client_settings_sql(c, &sql);
+		client_settings_sql(c, &sql, verify);
 		server_run_query(s, (const char *)iobuf_head(&sql), client_settings_read, c);
 		iobuf_free(&sql);
 		return;
@@ -1378,7 +1460,7 @@ static void client_link(struct client *c, struct server *s)
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
 	if (c->pin_reason || !c->transaction_mode)
 		pool_note_pinned(s);
-	if (!s->init_undone && client_state_matches(c, s)) {
+	if (!s->init_undone && !s->reset_before_reuse && client_state_matches(c, s)) {
 		client_set_state(c, CLIENT_SETUP);
 		client_setup_complete(c);
 		return;
@@ -1416,7 +1498,8 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 }
 
 /* What a text does that means its session's settings must be read back after it runs. */
-#define CLIENT_SETTINGS_EFFECTS (SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL)
+#define CLIENT_SETTINGS_EFFECTS \
+	(SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL | SQL_EFFECT_OPAQUE)
 
 /*
  * Scan SQL the client sends: pin the session if need be, and note what its
@@ -1440,6 +1523,13 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 	}
 	if (scan.effects & CLIENT_SETTINGS_EFFECTS)
 		c->settings_dirty = true;
+	if (scan.effects & SQL_EFFECT_DEFINES_CODE)
+		pool_set_writes_opaque(c->pool, true);
+	if ((scan.effects & SQL_EFFECT_OPAQUE) || ((scan.effects & SQL_EFFECT_WRITE) && pool_writes_opaque(c->pool))) {
+		c->state_unverified = true;
+		c->settings_dirty = true;
+		scan.effects |= SQL_EFFECT_OPAQUE;
+	}
 	for (int i = 0; i < scan.n_custom; i++) {
 		if (c->custom_pending == NULL) {
 			c->custom_pending = xcalloc(1, sizeof(*c->custom_pending));
@@ -1547,6 +1637,7 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			return true;
 		}
 		st->sets_session = (effects & CLIENT_SETTINGS_EFFECTS) != 0;
+		st->writes = (effects & SQL_EFFECT_WRITE) != 0;
 		strmap_insert(&c->stmts, key, st);
 		params_put(&c->stmt_names, st->server_name, key);
 		server_parse(s, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0);
@@ -1565,8 +1656,13 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			break; /* unknown: the server answers as it would directly */
 		if (server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key))
 			return false;
-		if (((struct prepared_stmt *)e->value)->sets_session)
+		if (((struct prepared_stmt *)e->value)->sets_session) {
 			client_rescan_prepared(c, e->value);
+		} else if (((struct prepared_stmt *)e->value)->writes && pool_writes_opaque(c->pool)) {
+			/* A trigger or a default may run code that changes the session (struct pool). */
+			c->state_unverified = true;
+			c->settings_dirty = true;
+		}
 		server_ensure_prepared(s, e->value);
 		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
 				 ((struct prepared_stmt *)e->value)->server_name);
@@ -1824,9 +1920,9 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 		if (name == NULL || query == NULL || name[0] == '\0' ||
 		    strmap_find(&c->stmts, client_stmt_key(name, key)) != NULL)
 			return IDLE_BORROW;
-		/* A text that pins the session pins it on a backend. */
+		/* A text that pins the session pins it on a backend; one that defines code, likewise, to be seen. */
 		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
-		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow)
+		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow || (scan.effects & SQL_EFFECT_DEFINES_CODE))
 			return IDLE_BORROW;
 		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL)
 			return IDLE_BORROW;
@@ -1835,6 +1931,7 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 			return IDLE_BORROW_OR_ANSWER;
 		}
 		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
+		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
 		strmap_insert(&c->stmts, key, st);
 		params_put(&c->stmt_names, st->server_name, key);
 		iobuf_append_u8(&c->io.out, BE_PARSE_COMPLETE);

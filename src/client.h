@@ -88,6 +88,8 @@ struct client {
 	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
 	                                * session's settings back before the backend goes */
+	bool state_unverified;         /* it ran code pgmux cannot read (SQL_EFFECT_OPAQUE): the read-back
+	                                * verifies the session too, and the backend is RESET ALL after */
 	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
 	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */

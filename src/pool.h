@@ -93,7 +93,26 @@ struct pool {
 	 * backend (see client_answer_idle()).
 	 */
 	struct strmap known_statements;
+	/*
+	 * The database has functions in a procedural language whose code may
+	 * change session state (set_config, SET, EXECUTE, ...): a trigger, a
+	 * column default or a rule may run one on any write, with no call in the
+	 * text, so writes count as SQL_EFFECT_OPAQUE. Learned by each new server
+	 * connection (server.c), set at once by a client's CREATE FUNCTION and
+	 * the like. Relaxed atomic: pool_writes_opaque(), pool_set_writes_opaque().
+	 */
+	bool writes_opaque;
 };
+
+static inline bool pool_writes_opaque(const struct pool *pool)
+{
+	return __atomic_load_n(&pool->writes_opaque, __ATOMIC_RELAXED);
+}
+
+static inline void pool_set_writes_opaque(struct pool *pool, bool opaque)
+{
+	__atomic_store_n(&pool->writes_opaque, opaque, __ATOMIC_RELAXED);
+}
 
 #define POOL_KNOWN_STATEMENTS_PER_BACKEND 4
 

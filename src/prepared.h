@@ -23,7 +23,9 @@ struct prepared_stmt {
 	char server_name[PREPARED_NAME_LEN + 1];
 	uint8_t *parse;   /* a complete Parse message naming server_name */
 	size_t parse_len;
-	bool sets_session; /* its text SETs an untracked parameter: each run may change the session */
+	bool sets_session; /* its text SETs an untracked parameter or runs code pgmux cannot read: each
+	                    * run may change the session */
+	bool writes;       /* its text writes (SQL_EFFECT_WRITE): a run is opaque while the pool's writes are */
 };
 
 /*

@@ -303,20 +303,22 @@ static void server_connect_poll(struct server *s)
 		return;
 	}
 	log_server(LOG_LEVEL_DEBUG, s, "connected%s", PQsslInUse(s->pg) ? " with TLS" : "");
-	if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0) {
-		/*
-		 * Learn the server's limit (once per instance, whatever the
-		 * config says, so that a reload can switch to
-		 * max_connections = 0): before opening more connections to it
-		 * when the cap depends on it.
-		 */
-		server_run_query(s,
-				 "SELECT pg_catalog.current_setting('max_connections')::int - "
-				 "pg_catalog.current_setting('superuser_reserved_connections')::int",
-				 server_setup_done, NULL);
-		return;
-	}
-	server_setup_done(s, true, NULL);
+	/*
+	 * Learn the server's limit (used once per instance, whatever the config
+	 * says, so that a reload can switch to max_connections = 0) and whether
+	 * the pool's database has code that a write may run and that may change
+	 * the session (see struct pool's writes_opaque): "limit flag".
+	 */
+	server_run_query(s,
+			 "SELECT (pg_catalog.current_setting('max_connections')::int - "
+			 "pg_catalog.current_setting('superuser_reserved_connections')::int)::text || ' ' || "
+			 "EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang "
+			 "WHERE p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, "
+			 "'information_schema'::pg_catalog.regnamespace) AND l.lanname NOT IN ('c', 'internal') AND "
+			 "(l.lanname NOT IN ('sql', 'plpgsql') OR p.prosrc ~* "
+			 "'set_config|\\mexecute\\M|\\mset\\M|\\mreset\\M|\\mprepare\\M|\\mdeallocate\\M|"
+			 "\\mlisten\\M|advisory|\\mtemp(orary)?\\M|\\mdiscard\\M|\\mcall\\M|\\mdo\\M'))::int::text",
+			 server_setup_done, NULL);
 }
 
 static void server_init_done(struct server *s, bool ok, void *arg)
@@ -354,7 +356,14 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 		return;
 	}
 	if (s->query_value) {
-		pool_learn_cap(s->target, atoi(s->query_value));
+		int limit = 0, writes_opaque = 1;
+
+		/* Unreadable: writes stay opaque (fail closed). */
+		(void)sscanf(s->query_value, "%d %d", &limit, &writes_opaque);
+		if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0)
+			pool_learn_cap(s->target, limit);
+		if (s->pool)
+			pool_set_writes_opaque(s->pool, writes_opaque != 0);
 		free(s->query_value);
 		s->query_value = NULL;
 	}

@@ -115,6 +115,7 @@ struct server {
 	struct strmap applied;     /* unreported parameters pgmux set here (lower-case name -> value) */
 	uint64_t params_fingerprint; /* of params (carried ones) and applied, when ..._valid */
 	bool init_undone;          /* a reset (RESET, DISCARD ALL) undid init_query: run it before the next client */
+	bool reset_before_reuse;   /* code pgmux could not read ran here: RESET ALL before the next client */
 	bool params_fingerprint_valid;
 	bool pinned;               /* served a pinned session: never shared again */
 	bool cancel_sent;          /* a CancelRequest may still be on its way: never shared again */
