@@ -419,6 +419,18 @@ static void client_handle_startup_message(struct client *c, uint32_t version, co
 	char err[256];
 	const char *replication;
 
+	if (version >> 16 == 1 || version >> 16 == 2) {
+		char old[128];
+		int n = snprintf(old, sizeof(old),
+				 "EFATAL:  unsupported frontend protocol %u.%u: server supports 3.0 to 3.0\n", version >> 16,
+				 version & 0xffff);
+
+		/* PostgreSQL answers a client of protocol 1 or 2 in that protocol's ErrorResponse: text and a NUL. */
+		iobuf_append(&c->io.out, old, (size_t)n + 1);
+		(void)io_flush(&c->io);
+		client_close(c, "unsupported frontend protocol");
+		return;
+	}
 	if (version >> 16 != 3) {
 		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
 			     "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", version >> 16,
@@ -450,7 +462,16 @@ static void client_handle_startup_message(struct client *c, uint32_t version, co
 	client_begin_auth(c);
 }
 
-/* Returns false when the client was closed or must wait for more bytes. */
+/*
+ * Returns false when the client was closed or must wait for more bytes.
+ * Every check here is PostgreSQL's (ProcessStartupPacket()), in its order and
+ * with its answer, so that a client cannot tell pgmux from the server before
+ * it logs in: a length below 8 or above 10,000 bytes closes the connection
+ * without a word, as PostgreSQL does (it only logs "invalid length of
+ * startup packet"), once the four bytes of the length are in; an SSLRequest
+ * or GSSENCRequest is answered whatever else its packet holds, once each, and
+ * a second one is an unsupported protocol version like any other.
+ */
 static bool client_process_startup(struct client *c)
 {
 	const struct config *cfg = config_current();
@@ -458,38 +479,41 @@ static bool client_process_startup(struct client *c)
 	const uint8_t *p;
 	uint32_t len, code;
 
-	if (iobuf_len(in) < 8)
+	if (iobuf_len(in) < 4)
 		return false;
 	p = iobuf_head(in);
 	len = get_u32(p);
-	code = get_u32(p + 4);
-	if (len < 8 || len > PROTO_MAX_STARTUP_PACKET || len > (uint32_t)cfg->max_packet_size) {
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid length of startup packet");
+	/* PostgreSQL's limit is on the packet less its length word. */
+	if (len < 8 || len - 4 > PROTO_MAX_STARTUP_PACKET || len > (uint32_t)cfg->max_packet_size) {
+		client_close(c, "invalid length of startup packet");
 		return false;
 	}
 	if (iobuf_len(in) < len)
 		return false;
+	code = get_u32(p + 4);
 
-	if (code == PROTO_SSL_REQUEST || code == PROTO_GSSENC_REQUEST) {
+	if ((code == PROTO_SSL_REQUEST && !c->ssl_asked) || (code == PROTO_GSSENC_REQUEST && !c->gss_asked)) {
 		struct tls_context *tls = NULL;
+		char answer;
 
-		if (len != 8 || c->io.ssl) {
-			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid encryption request");
-			return false;
+		iobuf_consume(in, len);
+		if (code == PROTO_SSL_REQUEST) {
+			c->ssl_asked = true;
+			tls = tls_get_current();
+			c->tls = tls; /* its reference goes with the client (client_free()) */
+		} else {
+			c->gss_asked = true;
 		}
-		iobuf_consume(in, 8);
+		answer = tls ? 'S' : 'N';
+		if (!client_answer_byte(c, answer))
+			return false;
 		/* Bytes sent before the handshake would be trusted as if encrypted (CVE-2021-23214). */
 		if (iobuf_len(in) > 0) {
 			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
 			return false;
 		}
-		if (code == PROTO_SSL_REQUEST)
-			tls = tls_get_current();
 		if (tls == NULL)
-			return client_answer_byte(c, 'N');
-		c->tls = tls;
-		if (!client_answer_byte(c, 'S'))
-			return false;
+			return true;
 		if (io_start_tls_accept(&c->io, tls->ctx) != 0) {
 			client_close(c, c->io.error);
 			return false;

@@ -60,6 +60,8 @@ struct client {
 
 	struct startup_packet startup;
 	bool have_startup;
+	bool ssl_asked;   /* an SSLRequest was answered: another one is an unknown protocol version */
+	bool gss_asked;   /* likewise a GSSENCRequest */
 	struct secret secret;
 	bool have_secret;
 	enum client_auth_step auth_step;

@@ -11,6 +11,7 @@
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -793,11 +794,12 @@ Test(startup, length_below_8)
 	h_stop_expect_clean_exit(&px);
 }
 
-Test(startup, length_above_10000)
+/* PostgreSQL's limit of 10,000 bytes is on the packet less its length word. */
+Test(startup, length_above_10004)
 {
 	int fd = raw_open();
-	send_header(fd, 10001, 196608);
-	expect_refused(fd, protocol_violation, "length 10001");
+	send_header(fd, 10005, 196608);
+	expect_refused(fd, protocol_violation, "length 10005");
 	expect_serves_normal_client();
 	h_stop_expect_clean_exit(&px);
 }
@@ -1004,6 +1006,131 @@ Test(startup, protocol_3_1_gets_negotiate_protocol_version)
 Test(startup, pq_option_gets_negotiate_protocol_version)
 {
 	negotiate_test(3u << 16, "_pq_.foo");
+	expect_serves_normal_client();
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * What a server does with an opening, as text: "closed" (no byte, then the
+ * connection closed), "open" (nothing within the time), "S" or "N" (the
+ * answer to an encryption request; then "+open", or what followed), or
+ * "E <severity> <SQLSTATE> <message>" and "+closed" after an ErrorResponse.
+ */
+static void opening_outcome(int port, const uint8_t *bytes, size_t len, char *out, size_t cap)
+{
+	int fd = h_raw_connect(port, 2000);
+	uint8_t buf[4096];
+	size_t got = 0, used = 0;
+	long long deadline = h_now_ms() + h_scaled_ms(700);
+	bool closed = false;
+
+	cr_assert(fd >= 0, "cannot connect to port %d", port);
+	cr_assert(h_raw_send(fd, bytes, len));
+	for (;;) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		long long left = deadline - h_now_ms();
+		ssize_t n;
+
+		if (left <= 0 || got == sizeof(buf) || poll(&pfd, 1, (int)left) <= 0)
+			break;
+		n = recv(fd, buf + got, sizeof(buf) - got, 0);
+		if (n <= 0) {
+			closed = true;
+			break;
+		}
+		got += (size_t)n;
+	}
+	close(fd);
+	out[0] = '\0';
+	if (got > 0 && (buf[0] == 'S' || buf[0] == 'N')) {
+		snprintf(out, cap, "%c+", buf[0]);
+		used = 1;
+	}
+	while (used + 5 <= got && buf[used] == 'E') {
+		uint32_t mlen = ((uint32_t)buf[used + 1] << 24) | ((uint32_t)buf[used + 2] << 16) |
+				((uint32_t)buf[used + 3] << 8) | buf[used + 4];
+		const char *body = (const char *)buf + used + 5;
+		size_t blen;
+		const char *sev, *code, *msg;
+
+		if (mlen < 4 || used + 1 + mlen > got)
+			break;
+		blen = mlen - 4;
+		sev = h_error_field(body, blen, 'V');
+		if (sev == NULL)
+			sev = h_error_field(body, blen, 'S');
+		code = h_error_field(body, blen, 'C');
+		msg = h_error_field(body, blen, 'M');
+		snprintf(out + strlen(out), cap - strlen(out), "E %s %s %s+", sev ? sev : "?", code ? code : "?",
+			 msg ? msg : "?");
+		used += 1 + mlen;
+	}
+	if (used < got)
+		snprintf(out + strlen(out), cap - strlen(out), "%zu more bytes (first %d)+", got - used, buf[used]);
+	snprintf(out + strlen(out), cap - strlen(out), "%s", closed ? "closed" : "open");
+}
+
+/* The same opening to PostgreSQL and to pgmux: the same answer (issue 19). */
+static void opening_like_postgres(const uint8_t *bytes, size_t len, const char *what)
+{
+	char direct[1024], through[1024];
+
+	opening_outcome(h_env()->pgport, bytes, len, direct, sizeof(direct));
+	opening_outcome(px.port, bytes, len, through, sizeof(through));
+	cr_expect_str_eq(through, direct, "%s: pgmux answered \"%s\", PostgreSQL \"%s\"", what, through, direct);
+}
+
+static size_t packet(uint8_t *b, uint32_t len, uint32_t code)
+{
+	h_put_u32(b, len);
+	h_put_u32(b + 4, code);
+	return 8;
+}
+
+Test(startup, hostile_openings_are_answered_as_postgresql_answers_them)
+{
+	static const uint32_t lengths[] = {0, 4, 7, 10001, 10004, 10005, 0x7fffffffu, 0xfffffff0u, 1u << 30};
+	uint8_t b[512];
+	size_t n;
+	const char *database_only[] = {"database", "postgres", NULL};
+	const char *app[] = {"user", "app", "database", "postgres", NULL};
+
+	for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "length %u", lengths[i]);
+		n = packet(b, lengths[i], 196608);
+		opening_like_postgres(b, n, what);
+		/* Only the four bytes of the length. */
+		opening_like_postgres(b, 4, what);
+	}
+	/* A driver that connects and ends at once: Terminate as its first bytes. */
+	opening_like_postgres((const uint8_t *)"X\0\0\0\4", 5, "Terminate first");
+	opening_like_postgres((const uint8_t *)"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, "an HTTP request");
+	n = h_build_startup(b, sizeof(b), 4u << 16, app);
+	opening_like_postgres(b, n, "protocol 4.0");
+	n = h_build_startup(b, sizeof(b), 2u << 16, app);
+	opening_like_postgres(b, n, "protocol 2.0");
+	n = h_build_startup(b, sizeof(b), (1u << 16) | 5, app);
+	opening_like_postgres(b, n, "protocol 1.5");
+	n = h_build_startup(b, sizeof(b), 0, app);
+	opening_like_postgres(b, n, "protocol 0.0");
+	n = h_build_startup(b, sizeof(b), (1234u << 16) | 5681, app);
+	opening_like_postgres(b, n, "protocol 1234.5681");
+	n = h_build_startup(b, sizeof(b), 196608, database_only);
+	opening_like_postgres(b, n, "no user");
+	/* An SSLRequest with bytes after the code in its packet is still one. */
+	n = packet(b, 12, 80877103);
+	h_put_u32(b + 8, 0);
+	opening_like_postgres(b, 12, "SSLRequest of 12 bytes");
+	/* CancelRequests: a wrong length, an unknown key. */
+	n = packet(b, 12, 80877102);
+	h_put_u32(b + 8, 1);
+	opening_like_postgres(b, 12, "CancelRequest of 12 bytes");
+	n = packet(b, 16, 80877102);
+	h_put_u32(b + 8, 1);
+	h_put_u32(b + 12, 2);
+	opening_like_postgres(b, 16, "CancelRequest with an unknown key");
 	expect_serves_normal_client();
 	h_stop_expect_clean_exit(&px);
 }
