@@ -1900,6 +1900,37 @@ enum idle_answer {
 	IDLE_BORROW_OR_ANSWER, /* a Parse that a backend should judge, if one can be had now */
 };
 
+/*
+ * Does the batch that begins with the client's next message hold only what
+ * pgmux answers alone (Parse, Close, Flush) up to its Sync? A Parse answered
+ * here in a batch that goes on to a Bind would only move the server's
+ * verdict on its text from the Parse to the Bind. IDLE_NEED_MORE when the
+ * batch is not all here and no Flush asked for answers yet (PostgreSQL would
+ * not answer before either); IDLE_ANSWERED when it may be answered here.
+ */
+static enum idle_answer client_batch_answerable(const struct client *c)
+{
+	const uint8_t *p = iobuf_head(&c->io.in);
+	size_t avail = iobuf_len(&c->io.in), off = 0;
+	uint8_t last = 0;
+
+	while (avail - off >= PROTO_HEADER_LEN) {
+		uint8_t type = p[off];
+		uint32_t len = get_u32(p + off + 1);
+
+		if (len < 4 || len - 4 > (uint32_t)config_current()->max_packet_size ||
+		    (type != FE_PARSE && type != FE_CLOSE && type != FE_FLUSH && type != FE_SYNC))
+			return IDLE_BORROW;
+		if (type == FE_SYNC)
+			return IDLE_ANSWERED;
+		if (avail - off < 1 + (size_t)len)
+			return IDLE_NEED_MORE;
+		last = type;
+		off += 1 + (size_t)len;
+	}
+	return last == FE_FLUSH ? IDLE_BORROW : IDLE_NEED_MORE;
+}
+
 static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 {
 	const uint8_t *p = iobuf_head(&c->io.in);
@@ -1939,11 +1970,15 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 		struct sql_scan_result scan;
 		struct prepared_stmt *st;
 		const char *name = msg_read_str(&r), *query = msg_read_str(&r), *client_name;
+		enum idle_answer batch;
+		bool taken;
 
-		/* The unnamed statement, a name in use, a malformed message: as usual. */
-		if (name == NULL || query == NULL || name[0] == '\0' ||
-		    strmap_find(&c->stmts, client_stmt_key(name, key)) != NULL)
+		/* The unnamed statement, a malformed message: as usual. */
+		if (name == NULL || query == NULL || name[0] == '\0')
 			return IDLE_BORROW;
+		if ((batch = client_batch_answerable(c)) != IDLE_ANSWERED)
+			return batch;
+		taken = strmap_find(&c->stmts, client_stmt_key(name, key)) != NULL;
 		/* A text that pins the session pins it on a backend; one that defines code, likewise, to be seen. */
 		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
 		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow || (scan.effects & SQL_EFFECT_DEFINES_CODE))
@@ -1953,6 +1988,17 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
 			prepared_free(st);
 			return IDLE_BORROW_OR_ANSWER;
+		}
+		if (taken) {
+			/* PostgreSQL's answer once the text passed its checks; the rest of the batch is skipped. */
+			char message[300];
+
+			prepared_free(st);
+			snprintf(message, sizeof(message), "prepared statement \"%.256s\" already exists", name);
+			proto_put_error(&c->io.out, "ERROR", SQLSTATE_DUPLICATE_PREPARED_STATEMENT, message, NULL, NULL);
+			iobuf_consume(&c->io.in, 1 + (size_t)mlen);
+			c->discard_until_sync = true;
+			return IDLE_ANSWERED;
 		}
 		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
 		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
