@@ -16,9 +16,11 @@
  * transaction, an idle session gets only a batch of Parse, Close and Sync
  * messages (libpq's PQprepare and PQclosePrepared, pgbench's lazy prepare),
  * which pgmux can answer without a backend and prepare on the backend at
- * the statement's first use. Such batches name valid statements only: a
- * syntax error cannot be found without a backend, and a proxy that answers
- * a Parse itself reports it at the first use instead.
+ * the statement's first use, under names the session does not have (as
+ * drivers do). A Parse outside a transaction names a valid statement only:
+ * a syntax error cannot be found without a backend, and a proxy that
+ * answers a Parse itself reports it at the first use instead; texts
+ * PostgreSQL refuses are Parsed inside transactions.
  *
  * Everything else in the grammar: simple queries (one or several
  * statements, BEGIN/COMMIT/ROLLBACK, savepoints, errors), Parse/Bind/
@@ -250,7 +252,7 @@ enum param_kind { P_NONE, P_KEY, P_KEY_VALUE, P_DIVISOR, P_TEXT, P_COUNT };
 struct stmt_text {
 	const char *sql;
 	enum param_kind params;
-	bool valid; /* may go into a Parse-only batch (see the file's comment) */
+	bool valid; /* PostgreSQL accepts it: may be Parsed outside a transaction (see put_parse()) */
 };
 
 static const struct stmt_text texts[] = {
@@ -397,6 +399,14 @@ static int put_parse(struct step *st, struct session *s, int table, int name, in
 
 	if (name != 0 && s->text_of[name] >= 0 && (s->status == 'E' || st->replies > 0))
 		name = 0;
+	/*
+	 * A text PostgreSQL refuses only inside a transaction (in the step's
+	 * first batch, before anything could end it): outside one pgmux may
+	 * answer a Parse itself whenever no backend is free at that instant,
+	 * and the error then comes at the statement's first use.
+	 */
+	if (!texts[text].valid && (s->status == 'I' || st->replies > 0))
+		text = 2;
 	sql_of(text, table, sql, sizeof(sql));
 	msg_parse(&st->bytes, names[name], sql);
 	s->text_of[name] = text;
@@ -450,6 +460,15 @@ static void put_sync(struct step *st)
  * A batch that needs no backend from a session outside a transaction: what
  * PQprepare (Parse, Sync), PQclosePrepared (Close, Sync) and a driver that
  * prepares several statements at once send. Valid statements only.
+ *
+ * Sent while every backend is held (st->without_backend), a Parse names a
+ * statement the session does not have, as drivers do (pgbench's P_n,
+ * psycopg's _pg3_n, asyncpg's __asyncpg_stmt_n__ are fresh names): a name
+ * that may be in use is Closed first in the same batch. PostgreSQL would
+ * refuse a name in use (42P05) at once, but only after judging the new text,
+ * which pgmux leaves to a backend. The books (text_of) say "not in use"
+ * only when that is sure: a Close clears them only in such a batch, where
+ * nothing before it can fail.
  */
 static void gen_prepare_batch(struct rng *r, struct step *st, struct session *s, int table)
 {
@@ -457,12 +476,15 @@ static void gen_prepare_batch(struct rng *r, struct step *st, struct session *s,
 
 	for (int i = 0; i < n; i++) {
 		int name = 1 + (int)rng_below(r, N_OF(names) - 1);
+		bool close = rng_percent(r, 25);
 
-		if (rng_percent(r, 25)) {
+		if (close || (st->without_backend && s->text_of[name] >= 0)) {
 			msg_target(&st->bytes, 'C', 'S', names[name]);
-			s->text_of[name] = -1;
+			if (st->without_backend)
+				s->text_of[name] = -1;
 			buf_printf(&st->log, " Close(S \"%s\")", names[name]);
-		} else {
+		}
+		if (!close) {
 			int text;
 
 			do
@@ -920,7 +942,7 @@ static void stress_run(int backends, const char *extra_pool)
 	int rounds = 0, steps = 0, without_backend = 0;
 
 	h_wait_no_app_backends();
-	setup = h_connect_app_direct(NULL);
+	setup = h_connect_app_direct("options=-cclient_min_messages=warning");
 	for (int i = 0; i < CONNS; i++) {
 		char sql[200];
 
