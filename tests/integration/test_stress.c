@@ -37,10 +37,17 @@
  * row descriptions without the table's OID, ParameterStatus not at all), and
  * the tables' contents after both runs too.
  *
+ * Left out, each where it would be generated (put_parse(), put_run(),
+ * gen_step()): corners where pgmux answers otherwise than PostgreSQL for
+ * reasons of its own, not this test's subject (a statement the backend
+ * lacks, used in a failed transaction; the unnamed statement after its
+ * batch; errors a custom plan raises at Bind).
+ *
  * Rounds with a seed each run for STRESS_SECONDS. A failure prints the
  * suite's seed, the round, and the steps of the round so far. To replay, set
  * PGMUX_STRESS_SEED to the seed printed (and PGMUX_STRESS_SECONDS to run
- * longer).
+ * longer). PGMUX_STRESS_BACKENDS=12 gives every session a backend of its
+ * own: no waits at all, a check of the comparison itself.
  */
 #include "harness.h"
 
