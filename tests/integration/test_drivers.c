@@ -28,20 +28,26 @@ static struct pgmux px;
 
 TestSuite(drivers, .fini = h_teardown, .timeout = 300);
 
-/* Runs tests/drivers/SCRIPT against a fresh pgmux; its output must contain want. */
-static void run_driver_script(const char *script, const char *want)
+/*
+ * Runs tests/drivers/SCRIPT against a fresh pgmux with a pool of backends
+ * (and the extra [pool] lines, or NULL); its output must contain want.
+ */
+static void run_driver_script_over(const char *script, const char *want, int backends, const char *extra_pool)
 {
 	const struct h_env *e = h_env();
 	struct pgmux_options o;
-	char path[700], port[32], user[300], pw[300], backends[32];
+	char path[700], port[32], user[300], pw[300], max_backends[32];
 	struct h_cmd c;
 
 	h_wait_no_app_backends();
 	pgmux_options_default(&o);
 	o.pool_mode = "transaction";
-	o.max_connections = BACKENDS;
+	char pool[256];
+
+	o.max_connections = backends;
 	o.admin_users = e->superuser;
-	o.extra_pool = "max_idle_connections_percent = 100";
+	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\n%s", extra_pool ? extra_pool : "");
+	o.extra_pool = pool;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 
 	const char *top = getenv("TOP_SRCDIR"); /* set by tests/run-tests.sh */
@@ -49,9 +55,9 @@ static void run_driver_script(const char *script, const char *want)
 	snprintf(port, sizeof(port), "PGPORT=%d", px.port);
 	snprintf(user, sizeof(user), "PGUSER=%s", e->appuser);
 	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
-	snprintf(backends, sizeof(backends), "MAX_BACKENDS=%d", BACKENDS);
+	snprintf(max_backends, sizeof(max_backends), "MAX_BACKENDS=%d", backends);
 	const char *argv[] = {PYTHON, path, NULL};
-	const char *env[] = {"PGHOST=127.0.0.1", port, user, pw, "PGDATABASE=postgres", backends,
+	const char *env[] = {"PGHOST=127.0.0.1", port, user, pw, "PGDATABASE=postgres", max_backends,
 			     h_under_valgrind() ? "DRIVER_ROUNDS=15" : "DRIVER_ROUNDS=40", NULL};
 	cr_assert(access(PYTHON, X_OK) == 0, "%s is missing (install python3 and the drivers: see .ci/run)", PYTHON);
 	int st = h_cmd_run(&c, argv, env, h_scaled_ms(120000));
@@ -74,6 +80,11 @@ static void run_driver_script(const char *script, const char *want)
 	h_stop_expect_clean_exit(&px);
 }
 
+static void run_driver_script(const char *script, const char *want)
+{
+	run_driver_script_over(script, want, BACKENDS, NULL);
+}
+
 Test(drivers, asyncpg_pool_with_its_statement_cache)
 {
 	run_driver_script("asyncpg_pool.py", "asyncpg ok:");
@@ -82,4 +93,25 @@ Test(drivers, asyncpg_pool_with_its_statement_cache)
 Test(drivers, psycopg3_pipeline_and_psycopg2)
 {
 	run_driver_script("psycopg_pipeline.py", "psycopg ok:");
+}
+
+/*
+ * Issue 15: more connections than backends (four per backend), writing in
+ * transactions with statements prepared on the server, and pgbench's
+ * pattern in one thread: a synchronous PQprepare on an idle connection while
+ * the same thread's other connections hold every backend in a transaction.
+ * A client waits at most 10 s for a backend, so a deadlock through pgmux
+ * shows as an error (53300) in the script, not as a hang.
+ */
+#define LOAD_BACKENDS 6
+#define LOAD_POOL "connection_borrow_timeout = 10s"
+
+Test(drivers, psycopg3_prepared_transactions_more_clients_than_backends)
+{
+	run_driver_script_over("psycopg_prepared_txn.py", "psycopg prepared ok:", LOAD_BACKENDS, LOAD_POOL);
+}
+
+Test(drivers, asyncpg_statement_cache_in_transactions_more_clients_than_backends)
+{
+	run_driver_script_over("asyncpg_prepared_txn.py", "asyncpg prepared ok:", LOAD_BACKENDS, LOAD_POOL);
 }
