@@ -641,12 +641,11 @@ Test(cutover, sighup_new_hosts_under_pgbench)
 }
 
 /*
- * pgbench 15 -M prepared prepares each command with a synchronous PQprepare
- * the first time a client runs it, which blocks the whole pgbench thread:
- * with fewer server connections than clients, a thread waiting in PQprepare
- * for a connection that its own clients hold never gets one (pgbench's
- * deadlock, not pgmux's). So this variant gets one server connection per
- * client; pgmux must still carry the prepared statements over to B.
+ * -M prepared: pgmux must carry the prepared statements over to B. (pgbench
+ * prepares each command with a synchronous PQprepare the first time a client
+ * runs it; pgmux answers that without a server connection, so fewer
+ * connections than clients work too: tests/integration/test_prepared_load.c.
+ * This variant keeps one connection per client, as it always had.)
  */
 Test(cutover, admin_cutover_to_under_pgbench_prepared)
 {
