@@ -18,6 +18,10 @@
 #   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
 #   PGMUX_COMMIT_OVERRIDE=text  label printed for that binary (default: the
 #                       repository's HEAD commit, which a PGMUX_BIN snapshot may not match)
+#   PGMUX_BASE_BIN=path another pgmux binary (an earlier commit, say), run with the
+#                       same configuration as a fourth target in every round of
+#                       scenarios 1 and 2: the table gets a column and a ratio
+#                       for it ("base"), measured interleaved in the same run
 #   PGBIN=dir           PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
 #   RESULTS=file        where to write the table (default bench/results-latest.txt)
 #   KEEP=1              keep the scratch directory (configs, logs, pgbench output)
@@ -176,6 +180,7 @@ stop_pid() {
 WORK=
 PGDATA=
 MUX_PID=
+BASE_PID=
 PGB_PID=
 HELPER_PID=
 HELPER_IN=
@@ -186,6 +191,7 @@ cleanup() {
 	if [ -n "$HELPER_IN" ]; then eval "exec $HELPER_IN>&-" 2>/dev/null; fi
 	stop_pid "$HELPER_PID"
 	stop_pid "$MUX_PID"
+	stop_pid "$BASE_PID"
 	stop_pid "$PGB_PID"
 	if [ -n "$PGDATA" ] && [ -f "$PGDATA/postmaster.pid" ]; then
 		local pgpid
@@ -234,6 +240,10 @@ MUXPORT=$(free_port)
 PGBPORT=$(free_port)
 while [ "$MUXPORT" = "$PGPORT" ]; do MUXPORT=$(free_port); done
 while [ "$PGBPORT" = "$PGPORT" ] || [ "$PGBPORT" = "$MUXPORT" ]; do PGBPORT=$(free_port); done
+BASEPORT=$(free_port)
+while [ "$BASEPORT" = "$PGPORT" ] || [ "$BASEPORT" = "$MUXPORT" ] || [ "$BASEPORT" = "$PGBPORT" ]; do
+	BASEPORT=$(free_port)
+done
 
 # One RSA-2048 self-signed certificate, used by pgmux, PgBouncer and PostgreSQL.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
@@ -285,13 +295,13 @@ log "pgbench -i -s 10"
 # server connections kept (pgmux max_idle_connections_percent = 100, like
 # PgBouncer, which keeps its pool until server_idle_timeout), the same accept
 # backlog. $1: plain (TLS offered, not required) or tls (TLS required).
-write_pgmux_conf() {
+write_pgmux_conf() { # plain|tls [port file logfile]
 	local require=false
 	[ "$1" = tls ] && require=true
-	cat >"$WORK/pgmux/pgmux.ini" <<EOF
+	cat >"${3:-$WORK/pgmux/pgmux.ini}" <<EOF
 [pgmux]
 listen_addr = 127.0.0.1
-listen_port = $MUXPORT
+listen_port = ${2:-$MUXPORT}
 workers = $PGMUX_WORKERS
 busy_poll_us = $BUSY_POLL_US
 client_tls_cert_file = $WORK/tls/server.crt
@@ -299,7 +309,7 @@ client_tls_key_file = $WORK/tls/server.key
 require_tls = $require
 client_auth = scram-sha-256
 secrets_dir = $WORK/pgmux/secrets
-logfile = $WORK/pgmux/pgmux.log
+logfile = ${4:-$WORK/pgmux/pgmux.log}
 log_level = warning
 max_client_connections = 20000
 listen_backlog = 4096
@@ -398,13 +408,24 @@ start_pgbouncer() {
 	wait_ready "$PGBPORT" "$PGB_PID" PgBouncer "$sslmode"
 }
 stop_pgmux() { stop_pid "$MUX_PID"; MUX_PID=; }
+# The baseline binary (PGMUX_BASE_BIN): the same configuration on its own port and log.
+start_base() {
+	[ -n "${PGMUX_BASE_BIN:-}" ] || return 0
+	write_pgmux_conf "$1" "$BASEPORT" "$WORK/pgmux/base.ini" "$WORK/pgmux/base.log"
+	[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/pgmux/base.ini"
+	"${AS_USER[@]}" "$PGMUX_BASE_BIN" "$WORK/pgmux/base.ini" >>"$WORK/pgmux/base.stderr" 2>&1 &
+	BASE_PID=$!
+	check_comm "$BASE_PID" pgmux
+	wait_ready "$BASEPORT" "$BASE_PID" "pgmux (base)" disable
+}
+stop_base() { [ -z "$BASE_PID" ] || stop_pid "$BASE_PID"; BASE_PID=; }
 stop_pgbouncer() { stop_pid "$PGB_PID"; PGB_PID=; }
 start_poolers() { start_pgmux "$1"; start_pgbouncer "$1"; }
 stop_poolers() { stop_pgmux; stop_pgbouncer; }
 
-port_of() { case $1 in pgmux) echo "$MUXPORT" ;; pgbouncer) echo "$PGBPORT" ;; direct) echo "$PGPORT" ;; esac; }
-pid_of() { case $1 in pgmux) echo "$MUX_PID" ;; pgbouncer) echo "$PGB_PID" ;; *) echo "" ;; esac; }
-name_of() { case $1 in pgmux) echo pgmux ;; pgbouncer) echo PgBouncer ;; direct) echo direct ;; esac; }
+port_of() { case $1 in pgmux) echo "$MUXPORT" ;; base) echo "$BASEPORT" ;; pgbouncer) echo "$PGBPORT" ;; direct) echo "$PGPORT" ;; esac; }
+pid_of() { case $1 in pgmux) echo "$MUX_PID" ;; base) echo "$BASE_PID" ;; pgbouncer) echo "$PGB_PID" ;; *) echo "" ;; esac; }
+name_of() { case $1 in pgmux) echo pgmux ;; base) echo "pgmux (base)" ;; pgbouncer) echo PgBouncer ;; direct) echo direct ;; esac; }
 
 # utime + stime of every thread of a process, in clock ticks (/proc/PID/stat
 # fields 14 and 15; the fields are counted after the parenthesised command name).
@@ -500,13 +521,20 @@ if [ "$WARMUP" -gt 0 ]; then
 fi
 
 TARGETS="pgmux pgbouncer direct"
+# Scenarios 1 and 2 also run the baseline binary, when there is one.
+BASE_TARGETS=$TARGETS
+if [ -n "${PGMUX_BASE_BIN:-}" ]; then
+	[ -x "$PGMUX_BASE_BIN" ] || die "PGMUX_BASE_BIN=$PGMUX_BASE_BIN is not an executable file"
+	BASE_TARGETS="pgmux base pgbouncer direct"
+fi
 
 # ------------------------------------------------------------ scenario 1: pgbench -S, 32 clients
 if want 1; then
 	log "scenario 1: pgbench -S -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
 	start_poolers plain
+	start_base plain
 	for ((r = 1; r <= ROUNDS; r++)); do
-		for t in $TARGETS; do
+		for t in $BASE_TARGETS; do
 			run_pgbench "$t" disable "s1-r$r" -S -c 32 -j 2 -T "$DURATION"
 			add "s1.tps.$t" "$R_TPS"
 			[ -n "$R_CPU_US" ] && add "s1.cpu.$t" "$R_CPU_US"
@@ -519,14 +547,16 @@ if want 1; then
 		     END { if (t > 0) printf "%d of %d transactions (%.2f per transaction)", h, t, h / t }' || true)
 	note "s1.pgmux" "backends handed from one worker to the other (SHOW STATS): ${handoffs:-not available}"
 	stop_poolers
+	stop_base
 fi
 
 # ------------------------------------------------------------ scenario 2: the same with -M prepared
 if want 2; then
 	log "scenario 2: pgbench -S -M prepared -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
 	start_poolers plain
+	start_base plain
 	for ((r = 1; r <= ROUNDS; r++)); do
-		for t in $TARGETS; do
+		for t in $BASE_TARGETS; do
 			run_pgbench "$t" disable "s2-r$r" -S -M prepared -c 32 -j 2 -T "$DURATION"
 			add "s2.tps.$t" "$R_TPS"
 			add "s2.aborted.$t" "$R_ABORTED"
@@ -538,6 +568,7 @@ if want 2; then
 		done
 	done
 	stop_poolers
+	stop_base
 fi
 
 # ------------------------------------------------------------ scenario 3: one client, latency
@@ -654,10 +685,12 @@ fmt() {
 rows=()
 row() { # label key format [no-direct-ratio]
 	local label=$1 key=$2 f=$3 m b d
-	m=$(med "$key.pgmux"); b=$(med "$key.pgbouncer"); d=$(med "$key.direct")
+	local a
+	m=$(med "$key.pgmux"); b=$(med "$key.pgbouncer"); d=$(med "$key.direct"); a=$(med "$key.base")
 	[ -n "$m$b$d" ] || return 0
 	rows+=("$(printf '%-46s %12s %12s %12s %10s %10s' "$label" "$(fmt "$m" "$f")" "$(fmt "$b" "$f")" \
-		"$(fmt "$d" "$f")" "$(ratio "$m" "$b")" "$(ratio "$m" "$d")")")
+		"$(fmt "$d" "$f")" "$(ratio "$m" "$b")" "$(ratio "$m" "$d")")$(
+		[ -z "${PGMUX_BASE_BIN:-}" ] || printf ' %12s %10s' "$(fmt "$a" "$f")" "$(ratio "$m" "$a")")")
 }
 row "1. -S c32: tps"                          s1.tps  "%.0f"
 row "1. -S c32: pooler CPU us/txn"            s1.cpu  "%.2f"
@@ -703,7 +736,10 @@ pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNI
 	echo "load avg:  $LOAD_START at start, $LOAD_END at end (other processes on the machine add noise)"
 	echo "medians of $ROUNDS interleaved rounds (pgmux, PgBouncer, direct), $DURATION s per pgbench run"
 	echo
-	printf '%-46s %12s %12s %12s %10s %10s\n' scenario pgmux PgBouncer direct mux/pgb mux/direct
+	printf '%-46s %12s %12s %12s %10s %10s' scenario pgmux PgBouncer direct mux/pgb mux/direct
+	[ -z "${PGMUX_BASE_BIN:-}" ] || printf ' %12s %10s' base mux/base
+	echo
+	[ -z "${PGMUX_BASE_BIN:-}" ] || echo "base:      $PGMUX_BASE_BIN${PGMUX_BASE_LABEL:+ ($PGMUX_BASE_LABEL)}"
 	printf '%s\n' "${rows[@]}"
 	echo
 	printf '%-70s %-8s %-12s\n' "target" value verdict
