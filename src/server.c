@@ -37,7 +37,7 @@
 #define SERVER_MAX_INSPECTED_MESSAGE (1024 * 1024)
 
 #define log_server(level, s, fmt, ...) \
-	log_at(level, "S-%llu %s@%s %s:%d pid=%d: " fmt, (unsigned long long)(s)->id, \
+	log_at(level, "S-%llu " LOG_NAME "@" LOG_NAME " %s:%d pid=%d: " fmt, (unsigned long long)(s)->id, \
 	       (s)->pool ? (s)->pool->user : "-", (s)->pool ? (s)->pool->database : "-", \
 	       (s)->target ? (s)->target->host : "-", (s)->target ? (s)->target->port : 0, (s)->backend_pid, \
 	       ##__VA_ARGS__)
