@@ -243,8 +243,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (cfg->client_tls_cert_file[0]) {
-		struct tls_context *tls = tls_context_load(cfg->client_tls_cert_file, cfg->client_tls_key_file, err,
-							   sizeof(err));
+		struct tls_context *tls = tls_context_load(cfg, err, sizeof(err));
 
 		if (tls == NULL) {
 			log_error("%s", err);
@@ -260,6 +259,12 @@ int main(int argc, char **argv)
 		goto out_early;
 	}
 	log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+	if (control_health_check_user_problem(cfg, n) != NULL) {
+		log_error("%s: %s", M.config_path, control_health_check_user_problem(cfg, n));
+		exit_code = 1;
+		goto out_early;
+	}
+	control_warn_risky_settings(cfg);
 
 	if (background && daemonize() != 0) {
 		log_error("cannot daemonize: %s", strerror(errno));

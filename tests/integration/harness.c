@@ -345,6 +345,12 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 				 "%shealth_check_timeout = 20s\n", target_extra[0] ? "\n" : "");
 		}
 	}
+	if (!(o->extra_target && strstr(o->extra_target, "health_check_user"))) {
+		const char *user = o->health_check_user ? o->health_check_user : e->appuser;
+		if (user[0])
+			snprintf(target_extra + strlen(target_extra), sizeof(target_extra) - strlen(target_extra),
+				 "%shealth_check_user = %s\n", target_extra[0] ? "\n" : "", user);
+	}
 	FILE *f = fopen(p->config, "w");
 	cr_assert(f != NULL, "%s: %s", p->config, strerror(errno));
 	fprintf(f,

@@ -42,6 +42,311 @@ static char *read_until_error(int fd, size_t *len)
 	return NULL;
 }
 
+/* A session to pgmux's admin console as user (password password); NULL when refused. */
+static PGconn *admin_as(const char *user, const char *password)
+{
+	char *ci = h_conninfo(px.port, user, password, "disable", "dbname=pgmux");
+	PGconn *conn = PQconnectdb(ci);
+	free(ci);
+	if (PQstatus(conn) != CONNECTION_OK) {
+		fprintf(stderr, "admin login as %s: %s", user, PQerrorMessage(conn));
+		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+/* Run sql; its command tag, or the SQLSTATE after "ERROR " when it failed (static). */
+static const char *admin_run(PGconn *conn, const char *sql)
+{
+	static char outcome[128];
+	PGresult *res = PQexec(conn, sql);
+	if (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK) {
+		snprintf(outcome, sizeof(outcome), "%s", PQcmdStatus(res));
+	} else {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		snprintf(outcome, sizeof(outcome), "ERROR %s", state ? state : "?");
+	}
+	PQclear(res);
+	return outcome;
+}
+
+/* ---------------------------------------------------------------- a fake server */
+
+/*
+ * A "server" of the test's own that asks every login for a cleartext
+ * password (AuthenticationCleartextPassword) and records what arrives: the
+ * SSLRequests, the user of each StartupMessage and each password. It answers
+ * an SSLRequest with 'N', as a server without TLS does.
+ */
+struct fake_server {
+	int listen_fd;
+	int port;
+	pthread_t thread;
+	volatile int stop;
+	pthread_mutex_t lock;
+	int ssl_requests;
+	int startups;
+	int passwords;
+	char users[8][128];
+	char secrets[8][128];
+};
+
+static struct fake_server fake;
+
+static bool fake_read(int fd, void *buf, size_t len)
+{
+	return h_raw_read(fd, buf, len, 3000) == (ssize_t)len;
+}
+
+static void fake_serve_one(int fd)
+{
+	uint8_t head[8];
+	char body[2048];
+
+	for (;;) {
+		if (!fake_read(fd, head, 8))
+			return;
+		uint32_t len = h_get_u32(head), code = h_get_u32(head + 4);
+		if (len == 8 && (code == 80877103 || code == 80877104)) { /* SSLRequest, GSSENCRequest */
+			pthread_mutex_lock(&fake.lock);
+			fake.ssl_requests += code == 80877103;
+			pthread_mutex_unlock(&fake.lock);
+			if (!h_raw_send(fd, "N", 1))
+				return;
+			continue;
+		}
+		if (len < 8 || len - 8 >= sizeof(body) || !fake_read(fd, body, len - 8))
+			return;
+		body[len - 8] = '\0';
+		char user[128] = "";
+		for (size_t at = 0; at < len - 8 && body[at];) {
+			const char *name = body + at, *value = name + strlen(name) + 1;
+			if ((size_t)(value - body) >= len - 8)
+				break;
+			if (strcmp(name, "user") == 0)
+				snprintf(user, sizeof(user), "%s", value);
+			at = (size_t)(value - body) + strlen(value) + 1;
+		}
+		pthread_mutex_lock(&fake.lock);
+		if (fake.startups < 8)
+			snprintf(fake.users[fake.startups], sizeof(fake.users[0]), "%s", user);
+		fake.startups++;
+		pthread_mutex_unlock(&fake.lock);
+		break;
+	}
+	uint8_t ask[9] = {'R'};
+	h_put_u32(ask + 1, 8);
+	h_put_u32(ask + 5, 3); /* AuthenticationCleartextPassword */
+	if (!h_raw_send(fd, ask, sizeof(ask)))
+		return;
+	uint8_t type;
+	if (!fake_read(fd, &type, 1) || type != 'p' || !fake_read(fd, head, 4))
+		return;
+	uint32_t len = h_get_u32(head);
+	if (len < 4 || len - 4 >= sizeof(body) || !fake_read(fd, body, len - 4))
+		return;
+	body[len - 4] = '\0';
+	pthread_mutex_lock(&fake.lock);
+	if (fake.passwords < 8)
+		snprintf(fake.secrets[fake.passwords], sizeof(fake.secrets[0]), "%.127s", body);
+	fake.passwords++;
+	pthread_mutex_unlock(&fake.lock);
+	static const char fatal[] = "SFATAL\0C28P01\0Mfake server\0";
+	uint8_t reply[64] = {'E'};
+	h_put_u32(reply + 1, (uint32_t)(4 + sizeof(fatal)));
+	memcpy(reply + 5, fatal, sizeof(fatal));
+	h_raw_send(fd, reply, 5 + sizeof(fatal));
+}
+
+static void *fake_main(void *arg)
+{
+	(void)arg;
+	while (!fake.stop) {
+		struct pollfd p = {.fd = fake.listen_fd, .events = POLLIN};
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		int fd = accept(fake.listen_fd, NULL, NULL);
+		if (fd < 0)
+			continue;
+		fake_serve_one(fd);
+		close(fd);
+	}
+	return NULL;
+}
+
+static void fake_start(void)
+{
+	memset(&fake, 0, sizeof(fake));
+	pthread_mutex_init(&fake.lock, NULL);
+	fake.listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fake.listen_fd, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t sl = sizeof(sa);
+	cr_assert_eq(bind(fake.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(fake.listen_fd, 16), 0);
+	cr_assert_eq(getsockname(fake.listen_fd, (struct sockaddr *)&sa, &sl), 0);
+	fake.port = ntohs(sa.sin_port);
+	cr_assert_eq(pthread_create(&fake.thread, NULL, fake_main, NULL), 0);
+}
+
+static void fake_stop(void)
+{
+	if (fake.listen_fd <= 0)
+		return;
+	fake.stop = 1;
+	pthread_join(fake.thread, NULL);
+	close(fake.listen_fd);
+	fake.listen_fd = 0;
+}
+
+static int fake_count(const int *field)
+{
+	pthread_mutex_lock(&fake.lock);
+	int n = *field;
+	pthread_mutex_unlock(&fake.lock);
+	return n;
+}
+
+static bool fake_has_passwords(void *arg)
+{
+	return fake_count(&fake.passwords) >= 1;
+}
+
+static bool fake_has_ssl_requests(void *arg)
+{
+	return fake_count(&fake.ssl_requests) >= 2;
+}
+
+static void fini_fake(void)
+{
+	h_teardown();
+	fake_stop();
+}
+
+/* ---------------------------------------------------------------- server credentials */
+
+TestSuite(server_credentials, .fini = fini_fake, .timeout = 90);
+
+/* pgmux with the suite's two secrets (app, postgres), health_check_user = app and a console for postgres. */
+static void start_with_console(const char *server_tls)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	if (server_tls)
+		o.server_tls = server_tls;
+	o.admin_users = h_env()->superuser;
+	o.extra_target = "health_check_interval = 200ms\n";
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+/*
+ * The issue's attack: CUTOVER TO a server that asks for a cleartext password.
+ * libpq 15 hands it over (libpq 16 with require_auth would not), but only the
+ * health-check user's, never the superuser's that sorts first among several.
+ */
+Test(server_credentials, a_server_asking_for_cleartext_gets_only_the_health_check_user)
+{
+	fake_start();
+	start_with_console(NULL);
+	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	cr_assert_not_null(admin);
+	char sql[128];
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", fake.port);
+	cr_assert_str_eq(admin_run(admin, sql), "CUTOVER");
+	PQfinish(admin);
+	if (PQlibVersion() >= 160000) {
+		/* Built with require_auth: no password leaves for a server that asks for cleartext. */
+		h_sleep_ms(h_scaled_ms(2000));
+		cr_expect_eq(fake_count(&fake.passwords), 0);
+	} else {
+		cr_assert(h_poll_until(fake_has_passwords, NULL, h_scaled_ms(10000)),
+			  "the health check never logged in to the fake server");
+	}
+	pthread_mutex_lock(&fake.lock);
+	for (int i = 0; i < fake.startups && i < 8; i++)
+		cr_expect_str_eq(fake.users[i], h_env()->appuser, "a login as %s", fake.users[i]);
+	for (int i = 0; i < fake.passwords && i < 8; i++) {
+		cr_expect_str_neq(fake.secrets[i], h_env()->superpass, "the superuser's password was sent");
+		cr_expect_str_eq(fake.secrets[i], h_env()->apppass);
+	}
+	pthread_mutex_unlock(&fake.lock);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* With server_tls = verify-full, a server that cannot prove itself gets no login at all. */
+Test(server_credentials, verify_full_gives_an_unverified_cutover_target_nothing)
+{
+	if (h_under_valgrind())
+		cr_skip_test("server TLS is off under valgrind");
+	fake_start();
+	start_with_console("verify-full");
+	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	cr_assert_not_null(admin);
+	char sql[128];
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", fake.port);
+	cr_assert_str_eq(admin_run(admin, sql), "CUTOVER");
+	PQfinish(admin);
+	cr_assert(h_poll_until(fake_has_ssl_requests, NULL, h_scaled_ms(10000)),
+		  "pgmux never tried the fake server");
+	cr_expect_eq(fake_count(&fake.startups), 0, "a StartupMessage went to a server that refused TLS");
+	cr_expect_eq(fake_count(&fake.passwords), 0, "a password went to a server that refused TLS");
+	h_stop_expect_clean_exit(&px);
+}
+
+/* Two secrets and no health_check_user: pgmux says so and does not start. */
+Test(server_credentials, several_secrets_without_health_check_user_stop_the_start)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.health_check_user = "";
+	int status = pgmux_run_to_exit(&px, &o, h_scaled_ms(10000));
+	cr_assert_eq(status, 1, "pgmux exited with %d", status);
+	cr_expect(h_file_count(px.logfile, "health_check_user must be set when secrets_dir holds more than one secret") >= 1,
+		  "the error does not say what to set");
+}
+
+/* One secret: the health checks use it, no health_check_user needed. */
+Test(server_credentials, a_single_secret_needs_no_health_check_user)
+{
+	char dir[600], from[700], to[700];
+	snprintf(dir, sizeof(dir), "%s/one-secret", h_test_dir());
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	snprintf(from, sizeof(from), "%s/app.json", h_env()->secrets);
+	snprintf(to, sizeof(to), "%s/app.json", dir);
+	char *text = h_read_file(from);
+	h_write_file(to, text, 0600);
+	free(text);
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.health_check_user = "";
+	o.secrets_dir = dir;
+	cr_assert(pgmux_start(&px, &o));
+	PGconn *conn = h_app_session(&px, "disable", NULL);
+	h_expect_value(conn, "select current_user", h_env()->appuser);
+	PQfinish(conn);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* A host that is not on loopback, not verified: a WARNING that names it and the risk. */
+Test(server_credentials, an_unverified_remote_server_gets_a_startup_warning)
+{
+	char hosts[128];
+	snprintf(hosts, sizeof(hosts), "%s:%d, 192.0.2.10:5432", h_env()->pghost, h_env()->pgport);
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.server_tls = "require";
+	o.hosts = hosts;
+	o.extra_target = "health_check_timeout = 200ms\n";
+	cr_assert(pgmux_start(&px, &o));
+	cr_expect(h_file_count(px.logfile, "WARNING: server 192.0.2.10:5432 is not on loopback and server_tls = require "
+					   "does not verify it") == 1,
+		  "no warning for the remote host");
+	cr_expect(h_file_count(px.logfile, "WARNING: server 127.0.0.1:") == 0, "a warning for a loopback host");
+	h_stop_expect_clean_exit(&px);
+}
+
 /* ---------------------------------------------------------------- log injection */
 
 TestSuite(log_injection, .fini = fini_kill_leftovers, .timeout = 60);
