@@ -323,7 +323,10 @@ static void show_config(struct iobuf *out)
 
 		cell(&r, "%s", opts[i].section);
 		cell(&r, "%s", opts[i].name);
-		cell(&r, "%.120s%s", value, in_memory ? " (in memory, set by CUTOVER TO; not in the file)" : "");
+		if (config_option_is_secret(&opts[i]) && value != NULL && value[0] != '\0')
+			cell(&r, "%s", "(set; not shown)");
+		else
+			cell(&r, "%.120s%s", value, in_memory ? " (in memory, set by CUTOVER TO; not in the file)" : "");
 		cell(&r, "%s", opts[i].default_value);
 		cell(&r, "%s", opts[i].reloadable ? "yes" : "no");
 		put_row(out, r.n, r.ptrs);

@@ -10,6 +10,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -197,6 +200,26 @@ static void metrics_render(struct evbuffer *b)
 	}
 }
 
+/*
+ * With metrics_token set, a scrape must carry "Authorization: Bearer TOKEN".
+ * The comparison takes the same time wherever the first difference is.
+ */
+static bool metrics_authorized(struct evhttp_request *req)
+{
+	const char *token = config_current()->metrics_token;
+	const char *header;
+	size_t token_len;
+
+	if (token[0] == '\0')
+		return true;
+	header = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	if (header == NULL || strncasecmp(header, "Bearer ", 7) != 0)
+		return false;
+	header += 7;
+	token_len = strlen(token);
+	return strlen(header) == token_len && CRYPTO_memcmp(header, token, token_len) == 0;
+}
+
 static void metrics_reply(struct evhttp_request *req, void *arg)
 {
 	struct evbuffer *b = evbuffer_new();
@@ -204,6 +227,13 @@ static void metrics_reply(struct evhttp_request *req, void *arg)
 	(void)arg;
 	if (b == NULL) {
 		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		return;
+	}
+	if (!metrics_authorized(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"pgmux\"");
+		evbuffer_add_printf(b, "pgmux: /metrics needs the bearer token (metrics_token)\n");
+		evhttp_send_reply(req, 401, "Unauthorized", b);
+		evbuffer_free(b);
 		return;
 	}
 	metrics_render(b);
@@ -226,7 +256,7 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 	if (cfg->metrics_port == 0)
 		return 0;
 	/* No callback: evhttp takes the listener over. */
-	listener = io_listen(base, cfg->listen_addr, cfg->metrics_port, 64, NULL, NULL);
+	listener = io_listen(base, cfg->metrics_addr, cfg->metrics_port, 64, NULL, NULL);
 	if (listener == NULL)
 		return -1;
 	http = evhttp_new(base);
@@ -242,7 +272,8 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 	evhttp_set_max_body_size(http, 0);
 	evhttp_set_cb(http, "/metrics", metrics_reply, NULL);
 	evhttp_set_gencb(http, metrics_not_found, NULL);
-	log_info("metrics on http://%s:%d/metrics", cfg->listen_addr, cfg->metrics_port);
+	log_info("metrics on http://%s:%d/metrics%s", cfg->metrics_addr, cfg->metrics_port,
+		 cfg->metrics_token[0] ? " (bearer token required)" : "");
 	return 0;
 }
 

@@ -393,3 +393,102 @@ Test(log_injection, a_newline_in_the_user_name_cannot_forge_a_log_line)
 	free(log);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* ---------------------------------------------------------------- metrics access */
+
+TestSuite(metrics_access, .fini = fini_kill_leftovers, .timeout = 60);
+
+/*
+ * GET /metrics from address:port with an optional Authorization header; the
+ * HTTP status (0 when nothing listens), the reply in body (static).
+ */
+static int http_get(const char *address, int port, const char *authorization, char **body)
+{
+	static char reply[65536];
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	size_t used = 0;
+	char request[512];
+	int status = 0;
+
+	reply[0] = '\0';
+	*body = reply;
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(inet_pton(AF_INET, address, &sa.sin_addr), 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		close(fd);
+		return 0;
+	}
+	snprintf(request, sizeof(request), "GET /metrics HTTP/1.1\r\nHost: %s\r\n%s%s%sConnection: close\r\n\r\n",
+		 address, authorization ? "Authorization: " : "", authorization ? authorization : "",
+		 authorization ? "\r\n" : "");
+	cr_assert(h_raw_send(fd, request, strlen(request)));
+	for (;;) {
+		ssize_t n = h_raw_read(fd, reply + used, 1, 5000);
+		if (n != 1 || used + 2 >= sizeof(reply))
+			break;
+		used++;
+	}
+	reply[used] = '\0';
+	close(fd);
+	sscanf(reply, "HTTP/1.1 %d", &status);
+	return status;
+}
+
+/* metrics_addr, not listen_addr, is where /metrics listens: 127.0.0.2 here, another loopback address. */
+Test(metrics_access, metrics_listen_on_metrics_addr_and_ask_for_the_token)
+{
+	int metrics_port = h_free_port();
+	char extra[256];
+	snprintf(extra, sizeof(extra), "metrics_port = %d\nmetrics_addr = 127.0.0.2\nmetrics_token = s3cret-token-0123456789\n",
+		 metrics_port);
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = extra;
+	o.admin_users = h_env()->superuser;
+	cr_assert(pgmux_start(&px, &o));
+	char *body;
+	cr_expect_eq(http_get("127.0.0.1", metrics_port, NULL, &body), 0, "metrics answer on listen_addr: %s", body);
+	cr_expect_eq(http_get("127.0.0.2", metrics_port, NULL, &body), 401, "no token: %s", body);
+	cr_expect_null(strstr(body, "pgmux_"), "a refused scrape shows metrics: %s", body);
+	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Bearer s3cret-token-0123456788", &body), 401, "a wrong token");
+	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Bearer s3cret-token-012345678", &body), 401, "a prefix");
+	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Basic czNjcmV0", &body), 401, "another scheme");
+	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Bearer s3cret-token-0123456789", &body), 200, "%s", body);
+	cr_expect_not_null(strstr(body, "pgmux_client_connections_received_total"), "%s", body);
+
+	/* SHOW CONFIG does not give the token away either. */
+	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	cr_assert_not_null(admin);
+	PGresult *res = PQexec(admin, "SHOW CONFIG");
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+	bool seen = false;
+	for (int i = 0; i < PQntuples(res); i++) {
+		cr_expect_null(strstr(PQgetvalue(res, i, 2), "s3cret"), "SHOW CONFIG shows the token");
+		if (strcmp(PQgetvalue(res, i, 1), "metrics_addr") == 0) {
+			seen = true;
+			cr_expect_str_eq(PQgetvalue(res, i, 2), "127.0.0.2");
+		}
+	}
+	cr_expect(seen, "SHOW CONFIG lists metrics_addr");
+	PQclear(res);
+	PQfinish(admin);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* By default the metrics stay on loopback, whatever listen_addr is. */
+Test(metrics_access, metrics_default_to_loopback_without_a_token)
+{
+	int metrics_port = h_free_port();
+	char extra[64];
+	snprintf(extra, sizeof(extra), "metrics_port = %d\n", metrics_port);
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = extra;
+	cr_assert(pgmux_start(&px, &o));
+	char *body;
+	cr_expect_eq(http_get("127.0.0.1", metrics_port, NULL, &body), 200, "%s", body);
+	cr_expect_eq(http_get("127.0.0.2", metrics_port, NULL, &body), 0, "metrics answer beyond 127.0.0.1");
+	cr_expect(h_file_count(px.logfile, "metrics on http://127.0.0.1:") == 1);
+	h_stop_expect_clean_exit(&px);
+}
