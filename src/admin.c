@@ -38,6 +38,7 @@ struct admin_session {
 	char *portal;            /* the text of the last Bind */
 	struct iobuf described;  /* rows and tag of a portal already run by Describe */
 	bool have_described;
+	bool look_only;          /* in stats_users, not admin_users: SHOW commands only */
 };
 
 enum admin_outcome {
@@ -402,6 +403,15 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 		return ADMIN_DONE;
 	}
 	log_client(LOG_LEVEL_INFO, c, "admin console: %.200s", sql);
+	if (c->admin_session->look_only && strcmp(w1, "SHOW") != 0) {
+		char message[200];
+
+		snprintf(message, sizeof(message),
+			 "permission denied for %s: user \"%.63s\" is in stats_users, which may only run SHOW commands",
+			 w1, c->startup.user);
+		admin_error(out, SQLSTATE_INSUFFICIENT_PRIVILEGE, message);
+		return ADMIN_DONE;
+	}
 	if (strcmp(w1, "SHOW") == 0 && next_word(&p, w2, sizeof(w2))) {
 		if (strcmp(w2, "HELP") == 0)
 			show_help(out);
@@ -504,6 +514,8 @@ void admin_login(struct client *c)
 
 	c->admin_session = xcalloc(1, sizeof(*c->admin_session));
 	iobuf_init(&c->admin_session->described);
+	/* Decided once, at login: a reload that moves the user takes effect on its next session. */
+	c->admin_session->look_only = !config_is_admin(config_current(), c->startup.user);
 	proto_put_parameter_status(&c->io.out, "server_version", "15.0 (pgmux " PACKAGE_VERSION ")");
 	proto_put_parameter_status(&c->io.out, "server_encoding", "UTF8");
 	proto_put_parameter_status(&c->io.out, "client_encoding", "UTF8");
@@ -514,7 +526,8 @@ void admin_login(struct client *c)
 	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
 	proto_put_ready(&c->io.out, 'I');
 	c->logged_in = true;
-	log_client(LOG_LEVEL_INFO, c, "admin console session opened");
+	log_client(LOG_LEVEL_INFO, c, "admin console session opened%s",
+		   c->admin_session->look_only ? " (stats_users: SHOW commands only)" : "");
 }
 
 /* Run the commands of a simple Query one by one; stops at one the main thread must answer. */

@@ -746,9 +746,10 @@ static void client_authenticated(struct client *c)
 	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
 	if (strcmp(c->startup.database, ADMIN_DATABASE) == 0) {
-		if (!config_is_admin(cfg, c->startup.user)) {
+		if (!config_is_admin(cfg, c->startup.user) && !config_is_stats_user(cfg, c->startup.user)) {
 			client_fatal(c, SQLSTATE_INSUFFICIENT_PRIVILEGE,
-				     "permission denied for the pgmux admin console: user \"%s\" is not in admin_users",
+				     "permission denied for the pgmux admin console: user \"%s\" is not in admin_users "
+				     "or stats_users",
 				     c->startup.user);
 			return;
 		}

@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -490,5 +491,73 @@ Test(metrics_access, metrics_default_to_loopback_without_a_token)
 	cr_expect_eq(http_get("127.0.0.1", metrics_port, NULL, &body), 200, "%s", body);
 	cr_expect_eq(http_get("127.0.0.2", metrics_port, NULL, &body), 0, "metrics answer beyond 127.0.0.1");
 	cr_expect(h_file_count(px.logfile, "metrics on http://127.0.0.1:") == 1);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ---------------------------------------------------------------- admin roles */
+
+TestSuite(admin_roles, .fini = fini_kill_leftovers, .timeout = 60);
+
+/* A user in stats_users looks (SHOW) but cannot act; an admin still can. */
+Test(admin_roles, a_stats_user_may_show_but_not_pause_or_shut_down)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.admin_users = h_env()->superuser;
+	o.extra_pgmux = "stats_users = app\n";
+	cr_assert(pgmux_start(&px, &o));
+
+	PGconn *stats = admin_as(h_env()->appuser, h_env()->apppass);
+	cr_assert_not_null(stats, "a stats user cannot log in to the console");
+	cr_expect_str_eq(admin_run(stats, "SHOW POOLS"), "SHOW");
+	cr_expect_str_eq(admin_run(stats, "SHOW STATS"), "SHOW");
+	cr_expect_str_eq(admin_run(stats, "show clients"), "SHOW");
+	static const char *const refused[] = {"PAUSE", "RESUME", "RELOAD", "KILL 1", "SHUTDOWN",
+					      "CUTOVER TO '127.0.0.1:1'", NULL};
+	for (int i = 0; refused[i]; i++)
+		cr_expect_str_eq(admin_run(stats, refused[i]), "ERROR 42501", "%s", refused[i]);
+	/* The extended protocol runs the same check. */
+	PGresult *res = PQexecParams(stats, "SHUTDOWN", 0, NULL, NULL, NULL, NULL, 0);
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	cr_expect_str_eq(state ? state : "", "42501");
+	PQclear(res);
+	cr_expect(pgmux_running(&px), "a stats user's SHUTDOWN stopped pgmux");
+	cr_expect(h_file_count(px.logfile, "is in stats_users, which may only run SHOW commands") == 0,
+		  "the refusal is for the client, not a log line of its own");
+	PQfinish(stats);
+
+	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	cr_assert_not_null(admin);
+	cr_expect_str_eq(admin_run(admin, "PAUSE"), "PAUSE");
+	cr_expect_str_eq(admin_run(admin, "RESUME"), "RESUME");
+	PQfinish(admin);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* client_auth = trust hands the console to whoever names an admin: a WARNING at start and at each reload. */
+Test(admin_roles, trust_logs_a_warning_at_start_and_reload)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.client_auth = "trust";
+	o.admin_users = h_env()->superuser;
+	cr_assert(pgmux_start(&px, &o));
+	const char *warning = "WARNING: client_auth = trust: clients log in without a password, and anyone who names "
+			      "a user in admin_users gets the admin console";
+	cr_expect_eq(h_file_count(px.logfile, warning), 1);
+	cr_assert_eq(kill(px.pid, SIGHUP), 0);
+	cr_expect(h_file_wait_count(px.logfile, warning, 2, h_scaled_ms(5000)), "no warning at reload");
+	h_stop_expect_clean_exit(&px);
+}
+
+/* Without trust, no such warning. */
+Test(admin_roles, scram_logs_no_trust_warning)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	cr_assert(pgmux_start(&px, &o));
+	PGconn *conn = h_app_session(&px, "disable", NULL);
+	PQfinish(conn);
+	cr_expect_eq(h_file_count(px.logfile, "client_auth = trust"), 0);
 	h_stop_expect_clean_exit(&px);
 }
