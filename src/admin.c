@@ -289,6 +289,9 @@ static void show_stats(struct iobuf *out)
 	stat_row(out, "client_connections", (unsigned long long)pgmux_clients_open());
 	stat_row(out, "client_connections_received", st.clients_accepted);
 	stat_row(out, "client_logins_failed", st.logins_failed);
+	stat_row(out, "client_logins_in_progress", (unsigned long long)pgmux_logins_open());
+	stat_row(out, "accept_out_of_descriptors",
+		 (unsigned long long)__atomic_load_n(&pgmux_accept_out_of_descriptors, __ATOMIC_RELAXED));
 	stat_row(out, "transactions", st.transactions);
 	stat_row(out, "queries", st.queries);
 	stat_row(out, "borrow_waits", st.borrow_waits);

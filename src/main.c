@@ -34,10 +34,17 @@
 
 #include "build_config.h"
 
+/* How long accepting stops after accept() found no descriptor, and how often that is logged. */
+#define ACCEPT_PAUSE_MS 250
+#define ACCEPT_PAUSE_LOG_INTERVAL_USEC (10 * 1000 * 1000ULL)
+
 struct main_state {
 	struct event_base *base;
 	struct evconnlistener *listener;          /* listen_port: the writer endpoint */
 	struct evconnlistener *readonly_listener; /* readonly_port: the reader endpoint */
+	struct event *accept_resume_timer;        /* re-enables the listeners after a pause */
+	uint64_t accept_pause_logged_usec;        /* when the last "out of descriptors" line was written */
+	uint64_t accept_failures_unlogged;        /* failures since then */
 	char *config_path;
 	int log_level_override; /* -1 when -v/-q were not given */
 };
@@ -81,11 +88,54 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 				    listener == M.readonly_listener ? ENDPOINT_READER : ENDPOINT_WRITER);
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+	/* A graceful stop may have closed the listeners meanwhile. */
+	if (M.listener)
+		evconnlistener_enable(M.listener);
+	if (M.readonly_listener)
+		evconnlistener_enable(M.readonly_listener);
+}
+
+/*
+ * accept() found no descriptor. The connection stays in the kernel's queue,
+ * so the listener would report it again at once: one core spinning on
+ * accept() and a log line per pass. Instead both listeners stop for
+ * ACCEPT_PAUSE_MS, while closing sessions free descriptors; the failure is
+ * counted every time and logged at most once per ACCEPT_PAUSE_LOG_INTERVAL_USEC.
+ */
+static void pause_accepting(int err)
+{
+	struct timeval pause = { 0, ACCEPT_PAUSE_MS * 1000 };
+	uint64_t now = pgmux_now_usec();
+
+	__atomic_add_fetch(&pgmux_accept_out_of_descriptors, 1, __ATOMIC_RELAXED);
+	M.accept_failures_unlogged++;
+	if (M.accept_pause_logged_usec == 0 || now - M.accept_pause_logged_usec >= ACCEPT_PAUSE_LOG_INTERVAL_USEC) {
+		log_error("accept failed: %s; new connections wait %d ms at a time until descriptors are free "
+			  "(%llu time(s) since the last such message); raise the open-file limit (ulimit -n, "
+			  "LimitNOFILE) or lower max_client_connections",
+			  evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS,
+			  (unsigned long long)M.accept_failures_unlogged);
+		M.accept_pause_logged_usec = now;
+		M.accept_failures_unlogged = 0;
+	}
+	if (M.listener)
+		evconnlistener_disable(M.listener);
+	if (M.readonly_listener)
+		evconnlistener_disable(M.readonly_listener);
+	if (M.accept_resume_timer)
+		evtimer_add(M.accept_resume_timer, &pause);
+}
+
 static void on_accept_error(struct evconnlistener *listener, void *arg)
 {
 	int err = EVUTIL_SOCKET_ERROR();
 
-	/* Out of descriptors: keep running; the listener retries on the next connection. */
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		pause_accepting(err);
+		return;
+	}
 	log_error("accept failed: %s", evutil_socket_error_to_string(err));
 }
 
@@ -276,12 +326,14 @@ int main(int argc, char **argv)
 	pthread_setname_np(pthread_self(), "main");
 
 	M.base = event_base_new();
+	if (M.base)
+		M.accept_resume_timer = evtimer_new(M.base, resume_accepting, NULL);
 	/*
 	 * Signals are handled before the port opens: a service manager may send
 	 * SIGHUP as soon as it sees pgmux listening. They are acted on once the
 	 * loop runs, by which time everything below is up.
 	 */
-	if (M.base == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
+	if (M.base == NULL || M.accept_resume_timer == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
 	    pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
 	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL) ||
 	    metrics_start(M.base, cfg) != 0) {
@@ -322,6 +374,8 @@ out:
 	workers_stop();
 	pool_shutdown();
 	cancel_thread_stop();
+	if (M.accept_resume_timer)
+		event_free(M.accept_resume_timer);
 	if (M.base)
 		event_base_free(M.base);
 	if (pidfile_written)

@@ -162,6 +162,11 @@ static void metrics_render(struct evbuffer *b)
 	put_value(b, "client_connections_received_total", "counter", "Client connections accepted.",
 		  st.clients_accepted);
 	put_value(b, "client_logins_failed_total", "counter", "Client logins that failed.", st.logins_failed);
+	put_value(b, "client_logins_in_progress", "gauge", "Client connections not yet authenticated.",
+		  (unsigned long long)pgmux_logins_open());
+	put_value(b, "accept_out_of_descriptors_total", "counter",
+		  "accept() failures for want of a file descriptor; each pauses accepting for a moment.",
+		  (unsigned long long)__atomic_load_n(&pgmux_accept_out_of_descriptors, __ATOMIC_RELAXED));
 	put_value(b, "transactions_total", "counter", "Transactions (server connections given back).",
 		  st.transactions);
 	put_value(b, "queries_total", "counter", "Query and Sync messages relayed.", st.queries);

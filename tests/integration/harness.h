@@ -78,6 +78,7 @@ struct pgmux_options {
 	const char *health_check_user;
 	const char *pidfile;      /* [pgmux] pidfile; NULL means none */
 	bool daemonize;           /* run with -d (needs pidfile, an absolute path) */
+	int max_open_files;       /* > 0: pgmux runs under prlimit --nofile with this limit */
 };
 
 /* TLS offered but not required, SCRAM, session pooling, 20 connections, 2 workers. */

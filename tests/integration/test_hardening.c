@@ -29,20 +29,6 @@ static void fini_kill_leftovers(void)
 	h_teardown();
 }
 
-/* Read messages from fd until an ErrorResponse; its body (malloc'd), or NULL when none came. */
-static char *read_until_error(int fd, size_t *len)
-{
-	for (int i = 0; i < 30; i++) {
-		char type = 0, *body = NULL;
-		if (h_raw_read_message(fd, &type, &body, len, 5000) != H_MSG_OK)
-			return NULL;
-		if (type == 'E')
-			return body;
-		free(body);
-	}
-	return NULL;
-}
-
 /* A session to pgmux's admin console as user (password password); NULL when refused. */
 static PGconn *admin_as(const char *user, const char *password)
 {
@@ -559,5 +545,139 @@ Test(admin_roles, scram_logs_no_trust_warning)
 	PGconn *conn = h_app_session(&px, "disable", NULL);
 	PQfinish(conn);
 	cr_expect_eq(h_file_count(px.logfile, "client_auth = trust"), 0);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ---------------------------------------------------------------- running out of descriptors */
+
+TestSuite(descriptors, .fini = fini_kill_leftovers, .timeout = 90);
+
+/* utime + stime of pid, in clock ticks. */
+static long long cpu_ticks(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	char *text = h_read_file(path);
+	const char *after = strrchr(text, ')');
+	unsigned long long utime = 0, stime = 0;
+	/* Fields after the name: state is 3rd, utime the 14th, stime the 15th. */
+	cr_assert(after && sscanf(after + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+				  &stime) == 2,
+		  "cannot read %s", path);
+	free(text);
+	return (long long)(utime + stime);
+}
+
+static long long file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/*
+ * pgmux with 64 descriptors and 80 connections that never log in: accept()
+ * fails with EMFILE. pgmux must not spin on it (CPU and log stay small), must
+ * count it, and must take logins again once the connections are gone.
+ */
+Test(descriptors, emfile_pauses_accepting_and_logins_work_again)
+{
+	if (h_under_valgrind())
+		cr_skip_test("valgrind needs descriptors of its own");
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.max_open_files = 64;
+	o.admin_users = h_env()->superuser;
+	cr_assert(pgmux_start(&px, &o));
+	PGconn *first = h_app_session(&px, "disable", NULL);
+	PQfinish(first);
+
+	enum { IDLE = 80 };
+	int idle[IDLE];
+	for (int i = 0; i < IDLE; i++) {
+		idle[i] = h_raw_connect(px.port, 2000);
+		cr_assert_geq(idle[i], 0, "connection %d: the kernel's backlog should take it", i);
+	}
+	cr_assert(h_file_wait_contains(px.logfile, "accept failed: Too many open files", h_scaled_ms(5000)),
+		  "pgmux never ran out of descriptors");
+	/* Measure three seconds of being out of descriptors. */
+	long long ticks_before = cpu_ticks(px.pid), log_before = file_size(px.logfile);
+	long long t0 = h_now_ms();
+	h_sleep_ms(3000);
+	long long ticks = cpu_ticks(px.pid) - ticks_before, log_growth = file_size(px.logfile) - log_before;
+	long long elapsed_ms = h_now_ms() - t0;
+	long long cpu_ms = ticks * 1000 / sysconf(_SC_CLK_TCK);
+	cr_expect_lt(cpu_ms, elapsed_ms / 5, "pgmux used %lld ms of CPU in %lld ms out of descriptors", cpu_ms,
+		     elapsed_ms);
+	cr_expect_lt(log_growth, 4096, "the log grew by %lld bytes in %lld ms", log_growth, elapsed_ms);
+	cr_expect_leq(h_file_count(px.logfile, "accept failed: Too many open files"), 2,
+		      "the failure is logged at most once per 10 s");
+	cr_expect(pgmux_running(&px));
+
+	for (int i = 0; i < IDLE; i++)
+		close(idle[i]);
+	/* pgmux accepts again on its own: the queued connections go, a login works. */
+	PGconn *conn = NULL;
+	long long deadline = h_now_ms() + h_scaled_ms(10000);
+	while (h_now_ms() < deadline) {
+		char *ci = h_conninfo(px.port, h_env()->appuser, h_env()->apppass, "disable", NULL);
+		conn = PQconnectdb(ci);
+		free(ci);
+		if (PQstatus(conn) == CONNECTION_OK)
+			break;
+		PQfinish(conn);
+		conn = NULL;
+		h_sleep_ms(200);
+	}
+	cr_assert_not_null(conn, "no login after the idle connections left");
+	h_expect_value(conn, "select 1", "1");
+	PQfinish(conn);
+	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	cr_assert_not_null(admin);
+	cr_expect_gt(h_admin_stat(admin, "accept_out_of_descriptors"), 0, "SHOW STATS does not count it");
+	PQfinish(admin);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* Connections that never authenticate have a cap of their own; logged-in ones do not count. */
+Test(descriptors, max_login_connections_refuses_the_next_unauthenticated_client)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = "max_login_connections = 3\n";
+	cr_assert(pgmux_start(&px, &o));
+	PGconn *logged_in[4];
+	for (int i = 0; i < 4; i++)
+		logged_in[i] = h_app_session(&px, "disable", NULL);
+
+	int silent[3];
+	int before = h_file_count(px.logfile, ": new connection");
+	for (int i = 0; i < 3; i++) {
+		silent[i] = h_raw_connect(px.port, 2000);
+		cr_assert_geq(silent[i], 0);
+	}
+	cr_assert(h_file_wait_count(px.logfile, ": new connection", before + 3, h_scaled_ms(5000)));
+	char *ci = h_conninfo(px.port, h_env()->appuser, h_env()->apppass, "disable", NULL);
+	PGconn *refused = PQconnectdb(ci);
+	cr_expect_neq(PQstatus(refused), CONNECTION_OK, "a fourth client logging in was let in");
+	cr_expect(strstr(PQerrorMessage(refused), "max_login_connections") != NULL, "%s", PQerrorMessage(refused));
+	PQfinish(refused);
+
+	for (int i = 0; i < 3; i++)
+		close(silent[i]);
+	PGconn *conn = NULL;
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	while (h_now_ms() < deadline) {
+		conn = PQconnectdb(ci);
+		if (PQstatus(conn) == CONNECTION_OK)
+			break;
+		PQfinish(conn);
+		conn = NULL;
+		h_sleep_ms(100);
+	}
+	free(ci);
+	cr_assert_not_null(conn, "no login once the silent connections left");
+	PQfinish(conn);
+	for (int i = 0; i < 4; i++)
+		PQfinish(logged_in[i]);
 	h_stop_expect_clean_exit(&px);
 }
