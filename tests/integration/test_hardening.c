@@ -681,3 +681,112 @@ Test(descriptors, max_login_connections_refuses_the_next_unauthenticated_client)
 		PQfinish(logged_in[i]);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* ---------------------------------------------------------------- client TLS */
+
+TestSuite(client_tls_settings, .fini = fini_kill_leftovers, .timeout = 60);
+
+/* openssl s_client through pgmux's SSLRequest; its exit status, output in c (free it). */
+static int s_client(struct h_cmd *c, const char *version, const char *cipher)
+{
+	char connect_to[64];
+	snprintf(connect_to, sizeof(connect_to), "127.0.0.1:%d", px.port);
+	const char *argv[] = {"openssl", "s_client", "-starttls", "postgres", "-connect", connect_to, version,
+			      cipher ? "-cipher" : NULL, cipher, NULL};
+	return h_cmd_run(c, argv, NULL, h_scaled_ms(10000));
+}
+
+/* TLS 1.2 with RSA key exchange and CBC (AES128-SHA) is refused; an ECDHE AEAD suite is not. */
+Test(client_tls_settings, a_legacy_cipher_is_refused_by_default)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	cr_assert(pgmux_start(&px, &o));
+	struct h_cmd c;
+	int status = s_client(&c, "-tls1_2", "AES128-SHA");
+	cr_expect_neq(status, 0, "AES128-SHA was negotiated");
+	cr_expect_null(strstr(c.out ? c.out : "", "Cipher is AES128-SHA"), "%s", c.out);
+	h_cmd_free(&c);
+	status = s_client(&c, "-tls1_2", "ECDHE-RSA-AES128-GCM-SHA256");
+	cr_expect_eq(status, 0, "a forward-secret AEAD suite was refused");
+	cr_expect_not_null(strstr(c.out ? c.out : "", "ECDHE-RSA-AES128-GCM-SHA256"), "%s", c.out);
+	h_cmd_free(&c);
+	status = s_client(&c, "-tls1_3", NULL);
+	cr_expect_eq(status, 0, "TLS 1.3 was refused");
+	h_cmd_free(&c);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* client_tls_protocols = TLSv1.3 turns TLS 1.2 away. */
+Test(client_tls_settings, protocols_limit_the_versions)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = "client_tls_protocols = TLSv1.3\n";
+	cr_assert(pgmux_start(&px, &o));
+	struct h_cmd c;
+	cr_expect_neq(s_client(&c, "-tls1_2", NULL), 0, "TLS 1.2 was accepted");
+	h_cmd_free(&c);
+	cr_expect_eq(s_client(&c, "-tls1_3", NULL), 0, "TLS 1.3 was refused");
+	h_cmd_free(&c);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* A copy of the suite's certificate and key in the test directory, the key with mode key_mode. */
+static void copy_cert_and_key(char *cert, size_t cert_size, char *key, size_t key_size, int key_mode)
+{
+	snprintf(cert, cert_size, "%s/server.crt", h_test_dir());
+	snprintf(key, key_size, "%s/server.key", h_test_dir());
+	char *text = h_read_file(h_env()->cert);
+	h_write_file(cert, text, 0644);
+	free(text);
+	text = h_read_file(h_env()->key);
+	h_write_file(key, text, key_mode);
+	free(text);
+	cr_assert_eq(chmod(key, (mode_t)key_mode), 0);
+}
+
+/* A private key that others can read stops the start, naming the file (PostgreSQL's rule). */
+Test(client_tls_settings, a_key_readable_by_others_is_refused)
+{
+	char cert[600], key[600], extra[1400];
+	copy_cert_and_key(cert, sizeof(cert), key, sizeof(key), 0644);
+	snprintf(extra, sizeof(extra), "client_tls_cert_file = %s\nclient_tls_key_file = %s\n", cert, key);
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.tls = false;
+	o.extra_pgmux = extra;
+	pgmux_write_config(&px, &o);
+	/* The harness leaves the cert and key lines empty when tls is off: drop them for ours. */
+	char *config = h_read_file(px.config);
+	char *cut = strstr(config, "client_tls_cert_file = \n");
+	cr_assert_not_null(cut);
+	memmove(cut, cut + strlen("client_tls_cert_file = \n"), strlen(cut + strlen("client_tls_cert_file = \n")) + 1);
+	cut = strstr(config, "client_tls_key_file = \n");
+	cr_assert_not_null(cut);
+	memmove(cut, cut + strlen("client_tls_key_file = \n"), strlen(cut + strlen("client_tls_key_file = \n")) + 1);
+	h_write_file(px.config, config, 0644);
+	free(config);
+
+	const char *argv[] = {h_env()->pgmux, px.config, NULL};
+	struct h_cmd c;
+	int status = h_cmd_run(&c, argv, NULL, h_scaled_ms(10000));
+	cr_expect_eq(status, 1, "pgmux exited with %d", status);
+	char want[700];
+	snprintf(want, sizeof(want), "private key %s has group or world access (mode 0644)", key);
+	cr_expect(h_file_count(px.logfile, want) == 1, "the log does not say: %s", want);
+	h_cmd_free(&c);
+
+	/* The suite's own key, mode 0600, is the one every other TLS test starts with. */
+}
+
+/* A cipher list OpenSSL cannot use stops the start with the option's name. */
+Test(client_tls_settings, an_unusable_cipher_list_is_refused)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = "client_tls_ciphers = NO-SUCH-CIPHER\n";
+	int status = pgmux_run_to_exit(&px, &o, h_scaled_ms(10000));
+	cr_expect_eq(status, 1);
+	cr_expect(h_file_count(px.logfile, "client_tls_ciphers: no usable cipher in NO-SUCH-CIPHER") == 1);
+}
