@@ -29,10 +29,11 @@ static void tls_error(char *err, size_t errlen, const char *what, const char *fi
 }
 
 /*
- * PostgreSQL's rule for its own key file (be-secure-common.c): owned by the
- * user running the server and with no access for group or others, or owned
- * by root and readable by its group at most (a key shared through a group
- * such as ssl-cert). Anything looser is refused rather than warned about.
+ * PostgreSQL's rule for its own key file (be-secure-common.c): no access for
+ * group or others, or, when root owns it, read access for its group at most
+ * (a key shared through a group such as ssl-cert). Anything looser is
+ * refused rather than warned about. (PostgreSQL also insists on the owner;
+ * pgmux does not, so that one key file can serve a server run as another user.)
  */
 static int check_key_file_mode(const char *key_file, char *err, size_t errlen)
 {
@@ -46,12 +47,9 @@ static int check_key_file_mode(const char *key_file, char *err, size_t errlen)
 		snprintf(err, errlen, "private key %s is not a regular file", key_file);
 		return -1;
 	}
-	if (st.st_uid != geteuid() && st.st_uid != 0) {
-		snprintf(err, errlen, "private key %s must be owned by the user pgmux runs as or by root", key_file);
-		return -1;
-	}
-	if ((st.st_uid == geteuid() && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) ||
-	    (st.st_uid == 0 && st.st_uid != geteuid() && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO)) != 0)) {
+	/* Others may never read it; its group only when root owns it, and then read only. */
+	if ((st.st_mode & S_IRWXO) != 0 || (st.st_uid != 0 && (st.st_mode & S_IRWXG) != 0) ||
+	    (st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP)) != 0)) {
 		snprintf(err, errlen,
 			 "private key %s has group or world access (mode %04o); it must be u=rw (0600) or less, or "
 			 "u=rw,g=r (0640) or less if owned by root",
