@@ -98,25 +98,30 @@ static void resume_accepting(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * accept() found no descriptor. The connection stays in the kernel's queue,
- * so the listener would report it again at once: one core spinning on
- * accept() and a log line per pass. Instead both listeners stop for
- * ACCEPT_PAUSE_MS, while closing sessions free descriptors; the failure is
- * counted every time and logged at most once per ACCEPT_PAUSE_LOG_INTERVAL_USEC.
+ * accept() failed, typically for want of a descriptor (EMFILE, ENFILE). The
+ * connection stays in the kernel's queue, so the listener would report it
+ * again at once: one core spinning on accept() and a log line per pass.
+ * Instead both listeners stop for ACCEPT_PAUSE_MS, while closing sessions
+ * free descriptors; a failure for want of a descriptor is counted every time,
+ * and failures are logged at most once per ACCEPT_PAUSE_LOG_INTERVAL_USEC.
  */
 static void pause_accepting(int err)
 {
 	struct timeval pause = { 0, ACCEPT_PAUSE_MS * 1000 };
 	uint64_t now = pgmux_now_usec();
+	bool out_of_descriptors = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
 
-	__atomic_add_fetch(&pgmux_accept_out_of_descriptors, 1, __ATOMIC_RELAXED);
+	if (out_of_descriptors)
+		__atomic_add_fetch(&pgmux_accept_out_of_descriptors, 1, __ATOMIC_RELAXED);
 	M.accept_failures_unlogged++;
 	if (M.accept_pause_logged_usec == 0 || now - M.accept_pause_logged_usec >= ACCEPT_PAUSE_LOG_INTERVAL_USEC) {
-		log_error("accept failed: %s; new connections wait %d ms at a time until descriptors are free "
-			  "(%llu time(s) since the last such message); raise the open-file limit (ulimit -n, "
-			  "LimitNOFILE) or lower max_client_connections",
+		log_error("accept failed: %s; new connections wait %d ms at a time until it passes "
+			  "(%llu failure(s) since the last such message)%s",
 			  evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS,
-			  (unsigned long long)M.accept_failures_unlogged);
+			  (unsigned long long)M.accept_failures_unlogged,
+			  out_of_descriptors ? "; raise the open-file limit (ulimit -n, LimitNOFILE) or lower "
+					       "max_client_connections"
+					     : "");
 		M.accept_pause_logged_usec = now;
 		M.accept_failures_unlogged = 0;
 	}
@@ -128,15 +133,10 @@ static void pause_accepting(int err)
 		evtimer_add(M.accept_resume_timer, &pause);
 }
 
+/* libevent calls this for any accept() error it cannot retry at once; each one would come back on the next pass. */
 static void on_accept_error(struct evconnlistener *listener, void *arg)
 {
-	int err = EVUTIL_SOCKET_ERROR();
-
-	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-		pause_accepting(err);
-		return;
-	}
-	log_error("accept failed: %s", evutil_socket_error_to_string(err));
+	pause_accepting(EVUTIL_SOCKET_ERROR());
 }
 
 static struct evconnlistener *start_listener(const struct config *cfg, int port_number)

@@ -8,6 +8,7 @@
  */
 #include "metrics.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -29,6 +30,37 @@
 #include "build_config.h"
 
 static struct evhttp *http;
+static struct evconnlistener *metrics_listener; /* owned by http */
+static struct event *metrics_resume_timer;
+static uint64_t metrics_pause_logged_usec;
+
+static void metrics_resume(evutil_socket_t fd, short what, void *arg)
+{
+	if (metrics_listener)
+		evconnlistener_enable(metrics_listener);
+}
+
+/*
+ * evhttp installs no error callback, and libevent would then warn and come
+ * back on every loop pass while accept() fails (out of descriptors): pause
+ * the metrics listener for a moment instead, as main.c does for clients.
+ */
+static void metrics_accept_error(struct evconnlistener *listener, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval pause = { 0, 250 * 1000 };
+	uint64_t now = pgmux_now_usec();
+
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+		__atomic_add_fetch(&pgmux_accept_out_of_descriptors, 1, __ATOMIC_RELAXED);
+	if (metrics_pause_logged_usec == 0 || now - metrics_pause_logged_usec >= 10 * 1000 * 1000ULL) {
+		log_error("metrics: accept failed: %s; the metrics port waits 250 ms at a time until it passes",
+			  evutil_socket_error_to_string(err));
+		metrics_pause_logged_usec = now;
+	}
+	evconnlistener_disable(listener);
+	evtimer_add(metrics_resume_timer, &pause);
+}
 
 /* value as a label value: backslash, double quote and newline escaped. */
 static void put_label(struct evbuffer *b, const char *name, const char *value, bool first)
@@ -271,6 +303,14 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 		metrics_stop();
 		return -1;
 	}
+	metrics_listener = listener;
+	metrics_resume_timer = evtimer_new(base, metrics_resume, NULL);
+	if (metrics_resume_timer == NULL) {
+		log_error("cannot start the metrics endpoint: out of memory");
+		metrics_stop();
+		return -1;
+	}
+	evconnlistener_set_error_cb(listener, metrics_accept_error);
 	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_timeout(http, 10);
 	evhttp_set_max_headers_size(http, 8192);
@@ -284,6 +324,12 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 
 void metrics_stop(void)
 {
+	/* The timer first: it must not re-enable a listener evhttp_free() is about to free. */
+	if (metrics_resume_timer) {
+		event_free(metrics_resume_timer);
+		metrics_resume_timer = NULL;
+	}
+	metrics_listener = NULL;
 	if (http) {
 		evhttp_free(http);
 		http = NULL;

@@ -587,18 +587,29 @@ Test(descriptors, emfile_pauses_accepting_and_logins_work_again)
 	pgmux_options_default(&o);
 	o.max_open_files = 64;
 	o.admin_users = h_env()->superuser;
+	int metrics_port = h_free_port();
+	char extra[64];
+	snprintf(extra, sizeof(extra), "metrics_port = %d\n", metrics_port);
+	o.extra_pgmux = extra;
 	cr_assert(pgmux_start(&px, &o));
 	PGconn *first = h_app_session(&px, "disable", NULL);
 	PQfinish(first);
 
-	enum { IDLE = 80 };
-	int idle[IDLE];
+	enum { IDLE = 80, SCRAPES = 2 };
+	int idle[IDLE], scrapes[SCRAPES];
 	for (int i = 0; i < IDLE; i++) {
 		idle[i] = h_raw_connect(px.port, 2000);
 		cr_assert_geq(idle[i], 0, "connection %d: the kernel's backlog should take it", i);
 	}
 	cr_assert(h_file_wait_contains(px.logfile, "accept failed: Too many open files", h_scaled_ms(5000)),
 		  "pgmux never ran out of descriptors");
+	/* The metrics port, out of descriptors too, must not spin either. */
+	for (int i = 0; i < SCRAPES; i++) {
+		scrapes[i] = h_raw_connect(metrics_port, 2000);
+		cr_assert_geq(scrapes[i], 0);
+	}
+	cr_assert(h_file_wait_contains(px.logfile, "metrics: accept failed: Too many open files", h_scaled_ms(5000)),
+		  "the metrics port never ran out of descriptors");
 	/* Measure three seconds of being out of descriptors. */
 	long long ticks_before = cpu_ticks(px.pid), log_before = file_size(px.logfile);
 	long long t0 = h_now_ms();
@@ -609,12 +620,16 @@ Test(descriptors, emfile_pauses_accepting_and_logins_work_again)
 	cr_expect_lt(cpu_ms, elapsed_ms / 5, "pgmux used %lld ms of CPU in %lld ms out of descriptors", cpu_ms,
 		     elapsed_ms);
 	cr_expect_lt(log_growth, 4096, "the log grew by %lld bytes in %lld ms", log_growth, elapsed_ms);
-	cr_expect_leq(h_file_count(px.logfile, "accept failed: Too many open files"), 2,
+	cr_expect_leq(h_file_count(px.logfile, "accept failed: Too many open files; new connections wait"), 2,
 		      "the failure is logged at most once per 10 s");
+	cr_expect_leq(h_file_count(px.logfile, "metrics: accept failed: Too many open files"), 2,
+		      "the metrics port's failure is logged at most once per 10 s");
 	cr_expect(pgmux_running(&px));
 
 	for (int i = 0; i < IDLE; i++)
 		close(idle[i]);
+	for (int i = 0; i < SCRAPES; i++)
+		close(scrapes[i]);
 	/* pgmux accepts again on its own: the queued connections go, a login works. */
 	PGconn *conn = NULL;
 	long long deadline = h_now_ms() + h_scaled_ms(10000);
