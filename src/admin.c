@@ -38,6 +38,7 @@ struct admin_session {
 	char *portal;            /* the text of the last Bind */
 	struct iobuf described;  /* rows and tag of a portal already run by Describe */
 	bool have_described;
+	bool look_only;          /* in stats_users, not admin_users: SHOW commands only */
 };
 
 enum admin_outcome {
@@ -288,6 +289,9 @@ static void show_stats(struct iobuf *out)
 	stat_row(out, "client_connections", (unsigned long long)pgmux_clients_open());
 	stat_row(out, "client_connections_received", st.clients_accepted);
 	stat_row(out, "client_logins_failed", st.logins_failed);
+	stat_row(out, "client_logins_in_progress", (unsigned long long)pgmux_logins_open());
+	stat_row(out, "accept_out_of_descriptors",
+		 (unsigned long long)__atomic_load_n(&pgmux_accept_out_of_descriptors, __ATOMIC_RELAXED));
 	stat_row(out, "transactions", st.transactions);
 	stat_row(out, "queries", st.queries);
 	stat_row(out, "borrow_waits", st.borrow_waits);
@@ -325,7 +329,10 @@ static void show_config(struct iobuf *out)
 
 		cell(&r, "%s", opts[i].section);
 		cell(&r, "%s", opts[i].name);
-		cell(&r, "%.120s%s", value, in_memory ? " (in memory, set by CUTOVER TO; not in the file)" : "");
+		if (config_option_is_secret(&opts[i]) && value != NULL && value[0] != '\0')
+			cell(&r, "%s", "(set; not shown)");
+		else
+			cell(&r, "%.120s%s", value, in_memory ? " (in memory, set by CUTOVER TO; not in the file)" : "");
 		cell(&r, "%s", opts[i].default_value);
 		cell(&r, "%s", opts[i].reloadable ? "yes" : "no");
 		put_row(out, r.n, r.ptrs);
@@ -401,6 +408,15 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 		return ADMIN_DONE;
 	}
 	log_client(LOG_LEVEL_INFO, c, "admin console: %.200s", sql);
+	if (c->admin_session->look_only && strcmp(w1, "SHOW") != 0) {
+		char message[200];
+
+		snprintf(message, sizeof(message),
+			 "permission denied for %s: user \"%.63s\" is in stats_users, which may only run SHOW commands",
+			 w1, c->startup.user);
+		admin_error(out, SQLSTATE_INSUFFICIENT_PRIVILEGE, message);
+		return ADMIN_DONE;
+	}
 	if (strcmp(w1, "SHOW") == 0 && next_word(&p, w2, sizeof(w2))) {
 		if (strcmp(w2, "HELP") == 0)
 			show_help(out);
@@ -503,6 +519,8 @@ void admin_login(struct client *c)
 
 	c->admin_session = xcalloc(1, sizeof(*c->admin_session));
 	iobuf_init(&c->admin_session->described);
+	/* Decided once, at login: a reload that moves the user takes effect on its next session. */
+	c->admin_session->look_only = !config_is_admin(config_current(), c->startup.user);
 	proto_put_parameter_status(&c->io.out, "server_version", "15.0 (pgmux " PACKAGE_VERSION ")");
 	proto_put_parameter_status(&c->io.out, "server_encoding", "UTF8");
 	proto_put_parameter_status(&c->io.out, "client_encoding", "UTF8");
@@ -513,7 +531,8 @@ void admin_login(struct client *c)
 	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
 	proto_put_ready(&c->io.out, 'I');
 	c->logged_in = true;
-	log_client(LOG_LEVEL_INFO, c, "admin console session opened");
+	log_client(LOG_LEVEL_INFO, c, "admin console session opened%s",
+		   c->admin_session->look_only ? " (stats_users: SHOW commands only)" : "");
 }
 
 /* Run the commands of a simple Query one by one; stops at one the main thread must answer. */

@@ -69,6 +69,12 @@ const char *client_state_name(enum client_state state)
 	return client_state_names[state];
 }
 
+/* Not yet authenticated: what max_login_connections counts. */
+static bool client_state_logging_in(enum client_state state)
+{
+	return state == CLIENT_STARTUP || state == CLIENT_TLS_HANDSHAKE || state == CLIENT_AUTH;
+}
+
 /* In a transaction or waiting for a backend (for the worker's busy polling). */
 static bool client_state_busy(enum client_state state)
 {
@@ -106,6 +112,8 @@ static void client_set_state(struct client *c, enum client_state next)
 		c->cancel_deferred = false;
 	if (client_state_busy(c->state) != client_state_busy(next))
 		c->worker->n_busy += client_state_busy(next) ? 1 : -1;
+	if (client_state_logging_in(c->state) && !client_state_logging_in(next))
+		__atomic_sub_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
 	/* Atomic because SHOW CLIENTS reads it from another worker. */
 	__atomic_store_n(&c->state, next, __ATOMIC_RELAXED);
 }
@@ -198,6 +206,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	list_init(&c->cancel_node);
 	list_append(&w->clients, &c->worker_node);
 	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
 
 	if (addr->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, host, sizeof(host));
@@ -231,6 +240,11 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS,
 			     "The maximum number of client connections to pgmux exceeded %d (max_client_connections)",
 			     cfg->max_client_connections);
+	else if (pgmux_logins_open() > cfg->max_login_connections)
+		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS,
+			     "too many client connections are logging in to pgmux at once, more than %d "
+			     "(max_login_connections)",
+			     cfg->max_login_connections);
 }
 
 void client_close(struct client *c, const char *reason)
@@ -770,9 +784,10 @@ static void client_authenticated(struct client *c)
 	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
 	if (strcmp(c->startup.database, ADMIN_DATABASE) == 0) {
-		if (!config_is_admin(cfg, c->startup.user)) {
+		if (!config_is_admin(cfg, c->startup.user) && !config_is_stats_user(cfg, c->startup.user)) {
 			client_fatal(c, SQLSTATE_INSUFFICIENT_PRIVILEGE,
-				     "permission denied for the pgmux admin console: user \"%s\" is not in admin_users",
+				     "permission denied for the pgmux admin console: user \"%s\" is not in admin_users "
+				     "or stats_users",
 				     c->startup.user);
 			return;
 		}

@@ -119,7 +119,7 @@ struct client {
 };
 
 #define log_client(level, c, fmt, ...) \
-	log_at(level, "C-%llu %s@%s %s: " fmt, (unsigned long long)(c)->id, \
+	log_at(level, "C-%llu " LOG_NAME "@" LOG_NAME " %s: " fmt, (unsigned long long)(c)->id, \
 	       (c)->have_startup ? (c)->startup.user : "-", (c)->have_startup ? (c)->startup.database : "-", \
 	       (c)->peer, ##__VA_ARGS__)
 

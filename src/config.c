@@ -58,6 +58,36 @@ static const char *check_instance_host_pattern(const char *text)
 	return NULL;
 }
 
+/* A comma separated list of TLSv1.2 and TLSv1.3, with no gap between them. */
+static const char *check_tls_protocols(const char *text)
+{
+	int low, high;
+
+	if (config_tls_protocol_range(text, &low, &high) != 0)
+		return "expected TLSv1.2, TLSv1.3 or both, separated by a comma";
+	return NULL;
+}
+
+/* The cipher list goes to OpenSSL at load; here only what no list can hold. */
+static const char *check_tls_ciphers(const char *text)
+{
+	for (const char *p = text; *p; p++)
+		if (!isalnum((unsigned char)*p) && strchr(":-_+!@=,. ", *p) == NULL)
+			return "is not an OpenSSL cipher list (letters, digits and : - _ + ! @ = , . only)";
+	return NULL;
+}
+
+/* A bearer token goes into an HTTP header: printable ASCII, no spaces. */
+static const char *check_token(const char *text)
+{
+	if (strlen(text) < 16)
+		return "must be at least 16 characters long";
+	for (const char *p = text; *p; p++)
+		if (*p <= ' ' || *p > '~')
+			return "must be printable ASCII without spaces";
+	return NULL;
+}
+
 #define FIELD(name) offsetof(struct config, name)
 
 static const struct config_option option_table[] = {
@@ -108,8 +138,27 @@ static const struct config_option option_table[] = {
 	{ .section = "pgmux", .name = "client_tls_key_file", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(client_tls_key_file),
-	  .doc = "The PEM private key for client_tls_cert_file. It must not be readable "
-		 "by other users." },
+	  .doc = "The PEM private key for client_tls_cert_file. As PostgreSQL demands of "
+		 "its own key, pgmux refuses to start (or to reload) with a key file that "
+		 "its group or other users can access (mode 0600 or less), unless root "
+		 "owns it, when its group may read it (0640 or less)." },
+	{ .section = "pgmux", .name = "client_tls_ciphers", .type = CONFIG_STRING,
+	  .default_value = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL",
+	  .reloadable = true,
+	  .offset = FIELD(client_tls_ciphers), .min_value = 1, .check_string = check_tls_ciphers,
+	  .doc = "The cipher suites clients may use with TLS 1.2, as an OpenSSL cipher "
+		 "list. The default is what Mozilla's intermediate profile allows: "
+		 "forward-secret key "
+		 "exchange (ECDHE, DHE) and authenticated encryption (AES-GCM, "
+		 "ChaCha20-Poly1305) only, so no RSA key exchange and no CBC. A list that "
+		 "OpenSSL cannot use stops pgmux at start-up (or the reload). TLS 1.3 "
+		 "suites are all of that kind and are not affected." },
+	{ .section = "pgmux", .name = "client_tls_protocols", .type = CONFIG_STRING,
+	  .default_value = "TLSv1.2,TLSv1.3", .reloadable = true,
+	  .offset = FIELD(client_tls_protocols), .min_value = 1,
+	  .check_string = check_tls_protocols,
+	  .doc = "The TLS versions clients may use: TLSv1.2, TLSv1.3 or both, separated "
+		 "by a comma. Older versions are never offered." },
 	{ .section = "pgmux", .name = "require_tls", .type = CONFIG_BOOL,
 	  .default_value = "false", .reloadable = true,
 	  .offset = FIELD(require_tls),
@@ -120,8 +169,10 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(client_auth), .enum_values = client_auth_names,
 	  .doc = "How clients prove who they are: scram-sha-256 (the password is never "
 		 "sent), md5 (weaker, for old drivers only) or trust (no password at all; "
-		 "only for tests on a private machine). The passwords come from the files "
-		 "in secrets_dir." },
+		 "only for tests on a private machine: anyone who names a user in "
+		 "admin_users gets the admin console, and pgmux logs a WARNING saying so "
+		 "at every start and reload). The passwords come from the files in "
+		 "secrets_dir." },
 	{ .section = "pgmux", .name = "secrets_dir", .type = CONFIG_STRING,
 	  .default_value = "/etc/pgmux/secrets", .reloadable = true,
 	  .offset = FIELD(secrets_dir), .min_value = 1,
@@ -132,8 +183,16 @@ static const struct config_option option_table[] = {
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(admin_users),
 	  .doc = "A comma separated list of the users allowed to use the pgmux admin "
-		 "console. Spaces around names are ignored; names are case sensitive. "
-		 "Empty means nobody." },
+		 "console, every command included (PAUSE, KILL, CUTOVER TO, SHUTDOWN). "
+		 "Spaces around names are ignored; names are case sensitive. Empty means "
+		 "nobody." },
+	{ .section = "pgmux", .name = "stats_users", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(stats_users),
+	  .doc = "A comma separated list of users who may log in to the admin console "
+		 "to look only: SHOW commands run, every other command fails with "
+		 "SQLSTATE 42501. A user in admin_users too may run everything. Written "
+		 "like admin_users; empty means nobody." },
 	{ .section = "pgmux", .name = "logfile", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(logfile),
@@ -171,9 +230,24 @@ static const struct config_option option_table[] = {
 	{ .section = "pgmux", .name = "metrics_port", .type = CONFIG_INT,
 	  .default_value = "0", .reloadable = false,
 	  .offset = FIELD(metrics_port), .min_value = 0, .max_value = 65535,
-	  .doc = "A TCP port, on listen_addr, for Prometheus: GET /metrics returns pgmux's "
+	  .doc = "A TCP port, on metrics_addr, for Prometheus: GET /metrics returns pgmux's "
 		 "counters and, per pool and per instance, what SHOW POOLS and SHOW TARGETS "
 		 "show, in the text exposition format. 0 means no metrics endpoint." },
+	{ .section = "pgmux", .name = "metrics_addr", .type = CONFIG_STRING,
+	  .default_value = "127.0.0.1", .reloadable = false,
+	  .offset = FIELD(metrics_addr), .min_value = 1,
+	  .doc = "The numeric IPv4 or IPv6 address metrics_port listens on. The metrics "
+		 "name users, databases and hosts: the default keeps them on this machine; "
+		 "to let a Prometheus server elsewhere scrape them, name an address it can "
+		 "reach and set metrics_token." },
+	{ .section = "pgmux", .name = "metrics_token", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(metrics_token), .check_string = check_token,
+	  .doc = "When set, GET /metrics must carry the header Authorization: Bearer "
+		 "followed by this token (Prometheus: authorization credentials in the "
+		 "scrape config); without it the answer is 401. At least 16 printable "
+		 "characters, no spaces. SHOW CONFIG does not show it. Empty means no "
+		 "token is asked for." },
 	{ .section = "pgmux", .name = "listen_backlog", .type = CONFIG_INT,
 	  .default_value = "4096", .reloadable = false,
 	  .offset = FIELD(listen_backlog), .min_value = 1, .max_value = 65535,
@@ -186,6 +260,14 @@ static const struct config_option option_table[] = {
 		 "A client that connects beyond the limit is refused with a FATAL error "
 		 "(SQLSTATE 53300) that names the limit, as RDS Proxy refuses clients "
 		 "once its maximum number of client connections is exceeded." },
+	{ .section = "pgmux", .name = "max_login_connections", .type = CONFIG_INT,
+	  .default_value = "1000", .reloadable = true,
+	  .offset = FIELD(max_login_connections), .min_value = 1, .max_value = 1000000,
+	  .doc = "The most client connections that may be logging in at once (before "
+		 "their authentication succeeds: startup, TLS handshake, password), across "
+		 "all workers and counted within max_client_connections. A client beyond "
+		 "it is refused with a FATAL error (SQLSTATE 53300), so that connections "
+		 "that never log in cannot take every slot from those that do." },
 	{ .section = "pgmux", .name = "idle_client_timeout", .type = CONFIG_DURATION_MS,
 	  .default_value = "1800s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(idle_client_timeout_ms), .min_value = 0, .max_value = INT_MAX,
@@ -210,8 +292,25 @@ static const struct config_option option_table[] = {
 	  .default_value = "prefer", .reloadable = true,
 	  .offset = FIELD(server_tls), .enum_values = server_tls_names,
 	  .doc = "Whether connections to the servers use TLS, with the meaning of libpq's "
-		 "sslmode: disable, prefer, require, verify-ca or verify-full. Use "
-		 "verify-full in production." },
+		 "sslmode: disable, prefer, require, verify-ca or verify-full. It applies to "
+		 "every server connection, monitoring included, and to instances that "
+		 "CUTOVER TO names or instance_host_pattern discovers. Use verify-full in "
+		 "production: below it, nothing proves that the server is the one meant, "
+		 "and libpq sends a password to whichever server asks for it (in clear "
+		 "text if the server asks so; see server_require_scram). pgmux logs a "
+		 "WARNING at start-up and reload for each host that is not on loopback "
+		 "while this is below verify-full." },
+	{ .section = "target", .name = "server_require_scram", .type = CONFIG_BOOL,
+	  .default_value = "true", .reloadable = true,
+	  .offset = FIELD(server_require_scram),
+	  .doc = "When true and pgmux is built with libpq 16 or later, server "
+		 "connections pass require_auth=scram-sha-256 to libpq, so a server that "
+		 "asks for a cleartext or MD5 password is refused before any password is "
+		 "sent. libpq 15 has no such setting: built against it (configure says "
+		 "which), pgmux sends the password however the server asks, and only "
+		 "server_tls = verify-full stops an impostor; pgmux logs a WARNING at "
+		 "start-up when this is true but cannot be enforced. Set false for servers "
+		 "that still use md5 passwords." },
 	{ .section = "target", .name = "server_tls_ca_file", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(server_tls_ca_file),
@@ -254,8 +353,10 @@ static const struct config_option option_table[] = {
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(health_check_user),
 	  .doc = "The user that monitoring connections log in as, with its password "
-		 "from secrets_dir. Empty means the first user in secrets_dir, in "
-		 "alphabetical order." },
+		 "from secrets_dir; only this user's password is ever sent for them. "
+		 "Choose an unprivileged role (pg_monitor is enough). Empty means the "
+		 "only user in secrets_dir: with more than one secret, pgmux refuses to "
+		 "start (and a reload is refused) until it is set." },
 	{ .section = "target", .name = "health_check_database", .type = CONFIG_STRING,
 	  .default_value = "postgres", .reloadable = true,
 	  .offset = FIELD(health_check_database), .min_value = 1,
@@ -1285,9 +1386,22 @@ const struct config_option *config_first_fixed_change(const struct config *old,
 	return NULL;
 }
 
+static bool list_has_user(const char *list, const char *user);
+
 bool config_is_admin(const struct config *cfg, const char *user)
 {
-	const char *p = cfg->admin_users;
+	return list_has_user(cfg->admin_users, user);
+}
+
+bool config_is_stats_user(const struct config *cfg, const char *user)
+{
+	return list_has_user(cfg->stats_users, user);
+}
+
+/* True when the comma separated list names user (spaces around names ignored). */
+static bool list_has_user(const char *list, const char *user)
+{
+	const char *p = list;
 	size_t user_length;
 
 	if (user == NULL || user[0] == '\0')
@@ -1322,4 +1436,55 @@ const char *config_server_tls_sslmode(enum server_tls_mode mode)
 	if ((int)mode < 0 || (size_t)mode >= sizeof(server_tls_names) / sizeof(server_tls_names[0]) - 1)
 		return "unknown";
 	return server_tls_names[mode];
+}
+
+int config_tls_protocol_range(const char *text, int *min_minor, int *max_minor)
+{
+	bool have[4] = { false, false, false, false };
+	const char *p = text;
+
+	while (*p != '\0') {
+		const char *start, *end;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		start = p;
+		while (*p != '\0' && *p != ',')
+			p++;
+		end = p;
+		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+			end--;
+		if ((size_t)(end - start) == 7 && strncasecmp(start, "TLSv1.2", 7) == 0)
+			have[2] = true;
+		else if ((size_t)(end - start) == 7 && strncasecmp(start, "TLSv1.3", 7) == 0)
+			have[3] = true;
+		else
+			return -1;
+		if (*p == ',')
+			p++;
+	}
+	if (!have[2] && !have[3])
+		return -1;
+	*min_minor = have[2] ? 2 : 3;
+	*max_minor = have[3] ? 3 : 2;
+	return 0;
+}
+
+bool config_host_is_loopback(const char *host)
+{
+	struct in_addr v4;
+	struct in6_addr v6;
+
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &v4) == 1)
+		return (ntohl(v4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &v6) == 1)
+		return IN6_IS_ADDR_LOOPBACK(&v6);
+	return false;
+}
+
+bool config_option_is_secret(const struct config_option *opt)
+{
+	return strcmp(opt->name, "metrics_token") == 0;
 }

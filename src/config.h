@@ -43,14 +43,19 @@ struct config {
 	int listen_port;   /* routes to the writer */
 	int readonly_port; /* routes to the readers; 0 = none */
 	int metrics_port;  /* Prometheus endpoint; 0 = none */
+	char *metrics_addr;  /* the address metrics_port listens on */
+	char *metrics_token; /* "" = /metrics needs no Authorization header */
 	int workers; /* as configured; 0 = one per CPU */
 	int busy_poll_us; /* 0 = off */
 	char *client_tls_cert_file;
 	char *client_tls_key_file;
+	char *client_tls_ciphers;   /* OpenSSL cipher list for TLS 1.2 */
+	char *client_tls_protocols; /* "TLSv1.2,TLSv1.3" or a part of it */
 	bool require_tls;
 	enum client_auth_method client_auth;
 	char *secrets_dir;
 	char *admin_users; /* comma separated, as written */
+	char *stats_users; /* comma separated: SHOW commands only */
 	char *logfile;
 	int log_level; /* enum log_level */
 	char *pidfile;
@@ -59,6 +64,7 @@ struct config {
 	int shutdown_timeout_ms;     /* SIGINT: how long sessions may take to end */
 	int listen_backlog;
 	int max_client_connections; /* across all workers */
+	int max_login_connections;  /* of those, still before authentication */
 	int idle_client_timeout_ms; /* outside a transaction; 0 = never */
 
 	/* [target] */
@@ -71,7 +77,8 @@ struct config {
 	int cutover_timeout_ms;
 	int health_check_interval_ms;
 	int health_check_timeout_ms;  /* for the connect or the query */
-	char *health_check_user;      /* "" = the user of the first secret file by name */
+	char *health_check_user;      /* "" = the only user in secrets_dir (an error when there are more) */
+	bool server_require_scram;    /* libpq 16+: require_auth=scram-sha-256 */
 	char *health_check_database;
 	char *instance_host_pattern;  /* "" = no discovery; else exactly one '?' */
 	int max_replica_lag_ms;       /* 0 = no limit */
@@ -164,6 +171,20 @@ char *config_value_text(const struct config *cfg, const struct config_option *op
 
 /* True when admin_users lists user. */
 bool config_is_admin(const struct config *cfg, const char *user);
+/* True when stats_users lists user (who may run SHOW commands in the admin console). */
+bool config_is_stats_user(const struct config *cfg, const char *user);
+
+/*
+ * client_tls_protocols as TLS minor versions: TLSv1.2 is 2, TLSv1.3 is 3.
+ * Returns 0, or -1 when the text is not a valid list (the loader refuses it).
+ */
+int config_tls_protocol_range(const char *text, int *min_minor, int *max_minor);
+
+/* True when host (a name or numeric address from hosts) is this machine's loopback. */
+bool config_host_is_loopback(const char *host);
+
+/* True when an option's value is a secret that SHOW CONFIG must not show. */
+bool config_option_is_secret(const struct config_option *opt);
 
 const char *config_pool_mode_name(enum pool_mode mode);
 const char *config_server_tls_sslmode(enum server_tls_mode mode); /* libpq's sslmode string */

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libpq-fe.h>
+
 #include "client.h"
 #include "config.h"
 #include "log.h"
@@ -27,6 +29,8 @@
 #include "tls.h"
 #include "util.h"
 #include "worker.h"
+
+#include "build_config.h"
 
 #define CUTOVER_TICK_USEC 20000
 
@@ -292,6 +296,47 @@ void control_apply_log_settings(const void *arg)
 		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
 }
 
+void control_warn_unverified_hosts(const struct config *cfg, const struct target_host *hosts, int n_hosts)
+{
+	if (cfg->server_tls == SERVER_TLS_VERIFY_FULL)
+		return;
+	for (int i = 0; i < n_hosts; i++)
+		if (!config_host_is_loopback(hosts[i].host))
+			log_warning("server %s:%d is not on loopback and server_tls = %s does not verify it: whoever "
+				    "answers there, or on the way, can pose as the server and get the passwords pgmux "
+				    "logs in with; set server_tls = verify-full and server_tls_ca_file",
+				    hosts[i].host, hosts[i].port, config_server_tls_sslmode(cfg->server_tls));
+}
+
+void control_warn_risky_settings(const struct config *cfg)
+{
+	if (cfg->client_auth == CLIENT_AUTH_TRUST)
+		log_warning("client_auth = trust: clients log in without a password, and anyone who names a user "
+			    "in admin_users%s gets the admin console; use it only for tests on a private machine",
+			    cfg->stats_users[0] ? " or stats_users" : "");
+	control_warn_unverified_hosts(cfg, cfg->hosts, cfg->n_hosts);
+	if (cfg->instance_host_pattern[0] && cfg->server_tls != SERVER_TLS_VERIFY_FULL &&
+	    !config_host_is_loopback(cfg->instance_host_pattern))
+		log_warning("instances discovered through instance_host_pattern %s are not verified (server_tls = "
+			    "%s): set server_tls = verify-full",
+			    cfg->instance_host_pattern, config_server_tls_sslmode(cfg->server_tls));
+#ifndef HAVE_LIBPQ_REQUIRE_AUTH
+	if (cfg->server_require_scram && cfg->server_tls != SERVER_TLS_VERIFY_FULL)
+		log_warning("server_require_scram cannot be enforced: pgmux was built with libpq %d, which sends a "
+			    "password however a server asks for it (libpq 16 has require_auth); only server_tls = "
+			    "verify-full keeps it from an impostor",
+			    PQlibVersion() / 10000);
+#endif
+}
+
+const char *control_health_check_user_problem(const struct config *cfg, int n_secrets)
+{
+	if (cfg->health_check_user[0] == '\0' && n_secrets > 1)
+		return "[target] health_check_user must be set when secrets_dir holds more than one secret: name the "
+		       "(unprivileged) user the health checks log in as";
+	return NULL;
+}
+
 /* Has every reader passed a quiescent point since r was retired? */
 static bool retired_config_unused(const struct retired_config *r)
 {
@@ -378,7 +423,7 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 		return -1;
 	}
 	if (next->client_tls_cert_file[0]) {
-		tls = tls_context_load(next->client_tls_cert_file, next->client_tls_key_file, err, errlen);
+		tls = tls_context_load(next, err, errlen);
 		if (tls == NULL) {
 			log_error("reload failed, keeping the running configuration: %s", err);
 			config_free(next);
@@ -397,6 +442,10 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	else
 		log_info("reload: %d secret(s) loaded from %s", n, next->secrets_dir);
 	control_apply_log_settings(next);
+	/* The secrets are in place already; until this is fixed the health checks fail, sending nothing. */
+	if (control_health_check_user_problem(next, secrets_count()) != NULL)
+		log_error("reload: %s; health checks fail until it is", control_health_check_user_problem(next, secrets_count()));
+	control_warn_risky_settings(next);
 	/* A CUTOVER TO in memory counts as the running hosts until the file says otherwise. */
 	hosts_changed = !hosts_equal(old->hosts, old->n_hosts, next->hosts, next->n_hosts);
 	publish(next);
@@ -514,6 +563,8 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 				reply(r->reply_to, r->client_id, false, "CUTOVER TO: %s", err);
 				break;
 			}
+			/* Instances named here get the same server_tls as hosts; say when that does not verify them. */
+			control_warn_unverified_hosts(config_current(), hosts, n);
 			/* In memory only: the running config says so until the next reload. */
 			publish(config_with_hosts(config_current(), hosts, n));
 			cutover_begin(hosts, n, r->reply_to, r->client_id);

@@ -44,6 +44,26 @@ void control_cleanup(void);
 void control_set_log_level_override(int level);
 
 /* Apply log level and file from cfg (start-up and reload). */
+struct config;
+struct target_host;
+
+/*
+ * Log a WARNING for each setting of cfg that puts passwords or the console at
+ * risk: client_auth = trust, servers not on loopback that are not verified
+ * (server_tls below verify-full), server_require_scram that this libpq cannot
+ * enforce. At start-up and at every reload.
+ */
+void control_warn_risky_settings(const struct config *cfg);
+
+/* WARNING for each of hosts that is not on loopback while cfg's server_tls is below verify-full. */
+void control_warn_unverified_hosts(const struct config *cfg, const struct target_host *hosts, int n_hosts);
+
+/*
+ * With an empty health_check_user, the health checks need the one secret
+ * there is: NULL when that holds for n_secrets, else the error to report.
+ */
+const char *control_health_check_user_problem(const struct config *cfg, int n_secrets);
+
 void control_apply_log_settings(const void *cfg);
 
 /*

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -80,9 +81,72 @@ void log_close(void)
 		close(fd);
 }
 
+/*
+ * Text from clients (user and database names, application_name, SQL) reaches
+ * log lines; a newline in it would let a client write a line of its own that
+ * looks like pgmux's. So every message is escaped on its way out: control
+ * characters become \\n, \\r, \\t or \\xNN and a backslash is doubled.
+ * The copy never splits an escape, and ends in "..." when it was cut, or
+ * when the text it was given had already been cut (more_follows).
+ */
+static size_t escape_into(const char *in, size_t in_len, bool more_follows, char *out, size_t out_size)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t used = 0, mark = 0; /* mark: the longest copy that leaves room for "..." */
+	bool cut = more_follows;
+
+	if (out_size == 0)
+		return 0;
+	for (size_t i = 0; i < in_len; i++) {
+		unsigned char ch = (unsigned char)in[i];
+		char piece[4];
+		size_t piece_len = 0;
+
+		if (ch == '\n' || ch == '\r' || ch == '\t' || ch == '\\') {
+			piece[piece_len++] = '\\';
+			piece[piece_len++] = ch == '\n' ? 'n' : ch == '\r' ? 'r' : ch == '\t' ? 't' : '\\';
+		} else if (ch < 0x20 || ch == 0x7f) {
+			piece[piece_len++] = '\\';
+			piece[piece_len++] = 'x';
+			piece[piece_len++] = hex[ch >> 4];
+			piece[piece_len++] = hex[ch & 0xf];
+		} else {
+			piece[piece_len++] = (char)ch;
+		}
+		if (used + piece_len + 1 > out_size) {
+			cut = true;
+			break;
+		}
+		memcpy(out + used, piece, piece_len);
+		used += piece_len;
+		if (used + 3 + 1 <= out_size)
+			mark = used;
+	}
+	if (cut) {
+		if (used + 3 + 1 > out_size)
+			used = mark;
+		if (used + 3 + 1 <= out_size) {
+			memcpy(out + used, "...", 3);
+			used += 3;
+		}
+	}
+	out[used] = '\0';
+	return used;
+}
+
+size_t log_escape(const char *in, char *out, size_t out_size)
+{
+	size_t in_len = strlen(in);
+
+	/* libpq's error messages end with a newline, which says nothing. */
+	while (in_len > 0 && (in[in_len - 1] == '\n' || in[in_len - 1] == '\r'))
+		in_len--;
+	return escape_into(in, in_len, false, out, out_size);
+}
+
 void log_write(int level, const char *fmt, ...)
 {
-	char line[2048];
+	char line[2048], message[2048];
 	struct timeval tv;
 	struct tm tm;
 	char thread_name[16] = "";
@@ -99,10 +163,12 @@ void log_write(int level, const char *fmt, ...)
 	if (n > 0)
 		len += (size_t)n;
 	va_start(ap, fmt);
-	n = vsnprintf(line + len, sizeof(line) - len - 1, fmt, ap);
+	n = vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
-	if (n > 0)
-		len += (size_t)n < sizeof(line) - len - 1 ? (size_t)n : sizeof(line) - len - 2;
+	if (n >= (int)sizeof(message))
+		len += escape_into(message, sizeof(message) - 1, true, line + len, sizeof(line) - len - 1);
+	else if (n > 0)
+		len += log_escape(message, line + len, sizeof(line) - len - 1);
 	line[len++] = '\n';
 	/* A short write to a log is not worth retrying in a loop; the line is best effort. */
 	if (write(__atomic_load_n(&log_fd, __ATOMIC_ACQUIRE), line, len) < 0)

@@ -8,6 +8,7 @@
 #define PGMUX_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum log_level {
 	LOG_LEVEL_ERROR = 0,
@@ -39,6 +40,21 @@ const char *log_level_name(int level);
  */
 int log_open(const char *path);
 void log_close(void);
+
+/*
+ * The conversion for a name a client chose (user, database) in a log line's
+ * prefix: PostgreSQL keeps 63 bytes of a name, and so does the log.
+ */
+#define LOG_NAME "%.63s"
+
+/*
+ * Copy in to out (out_size bytes, NUL included) with control characters
+ * escaped (\n, \r, \t, \xNN) and backslashes doubled, so that the text
+ * cannot start a line of its own; a trailing newline is dropped; cut with
+ * "..." when it does not fit.
+ * Returns the length written. log_write() passes every message through it.
+ */
+size_t log_escape(const char *in, char *out, size_t out_size);
 
 void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -34,10 +34,17 @@
 
 #include "build_config.h"
 
+/* How long accepting stops after accept() found no descriptor, and how often that is logged. */
+#define ACCEPT_PAUSE_MS 250
+#define ACCEPT_PAUSE_LOG_INTERVAL_USEC (10 * 1000 * 1000ULL)
+
 struct main_state {
 	struct event_base *base;
 	struct evconnlistener *listener;          /* listen_port: the writer endpoint */
 	struct evconnlistener *readonly_listener; /* readonly_port: the reader endpoint */
+	struct event *accept_resume_timer;        /* re-enables the listeners after a pause */
+	uint64_t accept_pause_logged_usec;        /* when the last "out of descriptors" line was written */
+	uint64_t accept_failures_unlogged;        /* failures since then */
 	char *config_path;
 	int log_level_override; /* -1 when -v/-q were not given */
 };
@@ -81,12 +88,55 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 				    listener == M.readonly_listener ? ENDPOINT_READER : ENDPOINT_WRITER);
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+	/* A graceful stop may have closed the listeners meanwhile. */
+	if (M.listener)
+		evconnlistener_enable(M.listener);
+	if (M.readonly_listener)
+		evconnlistener_enable(M.readonly_listener);
+}
+
+/*
+ * accept() failed, typically for want of a descriptor (EMFILE, ENFILE). The
+ * connection stays in the kernel's queue, so the listener would report it
+ * again at once: one core spinning on accept() and a log line per pass.
+ * Instead both listeners stop for ACCEPT_PAUSE_MS, while closing sessions
+ * free descriptors; a failure for want of a descriptor is counted every time,
+ * and failures are logged at most once per ACCEPT_PAUSE_LOG_INTERVAL_USEC.
+ */
+static void pause_accepting(int err)
+{
+	struct timeval pause = { 0, ACCEPT_PAUSE_MS * 1000 };
+	uint64_t now = pgmux_now_usec();
+	bool out_of_descriptors = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+
+	if (out_of_descriptors)
+		__atomic_add_fetch(&pgmux_accept_out_of_descriptors, 1, __ATOMIC_RELAXED);
+	M.accept_failures_unlogged++;
+	if (M.accept_pause_logged_usec == 0 || now - M.accept_pause_logged_usec >= ACCEPT_PAUSE_LOG_INTERVAL_USEC) {
+		log_error("accept failed: %s; new connections wait %d ms at a time until it passes "
+			  "(%llu failure(s) since the last such message)%s",
+			  evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS,
+			  (unsigned long long)M.accept_failures_unlogged,
+			  out_of_descriptors ? "; raise the open-file limit (ulimit -n, LimitNOFILE) or lower "
+					       "max_client_connections"
+					     : "");
+		M.accept_pause_logged_usec = now;
+		M.accept_failures_unlogged = 0;
+	}
+	if (M.listener)
+		evconnlistener_disable(M.listener);
+	if (M.readonly_listener)
+		evconnlistener_disable(M.readonly_listener);
+	if (M.accept_resume_timer)
+		evtimer_add(M.accept_resume_timer, &pause);
+}
+
+/* libevent calls this for any accept() error it cannot retry at once; each one would come back on the next pass. */
 static void on_accept_error(struct evconnlistener *listener, void *arg)
 {
-	int err = EVUTIL_SOCKET_ERROR();
-
-	/* Out of descriptors: keep running; the listener retries on the next connection. */
-	log_error("accept failed: %s", evutil_socket_error_to_string(err));
+	pause_accepting(EVUTIL_SOCKET_ERROR());
 }
 
 static struct evconnlistener *start_listener(const struct config *cfg, int port_number)
@@ -243,8 +293,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (cfg->client_tls_cert_file[0]) {
-		struct tls_context *tls = tls_context_load(cfg->client_tls_cert_file, cfg->client_tls_key_file, err,
-							   sizeof(err));
+		struct tls_context *tls = tls_context_load(cfg, err, sizeof(err));
 
 		if (tls == NULL) {
 			log_error("%s", err);
@@ -260,6 +309,12 @@ int main(int argc, char **argv)
 		goto out_early;
 	}
 	log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+	if (control_health_check_user_problem(cfg, n) != NULL) {
+		log_error("%s: %s", M.config_path, control_health_check_user_problem(cfg, n));
+		exit_code = 1;
+		goto out_early;
+	}
+	control_warn_risky_settings(cfg);
 
 	if (background && daemonize() != 0) {
 		log_error("cannot daemonize: %s", strerror(errno));
@@ -271,12 +326,14 @@ int main(int argc, char **argv)
 	pthread_setname_np(pthread_self(), "main");
 
 	M.base = event_base_new();
+	if (M.base)
+		M.accept_resume_timer = evtimer_new(M.base, resume_accepting, NULL);
 	/*
 	 * Signals are handled before the port opens: a service manager may send
 	 * SIGHUP as soon as it sees pgmux listening. They are acted on once the
 	 * loop runs, by which time everything below is up.
 	 */
-	if (M.base == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
+	if (M.base == NULL || M.accept_resume_timer == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
 	    pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
 	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL) ||
 	    metrics_start(M.base, cfg) != 0) {
@@ -317,6 +374,8 @@ out:
 	workers_stop();
 	pool_shutdown();
 	cancel_thread_stop();
+	if (M.accept_resume_timer)
+		event_free(M.accept_resume_timer);
 	if (M.base)
 		event_base_free(M.base);
 	if (pidfile_written)

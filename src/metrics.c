@@ -8,8 +8,12 @@
  */
 #include "metrics.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -26,6 +30,37 @@
 #include "build_config.h"
 
 static struct evhttp *http;
+static struct evconnlistener *metrics_listener; /* owned by http */
+static struct event *metrics_resume_timer;
+static uint64_t metrics_pause_logged_usec;
+
+static void metrics_resume(evutil_socket_t fd, short what, void *arg)
+{
+	if (metrics_listener)
+		evconnlistener_enable(metrics_listener);
+}
+
+/*
+ * evhttp installs no error callback, and libevent would then warn and come
+ * back on every loop pass while accept() fails (out of descriptors): pause
+ * the metrics listener for a moment instead, as main.c does for clients.
+ */
+static void metrics_accept_error(struct evconnlistener *listener, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval pause = { 0, 250 * 1000 };
+	uint64_t now = pgmux_now_usec();
+
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+		__atomic_add_fetch(&pgmux_accept_out_of_descriptors, 1, __ATOMIC_RELAXED);
+	if (metrics_pause_logged_usec == 0 || now - metrics_pause_logged_usec >= 10 * 1000 * 1000ULL) {
+		log_error("metrics: accept failed: %s; the metrics port waits 250 ms at a time until it passes",
+			  evutil_socket_error_to_string(err));
+		metrics_pause_logged_usec = now;
+	}
+	evconnlistener_disable(listener);
+	evtimer_add(metrics_resume_timer, &pause);
+}
 
 /* value as a label value: backslash, double quote and newline escaped. */
 static void put_label(struct evbuffer *b, const char *name, const char *value, bool first)
@@ -159,6 +194,11 @@ static void metrics_render(struct evbuffer *b)
 	put_value(b, "client_connections_received_total", "counter", "Client connections accepted.",
 		  st.clients_accepted);
 	put_value(b, "client_logins_failed_total", "counter", "Client logins that failed.", st.logins_failed);
+	put_value(b, "client_logins_in_progress", "gauge", "Client connections not yet authenticated.",
+		  (unsigned long long)pgmux_logins_open());
+	put_value(b, "accept_out_of_descriptors_total", "counter",
+		  "accept() failures for want of a file descriptor; each pauses accepting for a moment.",
+		  (unsigned long long)__atomic_load_n(&pgmux_accept_out_of_descriptors, __ATOMIC_RELAXED));
 	put_value(b, "transactions_total", "counter", "Transactions (server connections given back).",
 		  st.transactions);
 	put_value(b, "queries_total", "counter", "Query and Sync messages relayed.", st.queries);
@@ -203,6 +243,26 @@ static void metrics_render(struct evbuffer *b)
 	}
 }
 
+/*
+ * With metrics_token set, a scrape must carry "Authorization: Bearer TOKEN".
+ * The comparison takes the same time wherever the first difference is.
+ */
+static bool metrics_authorized(struct evhttp_request *req)
+{
+	const char *token = config_current()->metrics_token;
+	const char *header;
+	size_t token_len;
+
+	if (token[0] == '\0')
+		return true;
+	header = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	if (header == NULL || strncasecmp(header, "Bearer ", 7) != 0)
+		return false;
+	header += 7;
+	token_len = strlen(token);
+	return strlen(header) == token_len && CRYPTO_memcmp(header, token, token_len) == 0;
+}
+
 static void metrics_reply(struct evhttp_request *req, void *arg)
 {
 	struct evbuffer *b = evbuffer_new();
@@ -210,6 +270,13 @@ static void metrics_reply(struct evhttp_request *req, void *arg)
 	(void)arg;
 	if (b == NULL) {
 		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		return;
+	}
+	if (!metrics_authorized(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"pgmux\"");
+		evbuffer_add_printf(b, "pgmux: /metrics needs the bearer token (metrics_token)\n");
+		evhttp_send_reply(req, 401, "Unauthorized", b);
+		evbuffer_free(b);
 		return;
 	}
 	metrics_render(b);
@@ -232,7 +299,7 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 	if (cfg->metrics_port == 0)
 		return 0;
 	/* No callback: evhttp takes the listener over. */
-	listener = io_listen(base, cfg->listen_addr, cfg->metrics_port, 64, NULL, NULL);
+	listener = io_listen(base, cfg->metrics_addr, cfg->metrics_port, 64, NULL, NULL);
 	if (listener == NULL)
 		return -1;
 	http = evhttp_new(base);
@@ -242,18 +309,33 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 		metrics_stop();
 		return -1;
 	}
+	metrics_listener = listener;
+	metrics_resume_timer = evtimer_new(base, metrics_resume, NULL);
+	if (metrics_resume_timer == NULL) {
+		log_error("cannot start the metrics endpoint: out of memory");
+		metrics_stop();
+		return -1;
+	}
+	evconnlistener_set_error_cb(listener, metrics_accept_error);
 	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_timeout(http, 10);
 	evhttp_set_max_headers_size(http, 8192);
 	evhttp_set_max_body_size(http, 0);
 	evhttp_set_cb(http, "/metrics", metrics_reply, NULL);
 	evhttp_set_gencb(http, metrics_not_found, NULL);
-	log_info("metrics on http://%s:%d/metrics", cfg->listen_addr, cfg->metrics_port);
+	log_info("metrics on http://%s:%d/metrics%s", cfg->metrics_addr, cfg->metrics_port,
+		 cfg->metrics_token[0] ? " (bearer token required)" : "");
 	return 0;
 }
 
 void metrics_stop(void)
 {
+	/* The timer first: it must not re-enable a listener evhttp_free() is about to free. */
+	if (metrics_resume_timer) {
+		event_free(metrics_resume_timer);
+		metrics_resume_timer = NULL;
+	}
+	metrics_listener = NULL;
 	if (http) {
 		evhttp_free(http);
 		http = NULL;

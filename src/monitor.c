@@ -274,10 +274,12 @@ static void monitor_connect(struct monitor_conn *m)
 	struct secret secret;
 	bool found;
 
-	found = cfg->health_check_user[0] ? secrets_find(cfg->health_check_user, &secret) : secrets_find_first(&secret);
+	/* Only health_check_user's password, or the one secret there is, ever goes to a server for a check. */
+	found = cfg->health_check_user[0] ? secrets_find(cfg->health_check_user, &secret) : secrets_find_only(&secret);
 	if (!found) {
 		monitor_fail(m, cfg->health_check_user[0] ? "health_check_user has no secret in secrets_dir"
-							  : "no secret in secrets_dir for health checks");
+			     : secrets_count() > 1 ? "health_check_user is not set and secrets_dir holds more than one secret"
+						   : "no secret in secrets_dir for health checks");
 		return;
 	}
 	m->pg = server_libpq_start(m->t, m->hostaddr, secret.username, cfg->health_check_database, secret.password,

@@ -40,6 +40,24 @@ static inline int64_t pgmux_clients_open(void)
 	return __atomic_load_n(&pgmux_client_count, __ATOMIC_RELAXED);
 }
 
+/*
+ * Of those, the ones still logging in (startup, TLS handshake, password):
+ * counted apart so that max_login_connections can keep connections that never
+ * authenticate from taking every slot.
+ */
+extern int64_t pgmux_login_count;
+
+static inline int64_t pgmux_logins_open(void)
+{
+	return __atomic_load_n(&pgmux_login_count, __ATOMIC_RELAXED);
+}
+
+/*
+ * accept() failures for want of a descriptor (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM); the main thread counts them, SHOW STATS and /metrics read them.
+ */
+extern uint64_t pgmux_accept_out_of_descriptors;
+
 /* Monotonic clock in microseconds. */
 uint64_t pgmux_now_usec(void);
 

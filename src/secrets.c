@@ -298,14 +298,23 @@ bool secrets_find(const char *user, struct secret *out)
 	return found != NULL;
 }
 
-bool secrets_find_first(struct secret *out)
+int secrets_count(void)
+{
+	size_t count;
+
+	pthread_mutex_lock(&store_mutex);
+	count = current_store != NULL ? current_store->count : 0;
+	pthread_mutex_unlock(&store_mutex);
+	return count > INT_MAX ? INT_MAX : (int)count;
+}
+
+bool secrets_find_only(struct secret *out)
 {
 	bool found = false;
 
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&store_mutex);
-	/* Entries are kept sorted by user name. */
-	if (current_store != NULL && current_store->count > 0) {
+	if (current_store != NULL && current_store->count == 1) {
 		secret_copy(out, &current_store->entries[0]);
 		found = true;
 	}
@@ -367,7 +376,11 @@ static char *read_secret_file(const char *path, size_t *len, char *err, size_t e
 	}
 	/* Loose permissions are allowed (some mounts cannot be changed) but worth a word. */
 	if (st.st_mode & S_IROTH)
-		log_warning("secrets: %s is readable by every user on this host", path);
+		log_warning("secrets: %s is readable by every user on this host (mode %04o); chmod 600 it",
+			    path, (unsigned)(st.st_mode & 07777));
+	else if (st.st_mode & S_IRGRP)
+		log_warning("secrets: %s is readable by its group (mode %04o); chmod 600 it", path,
+			    (unsigned)(st.st_mode & 07777));
 	buffer = malloc((size_t)st.st_size + 1);
 	if (buffer == NULL) {
 		error_printf(err, errlen, "out of memory");
@@ -413,6 +426,24 @@ static int compare_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/*
+ * Whoever can list the directory learns the user names, and whoever can
+ * write to it can add a user of their own: worth a warning, like a loose file.
+ */
+static void warn_if_directory_open(DIR *handle, const char *dir)
+{
+	struct stat st;
+
+	if (fstat(dirfd(handle), &st) != 0)
+		return;
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		log_warning("secrets: directory %s is writable by others than its owner (mode %04o); chmod 700 it",
+			    dir, (unsigned)(st.st_mode & 07777));
+	else if (st.st_mode & (S_IRGRP | S_IXGRP | S_IROTH | S_IXOTH))
+		log_warning("secrets: directory %s is open to its group or every user (mode %04o); chmod 700 it",
+			    dir, (unsigned)(st.st_mode & 07777));
+}
+
 /* The names of dir's secret files, sorted bytewise so "later file wins" does not depend on the locale. */
 static char **list_secret_files(const char *dir, size_t *count, char *err, size_t errlen)
 {
@@ -426,6 +457,7 @@ static char **list_secret_files(const char *dir, size_t *count, char *err, size_
 		error_printf(err, errlen, "cannot open secrets directory %s: %s", dir, strerror(errno));
 		return NULL;
 	}
+	warn_if_directory_open(handle, dir);
 	for (;;) {
 		errno = 0;
 		entry = readdir(handle);

@@ -57,8 +57,15 @@ int secrets_reload(const char *dir, char *err, size_t errlen);
 /* Copy the current secret for user into out; false when there is none. Thread safe. */
 bool secrets_find(const char *user, struct secret *out);
 
-/* Copy the secret of the alphabetically first user; false when there are none. Thread safe. */
-bool secrets_find_first(struct secret *out);
+/*
+ * Copy the secret of the only user in the store; false when there are none or
+ * several (the health checks then need health_check_user: which password
+ * pgmux sends must never depend on file names). Thread safe.
+ */
+bool secrets_find_only(struct secret *out);
+
+/* How many users the current store holds. */
+int secrets_count(void);
 
 /* Drop the current store (at exit). */
 void secrets_shutdown(void);

@@ -29,6 +29,8 @@
 #include "util.h"
 #include "worker.h"
 
+#include "build_config.h"
+
 /* Stop reading from the backend while this much is queued for its client. */
 #define SERVER_CLIENT_HIGH_WATER (256 * 1024)
 /* Bytes read from one backend per wake-up before others get a turn. */
@@ -37,7 +39,7 @@
 #define SERVER_MAX_INSPECTED_MESSAGE (1024 * 1024)
 
 #define log_server(level, s, fmt, ...) \
-	log_at(level, "S-%llu %s@%s %s:%d pid=%d: " fmt, (unsigned long long)(s)->id, \
+	log_at(level, "S-%llu " LOG_NAME "@" LOG_NAME " %s:%d pid=%d: " fmt, (unsigned long long)(s)->id, \
 	       (s)->pool ? (s)->pool->user : "-", (s)->pool ? (s)->pool->database : "-", \
 	       (s)->target ? (s)->target->host : "-", (s)->target ? (s)->target->port : 0, (s)->backend_pid, \
 	       ##__VA_ARGS__)
@@ -149,6 +151,11 @@ PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const c
 	keys[n] = "dbname", values[n++] = database;
 	if (password)
 		keys[n] = "password", values[n++] = password;
+#ifdef HAVE_LIBPQ_REQUIRE_AUTH
+	/* No password for a server that asks for it in clear text or as MD5: it may not be ours. */
+	if (cfg->server_require_scram)
+		keys[n] = "require_auth", values[n++] = "scram-sha-256";
+#endif
 	keys[n] = "sslmode", values[n++] = config_server_tls_sslmode(cfg->server_tls);
 	if (cfg->server_tls_ca_file && cfg->server_tls_ca_file[0])
 		keys[n] = "sslrootcert", values[n++] = cfg->server_tls_ca_file;

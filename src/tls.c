@@ -4,13 +4,18 @@
  */
 #include "tls.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 
 #include "auth.h"
+#include "config.h"
 
 static pthread_mutex_t tls_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tls_context *tls_current;
@@ -23,14 +28,62 @@ static void tls_error(char *err, size_t errlen, const char *what, const char *fi
 	ERR_clear_error();
 }
 
-struct tls_context *tls_context_load(const char *cert_file, const char *key_file, char *err,
-				     size_t errlen)
+/*
+ * PostgreSQL's rule for its own key file (be-secure-common.c): no access for
+ * group or others, or, when root owns it, read access for its group at most
+ * (a key shared through a group such as ssl-cert). Anything looser is
+ * refused rather than warned about. (PostgreSQL also insists on the owner;
+ * pgmux does not, so that one key file can serve a server run as another user.)
+ */
+static int check_key_file_mode(const char *key_file, char *err, size_t errlen)
 {
+	struct stat st;
+
+	if (stat(key_file, &st) != 0) {
+		snprintf(err, errlen, "cannot load private key %s: %s", key_file, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "private key %s is not a regular file", key_file);
+		return -1;
+	}
+	/* Others may never read it; its group only when root owns it, and then read only. */
+	if ((st.st_mode & S_IRWXO) != 0 || (st.st_uid != 0 && (st.st_mode & S_IRWXG) != 0) ||
+	    (st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP)) != 0)) {
+		snprintf(err, errlen,
+			 "private key %s has group or world access (mode %04o); it must be u=rw (0600) or less, or "
+			 "u=rw,g=r (0640) or less if owned by root",
+			 key_file, (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	return 0;
+}
+
+static int tls_version_of_minor(int minor)
+{
+	return minor == 3 ? TLS1_3_VERSION : TLS1_2_VERSION;
+}
+
+struct tls_context *tls_context_load(const struct config *cfg, char *err, size_t errlen)
+{
+	const char *cert_file = cfg->client_tls_cert_file;
+	const char *key_file = cfg->client_tls_key_file;
 	struct tls_context *tc = calloc(1, sizeof(*tc));
+	int min_minor, max_minor;
 	X509 *cert;
 
 	if (tc == NULL) {
 		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (check_key_file_mode(key_file, err, errlen) != 0) {
+		free(tc);
+		return NULL;
+	}
+	if (config_tls_protocol_range(cfg->client_tls_protocols, &min_minor, &max_minor) != 0) {
+		/* The loader checked it already; a broken invariant still fails closed. */
+		snprintf(err, errlen, "client_tls_protocols: invalid value '%s'", cfg->client_tls_protocols);
+		free(tc);
 		return NULL;
 	}
 	tc->refcount = 1;
@@ -39,7 +92,18 @@ struct tls_context *tls_context_load(const char *cert_file, const char *key_file
 		tls_error(err, errlen, "cannot create TLS context for", cert_file);
 		goto fail;
 	}
-	SSL_CTX_set_min_proto_version(tc->ctx, TLS1_2_VERSION);
+	if (SSL_CTX_set_min_proto_version(tc->ctx, tls_version_of_minor(min_minor)) != 1 ||
+	    SSL_CTX_set_max_proto_version(tc->ctx, tls_version_of_minor(max_minor)) != 1) {
+		tls_error(err, errlen, "cannot set client_tls_protocols", cfg->client_tls_protocols);
+		goto fail;
+	}
+	/* Only TLS 1.2 and older use this list; OpenSSL keeps TLS 1.3's suites apart. */
+	if (SSL_CTX_set_cipher_list(tc->ctx, cfg->client_tls_ciphers) != 1) {
+		tls_error(err, errlen, "client_tls_ciphers: no usable cipher in", cfg->client_tls_ciphers);
+		goto fail;
+	}
+	/* DHE suites need parameters; OpenSSL picks ones that match the key's strength. */
+	SSL_CTX_set_dh_auto(tc->ctx, 1);
 	SSL_CTX_set_options(tc->ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
 					     SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_session_cache_mode(tc->ctx, SSL_SESS_CACHE_OFF);

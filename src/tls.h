@@ -1,6 +1,7 @@
 /*
  * tls.h: the TLS context pgmux offers to its clients (certificate, key,
- * TLS 1.2 minimum) and the channel-binding data SCRAM-SHA-256-PLUS needs.
+ * client_tls_protocols and client_tls_ciphers) and the channel-binding data
+ * SCRAM-SHA-256-PLUS needs.
  * A context is reference counted: a reload installs a new one while
  * connections that started under the old one keep it until they close.
  */
@@ -19,9 +20,14 @@ struct tls_context {
 	int refcount;        /* atomic */
 };
 
-/* Build a server context from PEM files; NULL with a reason in err on failure. */
-struct tls_context *tls_context_load(const char *cert_file, const char *key_file, char *err,
-				     size_t errlen);
+struct config;
+
+/*
+ * Build a server context from cfg's client_tls_* options; NULL with a reason
+ * in err on failure, which includes a key file that group or others can read
+ * and a cipher list OpenSSL cannot use.
+ */
+struct tls_context *tls_context_load(const struct config *cfg, char *err, size_t errlen);
 
 /* Make ctx (may be NULL: TLS off) the one new client connections get; drops the old one. */
 void tls_set_current(struct tls_context *ctx);

@@ -26,6 +26,8 @@
 
 struct config *pgmux_config_ptr;
 int64_t pgmux_client_count;
+int64_t pgmux_login_count;
+uint64_t pgmux_accept_out_of_descriptors;
 
 struct worker **workers;
 int n_workers;

@@ -345,6 +345,12 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 				 "%shealth_check_timeout = 20s\n", target_extra[0] ? "\n" : "");
 		}
 	}
+	if (!(o->extra_target && strstr(o->extra_target, "health_check_user"))) {
+		const char *user = o->health_check_user ? o->health_check_user : e->appuser;
+		if (user[0])
+			snprintf(target_extra + strlen(target_extra), sizeof(target_extra) - strlen(target_extra),
+				 "%shealth_check_user = %s\n", target_extra[0] ? "\n" : "", user);
+	}
 	FILE *f = fopen(p->config, "w");
 	cr_assert(f != NULL, "%s: %s", p->config, strerror(errno));
 	fprintf(f,
@@ -401,8 +407,10 @@ static bool port_accepts(int port)
 }
 
 /* Start pgmux (under valgrind when asked) on the config written for p; "-d" first when daemonize. */
-static pid_t pgmux_spawn(struct pgmux *p, bool daemonize)
+static pid_t pgmux_spawn(struct pgmux *p, const struct pgmux_options *o)
 {
+	bool daemonize = o->daemonize;
+	char nofile[64];
 	const struct h_env *e = h_env();
 	char vglog[600];
 	snprintf(vglog, sizeof(vglog), "--log-file=%s%%p", p->valgrind_prefix);
@@ -420,6 +428,13 @@ static pid_t pgmux_spawn(struct pgmux *p, bool daemonize)
 		for (size_t i = 0; i < sizeof(vg) / sizeof(vg[0]); i++)
 			argv[n++] = vg[i];
 	}
+	if (o->max_open_files > 0) {
+		/* prlimit sets the limit and execs pgmux: the pid stays pgmux's. */
+		snprintf(nofile, sizeof(nofile), "--nofile=%d:%d", o->max_open_files, o->max_open_files);
+		argv[n++] = "prlimit";
+		argv[n++] = nofile;
+		argv[n++] = "--";
+	}
 	argv[n++] = e->pgmux;
 	if (daemonize)
 		argv[n++] = "-d";
@@ -433,7 +448,7 @@ static pid_t pgmux_spawn(struct pgmux *p, bool daemonize)
 int pgmux_run_to_exit(struct pgmux *p, const struct pgmux_options *o, int timeout_ms)
 {
 	pgmux_write_config(p, o);
-	pid_t pid = pgmux_spawn(p, o->daemonize);
+	pid_t pid = pgmux_spawn(p, o);
 	int st = wait_pid(pid, timeout_ms);
 	if (st == -2) {
 		fprintf(stderr, "pgmux (pid %ld) did not exit within %d ms; killing it\n", (long)pid, timeout_ms);
@@ -493,7 +508,7 @@ bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
 	pgmux_write_config(p, o);
 	if (o->daemonize)
 		cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0, "PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
-	p->pid = pgmux_spawn(p, o->daemonize);
+	p->pid = pgmux_spawn(p, o);
 	if (o->daemonize && (p->pid = adopt_daemon(o, p->pid, h_under_valgrind() ? 60000 : 10000)) == 0) {
 		pgmux_dump_logs(p);
 		return false;

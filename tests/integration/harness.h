@@ -70,8 +70,15 @@ struct pgmux_options {
 	const char *extra_target; /* raw lines appended to [target], or NULL */
 	const char *admin_users;  /* [pgmux] admin_users; NULL means nobody */
 	const char *secrets_dir;  /* [pgmux] secrets_dir; NULL means the suite's */
+	/*
+	 * [target] health_check_user, which pgmux requires with more than one
+	 * secret: NULL means the suite's app user, "" leaves it out. Also left
+	 * out when extra_target sets it.
+	 */
+	const char *health_check_user;
 	const char *pidfile;      /* [pgmux] pidfile; NULL means none */
 	bool daemonize;           /* run with -d (needs pidfile, an absolute path) */
+	int max_open_files;       /* > 0: pgmux runs under prlimit --nofile with this limit */
 };
 
 /* TLS offered but not required, SCRAM, session pooling, 20 connections, 2 workers. */

@@ -1645,6 +1645,9 @@ Test(cutover_signals, sighup_reopens_the_logfile_while_workers_log)
 
 	for (int i = 0; i < rotations; i++) {
 		h_sleep_ms(h_scaled_ms(200));
+		/* On a loaded machine 200 ms may pass before pgbench's next login: wait for one in this stretch. */
+		cr_assert(h_file_wait_contains(px.logfile, ": authenticated", h_scaled_ms(10000)),
+			  "rotation %d: no login in %s", i + 1, px.logfile);
 		snprintf(rotated[i], sizeof(rotated[i]), "%s.%d", px.logfile, i + 1);
 		cr_assert_eq(rename(px.logfile, rotated[i]), 0, "rename %s: %s", px.logfile, strerror(errno));
 		sigsend(SIGHUP);

@@ -1148,3 +1148,78 @@ Test(config, example_file_loads_as_is)
 	cr_expect_eq(cfg->pool_mode, POOL_MODE_TRANSACTION);
 	config_free(cfg);
 }
+
+/* ------------------------------------------------------------ issue 17: the hardening options */
+
+Test(config, hardening_defaults_are_the_safe_ones)
+{
+	struct config *cfg = load_ok("");
+
+	cr_expect_str_eq(cfg->metrics_addr, "127.0.0.1");
+	cr_expect_str_eq(cfg->metrics_token, "");
+	cr_expect_str_eq(cfg->client_tls_protocols, "TLSv1.2,TLSv1.3");
+	cr_expect_null(strstr(cfg->client_tls_ciphers, "RSA:"), "no RSA key exchange by default");
+	cr_expect_null(strstr(cfg->client_tls_ciphers, "CBC"));
+	cr_expect(cfg->server_require_scram);
+	cr_expect_eq(cfg->max_login_connections, 1000);
+	cr_expect_str_eq(cfg->stats_users, "");
+	config_free(cfg);
+}
+
+Test(config, tls_protocol_range)
+{
+	int low = 0, high = 0;
+
+	cr_expect_eq(config_tls_protocol_range("TLSv1.2,TLSv1.3", &low, &high), 0);
+	cr_expect(low == 2 && high == 3);
+	cr_expect_eq(config_tls_protocol_range(" tlsv1.3 ", &low, &high), 0);
+	cr_expect(low == 3 && high == 3);
+	cr_expect_eq(config_tls_protocol_range("TLSv1.2", &low, &high), 0);
+	cr_expect(low == 2 && high == 2);
+	cr_expect_eq(config_tls_protocol_range("TLSv1.1,TLSv1.2", &low, &high), -1, "no TLS 1.1");
+	cr_expect_eq(config_tls_protocol_range("SSLv3", &low, &high), -1);
+	cr_expect_eq(config_tls_protocol_range(",", &low, &high), -1);
+	expect_error("[pgmux]\nclient_tls_protocols = TLSv1.0\n",
+		     "2: [pgmux] client_tls_protocols: expected TLSv1.2, TLSv1.3 or both, separated by a comma");
+	expect_error("[pgmux]\nclient_tls_ciphers = AES128-SHA;x\n",
+		     "2: [pgmux] client_tls_ciphers: is not an OpenSSL cipher list (letters, digits and : - _ + ! @ = , . "
+		     "only)");
+}
+
+Test(config, metrics_token_must_be_long_and_printable_and_is_secret)
+{
+	struct config *cfg;
+
+	expect_error("[pgmux]\nmetrics_token = short\n", "2: [pgmux] metrics_token: must be at least 16 characters long");
+	expect_error("[pgmux]\nmetrics_token = 0123456789abcdef\x01\n",
+		     "2: [pgmux] metrics_token: must be printable ASCII without spaces");
+	cfg = load_ok("[pgmux]\nmetrics_token = 0123456789abcdef\n");
+	cr_expect_str_eq(cfg->metrics_token, "0123456789abcdef");
+	cr_expect(config_option_is_secret(config_find_option("pgmux", "metrics_token")));
+	cr_expect_not(config_option_is_secret(config_find_option("pgmux", "metrics_addr")));
+	config_free(cfg);
+}
+
+Test(config, stats_users_is_a_list_apart_from_admin_users)
+{
+	struct config *cfg = load_ok("[pgmux]\nadmin_users = root\nstats_users = grafana, nagios\n");
+
+	cr_expect(config_is_stats_user(cfg, "grafana"));
+	cr_expect(config_is_stats_user(cfg, "nagios"));
+	cr_expect_not(config_is_stats_user(cfg, "root"));
+	cr_expect_not(config_is_admin(cfg, "grafana"));
+	config_free(cfg);
+}
+
+Test(config, loopback_hosts)
+{
+	cr_expect(config_host_is_loopback("127.0.0.1"));
+	cr_expect(config_host_is_loopback("127.1.2.3"));
+	cr_expect(config_host_is_loopback("::1"));
+	cr_expect(config_host_is_loopback("localhost"));
+	cr_expect_not(config_host_is_loopback("128.0.0.1"));
+	cr_expect_not(config_host_is_loopback("10.0.0.1"));
+	cr_expect_not(config_host_is_loopback("::2"));
+	cr_expect_not(config_host_is_loopback("db.example.com"));
+	cr_expect_not(config_host_is_loopback("localhost.example.com"));
+}

@@ -505,3 +505,33 @@ Test(store, shutdown_empties_store)
 	/* Shutting down twice, or with nothing loaded, is harmless. */
 	secrets_shutdown();
 }
+
+Test(store, group_readable_file_is_loaded_with_warning)
+{
+	const char *log_text;
+
+	write_file("shared.json", "{\"username\": \"shared\", \"password\": \"pw\"}", 0640);
+	cr_assert_eq(reload(), 1);
+	log_text = read_log();
+	cr_assert(strstr(log_text, "shared.json is readable by its group (mode 0640)") != NULL, "%s", log_text);
+}
+
+Test(store, open_directory_is_loaded_with_warning_and_a_private_one_without)
+{
+	const char *log_text;
+
+	write_file("app.json", "{\"username\": \"app\", \"password\": \"pw\"}", 0600);
+	cr_assert_eq(reload(), 1);
+	log_text = read_log();
+	cr_assert_null(strstr(log_text, "directory"), "a 0700 directory is private: %s", log_text);
+	cr_assert_eq(chmod(test_dir, 0755), 0);
+	cr_assert_eq(reload(), 1);
+	log_text = read_log();
+	cr_assert(strstr(log_text, "is open to its group or every user (mode 0755); chmod 700 it") != NULL, "%s",
+		  log_text);
+	cr_assert_eq(chmod(test_dir, 0770), 0);
+	cr_assert_eq(reload(), 1);
+	log_text = read_log();
+	cr_assert(strstr(log_text, "is writable by others than its owner (mode 0770)") != NULL, "%s", log_text);
+	cr_assert_eq(chmod(test_dir, 0700), 0);
+}
