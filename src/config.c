@@ -356,7 +356,8 @@ static const struct config_option option_table[] = {
 		 "from secrets_dir; only this user's password is ever sent for them. "
 		 "Choose an unprivileged role (pg_monitor is enough). Empty means the "
 		 "only user in secrets_dir: with more than one secret, pgmux refuses to "
-		 "start (and a reload is refused) until it is set." },
+		 "start until it is set, and after a reload that adds secrets the checks "
+		 "keep the user they had (an error is logged)." },
 	{ .section = "target", .name = "health_check_database", .type = CONFIG_STRING,
 	  .default_value = "postgres", .reloadable = true,
 	  .offset = FIELD(health_check_database), .min_value = 1,

@@ -442,9 +442,14 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	else
 		log_info("reload: %d secret(s) loaded from %s", n, next->secrets_dir);
 	control_apply_log_settings(next);
-	/* The secrets are in place already; until this is fixed the health checks fail, sending nothing. */
+	/*
+	 * The secrets are in place already. Until this is fixed the health
+	 * checks go on as the user they used so far (the one secret there was;
+	 * see monitor_connect()), or fail, sending nothing, if there was none.
+	 */
 	if (control_health_check_user_problem(next, secrets_count()) != NULL)
-		log_error("reload: %s; health checks fail until it is", control_health_check_user_problem(next, secrets_count()));
+		log_error("reload: %s; health checks keep the user they had, if any, until it is",
+			  control_health_check_user_problem(next, secrets_count()));
 	control_warn_risky_settings(next);
 	/* A CUTOVER TO in memory counts as the running hosts until the file says otherwise. */
 	hosts_changed = !hosts_equal(old->hosts, old->n_hosts, next->hosts, next->n_hosts);

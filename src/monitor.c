@@ -9,6 +9,7 @@
 #include "monitor.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,7 @@
 #include "log.h"
 #include "pgmux.h"
 #include "pool.h"
+#include "proto.h"
 #include "secrets.h"
 #include "server.h"
 #include "util.h"
@@ -268,14 +270,29 @@ static void monitor_on_io(evutil_socket_t fd, short what, void *arg)
 	monitor_wait(m, EV_READ);
 }
 
+/*
+ * The user the health checks logged in as without health_check_user (the
+ * one secret there was). When a reload adds secrets and leaves
+ * health_check_user unset, the checks go on as that user, whose password
+ * already went to these servers, rather than fail and take the writer away;
+ * the reload logged an error. Touched by the monitor thread only.
+ */
+static char implicit_check_user[PROTO_MAX_PARAM_NAME_LEN + 1];
+
 static void monitor_connect(struct monitor_conn *m)
 {
 	const struct config *cfg = config_current();
 	struct secret secret;
 	bool found;
 
-	/* Only health_check_user's password, or the one secret there is, ever goes to a server for a check. */
-	found = cfg->health_check_user[0] ? secrets_find(cfg->health_check_user, &secret) : secrets_find_only(&secret);
+	/* Only health_check_user's password, or the one secret there is (or was), ever goes to a server for a check. */
+	if (cfg->health_check_user[0]) {
+		found = secrets_find(cfg->health_check_user, &secret);
+	} else if ((found = secrets_find_only(&secret))) {
+		snprintf(implicit_check_user, sizeof(implicit_check_user), "%s", secret.username);
+	} else {
+		found = implicit_check_user[0] && secrets_find(implicit_check_user, &secret);
+	}
 	if (!found) {
 		monitor_fail(m, cfg->health_check_user[0] ? "health_check_user has no secret in secrets_dir"
 			     : secrets_count() > 1 ? "health_check_user is not set and secrets_dir holds more than one secret"
