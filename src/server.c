@@ -323,8 +323,9 @@ static void server_connect_poll(struct server *s)
 			 "WHERE p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, "
 			 "'information_schema'::pg_catalog.regnamespace) AND l.lanname NOT IN ('c', 'internal') AND "
 			 "(l.lanname NOT IN ('sql', 'plpgsql') OR p.prosrc ~* "
-			 "'set_config|\\mexecute\\M|\\mset\\M|\\mreset\\M|\\mprepare\\M|\\mdeallocate\\M|"
-			 "\\mlisten\\M|advisory|\\mtemp(orary)?\\M|\\mdiscard\\M|\\mcall\\M|\\mdo\\M'))::int::text",
+			 "'set_config|pg_(try_)?advisory_lock|\\mexecute\\M|(^|;|\\mbegin\\M|\\mthen\\M|\\melse\\M|"
+			 "\\mloop\\M)\\s*(set|reset)\\M|\\mprepare\\M|\\mdeallocate\\M|\\mlisten\\M|"
+			 "\\mtemp(orary)?\\M|\\mdiscard\\M|\\mcall\\M'))::int::text",
 			 server_setup_done, NULL);
 }
 

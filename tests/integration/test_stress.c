@@ -16,8 +16,8 @@
  * transaction, an idle session gets only a batch of Parse, Close and Sync
  * messages (libpq's PQprepare and PQclosePrepared, pgbench's lazy prepare),
  * which pgmux can answer without a backend and prepare on the backend at
- * the statement's first use, under fresh names or names in use (42P05, as
- * PostgreSQL refuses them). A Parse outside a transaction names a valid statement only:
+ * the statement's first use, under names the session does not have (as
+ * drivers do). A Parse outside a transaction names a valid statement only:
  * a syntax error cannot be found without a backend, and a proxy that
  * answers a Parse itself reports it at the first use instead; texts
  * PostgreSQL refuses are Parsed inside transactions.
@@ -468,11 +468,14 @@ static void put_sync(struct step *st)
  * PQprepare (Parse, Sync), PQclosePrepared (Close, Sync) and a driver that
  * prepares several statements at once send. Valid statements only.
  *
- * Sent while every backend is held (st->without_backend), a Parse may name
- * a statement the session has: PostgreSQL refuses it (42P05) after judging
- * the new text, which is valid here, and so does pgmux without a backend.
- * The books (text_of) say "not in use" only when that is sure: a Close
- * clears them only in such a batch, where nothing before it can fail.
+ * Sent while every backend is held (st->without_backend), a Parse names a
+ * statement the session does not have, as drivers do (pgbench's P_n,
+ * psycopg's _pg3_n, asyncpg's __asyncpg_stmt_n__ are fresh names): a name
+ * that may be in use is Closed first in the same batch. PostgreSQL would
+ * refuse a name in use (42P05) at once, but only after judging the new text,
+ * which pgmux leaves to a backend. The books (text_of) say "not in use"
+ * only when that is sure: a Close clears them only in such a batch, where
+ * nothing before it can fail.
  */
 static void gen_prepare_batch(struct rng *r, struct step *st, struct session *s, int table)
 {
@@ -482,7 +485,7 @@ static void gen_prepare_batch(struct rng *r, struct step *st, struct session *s,
 		int name = 1 + (int)rng_below(r, N_OF(names) - 1);
 		bool close = rng_percent(r, 25);
 
-		if (close) {
+		if (close || (st->without_backend && s->text_of[name] >= 0)) {
 			msg_target(&st->bytes, 'C', 'S', names[name]);
 			if (st->without_backend)
 				s->text_of[name] = -1;

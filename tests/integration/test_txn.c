@@ -2664,6 +2664,25 @@ Test(txn_prepare_idle, prepare_is_answered_while_every_backend_is_held)
 	cr_assert_str_eq(v, "2");
 	free(v);
 
+	/* A name in use, while the backend is held: PostgreSQL's 42P05 at once, and the old statement stays. */
+	run_ok(holder, "BEGIN");
+	{
+		long long t0 = h_now_ms();
+		PGresult *r = PQprepare(b, "plus_one", "SELECT $1::int + 1", 0, NULL);
+		const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+		cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "a Parse of a name in use was accepted");
+		cr_assert(state && strcmp(state, "42P05") == 0, "a name in use: %s", PQerrorMessage(b));
+		cr_assert(strstr(PQerrorMessage(b), "prepared statement \"plus_one\" already exists") != NULL, "%s",
+			  PQerrorMessage(b));
+		PQclear(r);
+		cr_assert_lt(h_now_ms() - t0, h_scaled_ms(1000), "the refusal waited for the held backend");
+	}
+	run_ok(holder, "COMMIT");
+	v = exec_prepared_1(b, "plus_one", "9");
+	cr_assert_str_eq(v, "10");
+	free(v);
+
 	/* With the backend free, an unknown text is judged by it: a bad one fails at once, as directly. */
 	{
 		PGresult *r = PQprepare(b, "bad2", "SELEC 2", 0, NULL);
