@@ -37,6 +37,12 @@
 /* Stop reading from the client while this much is queued for its backend. */
 #define CLIENT_SERVER_HIGH_WATER (256 * 1024)
 #define CLIENT_READ_BUDGET (256 * 1024)
+/*
+ * Stop reading from a client while this much output waits for it: one that
+ * sends and never reads (Syncs pgmux answers alone, say) would grow it for
+ * good. Reading resumes once the output has gone (client_flush()).
+ */
+#define CLIENT_OUTPUT_HIGH_WATER (256 * 1024)
 /* Input a client may queue before it has a backend (pipelined early queries). */
 #define CLIENT_EARLY_INPUT_LIMIT (64 * 1024)
 /* Password messages are small; PostgreSQL's own limit for them is similar. */
@@ -112,6 +118,27 @@ static void client_set_state(struct client *c, enum client_state next)
 
 /* ------------------------------------------------------------------ output */
 
+/*
+ * Must pgmux stop reading from c for now? While its own output is not taken,
+ * while its backend's output is full, while a message waits for an earlier
+ * batch's answer, or while max_pending_replies replies are owed to it: each
+ * message it pipelines adds one, and a client that sends them faster than
+ * the backend answers (behind a long statement, say) would grow the queue
+ * without bound. PostgreSQL stops reading a client in the same way, through
+ * TCP, when its own output is full.
+ */
+static bool client_input_blocked(const struct client *c)
+{
+	const struct server *s = c->server;
+
+	if (io_pending_output(&c->io) >= CLIENT_OUTPUT_HIGH_WATER)
+		return true;
+	if (s == NULL)
+		return false;
+	return c->relay_waiting || io_pending_output(&s->io) >= CLIENT_SERVER_HIGH_WATER ||
+	       (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies);
+}
+
 void client_flush(struct client *c)
 {
 	struct server *s = c->server;
@@ -123,6 +150,11 @@ void client_flush(struct client *c)
 		/* Drained: the backend may send again. */
 		if (s && s->state == SERVER_ACTIVE && !s->io.reading)
 			io_want_read(&s->io, true);
+		/* And the client, if its unread output was what stopped it. */
+		if (c->read_paused && !client_input_blocked(c)) {
+			c->read_paused = false;
+			io_want_read(&c->io, true);
+		}
 		break;
 	case IO_AGAIN:
 		break;
@@ -1677,6 +1709,7 @@ static bool client_relay(struct client *c)
 	struct iobuf *in = &c->io.in;
 
 	c->relay_waiting = false;
+	c->replies_full = false;
 	while (iobuf_len(in) > 0) {
 		const uint8_t *p = iobuf_head(in);
 		size_t avail = iobuf_len(in);
@@ -1693,6 +1726,11 @@ static bool client_relay(struct client *c)
 		}
 		if (avail < PROTO_HEADER_LEN)
 			break;
+		/* Until the backend has answered half of them (client_replies_arrived()). */
+		if (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies) {
+			c->replies_full = true;
+			break;
+		}
 		if (!client_check_header(c, p))
 			return false;
 		type = p[0];
@@ -1734,7 +1772,7 @@ static bool client_relay(struct client *c)
 	if (c->state == CLIENT_CLOSED)
 		return false;
 	/* Nothing more is relayed while a message waits: no more is read either. */
-	if (c->server && (c->relay_waiting || io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER)) {
+	if (c->server && (c->replies_full || client_input_blocked(c))) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
@@ -1743,10 +1781,17 @@ static bool client_relay(struct client *c)
 
 void client_replies_arrived(struct client *c)
 {
-	if (!c->relay_waiting || c->state == CLIENT_CLOSED)
+	if (c->state == CLIENT_CLOSED)
 		return;
+	if (!c->relay_waiting) {
+		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
+		if (!c->replies_full || (c->server && c->server->replies.count >
+							     (uint32_t)config_current()->max_pending_replies / 2))
+			return;
+	}
 	/* Try the waiting message again (from the loop, as input left from before). */
 	c->relay_waiting = false;
+	c->replies_full = false;
 	c->read_paused = false;
 	io_want_read(&c->io, true);
 	io_schedule_read(&c->io);
@@ -2068,7 +2113,15 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		return;
 	while (budget > 0 && !c->read_paused && c->io.reading) {
 		size_t before = iobuf_len(&c->io.in);
-		enum io_status st = io_read(&c->io, budget);
+		enum io_status st;
+
+		/* Whoever resumed reading, nothing more is read while it would pile up (see there). */
+		if (client_input_blocked(c) || (c->replies_full && c->server)) {
+			c->read_paused = true;
+			io_want_read(&c->io, false);
+			break;
+		}
+		st = io_read(&c->io, budget);
 
 		if (st == IO_OK) {
 			size_t got = iobuf_len(&c->io.in) - before;

@@ -380,6 +380,16 @@ static const struct config_option option_table[] = {
 		 "server connection. Beyond it the least recently used one is closed on "
 		 "the server, and prepared again, unseen by the client, when a client "
 		 "next needs it. From 1 to 100000." },
+	{ .section = "pool", .name = "max_pending_replies", .type = CONFIG_INT,
+	  .default_value = "8192", .reloadable = true,
+	  .offset = FIELD(max_pending_replies), .min_value = 4096, .max_value = 1000000,
+	  .doc = "With transaction pooling, how many replies pgmux may be waiting for on "
+		 "behalf of one client (each message the client pipelines is one). At the "
+		 "limit pgmux stops reading from that client until its backend has "
+		 "answered half of them, as PostgreSQL's own TCP back-pressure would; "
+		 "nobody else waits. pgmux likewise stops reading from a client that does "
+		 "not read what is sent to it, once 256kB are waiting. From 4096 to "
+		 "1000000." },
 };
 
 #define OPTION_COUNT (sizeof(option_table) / sizeof(option_table[0]))

@@ -89,6 +89,7 @@ struct config {
 	char *init_query;                 /* run once on each new server connection */
 	char *server_reset_query;         /* run when a session-mode client leaves */
 	int max_prepared_statements;      /* per server connection */
+	int max_pending_replies;          /* per client: replies awaited before its reading stops */
 };
 
 enum config_type {

@@ -1,0 +1,419 @@
+/*
+ * test_limits.c: what one client can make pgmux hold is bounded (issue 16).
+ * Each test runs a hostile pattern against a real pgmux in transaction
+ * pooling and checks three things: pgmux's resident memory (VmRSS in
+ * /proc/PID/status) grows by less than a stated bound, a bystander client
+ * keeps getting answers meanwhile, and pgmux is still running at the end.
+ * Where a limit is reached, the client over it must get an error naming the
+ * option that sets it.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static struct pgmux px;
+
+static void fini_kill_leftovers(void)
+{
+	h_teardown();
+}
+
+/*
+ * Trust, no TLS, transaction pooling with two backends and one worker: the
+ * bystander shares the hostile client's event loop, so a worker kept busy by
+ * it would show in the bystander's answers.
+ */
+static void start_limits_pgmux(const char *extra_pool)
+{
+	struct pgmux_options o;
+	char pool[512];
+
+	h_wait_no_app_backends();
+	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\n%s", extra_pool ? extra_pool : "");
+	pgmux_options_default(&o);
+	o.tls = false;
+	o.server_tls = "disable";
+	o.client_auth = "trust";
+	o.pool_mode = "transaction";
+	o.max_connections = 2;
+	o.workers = 1;
+	o.extra_pool = pool;
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+/* pgmux's resident memory in kB (under valgrind, valgrind's, which holds pgmux's heap). */
+static long rss_kb(void)
+{
+	char path[64], *status, *at;
+	long kb = -1;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)px.pid);
+	status = h_read_file(path);
+	at = strstr(status, "VmRSS:");
+	if (at)
+		kb = strtol(at + 6, NULL, 10);
+	free(status);
+	cr_assert(kb > 0, "could not read VmRSS of pgmux (pid %d)", (int)px.pid);
+	return kb;
+}
+
+/* The bound on RSS growth a test states, looser under valgrind (its own bookkeeping grows too). */
+static long rss_bound_kb(long mb)
+{
+	return (h_under_valgrind() ? 3 : 1) * mb * 1024;
+}
+
+/* The bystander must answer a SELECT now. */
+static void bystander_answers(PGconn *bystander, const char *when)
+{
+	char *v = h_query_value(bystander, "select 1");
+
+	if (v == NULL)
+		pgmux_dump_logs(&px);
+	cr_assert(v != NULL && strcmp(v, "1") == 0, "the bystander got no answer %s", when);
+	free(v);
+}
+
+/* ---------------------------------------------------------------- raw bytes */
+
+struct buf {
+	uint8_t *p;
+	size_t len;
+	size_t cap;
+};
+
+static void buf_put(struct buf *b, const void *data, size_t n)
+{
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+
+		while (b->len + n > cap)
+			cap *= 2;
+		b->p = realloc(b->p, cap);
+		cr_assert_not_null(b->p);
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, data, n);
+	b->len += n;
+}
+
+static void buf_u8(struct buf *b, uint8_t v)
+{
+	buf_put(b, &v, 1);
+}
+
+static void buf_u32(struct buf *b, uint32_t v)
+{
+	uint8_t x[4];
+
+	h_put_u32(x, v);
+	buf_put(b, x, 4);
+}
+
+static void buf_str(struct buf *b, const char *s)
+{
+	buf_put(b, s, strlen(s) + 1);
+}
+
+static void msg_query(struct buf *b, const char *sql)
+{
+	buf_u8(b, 'Q');
+	buf_u32(b, (uint32_t)(4 + strlen(sql) + 1));
+	buf_str(b, sql);
+}
+
+/* A Close of the prepared statement name. */
+static void msg_close_statement(struct buf *b, const char *name)
+{
+	buf_u8(b, 'C');
+	buf_u32(b, (uint32_t)(4 + 1 + strlen(name) + 1));
+	buf_u8(b, 'S');
+	buf_str(b, name);
+}
+
+static void send_all(int fd, const void *p, size_t len)
+{
+	cr_assert(h_raw_send(fd, p, len), "could not send %zu bytes to pgmux", len);
+}
+
+/* Log in raw with trust: the socket once ReadyForQuery came. */
+static int raw_session(void)
+{
+	int fd = h_raw_connect(px.port, h_scaled_ms(2000));
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+
+	cr_assert(fd >= 0, "could not connect to pgmux");
+	send_all(fd, buf, len);
+	for (;;) {
+		char type;
+		char *body = NULL;
+		size_t blen;
+		enum h_msg_result r = h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(5000));
+
+		free(body);
+		if (r != H_MSG_OK || type == 'E')
+			pgmux_dump_logs(&px);
+		cr_assert(r == H_MSG_OK && type != 'E', "a raw session could not log in");
+		if (type == 'Z')
+			return fd;
+	}
+}
+
+/* ================================================================ replies owed to a client */
+
+TestSuite(limits, .fini = fini_kill_leftovers, .timeout = 240);
+
+/*
+ * Counts the messages of a byte stream read piecewise: the type of each is
+ * noted as its header arrives, its body skipped.
+ */
+struct msg_counter {
+	uint8_t header[5];
+	size_t have;          /* bytes of header seen */
+	uint64_t skip;        /* body bytes still to skip */
+	uint64_t by_type[256];
+	uint64_t total;
+};
+
+static void count_bytes(struct msg_counter *m, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		if (m->skip > 0) {
+			size_t k = n < m->skip ? n : (size_t)m->skip;
+
+			m->skip -= k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		m->header[m->have++] = *p++;
+		n--;
+		if (m->have == 5) {
+			m->by_type[m->header[0]]++;
+			m->total++;
+			m->skip = h_get_u32(m->header + 1) - 4;
+			m->have = 0;
+		}
+	}
+}
+
+/* Read what is there now (non-blocking) into m; false at EOF or error. */
+static bool drain_now(int fd, struct msg_counter *m)
+{
+	uint8_t chunk[65536];
+
+	for (;;) {
+		ssize_t n = recv(fd, chunk, sizeof(chunk), MSG_DONTWAIT);
+
+		if (n > 0) {
+			count_bytes(m, chunk, (size_t)n);
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return true;
+		if (n < 0 && errno == EINTR)
+			continue;
+		return false;
+	}
+}
+
+/*
+ * Issue 16: Close messages sent behind a long statement each queued a reply
+ * entry of ~112 bytes for 8 bytes read, and nothing stopped pgmux reading:
+ * +266 MB after 19 MB sent. Now pgmux stops reading the client at
+ * max_pending_replies, so the client's sends block (as against PostgreSQL
+ * itself), pgmux stays small and the bystander on the same worker is
+ * answered; once the statement ends every Close gets its CloseComplete, in
+ * order, and the session goes on.
+ */
+Test(limits, close_flood_behind_a_sleep_is_back_pressured)
+{
+	const size_t flood_limit = 40u << 20;
+	struct buf chunk = {0};
+	struct msg_counter got = {0};
+	PGconn *bystander;
+	long rss_before, rss_max;
+	size_t sent = 0, closes_sent = 0, chunk_off = 0;
+	long long stalled_since = 0;
+	int fd;
+
+	start_limits_pgmux(NULL);
+	bystander = h_app_session(&px, "disable", NULL);
+	bystander_answers(bystander, "before the flood");
+	fd = raw_session();
+	rss_before = rss_kb();
+	rss_max = rss_before;
+
+	struct buf q = {0};
+	msg_query(&q, "select pg_sleep(3)");
+	send_all(fd, q.p, q.len);
+	free(q.p);
+	/* 8,192 Closes (72 kB) a chunk: a whole number of messages. */
+	for (int i = 0; i < 8192; i++)
+		msg_close_statement(&chunk, "s");
+
+	/* Send until pgmux stops taking them for a second (or 40 MB went, the issue's amount). */
+	while (sent < flood_limit) {
+		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			sent += (size_t)n;
+			chunk_off = (chunk_off + (size_t)n) % chunk.len;
+			stalled_since = 0;
+			continue;
+		}
+		cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR),
+			  "pgmux closed the connection during the flood: %s", strerror(errno));
+		if (stalled_since == 0)
+			stalled_since = h_now_ms();
+		else if (h_now_ms() - stalled_since > 1000)
+			break;
+		long rss = rss_kb();
+		if (rss > rss_max)
+			rss_max = rss;
+		h_sleep_ms(20);
+	}
+	rss_max = rss_kb() > rss_max ? rss_kb() : rss_max;
+	cr_assert_lt(sent, flood_limit, "pgmux read all %zu bytes of Close messages: nothing stopped it", sent);
+	cr_assert_lt(rss_max - rss_before, rss_bound_kb(24),
+		     "pgmux grew by %ld kB for %zu bytes of Close messages (bound %ld kB)", rss_max - rss_before, sent,
+		     rss_bound_kb(24));
+	/* Paused on the hostile client, the worker still serves the bystander. */
+	for (int i = 0; i < 20; i++)
+		bystander_answers(bystander, "while the flood was held back");
+
+	/* Finish the last Close, then every one must be answered, after the statement's own replies. */
+	while (chunk_off != 0) {
+		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			sent += (size_t)n;
+			chunk_off = (chunk_off + (size_t)n) % chunk.len;
+		} else {
+			cr_assert(drain_now(fd, &got), "pgmux closed the connection");
+			h_sleep_ms(5);
+		}
+	}
+	closes_sent = sent / 8;
+	long long deadline = h_now_ms() + h_scaled_ms(60000);
+	while (got.by_type['3'] < closes_sent && h_now_ms() < deadline) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+		(void)poll(&pfd, 1, 100);
+		cr_assert(drain_now(fd, &got), "pgmux closed the connection while answering the Closes");
+	}
+	cr_assert_eq(got.by_type['3'], closes_sent, "%zu Closes sent, %llu CloseComplete received", closes_sent,
+		     (unsigned long long)got.by_type['3']);
+	cr_assert_eq(got.by_type['Z'], 1, "the statement's ReadyForQuery");
+	cr_assert_eq(got.by_type['E'], 0, "no error for a client within its bounds");
+
+	/* The session goes on. */
+	struct buf q2 = {0};
+	char type;
+	char *body = NULL;
+	size_t blen;
+	msg_query(&q2, "select 42");
+	send_all(fd, q2.p, q2.len);
+	free(q2.p);
+	do {
+		free(body);
+		body = NULL;
+		cr_assert_eq(h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(5000)), H_MSG_OK);
+		cr_assert_neq(type, 'E', "select 42 failed after the flood");
+	} while (type != 'Z');
+	free(body);
+	close(fd);
+	free(chunk.p);
+	bystander_answers(bystander, "after the flood");
+	PQfinish(bystander);
+	cr_assert(pgmux_running(&px), "pgmux exited");
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * A client that sends and never reads: Syncs outside a transaction are
+ * answered by pgmux alone (ReadyForQuery), so the answers would pile up in
+ * pgmux. It stops reading the client once 256 kB wait for it.
+ */
+Test(limits, unread_output_stops_reading_the_client)
+{
+	const size_t flood_limit = 40u << 20;
+	struct buf chunk = {0};
+	struct msg_counter got = {0};
+	PGconn *bystander;
+	long rss_before, rss_max;
+	size_t sent = 0, chunk_off = 0;
+	long long stalled_since = 0;
+	int fd;
+
+	start_limits_pgmux(NULL);
+	bystander = h_app_session(&px, "disable", NULL);
+	fd = raw_session();
+	rss_before = rss_max = rss_kb();
+	for (int i = 0; i < 8192; i++) {
+		buf_u8(&chunk, 'S');
+		buf_u32(&chunk, 4);
+	}
+	while (sent < flood_limit) {
+		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			sent += (size_t)n;
+			chunk_off = (chunk_off + (size_t)n) % chunk.len;
+			stalled_since = 0;
+			continue;
+		}
+		cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR),
+			  "pgmux closed the connection during the flood: %s", strerror(errno));
+		if (stalled_since == 0)
+			stalled_since = h_now_ms();
+		else if (h_now_ms() - stalled_since > 1000)
+			break;
+		long rss = rss_kb();
+		if (rss > rss_max)
+			rss_max = rss;
+		h_sleep_ms(20);
+	}
+	rss_max = rss_kb() > rss_max ? rss_kb() : rss_max;
+	cr_assert_lt(sent, flood_limit, "pgmux read all %zu bytes of Syncs from a client that reads nothing", sent);
+	cr_assert_lt(rss_max - rss_before, rss_bound_kb(16), "pgmux grew by %ld kB (bound %ld kB)",
+		     rss_max - rss_before, rss_bound_kb(16));
+	for (int i = 0; i < 20; i++)
+		bystander_answers(bystander, "while the client did not read");
+	/* Reading resumes as the client reads: every Sync is answered. */
+	while (chunk_off != 0) {
+		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			sent += (size_t)n;
+			chunk_off = (chunk_off + (size_t)n) % chunk.len;
+		} else {
+			cr_assert(drain_now(fd, &got), "pgmux closed the connection");
+			h_sleep_ms(5);
+		}
+	}
+	long long deadline = h_now_ms() + h_scaled_ms(60000);
+	while (got.by_type['Z'] < sent / 5 && h_now_ms() < deadline) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+		(void)poll(&pfd, 1, 100);
+		cr_assert(drain_now(fd, &got), "pgmux closed the connection");
+	}
+	cr_assert_eq(got.by_type['Z'], sent / 5, "%zu Syncs sent, %llu ReadyForQuery received", sent / 5,
+		     (unsigned long long)got.by_type['Z']);
+	close(fd);
+	free(chunk.p);
+	bystander_answers(bystander, "after the flood");
+	PQfinish(bystander);
+	cr_assert(pgmux_running(&px), "pgmux exited");
+	h_stop_expect_clean_exit(&px);
+}
