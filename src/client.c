@@ -960,6 +960,16 @@ static bool client_discard_batch(struct client *c)
 		uint32_t mlen;
 		uint8_t type;
 
+		/* The rest of a message dropped as it arrives, rather than held whole. */
+		if (c->ignore_remaining > 0) {
+			size_t n = iobuf_len(in) < c->ignore_remaining ? iobuf_len(in) : c->ignore_remaining;
+
+			iobuf_consume(in, n);
+			c->ignore_remaining -= (uint32_t)n;
+			if (c->ignore_remaining > 0)
+				return false;
+			continue;
+		}
 		if (iobuf_len(in) < PROTO_HEADER_LEN)
 			return false;
 		type = p[0];
@@ -970,13 +980,15 @@ static bool client_discard_batch(struct client *c)
 		if (!client_check_header(c, p))
 			return false;
 		mlen = get_u32(p + 1);
+		if (type != FE_SYNC && type != FE_QUERY) {
+			c->ignore_remaining = 1 + mlen;
+			continue;
+		}
 		if (iobuf_len(in) < 1 + (size_t)mlen)
 			return false;
 		iobuf_consume(in, 1 + (size_t)mlen);
-		if (type == FE_SYNC || type == FE_QUERY) {
-			c->discard_until_sync = false;
-			proto_put_ready(&c->io.out, 'I');
-		}
+		c->discard_until_sync = false;
+		proto_put_ready(&c->io.out, 'I');
 	}
 	return true;
 }
@@ -1639,9 +1651,22 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 }
 
 /*
+ * Does pgmux hold a message of this type whole before it goes on? With
+ * transaction pooling it does for every message it looks inside (see
+ * client_relay()): all but COPY data and a bare Flush.
+ */
+static bool client_holds_whole(const struct client *c, uint8_t type, uint32_t mlen)
+{
+	return c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
+	       type != FE_COPY_DONE && type != FE_COPY_FAIL;
+}
+
+/*
  * Check the header of the client's next message (type, length p[1..4]):
- * false, with c closed and told why, when it is not a frontend message or
- * longer than max_packet_size. Checked before a backend is borrowed for it.
+ * false, with c closed and told why, when it is not a frontend message, longer
+ * than max_packet_size, or one pgmux must hold whole (client_holds_whole())
+ * longer than max_buffered_message_size. Checked before a backend is
+ * borrowed for it, and before any of it is buffered beyond a read.
  */
 static bool client_check_header(struct client *c, const uint8_t *p)
 {
@@ -1660,6 +1685,13 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
 		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED, "message of %u bytes exceeds max_packet_size (%d bytes)",
 			     mlen - 4, cfg->max_packet_size);
+		return false;
+	}
+	if (mlen - 4 > (uint32_t)cfg->max_buffered_message_size && client_holds_whole(c, p[0], mlen)) {
+		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+			     "message of %u bytes exceeds max_buffered_message_size (%d bytes), the largest message "
+			     "pgmux holds whole with transaction pooling",
+			     mlen - 4, cfg->max_buffered_message_size);
 		return false;
 	}
 	return true;
@@ -1745,8 +1777,7 @@ static bool client_relay(struct client *c)
 		 * refuses it (and skips to the next Sync), and that error must be
 		 * matched with it, not with the next message in the reply queue.
 		 */
-		if (c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
-		    type != FE_COPY_DONE && type != FE_COPY_FAIL) {
+		if (client_holds_whole(c, type, mlen)) {
 			/* pgmux looks inside these: wait for the whole message. */
 			if (avail < 1 + (size_t)mlen)
 				break;

@@ -390,6 +390,14 @@ static const struct config_option option_table[] = {
 		 "nobody else waits. pgmux likewise stops reading from a client that does "
 		 "not read what is sent to it, once 256kB are waiting. From 4096 to "
 		 "1000000." },
+	{ .section = "pool", .name = "max_buffered_message_size", .type = CONFIG_SIZE,
+	  .default_value = "32MB", .reloadable = true,
+	  .offset = FIELD(max_buffered_message_size), .min_value = 1024, .max_value = GIGABYTE,
+	  .doc = "With transaction pooling, the largest message pgmux holds whole before "
+		 "sending it on (a Query or Parse, whose text it reads, and the other "
+		 "extended-protocol messages); COPY data passes through as it arrives, up "
+		 "to max_packet_size. A client that announces a larger message is "
+		 "disconnected with error 54000 naming this option. At least 1kB." },
 };
 
 #define OPTION_COUNT (sizeof(option_table) / sizeof(option_table[0]))

@@ -90,6 +90,7 @@ struct config {
 	char *server_reset_query;         /* run when a session-mode client leaves */
 	int max_prepared_statements;      /* per server connection */
 	int max_pending_replies;          /* per client: replies awaited before its reading stops */
+	int max_buffered_message_size;    /* bytes: a message held whole (transaction pooling) */
 };
 
 enum config_type {

@@ -168,6 +168,35 @@ static int raw_session(void)
 	}
 }
 
+/* The next message must be a FATAL with sqlstate whose text names option; then the connection closes. */
+static void expect_fatal_naming(int fd, const char *sqlstate, const char *option)
+{
+	char type = '?';
+	char *body = NULL;
+	size_t len = 0;
+	enum h_msg_result r;
+
+	/* Replies to what was sent before may come first. */
+	do {
+		free(body);
+		body = NULL;
+		r = h_raw_read_message(fd, &type, &body, &len, h_scaled_ms(5000));
+	} while (r == H_MSG_OK && type != 'E');
+	const char *sev = r == H_MSG_OK ? h_error_field(body, len, 'V') : NULL;
+	const char *code = r == H_MSG_OK ? h_error_field(body, len, 'C') : NULL;
+	const char *msg = r == H_MSG_OK ? h_error_field(body, len, 'M') : NULL;
+	bool ok = sev && code && msg && strcmp(sev, "FATAL") == 0 && strcmp(code, sqlstate) == 0 &&
+		  strstr(msg, option) != NULL;
+
+	if (!ok)
+		pgmux_dump_logs(&px);
+	cr_assert(ok, "expected FATAL %s naming %s, got %s %s: %s", sqlstate, option, sev ? sev : "-",
+		  code ? code : "-", msg ? msg : (r == H_MSG_OK ? "?" : "no message"));
+	free(body);
+	cr_assert(h_raw_wait_closed(fd, h_scaled_ms(3000)), "the connection stayed open after the FATAL");
+	close(fd);
+}
+
 /* ================================================================ replies owed to a client */
 
 TestSuite(limits, .fini = fini_kill_leftovers, .timeout = 240);
@@ -415,5 +444,139 @@ Test(limits, unread_output_stops_reading_the_client)
 	bystander_answers(bystander, "after the flood");
 	PQfinish(bystander);
 	cr_assert(pgmux_running(&px), "pgmux exited");
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ the size of a message held whole */
+
+/* A Query of exactly len bytes of body whose text is "select length('xxx...')" (answer: its length). */
+static size_t msg_query_of_size(struct buf *b, size_t len)
+{
+	const char *head = "select length('", *tail = "')";
+	size_t x = len - strlen(head) - strlen(tail) - 1;
+
+	buf_u8(b, 'Q');
+	buf_u32(b, (uint32_t)(4 + len));
+	buf_put(b, head, strlen(head));
+	for (size_t i = 0; i < x; i++)
+		buf_u8(b, 'x');
+	buf_put(b, tail, strlen(tail));
+	buf_u8(b, 0);
+	return x;
+}
+
+/* Read up to ReadyForQuery; the first DataRow's first column (malloc'd), NULL on an error. */
+static char *raw_read_answer(int fd)
+{
+	char type, *body = NULL, *value = NULL;
+	size_t blen;
+	bool failed = false;
+
+	do {
+		free(body);
+		body = NULL;
+		cr_assert_eq(h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(10000)), H_MSG_OK,
+			     "no answer from pgmux");
+		if (type == 'E')
+			failed = true;
+		if (type == 'D' && value == NULL && blen >= 6) {
+			uint32_t n = h_get_u32(body + 2);
+
+			value = strndup(body + 6, n);
+		}
+	} while (type != 'Z');
+	free(body);
+	if (failed) {
+		free(value);
+		return NULL;
+	}
+	return value;
+}
+
+/*
+ * Issue 16: a 200 MB Query was buffered whole (+338 MB RSS). The default
+ * max_buffered_message_size is now far below PostgreSQL's 1 GB, and a
+ * client that announces more is refused at the header, before pgmux holds
+ * any of it.
+ */
+Test(limits, a_huge_query_is_refused_at_its_header)
+{
+	PGconn *bystander;
+	struct buf b = {0};
+	long rss_before;
+	int fd;
+
+	start_limits_pgmux(NULL);
+	bystander = h_app_session(&px, "disable", NULL);
+	fd = raw_session();
+	rss_before = rss_kb();
+	buf_u8(&b, 'Q');
+	buf_u32(&b, 4 + (200u << 20));
+	for (int i = 0; i < 65536; i++)
+		buf_u8(&b, 'x');
+	send_all(fd, b.p, b.len);
+	free(b.p);
+	expect_fatal_naming(fd, "54000", "max_buffered_message_size");
+	cr_assert_lt(rss_kb() - rss_before, rss_bound_kb(8), "pgmux grew by %ld kB", rss_kb() - rss_before);
+	bystander_answers(bystander, "after the refused message");
+	PQfinish(bystander);
+	cr_assert(pgmux_running(&px), "pgmux exited");
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * The limit is exact, and it applies only to what pgmux holds: a Query of
+ * exactly max_buffered_message_size runs, one byte more is refused, and
+ * COPY data far larger streams through.
+ */
+Test(limits, max_buffered_message_size_is_exact_and_copy_streams)
+{
+	const size_t limit = 256 * 1024;
+	PGconn *bystander, *copier;
+	struct buf b = {0};
+	char want[32], *got;
+	int fd;
+
+	start_limits_pgmux("max_buffered_message_size = 256kB");
+	bystander = h_app_session(&px, "disable", NULL);
+
+	fd = raw_session();
+	snprintf(want, sizeof(want), "%zu", msg_query_of_size(&b, limit));
+	send_all(fd, b.p, b.len);
+	got = raw_read_answer(fd);
+	cr_assert(got && strcmp(got, want) == 0, "a Query of exactly max_buffered_message_size: got %s, want %s",
+		  got ? got : "an error", want);
+	free(got);
+	b.len = 0;
+	msg_query_of_size(&b, limit + 1);
+	send_all(fd, b.p, b.len);
+	expect_fatal_naming(fd, "54000", "max_buffered_message_size");
+	free(b.p);
+	bystander_answers(bystander, "after the refused message");
+
+	/* 4 MB of COPY data in one CopyData message: 16 times the limit, streamed. */
+	copier = h_app_session(&px, "disable", NULL);
+	h_exec_ok(copier, "begin");
+	h_exec_ok(copier, "create temp table big (t text) on commit drop");
+	PGresult *r = PQexec(copier, "copy big from stdin");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "copy: %s", PQerrorMessage(copier));
+	PQclear(r);
+	size_t n = 4u << 20;
+	char *line = malloc(n + 1);
+	memset(line, 'y', n);
+	line[n] = '\n';
+	cr_assert_eq(PQputCopyData(copier, line, (int)n + 1), 1, "%s", PQerrorMessage(copier));
+	free(line);
+	cr_assert_eq(PQputCopyEnd(copier, NULL), 1, "%s", PQerrorMessage(copier));
+	r = PQgetResult(copier);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "copy of 4 MB: %s", PQerrorMessage(copier));
+	PQclear(r);
+	while ((r = PQgetResult(copier)) != NULL)
+		PQclear(r);
+	h_expect_value(copier, "select length(t) from big", "4194304");
+	h_exec_ok(copier, "commit");
+	PQfinish(copier);
+	bystander_answers(bystander, "after the copy");
+	PQfinish(bystander);
 	h_stop_expect_clean_exit(&px);
 }
