@@ -1527,6 +1527,24 @@ static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LE
 }
 
 /*
+ * May c have one more named statement? pgmux keeps each one's text for as
+ * long as the client holds it, so their number is bounded per client
+ * (max_client_prepared_statements); a client over it is told so and closed.
+ */
+static bool client_statement_room(struct client *c)
+{
+	int limit = config_current()->max_client_prepared_statements;
+
+	if (c->stmts.count < (size_t)limit)
+		return true;
+	client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+		     "too many prepared statements: this session holds %d, the limit set by "
+		     "max_client_prepared_statements",
+		     limit);
+	return false;
+}
+
+/*
  * One whole extended-protocol or Query message, with transaction pooling:
  * named statements are rewritten to their server-side names and prepared on
  * this backend when it lacks them, and every reply is announced to the
@@ -1589,6 +1607,10 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			server_parse_taken(s, taken, st);
 			prepared_free(st);
 			return true;
+		}
+		if (!client_statement_room(c)) {
+			prepared_free(st);
+			return true; /* c is closed */
 		}
 		st->sets_session = (effects & CLIENT_SETTINGS_EFFECTS) != 0;
 		strmap_insert(&c->stmts, key, st);
@@ -1786,6 +1808,8 @@ static bool client_relay(struct client *c)
 				c->relay_waiting = true;
 				break;
 			}
+			if (c->state == CLIENT_CLOSED)
+				return false;
 			client_count_message(c, s, type);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			continue;
@@ -1854,6 +1878,7 @@ enum idle_answer {
 	IDLE_NEED_MORE,        /* the message is not all here yet */
 	IDLE_BORROW,           /* it needs a backend */
 	IDLE_BORROW_OR_ANSWER, /* a Parse that a backend should judge, if one can be had now */
+	IDLE_CLOSED,           /* the client was closed (over a limit) */
 };
 
 static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
@@ -1909,6 +1934,10 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
 			prepared_free(st);
 			return IDLE_BORROW_OR_ANSWER;
+		}
+		if (!client_statement_room(c)) {
+			prepared_free(st);
+			return IDLE_CLOSED;
 		}
 		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
 		strmap_insert(&c->stmts, key, st);
@@ -2005,6 +2034,7 @@ static bool client_process_idle(struct client *c)
 	case IDLE_ANSWERED:
 		return true;
 	case IDLE_NEED_MORE:
+	case IDLE_CLOSED:
 		return false;
 	case IDLE_BORROW_OR_ANSWER:
 		return client_borrow_for_parse(c);

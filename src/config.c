@@ -398,6 +398,13 @@ static const struct config_option option_table[] = {
 		 "extended-protocol messages); COPY data passes through as it arrives, up "
 		 "to max_packet_size. A client that announces a larger message is "
 		 "disconnected with error 54000 naming this option. At least 1kB." },
+	{ .section = "pool", .name = "max_client_prepared_statements", .type = CONFIG_INT,
+	  .default_value = "1000", .reloadable = true,
+	  .offset = FIELD(max_client_prepared_statements), .min_value = 1, .max_value = 1000000,
+	  .doc = "With transaction pooling, how many named prepared statements pgmux keeps "
+		 "for one client (their text stays in pgmux while the client holds them, "
+		 "whichever backend serves it). A Parse of one more is refused: the client "
+		 "is disconnected with error 54000 naming this option. From 1 to 1000000." },
 };
 
 #define OPTION_COUNT (sizeof(option_table) / sizeof(option_table[0]))

@@ -91,6 +91,7 @@ struct config {
 	int max_prepared_statements;      /* per server connection */
 	int max_pending_replies;          /* per client: replies awaited before its reading stops */
 	int max_buffered_message_size;    /* bytes: a message held whole (transaction pooling) */
+	int max_client_prepared_statements; /* named statements kept per client */
 };
 
 enum config_type {

@@ -580,3 +580,66 @@ Test(limits, max_buffered_message_size_is_exact_and_copy_streams)
 	PQfinish(bystander);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* ================================================================ named statements per client */
+
+/* A 4 kB statement text, distinct for each i. */
+static void statement_text(char *sql, size_t cap, int i)
+{
+	int n = snprintf(sql, cap, "select %d as n, '", i);
+
+	while ((size_t)n < 4096 - 3 && (size_t)n < cap - 3)
+		sql[n++] = 'z';
+	snprintf(sql + n, cap - (size_t)n, "'");
+}
+
+/*
+ * Issue 16: 30,000 named statements of 4 kB from one client grew pgmux by
+ * 330 MB while the backend kept 100. With max_client_prepared_statements
+ * (default 1000) the Parse of one more is refused with 54000 naming the
+ * option, pgmux stays small, and the bystander does not notice.
+ */
+Test(limits, named_statements_per_client_are_capped)
+{
+	PGconn *bystander, *hoarder;
+	static char sql[4200];
+	char name[32];
+	long rss_before;
+	int i;
+
+	start_limits_pgmux(NULL);
+	bystander = h_app_session(&px, "disable", NULL);
+	hoarder = h_app_session(&px, "disable", NULL);
+	rss_before = rss_kb();
+	for (i = 0; i < 30000; i++) {
+		PGresult *r;
+
+		statement_text(sql, sizeof(sql), i);
+		snprintf(name, sizeof(name), "s%d", i);
+		r = PQprepare(hoarder, name, sql, 0, NULL);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+			cr_assert_eq(i, 1000, "statement %d refused (%s), the limit is 1000", i,
+				     PQresultErrorMessage(r));
+			/* libpq reports a FATAL before the close with the connection's message, without fields. */
+			cr_assert(code == NULL || strcmp(code, "54000") == 0, "SQLSTATE %s", code);
+			cr_assert(strstr(PQerrorMessage(hoarder), "FATAL") &&
+					  strstr(PQerrorMessage(hoarder), "max_client_prepared_statements"),
+				  "message: %s", PQerrorMessage(hoarder));
+			PQclear(r);
+			break;
+		}
+		PQclear(r);
+		if (i % 100 == 0)
+			bystander_answers(bystander, "while a client prepared statements");
+	}
+	cr_assert_eq(i, 1000, "all %d statements were accepted", i);
+	cr_assert_neq(PQstatus(hoarder), CONNECTION_OK, "the client over the limit is disconnected");
+	cr_assert_lt(rss_kb() - rss_before, rss_bound_kb(32), "pgmux grew by %ld kB for 1000 statements of 4 kB",
+		     rss_kb() - rss_before);
+	PQfinish(hoarder);
+	bystander_answers(bystander, "after the client over the limit left");
+	PQfinish(bystander);
+	h_stop_expect_clean_exit(&px);
+}
