@@ -242,7 +242,10 @@ static void server_row(struct server *s, void *arg)
 {
 	struct iobuf *out = arg;
 	struct row r = { .n = 0 };
-	/* A server's pool and target are never freed before exit; its other fields may change under us. */
+	/*
+	 * A server's target is never freed before exit, and its pool not while a
+	 * row is built (server_registry_barrier()); its other fields may change under us.
+	 */
 	struct pool *p = __atomic_load_n(&s->pool, __ATOMIC_RELAXED);
 	enum server_state state = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
 

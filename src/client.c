@@ -291,6 +291,10 @@ void client_close(struct client *c, const char *reason)
 	c->server = NULL;
 	if (s)
 		server_client_gone(s, !c->transaction_mode);
+	if (c->pool) {
+		pool_put(c->pool);
+		c->pool = NULL;
+	}
 	if (c->scram) {
 		scram_server_free(c->scram);
 		c->scram = NULL;

@@ -1441,6 +1441,12 @@ void server_close(struct server *s, const char *reason)
 	}
 }
 
+void server_registry_barrier(void)
+{
+	pthread_mutex_lock(&registry_lock);
+	pthread_mutex_unlock(&registry_lock);
+}
+
 void server_for_each(void (*fn)(struct server *s, void *arg), void *arg)
 {
 	struct list_node *pos;

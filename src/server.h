@@ -205,6 +205,13 @@ void server_free(struct server *s);
 /* Write what the client queued for s; resume the client when it drained. */
 void server_flush(struct server *s);
 
+/*
+ * Wait until no server_for_each() is under way: a pool freed after this
+ * cannot be reached through a server's pool pointer that a SHOW SERVERS row
+ * loaded before the pointer was cleared.
+ */
+void server_registry_barrier(void);
+
 /* Call fn for every backend connection (SHOW SERVERS); fn must only read atomic or fixed fields. */
 void server_for_each(void (*fn)(struct server *s, void *arg), void *arg);
 

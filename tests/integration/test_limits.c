@@ -45,6 +45,7 @@ static void start_limits_pgmux(const char *extra_pool)
 	o.max_connections = 2;
 	o.workers = 1;
 	o.extra_pool = pool;
+	o.admin_users = h_env()->superuser;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 }
 
@@ -640,6 +641,91 @@ Test(limits, named_statements_per_client_are_capped)
 		     rss_kb() - rss_before);
 	PQfinish(hoarder);
 	bystander_answers(bystander, "after the client over the limit left");
+	PQfinish(bystander);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ pools created by logins */
+
+static PGconn *admin_session(void)
+{
+	char *ci = h_conninfo(px.port, h_env()->superuser, h_env()->superpass, "disable", "dbname=pgmux");
+	PGconn *admin = PQconnectdb(ci);
+
+	free(ci);
+	cr_assert_eq(PQstatus(admin), CONNECTION_OK, "admin console: %s", PQerrorMessage(admin));
+	return admin;
+}
+
+/* How many pools SHOW POOLS lists. */
+static int pool_count(PGconn *admin)
+{
+	PGresult *r = PQexec(admin, "SHOW POOLS");
+	int n;
+
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "SHOW POOLS: %s", PQerrorMessage(admin));
+	n = PQntuples(r);
+	PQclear(r);
+	return n;
+}
+
+struct pools_back {
+	PGconn *admin;
+	int want;
+};
+
+static bool pools_back_to(void *arg)
+{
+	struct pools_back *b = arg;
+
+	return pool_count(b->admin) <= b->want;
+}
+
+/*
+ * Issue 16: 300 logins naming made-up databases left 300 pools, never
+ * freed. A pool that no client holds and that has no connection is freed
+ * now: the count of pools comes back to what it was, pgmux stays small, and
+ * the bystander's own pool (it stays logged in) is untouched.
+ */
+Test(limits, pools_of_made_up_databases_are_freed)
+{
+	int logins = h_under_valgrind() ? 60 : 300;
+	PGconn *bystander, *admin;
+	long rss_before;
+	int before;
+
+	start_limits_pgmux(NULL);
+	bystander = h_app_session(&px, "disable", NULL);
+	bystander_answers(bystander, "before the logins");
+	admin = admin_session();
+	before = pool_count(admin);
+	cr_assert_eq(before, 1, "the bystander's pool, and only it, before the logins");
+	rss_before = rss_kb();
+	for (int i = 0; i < logins; i++) {
+		char extra[64];
+		PGconn *conn;
+
+		snprintf(extra, sizeof(extra), "dbname=no_such_db_%d", i);
+		conn = h_connect_app(px.port, "disable", extra);
+		cr_assert_neq(PQstatus(conn), CONNECTION_OK, "a login to a database that does not exist succeeded");
+		cr_assert(strstr(PQerrorMessage(conn), "does not exist"), "login %d: %s", i, PQerrorMessage(conn));
+		PQfinish(conn);
+		if (i % 50 == 0)
+			bystander_answers(bystander, "during the logins");
+	}
+	struct pools_back back = {admin, before};
+	bool freed = h_poll_until(pools_back_to, &back, h_scaled_ms(10000));
+	cr_assert(freed, "%d pools listed %d s after %d failed logins (%d before)", pool_count(admin),
+		  h_scaled_ms(10000) / 1000, logins, before);
+	cr_assert_lt(rss_kb() - rss_before, rss_bound_kb(16), "pgmux grew by %ld kB", rss_kb() - rss_before);
+	/* The bystander's pool is still there and serves it. */
+	bystander_answers(bystander, "after the pools were freed");
+	cr_assert_eq(pool_count(admin), 1);
+	/* A pool freed comes back when a client needs it again. */
+	PGconn *again = h_app_session(&px, "disable", NULL);
+	h_expect_value(again, "select 2", "2");
+	PQfinish(again);
+	PQfinish(admin);
 	PQfinish(bystander);
 	h_stop_expect_clean_exit(&px);
 }
