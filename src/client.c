@@ -1981,6 +1981,36 @@ static bool client_borrow_for_parse(struct client *c)
 	return c->state == CLIENT_ACTIVE;
 }
 
+/*
+ * Is enough of what the idle client sent here to borrow a backend for it?
+ * A backend borrowed for part of a message waits, with every other client
+ * of the pool, for the rest, which a stalled client never sends: two
+ * clients could hold a pool of two that way. So the first message must be
+ * whole (it is held whole anyway, within max_buffered_message_size), and
+ * so must the batch it begins, up to what makes PostgreSQL answer (Sync,
+ * Flush, Query, FunctionCall): before that the client expects nothing
+ * back, so waiting for it costs it nothing. Past CLIENT_EARLY_INPUT_LIMIT
+ * of a batch, though, the backend is borrowed rather than more held.
+ */
+static bool client_batch_ready(const struct client *c)
+{
+	const uint8_t *p = iobuf_head(&c->io.in);
+	size_t avail = iobuf_len(&c->io.in), off = 0;
+
+	while (avail - off >= PROTO_HEADER_LEN) {
+		uint8_t type = p[off];
+		size_t len = 1 + (size_t)get_u32(p + off + 1);
+
+		if (avail - off < len)
+			break;
+		if (type == FE_SYNC || type == FE_FLUSH || type == FE_QUERY || type == FE_FUNCTION_CALL ||
+		    type == FE_TERMINATE)
+			return true;
+		off += len;
+	}
+	return off > 0 && avail >= CLIENT_EARLY_INPUT_LIMIT;
+}
+
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
 static bool client_process_idle(struct client *c)
 {
@@ -2041,10 +2071,15 @@ static bool client_process_idle(struct client *c)
 	case IDLE_CLOSED:
 		return false;
 	case IDLE_BORROW_OR_ANSWER:
+		if (!client_batch_ready(c))
+			return false;
 		return client_borrow_for_parse(c);
 	case IDLE_BORROW:
 		break;
 	}
+	/* Until the batch is here: then it is read again (client_handle_event()). */
+	if (c->transaction_mode && !client_batch_ready(c))
+		return false;
 	client_begin_transaction(c);
 	return c->state == CLIENT_ACTIVE;
 }
