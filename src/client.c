@@ -2125,6 +2125,21 @@ static bool client_process_input(struct client *c)
 	}
 }
 
+/*
+ * Does c hold a backend that waits for it: inside a transaction, or with
+ * part of a message or batch sent, while the backend owes it nothing?
+ */
+static bool client_holds_waiting_backend(const struct client *c)
+{
+	const struct server *s = c->server;
+
+	if (c->state != CLIENT_ACTIVE || c->admin || s == NULL || s->state != SERVER_ACTIVE)
+		return false;
+	if (s->outstanding > 0 || s->replies.count > 0 || s->forward_remaining > 0 || iobuf_len(&s->io.out) > 0)
+		return false; /* the backend is working, or the client is not taking its answer */
+	return s->tx_status != 'I' || s->unsynced || c->forward_remaining > 0 || iobuf_len(&c->io.in) > 0;
+}
+
 void client_janitor(struct client *c, uint64_t now)
 {
 	const struct config *cfg = config_current();
@@ -2135,6 +2150,20 @@ void client_janitor(struct client *c, uint64_t now)
 	    now - c->last_activity_usec >= (uint64_t)cfg->idle_client_timeout_ms * 1000)
 		client_fatal(c, "57P05", "terminating connection due to idle_client_timeout (%d s)",
 			     cfg->idle_client_timeout_ms / 1000);
+	if (c->state == CLIENT_CLOSED || cfg->idle_transaction_timeout_ms <= 0)
+		return;
+	if (!client_holds_waiting_backend(c)) {
+		c->backend_waiting_since_usec = 0;
+		return;
+	}
+	/* Noted at the first check that sees it (so late rather than early), or since the client last sent. */
+	if (c->backend_waiting_since_usec == 0)
+		c->backend_waiting_since_usec = now;
+	uint64_t since = c->backend_waiting_since_usec > c->last_activity_usec ? c->backend_waiting_since_usec
+									      : c->last_activity_usec;
+	if (now - since >= (uint64_t)cfg->idle_transaction_timeout_ms * 1000)
+		client_fatal(c, "25P03", "terminating connection due to idle_transaction_timeout (%d ms)",
+			     cfg->idle_transaction_timeout_ms);
 }
 
 static void client_handle_event(evutil_socket_t fd, short what, struct client *c);

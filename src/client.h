@@ -100,6 +100,7 @@ struct client {
 	bool replies_full;             /* max_pending_replies are owed: reading waits until half are answered */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
+	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
 
 	uint64_t wait_since_usec;      /* when it joined its pool's waiters (pool lock) */
 

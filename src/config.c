@@ -405,6 +405,15 @@ static const struct config_option option_table[] = {
 		 "for one client (their text stays in pgmux while the client holds them, "
 		 "whichever backend serves it). A Parse of one more is refused: the client "
 		 "is disconnected with error 54000 naming this option. From 1 to 1000000." },
+	{ .section = "pool", .name = "idle_transaction_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "0s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(idle_transaction_timeout_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How long a client may hold a server connection while the server waits "
+		 "for it (inside a transaction, or in the middle of a message or batch) "
+		 "before it is closed with a FATAL error (SQLSTATE 25P03), as PgBouncer's "
+		 "option of the same name does; its server connection is closed, which "
+		 "rolls the transaction back, and its slot goes to the next client. A "
+		 "number without a unit is seconds; 0 means never." },
 };
 
 #define OPTION_COUNT (sizeof(option_table) / sizeof(option_table[0]))

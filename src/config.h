@@ -92,6 +92,7 @@ struct config {
 	int max_pending_replies;          /* per client: replies awaited before its reading stops */
 	int max_buffered_message_size;    /* bytes: a message held whole (transaction pooling) */
 	int max_client_prepared_statements; /* named statements kept per client */
+	int idle_transaction_timeout_ms;  /* a backend waiting on its client; 0 = never */
 };
 
 enum config_type {

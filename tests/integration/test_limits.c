@@ -31,7 +31,7 @@ static void fini_kill_leftovers(void)
  * bystander shares the hostile client's event loop, so a worker kept busy by
  * it would show in the bystander's answers.
  */
-static void start_limits_pgmux(const char *extra_pool)
+static void start_limits_pgmux_of(int max_connections, const char *extra_pool)
 {
 	struct pgmux_options o;
 	char pool[512];
@@ -43,11 +43,16 @@ static void start_limits_pgmux(const char *extra_pool)
 	o.server_tls = "disable";
 	o.client_auth = "trust";
 	o.pool_mode = "transaction";
-	o.max_connections = 2;
+	o.max_connections = max_connections;
 	o.workers = 1;
 	o.extra_pool = pool;
 	o.admin_users = h_env()->superuser;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+static void start_limits_pgmux(const char *extra_pool)
+{
+	start_limits_pgmux_of(2, extra_pool);
 }
 
 /* pgmux's resident memory in kB (under valgrind, valgrind's, which holds pgmux's heap). */
@@ -834,5 +839,58 @@ Test(limits, clients_stalled_mid_message_hold_no_backend)
 	}
 	free(q.p);
 	PQfinish(bystander);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ idle_transaction_timeout */
+
+/*
+ * With idle_transaction_timeout, a client that sits inside a transaction
+ * holds its backend only that long: it is closed with FATAL 25P03 naming
+ * the option, its backend closed (rolling the transaction back), and a
+ * client waiting for the only backend gets it. A client whose statement
+ * runs longer than the timeout is not idle and is left alone.
+ */
+Test(limits, idle_transaction_timeout_frees_the_backend)
+{
+	PGconn *idler, *waiter, *busy, *super;
+	long long t0, waited;
+	PGresult *r;
+
+	start_limits_pgmux_of(1, "idle_transaction_timeout = 1s\nconnection_borrow_timeout = 30s");
+	/* A statement longer than the timeout, in a transaction, is work, not idleness. */
+	busy = h_app_session(&px, "disable", NULL);
+	h_exec_ok(busy, "begin");
+	h_exec_ok(busy, "select pg_sleep(2.5)");
+	h_expect_value(busy, "select 'still here'", "still here");
+	h_exec_ok(busy, "commit");
+	PQfinish(busy);
+
+	/* The only backend, held in an open transaction by a client that then says nothing. */
+	idler = h_app_session(&px, "disable", NULL);
+	h_exec_ok(idler, "begin");
+	h_exec_ok(idler, "create temp table left_open (i int)");
+	t0 = h_now_ms();
+	/* Logging in needs a backend: it waits for the idler's. */
+	waiter = h_app_session(&px, "disable", NULL);
+	waited = h_now_ms() - t0;
+	cr_assert_geq(waited, 900, "a backend was free after %lld ms: the idler was closed too early", waited);
+	cr_assert_lt(waited, h_scaled_ms(8000), "the idler held the backend for %lld ms", waited);
+	h_expect_value(waiter, "select 3", "3");
+
+	/* The idler was told why. */
+	r = PQexec(idler, "select 1");
+	cr_assert_neq(PQresultStatus(r), PGRES_TUPLES_OK, "the idle transaction survived the timeout");
+	cr_assert(strstr(PQerrorMessage(idler), "idle_transaction_timeout"), "the idler got: %s",
+		  PQerrorMessage(idler));
+	PQclear(r);
+	/* Its transaction was rolled back with its backend: its temp table is gone. */
+	super = h_connect_super_direct();
+	cr_assert(h_poll_value(super, "select count(*) from pg_class where relname = 'left_open'", "0",
+			       h_scaled_ms(5000)),
+		  "the idle transaction's temp table is still there");
+	PQfinish(super);
+	PQfinish(idler);
+	PQfinish(waiter);
 	h_stop_expect_clean_exit(&px);
 }
