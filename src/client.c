@@ -1999,8 +1999,13 @@ static bool client_batch_ready(const struct client *c)
 
 	while (avail - off >= PROTO_HEADER_LEN) {
 		uint8_t type = p[off];
-		size_t len = 1 + (size_t)get_u32(p + off + 1);
+		uint32_t mlen = get_u32(p + off + 1);
+		size_t len = 1 + (size_t)mlen;
 
+		/* A header pgmux refuses is refused now, where the relay checks it (client_check_header()). */
+		if (!proto_valid_frontend_type(type) || type == FE_PASSWORD || mlen < 4 ||
+		    mlen - 4 > (uint32_t)config_current()->max_buffered_message_size)
+			return true;
 		if (avail - off < len)
 			break;
 		if (type == FE_SYNC || type == FE_FLUSH || type == FE_QUERY || type == FE_FUNCTION_CALL ||
