@@ -383,6 +383,12 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		return;
 	}
 	c->server = NULL;
+	/*
+	 * A client that ends its backends (pg_terminate_backend() of its own, in
+	 * a loop, say) must not end the others' one after another: its next
+	 * backend is a new connection, paid for by its own wait.
+	 */
+	c->fresh_backend = true;
 	client_set_state(c, CLIENT_IDLE);
 	if (c->read_paused) {
 		c->read_paused = false;
@@ -1414,6 +1420,9 @@ static bool client_state_matches(struct client *c, struct server *s)
 static void client_link(struct client *c, struct server *s)
 {
 	struct iobuf sql;
+
+	c->fresh_backend = false;
+	s->served = true;
 
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);

@@ -92,6 +92,8 @@ struct client {
 	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
+	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
+	                                * not one another client just used (pool_borrow()) */
 	char *lost_detail;             /* why, for the DETAIL of the error its next statement gets */
 	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
 	                                * once the client's own statements are on their way */

@@ -435,19 +435,42 @@ static void pool_add_waiter_locked(struct pool *pool, struct client *client)
 #define POOL_LOCAL_WAITER_SCAN 8
 #define POOL_LOCAL_WAITER_MAX_SKIP_USEC 1000
 
-static struct client *pool_pick_waiter_locked(struct pool *pool, const struct worker *w, uint64_t now)
+/*
+ * May waiter c be given s? Not a backend another client used, if c waits for
+ * a new connection (fresh_backend, see pool_borrow()) and one is opening:
+ * that one is its.
+ */
+static bool pool_waiter_takes_locked(const struct pool *pool, const struct client *c, const struct server *s)
 {
-	struct client *oldest = list_entry(pool->waiters.next, struct client, wait_node);
-	struct list_node *pos = oldest->wait_node.next;
-	/* now was read before the lock was taken: the oldest may have joined since. */
-	uint64_t waited = now > oldest->wait_since_usec ? now - oldest->wait_since_usec : 0;
+	return !(c->fresh_backend && s->served && pool->n_connecting > 0);
+}
 
+static struct client *pool_pick_waiter_locked(struct pool *pool, const struct server *s, const struct worker *w,
+					      uint64_t now)
+{
+	struct client *oldest = NULL;
+	struct list_node *pos;
+	uint64_t waited;
+
+	list_for_each(pos, &pool->waiters) {
+		struct client *c = list_entry(pos, struct client, wait_node);
+
+		if (pool_waiter_takes_locked(pool, c, s)) {
+			oldest = c;
+			break;
+		}
+	}
+	if (oldest == NULL)
+		return NULL;
+	pos = oldest->wait_node.next;
+	/* now was read before the lock was taken: the oldest may have joined since. */
+	waited = now > oldest->wait_since_usec ? now - oldest->wait_since_usec : 0;
 	if (w == NULL || oldest->worker == w || waited >= POOL_LOCAL_WAITER_MAX_SKIP_USEC)
 		return oldest;
 	for (int i = 0; i < POOL_LOCAL_WAITER_SCAN && pos != &pool->waiters; i++, pos = pos->next) {
 		struct client *c = list_entry(pos, struct client, wait_node);
 
-		if (c->worker == w)
+		if (c->worker == w && pool_waiter_takes_locked(pool, c, s))
 			return c;
 	}
 	return oldest;
@@ -470,14 +493,24 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 	list_init(&doomed);
 	for (;;) {
 		struct server *detached = NULL, *remote = NULL;
+		bool fresh_only;
 
 		s = NULL;
 		migrate = NULL;
 		pthread_mutex_lock(&pool_lock);
+		/*
+		 * A client whose backend died under it gets a new connection, if
+		 * the cap allows one, rather than the idle backend another client
+		 * just gave back (see client_server_lost()).
+		 */
+		fresh_only = client->fresh_backend && !paused &&
+			     (t = pool_pick_target_locked(pool, error)) != NULL && !t->paused &&
+			     t->n_connections < target_cap_locked(t);
+		*error = NULL;
 		list_for_each_safe(pos, tmp, &pool->idle) {
 			struct server *cand = list_entry(pos, struct server, pool_node);
 
-			if (paused || cand->target->paused)
+			if (paused || cand->target->paused || fresh_only)
 				break;
 			if (!server_usable_locked(cand, pool)) {
 				/*
@@ -531,7 +564,7 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 				pool_add_waiter_locked(pool, client);
 				if (paused || (t && t->paused)) {
 					/* PAUSE: wait like a client of a full pool. */
-				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting) {
+				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting && !fresh_only) {
 					/*
 					 * Connections already opening for the pool, and idle
 					 * ones on their way from another worker, serve its
@@ -708,8 +741,9 @@ void pool_release(struct server *s)
 		pool->n_pinned--;
 	}
 	usable = server_usable_locked(s, pool);
-	if (usable && !paused && !s->target->paused && !list_empty(&pool->waiters)) {
-		waiter = pool_pick_waiter_locked(pool, s->worker, now);
+	if (usable && !paused && !s->target->paused && !list_empty(&pool->waiters))
+		waiter = pool_pick_waiter_locked(pool, s, s->worker, now);
+	if (waiter) {
 		list_del(&waiter->wait_node);
 		pool->n_waiting--;
 		/* A server moves to another worker's loop only detached; on this one it stays. */

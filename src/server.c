@@ -1034,12 +1034,39 @@ enum server_input {
 };
 
 /*
+ * What the end of one backend's session says about its instance. Only
+ * server-wide evidence makes the instance suspect (no new borrows, idle
+ * backends dropped, until the health check says): a PANIC, or a FATAL that
+ * PostgreSQL sends every session at once (57P02, another process crashed)
+ * or that says it takes no sessions (57P03). One session terminated,
+ * 57P01, is what pg_terminate_backend() sends, and a client may do that to
+ * its own backend as often as it likes: it only asks the monitor for a
+ * check now, which a postmaster shutting down (57P01 too) then fails. A
+ * session that sat idle too long says nothing about the instance.
+ */
+enum session_end {
+	SESSION_END_INSTANCE, /* the instance is going or gone: suspect it (0: a close with no FATAL) */
+	SESSION_END_ALONE,    /* this session only: check the instance, do not suspect it */
+	SESSION_END_TIMEOUT,  /* idle_in_transaction_session_timeout and friends */
+};
+
+/* Act on what the end of s's session says about its instance (see enum session_end). */
+static void server_session_ended(struct server *s, enum session_end end)
+{
+	if (end == SESSION_END_INSTANCE)
+		pool_instance_suspect(s->target);
+	else if (end == SESSION_END_ALONE)
+		monitor_check_now(s->target);
+}
+
+/*
  * Is this ErrorResponse one after which the backend closes the connection?
  * If so, *why is "the server ended the session: FATAL: <message> (SQLSTATE
- * <code>)", for the log and the client's DETAIL, and *timeout says whether
- * the session ended only because it sat idle too long (the instance is fine).
+ * <code>)", for the log and the client's DETAIL, and *end what it says about
+ * the instance.
  */
-static bool server_error_ends_session(const uint8_t *body, size_t len, char *why, size_t cap, bool *timeout)
+static bool server_error_ends_session(const uint8_t *body, size_t len, char *why, size_t cap,
+				      enum session_end *end)
 {
 	struct error_fields ef;
 	const char *code;
@@ -1049,7 +1076,13 @@ static bool server_error_ends_session(const uint8_t *body, size_t len, char *why
 		return false;
 	code = ef.sqlstate ? ef.sqlstate : "?";
 	/* idle_in_transaction_session_timeout, idle_session_timeout, transaction_timeout */
-	*timeout = strcmp(code, "25P03") == 0 || strcmp(code, "57P05") == 0 || strcmp(code, "25P04") == 0;
+	if (strcmp(code, "25P03") == 0 || strcmp(code, "57P05") == 0 || strcmp(code, "25P04") == 0)
+		*end = SESSION_END_TIMEOUT;
+	else if (strcmp(ef.severity, "PANIC") == 0 || strcmp(code, SQLSTATE_CRASH_SHUTDOWN) == 0 ||
+		 strcmp(code, SQLSTATE_CANNOT_CONNECT_NOW) == 0)
+		*end = SESSION_END_INSTANCE;
+	else
+		*end = SESSION_END_ALONE;
 	snprintf(why, cap, "the server ended the session: %s: %.200s (SQLSTATE %s)", ef.severity,
 		 ef.message ? ef.message : "", code);
 	return true;
@@ -1097,6 +1130,18 @@ static enum server_input server_process_input(struct server *s)
 		if (!whole) {
 			size_t n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 
+			/*
+			 * A FATAL relayed as it is (session pooling) precedes the close:
+			 * note what it says about the instance, if it came whole.
+			 */
+			if (type == BE_ERROR_RESPONSE && avail >= 1 + (size_t)mlen) {
+				char why[320];
+				enum session_end end;
+
+				if (server_error_ends_session(p + PROTO_HEADER_LEN, mlen - 4, why, sizeof(why), &end))
+					s->session_end = end;
+			}
+
 			iobuf_append(&c->io.out, p, n);
 			iobuf_consume(in, n);
 			s->forward_remaining = (uint32_t)(1 + mlen - n);
@@ -1113,7 +1158,7 @@ static enum server_input server_process_input(struct server *s)
 		const uint8_t *body = p + PROTO_HEADER_LEN;
 		size_t blen = mlen - 4;
 		char reason[320];
-		bool timeout = false;
+		enum session_end end = SESSION_END_ALONE;
 
 		if (type == BE_PARAMETER_STATUS) {
 			struct msg_reader r;
@@ -1132,7 +1177,7 @@ static enum server_input server_process_input(struct server *s)
 			}
 		}
 		if (relaying && type == BE_ERROR_RESPONSE && c->transaction_mode &&
-		    server_error_ends_session(body, blen, reason, sizeof(reason), &timeout)) {
+		    server_error_ends_session(body, blen, reason, sizeof(reason), &end)) {
 			iobuf_consume(in, 1 + (size_t)mlen);
 			/*
 			 * The backend ends its session (terminated, shutting down, an
@@ -1143,8 +1188,7 @@ static enum server_input server_process_input(struct server *s)
 			 * would still go to this backend, which never reads it, and the
 			 * client would wait for its answer for good.
 			 */
-			if (!timeout)
-				pool_instance_suspect(s->target);
+			server_session_ended(s, end);
 			server_close(s, reason);
 			return SERVER_INPUT_GONE;
 		}
@@ -1254,8 +1298,12 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 		}
 		if (st == IO_AGAIN)
 			break;
-		/* EOF or error: a FATAL the server sent before closing is already relayed. */
-		pool_instance_suspect(s->target);
+		/*
+		 * EOF or error: a FATAL the server sent before closing is already
+		 * relayed, and says what this means for the instance; without one,
+		 * the instance is suspect.
+		 */
+		server_session_ended(s, s->session_end);
 		if (st == IO_EOF)
 			server_close(s, "server closed the connection");
 		else {

@@ -89,6 +89,8 @@ struct server {
 	bool counted_migrating;      /* holds one of its pool's n_migrating (pool lock) */
 	bool reading_settings;       /* pgmux's query is the read-back of its client's settings (the
 	                              * client, if still linked, waits in SETUP) */
+	int session_end;             /* what its close will say about its instance: an enum session_end
+	                              * (server.c), from a FATAL relayed before it */
 
 	/* Relay framing. */
 	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
@@ -119,6 +121,7 @@ struct server {
 	bool pinned;               /* served a pinned session: never shared again */
 	bool cancel_sent;          /* a CancelRequest may still be on its way: never shared again */
 	bool pinned_counted;       /* counted in its pool's n_pinned (pool lock) */
+	bool served;               /* has been linked to a client (a fresh one has not; see pool_release()) */
 
 	uint64_t created_usec;
 	uint64_t last_used_usec;
