@@ -626,6 +626,8 @@ static bool admin_extended(struct client *c, uint8_t type, const uint8_t *body, 
 		admin_run(c, a->portal, &result);
 		admin_split_result(&result, &head, &a->described);
 		a->have_described = true;
+		/* Out of memory: what is sent would lack part of it, so nothing is (see iobuf.h). */
+		c->io.out.failed |= result.failed || head.failed || a->described.failed;
 		if (iobuf_len(&head))
 			iobuf_append(&c->io.out, iobuf_head(&head), iobuf_len(&head));
 		else if (iobuf_len(&a->described) && iobuf_head(&a->described)[0] == BE_ERROR_RESPONSE) {
@@ -660,6 +662,7 @@ static bool admin_extended(struct client *c, uint8_t type, const uint8_t *body, 
 		}
 		/* Execute sends no RowDescription of its own. */
 		admin_split_result(&result, &head, &rest);
+		c->io.out.failed |= result.failed || head.failed || rest.failed || a->described.failed;
 		iobuf_append(&c->io.out, iobuf_head(&rest), iobuf_len(&rest));
 		if (iobuf_len(&rest) && iobuf_head(&rest)[0] == BE_ERROR_RESPONSE)
 			a->discard_until_sync = true;

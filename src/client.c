@@ -1307,6 +1307,11 @@ void client_release_server(struct client *c)
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
 		client_settings_sql(c, &sql);
+		if (sql.failed) {
+			iobuf_free(&sql);
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return;
+		}
 		server_run_query(s, (const char *)iobuf_head(&sql), client_settings_read, c);
 		iobuf_free(&sql);
 		return;
@@ -1445,6 +1450,11 @@ static void client_link(struct client *c, struct server *s)
 		iobuf_free(&sql);
 		client_set_state(c, CLIENT_SETUP);
 		client_setup_complete(c);
+		return;
+	}
+	if (sql.failed) {
+		iobuf_free(&sql);
+		client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		return;
 	}
 	client_set_state(c, CLIENT_SETUP);
@@ -1604,6 +1614,10 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		if (name && name[0] && server_parse_unsettled(s, client_stmt_key(name, key), false))
 			return false;
 		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
+		if (name && name[0] && st == NULL && errno == ENOMEM) {
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return true; /* c is closed */
+		}
 		if (st && (e = strmap_find(&c->stmts, key)) != NULL)
 			taken = e->value;
 		/* Has the backend the statement (the one that has the name, if taken) already? */
@@ -1942,8 +1956,12 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
 		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow)
 			return IDLE_BORROW;
-		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL)
-			return IDLE_BORROW;
+		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL) {
+			if (errno != ENOMEM)
+				return IDLE_BORROW;
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return IDLE_CLOSED;
+		}
 		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
 			prepared_free(st);
 			return IDLE_BORROW_OR_ANSWER;
@@ -2120,7 +2138,7 @@ static bool client_process_input(struct client *c)
 		case CLIENT_IDLE:
 			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c)) {
 				/* What pgmux answered alone (client_answer_idle()) goes out once all is read. */
-				if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) > 0)
+				if (c->state == CLIENT_IDLE && (iobuf_len(&c->io.out) > 0 || c->io.out.failed))
 					client_flush(c);
 				return c->state != CLIENT_CLOSED;
 			}
@@ -2215,10 +2233,12 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 		w->scratch_busy = false;
 		c->io.in = own;
 		c->io.in_borrowed = false;
+		if (own.failed)
+			client_close(c, "out of memory for its input");
 	} else if (c->io.in.data && iobuf_len(&c->io.in) == 0) {
 		iobuf_free(&c->io.in);
 	}
-	if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) == 0)
+	if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) == 0 && !c->io.out.failed)
 		iobuf_free(&c->io.out);
 }
 

@@ -1221,8 +1221,10 @@ static enum server_input server_process_input(struct server *s)
 			uint8_t *copy = blen <= sizeof(small) ? small : malloc(blen);
 			bool more;
 
-			if (copy == NULL)
-				abort();
+			if (copy == NULL) {
+				server_close(s, "out of memory");
+				return SERVER_INPUT_GONE;
+			}
 			/* Consume first: the message handler may give s to another worker. */
 			memcpy(copy, body, blen);
 			iobuf_consume(in, 1 + (size_t)mlen);
