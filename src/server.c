@@ -500,15 +500,24 @@ static void reply_pop(struct server *s)
 	s->replies.count--;
 }
 
-static void reply_push(struct server *s, char kind, const char *name)
+/*
+ * False when memory ran out: s's output is then marked failed, so that s is
+ * closed at its next flush, before any reply could be matched with the
+ * wrong message (see iobuf.h); the client gets the error of a lost backend.
+ */
+static bool reply_push(struct server *s, char kind, const char *name)
 {
 	struct reply_queue *q = &s->replies;
 	struct pending_reply *r;
 
 	if (q->count == q->cap) {
 		uint32_t cap = q->cap ? q->cap * 2 : 16;
-		struct pending_reply *items = xmalloc(sizeof(*items) * cap);
+		struct pending_reply *items = malloc(sizeof(*items) * cap);
 
+		if (items == NULL) {
+			s->io.out.failed = true;
+			return false;
+		}
 		/* Unwrap the ring into the new array. */
 		for (uint32_t i = 0; i < q->count; i++)
 			items[i] = q->items[(q->head + i) % q->cap];
@@ -526,6 +535,7 @@ static void reply_push(struct server *s, char kind, const char *name)
 	r->client_name[0] = '\0';
 	r->closed = NULL;
 	q->count++;
+	return true;
 }
 
 /* The entry just pushed (to add details). */
@@ -602,7 +612,8 @@ void server_close_owed(struct server *s, const char *client_name)
 	/* After an error the server skips it: no answer, and the client keeps its statement. */
 	if (s->skipping_until_sync)
 		return;
-	reply_push(s, '3', NULL);
+	if (!reply_push(s, '3', NULL))
+		return;
 	if (c && (e = strmap_find(&c->stmts, client_name)) != NULL) {
 		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
 		reply_back(s)->closed = strmap_delete(&c->stmts, e);
