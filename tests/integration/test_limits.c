@@ -959,7 +959,15 @@ Test(limits, a_client_terminating_its_own_backends_does_not_slow_others)
 
 	cr_assert_geq(before, 3, "the terminating client never got going");
 	cr_assert_geq(during, 10, "the terminating client ended only %d backends while the bystander ran", during);
-	bystander_within_baseline(base, under, "a client terminating its own backends");
+	/*
+	 * Not under valgrind: each new backend connection's SCRAM exchange runs
+	 * in libpq on the worker's loop, which valgrind slows some fifty times,
+	 * so there the terminating client's own connections stall the worker
+	 * whatever the pool does. The bystander must still have been answered
+	 * (bystander_measure() fails otherwise).
+	 */
+	if (!h_under_valgrind())
+		bystander_within_baseline(base, under, "a client terminating its own backends");
 	PQfinish(bystander);
 	cr_assert(pgmux_running(&px), "pgmux exited");
 	h_stop_expect_clean_exit(&px);
