@@ -243,7 +243,10 @@ static void server_row(struct server *s, void *arg)
 {
 	struct iobuf *out = arg;
 	struct row r = { .n = 0 };
-	/* A server's pool and target are never freed before exit; its other fields may change under us. */
+	/*
+	 * A server's target is never freed before exit, and its pool not while a
+	 * row is built (server_registry_barrier()); its other fields may change under us.
+	 */
 	struct pool *p = __atomic_load_n(&s->pool, __ATOMIC_RELAXED);
 	enum server_state state = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
 
@@ -642,6 +645,8 @@ static bool admin_extended(struct client *c, uint8_t type, const uint8_t *body, 
 		admin_run(c, a->portal, &result);
 		admin_split_result(&result, &head, &a->described);
 		a->have_described = true;
+		/* Out of memory: what is sent would lack part of it, so nothing is (see iobuf.h). */
+		c->io.out.failed |= result.failed || head.failed || a->described.failed;
 		if (iobuf_len(&head))
 			iobuf_append(&c->io.out, iobuf_head(&head), iobuf_len(&head));
 		else if (iobuf_len(&a->described) && iobuf_head(&a->described)[0] == BE_ERROR_RESPONSE) {
@@ -676,6 +681,7 @@ static bool admin_extended(struct client *c, uint8_t type, const uint8_t *body, 
 		}
 		/* Execute sends no RowDescription of its own. */
 		admin_split_result(&result, &head, &rest);
+		c->io.out.failed |= result.failed || head.failed || rest.failed || a->described.failed;
 		iobuf_append(&c->io.out, iobuf_head(&rest), iobuf_len(&rest));
 		if (iobuf_len(&rest) && iobuf_head(&rest)[0] == BE_ERROR_RESPONSE)
 			a->discard_until_sync = true;

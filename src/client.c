@@ -37,6 +37,12 @@
 /* Stop reading from the client while this much is queued for its backend. */
 #define CLIENT_SERVER_HIGH_WATER (256 * 1024)
 #define CLIENT_READ_BUDGET (256 * 1024)
+/*
+ * Stop reading from a client while this much output waits for it: one that
+ * sends and never reads (Syncs pgmux answers alone, say) would grow it for
+ * good. Reading resumes once the output has gone (client_flush()).
+ */
+#define CLIENT_OUTPUT_HIGH_WATER (256 * 1024)
 /* Input a client may queue before it has a backend (pipelined early queries). */
 #define CLIENT_EARLY_INPUT_LIMIT (64 * 1024)
 /* Password messages are small; PostgreSQL's own limit for them is similar. */
@@ -120,6 +126,27 @@ static void client_set_state(struct client *c, enum client_state next)
 
 /* ------------------------------------------------------------------ output */
 
+/*
+ * Must pgmux stop reading from c for now? While its own output is not taken,
+ * while its backend's output is full, while a message waits for an earlier
+ * batch's answer, or while max_pending_replies replies are owed to it: each
+ * message it pipelines adds one, and a client that sends them faster than
+ * the backend answers (behind a long statement, say) would grow the queue
+ * without bound. PostgreSQL stops reading a client in the same way, through
+ * TCP, when its own output is full.
+ */
+static bool client_input_blocked(const struct client *c)
+{
+	const struct server *s = c->server;
+
+	if (io_pending_output(&c->io) >= CLIENT_OUTPUT_HIGH_WATER)
+		return true;
+	if (s == NULL)
+		return false;
+	return c->relay_waiting || io_pending_output(&s->io) >= CLIENT_SERVER_HIGH_WATER ||
+	       (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies);
+}
+
 void client_flush(struct client *c)
 {
 	struct server *s = c->server;
@@ -131,6 +158,11 @@ void client_flush(struct client *c)
 		/* Drained: the backend may send again. */
 		if (s && s->state == SERVER_ACTIVE && !s->io.reading)
 			io_want_read(&s->io, true);
+		/* And the client, if its unread output was what stopped it. */
+		if (c->read_paused && !client_input_blocked(c)) {
+			c->read_paused = false;
+			io_want_read(&c->io, true);
+		}
 		break;
 	case IO_AGAIN:
 		break;
@@ -273,6 +305,10 @@ void client_close(struct client *c, const char *reason)
 	c->server = NULL;
 	if (s)
 		server_client_gone(s, !c->transaction_mode);
+	if (c->pool) {
+		pool_put(c->pool);
+		c->pool = NULL;
+	}
 	if (c->scram) {
 		scram_server_free(c->scram);
 		c->scram = NULL;
@@ -361,6 +397,12 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		return;
 	}
 	c->server = NULL;
+	/*
+	 * A client that ends its backends (pg_terminate_backend() of its own, in
+	 * a loop, say) must not end the others' one after another: its next
+	 * backend is a new connection, paid for by its own wait.
+	 */
+	c->fresh_backend = true;
 	client_set_state(c, CLIENT_IDLE);
 	if (c->read_paused) {
 		c->read_paused = false;
@@ -967,6 +1009,16 @@ static bool client_discard_batch(struct client *c)
 		uint32_t mlen;
 		uint8_t type;
 
+		/* The rest of a message dropped as it arrives, rather than held whole. */
+		if (c->ignore_remaining > 0) {
+			size_t n = iobuf_len(in) < c->ignore_remaining ? iobuf_len(in) : c->ignore_remaining;
+
+			iobuf_consume(in, n);
+			c->ignore_remaining -= (uint32_t)n;
+			if (c->ignore_remaining > 0)
+				return false;
+			continue;
+		}
 		if (iobuf_len(in) < PROTO_HEADER_LEN)
 			return false;
 		type = p[0];
@@ -977,13 +1029,15 @@ static bool client_discard_batch(struct client *c)
 		if (!client_check_header(c, p))
 			return false;
 		mlen = get_u32(p + 1);
+		if (type != FE_SYNC && type != FE_QUERY) {
+			c->ignore_remaining = 1 + mlen;
+			continue;
+		}
 		if (iobuf_len(in) < 1 + (size_t)mlen)
 			return false;
 		iobuf_consume(in, 1 + (size_t)mlen);
-		if (type == FE_SYNC || type == FE_QUERY) {
-			c->discard_until_sync = false;
-			proto_put_ready(&c->io.out, 'I');
-		}
+		c->discard_until_sync = false;
+		proto_put_ready(&c->io.out, 'I');
 	}
 	return true;
 }
@@ -1374,6 +1428,11 @@ void client_release_server(struct client *c)
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
 		client_settings_sql(c, &sql, verify);
+		if (sql.failed) {
+			iobuf_free(&sql);
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return;
+		}
 		server_run_query(s, (const char *)iobuf_head(&sql), client_settings_read, c);
 		iobuf_free(&sql);
 		return;
@@ -1488,6 +1547,9 @@ static void client_link(struct client *c, struct server *s)
 {
 	struct iobuf sql;
 
+	c->fresh_backend = false;
+	s->served = true;
+
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
 	c->server = s;
@@ -1509,6 +1571,11 @@ static void client_link(struct client *c, struct server *s)
 		iobuf_free(&sql);
 		client_set_state(c, CLIENT_SETUP);
 		client_setup_complete(c);
+		return;
+	}
+	if (sql.failed) {
+		iobuf_free(&sql);
+		client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		return;
 	}
 	client_set_state(c, CLIENT_SETUP);
@@ -1612,6 +1679,24 @@ static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LE
 }
 
 /*
+ * May c have one more named statement? pgmux keeps each one's text for as
+ * long as the client holds it, so their number is bounded per client
+ * (max_client_prepared_statements); a client over it is told so and closed.
+ */
+static bool client_statement_room(struct client *c)
+{
+	int limit = config_current()->max_client_prepared_statements;
+
+	if (c->stmts.count < (size_t)limit)
+		return true;
+	client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+		     "too many prepared statements: this session holds %d, the limit set by "
+		     "max_client_prepared_statements",
+		     limit);
+	return false;
+}
+
+/*
  * One whole extended-protocol or Query message, with transaction pooling:
  * named statements are rewritten to their server-side names and prepared on
  * this backend when it lacks them, and every reply is announced to the
@@ -1658,6 +1743,10 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		if (name && name[0] && server_parse_unsettled(s, client_stmt_key(name, key), false))
 			return false;
 		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
+		if (name && name[0] && st == NULL && errno == ENOMEM) {
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return true; /* c is closed */
+		}
 		if (st && (e = strmap_find(&c->stmts, key)) != NULL)
 			taken = e->value;
 		/* Has the backend the statement (the one that has the name, if taken) already? */
@@ -1674,6 +1763,10 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 			server_parse_taken(s, taken, st);
 			prepared_free(st);
 			return true;
+		}
+		if (!client_statement_room(c)) {
+			prepared_free(st);
+			return true; /* c is closed */
 		}
 		st->sets_session = (effects & CLIENT_SETTINGS_EFFECTS) != 0;
 		st->writes = (effects & SQL_EFFECT_WRITE) != 0;
@@ -1742,9 +1835,22 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 }
 
 /*
+ * Does pgmux hold a message of this type whole before it goes on? With
+ * transaction pooling it does for every message it looks inside (see
+ * client_relay()): all but COPY data and a bare Flush.
+ */
+static bool client_holds_whole(const struct client *c, uint8_t type, uint32_t mlen)
+{
+	return c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
+	       type != FE_COPY_DONE && type != FE_COPY_FAIL;
+}
+
+/*
  * Check the header of the client's next message (type, length p[1..4]):
- * false, with c closed and told why, when it is not a frontend message or
- * longer than max_packet_size. Checked before a backend is borrowed for it.
+ * false, with c closed and told why, when it is not a frontend message, longer
+ * than max_packet_size, or one pgmux must hold whole (client_holds_whole())
+ * longer than max_buffered_message_size. Checked before a backend is
+ * borrowed for it, and before any of it is buffered beyond a read.
  */
 static bool client_check_header(struct client *c, const uint8_t *p)
 {
@@ -1763,6 +1869,13 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
 		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED, "message of %u bytes exceeds max_packet_size (%d bytes)",
 			     mlen - 4, cfg->max_packet_size);
+		return false;
+	}
+	if (mlen - 4 > (uint32_t)cfg->max_buffered_message_size && client_holds_whole(c, p[0], mlen)) {
+		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+			     "message of %u bytes exceeds max_buffered_message_size (%d bytes), the largest message "
+			     "pgmux holds whole with transaction pooling",
+			     mlen - 4, cfg->max_buffered_message_size);
 		return false;
 	}
 	return true;
@@ -1812,6 +1925,7 @@ static bool client_relay(struct client *c)
 	struct iobuf *in = &c->io.in;
 
 	c->relay_waiting = false;
+	c->replies_full = false;
 	while (iobuf_len(in) > 0) {
 		const uint8_t *p = iobuf_head(in);
 		size_t avail = iobuf_len(in);
@@ -1828,6 +1942,11 @@ static bool client_relay(struct client *c)
 		}
 		if (avail < PROTO_HEADER_LEN)
 			break;
+		/* Until the backend has answered half of them (client_replies_arrived()). */
+		if (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies) {
+			c->replies_full = true;
+			break;
+		}
 		if (!client_check_header(c, p))
 			return false;
 		type = p[0];
@@ -1842,8 +1961,7 @@ static bool client_relay(struct client *c)
 		 * refuses it (and skips to the next Sync), and that error must be
 		 * matched with it, not with the next message in the reply queue.
 		 */
-		if (c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
-		    type != FE_COPY_DONE && type != FE_COPY_FAIL) {
+		if (client_holds_whole(c, type, mlen)) {
 			/* pgmux looks inside these: wait for the whole message. */
 			if (avail < 1 + (size_t)mlen)
 				break;
@@ -1852,6 +1970,8 @@ static bool client_relay(struct client *c)
 				c->relay_waiting = true;
 				break;
 			}
+			if (c->state == CLIENT_CLOSED)
+				return false;
 			client_count_message(c, s, type);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			continue;
@@ -1869,7 +1989,7 @@ static bool client_relay(struct client *c)
 	if (c->state == CLIENT_CLOSED)
 		return false;
 	/* Nothing more is relayed while a message waits: no more is read either. */
-	if (c->server && (c->relay_waiting || io_pending_output(&c->server->io) >= CLIENT_SERVER_HIGH_WATER)) {
+	if (c->server && (c->replies_full || client_input_blocked(c))) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
@@ -1878,10 +1998,17 @@ static bool client_relay(struct client *c)
 
 void client_replies_arrived(struct client *c)
 {
-	if (!c->relay_waiting || c->state == CLIENT_CLOSED)
+	if (c->state == CLIENT_CLOSED)
 		return;
+	if (!c->relay_waiting) {
+		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
+		if (!c->replies_full || (c->server && c->server->replies.count >
+							     (uint32_t)config_current()->max_pending_replies / 2))
+			return;
+	}
 	/* Try the waiting message again (from the loop, as input left from before). */
 	c->relay_waiting = false;
+	c->replies_full = false;
 	c->read_paused = false;
 	io_want_read(&c->io, true);
 	io_schedule_read(&c->io);
@@ -1913,6 +2040,7 @@ enum idle_answer {
 	IDLE_NEED_MORE,        /* the message is not all here yet */
 	IDLE_BORROW,           /* it needs a backend */
 	IDLE_BORROW_OR_ANSWER, /* a Parse that a backend should judge, if one can be had now */
+	IDLE_CLOSED,           /* the client was closed (over a limit) */
 };
 
 /*
@@ -1998,8 +2126,12 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
 		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow || (scan.effects & SQL_EFFECT_DEFINES_CODE))
 			return IDLE_BORROW;
-		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL)
-			return IDLE_BORROW;
+		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL) {
+			if (errno != ENOMEM)
+				return IDLE_BORROW;
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return IDLE_CLOSED;
+		}
 		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
 			prepared_free(st);
 			return IDLE_BORROW_OR_ANSWER;
@@ -2014,6 +2146,10 @@ static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
 			iobuf_consume(&c->io.in, 1 + (size_t)mlen);
 			c->discard_until_sync = true;
 			return IDLE_ANSWERED;
+		}
+		if (!client_statement_room(c)) {
+			prepared_free(st);
+			return IDLE_CLOSED;
 		}
 		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
 		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
@@ -2052,6 +2188,41 @@ static bool client_borrow_for_parse(struct client *c)
 	}
 	client_borrow_result(c, result, s, error);
 	return c->state == CLIENT_ACTIVE;
+}
+
+/*
+ * Is enough of what the idle client sent here to borrow a backend for it?
+ * A backend borrowed for part of a message waits, with every other client
+ * of the pool, for the rest, which a stalled client never sends: two
+ * clients could hold a pool of two that way. So the first message must be
+ * whole (it is held whole anyway, within max_buffered_message_size), and
+ * so must the batch it begins, up to what makes PostgreSQL answer (Sync,
+ * Flush, Query, FunctionCall): before that the client expects nothing
+ * back, so waiting for it costs it nothing. Past CLIENT_EARLY_INPUT_LIMIT
+ * of a batch, though, the backend is borrowed rather than more held.
+ */
+static bool client_batch_ready(const struct client *c)
+{
+	const uint8_t *p = iobuf_head(&c->io.in);
+	size_t avail = iobuf_len(&c->io.in), off = 0;
+
+	while (avail - off >= PROTO_HEADER_LEN) {
+		uint8_t type = p[off];
+		uint32_t mlen = get_u32(p + off + 1);
+		size_t len = 1 + (size_t)mlen;
+
+		/* A header pgmux refuses is refused now, where the relay checks it (client_check_header()). */
+		if (!proto_valid_frontend_type(type) || type == FE_PASSWORD || mlen < 4 ||
+		    mlen - 4 > (uint32_t)config_current()->max_buffered_message_size)
+			return true;
+		if (avail - off < len)
+			break;
+		if (type == FE_SYNC || type == FE_FLUSH || type == FE_QUERY || type == FE_FUNCTION_CALL ||
+		    type == FE_TERMINATE)
+			return true;
+		off += len;
+	}
+	return off > 0 && avail >= CLIENT_EARLY_INPUT_LIMIT;
 }
 
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
@@ -2111,12 +2282,18 @@ static bool client_process_idle(struct client *c)
 	case IDLE_ANSWERED:
 		return true;
 	case IDLE_NEED_MORE:
+	case IDLE_CLOSED:
 		return false;
 	case IDLE_BORROW_OR_ANSWER:
+		if (!client_batch_ready(c))
+			return false;
 		return client_borrow_for_parse(c);
 	case IDLE_BORROW:
 		break;
 	}
+	/* Until the batch is here: then it is read again (client_handle_event()). */
+	if (c->transaction_mode && !client_batch_ready(c))
+		return false;
 	client_begin_transaction(c);
 	return c->state == CLIENT_ACTIVE;
 }
@@ -2143,7 +2320,7 @@ static bool client_process_input(struct client *c)
 		case CLIENT_IDLE:
 			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c)) {
 				/* What pgmux answered alone (client_answer_idle()) goes out once all is read. */
-				if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) > 0)
+				if (c->state == CLIENT_IDLE && (iobuf_len(&c->io.out) > 0 || c->io.out.failed))
 					client_flush(c);
 				return c->state != CLIENT_CLOSED;
 			}
@@ -2162,6 +2339,21 @@ static bool client_process_input(struct client *c)
 	}
 }
 
+/*
+ * Does c hold a backend that waits for it: inside a transaction, or with
+ * part of a message or batch sent, while the backend owes it nothing?
+ */
+static bool client_holds_waiting_backend(const struct client *c)
+{
+	const struct server *s = c->server;
+
+	if (c->state != CLIENT_ACTIVE || c->admin || s == NULL || s->state != SERVER_ACTIVE)
+		return false;
+	if (s->outstanding > 0 || s->replies.count > 0 || s->forward_remaining > 0 || iobuf_len(&s->io.out) > 0)
+		return false; /* the backend is working, or the client is not taking its answer */
+	return s->tx_status != 'I' || s->unsynced || c->forward_remaining > 0 || iobuf_len(&c->io.in) > 0;
+}
+
 void client_janitor(struct client *c, uint64_t now)
 {
 	const struct config *cfg = config_current();
@@ -2172,6 +2364,20 @@ void client_janitor(struct client *c, uint64_t now)
 	    now - c->last_activity_usec >= (uint64_t)cfg->idle_client_timeout_ms * 1000)
 		client_fatal(c, "57P05", "terminating connection due to idle_client_timeout (%d s)",
 			     cfg->idle_client_timeout_ms / 1000);
+	if (c->state == CLIENT_CLOSED || cfg->idle_transaction_timeout_ms <= 0)
+		return;
+	if (!client_holds_waiting_backend(c)) {
+		c->backend_waiting_since_usec = 0;
+		return;
+	}
+	/* Noted at the first check that sees it (so late rather than early), or since the client last sent. */
+	if (c->backend_waiting_since_usec == 0)
+		c->backend_waiting_since_usec = now;
+	uint64_t since = c->backend_waiting_since_usec > c->last_activity_usec ? c->backend_waiting_since_usec
+									      : c->last_activity_usec;
+	if (now - since >= (uint64_t)cfg->idle_transaction_timeout_ms * 1000)
+		client_fatal(c, "25P03", "terminating connection due to idle_transaction_timeout (%d ms)",
+			     cfg->idle_transaction_timeout_ms);
 }
 
 static void client_handle_event(evutil_socket_t fd, short what, struct client *c);
@@ -2209,10 +2415,12 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 		w->scratch_busy = false;
 		c->io.in = own;
 		c->io.in_borrowed = false;
+		if (own.failed)
+			client_close(c, "out of memory for its input");
 	} else if (c->io.in.data && iobuf_len(&c->io.in) == 0) {
 		iobuf_free(&c->io.in);
 	}
-	if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) == 0)
+	if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) == 0 && !c->io.out.failed)
 		iobuf_free(&c->io.out);
 }
 
@@ -2250,7 +2458,15 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		return;
 	while (budget > 0 && !c->read_paused && c->io.reading) {
 		size_t before = iobuf_len(&c->io.in);
-		enum io_status st = io_read(&c->io, budget);
+		enum io_status st;
+
+		/* Whoever resumed reading, nothing more is read while it would pile up (see there). */
+		if (client_input_blocked(c) || (c->replies_full && c->server)) {
+			c->read_paused = true;
+			io_want_read(&c->io, false);
+			break;
+		}
+		st = io_read(&c->io, budget);
 
 		if (st == IO_OK) {
 			size_t got = iobuf_len(&c->io.in) - before;

@@ -96,13 +96,17 @@ struct client {
 	                                * (keys only; NULL when none): pg_settings does not list them */
 	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
+	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
+	                                * not one another client just used (pool_borrow()) */
 	char *lost_detail;             /* why, for the DETAIL of the error its next statement gets */
 	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
 	                                * once the client's own statements are on their way */
 	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
 	bool relay_waiting;            /* the next message waits for the answer to an earlier batch */
+	bool replies_full;             /* max_pending_replies are owed: reading waits until half are answered */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
+	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
 
 	uint64_t wait_since_usec;      /* when it joined its pool's waiters (pool lock) */
 

@@ -482,6 +482,40 @@ static const struct config_option option_table[] = {
 		 "server connection. Beyond it the least recently used one is closed on "
 		 "the server, and prepared again, unseen by the client, when a client "
 		 "next needs it. From 1 to 100000." },
+	{ .section = "pool", .name = "max_pending_replies", .type = CONFIG_INT,
+	  .default_value = "8192", .reloadable = true,
+	  .offset = FIELD(max_pending_replies), .min_value = 4096, .max_value = 1000000,
+	  .doc = "With transaction pooling, how many replies pgmux may be waiting for on "
+		 "behalf of one client (each message the client pipelines is one). At the "
+		 "limit pgmux stops reading from that client until its backend has "
+		 "answered half of them, as PostgreSQL's own TCP back-pressure would; "
+		 "nobody else waits. pgmux likewise stops reading from a client that does "
+		 "not read what is sent to it, once 256kB are waiting. From 4096 to "
+		 "1000000." },
+	{ .section = "pool", .name = "max_buffered_message_size", .type = CONFIG_SIZE,
+	  .default_value = "32MB", .reloadable = true,
+	  .offset = FIELD(max_buffered_message_size), .min_value = 1024, .max_value = GIGABYTE,
+	  .doc = "With transaction pooling, the largest message pgmux holds whole before "
+		 "sending it on (a Query or Parse, whose text it reads, and the other "
+		 "extended-protocol messages); COPY data passes through as it arrives, up "
+		 "to max_packet_size. A client that announces a larger message is "
+		 "disconnected with error 54000 naming this option. At least 1kB." },
+	{ .section = "pool", .name = "max_client_prepared_statements", .type = CONFIG_INT,
+	  .default_value = "1000", .reloadable = true,
+	  .offset = FIELD(max_client_prepared_statements), .min_value = 1, .max_value = 1000000,
+	  .doc = "With transaction pooling, how many named prepared statements pgmux keeps "
+		 "for one client (their text stays in pgmux while the client holds them, "
+		 "whichever backend serves it). A Parse of one more is refused: the client "
+		 "is disconnected with error 54000 naming this option. From 1 to 1000000." },
+	{ .section = "pool", .name = "idle_transaction_timeout", .type = CONFIG_DURATION_MS,
+	  .default_value = "0s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(idle_transaction_timeout_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How long a client may hold a server connection while the server waits "
+		 "for it (inside a transaction, or in the middle of a message or batch) "
+		 "before it is closed with a FATAL error (SQLSTATE 25P03), as PgBouncer's "
+		 "option of the same name does; its server connection is closed, which "
+		 "rolls the transaction back, and its slot goes to the next client. A "
+		 "number without a unit is seconds; 0 means never." },
 };
 
 #define OPTION_COUNT (sizeof(option_table) / sizeof(option_table[0]))

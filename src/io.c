@@ -122,6 +122,10 @@ enum io_status io_read(struct io *io, size_t limit)
 	if (room == 0)
 		return IO_AGAIN;
 	p = iobuf_reserve(&io->in, room);
+	if (p == NULL) {
+		snprintf(io->error, sizeof(io->error), "out of memory for its input");
+		return IO_ERROR;
+	}
 	if (io->ssl) {
 		int n, err;
 
@@ -179,6 +183,11 @@ enum io_status io_read(struct io *io, size_t limit)
 
 enum io_status io_flush(struct io *io)
 {
+	/* Something meant for the peer was lost: the stream cannot go on. */
+	if (io->out.failed) {
+		snprintf(io->error, sizeof(io->error), "out of memory for its output");
+		return IO_ERROR;
+	}
 	while (iobuf_len(&io->out) > 0) {
 		size_t len = iobuf_len(&io->out);
 

@@ -16,6 +16,7 @@ void iobuf_init(struct iobuf *buf)
 {
 	buf->data = NULL;
 	buf->start = buf->end = buf->cap = 0;
+	buf->failed = false;
 }
 
 void iobuf_free(struct iobuf *buf)
@@ -30,6 +31,8 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
 	size_t need, newcap;
 	uint8_t *p;
 
+	if (buf->failed)
+		return NULL;
 	if (buf->cap - buf->end >= n)
 		return buf->data + buf->end;
 	/* Sliding the unread bytes down may be enough. */
@@ -46,9 +49,15 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
 		return buf->data + buf->end;
 	}
 	need = len + n;
+	if (need < len) {
+		buf->failed = true;
+		return NULL;
+	}
 	newcap = buf->cap ? buf->cap : IOBUF_MIN_CAP;
-	while (newcap < need)
+	while (newcap < need && newcap <= SIZE_MAX / 2)
 		newcap *= 2;
+	if (newcap < need)
+		newcap = need;
 	if (buf->start > 0) {
 		memmove(buf->data, buf->data + buf->start, len);
 		buf->start = 0;
@@ -56,8 +65,9 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
 	}
 	p = realloc(buf->data, newcap);
 	if (p == NULL) {
-		fprintf(stderr, "pgmux: out of memory growing a buffer to %zu bytes\n", newcap);
-		abort();
+		/* The owner closes its connection (see iobuf.h); the process goes on. */
+		buf->failed = true;
+		return NULL;
 	}
 	buf->data = p;
 	buf->cap = newcap;
@@ -66,15 +76,21 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
 
 void iobuf_append(struct iobuf *buf, const void *data, size_t len)
 {
-	if (len == 0)
+	uint8_t *p;
+
+	if (len == 0 || (p = iobuf_reserve(buf, len)) == NULL)
 		return;
-	memcpy(iobuf_reserve(buf, len), data, len);
+	memcpy(p, data, len);
 	buf->end += len;
 }
 
 void iobuf_append_u8(struct iobuf *buf, uint8_t v)
 {
-	*iobuf_reserve(buf, 1) = v;
+	uint8_t *p = iobuf_reserve(buf, 1);
+
+	if (p == NULL)
+		return;
+	*p = v;
 	buf->end += 1;
 }
 
@@ -82,6 +98,8 @@ void iobuf_append_u16(struct iobuf *buf, uint16_t v)
 {
 	uint8_t *p = iobuf_reserve(buf, 2);
 
+	if (p == NULL)
+		return;
 	p[0] = (uint8_t)(v >> 8);
 	p[1] = (uint8_t)v;
 	buf->end += 2;
@@ -89,7 +107,11 @@ void iobuf_append_u16(struct iobuf *buf, uint16_t v)
 
 void iobuf_append_u32(struct iobuf *buf, uint32_t v)
 {
-	put_u32(iobuf_reserve(buf, 4), v);
+	uint8_t *p = iobuf_reserve(buf, 4);
+
+	if (p == NULL)
+		return;
+	put_u32(p, v);
 	buf->end += 4;
 }
 
@@ -108,11 +130,13 @@ void iobuf_consume(struct iobuf *buf, size_t n)
 void iobuf_reset(struct iobuf *buf)
 {
 	buf->start = buf->end = 0;
+	buf->failed = false; /* what it held is discarded anyway */
 }
 
 void iobuf_shrink(struct iobuf *buf)
 {
-	if (buf->start == buf->end && buf->cap > IOBUF_KEEP_CAP) {
+	/* A failed buffer stays failed until its owner has closed the connection. */
+	if (buf->start == buf->end && buf->cap > IOBUF_KEEP_CAP && !buf->failed) {
 		free(buf->data);
 		iobuf_init(buf);
 	}

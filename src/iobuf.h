@@ -2,6 +2,12 @@
  * iobuf.h: a growable byte buffer with a read cursor, used for every socket's
  * input and output queues and for building protocol messages. Bytes live in
  * data[start, end); consuming advances start, appending writes at end.
+ *
+ * Out of memory: a buffer that cannot grow is marked failed, and what is
+ * appended to it from then on is dropped. Its owner closes the one
+ * connection it belongs to (io_read() and io_flush() report it as an error;
+ * a buffer built to be sent is checked before it is used): what a client
+ * makes pgmux buffer never ends the process.
  */
 #ifndef PGMUX_IOBUF_H
 #define PGMUX_IOBUF_H
@@ -15,6 +21,7 @@ struct iobuf {
 	size_t start; /* first unread byte */
 	size_t end;   /* one past the last written byte */
 	size_t cap;
+	bool failed; /* an allocation failed: bytes appended since were dropped */
 };
 
 void iobuf_init(struct iobuf *buf);
@@ -30,7 +37,7 @@ static inline uint8_t *iobuf_head(const struct iobuf *buf)
 	return buf->data + buf->start;
 }
 
-/* Make room for at least n more bytes at the end; returns the write pointer. Aborts on OOM. */
+/* Make room for at least n more bytes at the end; returns the write pointer, or NULL (buf failed) on OOM. */
 uint8_t *iobuf_reserve(struct iobuf *buf, size_t n);
 
 /* Record that n bytes were written at the pointer iobuf_reserve() returned. */
@@ -48,6 +55,7 @@ void iobuf_append_str(struct iobuf *buf, const char *s); /* with its NUL */
 /* Drop n bytes from the front. Resets to empty cheaply when everything is consumed. */
 void iobuf_consume(struct iobuf *buf, size_t n);
 
+/* Empty it (and forget that it failed: what it held is discarded). */
 void iobuf_reset(struct iobuf *buf);
 
 /* Release memory beyond a small floor when the buffer is empty (idle connections stay small). */

@@ -147,6 +147,7 @@ struct pool *pool_get(const char *user, const char *database, enum pool_endpoint
 		if (p->endpoint == endpoint && strcmp(p->user, user) == 0 && strcmp(p->database, database) == 0) {
 			if (password)
 				set_string(&p->password, password);
+			p->n_clients++;
 			pthread_mutex_unlock(&pool_lock);
 			return p;
 		}
@@ -159,10 +160,40 @@ struct pool *pool_get(const char *user, const char *database, enum pool_endpoint
 	list_init(&p->idle);
 	list_init(&p->waiters);
 	strmap_init(&p->known_statements);
+	p->n_clients = 1;
 	list_append(&pools, &p->node);
 	pthread_mutex_unlock(&pool_lock);
 	log_debug("pool %s@%s (%s endpoint) created", user, database, endpoint == ENDPOINT_WRITER ? "writer" : "reader");
 	return p;
+}
+
+void pool_put(struct pool *pool)
+{
+	pthread_mutex_lock(&pool_lock);
+	pool->n_clients--;
+	pthread_mutex_unlock(&pool_lock);
+}
+
+static void pool_free(struct pool *p)
+{
+	free(p->user);
+	free(p->database);
+	if (p->password) {
+		memset(p->password, 0, strlen(p->password));
+		free(p->password);
+	}
+	strmap_clear(&p->known_statements, NULL);
+	free(p);
+}
+
+/*
+ * Nothing refers to p: no client holds it and no server belongs to it (a
+ * server's pool pointer is cleared under the lock, with its slot).
+ */
+static bool pool_unused_locked(const struct pool *p)
+{
+	return p->n_clients == 0 && p->n_connections == 0 && p->n_waiting == 0 && p->n_connecting == 0 &&
+	       p->n_migrating == 0 && p->n_idle == 0 && p->n_active == 0;
 }
 
 /* ------------------------------------------------------------ routing rules */
@@ -404,19 +435,42 @@ static void pool_add_waiter_locked(struct pool *pool, struct client *client)
 #define POOL_LOCAL_WAITER_SCAN 8
 #define POOL_LOCAL_WAITER_MAX_SKIP_USEC 1000
 
-static struct client *pool_pick_waiter_locked(struct pool *pool, const struct worker *w, uint64_t now)
+/*
+ * May waiter c be given s? Not a backend another client used, if c waits for
+ * a new connection (fresh_backend, see pool_borrow()) and one is opening:
+ * that one is its.
+ */
+static bool pool_waiter_takes_locked(const struct pool *pool, const struct client *c, const struct server *s)
 {
-	struct client *oldest = list_entry(pool->waiters.next, struct client, wait_node);
-	struct list_node *pos = oldest->wait_node.next;
-	/* now was read before the lock was taken: the oldest may have joined since. */
-	uint64_t waited = now > oldest->wait_since_usec ? now - oldest->wait_since_usec : 0;
+	return !(c->fresh_backend && s->served && pool->n_connecting > 0);
+}
 
+static struct client *pool_pick_waiter_locked(struct pool *pool, const struct server *s, const struct worker *w,
+					      uint64_t now)
+{
+	struct client *oldest = NULL;
+	struct list_node *pos;
+	uint64_t waited;
+
+	list_for_each(pos, &pool->waiters) {
+		struct client *c = list_entry(pos, struct client, wait_node);
+
+		if (pool_waiter_takes_locked(pool, c, s)) {
+			oldest = c;
+			break;
+		}
+	}
+	if (oldest == NULL)
+		return NULL;
+	pos = oldest->wait_node.next;
+	/* now was read before the lock was taken: the oldest may have joined since. */
+	waited = now > oldest->wait_since_usec ? now - oldest->wait_since_usec : 0;
 	if (w == NULL || oldest->worker == w || waited >= POOL_LOCAL_WAITER_MAX_SKIP_USEC)
 		return oldest;
 	for (int i = 0; i < POOL_LOCAL_WAITER_SCAN && pos != &pool->waiters; i++, pos = pos->next) {
 		struct client *c = list_entry(pos, struct client, wait_node);
 
-		if (c->worker == w)
+		if (c->worker == w && pool_waiter_takes_locked(pool, c, s))
 			return c;
 	}
 	return oldest;
@@ -439,14 +493,24 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 	list_init(&doomed);
 	for (;;) {
 		struct server *detached = NULL, *remote = NULL;
+		bool fresh_only;
 
 		s = NULL;
 		migrate = NULL;
 		pthread_mutex_lock(&pool_lock);
+		/*
+		 * A client whose backend died under it gets a new connection, if
+		 * the cap allows one, rather than the idle backend another client
+		 * just gave back (see client_server_lost()).
+		 */
+		fresh_only = client->fresh_backend && !paused &&
+			     (t = pool_pick_target_locked(pool, error)) != NULL && !t->paused &&
+			     t->n_connections < target_cap_locked(t);
+		*error = NULL;
 		list_for_each_safe(pos, tmp, &pool->idle) {
 			struct server *cand = list_entry(pos, struct server, pool_node);
 
-			if (paused || cand->target->paused)
+			if (paused || cand->target->paused || fresh_only)
 				break;
 			if (!server_usable_locked(cand, pool)) {
 				/*
@@ -500,7 +564,7 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 				pool_add_waiter_locked(pool, client);
 				if (paused || (t && t->paused)) {
 					/* PAUSE: wait like a client of a full pool. */
-				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting) {
+				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting && !fresh_only) {
 					/*
 					 * Connections already opening for the pool, and idle
 					 * ones on their way from another worker, serve its
@@ -677,8 +741,9 @@ void pool_release(struct server *s)
 		pool->n_pinned--;
 	}
 	usable = server_usable_locked(s, pool);
-	if (usable && !paused && !s->target->paused && !list_empty(&pool->waiters)) {
-		waiter = pool_pick_waiter_locked(pool, s->worker, now);
+	if (usable && !paused && !s->target->paused && !list_empty(&pool->waiters))
+		waiter = pool_pick_waiter_locked(pool, s, s->worker, now);
+	if (waiter) {
 		list_del(&waiter->wait_node);
 		pool->n_waiting--;
 		/* A server moves to another worker's loop only detached; on this one it stays. */
@@ -747,8 +812,9 @@ void pool_forget(struct server *s)
 	pthread_mutex_lock(&pool_lock);
 	pool_forget_locked(s);
 	pool_kick_locked(&batch);
-	pthread_mutex_unlock(&pool_lock);
+	/* Under the lock: once its count is 0, no server refers to a pool (pool_unused_locked()). */
 	server_set_pool(s, NULL);
+	pthread_mutex_unlock(&pool_lock);
 	run_connects(&batch);
 }
 
@@ -804,8 +870,8 @@ void pool_connect_failed(struct server *s, const char *sqlstate, const char *mes
 	if (fail_waiters)
 		pool_fail_waiters_locked(pool, sqlstate, message);
 	pool_kick_locked(&batch);
-	pthread_mutex_unlock(&pool_lock);
 	server_set_pool(s, NULL);
+	pthread_mutex_unlock(&pool_lock);
 	run_connects(&batch);
 }
 
@@ -1013,11 +1079,12 @@ void pool_janitor(uint64_t now, struct worker *w)
 {
 	const struct config *cfg = config_current();
 	bool first = workers[0] == w;
-	struct list_node doomed, *pos;
+	struct list_node doomed, unused, *pos, *tmp;
 	struct connect_batch batch;
 
 	batch.n = 0;
 	list_init(&doomed);
+	list_init(&unused);
 	pthread_mutex_lock(&pool_lock);
 	list_for_each(pos, &pools) {
 		struct pool *p = list_entry(pos, struct pool, node);
@@ -1044,6 +1111,19 @@ void pool_janitor(uint64_t now, struct worker *w)
 			list_append(&doomed, &s->pool_node);
 		}
 	}
+	/*
+	 * Free the pools nothing refers to (their last client left, their last
+	 * backend closed, or never opened: a database that does not exist).
+	 * One with min_pool_size backends kept open is never unused.
+	 */
+	list_for_each_safe(pos, tmp, &pools) {
+		struct pool *p = list_entry(pos, struct pool, node);
+
+		if (first && pool_unused_locked(p)) {
+			list_del(&p->node);
+			list_append(&unused, &p->node);
+		}
+	}
 	/* Keep min_pool_size open for each pool that has been used. */
 	list_for_each(pos, &pools) {
 		struct pool *p = list_entry(pos, struct pool, node);
@@ -1058,6 +1138,16 @@ void pool_janitor(uint64_t now, struct worker *w)
 		}
 	}
 	pthread_mutex_unlock(&pool_lock);
+	if (!list_empty(&unused)) {
+		/* SHOW SERVERS reads a server's pool under the registry lock: let a row in progress end. */
+		server_registry_barrier();
+		while ((pos = list_pop_front(&unused)) != NULL) {
+			struct pool *p = list_entry(pos, struct pool, node);
+
+			log_debug("pool %s@%s freed: no client and no connection left", p->user, p->database);
+			pool_free(p);
+		}
+	}
 	close_all(&doomed, "idle too long, too old, beyond the idle cap, or its instance is no longer usable");
 	run_connects(&batch);
 }
@@ -1339,18 +1429,8 @@ void pool_shutdown(void)
 	struct list_node *node;
 
 	pool_close_idle();
-	while ((node = list_pop_front(&pools)) != NULL) {
-		struct pool *p = list_entry(node, struct pool, node);
-
-		free(p->user);
-		free(p->database);
-		if (p->password) {
-			memset(p->password, 0, strlen(p->password));
-			free(p->password);
-		}
-		strmap_clear(&p->known_statements, NULL);
-		free(p);
-	}
+	while ((node = list_pop_front(&pools)) != NULL)
+		pool_free(list_entry(node, struct pool, node));
 	while ((node = list_pop_front(&targets)) != NULL || (node = list_pop_front(&retired_targets)) != NULL) {
 		struct target *t = list_entry(node, struct target, node);
 

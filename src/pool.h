@@ -85,6 +85,7 @@ struct pool {
 	char last_failure[256]; /* why its last new connection failed; "" once one succeeds */
 	int n_pinned;      /* active connections held by pinned (or session-pooled) clients */
 	int n_connections; /* this pool's share of its targets' n_connections */
+	int n_clients;     /* logged-in clients that hold it (pool_get() to pool_put()) */
 	/*
 	 * Server-side names (a hash of text and parameter types) of statements
 	 * a backend of this pool accepted, least recently used last, at most
@@ -126,9 +127,15 @@ enum pool_borrow_result {
 int pool_init(const struct config *cfg);
 void pool_shutdown(void);
 
-/* Find or create the pool for (user, database, endpoint); records password for backend logins. */
+/*
+ * Find or create the pool for (user, database, endpoint); records password
+ * for backend logins. The caller holds the pool until pool_put(): a pool no
+ * client holds and without connections is freed (pool_janitor()), so that
+ * logins naming made-up databases leave nothing behind.
+ */
 struct pool *pool_get(const char *user, const char *database, enum pool_endpoint endpoint,
 		      const char *password);
+void pool_put(struct pool *pool);
 
 /*
  * Called on the client's worker: an idle server of the right instance when

@@ -3,6 +3,7 @@
  */
 #include "prepared.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,8 +43,10 @@ struct prepared_stmt *prepared_from_parse(const uint8_t *body, size_t len, const
 	name = msg_read_str(&r);
 	query = msg_read_str(&r);
 	if (name == NULL || query == NULL || msg_read_i16(&r, &ntypes) != 0 || ntypes < 0 ||
-	    msg_read_bytes(&r, (size_t)ntypes * 4) == NULL || r.pos != len)
+	    msg_read_bytes(&r, (size_t)ntypes * 4) == NULL || r.pos != len) {
+		errno = EINVAL;
 		return NULL;
+	}
 	*client_name = name;
 	/* The query text, its NUL and the parameter types identify the statement. */
 	rest_offset = (size_t)((const uint8_t *)query - body);
@@ -56,7 +59,14 @@ struct prepared_stmt *prepared_from_parse(const uint8_t *body, size_t len, const
 	iobuf_append(&buf, body + rest_offset, len - rest_offset);
 	proto_end(&buf, begin);
 	st->parse_len = iobuf_len(&buf);
-	st->parse = xmalloc(st->parse_len);
+	st->parse = buf.failed ? NULL : malloc(st->parse_len);
+	if (st->parse == NULL) {
+		/* Out of memory: the caller closes the client (see iobuf.h). */
+		iobuf_free(&buf);
+		free(st);
+		errno = ENOMEM;
+		return NULL;
+	}
 	memcpy(st->parse, iobuf_head(&buf), st->parse_len);
 	iobuf_free(&buf);
 	return st;

@@ -30,7 +30,8 @@ struct prepared_stmt {
 
 /*
  * Build a statement from the body of a client's Parse message. *client_name
- * points into body. Returns NULL when the message is malformed.
+ * points into body. Returns NULL when the message is malformed (errno
+ * EINVAL) or memory ran out (errno ENOMEM).
  */
 struct prepared_stmt *prepared_from_parse(const uint8_t *body, size_t len, const char **client_name);
 void prepared_free(void *stmt);

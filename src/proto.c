@@ -361,6 +361,8 @@ void proto_end(struct iobuf *buf, size_t offset)
 {
 	size_t msg_len;
 
+	if (buf->failed)
+		return; /* its owner closes the connection (see iobuf.h) */
 	assert(offset + PROTO_HEADER_LEN <= iobuf_len(buf));
 	/* The length counts itself and the body, not the type byte. */
 	msg_len = iobuf_len(buf) - offset - 1;

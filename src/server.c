@@ -517,15 +517,24 @@ static void reply_pop(struct server *s)
 	s->replies.count--;
 }
 
-static void reply_push(struct server *s, char kind, const char *name)
+/*
+ * False when memory ran out: s's output is then marked failed, so that s is
+ * closed at its next flush, before any reply could be matched with the
+ * wrong message (see iobuf.h); the client gets the error of a lost backend.
+ */
+static bool reply_push(struct server *s, char kind, const char *name)
 {
 	struct reply_queue *q = &s->replies;
 	struct pending_reply *r;
 
 	if (q->count == q->cap) {
 		uint32_t cap = q->cap ? q->cap * 2 : 16;
-		struct pending_reply *items = xmalloc(sizeof(*items) * cap);
+		struct pending_reply *items = malloc(sizeof(*items) * cap);
 
+		if (items == NULL) {
+			s->io.out.failed = true;
+			return false;
+		}
 		/* Unwrap the ring into the new array. */
 		for (uint32_t i = 0; i < q->count; i++)
 			items[i] = q->items[(q->head + i) % q->cap];
@@ -543,6 +552,7 @@ static void reply_push(struct server *s, char kind, const char *name)
 	r->client_name[0] = '\0';
 	r->closed = NULL;
 	q->count++;
+	return true;
 }
 
 /* The entry just pushed (to add details). */
@@ -619,7 +629,8 @@ void server_close_owed(struct server *s, const char *client_name)
 	/* After an error the server skips it: no answer, and the client keeps its statement. */
 	if (s->skipping_until_sync)
 		return;
-	reply_push(s, '3', NULL);
+	if (!reply_push(s, '3', NULL))
+		return;
 	if (c && (e = strmap_find(&c->stmts, client_name)) != NULL) {
 		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
 		reply_back(s)->closed = strmap_delete(&c->stmts, e);
@@ -1051,12 +1062,39 @@ enum server_input {
 };
 
 /*
+ * What the end of one backend's session says about its instance. Only
+ * server-wide evidence makes the instance suspect (no new borrows, idle
+ * backends dropped, until the health check says): a PANIC, or a FATAL that
+ * PostgreSQL sends every session at once (57P02, another process crashed)
+ * or that says it takes no sessions (57P03). One session terminated,
+ * 57P01, is what pg_terminate_backend() sends, and a client may do that to
+ * its own backend as often as it likes: it only asks the monitor for a
+ * check now, which a postmaster shutting down (57P01 too) then fails. A
+ * session that sat idle too long says nothing about the instance.
+ */
+enum session_end {
+	SESSION_END_INSTANCE, /* the instance is going or gone: suspect it (0: a close with no FATAL) */
+	SESSION_END_ALONE,    /* this session only: check the instance, do not suspect it */
+	SESSION_END_TIMEOUT,  /* idle_in_transaction_session_timeout and friends */
+};
+
+/* Act on what the end of s's session says about its instance (see enum session_end). */
+static void server_session_ended(struct server *s, enum session_end end)
+{
+	if (end == SESSION_END_INSTANCE)
+		pool_instance_suspect(s->target);
+	else if (end == SESSION_END_ALONE)
+		monitor_check_now(s->target);
+}
+
+/*
  * Is this ErrorResponse one after which the backend closes the connection?
  * If so, *why is "the server ended the session: FATAL: <message> (SQLSTATE
- * <code>)", for the log and the client's DETAIL, and *timeout says whether
- * the session ended only because it sat idle too long (the instance is fine).
+ * <code>)", for the log and the client's DETAIL, and *end what it says about
+ * the instance.
  */
-static bool server_error_ends_session(const uint8_t *body, size_t len, char *why, size_t cap, bool *timeout)
+static bool server_error_ends_session(const uint8_t *body, size_t len, char *why, size_t cap,
+				      enum session_end *end)
 {
 	struct error_fields ef;
 	const char *code;
@@ -1066,7 +1104,13 @@ static bool server_error_ends_session(const uint8_t *body, size_t len, char *why
 		return false;
 	code = ef.sqlstate ? ef.sqlstate : "?";
 	/* idle_in_transaction_session_timeout, idle_session_timeout, transaction_timeout */
-	*timeout = strcmp(code, "25P03") == 0 || strcmp(code, "57P05") == 0 || strcmp(code, "25P04") == 0;
+	if (strcmp(code, "25P03") == 0 || strcmp(code, "57P05") == 0 || strcmp(code, "25P04") == 0)
+		*end = SESSION_END_TIMEOUT;
+	else if (strcmp(ef.severity, "PANIC") == 0 || strcmp(code, SQLSTATE_CRASH_SHUTDOWN) == 0 ||
+		 strcmp(code, SQLSTATE_CANNOT_CONNECT_NOW) == 0)
+		*end = SESSION_END_INSTANCE;
+	else
+		*end = SESSION_END_ALONE;
 	snprintf(why, cap, "the server ended the session: %s: %.200s (SQLSTATE %s)", ef.severity,
 		 ef.message ? ef.message : "", code);
 	return true;
@@ -1114,6 +1158,18 @@ static enum server_input server_process_input(struct server *s)
 		if (!whole) {
 			size_t n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 
+			/*
+			 * A FATAL relayed as it is (session pooling) precedes the close:
+			 * note what it says about the instance, if it came whole.
+			 */
+			if (type == BE_ERROR_RESPONSE && avail >= 1 + (size_t)mlen) {
+				char why[320];
+				enum session_end end;
+
+				if (server_error_ends_session(p + PROTO_HEADER_LEN, mlen - 4, why, sizeof(why), &end))
+					s->session_end = end;
+			}
+
 			iobuf_append(&c->io.out, p, n);
 			iobuf_consume(in, n);
 			s->forward_remaining = (uint32_t)(1 + mlen - n);
@@ -1130,7 +1186,7 @@ static enum server_input server_process_input(struct server *s)
 		const uint8_t *body = p + PROTO_HEADER_LEN;
 		size_t blen = mlen - 4;
 		char reason[320];
-		bool timeout = false;
+		enum session_end end = SESSION_END_ALONE;
 
 		if (type == BE_PARAMETER_STATUS) {
 			struct msg_reader r;
@@ -1149,7 +1205,7 @@ static enum server_input server_process_input(struct server *s)
 			}
 		}
 		if (relaying && type == BE_ERROR_RESPONSE && c->transaction_mode &&
-		    server_error_ends_session(body, blen, reason, sizeof(reason), &timeout)) {
+		    server_error_ends_session(body, blen, reason, sizeof(reason), &end)) {
 			iobuf_consume(in, 1 + (size_t)mlen);
 			/*
 			 * The backend ends its session (terminated, shutting down, an
@@ -1160,8 +1216,7 @@ static enum server_input server_process_input(struct server *s)
 			 * would still go to this backend, which never reads it, and the
 			 * client would wait for its answer for good.
 			 */
-			if (!timeout)
-				pool_instance_suspect(s->target);
+			server_session_ended(s, end);
 			server_close(s, reason);
 			return SERVER_INPUT_GONE;
 		}
@@ -1194,8 +1249,10 @@ static enum server_input server_process_input(struct server *s)
 			uint8_t *copy = blen <= sizeof(small) ? small : malloc(blen);
 			bool more;
 
-			if (copy == NULL)
-				abort();
+			if (copy == NULL) {
+				server_close(s, "out of memory");
+				return SERVER_INPUT_GONE;
+			}
 			/* Consume first: the message handler may give s to another worker. */
 			memcpy(copy, body, blen);
 			iobuf_consume(in, 1 + (size_t)mlen);
@@ -1271,8 +1328,12 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 		}
 		if (st == IO_AGAIN)
 			break;
-		/* EOF or error: a FATAL the server sent before closing is already relayed. */
-		pool_instance_suspect(s->target);
+		/*
+		 * EOF or error: a FATAL the server sent before closing is already
+		 * relayed, and says what this means for the instance; without one,
+		 * the instance is suspect.
+		 */
+		server_session_ended(s, s->session_end);
 		if (st == IO_EOF)
 			server_close(s, "server closed the connection");
 		else {
@@ -1456,6 +1517,12 @@ void server_close(struct server *s, const char *reason)
 		/* Parked (attached to no loop): no callback can still refer to it. */
 		server_free(s);
 	}
+}
+
+void server_registry_barrier(void)
+{
+	pthread_mutex_lock(&registry_lock);
+	pthread_mutex_unlock(&registry_lock);
 }
 
 void server_for_each(void (*fn)(struct server *s, void *arg), void *arg)

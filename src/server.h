@@ -89,6 +89,8 @@ struct server {
 	bool counted_migrating;      /* holds one of its pool's n_migrating (pool lock) */
 	bool reading_settings;       /* pgmux's query is the read-back of its client's settings (the
 	                              * client, if still linked, waits in SETUP) */
+	int session_end;             /* what its close will say about its instance: an enum session_end
+	                              * (server.c), from a FATAL relayed before it */
 
 	/* Relay framing. */
 	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
@@ -120,6 +122,7 @@ struct server {
 	bool pinned;               /* served a pinned session: never shared again */
 	bool cancel_sent;          /* a CancelRequest may still be on its way: never shared again */
 	bool pinned_counted;       /* counted in its pool's n_pinned (pool lock) */
+	bool served;               /* has been linked to a client (a fresh one has not; see pool_release()) */
 
 	uint64_t created_usec;
 	uint64_t last_used_usec;
@@ -205,6 +208,13 @@ void server_free(struct server *s);
 
 /* Write what the client queued for s; resume the client when it drained. */
 void server_flush(struct server *s);
+
+/*
+ * Wait until no server_for_each() is under way: a pool freed after this
+ * cannot be reached through a server's pool pointer that a SHOW SERVERS row
+ * loaded before the pointer was cleared.
+ */
+void server_registry_barrier(void);
 
 /* Call fn for every backend connection (SHOW SERVERS); fn must only read atomic or fixed fields. */
 void server_for_each(void (*fn)(struct server *s, void *arg), void *arg);

@@ -1002,8 +1002,13 @@ static int cancelled_batch(int *blocker)
 	size_t len;
 
 	*blocker = blocker_begin();
-	/* The unnamed statement: a named one pgmux would prepare without a backend (client_answer_idle()). */
+	/*
+	 * The unnamed statement: a named one pgmux would prepare without a
+	 * backend (client_answer_idle()). The Flush makes it a batch PostgreSQL
+	 * would answer, which pgmux borrows a backend for (client_batch_ready()).
+	 */
 	msg_parse(&m, "", "select 1");
+	msg_raw(&m, 'H', "", 0);
 	send_buf(fd, &m);
 	buf_free(&m);
 	h_sleep_ms(h_scaled_ms(100));

@@ -270,3 +270,23 @@ Test(iobuf, integer_helpers)
 	cr_assert_eq(get_u16(b), 0xfffe);
 	cr_assert_eq(get_u16(b + 2), 0xfdfc);
 }
+
+/* Out of memory marks the buffer failed and drops what is appended; it never aborts (see iobuf.h). */
+Test(iobuf, a_buffer_that_cannot_grow_fails_without_aborting)
+{
+	struct iobuf buf;
+
+	iobuf_init(&buf);
+	iobuf_append_str(&buf, "kept");
+	cr_assert_null(iobuf_reserve(&buf, SIZE_MAX - 16), "an impossible size was reserved");
+	cr_assert(buf.failed);
+	iobuf_append(&buf, "lost", 4);
+	iobuf_append_u8(&buf, 1);
+	iobuf_append_u16(&buf, 2);
+	iobuf_append_u32(&buf, 3);
+	cr_assert_null(iobuf_reserve(&buf, 1), "a failed buffer stays failed");
+	cr_assert_eq(iobuf_len(&buf), 5, "what came before the failure is kept, nothing after");
+	cr_assert_str_eq((const char *)iobuf_head(&buf), "kept");
+	iobuf_free(&buf);
+	cr_assert_not(buf.failed, "a freed buffer is usable again");
+}
