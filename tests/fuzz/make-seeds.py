@@ -113,4 +113,28 @@ put("config", "small", b"\0[pgmux]\nlisten_port = 6432\nclient_auth = md5\nadmin
     b"[target]\nhosts = 10.0.0.1:5432, [::1]:5433, db.example:5432\n[pool]\npool_mode = session\n")
 put("config", "hosts", b"\1db1:5432, db2.example.com:6543 ,[fe80::1]:5432")
 put("config", "bad_hosts", b"\1db1:, :5432,db:99999")
+
+# fuzz_session: client_auth (0 scram-sha-256, 1 md5, 2 trust), then what the client sends.
+SCRAM, MD5, TRUST = b"\0", b"\1", b"\2"
+app = startup_packet(V3, [("user", "app"), ("database", "shop"), ("application_name", "fuzz")])
+admin = startup_packet(V3, [("user", "admin"), ("database", "pgmux")])
+first = "n,,n=,r=" + CLIENT_NONCE
+put("session", "scram", SCRAM + app + msg("p", cstr("SCRAM-SHA-256") + struct.pack(">i", len(first)) + first.encode()) +
+    msg("p", ("c=biws,r=" + CLIENT_NONCE + "x,p=" + base64.b64encode(bytes(32)).decode()).encode()))
+put("session", "md5", MD5 + app + msg("p", cstr("md5" + "0" * 32)))
+put("session", "ssl_then_startup", SCRAM + struct.pack(">II", 8, 80877103) + app)
+put("session", "gss", SCRAM + struct.pack(">II", 8, 80877104))
+put("session", "cancel", SCRAM + struct.pack(">IIII", 16, 80877102, 1, 2))
+put("session", "trust_pool", TRUST + startup_packet(V3, [("user", "app"), ("options", "-c search_path=x --work-mem=1MB")]) +
+    msg("Q", cstr("SELECT 1")))
+put("session", "admin_show", TRUST + admin + msg("Q", cstr("SHOW HELP; SHOW POOLS; SHOW CLIENTS; SHOW SERVERS; "
+                                                             "SHOW TARGETS; SHOW STATS; SHOW CONFIG; SHOW VERSION")))
+put("session", "admin_commands", TRUST + admin + msg("Q", cstr("PAUSE '127.0.0.1:1'; RESUME \"127.0.0.1:1\"; KILL 999999")) +
+    msg("Q", cstr("CUTOVER TO 'db1:5432, db2:5433'; RELOAD; SHOW STATS")) + msg("Q", cstr("SHUTDOWN")))
+put("session", "admin_extended", TRUST + admin + msg("P", cstr("") + cstr("SHOW POOLS") + struct.pack(">h", 0)) +
+    msg("B", cstr("") + cstr("") + struct.pack(">hhh", 0, 0, 0)) + msg("D", b"P" + cstr("")) +
+    msg("E", cstr("") + struct.pack(">i", 0)) + msg("S", b"") +
+    msg("P", cstr("") + cstr("CUTOVER TO 'x:1'") + struct.pack(">h", 0)) +
+    msg("B", cstr("") + cstr("") + struct.pack(">hhh", 0, 0, 0)) + msg("E", cstr("") + struct.pack(">i", 0)) +
+    msg("S", b""))
 sys.exit(0)

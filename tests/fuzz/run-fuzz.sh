@@ -22,6 +22,10 @@ trap 'rm -rf "$WORK"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Stack traces for UBSan reports too; ASan's leak check is on by default.
+UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+export UBSAN_OPTIONS
+
 passed=0
 failed=0
 summary=
