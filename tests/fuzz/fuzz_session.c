@@ -17,9 +17,11 @@
  * that never becomes healthy and ends when its client does.
  *
  * Checks: everything pgmux writes back is a sequence of well-framed backend
- * messages (after the one-byte answers to encryption requests); with SCRAM or
- * MD5 no AuthenticationOk is ever sent, since the harness never gives the
- * password; and the session ends once its client has gone.
+ * messages (after the one-byte answers to encryption requests), with
+ * well-formed ErrorResponses and ReadyForQuery states, and nothing after a
+ * FATAL error; with SCRAM or MD5 no AuthenticationOk is ever sent, since the
+ * harness never gives the password; and the session ends once its client
+ * has gone.
  *
  * worker.c and control.c are included so that the harness can run one
  * worker on its own thread and see the admin console's request queue.
@@ -152,6 +154,7 @@ static void drain(int fd, struct iobuf *out)
 static void check_output(const uint8_t *p, size_t len, size_t answers, bool password_required)
 {
 	size_t pos = 0;
+	bool fatal_seen = false;
 
 	for (size_t i = 0; i < answers && pos < len && (p[pos] == 'N' || p[pos] == 'S'); i++)
 		pos++;
@@ -162,6 +165,18 @@ static void check_output(const uint8_t *p, size_t len, size_t answers, bool pass
 		mlen = get_u32(p + pos + 1);
 		FUZZ_CHECK(proto_valid_backend_type(p[pos]), "message type %d at byte %zu", p[pos], pos);
 		FUZZ_CHECK(mlen >= 4 && mlen <= len - pos - 1, "length %u at byte %zu of %zu", mlen, pos, len);
+		FUZZ_CHECK(!fatal_seen, "a message after a FATAL error, at byte %zu", pos);
+		if (p[pos] == BE_ERROR_RESPONSE) {
+			struct error_fields fields;
+
+			FUZZ_CHECK(proto_parse_error(p + pos + PROTO_HEADER_LEN, mlen - 4, &fields) == 0 &&
+					   fields.severity && fields.sqlstate && strlen(fields.sqlstate) == 5 && fields.message,
+				   "a malformed ErrorResponse at byte %zu", pos);
+			fatal_seen = strcmp(fields.severity, "FATAL") == 0;
+		}
+		if (p[pos] == BE_READY_FOR_QUERY)
+			FUZZ_CHECK(mlen == 5 && (p[pos + 5] == 'I' || p[pos + 5] == 'T' || p[pos + 5] == 'E'),
+				   "ReadyForQuery with status %d", p[pos + 5]);
 		if (p[pos] == BE_AUTHENTICATION) {
 			FUZZ_CHECK(mlen >= 8, "short Authentication message");
 			FUZZ_CHECK(!password_required || get_u32(p + pos + 5) != AUTH_REQ_OK,

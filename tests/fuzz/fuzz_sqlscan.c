@@ -6,8 +6,9 @@
  * read past it. The first input byte picks the flags and tracked list.
  *
  * Checks beyond "no crash": the result is well formed, SQL_SCAN_CARRY_SETS
- * alone decides whether SET_SESSION and custom names can appear, and leading
- * white space (which PostgreSQL's lexer skips) changes nothing.
+ * alone decides whether SET_SESSION and custom names can appear, and neither
+ * leading white space or a comment (which PostgreSQL's lexer skips) nor a
+ * final semicolon changes what is found.
  */
 #include <ctype.h>
 #include <string.h>
@@ -37,6 +38,14 @@ static void check_result(const struct sql_scan_result *r, unsigned flags)
 		for (const char *p = r->custom[i]; *p; p++)
 			FUZZ_CHECK(!isupper((unsigned char)*p), "custom name %s not lower-case", r->custom[i]);
 	}
+}
+
+static void same(const struct sql_scan_result *a, const struct sql_scan_result *b, const char *change)
+{
+	FUZZ_CHECK(a->pin == b->pin && a->effects == b->effects && a->statements == b->statements &&
+			   strcmp(a->pin_detail, b->pin_detail) == 0,
+		   "%s changed the result: pin %d/%d (%s/%s) effects %#x/%#x statements %d/%d", change, (int)a->pin,
+		   (int)b->pin, a->pin_detail, b->pin_detail, a->effects, b->effects, a->statements, b->statements);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -70,15 +79,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sql_scan(text, len, tracked, flags, &first);
 	check_result(&first, flags);
 
-	padded = malloc(len + 2);
-	padded[0] = ' ';
-	padded[1] = '\n';
+	padded = malloc(len + 5);
+	memcpy(padded, " \n", 2);
 	memcpy(padded + 2, text, len);
 	sql_scan(padded, len + 2, tracked, flags, &second);
-	FUZZ_CHECK(first.pin == second.pin && first.effects == second.effects && first.statements == second.statements,
-		   "leading white space changed the result: pin %d/%d effects %#x/%#x statements %d/%d", (int)first.pin,
-		   (int)second.pin, first.effects, second.effects, first.statements, second.statements);
-	FUZZ_CHECK(strcmp(first.pin_detail, second.pin_detail) == 0, "leading white space changed the detail");
+	same(&first, &second, "leading white space");
+	memcpy(padded, "/**/", 4);
+	memcpy(padded + 4, text, len);
+	padded[len + 4] = ';';
+	sql_scan(padded, len + 5, tracked, flags, &second);
+	same(&first, &second, "a leading comment and a final semicolon");
 	free(padded);
 	free(text);
 	return 0;
