@@ -6,7 +6,8 @@
 # "Synthesis" lines, and ends with exactly one line "N passed, N failed".
 #
 # Usage: run-tests.sh [integration]
-# Environment: PGMUX_BIN (the daemon), TOP_SRCDIR, TOP_BUILDDIR, optional PGMUX_VALGRIND.
+# Environment: PGMUX_BIN (the daemon), TOP_SRCDIR, TOP_BUILDDIR, optional PGMUX_VALGRIND,
+# optional PGMUX_TEST_FILTER (a criterion --filter pattern for the integration suite).
 
 set -u
 
@@ -98,8 +99,14 @@ elif [ ! -x "$PGMUX_BIN" ]; then
 else
 	[ -n "$PGMUX_VALGRIND" ] && echo "=== pgmux runs under $PGMUX_VALGRIND"
 	# One test at a time: several tests time cancels and waits to the second.
-	run_suite integration sh "$TOP_SRCDIR/tests/integration/pg-env.sh" \
-		"$integration" --color=never -S -j1
+	if [ -n "${PGMUX_TEST_FILTER:-}" ]; then
+		echo "=== only the integration tests matching $PGMUX_TEST_FILTER"
+		run_suite integration sh "$TOP_SRCDIR/tests/integration/pg-env.sh" \
+			"$integration" --color=never -S -j1 --filter "$PGMUX_TEST_FILTER"
+	else
+		run_suite integration sh "$TOP_SRCDIR/tests/integration/pg-env.sh" \
+			"$integration" --color=never -S -j1
+	fi
 fi
 
 echo "=== summary:$summary"
