@@ -73,6 +73,13 @@ bool h_under_valgrind(void)
 	return h_env()->valgrind[0] != '\0';
 }
 
+bool h_under_sanitizer(void)
+{
+	const char *s = getenv("PGMUX_SANITIZER");
+
+	return s != NULL && s[0] != '\0';
+}
+
 int h_scaled_ms(int ms)
 {
 	return h_under_valgrind() ? ms * 5 : ms;

@@ -40,6 +40,12 @@ struct h_env {
 /* Read the environment; fails the current test when pg-env.sh did not run. */
 const struct h_env *h_env(void);
 bool h_under_valgrind(void);
+/*
+ * pgmux is a sanitizer build (PGMUX_SANITIZER=asan or tsan, which .ci/run
+ * sets): its memory and speed are the sanitizer's, so bounds on resident
+ * memory and on throughput ratios do not apply.
+ */
+bool h_under_sanitizer(void);
 /* A time limit for something pgmux does, stretched when pgmux runs under valgrind. */
 int h_scaled_ms(int ms);
 long long h_now_ms(void);
