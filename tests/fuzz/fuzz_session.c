@@ -158,6 +158,19 @@ static void check_output(const uint8_t *p, size_t len, size_t answers, bool pass
 
 	for (size_t i = 0; i < answers && pos < len && (p[pos] == 'N' || p[pos] == 'S'); i++)
 		pos++;
+	/*
+	 * A client of protocol 1 or 2 is refused in that protocol's format, as
+	 * PostgreSQL refuses it: 'E', the text, a NUL, and nothing after.
+	 */
+	{
+		static const char old[] = "EFATAL:  unsupported frontend protocol ";
+
+		if (len - pos > sizeof(old) - 1 && memcmp(p + pos, old, sizeof(old) - 1) == 0) {
+			FUZZ_CHECK(memchr(p + pos, '\0', len - pos) == p + len - 1,
+				   "an old-protocol error that is not one NUL-terminated text at the end, byte %zu", pos);
+			return;
+		}
+	}
 	while (pos < len) {
 		uint32_t mlen;
 
@@ -199,11 +212,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pgmux_config_ptr = configs[data[0] % N_AUTH];
 	data++;
 	size--;
-	/* Encryption requests at the start are answered with one byte each. */
-	for (size_t pos = 0; pos + 8 <= size && get_u32(data + pos) == 8 &&
-			     (get_u32(data + pos + 4) == PROTO_SSL_REQUEST || get_u32(data + pos + 4) == PROTO_GSSENC_REQUEST);
-	     pos += 8)
-		answers++;
+	/*
+	 * Encryption requests at the start are answered with one byte each, as
+	 * PostgreSQL answers them: whatever else their packet holds, once per
+	 * kind (a second one is an unknown protocol version).
+	 */
+	{
+		bool ssl = false, gss = false;
+
+		for (size_t pos = 0; pos + 8 <= size;) {
+			uint32_t plen = get_u32(data + pos), code = get_u32(data + pos + 4);
+
+			if (plen < 8 || plen - 4 > PROTO_MAX_STARTUP_PACKET || plen > size - pos)
+				break;
+			if (code == PROTO_SSL_REQUEST && !ssl)
+				ssl = true;
+			else if (code == PROTO_GSSENC_REQUEST && !gss)
+				gss = true;
+			else
+				break;
+			answers++;
+			pos += plen;
+		}
+	}
 
 	FUZZ_CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0, "socketpair");
 	setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
