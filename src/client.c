@@ -327,6 +327,7 @@ void client_free(struct client *c)
 	if (c->have_secret)
 		secret_clear(&c->secret);
 	tls_context_unref(c->tls);
+	free(c->unnamed_parse);
 	free(c->assigned_error);
 	free(c->lost_detail);
 	admin_session_free(c);
@@ -1554,6 +1555,7 @@ static void client_link(struct client *c, struct server *s)
 		evtimer_del(c->wait_timer);
 	c->server = s;
 	s->client = c;
+	c->unnamed_here = false;
 	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->client_id, c->id, __ATOMIC_RELAXED);
 	if (c->pin_reason)
@@ -1706,6 +1708,44 @@ static bool client_statement_room(struct client *c)
  * exists (server_parse_unsettled()), or the backend's copy of it
  * (server_statement_unsettled()).
  */
+/*
+ * The client is about to Bind, Describe or Close the unnamed statement on s.
+ * PostgreSQL keeps the unnamed statement until the next Parse of it (or a
+ * Query), so a backend may hold one that its last client left: a Bind of it
+ * with no Parse before it would run that client's text. The first time in
+ * a transaction that a client uses it, pgmux puts the client's own there
+ * first: the Parse it last sent for it (client_unnamed_parsed()), or, if it
+ * has none, a Close of it, after which a Bind fails with 26000 as on a
+ * session of the client's own. Should the server skip what pgmux sent (an
+ * error earlier in the batch), unnamed_here goes back to false.
+ */
+static void client_unnamed_use(struct client *c, struct server *s)
+{
+	if (c->unnamed_here || s->skipping_until_sync)
+		return;
+	if (c->unnamed_parse) {
+		iobuf_append(&s->io.out, c->unnamed_parse, c->unnamed_parse_len);
+		server_expect(s, 'p', NULL);
+	} else {
+		server_unnamed_reset(s);
+	}
+	c->unnamed_here = true;
+}
+
+/* The client Parses the unnamed statement (msg, 1 + mlen bytes): it is the client's from now on. */
+static void client_unnamed_parsed(struct client *c, struct server *s, const uint8_t *msg, size_t mlen)
+{
+	uint8_t *copy = malloc(1 + mlen);
+
+	free(c->unnamed_parse);
+	c->unnamed_parse = copy;
+	c->unnamed_parse_len = copy ? 1 + mlen : 0;
+	if (copy)
+		memcpy(copy, msg, 1 + mlen);
+	if (!s->skipping_until_sync)
+		c->unnamed_here = true;
+}
+
 static bool client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
 {
 	const uint8_t *body = msg + PROTO_HEADER_LEN;
@@ -1730,6 +1770,12 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		 */
 		if (blen > 0 && memchr(body, '\0', blen) == body + blen - 1)
 			client_scan_sql(c, (const char *)body, blen - 1);
+		/* A Query destroys the unnamed statement: none is left for the client, as directly. */
+		if (!s->skipping_until_sync) {
+			free(c->unnamed_parse);
+			c->unnamed_parse = NULL;
+			c->unnamed_here = true;
+		}
 		break;
 	case FE_PARSE: {
 		const char *client_name;
@@ -1756,6 +1802,8 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		}
 		if (name && query)
 			effects = client_scan_sql(c, query, strlen(query));
+		if (name && name[0] == '\0')
+			client_unnamed_parsed(c, s, msg, mlen);
 		if (st == NULL)
 			break; /* unnamed (or malformed: the server says why) */
 		if (taken) {
@@ -1776,8 +1824,12 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		return true;
 	}
 	case FE_BIND:
-		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL || name[0] == '\0')
-			break; /* unnamed or malformed: the server answers as it would directly */
+		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL)
+			break; /* malformed: the server answers as it would directly */
+		if (name[0] == '\0') {
+			client_unnamed_use(c, s);
+			break;
+		}
 		/*
 		 * A Parse that pgmux answered itself (the backend had the
 		 * statement) must not make this Bind work if it is skipped.
@@ -1805,9 +1857,12 @@ static bool client_forward_tracked(struct client *c, struct server *s, uint8_t t
 		uint8_t kind;
 
 		/* Bytes after the name make the message malformed: the server refuses it, as it would directly. */
-		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || name[0] == '\0' ||
-		    r.pos != blen)
+		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || r.pos != blen)
 			break;
+		if (name[0] == '\0') {
+			client_unnamed_use(c, s);
+			break;
+		}
 		e = strmap_find(&c->stmts, client_stmt_key(name, key));
 		if (type == FE_CLOSE) {
 			/* Answered by pgmux: the server-side statement stays for others. */

@@ -103,6 +103,10 @@ struct client {
 	                                * once the client's own statements are on their way */
 	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
 	bool relay_waiting;            /* the next message waits for the answer to an earlier batch */
+	bool unnamed_here;             /* the backend's unnamed statement is this client's (or none):
+	                                * cleared at each link, see client_unnamed_use() */
+	uint8_t *unnamed_parse;        /* the client's last Parse of the unnamed statement, whole */
+	size_t unnamed_parse_len;
 	bool replies_full;             /* max_pending_replies are owed: reading waits until half are answered */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;

@@ -638,6 +638,19 @@ void server_close_owed(struct server *s, const char *client_name)
 	server_emit_owed(s);
 }
 
+void server_unnamed_reset(struct server *s)
+{
+	size_t begin;
+
+	if (s->skipping_until_sync)
+		return;
+	begin = proto_begin(&s->io.out, FE_CLOSE);
+	iobuf_append_u8(&s->io.out, 'S');
+	iobuf_append_u8(&s->io.out, 0);
+	proto_end(&s->io.out, begin);
+	server_expect(s, 'u', NULL);
+}
+
 void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st)
 {
 	/*
@@ -823,6 +836,13 @@ static void server_skipped_to_sync(struct server *s)
 				}
 			}
 		}
+		/*
+		 * What was to make the unnamed statement the client's was skipped
+		 * (pgmux's Close or Parse of it, or the client's Parse): the backend
+		 * may still have another client's.
+		 */
+		if ((r->kind == 'u' || ((r->kind == 'p' || r->kind == 'P') && r->name[0] == '\0')) && c)
+			c->unnamed_here = false;
 		/* ...and one it never closed is the client's again. */
 		if (r->closed && c && strmap_find(&c->stmts, r->client_name) == NULL)
 			strmap_insert(&c->stmts, r->client_name, r->closed);
@@ -893,6 +913,7 @@ static bool server_reply_arrived(struct server *s, uint8_t type)
 		break;
 	case 'C':
 	case 'c':
+	case 'u':
 		if (type == '3') {
 			forward = r->kind == 'C';
 			reply_pop(s);

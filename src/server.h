@@ -47,6 +47,8 @@ struct server_param {
  * reaches the head of the queue so that replies keep their order. 'H' is a
  * Flush with a body, and 'x' a client's Parse of a name it has already (see
  * server_parse_taken()): their only reply is the error that refuses them.
+ * 'u' is pgmux's Close of the unnamed statement (server_unnamed_reset()),
+ * whose CloseComplete is swallowed.
  */
 struct pending_reply {
 	char kind;
@@ -249,6 +251,15 @@ void server_close_owed(struct server *s, const char *client_name);
  * taken: let the backend refuse it (42P05, or what is wrong with the text).
  */
 void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st);
+
+/*
+ * Close the unnamed statement on s, which an earlier client of s may have
+ * left there (the protocol keeps it until the next Parse of it or Query):
+ * before a client that has not Parsed it on s in this transaction uses it.
+ * Should the server skip that Close, the client's unnamed_here goes back to
+ * false.
+ */
+void server_unnamed_reset(struct server *s);
 
 /* Make sure the backend has statement st before a message uses it (sends its Parse if needed). */
 void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);

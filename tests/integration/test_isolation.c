@@ -316,3 +316,53 @@ Test(isolation, deallocate_all_in_a_do_block)
 	PQfinish(b);
 	h_stop_expect_clean_exit(&px);
 }
+
+/*
+ * PostgreSQL keeps the unnamed statement until the next Parse of it: a
+ * backend kept the one its last client left, and another client's Bind of
+ * the unnamed statement, with no Parse of its own, ran that client's text
+ * (found by the issue 15 stress test). Now that client gets 26000, as on a
+ * session of its own, and the owner still finds its own in a later
+ * transaction, on whatever backend.
+ */
+Test(isolation, unnamed_statement_of_another_client)
+{
+	PGconn *a, *b;
+	PGresult *r;
+	const char *state;
+
+	start(1);
+	a = h_app_session(&px, "disable", NULL);
+	b = h_app_session(&px, "disable", NULL);
+	r = PQprepare(a, "", "SELECT 'secret of a'::text", 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQerrorMessage(a));
+	PQclear(r);
+
+	r = PQexecPrepared(b, "", 0, NULL, NULL, NULL, 0);
+	state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert(PQresultStatus(r) == PGRES_FATAL_ERROR && state && strcmp(state, "26000") == 0,
+		  "a Bind of the unnamed statement without a Parse got %s%s%s", PQresStatus(PQresultStatus(r)),
+		  PQntuples(r) > 0 ? ": " : "", PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "");
+	PQclear(r);
+	r = PQdescribePrepared(b, "");
+	state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert(PQresultStatus(r) == PGRES_FATAL_ERROR && state && strcmp(state, "26000") == 0,
+		  "a Describe of the unnamed statement without a Parse: %s", PQresStatus(PQresultStatus(r)));
+	PQclear(r);
+
+	/* The owner's is still its own, in a later transaction. */
+	r = PQexecPrepared(a, "", 0, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "the owner's unnamed statement: %s", PQerrorMessage(a));
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "secret of a");
+	PQclear(r);
+	/* A Query destroys it, as directly. */
+	free(h_value_ok(a, "SELECT 1"));
+	r = PQexecPrepared(a, "", 0, NULL, NULL, NULL, 0);
+	state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert(PQresultStatus(r) == PGRES_FATAL_ERROR && state && strcmp(state, "26000") == 0,
+		  "the unnamed statement outlived a Query");
+	PQclear(r);
+	PQfinish(a);
+	PQfinish(b);
+	h_stop_expect_clean_exit(&px);
+}
