@@ -103,7 +103,11 @@ struct pool {
 	 * the like. Relaxed atomic: pool_writes_opaque(), pool_set_writes_opaque().
 	 */
 	bool writes_opaque;
+	uint64_t writes_checked_usec; /* when a connection last asked (0: never); relaxed atomic */
 };
+
+/* How often new connections ask again whether writes are opaque (a connection churn must not pay each time). */
+#define POOL_WRITES_RECHECK_USEC (60ull * 1000000)
 
 static inline bool pool_writes_opaque(const struct pool *pool)
 {
@@ -113,6 +117,14 @@ static inline bool pool_writes_opaque(const struct pool *pool)
 static inline void pool_set_writes_opaque(struct pool *pool, bool opaque)
 {
 	__atomic_store_n(&pool->writes_opaque, opaque, __ATOMIC_RELAXED);
+}
+
+/* Should a new connection of pool ask? Once, then at most every POOL_WRITES_RECHECK_USEC. */
+static inline bool pool_writes_check_due(const struct pool *pool, uint64_t now_usec)
+{
+	uint64_t at = __atomic_load_n(&pool->writes_checked_usec, __ATOMIC_RELAXED);
+
+	return at == 0 || now_usec - at >= POOL_WRITES_RECHECK_USEC;
 }
 
 #define POOL_KNOWN_STATEMENTS_PER_BACKEND 4

@@ -314,8 +314,14 @@ static void server_connect_poll(struct server *s)
 	 * Learn the server's limit (used once per instance, whatever the config
 	 * says, so that a reload can switch to max_connections = 0) and whether
 	 * the pool's database has code that a write may run and that may change
-	 * the session (see struct pool's writes_opaque): "limit flag".
+	 * the session (see struct pool's writes_opaque): "limit flag". The
+	 * first connection of a pool asks, then one a minute at most.
 	 */
+	if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) > 0 &&
+	    (s->pool == NULL || !pool_writes_check_due(s->pool, pgmux_now_usec()))) {
+		server_setup_done(s, true, NULL);
+		return;
+	}
 	server_run_query(s,
 			 "SELECT (pg_catalog.current_setting('max_connections')::int - "
 			 "pg_catalog.current_setting('superuser_reserved_connections')::int)::text || ' ' || "
@@ -370,8 +376,10 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 		(void)sscanf(s->query_value, "%d %d", &limit, &writes_opaque);
 		if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0)
 			pool_learn_cap(s->target, limit);
-		if (s->pool)
+		if (s->pool) {
 			pool_set_writes_opaque(s->pool, writes_opaque != 0);
+			__atomic_store_n(&s->pool->writes_checked_usec, pgmux_now_usec(), __ATOMIC_RELAXED);
+		}
 		free(s->query_value);
 		s->query_value = NULL;
 	}
