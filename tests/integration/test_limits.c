@@ -802,8 +802,17 @@ static void bystander_within_baseline(struct bystander_run base, struct bystande
 		    under.p99_ms, base.queries, base.p99_ms);
 	cr_assert_geq(under.queries * 4, base.queries, "%s: the bystander ran %d queries, %d without it", what,
 		      under.queries, base.queries);
-	cr_assert_leq(under.p99_ms, base.p99_ms * 20, "%s: the bystander's p99 was %.3f ms, %.3f ms without it",
-		      what, under.p99_ms, base.p99_ms);
+	/*
+	 * 20 times the baseline, but never under 15 ms: on two CPUs, the
+	 * backends PostgreSQL forks and ends for the other client delay a few
+	 * of the bystander's queries by milliseconds whatever pgmux does. The
+	 * faults these tests guard against cost 20 ms and more (issue 16: 21.7
+	 * ms, and 117 ms in this test before the fix).
+	 */
+	double bound = base.p99_ms * 20 > 15.0 ? base.p99_ms * 20 : 15.0;
+
+	cr_assert_leq(under.p99_ms, bound, "%s: the bystander's p99 was %.3f ms, %.3f ms without it (bound %.1f ms)",
+		      what, under.p99_ms, base.p99_ms, bound);
 }
 
 /* ================================================================ a client that stalls mid-message */
