@@ -800,7 +800,8 @@ static void bystander_within_baseline(struct bystander_run base, struct bystande
 {
 	cr_log_info("%s: bystander %d queries, p99 %.3f ms; baseline %d queries, p99 %.3f ms", what, under.queries,
 		    under.p99_ms, base.queries, base.p99_ms);
-	cr_assert_geq(under.queries * 4, base.queries, "%s: the bystander ran %d queries, %d without it", what,
+	/* A sixth of the baseline: the faults cost more than 90 % (issue 16: 36,474 to 2,316 queries). */
+	cr_assert_geq(under.queries * 6, base.queries, "%s: the bystander ran %d queries, %d without it", what,
 		      under.queries, base.queries);
 	/*
 	 * 20 times the baseline, but never under 15 ms: on two CPUs, the
