@@ -720,29 +720,24 @@ static void note_call(struct statement *st)
 		st->call_effects |= SQL_EFFECT_OPAQUE;
 		return;
 	}
-	if (!token_in_names(name, sqlnames_functions, sqlnames_functions_count) &&
-	    !token_is_name(name, "set_config")) {
-		bool advisory = false;
-
-		for (size_t i = 0; i < sizeof(advisory_lock_functions) / sizeof(advisory_lock_functions[0]); i++)
-			advisory = advisory || token_is_name(name, advisory_lock_functions[i]);
-		if (!advisory)
-			st->call_effects |= SQL_EFFECT_OPAQUE;
-	}
-
 	for (size_t i = 0; i < sizeof(advisory_lock_functions) / sizeof(advisory_lock_functions[0]); i++) {
 		if (token_is_name(name, advisory_lock_functions[i])) {
 			record_finding(&st->call, SQL_PIN_ADVISORY_LOCK, name->offset, advisory_lock_functions[i]);
 			return;
 		}
 	}
-	if (token_is_name(name, "set_config") && st->call_count < CALL_MAX) {
-		struct set_config_call *call = &st->calls[st->call_count++];
+	if (token_is_name(name, "set_config")) {
+		if (st->call_count < CALL_MAX) {
+			struct set_config_call *call = &st->calls[st->call_count++];
 
-		memset(call, 0, sizeof(*call));
-		call->depth = st->paren_depth + 1; /* the '(' is counted after this */
-		call->offset = name->offset;
+			memset(call, 0, sizeof(*call));
+			call->depth = st->paren_depth + 1; /* the '(' is counted after this */
+			call->offset = name->offset;
+		}
+		return;
 	}
+	if (!token_in_names(name, sqlnames_functions, sqlnames_functions_count))
+		st->call_effects |= SQL_EFFECT_OPAQUE;
 }
 
 /* Feeds a token to the open set_config() calls so each knows its arguments. */
