@@ -419,18 +419,18 @@ static char *copy_message(const char *message, size_t len, const char *what, cha
 
 /* ---------------------------------------------------------- the exchange */
 
-struct scram_server *scram_server_new(const struct secret *secret, const uint8_t *cb_data,
+struct scram_server *scram_server_new(const struct scram_verifier *verifier, const uint8_t *cb_data,
 				      size_t cb_len)
 {
 	struct scram_server *s = checked_malloc(sizeof(*s));
 
 	memset(s, 0, sizeof(*s));
 	s->state = SCRAM_EXPECT_CLIENT_FIRST;
-	if (secret != NULL) {
-		memcpy(s->salt, secret->salt, sizeof(s->salt));
-		memcpy(s->stored_key, secret->stored_key, sizeof(s->stored_key));
-		memcpy(s->server_key, secret->server_key, sizeof(s->server_key));
-		s->iterations = secret->iterations > 0 ? secret->iterations : SCRAM_DEFAULT_ITERATIONS;
+	if (verifier != NULL) {
+		memcpy(s->salt, verifier->salt, sizeof(s->salt));
+		memcpy(s->stored_key, verifier->stored_key, sizeof(s->stored_key));
+		memcpy(s->server_key, verifier->server_key, sizeof(s->server_key));
+		s->iterations = verifier->iterations > 0 ? verifier->iterations : SCRAM_DEFAULT_ITERATIONS;
 	} else {
 		/* The made-up verifier is filled in once the user name is known. */
 		s->is_mock = true;

@@ -11,7 +11,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "secrets.h"
+#define SCRAM_KEY_LEN 32
+#define SCRAM_SALT_LEN 16
+#define SCRAM_DEFAULT_ITERATIONS 4096
+
+/*
+ * What the server keeps of a password for SCRAM-SHA-256 (RFC 5802's
+ * verifier): the salt, the iteration count and the two keys derived from
+ * them, never the password itself. secrets.c computes one per password.
+ */
+struct scram_verifier {
+	uint8_t salt[SCRAM_SALT_LEN];
+	int iterations;
+	uint8_t stored_key[SCRAM_KEY_LEN];
+	uint8_t server_key[SCRAM_KEY_LEN];
+};
 
 enum auth_result {
 	AUTH_OK = 0,
@@ -26,13 +40,13 @@ int scram_compute_keys(const char *password, const uint8_t *salt, size_t salt_le
 struct scram_server;
 
 /*
- * Start an exchange. secret may be NULL (unknown user): the exchange then
+ * Start an exchange. verifier may be NULL (unknown user): the exchange then
  * runs to the end with made-up keys and fails, so that an unknown user looks
  * like a wrong password. cb_data is the tls-server-end-point hash of pgmux's
  * certificate when the client connection is TLS (NULL otherwise); when given,
  * SCRAM-SHA-256-PLUS is accepted.
  */
-struct scram_server *scram_server_new(const struct secret *secret, const uint8_t *cb_data,
+struct scram_server *scram_server_new(const struct scram_verifier *verifier, const uint8_t *cb_data,
 				      size_t cb_len);
 void scram_server_free(struct scram_server *s);
 

@@ -638,7 +638,7 @@ static void client_begin_auth(struct client *c)
 
 		/* An unknown user gets a made-up exchange that fails at the end, like a wrong password. */
 		if (c->have_secret)
-			c->scram = scram_server_new(&c->secret, plus ? c->tls->binding : NULL,
+			c->scram = scram_server_new(&c->secret.scram, plus ? c->tls->binding : NULL,
 						    plus ? c->tls->binding_len : 0);
 		else
 			c->scram = scram_server_new_unknown_user(c->startup.user, plus ? c->tls->binding : NULL,

@@ -22,7 +22,6 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
-#include "auth.h"
 #include "log.h"
 
 /* A database secret is a few hundred bytes; anything this big is not one. */
@@ -70,9 +69,7 @@ void secret_clear(struct secret *s)
 	free(s->username);
 	free(s->dbname);
 	free(s->host);
-	OPENSSL_cleanse(s->salt, sizeof(s->salt));
-	OPENSSL_cleanse(s->stored_key, sizeof(s->stored_key));
-	OPENSSL_cleanse(s->server_key, sizeof(s->server_key));
+	OPENSSL_cleanse(&s->scram, sizeof(s->scram));
 	memset(s, 0, sizeof(*s));
 }
 
@@ -83,10 +80,7 @@ void secret_copy(struct secret *dst, const struct secret *src)
 	dst->dbname = duplicate_string(src->dbname);
 	dst->host = duplicate_string(src->host);
 	dst->port = src->port;
-	memcpy(dst->salt, src->salt, sizeof(dst->salt));
-	dst->iterations = src->iterations;
-	memcpy(dst->stored_key, src->stored_key, sizeof(dst->stored_key));
-	memcpy(dst->server_key, src->server_key, sizeof(dst->server_key));
+	dst->scram = src->scram;
 }
 
 /* ----------------------------------------------------------- JSON parsing */
@@ -227,10 +221,12 @@ out:
 /* A fresh random salt and the verifier for it. */
 static int compute_verifier(struct secret *s, char *err, size_t errlen)
 {
-	auth_random_bytes(s->salt, sizeof(s->salt));
-	s->iterations = SCRAM_DEFAULT_ITERATIONS;
-	if (scram_compute_keys(s->password, s->salt, sizeof(s->salt), s->iterations,
-			       s->stored_key, s->server_key) != 0) {
+	struct scram_verifier *v = &s->scram;
+
+	auth_random_bytes(v->salt, sizeof(v->salt));
+	v->iterations = SCRAM_DEFAULT_ITERATIONS;
+	if (scram_compute_keys(s->password, v->salt, sizeof(v->salt), v->iterations, v->stored_key,
+			       v->server_key) != 0) {
 		error_printf(err, errlen, "computing the SCRAM verifier failed");
 		return -1;
 	}
@@ -335,10 +331,7 @@ static bool reuse_previous_verifier(struct secret *s)
 	pthread_mutex_lock(&store_mutex);
 	previous = store_lookup_locked(current_store, s->username);
 	if (previous != NULL && strcmp(previous->password, s->password) == 0) {
-		memcpy(s->salt, previous->salt, sizeof(s->salt));
-		s->iterations = previous->iterations;
-		memcpy(s->stored_key, previous->stored_key, sizeof(s->stored_key));
-		memcpy(s->server_key, previous->server_key, sizeof(s->server_key));
+		s->scram = previous->scram;
 		reused = true;
 	}
 	pthread_mutex_unlock(&store_mutex);

@@ -14,9 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SCRAM_KEY_LEN 32
-#define SCRAM_SALT_LEN 16
-#define SCRAM_DEFAULT_ITERATIONS 4096
+#include "auth.h"
 
 /* A copy of one user's credentials, owned by whoever holds it. */
 struct secret {
@@ -25,11 +23,7 @@ struct secret {
 	char *dbname;   /* optional fields of the secret, NULL when absent */
 	char *host;
 	int port;       /* 0 when absent */
-	/* SCRAM-SHA-256 verifier */
-	uint8_t salt[SCRAM_SALT_LEN];
-	int iterations;
-	uint8_t stored_key[SCRAM_KEY_LEN];
-	uint8_t server_key[SCRAM_KEY_LEN];
+	struct scram_verifier scram; /* computed once per password (PBKDF2 is expensive) */
 };
 
 /*

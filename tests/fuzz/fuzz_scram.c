@@ -41,12 +41,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	memset(&secret, 0, sizeof(secret));
 	secret.username = strdup("app");
 	secret.password = strdup(PASSWORD);
-	memcpy(secret.salt, "fuzzsalt16bytes!", SCRAM_SALT_LEN);
-	secret.iterations = SCRAM_DEFAULT_ITERATIONS;
-	FUZZ_CHECK(scram_compute_keys(PASSWORD, secret.salt, SCRAM_SALT_LEN, secret.iterations, secret.stored_key,
-				      secret.server_key) == 0, "keys");
-	FUZZ_CHECK(PKCS5_PBKDF2_HMAC(PASSWORD, (int)strlen(PASSWORD), secret.salt, SCRAM_SALT_LEN,
-				     secret.iterations, EVP_sha256(), 32, salted) == 1, "pbkdf2");
+	memcpy(secret.scram.salt, "fuzzsalt16bytes!", SCRAM_SALT_LEN);
+	secret.scram.iterations = SCRAM_DEFAULT_ITERATIONS;
+	FUZZ_CHECK(scram_compute_keys(PASSWORD, secret.scram.salt, SCRAM_SALT_LEN, secret.scram.iterations, secret.scram.stored_key,
+				      secret.scram.server_key) == 0, "keys");
+	FUZZ_CHECK(PKCS5_PBKDF2_HMAC(PASSWORD, (int)strlen(PASSWORD), secret.scram.salt, SCRAM_SALT_LEN,
+				     secret.scram.iterations, EVP_sha256(), 32, salted) == 1, "pbkdf2");
 	HMAC(EVP_sha256(), salted, 32, (const uint8_t *)"Client Key", 10, client_key, &n);
 	return 0;
 }
@@ -119,7 +119,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	s = unknown ? scram_server_new_unknown_user("ghost", tls ? cert_hash : NULL, tls ? sizeof(cert_hash) : 0)
-		    : scram_server_new(&secret, tls ? cert_hash : NULL, tls ? sizeof(cert_hash) : 0);
+		    : scram_server_new(&secret.scram, tls ? cert_hash : NULL, tls ? sizeof(cert_hash) : 0);
 	FUZZ_CHECK(s != NULL, "no state");
 	scram_server_set_nonce_for_test(s, SERVER_NONCE);
 
@@ -149,7 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		uint8_t stored_key[32];
 		char *proof_text;
 
-		memcpy(stored_key, secret.stored_key, 32);
+		memcpy(stored_key, secret.scram.stored_key, 32);
 		HMAC(EVP_sha256(), stored_key, 32, (const uint8_t *)message, strlen(message), signature, &n);
 		for (int i = 0; i < 32; i++)
 			proof[i] = client_key[i] ^ signature[i];
@@ -171,7 +171,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		FUZZ_CHECK(!unknown, "an unknown user logged in");
 		FUZZ_CHECK(sign, "a login without the password: client-final %s", final);
-		HMAC(EVP_sha256(), secret.server_key, 32, (const uint8_t *)message, strlen(message), signature, &n);
+		HMAC(EVP_sha256(), secret.scram.server_key, 32, (const uint8_t *)message, strlen(message), signature, &n);
 		expected = base64(signature, 32);
 		FUZZ_CHECK(server_final != NULL && strncmp(server_final, "v=", 2) == 0 &&
 				   strcmp(server_final + 2, expected) == 0,

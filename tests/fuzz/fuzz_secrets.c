@@ -43,12 +43,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	FUZZ_CHECK(s.username && s.username[0] && s.password && s.password[0], "empty user or password");
 	FUZZ_CHECK(s.port >= 0 && s.port <= 65535, "port %d", s.port);
-	FUZZ_CHECK(s.iterations == SCRAM_DEFAULT_ITERATIONS, "iterations %d", s.iterations);
+	FUZZ_CHECK(s.scram.iterations == SCRAM_DEFAULT_ITERATIONS, "iterations %d", s.scram.iterations);
 	secret_copy(&copy, &s);
 	FUZZ_CHECK(same_string(copy.username, s.username) && same_string(copy.password, s.password) &&
 			   same_string(copy.host, s.host) && same_string(copy.dbname, s.dbname) && copy.port == s.port &&
-			   memcmp(copy.stored_key, s.stored_key, SCRAM_KEY_LEN) == 0 &&
-			   memcmp(copy.server_key, s.server_key, SCRAM_KEY_LEN) == 0,
+			   memcmp(copy.scram.stored_key, s.scram.stored_key, SCRAM_KEY_LEN) == 0 &&
+			   memcmp(copy.scram.server_key, s.scram.server_key, SCRAM_KEY_LEN) == 0,
 		   "copy differs");
 	secret_clear(&copy);
 	secret_clear(&s);

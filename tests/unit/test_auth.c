@@ -67,10 +67,10 @@ static void make_secret(struct secret *s, const char *user, const char *password
 	memset(s, 0, sizeof(*s));
 	s->username = strdup(user);
 	s->password = strdup(password);
-	memcpy(s->salt, salt, SCRAM_SALT_LEN);
-	s->iterations = 4096;
-	cr_assert_eq(scram_compute_keys(password, s->salt, SCRAM_SALT_LEN, 4096, s->stored_key,
-					s->server_key), 0);
+	memcpy(s->scram.salt, salt, SCRAM_SALT_LEN);
+	s->scram.iterations = 4096;
+	cr_assert_eq(scram_compute_keys(password, s->scram.salt, SCRAM_SALT_LEN, 4096, s->scram.stored_key,
+					s->scram.server_key), 0);
 }
 
 static const uint8_t fixed_salt[SCRAM_SALT_LEN] = { 1, 2, 3, 4, 5, 6, 7, 8,
@@ -186,7 +186,7 @@ Test(scram, rfc7677_test_vector)
 
 	cr_assert_eq(test_unbase64("W22ZaJ0SNY7soEsUEjb6gQ==", salt, sizeof(salt)), SCRAM_SALT_LEN);
 	make_secret(&secret, "user", "pencil", salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	scram_server_set_nonce_for_test(s, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
 	server_first = first_ok(s, "SCRAM-SHA-256", client_first);
 	cr_assert_str_eq(server_first, expected_server_first);
@@ -228,7 +228,7 @@ static enum auth_result run_exchange(const struct secret *secret, const char *pa
 				     const uint8_t *client_cb, size_t client_cb_len, char *err)
 {
 	struct test_client client;
-	struct scram_server *s = scram_server_new(secret, server_cb, server_cb_len);
+	struct scram_server *s = scram_server_new(secret ? &secret->scram : NULL, server_cb, server_cb_len);
 	char *server_first, *server_final = (char *)"untouched";
 	enum auth_result rc;
 
@@ -283,7 +283,7 @@ Test(scram, server_first_carries_salt_and_iterations)
 	char expected_tail[64];
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	server_first = first_ok(s, "SCRAM-SHA-256", "n,,n=,r=abc");
 	snprintf(expected_tail, sizeof(expected_tail), ",s=%s,i=4096", salt_text);
 	cr_assert_str_eq(server_first + strlen(server_first) - strlen(expected_tail), expected_tail);
@@ -300,8 +300,8 @@ Test(scram, server_nonces_are_random)
 	char *first_a, *first_b;
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	a = scram_server_new(&secret, NULL, 0);
-	b = scram_server_new(&secret, NULL, 0);
+	a = scram_server_new(&secret.scram, NULL, 0);
+	b = scram_server_new(&secret.scram, NULL, 0);
 	first_a = first_ok(a, "SCRAM-SHA-256", "n,,n=,r=abc");
 	first_b = first_ok(b, "SCRAM-SHA-256", "n,,n=,r=abc");
 	cr_assert_str_neq(first_a, first_b);
@@ -320,11 +320,11 @@ Test(scram, extensions_are_ignored)
 	char *server_first;
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	server_first = first_ok(s, "SCRAM-SHA-256", "n,,n=someone,r=abc,x=extension");
 	free(server_first);
 	scram_server_free(s);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", "n,,n=,r=abc,", err), AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 	secret_clear(&secret);
@@ -391,7 +391,7 @@ Test(scram, y_flag_when_plus_was_offered_fails)
 	char err[ERR_LEN] = "";
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, cert_hash, sizeof(cert_hash));
+	s = scram_server_new(&secret.scram, cert_hash, sizeof(cert_hash));
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", "y,,n=,r=abc", err), AUTH_PROTOCOL_ERROR);
 	cr_assert(strstr(err, "channel binding negotiation") != NULL, "%s", err);
 	scram_server_free(s);
@@ -406,30 +406,30 @@ Test(scram, mechanism_and_flag_must_agree)
 
 	make_secret(&secret, "app", "pw", fixed_salt);
 	/* PLUS never offered without TLS. */
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,n=,r=abc", err),
 		     AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 	/* PLUS chosen but no binding requested. */
-	s = scram_server_new(&secret, cert_hash, sizeof(cert_hash));
+	s = scram_server_new(&secret.scram, cert_hash, sizeof(cert_hash));
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256-PLUS", "n,,n=,r=abc", err), AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 	/* Binding requested under the plain mechanism. */
-	s = scram_server_new(&secret, cert_hash, sizeof(cert_hash));
+	s = scram_server_new(&secret.scram, cert_hash, sizeof(cert_hash));
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", "p=tls-server-end-point,,n=,r=abc", err),
 		     AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 	/* An unknown binding type. */
-	s = scram_server_new(&secret, cert_hash, sizeof(cert_hash));
+	s = scram_server_new(&secret.scram, cert_hash, sizeof(cert_hash));
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256-PLUS", "p=tls-unique,,n=,r=abc", err),
 		     AUTH_PROTOCOL_ERROR);
 	cr_assert(strstr(err, "tls-server-end-point") != NULL, "%s", err);
 	scram_server_free(s);
 	/* An unknown mechanism. */
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(first_result(s, "SCRAM-SHA-1", "n,,n=,r=abc", err), AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(first_result(s, NULL, "n,,n=,r=abc", err), AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 	secret_clear(&secret);
@@ -552,7 +552,7 @@ Test(scram, malformed_client_first_is_rejected)
 
 	make_secret(&secret, "app", "pw", fixed_salt);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		struct scram_server *s = scram_server_new(&secret, NULL, 0);
+		struct scram_server *s = scram_server_new(&secret.scram, NULL, 0);
 
 		err[0] = '\0';
 		cr_assert_eq(first_result(s, "SCRAM-SHA-256", bad[i], err), AUTH_PROTOCOL_ERROR,
@@ -571,7 +571,7 @@ Test(scram, nonprintable_nonce_is_rejected)
 	const char message[] = "n,,n=,r=ab\x7f";
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", message, err), AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 	secret_clear(&secret);
@@ -588,7 +588,7 @@ Test(scram, oversized_message_is_rejected)
 	memset(huge + 8, 'a', 20000 - 8);
 	huge[20000] = '\0';
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", huge, err), AUTH_PROTOCOL_ERROR);
 	cr_assert(strstr(err, "too long") != NULL, "%s", err);
 	scram_server_free(s);
@@ -608,7 +608,7 @@ Test(scram, embedded_nul_is_rejected)
 	size_t final_len;
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(scram_server_handle_first(s, "SCRAM-SHA-256", first_with_nul,
 					       sizeof(first_with_nul) - 1, &server_first, err,
 					       sizeof(err)),
@@ -618,7 +618,7 @@ Test(scram, embedded_nul_is_rejected)
 	scram_server_free(s);
 
 	/* A correct client-final followed by a NUL and junk. */
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	client_start(&client, "n,,", "abc");
 	server_first = first_ok(s, "SCRAM-SHA-256", client.client_first);
 	client_finish(&client, server_first, "pw", NULL, 0);
@@ -649,7 +649,7 @@ static enum auth_result final_variant(const char *original, const char *replacem
 	enum auth_result rc;
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	client_start(&client, "n,,", "abc");
 	server_first = first_ok(s, "SCRAM-SHA-256", client.client_first);
 	client_finish(&client, server_first, "pw", NULL, 0);
@@ -707,7 +707,7 @@ Test(scram, proof_of_wrong_length_or_junk_after_it_is_rejected)
 	static const char *const suffixes[] = { "", ",x=y", "AAAA", "=" };
 
 	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
-		s = scram_server_new(&secret, NULL, 0);
+		s = scram_server_new(&secret.scram, NULL, 0);
 		client_start(&client, "n,,", "abc");
 		server_first = first_ok(s, "SCRAM-SHA-256", client.client_first);
 		client_finish(&client, server_first, "pw", NULL, 0);
@@ -764,7 +764,7 @@ Test(scram, stray_bits_before_padding_are_rejected)
 	size_t len;
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	client_start(&client, "n,,", "abc");
 	server_first = first_ok(s, "SCRAM-SHA-256", client.client_first);
 	client_finish(&client, server_first, "pw", NULL, 0);
@@ -782,7 +782,7 @@ Test(scram, stray_bits_before_padding_are_rejected)
 	cr_assert_eq(run_exchange(&secret, "pw", "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,",
 				  long_hash, sizeof(long_hash), long_hash, sizeof(long_hash), err),
 		     AUTH_OK, "%s", err);
-	s = scram_server_new(&secret, long_hash, sizeof(long_hash));
+	s = scram_server_new(&secret.scram, long_hash, sizeof(long_hash));
 	client_start(&client, "p=tls-server-end-point,,", "abc");
 	server_first = first_ok(s, "SCRAM-SHA-256-PLUS", client.client_first);
 	client_finish(&client, server_first, "pw", long_hash, sizeof(long_hash));
@@ -813,7 +813,7 @@ Test(scram, truncated_client_final_is_rejected)
 
 	make_secret(&secret, "app", "pw", fixed_salt);
 	client_start(&client, "n,,", "abc");
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	server_first = first_ok(s, "SCRAM-SHA-256", client.client_first);
 	client_finish(&client, server_first, "pw", NULL, 0);
 	full_len = strlen(client.client_final);
@@ -826,7 +826,7 @@ Test(scram, truncated_client_final_is_rejected)
 
 		cr_assert_eq(sscanf(server_first, "r=abc%63[^,]", nonce), 1);
 		for (size_t cut = 0; cut < full_len; cut++) {
-			struct scram_server *attempt = scram_server_new(&secret, NULL, 0);
+			struct scram_server *attempt = scram_server_new(&secret.scram, NULL, 0);
 			char *first, *final = NULL;
 			char *exact = malloc(cut + 1);
 
@@ -858,7 +858,7 @@ Test(scram, truncated_client_first_never_over_reads)
 
 	make_secret(&secret, "app", "pw", fixed_salt);
 	for (size_t cut = 0; cut <= full_len; cut++) {
-		struct scram_server *s = scram_server_new(&secret, cert_hash, sizeof(cert_hash));
+		struct scram_server *s = scram_server_new(&secret.scram, cert_hash, sizeof(cert_hash));
 		char *exact = malloc(cut + 1);
 		char *server_first = NULL;
 		enum auth_result rc;
@@ -891,7 +891,7 @@ Test(scram, calls_out_of_order_are_rejected)
 	char *out = NULL;
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	cr_assert_eq(scram_server_handle_final(s, "c=biws,r=abc,p=AAAA", 19, &out, err, sizeof(err)),
 		     AUTH_PROTOCOL_ERROR);
 	cr_assert_null(out);
@@ -899,7 +899,7 @@ Test(scram, calls_out_of_order_are_rejected)
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", "n,,n=,r=abc", err), AUTH_PROTOCOL_ERROR);
 	scram_server_free(s);
 
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	out = first_ok(s, "SCRAM-SHA-256", "n,,n=,r=abc");
 	free(out);
 	cr_assert_eq(first_result(s, "SCRAM-SHA-256", "n,,n=,r=abc", err), AUTH_PROTOCOL_ERROR);
@@ -917,7 +917,7 @@ Test(scram, failed_proof_cannot_be_retried)
 	char good_final[512];
 
 	make_secret(&secret, "app", "pw", fixed_salt);
-	s = scram_server_new(&secret, NULL, 0);
+	s = scram_server_new(&secret.scram, NULL, 0);
 	client_start(&client, "n,,", "abc");
 	server_first = first_ok(s, "SCRAM-SHA-256", client.client_first);
 	client_finish(&client, server_first, "pw", NULL, 0);

@@ -32,11 +32,11 @@ static void assert_verifier_matches(const struct secret *s, const char *password
 {
 	uint8_t stored[SCRAM_KEY_LEN], server[SCRAM_KEY_LEN];
 
-	cr_assert_eq(s->iterations, SCRAM_DEFAULT_ITERATIONS);
-	cr_assert_eq(scram_compute_keys(password, s->salt, SCRAM_SALT_LEN, s->iterations, stored,
+	cr_assert_eq(s->scram.iterations, SCRAM_DEFAULT_ITERATIONS);
+	cr_assert_eq(scram_compute_keys(password, s->scram.salt, SCRAM_SALT_LEN, s->scram.iterations, stored,
 					server), 0);
-	cr_assert_arr_eq(s->stored_key, stored, SCRAM_KEY_LEN);
-	cr_assert_arr_eq(s->server_key, server, SCRAM_KEY_LEN);
+	cr_assert_arr_eq(s->scram.stored_key, stored, SCRAM_KEY_LEN);
+	cr_assert_arr_eq(s->scram.server_key, server, SCRAM_KEY_LEN);
 }
 
 Test(parse, full_secret)
@@ -79,8 +79,8 @@ Test(parse, each_parse_gets_a_fresh_salt)
 
 	cr_assert_eq(parse("{\"username\": \"app\", \"password\": \"pw\"}", &a, err), 0);
 	cr_assert_eq(parse("{\"username\": \"app\", \"password\": \"pw\"}", &b, err), 0);
-	cr_assert_arr_neq(a.salt, b.salt, SCRAM_SALT_LEN);
-	cr_assert_arr_neq(a.stored_key, b.stored_key, SCRAM_KEY_LEN);
+	cr_assert_arr_neq(a.scram.salt, b.scram.salt, SCRAM_SALT_LEN);
+	cr_assert_arr_neq(a.scram.stored_key, b.scram.stored_key, SCRAM_KEY_LEN);
 	secret_clear(&a);
 	secret_clear(&b);
 }
@@ -211,15 +211,15 @@ Test(parse, copy_is_deep)
 	cr_assert_str_eq(b.password, "pw");
 	cr_assert_str_eq(b.host, "h");
 	cr_assert_null(b.dbname);
-	cr_assert_arr_eq(a.salt, b.salt, SCRAM_SALT_LEN);
-	cr_assert_arr_eq(a.stored_key, b.stored_key, SCRAM_KEY_LEN);
-	cr_assert_arr_eq(a.server_key, b.server_key, SCRAM_KEY_LEN);
-	cr_assert_eq(a.iterations, b.iterations);
+	cr_assert_arr_eq(a.scram.salt, b.scram.salt, SCRAM_SALT_LEN);
+	cr_assert_arr_eq(a.scram.stored_key, b.scram.stored_key, SCRAM_KEY_LEN);
+	cr_assert_arr_eq(a.scram.server_key, b.scram.server_key, SCRAM_KEY_LEN);
+	cr_assert_eq(a.scram.iterations, b.scram.iterations);
 	secret_clear(&a);
 	cr_assert_str_eq(b.password, "pw");
 	secret_clear(&b);
-	cr_assert_eq(b.iterations, 0);
-	cr_assert_eq(b.stored_key[0] | b.stored_key[31] | b.salt[0], 0);
+	cr_assert_eq(b.scram.iterations, 0);
+	cr_assert_eq(b.scram.stored_key[0] | b.scram.stored_key[31] | b.scram.salt[0], 0);
 }
 
 /* ------------------------------------------------------------ directories */
@@ -405,9 +405,9 @@ Test(store, unchanged_password_keeps_verifier)
 	cr_assert_eq(reload(), 1);
 	cr_assert(secrets_find("app", &after));
 	cr_assert_str_eq(after.host, "new");
-	cr_assert_arr_eq(before.salt, after.salt, SCRAM_SALT_LEN);
-	cr_assert_arr_eq(before.stored_key, after.stored_key, SCRAM_KEY_LEN);
-	cr_assert_arr_eq(before.server_key, after.server_key, SCRAM_KEY_LEN);
+	cr_assert_arr_eq(before.scram.salt, after.scram.salt, SCRAM_SALT_LEN);
+	cr_assert_arr_eq(before.scram.stored_key, after.scram.stored_key, SCRAM_KEY_LEN);
+	cr_assert_arr_eq(before.scram.server_key, after.scram.server_key, SCRAM_KEY_LEN);
 	secret_clear(&before);
 	secret_clear(&after);
 }
@@ -423,8 +423,8 @@ Test(store, changed_password_changes_verifier)
 	cr_assert_eq(reload(), 1);
 	cr_assert(secrets_find("app", &after));
 	cr_assert_str_eq(after.password, "new");
-	cr_assert_arr_neq(before.salt, after.salt, SCRAM_SALT_LEN);
-	cr_assert_arr_neq(before.stored_key, after.stored_key, SCRAM_KEY_LEN);
+	cr_assert_arr_neq(before.scram.salt, after.scram.salt, SCRAM_SALT_LEN);
+	cr_assert_arr_neq(before.scram.stored_key, after.scram.stored_key, SCRAM_KEY_LEN);
 	assert_verifier_matches(&after, "new");
 	secret_clear(&before);
 	secret_clear(&after);
