@@ -42,16 +42,13 @@ struct control_request {
 	uint64_t client_id;
 };
 
-#define CONFIG_READERS_MAX 80 /* MAX_WORKERS workers and the monitor, with room to spare */
-
 /*
  * A configuration that was replaced, with each reader's pass count when it
  * was: once every count has moved, no reader can hold a pointer into it.
  */
 struct retired_config {
 	struct config *cfg;
-	uint64_t passes[CONFIG_READERS_MAX];
-	int n_readers;
+	struct config_readers_mark mark;
 };
 
 /* Someone waiting for the end of the cutover in progress (the admin who asked for it). */
@@ -59,31 +56,6 @@ struct cutover_waiter {
 	struct worker *worker;
 	uint64_t client_id;
 };
-
-/*
- * Config readers. A reader bumps its count between loop passes; the main
- * thread swaps the pointer, then reads the counts (all sequentially
- * consistent). A count that moved after that read was bumped after the swap,
- * so the reader's earlier uses of the old configuration are over and its
- * later loads see the new one. Readers past CONFIG_READERS_MAX (not possible
- * with MAX_WORKERS) would only keep old configurations until exit.
- */
-static struct {
-	uint64_t passes;
-	char pad[64 - sizeof(uint64_t)]; /* a cache line each: workers bump theirs on every pass */
-} reader_passes[CONFIG_READERS_MAX] __attribute__((aligned(64)));
-static int n_readers_registered;
-
-int config_reader_register(void)
-{
-	return __atomic_fetch_add(&n_readers_registered, 1, __ATOMIC_SEQ_CST);
-}
-
-void config_reader_quiescent(int reader)
-{
-	if (reader >= 0 && reader < CONFIG_READERS_MAX)
-		__atomic_fetch_add(&reader_passes[reader].passes, 1, __ATOMIC_SEQ_CST);
-}
 
 static struct {
 	struct event_base *base;
@@ -337,17 +309,6 @@ const char *control_health_check_user_problem(const struct config *cfg, int n_se
 	return NULL;
 }
 
-/* Has every reader passed a quiescent point since r was retired? */
-static bool retired_config_unused(const struct retired_config *r)
-{
-	if (__atomic_load_n(&n_readers_registered, __ATOMIC_SEQ_CST) > CONFIG_READERS_MAX)
-		return false;
-	for (int i = 0; i < r->n_readers; i++)
-		if (__atomic_load_n(&reader_passes[i].passes, __ATOMIC_SEQ_CST) == r->passes[i])
-			return false;
-	return true;
-}
-
 /*
  * Frees the replaced configurations no reader can hold any more. A timer
  * callback of the main thread, so the main thread itself holds none either;
@@ -363,7 +324,7 @@ static void reclaim_configs(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	for (int i = 0; i < C.n_retired; i++) {
-		if (retired_config_unused(&C.retired[i])) {
+		if (config_readers_passed(&C.retired[i].mark)) {
 			config_free(C.retired[i].cfg);
 			freed++;
 		} else {
@@ -384,7 +345,6 @@ static void reclaim_configs(evutil_socket_t fd, short what, void *arg)
  */
 static void publish(struct config *next)
 {
-	struct config *old = (struct config *)config_current();
 	struct retired_config *retired = realloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
 	struct retired_config *r;
 	struct timeval soon = {1, 0};
@@ -392,15 +352,8 @@ static void publish(struct config *next)
 	if (retired == NULL)
 		abort();
 	C.retired = retired;
-	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_SEQ_CST);
-	/* The counts are read after the swap: see reader_passes. */
 	r = &C.retired[C.n_retired++];
-	r->cfg = old;
-	r->n_readers = __atomic_load_n(&n_readers_registered, __ATOMIC_SEQ_CST);
-	if (r->n_readers > CONFIG_READERS_MAX)
-		r->n_readers = CONFIG_READERS_MAX;
-	for (int i = 0; i < r->n_readers; i++)
-		r->passes[i] = __atomic_load_n(&reader_passes[i].passes, __ATOMIC_SEQ_CST);
+	r->cfg = config_publish(next, &r->mark);
 	if (C.reclaim_timer && !evtimer_pending(C.reclaim_timer, NULL))
 		evtimer_add(C.reclaim_timer, &soon);
 }

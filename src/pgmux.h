@@ -1,11 +1,12 @@
 /*
- * pgmux.h: process-wide state shared by every thread: the current
- * configuration and the shutdown flags. The configuration pointer is swapped
- * by the main thread on reload; a struct config is never modified after it is
- * published, so a worker may keep using the pointer it loaded for the length
- * of a callback. A replaced one is freed only after every thread that reads
- * configurations has passed a point where it holds none (see
- * config_reader_quiescent()).
+ * pgmux.h: process-wide state shared by every thread, at the bottom of the
+ * process layer (pgmux.c): the current configuration and its readers, the
+ * process-wide counters and the clock. The configuration pointer is swapped
+ * by the main thread on reload (control.c); a struct config is never
+ * modified after it is published, so a worker may keep using the pointer it
+ * loaded for the length of a callback. A replaced one is freed only after
+ * every thread that reads configurations has passed a point where it holds
+ * none (see config_reader_quiescent()).
  */
 #ifndef PGMUX_PGMUX_H
 #define PGMUX_PGMUX_H
@@ -19,7 +20,7 @@ extern struct config *pgmux_config_ptr;
 
 static inline const struct config *config_current(void)
 {
-	/* Sequentially consistent, like the swap and the readers' passes: see control.c. */
+	/* Sequentially consistent, like the swap and the readers' passes: see pgmux.c. */
 	return __atomic_load_n(&pgmux_config_ptr, __ATOMIC_SEQ_CST);
 }
 
@@ -31,6 +32,25 @@ static inline const struct config *config_current(void)
  */
 int config_reader_register(void);
 void config_reader_quiescent(int reader);
+
+/* Readers beyond this many (not possible with MAX_WORKERS) keep replaced configurations until exit. */
+#define CONFIG_READERS_MAX 80 /* MAX_WORKERS workers and the monitor, with room to spare */
+
+/* Each reader's pass count at one moment: when a configuration was replaced. */
+struct config_readers_mark {
+	uint64_t passes[CONFIG_READERS_MAX];
+	int n_readers;
+};
+
+/*
+ * Make next the current configuration (main thread) and note in *mark where
+ * every reader was. Returns the configuration it replaced, which must stay
+ * allocated until config_readers_passed(mark).
+ */
+struct config *config_publish(struct config *next, struct config_readers_mark *mark);
+
+/* Has every reader passed a quiescent point since mark was taken? Then none holds what was replaced. */
+bool config_readers_passed(const struct config_readers_mark *mark);
 
 /* Client connections open across all workers (for graceful shutdown and caps). */
 extern int64_t pgmux_client_count;

@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -24,25 +23,12 @@
 #include "server.h"
 #include "util.h"
 
-struct config *pgmux_config_ptr;
-int64_t pgmux_client_count;
-int64_t pgmux_login_count;
-uint64_t pgmux_accept_out_of_descriptors;
-
 struct worker **workers;
 int n_workers;
 
 /* Round robin; the main thread (accept) and the monitor (connects) both take from it. */
 static unsigned next_worker;
 static __thread struct worker *current_worker;
-
-uint64_t pgmux_now_usec(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 void workers_sum_stats(struct worker_stats *out)
 {
