@@ -18,11 +18,11 @@
 #include <libpq-fe.h>
 
 #include "log.h"
+#include "pgconn.h"
 #include "pgmux.h"
 #include "pool.h"
 #include "proto.h"
 #include "secrets.h"
-#include "server.h"
 #include "util.h"
 
 #define MONITOR_APPLICATION_NAME "pgmux health check"
@@ -46,8 +46,7 @@ static const char aurora_check_sql[] =
 
 enum monitor_state {
 	MON_IDLE,
-	MON_RESOLVING,
-	MON_CONNECTING,
+	MON_CONNECTING, /* resolving, then connecting (pgconn.c) */
 	MON_QUERYING,
 };
 
@@ -55,14 +54,13 @@ struct monitor_conn {
 	struct target *t;
 	unsigned seen; /* the last round that found its target among the live ones */
 	PGconn *pg;
+	struct pgconn connect; /* while MON_CONNECTING */
 	enum monitor_state state;
 	bool connected_before; /* pg was up when this check began: one quiet retry on failure */
 	bool retried;
 	bool aurora;
-	struct event *io_event;
+	struct event *io_event; /* the query's */
 	struct event *deadline;
-	struct evdns_getaddrinfo_request *dns;
-	char hostaddr[64];
 };
 
 static struct event_base *mon_base;
@@ -89,10 +87,7 @@ static void monitor_reset(struct monitor_conn *m)
 	}
 	if (m->deadline)
 		evtimer_del(m->deadline);
-	if (m->dns) {
-		evdns_getaddrinfo_cancel(m->dns);
-		m->dns = NULL;
-	}
+	pgconn_cancel(&m->connect);
 	m->state = MON_IDLE;
 }
 
@@ -231,23 +226,6 @@ static void monitor_on_io(evutil_socket_t fd, short what, void *arg)
 {
 	struct monitor_conn *m = arg;
 
-	if (m->state == MON_CONNECTING) {
-		switch (PQconnectPoll(m->pg)) {
-		case PGRES_POLLING_READING:
-			monitor_wait(m, EV_READ);
-			return;
-		case PGRES_POLLING_WRITING:
-			monitor_wait(m, EV_WRITE);
-			return;
-		case PGRES_POLLING_FAILED:
-			monitor_fail(m, PQerrorMessage(m->pg));
-			return;
-		default:
-			PQsetnonblocking(m->pg, 1);
-			monitor_send_query(m);
-			return;
-		}
-	}
 	if (m->state != MON_QUERYING)
 		return;
 	if ((what & EV_WRITE) && PQflush(m->pg) < 0) {
@@ -279,9 +257,26 @@ static void monitor_on_io(evutil_socket_t fd, short what, void *arg)
  */
 static char implicit_check_user[PROTO_MAX_PARAM_NAME_LEN + 1];
 
+static void monitor_connected(void *arg, PGconn *pg, const struct pgconn_failure *failure)
+{
+	struct monitor_conn *m = arg;
+
+	if (pg == NULL) {
+		monitor_fail(m, failure->message);
+		return;
+	}
+	m->pg = pg;
+	monitor_send_query(m);
+}
+
+static const struct pgconn_ops monitor_connect_ops = {
+	.done = monitor_connected,
+};
+
 static void monitor_connect(struct monitor_conn *m)
 {
 	const struct config *cfg = config_current();
+	struct pgconn_params params = { 0 };
 	struct secret secret;
 	bool found;
 
@@ -299,37 +294,16 @@ static void monitor_connect(struct monitor_conn *m)
 						   : "no secret in secrets_dir for health checks");
 		return;
 	}
-	m->pg = server_libpq_start(m->t, m->hostaddr, secret.username, cfg->health_check_database, secret.password,
-				   MONITOR_APPLICATION_NAME);
-	secret_clear(&secret);
-	if (m->pg == NULL || PQstatus(m->pg) == CONNECTION_BAD) {
-		monitor_fail(m, m->pg ? PQerrorMessage(m->pg) : "out of memory");
-		return;
-	}
+	params.host = m->t->host;
+	params.port = m->t->port;
+	params.user = secret.username;
+	params.database = cfg->health_check_database;
+	params.password = secret.password;
+	params.application_name = MONITOR_APPLICATION_NAME;
 	m->state = MON_CONNECTING;
-	/* libpq's rule: start as if PQconnectPoll had asked for writability. */
-	monitor_wait(m, EV_WRITE);
-}
-
-static void monitor_resolved(int result, struct evutil_addrinfo *res, void *arg)
-{
-	struct monitor_conn *m = arg;
-
-	if (result == EVUTIL_EAI_CANCEL)
-		return;
-	m->dns = NULL;
-	if (result != 0 || res == NULL) {
-		char why[256];
-
-		snprintf(why, sizeof(why), "could not resolve host \"%s\": %s", m->t->host, evutil_gai_strerror(result));
-		if (res)
-			evutil_freeaddrinfo(res);
-		monitor_fail(m, why);
-		return;
-	}
-	server_format_address(res, m->hostaddr, sizeof(m->hostaddr));
-	evutil_freeaddrinfo(res);
-	monitor_connect(m);
+	/* It may end (monitor_connected()) before it returns. */
+	pgconn_start(&m->connect, mon_base, mon_dns, &params, &monitor_connect_ops, m);
+	secret_clear(&secret);
 }
 
 static void monitor_deadline(evutil_socket_t fd, short what, void *arg)
@@ -362,18 +336,7 @@ static void monitor_start_check(struct monitor_conn *m)
 		PQfinish(m->pg);
 		m->pg = NULL;
 	}
-	if (server_host_is_numeric(m->t->host)) {
-		snprintf(m->hostaddr, sizeof(m->hostaddr), "%s", m->t->host);
-		monitor_connect(m);
-		return;
-	}
-	struct evutil_addrinfo hints;
-
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	m->state = MON_RESOLVING;
-	m->dns = evdns_getaddrinfo(mon_dns, m->t->host, NULL, &hints, monitor_resolved, m);
+	monitor_connect(m);
 }
 
 /* --------------------------------------------------------------- the thread */
@@ -456,13 +419,11 @@ static void monitor_wake(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-void monitor_check_now(struct target *t)
+/* A worker asked for a check now (pool_request_health_check() marked the target). Thread safe. */
+static void monitor_wake_up(void)
 {
-	/* Targets live until exit, so the flag is safe to set whatever the monitor is doing. */
-	if (!mon_running)
-		return;
-	__atomic_store_n(&t->check_requested, 1, __ATOMIC_RELEASE);
-	event_active(wake_event, EV_READ, 0);
+	if (__atomic_load_n(&mon_running, __ATOMIC_ACQUIRE))
+		event_active(wake_event, EV_READ, 0);
 }
 
 void monitor_rescan(void)
@@ -505,16 +466,18 @@ int monitor_start(void)
 	evtimer_add(tick_event, &now);
 	if (pthread_create(&mon_thread, NULL, monitor_main, NULL) != 0)
 		return -1;
-	mon_running = true;
+	__atomic_store_n(&mon_running, true, __ATOMIC_RELEASE);
+	pool_set_health_check_wake(monitor_wake_up);
 	return 0;
 }
 
 void monitor_stop(void)
 {
 	if (mon_running) {
+		pool_set_health_check_wake(NULL);
 		event_base_loopbreak(mon_base);
 		pthread_join(mon_thread, NULL);
-		mon_running = false;
+		__atomic_store_n(&mon_running, false, __ATOMIC_RELEASE);
 	}
 	if (tick_event)
 		event_free(tick_event);

@@ -13,7 +13,6 @@
 
 #include "client.h"
 #include "log.h"
-#include "monitor.h"
 #include "pgmux.h"
 #include "secrets.h"
 #include "server.h"
@@ -88,12 +87,31 @@ int pool_init(const struct config *cfg)
 	return 0;
 }
 
+/* How to wake the monitor (monitor.c installs it), or NULL; atomic. */
+static void (*health_check_wake)(void);
+
+void pool_set_health_check_wake(void (*wake)(void))
+{
+	__atomic_store_n(&health_check_wake, wake, __ATOMIC_RELEASE);
+}
+
+void pool_request_health_check(struct target *t)
+{
+	void (*wake)(void) = __atomic_load_n(&health_check_wake, __ATOMIC_ACQUIRE);
+
+	/* Targets live until exit, so the flag is safe to set whatever the monitor is doing. */
+	if (wake == NULL)
+		return;
+	__atomic_store_n(&t->check_requested, 1, __ATOMIC_RELEASE);
+	wake();
+}
+
 void pool_instance_suspect(struct target *t)
 {
 	pthread_mutex_lock(&pool_lock);
 	t->suspect = true;
 	pthread_mutex_unlock(&pool_lock);
-	monitor_check_now(t);
+	pool_request_health_check(t);
 }
 
 void pool_add_instance(const char *host, int port, const char *instance_id)

@@ -225,6 +225,16 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
  */
 void pool_instance_suspect(struct target *t);
 
+/*
+ * Check t now rather than at the next health_check_interval (a backend
+ * connection to it failed): marks t (check_requested) and wakes the monitor.
+ * Thread safe; nothing happens before the monitor has started.
+ */
+void pool_request_health_check(struct target *t);
+
+/* The monitor's wake-up for pool_request_health_check() (NULL: none). Thread safe. */
+void pool_set_health_check_wake(void (*wake)(void));
+
 /* Aurora discovery: make sure an instance endpoint is known (monitor thread). */
 void pool_add_instance(const char *host, int port, const char *instance_id);
 /*

@@ -21,7 +21,6 @@
 #include "cancel.h"
 #include "client.h"
 #include "log.h"
-#include "monitor.h"
 #include "pgmux.h"
 #include "params.h"
 #include "pool.h"
@@ -62,7 +61,6 @@ static const char *const server_state_names[] = {
 };
 
 static void server_on_event(evutil_socket_t fd, short what, void *arg);
-static void server_connect_poll(struct server *s);
 static void server_setup_done(struct server *s, bool ok, void *arg);
 
 const char *server_param(const struct server *s, const char *name)
@@ -118,7 +116,7 @@ static void server_connect_failed(struct server *s, const char *why, bool answer
 	if (s->worker)
 		STAT_INC(s->worker, server_connect_failures);
 	/* The instance may be down: find out now rather than at the next interval. */
-	monitor_check_now(s->target);
+	pool_request_health_check(s->target);
 	/* The pool fails the waiting clients; server_close must not free the slot again. */
 	if (pool)
 		pool_connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message, answered);
@@ -134,110 +132,6 @@ static void server_connect_timeout(evutil_socket_t fd, short what, void *arg)
 			      false);
 }
 
-PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
-			   const char *password, const char *application_name)
-{
-	const struct config *cfg = config_current();
-	char port[16];
-	const char *keys[16], *values[16];
-	int n = 0;
-
-	snprintf(port, sizeof(port), "%d", t->port);
-	keys[n] = "host", values[n++] = t->host;
-	/* A numeric address: libpq must not resolve names itself (that blocks). */
-	keys[n] = "hostaddr", values[n++] = hostaddr;
-	keys[n] = "port", values[n++] = port;
-	keys[n] = "user", values[n++] = user;
-	keys[n] = "dbname", values[n++] = database;
-	if (password)
-		keys[n] = "password", values[n++] = password;
-#ifdef HAVE_LIBPQ_REQUIRE_AUTH
-	/* No password for a server that asks for it in clear text or as MD5: it may not be ours. */
-	if (cfg->server_require_scram)
-		keys[n] = "require_auth", values[n++] = "scram-sha-256";
-#endif
-	keys[n] = "sslmode", values[n++] = config_server_tls_sslmode(cfg->server_tls);
-	if (cfg->server_tls_ca_file && cfg->server_tls_ca_file[0])
-		keys[n] = "sslrootcert", values[n++] = cfg->server_tls_ca_file;
-	/* GSSAPI would look for a credential cache on every connect; pgmux never uses it. */
-	keys[n] = "gssencmode", values[n++] = "disable";
-	if (application_name)
-		keys[n] = "application_name", values[n++] = application_name;
-	/* Pool connections carry no name of their own: clients see the server's default, as directly. */
-	/* Let the kernel notice dead backends on idle connections. */
-	keys[n] = "keepalives", values[n++] = "1";
-	keys[n] = "keepalives_idle", values[n++] = "30";
-	keys[n] = NULL, values[n] = NULL;
-	return PQconnectStartParams(keys, values, 0);
-}
-
-bool server_host_is_numeric(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	return inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
-}
-
-void server_format_address(const struct evutil_addrinfo *res, char *out, size_t len)
-{
-	if (res->ai_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)res->ai_addr)->sin6_addr, out, (socklen_t)len);
-	else
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)res->ai_addr)->sin_addr, out, (socklen_t)len);
-}
-
-static void server_start_libpq(struct server *s)
-{
-	struct pool *pool = s->pool;
-
-	server_set_state(s, SERVER_CONNECTING);
-	s->pg = server_libpq_start(s->target, s->hostaddr, pool->user, pool->database, pool->password, NULL);
-	if (s->pg == NULL) {
-		server_connect_failed(s, "out of memory", false);
-		return;
-	}
-	if (PQstatus(s->pg) == CONNECTION_BAD) {
-		char why[256];
-
-		snprintf(why, sizeof(why), "%s", PQerrorMessage(s->pg));
-		why[strcspn(why, "\n")] = '\0';
-		server_connect_failed(s, why, false);
-		return;
-	}
-	/* So that a FATAL during login comes with its SQLSTATE (see server_connect_poll). */
-	PQsetErrorVerbosity(s->pg, PQERRORS_VERBOSE);
-	/* libpq's rule: behave as if PQconnectPoll had returned PGRES_POLLING_WRITING. */
-	s->pg_wants_write = true;
-	io_init(&s->io, PQsocket(s->pg));
-	s->io.ev_write = event_new(s->worker->base, s->io.fd, EV_WRITE, server_on_event, s);
-	if (s->io.ev_write == NULL) {
-		server_connect_failed(s, "out of memory", false);
-		return;
-	}
-	event_add(s->io.ev_write, NULL);
-	s->io.writing = true;
-}
-
-/* Wait for the direction libpq asked for, following the socket if it changed. */
-static void server_connect_wait(struct server *s, bool want_write)
-{
-	int fd = PQsocket(s->pg);
-	struct event **ev = want_write ? &s->io.ev_write : &s->io.ev_read;
-
-	if (fd != s->io.fd) {
-		io_detach(&s->io);
-		s->io.fd = fd;
-	}
-	io_detach(&s->io);
-	*ev = event_new(s->worker->base, fd, want_write ? EV_WRITE : EV_READ, server_on_event, s);
-	if (*ev == NULL) {
-		server_connect_failed(s, "out of memory", false);
-		return;
-	}
-	event_add(*ev, NULL);
-}
-
 /*
  * A login refused with 57P01-57P03 (shutting down, crashed, starting up or in
  * recovery): the instance is unavailable, not refusing these clients. Like a
@@ -250,47 +144,28 @@ static bool sqlstate_instance_unavailable(const char *sqlstate)
 	       strcmp(sqlstate, SQLSTATE_CANNOT_CONNECT_NOW) == 0;
 }
 
-static void server_connect_poll(struct server *s)
+/* The address is known: libpq connects (SHOW SERVERS says so). */
+static void server_connect_resolved(void *arg)
 {
-	switch (PQconnectPoll(s->pg)) {
-	case PGRES_POLLING_READING:
-		server_connect_wait(s, false);
-		return;
-	case PGRES_POLLING_WRITING:
-		server_connect_wait(s, true);
-		return;
-	case PGRES_POLLING_FAILED: {
-		char why[512], sqlstate[6] = "";
-		const char *msg = PQerrorMessage(s->pg);
-		const char *fatal = strstr(msg, "FATAL:  ");
-		const char *reason = fatal ? fatal + 8 : msg;
+	server_set_state(arg, SERVER_CONNECTING);
+}
 
-		/* Verbose: "FATAL:  57P03: the database system is shutting down". */
-		if (fatal && strspn(reason, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5 && reason[5] == ':' &&
-		    reason[6] == ' ') {
-			memcpy(sqlstate, reason, 5);
-			reason += 7;
-		}
-		/* Show the server's own reason when there is one. */
-		snprintf(why, sizeof(why), "%s", reason);
-		why[strcspn(why, "\n")] = '\0';
-		server_connect_failed(s, why, fatal != NULL && !sqlstate_instance_unavailable(sqlstate));
+static void server_connected(void *arg, PGconn *pg, const struct pgconn_failure *failure)
+{
+	struct server *s = arg;
+
+	if (pg == NULL) {
+		server_connect_failed(s, failure->reason,
+				      failure->refused && !sqlstate_instance_unavailable(failure->sqlstate));
 		return;
 	}
-	default:
-		break;
-	}
-
 	/*
 	 * Connected: libpq has consumed everything up to the first ReadyForQuery.
 	 * The connect timer keeps running through the setup query and init_query
 	 * (server_init_done stops it): one that never ends (a lock wait) must not
 	 * hold the slot forever.
 	 */
-	PQsetErrorVerbosity(s->pg, PQERRORS_DEFAULT);
-	io_detach(&s->io);
-	/* Non-blocking, so that PQfinish's Terminate can never block the loop. */
-	PQsetnonblocking(s->pg, 1);
+	s->pg = pg;
 	__atomic_store_n(&s->backend_pid, PQbackendPID(s->pg), __ATOMIC_RELAXED);
 	for (size_t i = 0; i < sizeof(reported_params) / sizeof(reported_params[0]); i++) {
 		const char *v = PQparameterStatus(s->pg, reported_params[i]);
@@ -334,6 +209,11 @@ static void server_connect_poll(struct server *s)
 			 "\\mtemp(orary)?\\M|\\mdiscard\\M|\\mcall\\M'))::int::text",
 			 server_setup_done, NULL);
 }
+
+static const struct pgconn_ops server_connect_ops = {
+	.resolved = server_connect_resolved,
+	.done = server_connected,
+};
 
 static void server_init_done(struct server *s, bool ok, void *arg)
 {
@@ -390,33 +270,11 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 	server_init_done(s, true, NULL);
 }
 
-static void server_resolved(int result, struct evutil_addrinfo *res, void *arg)
-{
-	struct server *s = arg;
-
-	/* A cancelled lookup's server may already be freed: do not touch it. */
-	if (result == EVUTIL_EAI_CANCEL)
-		return;
-	s->dns_request = NULL;
-	if (result != 0 || res == NULL) {
-		char why[256];
-
-		snprintf(why, sizeof(why), "could not resolve host \"%s\": %s", s->target->host,
-			 evutil_gai_strerror(result));
-		if (res)
-			evutil_freeaddrinfo(res);
-		server_connect_failed(s, why, false);
-		return;
-	}
-	server_format_address(res, s->hostaddr, sizeof(s->hostaddr));
-	evutil_freeaddrinfo(res);
-	server_start_libpq(s);
-}
-
 void server_connect(struct worker *w, struct pool *pool, struct target *target)
 {
 	const struct config *cfg = config_current();
 	struct server *s = calloc(1, sizeof(*s));
+	struct pgconn_params params = { 0 };
 	struct timeval tv;
 
 	if (s == NULL)
@@ -448,19 +306,14 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	evtimer_add(s->timer, &tv);
 
 	log_server(LOG_LEVEL_DEBUG, s, "opening a new connection");
-	if (server_host_is_numeric(s->target->host)) {
-		snprintf(s->hostaddr, sizeof(s->hostaddr), "%s", s->target->host);
-		server_start_libpq(s);
-	} else {
-		struct evutil_addrinfo hints;
-
-		memset(&hints, 0, sizeof(hints));
-		hints.ai_family = AF_UNSPEC;
-		hints.ai_socktype = SOCK_STREAM;
-		hints.ai_protocol = IPPROTO_TCP;
-		/* The callback may run before this returns (cached or numeric answers). */
-		s->dns_request = evdns_getaddrinfo(w->dns, s->target->host, NULL, &hints, server_resolved, s);
-	}
+	/* The pool's password as it is now (a reload may rotate it); pgconn keeps a copy. */
+	params.host = target->host;
+	params.port = target->port;
+	params.user = pool->user;
+	params.database = pool->database;
+	params.password = pool->password;
+	/* The callbacks may run before this returns (a numeric address that cannot be reached at all). */
+	pgconn_start(&s->connect, w->base, w->dns, &params, &server_connect_ops, s);
 }
 
 /* ------------------------------------------------------------ pool hand-off */
@@ -1113,7 +966,7 @@ static void server_session_ended(struct server *s, enum session_end end)
 	if (end == SESSION_END_INSTANCE)
 		pool_instance_suspect(s->target);
 	else if (end == SESSION_END_ALONE)
-		monitor_check_now(s->target);
+		pool_request_health_check(s->target);
 }
 
 /*
@@ -1304,10 +1157,6 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 	size_t budget = SERVER_READ_BUDGET;
 
 	s->worker->activity++;
-	if (s->state == SERVER_CONNECTING) {
-		server_connect_poll(s);
-		return;
-	}
 	if (s->state == SERVER_CLOSED || s->worker == NULL)
 		return;
 
@@ -1517,10 +1366,7 @@ void server_close(struct server *s, const char *reason)
 	if (s->state == SERVER_CLOSED)
 		return;
 	log_server(LOG_LEVEL_DEBUG, s, "closing (%s, was %s)", reason, server_state_names[s->state]);
-	if (s->dns_request) {
-		evdns_getaddrinfo_cancel(s->dns_request);
-		s->dns_request = NULL;
-	}
+	pgconn_cancel(&s->connect);
 	if (s->timer) {
 		event_free(s->timer);
 		s->timer = NULL;

@@ -16,6 +16,7 @@
 
 #include "io.h"
 #include "list.h"
+#include "pgconn.h"
 #include "prepared.h"
 #include "strmap.h"
 
@@ -84,9 +85,7 @@ struct server {
 	int backend_pid;       /* atomic, for SHOW SERVERS */
 	int generation;              /* the target's generation when this connected */
 	struct event *timer;         /* connect timeout */
-	struct evdns_getaddrinfo_request *dns_request;
-	char hostaddr[64];
-	bool pg_wants_write;         /* PQconnectPoll asked for writability */
+	struct pgconn connect;       /* resolving and connecting (pgconn.c) */
 	bool counted_connecting;     /* holds one of the target's n_connecting (pool lock) */
 	bool counted_migrating;      /* holds one of its pool's n_migrating (pool lock) */
 	bool reading_settings;       /* pgmux's query is the read-back of its client's settings (the
@@ -152,21 +151,6 @@ static inline void server_set_pinned(struct server *s)
 
 /* Start a new connection for pool to target on worker w (a slot was reserved by the pool). */
 void server_connect(struct worker *w, struct pool *pool, struct target *target);
-
-/*
- * Start a non-blocking libpq connection to t at the numeric address
- * hostaddr, with pgmux's settings for backend connections (server_tls and
- * friends). Shared by pool connections and health checks.
- */
-PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const char *user, const char *database,
-			   const char *password, const char *application_name);
-
-/* Is host a numeric IPv4 or IPv6 address (no resolution needed)? */
-bool server_host_is_numeric(const char *host);
-
-struct evutil_addrinfo;
-/* The numeric address of a resolver answer. */
-void server_format_address(const struct evutil_addrinfo *res, char *out, size_t len);
 
 /* Attach a parked server to w's loop. Returns false when it turned out dead (it is then closed). */
 bool server_attach(struct server *s, struct worker *w);
