@@ -234,7 +234,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	c->endpoint = endpoint;
 	c->state = CLIENT_STARTUP;
 	c->connect_usec = pgmux_now_usec();
-	list_init(&c->wait_node);
+	pool_waiter_init(&c->waiter, w, client_wait_ended);
 	list_init(&c->cancel_node);
 	list_append(&w->clients, &c->worker_node);
 	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
@@ -301,7 +301,7 @@ void client_close(struct client *c, const char *reason)
 	if (c->pin_reason)
 		__atomic_sub_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	cancel_unregister(c);
-	pool_cancel_wait(c);
+	pool_cancel_wait(&c->waiter);
 	c->server = NULL;
 	if (s)
 		server_client_gone(s, !c->transaction_mode);
@@ -328,7 +328,7 @@ void client_free(struct client *c)
 		secret_clear(&c->secret);
 	tls_context_unref(c->tls);
 	free(c->unnamed_parse);
-	free(c->assigned_error);
+	free(c->waiter.error);
 	free(c->lost_detail);
 	admin_session_free(c);
 	for (int i = 0; i < PARAMS_N_CARRIED; i++)
@@ -868,7 +868,7 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 
 	if (c->state != CLIENT_WAITING)
 		return;
-	pool_cancel_wait(c);
+	pool_cancel_wait(&c->waiter);
 	STAT_INC(c->worker, borrow_timeouts);
 	/* Say why, when pgmux knows: no healthy writer, or how its connection attempts fail. */
 	pool_wait_detail(c->pool, detail, sizeof(detail));
@@ -926,7 +926,7 @@ static void client_borrow(struct client *c)
 {
 	struct server *s;
 	const char *error;
-	enum pool_borrow_result result = pool_borrow(c->pool, c, &s, &error);
+	enum pool_borrow_result result = pool_borrow(c->pool, &c->waiter, c->fresh_backend, &s, &error);
 
 	client_borrow_result(c, result, s, error);
 }
@@ -938,18 +938,19 @@ static void client_begin_transaction(struct client *c)
 	client_borrow(c);
 }
 
-void client_wait_ended(struct client *c)
+void client_wait_ended(struct pool_waiter *waiter)
 {
-	struct server *s = c->assigned_server;
+	struct client *c = list_entry(waiter, struct client, waiter);
+	struct server *s = waiter->assigned;
 
 	if (c->state != CLIENT_WAITING)
 		return;
-	if (c->assigned_error) {
+	if (waiter->error) {
 		char sqlstate[6];
-		char *message = c->assigned_error;
+		char *message = waiter->error;
 
-		memcpy(sqlstate, c->assigned_sqlstate, sizeof(sqlstate));
-		c->assigned_error = NULL;
+		memcpy(sqlstate, waiter->sqlstate, sizeof(sqlstate));
+		waiter->error = NULL;
 		if (c->logged_in)
 			client_fail_batch(c, sqlstate, message);
 		else
@@ -957,7 +958,7 @@ void client_wait_ended(struct client *c)
 		free(message);
 		return;
 	}
-	c->assigned_server = NULL;
+	waiter->assigned = NULL;
 	if (s == NULL)
 		return;
 	if (server_attach(s, c->worker)) {
@@ -978,7 +979,7 @@ static void client_fail_batch_detail(struct client *c, const char *sqlstate, con
 {
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
-	pool_cancel_wait(c);
+	pool_cancel_wait(&c->waiter);
 	if (c->state == CLIENT_WAITING)
 		client_set_state(c, CLIENT_IDLE);
 	proto_put_error(&c->io.out, "ERROR", sqlstate, message, detail, NULL);
@@ -2235,9 +2236,9 @@ static bool client_borrow_for_parse(struct client *c)
 	enum pool_borrow_result result;
 
 	client_set_state(c, CLIENT_WAITING);
-	result = pool_borrow(c->pool, c, &s, &error);
+	result = pool_borrow(c->pool, &c->waiter, c->fresh_backend, &s, &error);
 	if (result == POOL_QUEUED && !pool_backend_coming(c->pool)) {
-		pool_cancel_wait(c);
+		pool_cancel_wait(&c->waiter);
 		client_set_state(c, CLIENT_IDLE);
 		return client_answer_idle(c, true) == IDLE_ANSWERED;
 	}

@@ -47,7 +47,7 @@ enum client_auth_step {
 
 struct client {
 	struct list_node worker_node; /* owner's clients list, or its reap list */
-	struct list_node wait_node;   /* pool waiters, or the worker's ready list (pool lock) */
+	struct pool_waiter waiter;    /* waiting for a backend (pool.c) */
 	struct list_node cancel_node; /* cancel registry (its own lock) */
 	uint64_t id;
 	uint32_t cancel_pid;
@@ -112,13 +112,6 @@ struct client {
 	uint64_t last_activity_usec;
 	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
 
-	uint64_t wait_since_usec;      /* when it joined its pool's waiters (pool lock) */
-
-	/* Set by the pool, under its lock, when a wait ends. */
-	struct server *assigned_server;
-	char *assigned_error;
-	char assigned_sqlstate[6];
-
 	struct event *timer; /* login timeout */
 	int backend_pid;     /* of the backend serving it now (0: none); atomic, for SHOW CLIENTS */
 	bool admin;          /* a session of the admin console (database "pgmux") */
@@ -135,8 +128,8 @@ struct client {
 void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
 		   enum pool_endpoint endpoint);
 
-/* The pool ended this client's wait (assigned_server or assigned_error is set). */
-void client_wait_ended(struct client *c);
+/* The pool ended this client's wait (its waiter's assigned or error is set): the waiter's ended callback. */
+void client_wait_ended(struct pool_waiter *waiter);
 
 /* Cancel what the client's backend is running (a CancelRequest named this client). */
 void client_cancel_backend(struct client *c);

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "client.h"
 #include "log.h"
 #include "pgmux.h"
 #include "secrets.h"
@@ -432,10 +431,10 @@ static struct server *pool_steal_idle_locked(struct pool *for_pool, struct targe
 
 /* ------------------------------------------------------------- borrowing */
 
-static void pool_add_waiter_locked(struct pool *pool, struct client *client)
+static void pool_add_waiter_locked(struct pool *pool, struct pool_waiter *waiter)
 {
-	client->wait_since_usec = pgmux_now_usec();
-	list_append(&pool->waiters, &client->wait_node);
+	waiter->since_usec = pgmux_now_usec();
+	list_append(&pool->waiters, &waiter->node);
 	pool->n_waiting++;
 }
 
@@ -454,50 +453,51 @@ static void pool_add_waiter_locked(struct pool *pool, struct client *client)
 #define POOL_LOCAL_WAITER_MAX_SKIP_USEC 1000
 
 /*
- * May waiter c be given s? Not a backend another client used, if c waits for
- * a new connection (fresh_backend, see pool_borrow()) and one is opening:
- * that one is its.
+ * May waiter be given s? Not a backend another client used, if it waits for
+ * a new connection (fresh_only, see pool_borrow()) and one is opening: that
+ * one is its.
  */
-static bool pool_waiter_takes_locked(const struct pool *pool, const struct client *c, const struct server *s)
+static bool pool_waiter_takes_locked(const struct pool *pool, const struct pool_waiter *waiter,
+				     const struct server *s)
 {
-	return !(c->fresh_backend && s->served && pool->n_connecting > 0);
+	return !(waiter->fresh_only && s->served && pool->n_connecting > 0);
 }
 
-static struct client *pool_pick_waiter_locked(struct pool *pool, const struct server *s, const struct worker *w,
-					      uint64_t now)
+static struct pool_waiter *pool_pick_waiter_locked(struct pool *pool, const struct server *s,
+						   const struct worker *w, uint64_t now)
 {
-	struct client *oldest = NULL;
+	struct pool_waiter *oldest = NULL;
 	struct list_node *pos;
 	uint64_t waited;
 
 	list_for_each(pos, &pool->waiters) {
-		struct client *c = list_entry(pos, struct client, wait_node);
+		struct pool_waiter *waiter = list_entry(pos, struct pool_waiter, node);
 
-		if (pool_waiter_takes_locked(pool, c, s)) {
-			oldest = c;
+		if (pool_waiter_takes_locked(pool, waiter, s)) {
+			oldest = waiter;
 			break;
 		}
 	}
 	if (oldest == NULL)
 		return NULL;
-	pos = oldest->wait_node.next;
+	pos = oldest->node.next;
 	/* now was read before the lock was taken: the oldest may have joined since. */
-	waited = now > oldest->wait_since_usec ? now - oldest->wait_since_usec : 0;
+	waited = now > oldest->since_usec ? now - oldest->since_usec : 0;
 	if (w == NULL || oldest->worker == w || waited >= POOL_LOCAL_WAITER_MAX_SKIP_USEC)
 		return oldest;
 	for (int i = 0; i < POOL_LOCAL_WAITER_SCAN && pos != &pool->waiters; i++, pos = pos->next) {
-		struct client *c = list_entry(pos, struct client, wait_node);
+		struct pool_waiter *waiter = list_entry(pos, struct pool_waiter, node);
 
-		if (c->worker == w && pool_waiter_takes_locked(pool, c, s))
-			return c;
+		if (waiter->worker == w && pool_waiter_takes_locked(pool, waiter, s))
+			return waiter;
 	}
 	return oldest;
 }
 
-enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, struct server **server,
-				    const char **error)
+enum pool_borrow_result pool_borrow(struct pool *pool, struct pool_waiter *waiter, bool fresh_only,
+				    struct server **server, const char **error)
 {
-	struct worker *w = client->worker;
+	struct worker *w = waiter->worker;
 	struct server *s, *victim = NULL;
 	struct list_node doomed, *pos, *tmp;
 	struct connect_batch batch;
@@ -509,9 +509,10 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 	*error = NULL;
 	batch.n = 0;
 	list_init(&doomed);
+	waiter->pool = pool;
 	for (;;) {
 		struct server *detached = NULL, *remote = NULL;
-		bool fresh_only;
+		bool fresh;
 
 		s = NULL;
 		migrate = NULL;
@@ -521,14 +522,14 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 		 * the cap allows one, rather than the idle backend another client
 		 * just gave back (see client_server_lost()).
 		 */
-		fresh_only = client->fresh_backend && !paused &&
-			     (t = pool_pick_target_locked(pool, error)) != NULL && !t->paused &&
-			     t->n_connections < target_cap_locked(t);
+		waiter->fresh_only = fresh_only;
+		fresh = fresh_only && !paused && (t = pool_pick_target_locked(pool, error)) != NULL && !t->paused &&
+			t->n_connections < target_cap_locked(t);
 		*error = NULL;
 		list_for_each_safe(pos, tmp, &pool->idle) {
 			struct server *cand = list_entry(pos, struct server, pool_node);
 
-			if (paused || cand->target->paused || fresh_only)
+			if (paused || cand->target->paused || fresh)
 				break;
 			if (!server_usable_locked(cand, pool)) {
 				/*
@@ -566,7 +567,7 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 			pool->n_migrating++;
 			migrate->counted_migrating = true;
 			migrate->target->n_idle--;
-			pool_add_waiter_locked(pool, client);
+			pool_add_waiter_locked(pool, waiter);
 		} else if (s != NULL) {
 			list_del(&s->pool_node);
 			pool->n_idle--;
@@ -579,10 +580,10 @@ enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, st
 				result = POOL_FAILED;
 			} else {
 				/* Queue first: a connection that completes goes to the oldest waiter. */
-				pool_add_waiter_locked(pool, client);
+				pool_add_waiter_locked(pool, waiter);
 				if (paused || (t && t->paused)) {
 					/* PAUSE: wait like a client of a full pool. */
-				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting && !fresh_only) {
+				} else if (pool->n_connecting + pool->n_migrating >= pool->n_waiting && !fresh) {
 					/*
 					 * Connections already opening for the pool, and idle
 					 * ones on their way from another worker, serve its
@@ -673,25 +674,27 @@ bool pool_backend_coming(struct pool *pool)
 	return coming;
 }
 
-void pool_cancel_wait(struct client *client)
+void pool_cancel_wait(struct pool_waiter *waiter)
 {
 	struct server *assigned = NULL;
-	struct pool *pool = client->pool;
+	struct pool *pool = waiter->pool;
 
 	if (pool == NULL)
 		return;
 	pthread_mutex_lock(&pool_lock);
-	if (list_linked(&client->wait_node)) {
-		list_del(&client->wait_node);
+	if (list_linked(&waiter->node)) {
+		list_del(&waiter->node);
 		/* It is either still waiting or on its worker's ready list. */
-		if (client->assigned_server == NULL && client->assigned_error == NULL)
+		if (waiter->assigned == NULL && waiter->error == NULL)
 			pool->n_waiting--;
 	}
-	assigned = client->assigned_server;
-	client->assigned_server = NULL;
+	assigned = waiter->assigned;
+	waiter->assigned = NULL;
 	pthread_mutex_unlock(&pool_lock);
-	free(client->assigned_error);
-	client->assigned_error = NULL;
+	/* Only its own worker sets it: nothing is queued anywhere now. */
+	waiter->pool = NULL;
+	free(waiter->error);
+	waiter->error = NULL;
 	if (assigned) {
 		/* Never attached to this client: it is clean, pass it on. */
 		pool_release(assigned);
@@ -733,7 +736,7 @@ void pool_release(struct server *s)
 {
 	const struct config *cfg = config_current();
 	struct pool *pool = s->pool;
-	struct client *waiter = NULL;
+	struct pool_waiter *waiter = NULL;
 	struct worker *wake = NULL;
 	uint64_t now = pgmux_now_usec();
 	bool usable;
@@ -762,14 +765,14 @@ void pool_release(struct server *s)
 	if (usable && !paused && !s->target->paused && !list_empty(&pool->waiters))
 		waiter = pool_pick_waiter_locked(pool, s, s->worker, now);
 	if (waiter) {
-		list_del(&waiter->wait_node);
+		list_del(&waiter->node);
 		pool->n_waiting--;
 		/* A server moves to another worker's loop only detached; on this one it stays. */
 		if (s->worker && s->worker != waiter->worker)
 			server_detach(s);
-		waiter->assigned_server = s;
+		waiter->assigned = s;
 		server_set_state(s, SERVER_IDLE);
-		list_append(&waiter->worker->ready, &waiter->wait_node);
+		list_append(&waiter->worker->ready, &waiter->node);
 		/* Once the lock is dropped the waiter may close; its worker lives on. */
 		wake = waiter->worker;
 	} else if (usable) {
@@ -856,14 +859,14 @@ static void pool_fail_waiters_locked(struct pool *pool, const char *sqlstate, co
 	struct list_node *node;
 
 	while ((node = list_pop_front(&pool->waiters)) != NULL) {
-		struct client *c = list_entry(node, struct client, wait_node);
+		struct pool_waiter *waiter = list_entry(node, struct pool_waiter, node);
 
 		pool->n_waiting--;
-		c->assigned_error = xstrdup(message);
-		memcpy(c->assigned_sqlstate, sqlstate, 5);
-		c->assigned_sqlstate[5] = '\0';
-		list_append(&c->worker->ready, &c->wait_node);
-		worker_wake(c->worker);
+		waiter->error = xstrdup(message);
+		memcpy(waiter->sqlstate, sqlstate, 5);
+		waiter->sqlstate[5] = '\0';
+		list_append(&waiter->worker->ready, &waiter->node);
+		worker_wake(waiter->worker);
 	}
 }
 
@@ -1186,29 +1189,29 @@ static void pool_serve_waiters_locked(struct connect_batch *b)
 
 		list_for_each_safe(spos, stmp, &p->idle) {
 			struct server *s = list_entry(spos, struct server, pool_node);
-			struct client *c;
+			struct pool_waiter *waiter;
 
 			if (p->n_waiting <= p->n_migrating)
 				break;
 			if (s->target->paused || !server_usable_locked(s, p))
 				continue;
-			c = list_entry(p->waiters.next, struct client, wait_node);
+			waiter = list_entry(p->waiters.next, struct pool_waiter, node);
 			list_del(&s->pool_node);
 			p->n_idle--;
 			p->n_active++;
 			s->target->n_idle--;
-			if (s->worker != NULL && s->worker != c->worker) {
+			if (s->worker != NULL && s->worker != waiter->worker) {
 				/* Attached to another loop: its worker detaches it and hands it to the oldest waiter. */
 				s->counted_migrating = true;
 				p->n_migrating++;
 				worker_post_migrate(s->worker, s->id);
 				continue;
 			}
-			list_del(&c->wait_node);
+			list_del(&waiter->node);
 			p->n_waiting--;
-			c->assigned_server = s;
-			list_append(&c->worker->ready, &c->wait_node);
-			worker_wake(c->worker);
+			waiter->assigned = s;
+			list_append(&waiter->worker->ready, &waiter->node);
+			worker_wake(waiter->worker);
 		}
 	}
 	pool_kick_locked(b);
@@ -1409,17 +1412,26 @@ void pool_refresh_passwords(void)
 	pthread_mutex_unlock(&pool_lock);
 }
 
-void pool_take_ready(struct worker *w, struct list_node *out)
+void pool_run_ready(struct worker *w)
 {
+	struct list_node ready, *node;
+
+	list_init(&ready);
 	pthread_mutex_lock(&pool_lock);
 	if (!list_empty(&w->ready)) {
-		out->next = w->ready.next;
-		out->prev = w->ready.prev;
-		out->next->prev = out;
-		out->prev->next = out;
+		/* Splice the whole list out so that the lock is held only for this. */
+		ready.next = w->ready.next;
+		ready.prev = w->ready.prev;
+		ready.next->prev = &ready;
+		ready.prev->next = &ready;
 		list_init(&w->ready);
 	}
 	pthread_mutex_unlock(&pool_lock);
+	while ((node = list_pop_front(&ready)) != NULL) {
+		struct pool_waiter *waiter = list_entry(node, struct pool_waiter, node);
+
+		waiter->ended(waiter);
+	}
 }
 
 void pool_close_idle(void)

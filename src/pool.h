@@ -23,7 +23,6 @@
 #include "list.h"
 #include "strmap.h"
 
-struct client;
 struct server;
 struct worker;
 struct monitor_conn;
@@ -76,7 +75,7 @@ struct pool {
 	enum pool_endpoint endpoint;
 	char *password; /* for backend logins; refreshed by each client login (rotation) */
 	struct list_node idle;    /* struct server.pool_node, most recently used first */
-	struct list_node waiters; /* struct client.wait_node, oldest first */
+	struct list_node waiters; /* struct pool_waiter.node, oldest first */
 	int n_idle;
 	int n_active;   /* linked to a client or running pgmux's own queries */
 	int n_waiting;
@@ -129,9 +128,37 @@ static inline bool pool_writes_check_due(const struct pool *pool, uint64_t now_u
 
 #define POOL_KNOWN_STATEMENTS_PER_BACKEND 4
 
+/*
+ * One client waiting for a backend, as the pool sees it: embedded in the
+ * client, set up once by pool_waiter_init(). The pool ends a wait under its
+ * lock: it sets assigned (a backend, detached or parked on the waiter's
+ * loop) or error, puts the waiter on its worker's ready list and wakes that
+ * worker, which calls ended (pool_run_ready()).
+ */
+struct pool_waiter {
+	struct list_node node;  /* its pool's waiters, or its worker's ready list (pool lock) */
+	struct worker *worker;  /* the loop it lives on */
+	struct pool *pool;      /* where it last borrowed (its worker's thread only) */
+	uint64_t since_usec;    /* when it joined its pool's waiters (pool lock) */
+	bool fresh_only;        /* no backend another client used, while one opens for it (pool lock) */
+	/* Set by the pool, under its lock, when the wait ends. */
+	struct server *assigned;
+	char *error; /* malloc'd, the waiter's to free */
+	char sqlstate[6];
+	void (*ended)(struct pool_waiter *waiter); /* on its worker, once assigned or error is set */
+};
+
+static inline void pool_waiter_init(struct pool_waiter *waiter, struct worker *worker,
+				    void (*ended)(struct pool_waiter *waiter))
+{
+	list_init(&waiter->node);
+	waiter->worker = worker;
+	waiter->ended = ended;
+}
+
 enum pool_borrow_result {
 	POOL_BORROWED, /* *server is attached to the caller's worker */
-	POOL_QUEUED,   /* the client waits; the pool sets assigned_server/assigned_error and wakes it */
+	POOL_QUEUED,   /* the waiter waits; the pool sets its assigned or error and wakes it */
 	POOL_FAILED,   /* no instance can ever serve this now (no readers): *error says why */
 };
 
@@ -150,15 +177,17 @@ struct pool *pool_get(const char *user, const char *database, enum pool_endpoint
 void pool_put(struct pool *pool);
 
 /*
- * Called on the client's worker: an idle server of the right instance when
- * one is free, else the client is queued and, if the cap allows, a new
- * backend connection is started.
+ * Called on the waiter's worker: an idle server of the right instance when
+ * one is free, else the waiter is queued and, if the cap allows, a new
+ * backend connection is started. fresh_only: the client's backend died
+ * under it, so it gets a new connection if the cap allows one, not an idle
+ * backend another client just gave back.
  */
-enum pool_borrow_result pool_borrow(struct pool *pool, struct client *client, struct server **server,
-				    const char **error);
+enum pool_borrow_result pool_borrow(struct pool *pool, struct pool_waiter *waiter, bool fresh_only,
+				    struct server **server, const char **error);
 
-/* A client that leaves while waiting (or with a server assigned but not yet taken). */
-void pool_cancel_wait(struct client *client);
+/* A waiter that leaves while waiting (or with a server assigned but not yet taken). */
+void pool_cancel_wait(struct pool_waiter *waiter);
 /*
  * Why a client of pool may have waited in vain, for the DETAIL of its
  * borrow timeout: no usable writer (and what its health check said), or how
@@ -177,8 +206,8 @@ void pool_statement_refused(struct pool *pool, const char *server_name);
 bool pool_statement_known(struct pool *pool, const char *server_name);
 
 /*
- * Will client, queued by pool_borrow(), be served by a backend already on
- * its way (a connection opening, an idle one moving from another worker)?
+ * Will a waiter just queued by pool_borrow() be served by a backend already
+ * on its way (a connection opening, an idle one moving from another worker)?
  * When not, it waits for some other client's transaction to end.
  */
 bool pool_backend_coming(struct pool *pool);
@@ -201,8 +230,8 @@ void pool_connect_failed(struct server *server, const char *sqlstate, const char
 /* The server told us its max_connections (less reserved slots): fix the cap if it was 0. */
 void pool_learn_cap(struct target *target, int server_max_connections);
 
-/* Move the clients whose wait ended to out (called by their worker). */
-void pool_take_ready(struct worker *w, struct list_node *out);
+/* On worker w: call ended for each of its waiters whose wait the pool ended. */
+void pool_run_ready(struct worker *w);
 
 /* Maintenance of the idle backends parked on w's loop, and min_pool_size (worker w, once a second). */
 void pool_janitor(uint64_t now_usec, struct worker *w);

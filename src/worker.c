@@ -265,7 +265,7 @@ static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
-	struct list_node inbox, ready, *node;
+	struct list_node inbox, *node;
 
 	w->activity++;
 
@@ -289,10 +289,7 @@ static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 		free(msg);
 	}
 
-	list_init(&ready);
-	pool_take_ready(w, &ready);
-	while ((node = list_pop_front(&ready)) != NULL)
-		client_wait_ended(list_entry(node, struct client, wait_node));
+	pool_run_ready(w);
 
 	if (w->stopping && list_empty(&w->clients) && list_empty(&w->servers))
 		event_base_loopexit(w->base, NULL);

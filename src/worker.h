@@ -88,7 +88,7 @@ struct worker {
 	pthread_mutex_t inbox_lock;
 	struct list_node inbox; /* struct worker_msg, under inbox_lock */
 
-	struct list_node ready; /* struct client: waits the pool has ended; under the pool lock */
+	struct list_node ready; /* struct pool_waiter: waits the pool has ended; under the pool lock */
 
 	/* Owned by the worker thread alone. */
 	struct list_node clients;      /* struct client.worker_node */
