@@ -210,8 +210,9 @@ static void show_targets(struct iobuf *out)
 	put_complete(out, "SHOW");
 }
 
-static void client_row(struct client *c, void *arg)
+static void client_row(struct cancel_entry *entry, void *arg)
 {
+	const struct client *c = list_entry(entry, struct client, cancel);
 	struct iobuf *out = arg;
 	struct row r = { .n = 0 };
 	enum client_state state = __atomic_load_n(&c->state, __ATOMIC_RELAXED);
@@ -235,7 +236,7 @@ static void show_clients(struct iobuf *out)
 					    "tls", "backend_pid", "pinned",   "connected_seconds" };
 
 	put_columns(out, 9, cols);
-	cancel_for_each_client(client_row, out);
+	cancel_for_each_entry(client_row, out);
 	put_complete(out, "SHOW");
 }
 
@@ -390,12 +391,13 @@ static void admin_error(struct iobuf *out, const char *sqlstate, const char *mes
 	proto_put_error(out, "ERROR", sqlstate, message, NULL, NULL);
 }
 
-static void admin_kill_find(struct client *c, void *arg)
+/* KILL: the entry of the client whose id *found names. */
+static void admin_kill_find(struct cancel_entry *entry, void *arg)
 {
-	struct client **found = arg;
+	struct cancel_entry *found = arg;
 
-	if (found[0] == NULL && c->id == (uint64_t)(uintptr_t)found[1])
-		found[0] = c;
+	if (found->worker == NULL && entry->client_id == found->client_id)
+		*found = *entry;
 }
 
 /* Run one command. */
@@ -473,7 +475,7 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 		return ADMIN_ASYNC;
 	}
 	if (strcmp(w1, "KILL") == 0) {
-		struct client *found[2] = { NULL, NULL };
+		struct cancel_entry found = { .worker = NULL };
 		char *end;
 		unsigned long long id;
 
@@ -483,14 +485,14 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 			admin_error(out, SQLSTATE_SYNTAX_ERROR, "KILL needs a client id (SHOW CLIENTS lists them)");
 			return ADMIN_DONE;
 		}
-		found[1] = (struct client *)(uintptr_t)id;
-		cancel_for_each_client(admin_kill_find, found);
-		if (found[0] == NULL) {
+		found.client_id = id;
+		cancel_for_each_entry(admin_kill_find, &found);
+		if (found.worker == NULL) {
 			admin_error(out, SQLSTATE_INVALID_PARAMETER_VALUE, "no such client; SHOW CLIENTS lists them");
 			return ADMIN_DONE;
 		}
 		/* The client belongs to its worker: ask it (a worker never frees it while registered). */
-		worker_post_kill(found[0]->worker, id);
+		worker_post_kill(found.worker, id);
 		put_complete(out, "KILL");
 		return ADMIN_DONE;
 	}
@@ -531,7 +533,7 @@ void admin_login(struct client *c)
 	proto_put_parameter_status(&c->io.out, "integer_datetimes", "on");
 	proto_put_parameter_status(&c->io.out, "standard_conforming_strings", "on");
 	proto_put_parameter_status(&c->io.out, "application_name", app ? app : "");
-	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
+	proto_put_backend_key(&c->io.out, c->cancel.pid, c->cancel.key);
 	proto_put_ready(&c->io.out, 'I');
 	c->logged_in = true;
 	log_client(LOG_LEVEL_INFO, c, "admin console session opened%s",

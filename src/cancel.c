@@ -11,8 +11,6 @@
 #include <string.h>
 
 #include "auth.h"
-#include "client.h"
-#include "list.h"
 #include "log.h"
 
 #define CANCEL_BUCKETS 4096
@@ -41,7 +39,7 @@ static struct list_node *bucket_for(uint32_t pid)
 	return &registry[pid % CANCEL_BUCKETS];
 }
 
-void cancel_register(struct client *c)
+void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t client_id)
 {
 	pthread_mutex_lock(&registry_lock);
 	if (!registry_ready) {
@@ -54,17 +52,19 @@ void cancel_register(struct client *c)
 	next_pid = (next_pid + 1) & 0x7fffffff;
 	if (next_pid == 0)
 		next_pid = 1;
-	c->cancel_pid = next_pid;
-	auth_random_bytes(&c->cancel_key, sizeof(c->cancel_key));
-	list_append(bucket_for(c->cancel_pid), &c->cancel_node);
+	entry->pid = next_pid;
+	auth_random_bytes(&entry->key, sizeof(entry->key));
+	entry->worker = worker;
+	entry->client_id = client_id;
+	list_append(bucket_for(entry->pid), &entry->node);
 	pthread_mutex_unlock(&registry_lock);
 }
 
-void cancel_unregister(struct client *c)
+void cancel_unregister(struct cancel_entry *entry)
 {
 	pthread_mutex_lock(&registry_lock);
-	if (list_linked(&c->cancel_node))
-		list_del(&c->cancel_node);
+	if (list_linked(&entry->node))
+		list_del(&entry->node);
 	pthread_mutex_unlock(&registry_lock);
 }
 
@@ -76,12 +76,12 @@ bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t 
 	pthread_mutex_lock(&registry_lock);
 	if (registry_ready) {
 		list_for_each(pos, bucket_for(pid)) {
-			struct client *c = list_entry(pos, struct client, cancel_node);
+			struct cancel_entry *entry = list_entry(pos, struct cancel_entry, node);
 
-			if (c->cancel_pid == pid && c->cancel_key == key) {
-				/* Both are fixed while registered; the client itself is its worker's. */
-				*worker = c->worker;
-				*client_id = c->id;
+			if (entry->pid == pid && entry->key == key) {
+				/* Fixed while registered; the client itself is its worker's. */
+				*worker = entry->worker;
+				*client_id = entry->client_id;
 				found = true;
 				break;
 			}
@@ -91,7 +91,7 @@ bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t 
 	return found;
 }
 
-void cancel_for_each_client(void (*fn)(struct client *c, void *arg), void *arg)
+void cancel_for_each_entry(void (*fn)(struct cancel_entry *entry, void *arg), void *arg)
 {
 	struct list_node *pos;
 
@@ -99,7 +99,7 @@ void cancel_for_each_client(void (*fn)(struct client *c, void *arg), void *arg)
 	if (registry_ready)
 		for (int i = 0; i < CANCEL_BUCKETS; i++)
 			list_for_each(pos, &registry[i])
-				fn(list_entry(pos, struct client, cancel_node), arg);
+				fn(list_entry(pos, struct cancel_entry, node), arg);
 	pthread_mutex_unlock(&registry_lock);
 }
 

@@ -12,18 +12,32 @@
 
 #include <libpq-fe.h>
 
-struct client;
+#include "list.h"
+
 struct worker;
 
-/* Give c a fresh (pid, key) and make it findable. */
-void cancel_register(struct client *c);
-void cancel_unregister(struct client *c);
+/*
+ * A logged-in client's entry in the registry, embedded in the client (list_init
+ * its node first): its (pid, key) pair, sent to it as BackendKeyData, and
+ * where to find it. Fixed while registered.
+ */
+struct cancel_entry {
+	struct list_node node; /* a registry bucket (registry lock) */
+	uint32_t pid;
+	uint32_t key;
+	struct worker *worker;
+	uint64_t client_id;
+};
+
+/* Give the client client_id, which lives on worker, a fresh (pid, key) and make it findable. */
+void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t client_id);
+void cancel_unregister(struct cancel_entry *entry);
 
 /* Find the client a CancelRequest names; false for unknown keys. */
 bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t *client_id);
 
-/* Call fn for every logged-in client, under the registry lock (SHOW CLIENTS, KILL). */
-void cancel_for_each_client(void (*fn)(struct client *c, void *arg), void *arg);
+/* Call fn for every logged-in client's entry, under the registry lock (SHOW CLIENTS, KILL). */
+void cancel_for_each_entry(void (*fn)(struct cancel_entry *entry, void *arg), void *arg);
 
 int cancel_thread_start(void);
 void cancel_thread_stop(void);

@@ -235,7 +235,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	c->state = CLIENT_STARTUP;
 	c->connect_usec = pgmux_now_usec();
 	pool_waiter_init(&c->waiter, w, client_wait_ended);
-	list_init(&c->cancel_node);
+	list_init(&c->cancel.node);
 	list_append(&w->clients, &c->worker_node);
 	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
@@ -300,7 +300,7 @@ void client_close(struct client *c, const char *reason)
 	}
 	if (c->pin_reason)
 		__atomic_sub_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
-	cancel_unregister(c);
+	cancel_unregister(&c->cancel);
 	pool_cancel_wait(&c->waiter);
 	c->server = NULL;
 	if (s)
@@ -834,7 +834,7 @@ static void client_authenticated(struct client *c)
 				     c->startup.user);
 			return;
 		}
-		cancel_register(c);
+		cancel_register(&c->cancel, c->worker, c->id);
 		c->admin = true;
 		client_set_state(c, CLIENT_WAITING);
 		client_set_state(c, CLIENT_ACTIVE);
@@ -844,7 +844,7 @@ static void client_authenticated(struct client *c)
 			admin_process_input(c);
 		return;
 	}
-	cancel_register(c);
+	cancel_register(&c->cancel, c->worker, c->id);
 	c->pool = pool_get(c->startup.user, c->startup.database, c->endpoint,
 			   c->have_secret ? c->secret.password : NULL);
 	/* The pool keeps what backend logins need; the client's copy of the password goes now. */
@@ -1469,7 +1469,7 @@ static void client_login_complete(struct client *c)
 	c->params_fingerprint_valid = false;
 	for (int i = 0; i < s->n_params; i++)
 		proto_put_parameter_status(&c->io.out, s->params[i].name, s->params[i].value);
-	proto_put_backend_key(&c->io.out, c->cancel_pid, c->cancel_key);
+	proto_put_backend_key(&c->io.out, c->cancel.pid, c->cancel.key);
 	proto_put_ready(&c->io.out, s->tx_status ? s->tx_status : 'I');
 	c->logged_in = true;
 	client_set_state(c, CLIENT_ACTIVE);

@@ -12,6 +12,7 @@
 
 #include <event2/event.h>
 
+#include "cancel.h"
 #include "io.h"
 #include "list.h"
 #include "log.h"
@@ -48,10 +49,8 @@ enum client_auth_step {
 struct client {
 	struct list_node worker_node; /* owner's clients list, or its reap list */
 	struct pool_waiter waiter;    /* waiting for a backend (pool.c) */
-	struct list_node cancel_node; /* cancel registry (its own lock) */
+	struct cancel_entry cancel;   /* cancel registry (its own lock): the client's (pid, key) */
 	uint64_t id;
-	uint32_t cancel_pid;
-	uint32_t cancel_key;
 	enum client_state state;
 	struct worker *worker;
 	struct io io;
