@@ -518,7 +518,8 @@ static bool admin_is_async(const char *sql)
 
 /* -------------------------------------------------------------- protocol */
 
-void admin_login(struct client *c)
+/* Finish the login of an authenticated admin client (ParameterStatus, ReadyForQuery). */
+static void admin_login(struct client *c)
 {
 	const char *app = proto_startup_get(&c->startup, "application_name");
 
@@ -708,7 +709,8 @@ static bool admin_extended(struct client *c, uint8_t type, const uint8_t *body, 
 	return true;
 }
 
-bool admin_process_input(struct client *c)
+/* Act on the admin client's buffered messages. Returns false if c was closed. */
+static bool admin_process_input(struct client *c)
 {
 	struct admin_session *a = c->admin_session;
 	struct iobuf *in = &c->io.in;
@@ -775,7 +777,7 @@ void admin_reply(struct client *c, bool ok, const char *text)
 		admin_process_input(c);
 }
 
-void admin_session_free(struct client *c)
+static void admin_session_free(struct client *c)
 {
 	struct admin_session *a = c->admin_session;
 
@@ -788,3 +790,9 @@ void admin_session_free(struct client *c)
 	free(a);
 	c->admin_session = NULL;
 }
+
+const struct client_console admin_console = {
+	.login = admin_login,
+	.process_input = admin_process_input,
+	.session_free = admin_session_free,
+};

@@ -21,7 +21,6 @@
 
 #include <event2/util.h>
 
-#include "admin.h"
 #include "auth.h"
 #include "cancel.h"
 #include "params.h"
@@ -50,6 +49,14 @@
 
 static uint64_t next_client_id = 1;
 int64_t client_pinned_sessions;
+
+/* The admin console's session (admin.c), installed before the workers start. */
+static const struct client_console *console;
+
+void client_set_console(const struct client_console *ops)
+{
+	console = ops;
+}
 
 #define BORROW_TIMEOUT_MESSAGE "timed out waiting to acquire database connection"
 
@@ -330,7 +337,8 @@ void client_free(struct client *c)
 	free(c->unnamed_parse);
 	free(c->waiter.error);
 	free(c->lost_detail);
-	admin_session_free(c);
+	if (c->admin_session)
+		console->session_free(c);
 	for (int i = 0; i < PARAMS_N_CARRIED; i++)
 		free(c->reported[i]);
 	params_clear(&c->params_set);
@@ -838,10 +846,10 @@ static void client_authenticated(struct client *c)
 		c->admin = true;
 		client_set_state(c, CLIENT_WAITING);
 		client_set_state(c, CLIENT_ACTIVE);
-		admin_login(c);
+		console->login(c);
 		client_flush(c);
 		if (c->state == CLIENT_ACTIVE && iobuf_len(&c->io.in) > 0)
-			admin_process_input(c);
+			console->process_input(c);
 		return;
 	}
 	cancel_register(&c->cancel, c->worker, c->id);
@@ -2371,7 +2379,7 @@ static bool client_process_input(struct client *c)
 			continue;
 		case CLIENT_ACTIVE:
 			if (c->admin)
-				return admin_process_input(c);
+				return console->process_input(c);
 			return client_relay(c);
 		case CLIENT_IDLE:
 			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c)) {

@@ -123,6 +123,20 @@ struct client {
 	       (c)->have_startup ? (c)->startup.user : "-", (c)->have_startup ? (c)->startup.database : "-", \
 	       (c)->peer, ##__VA_ARGS__)
 
+/*
+ * The admin console (admin.c, a layer above): what a session of the database
+ * ADMIN_DATABASE runs instead of borrowing backends. Installed at start-up.
+ */
+#define ADMIN_DATABASE "pgmux"
+
+struct client_console {
+	void (*login)(struct client *c);         /* authenticated: ParameterStatus, BackendKeyData, ReadyForQuery */
+	bool (*process_input)(struct client *c); /* act on buffered messages; false if c was closed */
+	void (*session_free)(struct client *c);  /* free c->admin_session */
+};
+
+void client_set_console(const struct client_console *console);
+
 /* Take over an accepted socket on worker w. */
 void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
 		   enum pool_endpoint endpoint);

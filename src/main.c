@@ -19,7 +19,9 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 
+#include "admin.h"
 #include "cancel.h"
+#include "client.h"
 #include "config.h"
 #include "control.h"
 #include "io.h"
@@ -354,6 +356,7 @@ int main(int argc, char **argv)
 		}
 		pidfile_written = true;
 	}
+	client_set_console(&admin_console);
 	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;

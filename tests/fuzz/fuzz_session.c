@@ -33,6 +33,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "admin.h"
 #include "fuzz.h"
 #include "log.h"
 #include "secrets.h"
@@ -96,6 +97,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	C.request_event = event_new(C.base, -1, 0, on_requests, NULL);
 	FUZZ_CHECK(C.base && C.request_event, "control");
 
+	client_set_console(&admin_console);
 	worker = worker_create(0);
 	FUZZ_CHECK(worker != NULL, "worker_create");
 	current_worker = worker;
