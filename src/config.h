@@ -30,6 +30,12 @@ enum server_tls_mode {
 	SERVER_TLS_VERIFY_FULL,
 };
 
+/* Which port a client came in on, and so which instances its pool uses. */
+enum pool_endpoint {
+	ENDPOINT_WRITER, /* listen_port */
+	ENDPOINT_READER, /* readonly_port */
+};
+
 struct target_host {
 	char *host; /* name or numeric address, as written */
 	int port;

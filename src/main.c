@@ -24,6 +24,7 @@
 #include "client.h"
 #include "config.h"
 #include "control.h"
+#include "dispatch.h"
 #include "io.h"
 #include "log.h"
 #include "metrics.h"
@@ -357,7 +358,7 @@ int main(int argc, char **argv)
 		pidfile_written = true;
 	}
 	client_set_console(&admin_console);
-	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 || monitor_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;

@@ -33,11 +33,6 @@ enum instance_role {
 	ROLE_READER,
 };
 
-enum pool_endpoint {
-	ENDPOINT_WRITER, /* listen_port */
-	ENDPOINT_READER, /* readonly_port */
-};
-
 struct target {
 	struct list_node node;
 	char *host;

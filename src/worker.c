@@ -1,9 +1,9 @@
 /*
  * worker.c: worker threads (see worker.h). The acceptor in the main thread
  * hands sockets over round robin through each worker's inbox; the worker's
- * wake event drains the inbox and the pool's ready list. Closed clients and
- * servers are freed by a separate reap event, after the callbacks that may
- * still hold pointers to them have returned.
+ * wake event drains the inbox, then lets its ops see the pool's ready list.
+ * Closed clients and servers are freed by a separate reap event, after the
+ * callbacks that may still hold pointers to them have returned.
  */
 #include "worker.h"
 
@@ -15,12 +15,8 @@
 
 #include <event2/thread.h>
 
-#include "admin.h"
-#include "client.h"
 #include "log.h"
 #include "pgmux.h"
-#include "pool.h"
-#include "server.h"
 #include "util.h"
 
 struct worker **workers;
@@ -164,102 +160,21 @@ void workers_broadcast(enum worker_msg_type type)
 	}
 }
 
-static struct client *worker_find_client(struct worker *w, uint64_t id)
-{
-	struct list_node *pos;
-
-	list_for_each(pos, &w->clients) {
-		struct client *c = list_entry(pos, struct client, worker_node);
-
-		if (c->id == id)
-			return c;
-	}
-	return NULL;
-}
-
-static void worker_close_everything(struct worker *w)
-{
-	struct list_node *pos, *tmp;
-
-	list_for_each_safe(pos, tmp, &w->clients) {
-		struct client *c = list_entry(pos, struct client, worker_node);
-
-		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
-	}
-	list_for_each_safe(pos, tmp, &w->servers) {
-		struct server *s = list_entry(pos, struct server, worker_node);
-
-		server_close(s, "pgmux is shutting down");
-	}
-}
-
+/* The worker's own part of a message; the rest is its ops'. */
 static void worker_handle_msg(struct worker *w, struct worker_msg *msg)
 {
-	struct client *c;
-	struct list_node *pos, *tmp;
-
 	switch (msg->type) {
-	case WORKER_MSG_CONNECTION:
-		if (w->draining || w->stopping) {
-			close(msg->fd);
-			break;
-		}
-		client_accept(w, msg->fd, (struct sockaddr *)&msg->addr, msg->addrlen, msg->endpoint);
-		break;
-	case WORKER_MSG_CANCEL:
-		c = worker_find_client(w, msg->client_id);
-		if (c)
-			client_cancel_backend(c);
-		break;
 	case WORKER_MSG_DRAIN:
 		w->draining = true;
-		list_for_each_safe(pos, tmp, &w->clients)
-			client_drain(list_entry(pos, struct client, worker_node));
 		break;
 	case WORKER_MSG_STOP:
 		w->stopping = true;
 		event_del(w->janitor_event);
-		worker_close_everything(w);
 		break;
-	case WORKER_MSG_CONNECT:
-		server_connect(w, msg->pool, msg->target);
-		break;
-	case WORKER_MSG_ADMIN_REPLY:
-		c = worker_find_client(w, msg->client_id);
-		if (c)
-			admin_reply(c, msg->ok, msg->text);
-		break;
-	case WORKER_MSG_RETIRE:
-		list_for_each_safe(pos, tmp, &w->servers) {
-			struct server *s = list_entry(pos, struct server, worker_node);
-
-			if (pool_target_retired(s->target)) {
-				server_cancel_running(s);
-				server_close(s, "pgmux cut over to new database instances and this session could not move");
-			}
-		}
-		break;
-	case WORKER_MSG_SWEEP:
-		pool_janitor(pgmux_now_usec(), w);
-		break;
-	case WORKER_MSG_MIGRATE:
-		list_for_each_safe(pos, tmp, &w->servers) {
-			struct server *s = list_entry(pos, struct server, worker_node);
-
-			/* Gone already if it closed meanwhile; the waiting client then gets another. */
-			if (s->id == msg->client_id && s->state == SERVER_IDLE && s->client == NULL) {
-				server_detach(s);
-				pool_release(s);
-				break;
-			}
-		}
-		break;
-	case WORKER_MSG_KILL:
-		c = worker_find_client(w, msg->client_id);
-		if (c)
-			client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "terminating connection due to KILL from the pgmux admin console");
+	default:
 		break;
 	}
+	w->ops->message(w, msg);
 }
 
 static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
@@ -289,7 +204,7 @@ static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 		free(msg);
 	}
 
-	pool_run_ready(w);
+	w->ops->woken(w);
 
 	if (w->stopping && list_empty(&w->clients) && list_empty(&w->servers))
 		event_base_loopexit(w->base, NULL);
@@ -298,12 +213,8 @@ static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 static void worker_reap_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
-	struct list_node *node;
 
-	while ((node = list_pop_front(&w->reap_clients)) != NULL)
-		client_free(list_entry(node, struct client, worker_node));
-	while ((node = list_pop_front(&w->reap_servers)) != NULL)
-		server_free(list_entry(node, struct server, worker_node));
+	w->ops->reap(w);
 	if (w->stopping && list_empty(&w->clients) && list_empty(&w->servers))
 		event_base_loopexit(w->base, NULL);
 }
@@ -311,12 +222,8 @@ static void worker_reap_cb(evutil_socket_t fd, short what, void *arg)
 static void worker_janitor_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
-	uint64_t now = pgmux_now_usec();
-	struct list_node *pos, *tmp;
 
-	list_for_each_safe(pos, tmp, &w->clients)
-		client_janitor(list_entry(pos, struct client, worker_node), now);
-	pool_janitor(now, w);
+	w->ops->janitor(w, pgmux_now_usec());
 }
 
 /*
@@ -455,7 +362,7 @@ static void worker_destroy(struct worker *w)
 	free(w);
 }
 
-static struct worker *worker_create(int id)
+static struct worker *worker_create(int id, const struct worker_ops *ops)
 {
 	struct worker *w = calloc(1, sizeof(*w));
 	struct event_config *ecfg;
@@ -463,6 +370,7 @@ static struct worker *worker_create(int id)
 	if (w == NULL)
 		return NULL;
 	w->id = id;
+	w->ops = ops;
 	iobuf_init(&w->scratch);
 	iobuf_reserve(&w->scratch, 32 * 1024);
 	pthread_mutex_init(&w->inbox_lock, NULL);
@@ -513,7 +421,7 @@ fail:
 	return NULL;
 }
 
-int workers_start(int n)
+int workers_start(int n, const struct worker_ops *ops)
 {
 	workers = calloc((size_t)n, sizeof(*workers));
 	if (workers == NULL)
@@ -523,7 +431,7 @@ int workers_start(int n)
 		n_cpus = 1;
 	loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
 	for (int i = 0; i < n; i++) {
-		workers[i] = worker_create(i);
+		workers[i] = worker_create(i, ops);
 		if (workers[i] == NULL) {
 			log_error("cannot create worker %d", i);
 			return -1;

@@ -3,7 +3,9 @@
  * owns the clients and servers attached to it; nothing else touches them.
  * Other threads talk to a worker only through its inbox (a mutex-protected
  * list plus an event_active() wake-up), as memcached's threads do, or through
- * the pool's ready list, which the pool lock protects.
+ * the pool's ready list, which the pool lock protects. worker.c knows the
+ * loop, not the sessions: what a message means for them, and how a closed
+ * one is freed, is the worker_ops that main installs (dispatch.c).
  */
 #ifndef PGMUX_WORKER_H
 #define PGMUX_WORKER_H
@@ -16,9 +18,13 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "config.h"
 #include "iobuf.h"
 #include "list.h"
-#include "pool.h"
+
+struct pool;
+struct target;
+struct worker;
 
 enum worker_msg_type {
 	WORKER_MSG_CONNECTION, /* a newly accepted client socket */
@@ -68,8 +74,24 @@ struct worker_stats {
 
 #define STAT_INC(w, field) __atomic_store_n(&(w)->stats.field, (w)->stats.field + 1, __ATOMIC_RELAXED)
 
+/*
+ * What a worker does with the work it is handed, on its own thread: the
+ * session layer's side of the loop (dispatch.c), installed at start-up.
+ */
+struct worker_ops {
+	/* One inbox message, in order (DRAIN and STOP have set draining and stopping); worker.c frees it. */
+	void (*message)(struct worker *w, struct worker_msg *msg);
+	/* After the inbox, whenever the worker is woken: the waits the pool ended (its ready list). */
+	void (*woken)(struct worker *w);
+	/* Free what closed (reap_clients, reap_servers): no callback of this pass refers to it any more. */
+	void (*reap)(struct worker *w);
+	/* Once a second. */
+	void (*janitor)(struct worker *w, uint64_t now_usec);
+};
+
 struct worker {
 	int id;
+	const struct worker_ops *ops;
 	int config_reader; /* config_reader_register(), from the worker's own thread */
 	struct worker_stats stats;
 	/*
@@ -90,10 +112,10 @@ struct worker {
 
 	struct list_node ready; /* struct pool_waiter: waits the pool has ended; under the pool lock */
 
-	/* Owned by the worker thread alone. */
+	/* Owned by the worker thread alone; worker.c only sees whether they are empty. */
 	struct list_node clients;      /* struct client.worker_node */
 	struct list_node servers;      /* struct server.worker_node: attached to this worker */
-	struct list_node reap_clients; /* closed, freed by reap_event */
+	struct list_node reap_clients; /* closed, freed by reap_event (ops->reap) */
 	struct list_node reap_servers;
 	/*
 	 * For busy polling (busy_poll_us): events handled so far, and sessions
@@ -110,8 +132,8 @@ struct worker {
 extern struct worker **workers;
 extern int n_workers;
 
-/* Create and start n workers; returns 0 or -1 with a logged reason. */
-int workers_start(int n);
+/* Create and start n workers doing what ops says; returns 0 or -1 with a logged reason. */
+int workers_start(int n, const struct worker_ops *ops);
 
 /* Post STOP to every worker and join them. */
 void workers_stop(void);

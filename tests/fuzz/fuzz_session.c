@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 
 #include "admin.h"
+#include "dispatch.h"
 #include "fuzz.h"
 #include "log.h"
 #include "secrets.h"
@@ -98,7 +99,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	FUZZ_CHECK(C.base && C.request_event, "control");
 
 	client_set_console(&admin_console);
-	worker = worker_create(0);
+	worker = worker_create(0, &dispatch_worker_ops);
 	FUZZ_CHECK(worker != NULL, "worker_create");
 	current_worker = worker;
 	workers = &worker;
