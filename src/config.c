@@ -28,16 +28,14 @@ _Static_assert(sizeof(enum client_auth_method) == sizeof(int), "enum client_auth
 _Static_assert(sizeof(enum server_tls_mode) == sizeof(int), "enum server_tls_mode must be int-sized");
 
 #define MAX_TARGET_HOSTS 64
-#define MAX_WORKERS 64
 #define DEFAULT_POSTGRES_PORT 5432
 
 /*
  * PostgreSQL refuses any single allocation above 1GB - 1 byte (MaxAllocSize),
- * so no message can be larger. Sizes are capped there, and "1GB" is accepted
- * as a readable way to ask for that cap.
+ * so no message can be larger. Sizes are capped there, and "1GB" (GIGABYTE)
+ * is accepted as a readable way to ask for that cap.
  */
 #define SIZE_CAP 1073741823LL
-#define GIGABYTE 1073741824LL
 
 /* The index of each name is the C enum value it stands for. */
 static const char *const client_auth_names[] = { "scram-sha-256", "md5", "trust", NULL };
@@ -535,7 +533,7 @@ struct load_state {
 	int line_number;
 	char *line_buffer; /* getline's buffer */
 	size_t line_buffer_size;
-	int option_line[OPTION_COUNT]; /* where each option was set; 0 = not in the file */
+	int *option_line;              /* where each option was set, by table index; 0 = not in the file */
 	int error_line;                /* 0 = no error yet */
 	char error[512];               /* the message without "path:line: " */
 };
@@ -1090,7 +1088,7 @@ static int handle_pair(void *user, const char *section, const char *name, const 
 		set_error(state, state->line_number, "[%s] %s: unknown option", section, name);
 		return 0;
 	}
-	index = (size_t)(opt - option_table);
+	index = (size_t)(opt - config_options(NULL));
 	if (state->option_line[index] != 0) {
 		set_error(state, state->line_number, "[%s] %s: already set on line %d", section,
 			  name, state->option_line[index]);
@@ -1112,9 +1110,9 @@ static int line_of(const struct load_state *state, const char *section, const ch
 {
 	const struct config_option *opt = config_find_option(section, name);
 
-	if (opt == NULL || state->option_line[opt - option_table] == 0)
+	if (opt == NULL || state->option_line[opt - config_options(NULL)] == 0)
 		return -1;
-	return state->option_line[opt - option_table];
+	return state->option_line[opt - config_options(NULL)];
 }
 
 /* Rules that involve more than one option, checked once the file is read. */
@@ -1157,14 +1155,16 @@ static void check_combinations(struct load_state *state)
 static struct config *config_defaults(const char *path, char *err, size_t errlen)
 {
 	struct config *cfg = calloc(1, sizeof(*cfg));
+	size_t count;
+	const struct config_option *options = config_options(&count);
 
 	if (cfg == NULL || (cfg->path = strdup(path)) == NULL) {
 		free(cfg);
 		error_printf(err, errlen, "%s: out of memory", path);
 		return NULL;
 	}
-	for (size_t i = 0; i < OPTION_COUNT; i++) {
-		const struct config_option *opt = &option_table[i];
+	for (size_t i = 0; i < count; i++) {
+		const struct config_option *opt = &options[i];
 		struct value_problem p;
 		const char *why;
 
@@ -1193,17 +1193,26 @@ static struct config *config_defaults(const char *path, char *err, size_t errlen
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
 	struct load_state state;
+	size_t count;
 	int rc;
 
 	memset(&state, 0, sizeof(state));
+	config_options(&count);
+	state.option_line = calloc(count, sizeof(*state.option_line));
+	if (state.option_line == NULL) {
+		error_printf(err, errlen, "%s: out of memory", path);
+		return NULL;
+	}
 	state.file = fopen(path, "r");
 	if (state.file == NULL) {
 		error_printf(err, errlen, "%s: %s", path, strerror(errno));
+		free(state.option_line);
 		return NULL;
 	}
 	state.cfg = config_defaults(path, err, errlen);
 	if (state.cfg == NULL) {
 		fclose(state.file);
+		free(state.option_line);
 		return NULL;
 	}
 
@@ -1216,6 +1225,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 	if (rc == -2) {
 		error_printf(err, errlen, "%s: out of memory", path);
 		config_free(state.cfg);
+		free(state.option_line);
 		return NULL;
 	}
 	/*
@@ -1228,6 +1238,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 	}
 	if (state.error_line == 0)
 		check_combinations(&state);
+	free(state.option_line);
 	if (state.error_line != 0) {
 		if (state.error_line > 0)
 			error_printf(err, errlen, "%s:%d: %s", path, state.error_line, state.error);
@@ -1241,11 +1252,14 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 
 void config_free(struct config *cfg)
 {
+	size_t count;
+	const struct config_option *options = config_options(&count);
+
 	if (cfg == NULL)
 		return;
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		if (option_table[i].type == CONFIG_STRING)
-			free(*(char **)field_of(cfg, &option_table[i]));
+	for (size_t i = 0; i < count; i++)
+		if (options[i].type == CONFIG_STRING)
+			free(*(char **)field_of(cfg, &options[i]));
 	free_hosts(cfg->hosts, cfg->n_hosts);
 	free(cfg->path);
 	free(cfg);
@@ -1271,11 +1285,13 @@ void config_free_hosts(struct target_host *hosts, int n_hosts)
 struct config *config_with_hosts(const struct config *cfg, const struct target_host *hosts, int n_hosts)
 {
 	struct config *copy = xmalloc(sizeof(*copy));
+	size_t count;
+	const struct config_option *options = config_options(&count);
 
 	*copy = *cfg;
-	for (size_t i = 0; i < OPTION_COUNT; i++) {
-		if (option_table[i].type == CONFIG_STRING) {
-			char **field = (char **)field_of(copy, &option_table[i]);
+	for (size_t i = 0; i < count; i++) {
+		if (options[i].type == CONFIG_STRING) {
+			char **field = (char **)field_of(copy, &options[i]);
 
 			*field = xstrdup(*field);
 		}
@@ -1302,10 +1318,12 @@ const struct config_option *config_options(size_t *count)
 
 const struct config_option *config_find_option(const char *section, const char *name)
 {
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		if (strcmp(option_table[i].section, section) == 0 &&
-		    strcmp(option_table[i].name, name) == 0)
-			return &option_table[i];
+	size_t count;
+	const struct config_option *options = config_options(&count);
+
+	for (size_t i = 0; i < count; i++)
+		if (strcmp(options[i].section, section) == 0 && strcmp(options[i].name, name) == 0)
+			return &options[i];
 	return NULL;
 }
 
@@ -1403,8 +1421,11 @@ char *config_value_text(const struct config *cfg, const struct config_option *op
 const struct config_option *config_first_fixed_change(const struct config *old,
 						      const struct config *next)
 {
-	for (size_t i = 0; i < OPTION_COUNT; i++) {
-		const struct config_option *opt = &option_table[i];
+	size_t count;
+	const struct config_option *options = config_options(&count);
+
+	for (size_t i = 0; i < count; i++) {
+		const struct config_option *opt = &options[i];
 		char *before, *after;
 		bool same;
 

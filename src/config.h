@@ -30,6 +30,10 @@ enum server_tls_mode {
 	SERVER_TLS_VERIFY_FULL,
 };
 
+/* Bounds that the option table (config_options.c) states and the loader (config.c) enforces. */
+#define MAX_WORKERS 64
+#define GIGABYTE 1073741824LL /* a size option's cap: see SIZE_CAP in config.c */
+
 /* Which port a client came in on, and so which instances its pool uses. */
 enum pool_endpoint {
 	ENDPOINT_WRITER, /* listen_port */
