@@ -1,5 +1,5 @@
 /*
- * config.h: pgmux's settings. Every option lives in one table in config.c
+ * config.h: pgmux's settings. Every option lives in one table in config_options.c
  * (section, name, type, default, whether a reload may change it, and the text
  * the man page documents); the parsed values land in struct config below.
  * A struct config is immutable once loaded: a reload builds a new one.

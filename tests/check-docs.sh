@@ -1,11 +1,11 @@
 #!/bin/bash
-# check-docs.sh: fails when an option in src/config.c's table is missing from
+# check-docs.sh: fails when an option in src/config_options.c's table is missing from
 # man/pgmux.ini.5 or etc/pgmux.ini; a grep-level check that needs no build.
 # tests/unit/test_config.c also checks each entry's type, default and text.
 set -euo pipefail
 
 top_srcdir=${TOP_SRCDIR:-$(cd "$(dirname "$0")/.." && pwd)}
-table=$top_srcdir/src/config.c
+table=$top_srcdir/src/config_options.c
 man_page=$top_srcdir/man/pgmux.ini.5
 example=$top_srcdir/etc/pgmux.ini
 

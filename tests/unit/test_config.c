@@ -1088,7 +1088,7 @@ Test(config, man_page_documents_every_option_as_the_table_does)
 			strncat(doc, got, sizeof(doc) - strlen(doc) - 1);
 		}
 		cr_expect_str_eq(doc, opt->doc,
-				 "man/pgmux.ini.5 %s: text differs from src/config.c\n got: %s\nwant: %s",
+				 "man/pgmux.ini.5 %s: text differs from src/config_options.c\n got: %s\nwant: %s",
 				 opt->name, doc, opt->doc);
 	}
 	free_lines(&man);
