@@ -2,9 +2,12 @@
 # check-modules.sh: the shape of src/, checked from the source alone (no build).
 #
 # 1. The module graph has no cycle. A module is NAME.c + NAME.h (or a lone
-#    .h, like list.h, or a lone .c, like main.c); it depends on Y when NAME.c
-#    or NAME.h has #include "Y.h". System includes (<...>) and the generated
-#    build_config.h do not count. Without a cycle it prints the layers, a
+#    .h, like list.h, or a lone .c, like main.c); a file NAME_PART.c or
+#    NAME_PART.h belongs to module NAME when src/NAME.h exists (a module too
+#    long for one file, like config.c and config_options.c). A module
+#    depends on Y when one of its files has #include "Y.h" (or a header of
+#    Y's). System includes (<...>) and the generated build_config.h do not
+#    count. Without a cycle it prints the layers, a
 #    topological order: layer 0 includes nothing of ours, a module of layer N
 #    includes something of layer N-1 and nothing above. With one it fails and
 #    spells every cycle out, with the #include lines that close it.
@@ -63,14 +66,36 @@ for exception in $KNOWN_LONG_FILES; do
 done
 
 # --------------------------------------------------------------- the graph
-# One line per module ("M name"), then one per include ("E from to file:line").
+# module_of FILE: the module a file of src/ (by its name) belongs to.
+module_of() {
+	base=${1%.*}
+	case $base in
+	*_*)
+		if [ -f "$SRCDIR/${base%%_*}.h" ]; then
+			echo "${base%%_*}"
+			return
+		fi
+		;;
+	esac
+	echo "$base"
+}
+
+# One line per module ("M name"), then one per include ("E from to file:line header").
 graph() {
 	for file in "$SRCDIR"/*.c "$SRCDIR"/*.h; do
 		[ -f "$file" ] || continue
 		name=$(basename "$file")
-		echo "M ${name%.*}"
+		from=$(module_of "$name")
+		echo "M $from"
 		grep -n '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$file" |
-			sed -n "s|^\\([0-9]*\\):[^\"]*\"\\([^\"]*\\)\".*|E ${name%.*} \\2 src/$name:\\1|p"
+			sed -n 's|^\([0-9]*\):[^"]*"\([^"]*\)".*|\1 \2|p' |
+			while read -r line header; do
+				to=$header
+				if [ "$header" != build_config.h ] && [ -f "$SRCDIR/$header" ]; then
+					to=$(module_of "$header").h
+				fi
+				echo "E $from $to src/$name:$line $header"
+			done
 	done
 }
 
@@ -90,7 +115,7 @@ graph | awk -v known_edges="$KNOWN_BACK_EDGES" -v srcdir="$SRCDIR" '
 			next
 		key = $2 SUBSEP to
 		if (!(key in why))
-			why[key] = $4 " includes " header
+			why[key] = $4 " includes " $5
 		else if (index(why[key], $4 " ") == 0)
 			why[key] = why[key] ", " $4
 		raw[++n_raw] = key
