@@ -16,7 +16,7 @@ command -v valgrind >/dev/null || { echo "scan-cost: valgrind not found" >&2; ex
 # extract REV DIR: the scanner's sources at REV (the work tree when REV is empty)
 extract() {
 	mkdir -p "$2"
-	for f in sqlscan.c sqlscan.h sqlnames.c sqlnames.h; do
+	for f in sqlscan.c sqlscan.h sqllex.c sqllex.h sqlnames.c sqlnames.h; do
 		if [ -z "$1" ]; then
 			[ -f "$REPO/src/$f" ] && cp "$REPO/src/$f" "$2/"
 		else
@@ -28,6 +28,7 @@ extract() {
 # count LABEL DIR: build and print instructions per text
 count() {
 	srcs="$2/sqlscan.c"
+	[ -f "$2/sqllex.c" ] && srcs="$srcs $2/sqllex.c"
 	[ -f "$2/sqlnames.c" ] && srcs="$srcs $2/sqlnames.c"
 	# shellcheck disable=SC2086
 	cc -O2 -std=c11 -D_GNU_SOURCE -I"$2" -o "$2/scan_cost" "$REPO/bench/scan_cost.c" $srcs

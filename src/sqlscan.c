@@ -1,380 +1,19 @@
 /*
- * sqlscan.c: a one-pass lexer over the SQL of a Query or Parse message. It
- * splits the text into statements where the server would, judges each one by
- * its leading keywords, and watches the whole statement for a few patterns
- * that matter wherever they appear (session-level function calls, SELECT ...
- * INTO TEMP, objects created in pg_temp). Nothing here allocates or reads past
- * the length it is given; see sqlscan.h for the contract.
+ * sqlscan.c: one pass over the tokens (sqllex.c) of the SQL of a Query or
+ * Parse message. It splits the text into statements where the server would,
+ * judges each one by its leading keywords, and watches the whole statement
+ * for a few patterns that matter wherever they appear (session-level
+ * function calls, SELECT ... INTO TEMP, objects created in pg_temp). Nothing
+ * here allocates or reads past the length it is given; see sqlscan.h for the
+ * contract.
  */
+#include "sqllex.h"
 #include "sqlnames.h"
 #include "sqlscan.h"
 
 #include <ctype.h>
 #include <stdbool.h>
 #include <string.h>
-
-/* ------------------------------------------------------------------ tokens */
-
-enum token_kind {
-	TOKEN_IDENT,        /* unquoted identifier or keyword */
-	TOKEN_QUOTED_IDENT, /* "..." or U&"..."; text is the body between the quotes */
-	TOKEN_STRING,       /* any string literal; text is the body between the delimiters */
-	TOKEN_NUMBER,
-	TOKEN_PARAM, /* $1 */
-	TOKEN_CHAR,  /* any other single byte: punctuation or an operator character */
-};
-
-enum string_flavor {
-	STRING_STANDARD, /* '...' and its B, X, N and U& forms: only '' is special */
-	STRING_ESCAPE,   /* E'...': a backslash also escapes the next byte */
-	STRING_DOLLAR,   /* $tag$...$tag$: nothing inside is special */
-};
-
-struct token {
-	const char *text;
-	size_t len;
-	size_t offset; /* where the token starts in the whole text, to order findings */
-	enum token_kind kind;
-	enum string_flavor flavor;
-};
-
-struct lexer {
-	const char *sql;
-	size_t len;
-	size_t pos;
-};
-
-static bool is_space(unsigned char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
-static bool is_digit(unsigned char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-/* PostgreSQL treats every byte with the high bit set as a letter, so UTF-8 names lex as identifiers. */
-static bool is_ident_start(unsigned char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
-}
-
-/* '$' may continue an identifier, which is why "a$$b" holds no dollar quote. */
-static bool is_ident_char(unsigned char c)
-{
-	return is_ident_start(c) || is_digit(c) || c == '$';
-}
-
-static bool is_dollar_tag_char(unsigned char c)
-{
-	return is_ident_start(c) || is_digit(c);
-}
-
-static char ascii_lower(char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool ascii_case_equal(const char *a, size_t a_len, const char *b, size_t b_len)
-{
-	if (a_len != b_len)
-		return false;
-	for (size_t i = 0; i < a_len; i++)
-		if (ascii_lower(a[i]) != ascii_lower(b[i]))
-			return false;
-	return true;
-}
-
-/* The byte `ahead` positions on, or NUL past the end (the text never holds a NUL itself). */
-static unsigned char peek(const struct lexer *lx, size_t ahead)
-{
-	size_t at = lx->pos + ahead;
-
-	return at < lx->len ? (unsigned char)lx->sql[at] : '\0';
-}
-
-/* Skips a block comment that starts at pos. Comments nest, unlike in C. */
-static bool skip_block_comment(struct lexer *lx)
-{
-	int depth = 0;
-
-	while (lx->pos + 1 < lx->len) {
-		if (lx->sql[lx->pos] == '/' && lx->sql[lx->pos + 1] == '*') {
-			depth++;
-			lx->pos += 2;
-		} else if (lx->sql[lx->pos] == '*' && lx->sql[lx->pos + 1] == '/') {
-			lx->pos += 2;
-			if (--depth == 0)
-				return true;
-		} else {
-			lx->pos++;
-		}
-	}
-	lx->pos = lx->len;
-	return false;
-}
-
-/* Skips white space and comments; false when the text ends inside a comment. */
-static bool skip_blanks(struct lexer *lx)
-{
-	while (lx->pos < lx->len) {
-		unsigned char c = (unsigned char)lx->sql[lx->pos];
-
-		if (is_space(c)) {
-			lx->pos++;
-		} else if (c == '-' && peek(lx, 1) == '-') {
-			while (lx->pos < lx->len && lx->sql[lx->pos] != '\n' && lx->sql[lx->pos] != '\r')
-				lx->pos++;
-		} else if (c == '/' && peek(lx, 1) == '*') {
-			if (!skip_block_comment(lx))
-				return false;
-		} else {
-			break;
-		}
-	}
-	return true;
-}
-
-/*
- * Reads the body of a quoted token whose opening quote has been consumed. A
- * doubled quote stands for itself; with backslash_escapes (E'' strings) a
- * backslash also protects the byte after it. False when the text ends first.
- */
-static bool scan_quoted(struct lexer *lx, char quote, bool backslash_escapes, struct token *tok)
-{
-	size_t start = lx->pos;
-
-	while (lx->pos < lx->len) {
-		char c = lx->sql[lx->pos];
-
-		if (backslash_escapes && c == '\\') {
-			lx->pos += 2;
-		} else if (c == quote && peek(lx, 1) == (unsigned char)quote) {
-			lx->pos += 2;
-		} else if (c == quote) {
-			tok->text = lx->sql + start;
-			tok->len = lx->pos - start;
-			lx->pos++;
-			return true;
-		} else {
-			lx->pos++;
-		}
-	}
-	lx->pos = lx->len;
-	return false;
-}
-
-enum dollar_result { DOLLAR_NOT_A_QUOTE, DOLLAR_QUOTE, DOLLAR_UNTERMINATED };
-
-/*
- * At a '$' that does not start a parameter: reads $tag$...$tag$ if one starts
- * here. The body ends at the first copy of the opening delimiter, which is
- * also where the server's scanner ends it.
- */
-static enum dollar_result scan_dollar_quote(struct lexer *lx, struct token *tok)
-{
-	size_t open = lx->pos;
-	size_t tag_end = open + 1;
-
-	if (tag_end < lx->len && is_ident_start((unsigned char)lx->sql[tag_end]))
-		while (tag_end < lx->len && is_dollar_tag_char((unsigned char)lx->sql[tag_end]))
-			tag_end++;
-	if (tag_end >= lx->len || lx->sql[tag_end] != '$')
-		return DOLLAR_NOT_A_QUOTE;
-
-	size_t delim_len = tag_end + 1 - open;
-	size_t body = tag_end + 1;
-
-	for (size_t at = body; at + delim_len <= lx->len; at++) {
-		if (lx->sql[at] == '$' && memcmp(lx->sql + at, lx->sql + open, delim_len) == 0) {
-			tok->text = lx->sql + body;
-			tok->len = at - body;
-			lx->pos = at + delim_len;
-			return DOLLAR_QUOTE;
-		}
-	}
-	lx->pos = lx->len;
-	return DOLLAR_UNTERMINATED;
-}
-
-static bool start_string(struct lexer *lx, struct token *tok, size_t prefix, enum string_flavor flavor)
-{
-	lx->pos += prefix;
-	tok->kind = TOKEN_STRING;
-	tok->flavor = flavor;
-	return scan_quoted(lx, '\'', flavor == STRING_ESCAPE, tok);
-}
-
-/*
- * Reads the next token. False at the end of the text, and also when the text
- * ends inside a string, quoted identifier, dollar quote or comment: what
- * follows an unterminated opener can never be a token.
- */
-static bool lex_next(struct lexer *lx, struct token *tok)
-{
-	if (!skip_blanks(lx) || lx->pos >= lx->len)
-		return false;
-
-	size_t start = lx->pos;
-	unsigned char c = (unsigned char)lx->sql[start];
-	unsigned char next = peek(lx, 1);
-
-	tok->offset = start;
-	tok->flavor = STRING_STANDARD;
-
-	if ((c == 'e' || c == 'E') && next == '\'')
-		return start_string(lx, tok, 2, STRING_ESCAPE);
-	if ((c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && next == '\'')
-		return start_string(lx, tok, 2, STRING_STANDARD);
-	if ((c == 'u' || c == 'U') && next == '&' && peek(lx, 2) == '\'')
-		return start_string(lx, tok, 3, STRING_STANDARD);
-	if ((c == 'u' || c == 'U') && next == '&' && peek(lx, 2) == '"') {
-		lx->pos += 3;
-		tok->kind = TOKEN_QUOTED_IDENT;
-		return scan_quoted(lx, '"', false, tok);
-	}
-	if (c == '\'')
-		return start_string(lx, tok, 1, STRING_STANDARD);
-	if (c == '"') {
-		lx->pos++;
-		tok->kind = TOKEN_QUOTED_IDENT;
-		return scan_quoted(lx, '"', false, tok);
-	}
-	if (c == '$' && is_digit(next)) {
-		lx->pos++;
-		while (lx->pos < lx->len && is_digit((unsigned char)lx->sql[lx->pos]))
-			lx->pos++;
-		tok->kind = TOKEN_PARAM;
-	} else if (c == '$') {
-		enum dollar_result r = scan_dollar_quote(lx, tok);
-
-		if (r == DOLLAR_QUOTE) {
-			tok->kind = TOKEN_STRING;
-			tok->flavor = STRING_DOLLAR;
-			return true;
-		}
-		if (r == DOLLAR_UNTERMINATED)
-			return false;
-		lx->pos++;
-		tok->kind = TOKEN_CHAR;
-	} else if (is_ident_start(c)) {
-		while (lx->pos < lx->len && is_ident_char((unsigned char)lx->sql[lx->pos]))
-			lx->pos++;
-		tok->kind = TOKEN_IDENT;
-	} else if (is_digit(c) || (c == '.' && is_digit(next))) {
-		/* Loose on purpose: 1e10, 0x1F, 1_000 and 1.5 all end up as one token. */
-		while (lx->pos < lx->len && (is_dollar_tag_char((unsigned char)lx->sql[lx->pos]) ||
-					     lx->sql[lx->pos] == '.'))
-			lx->pos++;
-		tok->kind = TOKEN_NUMBER;
-	} else {
-		lx->pos++;
-		tok->kind = TOKEN_CHAR;
-	}
-	tok->text = lx->sql + start;
-	tok->len = lx->pos - start;
-	return true;
-}
-
-static bool token_is_char(const struct token *tok, char c)
-{
-	return tok != NULL && tok->kind == TOKEN_CHAR && tok->text[0] == c;
-}
-
-/*
- * Keywords are unquoted and case-insensitive; "LISTEN" in quotes is a name,
- * never a keyword. word is in lower case. Every token of every statement is
- * held against a dozen words, so the first letter decides most cases before
- * strlen and the full comparison are paid for.
- */
-static bool token_is_keyword(const struct token *tok, const char *word)
-{
-	return tok != NULL && tok->kind == TOKEN_IDENT && tok->len > 0 && ascii_lower(tok->text[0]) == word[0] &&
-	       ascii_case_equal(tok->text, tok->len, word, strlen(word));
-}
-
-/* A name as the server resolves it: unquoted folds to lower case, quoted must match exactly. name is in lower case. */
-static bool token_is_name(const struct token *tok, const char *name)
-{
-	if (tok == NULL || tok->len == 0 || (tok->kind == TOKEN_IDENT ? ascii_lower(tok->text[0]) : tok->text[0]) != name[0])
-		return false;
-	if (tok->kind == TOKEN_IDENT)
-		return ascii_case_equal(tok->text, tok->len, name, strlen(name));
-	return tok->kind == TOKEN_QUOTED_IDENT && tok->len == strlen(name) && memcmp(tok->text, name, tok->len) == 0;
-}
-
-static bool token_is_any_name(const struct token *tok)
-{
-	return tok != NULL && (tok->kind == TOKEN_IDENT || tok->kind == TOKEN_QUOTED_IDENT);
-}
-
-/* The body of a string literal compared case-insensitively, for the few words a boolean accepts. */
-static bool string_body_is(const struct token *tok, const char *word)
-{
-	return tok->kind == TOKEN_STRING && ascii_case_equal(tok->text, tok->len, word, strlen(word));
-}
-
-/*
- * Whether a token is a false boolean literal: FALSE, or a string the boolean
- * input function reads as false. Option values (EXPLAIN (ANALYZE off)) also
- * accept OFF and 0.
- */
-static bool token_is_false(const struct token *tok, bool option_value)
-{
-	static const char *const false_strings[] = {"f", "false", "n", "no", "off", "0"};
-
-	if (token_is_keyword(tok, "false"))
-		return true;
-	if (option_value && (token_is_keyword(tok, "off") ||
-			     (tok->kind == TOKEN_NUMBER && tok->len == 1 && tok->text[0] == '0')))
-		return true;
-	for (size_t i = 0; i < sizeof(false_strings) / sizeof(false_strings[0]); i++)
-		if (string_body_is(tok, false_strings[i]))
-			return true;
-	return false;
-}
-
-/* Whether a token is a true boolean literal: TRUE, or a string the boolean input function reads as true. */
-static bool token_is_true(const struct token *tok)
-{
-	static const char *const true_strings[] = {"t", "true", "y", "yes", "on", "1"};
-
-	if (token_is_keyword(tok, "true"))
-		return true;
-	for (size_t i = 0; i < sizeof(true_strings) / sizeof(true_strings[0]); i++)
-		if (string_body_is(tok, true_strings[i]))
-			return true;
-	return false;
-}
-
-/*
- * Is the name tok (an identifier, or a quoted one taken as it is) in list,
- * one of the sorted lower-case lists of sqlnames.c?
- */
-static bool token_in_names(const struct token *tok, const char *const *list, size_t n)
-{
-	char name[64];
-	size_t lo = 0, hi = n;
-
-	if (!token_is_any_name(tok) || tok->len >= sizeof(name))
-		return false;
-	for (size_t i = 0; i < tok->len; i++)
-		name[i] = tok->kind == TOKEN_IDENT ? ascii_lower(tok->text[i]) : tok->text[i];
-	name[tok->len] = '\0';
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int cmp = strcmp(name, list[mid]);
-
-		if (cmp == 0)
-			return true;
-		if (cmp < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	return false;
-}
 
 /* -------------------------------------------------------------- name text */
 
@@ -441,13 +80,13 @@ static void text_puts(struct text *t, const char *s)
 }
 
 /* Appends a token as the server would read it: folded if unquoted, with escapes undone if quoted. */
-static void text_append_token(struct text *t, const struct token *tok)
+static void text_append_token(struct text *t, const struct sql_token *tok)
 {
 	for (size_t i = 0; i < tok->len; i++) {
 		char c = tok->text[i];
 
 		if (tok->kind == TOKEN_IDENT) {
-			c = ascii_lower(c);
+			c = sql_ascii_lower(c);
 		} else if (tok->kind == TOKEN_QUOTED_IDENT) {
 			if (c == '"')
 				i++; /* "" stands for one quote */
@@ -482,16 +121,16 @@ struct set_config_call {
 	bool arg_is_false;          /* the current argument starts with a false literal */
 	bool arg_is_true;           /* ... with a true literal */
 	bool first_arg_is_string;   /* the first argument is one string literal */
-	struct token first_arg;
+	struct sql_token first_arg;
 	size_t offset;
 };
 
 struct statement {
 	bool empty;
 	bool writes; /* a DML keyword: INSERT, UPDATE, DELETE, MERGE, COPY, TRUNCATE */
-	struct token head[HEAD_MAX]; /* first tokens, without leading '(' */
+	struct sql_token head[HEAD_MAX]; /* first tokens, without leading '(' */
 	size_t head_count;
-	struct token recent[RECENT_MAX]; /* recent[0] is the token before the current one */
+	struct sql_token recent[RECENT_MAX]; /* recent[0] is the token before the current one */
 	size_t recent_count;
 	int paren_depth;
 	int atomic_depth; /* BEGIN ATOMIC ... END nesting in a routine body, where ';' does not split */
@@ -521,7 +160,7 @@ static bool is_tracked(const struct scan *sc, const struct text *name)
 	if (sc->tracked == NULL || name->truncated || name->len == 0)
 		return false;
 	for (const char *const *p = sc->tracked; *p != NULL; p++)
-		if (ascii_case_equal(*p, strlen(*p), name->buf, name->len))
+		if (sql_ascii_case_equal(*p, strlen(*p), name->buf, name->len))
 			return true;
 	return false;
 }
@@ -539,7 +178,7 @@ static bool is_carried_set(const struct scan *sc, const struct text *name)
 	if (!(sc->flags & SQL_SCAN_CARRY_SETS) || name->truncated || name->len == 0)
 		return false;
 	for (size_t i = 0; i < sizeof(privileged) / sizeof(privileged[0]); i++)
-		if (ascii_case_equal(privileged[i], strlen(privileged[i]), name->buf, name->len))
+		if (sql_ascii_case_equal(privileged[i], strlen(privileged[i]), name->buf, name->len))
 			return false;
 	return true;
 }
@@ -559,7 +198,7 @@ static bool carry_set(struct scan *sc, const struct text *name, unsigned *effect
 	if (memchr(name->buf, '.', name->len) == NULL)
 		return true;
 	for (int i = 0; i < out->n_custom; i++)
-		if (ascii_case_equal(out->custom[i], strlen(out->custom[i]), name->buf, name->len))
+		if (sql_ascii_case_equal(out->custom[i], strlen(out->custom[i]), name->buf, name->len))
 			return true;
 	if (out->n_custom == SQL_SCAN_MAX_CUSTOM || name->len >= sizeof(out->custom[0])) {
 		out->custom_overflow = true;
@@ -587,17 +226,17 @@ static void statement_reset(struct statement *st)
 	st->pg_temp.reason = SQL_PIN_NONE;
 }
 
-static const struct token *head_token(const struct statement *st, size_t i)
+static const struct sql_token *head_token(const struct statement *st, size_t i)
 {
 	return i < st->head_count ? &st->head[i] : NULL;
 }
 
 static bool head_keyword(const struct statement *st, size_t i, const char *word)
 {
-	return token_is_keyword(head_token(st, i), word);
+	return sql_token_is_keyword(head_token(st, i), word);
 }
 
-static const struct token *recent_token(const struct statement *st, size_t back)
+static const struct sql_token *recent_token(const struct statement *st, size_t back)
 {
 	return back < st->recent_count ? &st->recent[back] : NULL;
 }
@@ -622,8 +261,8 @@ static void record_finding(struct finding *f, enum sql_pin_reason reason, size_t
 	copy_detail(f->detail, sizeof(f->detail), detail);
 }
 
-static void record_token_finding(struct finding *f, enum sql_pin_reason reason, const struct token *tok,
-				 const char *prefix, const struct token *name)
+static void record_token_finding(struct finding *f, enum sql_pin_reason reason, const struct sql_token *tok,
+				 const char *prefix, const struct sql_token *name)
 {
 	char buf[DETAIL_SIZE];
 	struct text t;
@@ -648,14 +287,14 @@ static bool is_routine_definition(const struct statement *st)
 	return head_keyword(st, i, "function") || head_keyword(st, i, "procedure");
 }
 
-static bool is_pg_temp_schema(const struct token *tok)
+static bool is_pg_temp_schema(const struct sql_token *tok)
 {
 	static const char prefix[] = "pg_temp";
 	size_t n = sizeof(prefix) - 1;
 
-	if (!token_is_any_name(tok) || tok->len < n)
+	if (!sql_token_is_any_name(tok) || tok->len < n)
 		return false;
-	if (tok->kind == TOKEN_IDENT ? !ascii_case_equal(tok->text, n, prefix, n) : memcmp(tok->text, prefix, n) != 0)
+	if (tok->kind == TOKEN_IDENT ? !sql_ascii_case_equal(tok->text, n, prefix, n) : memcmp(tok->text, prefix, n) != 0)
 		return false;
 	if (tok->len == n)
 		return true;
@@ -663,7 +302,7 @@ static bool is_pg_temp_schema(const struct token *tok)
 	if (tok->len == n + 1 || tok->text[n] != '_')
 		return false;
 	for (size_t i = n + 1; i < tok->len; i++)
-		if (!is_digit((unsigned char)tok->text[i]))
+		if (!sql_is_digit((unsigned char)tok->text[i]))
 			return false;
 	return true;
 }
@@ -695,25 +334,25 @@ static const char *const not_a_call_after[] = {
  */
 static void note_call(struct statement *st)
 {
-	const struct token *name = recent_token(st, 0);
-	const struct token *before = recent_token(st, 1);
+	const struct sql_token *name = recent_token(st, 0);
+	const struct sql_token *before = recent_token(st, 1);
 	bool qualified = false, catalog = false;
 
-	if (!token_is_any_name(name))
+	if (!sql_token_is_any_name(name))
 		return;
-	if (token_is_char(before, '.')) {
+	if (sql_token_is_char(before, '.')) {
 		qualified = true;
-		catalog = token_is_name(recent_token(st, 2), "pg_catalog");
+		catalog = sql_token_is_name(recent_token(st, 2), "pg_catalog");
 		before = recent_token(st, 3);
 	}
-	if (token_is_keyword(before, "function") || token_is_keyword(before, "procedure") ||
-	    token_is_keyword(before, "routine") || token_is_keyword(before, "aggregate"))
+	if (sql_token_is_keyword(before, "function") || sql_token_is_keyword(before, "procedure") ||
+	    sql_token_is_keyword(before, "routine") || sql_token_is_keyword(before, "aggregate"))
 		return;
 	if (!qualified && name->kind == TOKEN_IDENT &&
-	    token_in_names(name, sqlnames_keywords, sqlnames_keywords_count))
+	    sql_token_in_names(name, sqlnames_keywords, sqlnames_keywords_count))
 		return;
 	for (size_t i = 0; i < sizeof(not_a_call_after) / sizeof(not_a_call_after[0]); i++)
-		if (token_is_keyword(before, not_a_call_after[i]))
+		if (sql_token_is_keyword(before, not_a_call_after[i]))
 			return;
 	if (qualified && !catalog) {
 		/* Somebody else's function. */
@@ -721,12 +360,12 @@ static void note_call(struct statement *st)
 		return;
 	}
 	for (size_t i = 0; i < sizeof(advisory_lock_functions) / sizeof(advisory_lock_functions[0]); i++) {
-		if (token_is_name(name, advisory_lock_functions[i])) {
+		if (sql_token_is_name(name, advisory_lock_functions[i])) {
 			record_finding(&st->call, SQL_PIN_ADVISORY_LOCK, name->offset, advisory_lock_functions[i]);
 			return;
 		}
 	}
-	if (token_is_name(name, "set_config")) {
+	if (sql_token_is_name(name, "set_config")) {
 		if (st->call_count < CALL_MAX) {
 			struct set_config_call *call = &st->calls[st->call_count++];
 
@@ -736,20 +375,20 @@ static void note_call(struct statement *st)
 		}
 		return;
 	}
-	if (!token_in_names(name, sqlnames_functions, sqlnames_functions_count))
+	if (!sql_token_in_names(name, sqlnames_functions, sqlnames_functions_count))
 		st->call_effects |= SQL_EFFECT_OPAQUE;
 }
 
 /* Feeds a token to the open set_config() calls so each knows its arguments. */
-static void follow_call_arguments(struct statement *st, const struct token *tok)
+static void follow_call_arguments(struct statement *st, const struct sql_token *tok)
 {
 	for (int i = 0; i < st->call_count; i++) {
 		struct set_config_call *call = &st->calls[i];
 		bool at_call_level = st->paren_depth == call->depth;
 
-		if (at_call_level && token_is_char(tok, ')'))
+		if (at_call_level && sql_token_is_char(tok, ')'))
 			continue;
-		if (at_call_level && token_is_char(tok, ',')) {
+		if (at_call_level && sql_token_is_char(tok, ',')) {
 			if (call->commas == 0)
 				call->first_arg_is_string = call->arg_tokens == 1 && call->first_arg.kind == TOKEN_STRING;
 			call->commas++;
@@ -759,8 +398,8 @@ static void follow_call_arguments(struct statement *st, const struct token *tok)
 			continue;
 		}
 		if (call->arg_tokens == 0) {
-			call->arg_is_false = token_is_false(tok, false);
-			call->arg_is_true = token_is_true(tok);
+			call->arg_is_false = sql_token_is_false(tok, false);
+			call->arg_is_true = sql_token_is_true(tok);
 			if (call->commas == 0)
 				call->first_arg = *tok;
 		}
@@ -792,45 +431,45 @@ static void close_call(struct scan *sc, struct statement *st, const struct set_c
 }
 
 /* INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE (every identifier comes here: look at the first letter first). */
-static bool is_write_keyword(const struct token *tok)
+static bool is_write_keyword(const struct sql_token *tok)
 {
-	switch (ascii_lower(tok->text[0])) {
+	switch (sql_ascii_lower(tok->text[0])) {
 	case 'i':
-		return token_is_keyword(tok, "insert");
+		return sql_token_is_keyword(tok, "insert");
 	case 'u':
-		return token_is_keyword(tok, "update");
+		return sql_token_is_keyword(tok, "update");
 	case 'd':
-		return token_is_keyword(tok, "delete");
+		return sql_token_is_keyword(tok, "delete");
 	case 'm':
-		return token_is_keyword(tok, "merge");
+		return sql_token_is_keyword(tok, "merge");
 	case 'c':
-		return token_is_keyword(tok, "copy");
+		return sql_token_is_keyword(tok, "copy");
 	case 't':
-		return token_is_keyword(tok, "truncate");
+		return sql_token_is_keyword(tok, "truncate");
 	default:
 		return false;
 	}
 }
 
 /* Patterns that need a few tokens of left context: SELECT ... INTO TEMP t and pg_temp.t. */
-static void note_names(struct statement *st, const struct token *tok)
+static void note_names(struct statement *st, const struct sql_token *tok)
 {
-	const struct token *r0 = recent_token(st, 0);
-	const struct token *r1 = recent_token(st, 1);
-	const struct token *r2 = recent_token(st, 2);
-	const struct token *r3 = recent_token(st, 3);
-	bool r0_temp = token_is_keyword(r0, "temp") || token_is_keyword(r0, "temporary");
-	bool r1_temp = token_is_keyword(r1, "temp") || token_is_keyword(r1, "temporary");
+	const struct sql_token *r0 = recent_token(st, 0);
+	const struct sql_token *r1 = recent_token(st, 1);
+	const struct sql_token *r2 = recent_token(st, 2);
+	const struct sql_token *r3 = recent_token(st, 3);
+	bool r0_temp = sql_token_is_keyword(r0, "temp") || sql_token_is_keyword(r0, "temporary");
+	bool r1_temp = sql_token_is_keyword(r1, "temp") || sql_token_is_keyword(r1, "temporary");
 
 	/* INSERT INTO temp and MERGE INTO temp name a table called "temp". */
-	if (r0_temp && token_is_keyword(r1, "into") && !token_is_keyword(r2, "insert") &&
-	    !token_is_keyword(r2, "merge") && !token_is_keyword(tok, "table"))
+	if (r0_temp && sql_token_is_keyword(r1, "into") && !sql_token_is_keyword(r2, "insert") &&
+	    !sql_token_is_keyword(r2, "merge") && !sql_token_is_keyword(tok, "table"))
 		record_token_finding(&st->into_temp, SQL_PIN_TEMP_OBJECT, tok, NULL, tok);
-	else if (token_is_keyword(r0, "table") && r1_temp && token_is_keyword(r2, "into") &&
-		 !token_is_keyword(r3, "insert") && !token_is_keyword(r3, "merge"))
+	else if (sql_token_is_keyword(r0, "table") && r1_temp && sql_token_is_keyword(r2, "into") &&
+		 !sql_token_is_keyword(r3, "insert") && !sql_token_is_keyword(r3, "merge"))
 		record_token_finding(&st->into_temp, SQL_PIN_TEMP_OBJECT, tok, NULL, tok);
 
-	if (token_is_char(r0, '.') && is_pg_temp_schema(r1)) {
+	if (sql_token_is_char(r0, '.') && is_pg_temp_schema(r1)) {
 		char prefix[DETAIL_SIZE];
 		struct text t;
 
@@ -841,35 +480,35 @@ static void note_names(struct statement *st, const struct token *tok)
 	}
 }
 
-static void statement_token(struct scan *sc, struct statement *st, const struct token *tok)
+static void statement_token(struct scan *sc, struct statement *st, const struct sql_token *tok)
 {
 	st->empty = false;
-	if (st->head_count < HEAD_MAX && !(st->head_count == 0 && token_is_char(tok, '(')))
+	if (st->head_count < HEAD_MAX && !(st->head_count == 0 && sql_token_is_char(tok, '(')))
 		st->head[st->head_count++] = *tok;
 
 	if (tok->kind == TOKEN_IDENT && is_routine_definition(st)) {
-		if (token_is_keyword(tok, "atomic") && token_is_keyword(recent_token(st, 0), "begin"))
+		if (sql_token_is_keyword(tok, "atomic") && sql_token_is_keyword(recent_token(st, 0), "begin"))
 			st->atomic_depth++;
-		else if (token_is_keyword(tok, "case") && st->atomic_depth > 0)
+		else if (sql_token_is_keyword(tok, "case") && st->atomic_depth > 0)
 			st->atomic_depth++;
-		else if (token_is_keyword(tok, "end") && st->atomic_depth > 0)
+		else if (sql_token_is_keyword(tok, "end") && st->atomic_depth > 0)
 			st->atomic_depth--;
 	}
 
 	if (!st->writes && tok->kind == TOKEN_IDENT && is_write_keyword(tok))
 		st->writes = true;
 	follow_call_arguments(st, tok);
-	if (token_is_char(tok, '(')) {
+	if (sql_token_is_char(tok, '(')) {
 		note_call(st);
 		st->paren_depth++;
-	} else if (token_is_char(tok, ')')) {
+	} else if (sql_token_is_char(tok, ')')) {
 		if (st->call_count > 0 && st->calls[st->call_count - 1].depth == st->paren_depth) {
 			st->call_count--;
 			close_call(sc, st, &st->calls[st->call_count]);
 		}
 		if (st->paren_depth > 0)
 			st->paren_depth--;
-	} else if (token_is_any_name(tok)) {
+	} else if (sql_token_is_any_name(tok)) {
 		note_names(st, tok);
 	}
 
@@ -894,10 +533,10 @@ static void pin_with_token(struct scan *sc, enum sql_pin_reason reason, const st
 {
 	char buf[DETAIL_SIZE];
 	struct text t;
-	const struct token *tok = head_token(st, i);
+	const struct sql_token *tok = head_token(st, i);
 
 	text_init(&t, buf, sizeof(buf));
-	if (tok && (token_is_any_name(tok) || tok->kind == TOKEN_STRING))
+	if (tok && (sql_token_is_any_name(tok) || tok->kind == TOKEN_STRING))
 		text_append_token(&t, tok);
 	pin(sc, reason, buf);
 }
@@ -907,12 +546,12 @@ static size_t head_read_name(const struct statement *st, size_t i, struct text *
 {
 	size_t j = i;
 
-	while (token_is_any_name(head_token(st, j))) {
+	while (sql_token_is_any_name(head_token(st, j))) {
 		if (j > i)
 			text_putc(name, '.');
 		text_append_token(name, &st->head[j]);
 		j++;
-		if (!token_is_char(head_token(st, j), '.') || !token_is_any_name(head_token(st, j + 1)))
+		if (!sql_token_is_char(head_token(st, j), '.') || !sql_token_is_any_name(head_token(st, j + 1)))
 			break;
 		j++;
 	}
@@ -944,7 +583,7 @@ static void judge_parameter_named(struct scan *sc, const char *parameter)
  */
 static const char *keyword_parameter(const struct statement *st, size_t i)
 {
-	bool generic_next = head_keyword(st, i + 1, "to") || token_is_char(head_token(st, i + 1), '=');
+	bool generic_next = head_keyword(st, i + 1, "to") || sql_token_is_char(head_token(st, i + 1), '=');
 
 	if (head_keyword(st, i, "session") && head_keyword(st, i + 1, "authorization"))
 		return "session_authorization";
@@ -1105,22 +744,22 @@ static void judge_declare(struct scan *sc, const struct statement *st, size_t i)
 static size_t skip_explain(const struct statement *st, size_t i, bool *analyze)
 {
 	*analyze = false;
-	if (token_is_char(head_token(st, i), '(')) {
+	if (sql_token_is_char(head_token(st, i), '(')) {
 		int depth = 0;
 
 		for (size_t j = i; j < st->head_count; j++) {
-			const struct token *tok = &st->head[j];
+			const struct sql_token *tok = &st->head[j];
 
-			if (token_is_char(tok, '(')) {
+			if (sql_token_is_char(tok, '(')) {
 				depth++;
-			} else if (token_is_char(tok, ')')) {
+			} else if (sql_token_is_char(tok, ')')) {
 				if (--depth == 0)
 					return j + 1;
-			} else if (depth == 1 && (token_is_keyword(tok, "analyze") || token_is_keyword(tok, "analyse")) &&
-				   (token_is_char(&st->head[j - 1], '(') || token_is_char(&st->head[j - 1], ','))) {
-				const struct token *value = head_token(st, j + 1);
+			} else if (depth == 1 && (sql_token_is_keyword(tok, "analyze") || sql_token_is_keyword(tok, "analyse")) &&
+				   (sql_token_is_char(&st->head[j - 1], '(') || sql_token_is_char(&st->head[j - 1], ','))) {
+				const struct sql_token *value = head_token(st, j + 1);
 
-				*analyze = value == NULL || !token_is_false(value, true);
+				*analyze = value == NULL || !sql_token_is_false(value, true);
 			}
 		}
 		return st->head_count;
@@ -1155,7 +794,7 @@ static bool is_transaction_control(const struct statement *st, size_t i)
 static void judge_do(struct scan *sc, const struct statement *st, size_t i)
 {
 	struct sql_scan_result body;
-	const struct token *code = NULL;
+	const struct sql_token *code = NULL;
 	struct sql_scan_result *out = sc->out;
 
 	out->effects |= SQL_EFFECT_OPAQUE;
@@ -1333,9 +972,9 @@ static void scan_text(const char *sql, size_t len, const char *const *tracked, u
 		      struct sql_scan_result *out, int depth)
 {
 	struct scan sc = {.tracked = tracked, .flags = flags, .out = out, .depth = depth};
-	struct lexer lx = {.sql = sql, .len = sql ? len : 0, .pos = 0};
+	struct sql_lexer lx = {.sql = sql, .len = sql ? len : 0, .pos = 0};
 	struct statement st;
-	struct token tok;
+	struct sql_token tok;
 	const char *nul;
 
 	memset(out, 0, sizeof(*out));
@@ -1345,8 +984,8 @@ static void scan_text(const char *sql, size_t len, const char *const *tracked, u
 		lx.len = (size_t)(nul - sql);
 
 	statement_reset(&st);
-	while (lex_next(&lx, &tok)) {
-		if (token_is_char(&tok, ';') && st.paren_depth == 0 && st.atomic_depth == 0) {
+	while (sql_lex_next(&lx, &tok)) {
+		if (sql_token_is_char(&tok, ';') && st.paren_depth == 0 && st.atomic_depth == 0) {
 			finish_statement(&sc, &st);
 			statement_reset(&st);
 		} else {
