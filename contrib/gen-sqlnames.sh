@@ -12,7 +12,25 @@
 #   is syntax, not a call;
 # - the names of the functions in pg_catalog, less those that change session
 #   state or run SQL given to them as text (they count as somebody else's).
+#
+# The names are packed several to a line (at most 100 columns), so that the
+# file stays well within the 1,200 lines tests/check-modules.sh allows.
 set -eu
+
+# pack: the lines of standard input as C strings, as many to a line as fit
+# in 100 columns (the leading tab counted as 8).
+pack() {
+	awk -v width=100 '
+		{
+			item = "\"" $0 "\","
+			if (line != "" && 8 + length(line) + 1 + length(item) > width) {
+				print "\t" line
+				line = ""
+			}
+			line = line == "" ? item : line " " item
+		}
+		END { if (line != "") print "\t" line }'
+}
 
 PSQL="psql -X -q -A -t -v ON_ERROR_STOP=1 $*"
 
@@ -39,17 +57,18 @@ cat <<HEAD
  * do not edit. The names sqlscan.c uses to tell a call of PostgreSQL's own
  * functions (which leave no session state behind but what sqlscan.c follows
  * by name) from a call of anything else, which may (see SQL_EFFECT_OPAQUE).
- * Both lists are sorted (C locale) for a binary search.
+ * Both lists are sorted (C locale) for a binary search, several names to a
+ * line.
  */
 #include "sqlnames.h"
 
 const char *const sqlnames_keywords[] = {
 HEAD
-printf '%s\n' "$keywords" | sed 's/.*/\t"&",/'
+printf '%s\n' "$keywords" | pack
 echo "};"
 echo "const size_t sqlnames_keywords_count = sizeof(sqlnames_keywords) / sizeof(sqlnames_keywords[0]);"
 echo
 echo "const char *const sqlnames_functions[] = {"
-printf '%s\n' "$functions" | sed 's/.*/\t"&",/'
+printf '%s\n' "$functions" | pack
 echo "};"
 echo "const size_t sqlnames_functions_count = sizeof(sqlnames_functions) / sizeof(sqlnames_functions[0]);"
