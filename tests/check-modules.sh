@@ -117,7 +117,7 @@ graph | awk -v known_edges="$KNOWN_BACK_EDGES" -v srcdir="$SRCDIR" '
 		if (!(key in why))
 			why[key] = $4 " includes " $5
 		else if (index(why[key], $4 " ") == 0)
-			why[key] = why[key] ", " $4
+			why[key] = why[key] "; " $4 " includes " $5
 		raw[++n_raw] = key
 		next
 	}

@@ -1,9 +1,10 @@
 #!/bin/sh
-# run-tests.sh: runs pgmux's test suites for `make check` (every unit test
-# binary, then the integration suite against a throw-away PostgreSQL set up by
-# tests/integration/pg-env.sh) and `make check-valgrind` (integration only,
-# with PGMUX_VALGRIND set). Shows each binary's output, adds up criterion's
-# "Synthesis" lines, and ends with exactly one line "N passed, N failed".
+# run-tests.sh: runs pgmux's test suites for `make check` (the source checks
+# of tests/check-modules.sh, every unit test binary, then the integration
+# suite against a throw-away PostgreSQL set up by tests/integration/pg-env.sh)
+# and `make check-valgrind` (integration only, with PGMUX_VALGRIND set). Shows
+# each binary's output, adds up criterion's "Synthesis" lines (a check script
+# counts as one test), and ends with exactly one line "N passed, N failed".
 #
 # Usage: run-tests.sh [integration]
 # Environment: PGMUX_BIN (the daemon), TOP_SRCDIR, TOP_BUILDDIR, optional PGMUX_VALGRIND,
@@ -75,7 +76,25 @@ run_suite() {
   $name: $passing passed, $failing failed (of $tested)"
 }
 
+# run_check NAME COMMAND...: a script that passes or fails as a whole, counted as one test.
+run_check() {
+	name=$1
+	shift
+	echo "=== $name"
+	if "$@" 2>&1; then
+		total_passed=$((total_passed + 1))
+		summary="$summary
+  $name: passed"
+	else
+		total_failed=$((total_failed + 1))
+		summary="$summary
+  $name: FAILED"
+	fi
+}
+
 if [ "$MODE" = all ]; then
+	# No include cycle between modules, no source file over 1,200 lines.
+	run_check check-modules sh "$TOP_SRCDIR/tests/check-modules.sh" "$TOP_SRCDIR/src"
 	found=0
 	for bin in "$TOP_BUILDDIR"/tests/unit/test_*; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue
