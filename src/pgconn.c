@@ -58,8 +58,7 @@ static void clear_params(struct pgconn_params *p)
 	memset(p, 0, sizeof(*p));
 }
 
-/* Everything but the owner's callbacks back to idle. */
-static void pgconn_reset(struct pgconn *c)
+void pgconn_cancel(struct pgconn *c)
 {
 	if (c->dns_request) {
 		/* Its callback sees EVUTIL_EAI_CANCEL and leaves c alone. */
@@ -75,11 +74,6 @@ static void pgconn_reset(struct pgconn *c)
 		c->pg = NULL;
 	}
 	clear_params(&c->params);
-}
-
-void pgconn_cancel(struct pgconn *c)
-{
-	pgconn_reset(c);
 	c->ops = NULL;
 	c->arg = NULL;
 }
