@@ -291,9 +291,11 @@ void client_close(struct client *c, const char *reason)
 	if (c->state == CLIENT_CLOSED)
 		return;
 	if (c->state == CLIENT_ACTIVE)
-		log_client_because(LOG_LEVEL_DEBUG, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason, "closing: %s", reason);
+		log_client_because(LOG_LEVEL_DEBUG, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason,
+				   "closing: %s", reason);
 	else
-		log_client_because(LOG_LEVEL_INFO, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason, "closing during %s: %s", client_state_names[c->state], reason);
+		log_client_because(LOG_LEVEL_INFO, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason,
+				   "closing during %s: %s", client_state_names[c->state], reason);
 	client_set_state(c, CLIENT_CLOSED);
 	if (c->timer) {
 		event_free(c->timer);
@@ -414,7 +416,8 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		c->read_paused = false;
 		io_want_read(&c->io, true);
 	}
-	log_client_because(LOG_LEVEL_WARNING, c, sqlstate, message, "backend lost mid-transaction (%s); the client's transaction fails", message);
+	log_client_because(LOG_LEVEL_WARNING, c, sqlstate, message,
+			   "backend lost mid-transaction (%s); the client's transaction fails", message);
 	if (s->outstanding > 0) {
 		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
 				message, NULL);
@@ -879,8 +882,9 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 	STAT_INC(c->worker, borrow_timeouts);
 	/* Say why, when pgmux knows: no healthy writer, or how its connection attempts fail. */
 	pool_wait_detail(c->pool, detail, sizeof(detail));
-	log_client_because(LOG_LEVEL_WARNING, c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, "%s after %d ms%s%s", BORROW_TIMEOUT_MESSAGE,
-		   config_current()->connection_borrow_timeout_ms, detail[0] ? ": " : "", detail);
+	log_client_because(LOG_LEVEL_WARNING, c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE,
+			   "%s after %d ms%s%s", BORROW_TIMEOUT_MESSAGE,
+			   config_current()->connection_borrow_timeout_ms, detail[0] ? ": " : "", detail);
 	if (!c->logged_in) {
 		client_fatal_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
 		return;
@@ -1612,8 +1616,9 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	STAT_INC(c->worker, sessions_pinned);
 	STAT_INC(c->worker, pins_by_reason[scan->pin]);
-	log_client_because(LOG_LEVEL_INFO, c, NULL, c->pin_reason, "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
-		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
+	log_client_because(LOG_LEVEL_INFO, c, NULL, c->pin_reason,
+			   "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
+			   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
 /* What a text does that means its session's settings must be read back after it runs. */

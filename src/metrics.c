@@ -174,7 +174,8 @@ static const struct family pool_stats_families[] = {
 	{ "query_duration_seconds", "histogram",
 	  "Queries (a Query, Sync or FunctionCall) from being sent to the server to its ReadyForQuery." },
 	{ "borrow_wait_seconds", "histogram", "How long clients waited for a server connection (0 when one was idle)." },
-	{ "pool_bytes_received_total", "counter", "Bytes received from the pool's clients (counted at each transaction's end)." },
+	{ "pool_bytes_received_total", "counter",
+	  "Bytes received from the pool's clients (counted at each transaction's end)." },
 	{ "pool_bytes_sent_total", "counter", "Bytes sent to the pool's clients (counted at each transaction's end)." },
 };
 
@@ -217,7 +218,8 @@ static void metrics_render_events(struct evbuffer *b, const struct worker_stats 
 	stats_get_events(&ev);
 	put_value(b, "failovers_total", "counter", "Times pgmux moved to a new writer after losing the previous one.",
 		  ev.failovers);
-	put_help(b, "last_failover_timestamp_seconds", "gauge", "When the last failover found its new writer (Unix time; 0: none).");
+	put_help(b, "last_failover_timestamp_seconds", "gauge",
+		 "When the last failover found its new writer (Unix time; 0: none).");
 	evbuffer_add_printf(b, "pgmux_last_failover_timestamp_seconds %.6f\n", ev.last_failover_unix_usec / 1e6);
 	put_help(b, "last_failover_duration_seconds", "gauge",
 		 "How long the last failover was without a writer, from losing it to finding the new one.");
@@ -231,7 +233,8 @@ static void metrics_render_events(struct evbuffer *b, const struct worker_stats 
 		  (unsigned long long)cs->last_waited);
 	put_value(b, "last_cutover_pinned_sessions", "gauge",
 		  "Pinned sessions the last cutover left on the old instances.", (unsigned long long)cs->last_pinned);
-	put_help(b, "sessions_pinned_by_reason_total", "counter", "Sessions pinned to their server connection, by reason.");
+	put_help(b, "sessions_pinned_by_reason_total", "counter",
+		 "Sessions pinned to their server connection, by reason.");
 	for (int r = SQL_PIN_NONE + 1; r <= SQL_PIN_TOO_LONG; r++) {
 		evbuffer_add_printf(b, "pgmux_sessions_pinned_by_reason_total{");
 		put_label(b, "reason", sql_pin_reason_text((enum sql_pin_reason)r), true);
@@ -244,10 +247,10 @@ static void metrics_render_events(struct evbuffer *b, const struct worker_stats 
 	put_value(b, "tls_handshake_failures_total", "counter", "Client TLS handshakes that failed.",
 		  st->tls_handshake_failures);
 	put_help(b, "client_login_seconds", "histogram",
-		  "Client logins, from the connection to the end of authentication (TLS and the password exchange).");
+		 "Client logins, from the connection to the end of authentication (TLS and the password exchange).");
 	put_histogram(b, "client_login_seconds", "", &st->client_login);
 	put_help(b, "server_connect_seconds", "histogram",
-		  "New server connections, from the start to ready (DNS, TCP, TLS, login, setup queries).");
+		 "New server connections, from the start to ready (DNS, TCP, TLS, login, setup queries).");
 	put_histogram(b, "server_connect_seconds", "", &st->server_connect);
 }
 

@@ -74,7 +74,8 @@ void stats_borrow_ended(struct client *c)
 	if (slot)
 		histogram_record(&slot->borrow_wait, waited);
 	if (threshold_ms > 0 && waited > (uint64_t)threshold_ms * 1000)
-		log_client(LOG_LEVEL_INFO, c, "slow borrow: waited %llu ms for a server connection (log_slow_borrow is %d ms)",
+		log_client(LOG_LEVEL_INFO, c,
+			   "slow borrow: waited %llu ms for a server connection (log_slow_borrow is %d ms)",
 			   (unsigned long long)(waited / 1000), threshold_ms);
 }
 
