@@ -212,8 +212,8 @@ static const struct config_option option_table[] = {
 		 "identity first) or json (one JSON object per line with the keys ts, an "
 		 "RFC 3339 UTC time with microseconds, level, pid, thread and msg, and, "
 		 "where they apply, client_id or server_id, user, database, remote, "
-		 "server, instance, sqlstate and reason). Either way a line is written "
-		 "whole, and what clients chose (names, text) is escaped." },
+		 "server, backend_pid, instance, sqlstate and reason). Either way a line "
+		 "is written whole, and what clients chose (names, text) is escaped." },
 	{ .section = "pgmux", .name = "syslog", .type = CONFIG_BOOL,
 	  .default_value = "false", .reloadable = true,
 	  .offset = FIELD(syslog),

@@ -326,7 +326,7 @@ static size_t json_fields(const struct log_fields *f, char *tail, size_t size)
 		len = put_json_string(tail, len, size, "server", server, sizeof(server));
 	}
 	if (f->backend_pid)
-		len = put_json_number(tail, len, size, "pid", (unsigned long long)f->backend_pid);
+		len = put_json_number(tail, len, size, "backend_pid", (unsigned long long)f->backend_pid);
 	if (f->instance)
 		len = put_json_string(tail, len, size, "instance", f->instance, 128);
 	if (f->sqlstate)

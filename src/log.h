@@ -82,7 +82,7 @@ void log_configure(int format, bool use_syslog, int facility, const char *ident)
  * prefix ("C-7 user@db 10.0.0.5:41000: ", "S-3 user@db host:5432 pid=77: ")
  * and the other fields are only in the message; in JSON mode every field
  * that is set is a key of its own (client_id or server_id, user, database,
- * remote, server, pid, instance, sqlstate, reason). NULL and 0 mean "does
+ * remote, server, backend_pid, instance, sqlstate, reason). NULL and 0 mean "does
  * not apply".
  */
 enum log_subject {

@@ -590,12 +590,13 @@ Test(observability_json_logs, every_line_is_a_json_object_with_its_fields)
 	/* A failover: the writer's relay goes away; the other instance is a writer already. */
 	json_t *first = find_line(px.logfile, "writer is 127.0.0.1:");
 	cr_assert_not_null(first);
-	const char *writer = json_string_value(json_object_get(first, "instance"));
-	cr_assert_not_null(writer, "the \"writer is\" line has no instance: %s", json_dumps(first, 0));
-	char lost[64];
+	const char *first_instance = json_string_value(json_object_get(first, "instance"));
+	cr_assert_not_null(first_instance, "the \"writer is\" line has no instance: %s", json_dumps(first, 0));
+	char writer[64], lost[64];
+	snprintf(writer, sizeof(writer), "%s", first_instance);
+	json_decref(first);
 	snprintf(lost, sizeof(lost), "127.0.0.1:%d", relays[0].port);
 	relay_stop(strcmp(writer, lost) == 0 ? &relays[0] : &relays[1]);
-	json_decref(first);
 	cr_assert(h_file_wait_contains(px.logfile, "failover: writer is now", h_scaled_ms(15000)),
 		  "no failover after the writer's relay stopped");
 	cr_expect(h_poll_until(metrics_failover_counted, &metrics_port, h_scaled_ms(5000)),
@@ -616,7 +617,7 @@ Test(observability_json_logs, every_line_is_a_json_object_with_its_fields)
 	int lines = 0, client_lines = 0, server_lines = 0;
 	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
 		json_error_t error;
-		json_t *obj = json_loads(line, 0, &error);
+		json_t *obj = json_loads(line, JSON_REJECT_DUPLICATES, &error);
 
 		lines++;
 		cr_assert_not_null(obj, "line %d is not JSON (%s): %s", lines, error.text, line);

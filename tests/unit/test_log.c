@@ -180,7 +180,7 @@ Test(log, json_mode_writes_one_parseable_object_per_line_with_the_fields)
 		char *l = strtok_r(i ? NULL : text, "\n", &save);
 
 		cr_assert_not_null(l, "line %d missing", i);
-		line[i] = json_loads(l, 0, &error);
+		line[i] = json_loads(l, JSON_REJECT_DUPLICATES, &error);
 		cr_assert_not_null(line[i], "line %d is not JSON (%s): %s", i, error.text, l);
 		cr_assert_eq(strlen(json_string_value(json_object_get(line[i], "ts"))), strlen("2026-12-06T20:24:14.460048Z"));
 	}
@@ -197,7 +197,8 @@ Test(log, json_mode_writes_one_parseable_object_per_line_with_the_fields)
 			 "authentication failed: bad\n\x01\"\xef\xbf\xbd\xc3\xa9");
 	cr_assert_str_eq(json_string_value(json_object_get(line[1], "server")), "db1:5432");
 	cr_assert_eq(json_integer_value(json_object_get(line[1], "server_id")), 3);
-	cr_assert_eq(json_integer_value(json_object_get(line[1], "pid")), 77);
+	cr_assert_eq(json_integer_value(json_object_get(line[1], "backend_pid")), 77);
+	cr_assert_eq(json_integer_value(json_object_get(line[1], "pid")), getpid(), "pid is pgmux's own");
 	cr_assert_str_eq(json_string_value(json_object_get(line[1], "instance")), "db1:5432");
 	cr_assert_str_eq(json_string_value(json_object_get(line[2], "msg")), "plain line");
 	cr_assert_null(json_object_get(line[2], "client_id"));
