@@ -355,6 +355,9 @@ static size_t text_prefix(const struct log_fields *f, char *out, size_t size)
 }
 
 static void log_vwrite(int level, const struct log_fields *f, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+static void log_vwrite(int level, const struct log_fields *f, const char *fmt, va_list ap)
 {
 	char line[8192], message[2048], tail[2048];
 	struct timeval tv;
