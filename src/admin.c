@@ -21,13 +21,14 @@
 #include "pool.h"
 #include "proto.h"
 #include "server.h"
+#include "stats.h"
 #include "util.h"
 #include "worker.h"
 
 #include "build_config.h"
 
 #define TEXT_OID 25
-#define MAX_COLUMNS 16
+#define MAX_COLUMNS 20
 
 struct admin_session {
 	bool waiting;            /* a request to the main thread is pending */
@@ -39,6 +40,7 @@ struct admin_session {
 	struct iobuf described;  /* rows and tag of a portal already run by Describe */
 	bool have_described;
 	bool look_only;          /* in stats_users, not admin_users: SHOW commands only */
+	bool extended;           /* the command came in the extended protocol: one result set per command */
 };
 
 enum admin_outcome {
@@ -118,7 +120,8 @@ static void show_help(struct iobuf *out)
 		{ "SHOW CLIENTS", "one row per logged-in client" },
 		{ "SHOW SERVERS", "one row per backend connection" },
 		{ "SHOW TARGETS", "one row per instance: role, health, replication lag, connections" },
-		{ "SHOW STATS", "counters since start-up, failovers and cutovers" },
+		{ "SHOW STATS",
+		  "per pool: PgBouncer's totals and averages; then counters since start-up, failovers and cutovers" },
 		{ "SHOW CONFIG", "every setting and its value" },
 		{ "SHOW VERSION", "the pgmux version" },
 		{ "PAUSE [instance]", "new transactions wait (all instances, or the one named host:port)" },
@@ -281,14 +284,79 @@ static void stat_row(struct iobuf *out, const char *name, unsigned long long val
 	put_row(out, r.n, r.ptrs);
 }
 
-static void show_stats(struct iobuf *out)
+/*
+ * PgBouncer's SHOW STATS columns, a row per pool: totals since the pool was
+ * made, and averages: counts and bytes per second over the pool's life (not
+ * PgBouncer's last stats_period), times in microseconds per transaction,
+ * query or borrow.
+ */
+static void pool_stats_row(struct pool *p, void *arg)
+{
+	struct iobuf *out = arg;
+	struct pool_stats_slot sum;
+	struct row r = { .n = 0 };
+	uint64_t xacts, queries, borrows;
+	double seconds;
+
+	if (p->stats == NULL)
+		return;
+	stats_pool_sum(p->stats, &sum);
+	xacts = histogram_count(&sum.transaction);
+	queries = histogram_count(&sum.query);
+	borrows = histogram_count(&sum.borrow_wait);
+	seconds = (pgmux_now_usec() - p->stats->created_usec) / 1e6;
+	if (seconds < 1)
+		seconds = 1;
+	cell(&r, "%s", p->database);
+	cell(&r, "%s", p->user);
+	cell(&r, "%s", p->endpoint == ENDPOINT_WRITER ? "writer" : "reader");
+	cell(&r, "%llu", (unsigned long long)xacts);
+	cell(&r, "%llu", (unsigned long long)queries);
+	cell(&r, "%llu", (unsigned long long)sum.bytes_in);
+	cell(&r, "%llu", (unsigned long long)sum.bytes_out);
+	cell(&r, "%llu", (unsigned long long)sum.transaction.sum_usec);
+	cell(&r, "%llu", (unsigned long long)sum.query.sum_usec);
+	cell(&r, "%llu", (unsigned long long)sum.borrow_wait.sum_usec);
+	cell(&r, "%.0f", xacts / seconds);
+	cell(&r, "%.0f", queries / seconds);
+	cell(&r, "%.0f", sum.bytes_in / seconds);
+	cell(&r, "%.0f", sum.bytes_out / seconds);
+	cell(&r, "%llu", (unsigned long long)(xacts ? sum.transaction.sum_usec / xacts : 0));
+	cell(&r, "%llu", (unsigned long long)(queries ? sum.query.sum_usec / queries : 0));
+	cell(&r, "%llu", (unsigned long long)(borrows ? sum.borrow_wait.sum_usec / borrows : 0));
+	put_row(out, r.n, r.ptrs);
+}
+
+static void show_pool_stats(struct iobuf *out)
+{
+	static const char *const cols[] = { "database", "user", "endpoint", "total_xact_count", "total_query_count",
+					    "total_received", "total_sent", "total_xact_time", "total_query_time",
+					    "total_wait_time", "avg_xact_count", "avg_query_count", "avg_recv",
+					    "avg_sent", "avg_xact_time", "avg_query_time", "avg_wait_time" };
+
+	put_columns(out, 17, cols);
+	pool_for_each_pool(pool_stats_row, out);
+	put_complete(out, "SHOW");
+}
+
+/*
+ * In the simple protocol SHOW STATS answers with two result sets: the
+ * per-pool table first, then pgmux's own rows (name, value), which a client
+ * that keeps only the last result (libpq's PQexec) sees as it always did. In
+ * the extended protocol, where a command has one result set, only the second.
+ */
+static void show_stats(struct client *c, struct iobuf *out)
 {
 	static const char *const cols[] = { "name", "value" };
 	struct worker_stats st;
 	struct cutover_stats cs;
+	struct event_stats ev;
 
+	if (!c->admin_session->extended)
+		show_pool_stats(out);
 	workers_sum_stats(&st);
 	control_get_cutover_stats(&cs);
+	stats_get_events(&ev);
 	put_columns(out, 2, cols);
 	stat_row(out, "client_connections", (unsigned long long)pgmux_clients_open());
 	stat_row(out, "client_connections_received", st.clients_accepted);
@@ -315,6 +383,14 @@ static void show_stats(struct iobuf *out)
 	stat_row(out, "last_cutover_transactions_in_flight", (unsigned long long)cs.last_in_flight);
 	stat_row(out, "last_cutover_clients_waited", (unsigned long long)cs.last_waited);
 	stat_row(out, "last_cutover_pinned_sessions", (unsigned long long)cs.last_pinned);
+	stat_row(out, "last_cutover_unix_time", ev.last_cutover_unix_usec / 1000000);
+	stat_row(out, "failovers", ev.failovers);
+	stat_row(out, "last_failover_unix_time", ev.last_failover_unix_usec / 1000000);
+	stat_row(out, "last_failover_ms", ev.last_failover_outage_usec / 1000);
+	stat_row(out, "tls_handshake_failures", st.tls_handshake_failures);
+	stat_row(out, "clients_refused_max_client_connections", st.refused_max_client_connections);
+	stat_row(out, "clients_refused_max_login_connections", st.refused_max_login_connections);
+	stat_row(out, "clients_refused_require_tls", st.refused_require_tls);
 	put_complete(out, "SHOW");
 }
 
@@ -434,7 +510,7 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 		else if (strcmp(w2, "TARGETS") == 0)
 			show_targets(out);
 		else if (strcmp(w2, "STATS") == 0)
-			show_stats(out);
+			show_stats(c, out);
 		else if (strcmp(w2, "CONFIG") == 0)
 			show_config(out);
 		else if (strcmp(w2, "VERSION") == 0)
@@ -556,6 +632,7 @@ static void admin_run_simple(struct client *c, const char *text)
 		if (end)
 			*end = '\0';
 		blank = strspn(rest, " \t\r\n") == strlen(rest);
+		a->extended = false;
 		if (!blank && admin_run(c, rest, &c->io.out) == ADMIN_ASYNC) {
 			a->waiting = true;
 			a->waiting_extended = false;
@@ -601,6 +678,7 @@ static bool admin_extended(struct client *c, uint8_t type, const uint8_t *body, 
 	struct iobuf result, head, rest;
 	const char *s;
 
+	a->extended = true;
 	if (a->discard_until_sync && type != FE_SYNC)
 		return true;
 	msg_reader_init(&r, body, len);

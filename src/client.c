@@ -29,6 +29,7 @@
 #include "prepared.h"
 #include "server.h"
 #include "sqlscan.h"
+#include "client_stats.h"
 #include "tls.h"
 #include "util.h"
 #include "worker.h"
@@ -194,6 +195,7 @@ static void client_fatal_detail(struct client *c, const char *sqlstate, const ch
 		proto_put_error(&c->io.out, "FATAL", sqlstate, message, detail, NULL);
 		(void)io_flush(&c->io);
 	}
+	snprintf(c->fatal_sqlstate, sizeof(c->fatal_sqlstate), "%s", sqlstate);
 	client_close(c, message);
 }
 
@@ -275,15 +277,18 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	strmap_init(&c->stmt_names);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
 	STAT_INC(w, clients_accepted);
-	if (pgmux_clients_open() > cfg->max_client_connections)
+	if (pgmux_clients_open() > cfg->max_client_connections) {
+		STAT_INC(w, refused_max_client_connections);
 		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS,
 			     "The maximum number of client connections to pgmux exceeded %d (max_client_connections)",
 			     cfg->max_client_connections);
-	else if (pgmux_logins_open() > cfg->max_login_connections)
+	} else if (pgmux_logins_open() > cfg->max_login_connections) {
+		STAT_INC(w, refused_max_login_connections);
 		client_fatal(c, SQLSTATE_TOO_MANY_CONNECTIONS,
 			     "too many client connections are logging in to pgmux at once, more than %d "
 			     "(max_login_connections)",
 			     cfg->max_login_connections);
+	}
 }
 
 void client_close(struct client *c, const char *reason)
@@ -293,9 +298,11 @@ void client_close(struct client *c, const char *reason)
 	if (c->state == CLIENT_CLOSED)
 		return;
 	if (c->state == CLIENT_ACTIVE)
-		log_client(LOG_LEVEL_DEBUG, c, "closing: %s", reason);
+		log_client_because(LOG_LEVEL_DEBUG, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason,
+				   "closing: %s", reason);
 	else
-		log_client(LOG_LEVEL_INFO, c, "closing during %s: %s", client_state_names[c->state], reason);
+		log_client_because(LOG_LEVEL_INFO, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason,
+				   "closing during %s: %s", client_state_names[c->state], reason);
 	client_set_state(c, CLIENT_CLOSED);
 	if (c->timer) {
 		event_free(c->timer);
@@ -417,7 +424,8 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		c->read_paused = false;
 		io_want_read(&c->io, true);
 	}
-	log_client(LOG_LEVEL_WARNING, c, "backend lost mid-transaction (%s); the client's transaction fails", message);
+	log_client_because(LOG_LEVEL_WARNING, c, sqlstate, message,
+			   "backend lost mid-transaction (%s); the client's transaction fails", message);
 	if (s->outstanding > 0) {
 		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
 				message, NULL);
@@ -509,6 +517,7 @@ static void client_handle_startup_message(struct client *c, uint32_t version, co
 	}
 	c->have_startup = true;
 	if (cfg->require_tls && c->io.ssl == NULL) {
+		STAT_INC(c->worker, refused_require_tls);
 		client_fatal(c, SQLSTATE_INVALID_AUTHORIZATION, "This pgmux requires TLS connections");
 		return;
 	}
@@ -619,7 +628,7 @@ static void client_authenticated(struct client *c);
 static void client_auth_failed(struct client *c, const char *why)
 {
 	STAT_INC(c->worker, logins_failed);
-	log_client(LOG_LEVEL_WARNING, c, "authentication failed: %s", why);
+	log_client_because(LOG_LEVEL_WARNING, c, SQLSTATE_INVALID_PASSWORD, why, "authentication failed: %s", why);
 	client_fatal(c, SQLSTATE_INVALID_PASSWORD, "password authentication failed for user \"%s\"",
 		     c->startup.user);
 }
@@ -818,6 +827,7 @@ static void client_authenticated(struct client *c)
 	const struct config *cfg = config_current();
 	char err[512];
 
+	histogram_record(&c->worker->stats.client_login, pgmux_now_usec() - c->connect_usec);
 	if (c->scram) {
 		scram_server_free(c->scram);
 		c->scram = NULL;
@@ -880,8 +890,9 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 	STAT_INC(c->worker, borrow_timeouts);
 	/* Say why, when pgmux knows: no healthy writer, or how its connection attempts fail. */
 	pool_wait_detail(c->pool, detail, sizeof(detail));
-	log_client(LOG_LEVEL_WARNING, c, "%s after %d ms%s%s", BORROW_TIMEOUT_MESSAGE,
-		   config_current()->connection_borrow_timeout_ms, detail[0] ? ": " : "", detail);
+	log_client_because(LOG_LEVEL_WARNING, c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE,
+			   "%s after %d ms%s%s", BORROW_TIMEOUT_MESSAGE,
+			   config_current()->connection_borrow_timeout_ms, detail[0] ? ": " : "", detail);
 	if (!c->logged_in) {
 		client_fatal_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
 		return;
@@ -912,6 +923,7 @@ static void client_arm_wait_timer(struct client *c)
 static void client_borrow_result(struct client *c, enum pool_borrow_result result, struct server *s,
 				 const char *error)
 {
+	c->borrow_start_usec = pgmux_now_usec(); /* the borrow wait (stats_borrow_ended()) counts from here */
 	switch (result) {
 	case POOL_BORROWED:
 		client_link(c, s);
@@ -942,6 +954,7 @@ static void client_borrow(struct client *c)
 /* A logged-in client needs a backend for the transaction it just started. */
 static void client_begin_transaction(struct client *c)
 {
+	c->txn_start_usec = pgmux_now_usec();
 	client_set_state(c, CLIENT_WAITING);
 	client_borrow(c);
 }
@@ -1557,6 +1570,7 @@ static void client_link(struct client *c, struct server *s)
 {
 	struct iobuf sql;
 
+	stats_borrow_ended(c);
 	c->fresh_backend = false;
 	s->served = true;
 
@@ -1610,8 +1624,10 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 	}
 	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	STAT_INC(c->worker, sessions_pinned);
-	log_client(LOG_LEVEL_INFO, c, "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
-		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
+	STAT_INC(c->worker, pins_by_reason[scan->pin]);
+	log_client_because(LOG_LEVEL_INFO, c, NULL, c->pin_reason,
+			   "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
+			   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
 /* What a text does that means its session's settings must be read back after it runs. */
@@ -1948,6 +1964,7 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 /* Follow the transaction state of backend s as the client's next message goes to it. */
 static void client_count_message(struct client *c, struct server *s, uint8_t type)
 {
+	stats_message_sent(c, s, type);
 	switch (type) {
 	case FE_QUERY:
 	case FE_FUNCTION_CALL:
@@ -2504,6 +2521,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		case IO_AGAIN:
 			return;
 		default:
+			STAT_INC(c->worker, tls_handshake_failures);
 			client_close(c, c->io.error);
 			return;
 		}

@@ -116,12 +116,31 @@ struct client {
 	bool admin;          /* a session of the admin console (database "pgmux") */
 	struct admin_session *admin_session;
 	uint64_t connect_usec;
+	char fatal_sqlstate[6];        /* the SQLSTATE of the FATAL it was sent, for the closing line ("": none) */
+	uint64_t borrow_start_usec;    /* when it asked for a server connection (0: it is not waiting); stats.c */
+	uint64_t txn_start_usec;       /* the first message of its transaction (0: none in progress); stats.c */
+	uint64_t bytes_read_counted;   /* io.bytes_read and bytes_written its pool has counted */
+	uint64_t bytes_written_counted;
 };
 
-#define log_client(level, c, fmt, ...) \
-	log_at(level, "C-%llu " LOG_NAME "@" LOG_NAME " %s: " fmt, (unsigned long long)(c)->id, \
-	       (c)->have_startup ? (c)->startup.user : "-", (c)->have_startup ? (c)->startup.database : "-", \
-	       (c)->peer, ##__VA_ARGS__)
+/*
+ * A line about client c: its id, user, database and address are fields of
+ * the line (a "C-N user@db address: " prefix in text mode), and so are the
+ * SQLSTATE it was sent and the reason, where a line has them (else NULL).
+ */
+#define log_client_because(level, c, sqlstate_, reason_, fmt, ...) \
+	do { \
+		if ((level) <= log_level_now()) { \
+			const struct log_fields log_fields_ = { \
+				.subject = LOG_SUBJECT_CLIENT, .id = (c)->id, \
+				.user = (c)->have_startup ? (c)->startup.user : NULL, \
+				.database = (c)->have_startup ? (c)->startup.database : NULL, \
+				.remote = (c)->peer, .sqlstate = (sqlstate_), .reason = (reason_) }; \
+			log_write_fields((level), &log_fields_, fmt, ##__VA_ARGS__); \
+		} \
+	} while (0)
+
+#define log_client(level, c, fmt, ...) log_client_because(level, c, NULL, NULL, fmt, ##__VA_ARGS__)
 
 /*
  * The admin console (admin.c, a layer above): what a session of the database

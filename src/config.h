@@ -68,6 +68,12 @@ struct config {
 	char *stats_users; /* comma separated: SHOW commands only */
 	char *logfile;
 	int log_level; /* enum log_level */
+	int log_format; /* enum log_format */
+	bool syslog;
+	int syslog_facility; /* index into log_facility_names */
+	char *syslog_ident;
+	int log_slow_borrow_ms;      /* 0 = no "slow borrow" lines */
+	int log_long_transaction_ms; /* 0 = no "long transaction" lines */
 	char *pidfile;
 	int max_packet_size;        /* bytes, for any client message */
 	int client_login_timeout_ms; /* startup + TLS + authentication */

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "log.h"
+
 /* The index of each name is the C enum value it stands for. */
 static const char *const client_auth_names[] = { "scram-sha-256", "md5", "trust", NULL };
 static const char *const server_tls_names[] = { "disable", "prefer", "require", "verify-ca",
@@ -177,6 +179,46 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(log_level),
 	  .doc = "The least severe message that is logged: error, warning, info or "
 		 "debug. The -v and -q command-line flags override it." },
+	/* Observability (issue 23): log format, syslog, slow borrows and long transactions. */
+	{ .section = "pgmux", .name = "log_format", .type = CONFIG_ENUM,
+	  .default_value = "text", .reloadable = true,
+	  .offset = FIELD(log_format), .enum_values = log_format_names,
+	  .doc = "How log lines look: text (a timestamp, the process id, the thread and "
+		 "the level, then the message, with a client's or a server connection's "
+		 "identity first) or json (one JSON object per line with the keys ts, an "
+		 "RFC 3339 UTC time with microseconds, level, pid, thread and msg, and, "
+		 "where they apply, client_id or server_id, user, database, remote, "
+		 "server, backend_pid, instance, sqlstate and reason). Either way a line "
+		 "is written whole, and what clients chose (names, text) is escaped." },
+	{ .section = "pgmux", .name = "syslog", .type = CONFIG_BOOL,
+	  .default_value = "false", .reloadable = true,
+	  .offset = FIELD(syslog),
+	  .doc = "When true, every line is sent to syslog too (in log_format; syslog "
+		 "adds its own time and process id to text lines), besides logfile or "
+		 "standard error." },
+	{ .section = "pgmux", .name = "syslog_facility", .type = CONFIG_ENUM,
+	  .default_value = "daemon", .reloadable = true,
+	  .offset = FIELD(syslog_facility), .enum_values = log_facility_names,
+	  .doc = "The syslog facility of the lines: daemon, user, auth, authpriv or "
+		 "local0 to local7." },
+	{ .section = "pgmux", .name = "syslog_ident", .type = CONFIG_STRING,
+	  .default_value = "pgmux", .reloadable = true,
+	  .offset = FIELD(syslog_ident), .min_value = 1,
+	  .doc = "The name syslog shows for pgmux's lines (at most 63 bytes are used)." },
+	{ .section = "pgmux", .name = "log_slow_borrow", .type = CONFIG_DURATION_MS,
+	  .default_value = "0s", .reloadable = true, .bare_unit = "ms",
+	  .offset = FIELD(log_slow_borrow_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "A client that waits longer than this for a server connection gets "
+		 "one log line (level info) when its wait ends with a connection, "
+		 "saying how long it waited. A number without a unit is milliseconds; "
+		 "0 means no such lines." },
+	{ .section = "pgmux", .name = "log_long_transaction", .type = CONFIG_DURATION_MS,
+	  .default_value = "0s", .reloadable = true, .bare_unit = "ms",
+	  .offset = FIELD(log_long_transaction_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "A transaction that takes longer than this, from its first message to "
+		 "the ReadyForQuery that ends it, gets one log line (level info) with its "
+		 "duration when it ends. A number without a unit is milliseconds; 0 "
+		 "means no such lines." },
 	{ .section = "pgmux", .name = "pidfile", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = false,
 	  .offset = FIELD(pidfile),

@@ -26,6 +26,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "secrets.h"
+#include "stats.h"
 #include "tls.h"
 #include "util.h"
 #include "worker.h"
@@ -144,6 +145,7 @@ static void cutover_switch(bool timed_out)
 	C.stats.last_waited = waited;
 	C.stats.last_pinned = pinned;
 	pthread_mutex_unlock(&C.lock);
+	stats_cutover_ended();
 	log_info("cutover to %s: new transactions paused for %llu ms; %d transaction(s) were in flight, %d client(s) "
 		 "waited%s; %d pinned session(s) stay on the old instances for up to cutover_timeout",
 		 C.stats.last_hosts, (unsigned long long)paused_ms, C.cutover_in_flight, waited,
@@ -264,6 +266,7 @@ void control_apply_log_settings(const void *arg)
 	const struct config *cfg = arg;
 
 	log_set_level(C.log_level_override >= 0 ? C.log_level_override : cfg->log_level);
+	log_configure(cfg->log_format, cfg->syslog, cfg->syslog_facility, cfg->syslog_ident);
 	if (log_open(cfg->logfile) != 0)
 		log_error("cannot open logfile %s: %s; logging to stderr", cfg->logfile, strerror(errno));
 }

@@ -134,6 +134,7 @@ enum io_status io_read(struct io *io, size_t limit)
 		n = SSL_read(io->ssl, p, (int)room);
 		if (n > 0) {
 			iobuf_commit(&io->in, (size_t)n);
+			io->bytes_read += (uint64_t)n;
 			/* Decrypted bytes still inside OpenSSL would not wake the socket. */
 			io->drained = (size_t)n < room && !SSL_has_pending(io->ssl);
 			return IO_OK;
@@ -162,6 +163,7 @@ enum io_status io_read(struct io *io, size_t limit)
 
 		if (n > 0) {
 			iobuf_commit(&io->in, (size_t)n);
+			io->bytes_read += (uint64_t)n;
 			/*
 			 * A short read emptied the socket: reading again would only
 			 * return EAGAIN. The event is level-triggered, so anything that
@@ -199,6 +201,7 @@ enum io_status io_flush(struct io *io)
 			n = SSL_write(io->ssl, iobuf_head(&io->out), len > INT32_MAX ? INT32_MAX : (int)len);
 			if (n > 0) {
 				iobuf_consume(&io->out, (size_t)n);
+				io->bytes_written += (uint64_t)n;
 				continue;
 			}
 			err = SSL_get_error(io->ssl, n);
@@ -219,6 +222,7 @@ enum io_status io_flush(struct io *io)
 
 			if (n >= 0) {
 				iobuf_consume(&io->out, (size_t)n);
+				io->bytes_written += (uint64_t)n;
 				continue;
 			}
 			if (errno == EINTR)

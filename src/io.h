@@ -43,6 +43,8 @@ struct io {
 	struct iobuf in;
 	struct iobuf out;
 	char error[128];
+	uint64_t bytes_read;    /* since io_init(), for the per-pool byte counts (stats.c) */
+	uint64_t bytes_written;
 };
 
 void io_init(struct io *io, int fd);

@@ -58,15 +58,73 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"pgmux %s: a PostgreSQL connection proxy\n\n"
-		"Usage: pgmux [-d] [-v|-q] [-V] [-h] CONFIG\n\n"
-		"  -d  run in the background (writes the pidfile named in CONFIG)\n"
-		"  -v  log more (debug)\n"
-		"  -q  log less (warnings and errors only)\n"
-		"  -V  print the version and exit\n"
-		"  -h  print this help and exit\n\n"
+		"Usage: pgmux [-d] [-v|-q] CONFIG\n"
+		"       pgmux --check CONFIG\n"
+		"       pgmux --version | --help\n\n"
+		"  -d, --daemon        run in the background (writes the pidfile named in CONFIG)\n"
+		"  -v, --verbose       log more (debug)\n"
+		"  -q, --quiet         log less (warnings and errors only)\n"
+		"  -t, --check CONFIG  check CONFIG, the secrets and TLS files it names, and exit:\n"
+		"                      0 when pgmux could start with them, 1 with the errors\n"
+		"  -V, --version       print the version and exit\n"
+		"  -h, --help          print this help and exit\n\n"
 		"Signals: HUP reloads CONFIG and the secrets, INT stops gracefully,\n"
 		"TERM stops immediately. See pgmux(1) and pgmux.ini(5).\n",
 		PACKAGE_VERSION);
+}
+
+/*
+ * pgmux --check: everything start-up reads (the configuration, the TLS
+ * certificate and key, the secrets) is read as start-up reads it, and every
+ * problem is printed to stderr, with the file and line where there is one.
+ * Nothing is started: no port, no thread, no log file, no pid file.
+ * Returns the exit status.
+ */
+static int check_configuration(const char *path)
+{
+	struct config *cfg;
+	char err[512];
+	int errors = 0, n;
+
+	cfg = config_load(path, err, sizeof(err));
+	if (cfg == NULL) {
+		fprintf(stderr, "pgmux: %s\n", err);
+		return 1;
+	}
+	pgmux_config_ptr = cfg;
+	/* Problems go to stderr whatever logfile says; debug lines are not wanted here. */
+	log_set_level(cfg->log_level < LOG_LEVEL_INFO ? cfg->log_level : LOG_LEVEL_INFO);
+	if (cfg->client_tls_cert_file[0]) {
+		struct tls_context *tls = tls_context_load(cfg, err, sizeof(err));
+
+		if (tls == NULL) {
+			fprintf(stderr, "pgmux: %s\n", err);
+			errors++;
+		} else {
+			tls_context_unref(tls);
+		}
+	}
+	n = secrets_reload(cfg->secrets_dir, err, sizeof(err));
+	if (n < 0 && cfg->client_auth != CLIENT_AUTH_TRUST) {
+		fprintf(stderr, "pgmux: secrets_dir: %s\n", err);
+		errors++;
+	} else if (n >= 0 && secrets_skipped() > 0) {
+		fprintf(stderr, "pgmux: %s: %d secret file(s) cannot be used (see above)\n", cfg->secrets_dir,
+			secrets_skipped());
+		errors++;
+	}
+	if (control_health_check_user_problem(cfg, n) != NULL) {
+		fprintf(stderr, "pgmux: %s: %s\n", path, control_health_check_user_problem(cfg, n));
+		errors++;
+	}
+	control_warn_risky_settings(cfg);
+	if (errors == 0)
+		printf("pgmux: %s: the configuration is valid (%d secret(s) in %s)\n", path, n < 0 ? 0 : n,
+		       cfg->secrets_dir);
+	secrets_shutdown();
+	pgmux_config_ptr = NULL;
+	config_free(cfg);
+	return errors == 0 ? 0 : 1;
 }
 
 /* ---------------------------------------------------------------- acceptor */
@@ -252,10 +310,20 @@ int main(int argc, char **argv)
 	struct config *cfg;
 	char err[512];
 	int opt, exit_code = 0, n;
+	static const struct option long_options[] = {
+		{ "daemon", no_argument, NULL, 'd' },   { "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },    { "check", required_argument, NULL, 't' },
+		{ "version", no_argument, NULL, 'V' },  { "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *check_path = NULL;
 
 	M.log_level_override = -1;
-	while ((opt = getopt(argc, argv, "dvqVh")) != -1) {
+	while ((opt = getopt_long(argc, argv, "dvqt:Vh", long_options, NULL)) != -1) {
 		switch (opt) {
+		case 't':
+			check_path = optarg;
+			break;
 		case 'd':
 			background = true;
 			break;
@@ -275,6 +343,13 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 1;
 		}
+	}
+	if (check_path != NULL) {
+		if (optind != argc) {
+			usage(stderr);
+			return 1;
+		}
+		return check_configuration(check_path);
 	}
 	if (optind != argc - 1) {
 		usage(stderr);

@@ -25,6 +25,8 @@
 #include "log.h"
 #include "pgmux.h"
 #include "pool.h"
+#include "sqlscan.h"
+#include "stats.h"
 #include "worker.h"
 
 #include "build_config.h"
@@ -121,6 +123,135 @@ static void pool_sample(struct pool *p, void *arg)
 	put_label(pass->b, "user", p->user, false);
 	put_label(pass->b, "endpoint", p->endpoint == ENDPOINT_WRITER ? "writer" : "reader", false);
 	evbuffer_add_printf(pass->b, "} %d\n", values[pass->family]);
+}
+
+/*
+ * A histogram's samples: the cumulative _bucket series (le in seconds, +Inf
+ * last), _sum in seconds and _count. labels is "" or the sample's other
+ * labels, already escaped (pool_labels()).
+ */
+static void put_histogram(struct evbuffer *b, const char *name, const char *labels, const struct histogram *h)
+{
+	uint64_t cumulative[HISTOGRAM_BOUNDS + 1];
+	const char *comma = labels[0] ? "," : "";
+
+	histogram_cumulative(h, cumulative);
+	for (int i = 0; i < HISTOGRAM_BOUNDS; i++)
+		evbuffer_add_printf(b, "pgmux_%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, comma,
+				    histogram_bounds_usec[i] / 1e6, (unsigned long long)cumulative[i]);
+	evbuffer_add_printf(b, "pgmux_%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, comma,
+			    (unsigned long long)cumulative[HISTOGRAM_BOUNDS]);
+	evbuffer_add_printf(b, "pgmux_%s_sum%s%s%s %.6f\n", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
+			    h->sum_usec / 1e6);
+	evbuffer_add_printf(b, "pgmux_%s_count%s%s%s %llu\n", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
+			    (unsigned long long)cumulative[HISTOGRAM_BOUNDS]);
+}
+
+/* A pool's labels (database, user, endpoint), escaped, into out. */
+static void pool_labels(const struct pool *p, char *out, size_t size)
+{
+	struct evbuffer *labels = evbuffer_new();
+	size_t len;
+
+	out[0] = '\0';
+	if (labels == NULL)
+		return;
+	put_label(labels, "database", p->database, true);
+	put_label(labels, "user", p->user, false);
+	put_label(labels, "endpoint", p->endpoint == ENDPOINT_WRITER ? "writer" : "reader", false);
+	len = evbuffer_get_length(labels);
+	if (len >= size)
+		len = size - 1;
+	evbuffer_copyout(labels, out, len);
+	out[len] = '\0';
+	evbuffer_free(labels);
+}
+
+/* The per-pool histograms and byte counters: one family per pass over the pools. */
+static const struct family pool_stats_families[] = {
+	{ "transaction_duration_seconds", "histogram",
+	  "Transactions, from their first message to the ReadyForQuery that ends them (the borrow wait included)." },
+	{ "query_duration_seconds", "histogram",
+	  "Queries (a Query, Sync or FunctionCall) from being sent to the server to its ReadyForQuery." },
+	{ "borrow_wait_seconds", "histogram", "How long clients waited for a server connection (0 when one was idle)." },
+	{ "pool_bytes_received_total", "counter",
+	  "Bytes received from the pool's clients (counted at each transaction's end)." },
+	{ "pool_bytes_sent_total", "counter", "Bytes sent to the pool's clients (counted at each transaction's end)." },
+};
+
+static void pool_stats_sample(struct pool *p, void *arg)
+{
+	struct family_pass *pass = arg;
+	const char *name = pool_stats_families[pass->family].name;
+	struct pool_stats_slot sum;
+	char labels[1024];
+
+	if (p->stats == NULL)
+		return;
+	stats_pool_sum(p->stats, &sum);
+	pool_labels(p, labels, sizeof(labels));
+	switch (pass->family) {
+	case 0:
+		put_histogram(pass->b, name, labels, &sum.transaction);
+		break;
+	case 1:
+		put_histogram(pass->b, name, labels, &sum.query);
+		break;
+	case 2:
+		put_histogram(pass->b, name, labels, &sum.borrow_wait);
+		break;
+	default:
+		evbuffer_add_printf(pass->b, "pgmux_%s{%s} %llu\n", name, labels,
+				    (unsigned long long)(pass->family == 3 ? sum.bytes_in : sum.bytes_out));
+		break;
+	}
+}
+
+/* Counters and gauges of issue 23: failovers, cutovers, pins by reason, refusals, TLS, logins, connects. */
+static void metrics_render_events(struct evbuffer *b, const struct worker_stats *st, const struct cutover_stats *cs)
+{
+	static const char *const limits[] = { "max_client_connections", "max_login_connections", "require_tls" };
+	const uint64_t refused[] = { st->refused_max_client_connections, st->refused_max_login_connections,
+				     st->refused_require_tls };
+	struct event_stats ev;
+
+	stats_get_events(&ev);
+	put_value(b, "failovers_total", "counter", "Times pgmux moved to a new writer after losing the previous one.",
+		  ev.failovers);
+	put_help(b, "last_failover_timestamp_seconds", "gauge",
+		 "When the last failover found its new writer (Unix time; 0: none).");
+	evbuffer_add_printf(b, "pgmux_last_failover_timestamp_seconds %.6f\n", ev.last_failover_unix_usec / 1e6);
+	put_help(b, "last_failover_duration_seconds", "gauge",
+		 "How long the last failover was without a writer, from losing it to finding the new one.");
+	evbuffer_add_printf(b, "pgmux_last_failover_duration_seconds %.6f\n", ev.last_failover_outage_usec / 1e6);
+	put_help(b, "last_cutover_timestamp_seconds", "gauge", "When the last cutover ended (Unix time; 0: none).");
+	evbuffer_add_printf(b, "pgmux_last_cutover_timestamp_seconds %.6f\n", ev.last_cutover_unix_usec / 1e6);
+	/* Its duration is pgmux_last_cutover_pause_seconds: new transactions wait from its start to its end. */
+	put_value(b, "last_cutover_transactions_in_flight", "gauge",
+		  "Transactions still running when the last cutover began.", (unsigned long long)cs->last_in_flight);
+	put_value(b, "last_cutover_clients_waited", "gauge", "Clients waiting when the last cutover moved the pools.",
+		  (unsigned long long)cs->last_waited);
+	put_value(b, "last_cutover_pinned_sessions", "gauge",
+		  "Pinned sessions the last cutover left on the old instances.", (unsigned long long)cs->last_pinned);
+	put_help(b, "sessions_pinned_by_reason_total", "counter",
+		 "Sessions pinned to their server connection, by reason.");
+	for (int r = SQL_PIN_NONE + 1; r <= SQL_PIN_TOO_LONG; r++) {
+		evbuffer_add_printf(b, "pgmux_sessions_pinned_by_reason_total{");
+		put_label(b, "reason", sql_pin_reason_text((enum sql_pin_reason)r), true);
+		evbuffer_add_printf(b, "} %llu\n", (unsigned long long)st->pins_by_reason[r]);
+	}
+	put_help(b, "clients_refused_total", "counter", "Client connections refused at once, by the limit they hit.");
+	for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
+		evbuffer_add_printf(b, "pgmux_clients_refused_total{limit=\"%s\"} %llu\n", limits[i],
+				    (unsigned long long)refused[i]);
+	put_value(b, "tls_handshake_failures_total", "counter", "Client TLS handshakes that failed.",
+		  st->tls_handshake_failures);
+	put_help(b, "client_login_seconds", "histogram",
+		 "Client logins, from the connection to the end of authentication (TLS and the password exchange).");
+	put_histogram(b, "client_login_seconds", "", &st->client_login);
+	put_help(b, "server_connect_seconds", "histogram",
+		 "New server connections, from the start to ready (DNS, TCP, TLS, login, setup queries).");
+	put_histogram(b, "server_connect_seconds", "", &st->server_connect);
 }
 
 static const struct family target_families[] = {
@@ -228,12 +359,19 @@ static void metrics_render(struct evbuffer *b)
 	put_value(b, "cutover_in_progress", "gauge", "1 while a cutover runs.", cs.in_progress ? 1 : 0);
 	put_help(b, "last_cutover_pause_seconds", "gauge", "How long the last cutover held new transactions.");
 	evbuffer_add_printf(b, "pgmux_last_cutover_pause_seconds %.3f\n", cs.last_pause_ms / 1000.0);
+	metrics_render_events(b, &st, &cs);
 
 	for (size_t i = 0; i < sizeof(pool_families) / sizeof(pool_families[0]); i++) {
 		struct family_pass pass = { b, i };
 
 		put_help(b, pool_families[i].name, pool_families[i].type, pool_families[i].help);
 		pool_for_each_pool(pool_sample, &pass);
+	}
+	for (size_t i = 0; i < sizeof(pool_stats_families) / sizeof(pool_stats_families[0]); i++) {
+		struct family_pass pass = { b, i };
+
+		put_help(b, pool_stats_families[i].name, pool_stats_families[i].type, pool_stats_families[i].help);
+		pool_for_each_pool(pool_stats_sample, &pass);
 	}
 	for (size_t i = 0; i < sizeof(target_families) / sizeof(target_families[0]); i++) {
 		struct family_pass pass = { b, i };

@@ -18,6 +18,7 @@
 #include "pgmux.h"
 #include "secrets.h"
 #include "server.h"
+#include "stats.h"
 #include "util.h"
 #include "worker.h"
 
@@ -68,6 +69,7 @@ struct pool *pool_get(const char *user, const char *database, enum pool_endpoint
 	list_init(&p->idle);
 	list_init(&p->waiters);
 	strmap_init(&p->known_statements);
+	p->stats = stats_pool_new();
 	p->n_clients = 1;
 	list_append(&pools, &p->node);
 	pthread_mutex_unlock(&pool_lock);
@@ -91,6 +93,7 @@ static void pool_free(struct pool *p)
 		free(p->password);
 	}
 	strmap_clear(&p->known_statements, NULL);
+	stats_pool_free(p->stats);
 	free(p);
 }
 

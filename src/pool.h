@@ -26,6 +26,7 @@
 struct server;
 struct worker;
 struct monitor_conn;
+struct pool_stats;
 
 enum instance_role {
 	ROLE_UNKNOWN, /* not checked yet, or unreachable since start-up */
@@ -98,6 +99,7 @@ struct pool {
 	 */
 	bool writes_opaque;
 	uint64_t writes_checked_usec; /* when a connection last asked (0: never); relaxed atomic */
+	struct pool_stats *stats;     /* histograms and byte counts, a slot per worker (stats.h) */
 };
 
 /* How often new connections ask again whether writes are opaque (a connection churn must not pay each time). */

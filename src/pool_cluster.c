@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "pgmux.h"
+#include "stats.h"
 #include "server.h"
 #include "util.h"
 #include "worker.h"
@@ -361,8 +362,9 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		t->healthy = false;
 		if (was_healthy || t->unhealthy_since_usec == 0) {
 			t->unhealthy_since_usec = now;
-			log_warning("instance %s (%s:%d, %s) failed its health check: %s", t->instance_id, t->host, t->port,
-				    role_names[t->role], why ? why : "unknown reason");
+			log_instance(LOG_LEVEL_WARNING, t->instance_id,
+				     "instance %s (%s:%d, %s) failed its health check: %s", t->instance_id, t->host,
+				     t->port, role_names[t->role], why ? why : "unknown reason");
 			pool_drop_idle_of_locked(t, &doomed);
 		}
 		if (t == writer) {
@@ -370,7 +372,8 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 
 			writer = NULL;
 			writer_lost_usec = now;
-			log_warning("writer %s lost; new transactions wait for a writer", t->instance_id);
+			log_instance(LOG_LEVEL_WARNING, t->instance_id,
+				     "writer %s lost; new transactions wait for a writer", t->instance_id);
 			/* A promoted instance may have reported already: no need to wait for its next check. */
 			list_for_each(pos, &targets) {
 				struct target *other = list_entry(pos, struct target, node);
@@ -378,8 +381,10 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 				if (other != t && other->healthy && other->role == ROLE_WRITER) {
 					writer = other;
 					writer_lost_usec = 0;
-					log_info("failover: writer is now %s (%s:%d), 0 ms after the previous writer was lost",
-						 other->instance_id, other->host, other->port);
+					stats_writer_found(now, now);
+					log_instance(LOG_LEVEL_INFO, other->instance_id,
+						     "failover: writer is now %s (%s:%d), 0 ms after the previous writer was lost",
+						     other->instance_id, other->host, other->port);
 					pool_kick_locked(&batch);
 					break;
 				}
@@ -397,13 +402,15 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 	t->lag_ms = lag_ms;
 	changed_role = t->role != role;
 	if (!was_healthy && t->unhealthy_since_usec)
-		log_info("instance %s (%s:%d) is healthy again after %llu ms", t->instance_id, t->host, t->port,
-			 (unsigned long long)((now - t->unhealthy_since_usec) / 1000));
+		log_instance(LOG_LEVEL_INFO, t->instance_id,
+			     "instance %s (%s:%d) is healthy again after %llu ms", t->instance_id, t->host, t->port,
+			     (unsigned long long)((now - t->unhealthy_since_usec) / 1000));
 	t->unhealthy_since_usec = 0;
 	if (changed_role) {
 		if (t->role != ROLE_UNKNOWN)
-			log_info("instance %s (%s:%d) changed role: %s -> %s", t->instance_id, t->host, t->port,
-				 role_names[t->role], role_names[role]);
+			log_instance(LOG_LEVEL_INFO, t->instance_id,
+				     "instance %s (%s:%d) changed role: %s -> %s", t->instance_id, t->host, t->port,
+				     role_names[t->role], role_names[role]);
 		t->role = role;
 		t->generation++;
 		/* Its connections were made for the old role: never reuse them. */
@@ -411,11 +418,15 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 	}
 	if (role == ROLE_WRITER && t != writer && !writer_usable_locked()) {
 		writer = t;
+		stats_writer_found(writer_lost_usec, now);
 		if (writer_lost_usec)
-			log_info("failover: writer is now %s (%s:%d), %llu ms after the previous writer was lost", t->instance_id,
-				 t->host, t->port, (unsigned long long)((now - writer_lost_usec) / 1000));
+			log_instance(LOG_LEVEL_INFO, t->instance_id,
+				     "failover: writer is now %s (%s:%d), %llu ms after the previous writer was lost",
+				     t->instance_id, t->host, t->port,
+				     (unsigned long long)((now - writer_lost_usec) / 1000));
 		else
-			log_info("writer is %s (%s:%d)", t->instance_id, t->host, t->port);
+			log_instance(LOG_LEVEL_INFO, t->instance_id,
+				     "writer is %s (%s:%d)", t->instance_id, t->host, t->port);
 		writer_lost_usec = 0;
 	} else if (role == ROLE_WRITER && t != writer) {
 		log_warning("instance %s (%s:%d) also reports being a writer; pgmux stays with %s", t->instance_id, t->host,
@@ -424,7 +435,9 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		/* A demoted writer: writes must not go to an instance in recovery. */
 		writer = NULL;
 		writer_lost_usec = now;
-		log_warning("writer %s is now a %s; new transactions wait for a writer", t->instance_id, role_names[role]);
+		log_instance(LOG_LEVEL_WARNING, t->instance_id,
+			     "writer %s is now a %s; new transactions wait for a writer", t->instance_id,
+			     role_names[role]);
 	}
 	/* Clients that waited (for a writer, or while t was suspect) get idle connections or new ones. */
 	pool_serve_waiters_locked(&batch);

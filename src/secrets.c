@@ -42,6 +42,7 @@ struct secret_store {
 static pthread_mutex_t store_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t reload_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct secret_store *current_store;
+static int skipped_files; /* by the last reload; under reload_mutex, read with a relaxed load */
 
 /* Copies of secrets cannot report failure (secret_copy returns nothing), so running out of memory is fatal. */
 static char *duplicate_string(const char *s)
@@ -292,6 +293,11 @@ bool secrets_find(const char *user, struct secret *out)
 		secret_copy(out, found);
 	pthread_mutex_unlock(&store_mutex);
 	return found != NULL;
+}
+
+int secrets_skipped(void)
+{
+	return __atomic_load_n(&skipped_files, __ATOMIC_RELAXED);
 }
 
 int secrets_count(void)
@@ -574,6 +580,7 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 		fprintf(stderr, "pgmux: out of memory loading secrets\n");
 		abort();
 	}
+	__atomic_store_n(&skipped_files, 0, __ATOMIC_RELAXED);
 	for (size_t i = 0; i < file_count; i++) {
 		struct secret s;
 		char *path;
@@ -584,6 +591,8 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 		}
 		if (load_secret_file(path, &s))
 			store_add(store, &capacity, &s, path);
+		else
+			__atomic_store_n(&skipped_files, skipped_files + 1, __ATOMIC_RELAXED);
 		free(path);
 		free(names[i]);
 	}

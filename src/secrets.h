@@ -61,6 +61,9 @@ bool secrets_find_only(struct secret *out);
 /* How many users the current store holds. */
 int secrets_count(void);
 
+/* How many files the last secrets_reload() skipped as bad (pgmux --check fails on any). */
+int secrets_skipped(void);
+
 /* Drop the current store (at exit). */
 void secrets_shutdown(void);
 

@@ -25,6 +25,7 @@
 #include "params.h"
 #include "pool.h"
 #include "proto.h"
+#include "client_stats.h"
 #include "util.h"
 #include "worker.h"
 
@@ -37,11 +38,22 @@
 /* Messages pgmux must see whole are small; a longer one is a broken stream. */
 #define SERVER_MAX_INSPECTED_MESSAGE (1024 * 1024)
 
-#define log_server(level, s, fmt, ...) \
-	log_at(level, "S-%llu " LOG_NAME "@" LOG_NAME " %s:%d pid=%d: " fmt, (unsigned long long)(s)->id, \
-	       (s)->pool ? (s)->pool->user : "-", (s)->pool ? (s)->pool->database : "-", \
-	       (s)->target ? (s)->target->host : "-", (s)->target ? (s)->target->port : 0, (s)->backend_pid, \
-	       ##__VA_ARGS__)
+/* A line about server connection s: its identity as fields (see log_client_because() in client.h). */
+#define log_server_because(level, s, reason_, fmt, ...) \
+	do { \
+		if ((level) <= log_level_now()) { \
+			const struct log_fields log_fields_ = { \
+				.subject = LOG_SUBJECT_SERVER, .id = (s)->id, \
+				.user = (s)->pool ? (s)->pool->user : NULL, \
+				.database = (s)->pool ? (s)->pool->database : NULL, \
+				.server_host = (s)->target ? (s)->target->host : NULL, \
+				.server_port = (s)->target ? (s)->target->port : 0, .backend_pid = (s)->backend_pid, \
+				.instance = (s)->target ? (s)->target->instance_id : NULL, .reason = (reason_) }; \
+			log_write_fields((level), &log_fields_, fmt, ##__VA_ARGS__); \
+		} \
+	} while (0)
+
+#define log_server(level, s, fmt, ...) log_server_because(level, s, NULL, fmt, ##__VA_ARGS__)
 
 static uint64_t next_server_id = 1;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -112,7 +124,7 @@ static void server_connect_failed(struct server *s, const char *why, bool answer
 	struct pool *pool = s->pool;
 
 	snprintf(message, sizeof(message), "pgmux could not connect to the database server: %s", why);
-	log_server(LOG_LEVEL_WARNING, s, "connection failed: %s", why);
+	log_server_because(LOG_LEVEL_WARNING, s, why, "connection failed: %s", why);
 	if (s->worker)
 		STAT_INC(s->worker, server_connect_failures);
 	/* The instance may be down: find out now rather than at the next interval. */
@@ -238,6 +250,7 @@ static void server_init_done(struct server *s, bool ok, void *arg)
 		s->timer = NULL;
 	}
 	s->created_usec = s->last_used_usec = pgmux_now_usec();
+	histogram_record(&s->worker->stats.server_connect, s->created_usec - s->connect_started_usec);
 	pool_connection_ready(s);
 }
 
@@ -285,6 +298,7 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	/* A role change while this connects makes it unusable; pool_release will see. */
 	s->generation = target->generation;
 	s->worker = w;
+	s->connect_started_usec = pgmux_now_usec();
 	s->counted_connecting = true;
 	server_set_state(s, SERVER_RESOLVING);
 	s->io.fd = -1;
@@ -1109,6 +1123,7 @@ static enum server_input server_process_input(struct server *s)
 				s->tx_status = blen >= 1 ? (char)body[0] : 'E';
 				if (s->outstanding > 0)
 					s->outstanding--;
+				stats_ready_for_query(c, s);
 			}
 			if (c->transaction_mode) {
 				if (type == BE_COMMAND_COMPLETE)
@@ -1365,7 +1380,7 @@ void server_close(struct server *s, const char *reason)
 
 	if (s->state == SERVER_CLOSED)
 		return;
-	log_server(LOG_LEVEL_DEBUG, s, "closing (%s, was %s)", reason, server_state_names[s->state]);
+	log_server_because(LOG_LEVEL_DEBUG, s, reason, "closing (%s, was %s)", reason, server_state_names[s->state]);
 	pgconn_cancel(&s->connect);
 	if (s->timer) {
 		event_free(s->timer);

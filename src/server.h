@@ -127,6 +127,8 @@ struct server {
 
 	uint64_t created_usec;
 	uint64_t last_used_usec;
+	uint64_t connect_started_usec; /* server_connect() */
+	uint64_t query_sent_usec;      /* the clock of the oldest query in flight (0: none); stats.c */
 };
 
 /*

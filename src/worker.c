@@ -44,6 +44,16 @@ void workers_sum_stats(struct worker_stats *out)
 		out->server_handoffs += __atomic_load_n(&s->server_handoffs, __ATOMIC_RELAXED);
 		out->parses_answered += __atomic_load_n(&s->parses_answered, __ATOMIC_RELAXED);
 		out->parses_unjudged += __atomic_load_n(&s->parses_unjudged, __ATOMIC_RELAXED);
+		out->tls_handshake_failures += __atomic_load_n(&s->tls_handshake_failures, __ATOMIC_RELAXED);
+		out->refused_max_client_connections +=
+			__atomic_load_n(&s->refused_max_client_connections, __ATOMIC_RELAXED);
+		out->refused_max_login_connections +=
+			__atomic_load_n(&s->refused_max_login_connections, __ATOMIC_RELAXED);
+		out->refused_require_tls += __atomic_load_n(&s->refused_require_tls, __ATOMIC_RELAXED);
+		for (int r = 0; r <= SQL_PIN_TOO_LONG; r++)
+			out->pins_by_reason[r] += __atomic_load_n(&s->pins_by_reason[r], __ATOMIC_RELAXED);
+		histogram_add(&out->client_login, &s->client_login);
+		histogram_add(&out->server_connect, &s->server_connect);
 	}
 }
 

@@ -19,8 +19,10 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "histogram.h"
 #include "iobuf.h"
 #include "list.h"
+#include "sqlscan.h"
 
 struct pool;
 struct target;
@@ -70,6 +72,13 @@ struct worker_stats {
 	uint64_t server_handoffs;  /* backends detached from this worker for a client on another */
 	uint64_t parses_answered;  /* Parses of clients outside a transaction answered without a backend */
 	uint64_t parses_unjudged;  /* ... of which no backend had accepted the text before */
+	uint64_t tls_handshake_failures;
+	uint64_t refused_max_client_connections; /* clients refused at once, by the limit they hit */
+	uint64_t refused_max_login_connections;
+	uint64_t refused_require_tls;
+	uint64_t pins_by_reason[SQL_PIN_TOO_LONG + 1]; /* sessions pinned, by enum sql_pin_reason */
+	struct histogram client_login;   /* connect to authenticated: TLS and the password exchange */
+	struct histogram server_connect; /* server_connect() to ready: DNS, TCP, TLS, login, setup */
 };
 
 #define STAT_INC(w, field) __atomic_store_n(&(w)->stats.field, (w)->stats.field + 1, __ATOMIC_RELAXED)
