@@ -26,6 +26,7 @@
 _Static_assert(sizeof(enum pool_mode) == sizeof(int), "enum pool_mode must be int-sized");
 _Static_assert(sizeof(enum client_auth_method) == sizeof(int), "enum client_auth_method must be int-sized");
 _Static_assert(sizeof(enum server_tls_mode) == sizeof(int), "enum server_tls_mode must be int-sized");
+_Static_assert(sizeof(enum server_auth_method) == sizeof(int), "enum server_auth_method must be int-sized");
 
 #define MAX_TARGET_HOSTS 64
 #define MAX_WORKERS 64
@@ -44,6 +45,7 @@ static const char *const client_auth_names[] = { "scram-sha-256", "md5", "trust"
 static const char *const server_tls_names[] = { "disable", "prefer", "require", "verify-ca",
 						"verify-full", NULL };
 static const char *const pool_mode_names[] = { "session", "transaction", NULL };
+static const char *const server_auth_names[] = { "password", "iam", NULL };
 
 /*
  * The '?' stands for the server_id of an instance that aurora_replica_status()
@@ -74,6 +76,24 @@ static const char *check_tls_ciphers(const char *text)
 	for (const char *p = text; *p; p++)
 		if (!isalnum((unsigned char)*p) && strchr(":-_+!@=,. ", *p) == NULL)
 			return "is not an OpenSSL cipher list (letters, digits and : - _ + ! @ = , . only)";
+	return NULL;
+}
+
+/* Secret names and ARNs: printable ASCII (AWS allows no more), separated by commas. */
+static const char *check_secret_ids(const char *text)
+{
+	for (const char *p = text; *p; p++)
+		if (*p < ' ' || *p > '~')
+			return "must be secret names or ARNs (printable ASCII) separated by commas";
+	return NULL;
+}
+
+/* A region name such as us-east-1: letters, digits and dashes. */
+static const char *check_region(const char *text)
+{
+	for (const char *p = text; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '-')
+			return "is not an AWS region name (such as us-east-1)";
 	return NULL;
 }
 
@@ -175,10 +195,48 @@ static const struct config_option option_table[] = {
 		 "secrets_dir." },
 	{ .section = "pgmux", .name = "secrets_dir", .type = CONFIG_STRING,
 	  .default_value = "/etc/pgmux/secrets", .reloadable = true,
-	  .offset = FIELD(secrets_dir), .min_value = 1,
+	  .offset = FIELD(secrets_dir),
 	  .doc = "The directory holding one JSON secret per database user (see SECRETS). "
 		 "pgmux uses each secret both to check the client's password and to log "
-		 "in to the server. A reload reads the directory again." },
+		 "in to the server. A reload reads the directory again. Empty means no "
+		 "directory, which only secrets_manager_secrets allows." },
+	/* ---- AWS (Secrets Manager, IAM authentication): one block, [target] server_auth included */
+	{ .section = "pgmux", .name = "secrets_manager_secrets", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = false,
+	  .offset = FIELD(secrets_manager_secrets), .check_string = check_secret_ids,
+	  .doc = "A comma separated list of AWS Secrets Manager secrets, by name or ARN, "
+		 "each a database secret shaped like a file of secrets_dir (see SECRETS), "
+		 "read in addition to secrets_dir or instead of it. pgmux reads their "
+		 "AWSCURRENT version at start-up, where a secret it cannot read is an "
+		 "error that names it, and again every secrets_refresh_interval: a "
+		 "rotated password applies to the next client login and the next server "
+		 "connection, with no reload; a failed refresh keeps the last good value, "
+		 "is logged and counted in /metrics. A user in both sources gets the "
+		 "Secrets Manager secret. Credentials come from the standard AWS chain "
+		 "(see AWS). Empty means none." },
+	{ .section = "pgmux", .name = "aws_region", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = false,
+	  .offset = FIELD(aws_region), .check_string = check_region,
+	  .doc = "The AWS region of the secrets named by name and of the IAM tokens, "
+		 "such as us-east-1. A secret named by ARN is read in the region its ARN "
+		 "names. Empty means the AWS_REGION environment variable, else "
+		 "AWS_DEFAULT_REGION." },
+	{ .section = "pgmux", .name = "secrets_refresh_interval", .type = CONFIG_DURATION_MS,
+	  .default_value = "300s", .reloadable = false, .bare_unit = "s",
+	  .offset = FIELD(secrets_refresh_interval_ms), .min_value = 1000, .max_value = INT_MAX,
+	  .doc = "How often pgmux reads secrets_manager_secrets again, to follow "
+		 "rotations; a SIGHUP reads them at once. A number without a unit is "
+		 "seconds. At least 1s." },
+	{ .section = "target", .name = "server_auth", .type = CONFIG_ENUM,
+	  .default_value = "password", .reloadable = false,
+	  .offset = FIELD(server_auth), .enum_values = server_auth_names,
+	  .doc = "How pgmux logs in to the servers: password (the user's secret) or iam "
+		 "(an RDS IAM authentication token for the instance's host and port, the "
+		 "user and aws_region, made with the AWS credentials and used for 10 of "
+		 "its 15 minutes, health checks included). iam needs server_tls = "
+		 "require or stronger (verify-full in production), since the token "
+		 "travels as a clear-text password; server_require_scram does not apply "
+		 "to it. Clients still log in with the secret's password: see AWS." },
 	{ .section = "pgmux", .name = "admin_users", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(admin_users),
@@ -1133,6 +1191,14 @@ static void check_combinations(struct load_state *state)
 	else if (cfg->require_tls && !have_cert)
 		set_error(state, line_of(state, "pgmux", "require_tls"),
 			  "[pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
+
+	if (cfg->secrets_dir[0] == '\0' && cfg->secrets_manager_secrets[0] == '\0')
+		set_error(state, line_of(state, "pgmux", "secrets_dir"), "[pgmux] secrets_dir: must not be empty");
+	/* The token is sent as a clear-text password: never where TLS may be skipped. */
+	if (cfg->server_auth == SERVER_AUTH_IAM && cfg->server_tls < SERVER_TLS_REQUIRE)
+		set_error(state, line_of(state, "target", "server_auth"),
+			  "[target] server_auth: iam needs server_tls = require, verify-ca or verify-full "
+			  "(the token is sent as a clear-text password)");
 
 	if (cfg->metrics_port != 0 && (cfg->metrics_port == cfg->listen_port || cfg->metrics_port == cfg->readonly_port))
 		set_error(state, line_of(state, "pgmux", "metrics_port"),

@@ -19,6 +19,7 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 
+#include "aws.h"
 #include "cancel.h"
 #include "config.h"
 #include "control.h"
@@ -29,6 +30,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "secrets.h"
+#include "secretsmgr.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -308,7 +310,15 @@ int main(int argc, char **argv)
 		exit_code = 1;
 		goto out_early;
 	}
-	log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+	if (cfg->secrets_dir[0])
+		log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+	/* Secrets Manager's secrets join the directory's; IAM tokens need the AWS credentials. */
+	if (secretsmgr_start(cfg, pool_refresh_passwords, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		exit_code = 1;
+		goto out_early;
+	}
+	n = secrets_count();
 	if (control_health_check_user_problem(cfg, n) != NULL) {
 		log_error("%s: %s", M.config_path, control_health_check_user_problem(cfg, n));
 		exit_code = 1;
@@ -354,7 +364,8 @@ int main(int argc, char **argv)
 		}
 		pidfile_written = true;
 	}
-	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0) {
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg)) != 0 || monitor_start() != 0 ||
+	    aws_thread_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;
@@ -382,6 +393,8 @@ out:
 		unlink(config_current()->pidfile);
 	log_info("pgmux stopped");
 out_early:
+	aws_shutdown();
+	secretsmgr_shutdown();
 	secrets_shutdown();
 	tls_set_current(NULL);
 	config_free((struct config *)config_current());

@@ -20,6 +20,7 @@
 
 #include "cancel.h"
 #include "client.h"
+#include "iamauth.h"
 #include "log.h"
 #include "monitor.h"
 #include "pgmux.h"
@@ -143,6 +144,8 @@ PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const c
 	int n = 0;
 
 	snprintf(port, sizeof(port), "%d", t->port);
+	/* server_auth = iam: an RDS IAM token stands in for the password (iamauth.c). */
+	password = iamauth_password(cfg, t->host, t->port, user, password);
 	keys[n] = "host", values[n++] = t->host;
 	/* A numeric address: libpq must not resolve names itself (that blocks). */
 	keys[n] = "hostaddr", values[n++] = hostaddr;
@@ -153,7 +156,7 @@ PGconn *server_libpq_start(const struct target *t, const char *hostaddr, const c
 		keys[n] = "password", values[n++] = password;
 #ifdef HAVE_LIBPQ_REQUIRE_AUTH
 	/* No password for a server that asks for it in clear text or as MD5: it may not be ours. */
-	if (cfg->server_require_scram)
+	if (cfg->server_require_scram && cfg->server_auth != SERVER_AUTH_IAM)
 		keys[n] = "require_auth", values[n++] = "scram-sha-256";
 #endif
 	keys[n] = "sslmode", values[n++] = config_server_tls_sslmode(cfg->server_tls);
