@@ -42,6 +42,7 @@ static struct aws_credentials current; /* under creds_lock */
 static bool have_current;              /* under creds_lock */
 
 static bool initialized;   /* written at start-up only */
+static bool stopping;      /* atomic: aws_shutdown() cuts short what the aws thread waits for */
 static char *default_region;
 
 static struct aws_stats stats; /* atomic */
@@ -230,6 +231,12 @@ void aws_http_response_free(struct aws_http_response *r)
 	memset(r, 0, sizeof(*r));
 }
 
+/* libcurl asks this during a transfer: non-zero aborts it (pgmux is stopping). */
+static int keep_going(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	return __atomic_load_n(&stopping, __ATOMIC_RELAXED) ? 1 : 0;
+}
+
 static size_t collect(char *data, size_t size, size_t count, void *arg)
 {
 	struct aws_http_response *r = arg;
@@ -284,6 +291,8 @@ int aws_http(const char *method, const char *url, const char *const headers[], c
 	/* Credentials must not follow a redirect elsewhere, nor travel through a proxy the environment names. */
 	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, keep_going);
+	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
 	rc = curl_easy_perform(curl);
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &out->status);
@@ -1013,6 +1022,7 @@ void aws_thread_poke(void)
 void aws_shutdown(void)
 {
 	if (T.running) {
+		__atomic_store_n(&stopping, true, __ATOMIC_RELAXED);
 		pthread_mutex_lock(&T.lock);
 		T.stop = true;
 		pthread_cond_signal(&T.wake);

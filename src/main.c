@@ -383,6 +383,7 @@ out:
 	control_cleanup();
 	monitor_stop();
 	workers_stop();
+	aws_shutdown(); /* its refreshes update the pools: before they go */
 	pool_shutdown();
 	cancel_thread_stop();
 	if (M.accept_resume_timer)
