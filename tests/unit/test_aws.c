@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "aws.h"
@@ -265,7 +266,20 @@ static void *web_main(void *arg)
 			snprintf(web.last_authorization, sizeof(web.last_authorization), "%.*s",
 				 (int)strcspn(auth + 15, "\r\n"), auth + 15);
 		bool has_imds_token = strstr(req, "X-aws-ec2-metadata-token: imds-session") != NULL;
-		if (strncmp(req, "GET /creds ", 11) == 0)
+		if (strncmp(req, "GET /short ", 11) == 0) {
+			/* Credentials that expire in 20 s, a new key each time. */
+			char json[512], expiration[32];
+			time_t soon = time(NULL) + 20;
+			struct tm tm;
+
+			gmtime_r(&soon, &tm);
+			strftime(expiration, sizeof(expiration), "%Y-%m-%dT%H:%M:%SZ", &tm);
+			snprintf(json, sizeof(json),
+				 "{\"AccessKeyId\": \"ASIASHORT%d\", \"SecretAccessKey\": \"s\", \"Token\": \"t\", "
+				 "\"Expiration\": \"%s\"}",
+				 web.requests, expiration);
+			answer(fd, 200, json);
+		} else if (strncmp(req, "GET /creds ", 11) == 0)
 			answer(fd, auth && strncmp(auth + 15, "Bearer ok", 9) == 0 ? 200 : 401, creds_json);
 		else if (strncmp(req, "PUT /latest/api/token ", 22) == 0 &&
 			 strstr(req, "X-aws-ec2-metadata-token-ttl-seconds: 21600"))
@@ -347,5 +361,43 @@ Test(aws, instance_metadata_v2)
 	cr_assert_eq(aws_init("us-east-1", err, sizeof(err)), 0, "%s", err);
 	expect_credentials("ASIAHTTP", "httpsecret", "httptoken", "instance metadata");
 	cr_expect_eq(web.requests, 3, "token, role, credentials");
+	web_stop();
+}
+
+static bool has_key(const char *key)
+{
+	struct aws_credentials c;
+	bool same;
+
+	if (!aws_credentials_get(&c))
+		return false;
+	same = strcmp(c.access_key_id, key) == 0;
+	aws_credentials_clear(&c);
+	return same;
+}
+
+/*
+ * Temporary credentials are renewed before they expire, on the aws thread:
+ * with 20 s left (less than the 15 minutes pgmux keeps in hand) the renewal
+ * comes halfway, 10 s later, and brings the endpoint's next key.
+ */
+Test(aws, temporary_credentials_are_renewed_before_they_expire, .timeout = 60)
+{
+	char err[512], uri[128];
+	struct aws_stats stats;
+
+	web_start();
+	snprintf(uri, sizeof(uri), "http://127.0.0.1:%d/short", web.port);
+	setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri, 1);
+	cr_assert_eq(aws_init("us-east-1", err, sizeof(err)), 0, "%s", err);
+	cr_assert(has_key("ASIASHORT1"));
+	cr_assert_eq(aws_thread_start(), 0);
+	for (int i = 0; i < 300 && !has_key("ASIASHORT2"); i++)
+		usleep(100 * 1000);
+	cr_expect(has_key("ASIASHORT2"), "the credentials were not renewed within 30 s");
+	aws_get_stats(&stats);
+	cr_expect_eq(stats.credential_refreshes, 1);
+	cr_expect_eq(stats.credential_refresh_failures, 0);
+	aws_shutdown();
 	web_stop();
 }
