@@ -331,7 +331,10 @@ Test(aws, no_credentials_is_a_startup_error)
 {
 	struct pgmux_options o;
 
-	setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9", 1); /* never reached */
+	char closed[64];
+
+	snprintf(closed, sizeof(closed), "http://127.0.0.1:%d", h_free_port()); /* never reached */
+	setenv("AWS_ENDPOINT_URL", closed, 1);
 	options_for_secrets(&o, "", "pgmux/app", NULL);
 	int st = pgmux_run_to_exit(&px, &o, 30000);
 	cr_expect_eq(st, 1, "pgmux exited with %d", st);
@@ -479,8 +482,11 @@ Test(aws, the_per_service_endpoint_wins)
 	moto_start();
 	use_static_keys();
 	put_secret("pgmux/app", h_env()->appuser, h_env()->apppass);
+	char closed[64];
+
+	snprintf(closed, sizeof(closed), "http://127.0.0.1:%d", h_free_port()); /* nothing listens there */
 	setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.url, 1);
-	setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9", 1); /* nothing listens on the discard port */
+	setenv("AWS_ENDPOINT_URL", closed, 1);
 	options_for_secrets(&o, "", "pgmux/app", NULL);
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 	cr_expect(login_works(h_env()->appuser, h_env()->apppass));
