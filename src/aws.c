@@ -36,6 +36,8 @@
 #define RESPONSE_MAX (1024 * 1024)
 #define ECS_HOST "http://169.254.170.2"
 #define IMDS_DEFAULT_ENDPOINT "http://169.254.169.254"
+/* Hosts no proxy is ever used for: this machine, instance metadata, the container agent. */
+#define LOCAL_ENDPOINTS "localhost,127.0.0.1,::1,169.254.169.254,169.254.170.2,169.254.170.23,fd00:ec2::23,fd00:ec2::254"
 
 static pthread_mutex_t creds_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct aws_credentials current; /* under creds_lock */
@@ -288,8 +290,18 @@ int aws_http(const char *method, const char *url, const char *const headers[], c
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 3000 ? timeout_ms : 3000L);
 	/* Several threads, and no SIGALRM for timeouts. */
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	/* Credentials must not follow a redirect elsewhere, nor travel through a proxy the environment names. */
+	/* Signed requests and credentials must not follow a redirect elsewhere. */
 	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+	/*
+	 * HTTPS_PROXY and friends apply, as with the SDKs, but never to this host
+	 * or to the link-local credential endpoints, which no proxy can reach.
+	 */
+	const char *no_proxy = env("NO_PROXY") ? env("NO_PROXY") : env("no_proxy");
+	char *bypass;
+
+	if (asprintf(&bypass, "%s%s%s", LOCAL_ENDPOINTS, no_proxy ? "," : "", no_proxy ? no_proxy : "") < 0)
+		abort();
+	curl_easy_setopt(curl, CURLOPT_NOPROXY, bypass);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, keep_going);
 	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
@@ -298,6 +310,7 @@ int aws_http(const char *method, const char *url, const char *const headers[], c
 		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &out->status);
 	curl_easy_cleanup(curl);
 	curl_slist_free_all(list);
+	free(bypass);
 	if (rc != CURLE_OK) {
 		error_printf(err, errlen, "%s", curl_error[0] ? curl_error : curl_easy_strerror(rc));
 		aws_http_response_free(out);

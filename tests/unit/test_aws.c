@@ -29,6 +29,8 @@ static void clean_environment(void)
 		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS",
 		"AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_REGION", "AWS_DEFAULT_REGION",
 		"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+		/* moto and the fake endpoints are on loopback: no proxy in between. */
+		"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy",
 	};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
