@@ -27,6 +27,7 @@
 _Static_assert(sizeof(enum pool_mode) == sizeof(int), "enum pool_mode must be int-sized");
 _Static_assert(sizeof(enum client_auth_method) == sizeof(int), "enum client_auth_method must be int-sized");
 _Static_assert(sizeof(enum server_tls_mode) == sizeof(int), "enum server_tls_mode must be int-sized");
+_Static_assert(sizeof(enum server_auth_method) == sizeof(int), "enum server_auth_method must be int-sized");
 
 #define MAX_TARGET_HOSTS 64
 #define DEFAULT_POSTGRES_PORT 5432
@@ -651,6 +652,14 @@ static void check_combinations(struct load_state *state)
 	else if (cfg->require_tls && !have_cert)
 		set_error(state, line_of(state, "pgmux", "require_tls"),
 			  "[pgmux] require_tls: needs client_tls_cert_file and client_tls_key_file");
+
+	if (cfg->secrets_dir[0] == '\0' && cfg->secrets_manager_secrets[0] == '\0')
+		set_error(state, line_of(state, "pgmux", "secrets_dir"), "[pgmux] secrets_dir: must not be empty");
+	/* The token is sent as a clear-text password: never where TLS may be skipped. */
+	if (cfg->server_auth == SERVER_AUTH_IAM && cfg->server_tls < SERVER_TLS_REQUIRE)
+		set_error(state, line_of(state, "target", "server_auth"),
+			  "[target] server_auth: iam needs server_tls = require, verify-ca or verify-full "
+			  "(the token is sent as a clear-text password)");
 
 	if (cfg->metrics_port != 0 && (cfg->metrics_port == cfg->listen_port || cfg->metrics_port == cfg->readonly_port))
 		set_error(state, line_of(state, "pgmux", "metrics_port"),

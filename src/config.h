@@ -40,6 +40,12 @@ enum pool_endpoint {
 	ENDPOINT_READER, /* readonly_port */
 };
 
+/* How pgmux logs in to the servers: the secret's password, or an RDS IAM token. */
+enum server_auth_method {
+	SERVER_AUTH_PASSWORD,
+	SERVER_AUTH_IAM,
+};
+
 struct target_host {
 	char *host; /* name or numeric address, as written */
 	int port;
@@ -63,7 +69,10 @@ struct config {
 	char *client_tls_protocols; /* "TLSv1.2,TLSv1.3" or a part of it */
 	bool require_tls;
 	enum client_auth_method client_auth;
-	char *secrets_dir;
+	char *secrets_dir;             /* "" = none (secrets_manager_secrets only) */
+	char *secrets_manager_secrets; /* comma separated names or ARNs; "" = none */
+	char *aws_region;              /* "" = AWS_REGION, AWS_DEFAULT_REGION */
+	int secrets_refresh_interval_ms;
 	char *admin_users; /* comma separated, as written */
 	char *stats_users; /* comma separated: SHOW commands only */
 	char *logfile;
@@ -88,6 +97,7 @@ struct config {
 	int n_hosts;
 	bool hosts_in_memory; /* set by CUTOVER TO: hosts differ from the file until the next reload */
 	enum server_tls_mode server_tls;
+	enum server_auth_method server_auth;
 	char *server_tls_ca_file;
 	int server_connect_timeout_ms;
 	int cutover_timeout_ms;

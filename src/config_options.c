@@ -20,6 +20,7 @@ static const char *const client_auth_names[] = { "scram-sha-256", "md5", "trust"
 static const char *const server_tls_names[] = { "disable", "prefer", "require", "verify-ca",
 						"verify-full", NULL };
 static const char *const pool_mode_names[] = { "session", "transaction", NULL };
+static const char *const server_auth_names[] = { "password", "iam", NULL };
 
 /*
  * The '?' stands for the server_id of an instance that aurora_replica_status()
@@ -50,6 +51,24 @@ static const char *check_tls_ciphers(const char *text)
 	for (const char *p = text; *p; p++)
 		if (!isalnum((unsigned char)*p) && strchr(":-_+!@=,. ", *p) == NULL)
 			return "is not an OpenSSL cipher list (letters, digits and : - _ + ! @ = , . only)";
+	return NULL;
+}
+
+/* Secret names and ARNs: printable ASCII (AWS allows no more), separated by commas. */
+static const char *check_secret_ids(const char *text)
+{
+	for (const char *p = text; *p; p++)
+		if (*p < ' ' || *p > '~')
+			return "must be secret names or ARNs (printable ASCII) separated by commas";
+	return NULL;
+}
+
+/* A region name such as us-east-1: letters, digits and dashes. */
+static const char *check_region(const char *text)
+{
+	for (const char *p = text; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '-')
+			return "is not an AWS region name (such as us-east-1)";
 	return NULL;
 }
 
@@ -151,10 +170,48 @@ static const struct config_option option_table[] = {
 		 "secrets_dir." },
 	{ .section = "pgmux", .name = "secrets_dir", .type = CONFIG_STRING,
 	  .default_value = "/etc/pgmux/secrets", .reloadable = true,
-	  .offset = FIELD(secrets_dir), .min_value = 1,
+	  .offset = FIELD(secrets_dir),
 	  .doc = "The directory holding one JSON secret per database user (see SECRETS). "
 		 "pgmux uses each secret both to check the client's password and to log "
-		 "in to the server. A reload reads the directory again." },
+		 "in to the server. A reload reads the directory again. Empty means no "
+		 "directory, which only secrets_manager_secrets allows." },
+	/* ---- AWS (Secrets Manager, IAM authentication): one block, [target] server_auth included */
+	{ .section = "pgmux", .name = "secrets_manager_secrets", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = false,
+	  .offset = FIELD(secrets_manager_secrets), .check_string = check_secret_ids,
+	  .doc = "A comma separated list of AWS Secrets Manager secrets, by name or ARN, "
+		 "each a database secret shaped like a file of secrets_dir (see SECRETS), "
+		 "read in addition to secrets_dir or instead of it. pgmux reads their "
+		 "AWSCURRENT version at start-up, where a secret it cannot read is an "
+		 "error that names it, and again every secrets_refresh_interval: a "
+		 "rotated password applies to the next client login and the next server "
+		 "connection, with no reload; a failed refresh keeps the last good value, "
+		 "is logged and counted in /metrics. A user in both sources gets the "
+		 "Secrets Manager secret. Credentials come from the standard AWS chain "
+		 "(see AWS). Empty means none." },
+	{ .section = "pgmux", .name = "aws_region", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = false,
+	  .offset = FIELD(aws_region), .check_string = check_region,
+	  .doc = "The AWS region of the secrets named by name and of the IAM tokens, "
+		 "such as us-east-1. A secret named by ARN is read in the region its ARN "
+		 "names. Empty means the AWS_REGION environment variable, else "
+		 "AWS_DEFAULT_REGION." },
+	{ .section = "pgmux", .name = "secrets_refresh_interval", .type = CONFIG_DURATION_MS,
+	  .default_value = "300s", .reloadable = false, .bare_unit = "s",
+	  .offset = FIELD(secrets_refresh_interval_ms), .min_value = 1000, .max_value = INT_MAX,
+	  .doc = "How often pgmux reads secrets_manager_secrets again, to follow "
+		 "rotations; a SIGHUP reads them at once. A number without a unit is "
+		 "seconds. At least 1s." },
+	{ .section = "target", .name = "server_auth", .type = CONFIG_ENUM,
+	  .default_value = "password", .reloadable = false,
+	  .offset = FIELD(server_auth), .enum_values = server_auth_names,
+	  .doc = "How pgmux logs in to the servers: password (the user's secret) or iam "
+		 "(an RDS IAM authentication token for the instance's host and port, the "
+		 "user and aws_region, made with the AWS credentials and used for 10 of "
+		 "its 15 minutes, health checks included). iam needs server_tls = "
+		 "require or stronger (verify-full in production), since the token "
+		 "travels as a clear-text password; server_require_scram does not apply "
+		 "to it. Clients still log in with the secret's password: see AWS." },
 	{ .section = "pgmux", .name = "admin_users", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(admin_users),

@@ -27,6 +27,7 @@
 #include "pool.h"
 #include "secrets.h"
 #include "stats.h"
+#include "secretsmgr.h"
 #include "tls.h"
 #include "util.h"
 #include "worker.h"
@@ -397,6 +398,7 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 		log_error("reload: secrets not reloaded: %s", err);
 	else
 		log_info("reload: %d secret(s) loaded from %s", n, next->secrets_dir);
+	secretsmgr_refresh_soon(); /* and AWS Secrets Manager's, on the aws thread */
 	control_apply_log_settings(next);
 	/*
 	 * The secrets are in place already. Until this is fixed the health

@@ -20,6 +20,7 @@
 #include <event2/thread.h>
 
 #include "admin.h"
+#include "aws.h"
 #include "cancel.h"
 #include "client.h"
 #include "config.h"
@@ -32,6 +33,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "secrets.h"
+#include "secretsmgr.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -386,7 +388,15 @@ int main(int argc, char **argv)
 		exit_code = 1;
 		goto out_early;
 	}
-	log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+	if (cfg->secrets_dir[0])
+		log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
+	/* Secrets Manager's secrets join the directory's; IAM tokens need the AWS credentials. */
+	if (secretsmgr_start(cfg, pool_refresh_passwords, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		exit_code = 1;
+		goto out_early;
+	}
+	n = secrets_count();
 	if (control_health_check_user_problem(cfg, n) != NULL) {
 		log_error("%s: %s", M.config_path, control_health_check_user_problem(cfg, n));
 		exit_code = 1;
@@ -433,7 +443,8 @@ int main(int argc, char **argv)
 		pidfile_written = true;
 	}
 	client_set_console(&admin_console);
-	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 || monitor_start() != 0) {
+	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 ||
+	    monitor_start() != 0 || aws_thread_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;
@@ -451,6 +462,7 @@ out:
 	control_cleanup();
 	monitor_stop();
 	workers_stop();
+	aws_shutdown(); /* its refreshes update the pools: before they go */
 	pool_shutdown();
 	cancel_thread_stop();
 	if (M.accept_resume_timer)
@@ -461,6 +473,8 @@ out:
 		unlink(config_current()->pidfile);
 	log_info("pgmux stopped");
 out_early:
+	aws_shutdown();
+	secretsmgr_shutdown();
 	secrets_shutdown();
 	tls_set_current(NULL);
 	config_free((struct config *)config_current());

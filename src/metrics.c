@@ -19,14 +19,17 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "aws.h"
 #include "client.h"
 #include "control.h"
+#include "iamauth.h"
 #include "io.h"
 #include "log.h"
 #include "pgmux.h"
 #include "pool.h"
 #include "sqlscan.h"
 #include "stats.h"
+#include "secretsmgr.h"
 #include "worker.h"
 
 #include "build_config.h"
@@ -311,6 +314,38 @@ static void target_sample(struct target *t, void *arg)
 	}
 }
 
+/* Secrets Manager reads, IAM tokens and AWS credential renewals (all 0 when AWS is not used). */
+static void render_aws(struct evbuffer *b)
+{
+	struct secretsmgr_stats sm;
+	struct iamauth_stats iam;
+	struct aws_stats aws;
+
+	secretsmgr_get_stats(&sm);
+	iamauth_get_stats(&iam);
+	aws_get_stats(&aws);
+	put_value(b, "secrets_manager_secrets", "gauge", "Secrets read from AWS Secrets Manager (secrets_manager_secrets).",
+		  (unsigned long long)sm.secrets);
+	put_value(b, "secrets_manager_reads_total", "counter", "GetSecretValue calls that returned the secret.",
+		  (unsigned long long)sm.reads);
+	put_value(b, "secrets_manager_read_failures_total", "counter",
+		  "GetSecretValue calls that failed; the secret kept its last good value.",
+		  (unsigned long long)sm.read_failures);
+	put_value(b, "secrets_manager_changes_total", "counter", "Secrets found changed (rotated) by a refresh.",
+		  (unsigned long long)sm.changes);
+	put_value(b, "iam_tokens_made_total", "counter", "RDS IAM tokens made for server logins (server_auth = iam).",
+		  (unsigned long long)iam.tokens_made);
+	put_value(b, "iam_tokens_reused_total", "counter", "Server logins that used a token made earlier.",
+		  (unsigned long long)iam.tokens_reused);
+	put_value(b, "iam_token_failures_total", "counter", "Server logins for which no IAM token could be made.",
+		  (unsigned long long)iam.failures);
+	put_value(b, "aws_credential_refreshes_total", "counter", "Temporary AWS credentials renewed before they expired.",
+		  (unsigned long long)aws.credential_refreshes);
+	put_value(b, "aws_credential_refresh_failures_total", "counter",
+		  "Renewals of AWS credentials that failed (the current ones stayed).",
+		  (unsigned long long)aws.credential_refresh_failures);
+}
+
 static void metrics_render(struct evbuffer *b)
 {
 	struct worker_stats st;
@@ -360,6 +395,7 @@ static void metrics_render(struct evbuffer *b)
 	put_help(b, "last_cutover_pause_seconds", "gauge", "How long the last cutover held new transactions.");
 	evbuffer_add_printf(b, "pgmux_last_cutover_pause_seconds %.3f\n", cs.last_pause_ms / 1000.0);
 	metrics_render_events(b, &st, &cs);
+	render_aws(b);
 
 	for (size_t i = 0; i < sizeof(pool_families) / sizeof(pool_families[0]); i++) {
 		struct family_pass pass = { b, i };

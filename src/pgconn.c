@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "iamauth.h"
 #include "pgmux.h"
 #include "util.h"
 
@@ -186,7 +187,7 @@ static void pgconn_connect(struct pgconn *c, const char *hostaddr)
 	const struct config *cfg = config_current();
 	const struct pgconn_params *p = &c->params;
 	char port[16];
-	const char *keys[16], *values[16];
+	const char *keys[16], *values[16], *password;
 	int n = 0;
 
 	if (c->ops->resolved)
@@ -198,11 +199,13 @@ static void pgconn_connect(struct pgconn *c, const char *hostaddr)
 	keys[n] = "port", values[n++] = port;
 	keys[n] = "user", values[n++] = p->user;
 	keys[n] = "dbname", values[n++] = p->database;
-	if (p->password)
-		keys[n] = "password", values[n++] = p->password;
+	/* server_auth = iam: an RDS IAM token stands in for the password (iamauth.c). */
+	password = iamauth_password(cfg, p->host, p->port, p->user, p->password);
+	if (password)
+		keys[n] = "password", values[n++] = password;
 #ifdef HAVE_LIBPQ_REQUIRE_AUTH
 	/* No password for a server that asks for it in clear text or as MD5: it may not be ours. */
-	if (cfg->server_require_scram)
+	if (cfg->server_require_scram && cfg->server_auth != SERVER_AUTH_IAM)
 		keys[n] = "require_auth", values[n++] = "scram-sha-256";
 #endif
 	keys[n] = "sslmode", values[n++] = config_server_tls_sslmode(cfg->server_tls);

@@ -3,6 +3,9 @@
  * *.json file of the secrets directory into a fresh store, computes SCRAM
  * verifiers (reusing the old ones for unchanged passwords), then swaps the
  * store in under a mutex; lookups copy one entry out under the same mutex.
+ * The store that lookups see is the directory's secrets merged with those
+ * AWS Secrets Manager gave (secretsmgr.c hands them over whole), so either
+ * source can change without touching the other's.
  */
 #include "secrets.h"
 #include "util.h"
@@ -43,6 +46,9 @@ static pthread_mutex_t store_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t reload_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct secret_store *current_store;
 static int skipped_files; /* by the last reload; under reload_mutex, read with a relaxed load */
+/* The two sources current_store is merged from; under reload_mutex, seen by no lookup. */
+static struct secret_store *directory_layer;
+static struct secret_store *managed_layer;
 
 /* Copies of secrets cannot report failure (secret_copy returns nothing), so running out of memory is fatal. */
 static char *duplicate_string(const char *s)
@@ -558,9 +564,78 @@ static bool load_secret_file(const char *path, struct secret *out)
 	return true;
 }
 
+static struct secret_store *store_new(void)
+{
+	struct secret_store *store = calloc(1, sizeof(*store));
+
+	if (store == NULL) {
+		fprintf(stderr, "pgmux: out of memory loading secrets\n");
+		abort();
+	}
+	return store;
+}
+
+/*
+ * Make the merge of the directory's and Secrets Manager's secrets current.
+ * The caller holds reload_mutex. A user in both gets Secrets Manager's.
+ */
+static void publish_merged_locked(void)
+{
+	struct secret_store *merged = store_new(), *old_store;
+	size_t capacity = 0;
+
+	for (size_t i = 0; directory_layer != NULL && i < directory_layer->count; i++) {
+		const struct secret *s = &directory_layer->entries[i];
+		struct secret copy;
+
+		if (managed_layer != NULL && store_lookup_locked(managed_layer, s->username) != NULL) {
+			log_warning("secrets: user \"%s\" is in secrets_dir and in secrets_manager_secrets; "
+				    "the Secrets Manager secret is used", s->username);
+			continue;
+		}
+		secret_copy(&copy, s);
+		store_add(merged, &capacity, &copy, "secrets_dir");
+	}
+	for (size_t i = 0; managed_layer != NULL && i < managed_layer->count; i++) {
+		struct secret copy;
+
+		secret_copy(&copy, &managed_layer->entries[i]);
+		store_add(merged, &capacity, &copy, "secrets_manager_secrets");
+	}
+	if (merged->count > 0)
+		qsort(merged->entries, merged->count, sizeof(merged->entries[0]), compare_secrets_by_username);
+
+	pthread_mutex_lock(&store_mutex);
+	old_store = current_store;
+	current_store = merged;
+	pthread_mutex_unlock(&store_mutex);
+	/* Lookups copy out under the mutex, so nobody can still be reading the old store. */
+	store_free(old_store);
+}
+
+void secrets_set_managed(const struct secret *entries, size_t count)
+{
+	struct secret_store *store = store_new();
+	size_t capacity = 0;
+
+	for (size_t i = 0; i < count; i++) {
+		struct secret copy;
+
+		secret_copy(&copy, &entries[i]);
+		store_add(store, &capacity, &copy, "secrets_manager_secrets");
+	}
+	if (store->count > 0)
+		qsort(store->entries, store->count, sizeof(store->entries[0]), compare_secrets_by_username);
+	pthread_mutex_lock(&reload_mutex);
+	store_free(managed_layer);
+	managed_layer = store;
+	publish_merged_locked();
+	pthread_mutex_unlock(&reload_mutex);
+}
+
 int secrets_reload(const char *dir, char *err, size_t errlen)
 {
-	struct secret_store *store, *old_store;
+	struct secret_store *store;
 	size_t file_count = 0, capacity = 0;
 	char **names;
 	int loaded;
@@ -570,6 +645,14 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 		return -1;
 	}
 	pthread_mutex_lock(&reload_mutex);
+	/* An empty secrets_dir: every secret comes from Secrets Manager. */
+	if (dir[0] == '\0') {
+		store_free(directory_layer);
+		directory_layer = store_new();
+		publish_merged_locked();
+		pthread_mutex_unlock(&reload_mutex);
+		return 0;
+	}
 	names = list_secret_files(dir, &file_count, err, errlen);
 	if (names == NULL) {
 		pthread_mutex_unlock(&reload_mutex);
@@ -602,12 +685,9 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 		      compare_secrets_by_username);
 	loaded = store->count > INT_MAX ? INT_MAX : (int)store->count;
 
-	pthread_mutex_lock(&store_mutex);
-	old_store = current_store;
-	current_store = store;
-	pthread_mutex_unlock(&store_mutex);
-	/* Lookups copy out under the mutex, so nobody can still be reading the old store. */
-	store_free(old_store);
+	store_free(directory_layer);
+	directory_layer = store;
+	publish_merged_locked();
 	pthread_mutex_unlock(&reload_mutex);
 	return loaded;
 }
@@ -622,5 +702,9 @@ void secrets_shutdown(void)
 	current_store = NULL;
 	pthread_mutex_unlock(&store_mutex);
 	store_free(old_store);
+	store_free(directory_layer);
+	store_free(managed_layer);
+	directory_layer = NULL;
+	managed_layer = NULL;
 	pthread_mutex_unlock(&reload_mutex);
 }

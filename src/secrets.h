@@ -44,9 +44,18 @@ void secret_copy(struct secret *dst, const struct secret *src);
  * Bad files are logged (file name and reason) and skipped; a user that keeps
  * the same password keeps its SCRAM salt and keys (no PBKDF2 on reload).
  * Returns the number of users loaded, or -1 when dir cannot be read (the old
- * store then stays current) with the reason in err.
+ * store then stays current) with the reason in err. An empty dir means no
+ * directory (every secret comes from Secrets Manager): 0.
  */
 int secrets_reload(const char *dir, char *err, size_t errlen);
+
+/*
+ * Replace the secrets that come from AWS Secrets Manager (secretsmgr.c) with
+ * copies of entries[0..count), verifiers included, and make the store
+ * current at once: the users of secrets_dir and these together, a user in
+ * both taking this secret. A later secrets_reload() keeps them. Thread safe.
+ */
+void secrets_set_managed(const struct secret *entries, size_t count);
 
 /* Copy the current secret for user into out; false when there is none. Thread safe. */
 bool secrets_find(const char *user, struct secret *out);
