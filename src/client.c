@@ -6,6 +6,10 @@
  * to that backend) -> ACTIVE (relaying) -> CLOSED. With transaction pooling a
  * client goes back to IDLE, without a backend, each time a transaction ends,
  * and through WAITING and SETUP again when the next one starts.
+ *
+ * What the login checks and answers is login.c's, and the SQL that carries
+ * a session's state to a backend and reads it back is session.c's: this file
+ * drives both, acting on what they return.
  */
 #include "client.h"
 
@@ -21,16 +25,16 @@
 
 #include <event2/util.h>
 
-#include "auth.h"
 #include "cancel.h"
+#include "login.h"
 #include "params.h"
 #include "pgmux.h"
 #include "pool.h"
 #include "prepared.h"
 #include "server.h"
+#include "session.h"
 #include "sqlscan.h"
 #include "client_stats.h"
-#include "tls.h"
 #include "util.h"
 #include "worker.h"
 
@@ -45,8 +49,6 @@
 #define CLIENT_OUTPUT_HIGH_WATER (256 * 1024)
 /* Input a client may queue before it has a backend (pipelined early queries). */
 #define CLIENT_EARLY_INPUT_LIMIT (64 * 1024)
-/* Password messages are small; PostgreSQL's own limit for them is similar. */
-#define CLIENT_MAX_AUTH_MESSAGE 10000
 
 static uint64_t next_client_id = 1;
 int64_t client_pinned_sessions;
@@ -271,8 +273,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	tv.tv_usec = (cfg->client_login_timeout_ms % 1000) * 1000;
 	evtimer_add(c->timer, &tv);
 	c->last_activity_usec = c->connect_usec;
-	strmap_init(&c->params_set);
-	strmap_init(&c->params_startup);
+	session_params_init(&c->params);
 	strmap_init(&c->stmts);
 	strmap_init(&c->stmt_names);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
@@ -323,10 +324,7 @@ void client_close(struct client *c, const char *reason)
 		pool_put(c->pool);
 		c->pool = NULL;
 	}
-	if (c->scram) {
-		scram_server_free(c->scram);
-		c->scram = NULL;
-	}
+	login_end_exchange(&c->login);
 	io_close(&c->io, true);
 	list_del(&c->worker_node);
 	list_append(&c->worker->reap_clients, &c->worker_node);
@@ -334,26 +332,28 @@ void client_close(struct client *c, const char *reason)
 	__atomic_sub_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
 }
 
+/* The custom parameters noted since the last read-back (client_scan_sql()) are read now, or never. */
+static void client_drop_custom_pending(struct client *c)
+{
+	if (c->custom_pending) {
+		params_clear(c->custom_pending);
+		free(c->custom_pending);
+		c->custom_pending = NULL;
+	}
+}
+
 void client_free(struct client *c)
 {
 	if (c->have_startup)
 		proto_startup_free(&c->startup);
-	if (c->have_secret)
-		secret_clear(&c->secret);
-	tls_context_unref(c->tls);
+	login_free(&c->login);
 	free(c->unnamed_parse);
 	free(c->waiter.error);
 	free(c->lost_detail);
 	if (c->admin_session)
 		console->session_free(c);
-	for (int i = 0; i < PARAMS_N_CARRIED; i++)
-		free(c->reported[i]);
-	params_clear(&c->params_set);
-	params_clear(&c->params_startup);
-	if (c->custom_pending) {
-		params_clear(c->custom_pending);
-		free(c->custom_pending);
-	}
+	session_params_free(&c->params);
+	client_drop_custom_pending(c);
 	strmap_clear(&c->stmts, prepared_free);
 	params_clear(&c->stmt_names);
 	free(c);
@@ -471,355 +471,109 @@ void client_cancel_backend(struct client *c)
 	log_client(LOG_LEVEL_INFO, c, "forwarding cancel request to backend pid %d", c->server->backend_pid);
 }
 
-/* ----------------------------------------------------------------- startup */
+/* ------------------------------------------------------------------- login */
 
-/* Answer a one-byte 'S' or 'N'; the byte must leave before a TLS handshake starts. */
-static bool client_answer_byte(struct client *c, char answer)
+static void client_authenticated(struct client *c);
+
+/* The login module refused the client (login.h): say so and close. */
+static void client_login_refused(struct client *c, const struct login_result *r)
 {
-	iobuf_append_u8(&c->io.out, (uint8_t)answer);
-	if (io_flush(&c->io) != IO_OK) {
-		client_close(c, "could not answer the encryption request");
-		return false;
+	switch (r->outcome) {
+	case LOGIN_AUTH_FAILED:
+		STAT_INC(c->worker, logins_failed);
+		log_client_because(LOG_LEVEL_WARNING, c, r->sqlstate, r->why, "authentication failed: %s", r->why);
+		client_fatal(c, r->sqlstate, "%s", r->message);
+		break;
+	case LOGIN_FATAL:
+		if (r->tls_required)
+			STAT_INC(c->worker, refused_require_tls);
+		client_fatal(c, r->sqlstate, "%s", r->message);
+		break;
+	default:
+		client_close(c, r->message);
+		break;
 	}
-	return true;
 }
 
-static void client_begin_auth(struct client *c);
-
-static void client_handle_startup_message(struct client *c, uint32_t version, const uint8_t *body, size_t len)
+static void client_begin_auth(struct client *c)
 {
-	const struct config *cfg = config_current();
-	char err[256];
-	const char *replication;
+	struct login_result r;
 
-	if (version >> 16 == 1 || version >> 16 == 2) {
-		char old[128];
-		int n = snprintf(old, sizeof(old),
-				 "EFATAL:  unsupported frontend protocol %u.%u: server supports 3.0 to 3.0\n", version >> 16,
-				 version & 0xffff);
-
-		/* PostgreSQL answers a client of protocol 1 or 2 in that protocol's ErrorResponse: text and a NUL. */
-		iobuf_append(&c->io.out, old, (size_t)n + 1);
-		(void)io_flush(&c->io);
-		client_close(c, "unsupported frontend protocol");
-		return;
+	client_set_state(c, CLIENT_AUTH);
+	switch (login_begin_auth(&c->login, &c->io, config_current(), c->startup.user, &r)) {
+	case LOGIN_AUTHENTICATED:
+		client_authenticated(c);
+		break;
+	case LOGIN_CHALLENGE_SENT:
+		client_flush(c);
+		break;
+	default:
+		client_login_refused(c, &r);
+		break;
 	}
-	if (version >> 16 != 3) {
-		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
-			     "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", version >> 16,
-			     version & 0xffff);
-		return;
-	}
-	if (proto_parse_startup(version, body, len, &c->startup, err, sizeof(err)) != 0) {
-		client_fatal(c, strstr(err, "user name") ? SQLSTATE_INVALID_AUTHORIZATION : SQLSTATE_PROTOCOL_VIOLATION,
-			     "%s", err);
-		return;
-	}
-	c->have_startup = true;
-	if (cfg->require_tls && c->io.ssl == NULL) {
-		STAT_INC(c->worker, refused_require_tls);
-		client_fatal(c, SQLSTATE_INVALID_AUTHORIZATION, "This pgmux requires TLS connections");
-		return;
-	}
-	replication = proto_startup_get(&c->startup, "replication");
-	if (replication && strcmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
-	    strcmp(replication, "off") != 0 && strcmp(replication, "no") != 0) {
-		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "replication connections are not supported by pgmux");
-		return;
-	}
-	/* A newer 3.x minor or _pq_ options: say what we speak, then carry on. */
-	if ((version & 0xffff) != 0 || c->startup.n_unknown_protocol_options > 0)
-		proto_put_negotiate_version(&c->io.out, 0, c->startup.unknown_protocol_options,
-					    c->startup.n_unknown_protocol_options);
-	log_client(LOG_LEVEL_DEBUG, c, "startup packet: protocol 3.%u, %d parameters%s", version & 0xffff,
-		   c->startup.n_params, c->io.ssl ? ", TLS" : "");
-	client_begin_auth(c);
 }
 
-/*
- * Returns false when the client was closed or must wait for more bytes.
- * Every check here is PostgreSQL's (ProcessStartupPacket()), in its order and
- * with its answer, so that a client cannot tell pgmux from the server before
- * it logs in: a length below 8 or above 10,000 bytes closes the connection
- * without a word, as PostgreSQL does (it only logs "invalid length of
- * startup packet"), once the four bytes of the length are in; an SSLRequest
- * or GSSENCRequest is answered whatever else its packet holds, once each, and
- * a second one is an unsupported protocol version like any other.
- */
+/* The client's first packet (login_process_startup()). Returns false when c was closed or must wait for more bytes. */
 static bool client_process_startup(struct client *c)
 {
-	const struct config *cfg = config_current();
-	struct iobuf *in = &c->io.in;
-	const uint8_t *p;
-	uint32_t len, code;
+	struct login_result r;
+	struct worker *w;
+	uint64_t id;
 
-	if (iobuf_len(in) < 4)
+	login_process_startup(&c->login, &c->io, config_current(), &c->startup, &r);
+	if (r.startup_parsed)
+		c->have_startup = true;
+	switch (r.outcome) {
+	case LOGIN_NEED_MORE:
 		return false;
-	p = iobuf_head(in);
-	len = get_u32(p);
-	/* PostgreSQL's limit is on the packet less its length word. */
-	if (len < 8 || len - 4 > PROTO_MAX_STARTUP_PACKET || len > (uint32_t)cfg->max_packet_size) {
-		client_close(c, "invalid length of startup packet");
-		return false;
-	}
-	if (iobuf_len(in) < len)
-		return false;
-	code = get_u32(p + 4);
-
-	if ((code == PROTO_SSL_REQUEST && !c->ssl_asked) || (code == PROTO_GSSENC_REQUEST && !c->gss_asked)) {
-		struct tls_context *tls = NULL;
-		char answer;
-
-		iobuf_consume(in, len);
-		if (code == PROTO_SSL_REQUEST) {
-			c->ssl_asked = true;
-			tls = tls_get_current();
-			c->tls = tls; /* its reference goes with the client (client_free()) */
-		} else {
-			c->gss_asked = true;
-		}
-		answer = tls ? 'S' : 'N';
-		if (!client_answer_byte(c, answer))
-			return false;
-		/* Bytes sent before the handshake would be trusted as if encrypted (CVE-2021-23214). */
-		if (iobuf_len(in) > 0) {
-			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
-			return false;
-		}
-		if (tls == NULL)
-			return true;
-		if (io_start_tls_accept(&c->io, tls->ctx) != 0) {
-			client_close(c, c->io.error);
-			return false;
-		}
+	case LOGIN_NEXT:
+		return true;
+	case LOGIN_TLS_STARTED:
 		client_set_state(c, CLIENT_TLS_HANDSHAKE);
 		return true;
-	}
-	if (code == PROTO_CANCEL_REQUEST) {
-		struct worker *w;
-		uint64_t id;
-
-		if (len == 16 && cancel_lookup(get_u32(p + 8), get_u32(p + 12), &w, &id))
+	case LOGIN_CANCEL:
+		if (r.cancel_valid && cancel_lookup(r.cancel_pid, r.cancel_key, &w, &id))
 			worker_post_cancel(w, id);
 		else
 			log_client(LOG_LEVEL_DEBUG, c, "cancel request with an unknown key ignored");
 		client_close(c, "cancel request handled");
 		return false;
-	}
-	/*
-	 * Take the packet out of the buffer before acting on it: with trust
-	 * authentication the login can complete inside the handler (an idle
-	 * backend that already matches the client's session needs no setup),
-	 * and whatever is still buffered then is relayed to the backend as the
-	 * client's first message.
-	 */
-	uint8_t body[PROTO_MAX_STARTUP_PACKET];
-
-	memcpy(body, p + 8, len - 8);
-	iobuf_consume(in, len);
-	client_handle_startup_message(c, code, body, len - 8);
-	return c->state != CLIENT_CLOSED;
-}
-
-/* ----------------------------------------------------------- authentication */
-
-static void client_authenticated(struct client *c);
-
-static void client_auth_failed(struct client *c, const char *why)
-{
-	STAT_INC(c->worker, logins_failed);
-	log_client_because(LOG_LEVEL_WARNING, c, SQLSTATE_INVALID_PASSWORD, why, "authentication failed: %s", why);
-	client_fatal(c, SQLSTATE_INVALID_PASSWORD, "password authentication failed for user \"%s\"",
-		     c->startup.user);
-}
-
-static void client_begin_auth(struct client *c)
-{
-	const struct config *cfg = config_current();
-
-	c->have_secret = secrets_find(c->startup.user, &c->secret);
-	client_set_state(c, CLIENT_AUTH);
-	switch (cfg->client_auth) {
-	case CLIENT_AUTH_TRUST:
-		client_authenticated(c);
-		return;
-	case CLIENT_AUTH_MD5:
-		auth_random_bytes(c->md5_salt, sizeof(c->md5_salt));
-		proto_put_auth(&c->io.out, AUTH_REQ_MD5, c->md5_salt, sizeof(c->md5_salt));
-		c->auth_step = AUTH_STEP_MD5;
-		break;
-	case CLIENT_AUTH_SCRAM: {
-		char mechanisms[64];
-		bool plus = c->io.ssl && c->tls && c->tls->binding_len > 0;
-		size_t n = scram_mechanisms(plus, mechanisms, sizeof(mechanisms));
-
-		/* An unknown user gets a made-up exchange that fails at the end, like a wrong password. */
-		if (c->have_secret)
-			c->scram = scram_server_new(&c->secret.scram, plus ? c->tls->binding : NULL,
-						    plus ? c->tls->binding_len : 0);
-		else
-			c->scram = scram_server_new_unknown_user(c->startup.user, plus ? c->tls->binding : NULL,
-								 plus ? c->tls->binding_len : 0);
-		if (c->scram == NULL) {
-			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
-			return;
-		}
-		proto_put_auth(&c->io.out, AUTH_REQ_SASL, mechanisms, n);
-		c->auth_step = AUTH_STEP_SASL_INITIAL;
-		break;
-	}
-	}
-	client_flush(c);
-}
-
-static void client_handle_password_message(struct client *c, const uint8_t *body, size_t len)
-{
-	struct msg_reader r;
-	char err[256] = "";
-	char *reply = NULL;
-	enum auth_result res;
-
-	msg_reader_init(&r, body, len);
-	switch (c->auth_step) {
-	case AUTH_STEP_MD5: {
-		const char *response = msg_read_str(&r);
-
-		if (response == NULL) {
-			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid password packet");
-			return;
-		}
-		if (!c->have_secret) {
-			client_auth_failed(c, "no secret for this user");
-			return;
-		}
-		if (!md5_check_response(c->startup.user, c->secret.password, c->md5_salt, response)) {
-			client_auth_failed(c, "wrong MD5 response");
-			return;
-		}
-		client_authenticated(c);
-		return;
-	}
-	case AUTH_STEP_SASL_INITIAL: {
-		const char *mechanism = msg_read_str(&r);
-		int32_t data_len = -1;
-		const uint8_t *data = NULL;
-
-		if (mechanism == NULL || msg_read_i32(&r, &data_len) != 0 ||
-		    (data_len >= 0 && (data = msg_read_bytes(&r, (size_t)data_len)) == NULL) || data_len < 0) {
-			client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse message");
-			return;
-		}
-		res = scram_server_handle_first(c->scram, mechanism, (const char *)data, (size_t)data_len, &reply,
-						err, sizeof(err));
-		if (res == AUTH_OK) {
-			proto_put_auth(&c->io.out, AUTH_REQ_SASL_CONTINUE, reply, strlen(reply));
-			free(reply);
-			c->auth_step = AUTH_STEP_SASL_FINAL;
-			client_flush(c);
-			return;
-		}
-		break;
-	}
-	case AUTH_STEP_SASL_FINAL:
-		res = scram_server_handle_final(c->scram, (const char *)body, len, &reply, err, sizeof(err));
-		if (res == AUTH_OK) {
-			proto_put_auth(&c->io.out, AUTH_REQ_SASL_FINAL, reply, strlen(reply));
-			free(reply);
-			client_authenticated(c);
-			return;
-		}
-		break;
+	case LOGIN_STARTUP_DONE:
+		log_client(LOG_LEVEL_DEBUG, c, "startup packet: protocol 3.%u, %d parameters%s", r.version & 0xffff,
+			   c->startup.n_params, c->io.ssl ? ", TLS" : "");
+		/* With trust the login may complete here, and the client go on with what it sent next. */
+		client_begin_auth(c);
+		return c->state != CLIENT_CLOSED;
 	default:
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message");
-		return;
+		client_login_refused(c, &r);
+		return false;
 	}
-	free(reply);
-	if (res == AUTH_PROTOCOL_ERROR)
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "%s", err[0] ? err : "malformed SCRAM message");
-	else
-		client_auth_failed(c, err[0] ? err : "wrong password");
 }
 
+/* The client's next password message (login_process_auth()). Returns false unless it is still in AUTH. */
 static bool client_process_auth(struct client *c)
 {
-	struct iobuf *in = &c->io.in;
-	const uint8_t *p;
-	uint32_t mlen;
+	struct login_result r;
 
-	if (iobuf_len(in) < PROTO_HEADER_LEN)
+	switch (login_process_auth(&c->login, &c->io, c->startup.user, &r)) {
+	case LOGIN_NEED_MORE:
 		return false;
-	p = iobuf_head(in);
-	mlen = get_u32(p + 1);
-	if (p[0] != FE_PASSWORD) {
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "expected password response, got message type %d", p[0]);
-		return false;
+	case LOGIN_CHALLENGE_SENT:
+		client_flush(c);
+		break;
+	case LOGIN_AUTHENTICATED:
+		client_authenticated(c);
+		break;
+	default:
+		client_login_refused(c, &r);
+		break;
 	}
-	if (mlen < 4 || mlen > CLIENT_MAX_AUTH_MESSAGE) {
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid password message length %u", mlen);
-		return false;
-	}
-	if (iobuf_len(in) < 1 + (size_t)mlen)
-		return false;
-	/*
-	 * Take the message out of the buffer before acting on it: a login can
-	 * complete inside the handler, and whatever is still buffered then is
-	 * relayed to the backend as the client's first query.
-	 */
-	uint8_t body[CLIENT_MAX_AUTH_MESSAGE];
-
-	memcpy(body, p + PROTO_HEADER_LEN, mlen - 4);
-	iobuf_consume(in, 1 + (size_t)mlen);
-	client_handle_password_message(c, body, mlen - 4);
 	return c->state == CLIENT_AUTH;
 }
 
-/*
- * Sort the startup packet's parameters into what pgmux carries: the
- * reported ones it follows through ParameterStatus, and the others
- * (including "-c name=value" and "--name=value" from options) that it sets
- * itself on every backend the client uses. Returns -1 with err set for an
- * options string pgmux cannot honour.
- */
-static int client_options_parse(struct client *c, const char *options, char *err, size_t errlen);
-
 void client_set_reported(struct client *c, int index, const char *value)
 {
-	if (c->reported[index] && strcmp(c->reported[index], value) == 0)
-		return;
-	free(c->reported[index]);
-	c->reported[index] = xstrdup(value);
-	c->params_fingerprint_valid = false;
-}
-
-static void client_put_param(struct client *c, const char *name, const char *value)
-{
-	int index = params_carried_index(name);
-
-	c->params_fingerprint_valid = false;
-	if (index >= 0) {
-		client_set_reported(c, index, value);
-	} else {
-		params_put(&c->params_set, name, value);
-		params_put(&c->params_startup, name, value);
-	}
-}
-
-static int client_collect_startup_params(struct client *c, char *err, size_t errlen)
-{
-	for (int i = 0; i < c->startup.n_params; i++) {
-		const char *name = c->startup.params[i].name;
-		const char *value = c->startup.params[i].value;
-
-		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 || strcmp(name, "replication") == 0)
-			continue;
-		if (strcmp(name, "options") == 0) {
-			if (client_options_parse(c, value, err, errlen) != 0)
-				return -1;
-			continue;
-		}
-		client_put_param(c, name, value);
-	}
-	return 0;
+	session_params_set_reported(&c->params, index, value);
 }
 
 static void client_authenticated(struct client *c)
@@ -828,16 +582,10 @@ static void client_authenticated(struct client *c)
 	char err[512];
 
 	histogram_record(&c->worker->stats.client_login, pgmux_now_usec() - c->connect_usec);
-	if (c->scram) {
-		scram_server_free(c->scram);
-		c->scram = NULL;
-	}
-	c->auth_step = AUTH_STEP_NONE;
-	if (client_collect_startup_params(c, err, sizeof(err)) != 0) {
+	if (login_grant(&c->login, &c->io, &c->startup, &c->params, err, sizeof(err)) != 0) {
 		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
 		return;
 	}
-	proto_put_auth(&c->io.out, AUTH_REQ_OK, NULL, 0);
 	if (c->timer) {
 		event_free(c->timer);
 		c->timer = NULL;
@@ -864,12 +612,9 @@ static void client_authenticated(struct client *c)
 	}
 	cancel_register(&c->cancel, c->worker, c->id);
 	c->pool = pool_get(c->startup.user, c->startup.database, c->endpoint,
-			   c->have_secret ? c->secret.password : NULL);
+			   c->login.have_secret ? c->login.secret.password : NULL);
 	/* The pool keeps what backend logins need; the client's copy of the password goes now. */
-	if (c->have_secret) {
-		secret_clear(&c->secret);
-		c->have_secret = false;
-	}
+	login_forget_secret(&c->login);
 	client_set_state(c, CLIENT_WAITING);
 	client_flush(c);
 	if (c->state == CLIENT_CLOSED)
@@ -1067,324 +812,53 @@ static bool client_discard_batch(struct client *c)
 
 /* ------------------------------------------------------ carrying state */
 
-/* Append value as a SQL string literal. */
-static void sql_append_literal(struct iobuf *sql, const char *value)
+static const char *server_reported_get(const char *name, void *arg)
 {
-	bool backslash = strchr(value, '\\') != NULL;
-
-	if (backslash)
-		iobuf_append_u8(sql, 'E');
-	iobuf_append_u8(sql, '\'');
-	for (const char *p = value; *p; p++) {
-		if (*p == '\'' || (*p == '\\' && backslash))
-			iobuf_append_u8(sql, (uint8_t)*p);
-		iobuf_append_u8(sql, (uint8_t)*p);
-	}
-	iobuf_append_u8(sql, '\'');
-}
-
-static void sql_append_set(struct iobuf *sql, int *count, const char *name, const char *value)
-{
-	iobuf_append(sql, *count == 0 ? "SELECT " : ", ", *count == 0 ? 7 : 2);
-	iobuf_append(sql, "pg_catalog.set_config(", 22);
-	sql_append_literal(sql, name);
-	iobuf_append_u8(sql, ',');
-	sql_append_literal(sql, value);
-	iobuf_append(sql, ", false)", 8);
-	(*count)++;
-}
-
-/* RESET of a (possibly dotted) parameter name, each part a quoted identifier, then "; ". */
-static void sql_append_reset(struct iobuf *sql, const char *name)
-{
-	iobuf_append(sql, "RESET \"", 7);
-	for (const char *p = name; *p; p++) {
-		if (*p == '.')
-			iobuf_append(sql, "\".\"", 3);
-		else if (*p == '"')
-			iobuf_append(sql, "\"\"", 2);
-		else
-			iobuf_append_u8(sql, (uint8_t)*p);
-	}
-	iobuf_append(sql, "\"; ", 3);
+	return server_param(arg, name);
 }
 
 /*
- * Build the SQL that makes backend s match the client's session: parameters
- * set for an earlier client that this one does not want are RESET; a RESET
- * (or an earlier DISCARD ALL, see init_undone) goes back to the server's
- * defaults and so undoes init_query, which then runs again; then carried
- * parameters that differ and parameters pgmux set for the client that s
- * lacks. After init_query runs, every parameter the client wants is set,
- * whatever s had before, since init_query may have changed any of them.
- * Returns false when s already matches.
+ * Build the SQL that makes backend s match the client's session
+ * (session_state_sql()) and note on s what it will leave there. Returns
+ * false when s already matches.
  */
 static bool client_state_sql(struct client *c, struct server *s, struct iobuf *sql)
 {
-	const char *init_query = config_current()->init_query;
-	struct list_node *pos, *tmp;
-	int count = 0;
-	bool reset = false, reinit, reset_all = s->reset_before_reuse;
+	struct session_backend b = {
+		.applied = &s->applied,
+		.defaults = &s->defaults,
+		.reported = server_reported_get,
+		.reported_arg = s,
+		.reset_all = s->reset_before_reuse,
+		.init_undone = s->init_undone,
+	};
+	bool differs = session_state_sql(sql, &c->params, &b, config_current()->init_query);
 
-	if (reset_all) {
-		/*
-		 * Code pgmux could not read ran on s (see verify_head): back to
-		 * the server's defaults, every parameter, then the client's own.
-		 */
-		iobuf_append(sql, "RESET ALL; ", 11);
-		params_clear(&s->applied);
+	s->reset_before_reuse = b.reset_all;
+	s->init_undone = b.init_undone;
+	if (b.applied_changed)
 		s->params_fingerprint_valid = false;
-		s->reset_before_reuse = false;
-		reset = true;
-	}
-	list_for_each_safe(pos, tmp, &s->applied.lru) {
-		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-
-		if (params_get(&c->params_set, e->key) == NULL) {
-			sql_append_reset(sql, e->key);
-			free(strmap_delete(&s->applied, e));
-			s->params_fingerprint_valid = false;
-			reset = true;
-		}
-	}
-	if (reset)
-		s->init_undone = true;
-	reinit = s->init_undone && init_query && init_query[0];
-	if (reinit) {
-		iobuf_append(sql, init_query, strlen(init_query));
-		iobuf_append(sql, "; ", 2);
-	} else {
-		s->init_undone = false; /* no init_query to run again */
-	}
-	for (int i = 0; params_carried_names[i]; i++) {
-		const char *name = params_carried_names[i];
-		const char *want = c->reported[i];
-		const char *have = server_param(s, name);
-
-		/* What the client never changed is the server's default. */
-		if (want == NULL)
-			want = params_get(&s->defaults, name);
-		/* After RESET ALL, what s reported before is stale: set it all. */
-		if (want == NULL || (!reinit && !reset_all && have && strcmp(have, want) == 0))
-			continue;
-		sql_append_set(sql, &count, name, want);
-	}
-	list_for_each(pos, &c->params_set.lru) {
-		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-		const char *have = params_get(&s->applied, e->key);
-
-		if (!reinit && have && strcmp(have, e->value) == 0)
-			continue;
-		sql_append_set(sql, &count, e->key, e->value);
-		params_put(&s->applied, e->key, e->value);
-		s->params_fingerprint_valid = false;
-	}
-	if (count == 0)
-		iobuf_append(sql, "SELECT 1", 8);
-	iobuf_append_u8(sql, '\0');
-	return count > 0 || reset || reinit;
-}
-
-/*
- * Turn the "options" startup parameter (as PostgreSQL reads it: words
- * separated by spaces, a backslash escapes the next character) into settings.
- * Only "-c name=value" and "--name=value" set parameters; pgmux refuses other
- * switches rather than drop them silently. Returns -1 with err set.
- */
-static int client_options_parse(struct client *c, const char *options, char *err, size_t errlen)
-{
-	char word[4096];
-	bool expect_c_value = false;
-	const char *p = options;
-
-	for (;;) {
-		size_t n = 0;
-
-		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-			p++;
-		if (*p == '\0')
-			break;
-		while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-			if (*p == '\\' && p[1])
-				p++;
-			if (n + 1 >= sizeof(word)) {
-				snprintf(err, errlen, "options value too long");
-				return -1;
-			}
-			word[n++] = *p++;
-		}
-		word[n] = '\0';
-
-		char *setting = NULL;
-
-		if (expect_c_value) {
-			setting = word;
-			expect_c_value = false;
-		} else if (strcmp(word, "-c") == 0) {
-			expect_c_value = true;
-			continue;
-		} else if (strncmp(word, "-c", 2) == 0) {
-			setting = word + 2;
-		} else if (strncmp(word, "--", 2) == 0) {
-			setting = word + 2;
-			/* PostgreSQL reads "--a-b=c" as a_b = c. */
-			for (char *q = setting; *q && *q != '='; q++)
-				if (*q == '-')
-					*q = '_';
-		} else {
-			snprintf(err, errlen, "unsupported option \"%.200s\": pgmux accepts only -c name=value and --name=value",
-				 word);
-			return -1;
-		}
-		char *eq = strchr(setting, '=');
-
-		if (eq == NULL || eq == setting) {
-			snprintf(err, errlen, "invalid option \"%.200s\": expected name=value", setting);
-			return -1;
-		}
-		*eq = '\0';
-		client_put_param(c, setting, eq + 1);
-	}
-	if (expect_c_value) {
-		snprintf(err, errlen, "option -c requires a value");
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * Transaction pooling carries the settings PostgreSQL does not report
- * (statement_timeout, search_path, a custom app.tenant, ...) by asking the
- * backend, once a transaction that may have changed one is over, what the
- * session's own settings are now. That follows SET, RESET, SET ... TO
- * DEFAULT, set_config(.., false), a rolled-back transaction and a failed
- * statement alike, which reading the statements could not. The answer is
- * what the client's next backends are given (client_state_sql()).
- */
-static void settings_sql_name(struct iobuf *sql, int *n, const char *name)
-{
-	static const char custom[] = " UNION SELECT name, pg_catalog.current_setting(name, true) FROM "
-				     "pg_catalog.unnest(ARRAY[";
-
-	if (*n == 0)
-		iobuf_append(sql, custom, sizeof(custom) - 1);
-	else
-		iobuf_append(sql, ", ", 2);
-	sql_append_literal(sql, name);
-	(*n)++;
-}
-
-/*
- * After a transaction that ran code pgmux cannot read (SQL_EFFECT_OPAQUE: a
- * DO block, CALL, somebody else's function, a trigger's work is not seen
- * either but needs such a call), the read-back is a verification too: the
- * session state pgmux cannot carry must be as it was, or the session keeps
- * its backend (pinned); the answer is then the reason, not a JSON object.
- * And custom parameters named in the database's own functions are read
- * back by name as well, so that the client keeps what a function set for it.
- * A custom parameter whose name no text shows (made at run time) cannot be
- * read; the backend is RESET ALL before anyone else uses it (see
- * reset_before_reuse), so that no client sees another's.
- */
-static const char verify_head[] =
-	"SELECT CASE"
-	" WHEN CURRENT_USER <> SESSION_USER OR SESSION_USER <> %s"
-	" THEN 'SET ROLE or SESSION AUTHORIZATION'"
-	" WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements) <> %zu"
-	" THEN 'SQL-level PREPARE or DEALLOCATE'"
-	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN 'LISTEN'"
-	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors) THEN 'cursor WITH HOLD'"
-	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
-	" THEN 'temporary table'"
-	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid()"
-	" AND locktype = 'advisory') THEN 'session-level advisory lock'"
-	" ELSE (";
-static const char verify_catalog_names[] =
-	" UNION SELECT m.name, pg_catalog.current_setting(m.name, true) FROM (SELECT DISTINCT"
-	" pg_catalog.lower(r[1]) AS name FROM pg_catalog.pg_proc p, pg_catalog.regexp_matches(p.prosrc,"
-	" '''([A-Za-z_][A-Za-z0-9_$]*[.][A-Za-z_][A-Za-z0-9_$]*)''', 'g') AS r"
-	" WHERE p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace,"
-	" 'information_schema'::pg_catalog.regnamespace)) AS m"
-	" WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings g WHERE g.name = m.name)";
-
-static void client_settings_sql(struct client *c, struct iobuf *sql, bool verify)
-{
-	static const char head[] = "SELECT coalesce(pg_catalog.json_object_agg(name, setting), '{}') FROM ("
-				   "SELECT name, pg_catalog.current_setting(name) AS setting FROM pg_catalog.pg_settings "
-				   "WHERE source = 'session'";
-	struct list_node *pos;
-	int n = 0;
-
-	if (verify) {
-		struct iobuf user;
-		char *text;
-		int len;
-
-		iobuf_init(&user);
-		sql_append_literal(&user, c->startup.user);
-		iobuf_append_u8(&user, '\0');
-		len = snprintf(NULL, 0, verify_head, (const char *)iobuf_head(&user), c->server->prepared.count);
-		text = xmalloc((size_t)len + 1);
-		snprintf(text, (size_t)len + 1, verify_head, (const char *)iobuf_head(&user), c->server->prepared.count);
-		iobuf_append(sql, text, (size_t)len);
-		free(text);
-		iobuf_free(&user);
-	}
-	iobuf_append(sql, head, sizeof(head) - 1);
-	if (verify)
-		iobuf_append(sql, verify_catalog_names, sizeof(verify_catalog_names) - 1);
-	/* Custom parameters are not in pg_settings: the ones the session has or touched, by name. */
-	list_for_each(pos, &c->params_set.lru) {
-		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-
-		if (strchr(e->key, '.') == NULL || (c->custom_pending && params_get(c->custom_pending, e->key)))
-			continue;
-		settings_sql_name(sql, &n, e->key);
-	}
-	if (c->custom_pending) {
-		list_for_each(pos, &c->custom_pending->lru) {
-			struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-
-			settings_sql_name(sql, &n, e->key);
-		}
-		params_clear(c->custom_pending);
-		free(c->custom_pending);
-		c->custom_pending = NULL;
-	}
-	if (n > 0)
-		iobuf_append(sql, "]::text[]) AS name", 18);
-	/*
-	 * A custom parameter that was never set, or RESET, reads as NULL or "":
-	 * not the session's. (A built-in one SET to "" is then left out too; it
-	 * is the default of every such parameter that a client may set.)
-	 */
-	iobuf_append(sql, ") AS s WHERE setting <> ''", 26);
-	if (verify)
-		iobuf_append(sql, ")::text END", 11);
-	iobuf_append_u8(sql, '\0');
+	return differs;
 }
 
 /*
  * The settings could not be read back, or the verification found state
- * pgmux cannot carry (found: what): the session keeps this backend, as it
- * did before pgmux carried SETs.
+ * pgmux cannot carry (session_readback_pin() says which): the session keeps
+ * this backend, as it did before pgmux carried SETs.
  */
-static void client_settings_unread(struct client *c, struct server *s, const char *found)
+static void client_settings_unread(struct client *c, struct server *s, enum session_readback outcome)
 {
-	struct sql_scan_result pin = {.pin = found ? SQL_PIN_OTHER_SESSION_STATE : SQL_PIN_SET};
+	struct sql_scan_result pin;
 
 	if (s->tx_status != 'I') {
 		client_fatal(c, SQLSTATE_INTERNAL_ERROR, "could not read the session's settings: %s",
 			     s->query_error ? s->query_error : "unexpected reply");
 		return;
 	}
-	if (found) {
-		snprintf(pin.pin_detail, sizeof(pin.pin_detail), "%s", found);
-	} else {
+	if (outcome != SESSION_READBACK_REFUSED)
 		log_client(LOG_LEVEL_WARNING, c, "could not read the session's settings back (%s)",
 			   s->query_error ? s->query_error : "unexpected reply");
-		snprintf(pin.pin_detail, sizeof(pin.pin_detail), "its settings could not be read back");
-	}
+	session_readback_pin(outcome, s->query_value, &pin);
 	client_pin(c, &pin);
 	server_set_state(s, SERVER_ACTIVE);
 	client_set_state(c, CLIENT_ACTIVE);
@@ -1392,39 +866,21 @@ static void client_settings_unread(struct client *c, struct server *s, const cha
 	client_process_input(c);
 }
 
+/* The answer to the read-back client_release_server() sent. */
 static void client_settings_read(struct server *s, bool ok, void *arg)
 {
 	struct client *c = arg;
-	struct list_node *pos;
+	enum session_readback outcome;
 
 	s->reading_settings = false;
-	/* The verification's answer is a reason when the session holds what pgmux cannot carry. */
-	if (ok && s->query_value && s->query_value[0] != '{' && s->query_value[0] != '\0') {
-		client_settings_unread(c, s, s->query_value);
-		return;
-	}
-	if (!ok || !server_applied_from_settings(s)) {
-		client_settings_unread(c, s, NULL);
+	outcome = ok ? session_readback_parse(s->query_value, &s->applied) : SESSION_READBACK_MALFORMED;
+	if (outcome != SESSION_READBACK_SETTINGS) {
+		client_settings_unread(c, s, outcome);
 		return;
 	}
 	/* What is set on s now is the session's. */
-	params_clear(&c->params_set);
-	list_for_each(pos, &s->applied.lru) {
-		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-
-		params_put(&c->params_set, e->key, e->value);
-	}
-	/*
-	 * RESET goes back to the value from the startup packet, which the
-	 * backend had only as a SET of pgmux's: the client gets it back.
-	 */
-	list_for_each(pos, &c->params_startup.lru) {
-		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
-
-		if (params_get(&c->params_set, e->key) == NULL)
-			params_put(&c->params_set, e->key, e->value);
-	}
-	c->params_fingerprint_valid = false;
+	s->params_fingerprint_valid = false;
+	session_params_adopt(&c->params, &s->applied);
 	client_release_server(c);
 	if (c->state != CLIENT_IDLE)
 		return;
@@ -1441,6 +897,7 @@ void client_release_server(struct client *c)
 	if (c->settings_dirty && c->transaction_mode && !c->pin_reason) {
 		struct iobuf sql;
 		bool verify = c->state_unverified;
+		struct session_verify check = {.user = c->startup.user, .prepared = s->prepared.count};
 
 		c->settings_dirty = false;
 		c->state_unverified = false;
@@ -1450,7 +907,8 @@ void client_release_server(struct client *c)
 			s->reset_before_reuse = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
-		client_settings_sql(c, &sql, verify);
+		session_settings_sql(&sql, &c->params.set, c->custom_pending, verify ? &check : NULL);
+		client_drop_custom_pending(c);
 		if (sql.failed) {
 			iobuf_free(&sql);
 			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
@@ -1487,7 +945,7 @@ static void client_login_complete(struct client *c)
 		if (v)
 			client_set_reported(c, i, v);
 	}
-	c->params_fingerprint_valid = false;
+	c->params.fingerprint_valid = false;
 	for (int i = 0; i < s->n_params; i++)
 		proto_put_parameter_status(&c->io.out, s->params[i].name, s->params[i].value);
 	proto_put_backend_key(&c->io.out, c->cancel.pid, c->cancel.key);
@@ -1537,33 +995,17 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 	client_setup_complete(c);
 }
 
-static const char *client_reported_get(const char *name, void *arg)
-{
-	int index = params_carried_index(name);
-
-	return index >= 0 ? ((struct client *)arg)->reported[index] : NULL;
-}
-
-static const char *server_reported_get(const char *name, void *arg)
-{
-	return server_param(arg, name);
-}
-
 /* Does backend s already match the client's session? Cheap: two cached fingerprints. */
 static bool client_state_matches(struct client *c, struct server *s)
 {
 	/* Before login the client's view is incomplete: always compare in full. */
 	if (!c->logged_in)
 		return false;
-	if (!c->params_fingerprint_valid) {
-		c->params_fingerprint = params_fingerprint(client_reported_get, c, &c->params_set);
-		c->params_fingerprint_valid = true;
-	}
 	if (!s->params_fingerprint_valid) {
 		s->params_fingerprint = params_fingerprint(server_reported_get, s, &s->applied);
 		s->params_fingerprint_valid = true;
 	}
-	return c->params_fingerprint == s->params_fingerprint;
+	return session_params_fingerprint(&c->params) == s->params_fingerprint;
 }
 
 static void client_link(struct client *c, struct server *s)

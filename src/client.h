@@ -1,7 +1,9 @@
 /*
- * client.h: one client connection: startup, TLS, authentication, waiting for
- * a backend, then relaying. Every change of state goes through
- * client_set_state(), which checks and logs it.
+ * client.h: one client connection: its life from accept to close, waiting
+ * for a backend, then relaying. Its login (login.h) and the session state it
+ * carries between backends (session.h) are modules of their own that
+ * client.c drives. Every change of state goes through client_set_state(),
+ * which checks and logs it.
  */
 #ifndef PGMUX_CLIENT_H
 #define PGMUX_CLIENT_H
@@ -16,17 +18,16 @@
 #include "io.h"
 #include "list.h"
 #include "log.h"
+#include "login.h"
 #include "params.h"
 #include "pool.h"
 #include "proto.h"
-#include "secrets.h"
+#include "session.h"
 #include "strmap.h"
 
 struct pool;
 struct server;
-struct tls_context;
 struct worker;
-struct scram_server;
 
 enum client_state {
 	CLIENT_STARTUP,       /* reading the startup packet (before or after TLS) */
@@ -39,13 +40,6 @@ enum client_state {
 	CLIENT_CLOSED,        /* waiting to be freed */
 };
 
-enum client_auth_step {
-	AUTH_STEP_NONE,
-	AUTH_STEP_MD5,
-	AUTH_STEP_SASL_INITIAL,
-	AUTH_STEP_SASL_FINAL,
-};
-
 struct client {
 	struct list_node worker_node; /* owner's clients list, or its reap list */
 	struct pool_waiter waiter;    /* waiting for a backend (pool.c) */
@@ -54,18 +48,11 @@ struct client {
 	enum client_state state;
 	struct worker *worker;
 	struct io io;
-	struct tls_context *tls;
 	char peer[64];
 
-	struct startup_packet startup;
+	struct startup_packet startup; /* who it is: user, database, its parameters (when have_startup) */
 	bool have_startup;
-	bool ssl_asked;   /* an SSLRequest was answered: another one is an unknown protocol version */
-	bool gss_asked;   /* likewise a GSSENCRequest */
-	struct secret secret;
-	bool have_secret;
-	enum client_auth_step auth_step;
-	struct scram_server *scram;
-	uint8_t md5_salt[4];
+	struct login login;            /* TLS request, secret and password exchange (login.h) */
 
 	enum pool_endpoint endpoint; /* which port it came in on: writer or reader */
 	struct pool *pool;
@@ -76,12 +63,7 @@ struct client {
 	bool transaction_mode; /* pool_mode at login: borrow a backend per transaction */
 
 	/* Session state pgmux carries from backend to backend (transaction pooling). */
-	char *reported[PARAMS_N_CARRIED]; /* carried reported parameters as the client last saw them (NULL: unset) */
-	struct strmap params_set;      /* other parameters: from the startup packet (options -c ...), then as
-	                                * the session's own SETs left them (read back, see settings_dirty) */
-	struct strmap params_startup;  /* params_set as the startup packet gave it: what RESET goes back to */
-	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
-	bool params_fingerprint_valid;
+	struct session_params params;  /* its parameters (session.h); read back when settings_dirty */
 	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
 	struct strmap stmt_names;      /* server-side name -> the client's name, for error messages */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */

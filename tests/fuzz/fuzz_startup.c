@@ -2,7 +2,7 @@
  * fuzz_startup.c: libFuzzer harness for the first packet a client sends. The
  * input is the packet as it arrives on the socket (int32 length, int32 code,
  * body). SSLRequest, GSSENCRequest and CancelRequest have fixed layouts that
- * client_process_startup() (client.c) checks by length alone, so what is
+ * login_process_startup() (login.c) checks by length alone, so what is
  * fuzzed here is the one real parser, proto_parse_startup(), fed with every
  * code the input brings (those three included: they must be refused as
  * protocol versions), and what pgmux builds from its result
