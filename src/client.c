@@ -28,6 +28,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "prepared.h"
+#include "reply.h"
 #include "server.h"
 #include "sqlscan.h"
 #include "tls.h"
@@ -62,6 +63,10 @@ static const char *const client_state_names[] = {
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg);
 static bool client_process_input(struct client *c);
+static void client_resume(struct client *c);
+static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message);
+static const struct server_client_ops client_server_ops;
+static const struct reply_hooks client_reply_hooks;
 static void client_pin(struct client *c, const struct sql_scan_result *scan);
 static void client_link(struct client *c, struct server *s);
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
@@ -143,8 +148,8 @@ static bool client_input_blocked(const struct client *c)
 		return true;
 	if (s == NULL)
 		return false;
-	return c->relay_waiting || io_pending_output(&s->io) >= CLIENT_SERVER_HIGH_WATER ||
-	       (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies);
+	return c->relay_waiting || server_output_pending(s) >= CLIENT_SERVER_HIGH_WATER ||
+	       (c->transaction_mode && server_replies_pending(s) >= (uint32_t)config_current()->max_pending_replies);
 }
 
 void client_flush(struct client *c)
@@ -156,8 +161,8 @@ void client_flush(struct client *c)
 	switch (io_flush(&c->io)) {
 	case IO_OK:
 		/* Drained: the backend may send again. */
-		if (s && s->state == SERVER_ACTIVE && !s->io.reading)
-			io_want_read(&s->io, true);
+		if (s)
+			server_resume_reading(s);
 		/* And the client, if its unread output was what stopped it. */
 		if (c->read_paused && !client_input_blocked(c)) {
 			c->read_paused = false;
@@ -264,8 +269,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	c->last_activity_usec = c->connect_usec;
 	strmap_init(&c->params_set);
 	strmap_init(&c->params_startup);
-	strmap_init(&c->stmts);
-	strmap_init(&c->stmt_names);
+	reply_session_init(&c->relay, &client_reply_hooks, c);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
 	STAT_INC(w, clients_accepted);
 	if (pgmux_clients_open() > cfg->max_client_connections)
@@ -327,7 +331,6 @@ void client_free(struct client *c)
 	if (c->have_secret)
 		secret_clear(&c->secret);
 	tls_context_unref(c->tls);
-	free(c->unnamed_parse);
 	free(c->assigned_error);
 	free(c->lost_detail);
 	admin_session_free(c);
@@ -339,8 +342,7 @@ void client_free(struct client *c)
 		params_clear(c->custom_pending);
 		free(c->custom_pending);
 	}
-	strmap_clear(&c->stmts, prepared_free);
-	params_clear(&c->stmt_names);
+	reply_session_free(&c->relay);
 	free(c);
 }
 
@@ -357,10 +359,18 @@ void client_drain(struct client *c)
 	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
-void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
+/*
+ * The backend linked to c failed (server_close(), unlinked already). With
+ * transaction pooling the client's transaction fails with an ERROR and its
+ * connection stays usable; a pinned or session-pooled client gets a FATAL
+ * and is closed.
+ */
+static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
 {
 	bool was_in_transaction = s->tx_status == 'T' || s->tx_status == 'E';
 
+	if (c->server == s)
+		c->server = NULL;
 	if (c->state == CLIENT_CLOSED)
 		return;
 	if (s->forward_remaining > 0) {
@@ -379,6 +389,9 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		log_client(LOG_LEVEL_INFO, c, "backend lost while being prepared (%s); borrowing another", message);
 		client_set_state(c, CLIENT_WAITING);
 		client_borrow(c);
+		/* What it sent meanwhile is looked at from the loop (this may run inside its own processing). */
+		if (c->state != CLIENT_CLOSED)
+			io_schedule_read(&c->io);
 		return;
 	}
 	/*
@@ -390,14 +403,13 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 	 * backend, session pooling and anything else end here.
 	 */
 	if (!c->transaction_mode || c->pin_reason || !c->logged_in || c->state != CLIENT_ACTIVE ||
-	    s->forward_remaining > 0 || c->forward_remaining > 0 || s->outstanding > 1) {
+	    s->forward_remaining > 0 || s->frontend_remaining > 0 || s->replies.outstanding > 1) {
 		client_fatal(c, sqlstate, "%s: %s",
 			     c->pin_reason ? "the database connection of this pinned session was lost"
 					   : "lost the connection to the database server",
 			     message);
 		return;
 	}
-	c->server = NULL;
 	/*
 	 * A client that ends its backends (pg_terminate_backend() of its own, in
 	 * a loop, say) must not end the others' one after another: its next
@@ -410,15 +422,15 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		io_want_read(&c->io, true);
 	}
 	log_client(LOG_LEVEL_WARNING, c, "backend lost mid-transaction (%s); the client's transaction fails", message);
-	if (s->outstanding > 0) {
+	if (s->replies.outstanding > 0) {
 		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
 				message, NULL);
 		/* Messages sent after the failed batch began belong to it: drop them up to its Sync. */
-		if (s->unsynced)
+		if (s->replies.unsynced)
 			c->discard_until_sync = true;
 		else
 			proto_put_ready(&c->io.out, 'I');
-	} else if (was_in_transaction || s->unsynced) {
+	} else if (was_in_transaction || s->replies.unsynced) {
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
 		free(c->lost_detail);
@@ -434,6 +446,7 @@ void client_cancel_backend(struct client *c)
 	if (c->state == CLIENT_WAITING && c->logged_in) {
 		/* Still queued for a backend: the statement never started; end the wait. */
 		client_fail_batch(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+		client_resume(c);
 		return;
 	}
 	/*
@@ -879,6 +892,7 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	client_fail_batch_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
+	client_resume(c);
 }
 
 static void client_arm_wait_timer(struct client *c)
@@ -955,17 +969,17 @@ void client_wait_ended(struct client *c)
 		else
 			client_fatal(c, sqlstate, "%s", message);
 		free(message);
+		client_resume(c);
 		return;
 	}
 	c->assigned_server = NULL;
 	if (s == NULL)
 		return;
-	if (server_attach(s, c->worker)) {
+	if (server_attach(s, c->worker))
 		client_link(c, s);
-		return;
-	}
-	/* It died while parked: wait again. */
-	client_borrow(c);
+	else
+		client_borrow(c); /* it died while parked: wait again */
+	client_resume(c);
 }
 
 /*
@@ -984,8 +998,7 @@ static void client_fail_batch_detail(struct client *c, const char *sqlstate, con
 	proto_put_error(&c->io.out, "ERROR", sqlstate, message, detail, NULL);
 	c->discard_until_sync = true;
 	io_want_read(&c->io, true);
-	if (client_process_input(c))
-		client_flush(c);
+	/* Its input (the rest of the batch) is looked at by whoever called, once it is done. */
 }
 
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
@@ -1440,14 +1453,13 @@ void client_release_server(struct client *c)
 	}
 	c->server = NULL;
 	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
-	c->reset_all_pending = false;
 	STAT_INC(c->worker, transactions);
 	client_set_state(c, CLIENT_IDLE);
 	if (c->read_paused) {
 		c->read_paused = false;
 		io_want_read(&c->io, true);
 	}
-	s->client = NULL;
+	server_unlink(s);
 	/* The pool may hand s to another worker at once: nothing touches it after this. */
 	pool_release(s);
 	if (c->worker->draining)
@@ -1476,16 +1488,17 @@ static void client_login_complete(struct client *c)
 	client_flush(c);
 	if (c->state != CLIENT_ACTIVE)
 		return;
-	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && c->forward_remaining == 0 && server_is_clean(s)) {
+	/* Anything the client sent early is processed by whoever called, once it is done. */
+	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && server_is_clean(s))
 		client_release_server(c);
-		return;
-	}
-	/* Anything the client sent early is processed now. */
-	if (iobuf_len(&c->io.in) > 0)
-		client_process_input(c);
 }
 
-/* The backend matches the client's session: log in, or carry on with the transaction. */
+/*
+ * The backend matches the client's session: log in, or carry on with the
+ * transaction. What the client sent meanwhile is relayed by whoever called:
+ * client_process_input()'s loop when the backend came at once, else the
+ * event that completed the setup (client_resume()).
+ */
 static void client_setup_complete(struct client *c)
 {
 	server_set_state(c->server, SERVER_ACTIVE);
@@ -1495,10 +1508,6 @@ static void client_setup_complete(struct client *c)
 	}
 	client_set_state(c, CLIENT_ACTIVE);
 	io_want_read(&c->io, !c->read_paused);
-	if (!client_process_input(c) || !c->cancel_deferred)
-		return;
-	c->cancel_deferred = false;
-	client_cancel_backend(c);
 }
 
 static void client_setup_done(struct server *s, bool ok, void *arg)
@@ -1513,6 +1522,7 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 	/* The query ran init_query again if it had been undone. */
 	s->init_undone = false;
 	client_setup_complete(c);
+	client_resume(c);
 }
 
 static const char *client_reported_get(const char *name, void *arg)
@@ -1549,15 +1559,11 @@ static void client_link(struct client *c, struct server *s)
 	struct iobuf sql;
 
 	c->fresh_backend = false;
-	s->served = true;
-
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
 	c->server = s;
-	s->client = c;
-	c->unnamed_here = false;
+	server_link(s, c, c->id, &client_server_ops, &c->relay, c->transaction_mode);
 	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->client_id, c->id, __ATOMIC_RELAXED);
 	if (c->pin_reason)
 		server_set_pinned(s);
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
@@ -1605,10 +1611,6 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
-/* What a text does that means its session's settings must be read back after it runs. */
-#define CLIENT_SETTINGS_EFFECTS \
-	(SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL | SQL_EFFECT_OPAQUE)
-
 /*
  * Scan SQL the client sends: pin the session if need be, and note what its
  * settings read-back must cover. Returns the text's SQL_EFFECT_* bits.
@@ -1621,7 +1623,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 	if (scan.pin != SQL_PIN_NONE)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
-		c->reset_all_pending = true;
+		c->relay.reset_all_pending = true;
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;
@@ -1629,7 +1631,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 			 SQL_SCAN_MAX_CUSTOM);
 		client_pin(c, &scan);
 	}
-	if (scan.effects & CLIENT_SETTINGS_EFFECTS)
+	if (scan.effects & REPLY_SETTINGS_EFFECTS)
 		c->settings_dirty = true;
 	if (scan.effects & SQL_EFFECT_DEFINES_CODE)
 		pool_set_writes_opaque(c->pool, true);
@@ -1662,232 +1664,46 @@ static void client_rescan_prepared(struct client *c, const struct prepared_stmt 
 }
 
 /*
- * PostgreSQL keeps a prepared statement under the first NAMEDATALEN - 1 (63)
- * bytes of its name: longer names that agree on those are one statement.
- * pgmux keys the client's statements the same way (and the reply queue keeps
- * these keys whole).
+ * A client over max_client_prepared_statements is told so and closed: pgmux
+ * keeps each statement's text for as long as the client holds it.
  */
-#define CLIENT_STMT_KEY_LEN 63
-_Static_assert(sizeof(((struct pending_reply *)0)->client_name) == CLIENT_STMT_KEY_LEN + 1,
-	       "the reply queue must hold a whole statement key");
-
-static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LEN + 1])
+static void client_too_many_statements(struct client *c)
 {
-	size_t n = strnlen(name, CLIENT_STMT_KEY_LEN);
-
-	memcpy(key, name, n);
-	key[n] = '\0';
-	return key;
-}
-
-/*
- * May c have one more named statement? pgmux keeps each one's text for as
- * long as the client holds it, so their number is bounded per client
- * (max_client_prepared_statements); a client over it is told so and closed.
- */
-static bool client_statement_room(struct client *c)
-{
-	int limit = config_current()->max_client_prepared_statements;
-
-	if (c->stmts.count < (size_t)limit)
-		return true;
 	client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
 		     "too many prepared statements: this session holds %d, the limit set by "
 		     "max_client_prepared_statements",
-		     limit);
-	return false;
+		     config_current()->max_client_prepared_statements);
 }
 
-/*
- * One whole extended-protocol or Query message, with transaction pooling:
- * named statements are rewritten to their server-side names and prepared on
- * this backend when it lacks them, and every reply is announced to the
- * server's reply queue. Returns false, having done nothing, when what the
- * message must do hangs on an earlier batch not answered yet, which the
- * server skips the rest of if it fails: whether the client's statement
- * exists (server_parse_unsettled()), or the backend's copy of it
- * (server_statement_unsettled()).
- */
-/*
- * The client is about to Bind, Describe or Close the unnamed statement on s.
- * PostgreSQL keeps the unnamed statement until the next Parse of it (or a
- * Query), so a backend may hold one that its last client left: a Bind of it
- * with no Parse before it would run that client's text. The first time in
- * a transaction that a client uses it, pgmux puts the client's own there
- * first: the Parse it last sent for it (client_unnamed_parsed()), or, if it
- * has none, a Close of it, after which a Bind fails with 26000 as on a
- * session of the client's own. Should the server skip what pgmux sent (an
- * error earlier in the batch), unnamed_here goes back to false.
- */
-static void client_unnamed_use(struct client *c, struct server *s)
+/* What the reply tracker asks of the client's session (struct reply_hooks). */
+static unsigned client_hook_scan(void *arg, const char *sql, size_t len)
 {
-	if (c->unnamed_here || s->skipping_until_sync)
-		return;
-	if (c->unnamed_parse) {
-		iobuf_append(&s->io.out, c->unnamed_parse, c->unnamed_parse_len);
-		server_expect(s, 'p', NULL);
-	} else {
-		server_unnamed_reset(s);
-	}
-	c->unnamed_here = true;
+	return client_scan_sql(arg, sql, len);
 }
 
-/* The client Parses the unnamed statement (msg, 1 + mlen bytes): it is the client's from now on. */
-static void client_unnamed_parsed(struct client *c, struct server *s, const uint8_t *msg, size_t mlen)
+static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 {
-	uint8_t *copy = malloc(1 + mlen);
+	struct client *c = arg;
 
-	free(c->unnamed_parse);
-	c->unnamed_parse = copy;
-	c->unnamed_parse_len = copy ? 1 + mlen : 0;
-	if (copy)
-		memcpy(copy, msg, 1 + mlen);
-	if (!s->skipping_until_sync)
-		c->unnamed_here = true;
+	if (st->sets_session) {
+		client_rescan_prepared(c, st);
+	} else if (st->writes && pool_writes_opaque(c->pool)) {
+		/* A trigger or a default may run code that changes the session (struct pool). */
+		c->state_unverified = true;
+		c->settings_dirty = true;
+	}
 }
 
-static bool client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
+static bool client_hook_known(void *arg, const char *server_name)
 {
-	const uint8_t *body = msg + PROTO_HEADER_LEN;
-	size_t blen = mlen - 4;
-	struct msg_reader r;
-	const char *name;
-	struct strmap_entry *e;
-	char key[CLIENT_STMT_KEY_LEN + 1];
-
-	/* After an error the server ignores everything up to Sync: pass it on untouched. */
-	if (s->skipping_until_sync && type != FE_SYNC) {
-		iobuf_append(&s->io.out, msg, 1 + mlen);
-		return true;
-	}
-	msg_reader_init(&r, body, blen);
-	switch (type) {
-	case FE_QUERY:
-		/*
-		 * Only a text PostgreSQL will run: one string and its NUL, nothing
-		 * after. A malformed Query is refused without running anything, and
-		 * must not pin the session on what a scan of its bytes guesses.
-		 */
-		if (blen > 0 && memchr(body, '\0', blen) == body + blen - 1)
-			client_scan_sql(c, (const char *)body, blen - 1);
-		/* A Query destroys the unnamed statement: none is left for the client, as directly. */
-		if (!s->skipping_until_sync) {
-			free(c->unnamed_parse);
-			c->unnamed_parse = NULL;
-			c->unnamed_here = true;
-		}
-		break;
-	case FE_PARSE: {
-		const char *client_name;
-		struct prepared_stmt *st, *taken = NULL;
-		unsigned effects = 0;
-
-		name = msg_read_str(&r);
-		const char *query = msg_read_str(&r);
-
-		/* Is the name taken? Not if that Parse is skipped. */
-		if (name && name[0] && server_parse_unsettled(s, client_stmt_key(name, key), false))
-			return false;
-		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
-		if (name && name[0] && st == NULL && errno == ENOMEM) {
-			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-			return true; /* c is closed */
-		}
-		if (st && (e = strmap_find(&c->stmts, key)) != NULL)
-			taken = e->value;
-		/* Has the backend the statement (the one that has the name, if taken) already? */
-		if (st && server_statement_unsettled(s, taken ? taken->server_name : st->server_name, key)) {
-			prepared_free(st);
-			return false;
-		}
-		if (name && query)
-			effects = client_scan_sql(c, query, strlen(query));
-		if (name && name[0] == '\0')
-			client_unnamed_parsed(c, s, msg, mlen);
-		if (st == NULL)
-			break; /* unnamed (or malformed: the server says why) */
-		if (taken) {
-			/* The backend refuses it, as PostgreSQL would (see server_parse_taken()). */
-			server_parse_taken(s, taken, st);
-			prepared_free(st);
-			return true;
-		}
-		if (!client_statement_room(c)) {
-			prepared_free(st);
-			return true; /* c is closed */
-		}
-		st->sets_session = (effects & CLIENT_SETTINGS_EFFECTS) != 0;
-		st->writes = (effects & SQL_EFFECT_WRITE) != 0;
-		strmap_insert(&c->stmts, key, st);
-		params_put(&c->stmt_names, st->server_name, key);
-		server_parse(s, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0);
-		return true;
-	}
-	case FE_BIND:
-		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL)
-			break; /* malformed: the server answers as it would directly */
-		if (name[0] == '\0') {
-			client_unnamed_use(c, s);
-			break;
-		}
-		/*
-		 * A Parse that pgmux answered itself (the backend had the
-		 * statement) must not make this Bind work if it is skipped.
-		 */
-		if (server_parse_unsettled(s, client_stmt_key(name, key), true))
-			return false;
-		if ((e = strmap_find(&c->stmts, key)) == NULL)
-			break; /* unknown: the server answers as it would directly */
-		if (server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key))
-			return false;
-		if (((struct prepared_stmt *)e->value)->sets_session) {
-			client_rescan_prepared(c, e->value);
-		} else if (((struct prepared_stmt *)e->value)->writes && pool_writes_opaque(c->pool)) {
-			/* A trigger or a default may run code that changes the session (struct pool). */
-			c->state_unverified = true;
-			c->settings_dirty = true;
-		}
-		server_ensure_prepared(s, e->value);
-		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
-				 ((struct prepared_stmt *)e->value)->server_name);
-		server_expect(s, FE_BIND, NULL);
-		return true;
-	case FE_DESCRIBE:
-	case FE_CLOSE: {
-		uint8_t kind;
-
-		/* Bytes after the name make the message malformed: the server refuses it, as it would directly. */
-		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || r.pos != blen)
-			break;
-		if (name[0] == '\0') {
-			client_unnamed_use(c, s);
-			break;
-		}
-		e = strmap_find(&c->stmts, client_stmt_key(name, key));
-		if (type == FE_CLOSE) {
-			/* Answered by pgmux: the server-side statement stays for others. */
-			server_close_owed(s, key);
-			return true;
-		}
-		/* As for a Bind. */
-		if (server_parse_unsettled(s, key, true) ||
-		    (e && server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key)))
-			return false;
-		if (e == NULL)
-			break;
-		server_ensure_prepared(s, e->value);
-		prepared_rewrite(&s->io.out, FE_DESCRIBE, body, blen, 1, strlen(name),
-				 ((struct prepared_stmt *)e->value)->server_name);
-		server_expect(s, FE_DESCRIBE, NULL);
-		return true;
-	}
-	default:
-		break;
-	}
-	iobuf_append(&s->io.out, msg, 1 + mlen);
-	server_expect(s, (char)type, NULL);
-	return true;
+	return pool_statement_known(((struct client *)arg)->pool, server_name);
 }
+
+static const struct reply_hooks client_reply_hooks = {
+	.scan = client_hook_scan,
+	.bound = client_hook_bound,
+	.known = client_hook_known,
+};
 
 /*
  * Does pgmux hold a message of this type whole before it goes on? With
@@ -1936,44 +1752,11 @@ static bool client_check_header(struct client *c, const uint8_t *p)
 	return true;
 }
 
-/* Follow the transaction state of backend s as the client's next message goes to it. */
-static void client_count_message(struct client *c, struct server *s, uint8_t type)
-{
-	switch (type) {
-	case FE_QUERY:
-	case FE_FUNCTION_CALL:
-		/*
-		 * After an error in an extended-protocol batch the server skips
-		 * everything up to the next Sync, a Query too: it gets no
-		 * ReadyForQuery. With transaction pooling pgmux knows when.
-		 */
-		if (c->transaction_mode && s->skipping_until_sync)
-			break;
-		s->outstanding++;
-		if (type == FE_FUNCTION_CALL)
-			break;
-		s->unsynced = false;
-		STAT_INC(c->worker, queries);
-		break;
-	case FE_SYNC:
-		s->outstanding++;
-		s->unsynced = false;
-		STAT_INC(c->worker, queries);
-		break;
-	case FE_PARSE:
-	case FE_BIND:
-	case FE_EXECUTE:
-	case FE_DESCRIBE:
-	case FE_CLOSE:
-		s->unsynced = true;
-		break;
-	default:
-		/* Flush and the COPY sub-protocol leave the transaction state alone. */
-		break;
-	}
-}
-
-/* Forward complete and partial messages to the backend. Returns false if c was closed. */
+/*
+ * Relay what the client sent to its backend: a message held whole goes
+ * through the reply tracker (server_send_message()), others pass as they
+ * arrive. Returns false if c was closed.
+ */
 static bool client_relay(struct client *c)
 {
 	struct server *s = c->server;
@@ -1988,17 +1771,15 @@ static bool client_relay(struct client *c)
 		uint32_t mlen;
 		size_t n;
 
-		if (c->forward_remaining > 0) {
-			n = avail < c->forward_remaining ? avail : c->forward_remaining;
-			iobuf_append(&s->io.out, p, n);
+		/* The rest of a message that passes as it arrives. */
+		if ((n = server_send_rest(s, p, avail)) > 0) {
 			iobuf_consume(in, n);
-			c->forward_remaining -= (uint32_t)n;
 			continue;
 		}
 		if (avail < PROTO_HEADER_LEN)
 			break;
 		/* Until the backend has answered half of them (client_replies_arrived()). */
-		if (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies) {
+		if (c->transaction_mode && server_replies_pending(s) >= (uint32_t)config_current()->max_pending_replies) {
 			c->replies_full = true;
 			break;
 		}
@@ -2020,22 +1801,28 @@ static bool client_relay(struct client *c)
 			/* pgmux looks inside these: wait for the whole message. */
 			if (avail < 1 + (size_t)mlen)
 				break;
-			if (!client_forward_tracked(c, s, type, p, mlen)) {
+			switch (server_send_message(s, p, 1 + (size_t)mlen)) {
+			case REPLY_WAIT:
 				/* Until the earlier batch is answered (client_replies_arrived()). */
 				c->relay_waiting = true;
 				break;
-			}
-			if (c->state == CLIENT_CLOSED)
+			case REPLY_TOO_MANY:
+				client_too_many_statements(c);
 				return false;
-			client_count_message(c, s, type);
-			iobuf_consume(in, 1 + (size_t)mlen);
-			continue;
+			case REPLY_NO_MEMORY:
+				client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+				return false;
+			case REPLY_FORWARD:
+			case REPLY_REWRITTEN:
+			case REPLY_ANSWERED:
+				iobuf_consume(in, 1 + (size_t)mlen);
+				continue;
+			}
+			break;
 		}
-		client_count_message(c, s, type);
 		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
-		iobuf_append(&s->io.out, p, n);
+		server_send_start(s, p, n, 1 + (size_t)mlen);
 		iobuf_consume(in, n);
-		c->forward_remaining = (uint32_t)(1 + mlen - n);
 	}
 	server_flush(s);
 	if (c->state == CLIENT_CLOSED)
@@ -2051,14 +1838,15 @@ static bool client_relay(struct client *c)
 	return true;
 }
 
-void client_replies_arrived(struct client *c)
+/* The backend linked to c answered something: a message waiting for that may go now. */
+static void client_replies_arrived(struct client *c)
 {
 	if (c->state == CLIENT_CLOSED)
 		return;
 	if (!c->relay_waiting) {
 		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
-		if (!c->replies_full || (c->server && c->server->replies.count >
-							     (uint32_t)config_current()->max_pending_replies / 2))
+		if (!c->replies_full ||
+		    (c->server && server_replies_pending(c->server) > (uint32_t)config_current()->max_pending_replies / 2))
 			return;
 	}
 	/* Try the waiting message again (from the loop, as input left from before). */
@@ -2071,155 +1859,45 @@ void client_replies_arrived(struct client *c)
 
 /*
  * What pgmux answers alone for a client outside a transaction, with no
- * backend. There a Sync only says ReadyForQuery 'I'; a Close of a statement
- * drops pgmux's record of it (the server-side statement stays for others, as
- * with server_close_owed()); a Close of a portal closes nothing (none
- * outlives its transaction); and a Parse of a named statement creates only
- * pgmux's record, as the backend prepares it when a message first uses it
- * (server_ensure_prepared()). This matters beyond saving a borrow: libpq's
- * PQprepare() waits for its Parse and Sync, and a program that drives several
- * connections from one thread (pgbench -M prepared) would wait there, for a
- * backend, while its other connections hold every backend inside their
- * transactions, which only it can end.
- *
- * A Parse is the backend's to judge, though: pgmux answers it alone when a
- * backend of the pool accepted the same text and parameter types before
- * (pool_statement_known()), or, with unjudged set, when no backend could take
- * it without waiting for another client's transaction to end (see
- * client_borrow_for_parse()). A text the backend then refuses fails the first
- * message that uses it, with the backend's error (and pgmux forgets that the
- * text was good, so the next Parse of it is judged again).
+ * backend: a Sync, a Close, a Parse of a named statement (the reply
+ * tracker's reply_answer_idle() says when and why).
  */
-enum idle_answer {
-	IDLE_ANSWERED,         /* answered; the message is consumed */
-	IDLE_NEED_MORE,        /* the message is not all here yet */
-	IDLE_BORROW,           /* it needs a backend */
-	IDLE_BORROW_OR_ANSWER, /* a Parse that a backend should judge, if one can be had now */
-	IDLE_CLOSED,           /* the client was closed (over a limit) */
-};
-
-/*
- * Does the batch that begins with the client's next message hold only what
- * pgmux answers alone (Parse, Close, Flush) up to its Sync? A Parse answered
- * here in a batch that goes on to a Bind would only move the server's
- * verdict on its text from the Parse to the Bind. IDLE_NEED_MORE when the
- * batch is not all here and no Flush asked for answers yet (PostgreSQL would
- * not answer before either); IDLE_ANSWERED when it may be answered here.
- */
-static enum idle_answer client_batch_answerable(const struct client *c)
+static enum reply_idle client_answer_idle(struct client *c, bool unjudged)
 {
-	const uint8_t *p = iobuf_head(&c->io.in);
-	size_t avail = iobuf_len(&c->io.in), off = 0;
-	uint8_t last = 0;
+	const struct config *cfg = config_current();
+	struct reply_limits limits = {
+		.max_backend_statements = cfg->max_prepared_statements,
+		.max_client_statements = cfg->max_client_prepared_statements,
+		.max_packet_size = cfg->max_packet_size,
+	};
+	struct reply_idle_result result;
+	enum reply_idle answer;
 
-	while (avail - off >= PROTO_HEADER_LEN) {
-		uint8_t type = p[off];
-		uint32_t len = get_u32(p + off + 1);
-
-		if (len < 4 || len - 4 > (uint32_t)config_current()->max_packet_size ||
-		    (type != FE_PARSE && type != FE_CLOSE && type != FE_FLUSH && type != FE_SYNC))
-			return IDLE_BORROW;
-		if (type == FE_SYNC)
-			return IDLE_ANSWERED;
-		if (avail - off < 1 + (size_t)len)
-			return IDLE_NEED_MORE;
-		last = type;
-		off += 1 + (size_t)len;
-	}
-	return last == FE_FLUSH ? IDLE_BORROW : IDLE_NEED_MORE;
-}
-
-static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
-{
-	const uint8_t *p = iobuf_head(&c->io.in);
-	uint8_t type = p[0];
-	uint32_t mlen = get_u32(p + 1);
-	const uint8_t *body = p + PROTO_HEADER_LEN;
-	size_t blen = mlen - 4;
-	char key[CLIENT_STMT_KEY_LEN + 1];
-	struct msg_reader r;
-	struct strmap_entry *e;
-
-	if (!c->transaction_mode || (type != FE_SYNC && type != FE_PARSE && type != FE_CLOSE))
-		return IDLE_BORROW;
-	if (iobuf_len(&c->io.in) < 1 + (size_t)mlen)
-		return IDLE_NEED_MORE;
-	msg_reader_init(&r, body, blen);
-	switch (type) {
-	case FE_SYNC:
-		if (blen != 0)
-			return IDLE_BORROW; /* malformed: the server says why */
-		proto_put_ready(&c->io.out, 'I');
-		break;
-	case FE_CLOSE: {
-		const char *name;
-		uint8_t kind;
-
-		if (msg_read_u8(&r, &kind) != 0 || (kind != 'S' && kind != 'P') || (name = msg_read_str(&r)) == NULL ||
-		    r.pos != blen)
-			return IDLE_BORROW;
-		if (kind == 'S' && (e = strmap_find(&c->stmts, client_stmt_key(name, key))) != NULL)
-			prepared_free(strmap_delete(&c->stmts, e));
-		iobuf_append_u8(&c->io.out, BE_CLOSE_COMPLETE);
-		iobuf_append_u32(&c->io.out, 4);
-		break;
-	}
-	case FE_PARSE: {
-		struct sql_scan_result scan;
-		struct prepared_stmt *st;
-		const char *name = msg_read_str(&r), *query = msg_read_str(&r), *client_name;
-		enum idle_answer batch;
-		bool taken;
-
-		/* The unnamed statement, a malformed message: as usual. */
-		if (name == NULL || query == NULL || name[0] == '\0')
-			return IDLE_BORROW;
-		if ((batch = client_batch_answerable(c)) != IDLE_ANSWERED)
-			return batch;
-		taken = strmap_find(&c->stmts, client_stmt_key(name, key)) != NULL;
-		/* A text that pins the session pins it on a backend; one that defines code, likewise, to be seen. */
-		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
-		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow || (scan.effects & SQL_EFFECT_DEFINES_CODE))
-			return IDLE_BORROW;
-		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL) {
-			if (errno != ENOMEM)
-				return IDLE_BORROW;
-			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-			return IDLE_CLOSED;
-		}
-		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
-			prepared_free(st);
-			return IDLE_BORROW_OR_ANSWER;
-		}
-		if (taken) {
-			/* PostgreSQL's answer once the text passed its checks; the rest of the batch is skipped. */
-			char message[300];
-
-			prepared_free(st);
-			snprintf(message, sizeof(message), "prepared statement \"%.256s\" already exists", name);
-			proto_put_error(&c->io.out, "ERROR", SQLSTATE_DUPLICATE_PREPARED_STATEMENT, message, NULL, NULL);
-			iobuf_consume(&c->io.in, 1 + (size_t)mlen);
+	if (!c->transaction_mode)
+		return REPLY_IDLE_BORROW;
+	answer = reply_answer_idle(&c->relay, iobuf_head(&c->io.in), iobuf_len(&c->io.in), unjudged, &limits,
+				   &c->io.out, &result);
+	switch (answer) {
+	case REPLY_IDLE_ANSWERED:
+		iobuf_consume(&c->io.in, result.consumed);
+		if (result.discard_batch)
 			c->discard_until_sync = true;
-			return IDLE_ANSWERED;
+		if (result.parse_answered) {
+			STAT_INC(c->worker, parses_answered);
+			if (unjudged)
+				STAT_INC(c->worker, parses_unjudged);
 		}
-		if (!client_statement_room(c)) {
-			prepared_free(st);
-			return IDLE_CLOSED;
-		}
-		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
-		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
-		strmap_insert(&c->stmts, key, st);
-		params_put(&c->stmt_names, st->server_name, key);
-		iobuf_append_u8(&c->io.out, BE_PARSE_COMPLETE);
-		iobuf_append_u32(&c->io.out, 4);
-		STAT_INC(c->worker, parses_answered);
-		if (unjudged)
-			STAT_INC(c->worker, parses_unjudged);
+		break;
+	case REPLY_IDLE_TOO_MANY:
+		client_too_many_statements(c);
+		break;
+	case REPLY_IDLE_NO_MEMORY:
+		client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		break;
+	default:
 		break;
 	}
-	}
-	iobuf_consume(&c->io.in, 1 + (size_t)mlen);
-	return IDLE_ANSWERED;
+	return answer;
 }
 
 /*
@@ -2239,10 +1917,10 @@ static bool client_borrow_for_parse(struct client *c)
 	if (result == POOL_QUEUED && !pool_backend_coming(c->pool)) {
 		pool_cancel_wait(c);
 		client_set_state(c, CLIENT_IDLE);
-		return client_answer_idle(c, true) == IDLE_ANSWERED;
+		return client_answer_idle(c, true) == REPLY_IDLE_ANSWERED;
 	}
 	client_borrow_result(c, result, s, error);
-	return c->state == CLIENT_ACTIVE;
+	return c->state != CLIENT_CLOSED;
 }
 
 /*
@@ -2334,26 +2012,33 @@ static bool client_process_idle(struct client *c)
 		return c->state == CLIENT_IDLE;
 	}
 	switch (client_answer_idle(c, false)) {
-	case IDLE_ANSWERED:
+	case REPLY_IDLE_ANSWERED:
 		return true;
-	case IDLE_NEED_MORE:
-	case IDLE_CLOSED:
+	case REPLY_IDLE_NEED_MORE:
+	case REPLY_IDLE_TOO_MANY:
+	case REPLY_IDLE_NO_MEMORY:
 		return false;
-	case IDLE_BORROW_OR_ANSWER:
+	case REPLY_IDLE_BORROW_OR_ANSWER:
 		if (!client_batch_ready(c))
 			return false;
 		return client_borrow_for_parse(c);
-	case IDLE_BORROW:
+	case REPLY_IDLE_BORROW:
 		break;
 	}
 	/* Until the batch is here: then it is read again (client_handle_event()). */
 	if (c->transaction_mode && !client_batch_ready(c))
 		return false;
+	/* The loop goes on with the backend linked, the client waiting, or its batch failed. */
 	client_begin_transaction(c);
-	return c->state == CLIENT_ACTIVE;
+	return c->state != CLIENT_CLOSED;
 }
 
-/* Act on buffered input for the current state. Returns false if c was closed. */
+/*
+ * Act on buffered input for the current state, as long as it moves on.
+ * Returns false if c was closed. Nothing it calls calls it again: an event
+ * that moves a client on without input of its own (a backend came, a wait
+ * ended) calls client_resume() once it is done.
+ */
 static bool client_process_input(struct client *c)
 {
 	for (;;) {
@@ -2365,7 +2050,8 @@ static bool client_process_input(struct client *c)
 				return true;
 			continue;
 		case CLIENT_AUTH:
-			if (!client_process_auth(c))
+			/* Past authentication (its backend may be linked already), what it sent early goes on. */
+			if (!client_process_auth(c) && (c->state == CLIENT_AUTH || c->state == CLIENT_CLOSED))
 				return c->state != CLIENT_CLOSED;
 			continue;
 		case CLIENT_ACTIVE:
@@ -2404,9 +2090,10 @@ static bool client_holds_waiting_backend(const struct client *c)
 
 	if (c->state != CLIENT_ACTIVE || c->admin || s == NULL || s->state != SERVER_ACTIVE)
 		return false;
-	if (s->outstanding > 0 || s->replies.count > 0 || s->forward_remaining > 0 || iobuf_len(&s->io.out) > 0)
+	if (s->replies.outstanding > 0 || server_replies_pending(s) > 0 || s->forward_remaining > 0 ||
+	    server_output_pending(s) > 0)
 		return false; /* the backend is working, or the client is not taking its answer */
-	return s->tx_status != 'I' || s->unsynced || c->forward_remaining > 0 || iobuf_len(&c->io.in) > 0;
+	return s->tx_status != 'I' || s->replies.unsynced || s->frontend_remaining > 0 || iobuf_len(&c->io.in) > 0;
 }
 
 void client_janitor(struct client *c, uint64_t now)
@@ -2550,3 +2237,69 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 	if (budget == 0)
 		io_schedule_read(&c->io);
 }
+
+/*
+ * Something other than the client's own input moved c on (a backend came, a
+ * wait ended, pgmux's query on its backend was answered): act on what it
+ * sent meanwhile, then forward a cancel held while its backend was being
+ * prepared. Called at the end of such an event only, never from inside
+ * client_process_input().
+ */
+static void client_resume(struct client *c)
+{
+	if (c->state == CLIENT_CLOSED || !client_process_input(c))
+		return;
+	if (c->state == CLIENT_IDLE && (iobuf_len(&c->io.out) > 0 || c->io.out.failed))
+		client_flush(c);
+	if (c->state == CLIENT_CLOSED || !c->cancel_deferred)
+		return;
+	c->cancel_deferred = false;
+	client_cancel_backend(c);
+}
+
+/* ------------------------------------------------ what the backend tells us */
+
+static void client_deliver(struct client *c, const uint8_t *bytes, size_t n)
+{
+	iobuf_append(&c->io.out, bytes, n);
+}
+
+static bool client_congested(const struct client *c)
+{
+	return io_pending_output(&c->io) >= CLIENT_OUTPUT_HIGH_WATER;
+}
+
+static void client_on_replies(struct client *c, struct server *s, bool over)
+{
+	client_flush(c);
+	client_replies_arrived(c);
+	/* The transaction is over: give the backend back (the last use of it here). */
+	if (over && c->state != CLIENT_CLOSED && c->server == s)
+		client_release_server(c);
+}
+
+static void client_on_drained(struct client *c)
+{
+	if (c->read_paused) {
+		c->read_paused = false;
+		io_want_read(&c->io, true);
+	}
+}
+
+static void client_on_parameter(struct client *c, const char *name, const char *value)
+{
+	int index = params_carried_index(name);
+
+	/* The session is the client's: what it changes follows it to other backends. */
+	if (c->logged_in && index >= 0)
+		client_set_reported(c, index, value);
+}
+
+static const struct server_client_ops client_server_ops = {
+	.deliver = client_deliver,
+	.congested = client_congested,
+	.replies_arrived = client_on_replies,
+	.drained = client_on_drained,
+	.parameter = client_on_parameter,
+	.lost = client_server_lost,
+};

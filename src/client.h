@@ -18,6 +18,7 @@
 #include "params.h"
 #include "pool.h"
 #include "proto.h"
+#include "reply.h"
 #include "secrets.h"
 #include "strmap.h"
 
@@ -71,7 +72,6 @@ struct client {
 	enum pool_endpoint endpoint; /* which port it came in on: writer or reader */
 	struct pool *pool;
 	struct server *server;
-	uint32_t forward_remaining;
 	bool read_paused; /* back-pressure: the server's output is full */
 	bool logged_in;   /* the client has had its ReadyForQuery after authentication */
 	bool transaction_mode; /* pool_mode at login: borrow a backend per transaction */
@@ -83,11 +83,9 @@ struct client {
 	struct strmap params_startup;  /* params_set as the startup packet gave it: what RESET goes back to */
 	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
 	bool params_fingerprint_valid;
-	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
-	struct strmap stmt_names;      /* server-side name -> the client's name, for error messages */
+	struct reply_session relay;    /* its prepared statements, as the reply tracker keeps them (reply.h) */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */
 	char pin_detail[64];
-	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
 	                                * session's settings back before the backend goes */
 	bool state_unverified;         /* it ran code pgmux cannot read (SQL_EFFECT_OPAQUE): the read-back
@@ -103,10 +101,6 @@ struct client {
 	                                * once the client's own statements are on their way */
 	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
 	bool relay_waiting;            /* the next message waits for the answer to an earlier batch */
-	bool unnamed_here;             /* the backend's unnamed statement is this client's (or none):
-	                                * cleared at each link, see client_unnamed_use() */
-	uint8_t *unnamed_parse;        /* the client's last Parse of the unnamed statement, whole */
-	size_t unnamed_parse_len;
 	bool replies_full;             /* max_pending_replies are owed: reading waits until half are answered */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
@@ -143,16 +137,6 @@ void client_cancel_backend(struct client *c);
 
 /* The server linked to c has data for it or drained: resume/pause reading. */
 void client_flush(struct client *c);
-
-/* The backend linked to c answered something: a message waiting for that may go now. */
-void client_replies_arrived(struct client *c);
-
-/*
- * The backend linked to c failed. With transaction pooling the client's
- * transaction fails with an ERROR and its connection stays usable; a pinned
- * or session-pooled client gets a FATAL and is closed.
- */
-void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message);
 
 /* Send a FATAL ErrorResponse (best effort, non-blocking) and close. */
 void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)

@@ -77,10 +77,23 @@ static struct target *target_new_locked(const char *host, int port, bool listed)
 	return t;
 }
 
+/* What a backend connection tells its pool (server.h). */
+static const struct server_pool_ops pool_server_ops = {
+	.ready = pool_connection_ready,
+	.connect_failed = pool_connect_failed,
+	.release = pool_release,
+	.forget = pool_forget,
+	.statement_accepted = pool_statement_accepted,
+	.statement_refused = pool_statement_refused,
+	.instance_suspect = pool_instance_suspect,
+	.instance_check = monitor_check_now,
+};
+
 int pool_init(const struct config *cfg)
 {
 	if (cfg->n_hosts < 1)
 		return -1;
+	server_set_pool_ops(&pool_server_ops);
 	pthread_mutex_lock(&pool_lock);
 	for (int i = 0; i < cfg->n_hosts; i++)
 		target_new_locked(cfg->hosts[i].host, cfg->hosts[i].port, true);

@@ -69,6 +69,10 @@
 #define BE_NEGOTIATE_PROTOCOL 'v'
 #define BE_PARSE_COMPLETE '1'
 #define BE_CLOSE_COMPLETE '3'
+#define BE_BIND_COMPLETE '2'
+#define BE_NO_DATA 'n'
+#define BE_PORTAL_SUSPENDED 's'
+#define BE_PARAMETER_DESCRIPTION 't'
 
 /* Authentication request codes carried by 'R'. */
 #define AUTH_REQ_OK 0
