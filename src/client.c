@@ -28,7 +28,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "prepared.h"
-#include "reply.h"
+#include "relay.h"
 #include "server.h"
 #include "sqlscan.h"
 #include "tls.h"
@@ -148,7 +148,7 @@ static bool client_input_blocked(const struct client *c)
 		return true;
 	if (s == NULL)
 		return false;
-	return c->relay_waiting || server_output_pending(s) >= CLIENT_SERVER_HIGH_WATER ||
+	return c->relay.waiting || server_output_pending(s) >= CLIENT_SERVER_HIGH_WATER ||
 	       (c->transaction_mode && server_replies_pending(s) >= (uint32_t)config_current()->max_pending_replies);
 }
 
@@ -269,7 +269,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	c->last_activity_usec = c->connect_usec;
 	strmap_init(&c->params_set);
 	strmap_init(&c->params_startup);
-	reply_session_init(&c->relay, &client_reply_hooks, c);
+	relay_init(&c->relay, &client_reply_hooks, c);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
 	STAT_INC(w, clients_accepted);
 	if (pgmux_clients_open() > cfg->max_client_connections)
@@ -342,7 +342,7 @@ void client_free(struct client *c)
 		params_clear(c->custom_pending);
 		free(c->custom_pending);
 	}
-	reply_session_free(&c->relay);
+	relay_free(&c->relay);
 	free(c);
 }
 
@@ -427,7 +427,7 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 				message, NULL);
 		/* Messages sent after the failed batch began belong to it: drop them up to its Sync. */
 		if (s->replies.unsynced)
-			c->discard_until_sync = true;
+			c->relay.discard_until_sync = true;
 		else
 			proto_put_ready(&c->io.out, 'I');
 	} else if (was_in_transaction || s->replies.unsynced) {
@@ -996,7 +996,7 @@ static void client_fail_batch_detail(struct client *c, const char *sqlstate, con
 	if (c->state == CLIENT_WAITING)
 		client_set_state(c, CLIENT_IDLE);
 	proto_put_error(&c->io.out, "ERROR", sqlstate, message, detail, NULL);
-	c->discard_until_sync = true;
+	c->relay.discard_until_sync = true;
 	io_want_read(&c->io, true);
 	/* Its input (the rest of the batch) is looked at by whoever called, once it is done. */
 }
@@ -1004,56 +1004,6 @@ static void client_fail_batch_detail(struct client *c, const char *sqlstate, con
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
 {
 	client_fail_batch_detail(c, sqlstate, message, NULL);
-}
-
-static bool client_check_header(struct client *c, const uint8_t *p);
-
-/*
- * Drop buffered messages up to the end of the failed batch. Returns false
- * when more bytes are needed, or when c was closed: a Terminate ends the
- * session here too, and a header pgmux refuses elsewhere (a bad type or
- * length) is refused here as well rather than waited on.
- */
-static bool client_discard_batch(struct client *c)
-{
-	struct iobuf *in = &c->io.in;
-
-	while (c->discard_until_sync) {
-		const uint8_t *p = iobuf_head(in);
-		uint32_t mlen;
-		uint8_t type;
-
-		/* The rest of a message dropped as it arrives, rather than held whole. */
-		if (c->ignore_remaining > 0) {
-			size_t n = iobuf_len(in) < c->ignore_remaining ? iobuf_len(in) : c->ignore_remaining;
-
-			iobuf_consume(in, n);
-			c->ignore_remaining -= (uint32_t)n;
-			if (c->ignore_remaining > 0)
-				return false;
-			continue;
-		}
-		if (iobuf_len(in) < PROTO_HEADER_LEN)
-			return false;
-		type = p[0];
-		if (type == FE_TERMINATE) {
-			client_close(c, "client terminated the session");
-			return false;
-		}
-		if (!client_check_header(c, p))
-			return false;
-		mlen = get_u32(p + 1);
-		if (type != FE_SYNC && type != FE_QUERY) {
-			c->ignore_remaining = 1 + mlen;
-			continue;
-		}
-		if (iobuf_len(in) < 1 + (size_t)mlen)
-			return false;
-		iobuf_consume(in, 1 + (size_t)mlen);
-		c->discard_until_sync = false;
-		proto_put_ready(&c->io.out, 'I');
-	}
-	return true;
 }
 
 /* ------------------------------------------------------ carrying state */
@@ -1562,7 +1512,7 @@ static void client_link(struct client *c, struct server *s)
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
 	c->server = s;
-	server_link(s, c, c->id, &client_server_ops, &c->relay, c->transaction_mode);
+	server_link(s, c, c->id, &client_server_ops, &c->relay.session, c->transaction_mode);
 	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
 	if (c->pin_reason)
 		server_set_pinned(s);
@@ -1623,7 +1573,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 	if (scan.pin != SQL_PIN_NONE)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
-		c->relay.reset_all_pending = true;
+		c->relay.session.reset_all_pending = true;
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;
@@ -1663,18 +1613,6 @@ static void client_rescan_prepared(struct client *c, const struct prepared_stmt 
 		c->settings_dirty = true;
 }
 
-/*
- * A client over max_client_prepared_statements is told so and closed: pgmux
- * keeps each statement's text for as long as the client holds it.
- */
-static void client_too_many_statements(struct client *c)
-{
-	client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
-		     "too many prepared statements: this session holds %d, the limit set by "
-		     "max_client_prepared_statements",
-		     config_current()->max_client_prepared_statements);
-}
-
 /* What the reply tracker asks of the client's session (struct reply_hooks). */
 static unsigned client_hook_scan(void *arg, const char *sql, size_t len)
 {
@@ -1705,124 +1643,21 @@ static const struct reply_hooks client_reply_hooks = {
 	.known = client_hook_known,
 };
 
-/*
- * Does pgmux hold a message of this type whole before it goes on? With
- * transaction pooling it does for every message it looks inside (see
- * client_relay()): all but COPY data and a bare Flush.
- */
-static bool client_holds_whole(const struct client *c, uint8_t type, uint32_t mlen)
-{
-	return c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
-	       type != FE_COPY_DONE && type != FE_COPY_FAIL;
-}
-
-/*
- * Check the header of the client's next message (type, length p[1..4]):
- * false, with c closed and told why, when it is not a frontend message, longer
- * than max_packet_size, or one pgmux must hold whole (client_holds_whole())
- * longer than max_buffered_message_size. Checked before a backend is
- * borrowed for it, and before any of it is buffered beyond a read.
- */
-static bool client_check_header(struct client *c, const uint8_t *p)
-{
-	const struct config *cfg = config_current();
-	uint32_t mlen = get_u32(p + 1);
-
-	/*
-	 * A password message belongs to authentication, which is over by now:
-	 * PostgreSQL ends the session for one, and so does pgmux, before it
-	 * reaches a backend (with transaction pooling, one other clients use).
-	 */
-	if (!proto_valid_frontend_type(p[0]) || p[0] == FE_PASSWORD || mlen < 4) {
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
-		return false;
-	}
-	if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
-		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED, "message of %u bytes exceeds max_packet_size (%d bytes)",
-			     mlen - 4, cfg->max_packet_size);
-		return false;
-	}
-	if (mlen - 4 > (uint32_t)cfg->max_buffered_message_size && client_holds_whole(c, p[0], mlen)) {
-		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
-			     "message of %u bytes exceeds max_buffered_message_size (%d bytes), the largest message "
-			     "pgmux holds whole with transaction pooling",
-			     mlen - 4, cfg->max_buffered_message_size);
-		return false;
-	}
-	return true;
-}
-
-/*
- * Relay what the client sent to its backend: a message held whole goes
- * through the reply tracker (server_send_message()), others pass as they
- * arrive. Returns false if c was closed.
- */
+/* Relay what the client sent to its backend (relay_to_backend()). Returns false if c was closed. */
 static bool client_relay(struct client *c)
 {
 	struct server *s = c->server;
-	struct iobuf *in = &c->io.in;
+	struct relay_refusal why;
 
-	c->relay_waiting = false;
-	c->replies_full = false;
-	while (iobuf_len(in) > 0) {
-		const uint8_t *p = iobuf_head(in);
-		size_t avail = iobuf_len(in);
-		uint8_t type;
-		uint32_t mlen;
-		size_t n;
-
-		/* The rest of a message that passes as it arrives. */
-		if ((n = server_send_rest(s, p, avail)) > 0) {
-			iobuf_consume(in, n);
-			continue;
-		}
-		if (avail < PROTO_HEADER_LEN)
-			break;
-		/* Until the backend has answered half of them (client_replies_arrived()). */
-		if (c->transaction_mode && server_replies_pending(s) >= (uint32_t)config_current()->max_pending_replies) {
-			c->replies_full = true;
-			break;
-		}
-		if (!client_check_header(c, p))
-			return false;
-		type = p[0];
-		mlen = get_u32(p + 1);
-		if (type == FE_TERMINATE) {
-			iobuf_consume(in, PROTO_HEADER_LEN);
-			client_close(c, "client terminated the session");
-			return false;
-		}
-		/*
-		 * A Flush has no reply, unless it has a body: then the server
-		 * refuses it (and skips to the next Sync), and that error must be
-		 * matched with it, not with the next message in the reply queue.
-		 */
-		if (client_holds_whole(c, type, mlen)) {
-			/* pgmux looks inside these: wait for the whole message. */
-			if (avail < 1 + (size_t)mlen)
-				break;
-			switch (server_send_message(s, p, 1 + (size_t)mlen)) {
-			case REPLY_WAIT:
-				/* Until the earlier batch is answered (client_replies_arrived()). */
-				c->relay_waiting = true;
-				break;
-			case REPLY_TOO_MANY:
-				client_too_many_statements(c);
-				return false;
-			case REPLY_NO_MEMORY:
-				client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-				return false;
-			case REPLY_FORWARD:
-			case REPLY_REWRITTEN:
-			case REPLY_ANSWERED:
-				iobuf_consume(in, 1 + (size_t)mlen);
-				continue;
-			}
-			break;
-		}
-		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
-		server_send_start(s, p, n, 1 + (size_t)mlen);
-		iobuf_consume(in, n);
+	switch (relay_to_backend(&c->relay, &c->io.in, s, c->transaction_mode, &why)) {
+	case RELAY_TERMINATE:
+		client_close(c, "client terminated the session");
+		return false;
+	case RELAY_FATAL:
+		client_fatal(c, why.sqlstate, "%s", why.message);
+		return false;
+	default:
+		break;
 	}
 	server_flush(s);
 	if (c->state == CLIENT_CLOSED)
@@ -1831,7 +1666,7 @@ static bool client_relay(struct client *c)
 	if (c->state == CLIENT_CLOSED)
 		return false;
 	/* Nothing more is relayed while a message waits: no more is read either. */
-	if (c->server && (c->replies_full || client_input_blocked(c))) {
+	if (c->server && (c->relay.replies_full || client_input_blocked(c))) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
@@ -1843,61 +1678,18 @@ static void client_replies_arrived(struct client *c)
 {
 	if (c->state == CLIENT_CLOSED)
 		return;
-	if (!c->relay_waiting) {
+	if (!c->relay.waiting) {
 		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
-		if (!c->replies_full ||
+		if (!c->relay.replies_full ||
 		    (c->server && server_replies_pending(c->server) > (uint32_t)config_current()->max_pending_replies / 2))
 			return;
 	}
 	/* Try the waiting message again (from the loop, as input left from before). */
-	c->relay_waiting = false;
-	c->replies_full = false;
+	c->relay.waiting = false;
+	c->relay.replies_full = false;
 	c->read_paused = false;
 	io_want_read(&c->io, true);
 	io_schedule_read(&c->io);
-}
-
-/*
- * What pgmux answers alone for a client outside a transaction, with no
- * backend: a Sync, a Close, a Parse of a named statement (the reply
- * tracker's reply_answer_idle() says when and why).
- */
-static enum reply_idle client_answer_idle(struct client *c, bool unjudged)
-{
-	const struct config *cfg = config_current();
-	struct reply_limits limits = {
-		.max_backend_statements = cfg->max_prepared_statements,
-		.max_client_statements = cfg->max_client_prepared_statements,
-		.max_packet_size = cfg->max_packet_size,
-	};
-	struct reply_idle_result result;
-	enum reply_idle answer;
-
-	if (!c->transaction_mode)
-		return REPLY_IDLE_BORROW;
-	answer = reply_answer_idle(&c->relay, iobuf_head(&c->io.in), iobuf_len(&c->io.in), unjudged, &limits,
-				   &c->io.out, &result);
-	switch (answer) {
-	case REPLY_IDLE_ANSWERED:
-		iobuf_consume(&c->io.in, result.consumed);
-		if (result.discard_batch)
-			c->discard_until_sync = true;
-		if (result.parse_answered) {
-			STAT_INC(c->worker, parses_answered);
-			if (unjudged)
-				STAT_INC(c->worker, parses_unjudged);
-		}
-		break;
-	case REPLY_IDLE_TOO_MANY:
-		client_too_many_statements(c);
-		break;
-	case REPLY_IDLE_NO_MEMORY:
-		client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-		break;
-	default:
-		break;
-	}
-	return answer;
 }
 
 /*
@@ -1915,91 +1707,50 @@ static bool client_borrow_for_parse(struct client *c)
 	client_set_state(c, CLIENT_WAITING);
 	result = pool_borrow(c->pool, c, &s, &error);
 	if (result == POOL_QUEUED && !pool_backend_coming(c->pool)) {
+		struct relay_refusal why;
+
 		pool_cancel_wait(c);
 		client_set_state(c, CLIENT_IDLE);
-		return client_answer_idle(c, true) == REPLY_IDLE_ANSWERED;
+		switch (relay_answer_unjudged(&c->relay, &c->io.in, &c->io.out, &why)) {
+		case RELAY_PARSE_ANSWERED:
+			STAT_INC(c->worker, parses_answered);
+			STAT_INC(c->worker, parses_unjudged);
+			return true;
+		case RELAY_ANSWERED:
+			return true;
+		case RELAY_FATAL:
+			client_fatal(c, why.sqlstate, "%s", why.message);
+			return false;
+		default:
+			return false;
+		}
 	}
 	client_borrow_result(c, result, s, error);
 	return c->state != CLIENT_CLOSED;
 }
 
-/*
- * Is enough of what the idle client sent here to borrow a backend for it?
- * A backend borrowed for part of a message waits, with every other client
- * of the pool, for the rest, which a stalled client never sends: two
- * clients could hold a pool of two that way. So the first message must be
- * whole (it is held whole anyway, within max_buffered_message_size), and
- * so must the batch it begins, up to what makes PostgreSQL answer (Sync,
- * Flush, Query, FunctionCall): before that the client expects nothing
- * back, so waiting for it costs it nothing. Past CLIENT_EARLY_INPUT_LIMIT
- * of a batch, though, the backend is borrowed rather than more held.
- */
-static bool client_batch_ready(const struct client *c)
-{
-	const uint8_t *p = iobuf_head(&c->io.in);
-	size_t avail = iobuf_len(&c->io.in), off = 0;
-
-	while (avail - off >= PROTO_HEADER_LEN) {
-		uint8_t type = p[off];
-		uint32_t mlen = get_u32(p + off + 1);
-		size_t len = 1 + (size_t)mlen;
-
-		/* A header pgmux refuses is refused now, where the relay checks it (client_check_header()). */
-		if (!proto_valid_frontend_type(type) || type == FE_PASSWORD || mlen < 4 ||
-		    mlen - 4 > (uint32_t)config_current()->max_buffered_message_size)
-			return true;
-		if (avail - off < len)
-			break;
-		if (type == FE_SYNC || type == FE_FLUSH || type == FE_QUERY || type == FE_FUNCTION_CALL ||
-		    type == FE_TERMINATE)
-			return true;
-		off += len;
-	}
-	return off > 0 && avail >= CLIENT_EARLY_INPUT_LIMIT;
-}
-
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
 static bool client_process_idle(struct client *c)
 {
-	const uint8_t *p = iobuf_head(&c->io.in);
+	struct relay_refusal why;
 
-	if (c->discard_until_sync) {
-		if (!client_discard_batch(c))
-			return false;
-		if (c->discard_until_sync)
-			return false;
-		client_flush(c);
-		return c->state == CLIENT_IDLE;
-	}
-	if (c->ignore_remaining > 0) {
-		size_t n = iobuf_len(&c->io.in) < c->ignore_remaining ? iobuf_len(&c->io.in) : c->ignore_remaining;
-
-		iobuf_consume(&c->io.in, n);
-		c->ignore_remaining -= (uint32_t)n;
+	switch (relay_between_transactions(&c->relay, &c->io.in, &c->io.out, c->transaction_mode, c->transaction_lost,
+					   &why)) {
+	case RELAY_ANSWERED:
 		return true;
-	}
-	if (iobuf_len(&c->io.in) < PROTO_HEADER_LEN)
+	case RELAY_PARSE_ANSWERED:
+		STAT_INC(c->worker, parses_answered);
+		return true;
+	case RELAY_NEED_MORE:
+	case RELAY_WAIT:
 		return false;
-	if (p[0] == FE_TERMINATE) {
+	case RELAY_TERMINATE:
 		client_close(c, "client terminated the session");
 		return false;
-	}
-	if (!client_check_header(c, p))
+	case RELAY_FATAL:
+		client_fatal(c, why.sqlstate, "%s", why.message);
 		return false;
-	/*
-	 * PostgreSQL ignores COPY messages outside a COPY (the rest of a COPY
-	 * that failed, still on its way), and a Flush with nothing in flight
-	 * has nothing to flush. Borrowing a backend for them would keep it from
-	 * every other client until this one's next query: no ReadyForQuery
-	 * would come to end the "transaction". They are dropped here, as they
-	 * arrive. A Flush with a body is left to the server, which refuses it.
-	 */
-	if (p[0] == FE_COPY_DATA || p[0] == FE_COPY_DONE || p[0] == FE_COPY_FAIL ||
-	    (p[0] == FE_FLUSH && get_u32(p + 1) == 4)) {
-		c->ignore_remaining = 1 + get_u32(p + 1);
-		return true;
-	}
-	if (c->transaction_lost) {
+	case RELAY_LOST: {
 		char *detail = c->lost_detail;
 
 		c->transaction_lost = false;
@@ -2011,23 +1762,11 @@ static bool client_process_idle(struct client *c)
 		free(detail);
 		return c->state == CLIENT_IDLE;
 	}
-	switch (client_answer_idle(c, false)) {
-	case REPLY_IDLE_ANSWERED:
-		return true;
-	case REPLY_IDLE_NEED_MORE:
-	case REPLY_IDLE_TOO_MANY:
-	case REPLY_IDLE_NO_MEMORY:
-		return false;
-	case REPLY_IDLE_BORROW_OR_ANSWER:
-		if (!client_batch_ready(c))
-			return false;
+	case RELAY_BORROW_OR_ANSWER:
 		return client_borrow_for_parse(c);
-	case REPLY_IDLE_BORROW:
+	case RELAY_BORROW:
 		break;
 	}
-	/* Until the batch is here: then it is read again (client_handle_event()). */
-	if (c->transaction_mode && !client_batch_ready(c))
-		return false;
 	/* The loop goes on with the backend linked, the client waiting, or its batch failed. */
 	client_begin_transaction(c);
 	return c->state != CLIENT_CLOSED;
@@ -2203,7 +1942,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		enum io_status st;
 
 		/* Whoever resumed reading, nothing more is read while it would pile up (see there). */
-		if (client_input_blocked(c) || (c->replies_full && c->server)) {
+		if (client_input_blocked(c) || (c->relay.replies_full && c->server)) {
 			c->read_paused = true;
 			io_want_read(&c->io, false);
 			break;

@@ -18,7 +18,7 @@
 #include "params.h"
 #include "pool.h"
 #include "proto.h"
-#include "reply.h"
+#include "relay.h"
 #include "secrets.h"
 #include "strmap.h"
 
@@ -83,7 +83,7 @@ struct client {
 	struct strmap params_startup;  /* params_set as the startup packet gave it: what RESET goes back to */
 	uint64_t params_fingerprint;   /* of the two maps above, valid when params_fingerprint_valid */
 	bool params_fingerprint_valid;
-	struct reply_session relay;    /* its prepared statements, as the reply tracker keeps them (reply.h) */
+	struct relay relay;            /* its prepared statements and what it sent that waits (relay.h) */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */
 	char pin_detail[64];
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
@@ -92,16 +92,12 @@ struct client {
 	                                * verifies the session too, and the backend is RESET ALL after */
 	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
 	                                * (keys only; NULL when none): pg_settings does not list them */
-	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
 	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
 	                                * not one another client just used (pool_borrow()) */
 	char *lost_detail;             /* why, for the DETAIL of the error its next statement gets */
 	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
 	                                * once the client's own statements are on their way */
-	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
-	bool relay_waiting;            /* the next message waits for the answer to an earlier batch */
-	bool replies_full;             /* max_pending_replies are owed: reading waits until half are answered */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
