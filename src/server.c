@@ -28,9 +28,8 @@
 #include "log.h"
 #include "pgmux.h"
 #include "params.h"
-/* Only the connect code (server_connect() and its callbacks) still reads struct pool and struct target. */
-#include "pool.h"
 #include "proto.h"
+#include "target.h"
 #include "util.h"
 #include "worker.h"
 
@@ -75,9 +74,13 @@ void server_set_pool_ops(const struct server_pool_ops *ops)
 }
 
 /* What its log lines say it is: "user@database host:port" (names cut as LOG_NAME cuts them). */
-static void server_set_label(struct server *s, const char *user, const char *database, const char *host, int port)
+static void server_set_label(struct server *s, const struct pool *pool, const struct target *target)
 {
-	snprintf(s->label, sizeof(s->label), LOG_NAME "@" LOG_NAME " %s:%d", user, database, host, port);
+	const char *user, *database, *password;
+
+	pool_ops->login(pool, &user, &database, &password);
+	snprintf(s->label, sizeof(s->label), LOG_NAME "@" LOG_NAME " %s:%d", user, database, target->host,
+		 target->port);
 }
 
 const char *server_param(const struct server *s, const char *name)
@@ -204,10 +207,11 @@ void server_format_address(const struct evutil_addrinfo *res, char *out, size_t 
 
 static void server_start_libpq(struct server *s)
 {
-	struct pool *pool = s->pool;
+	const char *user, *database, *password;
 
 	server_set_state(s, SERVER_CONNECTING);
-	s->pg = server_libpq_start(s->target, s->hostaddr, pool->user, pool->database, pool->password, NULL);
+	pool_ops->login(s->pool, &user, &database, &password);
+	s->pg = server_libpq_start(s->target, s->hostaddr, user, database, password, NULL);
 	if (s->pg == NULL) {
 		server_connect_failed(s, "out of memory", false);
 		return;
@@ -332,8 +336,7 @@ static void server_connect_poll(struct server *s)
 	 * the session (see struct pool's writes_opaque): "limit flag". The
 	 * first connection of a pool asks, then one a minute at most.
 	 */
-	if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) > 0 &&
-	    (s->pool == NULL || !pool_writes_check_due(s->pool, pgmux_now_usec()))) {
+	if (!pool_ops->setup_wanted(s)) {
 		server_setup_done(s, true, NULL);
 		return;
 	}
@@ -389,12 +392,7 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 
 		/* Unreadable: writes stay opaque (fail closed). */
 		(void)sscanf(s->query_value, "%d %d", &limit, &writes_opaque);
-		if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0)
-			pool_learn_cap(s->target, limit);
-		if (s->pool) {
-			pool_set_writes_opaque(s->pool, writes_opaque != 0);
-			__atomic_store_n(&s->pool->writes_checked_usec, pgmux_now_usec(), __ATOMIC_RELAXED);
-		}
+		pool_ops->setup_answered(s, limit, writes_opaque != 0);
 		free(s->query_value);
 		s->query_value = NULL;
 	}
@@ -449,7 +447,7 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	strmap_init(&s->prepared);
 	strmap_init(&s->applied);
 	reply_tracker_init(&s->replies, &s->prepared);
-	server_set_label(s, pool->user, pool->database, target->host, target->port);
+	server_set_label(s, pool, target);
 	list_init(&s->pool_node);
 	list_append(&w->servers, &s->worker_node);
 	pthread_mutex_lock(&registry_lock);

@@ -69,6 +69,12 @@ struct server_client_ops {
 };
 
 struct server_pool_ops {
+	/* The login of a new connection of pool: its user, database, and password as it is now. */
+	void (*login)(const struct pool *pool, const char **user, const char **database, const char **password);
+	/* Must a new connection ask its setup question (the server's limit, whether writes are opaque)? */
+	bool (*setup_wanted)(const struct server *s);
+	/* The answer: what the server allows ordinary roles, and whether the database's code makes writes opaque. */
+	void (*setup_answered)(struct server *s, int server_max, bool writes_opaque);
 	/* A new connection is connected and set up: count it and hand it out. */
 	void (*ready)(struct server *s);
 	/* A new connection failed; answered: the server refused the login (see server.c). */
