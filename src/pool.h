@@ -55,7 +55,7 @@ struct pool {
 	 * a backend of this pool accepted, least recently used last, at most
 	 * POOL_KNOWN_STATEMENTS_PER_BACKEND x max_prepared_statements: a client's
 	 * Parse of one of them outside a transaction is answered without a
-	 * backend (see client_answer_idle()).
+	 * backend (see reply_answer_idle()).
 	 */
 	struct strmap known_statements;
 	/*

@@ -3,7 +3,7 @@
  * message types pgmux looks at, the parsing of startup packets, and one
  * builder for each message pgmux writes itself (ErrorResponse and friends).
  * It knows bytes and their layout; what a message means for a session is
- * decided in client.c and server.c.
+ * decided above it (reply.c, relay.c, server.c).
  */
 #ifndef PGMUX_PROTO_H
 #define PGMUX_PROTO_H
