@@ -31,6 +31,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "prepared.h"
+#include "relay.h"
 #include "server.h"
 #include "session.h"
 #include "sqlscan.h"
@@ -72,6 +73,10 @@ static const char *const client_state_names[] = {
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg);
 static bool client_process_input(struct client *c);
+static void client_resume(struct client *c);
+static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message);
+static const struct server_client_ops client_server_ops;
+static const struct reply_hooks client_reply_hooks;
 static void client_pin(struct client *c, const struct sql_scan_result *scan);
 static void client_link(struct client *c, struct server *s);
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
@@ -153,8 +158,8 @@ static bool client_input_blocked(const struct client *c)
 		return true;
 	if (s == NULL)
 		return false;
-	return c->relay_waiting || io_pending_output(&s->io) >= CLIENT_SERVER_HIGH_WATER ||
-	       (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies);
+	return c->relay.waiting || server_output_pending(s) >= CLIENT_SERVER_HIGH_WATER ||
+	       (c->transaction_mode && server_replies_pending(s) >= (uint32_t)config_current()->max_pending_replies);
 }
 
 void client_flush(struct client *c)
@@ -166,8 +171,8 @@ void client_flush(struct client *c)
 	switch (io_flush(&c->io)) {
 	case IO_OK:
 		/* Drained: the backend may send again. */
-		if (s && s->state == SERVER_ACTIVE && !s->io.reading)
-			io_want_read(&s->io, true);
+		if (s)
+			server_resume_reading(s);
 		/* And the client, if its unread output was what stopped it. */
 		if (c->read_paused && !client_input_blocked(c)) {
 			c->read_paused = false;
@@ -274,8 +279,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	evtimer_add(c->timer, &tv);
 	c->last_activity_usec = c->connect_usec;
 	session_params_init(&c->params);
-	strmap_init(&c->stmts);
-	strmap_init(&c->stmt_names);
+	relay_init(&c->relay, &client_reply_hooks, c);
 	log_client(LOG_LEVEL_DEBUG, c, "new connection");
 	STAT_INC(w, clients_accepted);
 	if (pgmux_clients_open() > cfg->max_client_connections) {
@@ -347,15 +351,13 @@ void client_free(struct client *c)
 	if (c->have_startup)
 		proto_startup_free(&c->startup);
 	login_free(&c->login);
-	free(c->unnamed_parse);
 	free(c->waiter.error);
 	free(c->lost_detail);
 	if (c->admin_session)
 		console->session_free(c);
 	session_params_free(&c->params);
 	client_drop_custom_pending(c);
-	strmap_clear(&c->stmts, prepared_free);
-	params_clear(&c->stmt_names);
+	relay_free(&c->relay);
 	free(c);
 }
 
@@ -372,10 +374,18 @@ void client_drain(struct client *c)
 	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
-void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
+/*
+ * The backend linked to c failed (server_close(), unlinked already). With
+ * transaction pooling the client's transaction fails with an ERROR and its
+ * connection stays usable; a pinned or session-pooled client gets a FATAL
+ * and is closed.
+ */
+static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
 {
 	bool was_in_transaction = s->tx_status == 'T' || s->tx_status == 'E';
 
+	if (c->server == s)
+		c->server = NULL;
 	if (c->state == CLIENT_CLOSED)
 		return;
 	if (s->forward_remaining > 0) {
@@ -394,6 +404,9 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		log_client(LOG_LEVEL_INFO, c, "backend lost while being prepared (%s); borrowing another", message);
 		client_set_state(c, CLIENT_WAITING);
 		client_borrow(c);
+		/* What it sent meanwhile is looked at from the loop (this may run inside its own processing). */
+		if (c->state != CLIENT_CLOSED)
+			io_schedule_read(&c->io);
 		return;
 	}
 	/*
@@ -405,14 +418,13 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 	 * backend, session pooling and anything else end here.
 	 */
 	if (!c->transaction_mode || c->pin_reason || !c->logged_in || c->state != CLIENT_ACTIVE ||
-	    s->forward_remaining > 0 || c->forward_remaining > 0 || s->outstanding > 1) {
+	    s->forward_remaining > 0 || s->frontend_remaining > 0 || s->replies.outstanding > 1) {
 		client_fatal(c, sqlstate, "%s: %s",
 			     c->pin_reason ? "the database connection of this pinned session was lost"
 					   : "lost the connection to the database server",
 			     message);
 		return;
 	}
-	c->server = NULL;
 	/*
 	 * A client that ends its backends (pg_terminate_backend() of its own, in
 	 * a loop, say) must not end the others' one after another: its next
@@ -426,15 +438,15 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 	}
 	log_client_because(LOG_LEVEL_WARNING, c, sqlstate, message,
 			   "backend lost mid-transaction (%s); the client's transaction fails", message);
-	if (s->outstanding > 0) {
+	if (s->replies.outstanding > 0) {
 		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
 				message, NULL);
 		/* Messages sent after the failed batch began belong to it: drop them up to its Sync. */
-		if (s->unsynced)
-			c->discard_until_sync = true;
+		if (s->replies.unsynced)
+			c->relay.discard_until_sync = true;
 		else
 			proto_put_ready(&c->io.out, 'I');
-	} else if (was_in_transaction || s->unsynced) {
+	} else if (was_in_transaction || s->replies.unsynced) {
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
 		free(c->lost_detail);
@@ -450,6 +462,7 @@ void client_cancel_backend(struct client *c)
 	if (c->state == CLIENT_WAITING && c->logged_in) {
 		/* Still queued for a backend: the statement never started; end the wait. */
 		client_fail_batch(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+		client_resume(c);
 		return;
 	}
 	/*
@@ -643,6 +656,7 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	client_fail_batch_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
+	client_resume(c);
 }
 
 static void client_arm_wait_timer(struct client *c)
@@ -722,17 +736,17 @@ void client_wait_ended(struct pool_waiter *waiter)
 		else
 			client_fatal(c, sqlstate, "%s", message);
 		free(message);
+		client_resume(c);
 		return;
 	}
 	waiter->assigned = NULL;
 	if (s == NULL)
 		return;
-	if (server_attach(s, c->worker)) {
+	if (server_attach(s, c->worker))
 		client_link(c, s);
-		return;
-	}
-	/* It died while parked: wait again. */
-	client_borrow(c);
+	else
+		client_borrow(c); /* it died while parked: wait again */
+	client_resume(c);
 }
 
 /*
@@ -749,65 +763,14 @@ static void client_fail_batch_detail(struct client *c, const char *sqlstate, con
 	if (c->state == CLIENT_WAITING)
 		client_set_state(c, CLIENT_IDLE);
 	proto_put_error(&c->io.out, "ERROR", sqlstate, message, detail, NULL);
-	c->discard_until_sync = true;
+	c->relay.discard_until_sync = true;
 	io_want_read(&c->io, true);
-	if (client_process_input(c))
-		client_flush(c);
+	/* Its input (the rest of the batch) is looked at by whoever called, once it is done. */
 }
 
 static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
 {
 	client_fail_batch_detail(c, sqlstate, message, NULL);
-}
-
-static bool client_check_header(struct client *c, const uint8_t *p);
-
-/*
- * Drop buffered messages up to the end of the failed batch. Returns false
- * when more bytes are needed, or when c was closed: a Terminate ends the
- * session here too, and a header pgmux refuses elsewhere (a bad type or
- * length) is refused here as well rather than waited on.
- */
-static bool client_discard_batch(struct client *c)
-{
-	struct iobuf *in = &c->io.in;
-
-	while (c->discard_until_sync) {
-		const uint8_t *p = iobuf_head(in);
-		uint32_t mlen;
-		uint8_t type;
-
-		/* The rest of a message dropped as it arrives, rather than held whole. */
-		if (c->ignore_remaining > 0) {
-			size_t n = iobuf_len(in) < c->ignore_remaining ? iobuf_len(in) : c->ignore_remaining;
-
-			iobuf_consume(in, n);
-			c->ignore_remaining -= (uint32_t)n;
-			if (c->ignore_remaining > 0)
-				return false;
-			continue;
-		}
-		if (iobuf_len(in) < PROTO_HEADER_LEN)
-			return false;
-		type = p[0];
-		if (type == FE_TERMINATE) {
-			client_close(c, "client terminated the session");
-			return false;
-		}
-		if (!client_check_header(c, p))
-			return false;
-		mlen = get_u32(p + 1);
-		if (type != FE_SYNC && type != FE_QUERY) {
-			c->ignore_remaining = 1 + mlen;
-			continue;
-		}
-		if (iobuf_len(in) < 1 + (size_t)mlen)
-			return false;
-		iobuf_consume(in, 1 + (size_t)mlen);
-		c->discard_until_sync = false;
-		proto_put_ready(&c->io.out, 'I');
-	}
-	return true;
 }
 
 /* ------------------------------------------------------ carrying state */
@@ -920,14 +883,13 @@ void client_release_server(struct client *c)
 	}
 	c->server = NULL;
 	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
-	c->reset_all_pending = false;
 	STAT_INC(c->worker, transactions);
 	client_set_state(c, CLIENT_IDLE);
 	if (c->read_paused) {
 		c->read_paused = false;
 		io_want_read(&c->io, true);
 	}
-	s->client = NULL;
+	server_unlink(s);
 	/* The pool may hand s to another worker at once: nothing touches it after this. */
 	pool_release(s);
 	if (c->worker->draining)
@@ -956,16 +918,17 @@ static void client_login_complete(struct client *c)
 	client_flush(c);
 	if (c->state != CLIENT_ACTIVE)
 		return;
-	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && c->forward_remaining == 0 && server_is_clean(s)) {
+	/* Anything the client sent early is processed by whoever called, once it is done. */
+	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && server_is_clean(s))
 		client_release_server(c);
-		return;
-	}
-	/* Anything the client sent early is processed now. */
-	if (iobuf_len(&c->io.in) > 0)
-		client_process_input(c);
 }
 
-/* The backend matches the client's session: log in, or carry on with the transaction. */
+/*
+ * The backend matches the client's session: log in, or carry on with the
+ * transaction. What the client sent meanwhile is relayed by whoever called:
+ * client_process_input()'s loop when the backend came at once, else the
+ * event that completed the setup (client_resume()).
+ */
 static void client_setup_complete(struct client *c)
 {
 	server_set_state(c->server, SERVER_ACTIVE);
@@ -975,10 +938,6 @@ static void client_setup_complete(struct client *c)
 	}
 	client_set_state(c, CLIENT_ACTIVE);
 	io_want_read(&c->io, !c->read_paused);
-	if (!client_process_input(c) || !c->cancel_deferred)
-		return;
-	c->cancel_deferred = false;
-	client_cancel_backend(c);
 }
 
 static void client_setup_done(struct server *s, bool ok, void *arg)
@@ -993,6 +952,7 @@ static void client_setup_done(struct server *s, bool ok, void *arg)
 	/* The query ran init_query again if it had been undone. */
 	s->init_undone = false;
 	client_setup_complete(c);
+	client_resume(c);
 }
 
 /* Does backend s already match the client's session? Cheap: two cached fingerprints. */
@@ -1014,15 +974,11 @@ static void client_link(struct client *c, struct server *s)
 
 	stats_borrow_ended(c);
 	c->fresh_backend = false;
-	s->served = true;
-
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
 	c->server = s;
-	s->client = c;
-	c->unnamed_here = false;
+	server_link(s, c, c->id, &client_server_ops, &c->relay.session, c->transaction_mode);
 	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->client_id, c->id, __ATOMIC_RELAXED);
 	if (c->pin_reason)
 		server_set_pinned(s);
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
@@ -1072,10 +1028,6 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 			   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
 }
 
-/* What a text does that means its session's settings must be read back after it runs. */
-#define CLIENT_SETTINGS_EFFECTS \
-	(SQL_EFFECT_SET_SESSION | SQL_EFFECT_RESET_ALL | SQL_EFFECT_DISCARD_ALL | SQL_EFFECT_OPAQUE)
-
 /*
  * Scan SQL the client sends: pin the session if need be, and note what its
  * settings read-back must cover. Returns the text's SQL_EFFECT_* bits.
@@ -1088,7 +1040,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 	if (scan.pin != SQL_PIN_NONE)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
-		c->reset_all_pending = true;
+		c->relay.session.reset_all_pending = true;
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;
@@ -1096,7 +1048,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 			 SQL_SCAN_MAX_CUSTOM);
 		client_pin(c, &scan);
 	}
-	if (scan.effects & CLIENT_SETTINGS_EFFECTS)
+	if (scan.effects & REPLY_SETTINGS_EFFECTS)
 		c->settings_dirty = true;
 	if (scan.effects & SQL_EFFECT_DEFINES_CODE)
 		pool_set_writes_opaque(c->pool, true);
@@ -1128,382 +1080,54 @@ static void client_rescan_prepared(struct client *c, const struct prepared_stmt 
 		c->settings_dirty = true;
 }
 
-/*
- * PostgreSQL keeps a prepared statement under the first NAMEDATALEN - 1 (63)
- * bytes of its name: longer names that agree on those are one statement.
- * pgmux keys the client's statements the same way (and the reply queue keeps
- * these keys whole).
- */
-#define CLIENT_STMT_KEY_LEN 63
-_Static_assert(sizeof(((struct pending_reply *)0)->client_name) == CLIENT_STMT_KEY_LEN + 1,
-	       "the reply queue must hold a whole statement key");
-
-static const char *client_stmt_key(const char *name, char key[CLIENT_STMT_KEY_LEN + 1])
+/* What the reply tracker asks of the client's session (struct reply_hooks). */
+static unsigned client_hook_scan(void *arg, const char *sql, size_t len)
 {
-	size_t n = strnlen(name, CLIENT_STMT_KEY_LEN);
-
-	memcpy(key, name, n);
-	key[n] = '\0';
-	return key;
+	return client_scan_sql(arg, sql, len);
 }
 
-/*
- * May c have one more named statement? pgmux keeps each one's text for as
- * long as the client holds it, so their number is bounded per client
- * (max_client_prepared_statements); a client over it is told so and closed.
- */
-static bool client_statement_room(struct client *c)
+static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 {
-	int limit = config_current()->max_client_prepared_statements;
+	struct client *c = arg;
 
-	if (c->stmts.count < (size_t)limit)
-		return true;
-	client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
-		     "too many prepared statements: this session holds %d, the limit set by "
-		     "max_client_prepared_statements",
-		     limit);
-	return false;
-}
-
-/*
- * One whole extended-protocol or Query message, with transaction pooling:
- * named statements are rewritten to their server-side names and prepared on
- * this backend when it lacks them, and every reply is announced to the
- * server's reply queue. Returns false, having done nothing, when what the
- * message must do hangs on an earlier batch not answered yet, which the
- * server skips the rest of if it fails: whether the client's statement
- * exists (server_parse_unsettled()), or the backend's copy of it
- * (server_statement_unsettled()).
- */
-/*
- * The client is about to Bind, Describe or Close the unnamed statement on s.
- * PostgreSQL keeps the unnamed statement until the next Parse of it (or a
- * Query), so a backend may hold one that its last client left: a Bind of it
- * with no Parse before it would run that client's text. The first time in
- * a transaction that a client uses it, pgmux puts the client's own there
- * first: the Parse it last sent for it (client_unnamed_parsed()), or, if it
- * has none, a Close of it, after which a Bind fails with 26000 as on a
- * session of the client's own. Should the server skip what pgmux sent (an
- * error earlier in the batch), unnamed_here goes back to false.
- */
-static void client_unnamed_use(struct client *c, struct server *s)
-{
-	if (c->unnamed_here || s->skipping_until_sync)
-		return;
-	if (c->unnamed_parse) {
-		iobuf_append(&s->io.out, c->unnamed_parse, c->unnamed_parse_len);
-		server_expect(s, 'p', NULL);
-	} else {
-		server_unnamed_reset(s);
-	}
-	c->unnamed_here = true;
-}
-
-/* The client Parses the unnamed statement (msg, 1 + mlen bytes): it is the client's from now on. */
-static void client_unnamed_parsed(struct client *c, struct server *s, const uint8_t *msg, size_t mlen)
-{
-	uint8_t *copy = malloc(1 + mlen);
-
-	free(c->unnamed_parse);
-	c->unnamed_parse = copy;
-	c->unnamed_parse_len = copy ? 1 + mlen : 0;
-	if (copy)
-		memcpy(copy, msg, 1 + mlen);
-	if (!s->skipping_until_sync)
-		c->unnamed_here = true;
-}
-
-static bool client_forward_tracked(struct client *c, struct server *s, uint8_t type, const uint8_t *msg, size_t mlen)
-{
-	const uint8_t *body = msg + PROTO_HEADER_LEN;
-	size_t blen = mlen - 4;
-	struct msg_reader r;
-	const char *name;
-	struct strmap_entry *e;
-	char key[CLIENT_STMT_KEY_LEN + 1];
-
-	/* After an error the server ignores everything up to Sync: pass it on untouched. */
-	if (s->skipping_until_sync && type != FE_SYNC) {
-		iobuf_append(&s->io.out, msg, 1 + mlen);
-		return true;
-	}
-	msg_reader_init(&r, body, blen);
-	switch (type) {
-	case FE_QUERY:
-		/*
-		 * Only a text PostgreSQL will run: one string and its NUL, nothing
-		 * after. A malformed Query is refused without running anything, and
-		 * must not pin the session on what a scan of its bytes guesses.
-		 */
-		if (blen > 0 && memchr(body, '\0', blen) == body + blen - 1)
-			client_scan_sql(c, (const char *)body, blen - 1);
-		/* A Query destroys the unnamed statement: none is left for the client, as directly. */
-		if (!s->skipping_until_sync) {
-			free(c->unnamed_parse);
-			c->unnamed_parse = NULL;
-			c->unnamed_here = true;
-		}
-		break;
-	case FE_PARSE: {
-		const char *client_name;
-		struct prepared_stmt *st, *taken = NULL;
-		unsigned effects = 0;
-
-		name = msg_read_str(&r);
-		const char *query = msg_read_str(&r);
-
-		/* Is the name taken? Not if that Parse is skipped. */
-		if (name && name[0] && server_parse_unsettled(s, client_stmt_key(name, key), false))
-			return false;
-		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
-		if (name && name[0] && st == NULL && errno == ENOMEM) {
-			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-			return true; /* c is closed */
-		}
-		if (st && (e = strmap_find(&c->stmts, key)) != NULL)
-			taken = e->value;
-		/* Has the backend the statement (the one that has the name, if taken) already? */
-		if (st && server_statement_unsettled(s, taken ? taken->server_name : st->server_name, key)) {
-			prepared_free(st);
-			return false;
-		}
-		if (name && query)
-			effects = client_scan_sql(c, query, strlen(query));
-		if (name && name[0] == '\0')
-			client_unnamed_parsed(c, s, msg, mlen);
-		if (st == NULL)
-			break; /* unnamed (or malformed: the server says why) */
-		if (taken) {
-			/* The backend refuses it, as PostgreSQL would (see server_parse_taken()). */
-			server_parse_taken(s, taken, st);
-			prepared_free(st);
-			return true;
-		}
-		if (!client_statement_room(c)) {
-			prepared_free(st);
-			return true; /* c is closed */
-		}
-		st->sets_session = (effects & CLIENT_SETTINGS_EFFECTS) != 0;
-		st->writes = (effects & SQL_EFFECT_WRITE) != 0;
-		strmap_insert(&c->stmts, key, st);
-		params_put(&c->stmt_names, st->server_name, key);
-		server_parse(s, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0);
-		return true;
-	}
-	case FE_BIND:
-		if (msg_read_str(&r) == NULL || (name = msg_read_str(&r)) == NULL)
-			break; /* malformed: the server answers as it would directly */
-		if (name[0] == '\0') {
-			client_unnamed_use(c, s);
-			break;
-		}
-		/*
-		 * A Parse that pgmux answered itself (the backend had the
-		 * statement) must not make this Bind work if it is skipped.
-		 */
-		if (server_parse_unsettled(s, client_stmt_key(name, key), true))
-			return false;
-		if ((e = strmap_find(&c->stmts, key)) == NULL)
-			break; /* unknown: the server answers as it would directly */
-		if (server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key))
-			return false;
-		if (((struct prepared_stmt *)e->value)->sets_session) {
-			client_rescan_prepared(c, e->value);
-		} else if (((struct prepared_stmt *)e->value)->writes && pool_writes_opaque(c->pool)) {
-			/* A trigger or a default may run code that changes the session (struct pool). */
-			c->state_unverified = true;
-			c->settings_dirty = true;
-		}
-		server_ensure_prepared(s, e->value);
-		prepared_rewrite(&s->io.out, FE_BIND, body, blen, (size_t)((const uint8_t *)name - body), strlen(name),
-				 ((struct prepared_stmt *)e->value)->server_name);
-		server_expect(s, FE_BIND, NULL);
-		return true;
-	case FE_DESCRIBE:
-	case FE_CLOSE: {
-		uint8_t kind;
-
-		/* Bytes after the name make the message malformed: the server refuses it, as it would directly. */
-		if (msg_read_u8(&r, &kind) != 0 || kind != 'S' || (name = msg_read_str(&r)) == NULL || r.pos != blen)
-			break;
-		if (name[0] == '\0') {
-			client_unnamed_use(c, s);
-			break;
-		}
-		e = strmap_find(&c->stmts, client_stmt_key(name, key));
-		if (type == FE_CLOSE) {
-			/* Answered by pgmux: the server-side statement stays for others. */
-			server_close_owed(s, key);
-			return true;
-		}
-		/* As for a Bind. */
-		if (server_parse_unsettled(s, key, true) ||
-		    (e && server_statement_unsettled(s, ((struct prepared_stmt *)e->value)->server_name, key)))
-			return false;
-		if (e == NULL)
-			break;
-		server_ensure_prepared(s, e->value);
-		prepared_rewrite(&s->io.out, FE_DESCRIBE, body, blen, 1, strlen(name),
-				 ((struct prepared_stmt *)e->value)->server_name);
-		server_expect(s, FE_DESCRIBE, NULL);
-		return true;
-	}
-	default:
-		break;
-	}
-	iobuf_append(&s->io.out, msg, 1 + mlen);
-	server_expect(s, (char)type, NULL);
-	return true;
-}
-
-/*
- * Does pgmux hold a message of this type whole before it goes on? With
- * transaction pooling it does for every message it looks inside (see
- * client_relay()): all but COPY data and a bare Flush.
- */
-static bool client_holds_whole(const struct client *c, uint8_t type, uint32_t mlen)
-{
-	return c->transaction_mode && (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA &&
-	       type != FE_COPY_DONE && type != FE_COPY_FAIL;
-}
-
-/*
- * Check the header of the client's next message (type, length p[1..4]):
- * false, with c closed and told why, when it is not a frontend message, longer
- * than max_packet_size, or one pgmux must hold whole (client_holds_whole())
- * longer than max_buffered_message_size. Checked before a backend is
- * borrowed for it, and before any of it is buffered beyond a read.
- */
-static bool client_check_header(struct client *c, const uint8_t *p)
-{
-	const struct config *cfg = config_current();
-	uint32_t mlen = get_u32(p + 1);
-
-	/*
-	 * A password message belongs to authentication, which is over by now:
-	 * PostgreSQL ends the session for one, and so does pgmux, before it
-	 * reaches a backend (with transaction pooling, one other clients use).
-	 */
-	if (!proto_valid_frontend_type(p[0]) || p[0] == FE_PASSWORD || mlen < 4) {
-		client_fatal(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d", p[0]);
-		return false;
-	}
-	if (mlen - 4 > (uint32_t)cfg->max_packet_size) {
-		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED, "message of %u bytes exceeds max_packet_size (%d bytes)",
-			     mlen - 4, cfg->max_packet_size);
-		return false;
-	}
-	if (mlen - 4 > (uint32_t)cfg->max_buffered_message_size && client_holds_whole(c, p[0], mlen)) {
-		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
-			     "message of %u bytes exceeds max_buffered_message_size (%d bytes), the largest message "
-			     "pgmux holds whole with transaction pooling",
-			     mlen - 4, cfg->max_buffered_message_size);
-		return false;
-	}
-	return true;
-}
-
-/* Follow the transaction state of backend s as the client's next message goes to it. */
-static void client_count_message(struct client *c, struct server *s, uint8_t type)
-{
-	stats_message_sent(c, s, type);
-	switch (type) {
-	case FE_QUERY:
-	case FE_FUNCTION_CALL:
-		/*
-		 * After an error in an extended-protocol batch the server skips
-		 * everything up to the next Sync, a Query too: it gets no
-		 * ReadyForQuery. With transaction pooling pgmux knows when.
-		 */
-		if (c->transaction_mode && s->skipping_until_sync)
-			break;
-		s->outstanding++;
-		if (type == FE_FUNCTION_CALL)
-			break;
-		s->unsynced = false;
-		STAT_INC(c->worker, queries);
-		break;
-	case FE_SYNC:
-		s->outstanding++;
-		s->unsynced = false;
-		STAT_INC(c->worker, queries);
-		break;
-	case FE_PARSE:
-	case FE_BIND:
-	case FE_EXECUTE:
-	case FE_DESCRIBE:
-	case FE_CLOSE:
-		s->unsynced = true;
-		break;
-	default:
-		/* Flush and the COPY sub-protocol leave the transaction state alone. */
-		break;
+	if (st->sets_session) {
+		client_rescan_prepared(c, st);
+	} else if (st->writes && pool_writes_opaque(c->pool)) {
+		/* A trigger or a default may run code that changes the session (struct pool). */
+		c->state_unverified = true;
+		c->settings_dirty = true;
 	}
 }
 
-/* Forward complete and partial messages to the backend. Returns false if c was closed. */
+static bool client_hook_known(void *arg, const char *server_name)
+{
+	return pool_statement_known(((struct client *)arg)->pool, server_name);
+}
+
+static const struct reply_hooks client_reply_hooks = {
+	.scan = client_hook_scan,
+	.bound = client_hook_bound,
+	.known = client_hook_known,
+};
+
+/* Relay what the client sent to its backend (relay_to_backend()). Returns false if c was closed. */
 static bool client_relay(struct client *c)
 {
 	struct server *s = c->server;
-	struct iobuf *in = &c->io.in;
+	struct relay_refusal why;
 
-	c->relay_waiting = false;
-	c->replies_full = false;
-	while (iobuf_len(in) > 0) {
-		const uint8_t *p = iobuf_head(in);
-		size_t avail = iobuf_len(in);
-		uint8_t type;
-		uint32_t mlen;
-		size_t n;
-
-		if (c->forward_remaining > 0) {
-			n = avail < c->forward_remaining ? avail : c->forward_remaining;
-			iobuf_append(&s->io.out, p, n);
-			iobuf_consume(in, n);
-			c->forward_remaining -= (uint32_t)n;
-			continue;
-		}
-		if (avail < PROTO_HEADER_LEN)
-			break;
-		/* Until the backend has answered half of them (client_replies_arrived()). */
-		if (c->transaction_mode && s->replies.count >= (uint32_t)config_current()->max_pending_replies) {
-			c->replies_full = true;
-			break;
-		}
-		if (!client_check_header(c, p))
-			return false;
-		type = p[0];
-		mlen = get_u32(p + 1);
-		if (type == FE_TERMINATE) {
-			iobuf_consume(in, PROTO_HEADER_LEN);
-			client_close(c, "client terminated the session");
-			return false;
-		}
-		/*
-		 * A Flush has no reply, unless it has a body: then the server
-		 * refuses it (and skips to the next Sync), and that error must be
-		 * matched with it, not with the next message in the reply queue.
-		 */
-		if (client_holds_whole(c, type, mlen)) {
-			/* pgmux looks inside these: wait for the whole message. */
-			if (avail < 1 + (size_t)mlen)
-				break;
-			if (!client_forward_tracked(c, s, type, p, mlen)) {
-				/* Until the earlier batch is answered (client_replies_arrived()). */
-				c->relay_waiting = true;
-				break;
-			}
-			if (c->state == CLIENT_CLOSED)
-				return false;
-			client_count_message(c, s, type);
-			iobuf_consume(in, 1 + (size_t)mlen);
-			continue;
-		}
-		client_count_message(c, s, type);
-		n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
-		iobuf_append(&s->io.out, p, n);
-		iobuf_consume(in, n);
-		c->forward_remaining = (uint32_t)(1 + mlen - n);
+	/* A transaction's clock starts with its first message, if client_begin_transaction() did not start it. */
+	if (c->txn_start_usec == 0)
+		c->txn_start_usec = pgmux_now_usec();
+	switch (relay_to_backend(&c->relay, &c->io.in, s, c->transaction_mode, &why)) {
+	case RELAY_TERMINATE:
+		client_close(c, "client terminated the session");
+		return false;
+	case RELAY_FATAL:
+		client_fatal(c, why.sqlstate, "%s", why.message);
+		return false;
+	default:
+		break;
 	}
 	server_flush(s);
 	if (c->state == CLIENT_CLOSED)
@@ -1512,182 +1136,30 @@ static bool client_relay(struct client *c)
 	if (c->state == CLIENT_CLOSED)
 		return false;
 	/* Nothing more is relayed while a message waits: no more is read either. */
-	if (c->server && (c->replies_full || client_input_blocked(c))) {
+	if (c->server && (c->relay.replies_full || client_input_blocked(c))) {
 		c->read_paused = true;
 		io_want_read(&c->io, false);
 	}
 	return true;
 }
 
-void client_replies_arrived(struct client *c)
+/* The backend linked to c answered something: a message waiting for that may go now. */
+static void client_replies_arrived(struct client *c)
 {
 	if (c->state == CLIENT_CLOSED)
 		return;
-	if (!c->relay_waiting) {
+	if (!c->relay.waiting) {
 		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
-		if (!c->replies_full || (c->server && c->server->replies.count >
-							     (uint32_t)config_current()->max_pending_replies / 2))
+		if (!c->relay.replies_full ||
+		    (c->server && server_replies_pending(c->server) > (uint32_t)config_current()->max_pending_replies / 2))
 			return;
 	}
 	/* Try the waiting message again (from the loop, as input left from before). */
-	c->relay_waiting = false;
-	c->replies_full = false;
+	c->relay.waiting = false;
+	c->relay.replies_full = false;
 	c->read_paused = false;
 	io_want_read(&c->io, true);
 	io_schedule_read(&c->io);
-}
-
-/*
- * What pgmux answers alone for a client outside a transaction, with no
- * backend. There a Sync only says ReadyForQuery 'I'; a Close of a statement
- * drops pgmux's record of it (the server-side statement stays for others, as
- * with server_close_owed()); a Close of a portal closes nothing (none
- * outlives its transaction); and a Parse of a named statement creates only
- * pgmux's record, as the backend prepares it when a message first uses it
- * (server_ensure_prepared()). This matters beyond saving a borrow: libpq's
- * PQprepare() waits for its Parse and Sync, and a program that drives several
- * connections from one thread (pgbench -M prepared) would wait there, for a
- * backend, while its other connections hold every backend inside their
- * transactions, which only it can end.
- *
- * A Parse is the backend's to judge, though: pgmux answers it alone when a
- * backend of the pool accepted the same text and parameter types before
- * (pool_statement_known()), or, with unjudged set, when no backend could take
- * it without waiting for another client's transaction to end (see
- * client_borrow_for_parse()). A text the backend then refuses fails the first
- * message that uses it, with the backend's error (and pgmux forgets that the
- * text was good, so the next Parse of it is judged again).
- */
-enum idle_answer {
-	IDLE_ANSWERED,         /* answered; the message is consumed */
-	IDLE_NEED_MORE,        /* the message is not all here yet */
-	IDLE_BORROW,           /* it needs a backend */
-	IDLE_BORROW_OR_ANSWER, /* a Parse that a backend should judge, if one can be had now */
-	IDLE_CLOSED,           /* the client was closed (over a limit) */
-};
-
-/*
- * Does the batch that begins with the client's next message hold only what
- * pgmux answers alone (Parse, Close, Flush) up to its Sync? A Parse answered
- * here in a batch that goes on to a Bind would only move the server's
- * verdict on its text from the Parse to the Bind. IDLE_NEED_MORE when the
- * batch is not all here and no Flush asked for answers yet (PostgreSQL would
- * not answer before either); IDLE_ANSWERED when it may be answered here.
- */
-static enum idle_answer client_batch_answerable(const struct client *c)
-{
-	const uint8_t *p = iobuf_head(&c->io.in);
-	size_t avail = iobuf_len(&c->io.in), off = 0;
-	uint8_t last = 0;
-
-	while (avail - off >= PROTO_HEADER_LEN) {
-		uint8_t type = p[off];
-		uint32_t len = get_u32(p + off + 1);
-
-		if (len < 4 || len - 4 > (uint32_t)config_current()->max_packet_size ||
-		    (type != FE_PARSE && type != FE_CLOSE && type != FE_FLUSH && type != FE_SYNC))
-			return IDLE_BORROW;
-		if (type == FE_SYNC)
-			return IDLE_ANSWERED;
-		if (avail - off < 1 + (size_t)len)
-			return IDLE_NEED_MORE;
-		last = type;
-		off += 1 + (size_t)len;
-	}
-	return last == FE_FLUSH ? IDLE_BORROW : IDLE_NEED_MORE;
-}
-
-static enum idle_answer client_answer_idle(struct client *c, bool unjudged)
-{
-	const uint8_t *p = iobuf_head(&c->io.in);
-	uint8_t type = p[0];
-	uint32_t mlen = get_u32(p + 1);
-	const uint8_t *body = p + PROTO_HEADER_LEN;
-	size_t blen = mlen - 4;
-	char key[CLIENT_STMT_KEY_LEN + 1];
-	struct msg_reader r;
-	struct strmap_entry *e;
-
-	if (!c->transaction_mode || (type != FE_SYNC && type != FE_PARSE && type != FE_CLOSE))
-		return IDLE_BORROW;
-	if (iobuf_len(&c->io.in) < 1 + (size_t)mlen)
-		return IDLE_NEED_MORE;
-	msg_reader_init(&r, body, blen);
-	switch (type) {
-	case FE_SYNC:
-		if (blen != 0)
-			return IDLE_BORROW; /* malformed: the server says why */
-		proto_put_ready(&c->io.out, 'I');
-		break;
-	case FE_CLOSE: {
-		const char *name;
-		uint8_t kind;
-
-		if (msg_read_u8(&r, &kind) != 0 || (kind != 'S' && kind != 'P') || (name = msg_read_str(&r)) == NULL ||
-		    r.pos != blen)
-			return IDLE_BORROW;
-		if (kind == 'S' && (e = strmap_find(&c->stmts, client_stmt_key(name, key))) != NULL)
-			prepared_free(strmap_delete(&c->stmts, e));
-		iobuf_append_u8(&c->io.out, BE_CLOSE_COMPLETE);
-		iobuf_append_u32(&c->io.out, 4);
-		break;
-	}
-	case FE_PARSE: {
-		struct sql_scan_result scan;
-		struct prepared_stmt *st;
-		const char *name = msg_read_str(&r), *query = msg_read_str(&r), *client_name;
-		enum idle_answer batch;
-		bool taken;
-
-		/* The unnamed statement, a malformed message: as usual. */
-		if (name == NULL || query == NULL || name[0] == '\0')
-			return IDLE_BORROW;
-		if ((batch = client_batch_answerable(c)) != IDLE_ANSWERED)
-			return batch;
-		taken = strmap_find(&c->stmts, client_stmt_key(name, key)) != NULL;
-		/* A text that pins the session pins it on a backend; one that defines code, likewise, to be seen. */
-		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
-		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow || (scan.effects & SQL_EFFECT_DEFINES_CODE))
-			return IDLE_BORROW;
-		if ((st = prepared_from_parse(body, blen, &client_name)) == NULL) {
-			if (errno != ENOMEM)
-				return IDLE_BORROW;
-			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-			return IDLE_CLOSED;
-		}
-		if (!unjudged && !pool_statement_known(c->pool, st->server_name)) {
-			prepared_free(st);
-			return IDLE_BORROW_OR_ANSWER;
-		}
-		if (taken) {
-			/* PostgreSQL's answer once the text passed its checks; the rest of the batch is skipped. */
-			char message[300];
-
-			prepared_free(st);
-			snprintf(message, sizeof(message), "prepared statement \"%.256s\" already exists", name);
-			proto_put_error(&c->io.out, "ERROR", SQLSTATE_DUPLICATE_PREPARED_STATEMENT, message, NULL, NULL);
-			iobuf_consume(&c->io.in, 1 + (size_t)mlen);
-			c->discard_until_sync = true;
-			return IDLE_ANSWERED;
-		}
-		if (!client_statement_room(c)) {
-			prepared_free(st);
-			return IDLE_CLOSED;
-		}
-		st->sets_session = (scan.effects & CLIENT_SETTINGS_EFFECTS) != 0;
-		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
-		strmap_insert(&c->stmts, key, st);
-		params_put(&c->stmt_names, st->server_name, key);
-		iobuf_append_u8(&c->io.out, BE_PARSE_COMPLETE);
-		iobuf_append_u32(&c->io.out, 4);
-		STAT_INC(c->worker, parses_answered);
-		if (unjudged)
-			STAT_INC(c->worker, parses_unjudged);
-		break;
-	}
-	}
-	iobuf_consume(&c->io.in, 1 + (size_t)mlen);
-	return IDLE_ANSWERED;
 }
 
 /*
@@ -1705,91 +1177,50 @@ static bool client_borrow_for_parse(struct client *c)
 	client_set_state(c, CLIENT_WAITING);
 	result = pool_borrow(c->pool, &c->waiter, c->fresh_backend, &s, &error);
 	if (result == POOL_QUEUED && !pool_backend_coming(c->pool)) {
+		struct relay_refusal why;
+
 		pool_cancel_wait(&c->waiter);
 		client_set_state(c, CLIENT_IDLE);
-		return client_answer_idle(c, true) == IDLE_ANSWERED;
+		switch (relay_answer_unjudged(&c->relay, &c->io.in, &c->io.out, &why)) {
+		case RELAY_PARSE_ANSWERED:
+			STAT_INC(c->worker, parses_answered);
+			STAT_INC(c->worker, parses_unjudged);
+			return true;
+		case RELAY_ANSWERED:
+			return true;
+		case RELAY_FATAL:
+			client_fatal(c, why.sqlstate, "%s", why.message);
+			return false;
+		default:
+			return false;
+		}
 	}
 	client_borrow_result(c, result, s, error);
-	return c->state == CLIENT_ACTIVE;
-}
-
-/*
- * Is enough of what the idle client sent here to borrow a backend for it?
- * A backend borrowed for part of a message waits, with every other client
- * of the pool, for the rest, which a stalled client never sends: two
- * clients could hold a pool of two that way. So the first message must be
- * whole (it is held whole anyway, within max_buffered_message_size), and
- * so must the batch it begins, up to what makes PostgreSQL answer (Sync,
- * Flush, Query, FunctionCall): before that the client expects nothing
- * back, so waiting for it costs it nothing. Past CLIENT_EARLY_INPUT_LIMIT
- * of a batch, though, the backend is borrowed rather than more held.
- */
-static bool client_batch_ready(const struct client *c)
-{
-	const uint8_t *p = iobuf_head(&c->io.in);
-	size_t avail = iobuf_len(&c->io.in), off = 0;
-
-	while (avail - off >= PROTO_HEADER_LEN) {
-		uint8_t type = p[off];
-		uint32_t mlen = get_u32(p + off + 1);
-		size_t len = 1 + (size_t)mlen;
-
-		/* A header pgmux refuses is refused now, where the relay checks it (client_check_header()). */
-		if (!proto_valid_frontend_type(type) || type == FE_PASSWORD || mlen < 4 ||
-		    mlen - 4 > (uint32_t)config_current()->max_buffered_message_size)
-			return true;
-		if (avail - off < len)
-			break;
-		if (type == FE_SYNC || type == FE_FLUSH || type == FE_QUERY || type == FE_FUNCTION_CALL ||
-		    type == FE_TERMINATE)
-			return true;
-		off += len;
-	}
-	return off > 0 && avail >= CLIENT_EARLY_INPUT_LIMIT;
+	return c->state != CLIENT_CLOSED;
 }
 
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
 static bool client_process_idle(struct client *c)
 {
-	const uint8_t *p = iobuf_head(&c->io.in);
+	struct relay_refusal why;
 
-	if (c->discard_until_sync) {
-		if (!client_discard_batch(c))
-			return false;
-		if (c->discard_until_sync)
-			return false;
-		client_flush(c);
-		return c->state == CLIENT_IDLE;
-	}
-	if (c->ignore_remaining > 0) {
-		size_t n = iobuf_len(&c->io.in) < c->ignore_remaining ? iobuf_len(&c->io.in) : c->ignore_remaining;
-
-		iobuf_consume(&c->io.in, n);
-		c->ignore_remaining -= (uint32_t)n;
+	switch (relay_between_transactions(&c->relay, &c->io.in, &c->io.out, c->transaction_mode, c->transaction_lost,
+					   &why)) {
+	case RELAY_ANSWERED:
 		return true;
-	}
-	if (iobuf_len(&c->io.in) < PROTO_HEADER_LEN)
+	case RELAY_PARSE_ANSWERED:
+		STAT_INC(c->worker, parses_answered);
+		return true;
+	case RELAY_NEED_MORE:
+	case RELAY_WAIT:
 		return false;
-	if (p[0] == FE_TERMINATE) {
+	case RELAY_TERMINATE:
 		client_close(c, "client terminated the session");
 		return false;
-	}
-	if (!client_check_header(c, p))
+	case RELAY_FATAL:
+		client_fatal(c, why.sqlstate, "%s", why.message);
 		return false;
-	/*
-	 * PostgreSQL ignores COPY messages outside a COPY (the rest of a COPY
-	 * that failed, still on its way), and a Flush with nothing in flight
-	 * has nothing to flush. Borrowing a backend for them would keep it from
-	 * every other client until this one's next query: no ReadyForQuery
-	 * would come to end the "transaction". They are dropped here, as they
-	 * arrive. A Flush with a body is left to the server, which refuses it.
-	 */
-	if (p[0] == FE_COPY_DATA || p[0] == FE_COPY_DONE || p[0] == FE_COPY_FAIL ||
-	    (p[0] == FE_FLUSH && get_u32(p + 1) == 4)) {
-		c->ignore_remaining = 1 + get_u32(p + 1);
-		return true;
-	}
-	if (c->transaction_lost) {
+	case RELAY_LOST: {
 		char *detail = c->lost_detail;
 
 		c->transaction_lost = false;
@@ -1801,27 +1232,22 @@ static bool client_process_idle(struct client *c)
 		free(detail);
 		return c->state == CLIENT_IDLE;
 	}
-	switch (client_answer_idle(c, false)) {
-	case IDLE_ANSWERED:
-		return true;
-	case IDLE_NEED_MORE:
-	case IDLE_CLOSED:
-		return false;
-	case IDLE_BORROW_OR_ANSWER:
-		if (!client_batch_ready(c))
-			return false;
+	case RELAY_BORROW_OR_ANSWER:
 		return client_borrow_for_parse(c);
-	case IDLE_BORROW:
+	case RELAY_BORROW:
 		break;
 	}
-	/* Until the batch is here: then it is read again (client_handle_event()). */
-	if (c->transaction_mode && !client_batch_ready(c))
-		return false;
+	/* The loop goes on with the backend linked, the client waiting, or its batch failed. */
 	client_begin_transaction(c);
-	return c->state == CLIENT_ACTIVE;
+	return c->state != CLIENT_CLOSED;
 }
 
-/* Act on buffered input for the current state. Returns false if c was closed. */
+/*
+ * Act on buffered input for the current state, as long as it moves on.
+ * Returns false if c was closed. Nothing it calls calls it again: an event
+ * that moves a client on without input of its own (a backend came, a wait
+ * ended) calls client_resume() once it is done.
+ */
 static bool client_process_input(struct client *c)
 {
 	for (;;) {
@@ -1833,7 +1259,8 @@ static bool client_process_input(struct client *c)
 				return true;
 			continue;
 		case CLIENT_AUTH:
-			if (!client_process_auth(c))
+			/* Past authentication (its backend may be linked already), what it sent early goes on. */
+			if (!client_process_auth(c) && (c->state == CLIENT_AUTH || c->state == CLIENT_CLOSED))
 				return c->state != CLIENT_CLOSED;
 			continue;
 		case CLIENT_ACTIVE:
@@ -1872,9 +1299,10 @@ static bool client_holds_waiting_backend(const struct client *c)
 
 	if (c->state != CLIENT_ACTIVE || c->admin || s == NULL || s->state != SERVER_ACTIVE)
 		return false;
-	if (s->outstanding > 0 || s->replies.count > 0 || s->forward_remaining > 0 || iobuf_len(&s->io.out) > 0)
+	if (s->replies.outstanding > 0 || server_replies_pending(s) > 0 || s->forward_remaining > 0 ||
+	    server_output_pending(s) > 0)
 		return false; /* the backend is working, or the client is not taking its answer */
-	return s->tx_status != 'I' || s->unsynced || c->forward_remaining > 0 || iobuf_len(&c->io.in) > 0;
+	return s->tx_status != 'I' || s->replies.unsynced || s->frontend_remaining > 0 || iobuf_len(&c->io.in) > 0;
 }
 
 void client_janitor(struct client *c, uint64_t now)
@@ -1985,7 +1413,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		enum io_status st;
 
 		/* Whoever resumed reading, nothing more is read while it would pile up (see there). */
-		if (client_input_blocked(c) || (c->replies_full && c->server)) {
+		if (client_input_blocked(c) || (c->relay.replies_full && c->server)) {
 			c->read_paused = true;
 			io_want_read(&c->io, false);
 			break;
@@ -2019,3 +1447,70 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 	if (budget == 0)
 		io_schedule_read(&c->io);
 }
+
+/*
+ * Something other than the client's own input moved c on (a backend came, a
+ * wait ended, pgmux's query on its backend was answered): act on what it
+ * sent meanwhile, then forward a cancel held while its backend was being
+ * prepared. Called at the end of such an event only, never from inside
+ * client_process_input().
+ */
+static void client_resume(struct client *c)
+{
+	if (c->state == CLIENT_CLOSED || !client_process_input(c))
+		return;
+	if (c->state == CLIENT_IDLE && (iobuf_len(&c->io.out) > 0 || c->io.out.failed))
+		client_flush(c);
+	if (c->state == CLIENT_CLOSED || !c->cancel_deferred)
+		return;
+	c->cancel_deferred = false;
+	client_cancel_backend(c);
+}
+
+/* ------------------------------------------------ what the backend tells us */
+
+static void client_deliver(struct client *c, const uint8_t *bytes, size_t n)
+{
+	iobuf_append(&c->io.out, bytes, n);
+}
+
+static bool client_congested(const struct client *c)
+{
+	return io_pending_output(&c->io) >= CLIENT_OUTPUT_HIGH_WATER;
+}
+
+static void client_on_replies(struct client *c, struct server *s, bool over)
+{
+	client_flush(c);
+	client_replies_arrived(c);
+	/* The transaction is over: give the backend back (the last use of it here). */
+	if (over && c->state != CLIENT_CLOSED && c->server == s)
+		client_release_server(c);
+}
+
+static void client_on_drained(struct client *c)
+{
+	if (c->read_paused) {
+		c->read_paused = false;
+		io_want_read(&c->io, true);
+	}
+}
+
+static void client_on_parameter(struct client *c, const char *name, const char *value)
+{
+	int index = params_carried_index(name);
+
+	/* The session is the client's: what it changes follows it to other backends. */
+	if (c->logged_in && index >= 0)
+		client_set_reported(c, index, value);
+}
+
+static const struct server_client_ops client_server_ops = {
+	.deliver = client_deliver,
+	.congested = client_congested,
+	.replies_arrived = client_on_replies,
+	.drained = client_on_drained,
+	.ready_for_query = stats_ready_for_query,
+	.parameter = client_on_parameter,
+	.lost = client_server_lost,
+};

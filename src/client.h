@@ -22,6 +22,7 @@
 #include "params.h"
 #include "pool.h"
 #include "proto.h"
+#include "relay.h"
 #include "session.h"
 #include "strmap.h"
 
@@ -57,38 +58,27 @@ struct client {
 	enum pool_endpoint endpoint; /* which port it came in on: writer or reader */
 	struct pool *pool;
 	struct server *server;
-	uint32_t forward_remaining;
 	bool read_paused; /* back-pressure: the server's output is full */
 	bool logged_in;   /* the client has had its ReadyForQuery after authentication */
 	bool transaction_mode; /* pool_mode at login: borrow a backend per transaction */
 
 	/* Session state pgmux carries from backend to backend (transaction pooling). */
 	struct session_params params;  /* its parameters (session.h); read back when settings_dirty */
-	struct strmap stmts;           /* named prepared statements: client name -> struct prepared_stmt */
-	struct strmap stmt_names;      /* server-side name -> the client's name, for error messages */
+	struct relay relay;            /* its prepared statements and what it sent that waits (relay.h) */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */
 	char pin_detail[64];
-	bool reset_all_pending;        /* a RESET ALL was sent; its CommandComplete clears parameters */
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
 	                                * session's settings back before the backend goes */
 	bool state_unverified;         /* it ran code pgmux cannot read (SQL_EFFECT_OPAQUE): the read-back
 	                                * verifies the session too, and the backend is RESET ALL after */
 	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
 	                                * (keys only; NULL when none): pg_settings does not list them */
-	bool discard_until_sync;       /* a borrow failed mid-batch: drop messages up to Sync */
 	bool transaction_lost;         /* its backend died inside a transaction block */
 	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
 	                                * not one another client just used (pool_borrow()) */
 	char *lost_detail;             /* why, for the DETAIL of the error its next statement gets */
 	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
 	                                * once the client's own statements are on their way */
-	uint32_t ignore_remaining;     /* idle: bytes still to drop of a message no backend needs */
-	bool relay_waiting;            /* the next message waits for the answer to an earlier batch */
-	bool unnamed_here;             /* the backend's unnamed statement is this client's (or none):
-	                                * cleared at each link, see client_unnamed_use() */
-	uint8_t *unnamed_parse;        /* the client's last Parse of the unnamed statement, whole */
-	size_t unnamed_parse_len;
-	bool replies_full;             /* max_pending_replies are owed: reading waits until half are answered */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
@@ -150,16 +140,6 @@ void client_cancel_backend(struct client *c);
 
 /* The server linked to c has data for it or drained: resume/pause reading. */
 void client_flush(struct client *c);
-
-/* The backend linked to c answered something: a message waiting for that may go now. */
-void client_replies_arrived(struct client *c);
-
-/*
- * The backend linked to c failed. With transaction pooling the client's
- * transaction fails with an ERROR and its connection stays usable; a pinned
- * or session-pooled client gets a FATAL and is closed.
- */
-void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message);
 
 /* Send a FATAL ErrorResponse (best effort, non-blocking) and close. */
 void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)

@@ -40,17 +40,6 @@ void stats_borrow_ended(struct client *c)
 			   (unsigned long long)(waited / 1000), threshold_ms);
 }
 
-void stats_message_sent(struct client *c, struct server *s, uint8_t type)
-{
-	bool query = type == FE_QUERY || type == FE_SYNC || type == FE_FUNCTION_CALL;
-
-	if (c->txn_start_usec == 0)
-		c->txn_start_usec = pgmux_now_usec();
-	/* Pipelined queries: the next one's clock starts when the one before it is answered. */
-	if (query && s->outstanding == 0)
-		s->query_sent_usec = pgmux_now_usec();
-}
-
 /* The bytes c moved since they were last counted go to its pool. */
 static void count_bytes(struct client *c, struct pool_stats_slot *slot)
 {
@@ -70,9 +59,9 @@ void stats_ready_for_query(struct client *c, struct server *s)
 	if (s->query_sent_usec) {
 		if (slot)
 			histogram_record(&slot->query, now - s->query_sent_usec);
-		s->query_sent_usec = s->outstanding > 0 ? now : 0;
+		s->query_sent_usec = s->replies.outstanding > 0 ? now : 0;
 	}
-	if (s->outstanding > 0 || s->tx_status != 'I' || c->txn_start_usec == 0)
+	if (s->replies.outstanding > 0 || s->tx_status != 'I' || c->txn_start_usec == 0)
 		return;
 	took = now - c->txn_start_usec;
 	c->txn_start_usec = 0;

@@ -34,6 +34,57 @@ static void set_string(char **dst, const char *src)
 	*dst = xstrdup(src);
 }
 
+static void pool_login(const struct pool *pool, const char **user, const char **database, const char **password)
+{
+	*user = pool->user;
+	*database = pool->database;
+	*password = pool->password;
+}
+
+/*
+ * A new connection learns the server's limit (used once per instance,
+ * whatever the config says, so that a reload can switch to
+ * max_connections = 0) and whether the pool's database has code that a
+ * write may run and that may change the session (see struct pool's
+ * writes_opaque). The first connection of a pool asks, then one a minute
+ * at most.
+ */
+static bool pool_setup_wanted(const struct server *s)
+{
+	return __atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0 ||
+	       (s->pool && pool_writes_check_due(s->pool, pgmux_now_usec()));
+}
+
+static void pool_setup_answered(struct server *s, int server_max, bool writes_opaque)
+{
+	if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0)
+		pool_learn_cap(s->target, server_max);
+	if (s->pool) {
+		pool_set_writes_opaque(s->pool, writes_opaque);
+		__atomic_store_n(&s->pool->writes_checked_usec, pgmux_now_usec(), __ATOMIC_RELAXED);
+	}
+}
+
+/* What a backend connection tells its pool (server.h). */
+static const struct server_pool_ops pool_server_ops = {
+	.login = pool_login,
+	.setup_wanted = pool_setup_wanted,
+	.setup_answered = pool_setup_answered,
+	.ready = pool_connection_ready,
+	.connect_failed = pool_connect_failed,
+	.release = pool_release,
+	.forget = pool_forget,
+	.statement_accepted = pool_statement_accepted,
+	.statement_refused = pool_statement_refused,
+	.instance_suspect = pool_instance_suspect,
+	.instance_check = pool_request_health_check,
+};
+
+void pool_install_server_ops(void)
+{
+	server_set_pool_ops(&pool_server_ops);
+}
+
 void pool_for_each_pool(void (*fn)(struct pool *p, void *arg), void *arg)
 {
 	struct list_node *pos;

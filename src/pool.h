@@ -22,47 +22,11 @@
 #include "config.h"
 #include "list.h"
 #include "strmap.h"
+#include "target.h"
 
 struct server;
 struct worker;
-struct monitor_conn;
 struct pool_stats;
-
-enum instance_role {
-	ROLE_UNKNOWN, /* not checked yet, or unreachable since start-up */
-	ROLE_WRITER,
-	ROLE_READER,
-};
-
-struct target {
-	struct list_node node;
-	char *host;
-	int port;
-	char instance_id[64]; /* Aurora's identifier, else host:port */
-	bool listed;          /* named in [target] hosts (not discovered) */
-	bool is_aurora;
-	enum instance_role role;
-	bool healthy;         /* the last health check succeeded */
-	bool suspect;         /* a backend connection was lost since: not used until the next check says */
-	bool checked;         /* a health check has completed (either way) */
-	int lag_ms;           /* replication lag of a reader */
-	uint64_t checks_ok, checks_failed;
-	uint64_t unhealthy_since_usec;
-	int generation;       /* bumps when the role changes: older connections are not reused */
-	bool paused;          /* PAUSE of this instance: no new transactions go to it */
-	bool retired;         /* replaced by a cutover; kept while connections still refer to it */
-	int check_requested;  /* atomic: a worker asked for a health check now */
-	char check_failure[256]; /* why the last health check failed; "" when it passed */
-
-	int max_connections; /* effective cap; learned from the server when configured as 0 */
-	bool cap_known;
-	int server_max;      /* what the server allows ordinary roles; 0 until the first connection asked (atomic) */
-	int n_connections;   /* open or opening */
-	int n_connecting;
-	int n_idle;
-
-	struct monitor_conn *monitor; /* the monitor thread's own state for this instance */
-};
 
 struct pool {
 	struct list_node node;
@@ -86,7 +50,7 @@ struct pool {
 	 * a backend of this pool accepted, least recently used last, at most
 	 * POOL_KNOWN_STATEMENTS_PER_BACKEND x max_prepared_statements: a client's
 	 * Parse of one of them outside a transaction is answered without a
-	 * backend (see client_answer_idle()).
+	 * backend (see reply_answer_idle()).
 	 */
 	struct strmap known_statements;
 	/*

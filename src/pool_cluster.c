@@ -58,6 +58,7 @@ int pool_init(const struct config *cfg)
 {
 	if (cfg->n_hosts < 1)
 		return -1;
+	pool_install_server_ops();
 	pthread_mutex_lock(&pool_lock);
 	for (int i = 0; i < cfg->n_hosts; i++)
 		target_new_locked(cfg->hosts[i].host, cfg->hosts[i].port, true);

@@ -68,4 +68,7 @@ bool pool_server_usable_locked(const struct server *s, const struct pool *p);
 /* Free every target, current and retired (at exit, once no server is left). */
 void pool_free_targets(void);
 
+/* Give server.c the pool's callbacks (struct server_pool_ops), at pool_init(). */
+void pool_install_server_ops(void);
+
 #endif

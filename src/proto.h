@@ -3,7 +3,7 @@
  * message types pgmux looks at, the parsing of startup packets, and one
  * builder for each message pgmux writes itself (ErrorResponse and friends).
  * It knows bytes and their layout; what a message means for a session is
- * decided in client.c and server.c.
+ * decided above it (reply.c, relay.c, server.c).
  */
 #ifndef PGMUX_PROTO_H
 #define PGMUX_PROTO_H
@@ -69,6 +69,10 @@
 #define BE_NEGOTIATE_PROTOCOL 'v'
 #define BE_PARSE_COMPLETE '1'
 #define BE_CLOSE_COMPLETE '3'
+#define BE_BIND_COMPLETE '2'
+#define BE_NO_DATA 'n'
+#define BE_PORTAL_SUSPENDED 's'
+#define BE_PARAMETER_DESCRIPTION 't'
 
 /* Authentication request codes carried by 'R'. */
 #define AUTH_REQ_OK 0

@@ -4,6 +4,12 @@
  * by this worker's loop) -> INTERNAL (a setup query when the pool needs one)
  * -> handed to the pool -> ACTIVE (relaying for a client) or IDLE (parked),
  * and back through INTERNAL (reset) when its client leaves.
+ *
+ * While a client is linked (server_link()), its messages come in through
+ * server_send_message() and friends and the backend's replies go out to it
+ * through the server_client_ops it gave; the reply tracker (reply.c)
+ * decides what each message becomes. server.c includes nothing of the
+ * client's: it and the pool hear from a server through their ops.
  */
 #include "server.h"
 
@@ -19,20 +25,16 @@
 #include <netdb.h>
 
 #include "cancel.h"
-#include "client.h"
 #include "log.h"
 #include "pgmux.h"
 #include "params.h"
-#include "pool.h"
 #include "proto.h"
-#include "client_stats.h"
+#include "target.h"
 #include "util.h"
 #include "worker.h"
 
 #include "build_config.h"
 
-/* Stop reading from the backend while this much is queued for its client. */
-#define SERVER_CLIENT_HIGH_WATER (256 * 1024)
 /* Bytes read from one backend per wake-up before others get a turn. */
 #define SERVER_READ_BUDGET (256 * 1024)
 /* Messages pgmux must see whole are small; a longer one is a broken stream. */
@@ -44,8 +46,8 @@
 		if ((level) <= log_level_now()) { \
 			const struct log_fields log_fields_ = { \
 				.subject = LOG_SUBJECT_SERVER, .id = (s)->id, \
-				.user = (s)->pool ? (s)->pool->user : NULL, \
-				.database = (s)->pool ? (s)->pool->database : NULL, \
+				.user = (s)->log_user, \
+				.database = (s)->log_database, \
 				.server_host = (s)->target ? (s)->target->host : NULL, \
 				.server_port = (s)->target ? (s)->target->port : 0, .backend_pid = (s)->backend_pid, \
 				.instance = (s)->target ? (s)->target->instance_id : NULL, .reason = (reason_) }; \
@@ -66,6 +68,9 @@ static const char *const reported_params[] = {
 	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
 };
 
+/* The pool's callbacks (server_set_pool_ops()). */
+static const struct server_pool_ops *pool_ops;
+
 static const char *const server_state_names[] = {
 	[SERVER_RESOLVING] = "resolving", [SERVER_CONNECTING] = "connecting",
 	[SERVER_INTERNAL] = "internal",   [SERVER_IDLE] = "idle",
@@ -74,6 +79,21 @@ static const char *const server_state_names[] = {
 
 static void server_on_event(evutil_socket_t fd, short what, void *arg);
 static void server_setup_done(struct server *s, bool ok, void *arg);
+
+void server_set_pool_ops(const struct server_pool_ops *ops)
+{
+	pool_ops = ops;
+}
+
+/* Who its log lines say it logs in as (names cut as LOG_NAME cuts them). */
+static void server_set_label(struct server *s, const struct pool *pool)
+{
+	const char *user, *database, *password;
+
+	pool_ops->login(pool, &user, &database, &password);
+	snprintf(s->log_user, sizeof(s->log_user), "%s", user);
+	snprintf(s->log_database, sizeof(s->log_database), "%s", database);
+}
 
 const char *server_param(const struct server *s, const char *name)
 {
@@ -128,10 +148,10 @@ static void server_connect_failed(struct server *s, const char *why, bool answer
 	if (s->worker)
 		STAT_INC(s->worker, server_connect_failures);
 	/* The instance may be down: find out now rather than at the next interval. */
-	pool_request_health_check(s->target);
+	pool_ops->instance_check(s->target);
 	/* The pool fails the waiting clients; server_close must not free the slot again. */
 	if (pool)
-		pool_connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message, answered);
+		pool_ops->connect_failed(s, SQLSTATE_CONNECTION_FAILURE, message, answered);
 	server_close(s, "connection failed");
 }
 
@@ -204,8 +224,7 @@ static void server_connected(void *arg, PGconn *pg, const struct pgconn_failure 
 	 * the session (see struct pool's writes_opaque): "limit flag". The
 	 * first connection of a pool asks, then one a minute at most.
 	 */
-	if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) > 0 &&
-	    (s->pool == NULL || !pool_writes_check_due(s->pool, pgmux_now_usec()))) {
+	if (!pool_ops->setup_wanted(s)) {
 		server_setup_done(s, true, NULL);
 		return;
 	}
@@ -251,7 +270,7 @@ static void server_init_done(struct server *s, bool ok, void *arg)
 	}
 	s->created_usec = s->last_used_usec = pgmux_now_usec();
 	histogram_record(&s->worker->stats.server_connect, s->created_usec - s->connect_started_usec);
-	pool_connection_ready(s);
+	pool_ops->ready(s);
 }
 
 static void server_setup_done(struct server *s, bool ok, void *arg)
@@ -267,12 +286,7 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 
 		/* Unreadable: writes stay opaque (fail closed). */
 		(void)sscanf(s->query_value, "%d %d", &limit, &writes_opaque);
-		if (__atomic_load_n(&s->target->server_max, __ATOMIC_RELAXED) <= 0)
-			pool_learn_cap(s->target, limit);
-		if (s->pool) {
-			pool_set_writes_opaque(s->pool, writes_opaque != 0);
-			__atomic_store_n(&s->pool->writes_checked_usec, pgmux_now_usec(), __ATOMIC_RELAXED);
-		}
+		pool_ops->setup_answered(s, limit, writes_opaque != 0);
 		free(s->query_value);
 		s->query_value = NULL;
 	}
@@ -305,6 +319,8 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	strmap_init(&s->defaults);
 	strmap_init(&s->prepared);
 	strmap_init(&s->applied);
+	reply_tracker_init(&s->replies, &s->prepared);
+	server_set_label(s, pool);
 	list_init(&s->pool_node);
 	list_append(&w->servers, &s->worker_node);
 	pthread_mutex_lock(&registry_lock);
@@ -323,9 +339,7 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 	/* The pool's password as it is now (a reload may rotate it); pgconn keeps a copy. */
 	params.host = target->host;
 	params.port = target->port;
-	params.user = pool->user;
-	params.database = pool->database;
-	params.password = pool->password;
+	pool_ops->login(pool, &params.user, &params.database, &params.password);
 	/* The callbacks may run before this returns (a numeric address that cannot be reached at all). */
 	pgconn_start(&s->connect, w->base, w->dns, &params, &server_connect_ops, s);
 }
@@ -373,490 +387,110 @@ void server_detach(struct server *s)
 	io_shrink(&s->io);
 }
 
-/* ------------------------------------------------------------ reply queue */
+/* -------------------------------------------------------- the client's side */
 
-static struct pending_reply *reply_front(struct server *s)
+void server_link(struct server *s, struct client *c, uint64_t client_id, const struct server_client_ops *ops,
+		 struct reply_session *rs, bool tracking)
 {
-	return s->replies.count ? &s->replies.items[s->replies.head] : NULL;
+	s->client = c;
+	s->client_ops = ops;
+	s->served = true;
+	__atomic_store_n(&s->client_id, client_id, __ATOMIC_RELAXED);
+	reply_link(&s->replies, rs, tracking);
 }
 
-/* The i-th entry from the front (i < count). */
-static struct pending_reply *reply_at(const struct server *s, uint32_t i)
+void server_unlink(struct server *s)
 {
-	return &s->replies.items[(s->replies.head + i) % s->replies.cap];
+	s->client = NULL;
+	reply_unlink(&s->replies);
 }
 
-static void reply_pop(struct server *s)
-{
-	s->replies.head = (s->replies.head + 1) % s->replies.cap;
-	s->replies.count--;
-}
-
-/*
- * False when memory ran out: s's output is then marked failed, so that s is
- * closed at its next flush, before any reply could be matched with the
- * wrong message (see iobuf.h); the client gets the error of a lost backend.
- */
-static bool reply_push(struct server *s, char kind, const char *name)
-{
-	struct reply_queue *q = &s->replies;
-	struct pending_reply *r;
-
-	if (q->count == q->cap) {
-		uint32_t cap = q->cap ? q->cap * 2 : 16;
-		struct pending_reply *items = malloc(sizeof(*items) * cap);
-
-		if (items == NULL) {
-			s->io.out.failed = true;
-			return false;
-		}
-		/* Unwrap the ring into the new array. */
-		for (uint32_t i = 0; i < q->count; i++)
-			items[i] = q->items[(q->head + i) % q->cap];
-		free(q->items);
-		q->items = items;
-		q->cap = cap;
-		q->head = 0;
-	}
-	r = &q->items[(q->head + q->count) % q->cap];
-	r->kind = kind;
-	if (name)
-		snprintf(r->name, sizeof(r->name), "%s", name);
-	else
-		r->name[0] = '\0';
-	r->client_name[0] = '\0';
-	r->closed = NULL;
-	q->count++;
-	return true;
-}
-
-/* The entry just pushed (to add details). */
-static struct pending_reply *reply_back(struct server *s)
-{
-	return reply_at(s, s->replies.count - 1);
-}
-
-/* Send the client the replies pgmux owes it that are now at the head of the queue. */
-static void server_emit_owed(struct server *s)
-{
-	struct client *c = s->client;
-	struct pending_reply *r;
-
-	while ((r = reply_front(s)) != NULL && (r->kind == '1' || r->kind == '3')) {
-		if (c) {
-			iobuf_append_u8(&c->io.out, (uint8_t)r->kind);
-			iobuf_append_u32(&c->io.out, 4);
-		}
-		/* A Close the server did not skip: the statement is gone for good. */
-		prepared_free(r->closed);
-		reply_pop(s);
-	}
-}
-
-void server_expect(struct server *s, char kind, const char *name)
-{
-	/* After an error the server discards everything up to Sync: nothing comes back, nothing is owed. */
-	if (s->skipping_until_sync) {
-		if (kind != 'S')
-			return;
-		s->skipping_until_sync = false;
-	}
-	reply_push(s, kind, name);
-	server_emit_owed(s);
-}
-
-/* Keep the backend within max_prepared_statements by closing the least recently used. */
-static void server_make_room(struct server *s)
+/* Limits from the configuration now (a reload may change them). */
+static void server_limits(struct reply_limits *limits)
 {
 	const struct config *cfg = config_current();
 
-	while (s->prepared.count > 0 && s->prepared.count >= (size_t)cfg->max_prepared_statements) {
-		struct strmap_entry *victim = strmap_oldest(&s->prepared);
-
-		prepared_put_close(&s->io.out, victim->key);
-		server_expect(s, 'c', victim->key);
-		strmap_delete(&s->prepared, victim);
-	}
+	limits->max_backend_statements = cfg->max_prepared_statements;
+	limits->max_client_statements = cfg->max_client_prepared_statements;
+	limits->max_packet_size = cfg->max_packet_size;
 }
 
-void server_ensure_prepared(struct server *s, const struct prepared_stmt *st)
+/* Hand the client the replies it is owed that are due now (pgmux answered their messages). */
+static void server_deliver_owed(struct server *s)
 {
-	struct strmap_entry *e;
+	uint8_t owed[64 * PROTO_HEADER_LEN];
+	size_t n;
 
-	if (s->skipping_until_sync)
-		return;
-	e = strmap_find(&s->prepared, st->server_name);
-	if (e) {
-		strmap_touch(&s->prepared, e);
-		return;
-	}
-	server_make_room(s);
-	iobuf_append(&s->io.out, st->parse, st->parse_len);
-	server_expect(s, 'p', st->server_name);
-	strmap_insert(&s->prepared, st->server_name, NULL);
+	while ((n = reply_take_owed(&s->replies, owed, sizeof(owed))) > 0)
+		if (s->client)
+			s->client_ops->deliver(s->client, owed, n);
 }
 
-void server_close_owed(struct server *s, const char *client_name)
+/* A message that begins to go to the backend: follow the transaction state. */
+static void server_count_message(struct server *s, uint8_t type)
 {
-	struct client *c = s->client;
-	struct strmap_entry *e;
-
-	/* After an error the server skips it: no answer, and the client keeps its statement. */
-	if (s->skipping_until_sync)
-		return;
-	if (!reply_push(s, '3', NULL))
-		return;
-	if (c && (e = strmap_find(&c->stmts, client_name)) != NULL) {
-		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
-		reply_back(s)->closed = strmap_delete(&c->stmts, e);
-	}
-	server_emit_owed(s);
+	/* Pipelined queries: the next one's clock starts when the one before it is answered (client_stats.c). */
+	if ((type == FE_QUERY || type == FE_SYNC || type == FE_FUNCTION_CALL) && s->replies.outstanding == 0)
+		s->query_sent_usec = pgmux_now_usec();
+	if (reply_count_frontend(&s->replies, type))
+		STAT_INC(s->worker, queries);
 }
 
-void server_unnamed_reset(struct server *s)
+enum reply_action server_send_message(struct server *s, const uint8_t *msg, size_t len)
 {
-	size_t begin;
+	struct reply_limits limits;
+	enum reply_action action;
 
-	if (s->skipping_until_sync)
-		return;
-	begin = proto_begin(&s->io.out, FE_CLOSE);
-	iobuf_append_u8(&s->io.out, 'S');
-	iobuf_append_u8(&s->io.out, 0);
-	proto_end(&s->io.out, begin);
-	server_expect(s, 'u', NULL);
-}
-
-void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st)
-{
-	/*
-	 * PostgreSQL finds a name taken only once the new text has passed every
-	 * other check (parse, analysis, an aborted transaction), and its error
-	 * fails a transaction block. So the backend is made to refuse it: the
-	 * new text goes under the server-side name of the statement that has
-	 * the client's name, which the backend has (made sure of first), and
-	 * its error, whichever it is, is the client's.
-	 */
-	server_ensure_prepared(s, taken);
-	prepared_put_parse_as(&s->io.out, st, taken->server_name);
-	server_expect(s, 'x', NULL);
-}
-
-/* Does the backend still owe a ReadyForQuery (the transaction state it will be in is not known yet)? */
-static bool server_batch_pending(const struct server *s)
-{
-	for (uint32_t i = 0; i < s->replies.count; i++) {
-		char kind = reply_at(s, i)->kind;
-
-		if (kind == 'S' || kind == 'Q' || kind == 'F')
-			return true;
+	if (!s->replies.tracking) {
+		server_count_message(s, msg[0]);
+		iobuf_append(&s->io.out, msg, len);
+		return REPLY_FORWARD;
 	}
-	return false;
-}
-
-void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name,
-		  bool transaction_control)
-{
-	struct strmap_entry *e = strmap_find(&s->prepared, st->server_name);
-
-	if (e && (s->tx_status != 'I' || server_batch_pending(s))) {
-		/*
-		 * In a failed transaction block PostgreSQL refuses a Parse (25P02)
-		 * unless the statement ends the transaction, and the backend may
-		 * be in one. Before pgmux answers the Parse itself, the backend
-		 * judges one of pgmux's own, closed again at once: of the client's
-		 * text if it controls transactions, else of a SELECT, refused
-		 * exactly when the client's would be (the text itself is known to
-		 * be good: the backend has it). Its error is the client's.
-		 */
-		prepared_put_check(&s->io.out, transaction_control ? st : NULL);
-		server_expect(s, 'p', NULL);
-		prepared_put_close(&s->io.out, PREPARED_CHECK_NAME);
-		server_expect(s, 'c', NULL);
-	}
-	if (e) {
-		/* The backend has it already: answer the client's Parse ourselves, in order. */
-		strmap_touch(&s->prepared, e);
-		server_expect(s, '1', st->server_name);
-	} else {
-		server_make_room(s);
-		iobuf_append(&s->io.out, st->parse, st->parse_len);
-		server_expect(s, 'P', st->server_name);
-		strmap_insert(&s->prepared, st->server_name, NULL);
-	}
-	/* Whose Parse it is, unless already answered: should the server skip it, the client's name goes. */
-	if (s->replies.count > 0 && (reply_back(s)->kind == 'P' || reply_back(s)->kind == '1'))
-		snprintf(reply_back(s)->client_name, sizeof(reply_back(s)->client_name), "%s", client_name);
-}
-
-/*
- * Is there a Sync behind the i-th entry: does the batch of that entry still
- * await its answer, with later batches sent behind it?
- */
-static bool reply_sync_behind(const struct server *s, uint32_t i)
-{
-	while (++i < s->replies.count)
-		if (reply_at(s, i)->kind == 'S')
-			return true;
-	return false;
-}
-
-bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only)
-{
-	for (uint32_t i = 0; i < s->replies.count; i++) {
-		const struct pending_reply *r = reply_at(s, i);
-
-		if ((r->kind == '1' || r->kind == '3' || (r->kind == 'P' && !owed_only)) &&
-		    strcmp(r->client_name, client_name) == 0)
-			return reply_sync_behind(s, i);
-	}
-	return false;
-}
-
-bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name)
-{
-	for (uint32_t i = 0; i < s->replies.count; i++) {
-		const struct pending_reply *r = reply_at(s, i);
-
-		if ((r->kind == 'p' || r->kind == 'c' ||
-		     (r->kind == 'P' && (client_name == NULL || strcmp(r->client_name, client_name) != 0))) &&
-		    strcmp(r->name, server_name) == 0)
-			return reply_sync_behind(s, i);
-	}
-	return false;
-}
-
-/* The backend ran a statement that dropped session state; follow it. */
-static void server_command_complete(struct server *s, struct client *c, const uint8_t *body, size_t len)
-{
-	const char *tag = (const char *)body;
-
-	if (len == 0 || body[len - 1] != '\0')
-		return;
-	if (strcmp(tag, "DISCARD ALL") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0) {
-		strmap_clear(&s->prepared, NULL);
-		if (c)
-			strmap_clear(&c->stmts, prepared_free);
-	}
-	if (strcmp(tag, "DISCARD ALL") == 0 || (strcmp(tag, "RESET") == 0 && c && c->reset_all_pending)) {
-		params_clear(&s->applied);
-		s->params_fingerprint_valid = false;
-		/* Back to the server's defaults: init_query's settings are gone too. */
-		s->init_undone = true;
-	}
-}
-
-/*
- * The server failed the message at the head of the queue and skips the rest
- * up to the next Sync: undo what pgmux assumed when it sent them, and drop
- * their entries (and the replies owed for them, which the server would not
- * have sent either).
- */
-static void server_skipped_to_sync(struct server *s)
-{
-	struct pending_reply *r;
-	uint32_t n = 0;
-
-	while (n < s->replies.count && reply_at(s, n)->kind != 'S')
-		n++;
-	/*
-	 * The backend's statements, and the client's, are as they were before
-	 * the first of them: undone from the last back, a statement prepared
-	 * and then evicted or closed in the same batch (or the other way round)
-	 * ends where it was.
-	 */
-	for (uint32_t i = n; i-- > 0;) {
-		struct client *c = s->client;
-		struct strmap_entry *e;
-
-		r = reply_at(s, i);
-		if ((r->kind == 'P' || r->kind == 'p') && (e = strmap_find(&s->prepared, r->name)) != NULL) {
-			strmap_delete(&s->prepared, e);
-		} else if (r->kind == 'P' || r->kind == 'p') {
-			/*
-			 * A later batch evicted it already: that Close now closes
-			 * nothing, and must not bring the name back should that
-			 * batch fail too. (Nothing prepares it again after the
-			 * Close while this batch is unanswered: see
-			 * server_statement_unsettled().)
-			 */
-			for (uint32_t j = n; j < s->replies.count; j++) {
-				struct pending_reply *later = reply_at(s, j);
-
-				if (later->kind == 'c' && strcmp(later->name, r->name) == 0) {
-					later->name[0] = '\0';
-					break;
-				}
-			}
-		} else if (r->kind == 'c' && r->name[0] && strmap_find(&s->prepared, r->name) == NULL) {
-			strmap_insert(&s->prepared, r->name, NULL);
-		}
-		/*
-		 * A statement the server never created does not exist for the
-		 * client either (nor, if a later batch closed it already, may
-		 * undoing that Close bring it back)...
-		 */
-		if ((r->kind == 'P' || r->kind == '1') && r->client_name[0] && c &&
-		    (e = strmap_find(&c->stmts, r->client_name)) != NULL &&
-		    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0) {
-			prepared_free(strmap_delete(&c->stmts, e));
-		} else if ((r->kind == 'P' || r->kind == '1') && r->client_name[0]) {
-			for (uint32_t j = n; j < s->replies.count; j++) {
-				struct pending_reply *later = reply_at(s, j);
-
-				if (later->closed && strcmp(later->client_name, r->client_name) == 0 &&
-				    strcmp(later->closed->server_name, r->name) == 0) {
-					prepared_free(later->closed);
-					later->closed = NULL;
-					break;
-				}
-			}
-		}
-		/*
-		 * What was to make the unnamed statement the client's was skipped
-		 * (pgmux's Close or Parse of it, or the client's Parse): the backend
-		 * may still have another client's.
-		 */
-		if ((r->kind == 'u' || ((r->kind == 'p' || r->kind == 'P') && r->name[0] == '\0')) && c)
-			c->unnamed_here = false;
-		/* ...and one it never closed is the client's again. */
-		if (r->closed && c && strmap_find(&c->stmts, r->client_name) == NULL)
-			strmap_insert(&c->stmts, r->client_name, r->closed);
-		else
-			prepared_free(r->closed);
-		r->closed = NULL;
-	}
-	while (n-- > 0) {
-		r = reply_front(s);
-		/* A Query skipped this way gets no ReadyForQuery. */
-		if ((r->kind == 'Q' || r->kind == 'F') && s->outstanding > 0)
-			s->outstanding--;
-		reply_pop(s);
-	}
-	if (s->replies.count == 0)
-		s->skipping_until_sync = true;
-}
-
-/*
- * A whole reply arrived while a transaction-pooled client is linked: match
- * it with the queue. Returns false when pgmux must swallow it (the reply to
- * a message it injected).
- */
-static bool server_reply_arrived(struct server *s, uint8_t type)
-{
-	struct pending_reply *r = reply_front(s);
-	bool forward = true;
-
-	if (type == BE_NOTICE_RESPONSE || type == BE_NOTIFICATION || type == BE_PARAMETER_STATUS)
-		return true;
-	if (type == BE_ERROR_RESPONSE) {
-		if (r && (r->kind == 'Q' || r->kind == 'F' || r->kind == 'S'))
-			return true; /* ReadyForQuery follows and ends it */
-		/*
-		 * An extended-protocol message failed (with nothing pending, a
-		 * Flush with a body, which has no reply to wait for): the server
-		 * skips everything up to the next Sync. A text the backend refused
-		 * is no longer one pgmux may accept without asking.
-		 */
-		if (r && (r->kind == 'P' || r->kind == 'p') && r->name[0] && s->pool)
-			pool_statement_refused(s->pool, r->name);
-		server_skipped_to_sync(s);
-		return true;
-	}
-	if (r == NULL)
-		return true;
-	switch (r->kind) {
-	case 'P':
-	case 'p':
-		if (type == '1') {
-			forward = r->kind == 'P';
-			if (r->name[0] && s->pool)
-				pool_statement_accepted(s->pool, r->name);
-			reply_pop(s);
-		}
+	server_limits(&limits);
+	action = reply_frontend(&s->replies, msg, len, s->tx_status, &limits, &s->io.out);
+	switch (action) {
+	case REPLY_FORWARD:
+		iobuf_append(&s->io.out, msg, len);
 		break;
-	case 'B':
-		if (type == '2')
-			reply_pop(s);
+	case REPLY_REWRITTEN:
+	case REPLY_ANSWERED:
 		break;
-	case 'D':
-		if (type == BE_ROW_DESCRIPTION || type == 'n')
-			reply_pop(s);
-		break;
-	case 'E':
-		if (type == BE_COMMAND_COMPLETE || type == 's' || type == BE_EMPTY_QUERY)
-			reply_pop(s);
-		break;
-	case 'C':
-	case 'c':
-	case 'u':
-		if (type == '3') {
-			forward = r->kind == 'C';
-			reply_pop(s);
-		}
-		break;
-	case 'S':
-	case 'Q':
-	case 'F':
-		if (type == BE_READY_FOR_QUERY)
-			reply_pop(s);
-		break;
-	default:
-		break;
+	case REPLY_WAIT:
+	case REPLY_TOO_MANY:
+	case REPLY_NO_MEMORY:
+		return action;
 	}
-	return forward;
+	server_count_message(s, msg[0]);
+	if (reply_owed_due(&s->replies))
+		server_deliver_owed(s);
+	return action;
 }
 
-/*
- * An ErrorResponse may name a statement by pgmux's internal name (a Bind
- * sent before the Parse it relied on failed, a wrong parameter count):
- * write it to the client with the client's own name instead. Returns false
- * when there is nothing to translate.
- */
-static bool server_translate_error(struct client *c, const uint8_t *body, size_t len, struct iobuf *out)
+void server_send_start(struct server *s, const uint8_t *p, size_t n, size_t total)
 {
-	const char *hit = memmem(body, len, "pgmux_", 6);
-	size_t begin;
-	const uint8_t *p = body, *end = body + len;
-
-	if (hit == NULL || c->stmt_names.count == 0)
-		return false;
-	begin = proto_begin(out, BE_ERROR_RESPONSE);
-	while (p < end && *p) {
-		const char *field = (const char *)p + 1;
-		size_t flen = strnlen(field, (size_t)(end - p - 1));
-		const char *at;
-
-		iobuf_append_u8(out, *p);
-		/* Copy the field, replacing each internal name that this client knows. */
-		while (flen > 0 && (at = memmem(field, flen, "pgmux_", 6)) != NULL &&
-		       (size_t)(at - field) + PREPARED_NAME_LEN - 1 <= flen) {
-			char internal[PREPARED_NAME_LEN];
-			struct strmap_entry *e;
-
-			memcpy(internal, at, PREPARED_NAME_LEN - 1);
-			internal[PREPARED_NAME_LEN - 1] = '\0';
-			e = strmap_find(&c->stmt_names, internal);
-			iobuf_append(out, field, (size_t)(at - field));
-			if (e)
-				iobuf_append(out, e->value, strlen(e->value));
-			else
-				iobuf_append(out, internal, PREPARED_NAME_LEN - 1);
-			flen -= (size_t)(at - field) + PREPARED_NAME_LEN - 1;
-			field = at + PREPARED_NAME_LEN - 1;
-		}
-		iobuf_append(out, field, flen);
-		iobuf_append_u8(out, 0);
-		p = (const uint8_t *)field + flen + 1;
-	}
-	iobuf_append_u8(out, 0);
-	proto_end(out, begin);
-	return true;
+	server_count_message(s, p[0]);
+	iobuf_append(&s->io.out, p, n);
+	s->frontend_remaining = (uint32_t)(total - n);
 }
 
-/* Can a transaction-pooled client give its backend back now? */
-static bool server_transaction_over(const struct server *s, const struct client *c)
+size_t server_send_rest(struct server *s, const uint8_t *p, size_t avail)
 {
-	return c->pin_reason == NULL && c->forward_remaining == 0 && server_is_clean(s);
+	size_t n = avail < s->frontend_remaining ? avail : s->frontend_remaining;
+
+	iobuf_append(&s->io.out, p, n);
+	s->frontend_remaining -= (uint32_t)n;
+	return n;
+}
+
+size_t server_output_pending(const struct server *s)
+{
+	return io_pending_output(&s->io);
+}
+
+void server_resume_reading(struct server *s)
+{
+	if (s->state == SERVER_ACTIVE && !s->io.reading)
+		io_want_read(&s->io, true);
 }
 
 /* ---------------------------------------------------------------- relaying */
@@ -868,10 +502,8 @@ void server_flush(struct server *s)
 	switch (io_flush(&s->io)) {
 	case IO_OK:
 		/* Drained: the client may send again. */
-		if (c && c->read_paused) {
-			c->read_paused = false;
-			io_want_read(&c->io, true);
-		}
+		if (c)
+			s->client_ops->drained(c);
 		break;
 	case IO_AGAIN:
 		break;
@@ -893,7 +525,7 @@ void server_run_query(struct server *s, const char *sql, server_query_done_fn do
 	s->query_error = s->query_value = NULL;
 	s->query_sqlstate[0] = '\0';
 	proto_put_query(&s->io.out, sql);
-	s->outstanding++;
+	s->replies.outstanding++;
 	server_flush(s);
 }
 
@@ -932,9 +564,9 @@ static bool server_internal_message(struct server *s, uint8_t type, const uint8_
 		break;
 	case BE_READY_FOR_QUERY:
 		s->tx_status = len >= 1 ? (char)body[0] : 'E';
-		if (s->outstanding > 0)
-			s->outstanding--;
-		if (s->outstanding == 0) {
+		if (s->replies.outstanding > 0)
+			s->replies.outstanding--;
+		if (s->replies.outstanding == 0) {
 			server_query_done_fn done = s->query_done;
 			bool ok = s->query_error == NULL && s->tx_status == 'I';
 
@@ -978,9 +610,9 @@ enum session_end {
 static void server_session_ended(struct server *s, enum session_end end)
 {
 	if (end == SESSION_END_INSTANCE)
-		pool_instance_suspect(s->target);
+		pool_ops->instance_suspect(s->target);
 	else if (end == SESSION_END_ALONE)
-		pool_request_health_check(s->target);
+		pool_ops->instance_check(s->target);
 }
 
 /*
@@ -1013,28 +645,102 @@ static bool server_error_ends_session(const uint8_t *body, size_t len, char *why
 }
 
 /*
+ * Hand the client the first *span bytes of the input (messages relayed as
+ * they are, consecutive ones at once) and consume them. With no client
+ * relayed to, they are dropped.
+ */
+static void server_deliver_span(struct server *s, bool relaying, size_t *span)
+{
+	if (*span == 0)
+		return;
+	if (relaying)
+		s->client_ops->deliver(s->client, iobuf_head(&s->io.in), *span);
+	iobuf_consume(&s->io.in, *span);
+	*span = 0;
+}
+
+/*
+ * A whole backend message (type, body of blen bytes) at offset *span of the
+ * input, while a client is linked: the reply tracker says what becomes of
+ * it. Returns true when it ends the client's transaction (release).
+ */
+static bool server_relay_message(struct server *s, uint8_t type, const uint8_t *body, size_t blen, size_t *span)
+{
+	struct reply_verdict v;
+
+	if (type == BE_READY_FOR_QUERY)
+		s->tx_status = blen >= 1 ? (char)body[0] : 'E';
+	reply_backend(&s->replies, type, body, blen, &v);
+	if (type == BE_READY_FOR_QUERY)
+		s->client_ops->ready_for_query(s->client, s);
+	if (v.session_reset) {
+		params_clear(&s->applied);
+		s->params_fingerprint_valid = false;
+		/* Back to the server's defaults: init_query's settings are gone too. */
+		s->init_undone = true;
+	}
+	if (v.statement == REPLY_STATEMENT_ACCEPTED && s->pool)
+		pool_ops->statement_accepted(s->pool, v.statement_name);
+	else if (v.statement == REPLY_STATEMENT_REFUSED && s->pool)
+		pool_ops->statement_refused(s->pool, v.statement_name);
+	if (!v.forward) {
+		/* The reply to a message of pgmux's own. */
+		server_deliver_span(s, true, span);
+		iobuf_consume(&s->io.in, PROTO_HEADER_LEN + blen);
+	} else if (type == BE_ERROR_RESPONSE && s->replies.tracking && s->replies.session &&
+		   s->replies.session->stmt_names.count > 0 && memmem(body, blen, "pgmux_", 6) != NULL) {
+		/* It may name a statement by pgmux's name: the client gets its own (rare: only then a copy). */
+		struct iobuf translated;
+
+		iobuf_init(&translated);
+		if (reply_translate_error(s->replies.session, body, blen, &translated) && !translated.failed) {
+			server_deliver_span(s, true, span);
+			iobuf_consume(&s->io.in, PROTO_HEADER_LEN + blen);
+			s->client_ops->deliver(s->client, iobuf_head(&translated), iobuf_len(&translated));
+		} else {
+			*span += PROTO_HEADER_LEN + blen;
+		}
+		iobuf_free(&translated);
+	} else {
+		*span += PROTO_HEADER_LEN + blen;
+	}
+	if (v.owed) {
+		server_deliver_span(s, true, span);
+		server_deliver_owed(s);
+	}
+	/*
+	 * The transaction is over when the tracker says so and nothing else is
+	 * under way: the rest of a message either way, more input, output not
+	 * yet written, or a pinned session.
+	 */
+	return v.release && !s->pinned && s->forward_remaining == 0 && s->frontend_remaining == 0 &&
+	       iobuf_len(&s->io.in) == *span && iobuf_len(&s->io.out) == 0;
+}
+
+/*
  * Frame what the backend sent. While relaying, bodies are passed through as
  * they arrive; the messages pgmux acts on (ReadyForQuery, ParameterStatus,
  * and with transaction pooling every reply but DataRow and CopyData) are
- * held until whole.
+ * held until whole. Consecutive messages that go to the client as they are
+ * go to it at once (the span).
  */
 static enum server_input server_process_input(struct server *s)
 {
 	struct iobuf *in = &s->io.in;
+	struct client *c = s->client;
+	bool relaying = s->state == SERVER_ACTIVE && c != NULL;
+	size_t span = 0; /* bytes at the head of the input that go to the client as they are */
 
-	while (iobuf_len(in) > 0) {
-		struct client *c = s->client;
-		const uint8_t *p = iobuf_head(in);
-		size_t avail = iobuf_len(in);
+	while (iobuf_len(in) > span) {
+		const uint8_t *p = iobuf_head(in) + span;
+		size_t avail = iobuf_len(in) - span;
 		uint8_t type;
 		uint32_t mlen;
 
 		if (s->forward_remaining > 0) {
 			size_t n = avail < s->forward_remaining ? avail : s->forward_remaining;
 
-			if (c)
-				iobuf_append(&c->io.out, p, n);
-			iobuf_consume(in, n);
+			span += n;
 			s->forward_remaining -= (uint32_t)n;
 			continue;
 		}
@@ -1043,15 +749,12 @@ static enum server_input server_process_input(struct server *s)
 		type = p[0];
 		mlen = get_u32(p + 1);
 		if (mlen < 4 || !proto_valid_backend_type(type)) {
+			server_deliver_span(s, relaying, &span);
 			log_server(LOG_LEVEL_ERROR, s, "protocol error: message type 0x%02x length %u", type, mlen);
 			server_close(s, "protocol error from server");
 			return SERVER_INPUT_GONE;
 		}
-		bool relaying = s->state == SERVER_ACTIVE && c != NULL;
-		bool whole = !relaying || type == BE_READY_FOR_QUERY || type == BE_PARAMETER_STATUS ||
-			     (c->transaction_mode && type != BE_DATA_ROW && type != FE_COPY_DATA);
-
-		if (!whole) {
+		if (relaying && !reply_holds_whole(&s->replies, type)) {
 			size_t n = avail < 1 + (size_t)mlen ? avail : 1 + (size_t)mlen;
 
 			/*
@@ -1065,13 +768,12 @@ static enum server_input server_process_input(struct server *s)
 				if (server_error_ends_session(p + PROTO_HEADER_LEN, mlen - 4, why, sizeof(why), &end))
 					s->session_end = end;
 			}
-
-			iobuf_append(&c->io.out, p, n);
-			iobuf_consume(in, n);
+			span += n;
 			s->forward_remaining = (uint32_t)(1 + mlen - n);
 			continue;
 		}
 		if (mlen > SERVER_MAX_INSPECTED_MESSAGE) {
+			server_deliver_span(s, relaying, &span);
 			log_server(LOG_LEVEL_ERROR, s, "protocol error: message '%c' of %u bytes", type, mlen);
 			server_close(s, "protocol error from server");
 			return SERVER_INPUT_GONE;
@@ -1094,21 +796,20 @@ static enum server_input server_process_input(struct server *s)
 			if (name && value) {
 				server_set_param(s, name, value);
 				/* The session is the client's: what it changes follows it to other backends. */
-				int index = params_carried_index(name);
-
-				if (relaying && c->logged_in && index >= 0)
-					client_set_reported(c, index, value);
+				if (relaying)
+					s->client_ops->parameter(c, name, value);
 			}
 		}
-		if (relaying && type == BE_ERROR_RESPONSE && c->transaction_mode &&
+		if (relaying && type == BE_ERROR_RESPONSE && s->replies.tracking &&
 		    server_error_ends_session(body, blen, reason, sizeof(reason), &end)) {
+			server_deliver_span(s, relaying, &span);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			/*
 			 * The backend ends its session (terminated, shutting down, an
 			 * idle-in-transaction timeout). The client's session lives on in
 			 * pgmux, so it gets the class 08 error of a lost backend rather
-			 * than a FATAL that ends nothing (client_server_lost()), and gets
-			 * it now: until the connection closed, a statement of the client
+			 * than a FATAL that ends nothing (its lost callback), and gets it
+			 * now: until the connection closed, a statement of the client
 			 * would still go to this backend, which never reads it, and the
 			 * client would wait for its answer for good.
 			 */
@@ -1117,30 +818,13 @@ static enum server_input server_process_input(struct server *s)
 			return SERVER_INPUT_GONE;
 		}
 		if (relaying) {
-			bool forward = true;
-
-			if (type == BE_READY_FOR_QUERY) {
-				s->tx_status = blen >= 1 ? (char)body[0] : 'E';
-				if (s->outstanding > 0)
-					s->outstanding--;
-				stats_ready_for_query(c, s);
-			}
-			if (c->transaction_mode) {
-				if (type == BE_COMMAND_COMPLETE)
-					server_command_complete(s, c, body, blen);
-				forward = server_reply_arrived(s, type);
-			}
-			if (forward && !(type == BE_ERROR_RESPONSE && c->transaction_mode &&
-					 server_translate_error(c, body, blen, &c->io.out)))
-				iobuf_append(&c->io.out, p, 1 + (size_t)mlen);
-			iobuf_consume(in, 1 + (size_t)mlen);
-			if (c->transaction_mode) {
-				server_emit_owed(s);
-				if (type == BE_READY_FOR_QUERY && server_transaction_over(s, c))
-					return SERVER_INPUT_RELEASE;
+			if (server_relay_message(s, type, body, blen, &span)) {
+				server_deliver_span(s, relaying, &span);
+				return SERVER_INPUT_RELEASE;
 			}
 			continue;
 		}
+		server_deliver_span(s, relaying, &span);
 		if (s->state == SERVER_INTERNAL) {
 			uint8_t small[64];
 			uint8_t *copy = blen <= sizeof(small) ? small : malloc(blen);
@@ -1163,6 +847,7 @@ static enum server_input server_process_input(struct server *s)
 		/* Unsolicited message with nobody linked (notice, parameter change): drop it. */
 		iobuf_consume(in, 1 + (size_t)mlen);
 	}
+	server_deliver_span(s, relaying, &span);
 	return SERVER_INPUT_MORE;
 }
 
@@ -1190,7 +875,7 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 		size_t before = iobuf_len(&s->io.in);
 
 		/* Back-pressure: the client is not taking what we already have. */
-		if (c && io_pending_output(&c->io) >= SERVER_CLIENT_HIGH_WATER) {
+		if (c && s->client_ops->congested(c)) {
 			io_want_read(&s->io, false);
 			break;
 		}
@@ -1203,16 +888,11 @@ static void server_on_event(evutil_socket_t fd, short what, void *arg)
 			if (result == SERVER_INPUT_GONE)
 				return;
 			c = s->client;
-			if (c) {
-				client_flush(c);
-				client_replies_arrived(c);
-			}
-			if (result == SERVER_INPUT_RELEASE) {
-				/* Last use of s here: the pool may hand it to another worker at once. */
-				if (c && c->state != CLIENT_CLOSED && c->server == s)
-					client_release_server(c);
+			/* With a release, the last use of s here: the pool may hand it to another worker at once. */
+			if (c)
+				s->client_ops->replies_arrived(c, s, result == SERVER_INPUT_RELEASE);
+			if (result == SERVER_INPUT_RELEASE)
 				return;
-			}
 			if (s->state == SERVER_CLOSED || s->worker == NULL)
 				return;
 			if (s->io.drained)
@@ -1258,7 +938,7 @@ static void server_reset_done(struct server *s, bool ok, void *arg)
 	 * client_link() runs init_query again before the next client uses s.
 	 */
 	s->init_undone = true;
-	pool_release(s);
+	pool_ops->release(s);
 }
 
 bool server_send_cancel(struct server *s, uint64_t client_id)
@@ -1289,7 +969,7 @@ bool server_send_cancel(struct server *s, uint64_t client_id)
  */
 void server_cancel_running(struct server *s)
 {
-	if (s->outstanding == 0 || s->cancel_sent)
+	if (s->replies.outstanding == 0 || s->cancel_sent)
 		return;
 	if (server_send_cancel(s, __atomic_load_n(&s->client_id, __ATOMIC_RELAXED)))
 		log_server(LOG_LEVEL_INFO, s, "sending a cancel request for the statement it is running");
@@ -1331,17 +1011,18 @@ static void server_orphan_query_done(struct server *s, bool ok, void *arg)
 		server_close(s, "a query of pgmux's own failed after its client left");
 		return;
 	}
-	pool_release(s);
+	pool_ops->release(s);
 }
 
 void server_client_gone(struct server *s, bool reset)
 {
 	const struct config *cfg = config_current();
 
-	s->client = NULL;
+	server_unlink(s);
 	if (s->state == SERVER_CLOSED)
 		return;
-	if (!reset && s->state == SERVER_INTERNAL && s->query_done && s->outstanding == 1 && s->tx_status == 'I' &&
+	if (!reset && s->state == SERVER_INTERNAL && s->query_done && s->replies.outstanding == 1 &&
+	    s->tx_status == 'I' &&
 	    !s->pinned && !s->cancel_sent) {
 		/*
 		 * A client of transaction pooling left while pgmux set its
@@ -1365,13 +1046,13 @@ void server_client_gone(struct server *s, bool reset)
 	}
 	if (!reset) {
 		/* Transaction pooling tracks the session state: nothing to undo. */
-		pool_release(s);
+		pool_ops->release(s);
 		return;
 	}
 	if (cfg->server_reset_query && cfg->server_reset_query[0])
 		server_run_query(s, cfg->server_reset_query, server_reset_done, NULL);
 	else
-		pool_release(s);
+		pool_ops->release(s);
 }
 
 void server_close(struct server *s, const char *reason)
@@ -1386,19 +1067,17 @@ void server_close(struct server *s, const char *reason)
 		event_free(s->timer);
 		s->timer = NULL;
 	}
-	pool_forget(s);
+	pool_ops->forget(s);
 	server_set_state(s, SERVER_CLOSED);
-	s->client = NULL;
+	server_unlink(s);
 	/* libpq owns the socket and the SSL object: PQfinish closes both. */
 	io_close(&s->io, false);
 	if (s->pg) {
 		PQfinish(s->pg);
 		s->pg = NULL;
 	}
-	if (c) {
-		c->server = NULL;
-		client_server_lost(c, s, SQLSTATE_CONNECTION_FAILURE, reason);
-	}
+	if (c)
+		s->client_ops->lost(c, s, SQLSTATE_CONNECTION_FAILURE, reason);
 	if (s->worker) {
 		list_del(&s->worker_node);
 		list_append(&s->worker->reap_servers, &s->worker_node);
@@ -1444,11 +1123,7 @@ void server_free(struct server *s)
 	params_clear(&s->applied);
 	s->params_fingerprint_valid = false;
 	strmap_clear(&s->prepared, NULL);
-	while (s->replies.count > 0) {
-		prepared_free(reply_front(s)->closed);
-		reply_pop(s);
-	}
-	free(s->replies.items);
+	reply_tracker_free(&s->replies);
 	free(s->query_error);
 	free(s->query_value);
 	free(s);

@@ -18,6 +18,7 @@
 #include "list.h"
 #include "pgconn.h"
 #include "prepared.h"
+#include "reply.h"
 #include "strmap.h"
 
 struct client;
@@ -39,35 +40,63 @@ struct server_param {
 	char *value;
 };
 
-/*
- * What pgmux expects back for a message it sent to the backend, in order.
- * Kinds: the frontend message type ('P', 'B', 'D', 'E', 'C', 'S', 'Q', 'F')
- * whose reply is relayed; 'p' and 'c' for a Parse or Close pgmux injected,
- * whose reply is swallowed; '1' and '3' for a ParseComplete or CloseComplete
- * pgmux owes the client for a message it answered itself, sent when it
- * reaches the head of the queue so that replies keep their order. 'H' is a
- * Flush with a body, and 'x' a client's Parse of a name it has already (see
- * server_parse_taken()): their only reply is the error that refuses them.
- * 'u' is pgmux's Close of the unnamed statement (server_unnamed_reset()),
- * whose CloseComplete is swallowed.
- */
-struct pending_reply {
-	char kind;
-	char name[PREPARED_NAME_LEN + 1]; /* server-side statement of a 'P', 'p', 'c' or '1' */
-	char client_name[64];             /* the client's name for a 'P', '1' or '3' */
-	struct prepared_stmt *closed;     /* a '3': the client's statement, until the Close is answered */
-};
-
-struct reply_queue {
-	struct pending_reply *items;
-	uint32_t head;
-	uint32_t count;
-	uint32_t cap;
-};
-
 struct server;
 /* Called when a query of pgmux's own ends; ok is false when it failed (error in server->query_error). */
 typedef void (*server_query_done_fn)(struct server *s, bool ok, void *arg);
+
+/*
+ * What a server tells its owners. server.c calls nothing above it: the
+ * client linked to a server hears through the server_client_ops given to
+ * server_link(), the pool through the server_pool_ops it installed once
+ * (server_set_pool_ops()). Unless said otherwise a callback may close s or
+ * hand it away, and the server checks its state after each.
+ */
+struct server_client_ops {
+	/* Bytes for the client, in order: the backend's replies, and replies pgmux owes it. */
+	void (*deliver)(struct client *c, const uint8_t *bytes, size_t n);
+	/* Is the client's output too full to take more now? (Back-pressure: s stops reading.) */
+	bool (*congested)(const struct client *c);
+	/*
+	 * Replies arrived (delivered already). over: they end the client's
+	 * transaction, nothing is in flight, and s may go back to the pool
+	 * (pgmux's last use of s).
+	 */
+	void (*replies_arrived)(struct client *c, struct server *s, bool over);
+	/* s's output to the backend drained: the client may be read again. */
+	void (*drained)(struct client *c);
+	/* A ReadyForQuery reached the client (the tracker has counted it): a query, maybe a transaction, ended. */
+	void (*ready_for_query)(struct client *c, struct server *s);
+	/* The backend reported a parameter's value (ParameterStatus). */
+	void (*parameter)(struct client *c, const char *name, const char *value);
+	/* s is closing under its client, unlinked already (a lost backend). */
+	void (*lost)(struct client *c, struct server *s, const char *sqlstate, const char *message);
+};
+
+struct server_pool_ops {
+	/* The login of a new connection of pool: its user, database, and password as it is now. */
+	void (*login)(const struct pool *pool, const char **user, const char **database, const char **password);
+	/* Must a new connection ask its setup question (the server's limit, whether writes are opaque)? */
+	bool (*setup_wanted)(const struct server *s);
+	/* The answer: what the server allows ordinary roles, and whether the database's code makes writes opaque. */
+	void (*setup_answered)(struct server *s, int server_max, bool writes_opaque);
+	/* A new connection is connected and set up: count it and hand it out. */
+	void (*ready)(struct server *s);
+	/* A new connection failed; answered: the server refused the login (see server.c). */
+	void (*connect_failed)(struct server *s, const char *sqlstate, const char *message, bool answered);
+	/* s is clean and linked to no client: give it back (pgmux's last use of s). */
+	void (*release)(struct server *s);
+	/* s is closing: free its slot. */
+	void (*forget)(struct server *s);
+	/* The backend accepted, or refused, a Parse of this statement (server-side name). */
+	void (*statement_accepted)(struct pool *pool, const char *server_name);
+	void (*statement_refused)(struct pool *pool, const char *server_name);
+	/* What a backend's end says about its instance: suspect it, or ask for a health check now. */
+	void (*instance_suspect)(struct target *t);
+	void (*instance_check)(struct target *t);
+};
+
+/* The pool's callbacks, installed once before the first connection (pool_init()). */
+void server_set_pool_ops(const struct server_pool_ops *ops);
 
 struct server {
 	struct list_node pool_node;   /* pool idle list, under the pool lock */
@@ -81,7 +110,10 @@ struct server {
 	struct target *target;
 	PGconn *pg;
 	struct io io;
-	struct client *client;
+	struct client *client;       /* linked to it (server_link()), or NULL */
+	const struct server_client_ops *client_ops;
+	char log_user[64];           /* the pool's user and database, for its log lines (63 bytes, as LOG_NAME) */
+	char log_database[64];
 	int backend_pid;       /* atomic, for SHOW SERVERS */
 	int generation;              /* the target's generation when this connected */
 	struct event *timer;         /* connect timeout */
@@ -94,10 +126,11 @@ struct server {
 	                              * (server.c), from a FATAL relayed before it */
 
 	/* Relay framing. */
-	uint32_t forward_remaining; /* body bytes of the current message still to pass through */
-	int outstanding;            /* Query/Sync/FunctionCall sent and not yet answered */
-	bool unsynced;              /* extended-protocol messages since the last Sync */
-	char tx_status;             /* from the last ReadyForQuery */
+	uint32_t forward_remaining;  /* bytes of the backend's current message still to pass to the client */
+	uint32_t frontend_remaining; /* bytes of the client's current message still to pass to the backend */
+	char tx_status;              /* from the last ReadyForQuery */
+	/* What the backend was sent and will answer, and what the client is owed (reply.h). */
+	struct reply_tracker replies;
 
 	/* A query of pgmux's own. */
 	server_query_done_fn query_done;
@@ -112,9 +145,8 @@ struct server {
 	struct strmap defaults;
 
 	/* Transaction pooling: session state pgmux carries between backends. */
-	struct reply_queue replies;
-	bool skipping_until_sync;  /* an error made the server discard messages until Sync */
-	struct strmap prepared;    /* server-side statement names this backend has, LRU order */
+	struct strmap prepared;    /* server-side statement names this backend has, LRU order (replies
+	                            * keeps it in step) */
 	struct strmap applied;     /* unreported parameters pgmux set here (lower-case name -> value) */
 	uint64_t params_fingerprint; /* of params (carried ones) and applied, when ..._valid */
 	bool init_undone;          /* a reset (RESET, DISCARD ALL) undid init_query: run it before the next client */
@@ -216,68 +248,44 @@ void server_set_param(struct server *s, const char *name, const char *value);
 /* Is s between transactions, with nothing in flight? */
 static inline bool server_is_clean(const struct server *s)
 {
-	return s->outstanding == 0 && !s->unsynced && s->tx_status == 'I' && s->forward_remaining == 0 &&
-	       s->replies.count == 0 && !s->skipping_until_sync && iobuf_len(&s->io.in) == 0 &&
-	       iobuf_len(&s->io.out) == 0;
+	return reply_settled(&s->replies) && s->tx_status == 'I' && s->forward_remaining == 0 &&
+	       s->frontend_remaining == 0 && iobuf_len(&s->io.in) == 0 && iobuf_len(&s->io.out) == 0;
 }
 
-/* Queue what the backend will answer to a message just sent (transaction pooling). */
-void server_expect(struct server *s, char kind, const char *name);
+/*
+ * Link s to client c, which hears from s through ops; rs is the client's
+ * side of the reply tracking, tracking set with transaction pooling.
+ */
+void server_link(struct server *s, struct client *c, uint64_t client_id, const struct server_client_ops *ops,
+		 struct reply_session *rs, bool tracking);
+
+/* Unlink s from its client, whose transaction is over (before s goes back to the pool). */
+void server_unlink(struct server *s);
 
 /*
- * The client's Close of its statement client_name: answered by pgmux, in
- * order, leaving the server's statement for others. The client's name goes
- * at once, but the statement comes back if the server skips the Close
- * (after an error earlier in its batch), as PostgreSQL keeps it then.
+ * The linked client's next message, whole (with tracking, or one pgmux must
+ * see whole): msg is its type, length and body, len bytes. Returns what the
+ * reply tracker made of it (reply.h); it is on its way to the backend unless
+ * REPLY_WAIT, REPLY_TOO_MANY or REPLY_NO_MEMORY.
  */
-void server_close_owed(struct server *s, const char *client_name);
+enum reply_action server_send_message(struct server *s, const uint8_t *msg, size_t len);
 
-/*
- * The client's Parse of st under a name it has already given to statement
- * taken: let the backend refuse it (42P05, or what is wrong with the text).
- */
-void server_parse_taken(struct server *s, const struct prepared_stmt *taken, const struct prepared_stmt *st);
+/* The first n bytes of a client's message of total bytes that passes through as it arrives. */
+void server_send_start(struct server *s, const uint8_t *p, size_t n, size_t total);
 
-/*
- * Close the unnamed statement on s, which an earlier client of s may have
- * left there (the protocol keeps it until the next Parse of it or Query):
- * before a client that has not Parsed it on s in this transaction uses it.
- * Should the server skip that Close, the client's unnamed_here goes back to
- * false.
- */
-void server_unnamed_reset(struct server *s);
+/* More of such a message: takes up to avail bytes and returns how many (0: none is under way). */
+size_t server_send_rest(struct server *s, const uint8_t *p, size_t avail);
 
-/* Make sure the backend has statement st before a message uses it (sends its Parse if needed). */
-void server_ensure_prepared(struct server *s, const struct prepared_stmt *st);
+/* Replies the client is owed, not yet answered by the backend (max_pending_replies). */
+static inline uint32_t server_replies_pending(const struct server *s)
+{
+	return s->replies.count;
+}
 
-/*
- * Is a Parse or Close of the client's statement client_name still
- * unanswered in an earlier batch (a Sync follows it in the reply queue)?
- * The server skips it if that batch fails, so whether the statement exists
- * is not known yet. With owed_only, of the Parses only one pgmux answered
- * itself counts (the backend had the statement already, so a message using
- * it would work regardless).
- */
-bool server_parse_unsettled(const struct server *s, const char *client_name, bool owed_only);
+/* Bytes queued for the backend, not yet written. */
+size_t server_output_pending(const struct server *s);
 
-/*
- * Does the backend's copy of statement server_name hang on an earlier batch
- * still unanswered (a Parse or Close of it, with a Sync after it in the
- * reply queue)? The server skips them if that batch fails, so whether the
- * backend has it is not known yet: a message that relies on it (or prepares
- * it) must wait. A Parse by the client's own name client_name (may be NULL)
- * does not count: were it skipped, the statement would not exist for the
- * client either, and the backend's "does not exist" is the right answer.
- */
-bool server_statement_unsettled(const struct server *s, const char *server_name, const char *client_name);
-
-/*
- * Record that a client's Parse of st (named client_name) is being sent, or
- * answered from the backend's cache. If the server rejects it, the client's
- * name is dropped again, as PostgreSQL would never have created it.
- * transaction_control: the text begins or ends transactions (see there).
- */
-void server_parse(struct server *s, const struct prepared_stmt *st, const char *client_name,
-		  bool transaction_control);
+/* The linked client took what it was given: read the backend again (if s is active). */
+void server_resume_reading(struct server *s);
 
 #endif

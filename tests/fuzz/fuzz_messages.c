@@ -3,10 +3,10 @@
  * of a logged-in session. The input's first byte picks the direction; the
  * rest is a stream of messages (type byte, int32 length, body).
  *
- * Frontend (even first byte): each header is checked as client_check_header()
+ * Frontend (even first byte): each header is checked as relay_check_header()
  * does (a frontend type, a length of at least 4, at most max_packet_size) and
  * the stream ends at the first refusal, as the session would. Whole messages
- * then go through the functions client_forward_tracked() uses in transaction
+ * then go through the functions reply_frontend() uses in transaction
  * pooling: the SQL scan of a Query or Parse, prepared_from_parse() for a named
  * Parse, and prepared_rewrite() of the statement name in a Bind, Describe or
  * Close. Each rewrite is read back: it must be a well-framed message that
@@ -16,7 +16,7 @@
  * through proto_parse_error(), which server.c uses to log and re-raise a
  * backend's errors; every field it returns must lie inside the body.
  *
- * The framing loop itself (client_relay()) works on a live session and is
+ * The framing loop itself (relay_to_backend()) works on a live session and is
  * exercised by the integration suite's protocol fuzz test instead.
  */
 #include <string.h>
