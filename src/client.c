@@ -1313,7 +1313,8 @@ void client_janitor(struct client *c, uint64_t now)
 
 	if (idle && cfg->idle_client_timeout_ms > 0 &&
 	    now - c->last_activity_usec >= (uint64_t)cfg->idle_client_timeout_ms * 1000)
-		client_fatal(c, "57P05", "terminating connection due to idle_client_timeout (%d s)",
+		client_fatal(c, SQLSTATE_IDLE_SESSION_TIMEOUT,
+			     "terminating connection due to idle_client_timeout (%d s)",
 			     cfg->idle_client_timeout_ms / 1000);
 	if (c->state == CLIENT_CLOSED || cfg->idle_transaction_timeout_ms <= 0)
 		return;
@@ -1327,7 +1328,8 @@ void client_janitor(struct client *c, uint64_t now)
 	uint64_t since = c->backend_waiting_since_usec > c->last_activity_usec ? c->backend_waiting_since_usec
 									      : c->last_activity_usec;
 	if (now - since >= (uint64_t)cfg->idle_transaction_timeout_ms * 1000)
-		client_fatal(c, "25P03", "terminating connection due to idle_transaction_timeout (%d ms)",
+		client_fatal(c, SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
+			     "terminating connection due to idle_transaction_timeout (%d ms)",
 			     cfg->idle_transaction_timeout_ms);
 }
 

@@ -632,7 +632,8 @@ static bool server_error_ends_session(const uint8_t *body, size_t len, char *why
 		return false;
 	code = ef.sqlstate ? ef.sqlstate : "?";
 	/* idle_in_transaction_session_timeout, idle_session_timeout, transaction_timeout */
-	if (strcmp(code, "25P03") == 0 || strcmp(code, "57P05") == 0 || strcmp(code, "25P04") == 0)
+	if (strcmp(code, SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT) == 0 || strcmp(code, SQLSTATE_IDLE_SESSION_TIMEOUT) == 0 ||
+	    strcmp(code, SQLSTATE_TRANSACTION_TIMEOUT) == 0)
 		*end = SESSION_END_TIMEOUT;
 	else if (strcmp(ef.severity, "PANIC") == 0 || strcmp(code, SQLSTATE_CRASH_SHUTDOWN) == 0 ||
 		 strcmp(code, SQLSTATE_CANNOT_CONNECT_NOW) == 0)
