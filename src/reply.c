@@ -655,7 +655,58 @@ enum reply_action reply_frontend(struct reply_tracker *t, const uint8_t *msg, si
 
 /* ------------------------------------------------------------ backend */
 
+static bool backend_statement_entry(const struct pending_reply *r);
+
 /* The backend ran a statement that dropped session state; follow it. Returns true when it reset parameters. */
+/* Is a Parse of the client's statement client_name still in the queue (sent after what is answered)? */
+static bool client_parse_pending(const struct reply_tracker *t, const char *client_name)
+{
+	for (uint32_t i = 0; i < t->count; i++) {
+		const struct pending_reply *r = reply_at(t, i);
+
+		if ((r->kind == REPLY_PARSE || r->kind == REPLY_OWED_PARSE) && strcmp(r->client_name, client_name) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The statement the head of the queue answers for (a DISCARD ALL or
+ * DEALLOCATE ALL) dropped every prepared statement, the backend's and the
+ * client's, before the backend went on with what the queue holds after it:
+ * the backend has what those messages prepare (and did not evict again; an
+ * eviction of a statement that was gone closes nothing), the client what
+ * it Parsed since.
+ */
+static void statements_dropped(struct reply_tracker *t, struct reply_session *rs)
+{
+	struct list_node *pos, *tmp;
+
+	strmap_clear(t->statements, NULL);
+	for (uint32_t i = 0; i < t->count; i++) {
+		struct pending_reply *r = reply_at(t, i);
+		struct strmap_entry *e;
+
+		if (!backend_statement_entry(r))
+			continue;
+		e = strmap_find(t->statements, r->name);
+		if (r->kind != REPLY_OWN_CLOSE && e == NULL)
+			strmap_insert(t->statements, r->name, NULL);
+		else if (r->kind == REPLY_OWN_CLOSE && e != NULL)
+			strmap_delete(t->statements, e);
+		else if (r->kind == REPLY_OWN_CLOSE)
+			r->name[0] = '\0'; /* it closes nothing now (see skipped_to_sync()) */
+	}
+	if (rs == NULL)
+		return;
+	list_for_each_safe(pos, tmp, &rs->stmts.lru) {
+		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+
+		if (!client_parse_pending(t, e->key))
+			prepared_free(strmap_delete(&rs->stmts, e));
+	}
+}
+
 static bool command_complete(struct reply_tracker *t, const uint8_t *body, size_t len)
 {
 	struct reply_session *rs = t->session;
@@ -663,11 +714,8 @@ static bool command_complete(struct reply_tracker *t, const uint8_t *body, size_
 
 	if (len == 0 || body[len - 1] != '\0')
 		return false;
-	if (strcmp(tag, "DISCARD ALL") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0) {
-		strmap_clear(t->statements, NULL);
-		if (rs)
-			strmap_clear(&rs->stmts, prepared_free);
-	}
+	if (strcmp(tag, "DISCARD ALL") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0)
+		statements_dropped(t, rs);
 	/* Back to the server's defaults (init_query's settings too). */
 	return strcmp(tag, "DISCARD ALL") == 0 || (strcmp(tag, "RESET") == 0 && rs && rs->reset_all_pending);
 }
@@ -678,6 +726,58 @@ static bool command_complete(struct reply_tracker *t, const uint8_t *body, size_
  * drop their entries (and the replies owed for them, which the backend
  * would not have sent either).
  */
+/* Does this entry prepare or close one of the backend's statements? */
+static bool backend_statement_entry(const struct pending_reply *r)
+{
+	return r->name[0] && (r->kind == REPLY_PARSE || r->kind == REPLY_OWN_PARSE || r->kind == REPLY_OWN_CLOSE);
+}
+
+/*
+ * The backend skipped the first n entries of the queue (a failed batch):
+ * each statement they prepared or closed is as it was before them, and then
+ * as the later batches, which the backend does run, leave it: evicted (a
+ * Close of pgmux's own), or prepared again (the client's own statement,
+ * which a later message may prepare without waiting: see
+ * statement_unsettled()).
+ */
+static void statements_skipped(struct reply_tracker *t, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		const struct pending_reply *r = reply_at(t, i);
+		struct strmap_entry *e;
+		bool first = true, has;
+
+		if (!backend_statement_entry(r))
+			continue;
+		/* The batch's first entry on it says what was there before: a Close, or a Parse of a new one. */
+		for (uint32_t j = 0; j < i && first; j++)
+			if (backend_statement_entry(reply_at(t, j)) && strcmp(reply_at(t, j)->name, r->name) == 0)
+				first = false;
+		if (!first)
+			continue;
+		has = r->kind == REPLY_OWN_CLOSE;
+		for (uint32_t j = n; j < t->count; j++) {
+			struct pending_reply *later = reply_at(t, j);
+
+			if (!backend_statement_entry(later) || strcmp(later->name, r->name) != 0)
+				continue;
+			/*
+			 * A later Close of a statement that is not there closes
+			 * nothing: should its batch fail too, undoing it must not
+			 * bring the statement back.
+			 */
+			if (later->kind == REPLY_OWN_CLOSE && !has)
+				later->name[0] = '\0';
+			has = later->kind != REPLY_OWN_CLOSE;
+		}
+		e = strmap_find(t->statements, r->name);
+		if (has && e == NULL)
+			strmap_insert(t->statements, r->name, NULL);
+		else if (!has && e != NULL)
+			strmap_delete(t->statements, e);
+	}
+}
+
 static void skipped_to_sync(struct reply_tracker *t)
 {
 	struct reply_session *rs = t->session;
@@ -686,11 +786,11 @@ static void skipped_to_sync(struct reply_tracker *t)
 
 	while (n < t->count && reply_at(t, n)->kind != REPLY_SYNC)
 		n++;
+	statements_skipped(t, n);
 	/*
-	 * The backend's statements, and the client's, are as they were before
-	 * the first of them: undone from the last back, a statement prepared
-	 * and then evicted or closed in the same batch (or the other way round)
-	 * ends where it was.
+	 * The client's statements are as they were before the first of them:
+	 * undone from the last back, a statement prepared and then closed in
+	 * the same batch (or the other way round) ends where it was.
 	 */
 	for (uint32_t i = n; i-- > 0;) {
 		struct strmap_entry *e;
@@ -698,27 +798,6 @@ static void skipped_to_sync(struct reply_tracker *t)
 
 		r = reply_at(t, i);
 		is_parse = r->kind == REPLY_PARSE || r->kind == REPLY_OWN_PARSE;
-		if (is_parse && (e = strmap_find(t->statements, r->name)) != NULL) {
-			strmap_delete(t->statements, e);
-		} else if (is_parse) {
-			/*
-			 * A later batch evicted it already: that Close now closes
-			 * nothing, and must not bring the name back should that
-			 * batch fail too. (Nothing prepares it again after the
-			 * Close while this batch is unanswered: see
-			 * statement_unsettled().)
-			 */
-			for (uint32_t j = n; j < t->count; j++) {
-				struct pending_reply *later = reply_at(t, j);
-
-				if (later->kind == REPLY_OWN_CLOSE && strcmp(later->name, r->name) == 0) {
-					later->name[0] = '\0';
-					break;
-				}
-			}
-		} else if (r->kind == REPLY_OWN_CLOSE && r->name[0] && strmap_find(t->statements, r->name) == NULL) {
-			strmap_insert(t->statements, r->name, NULL);
-		}
 		/*
 		 * A statement the backend never created does not exist for the
 		 * client either (nor, if a later batch closed it already, may
@@ -829,6 +908,18 @@ static bool reply_arrived(struct reply_tracker *t, uint8_t type, struct reply_ve
 		if (type == BE_READY_FOR_QUERY)
 			reply_pop(t);
 		break;
+	case REPLY_FLUSH_REFUSED:
+	case REPLY_PARSE_REFUSED:
+		/*
+		 * The backend took what it had to refuse: a Parse under the name of
+		 * a statement it no longer has (a DEALLOCATE ALL ran ahead of it,
+		 * in the same batch), now holding the client's new text under that
+		 * statement's name. Nothing it sends from now on can be matched,
+		 * and no other client may use it.
+		 */
+		out->broken = true;
+		forward = false;
+		break;
 	default:
 		break;
 	}
@@ -853,6 +944,7 @@ void reply_backend(struct reply_tracker *t, uint8_t type, const uint8_t *body, s
 	out->owed = false;
 	out->release = false;
 	out->session_reset = false;
+	out->broken = false;
 	out->statement = REPLY_STATEMENT_NONE;
 	if (type == BE_READY_FOR_QUERY && t->outstanding > 0)
 		t->outstanding--;

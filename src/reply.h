@@ -175,6 +175,8 @@ struct reply_verdict {
 	bool release;       /* a ReadyForQuery 'I' that ends the transaction: nothing in flight once the
 	                     * owed replies went */
 	bool session_reset; /* DISCARD ALL, or RESET after a RESET ALL: the backend's parameters are its defaults */
+	bool broken;        /* the backend accepted what it had to refuse: close it (the client loses its
+	                     * transaction, as with any lost backend) */
 	enum reply_statement statement;
 	char statement_name[PREPARED_NAME_LEN + 1];
 };

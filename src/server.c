@@ -663,15 +663,24 @@ static void server_deliver_span(struct server *s, bool relaying, size_t *span)
 /*
  * A whole backend message (type, body of blen bytes) at offset *span of the
  * input, while a client is linked: the reply tracker says what becomes of
- * it. Returns true when it ends the client's transaction (release).
+ * it. SERVER_INPUT_RELEASE when it ends the client's transaction,
+ * SERVER_INPUT_GONE when s was closed.
  */
-static bool server_relay_message(struct server *s, uint8_t type, const uint8_t *body, size_t blen, size_t *span)
+static enum server_input server_relay_message(struct server *s, uint8_t type, const uint8_t *body, size_t blen,
+					      size_t *span)
 {
 	struct reply_verdict v;
 
 	if (type == BE_READY_FOR_QUERY)
 		s->tx_status = blen >= 1 ? (char)body[0] : 'E';
 	reply_backend(&s->replies, type, body, blen, &v);
+	if (v.broken) {
+		server_deliver_span(s, true, span);
+		iobuf_consume(&s->io.in, PROTO_HEADER_LEN + blen);
+		log_server(LOG_LEVEL_WARNING, s, "the backend accepted a Parse it had to refuse ('%c')", type);
+		server_close(s, "the backend accepted a Parse under the name of a statement it had dropped");
+		return SERVER_INPUT_GONE;
+	}
 	if (type == BE_READY_FOR_QUERY)
 		s->client_ops->ready_for_query(s->client, s);
 	if (v.session_reset) {
@@ -715,7 +724,9 @@ static bool server_relay_message(struct server *s, uint8_t type, const uint8_t *
 	 * yet written, or a pinned session.
 	 */
 	return v.release && !s->pinned && s->forward_remaining == 0 && s->frontend_remaining == 0 &&
-	       iobuf_len(&s->io.in) == *span && iobuf_len(&s->io.out) == 0;
+			       iobuf_len(&s->io.in) == *span && iobuf_len(&s->io.out) == 0
+		       ? SERVER_INPUT_RELEASE
+		       : SERVER_INPUT_MORE;
 }
 
 /*
@@ -819,9 +830,13 @@ static enum server_input server_process_input(struct server *s)
 			return SERVER_INPUT_GONE;
 		}
 		if (relaying) {
-			if (server_relay_message(s, type, body, blen, &span)) {
+			enum server_input result = server_relay_message(s, type, body, blen, &span);
+
+			if (result == SERVER_INPUT_GONE)
+				return result;
+			if (result == SERVER_INPUT_RELEASE) {
 				server_deliver_span(s, relaying, &span);
-				return SERVER_INPUT_RELEASE;
+				return result;
 			}
 			continue;
 		}

@@ -137,4 +137,25 @@ put("session", "admin_extended", TRUST + admin + msg("P", cstr("") + cstr("SHOW 
     msg("P", cstr("") + cstr("CUTOVER TO 'x:1'") + struct.pack(">h", 0)) +
     msg("B", cstr("") + cstr("") + struct.pack(">hhh", 0, 0, 0)) + msg("E", cstr("") + struct.pack(">i", 0)) +
     msg("S", b""))
+# fuzz_reply: a limit byte (max_prepared_statements 1 + b % 3), then steps: 0 a client message (type,
+# name and text indexes, a raw byte), 1 the backend's next reply (a byte of how), 2 the client's input
+# taken with no backend (unjudged, known), 3 the other backend. See tests/fuzz/fuzz_reply.c.
+def fe(kind, name=0, text=0, raw=0):
+    types = "PBDCESQHF"
+    return bytes([0, types.index(kind), name, text, raw])
+
+
+def be(n, how=2):
+    return bytes([1, how]) * n
+
+
+take = bytes([2, 0, 0])
+put("reply", "prepared", bytes([0]) + fe("P", 1, 4) + fe("S") + take + be(2) + fe("B", 1) + fe("E") + fe("S") + be(4) +
+    bytes([3]) + fe("B", 1) + fe("E") + fe("S") + take + be(6))
+put("reply", "pipeline_error", bytes([1]) + fe("P", 1, 0) + fe("B", 1) + fe("S") + take + fe("P", 2, 4) + fe("B", 2) +
+    fe("S") + fe("B", 1) + fe("S") + be(1) + bytes([1, 1]) + be(8))
+put("reply", "discard", bytes([2]) + fe("P", 1, 0) + fe("S") + take + be(2) + fe("Q", 0, 6) + fe("P", 2, 4) +
+    fe("B", 1) + fe("S") + be(8))
+put("reply", "unnamed", bytes([0]) + fe("P", 0, 0) + fe("B", 0) + fe("S") + take + be(3) + bytes([3]) + fe("B", 0) +
+    fe("D", 0) + fe("S") + take + be(4))
 sys.exit(0)

@@ -976,3 +976,170 @@ Test(reply, asyncpg)
 	cr_assert_gt(n[REWRITTEN], 0);
 	cr_assert_gt(n[OWED], 0);
 }
+
+/* ------------------------------------------------ what the fuzzer found */
+
+/*
+ * Sequences tests/fuzz/fuzz_reply.c found where the tracker's idea of the
+ * backend's statements went wrong, driven here message by message.
+ */
+struct scene {
+	struct reply_session rs;
+	struct strmap statements;
+	struct reply_tracker t;
+	struct reply_limits limits;
+	struct iobuf to_server;
+};
+
+static void scene_init(struct scene *sc, int max_backend_statements)
+{
+	reply_session_init(&sc->rs, &hooks, NULL);
+	strmap_init(&sc->statements);
+	reply_tracker_init(&sc->t, &sc->statements);
+	reply_link(&sc->t, &sc->rs, true);
+	sc->limits.max_backend_statements = max_backend_statements;
+	sc->limits.max_client_statements = 100;
+	sc->limits.max_packet_size = 1 << 20;
+	iobuf_init(&sc->to_server);
+}
+
+static void scene_free(struct scene *sc)
+{
+	reply_unlink(&sc->t);
+	reply_tracker_free(&sc->t);
+	strmap_clear(&sc->statements, NULL);
+	reply_session_free(&sc->rs);
+	iobuf_free(&sc->to_server);
+}
+
+/* The client sends a message (type and body); returns what the tracker made of it. */
+static enum reply_action scene_send(struct scene *sc, char type, const void *body, size_t len)
+{
+	struct iobuf msg;
+	enum reply_action action;
+
+	iobuf_init(&msg);
+	put_message(&msg, (uint8_t)type, body, len);
+	action = reply_frontend(&sc->t, iobuf_head(&msg), iobuf_len(&msg), 'I', &sc->limits, &sc->to_server);
+	cr_assert(action != REPLY_WAIT && action != REPLY_TOO_MANY && action != REPLY_NO_MEMORY);
+	reply_count_frontend(&sc->t, (uint8_t)type);
+	iobuf_free(&msg);
+	return action;
+}
+
+static void scene_parse(struct scene *sc, const char *name, const char *text)
+{
+	uint8_t body[128];
+	size_t n = strlen(name) + 1, m = strlen(text) + 1;
+
+	memcpy(body, name, n);
+	memcpy(body + n, text, m);
+	body[n + m] = body[n + m + 1] = 0; /* no parameter types */
+	scene_send(sc, FE_PARSE, body, n + m + 2);
+}
+
+static void scene_bind(struct scene *sc, const char *name)
+{
+	uint8_t body[128] = {0}; /* unnamed portal */
+	size_t n = strlen(name) + 1;
+
+	memcpy(body + 1, name, n);
+	/* no formats, parameters or result formats: six zero bytes, there already */
+	scene_send(sc, FE_BIND, body, 1 + n + 6);
+}
+
+/* The backend replies; returns the verdict. */
+static struct reply_verdict scene_reply(struct scene *sc, char type, const char *body)
+{
+	struct reply_verdict v;
+	uint8_t owed[64];
+
+	reply_backend(&sc->t, (uint8_t)type, (const uint8_t *)(body ? body : ""), body ? strlen(body) + 1 : 0, &v);
+	while (reply_take_owed(&sc->t, owed, sizeof(owed)) > 0)
+		;
+	return v;
+}
+
+static const char *server_name_of(struct scene *sc, const char *client_name)
+{
+	struct strmap_entry *e = strmap_find(&sc->rs.stmts, client_name);
+
+	cr_assert_not_null(e, "the client has no statement %s", client_name);
+	return ((struct prepared_stmt *)e->value)->server_name;
+}
+
+Test(reply_found, deallocate_all_ahead_of_a_parse_in_flight)
+{
+	struct scene sc;
+	char x[PREPARED_NAME_LEN + 1];
+
+	scene_init(&sc, 100);
+	/* DEALLOCATE ALL, then, before its answer, a Parse: the backend creates that statement afterwards. */
+	scene_send(&sc, FE_QUERY, "DEALLOCATE ALL", 15);
+	scene_parse(&sc, "s1", "SELECT 1");
+	scene_send(&sc, FE_SYNC, NULL, 0);
+	snprintf(x, sizeof(x), "%s", server_name_of(&sc, "s1"));
+	scene_reply(&sc, BE_COMMAND_COMPLETE, "DEALLOCATE ALL");
+	cr_assert_not_null(strmap_find(&sc.statements, x), "the backend's statement went with the DEALLOCATE ALL");
+	cr_assert_not_null(strmap_find(&sc.rs.stmts, "s1"), "the client's statement went with the DEALLOCATE ALL");
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	scene_reply(&sc, BE_PARSE_COMPLETE, NULL);
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	cr_assert(reply_settled(&sc.t));
+	cr_assert_not_null(strmap_find(&sc.statements, x));
+	scene_free(&sc);
+}
+
+Test(reply_found, failed_parse_of_a_statement_a_later_batch_prepares_again)
+{
+	struct scene sc;
+	char x[PREPARED_NAME_LEN + 1];
+
+	scene_init(&sc, 1);
+	/* Batch 1: s, under x. */
+	scene_parse(&sc, "s", "SELECT 1");
+	scene_send(&sc, FE_SYNC, NULL, 0);
+	snprintf(x, sizeof(x), "%s", server_name_of(&sc, "s"));
+	/* Batch 2, before batch 1 is answered: t evicts x; the Bind of s prepares x again, evicting t. */
+	scene_parse(&sc, "t", "SELECT 2");
+	scene_bind(&sc, "s");
+	scene_send(&sc, FE_SYNC, NULL, 0);
+	/* Batch 1 fails: its Parse of x never happened, but batch 2 prepares x. */
+	scene_reply(&sc, BE_ERROR_RESPONSE, "SERROR");
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	cr_assert_not_null(strmap_find(&sc.statements, x), "batch 2 prepares x: the backend has it");
+	scene_reply(&sc, BE_CLOSE_COMPLETE, NULL); /* of x: nothing there */
+	scene_reply(&sc, BE_PARSE_COMPLETE, NULL); /* t */
+	scene_reply(&sc, BE_CLOSE_COMPLETE, NULL); /* of t */
+	scene_reply(&sc, BE_PARSE_COMPLETE, NULL); /* x again */
+	scene_reply(&sc, BE_BIND_COMPLETE, NULL);
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	cr_assert(reply_settled(&sc.t));
+	cr_assert_eq(sc.statements.count, 1);
+	cr_assert_not_null(strmap_find(&sc.statements, x));
+	scene_free(&sc);
+}
+
+Test(reply_found, a_parse_under_a_name_dropped_meanwhile_breaks_the_backend)
+{
+	struct scene sc;
+	struct reply_verdict v;
+
+	scene_init(&sc, 100);
+	scene_parse(&sc, "s", "SELECT 1");
+	scene_send(&sc, FE_SYNC, NULL, 0);
+	scene_reply(&sc, BE_PARSE_COMPLETE, NULL);
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	/*
+	 * DEALLOCATE ALL and, in the same batch, a Parse of s again: pgmux has
+	 * the backend refuse it under s's server-side name, which by then is gone.
+	 */
+	scene_send(&sc, FE_QUERY, "DEALLOCATE ALL", 15);
+	cr_assert_eq(scene_send(&sc, FE_PARSE, "s\0SELECT 2\0\0", 13), REPLY_REWRITTEN);
+	scene_reply(&sc, BE_COMMAND_COMPLETE, "DEALLOCATE ALL");
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	v = scene_reply(&sc, BE_PARSE_COMPLETE, NULL);
+	cr_assert(v.broken, "the backend took the client's text under another statement's name: it must go");
+	cr_assert(!v.forward);
+	scene_free(&sc);
+}
