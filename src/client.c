@@ -1116,8 +1116,13 @@ static bool client_relay(struct client *c)
 	struct server *s = c->server;
 	struct relay_refusal why;
 
-	/* A transaction's clock starts with its first message, if client_begin_transaction() did not start it. */
-	if (c->txn_start_usec == 0)
+	/*
+	 * A transaction's clock starts with its first message, if
+	 * client_begin_transaction() did not start it. Only with input here: a
+	 * session-pooled client stays ACTIVE between transactions, and a pass
+	 * with nothing to relay must not start the next one's clock.
+	 */
+	if (c->txn_start_usec == 0 && iobuf_len(&c->io.in) > 0)
 		c->txn_start_usec = pgmux_now_usec();
 	switch (relay_to_backend(&c->relay, &c->io.in, s, c->transaction_mode, &why)) {
 	case RELAY_TERMINATE:
