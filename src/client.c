@@ -642,7 +642,7 @@ bool client_process_input(struct client *c)
 			return client_relay(c);
 		case CLIENT_IDLE:
 			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c)) {
-				/* What pgmux answered alone (client_answer_idle()) goes out once all is read. */
+				/* What pgmux answered alone (relay_between_transactions()) goes out once all is read. */
 				if (c->state == CLIENT_IDLE && (iobuf_len(&c->io.out) > 0 || c->io.out.failed))
 					client_flush(c);
 				return c->state != CLIENT_CLOSED;
