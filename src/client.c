@@ -7,11 +7,15 @@
  * client goes back to IDLE, without a backend, each time a transaction ends,
  * and through WAITING and SETUP again when the next one starts.
  *
- * What the login checks and answers is login.c's, and the SQL that carries
- * a session's state to a backend and reads it back is session.c's: this file
- * drives both, acting on what they return.
+ * What the login checks and answers is login.c's, the SQL that carries a
+ * session's state to a backend and reads it back is session.c's, and what a
+ * logged-in client's messages become is relay.c's: this file drives them,
+ * acting on what they return. The backend serving a client (borrowing it,
+ * linking it, what it tells the client, giving it back) is the other file
+ * of this module, client_backend.c.
  */
 #include "client.h"
+#include "client_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -42,12 +46,6 @@
 /* Stop reading from the client while this much is queued for its backend. */
 #define CLIENT_SERVER_HIGH_WATER (256 * 1024)
 #define CLIENT_READ_BUDGET (256 * 1024)
-/*
- * Stop reading from a client while this much output waits for it: one that
- * sends and never reads (Syncs pgmux answers alone, say) would grow it for
- * good. Reading resumes once the output has gone (client_flush()).
- */
-#define CLIENT_OUTPUT_HIGH_WATER (256 * 1024)
 /* Input a client may queue before it has a backend (pipelined early queries). */
 #define CLIENT_EARLY_INPUT_LIMIT (64 * 1024)
 
@@ -62,7 +60,6 @@ void client_set_console(const struct client_console *ops)
 	console = ops;
 }
 
-#define BORROW_TIMEOUT_MESSAGE "timed out waiting to acquire database connection"
 
 static const char *const client_state_names[] = {
 	[CLIENT_STARTUP] = "startup", [CLIENT_TLS_HANDSHAKE] = "tls-handshake",
@@ -72,18 +69,6 @@ static const char *const client_state_names[] = {
 };
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg);
-static bool client_process_input(struct client *c);
-static void client_resume(struct client *c);
-static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message);
-static const struct server_client_ops client_server_ops;
-static const struct reply_hooks client_reply_hooks;
-static void client_pin(struct client *c, const struct sql_scan_result *scan);
-static void client_link(struct client *c, struct server *s);
-static void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
-static void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message,
-				     const char *detail);
-static void client_arm_wait_timer(struct client *c);
-static void client_borrow(struct client *c);
 
 const char *client_state_name(enum client_state state)
 {
@@ -108,7 +93,7 @@ static bool client_state_busy(enum client_state state)
  * cycles IDLE -> WAITING -> SETUP -> ACTIVE -> IDLE, with ACTIVE -> SETUP ->
  * IDLE while the session's settings are read back (client_release_server()).
  */
-static void client_set_state(struct client *c, enum client_state next)
+void client_set_state(struct client *c, enum client_state next)
 {
 	static const unsigned allowed[] = {
 		[CLIENT_STARTUP] = 1u << CLIENT_TLS_HANDSHAKE | 1u << CLIENT_AUTH | 1u << CLIENT_CLOSED,
@@ -189,7 +174,7 @@ void client_flush(struct client *c)
 }
 
 /* A FATAL error (with an optional DETAIL), then close. */
-static void client_fatal_detail(struct client *c, const char *sqlstate, const char *message, const char *detail)
+void client_fatal_detail(struct client *c, const char *sqlstate, const char *message, const char *detail)
 {
 	if (c->state == CLIENT_CLOSED)
 		return;
@@ -337,7 +322,7 @@ void client_close(struct client *c, const char *reason)
 }
 
 /* The custom parameters noted since the last read-back (client_scan_sql()) are read now, or never. */
-static void client_drop_custom_pending(struct client *c)
+void client_drop_custom_pending(struct client *c)
 {
 	if (c->custom_pending) {
 		params_clear(c->custom_pending);
@@ -372,89 +357,6 @@ void client_drain(struct client *c)
 	    (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in)))
 		return;
 	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
-}
-
-/*
- * The backend linked to c failed (server_close(), unlinked already). With
- * transaction pooling the client's transaction fails with an ERROR and its
- * connection stays usable; a pinned or session-pooled client gets a FATAL
- * and is closed.
- */
-static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
-{
-	bool was_in_transaction = s->tx_status == 'T' || s->tx_status == 'E';
-
-	if (c->server == s)
-		c->server = NULL;
-	if (c->state == CLIENT_CLOSED)
-		return;
-	if (s->forward_remaining > 0) {
-		/* The client has part of a message of s: nothing can follow it (see client_vfatal()). */
-		client_close(c, message);
-		return;
-	}
-	if (s->reading_settings) {
-		/* What the session SET lived only on that backend: it cannot go on as if nothing happened. */
-		client_fatal(c, sqlstate, "lost the connection to the database server before pgmux could read the "
-				 "session's settings: %s", message);
-		return;
-	}
-	if (c->state == CLIENT_SETUP && c->logged_in && c->transaction_mode && !c->pin_reason) {
-		/* Nothing of the client's reached that backend yet: try another. */
-		log_client(LOG_LEVEL_INFO, c, "backend lost while being prepared (%s); borrowing another", message);
-		client_set_state(c, CLIENT_WAITING);
-		client_borrow(c);
-		/* What it sent meanwhile is looked at from the loop (this may run inside its own processing). */
-		if (c->state != CLIENT_CLOSED)
-			io_schedule_read(&c->io);
-		return;
-	}
-	/*
-	 * With transaction pooling the client's session lives in pgmux, so it
-	 * survives its backend: the transaction in flight fails with an error of
-	 * class 08 and the next one gets another backend (a new writer after a
-	 * failover). That needs the reply stream at a message boundary and at
-	 * most one batch waiting for its ReadyForQuery. Sessions pinned to the
-	 * backend, session pooling and anything else end here.
-	 */
-	if (!c->transaction_mode || c->pin_reason || !c->logged_in || c->state != CLIENT_ACTIVE ||
-	    s->forward_remaining > 0 || s->frontend_remaining > 0 || s->replies.outstanding > 1) {
-		client_fatal(c, sqlstate, "%s: %s",
-			     c->pin_reason ? "the database connection of this pinned session was lost"
-					   : "lost the connection to the database server",
-			     message);
-		return;
-	}
-	/*
-	 * A client that ends its backends (pg_terminate_backend() of its own, in
-	 * a loop, say) must not end the others' one after another: its next
-	 * backend is a new connection, paid for by its own wait.
-	 */
-	c->fresh_backend = true;
-	client_set_state(c, CLIENT_IDLE);
-	if (c->read_paused) {
-		c->read_paused = false;
-		io_want_read(&c->io, true);
-	}
-	log_client_because(LOG_LEVEL_WARNING, c, sqlstate, message,
-			   "backend lost mid-transaction (%s); the client's transaction fails", message);
-	if (s->replies.outstanding > 0) {
-		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
-				message, NULL);
-		/* Messages sent after the failed batch began belong to it: drop them up to its Sync. */
-		if (s->replies.unsynced)
-			c->relay.discard_until_sync = true;
-		else
-			proto_put_ready(&c->io.out, 'I');
-	} else if (was_in_transaction || s->replies.unsynced) {
-		/* Nothing in flight, but an open transaction died: its next statement must fail. */
-		c->transaction_lost = true;
-		free(c->lost_detail);
-		c->lost_detail = strdup(message); /* NULL if out of memory: the error just has no DETAIL */
-	}
-	client_flush(c);
-	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */
-	io_schedule_read(&c->io);
 }
 
 void client_cancel_backend(struct client *c)
@@ -635,480 +537,7 @@ static void client_authenticated(struct client *c)
 	client_borrow(c);
 }
 
-/* --------------------------------------------------- getting a backend */
-
-static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
-{
-	struct client *c = arg;
-	char detail[512];
-
-	if (c->state != CLIENT_WAITING)
-		return;
-	pool_cancel_wait(&c->waiter);
-	STAT_INC(c->worker, borrow_timeouts);
-	/* Say why, when pgmux knows: no healthy writer, or how its connection attempts fail. */
-	pool_wait_detail(c->pool, detail, sizeof(detail));
-	log_client_because(LOG_LEVEL_WARNING, c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE,
-			   "%s after %d ms%s%s", BORROW_TIMEOUT_MESSAGE,
-			   config_current()->connection_borrow_timeout_ms, detail[0] ? ": " : "", detail);
-	if (!c->logged_in) {
-		client_fatal_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
-		return;
-	}
-	client_fail_batch_detail(c, SQLSTATE_TOO_MANY_CONNECTIONS, BORROW_TIMEOUT_MESSAGE, detail[0] ? detail : NULL);
-	client_resume(c);
-}
-
-static void client_arm_wait_timer(struct client *c)
-{
-	const struct config *cfg = config_current();
-	struct timeval tv;
-
-	if (c->state != CLIENT_WAITING || cfg->connection_borrow_timeout_ms <= 0)
-		return;
-	if (c->wait_timer == NULL) {
-		c->wait_timer = evtimer_new(c->worker->base, client_borrow_timeout, c);
-		if (c->wait_timer == NULL) {
-			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
-			return;
-		}
-	}
-	tv.tv_sec = cfg->connection_borrow_timeout_ms / 1000;
-	tv.tv_usec = (cfg->connection_borrow_timeout_ms % 1000) * 1000;
-	evtimer_add(c->wait_timer, &tv);
-}
-
-/* Act on what pool_borrow() said; the client is WAITING. */
-static void client_borrow_result(struct client *c, enum pool_borrow_result result, struct server *s,
-				 const char *error)
-{
-	c->borrow_start_usec = pgmux_now_usec(); /* the borrow wait (stats_borrow_ended()) counts from here */
-	switch (result) {
-	case POOL_BORROWED:
-		client_link(c, s);
-		break;
-	case POOL_QUEUED:
-		STAT_INC(c->worker, borrow_waits);
-		client_arm_wait_timer(c);
-		break;
-	case POOL_FAILED:
-		if (c->logged_in)
-			client_fail_batch(c, SQLSTATE_SQLCLIENT_UNABLE_TO_ESTABLISH, error);
-		else
-			client_fatal(c, SQLSTATE_SQLCLIENT_UNABLE_TO_ESTABLISH, "%s", error);
-		break;
-	}
-}
-
-/* Ask the pool for a backend; the client is WAITING. */
-static void client_borrow(struct client *c)
-{
-	struct server *s;
-	const char *error;
-	enum pool_borrow_result result = pool_borrow(c->pool, &c->waiter, c->fresh_backend, &s, &error);
-
-	client_borrow_result(c, result, s, error);
-}
-
-/* A logged-in client needs a backend for the transaction it just started. */
-static void client_begin_transaction(struct client *c)
-{
-	c->txn_start_usec = pgmux_now_usec();
-	client_set_state(c, CLIENT_WAITING);
-	client_borrow(c);
-}
-
-void client_wait_ended(struct pool_waiter *waiter)
-{
-	struct client *c = list_entry(waiter, struct client, waiter);
-	struct server *s = waiter->assigned;
-
-	if (c->state != CLIENT_WAITING)
-		return;
-	if (waiter->error) {
-		char sqlstate[6];
-		char *message = waiter->error;
-
-		memcpy(sqlstate, waiter->sqlstate, sizeof(sqlstate));
-		waiter->error = NULL;
-		if (c->logged_in)
-			client_fail_batch(c, sqlstate, message);
-		else
-			client_fatal(c, sqlstate, "%s", message);
-		free(message);
-		client_resume(c);
-		return;
-	}
-	waiter->assigned = NULL;
-	if (s == NULL)
-		return;
-	if (server_attach(s, c->worker))
-		client_link(c, s);
-	else
-		client_borrow(c); /* it died while parked: wait again */
-	client_resume(c);
-}
-
-/*
- * Answer the batch a client sent while no backend could be had: an
- * ErrorResponse, then drop its messages up to the Sync (or the Query) that
- * ends it and say ReadyForQuery, so that the connection stays usable.
- */
-static void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message,
-				     const char *detail)
-{
-	if (c->wait_timer)
-		evtimer_del(c->wait_timer);
-	pool_cancel_wait(&c->waiter);
-	if (c->state == CLIENT_WAITING)
-		client_set_state(c, CLIENT_IDLE);
-	proto_put_error(&c->io.out, "ERROR", sqlstate, message, detail, NULL);
-	c->relay.discard_until_sync = true;
-	io_want_read(&c->io, true);
-	/* Its input (the rest of the batch) is looked at by whoever called, once it is done. */
-}
-
-static void client_fail_batch(struct client *c, const char *sqlstate, const char *message)
-{
-	client_fail_batch_detail(c, sqlstate, message, NULL);
-}
-
-/* ------------------------------------------------------ carrying state */
-
-static const char *server_reported_get(const char *name, void *arg)
-{
-	return server_param(arg, name);
-}
-
-/*
- * Build the SQL that makes backend s match the client's session
- * (session_state_sql()) and note on s what it will leave there. Returns
- * false when s already matches.
- */
-static bool client_state_sql(struct client *c, struct server *s, struct iobuf *sql)
-{
-	struct session_backend b = {
-		.applied = &s->applied,
-		.defaults = &s->defaults,
-		.reported = server_reported_get,
-		.reported_arg = s,
-		.reset_all = s->reset_before_reuse,
-		.init_undone = s->init_undone,
-	};
-	bool differs = session_state_sql(sql, &c->params, &b, config_current()->init_query);
-
-	s->reset_before_reuse = b.reset_all;
-	s->init_undone = b.init_undone;
-	if (b.applied_changed)
-		s->params_fingerprint_valid = false;
-	return differs;
-}
-
-/*
- * The settings could not be read back, or the verification found state
- * pgmux cannot carry (session_readback_pin() says which): the session keeps
- * this backend, as it did before pgmux carried SETs.
- */
-static void client_settings_unread(struct client *c, struct server *s, enum session_readback outcome)
-{
-	struct sql_scan_result pin;
-
-	if (s->tx_status != 'I') {
-		client_fatal(c, SQLSTATE_INTERNAL_ERROR, "could not read the session's settings: %s",
-			     s->query_error ? s->query_error : "unexpected reply");
-		return;
-	}
-	if (outcome != SESSION_READBACK_REFUSED)
-		log_client(LOG_LEVEL_WARNING, c, "could not read the session's settings back (%s)",
-			   s->query_error ? s->query_error : "unexpected reply");
-	session_readback_pin(outcome, s->query_value, &pin);
-	client_pin(c, &pin);
-	server_set_state(s, SERVER_ACTIVE);
-	client_set_state(c, CLIENT_ACTIVE);
-	io_want_read(&c->io, !c->read_paused);
-	client_process_input(c);
-}
-
-/* The answer to the read-back client_release_server() sent. */
-static void client_settings_read(struct server *s, bool ok, void *arg)
-{
-	struct client *c = arg;
-	enum session_readback outcome;
-
-	s->reading_settings = false;
-	outcome = ok ? session_readback_parse(s->query_value, &s->applied) : SESSION_READBACK_MALFORMED;
-	if (outcome != SESSION_READBACK_SETTINGS) {
-		client_settings_unread(c, s, outcome);
-		return;
-	}
-	/* What is set on s now is the session's. */
-	s->params_fingerprint_valid = false;
-	session_params_adopt(&c->params, &s->applied);
-	client_release_server(c);
-	if (c->state != CLIENT_IDLE)
-		return;
-	/* Anything the client sent meanwhile was kept: go on with it. */
-	io_want_read(&c->io, true);
-	if (iobuf_len(&c->io.in) > 0)
-		client_process_input(c);
-}
-
-void client_release_server(struct client *c)
-{
-	struct server *s = c->server;
-
-	if (c->settings_dirty && c->transaction_mode && !c->pin_reason) {
-		struct iobuf sql;
-		bool verify = c->state_unverified;
-		struct session_verify check = {.user = c->startup.user, .prepared = s->prepared.count};
-
-		c->settings_dirty = false;
-		c->state_unverified = false;
-		s->reading_settings = true;
-		/* Whatever the verification finds, what it cannot see goes before anyone else's turn. */
-		if (verify)
-			s->reset_before_reuse = true;
-		client_set_state(c, CLIENT_SETUP);
-		iobuf_init(&sql);
-		session_settings_sql(&sql, &c->params.set, c->custom_pending, verify ? &check : NULL);
-		client_drop_custom_pending(c);
-		if (sql.failed) {
-			iobuf_free(&sql);
-			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-			return;
-		}
-		server_run_query(s, (const char *)iobuf_head(&sql), client_settings_read, c);
-		iobuf_free(&sql);
-		return;
-	}
-	c->server = NULL;
-	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
-	STAT_INC(c->worker, transactions);
-	client_set_state(c, CLIENT_IDLE);
-	if (c->read_paused) {
-		c->read_paused = false;
-		io_want_read(&c->io, true);
-	}
-	server_unlink(s);
-	/* The pool may hand s to another worker at once: nothing touches it after this. */
-	pool_release(s);
-	if (c->worker->draining)
-		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
-}
-
-static void client_login_complete(struct client *c)
-{
-	struct server *s = c->server;
-
-	/* From now on the client's view of the carried parameters is what the server reported. */
-	for (int i = 0; params_carried_names[i]; i++) {
-		const char *v = server_param(s, params_carried_names[i]);
-
-		if (v)
-			client_set_reported(c, i, v);
-	}
-	c->params.fingerprint_valid = false;
-	for (int i = 0; i < s->n_params; i++)
-		proto_put_parameter_status(&c->io.out, s->params[i].name, s->params[i].value);
-	proto_put_backend_key(&c->io.out, c->cancel.pid, c->cancel.key);
-	proto_put_ready(&c->io.out, s->tx_status ? s->tx_status : 'I');
-	c->logged_in = true;
-	client_set_state(c, CLIENT_ACTIVE);
-	log_client(LOG_LEVEL_DEBUG, c, "logged in, backend pid %d", s->backend_pid);
-	client_flush(c);
-	if (c->state != CLIENT_ACTIVE)
-		return;
-	/* Anything the client sent early is processed by whoever called, once it is done. */
-	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && server_is_clean(s))
-		client_release_server(c);
-}
-
-/*
- * The backend matches the client's session: log in, or carry on with the
- * transaction. What the client sent meanwhile is relayed by whoever called:
- * client_process_input()'s loop when the backend came at once, else the
- * event that completed the setup (client_resume()).
- */
-static void client_setup_complete(struct client *c)
-{
-	server_set_state(c->server, SERVER_ACTIVE);
-	if (!c->logged_in) {
-		client_login_complete(c);
-		return;
-	}
-	client_set_state(c, CLIENT_ACTIVE);
-	io_want_read(&c->io, !c->read_paused);
-}
-
-static void client_setup_done(struct server *s, bool ok, void *arg)
-{
-	struct client *c = arg;
-
-	if (!ok) {
-		client_fatal(c, s->query_sqlstate[0] ? s->query_sqlstate : SQLSTATE_INVALID_PARAMETER_VALUE, "%s",
-			     s->query_error ? s->query_error : "could not apply session parameters");
-		return;
-	}
-	/* The query ran init_query again if it had been undone. */
-	s->init_undone = false;
-	client_setup_complete(c);
-	client_resume(c);
-}
-
-/* Does backend s already match the client's session? Cheap: two cached fingerprints. */
-static bool client_state_matches(struct client *c, struct server *s)
-{
-	/* Before login the client's view is incomplete: always compare in full. */
-	if (!c->logged_in)
-		return false;
-	if (!s->params_fingerprint_valid) {
-		s->params_fingerprint = params_fingerprint(server_reported_get, s, &s->applied);
-		s->params_fingerprint_valid = true;
-	}
-	return session_params_fingerprint(&c->params) == s->params_fingerprint;
-}
-
-static void client_link(struct client *c, struct server *s)
-{
-	struct iobuf sql;
-
-	stats_borrow_ended(c);
-	c->fresh_backend = false;
-	if (c->wait_timer)
-		evtimer_del(c->wait_timer);
-	c->server = s;
-	server_link(s, c, c->id, &client_server_ops, &c->relay.session, c->transaction_mode);
-	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);
-	if (c->pin_reason)
-		server_set_pinned(s);
-	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
-	if (c->pin_reason || !c->transaction_mode)
-		pool_note_pinned(s);
-	if (!s->init_undone && !s->reset_before_reuse && client_state_matches(c, s)) {
-		client_set_state(c, CLIENT_SETUP);
-		client_setup_complete(c);
-		return;
-	}
-	iobuf_init(&sql);
-	if (!client_state_sql(c, s, &sql)) {
-		iobuf_free(&sql);
-		client_set_state(c, CLIENT_SETUP);
-		client_setup_complete(c);
-		return;
-	}
-	if (sql.failed) {
-		iobuf_free(&sql);
-		client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-		return;
-	}
-	client_set_state(c, CLIENT_SETUP);
-	server_run_query(s, (const char *)iobuf_head(&sql), client_setup_done, c);
-	iobuf_free(&sql);
-}
-
 /* ---------------------------------------------------------------- relaying */
-
-/* The session keeps state pgmux cannot carry: it keeps this backend to the end. */
-static void client_pin(struct client *c, const struct sql_scan_result *scan)
-{
-	if (c->pin_reason)
-		return;
-	/* Atomic because SHOW CLIENTS reads it from another worker. */
-	__atomic_store_n(&c->pin_reason, sql_pin_reason_text(scan->pin), __ATOMIC_RELAXED);
-	snprintf(c->pin_detail, sizeof(c->pin_detail), "%s", scan->pin_detail);
-	if (c->server) {
-		server_set_pinned(c->server);
-		pool_note_pinned(c->server);
-	}
-	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
-	STAT_INC(c->worker, sessions_pinned);
-	STAT_INC(c->worker, pins_by_reason[scan->pin]);
-	log_client_because(LOG_LEVEL_INFO, c, NULL, c->pin_reason,
-			   "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
-			   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
-}
-
-/*
- * Scan SQL the client sends: pin the session if need be, and note what its
- * settings read-back must cover. Returns the text's SQL_EFFECT_* bits.
- */
-static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
-{
-	struct sql_scan_result scan;
-
-	sql_scan(sql, len, params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
-	if (scan.pin != SQL_PIN_NONE)
-		client_pin(c, &scan);
-	if (scan.effects & SQL_EFFECT_RESET_ALL)
-		c->relay.session.reset_all_pending = true;
-	if (scan.custom_overflow && !c->pin_reason) {
-		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
-		scan.pin = SQL_PIN_SET;
-		snprintf(scan.pin_detail, sizeof(scan.pin_detail), "more than %d custom parameters at once",
-			 SQL_SCAN_MAX_CUSTOM);
-		client_pin(c, &scan);
-	}
-	if (scan.effects & REPLY_SETTINGS_EFFECTS)
-		c->settings_dirty = true;
-	if (scan.effects & SQL_EFFECT_DEFINES_CODE)
-		pool_set_writes_opaque(c->pool, true);
-	if ((scan.effects & SQL_EFFECT_OPAQUE) || ((scan.effects & SQL_EFFECT_WRITE) && pool_writes_opaque(c->pool))) {
-		c->state_unverified = true;
-		c->settings_dirty = true;
-		scan.effects |= SQL_EFFECT_OPAQUE;
-	}
-	for (int i = 0; i < scan.n_custom; i++) {
-		if (c->custom_pending == NULL) {
-			c->custom_pending = xcalloc(1, sizeof(*c->custom_pending));
-			strmap_init(c->custom_pending);
-		}
-		params_put(c->custom_pending, scan.custom[i], "");
-	}
-	return scan.effects;
-}
-
-/* A Bind of a statement whose text SETs session parameters: its run changes them again. */
-static void client_rescan_prepared(struct client *c, const struct prepared_stmt *st)
-{
-	struct msg_reader r;
-	const char *query;
-
-	msg_reader_init(&r, st->parse + PROTO_HEADER_LEN, st->parse_len - PROTO_HEADER_LEN);
-	if (msg_read_str(&r) != NULL && (query = msg_read_str(&r)) != NULL)
-		client_scan_sql(c, query, strlen(query));
-	else
-		c->settings_dirty = true;
-}
-
-/* What the reply tracker asks of the client's session (struct reply_hooks). */
-static unsigned client_hook_scan(void *arg, const char *sql, size_t len)
-{
-	return client_scan_sql(arg, sql, len);
-}
-
-static void client_hook_bound(void *arg, const struct prepared_stmt *st)
-{
-	struct client *c = arg;
-
-	if (st->sets_session) {
-		client_rescan_prepared(c, st);
-	} else if (st->writes && pool_writes_opaque(c->pool)) {
-		/* A trigger or a default may run code that changes the session (struct pool). */
-		c->state_unverified = true;
-		c->settings_dirty = true;
-	}
-}
-
-static bool client_hook_known(void *arg, const char *server_name)
-{
-	return pool_statement_known(((struct client *)arg)->pool, server_name);
-}
-
-static const struct reply_hooks client_reply_hooks = {
-	.scan = client_hook_scan,
-	.bound = client_hook_bound,
-	.known = client_hook_known,
-};
 
 /* Relay what the client sent to its backend (relay_to_backend()). Returns false if c was closed. */
 static bool client_relay(struct client *c)
@@ -1146,62 +575,6 @@ static bool client_relay(struct client *c)
 		io_want_read(&c->io, false);
 	}
 	return true;
-}
-
-/* The backend linked to c answered something: a message waiting for that may go now. */
-static void client_replies_arrived(struct client *c)
-{
-	if (c->state == CLIENT_CLOSED)
-		return;
-	if (!c->relay.waiting) {
-		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
-		if (!c->relay.replies_full ||
-		    (c->server && server_replies_pending(c->server) > (uint32_t)config_current()->max_pending_replies / 2))
-			return;
-	}
-	/* Try the waiting message again (from the loop, as input left from before). */
-	c->relay.waiting = false;
-	c->relay.replies_full = false;
-	c->read_paused = false;
-	io_want_read(&c->io, true);
-	io_schedule_read(&c->io);
-}
-
-/*
- * A Parse no backend of the pool has judged: borrow one to judge it, unless
- * the client would have to wait for another client's transaction to end
- * (no idle backend, none opening or on its way for it): then pgmux answers
- * the Parse itself, unjudged. Returns false if c was closed or must wait.
- */
-static bool client_borrow_for_parse(struct client *c)
-{
-	struct server *s;
-	const char *error;
-	enum pool_borrow_result result;
-
-	client_set_state(c, CLIENT_WAITING);
-	result = pool_borrow(c->pool, &c->waiter, c->fresh_backend, &s, &error);
-	if (result == POOL_QUEUED && !pool_backend_coming(c->pool)) {
-		struct relay_refusal why;
-
-		pool_cancel_wait(&c->waiter);
-		client_set_state(c, CLIENT_IDLE);
-		switch (relay_answer_unjudged(&c->relay, &c->io.in, &c->io.out, &why)) {
-		case RELAY_PARSE_ANSWERED:
-			STAT_INC(c->worker, parses_answered);
-			STAT_INC(c->worker, parses_unjudged);
-			return true;
-		case RELAY_ANSWERED:
-			return true;
-		case RELAY_FATAL:
-			client_fatal(c, why.sqlstate, "%s", why.message);
-			return false;
-		default:
-			return false;
-		}
-	}
-	client_borrow_result(c, result, s, error);
-	return c->state != CLIENT_CLOSED;
 }
 
 /* A logged-in client without a backend sent something. Returns false if c was closed or must wait. */
@@ -1253,7 +626,7 @@ static bool client_process_idle(struct client *c)
  * that moves a client on without input of its own (a backend came, a wait
  * ended) calls client_resume() once it is done.
  */
-static bool client_process_input(struct client *c)
+bool client_process_input(struct client *c)
 {
 	for (;;) {
 		switch (c->state) {
@@ -1274,7 +647,7 @@ static bool client_process_input(struct client *c)
 			return client_relay(c);
 		case CLIENT_IDLE:
 			if (iobuf_len(&c->io.in) == 0 || !client_process_idle(c)) {
-				/* What pgmux answered alone (client_answer_idle()) goes out once all is read. */
+				/* What pgmux answered alone (relay_between_transactions()) goes out once all is read. */
 				if (c->state == CLIENT_IDLE && (iobuf_len(&c->io.out) > 0 || c->io.out.failed))
 					client_flush(c);
 				return c->state != CLIENT_CLOSED;
@@ -1462,7 +835,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
  * prepared. Called at the end of such an event only, never from inside
  * client_process_input().
  */
-static void client_resume(struct client *c)
+void client_resume(struct client *c)
 {
 	if (c->state == CLIENT_CLOSED || !client_process_input(c))
 		return;
@@ -1473,51 +846,3 @@ static void client_resume(struct client *c)
 	c->cancel_deferred = false;
 	client_cancel_backend(c);
 }
-
-/* ------------------------------------------------ what the backend tells us */
-
-static void client_deliver(struct client *c, const uint8_t *bytes, size_t n)
-{
-	iobuf_append(&c->io.out, bytes, n);
-}
-
-static bool client_congested(const struct client *c)
-{
-	return io_pending_output(&c->io) >= CLIENT_OUTPUT_HIGH_WATER;
-}
-
-static void client_on_replies(struct client *c, struct server *s, bool over)
-{
-	client_flush(c);
-	client_replies_arrived(c);
-	/* The transaction is over: give the backend back (the last use of it here). */
-	if (over && c->state != CLIENT_CLOSED && c->server == s)
-		client_release_server(c);
-}
-
-static void client_on_drained(struct client *c)
-{
-	if (c->read_paused) {
-		c->read_paused = false;
-		io_want_read(&c->io, true);
-	}
-}
-
-static void client_on_parameter(struct client *c, const char *name, const char *value)
-{
-	int index = params_carried_index(name);
-
-	/* The session is the client's: what it changes follows it to other backends. */
-	if (c->logged_in && index >= 0)
-		client_set_reported(c, index, value);
-}
-
-static const struct server_client_ops client_server_ops = {
-	.deliver = client_deliver,
-	.congested = client_congested,
-	.replies_arrived = client_on_replies,
-	.drained = client_on_drained,
-	.ready_for_query = stats_ready_for_query,
-	.parameter = client_on_parameter,
-	.lost = client_server_lost,
-};

@@ -1004,8 +1004,8 @@ static int cancelled_batch(int *blocker)
 	*blocker = blocker_begin();
 	/*
 	 * The unnamed statement: a named one pgmux would prepare without a
-	 * backend (client_answer_idle()). The Flush makes it a batch PostgreSQL
-	 * would answer, which pgmux borrows a backend for (client_batch_ready()).
+	 * backend (reply_answer_idle()). The Flush makes it a batch PostgreSQL
+	 * would answer, which pgmux borrows a backend for (relay_batch_ready()).
 	 */
 	msg_parse(&m, "", "select 1");
 	msg_raw(&m, 'H', "", 0);

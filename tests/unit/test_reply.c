@@ -615,7 +615,7 @@ static bool holds_whole(uint8_t type, uint32_t mlen)
 	return (type != FE_FLUSH || mlen > 4) && type != FE_COPY_DATA && type != FE_COPY_DONE && type != FE_COPY_FAIL;
 }
 
-/* Is the batch the client's input begins with all here (client_batch_ready())? */
+/* Is the batch the client's input begins with all here (relay_batch_ready() in relay.c)? */
 static bool batch_ready(const struct replay *r)
 {
 	const uint8_t *p = iobuf_head(&r->in);

@@ -1,0 +1,53 @@
+/*
+ * client_internal.h: what the two files of the client module, client.c
+ * (the connection's life, its state machine and its input) and
+ * client_backend.c (the backend serving it), share. Not for other modules.
+ */
+#ifndef PGMUX_CLIENT_INTERNAL_H
+#define PGMUX_CLIENT_INTERNAL_H
+
+#include <stdbool.h>
+
+#include "client.h"
+#include "reply.h"
+
+/*
+ * Stop reading from a client while this much output waits for it: one that
+ * sends and never reads (Syncs pgmux answers alone, say) would grow it for
+ * good. Reading resumes once the output has gone (client_flush()). The
+ * backend stops reading for it too (its congested callback).
+ */
+#define CLIENT_OUTPUT_HIGH_WATER (256 * 1024)
+
+/* client.c */
+
+/* The one place a client changes state (checked and logged). */
+void client_set_state(struct client *c, enum client_state next);
+/* A FATAL error with an optional DETAIL, then close. */
+void client_fatal_detail(struct client *c, const char *sqlstate, const char *message, const char *detail);
+/* Act on buffered input for the current state, as long as it moves on; false if c was closed. */
+bool client_process_input(struct client *c);
+/*
+ * Something other than the client's input moved c on: act on what it sent
+ * meanwhile. Only at the end of such an event, never from inside
+ * client_process_input().
+ */
+void client_resume(struct client *c);
+/* The custom parameters noted since the last read-back are read now, or never. */
+void client_drop_custom_pending(struct client *c);
+
+/* client_backend.c */
+
+/* What the reply tracker asks of a client's session (relay_init()). */
+extern const struct reply_hooks client_reply_hooks;
+/* Ask the pool for a backend; the client is WAITING. */
+void client_borrow(struct client *c);
+/* A logged-in client needs a backend for the transaction it just started. */
+void client_begin_transaction(struct client *c);
+/* A Parse no backend of the pool has judged: borrow one, or answer it unjudged. False if c was closed or waits. */
+bool client_borrow_for_parse(struct client *c);
+/* Answer a batch no backend could be had for: an ErrorResponse, its messages dropped up to its Sync. */
+void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
+void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message, const char *detail);
+
+#endif
