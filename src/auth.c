@@ -69,7 +69,7 @@ struct scram_server {
 	char *server_first;      /* exactly what we sent */
 	char *combined_nonce;    /* client nonce followed by ours */
 
-	char *test_server_nonce; /* set only by scram_server_set_nonce_for_test */
+	char *server_nonce;      /* our part of the nonce: random, made with the state */
 };
 
 /* ------------------------------------------------------------ small helpers */
@@ -423,9 +423,12 @@ struct scram_server *scram_server_new(const struct secret *secret, const uint8_t
 				      size_t cb_len)
 {
 	struct scram_server *s = checked_malloc(sizeof(*s));
+	uint8_t random_nonce[SCRAM_SERVER_NONCE_BYTES];
 
 	memset(s, 0, sizeof(*s));
 	s->state = SCRAM_EXPECT_CLIENT_FIRST;
+	auth_random_bytes(random_nonce, sizeof(random_nonce));
+	s->server_nonce = base64_encode_alloc(random_nonce, sizeof(random_nonce));
 	if (secret != NULL) {
 		memcpy(s->salt, secret->salt, sizeof(s->salt));
 		memcpy(s->stored_key, secret->stored_key, sizeof(s->stored_key));
@@ -453,12 +456,6 @@ struct scram_server *scram_server_new_unknown_user(const char *username, const u
 	return s;
 }
 
-void scram_server_set_nonce_for_test(struct scram_server *s, const char *nonce)
-{
-	free(s->test_server_nonce);
-	s->test_server_nonce = checked_strndup(nonce, strlen(nonce));
-}
-
 void scram_server_free(struct scram_server *s)
 {
 	if (s == NULL)
@@ -472,7 +469,7 @@ void scram_server_free(struct scram_server *s)
 	free(s->client_first_bare);
 	free(s->server_first);
 	free(s->combined_nonce);
-	free(s->test_server_nonce);
+	free(s->server_nonce);
 	free(s);
 }
 
@@ -580,16 +577,6 @@ static bool skip_extensions(struct scram_cursor *cursor)
 	return true;
 }
 
-static char *make_server_nonce(struct scram_server *s)
-{
-	uint8_t random_nonce[SCRAM_SERVER_NONCE_BYTES];
-
-	if (s->test_server_nonce != NULL)
-		return checked_strndup(s->test_server_nonce, strlen(s->test_server_nonce));
-	auth_random_bytes(random_nonce, sizeof(random_nonce));
-	return base64_encode_alloc(random_nonce, sizeof(random_nonce));
-}
-
 static enum auth_result answer_client_first(struct scram_server *s, const char *mechanism,
 						     const char *client_first, size_t len,
 						     char **server_first, char *err, size_t errlen)
@@ -598,7 +585,7 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 	const char *username, *client_nonce;
 	size_t username_len, client_nonce_len;
 	bool chose_plus;
-	char *message, *server_nonce, *salt_text;
+	char *message, *salt_text;
 	enum auth_result rc = AUTH_PROTOCOL_ERROR;
 	int needed;
 
@@ -668,12 +655,10 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 		}
 	}
 
-	server_nonce = make_server_nonce(s);
-	needed = snprintf(NULL, 0, "%.*s%s", (int)client_nonce_len, client_nonce, server_nonce);
+	needed = snprintf(NULL, 0, "%.*s%s", (int)client_nonce_len, client_nonce, s->server_nonce);
 	s->combined_nonce = checked_malloc((size_t)needed + 1);
 	snprintf(s->combined_nonce, (size_t)needed + 1, "%.*s%s", (int)client_nonce_len,
-		 client_nonce, server_nonce);
-	free(server_nonce);
+		 client_nonce, s->server_nonce);
 
 	salt_text = base64_encode_alloc(s->salt, sizeof(s->salt));
 	needed = snprintf(NULL, 0, "r=%s,s=%s,i=%d", s->combined_nonce, salt_text, s->iterations);

@@ -153,8 +153,7 @@ static int parse_port(json_t *root, int *port, char *err, size_t errlen)
  * quotes the input near the error, which may be the password, so only the
  * position is reported.
  */
-static int parse_secret_fields(const char *json, size_t len, struct secret *out, char *err,
-			       size_t errlen)
+int secret_parse_json(const char *json, size_t len, struct secret *out, char *err, size_t errlen)
 {
 	json_error_t json_error;
 	json_t *root, *username, *password;
@@ -224,25 +223,13 @@ out:
 	return rc;
 }
 
-/* A fresh random salt and the verifier for it. */
-static int compute_verifier(struct secret *s, char *err, size_t errlen)
+int secret_compute_verifier(struct secret *s, char *err, size_t errlen)
 {
 	auth_random_bytes(s->salt, sizeof(s->salt));
 	s->iterations = SCRAM_DEFAULT_ITERATIONS;
 	if (scram_compute_keys(s->password, s->salt, sizeof(s->salt), s->iterations,
 			       s->stored_key, s->server_key) != 0) {
 		error_printf(err, errlen, "computing the SCRAM verifier failed");
-		return -1;
-	}
-	return 0;
-}
-
-int secret_parse_json(const char *json, size_t len, struct secret *out, char *err, size_t errlen)
-{
-	if (parse_secret_fields(json, len, out, err, errlen) != 0)
-		return -1;
-	if (compute_verifier(out, err, errlen) != 0) {
-		secret_clear(out);
 		return -1;
 	}
 	return 0;
@@ -544,14 +531,14 @@ static bool load_secret_file(const char *path, struct secret *out)
 		log_warning("secrets: skipping %s: %s", path, reason);
 		return false;
 	}
-	rc = parse_secret_fields(text, len, out, reason, sizeof(reason));
+	rc = secret_parse_json(text, len, out, reason, sizeof(reason));
 	OPENSSL_cleanse(text, len);
 	free(text);
 	if (rc != 0) {
 		log_warning("secrets: skipping %s: %s", path, reason);
 		return false;
 	}
-	if (!reuse_previous_verifier(out) && compute_verifier(out, reason, sizeof(reason)) != 0) {
+	if (!reuse_previous_verifier(out) && secret_compute_verifier(out, reason, sizeof(reason)) != 0) {
 		log_warning("secrets: skipping %s: %s", path, reason);
 		secret_clear(out);
 		return false;
