@@ -422,7 +422,7 @@ void client_server_lost(struct client *c, struct server *s, const char *sqlstate
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
 		free(c->lost_detail);
-		c->lost_detail = strdup(message); /* NULL if out of memory: the error just has no DETAIL */
+		c->lost_detail = xstrdup(message);
 	}
 	client_flush(c);
 	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */
@@ -644,7 +644,7 @@ static void client_begin_auth(struct client *c)
 			c->scram = scram_server_new_unknown_user(c->startup.user, plus ? c->tls->binding : NULL,
 								 plus ? c->tls->binding_len : 0);
 		if (c->scram == NULL) {
-			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 			return;
 		}
 		proto_put_auth(&c->io.out, AUTH_REQ_SASL, mechanisms, n);
@@ -891,7 +891,7 @@ static void client_arm_wait_timer(struct client *c)
 	if (c->wait_timer == NULL) {
 		c->wait_timer = evtimer_new(c->worker->base, client_borrow_timeout, c);
 		if (c->wait_timer == NULL) {
-			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 			return;
 		}
 	}
@@ -1742,6 +1742,8 @@ static void client_unnamed_parsed(struct client *c, struct server *s, const uint
 	c->unnamed_parse_len = copy ? 1 + mlen : 0;
 	if (copy)
 		memcpy(copy, msg, 1 + mlen);
+	else
+		c->io.out.failed = true; /* out of memory: the connection ends (iobuf.h) */
 	if (!s->skipping_until_sync)
 		c->unnamed_here = true;
 }

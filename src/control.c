@@ -385,13 +385,10 @@ static void reclaim_configs(evutil_socket_t fd, short what, void *arg)
 static void publish(struct config *next)
 {
 	struct config *old = (struct config *)config_current();
-	struct retired_config *retired = realloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
 	struct retired_config *r;
 	struct timeval soon = {1, 0};
 
-	if (retired == NULL)
-		abort();
-	C.retired = retired;
+	C.retired = xrealloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
 	__atomic_store_n(&pgmux_config_ptr, next, __ATOMIC_SEQ_CST);
 	/* The counts are read after the swap: see reader_passes. */
 	r = &C.retired[C.n_retired++];
@@ -501,6 +498,8 @@ static void begin_drain(void)
 	workers_broadcast(WORKER_MSG_DRAIN);
 	C.drain_deadline_usec = pgmux_now_usec() + (uint64_t)cfg->shutdown_timeout_ms * 1000;
 	C.drain_timer = event_new(C.base, -1, EV_PERSIST, drain_check, NULL);
+	if (C.drain_timer == NULL)
+		out_of_memory("the shutdown's timer");
 	event_add(C.drain_timer, &tick);
 }
 

@@ -44,19 +44,10 @@ static pthread_mutex_t store_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t reload_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct secret_store *current_store;
 
-/* Copies of secrets cannot report failure (secret_copy returns nothing), so running out of memory is fatal. */
+/* A copy of s, or NULL for NULL: an optional field stays absent. */
 static char *duplicate_string(const char *s)
 {
-	char *copy;
-
-	if (s == NULL)
-		return NULL;
-	copy = strdup(s);
-	if (copy == NULL) {
-		fprintf(stderr, "pgmux: out of memory copying a secret\n");
-		abort();
-	}
-	return copy;
+	return s != NULL ? xstrdup(s) : NULL;
 }
 
 void secret_clear(struct secret *s)
@@ -478,13 +469,8 @@ static char **list_secret_files(const char *dir, size_t *count, char *err, size_
 		qsort(names, used, sizeof(*names), compare_names);
 	*count = used;
 	/* An empty directory is a valid (empty) store, not an error: return a non-NULL list. */
-	if (names == NULL) {
-		names = calloc(1, sizeof(*names));
-		if (names == NULL) {
-			fprintf(stderr, "pgmux: out of memory loading secrets\n");
-			abort();
-		}
-	}
+	if (names == NULL)
+		names = xcalloc(1, sizeof(*names));
 	return names;
 }
 
@@ -506,13 +492,7 @@ static void store_add(struct secret_store *store, size_t *capacity, struct secre
 	}
 	if (store->count == *capacity) {
 		size_t new_capacity = *capacity == 0 ? 16 : *capacity * 2;
-		struct secret *grown = realloc(store->entries, new_capacity * sizeof(*grown));
-
-		if (grown == NULL) {
-			fprintf(stderr, "pgmux: out of memory loading secrets\n");
-			abort();
-		}
-		store->entries = grown;
+		store->entries = xrealloc(store->entries, new_capacity * sizeof(*store->entries));
 		*capacity = new_capacity;
 	}
 	store->entries[store->count++] = *s;
@@ -563,19 +543,13 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 		pthread_mutex_unlock(&reload_mutex);
 		return -1;
 	}
-	store = calloc(1, sizeof(*store));
-	if (store == NULL) {
-		fprintf(stderr, "pgmux: out of memory loading secrets\n");
-		abort();
-	}
+	store = xcalloc(1, sizeof(*store));
 	for (size_t i = 0; i < file_count; i++) {
 		struct secret s;
-		char *path;
+		size_t path_len = strlen(dir) + 1 + strlen(names[i]) + 1;
+		char *path = xmalloc(path_len);
 
-		if (asprintf(&path, "%s/%s", dir, names[i]) < 0) {
-			fprintf(stderr, "pgmux: out of memory loading secrets\n");
-			abort();
-		}
+		snprintf(path, path_len, "%s/%s", dir, names[i]);
 		if (load_secret_file(path, &s))
 			store_add(store, &capacity, &s, path);
 		free(path);
