@@ -810,7 +810,11 @@ static bool admin_process_input(struct client *c)
 			return false;
 		}
 		/* Copy out first: the message buffer may move while results are written. */
-		body = xmalloc(mlen);
+		body = malloc(mlen);
+		if (body == NULL) {
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return false;
+		}
 		memcpy(body, p + PROTO_HEADER_LEN, mlen - 4);
 		body[mlen - 4] = '\0';
 		iobuf_consume(in, 1 + (size_t)mlen);

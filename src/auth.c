@@ -69,31 +69,10 @@ struct scram_server {
 	char *server_first;      /* exactly what we sent */
 	char *combined_nonce;    /* client nonce followed by ours */
 
-	char *test_server_nonce; /* set only by scram_server_set_nonce_for_test */
+	char *server_nonce;      /* our part of the nonce: random, made with the state */
 };
 
 /* ------------------------------------------------------------ small helpers */
-
-/* Allocation failure in the middle of an exchange is not recoverable in any useful way. */
-static void *checked_malloc(size_t size)
-{
-	void *p = malloc(size == 0 ? 1 : size);
-
-	if (p == NULL) {
-		fprintf(stderr, "pgmux: out of memory in auth\n");
-		abort();
-	}
-	return p;
-}
-
-static char *checked_strndup(const char *s, size_t len)
-{
-	char *copy = checked_malloc(len + 1);
-
-	memcpy(copy, s, len);
-	copy[len] = '\0';
-	return copy;
-}
 
 /* Free a string that may hold secret material, wiping it first. */
 static void free_wiped_string(char *s)
@@ -157,7 +136,7 @@ static void base64_encode(const uint8_t *in, size_t len, char *out)
 
 static char *base64_encode_alloc(const uint8_t *in, size_t len)
 {
-	char *out = checked_malloc(base64_encoded_length(len) + 1);
+	char *out = xmalloc(base64_encoded_length(len) + 1);
 
 	base64_encode(in, len, out);
 	return out;
@@ -414,7 +393,7 @@ static char *copy_message(const char *message, size_t len, const char *what, cha
 		error_printf(err, errlen, "malformed SCRAM exchange: %s contains a NUL byte", what);
 		return NULL;
 	}
-	return checked_strndup(message, len);
+	return xstrndup(message, len);
 }
 
 /* ---------------------------------------------------------- the exchange */
@@ -422,10 +401,13 @@ static char *copy_message(const char *message, size_t len, const char *what, cha
 struct scram_server *scram_server_new(const struct scram_verifier *verifier, const uint8_t *cb_data,
 				      size_t cb_len)
 {
-	struct scram_server *s = checked_malloc(sizeof(*s));
+	struct scram_server *s = xmalloc(sizeof(*s));
+	uint8_t random_nonce[SCRAM_SERVER_NONCE_BYTES];
 
 	memset(s, 0, sizeof(*s));
 	s->state = SCRAM_EXPECT_CLIENT_FIRST;
+	auth_random_bytes(random_nonce, sizeof(random_nonce));
+	s->server_nonce = base64_encode_alloc(random_nonce, sizeof(random_nonce));
 	if (verifier != NULL) {
 		memcpy(s->salt, verifier->salt, sizeof(s->salt));
 		memcpy(s->stored_key, verifier->stored_key, sizeof(s->stored_key));
@@ -436,7 +418,7 @@ struct scram_server *scram_server_new(const struct scram_verifier *verifier, con
 		s->is_mock = true;
 	}
 	if (cb_data != NULL && cb_len > 0) {
-		s->channel_binding_data = checked_malloc(cb_len);
+		s->channel_binding_data = xmalloc(cb_len);
 		memcpy(s->channel_binding_data, cb_data, cb_len);
 		s->channel_binding_len = cb_len;
 	}
@@ -448,15 +430,8 @@ struct scram_server *scram_server_new_unknown_user(const char *username, const u
 {
 	struct scram_server *s = scram_server_new(NULL, cb_data, cb_len);
 
-	s->mock_username = checked_strndup(username != NULL ? username : "",
-					   username != NULL ? strlen(username) : 0);
+	s->mock_username = xstrndup(username != NULL ? username : "", username != NULL ? strlen(username) : 0);
 	return s;
-}
-
-void scram_server_set_nonce_for_test(struct scram_server *s, const char *nonce)
-{
-	free(s->test_server_nonce);
-	s->test_server_nonce = checked_strndup(nonce, strlen(nonce));
 }
 
 void scram_server_free(struct scram_server *s)
@@ -472,7 +447,7 @@ void scram_server_free(struct scram_server *s)
 	free(s->client_first_bare);
 	free(s->server_first);
 	free(s->combined_nonce);
-	free(s->test_server_nonce);
+	free(s->server_nonce);
 	free(s);
 }
 
@@ -560,7 +535,7 @@ static enum auth_result parse_gs2_header(struct scram_server *s, bool chose_plus
 			  "GS2 header");
 		return AUTH_PROTOCOL_ERROR;
 	}
-	s->gs2_header = checked_strndup(start, (size_t)(cursor->position - start));
+	s->gs2_header = xstrndup(start, (size_t)(cursor->position - start));
 	return AUTH_OK;
 }
 
@@ -580,16 +555,6 @@ static bool skip_extensions(struct scram_cursor *cursor)
 	return true;
 }
 
-static char *make_server_nonce(struct scram_server *s)
-{
-	uint8_t random_nonce[SCRAM_SERVER_NONCE_BYTES];
-
-	if (s->test_server_nonce != NULL)
-		return checked_strndup(s->test_server_nonce, strlen(s->test_server_nonce));
-	auth_random_bytes(random_nonce, sizeof(random_nonce));
-	return base64_encode_alloc(random_nonce, sizeof(random_nonce));
-}
-
 static enum auth_result answer_client_first(struct scram_server *s, const char *mechanism,
 						     const char *client_first, size_t len,
 						     char **server_first, char *err, size_t errlen)
@@ -598,7 +563,7 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 	const char *username, *client_nonce;
 	size_t username_len, client_nonce_len;
 	bool chose_plus;
-	char *message, *server_nonce, *salt_text;
+	char *message, *salt_text;
 	enum auth_result rc = AUTH_PROTOCOL_ERROR;
 	int needed;
 
@@ -629,7 +594,7 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 
 	if (parse_gs2_header(s, chose_plus, &cursor, err, errlen) != AUTH_OK)
 		goto out;
-	s->client_first_bare = checked_strndup(cursor.position, (size_t)(cursor.end - cursor.position));
+	s->client_first_bare = xstrndup(cursor.position, (size_t)(cursor.end - cursor.position));
 
 	if (cursor.end - cursor.position >= 2 && cursor.position[0] == 'm' && cursor.position[1] == '=') {
 		error_printf(err, errlen, "unsupported SCRAM mandatory extension (m=)");
@@ -661,28 +626,26 @@ static enum auth_result answer_client_first(struct scram_server *s, const char *
 		if (s->mock_username != NULL) {
 			mock_fill_verifier(s, s->mock_username);
 		} else {
-			char *name = checked_strndup(username, username_len);
+			char *name = xstrndup(username, username_len);
 
 			mock_fill_verifier(s, name);
 			free(name);
 		}
 	}
 
-	server_nonce = make_server_nonce(s);
-	needed = snprintf(NULL, 0, "%.*s%s", (int)client_nonce_len, client_nonce, server_nonce);
-	s->combined_nonce = checked_malloc((size_t)needed + 1);
+	needed = snprintf(NULL, 0, "%.*s%s", (int)client_nonce_len, client_nonce, s->server_nonce);
+	s->combined_nonce = xmalloc((size_t)needed + 1);
 	snprintf(s->combined_nonce, (size_t)needed + 1, "%.*s%s", (int)client_nonce_len,
-		 client_nonce, server_nonce);
-	free(server_nonce);
+		 client_nonce, s->server_nonce);
 
 	salt_text = base64_encode_alloc(s->salt, sizeof(s->salt));
 	needed = snprintf(NULL, 0, "r=%s,s=%s,i=%d", s->combined_nonce, salt_text, s->iterations);
-	s->server_first = checked_malloc((size_t)needed + 1);
+	s->server_first = xmalloc((size_t)needed + 1);
 	snprintf(s->server_first, (size_t)needed + 1, "r=%s,s=%s,i=%d", s->combined_nonce,
 		 salt_text, s->iterations);
 	free(salt_text);
 
-	*server_first = checked_strndup(s->server_first, (size_t)needed);
+	*server_first = xstrndup(s->server_first, (size_t)needed);
 	rc = AUTH_OK;
 out:
 	free(message);
@@ -721,8 +684,8 @@ static bool channel_binding_matches(const struct scram_server *s, const char *va
 {
 	size_t header_len = strlen(s->gs2_header);
 	size_t expected_len = header_len + (s->uses_channel_binding ? s->channel_binding_len : 0);
-	uint8_t *expected = checked_malloc(expected_len);
-	uint8_t *decoded = checked_malloc(value_len / 4 * 3 + 1);
+	uint8_t *expected = xmalloc(expected_len);
+	uint8_t *decoded = xmalloc(value_len / 4 * 3 + 1);
 	long decoded_len;
 	bool matches;
 
@@ -828,7 +791,7 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 		size_t without_proof_len = (size_t)(proof_attribute - message);
 
 		auth_message_len = bare_len + 1 + server_first_len + 1 + without_proof_len;
-		auth_message = checked_malloc(auth_message_len);
+		auth_message = xmalloc(auth_message_len);
 		memcpy(auth_message, s->client_first_bare, bare_len);
 		auth_message[bare_len] = ',';
 		memcpy(auth_message + bare_len + 1, s->server_first, server_first_len);
@@ -869,7 +832,7 @@ static enum auth_result verify_final(struct scram_server *s, const char *client_
 		goto out;
 	}
 	signature_text = base64_encode_alloc(server_signature, sizeof(server_signature));
-	*server_final = checked_malloc(2 + strlen(signature_text) + 1);
+	*server_final = xmalloc(2 + strlen(signature_text) + 1);
 	memcpy(*server_final, "v=", 2);
 	memcpy(*server_final + 2, signature_text, strlen(signature_text) + 1);
 	free(signature_text);
@@ -1001,7 +964,7 @@ bool md5_check_response(const char *user, const char *password, const uint8_t sa
 		return false;
 	password_len = strlen(password);
 	user_len = strlen(user);
-	password_and_user = checked_malloc(password_len + user_len + 1);
+	password_and_user = xmalloc(password_len + user_len + 1);
 	memcpy(password_and_user, password, password_len);
 	memcpy(password_and_user + password_len, user, user_len + 1);
 

@@ -60,9 +60,6 @@ void scram_server_free(struct scram_server *s);
 struct scram_server *scram_server_new_unknown_user(const char *username, const uint8_t *cb_data,
 						   size_t cb_len);
 
-/* Tests only: use this text as the server's part of the nonce instead of random bytes. */
-void scram_server_set_nonce_for_test(struct scram_server *s, const char *nonce);
-
 /*
  * The client's SASLInitialResponse: the mechanism name and the
  * client-first-message. On AUTH_OK, *server_first is a malloc'd

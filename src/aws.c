@@ -210,13 +210,11 @@ char *aws_endpoint_url(const char *env_id, const char *host_prefix, const char *
 	}
 	/* STS has a global endpoint for callers that name no region. */
 	if (region == NULL || region[0] == '\0') {
-		if (asprintf(&url, "https://%s.amazonaws.com", host_prefix) < 0)
-			abort();
+		url = xasprintf("https://%s.amazonaws.com", host_prefix);
 		return url;
 	}
-	if (asprintf(&url, "https://%s.%s.amazonaws.com%s", host_prefix, region,
-		     strncmp(region, "cn-", 3) == 0 ? ".cn" : "") < 0)
-		abort();
+	url = xasprintf("https://%s.%s.amazonaws.com%s", host_prefix, region,
+		     strncmp(region, "cn-", 3) == 0 ? ".cn" : "");
 	return url;
 }
 
@@ -299,8 +297,7 @@ int aws_http(const char *method, const char *url, const char *const headers[], c
 	const char *no_proxy = env("NO_PROXY") ? env("NO_PROXY") : env("no_proxy");
 	char *bypass;
 
-	if (asprintf(&bypass, "%s%s%s", LOCAL_ENDPOINTS, no_proxy ? "," : "", no_proxy ? no_proxy : "") < 0)
-		abort();
+	bypass = xasprintf("%s%s%s", LOCAL_ENDPOINTS, no_proxy ? "," : "", no_proxy ? no_proxy : "");
 	curl_easy_setopt(curl, CURLOPT_NOPROXY, bypass);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, keep_going);
@@ -391,15 +388,14 @@ int aws_call(const char *signing_name, const char *env_id, const char *host_pref
 	char *lines[7];
 	size_t k = 0;
 
-	if (asprintf(&lines[k++], "Host: %s", host) < 0 ||
-	    asprintf(&lines[k++], "Content-Type: %s", content_type) < 0 ||
-	    asprintf(&lines[k++], "X-Amz-Date: %s", signature.amz_date) < 0 ||
-	    asprintf(&lines[k++], "Authorization: %s", signature.authorization) < 0)
-		abort();
-	if (target && asprintf(&lines[k++], "X-Amz-Target: %s", target) < 0)
-		abort();
-	if (creds.session_token && asprintf(&lines[k++], "X-Amz-Security-Token: %s", creds.session_token) < 0)
-		abort();
+	lines[k++] = xasprintf("Host: %s", host);
+	lines[k++] = xasprintf("Content-Type: %s", content_type);
+	lines[k++] = xasprintf("X-Amz-Date: %s", signature.amz_date);
+	lines[k++] = xasprintf("Authorization: %s", signature.authorization);
+	if (target)
+		lines[k++] = xasprintf("X-Amz-Target: %s", target);
+	if (creds.session_token)
+		lines[k++] = xasprintf("X-Amz-Security-Token: %s", creds.session_token);
 	lines[k] = NULL;
 	sigv4_result_free(&signature);
 
@@ -465,8 +461,7 @@ static void form_add(char **body, const char *name, const char *value)
 {
 	char *encoded = sigv4_uri_encode(value, false), *grown;
 
-	if (asprintf(&grown, "%s%s%s=%s", *body ? *body : "", *body ? "&" : "", name, encoded) < 0)
-		abort();
+	grown = xasprintf("%s%s%s=%s", *body ? *body : "", *body ? "&" : "", name, encoded);
 	free_secret_string(*body);
 	free_secret_string(encoded);
 	*body = grown;
@@ -604,8 +599,7 @@ static enum found from_container(struct aws_credentials *out, char *err, size_t 
 	if (relative == NULL && full == NULL)
 		return ABSENT;
 	if (relative) {
-		if (asprintf(&url, "%s%s", ECS_HOST, relative) < 0)
-			abort();
+		url = xasprintf("%s%s", ECS_HOST, relative);
 	} else {
 		if (!container_uri_allowed(full)) {
 			error_printf(err, errlen, "container credentials: AWS_CONTAINER_CREDENTIALS_FULL_URI must be "
@@ -621,8 +615,7 @@ static enum found from_container(struct aws_credentials *out, char *err, size_t 
 	if (token_file && token == NULL)
 		goto out;
 	if (token) {
-		if (asprintf(&auth_header, "Authorization: %s", token) < 0)
-			abort();
+		auth_header = xasprintf("Authorization: %s", token);
 		headers[1] = auth_header;
 	}
 	if (aws_http("GET", url, headers, NULL, 0, HTTP_TIMEOUT_MS, &response, err, errlen) != 0) {
@@ -759,8 +752,7 @@ static enum found from_instance_metadata(struct aws_credentials *out, char *err,
 		aws_http_response_free(&response);
 		return FAILED;
 	}
-	if (asprintf(&token_header, "X-aws-ec2-metadata-token: %s", response.body) < 0)
-		abort();
+	token_header = xasprintf("X-aws-ec2-metadata-token: %s", response.body);
 	aws_http_response_free(&response);
 	const char *with_token[] = { token_header, NULL };
 

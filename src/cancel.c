@@ -12,6 +12,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "util.h"
 
 #define CANCEL_BUCKETS 4096
 
@@ -157,12 +158,8 @@ void cancel_thread_stop(void)
 
 void cancel_submit(PGcancel *pg_cancel, uint64_t client_id, int backend_pid)
 {
-	struct cancel_job *job = calloc(1, sizeof(*job));
+	struct cancel_job *job = xcalloc(1, sizeof(*job));
 
-	if (job == NULL) {
-		PQfreeCancel(pg_cancel);
-		return;
-	}
 	job->pg_cancel = pg_cancel;
 	job->client_id = client_id;
 	job->backend_pid = backend_pid;

@@ -68,7 +68,7 @@ static void client_arm_wait_timer(struct client *c)
 	if (c->wait_timer == NULL) {
 		c->wait_timer = evtimer_new(c->worker->base, client_borrow_timeout, c);
 		if (c->wait_timer == NULL) {
-			client_fatal(c, SQLSTATE_INTERNAL_ERROR, "out of memory");
+			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 			return;
 		}
 	}
@@ -618,7 +618,7 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
 		free(c->lost_detail);
-		c->lost_detail = strdup(message); /* NULL if out of memory: the error just has no DETAIL */
+		c->lost_detail = xstrdup(message);
 	}
 	client_flush(c);
 	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */

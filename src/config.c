@@ -849,29 +849,6 @@ const struct config_option *config_find_option(const char *section, const char *
 	return NULL;
 }
 
-const char *config_type_name(enum config_type type)
-{
-	switch (type) {
-	case CONFIG_STRING:
-		return "string";
-	case CONFIG_INT:
-		return "integer";
-	case CONFIG_BOOL:
-		return "boolean";
-	case CONFIG_DURATION_MS:
-		return "duration";
-	case CONFIG_SIZE:
-		return "size";
-	case CONFIG_ENUM:
-		return "enum";
-	case CONFIG_HOSTS:
-		return "host list";
-	case CONFIG_LOG_LEVEL:
-		return "log level";
-	}
-	return "unknown";
-}
-
 int config_worker_count(const struct config *cfg)
 {
 	long cpus;

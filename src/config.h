@@ -166,9 +166,6 @@ const struct config_option *config_options(size_t *count);
 /* The table row for section/name, or NULL. */
 const struct config_option *config_find_option(const char *section, const char *name);
 
-/* The type as the man page names it: "string", "integer", "boolean", ... */
-const char *config_type_name(enum config_type type);
-
 /*
  * On reload: the first option that differs between old and next but cannot
  * change without a restart, or NULL when next may replace old as a whole.

@@ -349,13 +349,10 @@ static void reclaim_configs(evutil_socket_t fd, short what, void *arg)
  */
 static void publish(struct config *next)
 {
-	struct retired_config *retired = realloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
 	struct retired_config *r;
 	struct timeval soon = {1, 0};
 
-	if (retired == NULL)
-		abort();
-	C.retired = retired;
+	C.retired = xrealloc(C.retired, sizeof(*C.retired) * (size_t)(C.n_retired + 1));
 	r = &C.retired[C.n_retired++];
 	r->cfg = config_publish(next, &r->mark);
 	if (C.reclaim_timer && !evtimer_pending(C.reclaim_timer, NULL))
@@ -459,6 +456,8 @@ static void begin_drain(void)
 	workers_broadcast(WORKER_MSG_DRAIN);
 	C.drain_deadline_usec = pgmux_now_usec() + (uint64_t)cfg->shutdown_timeout_ms * 1000;
 	C.drain_timer = event_new(C.base, -1, EV_PERSIST, drain_check, NULL);
+	if (C.drain_timer == NULL)
+		out_of_memory("the shutdown's timer");
 	event_add(C.drain_timer, &tick);
 }
 

@@ -354,7 +354,7 @@ static void monitor_free(struct monitor_conn *m)
 /* Runs under the pool lock: give every target (including discovered ones) its monitor. */
 static void monitor_adopt(struct target *t, void *arg)
 {
-	struct monitor_conn *m, **grown;
+	struct monitor_conn *m;
 
 	if (t->monitor) {
 		t->monitor->seen = round_number;
@@ -365,11 +365,8 @@ static void monitor_adopt(struct target *t, void *arg)
 	m->seen = round_number;
 	m->deadline = evtimer_new(mon_base, monitor_deadline, m);
 	if (m->deadline == NULL)
-		abort();
-	grown = realloc(mons, sizeof(*mons) * (size_t)(n_mons + 1));
-	if (grown == NULL)
-		abort();
-	mons = grown;
+		out_of_memory("a health check's timer");
+	mons = xrealloc(mons, sizeof(*mons) * (size_t)(n_mons + 1));
 	mons[n_mons++] = m;
 	t->monitor = m;
 }

@@ -58,17 +58,6 @@ const char *params_get(const struct strmap *m, const char *name)
 	return e ? e->value : NULL;
 }
 
-void params_remove(struct strmap *m, const char *name)
-{
-	char key[128];
-	struct strmap_entry *e;
-
-	lower_copy(key, sizeof(key), name);
-	e = strmap_find(m, key);
-	if (e)
-		free(strmap_delete(m, e));
-}
-
 void params_clear(struct strmap *m)
 {
 	strmap_clear(m, free);
@@ -116,9 +105,4 @@ int params_carried_index(const char *name)
 		if (strcasecmp(name, params_carried_names[i]) == 0)
 			return i;
 	return -1;
-}
-
-bool params_is_carried(const char *name)
-{
-	return params_carried_index(name) >= 0;
 }

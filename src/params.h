@@ -14,16 +14,7 @@
 /* Set name (any case) to value; the map owns copies. */
 void params_put(struct strmap *m, const char *name, const char *value);
 const char *params_get(const struct strmap *m, const char *name);
-void params_remove(struct strmap *m, const char *name);
 void params_clear(struct strmap *m);
-
-/*
- * Reported parameters a session can change with SET (application_name,
- * client_encoding, DateStyle, IntervalStyle, TimeZone,
- * standard_conforming_strings).
- * pgmux follows their ParameterStatus messages, so SET of them needs no pin.
- */
-bool params_is_carried(const char *name);
 
 /*
  * A fingerprint of a session state: the carried reported parameters, as
@@ -33,7 +24,13 @@ bool params_is_carried(const char *name);
  */
 uint64_t params_fingerprint(const char *(*get)(const char *name, void *arg), void *arg, const struct strmap *extra);
 
-/* How many carried parameters there are, and the index of name among them (-1: not carried). */
+/*
+ * The carried parameters: the reported ones a session can change with SET
+ * (application_name, client_encoding, DateStyle, IntervalStyle, TimeZone,
+ * standard_conforming_strings). pgmux follows their ParameterStatus
+ * messages, so SET of them needs no pin. How many there are, and the index
+ * of name among them (-1: not carried).
+ */
 #define PARAMS_N_CARRIED 6
 int params_carried_index(const char *name);
 

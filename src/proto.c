@@ -404,11 +404,6 @@ void proto_put_error(struct iobuf *buf, const char *severity, const char *sqlsta
 	put_error_or_notice(buf, BE_ERROR_RESPONSE, severity, sqlstate, message, detail, hint);
 }
 
-void proto_put_notice(struct iobuf *buf, const char *severity, const char *sqlstate, const char *message)
-{
-	put_error_or_notice(buf, BE_NOTICE_RESPONSE, severity, sqlstate, message, NULL, NULL);
-}
-
 void proto_put_auth(struct iobuf *buf, uint32_t code, const void *data, size_t len)
 {
 	size_t offset = proto_begin(buf, BE_AUTHENTICATION);
@@ -468,22 +463,6 @@ void proto_put_query(struct iobuf *buf, const char *sql)
 
 	iobuf_append_str(buf, sql);
 	proto_end(buf, offset);
-}
-
-void proto_put_terminate(struct iobuf *buf)
-{
-	size_t offset = proto_begin(buf, FE_TERMINATE);
-
-	proto_end(buf, offset);
-}
-
-/* A CancelRequest is a startup-style packet: no type byte, and its length is always 16. */
-void proto_put_cancel_request(struct iobuf *buf, uint32_t pid, uint32_t key)
-{
-	iobuf_append_u32(buf, 16);
-	iobuf_append_u32(buf, PROTO_CANCEL_REQUEST);
-	iobuf_append_u32(buf, pid);
-	iobuf_append_u32(buf, key);
 }
 
 bool proto_valid_frontend_type(uint8_t type)

@@ -171,15 +171,12 @@ void proto_end(struct iobuf *buf, size_t offset);
 /* Builders. Each appends one complete message. */
 void proto_put_error(struct iobuf *buf, const char *severity, const char *sqlstate, const char *message,
 		     const char *detail, const char *hint);
-void proto_put_notice(struct iobuf *buf, const char *severity, const char *sqlstate, const char *message);
 void proto_put_auth(struct iobuf *buf, uint32_t code, const void *data, size_t len);
 void proto_put_parameter_status(struct iobuf *buf, const char *name, const char *value);
 void proto_put_backend_key(struct iobuf *buf, uint32_t pid, uint32_t key);
 void proto_put_ready(struct iobuf *buf, char status);
 void proto_put_negotiate_version(struct iobuf *buf, uint32_t newest_minor, char *const *unknown, int n_unknown);
 void proto_put_query(struct iobuf *buf, const char *sql);
-void proto_put_terminate(struct iobuf *buf);
-void proto_put_cancel_request(struct iobuf *buf, uint32_t pid, uint32_t key); /* 16 bytes, no type byte */
 
 /*
  * Is this a message type a frontend may send after startup? Used to reject

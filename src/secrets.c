@@ -50,19 +50,10 @@ static int skipped_files; /* by the last reload; under reload_mutex, read with a
 static struct secret_store *directory_layer;
 static struct secret_store *managed_layer;
 
-/* Copies of secrets cannot report failure (secret_copy returns nothing), so running out of memory is fatal. */
+/* A copy of s, or NULL for NULL: an optional field stays absent. */
 static char *duplicate_string(const char *s)
 {
-	char *copy;
-
-	if (s == NULL)
-		return NULL;
-	copy = strdup(s);
-	if (copy == NULL) {
-		fprintf(stderr, "pgmux: out of memory copying a secret\n");
-		abort();
-	}
-	return copy;
+	return s != NULL ? xstrdup(s) : NULL;
 }
 
 void secret_clear(struct secret *s)
@@ -154,8 +145,7 @@ static int parse_port(json_t *root, int *port, char *err, size_t errlen)
  * quotes the input near the error, which may be the password, so only the
  * position is reported.
  */
-static int parse_secret_fields(const char *json, size_t len, struct secret *out, char *err,
-			       size_t errlen)
+int secret_parse_json(const char *json, size_t len, struct secret *out, char *err, size_t errlen)
 {
 	json_error_t json_error;
 	json_t *root, *username, *password;
@@ -225,8 +215,7 @@ out:
 	return rc;
 }
 
-/* A fresh random salt and the verifier for it. */
-static int compute_verifier(struct secret *s, char *err, size_t errlen)
+int secret_compute_verifier(struct secret *s, char *err, size_t errlen)
 {
 	struct scram_verifier *v = &s->scram;
 
@@ -235,17 +224,6 @@ static int compute_verifier(struct secret *s, char *err, size_t errlen)
 	if (scram_compute_keys(s->password, v->salt, sizeof(v->salt), v->iterations, v->stored_key,
 			       v->server_key) != 0) {
 		error_printf(err, errlen, "computing the SCRAM verifier failed");
-		return -1;
-	}
-	return 0;
-}
-
-int secret_parse_json(const char *json, size_t len, struct secret *out, char *err, size_t errlen)
-{
-	if (parse_secret_fields(json, len, out, err, errlen) != 0)
-		return -1;
-	if (compute_verifier(out, err, errlen) != 0) {
-		secret_clear(out);
 		return -1;
 	}
 	return 0;
@@ -496,13 +474,8 @@ static char **list_secret_files(const char *dir, size_t *count, char *err, size_
 		qsort(names, used, sizeof(*names), compare_names);
 	*count = used;
 	/* An empty directory is a valid (empty) store, not an error: return a non-NULL list. */
-	if (names == NULL) {
-		names = calloc(1, sizeof(*names));
-		if (names == NULL) {
-			fprintf(stderr, "pgmux: out of memory loading secrets\n");
-			abort();
-		}
-	}
+	if (names == NULL)
+		names = xcalloc(1, sizeof(*names));
 	return names;
 }
 
@@ -524,13 +497,7 @@ static void store_add(struct secret_store *store, size_t *capacity, struct secre
 	}
 	if (store->count == *capacity) {
 		size_t new_capacity = *capacity == 0 ? 16 : *capacity * 2;
-		struct secret *grown = realloc(store->entries, new_capacity * sizeof(*grown));
-
-		if (grown == NULL) {
-			fprintf(stderr, "pgmux: out of memory loading secrets\n");
-			abort();
-		}
-		store->entries = grown;
+		store->entries = xrealloc(store->entries, new_capacity * sizeof(*store->entries));
 		*capacity = new_capacity;
 	}
 	store->entries[store->count++] = *s;
@@ -549,14 +516,14 @@ static bool load_secret_file(const char *path, struct secret *out)
 		log_warning("secrets: skipping %s: %s", path, reason);
 		return false;
 	}
-	rc = parse_secret_fields(text, len, out, reason, sizeof(reason));
+	rc = secret_parse_json(text, len, out, reason, sizeof(reason));
 	OPENSSL_cleanse(text, len);
 	free(text);
 	if (rc != 0) {
 		log_warning("secrets: skipping %s: %s", path, reason);
 		return false;
 	}
-	if (!reuse_previous_verifier(out) && compute_verifier(out, reason, sizeof(reason)) != 0) {
+	if (!reuse_previous_verifier(out) && secret_compute_verifier(out, reason, sizeof(reason)) != 0) {
 		log_warning("secrets: skipping %s: %s", path, reason);
 		secret_clear(out);
 		return false;
@@ -566,12 +533,8 @@ static bool load_secret_file(const char *path, struct secret *out)
 
 static struct secret_store *store_new(void)
 {
-	struct secret_store *store = calloc(1, sizeof(*store));
+	struct secret_store *store = xcalloc(1, sizeof(*store));
 
-	if (store == NULL) {
-		fprintf(stderr, "pgmux: out of memory loading secrets\n");
-		abort();
-	}
 	return store;
 }
 
@@ -658,20 +621,14 @@ int secrets_reload(const char *dir, char *err, size_t errlen)
 		pthread_mutex_unlock(&reload_mutex);
 		return -1;
 	}
-	store = calloc(1, sizeof(*store));
-	if (store == NULL) {
-		fprintf(stderr, "pgmux: out of memory loading secrets\n");
-		abort();
-	}
+	store = xcalloc(1, sizeof(*store));
 	__atomic_store_n(&skipped_files, 0, __ATOMIC_RELAXED);
 	for (size_t i = 0; i < file_count; i++) {
 		struct secret s;
-		char *path;
+		size_t path_len = strlen(dir) + 1 + strlen(names[i]) + 1;
+		char *path = xmalloc(path_len);
 
-		if (asprintf(&path, "%s/%s", dir, names[i]) < 0) {
-			fprintf(stderr, "pgmux: out of memory loading secrets\n");
-			abort();
-		}
+		snprintf(path, path_len, "%s/%s", dir, names[i]);
 		if (load_secret_file(path, &s))
 			store_add(store, &capacity, &s, path);
 		else

@@ -27,11 +27,18 @@ struct secret {
 };
 
 /*
- * Parse one secret from JSON text. Returns 0 and fills out (computing the
- * SCRAM verifier with a fresh random salt), or -1 with a reason in err that
- * never contains the password.
+ * Parse one secret from JSON text. Returns 0 and fills every field of out
+ * but the SCRAM verifier, or -1 with a reason in err that never contains the
+ * password.
  */
 int secret_parse_json(const char *json, size_t len, struct secret *out, char *err, size_t errlen);
+
+/*
+ * Give s a fresh random salt and the SCRAM verifier of its password for it
+ * (a PBKDF2 of SCRAM_DEFAULT_ITERATIONS rounds). Returns 0, or -1 with a
+ * reason in err.
+ */
+int secret_compute_verifier(struct secret *s, char *err, size_t errlen);
 
 /* Wipe the password and keys, free the strings. */
 void secret_clear(struct secret *s);

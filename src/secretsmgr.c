@@ -73,9 +73,7 @@ static int parse_list(const char *text, char *err, size_t errlen)
 			*--end = '\0';
 		if (*entry == '\0')
 			continue;
-		managed = realloc(managed, (n_managed + 1) * sizeof(*managed));
-		if (managed == NULL)
-			abort();
+		managed = xrealloc(managed, (n_managed + 1) * sizeof(*managed));
 		struct managed_secret *m = &managed[n_managed++];
 
 		memset(m, 0, sizeof(*m));
@@ -112,7 +110,7 @@ static int read_secret(struct managed_secret *m, bool *changed, char *err, size_
 	*changed = false;
 	json_decref(request);
 	if (body == NULL)
-		abort();
+		out_of_memory("a Secrets Manager request");
 	if (aws_call("secretsmanager", "SECRETS_MANAGER", "secretsmanager", m->region, "secretsmanager.GetSecretValue",
 		     "application/x-amz-json-1.1", body, &response, why, sizeof(why)) != 0) {
 		error_printf(err, errlen, "%s", why);
@@ -143,6 +141,13 @@ static int read_secret(struct managed_secret *m, bool *changed, char *err, size_
 	*changed = m->version_id == NULL || strcmp(fresh.username, m->secret.username) != 0 ||
 		   strcmp(fresh.password, m->secret.password) != 0;
 	if (*changed) {
+		/* The PBKDF2, only for a user or password that changed. */
+		if (secret_compute_verifier(&fresh, why, sizeof(why)) != 0) {
+			error_printf(err, errlen, "%s", why);
+			secret_clear(&fresh);
+			*changed = false;
+			goto out;
+		}
 		secret_clear(&m->secret);
 		m->secret = fresh;
 	} else {

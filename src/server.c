@@ -107,10 +107,8 @@ void server_set_param(struct server *s, const char *name, const char *value)
 {
 	s->params_fingerprint_valid = false;
 	struct server_param *p;
-	char *copy = strdup(value);
+	char *copy = xstrdup(value);
 
-	if (copy == NULL)
-		abort();
 	for (int i = 0; i < s->n_params; i++) {
 		if (strcasecmp(s->params[i].name, name) == 0) {
 			free(s->params[i].value);
@@ -118,14 +116,10 @@ void server_set_param(struct server *s, const char *name, const char *value)
 			return;
 		}
 	}
-	p = realloc(s->params, sizeof(*p) * (size_t)(s->n_params + 1));
-	if (p == NULL)
-		abort();
+	p = xrealloc(s->params, sizeof(*p) * (size_t)(s->n_params + 1));
 	s->params = p;
-	p[s->n_params].name = strdup(name);
+	p[s->n_params].name = xstrdup(name);
 	p[s->n_params].value = copy;
-	if (p[s->n_params].name == NULL)
-		abort();
 	s->n_params++;
 }
 
@@ -300,12 +294,10 @@ static void server_setup_done(struct server *s, bool ok, void *arg)
 void server_connect(struct worker *w, struct pool *pool, struct target *target)
 {
 	const struct config *cfg = config_current();
-	struct server *s = calloc(1, sizeof(*s));
+	struct server *s = xcalloc(1, sizeof(*s));
 	struct pgconn_params params = { 0 };
 	struct timeval tv;
 
-	if (s == NULL)
-		abort();
 	s->id = __atomic_fetch_add(&next_server_id, 1, __ATOMIC_RELAXED);
 	server_set_pool(s, pool);
 	s->target = target;
@@ -330,7 +322,7 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 
 	s->timer = evtimer_new(w->base, server_connect_timeout, s);
 	if (s->timer == NULL)
-		abort();
+		out_of_memory("a connection's timer");
 	tv.tv_sec = cfg->server_connect_timeout_ms / 1000;
 	tv.tv_usec = (cfg->server_connect_timeout_ms % 1000) * 1000;
 	evtimer_add(s->timer, &tv);
@@ -544,7 +536,7 @@ static bool server_internal_message(struct server *s, uint8_t type, const uint8_
 		struct error_fields ef;
 
 		if (s->query_error == NULL && proto_parse_error(body, len, &ef) == 0) {
-			s->query_error = strdup(ef.message ? ef.message : "error");
+			s->query_error = xstrdup(ef.message ? ef.message : "error");
 			snprintf(s->query_sqlstate, sizeof(s->query_sqlstate), "%s",
 				 ef.sqlstate ? ef.sqlstate : SQLSTATE_INTERNAL_ERROR);
 		}
@@ -559,6 +551,7 @@ static bool server_internal_message(struct server *s, uint8_t type, const uint8_
 			msg_reader_init(&r, body, len);
 			if (msg_read_i16(&r, &ncols) == 0 && ncols > 0 && msg_read_i32(&r, &vlen) == 0 && vlen >= 0 &&
 			    (v = msg_read_bytes(&r, (size_t)vlen)) != NULL)
+				/* As large as the server sends: NULL if out of memory, and the read-back fails. */
 				s->query_value = strndup((const char *)v, (size_t)vlen);
 		}
 		break;

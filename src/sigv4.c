@@ -39,11 +39,7 @@ static void text_add(struct text *t, const char *s, size_t n)
 
 		while (t->len + n + 1 > cap)
 			cap *= 2;
-		char *grown = realloc(t->data, cap);
-
-		if (grown == NULL)
-			abort();
-		t->data = grown;
+		t->data = xrealloc(t->data, cap);
 		t->cap = cap;
 	}
 	memcpy(t->data + t->len, s, n);
@@ -270,9 +266,7 @@ static void canonical_query(struct text *t, const char *query)
 
 			if (n == cap) {
 				cap *= 2;
-				pairs = realloc(pairs, cap * sizeof(*pairs));
-				if (pairs == NULL)
-					abort();
+				pairs = xrealloc(pairs, cap * sizeof(*pairs));
 			}
 			pairs[n].key = sigv4_uri_encode(key, false);
 			pairs[n].value = sigv4_uri_encode(value, false);

@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "pgmux.h"
+#include "util.h"
 #include "worker.h"
 
 struct pool_stats *stats_pool_new(void)
@@ -24,7 +25,7 @@ struct pool_stats *stats_pool_new(void)
 	struct pool_stats *stats = NULL;
 
 	if (posix_memalign((void **)&stats, 64, sizeof(*stats) + (size_t)n * sizeof(stats->slot[0])) != 0)
-		abort();
+		out_of_memory("a pool's counters");
 	memset(stats, 0, sizeof(*stats) + (size_t)n * sizeof(stats->slot[0]));
 	stats->n_slots = n;
 	stats->created_usec = pgmux_now_usec();

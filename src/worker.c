@@ -80,6 +80,7 @@ static void worker_post(struct worker *w, struct worker_msg *msg)
 	worker_wake(w);
 }
 
+/* A message between threads; NULL when out of memory (then see worker_msg_must()). */
 static struct worker_msg *worker_msg_new(enum worker_msg_type type)
 {
 	struct worker_msg *msg = calloc(1, sizeof(*msg));
@@ -88,6 +89,20 @@ static struct worker_msg *worker_msg_new(enum worker_msg_type type)
 		return NULL;
 	msg->type = type;
 	msg->fd = -1;
+	return msg;
+}
+
+/*
+ * A message that must go: one lost would leave a client waiting for its
+ * answer or a shutdown for its drain, and nothing smaller than the process
+ * can fail instead, so out of memory aborts (util.h).
+ */
+static struct worker_msg *worker_msg_must(enum worker_msg_type type)
+{
+	struct worker_msg *msg = worker_msg_new(type);
+
+	if (msg == NULL)
+		out_of_memory("a message between threads");
 	return msg;
 }
 
@@ -113,10 +128,8 @@ void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t 
 /* A message whose only payload is an id (msg->client_id; a server's id for MIGRATE). */
 static void worker_post_id(struct worker *w, enum worker_msg_type type, uint64_t id)
 {
-	struct worker_msg *msg = worker_msg_new(type);
+	struct worker_msg *msg = worker_msg_must(type);
 
-	if (msg == NULL)
-		return;
 	msg->client_id = id;
 	worker_post(w, msg);
 }
@@ -128,10 +141,8 @@ void worker_post_cancel(struct worker *w, uint64_t client_id)
 
 void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, const char *text)
 {
-	struct worker_msg *msg = worker_msg_new(WORKER_MSG_ADMIN_REPLY);
+	struct worker_msg *msg = worker_msg_must(WORKER_MSG_ADMIN_REPLY);
 
-	if (msg == NULL)
-		return;
 	msg->client_id = client_id;
 	msg->ok = ok;
 	msg->text = xstrdup(text);
@@ -151,10 +162,8 @@ void worker_post_kill(struct worker *w, uint64_t client_id)
 void workers_post_connect(struct pool *pool, struct target *target)
 {
 	struct worker *w = workers[__atomic_fetch_add(&next_worker, 1, __ATOMIC_RELAXED) % (unsigned)n_workers];
-	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECT);
+	struct worker_msg *msg = worker_msg_must(WORKER_MSG_CONNECT);
 
-	if (msg == NULL)
-		return;
 	msg->pool = pool;
 	msg->target = target;
 	worker_post(w, msg);
@@ -162,12 +171,8 @@ void workers_post_connect(struct pool *pool, struct target *target)
 
 void workers_broadcast(enum worker_msg_type type)
 {
-	for (int i = 0; i < n_workers; i++) {
-		struct worker_msg *msg = worker_msg_new(type);
-
-		if (msg)
-			worker_post(workers[i], msg);
-	}
+	for (int i = 0; i < n_workers; i++)
+		worker_post(workers[i], worker_msg_must(type));
 }
 
 /* The worker's own part of a message; the rest is its ops'. */

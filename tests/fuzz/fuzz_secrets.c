@@ -1,8 +1,9 @@
 /*
  * fuzz_secrets.c: libFuzzer harness for one JSON secret file
  * (secret_parse_json() in secrets.c, the shape of an AWS Secrets Manager
- * secret), parsed from a buffer of exactly its length with no terminating NUL.
- * A secret that parses must be usable as secrets.c uses it: a non-empty user
+ * secret), parsed from a buffer of exactly its length with no terminating NUL,
+ * then given its verifier (secret_compute_verifier()), as the loader does. A
+ * secret that parses must be usable as secrets.c uses it: a non-empty user
  * and password, a port in range, the default iteration count, and a copy
  * equal to the original.
  */
@@ -43,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	FUZZ_CHECK(s.username && s.username[0] && s.password && s.password[0], "empty user or password");
 	FUZZ_CHECK(s.port >= 0 && s.port <= 65535, "port %d", s.port);
+	FUZZ_CHECK(secret_compute_verifier(&s, err, sizeof(err)) == 0, "no verifier: %s", err);
 	FUZZ_CHECK(s.scram.iterations == SCRAM_DEFAULT_ITERATIONS, "iterations %d", s.scram.iterations);
 	secret_copy(&copy, &s);
 	FUZZ_CHECK(same_string(copy.username, s.username) && same_string(copy.password, s.password) &&

@@ -1,8 +1,9 @@
 /*
- * harness.c: process, client and raw-socket helpers for the integration
- * suite (see harness.h). Criterion runs every test in a process of its own,
- * so the little state kept here (the test directory, the PIDs to clean up)
- * belongs to exactly one test.
+ * harness.c: processes, clients and files for the integration suite (see
+ * harness.h; the raw protocol is harness_wire.c). Criterion runs every test
+ * in a process of its own, so the little state kept here (the test
+ * directory, the PIDs to clean up, the pgmux started last) belongs to
+ * exactly one test.
  */
 #include "harness.h"
 
@@ -14,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -121,6 +123,33 @@ int h_free_port(void)
 	cr_assert(getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
 	close(fd);
 	return ntohs(sa.sin_port);
+}
+
+long long h_proc_cpu_ms(pid_t pid)
+{
+	char path[64];
+	unsigned long long utime = 0, stime = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	char *text = h_read_file(path);
+	const char *after_name = strrchr(text, ')');
+	/* After "comm)": the state is field 3, utime field 14, stime field 15. */
+	int n = after_name ? sscanf(after_name + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+				    &stime)
+			   : 0;
+
+	free(text);
+	cr_assert_eq(n, 2, "cannot read utime and stime from %s", path);
+	return (long long)(utime + stime) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+uint64_t h_fnv1a(uint64_t h, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 1099511628211ULL;
+	}
+	return h;
 }
 
 /* ---------------------------------------------------------------- child processes */
@@ -311,6 +340,15 @@ void pgmux_options_default(struct pgmux_options *o)
 	o->client_login_timeout = "60s";
 }
 
+void pgmux_options_console(struct pgmux_options *o)
+{
+	pgmux_options_default(o);
+	o->pool_mode = "transaction";
+	o->max_connections = 8;
+	o->admin_users = h_env()->superuser;
+	o->extra_target = "health_check_interval = 250ms";
+}
+
 /* dst = dir/name, failing the test rather than silently truncating a path. */
 static void path_in_test_dir(char *dst, size_t size, const char *name)
 {
@@ -398,6 +436,14 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		o->max_connections_percent ? o->max_connections_percent : 100, o->extra_pool ? o->extra_pool : "");
 	fclose(f);
 	return true;
+}
+
+void pgmux_rewrite_config(struct pgmux *p, const struct pgmux_options *o)
+{
+	struct pgmux_options same_port = *o;
+
+	same_port.listen_port = p->port;
+	pgmux_write_config(p, &same_port);
 }
 
 /* One attempt to connect to the port; true when something accepted. */
@@ -510,8 +556,12 @@ static bool first_check_done(void *arg)
 	       (fc->only_instance && h_file_count(fc->logfile, "failed its health check") > 0);
 }
 
+/* The pgmux the test started last, whose logs a failing helper prints (see harness.h). */
+static const struct pgmux *current;
+
 bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
 {
+	current = p;
 	pgmux_write_config(p, o);
 	if (o->daemonize)
 		cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0, "PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
@@ -561,6 +611,57 @@ bool pgmux_start(struct pgmux *p, const struct pgmux_options *o)
 	return false;
 }
 
+void pgmux_start_ok(struct pgmux *p, const struct pgmux_options *o)
+{
+	cr_assert(pgmux_start(p, o), "pgmux did not start (config %s)", p->config);
+}
+
+void pgmux_start_transaction(struct pgmux *p, int max_connections, const char *extra_pgmux, const char *extra_pool)
+{
+	struct pgmux_options o;
+	char pool[1024];
+
+	h_wait_no_app_backends();
+	snprintf(pool, sizeof(pool), "%s\n%s",
+		 extra_pool && strstr(extra_pool, "max_idle_connections_percent") ? "" : "max_idle_connections_percent = 100",
+		 extra_pool ? extra_pool : "");
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = max_connections;
+	o.extra_pgmux = extra_pgmux;
+	o.extra_pool = pool;
+	o.admin_users = h_env()->superuser;
+	pgmux_start_ok(p, &o);
+}
+
+void pgmux_start_trust(struct pgmux *p, const char *pool_mode, int max_connections, int workers,
+		       const char *extra_pgmux, const char *extra_pool)
+{
+	struct pgmux_options o;
+
+	h_wait_no_app_backends();
+	pgmux_options_default(&o);
+	o.tls = false;
+	o.server_tls = "disable";
+	o.client_auth = "trust";
+	o.pool_mode = pool_mode;
+	o.max_connections = max_connections;
+	o.workers = workers;
+	o.extra_pgmux = extra_pgmux;
+	o.extra_pool = extra_pool;
+	o.admin_users = h_env()->superuser;
+	pgmux_start_ok(p, &o);
+}
+
+void pgmux_start_one_backend(struct pgmux *p, const char *extra_pool)
+{
+	char pool[512];
+
+	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\nconnection_borrow_timeout = %dms\n%s",
+		 h_scaled_ms(3000), extra_pool ? extra_pool : "");
+	pgmux_start_trust(p, "transaction", 1, 2, "max_packet_size = 64kB", pool);
+}
+
 bool pgmux_running(struct pgmux *p)
 {
 	if (p->pid == 0)
@@ -571,6 +672,26 @@ bool pgmux_running(struct pgmux *p)
 	fprintf(stderr, "pgmux (pid %ld) has exited with status %d\n", (long)p->pid, st);
 	p->pid = 0;
 	return false;
+}
+
+void pgmux_signal(struct pgmux *p, int sig)
+{
+	cr_assert(pgmux_running(p), "pgmux is not running");
+	cr_assert_eq(kill(p->pid, sig), 0, "kill %ld: %s", (long)p->pid, strerror(errno));
+}
+
+void pgmux_reload(struct pgmux *p, const struct pgmux_options *o)
+{
+	static const char reloaded[] = "configuration reloaded from";
+	int before = h_file_count(p->logfile, reloaded);
+
+	if (o)
+		pgmux_rewrite_config(p, o);
+	pgmux_signal(p, SIGHUP);
+	bool done = h_file_wait_count(p->logfile, reloaded, before + 1, h_scaled_ms(5000));
+	if (!done)
+		pgmux_dump_logs(p);
+	cr_assert(done, "pgmux did not log a reload within %d ms of SIGHUP", h_scaled_ms(5000));
 }
 
 int pgmux_wait_exit(struct pgmux *p, int timeout_ms)
@@ -644,6 +765,36 @@ void pgmux_dump_logs(const struct pgmux *p)
 		print_tail("valgrind report", path, 20000);
 	}
 	closedir(d);
+}
+
+void h_dump_current_logs(void)
+{
+	if (current)
+		pgmux_dump_logs(current);
+}
+
+void h_expect_log(const struct pgmux *p, const char *needle, int timeout_ms)
+{
+	bool found = h_file_wait_contains(p->logfile, needle, h_scaled_ms(timeout_ms));
+
+	if (!found)
+		pgmux_dump_logs(p);
+	cr_assert(found, "pgmux's log (%s) never said \"%s\"", p->logfile, needle);
+}
+
+void h_expect_log_lacks(const struct pgmux *p, const char *needle)
+{
+	char *text = h_read_file(p->logfile);
+	const char *at = strstr(text, needle);
+
+	if (at) {
+		const char *eol = strchr(at, '\n');
+
+		fprintf(stderr, "unexpected log line: %.*s\n", eol ? (int)(eol - at) : 200, at);
+	}
+	bool absent = at == NULL;
+	free(text);
+	cr_assert(absent, "pgmux's log contains \"%s\"", needle);
 }
 
 /* ---------------------------------------------------------------- commands */
@@ -722,6 +873,126 @@ void h_cmd_dump(const struct h_cmd *c, const char *what)
 		c->status, c->ended_ms - c->started_ms, c->out ? c->out : "", c->err ? c->err : "");
 }
 
+bool h_psql_start(struct h_cmd *c, const char *conninfo, const char *password, const char *const args[])
+{
+	const struct h_env *e = h_env();
+	char psql[600], pw[300];
+	const char *argv[32];
+	int n = 0;
+
+	snprintf(psql, sizeof(psql), "%s/psql", e->pgbin);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", password ? password : "");
+	argv[n++] = psql;
+	argv[n++] = "-X";
+	argv[n++] = "-w";
+	for (int i = 0; args[i]; i++) {
+		cr_assert_lt(n, 30, "too many psql arguments");
+		argv[n++] = args[i];
+	}
+	argv[n++] = conninfo;
+	argv[n] = NULL;
+	const char *env[] = {password ? pw : "PGPASSFILE=/dev/null", "PGCONNECT_TIMEOUT=10", NULL};
+	return h_cmd_start(c, argv, env);
+}
+
+int h_psql_run(struct h_cmd *c, const char *conninfo, const char *password, const char *const args[])
+{
+	int timeout = h_scaled_ms(20000);
+
+	cr_assert(h_psql_start(c, conninfo, password, args), "psql did not start");
+	if (!h_cmd_wait(c, timeout)) {
+		fprintf(stderr, "psql did not finish within %d ms; killed\n", timeout);
+		h_cmd_kill(c);
+		h_cmd_dump(c, "psql");
+	}
+	return c->status;
+}
+
+bool h_app_psql_start(struct h_cmd *c, const struct pgmux *p, const char *sslmode, const char *sql)
+{
+	const struct h_env *e = h_env();
+	char *ci = h_conninfo(p->port, e->appuser, NULL, sslmode, NULL);
+	const char *args[] = {"-A", "-t", "-c", sql, NULL};
+	bool started = h_psql_start(c, ci, e->apppass, args);
+
+	free(ci);
+	return started;
+}
+
+void h_expect_cmd_output(struct h_cmd *c, int timeout_ms, const char *want, const char *what)
+{
+	bool ended = h_cmd_wait(c, timeout_ms);
+
+	if (!ended)
+		h_cmd_kill(c);
+	if (!ended || c->status != 0 || strcmp(c->out, want) != 0)
+		h_cmd_dump(c, what);
+	cr_assert(ended, "%s did not end within %d ms", what, timeout_ms);
+	cr_assert_eq(c->status, 0, "%s exited with %d", what, c->status);
+	cr_assert_str_eq(c->out, want, "%s printed \"%s\", expected \"%s\"", what, c->out, want);
+	h_cmd_free(c);
+}
+
+bool h_pgbench_start(struct h_cmd *c, int port, const char *sslmode, const char *dbname, const char *const args[])
+{
+	const struct h_env *e = h_env();
+	char pgbench[600], portstr[16], pw[300], ssl[64];
+	const char *argv[40];
+	int n = 0;
+
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	snprintf(ssl, sizeof(ssl), "PGSSLMODE=%s", sslmode);
+	argv[n++] = pgbench;
+	for (int i = 0; args[i]; i++) {
+		cr_assert_lt(n, 32, "too many pgbench arguments");
+		argv[n++] = args[i];
+	}
+	argv[n++] = "-h";
+	argv[n++] = "127.0.0.1";
+	argv[n++] = "-p";
+	argv[n++] = portstr;
+	argv[n++] = "-U";
+	argv[n++] = e->appuser;
+	argv[n++] = dbname;
+	argv[n] = NULL;
+	const char *env[] = {pw, ssl, "PGCONNECT_TIMEOUT=60", NULL};
+	return h_cmd_start(c, argv, env);
+}
+
+int h_pgbench_run(struct h_cmd *c, int port, const char *sslmode, const char *dbname, const char *const args[],
+		  int timeout_ms)
+{
+	cr_assert(h_pgbench_start(c, port, sslmode, dbname, args), "pgbench did not start");
+	if (!h_cmd_wait(c, timeout_ms)) {
+		fprintf(stderr, "pgbench did not finish within %d ms; killed\n", timeout_ms);
+		h_cmd_kill(c);
+		h_cmd_dump(c, "pgbench");
+	}
+	return c->status;
+}
+
+void h_expect_pgbench_clean(const struct h_cmd *c, const char *what)
+{
+	bool clean = c->status == 0 && strstr(c->out, "number of failed transactions: 0 ") != NULL;
+
+	if (!clean)
+		h_cmd_dump(c, "pgbench");
+	cr_assert_eq(c->status, 0, "%s exited with %d", what, c->status);
+	cr_assert(strstr(c->out, "number of failed transactions: 0 ") != NULL, "%s reports failed transactions:\n%s",
+		  what, c->out);
+}
+
+long h_pgbench_processed(const struct h_cmd *c)
+{
+	static const char key[] = "number of transactions actually processed: ";
+	const char *p = c->out ? strstr(c->out, key) : NULL;
+
+	cr_assert_not_null(p, "no transaction count in pgbench's output:\n%s", c->out ? c->out : "");
+	return strtol(p + strlen(key), NULL, 10);
+}
+
 /* ---------------------------------------------------------------- libpq */
 
 char *h_conninfo(int port, const char *user, const char *password, const char *sslmode, const char *extra)
@@ -734,22 +1005,100 @@ char *h_conninfo(int port, const char *user, const char *password, const char *s
 	return s;
 }
 
+/* PQconnectdb of h_conninfo(); check PQstatus yourself. */
+static PGconn *connect_with(int port, const char *user, const char *password, const char *sslmode, const char *extra)
+{
+	char *ci = h_conninfo(port, user, password, sslmode, extra);
+	PGconn *conn = PQconnectdb(ci);
+
+	free(ci);
+	return conn;
+}
+
 PGconn *h_connect_app(int port, const char *sslmode, const char *extra)
 {
 	const struct h_env *e = h_env();
-	char *ci = h_conninfo(port, e->appuser, e->apppass, sslmode, extra);
-	PGconn *conn = PQconnectdb(ci);
-	free(ci);
+
+	return connect_with(port, e->appuser, e->apppass, sslmode, extra);
+}
+
+PGconn *h_connect_as(int port, const char *user, const char *password, const char *extra)
+{
+	return connect_with(port, user, password, "disable", extra);
+}
+
+/* A connection that must have logged in: else p's logs, and the test fails naming who. */
+static PGconn *logged_in(PGconn *conn, const struct pgmux *p, const char *who)
+{
+	if (PQstatus(conn) != CONNECTION_OK)
+		pgmux_dump_logs(p);
+	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux as %s failed: %s", who, PQerrorMessage(conn));
+	return conn;
+}
+
+PGconn *h_app_session(const struct pgmux *p, const char *sslmode, const char *extra)
+{
+	return h_app_session_on(p, p->port, sslmode, extra);
+}
+
+PGconn *h_app_session_on(const struct pgmux *p, int port, const char *sslmode, const char *extra)
+{
+	return logged_in(h_connect_app(port, sslmode, extra), p, h_env()->appuser);
+}
+
+PGconn *h_session_as(const struct pgmux *p, const char *user, const char *password, const char *extra)
+{
+	return logged_in(h_connect_as(p->port, user, password, extra), p, user);
+}
+
+PGconn *h_admin_session(const struct pgmux *p)
+{
+	return h_session_as(p, h_env()->superuser, h_env()->superpass, "dbname=pgmux");
+}
+
+PGconn *h_admin_connect(const struct pgmux *p, const char *user, const char *password)
+{
+	PGconn *conn = h_connect_as(p->port, user, password, "dbname=pgmux");
+
+	if (PQstatus(conn) != CONNECTION_OK) {
+		fprintf(stderr, "admin login as %s: %s", user, PQerrorMessage(conn));
+		PQfinish(conn);
+		return NULL;
+	}
 	return conn;
 }
 
 PGconn *h_connect_super_direct(void)
 {
+	return h_connect_super_port(h_env()->pgport, "postgres");
+}
+
+PGconn *h_connect_app_direct(const char *extra)
+{
 	const struct h_env *e = h_env();
-	char *ci = h_conninfo(e->pgport, e->superuser, e->superpass, "disable", "application_name=pgmux-tests");
+	PGconn *conn = connect_with(e->pgport, e->appuser, e->apppass, "disable", extra);
+
+	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL as %s failed: %s", e->appuser,
+		  PQerrorMessage(conn));
+	return conn;
+}
+
+PGconn *h_connect_super_port(int port, const char *dbname)
+{
+	return h_connect_super_at(h_env()->pghost, port, dbname);
+}
+
+PGconn *h_connect_super_at(const char *addr, int port, const char *dbname)
+{
+	const struct h_env *e = h_env();
+	char ci[800];
+
+	snprintf(ci, sizeof(ci),
+		 "host=%s port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 "
+		 "application_name=pgmux-tests",
+		 addr, port, e->superuser, e->superpass, dbname);
 	PGconn *conn = PQconnectdb(ci);
-	free(ci);
-	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL failed: %s",
+	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL at %s:%d failed: %s", addr, port,
 		  PQerrorMessage(conn));
 	return conn;
 }
@@ -769,22 +1118,131 @@ char *h_query_value(PGconn *conn, const char *sql)
 char *h_value_ok(PGconn *conn, const char *sql)
 {
 	char *v = h_query_value(conn, sql);
+
+	if (v == NULL)
+		h_dump_current_logs();
 	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
 	return v;
 }
 
-long long h_admin_stat(PGconn *admin, const char *name)
+long long h_number_ok(PGconn *conn, const char *sql)
 {
-	PGresult *r = PQexec(admin, "SHOW STATS");
-	long long v = -1;
+	char *v = h_value_ok(conn, sql);
+	long long n = atoll(v);
 
-	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "SHOW STATS: %s", PQerrorMessage(admin));
-	for (int i = 0; i < PQntuples(r) && v < 0; i++)
-		if (strcmp(PQgetvalue(r, i, 0), name) == 0)
-			v = atoll(PQgetvalue(r, i, 1));
+	free(v);
+	return n;
+}
+
+PGresult *h_rows_ok(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		h_dump_current_logs();
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "\"%s\": %s %s", sql, PQresStatus(PQresultStatus(r)),
+		     PQerrorMessage(conn));
+	return r;
+}
+
+void h_expect_value(PGconn *conn, const char *sql, const char *want)
+{
+	char *v = h_value_ok(conn, sql);
+
+	if (strcmp(v, want) != 0)
+		h_dump_current_logs();
+	cr_assert_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
+	free(v);
+}
+
+void h_exec_ok(PGconn *conn, const char *sql)
+{
+	PGresult *r = PQexec(conn, sql);
+	ExecStatusType s = PQresultStatus(r);
+	char *msg = strdup(PQerrorMessage(conn));
+
 	PQclear(r);
-	cr_assert_geq(v, 0, "SHOW STATS has no row named %s", name);
+	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+		h_dump_current_logs();
+	cr_assert(s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK, "\"%s\" failed (%s): %s", sql, PQresStatus(s), msg);
+	free(msg);
+}
+
+const char *h_command_outcome(PGconn *conn, const char *sql)
+{
+	static char outcome[128];
+	PGresult *res = PQexec(conn, sql);
+
+	if (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK) {
+		snprintf(outcome, sizeof(outcome), "%s", PQcmdStatus(res));
+	} else {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		snprintf(outcome, sizeof(outcome), "ERROR %s", state ? state : "?");
+	}
+	PQclear(res);
+	return outcome;
+}
+
+char *h_expect_error(PGconn *conn, const char *sql, const char *sqlstate)
+{
+	PGresult *r = PQexec(conn, sql);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "\"%s\" gave %s, expected an error %s", sql,
+		     PQresStatus(PQresultStatus(r)), sqlstate);
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_assert(state && strcmp(state, sqlstate) == 0, "\"%s\" failed with SQLSTATE %s (%s), expected %s", sql,
+		  state ? state : "(none)", PQerrorMessage(conn), sqlstate);
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	char *out = strdup(msg ? msg : "");
+	PQclear(r);
+	return out;
+}
+
+void h_prepare_ok(PGconn *conn, const char *name, const char *sql)
+{
+	PGresult *r = PQprepare(conn, name, sql, 0, NULL);
+
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		h_dump_current_logs();
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "PQprepare(\"%s\", \"%s\") failed: %s", name, sql,
+		     PQerrorMessage(conn));
+	PQclear(r);
+}
+
+char *h_prepared_value_ok(PGconn *conn, const char *name, const char *param)
+{
+	const char *values[1] = {param};
+	PGresult *r = PQexecPrepared(conn, name, param ? 1 : 0, param ? values : NULL, NULL, NULL, 0);
+
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		h_dump_current_logs();
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "executing prepared statement \"%s\" failed: %s", name,
+		     PQerrorMessage(conn));
+	cr_assert_eq(PQntuples(r), 1);
+	char *v = strdup(PQgetvalue(r, 0, 0));
+	PQclear(r);
 	return v;
+}
+
+char *h_pid_and_value(PGconn *conn, const char *sql, int *pid)
+{
+	PGresult *r = h_rows_ok(conn, sql);
+
+	cr_assert_eq(PQntuples(r), 1);
+	cr_assert_eq(PQnfields(r), 2);
+	*pid = atoi(PQgetvalue(r, 0, 0));
+	char *v = strdup(PQgetvalue(r, 0, 1));
+	PQclear(r);
+	return v;
+}
+
+int h_backend_pid(PGconn *conn)
+{
+	char *v = h_value_ok(conn, "select pg_backend_pid()");
+	int pid = atoi(v);
+	free(v);
+	cr_assert_gt(pid, 0);
+	return pid;
 }
 
 struct poll_value {
@@ -821,21 +1279,151 @@ bool h_poll_until(bool (*check)(void *arg), void *arg, int timeout_ms)
 	}
 }
 
-PGresult *h_get_result(PGconn *conn, int timeout_ms)
+bool h_wait_ready(PGconn *conn, int timeout_ms)
 {
 	long long deadline = h_now_ms() + timeout_ms;
+
 	while (PQisBusy(conn)) {
 		long long left = deadline - h_now_ms();
 		if (left <= 0)
-			return NULL;
+			return false;
 		struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
-		int r = poll(&pfd, 1, (int)left);
-		if (r < 0 && errno != EINTR)
-			return NULL;
+		if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR)
+			return false;
 		if (!PQconsumeInput(conn))
-			break; /* PQgetResult reports the broken connection */
+			return true; /* PQgetResult reports the broken connection */
 	}
+	return true;
+}
+
+PGresult *h_get_result(PGconn *conn, int timeout_ms)
+{
+	return h_wait_ready(conn, timeout_ms) ? PQgetResult(conn) : NULL;
+}
+
+PGresult *h_next_result(PGconn *conn)
+{
+	bool ready = h_wait_ready(conn, h_scaled_ms(20000));
+
+	if (!ready)
+		h_dump_current_logs();
+	cr_assert(ready, "no result within %d ms: %s", h_scaled_ms(20000), PQerrorMessage(conn));
 	return PQgetResult(conn);
+}
+
+void h_drain_results(PGconn *conn)
+{
+	PGresult *r;
+
+	while ((r = h_get_result(conn, 5000)) != NULL)
+		PQclear(r);
+}
+
+char *h_sent_value_ok(PGconn *conn, int timeout_ms, const char *what)
+{
+	PGresult *r = h_get_result(conn, timeout_ms);
+
+	if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK)
+		h_dump_current_logs();
+	cr_assert_not_null(r, "%s: no result within %d ms", what, timeout_ms);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s: %s", what, PQresultErrorMessage(r));
+	char *v = strdup(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	h_drain_results(conn);
+	return v;
+}
+
+void h_expect_no_result(PGconn *conn, int wait_ms, const char *what)
+{
+	PGresult *r = h_get_result(conn, wait_ms);
+
+	if (r)
+		fprintf(stderr, "%s: got %s: %s\n", what, PQresStatus(PQresultStatus(r)), PQresultErrorMessage(r));
+	cr_assert_null(r, "%s: the query was answered although pgmux should hold it", what);
+}
+
+void h_record_notices(void *arg, const PGresult *r)
+{
+	struct h_notices *n = arg;
+	const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	size_t used = strlen(n->text);
+
+	n->count++;
+	snprintf(n->severity, sizeof(n->severity), "%s", sev ? sev : "");
+	snprintf(n->sqlstate, sizeof(n->sqlstate), "%s", state ? state : "");
+	snprintf(n->message, sizeof(n->message), "%s", msg ? msg : "");
+	if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0)) {
+		n->fatal++;
+		snprintf(n->fatal_sqlstate, sizeof(n->fatal_sqlstate), "%s", state ? state : "");
+	}
+	snprintf(n->text + used, sizeof(n->text) - used, "%s", PQresultErrorMessage(r));
+}
+
+void h_ignore_notices(void *arg, const PGresult *r)
+{
+	(void)arg;
+	(void)r;
+}
+
+/* ---------------------------------------------------------------- the admin console */
+
+long long h_admin_stat(PGconn *admin, const char *name)
+{
+	char *v = h_admin_cell(admin, "SHOW STATS", "name", name, "value");
+
+	cr_assert_not_null(v, "SHOW STATS has no row named %s", name);
+	long long n = atoll(v);
+	free(v);
+	return n;
+}
+
+char *h_admin_cell(PGconn *admin, const char *show, const char *key_col, const char *key, const char *col)
+{
+	PGresult *r = h_rows_ok(admin, show);
+	int k = key_col ? PQfnumber(r, key_col) : 0, c = PQfnumber(r, col);
+	char *v = NULL;
+
+	cr_assert(k >= 0 && c >= 0, "%s has no column %s or %s", show, key_col ? key_col : "(first)", col);
+	for (int i = 0; i < PQntuples(r) && v == NULL; i++)
+		if (key_col == NULL || strcmp(PQgetvalue(r, i, k), key) == 0)
+			v = strdup(PQgetvalue(r, i, c));
+	PQclear(r);
+	return v;
+}
+
+char *h_admin_cell_ok(PGconn *admin, const char *show, const char *key_col, const char *key, const char *col)
+{
+	char *v = h_admin_cell(admin, show, key_col, key, col);
+
+	if (v == NULL)
+		h_dump_current_logs();
+	cr_assert_not_null(v, "%s has no row with %s = %s", show, key_col ? key_col : "(any)", key ? key : "");
+	return v;
+}
+
+struct poll_cell {
+	PGconn *admin;
+	const char *show, *key_col, *key, *col, *want;
+};
+
+static bool poll_cell_matches(void *arg)
+{
+	struct poll_cell *p = arg;
+	char *v = h_admin_cell(p->admin, p->show, p->key_col, p->key, p->col);
+	bool ok = v && strcmp(v, p->want) == 0;
+
+	free(v);
+	return ok;
+}
+
+bool h_admin_poll_cell(PGconn *admin, const char *show, const char *key_col, const char *key, const char *col,
+		       const char *want, int timeout_ms)
+{
+	struct poll_cell p = {admin, show, key_col, key, col, want};
+
+	return h_poll_until(poll_cell_matches, &p, timeout_ms);
 }
 
 /* ---------------------------------------------------------------- raw TCP */
@@ -926,40 +1514,6 @@ ssize_t h_raw_read(int fd, void *buf, size_t len, int timeout_ms)
 	return (ssize_t)got;
 }
 
-enum h_msg_result h_raw_read_message(int fd, char *type, char **body, size_t *len, int timeout_ms)
-{
-	uint8_t hdr[5];
-	*body = NULL;
-	*len = 0;
-	long long deadline = h_now_ms() + timeout_ms;
-	ssize_t n = h_raw_read(fd, hdr, 1, timeout_ms);
-	if (n == 0)
-		return H_MSG_CLOSED;
-	if (n < 0)
-		return (enum h_msg_result)n;
-	*type = (char)hdr[0];
-	n = h_raw_read(fd, hdr + 1, 4, (int)(deadline - h_now_ms()));
-	if (n < 0)
-		return (enum h_msg_result)n;
-	if (n < 4)
-		return H_MSG_CLOSED;
-	uint32_t mlen = h_get_u32(hdr + 1);
-	if (mlen < 4 || mlen > (1u << 24)) {
-		fprintf(stderr, "raw: message '%c' with impossible length %u\n", *type, mlen);
-		return H_MSG_ERROR;
-	}
-	char *b = malloc(mlen - 4 + 1);
-	n = h_raw_read(fd, b, mlen - 4, (int)(deadline - h_now_ms()));
-	if (n < 0 || (size_t)n < mlen - 4) {
-		free(b);
-		return n == -2 ? H_MSG_TIMEOUT : H_MSG_CLOSED;
-	}
-	b[mlen - 4] = '\0';
-	*body = b;
-	*len = mlen - 4;
-	return H_MSG_OK;
-}
-
 bool h_raw_wait_closed(int fd, int timeout_ms)
 {
 	long long deadline = h_now_ms() + timeout_ms;
@@ -980,36 +1534,7 @@ bool h_raw_wait_closed(int fd, int timeout_ms)
 	}
 }
 
-size_t h_build_startup(uint8_t *buf, size_t cap, uint32_t version, const char *const params[])
-{
-	size_t len = 8;
-	for (size_t i = 0; params && params[i]; i++) {
-		size_t l = strlen(params[i]) + 1;
-		cr_assert(len + l + 1 <= cap);
-		memcpy(buf + len, params[i], l);
-		len += l;
-	}
-	buf[len++] = '\0';
-	h_put_u32(buf, (uint32_t)len);
-	h_put_u32(buf + 4, version);
-	return len;
-}
-
-const char *h_error_field(const char *body, size_t len, char field)
-{
-	size_t i = 0;
-	while (i < len && body[i] != '\0') {
-		char f = body[i++];
-		const char *val = body + i;
-		size_t l = strnlen(val, len - i);
-		if (f == field)
-			return val;
-		i += l + 1;
-	}
-	return NULL;
-}
-
-/* ---------------------------------------------------------------- files, direct app sessions */
+/* ---------------------------------------------------------------- files, second server */
 
 char *h_read_file(const char *path)
 {
@@ -1030,19 +1555,6 @@ bool h_file_wait_contains(const char *path, const char *needle, int timeout_ms)
 		h_sleep_ms(20);
 	}
 }
-
-PGconn *h_connect_app_direct(const char *extra)
-{
-	const struct h_env *e = h_env();
-	char *ci = h_conninfo(e->pgport, e->appuser, e->apppass, "disable", extra);
-	PGconn *conn = PQconnectdb(ci);
-	free(ci);
-	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL as %s failed: %s",
-		  e->appuser, PQerrorMessage(conn));
-	return conn;
-}
-
-/* ---------------------------------------------------------------- logs, second server */
 
 int h_file_count(const char *path, const char *needle)
 {
@@ -1092,8 +1604,16 @@ static void pg_os_user(uid_t *uid, gid_t *gid)
 	*gid = pw->pw_gid;
 }
 
-/* argv behind setpriv (as postgres, dying with us) when we are root; argv itself otherwise. */
-static void as_pg_argv(const char **out, size_t cap, const char *const argv[])
+void h_chown_to_postgres(const char *path)
+{
+	uid_t uid;
+	gid_t gid;
+
+	pg_os_user(&uid, &gid);
+	cr_assert(chown(path, uid, gid) == 0, "chown %s: %s", path, strerror(errno));
+}
+
+void h_as_postgres_argv(const char **out, size_t cap, const char *const argv[])
 {
 	size_t n = 0;
 	if (getuid() == 0) {
@@ -1107,19 +1627,31 @@ static void as_pg_argv(const char **out, size_t cap, const char *const argv[])
 	out[n] = NULL;
 }
 
+void h_run_as_postgres(const char *what, const char *const argv[], int timeout_ms)
+{
+	const char *full[40];
+	/* Replication connections are trusted; no tool may ever prompt. */
+	const char *env[] = {"PGPASSFILE=/dev/null", "PGCONNECT_TIMEOUT=10", NULL};
+	struct h_cmd c;
+
+	h_as_postgres_argv(full, 40, argv);
+	int st = h_cmd_run(&c, full, env, timeout_ms);
+	if (st != 0)
+		h_cmd_dump(&c, what);
+	cr_assert_eq(st, 0, "%s exited with status %d", what, st);
+	h_cmd_free(&c);
+}
+
 bool h_pg_start(struct h_pg *pg)
 {
 	const struct h_env *e = h_env();
-	uid_t uid;
-	gid_t gid;
-	pg_os_user(&uid, &gid);
 	memset(pg, 0, sizeof(*pg));
 
 	/* Not in h_test_dir(): that one is private to us, and postgres must reach this. */
 	snprintf(pg->dir, sizeof(pg->dir), "%s/pg2-%ld-XXXXXX", e->dir, (long)getpid());
 	cr_assert(mkdtemp(pg->dir) != NULL, "mkdtemp %s: %s", pg->dir, strerror(errno));
-	cr_assert(chown(pg->dir, uid, gid) == 0 && chmod(pg->dir, 0700) == 0, "%s: %s", pg->dir,
-		  strerror(errno));
+	h_chown_to_postgres(pg->dir);
+	cr_assert(chmod(pg->dir, 0700) == 0, "chmod %s: %s", pg->dir, strerror(errno));
 	char data[600], pwfile[600], initdb[600], postgres[600], conf[700], pwtext[300], pwopt[700];
 	snprintf(data, sizeof(data), "%s/data", pg->dir);
 	snprintf(pwfile, sizeof(pwfile), "%s/pwfile", pg->dir);
@@ -1128,21 +1660,14 @@ bool h_pg_start(struct h_pg *pg)
 	snprintf(postgres, sizeof(postgres), "%s/postgres", e->pgbin);
 	snprintf(pwtext, sizeof(pwtext), "%s\n", e->superpass);
 	h_write_file(pwfile, pwtext, 0600);
-	cr_assert(chown(pwfile, uid, gid) == 0, "chown %s: %s", pwfile, strerror(errno));
+	h_chown_to_postgres(pwfile);
 
 	snprintf(pwopt, sizeof(pwopt), "--pwfile=%s", pwfile);
 	const char *initdb_argv[] = {initdb, "-D", data, "-U", e->superuser, pwopt, "--auth=scram-sha-256",
 				     "-E", "UTF8", "--locale=C", "-N", NULL};
 	const char *argv[32];
-	as_pg_argv(argv, 32, initdb_argv);
-	struct h_cmd c;
-	int st = h_cmd_run(&c, argv, NULL, 60000);
-	if (st != 0)
-		h_cmd_dump(&c, "initdb");
-	h_cmd_free(&c);
+	h_run_as_postgres("initdb", initdb_argv, 60000);
 	unlink(pwfile);
-	if (st != 0)
-		return false;
 
 	pg->port = h_free_port();
 	snprintf(conf, sizeof(conf), "%s/postgresql.conf", data);
@@ -1165,7 +1690,7 @@ bool h_pg_start(struct h_pg *pg)
 
 	/* The postmaster itself is our child (setpriv execs it), so its PID is the one we stop. */
 	const char *pg_argv[] = {postgres, "-D", data, NULL};
-	as_pg_argv(argv, 32, pg_argv);
+	h_as_postgres_argv(argv, 32, pg_argv);
 	pid_t parent = getpid();
 	fflush(NULL);
 	pid_t pid = fork();
@@ -1227,30 +1752,6 @@ int h_pg_stop(struct h_pg *pg)
 	return st;
 }
 
-PGconn *h_connect_super_port(int port, const char *dbname)
-{
-	const struct h_env *e = h_env();
-	char ci[700];
-	snprintf(ci, sizeof(ci),
-		 "host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 "
-		 "application_name=pgmux-tests",
-		 port, e->superuser, e->superpass, dbname);
-	PGconn *conn = PQconnectdb(ci);
-	cr_assert(PQstatus(conn) == CONNECTION_OK, "direct connection to PostgreSQL on port %d failed: %s", port,
-		  PQerrorMessage(conn));
-	return conn;
-}
-
-void h_exec_ok(PGconn *conn, const char *sql)
-{
-	PGresult *r = PQexec(conn, sql);
-	ExecStatusType s = PQresultStatus(r);
-	char *msg = strdup(PQerrorMessage(conn));
-	PQclear(r);
-	cr_assert(s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK, "\"%s\" failed: %s", sql, msg);
-	free(msg);
-}
-
 /* ---------------------------------------------------------------- shared test steps */
 
 int h_app_backends(PGconn *super)
@@ -1265,34 +1766,59 @@ void h_wait_no_app_backends(void)
 {
 	PGconn *super = h_connect_super_direct();
 	bool quiet = h_poll_value(super, H_APP_BACKENDS_SQL, "0", h_scaled_ms(10000));
+	char *left = quiet ? NULL
+			   : h_query_value(super, "select string_agg(pid || ' ' || coalesce(application_name, '') || ' ' || "
+						  "state || ' since ' || backend_start || ': ' || query, '; ') from "
+						  "pg_stat_activity where usename = 'app' and datname = 'postgres' and "
+						  "coalesce(application_name, '') <> 'pgmux health check'");
+
 	PQfinish(super);
-	cr_assert(quiet, "backends of app from an earlier test are still connected to PostgreSQL");
+	cr_assert(quiet, "backends of app from an earlier test are still connected to PostgreSQL: %s",
+		  left ? left : "");
+	free(left);
 }
 
-PGconn *h_app_session(const struct pgmux *p, const char *sslmode, const char *extra)
+bool h_wait_backend_gone(PGconn *super, int pid, int timeout_ms)
 {
-	PGconn *conn = h_connect_app(p->port, sslmode, extra);
-	if (PQstatus(conn) != CONNECTION_OK)
-		pgmux_dump_logs(p);
-	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux as app failed: %s",
-		     PQerrorMessage(conn));
-	return conn;
+	char sql[160];
+
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d", pid);
+	return h_poll_value(super, sql, "0", h_scaled_ms(timeout_ms));
 }
 
-void h_expect_value(PGconn *conn, const char *sql, const char *want)
+uint64_t h_copy_rows_in(PGconn *conn, int rows, long long *sum)
 {
-	char *v = h_value_ok(conn, sql);
-	cr_assert_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
-	free(v);
+	uint64_t hash = H_FNV1A_START;
+	char chunk[8192];
+	size_t used = 0;
+
+	if (sum)
+		*sum = 0;
+	for (int i = 1; i <= rows; i++) {
+		char line[128];
+		int n = snprintf(line, sizeof(line), "%d\trow %d: \\\\ tab\\there %08x\n", i, i,
+				 (unsigned)(i * 2654435761u));
+		hash = h_fnv1a(hash, line, (size_t)n);
+		if (sum)
+			*sum += i;
+		if (used + (size_t)n > sizeof(chunk)) {
+			cr_assert_eq(PQputCopyData(conn, chunk, (int)used), 1, "%s", PQerrorMessage(conn));
+			used = 0;
+		}
+		memcpy(chunk + used, line, (size_t)n);
+		used += (size_t)n;
+	}
+	cr_assert_eq(PQputCopyData(conn, chunk, (int)used), 1, "%s", PQerrorMessage(conn));
+	cr_assert_eq(PQputCopyEnd(conn, NULL), 1, "%s", PQerrorMessage(conn));
+	return hash;
 }
 
-int h_backend_pid(PGconn *conn)
+void h_expect_serves_new_client(struct pgmux *p)
 {
-	char *v = h_value_ok(conn, "select pg_backend_pid()");
-	int pid = atoi(v);
-	free(v);
-	cr_assert_gt(pid, 0);
-	return pid;
+	cr_assert(pgmux_running(p), "pgmux is no longer running");
+	PGconn *conn = h_app_session(p, "prefer", NULL);
+	h_expect_value(conn, "select 40 + 2", "42");
+	PQfinish(conn);
 }
 
 void h_stop_expect_clean_exit(struct pgmux *p)
@@ -1302,15 +1828,220 @@ void h_stop_expect_clean_exit(struct pgmux *p)
 		     h_under_valgrind() ? "; 99 = valgrind found errors or leaks" : "");
 }
 
-void h_expect_pgbench_clean(const struct h_cmd *c, const char *what)
-{
-	bool clean = c->status == 0 && strstr(c->out, "number of failed transactions: 0 ") != NULL;
+/* ---------------------------------------------------------------- transaction pooling: moving a client */
 
-	if (!clean)
-		h_cmd_dump(c, "pgbench");
-	cr_assert_eq(c->status, 0, "%s exited with %d", what, c->status);
-	cr_assert(strstr(c->out, "number of failed transactions: 0 ") != NULL, "%s reports failed transactions:\n%s",
-		  what, c->out);
+static int distinct_count(const int *v, int n)
+{
+	int distinct = 0;
+	for (int i = 0; i < n; i++) {
+		bool seen = false;
+		for (int j = 0; j < i; j++)
+			seen |= v[j] == v[i];
+		distinct += !seen;
+	}
+	return distinct;
+}
+
+static bool contains_int(const int *v, int n, int x)
+{
+	for (int i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
+}
+
+/* BEGIN on conn, which must be served backend want (pool of two, the only idle one) within 5 s. */
+static void begin_on_backend(PGconn *conn, int want, const char *why)
+{
+	cr_assert_eq(PQsendQuery(conn, "begin; select pg_backend_pid()"), 1, "%s", PQerrorMessage(conn));
+	bool answered = h_wait_ready(conn, h_scaled_ms(5000));
+	if (!answered)
+		h_dump_current_logs();
+	cr_assert(answered, "%s: no backend for a BEGIN within 5 s, although backend %d should be idle", why, want);
+	PGresult *r;
+	int pid = 0;
+	while ((r = h_next_result(conn)) != NULL) {
+		cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", why,
+			  PQerrorMessage(conn));
+		if (PQresultStatus(r) == PGRES_TUPLES_OK)
+			pid = atoi(PQgetvalue(r, 0, 0));
+		PQclear(r);
+	}
+	cr_assert_eq(pid, want, "%s: served backend %d, expected the only idle one, %d", why, pid, want);
+}
+
+int h_take_over_backend(PGconn *a, int pa, PGconn *b, PGconn *c)
+{
+	h_exec_ok(b, "begin");
+	int pb = h_backend_pid(b);
+	cr_assert_neq(pb, pa, "client b was served backend %d while client a held it in a transaction", pa);
+	h_exec_ok(a, "commit");
+	begin_on_backend(c, pa, "client c after a's COMMIT");
+	h_exec_ok(b, "commit");
+	return pb;
+}
+
+void h_switching_rounds(PGconn *a, PGconn *b, PGconn *c, int rounds, h_step_fn step, h_held_fn while_held, void *arg,
+			struct h_rounds *out)
+{
+	out->n = 0;
+	for (int r = 0; r < rounds && out->n + 3 <= 128; r++) {
+		h_exec_ok(a, "begin");
+		int pa = h_backend_pid(a);
+		out->pids[out->n++] = pa;
+		if (while_held) {
+			h_exec_ok(b, "begin");
+			while_held(b, r, arg);
+			h_exec_ok(b, "commit");
+		}
+		int other = h_take_over_backend(a, pa, b, c);
+		int pid = step(a, out->n, arg);
+		cr_assert_eq(pid, other, "client a was served backend %d, expected %d (client c holds %d)", pid, other,
+			     pa);
+		out->pids[out->n++] = pid;
+		h_exec_ok(c, "commit");
+		pid = step(a, out->n, arg);
+		out->pids[out->n++] = pid;
+	}
+	cr_assert_geq(distinct_count(out->pids, out->n), 2);
+}
+
+/* A step that checks one value: sql returns (pid, value), which must be want. */
+struct value_check {
+	const char *sql;
+	const char *want;
+};
+
+static int value_step(PGconn *a, int step, void *arg)
+{
+	const struct value_check *v = arg;
+	int pid;
+	char *got = h_pid_and_value(a, v->sql, &pid);
+	cr_assert_str_eq(got, v->want, "step %d on backend %d: \"%s\" gave \"%s\", expected \"%s\"", step, pid, v->sql,
+			 got, v->want);
+	free(got);
+	return pid;
+}
+
+void h_rounds_expect(PGconn *a, PGconn *b, PGconn *c, int rounds, const char *sql, const char *want,
+		     struct h_rounds *out)
+{
+	struct value_check v = {sql, want};
+	h_switching_rounds(a, b, c, rounds, value_step, NULL, &v, out);
+}
+
+void h_expect_other_client_sees(PGconn *a, PGconn *b, const struct h_rounds *a_rounds, const char *sql,
+				const char *want)
+{
+	int pids[16], n = 0;
+	for (int r = 0; r < 4; r++) {
+		h_exec_ok(a, "begin");
+		(void)h_backend_pid(a);
+		char *v = h_pid_and_value(b, sql, &pids[n]);
+		cr_assert_str_eq(v, want, "a client that never changed it got \"%s\" from \"%s\", expected \"%s\"", v,
+				 sql, want);
+		free(v);
+		n++;
+		h_exec_ok(a, "commit");
+		v = h_pid_and_value(b, sql, &pids[n]);
+		cr_assert_str_eq(v, want, "a client that never changed it got \"%s\" from \"%s\", expected \"%s\"", v,
+				 sql, want);
+		free(v);
+		n++;
+	}
+	bool shared = false;
+	for (int i = 0; i < n; i++)
+		shared |= contains_int(a_rounds->pids, a_rounds->n, pids[i]);
+	if (!shared) {
+		fprintf(stderr, "client a's backends:");
+		for (int i = 0; i < a_rounds->n; i++)
+			fprintf(stderr, " %d", a_rounds->pids[i]);
+		fprintf(stderr, "\nclient b's backends:");
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %d", pids[i]);
+		fprintf(stderr, "\n");
+		h_dump_current_logs();
+	}
+	cr_assert(shared, "client b never used a backend that client a had used");
+}
+
+void h_finish_three(struct pgmux *p, PGconn *a, PGconn *b, PGconn *c)
+{
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+	h_stop_expect_clean_exit(p);
+}
+
+/* ---------------------------------------------------------------- background traffic */
+
+static struct h_traffic *running_traffic;
+
+static bool traffic_exec(struct h_traffic *t, PGconn *conn, const char *sql, int *value)
+{
+	PGresult *r = PQexec(conn, sql);
+	ExecStatusType st = PQresultStatus(r);
+	bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+	if (!ok && atomic_fetch_add(&t->failures, 1) == 0)
+		snprintf(t->error, sizeof(t->error), "\"%s\": %s", sql, PQerrorMessage(conn));
+	if (ok && value)
+		*value = atoi(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	return ok;
+}
+
+static void *traffic_main(void *arg)
+{
+	struct h_traffic *t = arg;
+	PGconn *conn = h_connect_app(t->port, "disable", "application_name=traffic");
+	if (PQstatus(conn) != CONNECTION_OK) {
+		snprintf(t->error, sizeof(t->error), "connect: %s", PQerrorMessage(conn));
+		atomic_fetch_add(&t->failures, 1);
+		PQfinish(conn);
+		return NULL;
+	}
+	while (!atomic_load(&t->stop)) {
+		int avoid = atomic_load(&t->avoid_pid);
+		int pid = 0;
+		if (!traffic_exec(t, conn, "begin", NULL) || !traffic_exec(t, conn, "select pg_backend_pid()", &pid) ||
+		    !traffic_exec(t, conn, "commit", NULL))
+			break;
+		if (avoid != 0 && pid == avoid)
+			atomic_fetch_add(&t->collisions, 1);
+		atomic_fetch_add(&t->transactions, 1);
+	}
+	PQfinish(conn);
+	return NULL;
+}
+
+void h_traffic_start(struct h_traffic *t, const struct pgmux *p)
+{
+	memset(t, 0, sizeof(*t));
+	t->port = p->port;
+	(void)h_env(); /* loaded here, read-only on the thread */
+	cr_assert_eq(pthread_create(&t->thread, NULL, traffic_main, t), 0);
+	running_traffic = t;
+	long long deadline = h_now_ms() + h_scaled_ms(10000);
+	while (atomic_load(&t->transactions) < 1 && atomic_load(&t->failures) == 0 && h_now_ms() < deadline)
+		h_sleep_ms(5);
+	cr_assert_gt(atomic_load(&t->transactions), 0, "the background client ran no transaction: %s", t->error);
+}
+
+static void traffic_stop(struct h_traffic *t)
+{
+	atomic_store(&t->stop, true);
+	pthread_join(t->thread, NULL);
+	running_traffic = NULL;
+}
+
+void h_traffic_stop_and_check(struct h_traffic *t)
+{
+	traffic_stop(t);
+	cr_assert_eq(atomic_load(&t->failures), 0, "the background client failed: %s", t->error);
+	cr_assert_eq(atomic_load(&t->collisions), 0,
+		     "the background client was served backend %d %d times while it was pinned to another session",
+		     atomic_load(&t->avoid_pid), atomic_load(&t->collisions));
+	cr_log_info("background client: %d transactions", atomic_load(&t->transactions));
 }
 
 /* ---------------------------------------------------------------- teardown */
@@ -1344,6 +2075,9 @@ static void kill_inherited_children(void)
 
 void h_teardown(void)
 {
+	/* A background client's thread first: it talks to the pgmux about to be killed. */
+	if (running_traffic)
+		traffic_stop(running_traffic);
 	for (int i = 0; i < MAX_CHILDREN; i++)
 		if (children[i] > 0)
 			kill_and_reap(children[i]);

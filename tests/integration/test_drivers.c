@@ -35,20 +35,10 @@ TestSuite(drivers, .fini = h_teardown, .timeout = 300);
 static void run_driver_script_over(const char *script, const char *want, int backends, const char *extra_pool)
 {
 	const struct h_env *e = h_env();
-	struct pgmux_options o;
 	char path[700], port[32], user[300], pw[300], max_backends[32];
 	struct h_cmd c;
 
-	h_wait_no_app_backends();
-	pgmux_options_default(&o);
-	o.pool_mode = "transaction";
-	char pool[256];
-
-	o.max_connections = backends;
-	o.admin_users = e->superuser;
-	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\n%s", extra_pool ? extra_pool : "");
-	o.extra_pool = pool;
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	pgmux_start_transaction(&px, backends, NULL, extra_pool);
 
 	const char *top = getenv("TOP_SRCDIR"); /* set by tests/run-tests.sh */
 	snprintf(path, sizeof(path), "%s/tests/drivers/%s", top ? top : ".", script);
@@ -71,7 +61,7 @@ static void run_driver_script_over(const char *script, const char *want, int bac
 	h_cmd_free(&c);
 
 	/* Everything the drivers do is carried: nothing pinned a session to its backend. */
-	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	PGconn *admin = h_admin_session(&px);
 	long long pinned = h_admin_stat(admin, "sessions_pinned_total");
 	PQfinish(admin);
 	if (pinned != 0)

@@ -15,7 +15,6 @@
 #include <criterion/logging.h>
 #include <errno.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -46,11 +45,6 @@ static struct cluster cl;
 static struct pgmux px;
 static int readonly_port;
 
-static bool running_as_root(void)
-{
-	return geteuid() == 0;
-}
-
 static const char *pg_program(const char *name)
 {
 	static char path[8][600];
@@ -58,36 +52,6 @@ static const char *pg_program(const char *name)
 	char *p = path[next++ % 8];
 	snprintf(p, sizeof(path[0]), "%s/%s", h_env()->pgbin, name);
 	return p;
-}
-
-/*
- * Run a PostgreSQL tool as the user that owns the clusters (postgres when we
- * are root: PostgreSQL refuses to run as root) and fail the test unless it
- * exits with 0 within timeout_ms.
- */
-static void run_as_pg(const char *what, const char *const argv[], int timeout_ms)
-{
-	const char *full[32];
-	int n = 0;
-	if (running_as_root()) {
-		full[n++] = "runuser";
-		full[n++] = "-u";
-		full[n++] = "postgres";
-		full[n++] = "--";
-	}
-	for (int i = 0; argv[i]; i++) {
-		cr_assert(n < 31);
-		full[n++] = argv[i];
-	}
-	full[n] = NULL;
-	/* Replication connections are trusted; no tool may ever prompt. */
-	const char *env[] = {"PGPASSFILE=/dev/null", "PGCONNECT_TIMEOUT=10", NULL};
-	struct h_cmd c;
-	int st = h_cmd_run(&c, full, env, timeout_ms);
-	if (st != 0)
-		h_cmd_dump(&c, what);
-	cr_assert_eq(st, 0, "%s exited with status %d", what, st);
-	h_cmd_free(&c);
 }
 
 /* Write (mode "w") or append (mode "a") text to a file inside the cluster. */
@@ -99,57 +63,24 @@ static void write_cluster_file(const char *path, const char *mode, const char *t
 	cr_assert(fclose(f) == 0, "%s: %s", path, strerror(errno));
 }
 
-static void chown_to_postgres(const char *path)
-{
-	if (!running_as_root())
-		return;
-	struct passwd *pw = getpwnam("postgres");
-	cr_assert(pw != NULL, "running as root but there is no 'postgres' user");
-	cr_assert(chown(path, pw->pw_uid, pw->pw_gid) == 0, "chown %s: %s", path, strerror(errno));
-}
-
-/* A direct superuser connection to addr:port; fails the test on error. */
-static PGconn *connect_super_at(const char *addr, int port)
-{
-	const struct h_env *e = h_env();
-	char *ci = NULL;
-	cr_assert(asprintf(&ci,
-			   "host=%s port=%d user=%s password=%s dbname=postgres sslmode=disable "
-			   "connect_timeout=5 application_name=pgmux-failover-tests",
-			   addr, port, e->superuser, e->superpass) > 0);
-	PGconn *conn = PQconnectdb(ci);
-	free(ci);
-	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "direct connection to %s:%d failed: %s", addr, port,
-		     PQerrorMessage(conn));
-	return conn;
-}
-
 /* A direct superuser connection to one instance of the cluster; fails the test on error. */
 static PGconn *connect_super(int port)
 {
-	return connect_super_at("127.0.0.1", port);
-}
-
-static void exec_ok(PGconn *conn, const char *sql)
-{
-	PGresult *r = PQexec(conn, sql);
-	cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
-		  "\"%s\" failed: %s", sql, PQerrorMessage(conn));
-	PQclear(r);
+	return h_connect_super_port(port, "postgres");
 }
 
 /*
  * Start the postmaster of inst as our own child, as postgres when we are
- * root (setpriv execs in place, so the PID is the postmaster's and the
- * parent-death signal survives the change of user), and wait until it
- * accepts connections.
+ * root (setpriv execs in place, so the PID is the postmaster's and it still
+ * dies with us), and wait until it accepts connections.
  */
 static void instance_start(struct instance *inst)
 {
-	const char *argv_root[] = {"setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
-				   "--pdeathsig", "keep", pg_program("postgres"), "-D", inst->dir, NULL};
-	const char *argv_user[] = {pg_program("postgres"), "-D", inst->dir, NULL};
-	cr_assert(h_cmd_start(&inst->postmaster, running_as_root() ? argv_root : argv_user, NULL));
+	const char *postmaster[] = {pg_program("postgres"), "-D", inst->dir, NULL};
+	const char *argv[16];
+
+	h_as_postgres_argv(argv, 16, postmaster);
+	cr_assert(h_cmd_start(&inst->postmaster, argv, NULL));
 	inst->started = true;
 
 	char ping[200];
@@ -174,7 +105,7 @@ static void instance_crash(struct instance *inst)
 {
 	const char *argv[] = {pg_program("pg_ctl"), "-D", inst->dir, "-m", "immediate", "-w", "-t", "30", "stop",
 			      NULL};
-	run_as_pg("pg_ctl stop -m immediate", argv, 40000);
+	h_run_as_postgres("pg_ctl stop -m immediate", argv, 40000);
 	cr_assert(h_cmd_wait(&inst->postmaster, 10000), "the %s postmaster did not exit after pg_ctl stop",
 		  inst->name);
 	h_cmd_free(&inst->postmaster);
@@ -199,7 +130,7 @@ static void cluster_dirs(void)
 	/* The suite's directory is world-searchable; the test's own is not (postgres must reach this). */
 	snprintf(cl.base, sizeof(cl.base), "%s/failover-%ld-XXXXXX", h_env()->dir, (long)getpid());
 	cr_assert(mkdtemp(cl.base) != NULL, "mkdtemp %s: %s", cl.base, strerror(errno));
-	chown_to_postgres(cl.base);
+	h_chown_to_postgres(cl.base);
 	cl.primary.name = "primary";
 	cl.standby.name = "standby";
 	snprintf(cl.primary.dir, sizeof(cl.primary.dir), "%s/primary", cl.base);
@@ -227,13 +158,13 @@ static void cluster_init_primary(void)
 	snprintf(text, sizeof(text), "%s\n", e->superpass);
 	write_cluster_file(path, "w", text);
 	chmod(path, 0600);
-	chown_to_postgres(path);
+	h_chown_to_postgres(path);
 	char pwopt[720];
 	snprintf(pwopt, sizeof(pwopt), "--pwfile=%s", path);
 	const char *initdb[] = {pg_program("initdb"), "-D", cl.primary.dir, "-U", e->superuser, pwopt,
 				"--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8",
 				"--locale=C", "-N", NULL};
-	run_as_pg("initdb", initdb, 60000);
+	h_run_as_postgres("initdb", initdb, 60000);
 	unlink(path);
 
 	snprintf(path, sizeof(path), "%s/postgresql.conf", cl.primary.dir);
@@ -263,17 +194,17 @@ static void cluster_init_primary(void)
 
 	PGconn *super = connect_super(cl.primary.port);
 	snprintf(text, sizeof(text), "CREATE ROLE %s LOGIN PASSWORD '%s'", e->appuser, e->apppass);
-	exec_ok(super, text);
+	h_exec_ok(super, text);
 	snprintf(text, sizeof(text), "GRANT CREATE, USAGE ON SCHEMA public TO %s", e->appuser);
-	exec_ok(super, text);
-	exec_ok(super, "CREATE TABLE fo_writes (id bigserial PRIMARY KEY, client int NOT NULL, "
+	h_exec_ok(super, text);
+	h_exec_ok(super, "CREATE TABLE fo_writes (id bigserial PRIMARY KEY, client int NOT NULL, "
 		       "port int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-	exec_ok(super, "CREATE TABLE fo_counters (id int PRIMARY KEY, n bigint NOT NULL)");
-	exec_ok(super, "INSERT INTO fo_counters SELECT g, 0 FROM generate_series(0, 15) g");
+	h_exec_ok(super, "CREATE TABLE fo_counters (id int PRIMARY KEY, n bigint NOT NULL)");
+	h_exec_ok(super, "INSERT INTO fo_counters SELECT g, 0 FROM generate_series(0, 15) g");
 	snprintf(text, sizeof(text), "ALTER TABLE fo_writes OWNER TO %s", e->appuser);
-	exec_ok(super, text);
+	h_exec_ok(super, text);
 	snprintf(text, sizeof(text), "ALTER TABLE fo_counters OWNER TO %s", e->appuser);
-	exec_ok(super, text);
+	h_exec_ok(super, text);
 	PQfinish(super);
 }
 
@@ -285,14 +216,14 @@ static void cluster_add_standby(void)
 	const char *basebackup[] = {pg_program("pg_basebackup"), "-h", "127.0.0.1", "-p", port, "-U",
 				    h_env()->superuser, "-D", cl.standby.dir, "-R", "-c", "fast", "-X",
 				    "stream", "-w", NULL};
-	run_as_pg("pg_basebackup", basebackup, 60000);
+	h_run_as_postgres("pg_basebackup", basebackup, 60000);
 	snprintf(path, sizeof(path), "%s/postgresql.conf", cl.standby.dir);
 	snprintf(text, sizeof(text), "\n# ---- the standby\nlisten_addresses = '%s'\nport = %d\n", cl.standby.addr,
 		 cl.standby.port);
 	write_cluster_file(path, "a", text);
 	instance_start(&cl.standby);
 
-	PGconn *standby = connect_super_at(cl.standby.addr, cl.standby.port);
+	PGconn *standby = h_connect_super_at(cl.standby.addr, cl.standby.port, "postgres");
 	cr_assert(h_poll_value(standby, "select pg_is_in_recovery()", "t", 10000),
 		  "the standby is not in recovery");
 	PQfinish(standby);
@@ -301,7 +232,7 @@ static void cluster_add_standby(void)
 			       20000),
 		  "the standby is not streaming from the primary");
 	/* The app role and the tables have reached the standby. */
-	exec_ok(primary, "select 1");
+	h_exec_ok(primary, "select 1");
 	PQfinish(primary);
 }
 
@@ -309,7 +240,7 @@ static void cluster_add_standby(void)
 static long long promote_standby(void)
 {
 	const char *argv[] = {pg_program("pg_ctl"), "-D", cl.standby.dir, "-w", "-t", "30", "promote", NULL};
-	run_as_pg("pg_ctl promote", argv, 40000);
+	h_run_as_postgres("pg_ctl promote", argv, 40000);
 	return h_now_ms();
 }
 
@@ -354,7 +285,7 @@ static void start_pgmux(const char *hosts, const char *extra_target, const char 
 	do
 		o.listen_port = h_free_port();
 	while (o.listen_port == readonly_port);
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	pgmux_start_ok(&px, &o);
 }
 
 static char hosts_buf[128];
@@ -368,31 +299,17 @@ static const char *hosts_of(const struct instance *a, const struct instance *b)
 	return hosts_buf;
 }
 
+/* A client of pgmux's port (listen_port or readonly_port) that must log in. */
 static PGconn *connect_app_ok(int port)
 {
-	PGconn *conn = h_connect_app(port, "disable", "application_name=failover-test");
-	if (PQstatus(conn) != CONNECTION_OK)
-		pgmux_dump_logs(&px);
-	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "connecting to pgmux port %d failed: %s", port,
-		     PQerrorMessage(conn));
-	return conn;
-}
-
-static void expect_value(PGconn *conn, const char *sql, const char *want)
-{
-	char *v = h_query_value(conn, sql);
-	if (v == NULL)
-		pgmux_dump_logs(&px);
-	cr_assert_not_null(v, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
-	cr_expect_str_eq(v, want, "\"%s\" returned \"%s\", expected \"%s\"", sql, v, want);
-	free(v);
+	return h_app_session_on(&px, port, "disable", "application_name=failover-test");
 }
 
 static void expect_port(PGconn *conn, int port)
 {
 	char want[16];
 	snprintf(want, sizeof(want), "%d", port);
-	expect_value(conn, "select inet_server_port()", want);
+	h_expect_value(conn, "select inet_server_port()", want);
 }
 
 /* Poll pgmux's log for a line holding both needles; returns that line (malloc'd) or NULL. */
@@ -460,17 +377,17 @@ static void init_discovery(void)
 	cluster_init_primary();
 	cluster_add_standby();
 	PGconn *primary = connect_super(cl.primary.port);
-	exec_ok(primary, "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, session_id text NOT NULL, "
+	h_exec_ok(primary, "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, session_id text NOT NULL, "
 			 "replica_lag_in_msec float8 NOT NULL DEFAULT 0)");
-	exec_ok(primary, "GRANT SELECT ON aurora_topology TO PUBLIC");
-	exec_ok(primary, "INSERT INTO aurora_topology VALUES ('1', 'MASTER_SESSION_ID', 0)");
-	exec_ok(primary, "CREATE FUNCTION aurora_db_instance_identifier() RETURNS text LANGUAGE sql "
+	h_exec_ok(primary, "GRANT SELECT ON aurora_topology TO PUBLIC");
+	h_exec_ok(primary, "INSERT INTO aurora_topology VALUES ('1', 'MASTER_SESSION_ID', 0)");
+	h_exec_ok(primary, "CREATE FUNCTION aurora_db_instance_identifier() RETURNS text LANGUAGE sql "
 			 "AS $$ SELECT split_part(host(inet_server_addr()), '.', 4) $$");
-	exec_ok(primary, "CREATE FUNCTION aurora_replica_status() "
+	h_exec_ok(primary, "CREATE FUNCTION aurora_replica_status() "
 			 "RETURNS TABLE (server_id text, session_id text, replica_lag_in_msec float8) LANGUAGE sql "
 			 "AS $$ SELECT server_id, session_id, replica_lag_in_msec FROM aurora_topology $$");
 	PQfinish(primary);
-	PGconn *standby = connect_super_at(cl.standby.addr, cl.standby.port);
+	PGconn *standby = h_connect_super_at(cl.standby.addr, cl.standby.port, "postgres");
 	cr_assert(h_poll_value(standby, "select to_regproc('aurora_replica_status') is not null", "t", 10000),
 		  "the stand-ins did not reach the standby");
 	cr_assert(h_poll_value(standby, "select aurora_db_instance_identifier()", "2", 0));
@@ -487,14 +404,14 @@ Test(failover, writer_port_reaches_primary_reader_port_reaches_standby)
 
 	PGconn *w = connect_app_ok(px.port);
 	expect_port(w, cl.primary.port);
-	expect_value(w, "select pg_is_in_recovery()", "f");
+	h_expect_value(w, "select pg_is_in_recovery()", "f");
 	char p1[16];
 	snprintf(p1, sizeof(p1), "%d", cl.primary.port);
-	expect_value(w, "insert into fo_writes (client, port) values (1, inet_server_port()) returning port", p1);
+	h_expect_value(w, "insert into fo_writes (client, port) values (1, inet_server_port()) returning port", p1);
 
 	PGconn *r = connect_app_ok(readonly_port);
 	expect_port(r, cl.standby.port);
-	expect_value(r, "select pg_is_in_recovery()", "t");
+	h_expect_value(r, "select pg_is_in_recovery()", "t");
 	/* The standby really is read-only: a write through the reader port fails there, not in pgmux. */
 	PGresult *res = PQexec(r, "insert into fo_writes (client, port) values (2, 0)");
 	cr_expect_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
@@ -540,7 +457,7 @@ static void idle_client_survives_failover(void)
 		     h_scaled_ms(1000));
 	cr_assert_eq(PQstatus(conn), CONNECTION_OK);
 	expect_port(conn, cl.standby.port);
-	expect_value(conn, "select pg_is_in_recovery()", "f");
+	h_expect_value(conn, "select pg_is_in_recovery()", "f");
 
 	/* The log says which instance became the writer, and when. */
 	char where[64];
@@ -706,10 +623,6 @@ static void *load_main(void *arg)
 	return NULL;
 }
 
-static void ignore_notice(void *arg, const char *message)
-{
-}
-
 static int min_ok_total(struct loader *ls)
 {
 	int least = -1;
@@ -741,7 +654,7 @@ Test(failover, eight_writers_keep_their_connections_across_failover)
 		ls[i].p2 = cl.standby.port;
 		ls[i].conn = connect_app_ok(px.port);
 		/* The WARNINGs of the crash and of ROLLBACK without a transaction are expected. */
-		PQsetNoticeProcessor(ls[i].conn, ignore_notice, NULL);
+		PQsetNoticeReceiver(ls[i].conn, h_ignore_notices, NULL);
 	}
 	long long started = h_now_ms();
 	for (int i = 0; i < LOAD_THREADS; i++)
@@ -829,7 +742,7 @@ Test(failover, eight_writers_keep_their_connections_across_failover)
 		snprintf(sql, sizeof(sql), "select count(*) from fo_writes where client = %d and port = %d", i,
 			 cl.standby.port);
 		snprintf(want, sizeof(want), "%d", ls[i].ok_on_new);
-		expect_value(super, sql, want);
+		h_expect_value(super, sql, want);
 	}
 	PQfinish(super);
 
@@ -877,7 +790,7 @@ Test(failover, reader_down_query_waits_then_times_out)
 	/* The same connection is served once a reader is back. */
 	instance_start(&cl.standby);
 	expect_port(r, cl.standby.port);
-	expect_value(r, "select pg_is_in_recovery()", "t");
+	h_expect_value(r, "select pg_is_in_recovery()", "t");
 	PQfinish(r);
 	h_stop_expect_clean_exit(&px);
 }
@@ -956,29 +869,10 @@ Test(failover_no_reader, reader_port_fails_at_once)
 
 /* ================================================================ replication lag */
 
-/* The admin console (the suite's superuser is its admin); fails the test on error. */
-static PGconn *connect_admin_ok(void)
-{
-	char *ci = h_conninfo(px.port, h_env()->superuser, h_env()->superpass, "disable", "dbname=pgmux");
-	PGconn *conn = PQconnectdb(ci);
-	free(ci);
-	cr_assert_eq(PQstatus(conn), CONNECTION_OK, "admin console: %s", PQerrorMessage(conn));
-	return conn;
-}
-
 /* Column col of the SHOW TARGETS row whose column key_col is key (malloc'd), or NULL when there is none. */
 static char *target_field(PGconn *admin, const char *key_col, const char *key, const char *col)
 {
-	PGresult *r = PQexec(admin, "SHOW TARGETS");
-	char *v = NULL;
-	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "SHOW TARGETS: %s", PQerrorMessage(admin));
-	int k = PQfnumber(r, key_col), c = PQfnumber(r, col);
-	cr_assert(k >= 0 && c >= 0, "SHOW TARGETS has no column %s or %s", key_col, col);
-	for (int i = 0; i < PQntuples(r) && v == NULL; i++)
-		if (strcmp(PQgetvalue(r, i, k), key) == 0)
-			v = strdup(PQgetvalue(r, i, c));
-	PQclear(r);
-	return v;
+	return h_admin_cell(admin, "SHOW TARGETS", key_col, key, col);
 }
 
 struct lag_probe {
@@ -1013,13 +907,13 @@ static bool wait_target_lag(PGconn *admin, int port, bool above, int limit_ms, i
  */
 static void standby_fall_behind(PGconn *primary, PGconn *standby)
 {
-	exec_ok(primary, "insert into fo_writes (client, port) values (1, inet_server_port())");
+	h_exec_ok(primary, "insert into fo_writes (client, port) values (1, inet_server_port())");
 	cr_assert(h_poll_value(standby, "select count(*) from fo_writes where client = 1", "1", 10000),
 		  "the standby did not replay the first insert");
-	exec_ok(standby, "select pg_wal_replay_pause()");
+	h_exec_ok(standby, "select pg_wal_replay_pause()");
 	cr_assert(h_poll_value(standby, "select pg_get_wal_replay_pause_state()", "paused", 10000),
 		  "the standby's replay did not pause");
-	exec_ok(primary, "insert into fo_writes (client, port) values (2, inet_server_port())");
+	h_exec_ok(primary, "insert into fo_writes (client, port) values (2, inet_server_port())");
 	cr_assert(h_poll_value(standby, "select pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()", "t", 10000),
 		  "the standby did not receive WAL it could not replay");
 }
@@ -1039,7 +933,7 @@ static void lag_begin(struct lag_setup *l, const char *extra_target, const char 
 	start_pgmux(hosts_of(&cl.primary, &cl.standby), extra_target, borrow_timeout);
 	l->primary = connect_super(cl.primary.port);
 	l->standby = connect_super(cl.standby.port);
-	l->admin = connect_admin_ok();
+	l->admin = h_admin_session(&px);
 	l->reader = connect_app_ok(readonly_port);
 	/* Until its first check of the standby pgmux may fall back to the writer (when allowed). */
 	snprintf(want, sizeof(want), "%d", cl.standby.port);
@@ -1099,7 +993,7 @@ Test(replica_lag, lagging_reader_gets_no_reads_until_it_catches_up)
 			PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : PQresultErrorMessage(res));
 	cr_assert_null(res, "a read on the reader port did not wait while the only reader lagged");
 
-	exec_ok(l.standby, "select pg_wal_replay_resume()");
+	h_exec_ok(l.standby, "select pg_wal_replay_resume()");
 	res = h_get_result(l.reader, h_scaled_ms(10000));
 	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
 		pgmux_dump_logs(&px);
@@ -1126,9 +1020,9 @@ Test(replica_lag, lagging_reader_falls_back_to_writer_then_serves_again)
 
 	char want[32];
 	snprintf(want, sizeof(want), "%d 1", cl.primary.port);
-	expect_value(l.reader, read_after_second_insert, want);
+	h_expect_value(l.reader, read_after_second_insert, want);
 
-	exec_ok(l.standby, "select pg_wal_replay_resume()");
+	h_exec_ok(l.standby, "select pg_wal_replay_resume()");
 	snprintf(want, sizeof(want), "%d 1", cl.standby.port);
 	bool back = h_poll_value(l.reader, read_after_second_insert, want, h_scaled_ms(10000));
 	if (!back)
@@ -1142,7 +1036,7 @@ Test(replica_lag, lagging_reader_falls_back_to_writer_then_serves_again)
 static void set_topology(const char *sql)
 {
 	PGconn *primary = connect_super(cl.primary.port);
-	exec_ok(primary, sql);
+	h_exec_ok(primary, sql);
 	PQfinish(primary);
 }
 
@@ -1161,7 +1055,7 @@ Test(discovery, reader_gets_reads_while_in_topology)
 	cr_assert(h_file_wait_contains(px.logfile, "is Aurora PostgreSQL", h_scaled_ms(10000)),
 		  "pgmux did not take the stand-ins for Aurora's functions");
 	PGconn *w = connect_app_ok(px.port);
-	expect_value(w, "select host(inet_server_addr())", "127.0.0.1");
+	h_expect_value(w, "select host(inet_server_addr())", "127.0.0.1");
 	expect_reader_port_refused();
 
 	set_topology("INSERT INTO aurora_topology VALUES ('2', '7f3c1a52-reader-session', 0)");
@@ -1170,8 +1064,8 @@ Test(discovery, reader_gets_reads_while_in_topology)
 		  discovered);
 	/* The login waits for the first check of the new instance, then reads run there. */
 	PGconn *r = connect_app_ok(readonly_port);
-	expect_value(r, "select host(inet_server_addr()) || ' ' || pg_is_in_recovery()", "127.0.0.2 true");
-	PGconn *admin = connect_admin_ok();
+	h_expect_value(r, "select host(inet_server_addr()) || ' ' || pg_is_in_recovery()", "127.0.0.2 true");
+	PGconn *admin = h_admin_session(&px);
 	char *v = target_field(admin, "instance", "2", "host");
 	cr_expect(v && strcmp(v, "127.0.0.2") == 0, "SHOW TARGETS: instance 2 has host %s", v ? v : "(no row)");
 	free(v);
@@ -1187,8 +1081,8 @@ Test(discovery, reader_gets_reads_while_in_topology)
 	 * Only the writer's view counts: the standby's own copy of the topology
 	 * (its replay paused) still names instance 2, and must not bring it back.
 	 */
-	PGconn *standby = connect_super_at(cl.standby.addr, cl.standby.port);
-	exec_ok(standby, "select pg_wal_replay_pause()");
+	PGconn *standby = h_connect_super_at(cl.standby.addr, cl.standby.port, "postgres");
+	h_exec_ok(standby, "select pg_wal_replay_pause()");
 	cr_assert(h_poll_value(standby, "select pg_get_wal_replay_pause_state()", "paused", 10000));
 	set_topology("DELETE FROM aurora_topology WHERE server_id = '2'");
 	/* Reads go on (within a health check or two) until pgmux hears the writer's new view. */
@@ -1217,7 +1111,7 @@ Test(discovery, reader_gets_reads_while_in_topology)
 		PQclear(res);
 		h_sleep_ms(20);
 	}
-	exec_ok(standby, "select pg_wal_replay_resume()");
+	h_exec_ok(standby, "select pg_wal_replay_resume()");
 	PQfinish(standby);
 	cr_expect(h_file_wait_contains(px.logfile, "instance 2 (127.0.0.2", 0) &&
 			  h_file_wait_contains(px.logfile, "is no longer in the cluster's topology", 0),
@@ -1232,7 +1126,7 @@ Test(discovery, reader_gets_reads_while_in_topology)
 	if (!back)
 		pgmux_dump_logs(&px);
 	cr_assert(back, "reads did not reach instance 2 after it came back");
-	expect_value(w, "select host(inet_server_addr())", "127.0.0.1");
+	h_expect_value(w, "select host(inet_server_addr())", "127.0.0.1");
 
 	PQfinish(admin);
 	PQfinish(r);
@@ -1252,7 +1146,7 @@ Test(discovery, aurora_reported_lag_over_max_replica_lag)
 	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d, 127.0.0.2:%d", cl.primary.port, cl.primary.port);
 	set_topology("INSERT INTO aurora_topology VALUES ('2', '7f3c1a52-reader-session', 5000)");
 	start_pgmux(hosts, "max_replica_lag = 1s\nreader_fallback_to_writer = true\n", "10s");
-	PGconn *admin = connect_admin_ok();
+	PGconn *admin = h_admin_session(&px);
 	long long deadline = h_now_ms() + h_scaled_ms(5000);
 	char *lag = NULL;
 	while ((lag == NULL || strcmp(lag, "5000") != 0) && h_now_ms() < deadline) {
@@ -1265,7 +1159,7 @@ Test(discovery, aurora_reported_lag_over_max_replica_lag)
 	cr_assert_str_eq(lag_line, "5000", "SHOW TARGETS: instance 2 has lag_ms %s, expected 5000", lag_line);
 
 	PGconn *r = connect_app_ok(readonly_port);
-	expect_value(r, "select host(inet_server_addr())", "127.0.0.1");
+	h_expect_value(r, "select host(inet_server_addr())", "127.0.0.1");
 	set_topology("UPDATE aurora_topology SET replica_lag_in_msec = 0 WHERE server_id = '2'");
 	bool back = h_poll_value(r, "select host(inet_server_addr())", "127.0.0.2", h_scaled_ms(5000));
 	if (!back)

@@ -1,10 +1,10 @@
 /*
- * test_hardening.c: end-to-end tests of issue 17, "hardening the edges":
- * whom pgmux gives server passwords to, what a client can write into the
- * log, running out of file descriptors, who may read /metrics, the client
- * TLS settings and key file checks, and the look-only admin role. Each
- * suite runs a real pgmux (and, where it needs one, a fake server of the
- * test's own) and checks what a client, the log or the fake server sees.
+ * test_hardening.c: the edges a hostile peer pushes on (issue 17): whom
+ * pgmux gives server passwords to (a fake server of the test's own asks for
+ * them in cleartext), what a client can write into the log, and running out
+ * of file descriptors or of login slots. The other points of issue 17 sit
+ * with their features: who may read /metrics in test_metrics.c, the client
+ * TLS settings in test_auth.c, the look-only admin role in test_admin.c.
  */
 #include "harness.h"
 
@@ -23,40 +23,6 @@
 #include <unistd.h>
 
 static struct pgmux px;
-
-static void fini_kill_leftovers(void)
-{
-	h_teardown();
-}
-
-/* A session to pgmux's admin console as user (password password); NULL when refused. */
-static PGconn *admin_as(const char *user, const char *password)
-{
-	char *ci = h_conninfo(px.port, user, password, "disable", "dbname=pgmux");
-	PGconn *conn = PQconnectdb(ci);
-	free(ci);
-	if (PQstatus(conn) != CONNECTION_OK) {
-		fprintf(stderr, "admin login as %s: %s", user, PQerrorMessage(conn));
-		PQfinish(conn);
-		return NULL;
-	}
-	return conn;
-}
-
-/* Run sql; its command tag, or the SQLSTATE after "ERROR " when it failed (static). */
-static const char *admin_run(PGconn *conn, const char *sql)
-{
-	static char outcome[128];
-	PGresult *res = PQexec(conn, sql);
-	if (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK) {
-		snprintf(outcome, sizeof(outcome), "%s", PQcmdStatus(res));
-	} else {
-		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-		snprintf(outcome, sizeof(outcome), "ERROR %s", state ? state : "?");
-	}
-	PQclear(res);
-	return outcome;
-}
 
 /* ---------------------------------------------------------------- a fake server */
 
@@ -225,7 +191,7 @@ static void start_with_console(const char *server_tls)
 		o.server_tls = server_tls;
 	o.admin_users = h_env()->superuser;
 	o.extra_target = "health_check_interval = 200ms\n";
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	pgmux_start_ok(&px, &o);
 }
 
 /*
@@ -237,11 +203,11 @@ Test(server_credentials, a_server_asking_for_cleartext_gets_only_the_health_chec
 {
 	fake_start();
 	start_with_console(NULL);
-	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	PGconn *admin = h_admin_connect(&px, h_env()->superuser, h_env()->superpass);
 	cr_assert_not_null(admin);
 	char sql[128];
 	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", fake.port);
-	cr_assert_str_eq(admin_run(admin, sql), "CUTOVER");
+	cr_assert_str_eq(h_command_outcome(admin, sql), "CUTOVER");
 	PQfinish(admin);
 	if (PQlibVersion() >= 160000) {
 		/* Built with require_auth: no password leaves for a server that asks for cleartext. */
@@ -269,11 +235,11 @@ Test(server_credentials, verify_full_gives_an_unverified_cutover_target_nothing)
 		cr_skip_test("server TLS is off under valgrind");
 	fake_start();
 	start_with_console("verify-full");
-	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	PGconn *admin = h_admin_connect(&px, h_env()->superuser, h_env()->superpass);
 	cr_assert_not_null(admin);
 	char sql[128];
 	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", fake.port);
-	cr_assert_str_eq(admin_run(admin, sql), "CUTOVER");
+	cr_assert_str_eq(h_command_outcome(admin, sql), "CUTOVER");
 	PQfinish(admin);
 	cr_assert(h_poll_until(fake_has_ssl_requests, NULL, h_scaled_ms(10000)),
 		  "pgmux never tried the fake server");
@@ -309,7 +275,7 @@ Test(server_credentials, a_single_secret_needs_no_health_check_user)
 	pgmux_options_default(&o);
 	o.health_check_user = "";
 	o.secrets_dir = dir;
-	cr_assert(pgmux_start(&px, &o));
+	pgmux_start_ok(&px, &o);
 	PGconn *conn = h_app_session(&px, "disable", NULL);
 	h_expect_value(conn, "select current_user", h_env()->appuser);
 	PQfinish(conn);
@@ -326,7 +292,7 @@ Test(server_credentials, an_unverified_remote_server_gets_a_startup_warning)
 	o.server_tls = "require";
 	o.hosts = hosts;
 	o.extra_target = "health_check_timeout = 200ms\n";
-	cr_assert(pgmux_start(&px, &o));
+	pgmux_start_ok(&px, &o);
 	cr_expect(h_file_count(px.logfile, "WARNING: server 192.0.2.10:5432 is not on loopback and server_tls = require "
 					   "does not verify it") == 1,
 		  "no warning for the remote host");
@@ -336,7 +302,7 @@ Test(server_credentials, an_unverified_remote_server_gets_a_startup_warning)
 
 /* ---------------------------------------------------------------- log injection */
 
-TestSuite(log_injection, .fini = fini_kill_leftovers, .timeout = 60);
+TestSuite(log_injection, .fini = h_teardown, .timeout = 60);
 
 /*
  * A user name with a newline and a line of pgmux's own log format after it:
@@ -346,7 +312,7 @@ Test(log_injection, a_newline_in_the_user_name_cannot_forge_a_log_line)
 {
 	struct pgmux_options o;
 	pgmux_options_default(&o);
-	cr_assert(pgmux_start(&px, &o));
+	pgmux_start_ok(&px, &o);
 
 	const char *forged = "2026-12-06 12:00:00.000 [1] main LOG: admin console: SHUTDOWN by admin";
 	char user[256], app_name[128];
@@ -381,192 +347,9 @@ Test(log_injection, a_newline_in_the_user_name_cannot_forge_a_log_line)
 	h_stop_expect_clean_exit(&px);
 }
 
-/* ---------------------------------------------------------------- metrics access */
-
-TestSuite(metrics_access, .fini = fini_kill_leftovers, .timeout = 60);
-
-/*
- * GET /metrics from address:port with an optional Authorization header; the
- * HTTP status (0 when nothing listens), the reply in body (static).
- */
-static int http_get(const char *address, int port, const char *authorization, char **body)
-{
-	static char reply[65536];
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	size_t used = 0;
-	char request[512];
-	int status = 0;
-
-	reply[0] = '\0';
-	*body = reply;
-	cr_assert_geq(fd, 0);
-	cr_assert_eq(inet_pton(AF_INET, address, &sa.sin_addr), 1);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-		close(fd);
-		return 0;
-	}
-	snprintf(request, sizeof(request), "GET /metrics HTTP/1.1\r\nHost: %s\r\n%s%s%sConnection: close\r\n\r\n",
-		 address, authorization ? "Authorization: " : "", authorization ? authorization : "",
-		 authorization ? "\r\n" : "");
-	cr_assert(h_raw_send(fd, request, strlen(request)));
-	for (;;) {
-		ssize_t n = h_raw_read(fd, reply + used, 1, 5000);
-		if (n != 1 || used + 2 >= sizeof(reply))
-			break;
-		used++;
-	}
-	reply[used] = '\0';
-	close(fd);
-	sscanf(reply, "HTTP/1.1 %d", &status);
-	return status;
-}
-
-/* metrics_addr, not listen_addr, is where /metrics listens: 127.0.0.2 here, another loopback address. */
-Test(metrics_access, metrics_listen_on_metrics_addr_and_ask_for_the_token)
-{
-	int metrics_port = h_free_port();
-	char extra[256];
-	snprintf(extra, sizeof(extra), "metrics_port = %d\nmetrics_addr = 127.0.0.2\nmetrics_token = s3cret-token-0123456789\n",
-		 metrics_port);
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.extra_pgmux = extra;
-	o.admin_users = h_env()->superuser;
-	cr_assert(pgmux_start(&px, &o));
-	char *body;
-	cr_expect_eq(http_get("127.0.0.1", metrics_port, NULL, &body), 0, "metrics answer on listen_addr: %s", body);
-	cr_expect_eq(http_get("127.0.0.2", metrics_port, NULL, &body), 401, "no token: %s", body);
-	cr_expect_null(strstr(body, "pgmux_"), "a refused scrape shows metrics: %s", body);
-	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Bearer s3cret-token-0123456788", &body), 401, "a wrong token");
-	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Bearer s3cret-token-012345678", &body), 401, "a prefix");
-	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Basic czNjcmV0", &body), 401, "another scheme");
-	cr_expect_eq(http_get("127.0.0.2", metrics_port, "Bearer s3cret-token-0123456789", &body), 200, "%s", body);
-	cr_expect_not_null(strstr(body, "pgmux_client_connections_received_total"), "%s", body);
-
-	/* SHOW CONFIG does not give the token away either. */
-	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
-	cr_assert_not_null(admin);
-	PGresult *res = PQexec(admin, "SHOW CONFIG");
-	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-	bool seen = false;
-	for (int i = 0; i < PQntuples(res); i++) {
-		cr_expect_null(strstr(PQgetvalue(res, i, 2), "s3cret"), "SHOW CONFIG shows the token");
-		if (strcmp(PQgetvalue(res, i, 1), "metrics_addr") == 0) {
-			seen = true;
-			cr_expect_str_eq(PQgetvalue(res, i, 2), "127.0.0.2");
-		}
-	}
-	cr_expect(seen, "SHOW CONFIG lists metrics_addr");
-	PQclear(res);
-	PQfinish(admin);
-	h_stop_expect_clean_exit(&px);
-}
-
-/* By default the metrics stay on loopback, whatever listen_addr is. */
-Test(metrics_access, metrics_default_to_loopback_without_a_token)
-{
-	int metrics_port = h_free_port();
-	char extra[64];
-	snprintf(extra, sizeof(extra), "metrics_port = %d\n", metrics_port);
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.extra_pgmux = extra;
-	cr_assert(pgmux_start(&px, &o));
-	char *body;
-	cr_expect_eq(http_get("127.0.0.1", metrics_port, NULL, &body), 200, "%s", body);
-	cr_expect_eq(http_get("127.0.0.2", metrics_port, NULL, &body), 0, "metrics answer beyond 127.0.0.1");
-	cr_expect(h_file_count(px.logfile, "metrics on http://127.0.0.1:") == 1);
-	h_stop_expect_clean_exit(&px);
-}
-
-/* ---------------------------------------------------------------- admin roles */
-
-TestSuite(admin_roles, .fini = fini_kill_leftovers, .timeout = 60);
-
-/* A user in stats_users looks (SHOW) but cannot act; an admin still can. */
-Test(admin_roles, a_stats_user_may_show_but_not_pause_or_shut_down)
-{
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.admin_users = h_env()->superuser;
-	o.extra_pgmux = "stats_users = app\n";
-	cr_assert(pgmux_start(&px, &o));
-
-	PGconn *stats = admin_as(h_env()->appuser, h_env()->apppass);
-	cr_assert_not_null(stats, "a stats user cannot log in to the console");
-	cr_expect_str_eq(admin_run(stats, "SHOW POOLS"), "SHOW");
-	cr_expect_str_eq(admin_run(stats, "SHOW STATS"), "SHOW");
-	cr_expect_str_eq(admin_run(stats, "show clients"), "SHOW");
-	static const char *const refused[] = {"PAUSE", "RESUME", "RELOAD", "KILL 1", "SHUTDOWN",
-					      "CUTOVER TO '127.0.0.1:1'", NULL};
-	for (int i = 0; refused[i]; i++)
-		cr_expect_str_eq(admin_run(stats, refused[i]), "ERROR 42501", "%s", refused[i]);
-	/* The extended protocol runs the same check. */
-	PGresult *res = PQexecParams(stats, "SHUTDOWN", 0, NULL, NULL, NULL, NULL, 0);
-	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	cr_expect_str_eq(state ? state : "", "42501");
-	PQclear(res);
-	cr_expect(pgmux_running(&px), "a stats user's SHUTDOWN stopped pgmux");
-	cr_expect(h_file_count(px.logfile, "is in stats_users, which may only run SHOW commands") == 0,
-		  "the refusal is for the client, not a log line of its own");
-	PQfinish(stats);
-
-	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
-	cr_assert_not_null(admin);
-	cr_expect_str_eq(admin_run(admin, "PAUSE"), "PAUSE");
-	cr_expect_str_eq(admin_run(admin, "RESUME"), "RESUME");
-	PQfinish(admin);
-	h_stop_expect_clean_exit(&px);
-}
-
-/* client_auth = trust hands the console to whoever names an admin: a WARNING at start and at each reload. */
-Test(admin_roles, trust_logs_a_warning_at_start_and_reload)
-{
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.client_auth = "trust";
-	o.admin_users = h_env()->superuser;
-	cr_assert(pgmux_start(&px, &o));
-	const char *warning = "WARNING: client_auth = trust: clients log in without a password, and anyone who names "
-			      "a user in admin_users gets the admin console";
-	cr_expect_eq(h_file_count(px.logfile, warning), 1);
-	cr_assert_eq(kill(px.pid, SIGHUP), 0);
-	cr_expect(h_file_wait_count(px.logfile, warning, 2, h_scaled_ms(5000)), "no warning at reload");
-	h_stop_expect_clean_exit(&px);
-}
-
-/* Without trust, no such warning. */
-Test(admin_roles, scram_logs_no_trust_warning)
-{
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	cr_assert(pgmux_start(&px, &o));
-	PGconn *conn = h_app_session(&px, "disable", NULL);
-	PQfinish(conn);
-	cr_expect_eq(h_file_count(px.logfile, "client_auth = trust"), 0);
-	h_stop_expect_clean_exit(&px);
-}
-
 /* ---------------------------------------------------------------- running out of descriptors */
 
-TestSuite(descriptors, .fini = fini_kill_leftovers, .timeout = 90);
-
-/* utime + stime of pid, in clock ticks. */
-static long long cpu_ticks(pid_t pid)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	char *text = h_read_file(path);
-	const char *after = strrchr(text, ')');
-	unsigned long long utime = 0, stime = 0;
-	/* Fields after the name: state is 3rd, utime the 14th, stime the 15th. */
-	cr_assert(after && sscanf(after + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-				  &stime) == 2,
-		  "cannot read %s", path);
-	free(text);
-	return (long long)(utime + stime);
-}
+TestSuite(descriptors, .fini = h_teardown, .timeout = 90);
 
 static long long file_size(const char *path)
 {
@@ -591,7 +374,7 @@ Test(descriptors, emfile_pauses_accepting_and_logins_work_again)
 	char extra[64];
 	snprintf(extra, sizeof(extra), "metrics_port = %d\n", metrics_port);
 	o.extra_pgmux = extra;
-	cr_assert(pgmux_start(&px, &o));
+	pgmux_start_ok(&px, &o);
 	PGconn *first = h_app_session(&px, "disable", NULL);
 	PQfinish(first);
 
@@ -611,12 +394,11 @@ Test(descriptors, emfile_pauses_accepting_and_logins_work_again)
 	cr_assert(h_file_wait_contains(px.logfile, "metrics: accept failed: Too many open files", h_scaled_ms(5000)),
 		  "the metrics port never ran out of descriptors");
 	/* Measure three seconds of being out of descriptors. */
-	long long ticks_before = cpu_ticks(px.pid), log_before = file_size(px.logfile);
+	long long cpu_before = h_proc_cpu_ms(px.pid), log_before = file_size(px.logfile);
 	long long t0 = h_now_ms();
 	h_sleep_ms(3000);
-	long long ticks = cpu_ticks(px.pid) - ticks_before, log_growth = file_size(px.logfile) - log_before;
+	long long cpu_ms = h_proc_cpu_ms(px.pid) - cpu_before, log_growth = file_size(px.logfile) - log_before;
 	long long elapsed_ms = h_now_ms() - t0;
-	long long cpu_ms = ticks * 1000 / sysconf(_SC_CLK_TCK);
 	cr_expect_lt(cpu_ms, elapsed_ms / 5, "pgmux used %lld ms of CPU in %lld ms out of descriptors", cpu_ms,
 		     elapsed_ms);
 	cr_expect_lt(log_growth, 4096, "the log grew by %lld bytes in %lld ms", log_growth, elapsed_ms);
@@ -646,7 +428,7 @@ Test(descriptors, emfile_pauses_accepting_and_logins_work_again)
 	cr_assert_not_null(conn, "no login after the idle connections left");
 	h_expect_value(conn, "select 1", "1");
 	PQfinish(conn);
-	PGconn *admin = admin_as(h_env()->superuser, h_env()->superpass);
+	PGconn *admin = h_admin_connect(&px, h_env()->superuser, h_env()->superpass);
 	cr_assert_not_null(admin);
 	cr_expect_gt(h_admin_stat(admin, "accept_out_of_descriptors"), 0, "SHOW STATS does not count it");
 	PQfinish(admin);
@@ -659,7 +441,7 @@ Test(descriptors, max_login_connections_refuses_the_next_unauthenticated_client)
 	struct pgmux_options o;
 	pgmux_options_default(&o);
 	o.extra_pgmux = "max_login_connections = 3\n";
-	cr_assert(pgmux_start(&px, &o));
+	pgmux_start_ok(&px, &o);
 	PGconn *logged_in[4];
 	for (int i = 0; i < 4; i++)
 		logged_in[i] = h_app_session(&px, "disable", NULL);
@@ -695,113 +477,4 @@ Test(descriptors, max_login_connections_refuses_the_next_unauthenticated_client)
 	for (int i = 0; i < 4; i++)
 		PQfinish(logged_in[i]);
 	h_stop_expect_clean_exit(&px);
-}
-
-/* ---------------------------------------------------------------- client TLS */
-
-TestSuite(client_tls_settings, .fini = fini_kill_leftovers, .timeout = 60);
-
-/* openssl s_client through pgmux's SSLRequest; its exit status, output in c (free it). */
-static int s_client(struct h_cmd *c, const char *version, const char *cipher)
-{
-	char connect_to[64];
-	snprintf(connect_to, sizeof(connect_to), "127.0.0.1:%d", px.port);
-	const char *argv[] = {"openssl", "s_client", "-starttls", "postgres", "-connect", connect_to, version,
-			      cipher ? "-cipher" : NULL, cipher, NULL};
-	return h_cmd_run(c, argv, NULL, h_scaled_ms(10000));
-}
-
-/* TLS 1.2 with RSA key exchange and CBC (AES128-SHA) is refused; an ECDHE AEAD suite is not. */
-Test(client_tls_settings, a_legacy_cipher_is_refused_by_default)
-{
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	cr_assert(pgmux_start(&px, &o));
-	struct h_cmd c;
-	int status = s_client(&c, "-tls1_2", "AES128-SHA");
-	cr_expect_neq(status, 0, "AES128-SHA was negotiated");
-	cr_expect_null(strstr(c.out ? c.out : "", "Cipher is AES128-SHA"), "%s", c.out);
-	h_cmd_free(&c);
-	status = s_client(&c, "-tls1_2", "ECDHE-RSA-AES128-GCM-SHA256");
-	cr_expect_eq(status, 0, "a forward-secret AEAD suite was refused");
-	cr_expect_not_null(strstr(c.out ? c.out : "", "ECDHE-RSA-AES128-GCM-SHA256"), "%s", c.out);
-	h_cmd_free(&c);
-	status = s_client(&c, "-tls1_3", NULL);
-	cr_expect_eq(status, 0, "TLS 1.3 was refused");
-	h_cmd_free(&c);
-	h_stop_expect_clean_exit(&px);
-}
-
-/* client_tls_protocols = TLSv1.3 turns TLS 1.2 away. */
-Test(client_tls_settings, protocols_limit_the_versions)
-{
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.extra_pgmux = "client_tls_protocols = TLSv1.3\n";
-	cr_assert(pgmux_start(&px, &o));
-	struct h_cmd c;
-	cr_expect_neq(s_client(&c, "-tls1_2", NULL), 0, "TLS 1.2 was accepted");
-	h_cmd_free(&c);
-	cr_expect_eq(s_client(&c, "-tls1_3", NULL), 0, "TLS 1.3 was refused");
-	h_cmd_free(&c);
-	h_stop_expect_clean_exit(&px);
-}
-
-/* A copy of the suite's certificate and key in the test directory, the key with mode key_mode. */
-static void copy_cert_and_key(char *cert, size_t cert_size, char *key, size_t key_size, int key_mode)
-{
-	snprintf(cert, cert_size, "%s/server.crt", h_test_dir());
-	snprintf(key, key_size, "%s/server.key", h_test_dir());
-	char *text = h_read_file(h_env()->cert);
-	h_write_file(cert, text, 0644);
-	free(text);
-	text = h_read_file(h_env()->key);
-	h_write_file(key, text, key_mode);
-	free(text);
-	cr_assert_eq(chmod(key, (mode_t)key_mode), 0);
-}
-
-/* A private key that others can read stops the start, naming the file (PostgreSQL's rule). */
-Test(client_tls_settings, a_key_readable_by_others_is_refused)
-{
-	char cert[600], key[600], extra[1400];
-	copy_cert_and_key(cert, sizeof(cert), key, sizeof(key), 0644);
-	snprintf(extra, sizeof(extra), "client_tls_cert_file = %s\nclient_tls_key_file = %s\n", cert, key);
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.tls = false;
-	o.extra_pgmux = extra;
-	pgmux_write_config(&px, &o);
-	/* The harness leaves the cert and key lines empty when tls is off: drop them for ours. */
-	char *config = h_read_file(px.config);
-	char *cut = strstr(config, "client_tls_cert_file = \n");
-	cr_assert_not_null(cut);
-	memmove(cut, cut + strlen("client_tls_cert_file = \n"), strlen(cut + strlen("client_tls_cert_file = \n")) + 1);
-	cut = strstr(config, "client_tls_key_file = \n");
-	cr_assert_not_null(cut);
-	memmove(cut, cut + strlen("client_tls_key_file = \n"), strlen(cut + strlen("client_tls_key_file = \n")) + 1);
-	h_write_file(px.config, config, 0644);
-	free(config);
-
-	const char *argv[] = {h_env()->pgmux, px.config, NULL};
-	struct h_cmd c;
-	int status = h_cmd_run(&c, argv, NULL, h_scaled_ms(10000));
-	cr_expect_eq(status, 1, "pgmux exited with %d", status);
-	char want[700];
-	snprintf(want, sizeof(want), "private key %s has group or world access (mode 0644)", key);
-	cr_expect(h_file_count(px.logfile, want) == 1, "the log does not say: %s", want);
-	h_cmd_free(&c);
-
-	/* The suite's own key, mode 0600, is the one every other TLS test starts with. */
-}
-
-/* A cipher list OpenSSL cannot use stops the start with the option's name. */
-Test(client_tls_settings, an_unusable_cipher_list_is_refused)
-{
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.extra_pgmux = "client_tls_ciphers = NO-SUCH-CIPHER\n";
-	int status = pgmux_run_to_exit(&px, &o, h_scaled_ms(10000));
-	cr_expect_eq(status, 1);
-	cr_expect(h_file_count(px.logfile, "client_tls_ciphers: no usable cipher in NO-SUCH-CIPHER") == 1);
 }

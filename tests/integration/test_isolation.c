@@ -49,11 +49,8 @@ TestSuite(isolation, .fini = fini, .timeout = 120);
 
 static void start(int backends)
 {
-	struct pgmux_options o;
-	PGconn *su;
+	PGconn *su = h_connect_super_direct();
 
-	h_wait_no_app_backends();
-	su = h_connect_super_direct();
 	h_exec_ok(su, "DROP ROLE IF EXISTS isolation_other");
 	h_exec_ok(su, "CREATE ROLE isolation_other");
 	h_exec_ok(su, "GRANT isolation_other TO app");
@@ -62,12 +59,7 @@ static void start(int backends)
 	h_exec_ok(su, "CREATE OR REPLACE FUNCTION public.set_tenant(t text) RETURNS text LANGUAGE sql "
 		      "AS $$ SELECT pg_catalog.set_config('app.tenant', t, false) $$");
 	PQfinish(su);
-	pgmux_options_default(&o);
-	o.pool_mode = "transaction";
-	o.max_connections = backends;
-	o.extra_pool = "max_idle_connections_percent = 100";
-	o.admin_users = h_env()->superuser;
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	pgmux_start_transaction(&px, backends, NULL, NULL);
 }
 
 static char *check(PGconn *conn, int *pid)

@@ -1,11 +1,13 @@
 /*
- * test_limits.c: what one client can make pgmux hold is bounded (issue 16).
- * Each test runs a hostile pattern against a real pgmux in transaction
- * pooling and checks three things: pgmux's resident memory (VmRSS in
- * /proc/PID/status) grows by less than a stated bound, a bystander client
- * keeps getting answers meanwhile, and pgmux is still running at the end.
- * Where a limit is reached, the client over it must get an error naming the
- * option that sets it.
+ * test_limits.c: the limits on what clients can make pgmux hold. First what
+ * one client can make pgmux hold is bounded (issue 16): each test runs a
+ * hostile pattern against a real pgmux in transaction pooling and checks
+ * three things: pgmux's resident memory (VmRSS in /proc/PID/status) grows
+ * by less than a stated bound, a bystander client keeps getting answers
+ * meanwhile, and pgmux is still running at the end. Where a limit is
+ * reached, the client over it must get an error naming the option that sets
+ * it. Then the limits on clients themselves: max_client_connections,
+ * idle_client_timeout and max_packet_size.
  */
 #include "harness.h"
 
@@ -24,11 +26,6 @@
 
 static struct pgmux px;
 
-static void fini_kill_leftovers(void)
-{
-	h_teardown();
-}
-
 /*
  * Trust, no TLS, transaction pooling with two backends and one worker: the
  * bystander shares the hostile client's event loop, so a worker kept busy by
@@ -36,21 +33,10 @@ static void fini_kill_leftovers(void)
  */
 static void start_limits_pgmux_workers(int max_connections, const char *extra_pool, int workers)
 {
-	struct pgmux_options o;
 	char pool[512];
 
-	h_wait_no_app_backends();
 	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\n%s", extra_pool ? extra_pool : "");
-	pgmux_options_default(&o);
-	o.tls = false;
-	o.server_tls = "disable";
-	o.client_auth = "trust";
-	o.pool_mode = "transaction";
-	o.max_connections = max_connections;
-	o.workers = workers;
-	o.extra_pool = pool;
-	o.admin_users = h_env()->superuser;
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	pgmux_start_trust(&px, "transaction", max_connections, workers, NULL, pool);
 }
 
 static void start_limits_pgmux_of(int max_connections, const char *extra_pool)
@@ -102,125 +88,28 @@ static void bystander_answers(PGconn *bystander, const char *when)
 	free(v);
 }
 
-/* ---------------------------------------------------------------- raw bytes */
+/* The messages a client may be sent before an error that ends it: answers to what it sent before. */
+#define REPLIES "123CDINSTZnst"
 
-struct buf {
-	uint8_t *p;
-	size_t len;
-	size_t cap;
-};
-
-static void buf_put(struct buf *b, const void *data, size_t n)
+/* A Query of len bytes of body whose text is "select length('xxx...')" (answer: its length). */
+static size_t msg_query_of_size(struct h_buf *b, size_t len)
 {
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
+	const char *head = "select length('", *tail = "')";
+	size_t x = len - strlen(head) - strlen(tail) - 1;
 
-		while (b->len + n > cap)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		cr_assert_not_null(b->p);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-}
-
-static void buf_u8(struct buf *b, uint8_t v)
-{
-	buf_put(b, &v, 1);
-}
-
-static void buf_u32(struct buf *b, uint32_t v)
-{
-	uint8_t x[4];
-
-	h_put_u32(x, v);
-	buf_put(b, x, 4);
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-	buf_put(b, s, strlen(s) + 1);
-}
-
-static void msg_query(struct buf *b, const char *sql)
-{
-	buf_u8(b, 'Q');
-	buf_u32(b, (uint32_t)(4 + strlen(sql) + 1));
-	buf_str(b, sql);
-}
-
-/* A Close of the prepared statement name. */
-static void msg_close_statement(struct buf *b, const char *name)
-{
-	buf_u8(b, 'C');
-	buf_u32(b, (uint32_t)(4 + 1 + strlen(name) + 1));
-	buf_u8(b, 'S');
-	buf_str(b, name);
-}
-
-static void send_all(int fd, const void *p, size_t len)
-{
-	cr_assert(h_raw_send(fd, p, len), "could not send %zu bytes to pgmux", len);
-}
-
-/* Log in raw with trust: the socket once ReadyForQuery came. */
-static int raw_session(void)
-{
-	int fd = h_raw_connect(px.port, h_scaled_ms(2000));
-	uint8_t buf[256];
-	const char *params[] = {"user", "app", "database", "postgres", NULL};
-	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
-
-	cr_assert(fd >= 0, "could not connect to pgmux");
-	send_all(fd, buf, len);
-	for (;;) {
-		char type;
-		char *body = NULL;
-		size_t blen;
-		enum h_msg_result r = h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(5000));
-
-		free(body);
-		if (r != H_MSG_OK || type == 'E')
-			pgmux_dump_logs(&px);
-		cr_assert(r == H_MSG_OK && type != 'E', "a raw session could not log in");
-		if (type == 'Z')
-			return fd;
-	}
-}
-
-/* The next message must be a FATAL with sqlstate whose text names option; then the connection closes. */
-static void expect_fatal_naming(int fd, const char *sqlstate, const char *option)
-{
-	char type = '?';
-	char *body = NULL;
-	size_t len = 0;
-	enum h_msg_result r;
-
-	/* Replies to what was sent before may come first. */
-	do {
-		free(body);
-		body = NULL;
-		r = h_raw_read_message(fd, &type, &body, &len, h_scaled_ms(5000));
-	} while (r == H_MSG_OK && type != 'E');
-	const char *sev = r == H_MSG_OK ? h_error_field(body, len, 'V') : NULL;
-	const char *code = r == H_MSG_OK ? h_error_field(body, len, 'C') : NULL;
-	const char *msg = r == H_MSG_OK ? h_error_field(body, len, 'M') : NULL;
-	bool ok = sev && code && msg && strcmp(sev, "FATAL") == 0 && strcmp(code, sqlstate) == 0 &&
-		  strstr(msg, option) != NULL;
-
-	if (!ok)
-		pgmux_dump_logs(&px);
-	cr_assert(ok, "expected FATAL %s naming %s, got %s %s: %s", sqlstate, option, sev ? sev : "-",
-		  code ? code : "-", msg ? msg : (r == H_MSG_OK ? "?" : "no message"));
-	free(body);
-	cr_assert(h_raw_wait_closed(fd, h_scaled_ms(3000)), "the connection stayed open after the FATAL");
-	close(fd);
+	h_buf_u8(b, 'Q');
+	h_buf_i32(b, (int64_t)(4 + len));
+	h_buf_put(b, head, strlen(head));
+	for (size_t i = 0; i < x; i++)
+		h_buf_u8(b, 'x');
+	h_buf_put(b, tail, strlen(tail));
+	h_buf_u8(b, 0);
+	return x;
 }
 
 /* ================================================================ replies owed to a client */
 
-TestSuite(limits, .fini = fini_kill_leftovers, .timeout = 240);
+TestSuite(limits, .fini = h_teardown, .timeout = 240);
 
 /*
  * Counts the messages of a byte stream read piecewise: the type of each is
@@ -277,6 +166,76 @@ static bool drain_now(int fd, struct msg_counter *m)
 }
 
 /*
+ * A flood: chunk (whole messages) sent again and again, without blocking.
+ * off is where the chunk in progress stands; sent counts every byte that
+ * went; rss_max is the highest resident memory of pgmux seen meanwhile.
+ */
+struct flood {
+	struct h_buf chunk;
+	size_t off;
+	size_t sent;
+	long rss_max;
+};
+
+/* Send until pgmux stops taking the flood for a second, or limit bytes went (nothing stopped it). */
+static void flood_until_held(int fd, struct flood *f, size_t limit)
+{
+	long long stalled_since = 0;
+
+	f->rss_max = rss_kb();
+	while (f->sent < limit) {
+		ssize_t n = send(fd, f->chunk.p + f->off, f->chunk.len - f->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			f->sent += (size_t)n;
+			f->off = (f->off + (size_t)n) % f->chunk.len;
+			stalled_since = 0;
+			continue;
+		}
+		cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR),
+			  "pgmux closed the connection during the flood: %s", strerror(errno));
+		if (stalled_since == 0)
+			stalled_since = h_now_ms();
+		else if (h_now_ms() - stalled_since > 1000)
+			break;
+		long rss = rss_kb();
+		if (rss > f->rss_max)
+			f->rss_max = rss;
+		h_sleep_ms(20);
+	}
+	f->rss_max = rss_kb() > f->rss_max ? rss_kb() : f->rss_max;
+}
+
+/* Send the rest of the chunk in progress, so that only whole messages went; what comes back goes to got. */
+static void flood_finish(int fd, struct flood *f, struct msg_counter *got)
+{
+	while (f->off != 0) {
+		ssize_t n = send(fd, f->chunk.p + f->off, f->chunk.len - f->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			f->sent += (size_t)n;
+			f->off = (f->off + (size_t)n) % f->chunk.len;
+		} else {
+			cr_assert(drain_now(fd, got), "pgmux closed the connection");
+			h_sleep_ms(5);
+		}
+	}
+}
+
+/* Read into got until want messages of type came, at most 60 s (scaled). */
+static void read_answers(int fd, struct msg_counter *got, uint8_t type, uint64_t want)
+{
+	long long deadline = h_now_ms() + h_scaled_ms(60000);
+
+	while (got->by_type[type] < want && h_now_ms() < deadline) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+		(void)poll(&pfd, 1, 100);
+		cr_assert(drain_now(fd, got), "pgmux closed the connection while answering the flood");
+	}
+}
+
+/*
  * Issue 16: Close messages sent behind a long statement each queued a reply
  * entry of ~112 bytes for 8 bytes read, and nothing stopped pgmux reading:
  * +266 MB after 19 MB sent. Now pgmux stops reading the client at
@@ -288,101 +247,50 @@ static bool drain_now(int fd, struct msg_counter *m)
 Test(limits, close_flood_behind_a_sleep_is_back_pressured)
 {
 	const size_t flood_limit = 40u << 20;
-	struct buf chunk = {0};
+	struct flood f = {0};
 	struct msg_counter got = {0};
 	PGconn *bystander;
-	long rss_before, rss_max;
-	size_t sent = 0, closes_sent = 0, chunk_off = 0;
-	long long stalled_since = 0;
+	long rss_before;
+	size_t closes_sent;
 	int fd;
 
 	start_limits_pgmux(NULL);
 	bystander = h_app_session(&px, "disable", NULL);
 	bystander_answers(bystander, "before the flood");
-	fd = raw_session();
+	fd = h_raw_session(&px, NULL, NULL);
 	rss_before = rss_kb();
-	rss_max = rss_before;
 
-	struct buf q = {0};
-	msg_query(&q, "select pg_sleep(3)");
-	send_all(fd, q.p, q.len);
-	free(q.p);
+	struct h_buf q = {0};
+	h_msg_query(&q, "select pg_sleep(3)");
+	h_send_buf(fd, &q);
+	h_buf_free(&q);
 	/* 8,192 Closes (72 kB) a chunk: a whole number of messages. */
 	for (int i = 0; i < 8192; i++)
-		msg_close_statement(&chunk, "s");
+		h_msg_target(&f.chunk, 'C', 'S', "s");
 
 	/* Send until pgmux stops taking them for a second (or 40 MB went, the issue's amount). */
-	while (sent < flood_limit) {
-		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
-
-		if (n > 0) {
-			sent += (size_t)n;
-			chunk_off = (chunk_off + (size_t)n) % chunk.len;
-			stalled_since = 0;
-			continue;
-		}
-		cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR),
-			  "pgmux closed the connection during the flood: %s", strerror(errno));
-		if (stalled_since == 0)
-			stalled_since = h_now_ms();
-		else if (h_now_ms() - stalled_since > 1000)
-			break;
-		long rss = rss_kb();
-		if (rss > rss_max)
-			rss_max = rss;
-		h_sleep_ms(20);
-	}
-	rss_max = rss_kb() > rss_max ? rss_kb() : rss_max;
-	cr_assert_lt(sent, flood_limit, "pgmux read all %zu bytes of Close messages: nothing stopped it", sent);
-	cr_assert_lt(rss_max - rss_before, rss_bound_kb(24),
-		     "pgmux grew by %ld kB for %zu bytes of Close messages (bound %ld kB)", rss_max - rss_before, sent,
+	flood_until_held(fd, &f, flood_limit);
+	cr_assert_lt(f.sent, flood_limit, "pgmux read all %zu bytes of Close messages: nothing stopped it", f.sent);
+	cr_assert_lt(f.rss_max - rss_before, rss_bound_kb(24),
+		     "pgmux grew by %ld kB for %zu bytes of Close messages (bound %ld kB)", f.rss_max - rss_before, f.sent,
 		     rss_bound_kb(24));
 	/* Paused on the hostile client, the worker still serves the bystander. */
 	for (int i = 0; i < 20; i++)
 		bystander_answers(bystander, "while the flood was held back");
 
 	/* Finish the last Close, then every one must be answered, after the statement's own replies. */
-	while (chunk_off != 0) {
-		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
-
-		if (n > 0) {
-			sent += (size_t)n;
-			chunk_off = (chunk_off + (size_t)n) % chunk.len;
-		} else {
-			cr_assert(drain_now(fd, &got), "pgmux closed the connection");
-			h_sleep_ms(5);
-		}
-	}
-	closes_sent = sent / 8;
-	long long deadline = h_now_ms() + h_scaled_ms(60000);
-	while (got.by_type['3'] < closes_sent && h_now_ms() < deadline) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN};
-
-		(void)poll(&pfd, 1, 100);
-		cr_assert(drain_now(fd, &got), "pgmux closed the connection while answering the Closes");
-	}
+	flood_finish(fd, &f, &got);
+	closes_sent = f.sent / 8;
+	read_answers(fd, &got, '3', closes_sent);
 	cr_assert_eq(got.by_type['3'], closes_sent, "%zu Closes sent, %llu CloseComplete received", closes_sent,
 		     (unsigned long long)got.by_type['3']);
 	cr_assert_eq(got.by_type['Z'], 1, "the statement's ReadyForQuery");
 	cr_assert_eq(got.by_type['E'], 0, "no error for a client within its bounds");
 
 	/* The session goes on. */
-	struct buf q2 = {0};
-	char type;
-	char *body = NULL;
-	size_t blen;
-	msg_query(&q2, "select 42");
-	send_all(fd, q2.p, q2.len);
-	free(q2.p);
-	do {
-		free(body);
-		body = NULL;
-		cr_assert_eq(h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(5000)), H_MSG_OK);
-		cr_assert_neq(type, 'E', "select 42 failed after the flood");
-	} while (type != 'Z');
-	free(body);
+	cr_assert(h_raw_query(fd, "select 42"), "select 42 failed after the flood");
 	close(fd);
-	free(chunk.p);
+	h_buf_free(&f.chunk);
 	bystander_answers(bystander, "after the flood");
 	PQfinish(bystander);
 	cr_assert(pgmux_running(&px), "pgmux exited");
@@ -397,71 +305,31 @@ Test(limits, close_flood_behind_a_sleep_is_back_pressured)
 Test(limits, unread_output_stops_reading_the_client)
 {
 	const size_t flood_limit = 40u << 20;
-	struct buf chunk = {0};
+	struct flood f = {0};
 	struct msg_counter got = {0};
 	PGconn *bystander;
-	long rss_before, rss_max;
-	size_t sent = 0, chunk_off = 0;
-	long long stalled_since = 0;
+	long rss_before;
 	int fd;
 
 	start_limits_pgmux(NULL);
 	bystander = h_app_session(&px, "disable", NULL);
-	fd = raw_session();
-	rss_before = rss_max = rss_kb();
-	for (int i = 0; i < 8192; i++) {
-		buf_u8(&chunk, 'S');
-		buf_u32(&chunk, 4);
-	}
-	while (sent < flood_limit) {
-		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
-
-		if (n > 0) {
-			sent += (size_t)n;
-			chunk_off = (chunk_off + (size_t)n) % chunk.len;
-			stalled_since = 0;
-			continue;
-		}
-		cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR),
-			  "pgmux closed the connection during the flood: %s", strerror(errno));
-		if (stalled_since == 0)
-			stalled_since = h_now_ms();
-		else if (h_now_ms() - stalled_since > 1000)
-			break;
-		long rss = rss_kb();
-		if (rss > rss_max)
-			rss_max = rss;
-		h_sleep_ms(20);
-	}
-	rss_max = rss_kb() > rss_max ? rss_kb() : rss_max;
-	cr_assert_lt(sent, flood_limit, "pgmux read all %zu bytes of Syncs from a client that reads nothing", sent);
-	cr_assert_lt(rss_max - rss_before, rss_bound_kb(16), "pgmux grew by %ld kB (bound %ld kB)",
-		     rss_max - rss_before, rss_bound_kb(16));
+	fd = h_raw_session(&px, NULL, NULL);
+	rss_before = rss_kb();
+	for (int i = 0; i < 8192; i++)
+		h_msg_sync(&f.chunk);
+	flood_until_held(fd, &f, flood_limit);
+	cr_assert_lt(f.sent, flood_limit, "pgmux read all %zu bytes of Syncs from a client that reads nothing", f.sent);
+	cr_assert_lt(f.rss_max - rss_before, rss_bound_kb(16), "pgmux grew by %ld kB (bound %ld kB)",
+		     f.rss_max - rss_before, rss_bound_kb(16));
 	for (int i = 0; i < 20; i++)
 		bystander_answers(bystander, "while the client did not read");
 	/* Reading resumes as the client reads: every Sync is answered. */
-	while (chunk_off != 0) {
-		ssize_t n = send(fd, chunk.p + chunk_off, chunk.len - chunk_off, MSG_DONTWAIT | MSG_NOSIGNAL);
-
-		if (n > 0) {
-			sent += (size_t)n;
-			chunk_off = (chunk_off + (size_t)n) % chunk.len;
-		} else {
-			cr_assert(drain_now(fd, &got), "pgmux closed the connection");
-			h_sleep_ms(5);
-		}
-	}
-	long long deadline = h_now_ms() + h_scaled_ms(60000);
-	while (got.by_type['Z'] < sent / 5 && h_now_ms() < deadline) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN};
-
-		(void)poll(&pfd, 1, 100);
-		cr_assert(drain_now(fd, &got), "pgmux closed the connection");
-	}
-	cr_assert_eq(got.by_type['Z'], sent / 5, "%zu Syncs sent, %llu ReadyForQuery received", sent / 5,
+	flood_finish(fd, &f, &got);
+	read_answers(fd, &got, 'Z', f.sent / 5);
+	cr_assert_eq(got.by_type['Z'], f.sent / 5, "%zu Syncs sent, %llu ReadyForQuery received", f.sent / 5,
 		     (unsigned long long)got.by_type['Z']);
 	close(fd);
-	free(chunk.p);
+	h_buf_free(&f.chunk);
 	bystander_answers(bystander, "after the flood");
 	PQfinish(bystander);
 	cr_assert(pgmux_running(&px), "pgmux exited");
@@ -469,50 +337,6 @@ Test(limits, unread_output_stops_reading_the_client)
 }
 
 /* ================================================================ the size of a message held whole */
-
-/* A Query of exactly len bytes of body whose text is "select length('xxx...')" (answer: its length). */
-static size_t msg_query_of_size(struct buf *b, size_t len)
-{
-	const char *head = "select length('", *tail = "')";
-	size_t x = len - strlen(head) - strlen(tail) - 1;
-
-	buf_u8(b, 'Q');
-	buf_u32(b, (uint32_t)(4 + len));
-	buf_put(b, head, strlen(head));
-	for (size_t i = 0; i < x; i++)
-		buf_u8(b, 'x');
-	buf_put(b, tail, strlen(tail));
-	buf_u8(b, 0);
-	return x;
-}
-
-/* Read up to ReadyForQuery; the first DataRow's first column (malloc'd), NULL on an error. */
-static char *raw_read_answer(int fd)
-{
-	char type, *body = NULL, *value = NULL;
-	size_t blen;
-	bool failed = false;
-
-	do {
-		free(body);
-		body = NULL;
-		cr_assert_eq(h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(10000)), H_MSG_OK,
-			     "no answer from pgmux");
-		if (type == 'E')
-			failed = true;
-		if (type == 'D' && value == NULL && blen >= 6) {
-			uint32_t n = h_get_u32(body + 2);
-
-			value = strndup(body + 6, n);
-		}
-	} while (type != 'Z');
-	free(body);
-	if (failed) {
-		free(value);
-		return NULL;
-	}
-	return value;
-}
 
 /*
  * Issue 16: a 200 MB Query was buffered whole (+338 MB RSS). The default
@@ -523,21 +347,21 @@ static char *raw_read_answer(int fd)
 Test(limits, a_huge_query_is_refused_at_its_header)
 {
 	PGconn *bystander;
-	struct buf b = {0};
+	struct h_buf b = {0};
 	long rss_before;
 	int fd;
 
 	start_limits_pgmux(NULL);
 	bystander = h_app_session(&px, "disable", NULL);
-	fd = raw_session();
+	fd = h_raw_session(&px, NULL, NULL);
 	rss_before = rss_kb();
-	buf_u8(&b, 'Q');
-	buf_u32(&b, 4 + (200u << 20));
+	h_buf_u8(&b, 'Q');
+	h_buf_i32(&b, 4 + (200u << 20));
 	for (int i = 0; i < 65536; i++)
-		buf_u8(&b, 'x');
-	send_all(fd, b.p, b.len);
-	free(b.p);
-	expect_fatal_naming(fd, "54000", "max_buffered_message_size");
+		h_buf_u8(&b, 'x');
+	h_send_buf(fd, &b);
+	h_buf_free(&b);
+	h_raw_expect_fatal(fd, "54000", "max_buffered_message_size", REPLIES, "a message over max_buffered_message_size");
 	cr_assert_lt(rss_kb() - rss_before, rss_bound_kb(8), "pgmux grew by %ld kB", rss_kb() - rss_before);
 	bystander_answers(bystander, "after the refused message");
 	PQfinish(bystander);
@@ -554,25 +378,25 @@ Test(limits, max_buffered_message_size_is_exact_and_copy_streams)
 {
 	const size_t limit = 256 * 1024;
 	PGconn *bystander, *copier;
-	struct buf b = {0};
+	struct h_buf b = {0};
 	char want[32], *got;
 	int fd;
 
 	start_limits_pgmux("max_buffered_message_size = 256kB");
 	bystander = h_app_session(&px, "disable", NULL);
 
-	fd = raw_session();
+	fd = h_raw_session(&px, NULL, NULL);
 	snprintf(want, sizeof(want), "%zu", msg_query_of_size(&b, limit));
-	send_all(fd, b.p, b.len);
-	got = raw_read_answer(fd);
+	h_send_buf(fd, &b);
+	cr_assert(h_raw_read_until_ready(fd, &got), "a Query of exactly max_buffered_message_size failed");
 	cr_assert(got && strcmp(got, want) == 0, "a Query of exactly max_buffered_message_size: got %s, want %s",
 		  got ? got : "an error", want);
 	free(got);
 	b.len = 0;
 	msg_query_of_size(&b, limit + 1);
-	send_all(fd, b.p, b.len);
-	expect_fatal_naming(fd, "54000", "max_buffered_message_size");
-	free(b.p);
+	h_send_buf(fd, &b);
+	h_raw_expect_fatal(fd, "54000", "max_buffered_message_size", REPLIES, "a message over max_buffered_message_size");
+	h_buf_free(&b);
 	bystander_answers(bystander, "after the refused message");
 
 	/* 4 MB of COPY data in one CopyData message: 16 times the limit, streamed. */
@@ -667,16 +491,6 @@ Test(limits, named_statements_per_client_are_capped)
 
 /* ================================================================ pools created by logins */
 
-static PGconn *admin_session(void)
-{
-	char *ci = h_conninfo(px.port, h_env()->superuser, h_env()->superpass, "disable", "dbname=pgmux");
-	PGconn *admin = PQconnectdb(ci);
-
-	free(ci);
-	cr_assert_eq(PQstatus(admin), CONNECTION_OK, "admin console: %s", PQerrorMessage(admin));
-	return admin;
-}
-
 /* How many pools SHOW POOLS lists. */
 static int pool_count(PGconn *admin)
 {
@@ -717,7 +531,7 @@ Test(limits, pools_of_made_up_databases_are_freed)
 	start_limits_pgmux(NULL);
 	bystander = h_app_session(&px, "disable", NULL);
 	bystander_answers(bystander, "before the logins");
-	admin = admin_session();
+	admin = h_admin_session(&px);
 	before = pool_count(admin);
 	cr_assert_eq(before, 1, "the bystander's pool, and only it, before the logins");
 	rss_before = rss_kb();
@@ -830,7 +644,7 @@ Test(limits, clients_stalled_mid_message_hold_no_backend)
 {
 	const char *sql = "select 'stalled'";
 	int ms = h_scaled_ms(2000);
-	struct buf q = {0};
+	struct h_buf q = {0};
 	int stalled[2];
 	PGconn *bystander;
 	struct bystander_run base, under;
@@ -840,10 +654,10 @@ Test(limits, clients_stalled_mid_message_hold_no_backend)
 	base = bystander_measure(bystander, ms);
 	PQfinish(bystander);
 
-	msg_query(&q, sql);
+	h_msg_query(&q, sql);
 	for (int i = 0; i < 2; i++) {
-		stalled[i] = raw_session();
-		send_all(stalled[i], q.p, 8); /* the header and 3 bytes of the text */
+		stalled[i] = h_raw_session(&px, NULL, NULL);
+		cr_assert(h_raw_send(stalled[i], q.p, 8), "could not send to pgmux"); /* the header and 3 bytes of the text */
 	}
 	h_sleep_ms(200);
 	/* A new login (which needs a backend) and a steady load beside the stalled clients. */
@@ -854,14 +668,14 @@ Test(limits, clients_stalled_mid_message_hold_no_backend)
 	for (int i = 0; i < 2; i++) {
 		char *v;
 
-		send_all(stalled[i], q.p + 8, q.len - 8);
-		v = raw_read_answer(stalled[i]);
+		cr_assert(h_raw_send(stalled[i], q.p + 8, q.len - 8), "could not send to pgmux");
+		cr_assert(h_raw_read_until_ready(stalled[i], &v), "the stalled client %d got an error once it finished", i);
 		cr_assert(v && strcmp(v, "stalled") == 0, "the stalled client %d got %s once it finished", i,
 			  v ? v : "an error");
 		free(v);
 		close(stalled[i]);
 	}
-	free(q.p);
+	h_buf_free(&q);
 	PQfinish(bystander);
 	h_stop_expect_clean_exit(&px);
 }
@@ -999,5 +813,258 @@ Test(limits, a_client_terminating_its_own_backends_does_not_slow_others)
 		bystander_within_baseline(base, under, "a client terminating its own backends");
 	PQfinish(bystander);
 	cr_assert(pgmux_running(&px), "pgmux exited");
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ clients: how many, and how long idle */
+
+TestSuite(client_limits, .fini = h_teardown, .timeout = 120);
+
+/* A client that must get in; retried while pgmux still counts a client that just left. */
+static PGconn *app_eventually(void)
+{
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	for (;;) {
+		PGconn *conn = h_connect_app(px.port, "disable", NULL);
+		if (PQstatus(conn) == CONNECTION_OK)
+			return conn;
+		if (h_now_ms() >= deadline) {
+			pgmux_dump_logs(&px);
+			cr_assert_fail("no connection within 5 s: %s", PQerrorMessage(conn));
+		}
+		PQfinish(conn);
+		h_sleep_ms(20);
+	}
+}
+
+Test(client_limits, max_client_connections)
+{
+	pgmux_start_transaction(&px, 2, "max_client_connections = 5", NULL);
+	PGconn *c[5];
+	for (int i = 0; i < 5; i++)
+		c[i] = app_eventually();
+	for (int i = 0; i < 5; i++)
+		h_expect_value(c[i], "select 1", "1");
+
+	PGconn *sixth = h_connect_app(px.port, "disable", NULL);
+	cr_assert_neq(PQstatus(sixth), CONNECTION_OK, "a 6th client got in with max_client_connections = 5");
+	const char *err = PQerrorMessage(sixth);
+	cr_assert(strstr(err, "FATAL") != NULL && strstr(err, "max_client_connections") != NULL,
+		  "the 6th client's error does not name max_client_connections: %s", err);
+	PQfinish(sixth);
+
+	/* the SQLSTATE, read from the raw ErrorResponse */
+	int fd = h_raw_connect(px.port, 2000);
+	cr_assert(fd >= 0);
+	uint8_t buf[256];
+	const char *params[] = {"user", "app", "database", "postgres", NULL};
+	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
+	cr_assert(h_raw_send(fd, buf, len));
+	h_raw_expect_fatal(fd, "53300", NULL, NULL, "a 6th client");
+
+	for (int i = 0; i < 5; i++)
+		h_expect_value(c[i], "select 2", "2");
+	PQfinish(c[0]);
+	PGconn *again = app_eventually();
+	h_expect_value(again, "select 'in again'", "in again");
+	PQfinish(again);
+	for (int i = 1; i < 5; i++)
+		PQfinish(c[i]);
+	h_stop_expect_clean_exit(&px);
+}
+
+Test(client_limits, idle_client_timeout)
+{
+	pgmux_start_transaction(&px, 2, "idle_client_timeout = 1s", NULL);
+	PGconn *idle = h_app_session(&px, "disable", NULL), *busy = h_app_session(&px, "disable", NULL);
+	struct h_notices n = {0};
+	PQsetNoticeReceiver(idle, h_record_notices, &n);
+	h_expect_value(idle, "select 1", "1");
+	long long t0 = h_now_ms();
+	cr_assert_eq(PQsendQuery(busy, "select pg_sleep(2)"), 1);
+
+	/* The idle one is closed: an ErrorResponse 57P05 (a notice to libpq while idle), then EOF. */
+	bool closed = false;
+	long long deadline = t0 + h_scaled_ms(5000);
+	while (!closed && h_now_ms() < deadline) {
+		struct pollfd pfd = {.fd = PQsocket(idle), .events = POLLIN};
+		poll(&pfd, 1, (int)(deadline - h_now_ms()));
+		closed = !PQconsumeInput(idle) || PQstatus(idle) == CONNECTION_BAD;
+		(void)PQisBusy(idle); /* parses what came: the ErrorResponse goes to the notice receiver */
+	}
+	long long took = h_now_ms() - t0;
+	if (!closed)
+		pgmux_dump_logs(&px);
+	cr_assert(closed, "an idle client was still connected %lld ms after its last query (idle_client_timeout = 1s)",
+		  took);
+	cr_assert_geq(took, 900, "the idle client was closed after %lld ms, before idle_client_timeout = 1s", took);
+	cr_assert_str_eq(n.sqlstate, "57P05", "the idle client was closed with SQLSTATE \"%s\", expected 57P05",
+			 n.sqlstate);
+	cr_assert_str_eq(n.severity, "FATAL");
+
+	/* The one whose query ran longer than the timeout was not idle. */
+	PGresult *r = h_get_result(busy, h_scaled_ms(10000));
+	cr_assert_not_null(r, "pg_sleep(2) gave no result");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "a client busy in pg_sleep(2) was cut off: %s",
+		     PQerrorMessage(busy));
+	PQclear(r);
+	h_drain_results(busy);
+	PQfinish(idle);
+	PQfinish(busy);
+
+	PGconn *fresh = h_app_session(&px, "disable", NULL);
+	h_expect_value(fresh, "select 'fresh'", "fresh");
+	PQfinish(fresh);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ max_packet_size */
+
+#define MAX_PACKET_SIZE 8192
+
+static void init_max_packet(const char *pool_mode)
+{
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.extra_pgmux = "max_packet_size = 8kB";
+	o.pool_mode = pool_mode;
+	/* One backend: a refused client that kept its backend would stop everyone else. */
+	o.max_connections = 1;
+	pgmux_start_ok(&px, &o);
+}
+
+static void init_max_packet_session(void)
+{
+	init_max_packet("session");
+}
+
+static void init_max_packet_transaction(void)
+{
+	init_max_packet("transaction");
+}
+
+#define MAX_PACKET_MESSAGE "exceeds max_packet_size"
+
+/* "select length('xxx...')" whose text is text_len bytes long (malloc'd). */
+static char *query_of_length(size_t text_len)
+{
+	static const char head[] = "select length('", tail[] = "')";
+	size_t fixed = strlen(head) + strlen(tail);
+	cr_assert_gt(text_len, fixed);
+	char *q = malloc(text_len + 1);
+	cr_assert_not_null(q);
+	memcpy(q, head, strlen(head));
+	memset(q + strlen(head), 'x', text_len - fixed);
+	memcpy(q + text_len - strlen(tail), tail, strlen(tail) + 1);
+	return q;
+}
+
+/*
+ * The first result of a query sent with PQsend* must be pgmux's FATAL 54000
+ * for an oversized message (the first: PQexec would return libpq's own
+ * "connection closed" result that follows it); the connection is then closed.
+ */
+static void expect_too_large(PGconn *conn, int sent, const char *what)
+{
+	cr_assert_eq(sent, 1, "%s: not sent: %s", what, PQerrorMessage(conn));
+	PGresult *r = h_get_result(conn, h_scaled_ms(5000));
+	cr_assert_not_null(r, "%s: no result", what);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "%s: status %s, expected an error", what,
+		     PQresStatus(PQresultStatus(r)));
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *severity = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	cr_assert(state && strcmp(state, "54000") == 0, "%s: SQLSTATE %s, expected 54000: %s", what,
+		  state ? state : "(none)", PQerrorMessage(conn));
+	cr_assert(severity && strcmp(severity, "FATAL") == 0, "%s: severity %s", what, severity ? severity : "(none)");
+	cr_assert(strstr(PQresultErrorMessage(r), MAX_PACKET_MESSAGE) != NULL, "%s: message %s", what,
+		  PQresultErrorMessage(r));
+	PQclear(r);
+	h_drain_results(conn);
+	PGresult *after = PQexec(conn, "select 1");
+	cr_assert_neq(PQresultStatus(after), PGRES_TUPLES_OK, "%s: the connection still works", what);
+	PQclear(after);
+	cr_assert_eq(PQstatus(conn), CONNECTION_BAD, "%s: the connection was not closed", what);
+}
+
+/* The largest Query ('Q': text and its NUL) passes; one byte more is refused, and only that client goes. */
+static void query_limit_test(void)
+{
+	PGconn *conn = h_app_session(&px, "require", NULL);
+	char *q = query_of_length(MAX_PACKET_SIZE - 1);
+	char want[16];
+	snprintf(want, sizeof(want), "%zu", MAX_PACKET_SIZE - 1 - strlen("select length('')"));
+	h_expect_value(conn, q, want);
+	free(q);
+
+	q = query_of_length(MAX_PACKET_SIZE);
+	expect_too_large(conn, PQsendQuery(conn, q), "a Query one byte over max_packet_size");
+	free(q);
+	PQfinish(conn);
+	cr_assert(h_file_wait_contains(px.logfile, MAX_PACKET_MESSAGE, h_scaled_ms(2000)),
+		  "pgmux's log does not say why the client was closed");
+	h_expect_serves_new_client(&px);
+}
+
+TestSuite(max_packet, .init = init_max_packet_session, .fini = h_teardown, .timeout = 120);
+
+Test(max_packet, query_over_the_limit_is_refused_with_54000)
+{
+	query_limit_test();
+	h_stop_expect_clean_exit(&px);
+}
+
+TestSuite(max_packet_txn, .init = init_max_packet_transaction, .fini = h_teardown, .timeout = 120);
+
+Test(max_packet_txn, query_over_the_limit_is_refused_with_54000)
+{
+	query_limit_test();
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * An oversized message is refused before a backend is borrowed for it: while
+ * another client's transaction holds the only backend, the sender gets 54000
+ * at once rather than after waiting for that backend.
+ */
+Test(max_packet_txn, refused_without_waiting_for_a_backend)
+{
+	/* Both log in first: a login borrows a backend too. */
+	PGconn *holder = h_app_session(&px, "require", NULL);
+	PGconn *conn = h_app_session(&px, "require", NULL);
+	h_exec_ok(holder, "begin");
+	h_expect_value(holder, "select 1", "1");
+
+	char *q = query_of_length(MAX_PACKET_SIZE);
+	long long t0 = h_now_ms();
+	expect_too_large(conn, PQsendQuery(conn, q), "a Query one byte over max_packet_size, all backends busy");
+	long long waited = h_now_ms() - t0;
+	free(q);
+	PQfinish(conn);
+	cr_assert_lt(waited, h_scaled_ms(1000), "the oversized Query was refused only after %lld ms", waited);
+
+	h_expect_value(holder, "select 2", "2");
+	h_exec_ok(holder, "commit");
+	PQfinish(holder);
+	h_expect_serves_new_client(&px);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* A Parse (name, text, NUL, int16 0) checked the same way; a session in a transaction keeps working. */
+Test(max_packet_txn, parse_over_the_limit_is_refused_with_54000)
+{
+	size_t parse_overhead = 1 + 1 + 2; /* the unnamed statement's NUL, the text's NUL, no parameter types */
+	PGconn *conn = h_app_session(&px, "require", NULL);
+	char *q = query_of_length(MAX_PACKET_SIZE - parse_overhead);
+	PGresult *r = PQprepare(conn, "", q, 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "a Parse of exactly max_packet_size: %s",
+		     PQerrorMessage(conn));
+	PQclear(r);
+	free(q);
+
+	q = query_of_length(MAX_PACKET_SIZE - parse_overhead + 1);
+	expect_too_large(conn, PQsendPrepare(conn, "", q, 0, NULL), "a Parse one byte over max_packet_size");
+	free(q);
+	PQfinish(conn);
+	h_expect_serves_new_client(&px);
 	h_stop_expect_clean_exit(&px);
 }

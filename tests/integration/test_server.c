@@ -5,6 +5,7 @@
  * max_connections_percent and server_tls with server_tls_ca_file. Each test
  * runs a real pgmux against the suite's PostgreSQL 15 with real libpq
  * clients (and pgbench), and checks what PostgreSQL and the clients see.
+ * A cancel while init_query runs is test_cancel.c's.
  */
 #include "harness.h"
 
@@ -46,7 +47,7 @@ static void start_pgmux(struct pgmux_options *o)
 {
 	h_wait_no_app_backends();
 	o->admin_users = h_env()->superuser;
-	cr_assert(pgmux_start(&px, o), "pgmux did not start (config %s)", px.config);
+	pgmux_start_ok(&px, o);
 }
 
 /* A pool of one backend, so that consecutive or alternating clients share it. */
@@ -101,28 +102,13 @@ static char *expect_login_error(const char *sqlstate, int timeout_ms, long long 
 	return message;
 }
 
-/* The log must come to contain needle; prints the logs if it does not. */
-static void expect_log(const char *needle, int timeout_ms)
+/* The suite's PostgreSQL as SHOW TARGETS names it. */
+static const char *suite_instance(void)
 {
-	bool found = h_file_wait_contains(px.logfile, needle, h_scaled_ms(timeout_ms));
-	if (!found)
-		pgmux_dump_logs(&px);
-	cr_assert(found, "pgmux's log never said \"%s\"", needle);
-}
+	static char instance[64];
 
-/* One cell of an admin console SHOW, in the row whose first column is key (malloc'd; NULL: no row). */
-static char *admin_cell(PGconn *admin, const char *show, const char *key, const char *column)
-{
-	PGresult *r = PQexec(admin, show);
-	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s failed: %s", show, PQerrorMessage(admin));
-	int col = PQfnumber(r, column);
-	cr_assert_geq(col, 0, "%s has no column %s", show, column);
-	char *v = NULL;
-	for (int i = 0; i < PQntuples(r) && v == NULL; i++)
-		if (key == NULL || strcmp(PQgetvalue(r, i, 0), key) == 0)
-			v = strdup(PQgetvalue(r, i, col));
-	PQclear(r);
-	return v;
+	snprintf(instance, sizeof(instance), "%s:%d", h_env()->pghost, h_env()->pgport);
+	return instance;
 }
 
 /*
@@ -131,12 +117,7 @@ static char *admin_cell(PGconn *admin, const char *show, const char *key, const 
  */
 static void wait_for_writer(PGconn *admin, const char *instance)
 {
-	bool writer = false;
-	for (long long end = h_now_ms() + h_scaled_ms(10000); !writer && h_now_ms() < end; h_sleep_ms(20)) {
-		char *role = admin_cell(admin, "SHOW TARGETS", instance, "role");
-		writer = role && strcmp(role, "writer") == 0;
-		free(role);
-	}
+	bool writer = h_admin_poll_cell(admin, "SHOW TARGETS", "instance", instance, "role", "writer", h_scaled_ms(10000));
 	if (!writer)
 		pgmux_dump_logs(&px);
 	cr_assert(writer, "instance %s never became the writer", instance);
@@ -261,50 +242,6 @@ Test(server_init, transaction_mode_runs_once_per_backend)
 }
 
 /*
- * A cancel that arrives while pgmux prepares the borrowed backend (here it
- * runs init_query again after the client's DISCARD ALL) must not cancel
- * pgmux's own query: that would fail the preparation and end the session.
- * pgmux holds the cancel until the client's statement is sent, so the
- * statement is what gets cancelled (57014), and the session goes on.
- */
-Test(server_init, cancel_while_the_backend_is_prepared_cancels_the_statement)
-{
-	start_pool_of_one("transaction", "init_query = SELECT pg_sleep(1)");
-	PGconn *super = h_connect_super_direct();
-	PGconn *a = app();
-
-	h_exec_ok(a, "discard all");
-	cr_assert_eq(PQsendQuery(a, "select pg_sleep(30)"), 1, "%s", PQerrorMessage(a));
-	cr_assert(h_poll_value(super,
-			       "select count(*) from pg_stat_activity where state = 'active' and "
-			       "query like 'SELECT pg_sleep(1);%'",
-			       "1", h_scaled_ms(10000)),
-		  "pgmux did not run init_query again before the client's statement");
-
-	PGcancel *cancel = PQgetCancel(a);
-	char errbuf[256];
-	cr_assert_not_null(cancel);
-	cr_assert_eq(PQcancel(cancel, errbuf, sizeof(errbuf)), 1, "PQcancel: %s", errbuf);
-	PQfreeCancel(cancel);
-
-	PGresult *r = h_get_result(a, h_scaled_ms(10000));
-	cr_assert_not_null(r, "no result within 10 s of the cancel request");
-	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-	if (PQresultStatus(r) != PGRES_FATAL_ERROR || state == NULL || strcmp(state, "57014") != 0)
-		pgmux_dump_logs(&px);
-	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "status %s", PQresStatus(PQresultStatus(r)));
-	cr_assert_str_eq(state ? state : "", "57014", "%s", PQresultErrorMessage(r));
-	PQclear(r);
-	while ((r = h_get_result(a, h_scaled_ms(2000))) != NULL)
-		PQclear(r);
-	cr_assert_eq(PQstatus(a), CONNECTION_OK, "the session ended: %s", PQerrorMessage(a));
-	h_expect_value(a, "select 'still here'", "still here");
-	PQfinish(a);
-	PQfinish(super);
-	h_stop_expect_clean_exit(&px);
-}
-
-/*
  * An init_query that fails (an error, or one that leaves a transaction
  * open): the new connection is closed, the log says why, and the waiting
  * client gets a FATAL error that says why at once (not a wait for
@@ -335,7 +272,7 @@ Test(server_init, failing_init_query_closes_the_connection_and_tells_the_client)
 				     cases[i].init_query, took);
 			free(message);
 		}
-		expect_log(cases[i].log_says, 2000);
+		h_expect_log(&px, cases[i].log_says, 2000);
 		PGconn *super = h_connect_super_direct();
 		bool gone = h_poll_value(super, H_APP_BACKENDS_SQL, "0", h_scaled_ms(5000));
 		PQfinish(super);
@@ -436,16 +373,14 @@ Test(server_reset, failing_reset_query_closes_the_backend)
 	PGconn *a = app();
 	int pid = leave_session_state(a);
 	PQfinish(a);
-	expect_log("reset query failed: division by zero", 5000);
+	h_expect_log(&px, "reset query failed: division by zero", 5000);
 
 	PGconn *b = app();
 	int other = h_backend_pid(b);
 	cr_assert_neq(other, pid, "the backend whose reset failed was handed to the next client");
 	h_expect_value(b, "select to_regclass('pg_temp.left_behind') is null", "t");
 	PGconn *super = h_connect_super_direct();
-	char sql[128];
-	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where pid = %d", pid);
-	cr_assert(h_poll_value(super, sql, "0", h_scaled_ms(5000)), "backend %d is still connected", pid);
+	cr_assert(h_wait_backend_gone(super, pid, 5000), "backend %d is still connected", pid);
 	PQfinish(super);
 	PQfinish(b);
 	h_stop_expect_clean_exit(&px);
@@ -624,25 +559,21 @@ Test(server_connect, timeout_fails_the_attempt_without_blocking_the_loop)
 	o.extra_target = "server_connect_timeout = 500ms";
 	o.extra_pool = "connection_borrow_timeout = 4s";
 	start_pgmux(&o);
-	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	PGconn *admin = h_admin_session(&px);
 	wait_for_writer(admin, hosts);
 
 	struct h_cmd client;
-	char psql[600], port[16], pw[256];
-	snprintf(psql, sizeof(psql), "%s/psql", h_env()->pgbin);
-	snprintf(port, sizeof(port), "%d", px.port);
-	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", h_env()->apppass);
-	const char *argv[] = {psql, "-X", "-h", "127.0.0.1", "-p", port, "-U", "app", "-d", "postgres", "-c", "select 1",
-			      NULL};
-	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
+	char *ci = h_conninfo(px.port, h_env()->appuser, NULL, "disable", "connect_timeout=60");
+	const char *args[] = {"-c", "select 1", NULL};
 	long long t0 = h_now_ms();
-	cr_assert(h_cmd_start(&client, argv, env));
+	cr_assert(h_psql_start(&client, ci, h_env()->apppass, args));
+	free(ci);
 
 	/* While the client waits, the admin console answers at once, again and again. */
 	int answered = 0, saw_connecting = 0, slowest = 0;
 	while (!h_cmd_wait(&client, 100)) {
 		long long q0 = h_now_ms();
-		char *state = admin_cell(admin, "SHOW SERVERS", NULL, "state");
+		char *state = h_admin_cell(admin, "SHOW SERVERS", NULL, NULL, "state");
 		int took = (int)(h_now_ms() - q0);
 		slowest = took > slowest ? took : slowest;
 		answered++;
@@ -701,21 +632,15 @@ static int server_allows(void)
 /* SHOW TARGETS must come to report want as the suite's instance's max_connections, after a reload. */
 static void expect_target_cap(PGconn *admin, int want, const char *why)
 {
-	char instance[64], text[16];
-	snprintf(instance, sizeof(instance), "%s:%d", h_env()->pghost, h_env()->pgport);
+	char text[16];
 	snprintf(text, sizeof(text), "%d", want);
-	char *shown = NULL;
-	for (long long end = h_now_ms() + h_scaled_ms(5000); h_now_ms() < end; h_sleep_ms(20)) {
-		free(shown);
-		shown = admin_cell(admin, "SHOW TARGETS", instance, "max_connections");
-		if (shown && strcmp(shown, text) == 0)
-			break;
-	}
-	if (shown == NULL || strcmp(shown, text) != 0)
+	bool shown = h_admin_poll_cell(admin, "SHOW TARGETS", "instance", suite_instance(), "max_connections", text,
+				       h_scaled_ms(5000));
+	char *now = shown ? NULL : h_admin_cell(admin, "SHOW TARGETS", "instance", suite_instance(), "max_connections");
+	if (!shown)
 		pgmux_dump_logs(&px);
-	cr_assert(shown && strcmp(shown, text) == 0, "%s: SHOW TARGETS reports max_connections = %s, expected %d",
-		  why, shown ? shown : "(no row)", want);
-	free(shown);
+	cr_assert(shown, "%s: SHOW TARGETS reports max_connections = %s, expected %d", why, now ? now : "(no row)",
+		  want);
 }
 
 /*
@@ -732,16 +657,10 @@ static void expect_target_cap(PGconn *admin, int want, const char *why)
  */
 static int pgbench_max_backends(PGconn *super, const char *clients)
 {
-	const struct h_env *e = h_env();
-	char pgbench[600], port[16], pw[256], what[64];
-	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
-	snprintf(port, sizeof(port), "%d", px.port);
-	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
-	const char *argv[] = {pgbench, "-n", "-S", "-c", clients, "-j", "2", "-T", h_under_valgrind() ? "6" : "4",
-			      "-h", "127.0.0.1", "-p", port, "-U", "app", "postgres", NULL};
-	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=60", NULL};
+	char what[64];
+	const char *args[] = {"-n", "-S", "-c", clients, "-j", "2", "-T", h_under_valgrind() ? "6" : "4", NULL};
 	struct h_cmd c;
-	cr_assert(h_cmd_start(&c, argv, env));
+	cr_assert(h_pgbench_start(&c, px.port, "disable", "postgres", args));
 	int samples = 0, max_seen = 0;
 	long long deadline = h_now_ms() + h_scaled_ms(60000);
 	while (!h_cmd_wait(&c, 100)) {
@@ -776,20 +695,17 @@ Test(server_cap, percent_of_the_servers_max_connections)
 	o.extra_pool = "max_idle_connections_percent = 100";
 	start_pgmux(&o);
 
-	const struct h_env *e = h_env();
 	PGconn *super = h_connect_super_direct();
 	int max_seen = pgbench_max_backends(super, "20");
 	cr_assert_leq(max_seen, cap, "app had %d backends; 10 %% of %d allows %d", max_seen, allowed, cap);
 
-	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	PGconn *admin = h_admin_session(&px);
 	expect_target_cap(admin, cap, "max_connections_percent = 10");
-	char instance[64];
-	snprintf(instance, sizeof(instance), "%s:%d", e->pghost, e->pgport);
-	char *connections = admin_cell(admin, "SHOW TARGETS", instance, "connections");
+	char *connections = h_admin_cell_ok(admin, "SHOW TARGETS", "instance", suite_instance(), "connections");
 	cr_assert_leq(atoi(connections), cap, "SHOW TARGETS reports %s connections, over the cap of %d", connections,
 		      cap);
 	free(connections);
-	expect_log("pgmux uses at most", 1000);
+	h_expect_log(&px, "pgmux uses at most", 1000);
 	cr_log_info("max_connections_percent = 10 of %d: cap %d, at most %d backends", allowed, cap, max_seen);
 	PQfinish(admin);
 	PQfinish(super);
@@ -897,17 +813,14 @@ Test(server_tls, verify_ca_with_another_ca_fails_with_the_reason_logged)
 		  "the client was not told why it waited in vain: %s", message);
 	cr_assert_geq(took, 1900, "the client got its error after %lld ms, before connection_borrow_timeout", took);
 	free(message);
-	expect_log("failed its health check", 5000);
-	expect_log("certificate verify failed", 5000);
+	h_expect_log(&px, "failed its health check", 5000);
+	h_expect_log(&px, "certificate verify failed", 5000);
 	PGconn *super = h_connect_super_direct();
 	cr_assert_eq(h_app_backends(super), 0, "app has a backend although no certificate check can pass");
 	PQfinish(super);
 	/* SHOW TARGETS says why the instance serves nobody. */
-	const struct h_env *e = h_env();
-	char instance[64];
-	snprintf(instance, sizeof(instance), "%s:%d", e->pghost, e->pgport);
-	PGconn *admin = h_connect_super_port(px.port, "pgmux");
-	char *status = admin_cell(admin, "SHOW TARGETS", instance, "status");
+	PGconn *admin = h_admin_session(&px);
+	char *status = h_admin_cell(admin, "SHOW TARGETS", "instance", suite_instance(), "status");
 	cr_assert(status && strncmp(status, "health check failed: ", 21) == 0 &&
 			  strstr(status, "certificate verify failed") != NULL,
 		  "SHOW TARGETS status: %s", status ? status : "(no row)");
@@ -936,10 +849,8 @@ Test(server_connect, hung_init_query_times_out)
 	o.extra_target = target;
 	o.extra_pool = pool;
 	start_pgmux(&o);
-	PGconn *admin = h_connect_super_port(px.port, "pgmux");
-	char instance[64];
-	snprintf(instance, sizeof(instance), "%s:%d", h_env()->pghost, h_env()->pgport);
-	wait_for_writer(admin, instance);
+	PGconn *admin = h_admin_session(&px);
+	wait_for_writer(admin, suite_instance());
 	PQfinish(admin);
 
 	long long took;
@@ -951,7 +862,7 @@ Test(server_connect, hung_init_query_times_out)
 	cr_assert(told, "the client was not told why it waited in vain: %s", message);
 	cr_assert_geq(took, 3 * timeout_ms - 100, "the client got its error after %lld ms", took);
 	free(message);
-	expect_log("connection failed: timed out running the setup query or init_query", 1000);
+	h_expect_log(&px, "connection failed: timed out running the setup query or init_query", 1000);
 
 	h_exec_ok(holder, "select pg_advisory_unlock(7707)");
 	PGconn *a = app();
@@ -959,18 +870,6 @@ Test(server_connect, hung_init_query_times_out)
 	PQfinish(a);
 	PQfinish(holder);
 	h_stop_expect_clean_exit(&px);
-}
-
-/* Rewrite pgmux's config with o (same port) and SIGHUP it; waits for the reload'th reload to be logged. */
-static void reload_with(struct pgmux_options *o, int reload)
-{
-	o->listen_port = px.port;
-	cr_assert(pgmux_write_config(&px, o));
-	cr_assert_eq(kill(px.pid, SIGHUP), 0);
-	bool done = h_file_wait_count(px.logfile, "configuration reloaded", reload, h_scaled_ms(5000));
-	if (!done)
-		pgmux_dump_logs(&px);
-	cr_assert(done, "reload %d was not logged", reload);
 }
 
 /*
@@ -986,19 +885,19 @@ Test(server_cap, reload_applies_a_new_cap)
 	pgmux_options_default(&o);
 	o.max_connections = 3;
 	start_pgmux(&o);
-	PGconn *admin = h_connect_super_port(px.port, "pgmux");
+	PGconn *admin = h_admin_session(&px);
 	PGconn *a = app(); /* a first connection, which learns the server's limit */
 	expect_target_cap(admin, 3, "max_connections = 3");
 
 	o.max_connections = 0;
 	o.max_connections_percent = 20;
-	reload_with(&o, 1);
+	pgmux_reload(&px, &o);
 	expect_target_cap(admin, allowed * 20 / 100, "reloaded with max_connections = 0, percent = 20");
 	o.max_connections_percent = 50;
-	reload_with(&o, 2);
+	pgmux_reload(&px, &o);
 	expect_target_cap(admin, allowed * 50 / 100, "reloaded with max_connections_percent = 50");
 	o.max_connections = 4;
-	reload_with(&o, 3);
+	pgmux_reload(&px, &o);
 	expect_target_cap(admin, 4, "reloaded with max_connections = 4");
 	h_expect_value(a, "select 'still served'", "still served");
 	PQfinish(a);

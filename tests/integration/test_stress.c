@@ -33,9 +33,9 @@
  *
  * Then every session's steps are replayed on a direct connection to
  * PostgreSQL each, in the same interleaving, and the replies compared step
- * by step, message by message (errors and notices by severity and SQLSTATE,
- * row descriptions without the table's OID, ParameterStatus not at all), and
- * the tables' contents after both runs too.
+ * by step, message by message (as h_transcribe() writes them: errors and
+ * notices by severity and SQLSTATE, ParameterStatus not at all), and the
+ * tables' contents after both runs too.
  *
  * Left out, each where it would be generated (put_parse(), put_run(),
  * gen_step()): corners where pgmux answers otherwise than PostgreSQL for
@@ -70,182 +70,6 @@
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static struct pgmux px;
-
-/* ---------------------------------------------------------------- bytes */
-
-struct buf {
-	uint8_t *p;
-	size_t len;
-	size_t cap;
-};
-
-static void buf_put(struct buf *b, const void *data, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-
-		while (b->len + n + 1 > cap)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		cr_assert_not_null(b->p);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-	b->p[b->len] = '\0'; /* text buffers stay printable */
-}
-
-static void buf_u8(struct buf *b, uint8_t v)
-{
-	buf_put(b, &v, 1);
-}
-
-static void buf_i16(struct buf *b, int v)
-{
-	uint8_t x[2] = {(uint8_t)((unsigned)v >> 8), (uint8_t)v};
-
-	buf_put(b, x, 2);
-}
-
-static void buf_i32(struct buf *b, int64_t v)
-{
-	uint8_t x[4];
-
-	h_put_u32(x, (uint32_t)v);
-	buf_put(b, x, 4);
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-	buf_put(b, s, strlen(s) + 1);
-}
-
-static void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void buf_printf(struct buf *b, const char *fmt, ...)
-{
-	char line[2048];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	buf_put(b, line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
-}
-
-static const char *buf_text(const struct buf *b)
-{
-	return b->p ? (const char *)b->p : "";
-}
-
-static void buf_free(struct buf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
-
-/* ---------------------------------------------------------------- frontend messages */
-
-static size_t msg_begin(struct buf *b, char type)
-{
-	size_t at = b->len;
-
-	buf_u8(b, (uint8_t)type);
-	buf_i32(b, 0);
-	return at;
-}
-
-static void msg_end(struct buf *b, size_t at)
-{
-	h_put_u32(b->p + at + 1, (uint32_t)(b->len - at - 1));
-}
-
-static void msg_query(struct buf *b, const char *sql)
-{
-	size_t at = msg_begin(b, 'Q');
-
-	buf_str(b, sql);
-	msg_end(b, at);
-}
-
-static void msg_parse(struct buf *b, const char *name, const char *sql)
-{
-	size_t at = msg_begin(b, 'P');
-
-	buf_str(b, name);
-	buf_str(b, sql);
-	buf_i16(b, 0);
-	msg_end(b, at);
-}
-
-/* A Bind with text parameters, results in text. */
-static void msg_bind(struct buf *b, const char *portal, const char *name, int nparams, const char *const params[])
-{
-	size_t at = msg_begin(b, 'B');
-
-	buf_str(b, portal);
-	buf_str(b, name);
-	buf_i16(b, 0);
-	buf_i16(b, nparams);
-	for (int i = 0; i < nparams; i++) {
-		buf_i32(b, (int64_t)strlen(params[i]));
-		buf_put(b, params[i], strlen(params[i]));
-	}
-	buf_i16(b, 0);
-	msg_end(b, at);
-}
-
-static void msg_execute(struct buf *b, const char *portal, int max_rows)
-{
-	size_t at = msg_begin(b, 'E');
-
-	buf_str(b, portal);
-	buf_i32(b, max_rows);
-	msg_end(b, at);
-}
-
-/* A Describe or Close ('D', 'C') of a statement ('S') or portal ('P'). */
-static void msg_target(struct buf *b, char type, char kind, const char *name)
-{
-	size_t at = msg_begin(b, type);
-
-	buf_u8(b, (uint8_t)kind);
-	buf_str(b, name);
-	msg_end(b, at);
-}
-
-static void msg_sync(struct buf *b)
-{
-	size_t at = msg_begin(b, 'S');
-
-	msg_end(b, at);
-}
-
-/* ---------------------------------------------------------------- PRNG (splitmix64) */
-
-struct rng {
-	uint64_t state;
-};
-
-static uint64_t rng_next(struct rng *r)
-{
-	uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint32_t rng_below(struct rng *r, uint32_t n)
-{
-	return n ? (uint32_t)(rng_next(r) % n) : 0;
-}
-
-static bool rng_percent(struct rng *r, unsigned percent)
-{
-	return rng_below(r, 100) < percent;
-}
 
 /* ---------------------------------------------------------------- what the sessions say */
 
@@ -320,25 +144,25 @@ struct session {
 
 struct step {
 	int conn;
-	struct buf bytes;  /* the messages sent */
-	struct buf log;    /* what they are, for a failure */
+	struct h_buf bytes;  /* the messages sent */
+	struct h_buf log;    /* what they are, for a failure */
 	int replies;       /* ReadyForQuery messages that end the reply */
 	bool without_backend; /* sent while every backend was held by other sessions' transactions */
-	struct buf reply;  /* the reply through pgmux, one line per message */
+	struct h_buf reply;  /* the reply through pgmux, one line per message */
 };
 
 struct round {
 	uint64_t suite_seed;
 	int number;
 	int backends; /* the pool's size */
-	struct rng rng;
+	struct h_rng rng;
 	struct session s[CONNS];
 	struct step steps[STEPS_PER_ROUND + CONNS];
 	int n_steps;
 };
 
 /* Parameter values for a statement: keys and divisors from small sets so that they collide. */
-static void gen_params(struct rng *r, enum param_kind k, char vals[2][16], const char *ptr[2])
+static void gen_params(struct h_rng *r, enum param_kind k, char vals[2][16], const char *ptr[2])
 {
 	snprintf(vals[0], 16, "1");
 	snprintf(vals[1], 16, "2");
@@ -346,20 +170,20 @@ static void gen_params(struct rng *r, enum param_kind k, char vals[2][16], const
 	case P_NONE:
 		break;
 	case P_KEY:
-		snprintf(vals[0], 16, "%u", 1 + rng_below(r, 8));
+		snprintf(vals[0], 16, "%u", 1 + h_rng_below(r, 8));
 		break;
 	case P_KEY_VALUE:
-		snprintf(vals[0], 16, "%u", 1 + rng_below(r, 8));
-		snprintf(vals[1], 16, "%u", 1 + rng_below(r, 100));
+		snprintf(vals[0], 16, "%u", 1 + h_rng_below(r, 8));
+		snprintf(vals[1], 16, "%u", 1 + h_rng_below(r, 100));
 		break;
 	case P_DIVISOR:
-		snprintf(vals[0], 16, "%u", rng_below(r, 4));
+		snprintf(vals[0], 16, "%u", h_rng_below(r, 4));
 		break;
 	case P_TEXT:
-		snprintf(vals[0], 16, "t%u", rng_below(r, 100));
+		snprintf(vals[0], 16, "t%u", h_rng_below(r, 100));
 		break;
 	case P_COUNT:
-		snprintf(vals[0], 16, "%u", 1 + rng_below(r, 5));
+		snprintf(vals[0], 16, "%u", 1 + h_rng_below(r, 5));
 		break;
 	}
 	ptr[0] = vals[0];
@@ -415,14 +239,14 @@ static int put_parse(struct step *st, struct session *s, int table, int name, in
 	if (!texts[text].valid && (s->status == 'I' || st->replies > 0))
 		text = 2;
 	sql_of(text, table, sql, sizeof(sql));
-	msg_parse(&st->bytes, names[name], sql);
+	h_msg_parse(&st->bytes, names[name], sql);
 	s->text_of[name] = text;
-	buf_printf(&st->log, " Parse(\"%s\", \"%s\")", names[name], sql);
+	h_buf_printf(&st->log, " Parse(\"%s\", \"%s\")", names[name], sql);
 	return name;
 }
 
 /* Bind name (with parameters for what it was last Parsed with), maybe Describe the portal, Execute. */
-static void put_run(struct rng *r, struct step *st, struct session *s, int name)
+static void put_run(struct h_rng *r, struct step *st, struct session *s, int name)
 {
 	int text = s->text_of[name];
 	enum param_kind k = text >= 0 ? texts[text].params : P_NONE;
@@ -439,28 +263,28 @@ static void put_run(struct rng *r, struct step *st, struct session *s, int name)
 	 * fails preparing it there (25P02); a difference of its own, and no
 	 * driver sends a wrong count.
 	 */
-	if (s->status == 'I' && st->replies == 0 && rng_percent(r, 4))
+	if (s->status == 'I' && st->replies == 0 && h_rng_percent(r, 4))
 		n = n == 0 ? 1 : 0;
-	msg_bind(&st->bytes, "", names[name], n, ptr);
-	buf_printf(&st->log, " Bind(\"%s\"", names[name]);
+	h_msg_bind(&st->bytes, "", names[name], n, ptr);
+	h_buf_printf(&st->log, " Bind(\"%s\"", names[name]);
 	for (int i = 0; i < n; i++)
-		buf_printf(&st->log, ", %s", ptr[i]);
-	buf_printf(&st->log, ")");
-	if (rng_percent(r, 40)) {
-		msg_target(&st->bytes, 'D', 'P', "");
-		buf_printf(&st->log, " Describe(P)");
+		h_buf_printf(&st->log, ", %s", ptr[i]);
+	h_buf_printf(&st->log, ")");
+	if (h_rng_percent(r, 40)) {
+		h_msg_target(&st->bytes, 'D', 'P', "");
+		h_buf_printf(&st->log, " Describe(P)");
 	}
-	if (rng_percent(r, 15))
+	if (h_rng_percent(r, 15))
 		max_rows = 2;
-	msg_execute(&st->bytes, "", max_rows);
-	buf_printf(&st->log, " Execute(%d)", max_rows);
+	h_msg_execute(&st->bytes, "", max_rows);
+	h_buf_printf(&st->log, " Execute(%d)", max_rows);
 }
 
 static void put_sync(struct step *st)
 {
-	msg_sync(&st->bytes);
+	h_msg_sync(&st->bytes);
 	st->replies++;
-	buf_printf(&st->log, " Sync");
+	h_buf_printf(&st->log, " Sync");
 }
 
 /*
@@ -477,25 +301,25 @@ static void put_sync(struct step *st)
  * only when that is sure: a Close clears them only in such a batch, where
  * nothing before it can fail.
  */
-static void gen_prepare_batch(struct rng *r, struct step *st, struct session *s, int table)
+static void gen_prepare_batch(struct h_rng *r, struct step *st, struct session *s, int table)
 {
-	int n = 1 + (int)rng_below(r, 100) / 70; /* mostly one message, sometimes two */
+	int n = 1 + (int)h_rng_below(r, 100) / 70; /* mostly one message, sometimes two */
 
 	for (int i = 0; i < n; i++) {
-		int name = 1 + (int)rng_below(r, N_OF(names) - 1);
-		bool close = rng_percent(r, 25);
+		int name = 1 + (int)h_rng_below(r, N_OF(names) - 1);
+		bool close = h_rng_percent(r, 25);
 
 		if (close || (st->without_backend && s->text_of[name] >= 0)) {
-			msg_target(&st->bytes, 'C', 'S', names[name]);
+			h_msg_target(&st->bytes, 'C', 'S', names[name]);
 			if (st->without_backend)
 				s->text_of[name] = -1;
-			buf_printf(&st->log, " Close(S \"%s\")", names[name]);
+			h_buf_printf(&st->log, " Close(S \"%s\")", names[name]);
 		}
 		if (!close) {
 			int text;
 
 			do
-				text = (int)rng_below(r, N_OF(texts));
+				text = (int)h_rng_below(r, N_OF(texts));
 			while (!texts[text].valid);
 			put_parse(st, s, table, name, text);
 		}
@@ -504,9 +328,9 @@ static void gen_prepare_batch(struct rng *r, struct step *st, struct session *s,
 }
 
 /* One extended-protocol batch that runs a statement: Parse (or a statement prepared before), Bind, Execute, Sync. */
-static void gen_run_batch(struct rng *r, struct step *st, struct session *s, int table, int want_text)
+static void gen_run_batch(struct h_rng *r, struct step *st, struct session *s, int table, int want_text)
 {
-	int name = (int)rng_below(r, N_OF(names));
+	int name = (int)h_rng_below(r, N_OF(names));
 
 	/*
 	 * In a transaction that has failed, or may have by now (a later batch
@@ -516,11 +340,11 @@ static void gen_run_batch(struct rng *r, struct step *st, struct session *s, int
 	 */
 	bool parse_first = s->status == 'E' || st->replies > 0;
 
-	if (want_text >= 0 || parse_first || name == 0 || s->text_of[name] < 0 || rng_percent(r, 30)) {
-		int text = want_text >= 0 ? want_text : (int)rng_below(r, N_OF(texts));
+	if (want_text >= 0 || parse_first || name == 0 || s->text_of[name] < 0 || h_rng_percent(r, 30)) {
+		int text = want_text >= 0 ? want_text : (int)h_rng_below(r, N_OF(texts));
 
 		/* pgbench's way too: a statement per command, prepared under its own name once. */
-		if (want_text >= 0 && rng_percent(r, 50))
+		if (want_text >= 0 && h_rng_percent(r, 50))
 			name = 0;
 		if (want_text < 0 || parse_first || name == 0 || s->text_of[name] != want_text)
 			name = put_parse(st, s, table, name, text);
@@ -529,16 +353,16 @@ static void gen_run_batch(struct rng *r, struct step *st, struct session *s, int
 	put_sync(st);
 }
 
-static void gen_simple(struct rng *r, struct step *st, int table, const char *sql_fmt)
+static void gen_simple(struct h_rng *r, struct step *st, int table, const char *sql_fmt)
 {
 	char sql[512];
 
-	int a = (int)(1 + rng_below(r, 8));
+	int a = (int)(1 + h_rng_below(r, 8));
 
-	expand(sql_fmt, table, a, (int)(1 + rng_below(r, 100)), sql, sizeof(sql));
-	msg_query(&st->bytes, sql);
+	expand(sql_fmt, table, a, (int)(1 + h_rng_below(r, 100)), sql, sizeof(sql));
+	h_msg_query(&st->bytes, sql);
 	st->replies++;
-	buf_printf(&st->log, " Query(\"%s\")", sql);
+	h_buf_printf(&st->log, " Query(\"%s\")", sql);
 }
 
 /*
@@ -548,21 +372,21 @@ static void gen_simple(struct rng *r, struct step *st, int table, const char *sq
  */
 static void gen_step(struct round *rd, struct step *st, int c, bool can_borrow)
 {
-	struct rng *r = &rd->rng;
+	struct h_rng *r = &rd->rng;
 	struct session *s = &rd->s[c];
 	bool in_txn = s->status != 'I';
-	uint32_t k = rng_below(r, 100);
+	uint32_t k = h_rng_below(r, 100);
 
 	st->conn = c;
 	st->without_backend = !can_borrow;
-	buf_printf(&st->log, "conn %2d [%c]%s:", c, s->status, can_borrow ? "" : " (every backend held)");
+	h_buf_printf(&st->log, "conn %2d [%c]%s:", c, s->status, can_borrow ? "" : " (every backend held)");
 	if (!can_borrow) {
 		gen_prepare_batch(r, st, s, c);
 		return;
 	}
 	if (!in_txn && k < 30) {
 		/* Begin a transaction that later steps continue: simple, extended, or with a first write. */
-		uint32_t how = rng_below(r, 3);
+		uint32_t how = h_rng_below(r, 3);
 
 		if (how == 0)
 			gen_simple(r, st, c, "begin");
@@ -574,23 +398,23 @@ static void gen_step(struct round *rd, struct step *st, int c, bool can_borrow)
 	}
 	if (in_txn && k < 18) {
 		/* End it: COMMIT (a ROLLBACK in a failed one) or ROLLBACK, simple or extended. */
-		bool commit = rng_percent(r, 70);
+		bool commit = h_rng_percent(r, 70);
 
-		if (rng_percent(r, 50))
+		if (h_rng_percent(r, 50))
 			gen_simple(r, st, c, commit ? "commit" : "rollback");
 		else
 			gen_run_batch(r, st, s, c, commit ? TEXT_COMMIT : TEXT_ROLLBACK);
 		return;
 	}
-	k = rng_below(r, 100);
+	k = h_rng_below(r, 100);
 	if (k < 22) {
-		gen_simple(r, st, c, simple_sql[rng_below(r, N_OF(simple_sql))]);
+		gen_simple(r, st, c, simple_sql[h_rng_below(r, N_OF(simple_sql))]);
 	} else if (k < 52) {
 		gen_run_batch(r, st, s, c, -1);
 	} else if (k < 67) {
 		/* PQprepare in or out of a transaction; inside one, a text PostgreSQL refuses too. */
-		if (in_txn && rng_percent(r, 15)) {
-			put_parse(st, s, c, 1 + (int)rng_below(r, N_OF(names) - 1), 11 + (int)rng_below(r, 2));
+		if (in_txn && h_rng_percent(r, 15)) {
+			put_parse(st, s, c, 1 + (int)h_rng_below(r, N_OF(names) - 1), 11 + (int)h_rng_below(r, 2));
 			put_sync(st);
 		} else {
 			gen_prepare_batch(r, st, s, c);
@@ -602,7 +426,7 @@ static void gen_step(struct round *rd, struct step *st, int c, bool can_borrow)
 		 * result columns there, pgmux fails to prepare it on a backend that
 		 * lacks it (25P02), as in put_parse().
 		 */
-		int name = (int)rng_below(r, N_OF(names));
+		int name = (int)h_rng_below(r, N_OF(names));
 
 		/*
 		 * The unnamed statement is only used in the batch that Parsed it:
@@ -610,100 +434,46 @@ static void gen_step(struct round *rd, struct step *st, int c, bool can_borrow)
 		 * transaction (the next one may run on a backend whose unnamed
 		 * statement is another client's), and no driver expects it to.
 		 */
-		if (name == 0 || rng_percent(r, 40))
-			name = put_parse(st, s, c, name, (int)rng_below(r, N_OF(texts)));
-		msg_target(&st->bytes, 'D', 'S', names[name]);
-		buf_printf(&st->log, " Describe(S \"%s\")", names[name]);
+		if (name == 0 || h_rng_percent(r, 40))
+			name = put_parse(st, s, c, name, (int)h_rng_below(r, N_OF(texts)));
+		h_msg_target(&st->bytes, 'D', 'S', names[name]);
+		h_buf_printf(&st->log, " Describe(S \"%s\")", names[name]);
 		put_sync(st);
 	} else if (k < 90) {
 		/* A pipeline: several batches sent at once, read together (psycopg's pipeline, pgbench -M extended). */
-		int n = 2 + (int)rng_below(r, 3);
+		int n = 2 + (int)h_rng_below(r, 3);
 
 		for (int i = 0; i < n; i++)
 			gen_run_batch(r, st, s, c, -1);
 	} else if (k < 95) {
 		/* A lone Sync, and a Describe of the unnamed portal that is gone. */
-		if (rng_percent(r, 50)) {
-			msg_target(&st->bytes, 'D', 'P', "");
-			buf_printf(&st->log, " Describe(P \"\")");
+		if (h_rng_percent(r, 50)) {
+			h_msg_target(&st->bytes, 'D', 'P', "");
+			h_buf_printf(&st->log, " Describe(P \"\")");
 		}
 		put_sync(st);
 	} else {
 		/* A portal left suspended in a transaction, continued by the next step's Execute. */
-		int name = (int)rng_below(r, N_OF(names));
+		int name = (int)h_rng_below(r, N_OF(names));
 		const char *const count[] = {"5"};
 
 		name = put_parse(st, s, c, name, 7);
-		msg_bind(&st->bytes, "p1", names[name], 1, count);
-		msg_execute(&st->bytes, "p1", 2);
-		msg_execute(&st->bytes, "p1", 2);
-		buf_printf(&st->log, " Bind(p1, \"%s\", 5) Execute(p1, 2) Execute(p1, 2)", names[name]);
+		h_msg_bind(&st->bytes, "p1", names[name], 1, count);
+		h_msg_execute(&st->bytes, "p1", 2);
+		h_msg_execute(&st->bytes, "p1", 2);
+		h_buf_printf(&st->log, " Bind(p1, \"%s\", 5) Execute(p1, 2) Execute(p1, 2)", names[name]);
 		put_sync(st);
 	}
 }
 
 /* ---------------------------------------------------------------- replies */
 
-/* A backend message's line in a step's reply: what must be the same directly and through pgmux. */
-static void transcribe(struct buf *t, char type, const char *body, size_t len)
-{
-	if (type == 'S')
-		return; /* ParameterStatus: pgmux reports what it carries, as it sees fit */
-	if (type == 'E' || type == 'N') {
-		/* By severity and SQLSTATE: pgmux's texts may name a statement another way. */
-		const char *sev = h_error_field(body, len, 'V');
-		const char *code = h_error_field(body, len, 'C');
-
-		buf_printf(t, "%c %s %s\n", type, sev ? sev : "?", code ? code : "?");
-		return;
-	}
-	if (type == 'T') {
-		/* Field names, types, sizes, modifiers and formats; the table's OID is the same table, but say so anyway. */
-		uint8_t *copy = malloc(len + 1);
-		size_t pos = 2;
-
-		cr_assert_not_null(copy);
-		memcpy(copy, body, len);
-		for (int i = 0; len >= 2 && i < ((copy[0] << 8) | copy[1]) && pos < len; i++) {
-			pos += strnlen((const char *)copy + pos, len - pos) + 1;
-			if (pos + 18 > len)
-				break;
-			memset(copy + pos, 0, 4);
-			pos += 18;
-		}
-		buf_printf(t, "T");
-		for (size_t i = 0; i < len; i++)
-			buf_printf(t, "%02x", copy[i]);
-		buf_printf(t, "\n");
-		free(copy);
-		return;
-	}
-	if (type == 'D' || type == 'C') {
-		/* Rows and command tags as text (they are), so that a difference reads well. */
-		buf_printf(t, "%c ", type);
-		for (size_t i = 0; i < len; i++) {
-			uint8_t ch = (uint8_t)body[i];
-
-			if (ch >= 0x20 && ch < 0x7f && ch != '\\')
-				buf_put(t, &ch, 1);
-			else
-				buf_printf(t, "\\x%02x", ch);
-		}
-		buf_printf(t, "\n");
-		return;
-	}
-	buf_printf(t, "%c", type);
-	for (size_t i = 0; i < len; i++)
-		buf_printf(t, "%02x", (uint8_t)body[i]);
-	buf_printf(t, "\n");
-}
-
 /*
  * Read a step's reply from fd into t, up to its last ReadyForQuery, within
  * STEP_TIMEOUT_MS. Returns NULL when it came whole, else what happened
  * (static storage). *status: the last ReadyForQuery's status.
  */
-static const char *read_reply(int fd, int replies, struct buf *t, char *status)
+static const char *read_reply(int fd, int replies, struct h_buf *t, char *status)
 {
 	static char why[200];
 	long long deadline = h_now_ms() + h_scaled_ms(STEP_TIMEOUT_MS);
@@ -725,7 +495,7 @@ static const char *read_reply(int fd, int replies, struct buf *t, char *status)
 				 got, replies);
 			return why;
 		}
-		transcribe(t, type, body, len);
+		h_transcribe(t, type, body, len);
 		if (type == 'Z') {
 			got++;
 			*status = len == 1 ? body[0] : '?';
@@ -759,47 +529,13 @@ static void round_fail(const struct round *rd, int last, int conn, const char *f
 		rd->suite_seed, rd->number, conn);
 	for (int i = 0; i <= last && i < rd->n_steps; i++)
 		if (rd->steps[i].conn == conn || i > last - 40)
-			fprintf(stderr, "%4d %s\n", i, buf_text(&rd->steps[i].log));
+			fprintf(stderr, "%4d %s\n", i, h_buf_text(&rd->steps[i].log));
 	fprintf(stderr, "----- %s\n", msg);
 	pgmux_dump_logs(&px);
 	cr_assert_fail("seed 0x%" PRIx64 ", round %d, step %d: %s", rd->suite_seed, rd->number, last, msg);
 }
 
 /* ---------------------------------------------------------------- sessions */
-
-/* Log in raw through pgmux (trust); the socket once ReadyForQuery came. */
-static int mux_login(void)
-{
-	int fd = h_raw_connect(px.port, h_scaled_ms(2000));
-	uint8_t buf[256];
-	const char *params[] = {"user", "app", "database", "postgres", "application_name", "stress", NULL};
-	size_t len = h_build_startup(buf, sizeof(buf), 196608, params);
-
-	cr_assert(fd >= 0, "cannot connect to pgmux");
-	cr_assert(h_raw_send(fd, buf, len));
-	for (;;) {
-		char type;
-		char *body = NULL;
-		size_t blen;
-		enum h_msg_result r = h_raw_read_message(fd, &type, &body, &blen, h_scaled_ms(5000));
-
-		free(body);
-		if (r != H_MSG_OK || type == 'E')
-			pgmux_dump_logs(&px);
-		cr_assert(r == H_MSG_OK && type != 'E', "a stress session could not log in through pgmux");
-		if (type == 'Z')
-			return fd;
-	}
-}
-
-static void exec_direct(PGconn *conn, const char *sql)
-{
-	PGresult *res = PQexec(conn, sql);
-
-	cr_assert(PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK, "%s: %s", sql,
-		  PQerrorMessage(conn));
-	PQclear(res);
-}
 
 /* Every session's table and its rows, as text. */
 static char *tables_content(PGconn *conn)
@@ -822,7 +558,7 @@ static void empty_tables(PGconn *conn)
 
 	for (int i = 0; i < CONNS; i++)
 		at += (size_t)snprintf(sql + at, sizeof(sql) - at, "%sstress_t%d", i ? ", " : "", i);
-	exec_direct(conn, sql);
+	h_exec_ok(conn, sql);
 }
 
 /* ---------------------------------------------------------------- a round */
@@ -853,7 +589,7 @@ static void step_through_pgmux(struct round *rd, int i)
 				snprintf(holders + strlen(holders), sizeof(holders) - strlen(holders), " %d", c);
 		round_fail(rd, i, st->conn,
 			   "through pgmux, conn %d: %s. Sessions inside transactions (holding backends):%s. Reply so far:\n%s",
-			   st->conn, why, holders[0] ? holders : " none", buf_text(&st->reply));
+			   st->conn, why, holders[0] ? holders : " none", h_buf_text(&st->reply));
 	}
 }
 
@@ -861,14 +597,14 @@ static void step_through_pgmux(struct round *rd, int i)
 static void round_through_pgmux(struct round *rd)
 {
 	for (int c = 0; c < CONNS; c++) {
-		rd->s[c].fd = mux_login();
+		rd->s[c].fd = h_raw_session(&px, "stress", NULL);
 		rd->s[c].status = 'I';
 		for (size_t n = 0; n < N_OF(names); n++)
 			rd->s[c].text_of[n] = -1;
 	}
 	rd->n_steps = 0;
 	for (int i = 0; i < STEPS_PER_ROUND; i++) {
-		int c = (int)rng_below(&rd->rng, CONNS);
+		int c = (int)h_rng_below(&rd->rng, CONNS);
 		bool can_borrow = rd->s[c].status != 'I' || sessions_holding(rd) < rd->backends;
 
 		gen_step(rd, &rd->steps[rd->n_steps], c, can_borrow);
@@ -881,7 +617,7 @@ static void round_through_pgmux(struct round *rd)
 		struct step *st = &rd->steps[rd->n_steps];
 
 		st->conn = c;
-		buf_printf(&st->log, "conn %2d [%c]:", c, rd->s[c].status);
+		h_buf_printf(&st->log, "conn %2d [%c]:", c, rd->s[c].status);
 		gen_simple(&rd->rng, st, c, "rollback");
 		rd->n_steps++;
 		step_through_pgmux(rd, rd->n_steps - 1);
@@ -893,7 +629,7 @@ static void round_through_pgmux(struct round *rd)
 /* The same steps on direct sessions, in the same order; each reply must be pgmux's. */
 static void round_direct(struct round *rd)
 {
-	struct buf reply = {0};
+	struct h_buf reply = {0};
 
 	for (int c = 0; c < CONNS; c++)
 		rd->s[c].direct = h_connect_app_direct("application_name=stress");
@@ -903,17 +639,17 @@ static void round_direct(struct round *rd)
 		char status;
 		const char *why;
 
-		buf_free(&reply);
+		h_buf_free(&reply);
 		cr_assert(h_raw_send(fd, st->bytes.p, st->bytes.len), "could not send to PostgreSQL");
 		why = read_reply(fd, st->replies, &reply, &status);
 		if (why)
 			round_fail(rd, i, st->conn, "PostgreSQL itself, conn %d: %s", st->conn, why);
-		if (strcmp(buf_text(&reply), buf_text(&st->reply)) != 0)
+		if (strcmp(h_buf_text(&reply), h_buf_text(&st->reply)) != 0)
 			round_fail(rd, i, st->conn,
 				   "conn %d: pgmux's reply differs from PostgreSQL's.\n----- pgmux:\n%s----- PostgreSQL:\n%s",
-				   st->conn, buf_text(&st->reply), buf_text(&reply));
+				   st->conn, h_buf_text(&st->reply), h_buf_text(&reply));
 	}
-	buf_free(&reply);
+	h_buf_free(&reply);
 	for (int c = 0; c < CONNS; c++)
 		PQfinish(rd->s[c].direct);
 }
@@ -921,9 +657,9 @@ static void round_direct(struct round *rd)
 static void round_free(struct round *rd)
 {
 	for (int i = 0; i < rd->n_steps; i++) {
-		buf_free(&rd->steps[i].bytes);
-		buf_free(&rd->steps[i].log);
-		buf_free(&rd->steps[i].reply);
+		h_buf_free(&rd->steps[i].bytes);
+		h_buf_free(&rd->steps[i].log);
+		h_buf_free(&rd->steps[i].reply);
 	}
 }
 
@@ -938,7 +674,6 @@ static uint64_t stress_seed(void)
 
 static void stress_run(int backends, const char *extra_pool)
 {
-	struct pgmux_options o;
 	char pool[512];
 	const char *secs_env = getenv("PGMUX_STRESS_SECONDS");
 	int seconds = secs_env && *secs_env ? atoi(secs_env) : STRESS_SECONDS;
@@ -948,28 +683,19 @@ static void stress_run(int backends, const char *extra_pool)
 	long long started = h_now_ms();
 	int rounds = 0, steps = 0, without_backend = 0;
 
-	h_wait_no_app_backends();
+	/* A wait for a backend outlasts the step's time limit: a deadlock shows as the stall it is. */
+	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\nconnection_borrow_timeout = 60s\n%s",
+		 extra_pool ? extra_pool : "");
+	/* First: it waits until no backend of app is left, and setup is one. */
+	pgmux_start_trust(&px, "transaction", backends, 2, NULL, pool);
 	setup = h_connect_app_direct("options=-cclient_min_messages=warning");
 	for (int i = 0; i < CONNS; i++) {
 		char sql[200];
 
 		snprintf(sql, sizeof(sql), "drop table if exists stress_t%d; create table stress_t%d (k int primary key, v int not null)",
 			 i, i);
-		exec_direct(setup, sql);
+		h_exec_ok(setup, sql);
 	}
-
-	pgmux_options_default(&o);
-	o.tls = false;
-	o.server_tls = "disable";
-	o.client_auth = "trust";
-	o.pool_mode = "transaction";
-	o.max_connections = backends;
-	o.workers = 2;
-	/* A wait for a backend outlasts the step's time limit: a deadlock shows as the stall it is. */
-	snprintf(pool, sizeof(pool), "max_idle_connections_percent = 100\nconnection_borrow_timeout = 60s\n%s",
-		 extra_pool ? extra_pool : "");
-	o.extra_pool = pool;
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 
 	rd = calloc(1, sizeof(*rd));
 	cr_assert_not_null(rd);
@@ -1010,7 +736,7 @@ static void stress_run(int backends, const char *extra_pool)
 		char sql[64];
 
 		snprintf(sql, sizeof(sql), "drop table stress_t%d", i);
-		exec_direct(setup, sql);
+		h_exec_ok(setup, sql);
 	}
 	PQfinish(setup);
 	h_stop_expect_clean_exit(&px);

@@ -2,6 +2,10 @@
  * test_auth.c: unit tests for auth.c. SCRAM is checked against the RFC 7677
  * test vector and against a small independent SCRAM client written here with
  * OpenSSL; MD5 against digests computed independently in the test.
+ *
+ * auth.c is compiled into this file rather than linked beside it, so that a
+ * test can fix the server's part of the nonce (the RFC's example has one of
+ * its own), which pgmux draws at random and keeps to itself.
  */
 #include <criterion/criterion.h>
 
@@ -13,10 +17,18 @@
 #include <openssl/hmac.h>
 #include <openssl/x509.h>
 
-#include "auth.h"
+#include "auth.c"
 #include "secrets.h"
 
 #define ERR_LEN 256
+
+/* Use nonce as the server's part of the nonce of exchange s, instead of the random one it drew. */
+static void set_server_nonce(struct scram_server *s, const char *nonce)
+{
+	free(s->server_nonce);
+	s->server_nonce = strdup(nonce);
+	cr_assert_not_null(s->server_nonce);
+}
 
 /* ------------------------------------------------- independent helpers */
 
@@ -187,7 +199,7 @@ Test(scram, rfc7677_test_vector)
 	cr_assert_eq(test_unbase64("W22ZaJ0SNY7soEsUEjb6gQ==", salt, sizeof(salt)), SCRAM_SALT_LEN);
 	make_secret(&secret, "user", "pencil", salt);
 	s = scram_server_new(&secret.scram, NULL, 0);
-	scram_server_set_nonce_for_test(s, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
+	set_server_nonce(s, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
 	server_first = first_ok(s, "SCRAM-SHA-256", client_first);
 	cr_assert_str_eq(server_first, expected_server_first);
 	cr_assert_eq(scram_server_handle_final(s, client_final, strlen(client_final), &server_final,
@@ -830,7 +842,7 @@ Test(scram, truncated_client_final_is_rejected)
 			char *first, *final = NULL;
 			char *exact = malloc(cut + 1);
 
-			scram_server_set_nonce_for_test(attempt, nonce);
+			set_server_nonce(attempt, nonce);
 			first = first_ok(attempt, "SCRAM-SHA-256", client.client_first);
 			cr_assert_str_eq(first, server_first);
 			memcpy(exact, client.client_final, cut);

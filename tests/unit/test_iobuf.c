@@ -1,12 +1,32 @@
 /*
  * test_iobuf.c: unit tests for src/iobuf.c: reserving and committing, growth
- * by doubling, sliding unread bytes to the front, consuming, shrinking, and
- * the network-order appenders and readers.
+ * by doubling, sliding unread bytes to the front, consuming, shrinking, the
+ * network-order appenders and readers, and running out of memory.
  */
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "iobuf.h"
+
+/*
+ * realloc, failing on demand: this test is linked with -Wl,--wrap=realloc
+ * (Makefile.am), so iobuf.c's calls come here. fail_reallocs is how many of
+ * the next calls fail.
+ */
+void *__real_realloc(void *p, size_t size);
+void *__wrap_realloc(void *p, size_t size);
+
+static int fail_reallocs;
+
+void *__wrap_realloc(void *p, size_t size)
+{
+	if (fail_reallocs > 0) {
+		fail_reallocs--;
+		return NULL;
+	}
+	return __real_realloc(p, size);
+}
 
 /* Fill a buffer with n bytes whose values follow their position, so moves are detectable. */
 static void fill_pattern(struct iobuf *buf, size_t n)
@@ -289,4 +309,67 @@ Test(iobuf, a_buffer_that_cannot_grow_fails_without_aborting)
 	cr_assert_str_eq((const char *)iobuf_head(&buf), "kept");
 	iobuf_free(&buf);
 	cr_assert_not(buf.failed, "a freed buffer is usable again");
+}
+
+/*
+ * realloc itself fails (a peer's message larger than the process may
+ * allocate): the buffer is marked failed and keeps what it held, appends are
+ * dropped, a shrink keeps it failed until its owner gives up on it, and a
+ * reset makes it usable again.
+ */
+Test(iobuf, failed_growth_keeps_the_bytes_and_drops_the_rest)
+{
+	struct iobuf buf;
+
+	iobuf_init(&buf);
+	fill_pattern(&buf, 20000); /* beyond what a shrink keeps */
+	fail_reallocs = 1;
+	cr_assert_null(iobuf_reserve(&buf, 40000), "a reserve whose realloc failed returned memory");
+	cr_assert_eq(fail_reallocs, 0, "growing did not call realloc");
+	cr_assert(buf.failed);
+	assert_pattern(&buf, 0, 20000);
+	iobuf_append(&buf, "more", 4);
+	iobuf_append_str(&buf, "and more");
+	iobuf_append_u16(&buf, 7);
+	assert_pattern(&buf, 0, 20000);
+	iobuf_consume(&buf, 20000);
+	iobuf_shrink(&buf);
+	cr_assert(buf.failed, "a shrink forgot that the buffer failed");
+	cr_assert_not_null(buf.data, "a shrink freed a failed buffer before its owner gave up on it");
+	iobuf_reset(&buf);
+	cr_assert_not(buf.failed, "a reset buffer is still failed");
+	iobuf_append(&buf, "again", 5);
+	cr_assert_eq(iobuf_len(&buf), 5);
+	cr_assert(memcmp(iobuf_head(&buf), "again", 5) == 0);
+	iobuf_free(&buf);
+}
+
+/* Growth slides the unread bytes down before it reallocates: when that fails, they are still all there. */
+Test(iobuf, failed_growth_after_a_consume_keeps_the_unread_bytes)
+{
+	struct iobuf buf;
+
+	iobuf_init(&buf);
+	fill_pattern(&buf, 400);
+	iobuf_consume(&buf, 300);
+	fail_reallocs = 1;
+	cr_assert_null(iobuf_reserve(&buf, 4096));
+	cr_assert(buf.failed);
+	assert_pattern(&buf, 300, 100);
+	iobuf_free(&buf);
+}
+
+/* The very first allocation of a buffer fails: nothing is held, nothing leaks, and freeing it is safe. */
+Test(iobuf, failed_first_allocation)
+{
+	struct iobuf buf;
+
+	iobuf_init(&buf);
+	fail_reallocs = 1;
+	iobuf_append_u32(&buf, 42);
+	cr_assert(buf.failed);
+	cr_assert_eq(iobuf_len(&buf), 0);
+	cr_assert_null(buf.data);
+	iobuf_free(&buf);
+	cr_assert_not(buf.failed);
 }

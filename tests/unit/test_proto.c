@@ -76,21 +76,6 @@ Test(builders, error_with_hint_only)
 	iobuf_free(&buf);
 }
 
-Test(builders, notice)
-{
-	struct iobuf buf;
-
-	iobuf_init(&buf);
-	proto_put_notice(&buf, "NOTICE", "00000", "hi");
-	assert_wire(&buf, "N\x00\x00\x00\x20"
-			  "SNOTICE\0"
-			  "VNOTICE\0"
-			  "C00000\0"
-			  "Mhi\0"
-			  "\0");
-	iobuf_free(&buf);
-}
-
 Test(builders, auth_ok)
 {
 	struct iobuf buf;
@@ -225,30 +210,6 @@ Test(builders, query)
 	iobuf_free(&buf);
 }
 
-Test(builders, terminate)
-{
-	struct iobuf buf;
-
-	iobuf_init(&buf);
-	proto_put_terminate(&buf);
-	assert_wire(&buf, "X\x00\x00\x00\x04");
-	iobuf_free(&buf);
-}
-
-Test(builders, cancel_request)
-{
-	struct iobuf buf;
-
-	iobuf_init(&buf);
-	proto_put_cancel_request(&buf, 0x01020304u, 0x05060708u);
-	/* 80877102 = 1234 << 16 | 5678 = 0x04d2162e */
-	assert_wire(&buf, "\x00\x00\x00\x10"
-			  "\x04\xd2\x16\x2e"
-			  "\x01\x02\x03\x04"
-			  "\x05\x06\x07\x08");
-	iobuf_free(&buf);
-}
-
 Test(builders, begin_end_custom_message)
 {
 	struct iobuf buf;
@@ -272,10 +233,10 @@ Test(builders, messages_append_after_existing_bytes)
 	iobuf_init(&buf);
 	iobuf_append(&buf, "junk", 4);
 	iobuf_consume(&buf, 2); /* offsets are relative to the unread start */
-	proto_put_terminate(&buf);
+	proto_put_query(&buf, "");
 	proto_put_ready(&buf, 'I');
 	assert_wire(&buf, "nk"
-			  "X\x00\x00\x00\x04"
+			  "Q\x00\x00\x00\x05\0"
 			  "Z\x00\x00\x00\x05"
 			  "I");
 	iobuf_free(&buf);

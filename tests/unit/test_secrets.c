@@ -21,10 +21,17 @@
 
 /* ------------------------------------------------------------- parsing */
 
+/* Parse a secret and compute its verifier, as the loader does for a new user. */
 static int parse(const char *json, struct secret *out, char *err)
 {
 	err[0] = '\0';
-	return secret_parse_json(json, strlen(json), out, err, ERR_LEN);
+	if (secret_parse_json(json, strlen(json), out, err, ERR_LEN) != 0)
+		return -1;
+	if (secret_compute_verifier(out, err, ERR_LEN) != 0) {
+		secret_clear(out);
+		return -1;
+	}
+	return 0;
 }
 
 /* The verifier must be what scram_compute_keys gives for the password and the stored salt. */

@@ -106,23 +106,23 @@ Test(params, names_fold_case_and_values_replace)
 	params_put(&m, "datestyle", "German");
 	cr_assert_eq(m.count, 1);
 	cr_assert_str_eq(params_get(&m, "DateStyle"), "German");
-	params_remove(&m, "DATEstyle");
-	cr_assert_null(params_get(&m, "datestyle"));
-	params_remove(&m, "never-there");
+	cr_assert_null(params_get(&m, "never-there"));
 	params_clear(&m);
+	cr_assert_eq(m.count, 0);
+	cr_assert_null(params_get(&m, "datestyle"));
 }
 
 Test(params, carried_list_is_the_settable_reported_parameters)
 {
-	cr_assert(params_is_carried("TimeZone"));
-	cr_assert(params_is_carried("application_name"));
-	cr_assert(params_is_carried("DATESTYLE"));
-	cr_assert(params_is_carried("IntervalStyle"));
-	cr_assert(params_is_carried("client_encoding"));
-	cr_assert(params_is_carried("standard_conforming_strings"));
+	cr_assert_geq(params_carried_index("TimeZone"), 0);
+	cr_assert_geq(params_carried_index("application_name"), 0);
+	cr_assert_geq(params_carried_index("DATESTYLE"), 0);
+	cr_assert_geq(params_carried_index("IntervalStyle"), 0);
+	cr_assert_geq(params_carried_index("client_encoding"), 0);
+	cr_assert_geq(params_carried_index("standard_conforming_strings"), 0);
 	/* Reported but not settable by a session, or not reported at all. */
-	cr_assert_not(params_is_carried("server_version"));
-	cr_assert_not(params_is_carried("is_superuser"));
-	cr_assert_not(params_is_carried("statement_timeout"));
-	cr_assert_not(params_is_carried("work_mem"));
+	cr_assert_lt(params_carried_index("server_version"), 0);
+	cr_assert_lt(params_carried_index("is_superuser"), 0);
+	cr_assert_lt(params_carried_index("statement_timeout"), 0);
+	cr_assert_lt(params_carried_index("work_mem"), 0);
 }
