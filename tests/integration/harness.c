@@ -2083,3 +2083,79 @@ void h_teardown(void)
 			kill_and_reap(children[i]);
 	kill_inherited_children();
 }
+
+/* ---------------------------------------------------------------- HTTP (the metrics port) */
+
+/*
+ * One HTTP request to address:port; the whole response, read to EOF within
+ * 5 s (malloc'd), or NULL when nothing listens there.
+ */
+char *h_http_exchange(const char *address, int port, const char *request)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+	cr_assert_eq(inet_pton(AF_INET, address, &sa.sin_addr), 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		close(fd);
+		return NULL;
+	}
+	cr_assert(h_raw_send(fd, request, strlen(request)));
+	size_t cap = 65536, len = 0;
+	char *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	long long deadline = h_now_ms() + h_scaled_ms(5000);
+	for (;;) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		long long left = deadline - h_now_ms();
+		cr_assert_gt(left, 0, "the response from %s:%d did not end within 5 s", address, port);
+		if (poll(&pfd, 1, (int)left) <= 0)
+			continue;
+		if (len + 1 == cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+			cr_assert_not_null(buf);
+		}
+		ssize_t n = read(fd, buf + len, cap - len - 1);
+		cr_assert_geq(n, 0, "reading the response from %s:%d: %s", address, port, strerror(errno));
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return buf;
+}
+
+/* The body of an HTTP response (after the blank line), or "" without one. */
+const char *h_http_body(const char *response)
+{
+	const char *blank = strstr(response, "\r\n\r\n");
+
+	return blank ? blank + 4 : "";
+}
+
+/* The value of the sample whose name and labels are exactly series, or -1 when there is none. */
+double h_sample(const char *body, const char *series)
+{
+	size_t n = strlen(series);
+	for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+		if (strncmp(line, series, n) == 0 && line[n] == ' ')
+			return strtod(line + n + 1, NULL);
+	return -1;
+}
+
+char *h_scrape(int port)
+{
+	char *response = h_http_exchange("127.0.0.1", port, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+	char *body;
+
+	cr_assert_not_null(response, "nothing listens on metrics port %d", port);
+	cr_assert(strncmp(response, "HTTP/1.", 7) == 0 && strstr(response, " 200 ") != NULL,
+		  "the metrics port answered: %.200s", response);
+	body = strdup(h_http_body(response));
+	cr_assert_not_null(body);
+	free(response);
+	return body;
+}

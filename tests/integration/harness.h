@@ -358,6 +358,17 @@ char *h_admin_cell_ok(PGconn *admin, const char *show, const char *key_col, cons
 bool h_admin_poll_cell(PGconn *admin, const char *show, const char *key_col, const char *key, const char *col,
 		       const char *want, int timeout_ms);
 
+/* ---------------------------------------------------------------- HTTP (the metrics port) */
+
+/* One HTTP request to address:port: the whole response, read to EOF within 5 s (malloc'd), or NULL when nothing listens. */
+char *h_http_exchange(const char *address, int port, const char *request);
+/* The body of an HTTP response (after the blank line), or "" without one. */
+const char *h_http_body(const char *response);
+/* GET /metrics on 127.0.0.1:port, which must answer 200: the body (malloc'd). */
+char *h_scrape(int port);
+/* The value of the sample whose name and labels are exactly series in a scrape, or -1 when there is none. */
+double h_sample(const char *body, const char *series);
+
 /* ---------------------------------------------------------------- raw TCP (the protocol: harness_wire.c) */
 
 int h_raw_connect(int port, int timeout_ms); /* -1 on failure */

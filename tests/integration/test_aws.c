@@ -253,37 +253,6 @@ static void terminate_backends_of(const char *user)
 	PQfinish(super);
 }
 
-/* GET /metrics from pgmux's metrics port: the body (malloc'd). */
-static char *scrape(int port)
-{
-	static const char request[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-	int fd = h_raw_connect(port, 2000);
-	size_t used = 0, cap = 1 << 16;
-	char *text = malloc(cap + 1);
-
-	cr_assert_geq(fd, 0, "metrics port %d refused", port);
-	cr_assert(h_raw_send(fd, request, sizeof(request) - 1));
-	for (;;) {
-		ssize_t n = h_raw_read(fd, text + used, 1, 5000);
-		if (n <= 0 || ++used == cap)
-			break;
-	}
-	close(fd);
-	text[used] = '\0';
-	return text;
-}
-
-/* The value of a sample "name value" in a scrape; -1 when absent. */
-static long long metric(const char *text, const char *name)
-{
-	char needle[128];
-	const char *at;
-
-	snprintf(needle, sizeof(needle), "\n%s ", name);
-	at = strstr(text, needle);
-	return at ? atoll(at + strlen(needle)) : -1;
-}
-
 /* ---------------------------------------------------------------- Secrets Manager */
 
 TestSuite(aws, .init = init_aws, .fini = fini_aws, .timeout = 180);
@@ -438,10 +407,10 @@ Test(aws, an_unreachable_endpoint_keeps_the_last_good_value)
 	terminate_backends_of(h_env()->appuser);
 	cr_expect(login_works(h_env()->appuser, h_env()->apppass),
 		  "the last good password stopped working once Secrets Manager was gone");
-	char *text = scrape(metrics_port);
-	cr_expect_geq(metric(text, "pgmux_secrets_manager_read_failures_total"), 1, "metrics:\n%s", text);
-	cr_expect_geq(metric(text, "pgmux_secrets_manager_reads_total"), 1);
-	cr_expect_eq(metric(text, "pgmux_secrets_manager_secrets"), 1);
+	char *text = h_scrape(metrics_port);
+	cr_expect_geq(h_sample(text, "pgmux_secrets_manager_read_failures_total"), 1, "metrics:\n%s", text);
+	cr_expect_geq(h_sample(text, "pgmux_secrets_manager_reads_total"), 1);
+	cr_expect_eq(h_sample(text, "pgmux_secrets_manager_secrets"), 1);
 	free(text);
 	h_stop_expect_clean_exit(&px);
 }

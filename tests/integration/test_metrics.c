@@ -19,56 +19,6 @@
 
 static struct pgmux px;
 
-/*
- * One HTTP request to address:port; the whole response, read to EOF within
- * 5 s (malloc'd), or NULL when nothing listens there.
- */
-static char *http_exchange(const char *address, int port, const char *request)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-	cr_assert_eq(inet_pton(AF_INET, address, &sa.sin_addr), 1);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-		close(fd);
-		return NULL;
-	}
-	cr_assert(h_raw_send(fd, request, strlen(request)));
-	size_t cap = 65536, len = 0;
-	char *buf = malloc(cap);
-	cr_assert_not_null(buf);
-	long long deadline = h_now_ms() + h_scaled_ms(5000);
-	for (;;) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN};
-		long long left = deadline - h_now_ms();
-		cr_assert_gt(left, 0, "the response from %s:%d did not end within 5 s", address, port);
-		if (poll(&pfd, 1, (int)left) <= 0)
-			continue;
-		if (len + 1 == cap) {
-			cap *= 2;
-			buf = realloc(buf, cap);
-			cr_assert_not_null(buf);
-		}
-		ssize_t n = read(fd, buf + len, cap - len - 1);
-		cr_assert_geq(n, 0, "reading the response from %s:%d: %s", address, port, strerror(errno));
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	buf[len] = '\0';
-	return buf;
-}
-
-/* The body of an HTTP response (after the blank line), or "" without one. */
-static const char *http_body(const char *response)
-{
-	const char *blank = strstr(response, "\r\n\r\n");
-
-	return blank ? blank + 4 : "";
-}
-
 /* ================================================================ the endpoint */
 
 static int metrics_port;
@@ -88,23 +38,13 @@ static void init_metrics(void)
 /* GET path (or any request) on the metrics port of 127.0.0.1, which must answer: the whole response. */
 static char *http_request(const char *request)
 {
-	char *response = http_exchange("127.0.0.1", metrics_port, request);
+	char *response = h_http_exchange("127.0.0.1", metrics_port, request);
 
 	cr_assert_not_null(response, "nothing listens on metrics_port %d", metrics_port);
 	return response;
 }
 
 TestSuite(metrics, .init = init_metrics, .fini = h_teardown, .timeout = 60);
-
-/* The value of the sample whose name and labels are exactly series, or -1 when there is none. */
-static double sample(const char *body, const char *series)
-{
-	size_t n = strlen(series);
-	for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-		if (strncmp(line, series, n) == 0 && line[n] == ' ')
-			return strtod(line + n + 1, NULL);
-	return -1;
-}
 
 /* Every line is a comment or "name{labels} value" with a Prometheus name and a number. */
 static void expect_exposition_format(const char *body)
@@ -167,23 +107,23 @@ Test(metrics, endpoint_serves_prometheus_text)
 	for (long long end = h_now_ms() + h_scaled_ms(5000); !up && h_now_ms() < end; h_sleep_ms(50)) {
 		free(body);
 		body = http_request("GET /metrics HTTP/1.0\r\n\r\n");
-		up = strstr(body, target) && sample(http_body(body), target) == 1;
+		up = strstr(body, target) && h_sample(h_http_body(body), target) == 1;
 	}
 	cr_assert(up, "no \"%s 1\" in:\n%s", target, body);
 	cr_assert(strncmp(body, "HTTP/1.1 200 OK\r\n", 17) == 0 || strncmp(body, "HTTP/1.0 200 OK\r\n", 17) == 0,
 		  "status line: %.40s", body);
 	cr_assert(strstr(body, "Content-Type: text/plain; version=0.0.4") != NULL, "%s", body);
-	const char *text = http_body(body);
+	const char *text = h_http_body(body);
 	expect_exposition_format(text);
-	double transactions = sample(text, "pgmux_transactions_total");
+	double transactions = h_sample(text, "pgmux_transactions_total");
 	cr_assert_geq(transactions, 1, "pgmux_transactions_total %g", transactions);
-	cr_assert_geq(sample(text, "pgmux_client_connections"), 1);
-	cr_assert_geq(sample(text, "pgmux_pool_server_connections{database=\"postgres\",user=\"app\",endpoint=\"writer\"}"),
+	cr_assert_geq(h_sample(text, "pgmux_client_connections"), 1);
+	cr_assert_geq(h_sample(text, "pgmux_pool_server_connections{database=\"postgres\",user=\"app\",endpoint=\"writer\"}"),
 		      1, "%s", text);
 	char serving[512];
 	snprintf(serving, sizeof(serving), "pgmux_target_serving{instance=\"%s\",host=\"%s\",port=\"%d\",role=\"writer\"}",
 		 instance, e->pghost, e->pgport);
-	cr_assert_eq(sample(text, serving), 1, "%s", text);
+	cr_assert_eq(h_sample(text, serving), 1, "%s", text);
 
 	for (int i = 0; i < 5; i++)
 		cr_assert_eq(h_number_ok(app, "select 1"), 1);
@@ -192,7 +132,7 @@ Test(metrics, endpoint_serves_prometheus_text)
 	for (long long end = h_now_ms() + h_scaled_ms(2000); later < transactions + 5 && h_now_ms() < end;
 	     h_sleep_ms(20)) {
 		char *again = http_request("GET /metrics HTTP/1.0\r\n\r\n");
-		later = sample(http_body(again), "pgmux_transactions_total");
+		later = h_sample(h_http_body(again), "pgmux_transactions_total");
 		free(again);
 	}
 	cr_assert_geq(later, transactions + 5, "pgmux_transactions_total went from %g to %g over 5 transactions",
@@ -229,7 +169,7 @@ static int http_get(const char *address, int port, const char *authorization, ch
 	snprintf(request, sizeof(request), "GET /metrics HTTP/1.1\r\nHost: %s\r\n%s%s%sConnection: close\r\n\r\n",
 		 address, authorization ? "Authorization: " : "", authorization ? authorization : "",
 		 authorization ? "\r\n" : "");
-	last = http_exchange(address, port, request);
+	last = h_http_exchange(address, port, request);
 	if (last == NULL)
 		last = strdup("");
 	else

@@ -182,34 +182,13 @@ Test(observability_cli, check_fails_on_a_missing_tls_file)
 
 /* ---------------------------------------------------------------- metrics helpers */
 
-/* GET /metrics from port; the whole response (malloc'd), read to the end. */
-static char *scrape(int port)
-{
-	static const char request[] = "GET /metrics HTTP/1.0\r\n\r\n";
-	size_t cap = 1 << 20;
-	char *body = calloc(1, cap);
-	int fd = h_raw_connect(port, h_scaled_ms(2000));
-
-	cr_assert_not_null(body);
-	cr_assert_geq(fd, 0, "nothing listens on metrics port %d", port);
-	cr_assert(h_raw_send(fd, request, sizeof(request) - 1));
-	ssize_t n = h_raw_read(fd, body, cap - 1, h_scaled_ms(5000));
-	close(fd);
-	cr_assert_geq(n, 0, "the metrics response did not end");
-	body[n] = '\0';
-	return body;
-}
-
 /* The value of the sample whose name and labels are exactly series; fails the test when there is none. */
 static double sample(const char *body, const char *series)
 {
-	size_t n = strlen(series);
+	double value = h_sample(body, series);
 
-	for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-		if (strncmp(line, series, n) == 0 && line[n] == ' ')
-			return atof(line + n + 1);
-	cr_assert_fail("no sample %s in the scrape", series);
-	return -1;
+	cr_assert(value >= 0, "no sample %s in the scrape", series);
+	return value;
 }
 
 #define POOL_LABELS "{database=\"postgres\",user=\"app\",endpoint=\"writer\""
@@ -272,7 +251,7 @@ Test(observability_metrics, histograms_place_a_known_workload)
 		cr_assert_eq(sleepers[i].done, 5, "client %d ran %d of its 5 transactions", i, sleepers[i].done);
 	}
 
-	char *body = scrape(metrics_port);
+	char *body = h_scrape(metrics_port);
 	cr_expect_eq(sample(body, "pgmux_transaction_duration_seconds_count" POOL_LABELS "}"), 20);
 	cr_expect_eq(sample(body, "pgmux_transaction_duration_seconds_bucket" POOL_LABELS ",le=\"0.1\"}"), 0,
 		     "a transaction of pg_sleep(0.1) took under 100 ms");
@@ -357,7 +336,7 @@ Test(observability_metrics, contrib_dashboard_and_alerts_use_only_real_metrics)
 	PGconn *conn = h_app_session(&px, "disable", NULL);
 	h_expect_value(conn, "select 1", "1");
 	PQfinish(conn);
-	char *body = scrape(metrics_port);
+	char *body = h_scrape(metrics_port);
 	cr_assert_eq(regcomp(&name_re, "pgmux_[a-z0-9_]+", REG_EXTENDED), 0);
 	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
 		char *text = h_read_file(files[f]);
@@ -553,7 +532,7 @@ struct failover_watch {
 static bool failover_counted(void *arg)
 {
 	struct failover_watch *watch = arg;
-	char *body = scrape(watch->metrics_port);
+	char *body = h_scrape(watch->metrics_port);
 	const char *at = strstr(body, "\npgmux_failovers_total ");
 	bool counted = at && atof(at + strlen("\npgmux_failovers_total ")) > watch->failovers_before;
 
@@ -614,7 +593,7 @@ Test(observability_json_logs, every_line_is_a_json_object_with_its_fields)
 	 * away; the other instance is a writer already.
 	 */
 	struct failover_watch watch = { .metrics_port = metrics_port };
-	char *before = scrape(metrics_port);
+	char *before = h_scrape(metrics_port);
 	int writer_port = serving_writer_port(before);
 	watch.failovers_before = sample(before, "pgmux_failovers_total");
 	free(before);
@@ -625,7 +604,7 @@ Test(observability_json_logs, every_line_is_a_json_object_with_its_fields)
 		cr_assert_fail("pgmux_failovers_total did not move after the relay of port %d stopped", writer_port);
 	}
 	cr_expect(h_file_count(px.logfile, "failover: writer is now") >= 1);
-	char *body = scrape(metrics_port);
+	char *body = h_scrape(metrics_port);
 	cr_expect_gt(sample(body, "pgmux_last_failover_timestamp_seconds"), 1.7e9);
 	free(body);
 	h_expect_value(b, "select 2", "2");
@@ -718,7 +697,7 @@ Test(observability_cutover, a_cutover_moves_its_counters)
 	snprintf(extra, sizeof(extra), "metrics_port = %d\n", metrics_port);
 	o.extra_pgmux = extra;
 	cr_assert(pgmux_start(&px, &o));
-	char *body = scrape(metrics_port);
+	char *body = h_scrape(metrics_port);
 	cr_expect_eq(sample(body, "pgmux_cutovers_total"), 0);
 	cr_expect_eq(sample(body, "pgmux_last_cutover_timestamp_seconds"), 0);
 	free(body);
@@ -732,7 +711,7 @@ Test(observability_cutover, a_cutover_moves_its_counters)
 	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
 	PQclear(r);
 
-	body = scrape(metrics_port);
+	body = h_scrape(metrics_port);
 	cr_expect_eq(sample(body, "pgmux_cutovers_total"), 1);
 	cr_expect_gt(sample(body, "pgmux_last_cutover_timestamp_seconds"), 1.7e9);
 	cr_expect_eq(sample(body, "pgmux_last_cutover_transactions_in_flight"), 0);
