@@ -337,7 +337,9 @@ void client_free(struct client *c)
 		proto_startup_free(&c->startup);
 	login_free(&c->login);
 	free(c->waiter.error);
+	free(c->lost_message);
 	free(c->lost_detail);
+	iobuf_free(&c->first_batch);
 	if (c->admin_session)
 		console->session_free(c);
 	session_params_free(&c->params);
@@ -553,6 +555,10 @@ static bool client_relay(struct client *c)
 	 */
 	if (c->txn_start_usec == 0 && iobuf_len(&c->io.in) > 0)
 		c->txn_start_usec = pgmux_now_usec();
+	/* Consumed bytes stay where they are until more is appended: what went is copied after. */
+	const uint8_t *head = iobuf_head(&c->io.in);
+	size_t before = iobuf_len(&c->io.in);
+
 	switch (relay_to_backend(&c->relay, &c->io.in, s, c->transaction_mode, &why)) {
 	case RELAY_TERMINATE:
 		client_close(c, "client terminated the session");
@@ -563,6 +569,9 @@ static bool client_relay(struct client *c)
 	default:
 		break;
 	}
+	/* Unless s was lost meanwhile (a failed write): then the input may have been replaced. */
+	if (c->batch_recording && c->server == s)
+		client_record_batch(c, head, before - iobuf_len(&c->io.in));
 	server_flush(s);
 	if (c->state == CLIENT_CLOSED)
 		return false;
@@ -599,14 +608,15 @@ static bool client_process_idle(struct client *c)
 		client_fatal(c, why.sqlstate, "%s", why.message);
 		return false;
 	case RELAY_LOST: {
-		char *detail = c->lost_detail;
+		char *message = c->lost_message, *detail = c->lost_detail;
 
 		c->transaction_lost = false;
-		c->lost_detail = NULL;
+		c->lost_message = c->lost_detail = NULL;
 		client_set_state(c, CLIENT_WAITING);
-		client_fail_batch_detail(c, SQLSTATE_CONNECTION_FAILURE,
-					 "the connection to the database server was lost; the transaction was rolled back",
-					 detail);
+		/* What client_server_lost() kept: the server's SQLSTATE and message, or pgmux's words. */
+		client_fail_batch_detail(c, message ? c->lost_sqlstate : SQLSTATE_CONNECTION_FAILURE,
+					 message ? message : CLIENT_LOST_TRANSACTION_MESSAGE, detail);
+		free(message);
 		free(detail);
 		return c->state == CLIENT_IDLE;
 	}

@@ -76,7 +76,13 @@ struct client {
 	bool transaction_lost;         /* its backend died inside a transaction block */
 	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
 	                                * not one another client just used (pool_borrow()) */
-	char *lost_detail;             /* why, for the DETAIL of the error its next statement gets */
+	struct iobuf first_batch;      /* what it sent to its backend since the link, as it sent it, while
+	                                * batch_recording (at most CLIENT_RESEND_MAX bytes) */
+	bool batch_recording;          /* transaction pooling: first_batch is all it sent in this transaction */
+	uint8_t resends;               /* times this transaction's first batch went to another backend */
+	char lost_sqlstate[6];         /* the error its next statement gets (transaction_lost): the */
+	char *lost_message;            /* server's SQLSTATE and message when it ended the session with */
+	char *lost_detail;             /* a FATAL, else 08006 and pgmux's words (see client_lost_error()) */
 	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
 	                                * once the client's own statements are on their way */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */

@@ -430,6 +430,8 @@ static void client_link(struct client *c, struct server *s)
 
 	stats_borrow_ended(c);
 	c->fresh_backend = false;
+	c->batch_recording = c->transaction_mode && c->logged_in;
+	iobuf_reset(&c->first_batch);
 	if (c->wait_timer)
 		evtimer_del(c->wait_timer);
 	c->server = s;
@@ -543,14 +545,96 @@ static bool client_hook_known(void *arg, const char *server_name)
 /* --------------------------------------- what the backend tells the client */
 
 /*
+ * The error a client of transaction pooling gets for a transaction its
+ * backend took with it. When the server ended the session with a FATAL, its
+ * own SQLSTATE and message (57P01 "terminating connection due to
+ * administrator command", a shutdown's or recovery's 57P02, 57P03...), so
+ * that code that matches on them works as it does directly, with severity
+ * ERROR and a DETAIL that says the session goes on; else 08006 with pgmux's
+ * words and the reason (reason) as DETAIL.
+ */
+static void client_lost_error(const struct server *s, const char *reason, const char **sqlstate,
+			      const char **message, const char **detail)
+{
+	if (s->end_message) {
+		*sqlstate = s->end_sqlstate;
+		*message = s->end_message;
+		*detail = "pgmux kept this client's session: the transaction was rolled back, and the next one "
+			  "runs on another connection to the database server";
+	} else {
+		*sqlstate = SQLSTATE_CONNECTION_FAILURE;
+		*message = CLIENT_LOST_TRANSACTION_MESSAGE;
+		*detail = reason;
+	}
+}
+
+void client_record_batch(struct client *c, const uint8_t *p, size_t n)
+{
+	if (iobuf_len(&c->first_batch) + n > CLIENT_RESEND_MAX) {
+		c->batch_recording = false;
+		iobuf_reset(&c->first_batch);
+		return;
+	}
+	iobuf_append(&c->first_batch, p, n);
+}
+
+/*
+ * The backend ended its session before it answered anything the client
+ * sent in this transaction (end_unanswered), with idle_session_timeout
+ * (57P05): PostgreSQL arms that timer only while it waits for a statement
+ * outside a transaction, so none of what pgmux sent ran. When that was one
+ * whole batch pgmux may send again (proto_batch_resendable()), it goes, as
+ * the client sent it, to another backend, a new connection; the client
+ * notices nothing. Returns false when not (the caller reports the loss).
+ */
+static bool client_resend_first_batch(struct client *c, struct server *s, const char *reason)
+{
+	struct iobuf again;
+
+	if (!c->batch_recording || !s->end_unanswered || s->end_message == NULL ||
+	    strcmp(s->end_sqlstate, SQLSTATE_IDLE_SESSION_TIMEOUT) != 0 || c->resends >= CLIENT_MAX_RESENDS ||
+	    s->replies.outstanding != 1 ||
+	    !proto_batch_resendable(iobuf_head(&c->first_batch), iobuf_len(&c->first_batch)))
+		return false;
+	/* The batch, then what the client sent after it, not yet relayed. */
+	iobuf_init(&again);
+	iobuf_append(&again, iobuf_head(&c->first_batch), iobuf_len(&c->first_batch));
+	iobuf_append(&again, iobuf_head(&c->io.in), iobuf_len(&c->io.in));
+	if (again.failed) {
+		iobuf_free(&again);
+		return false;
+	}
+	iobuf_free(&c->io.in);
+	c->io.in = again;
+	c->resends++;
+	c->batch_recording = false;
+	iobuf_reset(&c->first_batch);
+	c->relay.waiting = false;
+	c->relay.replies_full = false;
+	c->fresh_backend = true;
+	client_set_state(c, CLIENT_IDLE);
+	if (c->read_paused) {
+		c->read_paused = false;
+		io_want_read(&c->io, true);
+	}
+	log_client(LOG_LEVEL_INFO, c, "backend ended its session before answering anything (%s); the transaction's "
+				      "first statements go to another backend",
+		   reason);
+	io_schedule_read(&c->io);
+	return true;
+}
+
+/*
  * The backend linked to c failed (server_close(), unlinked already). With
  * transaction pooling the client's transaction fails with an ERROR and its
- * connection stays usable; a pinned or session-pooled client gets a FATAL
- * and is closed.
+ * connection stays usable; a pinned or session-pooled client is closed
+ * with a FATAL: the server's own when it sent one (passed on as it was with
+ * session pooling, so nothing more is sent), else pgmux's of class 08.
  */
 static void client_server_lost(struct client *c, struct server *s, const char *sqlstate, const char *message)
 {
 	bool was_in_transaction = s->tx_status == 'T' || s->tx_status == 'E';
+	const char *error_sqlstate, *error_message, *error_detail;
 
 	if (c->server == s)
 		c->server = NULL;
@@ -587,12 +671,23 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 	 */
 	if (!c->transaction_mode || c->pin_reason || !c->logged_in || c->state != CLIENT_ACTIVE ||
 	    s->forward_remaining > 0 || s->frontend_remaining > 0 || s->replies.outstanding > 1) {
-		client_fatal(c, sqlstate, "%s: %s",
-			     c->pin_reason ? "the database connection of this pinned session was lost"
-					   : "lost the connection to the database server",
-			     message);
+		if (s->end_relayed) {
+			/* The client has the server's FATAL, as PostgreSQL sent it: the connection ends, as directly. */
+			(void)io_flush(&c->io);
+			client_close(c, message);
+		} else if (s->end_message) {
+			/* The server's own FATAL, which pgmux held back (transaction pooling): the session ends with it. */
+			client_fatal_detail(c, s->end_sqlstate, s->end_message, NULL);
+		} else {
+			client_fatal(c, sqlstate, "%s: %s",
+				     c->pin_reason ? "the database connection of this pinned session was lost"
+						   : "lost the connection to the database server",
+				     message);
+		}
 		return;
 	}
+	if (client_resend_first_batch(c, s, message))
+		return;
 	/*
 	 * A client that ends its backends (pg_terminate_backend() of its own, in
 	 * a loop, say) must not end the others' one after another: its next
@@ -604,11 +699,11 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 		c->read_paused = false;
 		io_want_read(&c->io, true);
 	}
-	log_client_because(LOG_LEVEL_WARNING, c, sqlstate, message,
+	client_lost_error(s, message, &error_sqlstate, &error_message, &error_detail);
+	log_client_because(LOG_LEVEL_WARNING, c, error_sqlstate, message,
 			   "backend lost mid-transaction (%s); the client's transaction fails", message);
 	if (s->replies.outstanding > 0) {
-		proto_put_error(&c->io.out, "ERROR", sqlstate, "the connection to the database server was lost; the transaction was rolled back",
-				message, NULL);
+		proto_put_error(&c->io.out, "ERROR", error_sqlstate, error_message, error_detail, NULL);
 		/* Messages sent after the failed batch began belong to it: drop them up to its Sync. */
 		if (s->replies.unsynced)
 			c->relay.discard_until_sync = true;
@@ -617,8 +712,11 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 	} else if (was_in_transaction || s->replies.unsynced) {
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
+		snprintf(c->lost_sqlstate, sizeof(c->lost_sqlstate), "%s", error_sqlstate);
+		free(c->lost_message);
 		free(c->lost_detail);
-		c->lost_detail = xstrdup(message);
+		c->lost_message = s->end_message ? xstrdup(error_message) : NULL;
+		c->lost_detail = xstrdup(error_detail);
 	}
 	client_flush(c);
 	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */
@@ -656,6 +754,13 @@ static bool client_congested(const struct client *c)
 
 static void client_on_replies(struct client *c, struct server *s, bool over)
 {
+	/* The backend answered: what it was sent may have run, and is never sent again. */
+	if (c->batch_recording || c->resends) {
+		c->batch_recording = false;
+		c->resends = 0;
+		iobuf_reset(&c->first_batch);
+		iobuf_shrink(&c->first_batch);
+	}
 	client_flush(c);
 	client_replies_arrived(c);
 	/* The transaction is over: give the backend back (the last use of it here). */

@@ -7,6 +7,8 @@
 #define PGMUX_CLIENT_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "client.h"
 #include "reply.h"
@@ -18,6 +20,18 @@
  * backend stops reading for it too (its congested callback).
  */
 #define CLIENT_OUTPUT_HIGH_WATER (256 * 1024)
+
+/* A transaction lost with its backend, when the server said nothing (client_server_lost()). */
+#define CLIENT_LOST_TRANSACTION_MESSAGE "the connection to the database server was lost; the transaction was rolled back"
+
+/*
+ * What a client sends in a transaction is kept, as it sent it, up to its
+ * first answer (or this many bytes): should the backend end its session
+ * before answering any of it, for a reason that says it was idle, the batch
+ * goes to another backend, at most CLIENT_MAX_RESENDS times.
+ */
+#define CLIENT_RESEND_MAX 16384
+#define CLIENT_MAX_RESENDS 2
 
 /* client.c */
 
@@ -49,5 +63,7 @@ bool client_borrow_for_parse(struct client *c);
 /* Answer a batch no backend could be had for: an ErrorResponse, its messages dropped up to its Sync. */
 void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
 void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message, const char *detail);
+/* n bytes at p that the client's backend was just sent: kept while batch_recording (client_server_lost()). */
+void client_record_batch(struct client *c, const uint8_t *p, size_t n);
 
 #endif

@@ -119,6 +119,7 @@ struct config {
 	int connection_borrow_timeout_ms; /* 0 = wait forever */
 	int server_idle_timeout_ms;       /* 0 = never */
 	int server_lifetime_ms;           /* checked on return to the pool; 0 = forever */
+	int server_check_delay_ms;        /* idle longer: looked at before it is lent; 0 = always */
 	char *init_query;                 /* run once on each new server connection */
 	char *server_reset_query;         /* run when a session-mode client leaves */
 	int max_prepared_statements;      /* per server connection */

@@ -520,6 +520,20 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(server_idle_timeout_ms), .min_value = 0, .max_value = INT_MAX,
 	  .doc = "How long a server connection may sit idle in the pool, unused, before "
 		 "it is closed. A number without a unit is seconds; 0 means never." },
+	{ .section = "pool", .name = "server_check_delay", .type = CONFIG_DURATION_MS,
+	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
+	  .offset = FIELD(server_check_delay_ms), .min_value = 0, .max_value = INT_MAX,
+	  .doc = "How long a server connection may sit idle in the pool before pgmux, about "
+		 "to hand it to a client, first looks whether the server ended it meanwhile "
+		 "(idle_session_timeout, pg_terminate_backend, a restart): one non-blocking "
+		 "look at its socket, which finds the server's FATAL or the end of the "
+		 "connection before pgmux has read them; a dead one is closed and the next "
+		 "idle one (or a new connection) is taken. Connections given back more "
+		 "recently are lent without the look. A connection that the server ended for "
+		 "idle_session_timeout before it answered anything gets the transaction's "
+		 "first statements sent again to another connection (see pgmux(1), "
+		 "Differences from PostgreSQL). As PgBouncer's server_check_delay. A number "
+		 "without a unit is seconds; 0 means look every time." },
 	{ .section = "pool", .name = "server_lifetime", .type = CONFIG_DURATION_MS,
 	  .default_value = "3600s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(server_lifetime_ms), .min_value = 0, .max_value = INT_MAX,

@@ -520,3 +520,26 @@ bool proto_valid_backend_type(uint8_t type)
 		return false;
 	}
 }
+
+bool proto_batch_resendable(const uint8_t *batch, size_t len)
+{
+	size_t at = 0;
+
+	while (len - at >= PROTO_HEADER_LEN) {
+		uint8_t type = batch[at];
+		uint32_t mlen = get_u32(batch + at + 1);
+
+		if (mlen < 4 || len - at - 1 < mlen)
+			return false;
+		/* A Parse's body starts with the statement's name: the unnamed one is "". */
+		if (type == FE_PARSE && (mlen == 4 || batch[at + PROTO_HEADER_LEN] != '\0'))
+			return false;
+		if (type != FE_QUERY && type != FE_PARSE && type != FE_BIND && type != FE_DESCRIBE &&
+		    type != FE_EXECUTE && type != FE_FLUSH && type != FE_SYNC)
+			return false;
+		at += 1 + (size_t)mlen;
+		if (type == FE_QUERY || type == FE_SYNC)
+			return at == len;
+	}
+	return false;
+}

@@ -185,4 +185,15 @@ void proto_put_query(struct iobuf *buf, const char *sql);
 bool proto_valid_frontend_type(uint8_t type);
 bool proto_valid_backend_type(uint8_t type);
 
+/*
+ * Is batch (len bytes, as the client sent them) one whole batch that pgmux
+ * may send again to another backend, when the first ended its session
+ * before answering any of it? Exactly one Query, or extended-protocol
+ * messages up to and including their Sync: Parse of the unnamed statement,
+ * Bind, Describe, Execute, Flush. Not a named Parse or a Close (they change
+ * what the client's session holds as they are sent), a FunctionCall, COPY,
+ * or anything after the batch's end.
+ */
+bool proto_batch_resendable(const uint8_t *batch, size_t len);
+
 #endif

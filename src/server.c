@@ -338,25 +338,50 @@ void server_connect(struct worker *w, struct pool *pool, struct target *target)
 
 /* ------------------------------------------------------------ pool hand-off */
 
-bool server_attach(struct server *s, struct worker *w)
+/*
+ * A parked connection should have nothing to say: is it so? One look at the
+ * socket, without blocking. Bytes or EOF mean the server closed it or is
+ * about to (its FATAL: an admin terminate, idle_session_timeout, a
+ * restart); *why says which.
+ */
+static bool server_parked_clean(struct server *s, const char **why)
 {
 	uint8_t byte;
 	ssize_t n;
 
-	/* Parked on this loop already: its read event would have seen a close. */
+	n = recv(s->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || (s->io.ssl && SSL_has_pending(s->io.ssl))) {
+		*why = n == 0 ? "server closed the idle connection" : "idle connection is not clean";
+		return false;
+	}
+	return true;
+}
+
+bool server_attach(struct server *s, struct worker *w)
+{
+	const char *why;
+
 	if (s->worker == w) {
+		uint64_t check_after = (uint64_t)config_current()->server_check_delay_ms * 1000;
+
+		/*
+		 * Parked on this loop already: its read event sees a close, but
+		 * only once the loop gets to it, and a client's event of the same
+		 * pass may come first. One that sat idle for server_check_delay
+		 * is looked at (its server had time to end it: an idle timeout,
+		 * a terminate, a restart).
+		 */
+		if (pgmux_now_usec() - s->last_used_usec >= check_after && !server_parked_clean(s, &why)) {
+			server_close(s, why);
+			return false;
+		}
 		server_set_state(s, SERVER_ACTIVE);
 		return true;
 	}
 	s->worker = w;
 	list_append(&w->servers, &s->worker_node);
-	/*
-	 * A parked connection should have nothing to say. Bytes or EOF mean the
-	 * server closed it or is about to (an admin terminate, a restart).
-	 */
-	n = recv(s->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || (s->io.ssl && SSL_has_pending(s->io.ssl))) {
-		server_close(s, n == 0 ? "server closed the idle connection" : "idle connection is not clean");
+	if (!server_parked_clean(s, &why)) {
+		server_close(s, why);
 		return false;
 	}
 	if (io_attach(&s->io, w->base, server_on_event, s) != 0) {
@@ -387,6 +412,7 @@ void server_link(struct server *s, struct client *c, uint64_t client_id, const s
 	s->client = c;
 	s->client_ops = ops;
 	s->served = true;
+	s->answered = false;
 	__atomic_store_n(&s->client_id, client_id, __ATOMIC_RELAXED);
 	reply_link(&s->replies, rs, tracking);
 }
@@ -611,10 +637,11 @@ static void server_session_ended(struct server *s, enum session_end end)
 /*
  * Is this ErrorResponse one after which the backend closes the connection?
  * If so, *why is "the server ended the session: FATAL: <message> (SQLSTATE
- * <code>)", for the log and the client's DETAIL, and *end what it says about
- * the instance.
+ * <code>)", for the log, and *end what it says about the instance; s keeps
+ * the server's SQLSTATE and message (end_sqlstate, end_message) for its
+ * client.
  */
-static bool server_error_ends_session(const uint8_t *body, size_t len, char *why, size_t cap,
+static bool server_error_ends_session(struct server *s, const uint8_t *body, size_t len, char *why, size_t cap,
 				      enum session_end *end)
 {
 	struct error_fields ef;
@@ -624,6 +651,11 @@ static bool server_error_ends_session(const uint8_t *body, size_t len, char *why
 	    (strcmp(ef.severity, "FATAL") != 0 && strcmp(ef.severity, "PANIC") != 0))
 		return false;
 	code = ef.sqlstate ? ef.sqlstate : "?";
+	if (ef.sqlstate && strlen(ef.sqlstate) == 5 && ef.message) {
+		free(s->end_message);
+		s->end_message = xstrdup(ef.message);
+		memcpy(s->end_sqlstate, ef.sqlstate, sizeof(s->end_sqlstate));
+	}
 	/* idle_in_transaction_session_timeout, idle_session_timeout, transaction_timeout */
 	if (strcmp(code, SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT) == 0 || strcmp(code, SQLSTATE_IDLE_SESSION_TIMEOUT) == 0 ||
 	    strcmp(code, SQLSTATE_TRANSACTION_TIMEOUT) == 0)
@@ -770,11 +802,14 @@ static enum server_input server_process_input(struct server *s)
 				char why[320];
 				enum session_end end;
 
-				if (server_error_ends_session(p + PROTO_HEADER_LEN, mlen - 4, why, sizeof(why), &end))
+				if (server_error_ends_session(s, p + PROTO_HEADER_LEN, mlen - 4, why, sizeof(why), &end)) {
 					s->session_end = end;
+					s->end_relayed = true;
+				}
 			}
 			span += n;
 			s->forward_remaining = (uint32_t)(1 + mlen - n);
+			s->answered = true;
 			continue;
 		}
 		if (mlen > SERVER_MAX_INSPECTED_MESSAGE) {
@@ -806,23 +841,25 @@ static enum server_input server_process_input(struct server *s)
 			}
 		}
 		if (relaying && type == BE_ERROR_RESPONSE && s->replies.tracking &&
-		    server_error_ends_session(body, blen, reason, sizeof(reason), &end)) {
+		    server_error_ends_session(s, body, blen, reason, sizeof(reason), &end)) {
 			server_deliver_span(s, relaying, &span);
 			iobuf_consume(in, 1 + (size_t)mlen);
 			/*
 			 * The backend ends its session (terminated, shutting down, an
 			 * idle-in-transaction timeout). The client's session lives on in
-			 * pgmux, so it gets the class 08 error of a lost backend rather
-			 * than a FATAL that ends nothing (its lost callback), and gets it
-			 * now: until the connection closed, a statement of the client
-			 * would still go to this backend, which never reads it, and the
-			 * client would wait for its answer for good.
+			 * pgmux, so it gets the server's SQLSTATE and message as an ERROR
+			 * rather than a FATAL that ends nothing (its lost callback), and
+			 * gets it now: until the connection closed, a statement of the
+			 * client would still go to this backend, which never reads it,
+			 * and the client would wait for its answer for good.
 			 */
+			s->end_unanswered = !s->answered;
 			server_session_ended(s, end);
 			server_close(s, reason);
 			return SERVER_INPUT_GONE;
 		}
 		if (relaying) {
+			s->answered = true;
 			enum server_input result = server_relay_message(s, type, body, blen, &span);
 
 			if (result == SERVER_INPUT_GONE)
@@ -852,6 +889,18 @@ static enum server_input server_process_input(struct server *s)
 			if (!more)
 				return SERVER_INPUT_GONE;
 			continue;
+		}
+		/*
+		 * A parked backend's server ended its session (idle_session_timeout,
+		 * a terminate, a shutdown): closed now, not when the end of the
+		 * connection is read, which a borrow may come before.
+		 */
+		if (type == BE_ERROR_RESPONSE && s->client == NULL &&
+		    server_error_ends_session(s, body, blen, reason, sizeof(reason), &end)) {
+			iobuf_consume(in, 1 + (size_t)mlen);
+			server_session_ended(s, end);
+			server_close(s, reason);
+			return SERVER_INPUT_GONE;
 		}
 		/* Unsolicited message with nobody linked (notice, parameter change): drop it. */
 		iobuf_consume(in, 1 + (size_t)mlen);
@@ -1133,6 +1182,7 @@ void server_free(struct server *s)
 	s->params_fingerprint_valid = false;
 	strmap_clear(&s->prepared, NULL);
 	reply_tracker_free(&s->replies);
+	free(s->end_message);
 	free(s->query_error);
 	free(s->query_value);
 	free(s);

@@ -124,6 +124,18 @@ struct server {
 	                              * client, if still linked, waits in SETUP) */
 	int session_end;             /* what its close will say about its instance: an enum session_end
 	                              * (server.c), from a FATAL relayed before it */
+	/*
+	 * The FATAL (or PANIC) with which the server ended this session, if it
+	 * sent one: its SQLSTATE and message, which the client gets instead of
+	 * pgmux's own words (client_server_lost()). end_relayed: it went to the
+	 * client as it was (session pooling), so nothing more is to be said.
+	 */
+	char end_sqlstate[6];
+	char *end_message;
+	bool end_relayed;
+	bool answered;               /* a message came from the backend while relaying, since server_link() */
+	bool end_unanswered;         /* the server's FATAL came before any other message since server_link():
+	                              * none of what its client sent was answered */
 
 	/* Relay framing. */
 	uint32_t forward_remaining;  /* bytes of the backend's current message still to pass to the client */

@@ -751,7 +751,7 @@ static void *terminator_main(void *arg)
 	while (!atomic_load(&t->stop) && PQstatus(conn) == CONNECTION_OK) {
 		PGresult *r = PQexec(conn, "select pg_terminate_backend(pg_backend_pid())");
 
-		/* With transaction pooling the session survives: its statement fails with class 08. */
+		/* With transaction pooling the session survives: its statement fails with ERROR 57P01. */
 		if (PQresultStatus(r) != PGRES_TUPLES_OK)
 			atomic_fetch_add(&t->terminated, 1);
 		PQclear(r);

@@ -376,7 +376,7 @@ static void terminate_rot_backends(PGconn *su, const char *keep_pid)
 	 * And pgmux has seen them go. A backend that dies while parked is noticed
 	 * when its worker reads the end of the connection; a borrow that comes
 	 * first (pgmux under valgrind is slow) hands out the dead backend, and
-	 * the transaction sent to it fails with 08006.
+	 * the transaction sent to it fails with ERROR 57P01.
 	 */
 	char *save = NULL;
 	for (char *pid = strtok_r(pids, " ", &save); pid; pid = strtok_r(NULL, " ", &save)) {

@@ -796,8 +796,9 @@ static void terminate_backend(PGconn *super, int pid, bool wait_gone)
  * A backend terminated while its client is idle in a transaction sends a
  * FATAL and closes. The session is pgmux's and goes on: the client must not
  * get a FATAL that ends nothing (libpq passes one that arrives while it is
- * idle to the notice receiver); its next statement fails with 08006, since
- * the transaction is gone, and the one after runs on another backend.
+ * idle to the notice receiver); its next statement fails with the server's
+ * SQLSTATE and message (57P01) as an ERROR, since the transaction is gone,
+ * and the one after runs on another backend.
  */
 Test(txn_backend_ends, terminated_while_idle_in_a_transaction)
 {
@@ -818,11 +819,14 @@ Test(txn_backend_ends, terminated_while_idle_in_a_transaction)
 	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
 	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "a statement in the lost transaction did not fail (%s)",
 		     PQresStatus(PQresultStatus(r)));
-	cr_expect_str_eq(state ? state : "", "08006", "%s", PQresultErrorMessage(r));
+	cr_expect_str_eq(state ? state : "", "57P01", "%s", PQresultErrorMessage(r));
+	const char *message = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+	const char *severity = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+	cr_expect_str_eq(message ? message : "", "terminating connection due to administrator command");
+	cr_expect_str_eq(severity ? severity : "", "ERROR");
 	const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
-	cr_expect(detail && strstr(detail, "terminating connection due to administrator command") &&
-			  strstr(detail, "57P01"),
-		  "the error does not say why the backend went: DETAIL %s", detail ? detail : "(none)");
+	cr_expect(detail && strstr(detail, "pgmux kept this client's session"),
+		  "the error does not say that the session goes on: DETAIL %s", detail ? detail : "(none)");
 	PQclear(r);
 	cr_expect_eq(notices.fatal, 0, "a FATAL reached the client");
 	cr_assert_eq(PQstatus(a), CONNECTION_OK, "the session ended with its backend");
@@ -884,7 +888,7 @@ Test(txn_backend_ends, statement_sent_as_the_backend_is_terminated_gets_an_answe
 /*
  * idle_in_transaction_session_timeout set by the client (carried to each
  * backend it borrows) ends the backend's session; the client's next
- * statement learns why from the DETAIL, and the session goes on.
+ * statement gets the server's SQLSTATE and message, and the session goes on.
  */
 Test(txn_backend_ends, idle_in_transaction_timeout_says_why)
 {
@@ -901,9 +905,10 @@ Test(txn_backend_ends, idle_in_transaction_timeout_says_why)
 	const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
 	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "the timed-out transaction went on (%s)",
 		     PQresStatus(PQresultStatus(r)));
-	cr_expect_str_eq(state ? state : "", "08006", "%s", PQresultErrorMessage(r));
-	cr_expect(detail && strstr(detail, "idle-in-transaction timeout") && strstr(detail, "25P03"),
-		  "DETAIL %s", detail ? detail : "(none)");
+	cr_expect_str_eq(state ? state : "", "25P03", "%s", PQresultErrorMessage(r));
+	cr_expect(strstr(PQresultErrorMessage(r), "idle-in-transaction timeout") != NULL, "%s",
+		  PQresultErrorMessage(r));
+	cr_expect(detail && strstr(detail, "pgmux kept this client's session"), "DETAIL %s", detail ? detail : "(none)");
 	PQclear(r);
 	cr_expect_eq(notices.fatal, 0, "the backend's FATAL reached the client");
 	cr_assert_eq(PQstatus(a), CONNECTION_OK, "the session ended with its backend");
@@ -950,7 +955,7 @@ Test(txn_backend_ends, a_terminated_health_check_connection_is_not_an_outage)
 
 	PGresult *r = PQexec(a, "select 1");
 	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-	cr_expect_str_eq(state ? state : "", "08006", "%s", PQresultErrorMessage(r));
+	cr_expect_str_eq(state ? state : "", "57P01", "%s", PQresultErrorMessage(r));
 	PQclear(r);
 	h_expect_value(a, "select 'next'", "next");
 	/* The check that the session's FATAL asked for reconnected. */

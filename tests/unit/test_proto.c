@@ -1003,3 +1003,70 @@ Test(types, backend)
 {
 	assert_type_set(proto_valid_backend_type, "RKSZENACTDIGHWv123nstcdV");
 }
+
+/* ---- batches pgmux may send again (proto_batch_resendable) ---- */
+
+/* Append one frontend message: type, then body (blen bytes). */
+static void put_message(struct iobuf *buf, char type, const void *body, size_t blen)
+{
+	iobuf_append_u8(buf, (uint8_t)type);
+	iobuf_append_u32(buf, (uint32_t)(4 + blen));
+	iobuf_append(buf, body, blen);
+}
+
+static bool resendable(const struct iobuf *buf)
+{
+	return proto_batch_resendable(iobuf_head(buf), iobuf_len(buf));
+}
+
+Test(resend, one_query_or_one_unnamed_extended_batch)
+{
+	struct iobuf b;
+
+	iobuf_init(&b);
+	put_message(&b, 'Q', "select 1\0", 9);
+	cr_expect(resendable(&b), "a Query alone");
+	iobuf_reset(&b);
+	/* What libpq's PQexecParams sends: Parse "", Bind, Describe portal, Execute, Sync. */
+	put_message(&b, 'P', "\0select $1\0\0\0", 13);
+	put_message(&b, 'B', "\0\0\0\0\0\0\0\0\0\0", 10);
+	put_message(&b, 'D', "P\0", 2);
+	put_message(&b, 'E', "\0\0\0\0\0", 5);
+	put_message(&b, 'S', "", 0);
+	cr_expect(resendable(&b), "an unnamed extended batch");
+	iobuf_free(&b);
+}
+
+Test(resend, what_may_not_go_again)
+{
+	struct iobuf b;
+
+	iobuf_init(&b);
+	/* A named Parse: the client's session holds the statement as soon as it is sent. */
+	put_message(&b, 'P', "s1\0select 1\0\0\0", 14);
+	put_message(&b, 'S', "", 0);
+	cr_expect(!resendable(&b), "a named Parse");
+	iobuf_reset(&b);
+	put_message(&b, 'C', "Ss1\0", 4);
+	put_message(&b, 'S', "", 0);
+	cr_expect(!resendable(&b), "a Close");
+	iobuf_reset(&b);
+	/* Two batches: the second may have been answered by then, or be half sent. */
+	put_message(&b, 'Q', "select 1\0", 9);
+	put_message(&b, 'Q', "select 2\0", 9);
+	cr_expect(!resendable(&b), "two Queries");
+	iobuf_reset(&b);
+	/* A batch whose Sync has not been sent yet. */
+	put_message(&b, 'P', "\0select 1\0\0\0", 12);
+	put_message(&b, 'E', "\0\0\0\0\0", 5);
+	cr_expect(!resendable(&b), "no Sync");
+	iobuf_reset(&b);
+	/* Part of a message. */
+	put_message(&b, 'Q', "select 1\0", 9);
+	cr_expect(!proto_batch_resendable(iobuf_head(&b), iobuf_len(&b) - 1), "a cut Query");
+	iobuf_reset(&b);
+	put_message(&b, 'F', "\0\0\0\1\0\0\0\0\0\0", 10);
+	cr_expect(!resendable(&b), "a FunctionCall");
+	cr_expect(!proto_batch_resendable(NULL, 0), "nothing");
+	iobuf_free(&b);
+}
