@@ -231,6 +231,38 @@ Test(errors_txn, a_lost_transaction_reports_the_servers_sqlstate_and_message)
 	h_stop_expect_clean_exit(&px);
 }
 
+/*
+ * A session pinned to its backend (a temporary table) cannot go on without
+ * it: like a session-pooled one, it gets the server's FATAL, once, and its
+ * socket closes, as directly.
+ */
+Test(errors_txn, a_pinned_session_ends_with_the_servers_fatal)
+{
+	start_errors_pgmux("transaction", 2, NULL);
+	PGconn *super = h_connect_super_direct();
+	for (int running = 0; running <= 1; running++) {
+		struct transcript direct, through;
+		PGconn *d = h_connect_app_direct(NULL);
+		h_exec_ok(d, "create temporary table pinned (x int)");
+		terminated_transcript(d, super, running, &direct);
+		PGconn *p = h_app_session(&px, "disable", NULL);
+		h_exec_ok(p, "create temporary table pinned (x int)");
+		terminated_transcript(p, super, running, &through);
+		log_transcript("directly", &direct);
+		log_transcript("pgmux, pinned", &through);
+		cr_assert_eq(direct.n_errors, 1);
+		cr_expect_eq(through.n_errors, 1, "pgmux sent %d errors (running %d)", through.n_errors, running);
+		cr_expect_str_eq(through.severity[0], direct.severity[0]);
+		cr_expect_str_eq(through.sqlstate[0], direct.sqlstate[0]);
+		cr_expect_str_eq(through.message[0], direct.message[0]);
+		cr_expect(through.closed && !through.ready, "the pinned session did not end (running %d)", running);
+		PQfinish(d);
+		PQfinish(p);
+	}
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
 /* ================================================================ item 4: parked backends that died */
 
 TestSuite(errors_parked, .fini = fini_errors, .timeout = 180);
