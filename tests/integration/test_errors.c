@@ -10,6 +10,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <signal.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,6 +380,99 @@ Test(errors_parked, idle_session_timeout_on_the_server_fails_no_transaction, .fi
 	cr_expect_eq(failed, 0, "%d transactions failed on backends that idle_session_timeout ended", failed);
 	for (int i = 0; i < PARKED_CLIENTS; i++)
 		PQfinish(clients[i]);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * The moment item 4 is about, made to happen on purpose. pgmux is stopped
+ * (SIGSTOP) while the client's next statement reaches its socket and then
+ * the client's parked backend ends for idle_session_timeout; when pgmux goes
+ * on, it reads the statement first (it came first), lends the backend (idle
+ * for less than server_check_delay, so it is not looked at), sends the
+ * statement, and only then reads the server's FATAL, which came before any
+ * answer: nothing ran, and the statement goes to another backend. A batch
+ * pgmux may not send again (a named Parse) fails instead, with the server's
+ * SQLSTATE, and the session goes on.
+ */
+static void backend_times_out_under_a_stopped_pgmux(PGconn *conn, void (*send)(PGconn *))
+{
+	/* The backend parks now; idle_session_timeout (1 s) starts. */
+	h_expect_value(conn, "select 'parked'", "parked");
+	/* pgmux parks it just after the answer went: not stopped before that. */
+	h_sleep_ms(100);
+	cr_assert_eq(kill(px.pid, SIGSTOP), 0);
+	h_sleep_ms(100);
+	send(conn);
+	h_sleep_ms(1500);
+	cr_assert_eq(kill(px.pid, SIGCONT), 0);
+}
+
+static void send_query(PGconn *conn)
+{
+	cr_assert_eq(PQsendQuery(conn, "select 'resent'"), 1, "%s", PQerrorMessage(conn));
+}
+
+static void send_unnamed_extended(PGconn *conn)
+{
+	const char *values[] = {"resent"};
+	cr_assert_eq(PQsendQueryParams(conn, "select $1::text", 1, NULL, values, NULL, NULL, 0), 1, "%s",
+		     PQerrorMessage(conn));
+}
+
+static void send_named_parse(PGconn *conn)
+{
+	cr_assert_eq(PQsendPrepare(conn, "named", "select 'resent'", 0, NULL), 1, "%s", PQerrorMessage(conn));
+}
+
+Test(errors_parked, a_batch_sent_to_a_backend_that_timed_out_goes_to_another, .fini = drop_idle_database)
+{
+	if (h_under_valgrind())
+		cr_skip_test("the moments are too short for pgmux under valgrind");
+	PGconn *super = h_connect_super_direct();
+	PQclear(PQexec(super, "drop database if exists errors_idle with (force)"));
+	h_exec_ok(super, "create database errors_idle");
+	h_exec_ok(super, "alter database errors_idle set idle_session_timeout = '1s'");
+	h_wait_no_app_backends();
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = 2;
+	o.workers = 1; /* the client's socket and its backend's on one loop, read in the order they became ready */
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	PGconn *c = h_app_session(&px, "disable", "dbname=errors_idle");
+
+	static void (*const resendable[])(PGconn *) = {send_query, send_unnamed_extended};
+	for (size_t i = 0; i < sizeof(resendable) / sizeof(resendable[0]); i++) {
+		backend_times_out_under_a_stopped_pgmux(c, resendable[i]);
+		PGresult *r = h_get_result(c, h_scaled_ms(10000));
+		cr_assert_not_null(r, "case %zu: no answer", i);
+		cr_expect_eq(PQresultStatus(r), PGRES_TUPLES_OK, "case %zu failed: %s", i, PQresultErrorMessage(r));
+		if (PQresultStatus(r) == PGRES_TUPLES_OK)
+			cr_expect_str_eq(PQgetvalue(r, 0, 0), "resent");
+		PQclear(r);
+		while ((r = h_get_result(c, h_scaled_ms(5000))) != NULL)
+			PQclear(r);
+		cr_expect(h_file_wait_count(px.logfile, "first statements go to another backend", (int)i + 1,
+					    h_scaled_ms(5000)),
+			  "case %zu: pgmux did not send the batch again", i);
+	}
+
+	/* A named Parse: the session holds the statement once it is sent; pgmux does not send it again. */
+	backend_times_out_under_a_stopped_pgmux(c, send_named_parse);
+	PGresult *r = h_get_result(c, h_scaled_ms(10000));
+	cr_assert_not_null(r, "no answer to the Parse");
+	const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "the Parse did not fail");
+	cr_expect_str_eq(state ? state : "", "57P05", "%s", PQresultErrorMessage(r));
+	PQclear(r);
+	while ((r = h_get_result(c, h_scaled_ms(5000))) != NULL)
+		PQclear(r);
+	cr_expect_eq(h_file_count(px.logfile, "first statements go to another backend"), 2,
+		     "a named Parse was sent again");
+	cr_assert_eq(PQstatus(c), CONNECTION_OK, "the session ended");
+	h_expect_value(c, "select 'goes on'", "goes on");
+	PQfinish(c);
 	PQfinish(super);
 	h_stop_expect_clean_exit(&px);
 }
