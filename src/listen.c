@@ -475,7 +475,14 @@ static void hub_connected(void *arg, PGconn *pg, const struct pgconn_failure *fa
 		log_warning("pool %s@%s: the LISTEN connection to %s:%d failed: %s", h->pool->user,
 			    h->pool->database, h->where.host, h->where.port, failure->message);
 		hub_drop_connection(h, failure->message);
-		/* Whoever waits for this connection hears why it could not be had. */
+		/*
+		 * The server refused the login: whoever waits for this connection
+		 * hears why at once, as a client waiting for a backend does. An
+		 * instance that cannot be reached (a failover under way) is waited
+		 * for, up to connection_borrow_timeout (hub_work()).
+		 */
+		if (!failure->refused)
+			return;
 		pthread_mutex_lock(&listen_lock);
 		{
 			char why[600];
