@@ -477,9 +477,11 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->relay.session.reset_all_pending = true;
-	/* DISCARD ALL is UNLISTEN * too. */
+	/* DISCARD ALL is UNLISTEN * too; an UNLISTEN sent to the backend (in a transaction) ends what pgmux holds. */
 	if (scan.effects & SQL_EFFECT_DISCARD_ALL)
 		client_listen_forget(c);
+	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen.n_channels > 0)
+		client_listen_unlisten_text(c, sql, len);
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;

@@ -184,6 +184,21 @@ void client_listen_idle(struct client *c)
 	io_schedule_read(&c->io);
 }
 
+void client_listen_unlisten_text(struct client *c, const char *sql, size_t len)
+{
+	struct sql_listen_command cmds[SQL_LISTEN_MAX_COMMANDS];
+	int n = sql_listen_parse(sql, len, cmds, SQL_LISTEN_MAX_COMMANDS);
+
+	for (int i = 0; i < n; i++) {
+		int at;
+
+		if (cmds[i].kind == SQL_UNLISTEN_ALL)
+			client_listen_forget(c);
+		else if (cmds[i].kind == SQL_UNLISTEN && (at = channel_index(c, cmds[i].channel)) >= 0)
+			channel_remove(c, at);
+	}
+}
+
 void client_listen_forget(struct client *c)
 {
 	while (c->listen.n_channels > 0)

@@ -569,7 +569,7 @@ static const struct config_option option_table[] = {
 	  .default_value = "256", .reloadable = true,
 	  .offset = FIELD(max_client_listen_channels), .min_value = 1, .max_value = 100000,
 	  .doc = "With transaction pooling, how many channels one client may LISTEN on "
-		 "(pgmux holds LISTEN itself: see LISTEN AND NOTIFY in pgmux(1)). A LISTEN "
+		 "(pgmux holds LISTEN itself: see LISTEN and NOTIFY in pgmux(1)). A LISTEN "
 		 "beyond it fails with SQLSTATE 54000 and the client keeps its session; "
 		 "nobody else notices. From 1 to 100000." },
 	{ .section = "pool", .name = "max_client_pending_notifications", .type = CONFIG_INT,

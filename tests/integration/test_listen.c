@@ -99,6 +99,20 @@ static void expect_no_notify(PGconn *conn, int wait_ms)
 		PQfreemem(n);
 }
 
+/* SHOW LISTENERS: one pool, its LISTEN connection up, with these channels and subscriptions. */
+static void expect_listeners(PGconn *admin, const char *channels, const char *subscriptions)
+{
+	PGresult *r = PQexec(admin, "SHOW LISTENERS");
+
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "SHOW LISTENERS: %s", PQerrorMessage(admin));
+	cr_assert_eq(PQntuples(r), 1);
+	cr_expect_str_eq(PQgetvalue(r, 0, PQfnumber(r, "user")), h_env()->appuser);
+	cr_expect_neq(atoi(PQgetvalue(r, 0, PQfnumber(r, "backend_pid"))), 0);
+	cr_expect_str_eq(PQgetvalue(r, 0, PQfnumber(r, "channels")), channels);
+	cr_expect_str_eq(PQgetvalue(r, 0, PQfnumber(r, "subscriptions")), subscriptions);
+	PQclear(r);
+}
+
 static void fini(void)
 {
 	h_teardown();
@@ -123,6 +137,7 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 	static PGconn *clients[N_CLIENTS];
 	int got[N_CLIENTS] = { 0 };
 	PGconn *super, *notifier, *admin;
+	PGresult *r;
 	char sql[128];
 	long long t0 = h_now_ms(), deadline;
 	int pid, remaining = N_CLIENTS;
@@ -161,6 +176,7 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 	cr_assert_leq(h_app_backends(super), 4 + 1);
 	cr_expect_eq(atoi(h_value_ok(super, "select count(*) from pg_stat_activity where application_name = 'pgmux listen'")), 1,
 		     "one LISTEN connection for the pool");
+	expect_listeners(admin, "50", "500");
 
 	notifier = h_connect_super_direct();
 	pid = PQbackendPID(notifier);
@@ -207,6 +223,10 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 		expect_no_notify(clients[i], 20);
 	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 0);
 	cr_assert_leq(h_app_backends(super), 4 + 1);
+	r = PQexec(admin, "SHOW LISTENERS");
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+	cr_expect_str_eq(PQgetvalue(r, 0, PQfnumber(r, "notifications")), "150");
+	PQclear(r);
 
 	/* The clients still run queries as usual. */
 	h_expect_value(clients[7], "select 41 + 1", "42");
@@ -257,6 +277,14 @@ Test(listen, unlisten_unlisten_all_discard_all)
 	expect_tag(a, "LISTEN three", "LISTEN");
 	expect_tag(a, "DISCARD ALL", "DISCARD ALL");
 	h_exec_ok(notifier, "NOTIFY three, 'w3'");
+	expect_no_notify(a, 150);
+
+	/* An UNLISTEN in a transaction block runs on the backend, and ends pgmux's subscription too. */
+	expect_tag(a, "LISTEN four", "LISTEN");
+	expect_tag(a, "BEGIN", "BEGIN");
+	expect_tag(a, "UNLISTEN four", "UNLISTEN");
+	expect_tag(a, "COMMIT", "COMMIT");
+	h_exec_ok(notifier, "NOTIFY four, 'u4'");
 	expect_no_notify(a, 150);
 
 	/* A client that leaves listens no more; the other still does. */
