@@ -195,7 +195,7 @@ void client_listen_ready(struct client *c, const char *error);
 bool client_listen_notify(struct client *c, const uint8_t *msg, size_t len);
 /* c is idle now: the notifications that waited go out after what it was sent. */
 void client_listen_idle(struct client *c);
-/* The UNLISTENs of a text of only LISTEN and UNLISTEN statements that goes to c's backend. */
+/* The UNLISTENs (among other statements, as in a reset query) of a text that goes to c's backend. */
 void client_listen_unlisten_text(struct client *c, const char *sql, size_t len);
 /* UNLISTEN * (DISCARD ALL, the client leaves). */
 void client_listen_forget(struct client *c);

@@ -187,7 +187,7 @@ void client_listen_idle(struct client *c)
 void client_listen_unlisten_text(struct client *c, const char *sql, size_t len)
 {
 	struct sql_listen_command cmds[SQL_LISTEN_MAX_COMMANDS];
-	int n = sql_listen_parse(sql, len, cmds, SQL_LISTEN_MAX_COMMANDS);
+	int n = sql_listen_find(sql, len, cmds, SQL_LISTEN_MAX_COMMANDS);
 
 	for (int i = 0; i < n; i++) {
 		int at;

@@ -80,10 +80,14 @@ static bool statement_command(struct reply_session *rs, struct listen_batch *b, 
 
 /*
  * First pass over the batch that begins at p (avail bytes): does it hold
- * only what is answered here, up to a Sync? RELAY_ANSWERED when it does,
- * RELAY_NEED_MORE when it is not all here, RELAY_BORROW when it is not one.
+ * only what is answered here, up to a Sync, or up to a Flush after which
+ * nothing has come yet (asyncpg prepares with Parse, Describe, Flush and
+ * runs with Bind, Execute, Sync)? RELAY_ANSWERED when it does (*end: the
+ * bytes to answer, *synced: they end with the Sync), RELAY_NEED_MORE when it
+ * is not all here, RELAY_BORROW when it is not one.
  */
-static enum relay_outcome judge_batch(struct reply_session *rs, const uint8_t *p, size_t avail, struct listen_batch *b)
+static enum relay_outcome judge_batch(struct reply_session *rs, const uint8_t *p, size_t avail, struct listen_batch *b,
+				      size_t *end, bool *synced)
 {
 	const struct config *cfg = config_current();
 	size_t off = 0;
@@ -103,6 +107,8 @@ static enum relay_outcome judge_batch(struct reply_session *rs, const uint8_t *p
 		msg_reader_init(&r, p + off + PROTO_HEADER_LEN, mlen - 4);
 		switch (type) {
 		case FE_SYNC:
+			*end = off + 1 + (size_t)mlen;
+			*synced = true;
 			return b->n_portals + b->n_stmts > 0 ? RELAY_ANSWERED : RELAY_BORROW;
 		case FE_FLUSH:
 			break;
@@ -162,8 +168,13 @@ static enum relay_outcome judge_batch(struct reply_session *rs, const uint8_t *p
 		last = type;
 		off += 1 + (size_t)mlen;
 	}
-	/* A Flush asks for answers before the Sync: the usual path gives them (a backend is borrowed). */
-	return last == FE_FLUSH ? RELAY_BORROW : RELAY_NEED_MORE;
+	/* A Flush asks for the answers so far; the rest of the batch comes after them. */
+	if (last == FE_FLUSH && off == avail && b->n_portals + b->n_stmts > 0) {
+		*end = off;
+		*synced = false;
+		return RELAY_ANSWERED;
+	}
+	return RELAY_NEED_MORE;
 }
 
 static void put_empty(struct iobuf *out, uint8_t type)
@@ -208,18 +219,18 @@ static bool run_commands(const struct sql_listen_command *cmds, int n, struct io
 }
 
 /*
- * Second pass: answer the batch judge_batch() accepted, message by message
- * (its i-th Parse and Bind are b's i-th statement and portal). Returns the
- * bytes it spans.
+ * Second pass: answer the end bytes judge_batch() accepted, message by
+ * message (its i-th Parse and Bind are b's i-th statement and portal).
+ * Returns false when a statement failed (the rest of the batch is skipped).
  */
-static size_t answer_batch(struct reply_session *rs, const uint8_t *p, struct listen_batch *b, struct iobuf *out,
-			   relay_listen_apply apply, void *arg, size_t *wait_at)
+static bool answer_batch(struct reply_session *rs, const uint8_t *p, size_t end, struct listen_batch *b,
+			 struct iobuf *out, relay_listen_apply apply, void *arg, size_t *wait_at)
 {
 	int n_stmts = 0, n_portals = 0;
 	bool failed = false;
 	size_t off = 0;
 
-	for (;;) {
+	while (off < end) {
 		uint8_t type = p[off];
 		uint32_t mlen = get_u32(p + off + 1);
 		struct msg_reader r;
@@ -230,7 +241,7 @@ static size_t answer_batch(struct reply_session *rs, const uint8_t *p, struct li
 		off += 1 + (size_t)mlen;
 		if (type == FE_SYNC) {
 			proto_put_ready(out, 'I');
-			return off;
+			return !failed;
 		}
 		if (failed)
 			continue;
@@ -276,10 +287,11 @@ static size_t answer_batch(struct reply_session *rs, const uint8_t *p, struct li
 			failed = !run_commands(&portal->cmd, 1, out, apply, arg, wait_at);
 			break;
 		}
-		default: /* FE_FLUSH: everything is answered at the Sync anyway */
+		default: /* FE_FLUSH: everything is answered at once anyway */
 			break;
 		}
 	}
+	return !failed;
 }
 
 /* The named statements the batch prepared (and did not close) are the client's, for later batches. */
@@ -322,9 +334,10 @@ enum relay_outcome relay_listen(struct relay *r, struct iobuf *in, struct iobuf 
 				void *arg, size_t *wait_at, struct relay_refusal *why)
 {
 	const uint8_t *p = iobuf_head(in);
-	size_t avail = iobuf_len(in), used;
+	size_t avail = iobuf_len(in), end = 0;
 	struct listen_batch b = { .n_stmts = 0 };
 	enum relay_outcome outcome;
+	bool synced = false;
 
 	*wait_at = SIZE_MAX;
 	if (avail < PROTO_HEADER_LEN)
@@ -346,12 +359,14 @@ enum relay_outcome relay_listen(struct relay *r, struct iobuf *in, struct iobuf 
 	}
 	if (p[0] != FE_PARSE && p[0] != FE_BIND)
 		return RELAY_BORROW;
-	outcome = judge_batch(&r->session, p, avail, &b);
+	outcome = judge_batch(&r->session, p, avail, &b, &end, &synced);
 	if (outcome != RELAY_ANSWERED)
 		return outcome;
+	/* A statement failed before the Sync came: the rest of the batch is dropped up to it, as after any error. */
+	if (!answer_batch(&r->session, p, end, &b, out, apply, arg, wait_at) && !synced)
+		r->discard_until_sync = true;
 	/* The named statements it prepared are the client's once it ran (unless it closed them). */
-	used = answer_batch(&r->session, p, &b, out, apply, arg, wait_at);
-	outcome = keep_statements(&r->session, p, used, &b, why);
-	iobuf_consume(in, used);
+	outcome = keep_statements(&r->session, p, end, &b, why);
+	iobuf_consume(in, end);
 	return outcome;
 }

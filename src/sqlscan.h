@@ -115,5 +115,10 @@ struct sql_listen_command {
 
 /* The commands of a LISTEN/UNLISTEN-only text (len bytes, a NUL ends it), at most max; 0: not one. */
 int sql_listen_parse(const char *sql, size_t len, struct sql_listen_command *out, int max);
+/*
+ * The plain LISTEN and UNLISTEN statements among others in a text (a reset
+ * query such as "CLOSE ALL; UNLISTEN *; RESET ALL"), at most max.
+ */
+int sql_listen_find(const char *sql, size_t len, struct sql_listen_command *out, int max);
 
 #endif

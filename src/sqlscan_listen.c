@@ -58,7 +58,11 @@ static bool channel_name(const char *sql, const struct sql_token *tok, char out[
 	return true;
 }
 
-int sql_listen_parse(const char *sql, size_t len, struct sql_listen_command *out, int max)
+/*
+ * The LISTEN and UNLISTEN statements of a text; with only, 0 unless the text
+ * holds nothing else; without, the other statements are passed over.
+ */
+static int listen_statements(const char *sql, size_t len, struct sql_listen_command *out, int max, bool only)
 {
 	struct sql_lexer lx = {.sql = sql, .len = sql ? len : 0, .pos = 0};
 	struct sql_token tok[4];
@@ -77,28 +81,32 @@ int sql_listen_parse(const char *sql, size_t len, struct sql_listen_command *out
 		if (more)
 			after_last = lx.pos;
 		if (more && !sql_token_is_char(&next, ';')) {
-			if (n_tokens == 3)
-				return 0;
-			tok[n_tokens++] = next;
+			if (n_tokens < 3)
+				tok[n_tokens] = next;
+			n_tokens++;
 			continue;
 		}
 		if (n_tokens == 0)
 			continue; /* an empty statement */
-		if (n_tokens != 2 || n_commands == max)
-			return 0;
-		if (sql_token_is_keyword(&tok[0], "listen")) {
+		if (n_tokens == 2 && n_commands < max && sql_token_is_keyword(&tok[0], "listen")) {
 			out[n_commands].kind = SQL_LISTEN;
-		} else if (sql_token_is_keyword(&tok[0], "unlisten")) {
+		} else if (n_tokens == 2 && n_commands < max && sql_token_is_keyword(&tok[0], "unlisten")) {
 			out[n_commands].kind = sql_token_is_char(&tok[1], '*') ? SQL_UNLISTEN_ALL : SQL_UNLISTEN;
-		} else {
+		} else if (only) {
 			return 0;
+		} else {
+			n_tokens = 0;
+			continue;
 		}
+		n_tokens = 0;
 		if (out[n_commands].kind == SQL_UNLISTEN_ALL)
 			out[n_commands].channel[0] = '\0';
-		else if (!channel_name(sql, &tok[1], out[n_commands].channel))
-			return 0;
+		else if (!channel_name(sql, &tok[1], out[n_commands].channel)) {
+			if (only)
+				return 0;
+			continue;
+		}
 		n_commands++;
-		n_tokens = 0;
 	}
 	/*
 	 * The lexer also stops inside an unterminated quote or comment, which
@@ -109,4 +117,14 @@ int sql_listen_parse(const char *sql, size_t len, struct sql_listen_command *out
 		if (strchr(" \t\n\r\f\v", sql[i]) == NULL)
 			return 0;
 	return n_commands;
+}
+
+int sql_listen_parse(const char *sql, size_t len, struct sql_listen_command *out, int max)
+{
+	return listen_statements(sql, len, out, max, true);
+}
+
+int sql_listen_find(const char *sql, size_t len, struct sql_listen_command *out, int max)
+{
+	return listen_statements(sql, len, out, max, false);
 }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static struct pgmux px;
 
@@ -396,5 +397,57 @@ Test(listen, the_listen_connection_comes_back)
 	PQfinish(a);
 	PQfinish(notifier);
 	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ real drivers */
+
+TestSuite(listen_drivers, .fini = fini, .timeout = 120);
+
+#define PYTHON "/usr/bin/python3"
+
+/*
+ * psycopg 3, psycopg2, asyncpg and psql LISTEN through pgmux as each
+ * documents it (tests/drivers/listen_drivers.py checks what each gets);
+ * here: nothing was pinned.
+ */
+Test(listen_drivers, psycopg3_psycopg2_asyncpg_psql)
+{
+	const struct h_env *e = h_env();
+	const char *top = getenv("TOP_SRCDIR");
+	char path[700], port[32], user[300], pw[300], direct[700], psql[600];
+	struct h_cmd c;
+	PGconn *admin;
+	long long pinned;
+	int st;
+
+	cr_assert(access(PYTHON, X_OK) == 0, "%s is missing (install python3 and the drivers: see .ci/run)", PYTHON);
+	start_listen_pgmux(2, NULL);
+	snprintf(path, sizeof(path), "%s/tests/drivers/listen_drivers.py", top ? top : ".");
+	snprintf(port, sizeof(port), "PGPORT=%d", px.port);
+	snprintf(user, sizeof(user), "PGUSER=%s", e->appuser);
+	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
+	snprintf(direct, sizeof(direct), "DIRECT_DSN=host=%s port=%d user=%s password=%s dbname=postgres sslmode=disable",
+		 e->pghost, e->pgport, e->superuser, e->superpass);
+	snprintf(psql, sizeof(psql), "PSQL=%s/psql", e->pgbin);
+	const char *argv[] = { PYTHON, path, NULL };
+	const char *env[] = { "PGHOST=127.0.0.1", port, user, pw, "PGDATABASE=postgres", "MAX_BACKENDS=2", direct, psql,
+			      NULL };
+	st = h_cmd_run(&c, argv, env, h_scaled_ms(90000));
+	if (st != 0 || strstr(c.out, "listen drivers ok") == NULL) {
+		h_cmd_dump(&c, "listen_drivers.py");
+		pgmux_dump_logs(&px);
+	}
+	cr_assert_eq(st, 0, "listen_drivers.py exited with %d", st);
+	cr_assert(strstr(c.out, "listen drivers ok") != NULL);
+	cr_log_info("%s", c.out);
+	h_cmd_free(&c);
+
+	admin = admin_session();
+	pinned = h_admin_stat(admin, "sessions_pinned_total");
+	PQfinish(admin);
+	if (pinned != 0)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(pinned, 0, "%lld session(s) were pinned", pinned);
 	h_stop_expect_clean_exit(&px);
 }

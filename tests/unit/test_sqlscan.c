@@ -997,3 +997,15 @@ Test(sqlscan_listen, anything_else_is_the_servers)
 	cr_expect_eq(sql_listen_parse("LISTEN a; LISTEN b", 18, c, 1), 0, "more than max commands");
 	cr_expect_eq(sql_listen_parse("LISTEN a\0; SELECT 1", 19, c, 1), 1, "a NUL ends the text");
 }
+
+Test(sqlscan_listen, find_passes_over_other_statements)
+{
+	struct sql_listen_command c[SQL_LISTEN_MAX_COMMANDS];
+	const char *reset = "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; UNLISTEN \"X\"";
+
+	cr_assert_eq(sql_listen_find(reset, strlen(reset), c, SQL_LISTEN_MAX_COMMANDS), 2);
+	cr_expect_eq(c[0].kind, SQL_UNLISTEN_ALL);
+	cr_expect_eq(c[1].kind, SQL_UNLISTEN);
+	cr_expect_str_eq(c[1].channel, "X");
+	cr_expect_eq(sql_listen_parse(reset, strlen(reset), c, SQL_LISTEN_MAX_COMMANDS), 0);
+}
