@@ -135,10 +135,16 @@ static struct hub *hub_find_locked(struct pool *pool)
 	return NULL;
 }
 
+/*
+ * Under the lock, so that listen_stop(), which clears listen_running under
+ * it, never frees the event while a worker is about to activate it.
+ */
 static void wake_listen_thread(void)
 {
+	pthread_mutex_lock(&listen_lock);
 	if (__atomic_load_n(&listen_running, __ATOMIC_ACQUIRE))
 		event_active(wake_event, EV_READ, 0);
+	pthread_mutex_unlock(&listen_lock);
 }
 
 enum listen_result listen_subscribe(struct pool *pool, uint64_t client_id, int worker_id, const char *channel)
@@ -751,7 +757,9 @@ int listen_start(void)
 void listen_stop(void)
 {
 	if (__atomic_load_n(&listen_running, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_lock(&listen_lock);
 		__atomic_store_n(&listen_running, false, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&listen_lock);
 		event_base_loopbreak(listen_base);
 		pthread_join(listen_thread, NULL);
 	}
