@@ -427,8 +427,10 @@ static void hub_wait_io(struct hub *h, short what)
 /* Forget the connection; the next one is opened after a delay that grows while they keep failing. */
 static void hub_drop_connection(struct hub *h, const char *why)
 {
-	bool had_connection = h->pg != NULL;
+	bool had_connection = h->pg != NULL, say = why != NULL;
 
+	/* why may be libpq's own message: kept before PQfinish() frees it. */
+	snprintf(h->last_failure, sizeof(h->last_failure), "%s", why ? why : "");
 	pgconn_cancel(&h->connect);
 	if (h->io_event) {
 		event_free(h->io_event);
@@ -438,7 +440,6 @@ static void hub_drop_connection(struct hub *h, const char *why)
 		PQfinish(h->pg);
 		h->pg = NULL;
 	}
-	snprintf(h->last_failure, sizeof(h->last_failure), "%s", why ? why : "");
 	/* One line, without libpq's trailing newline. */
 	h->last_failure[strcspn(h->last_failure, "\n")] = '\0';
 	pthread_mutex_lock(&listen_lock);
@@ -463,7 +464,7 @@ static void hub_drop_connection(struct hub *h, const char *why)
 	h->sent = NULL;
 	h->n_sent = 0;
 	h->query_failed = false;
-	if (had_connection && why)
+	if (had_connection && say)
 		log_warning("pool %s@%s: the LISTEN connection to %s:%d was lost (%s); notifications sent until it "
 			    "is back are lost", h->pool->user, h->pool->database, h->where.host, h->where.port,
 			    h->last_failure);
