@@ -16,6 +16,7 @@
 #include "client.h"
 #include "config.h"
 #include "control.h"
+#include "listen.h"
 #include "log.h"
 #include "pgmux.h"
 #include "pool.h"
@@ -120,6 +121,7 @@ static void show_help(struct iobuf *out)
 		{ "SHOW CLIENTS", "one row per logged-in client" },
 		{ "SHOW SERVERS", "one row per backend connection" },
 		{ "SHOW TARGETS", "one row per instance: role, health, replication lag, connections" },
+		{ "SHOW LISTENERS", "one row per pool whose clients LISTEN through pgmux: its LISTEN connection, channels" },
 		{ "SHOW STATS",
 		  "per pool: PgBouncer's totals and averages; then counters since start-up, failovers and cutovers" },
 		{ "SHOW CONFIG", "every setting and its value" },
@@ -210,6 +212,32 @@ static void show_targets(struct iobuf *out)
 
 	put_columns(out, 13, cols);
 	pool_for_each_target(target_row, out);
+	put_complete(out, "SHOW");
+}
+
+static void listener_row(const struct listen_info *info, void *arg)
+{
+	struct iobuf *out = arg;
+	struct row r = { .n = 0 };
+
+	cell(&r, "%s", info->database);
+	cell(&r, "%s", info->user);
+	cell(&r, "%s", info->instance);
+	cell(&r, "%d", info->backend_pid);
+	cell(&r, "%d", info->channels);
+	cell(&r, "%d", info->subscriptions);
+	cell(&r, "%llu", (unsigned long long)info->notifications);
+	cell(&r, "%llu", (unsigned long long)info->reconnects);
+	put_row(out, r.n, r.ptrs);
+}
+
+static void show_listeners(struct iobuf *out)
+{
+	static const char *const cols[] = { "database", "user",          "instance",      "backend_pid",
+					    "channels", "subscriptions", "notifications", "reconnects" };
+
+	put_columns(out, 8, cols);
+	listen_for_each(listener_row, out);
 	put_complete(out, "SHOW");
 }
 
@@ -509,6 +537,8 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 			show_servers(out);
 		else if (strcmp(w2, "TARGETS") == 0)
 			show_targets(out);
+		else if (strcmp(w2, "LISTENERS") == 0)
+			show_listeners(out);
 		else if (strcmp(w2, "STATS") == 0)
 			show_stats(c, out);
 		else if (strcmp(w2, "CONFIG") == 0)

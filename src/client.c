@@ -122,6 +122,9 @@ void client_set_state(struct client *c, enum client_state next)
 		__atomic_sub_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
 	/* Atomic because SHOW CLIENTS reads it from another worker. */
 	__atomic_store_n(&c->state, next, __ATOMIC_RELAXED);
+	/* Notifications that waited for the end of its transaction follow its ReadyForQuery. */
+	if (next == CLIENT_IDLE)
+		client_listen_idle(c);
 }
 
 /* ------------------------------------------------------------------ output */
@@ -158,6 +161,9 @@ void client_flush(struct client *c)
 		/* Drained: the backend may send again. */
 		if (s)
 			server_resume_reading(s);
+		/* Notifications kept while its output was full. */
+		if (c->state == CLIENT_IDLE && c->listen.n_pending > 0)
+			client_listen_idle(c);
 		/* And the client, if its unread output was what stopped it. */
 		if (c->read_paused && !client_input_blocked(c)) {
 			c->read_paused = false;
@@ -310,6 +316,7 @@ void client_close(struct client *c, const char *reason)
 	if (s)
 		server_client_gone(s, !c->transaction_mode);
 	if (c->pool) {
+		client_listen_forget(c);
 		pool_put(c->pool);
 		c->pool = NULL;
 	}
@@ -345,6 +352,7 @@ void client_free(struct client *c)
 	session_params_free(&c->params);
 	client_drop_custom_pending(c);
 	relay_free(&c->relay);
+	client_listen_free(c);
 	free(c);
 }
 
@@ -508,6 +516,11 @@ static void client_authenticated(struct client *c)
 		c->timer = NULL;
 	}
 	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
+	/* LISTEN is pgmux's to hold with transaction pooling, on the writer endpoint (a standby refuses it). */
+	if (c->transaction_mode && c->endpoint == ENDPOINT_WRITER) {
+		c->relay.listen_apply = client_listen_apply;
+		c->relay.listen_arg = c;
+	}
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
 	if (strcmp(c->startup.database, ADMIN_DATABASE) == 0) {
 		if (!config_is_admin(cfg, c->startup.user) && !config_is_stats_user(cfg, c->startup.user)) {
@@ -591,10 +604,14 @@ static bool client_process_idle(struct client *c)
 {
 	struct relay_refusal why;
 
+	/* Its LISTEN has not taken effect yet: what follows waits for it (client_listen_ready()). */
+	if (c->listen.waiting)
+		return false;
 	switch (relay_between_transactions(&c->relay, &c->io.in, &c->io.out, c->transaction_mode, c->transaction_lost,
 					   &why)) {
 	case RELAY_ANSWERED:
-		return true;
+		client_listen_hold(c, c->relay.listen_wait_at);
+		return !c->listen.waiting;
 	case RELAY_PARSE_ANSWERED:
 		STAT_INC(c->worker, parses_answered);
 		return true;

@@ -23,12 +23,30 @@
 #include "pool.h"
 #include "proto.h"
 #include "relay.h"
+#include "sqlscan.h"
 #include "session.h"
 #include "strmap.h"
 
 struct pool;
 struct server;
 struct worker;
+
+/*
+ * LISTEN through pgmux (transaction pooling; listen.h, client_listen.c):
+ * the channels the client listens on, the replies to its LISTEN held until
+ * the LISTEN connection listens, and the notifications that wait for it to
+ * be idle.
+ */
+struct client_listen {
+	char (*channels)[SQL_LISTEN_NAME_MAX + 1];
+	int n_channels, cap_channels;
+	bool waiting;           /* replies are held: its input waits too */
+	struct iobuf held;      /* the replies from the first one that waits on */
+	char (*added)[SQL_LISTEN_NAME_MAX + 1]; /* channels its waiting LISTENs added, undone if they fail */
+	int n_added, cap_added;
+	struct iobuf pending;   /* NotificationResponses for when it is idle */
+	int n_pending;
+};
 
 enum client_state {
 	CLIENT_STARTUP,       /* reading the startup packet (before or after TLS) */
@@ -97,6 +115,7 @@ struct client {
 	char fatal_sqlstate[6];        /* the SQLSTATE of the FATAL it was sent, for the closing line ("": none) */
 	uint64_t borrow_start_usec;    /* when it asked for a server connection (0: it is not waiting); stats.c */
 	uint64_t txn_start_usec;       /* the first message of its transaction (0: none in progress); stats.c */
+	struct client_listen listen;   /* LISTEN held by pgmux (client_listen.c) */
 	uint64_t bytes_read_counted;   /* io.bytes_read and bytes_written its pool has counted */
 	uint64_t bytes_written_counted;
 };
@@ -165,6 +184,28 @@ void client_janitor(struct client *c, uint64_t now_usec);
 
 /* Record a carried parameter's value as the client sees it now (ParameterStatus, startup). */
 void client_set_reported(struct client *c, int index, const char *value);
+
+/* ---- LISTEN held by pgmux (client_listen.c) */
+
+/* Notifications wait in the client's own queue, where they are counted, while this much output waits. */
+#define CLIENT_NOTIFY_OUTPUT_LIMIT (256 * 1024)
+
+/* What the relay hands over of a LISTEN or UNLISTEN pgmux answers (relay_listen_apply). */
+enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_command *cmds, int n,
+					     struct relay_refusal *why);
+/* After relay_listen() answered into io.out: hold the replies from wait_at on if they must wait. */
+void client_listen_hold(struct client *c, size_t wait_at);
+/* The LISTEN connection listens on what c asked for (error NULL), or could not. */
+void client_listen_ready(struct client *c, const char *error);
+/* A NotificationResponse for c: now if it is idle, else once it is (bounded). Returns false if c was closed. */
+bool client_listen_notify(struct client *c, const uint8_t *msg, size_t len);
+/* c is idle now: the notifications that waited go out after what it was sent. */
+void client_listen_idle(struct client *c);
+/* The UNLISTENs (among other statements, as in a reset query) of a text that goes to c's backend. */
+void client_listen_unlisten_text(struct client *c, const char *sql, size_t len);
+/* UNLISTEN * (DISCARD ALL, the client leaves). */
+void client_listen_forget(struct client *c);
+void client_listen_free(struct client *c);
 
 /* Sessions pinned to their backend, across workers (for SHOW and logs). */
 extern int64_t client_pinned_sessions;

@@ -479,6 +479,11 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 		client_pin(c, &scan);
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->relay.session.reset_all_pending = true;
+	/* DISCARD ALL is UNLISTEN * too; an UNLISTEN sent to the backend (in a transaction) ends what pgmux holds. */
+	if (scan.effects & SQL_EFFECT_DISCARD_ALL)
+		client_listen_forget(c);
+	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen.n_channels > 0)
+		client_listen_unlisten_text(c, sql, len);
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;
@@ -528,7 +533,12 @@ static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 {
 	struct client *c = arg;
 
-	if (st->sets_session) {
+	if (st->listen) {
+		/* A LISTEN pgmux answered, now run inside a transaction: on the backend, as before. */
+		struct sql_scan_result scan = { .pin = SQL_PIN_LISTEN };
+
+		client_pin(c, &scan);
+	} else if (st->sets_session) {
 		client_rescan_prepared(c, st);
 	} else if (st->writes && pool_writes_opaque(c->pool)) {
 		/* A trigger or a default may run code that changes the session (struct pool). */

@@ -124,6 +124,8 @@ struct config {
 	char *server_reset_query;         /* run when a session-mode client leaves */
 	int max_prepared_statements;      /* per server connection */
 	int max_pending_replies;          /* per client: replies awaited before its reading stops */
+	int max_client_listen_channels;   /* per client: channels it LISTENs on through pgmux */
+	int max_client_pending_notifications; /* per client: notifications waiting for it to be idle */
 	int max_buffered_message_size;    /* bytes: a message held whole (transaction pooling) */
 	int max_client_prepared_statements; /* named statements kept per client */
 	int idle_transaction_timeout_ms;  /* a backend waiting on its client; 0 = never */

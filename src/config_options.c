@@ -579,6 +579,21 @@ static const struct config_option option_table[] = {
 		 "nobody else waits. pgmux likewise stops reading from a client that does "
 		 "not read what is sent to it, once 256kB are waiting. From 4096 to "
 		 "1000000." },
+	{ .section = "pool", .name = "max_client_listen_channels", .type = CONFIG_INT,
+	  .default_value = "256", .reloadable = true,
+	  .offset = FIELD(max_client_listen_channels), .min_value = 1, .max_value = 100000,
+	  .doc = "With transaction pooling, how many channels one client may LISTEN on "
+		 "(pgmux holds LISTEN itself: see LISTEN and NOTIFY in pgmux(1)). A LISTEN "
+		 "beyond it fails with SQLSTATE 54000 and the client keeps its session; "
+		 "nobody else notices. From 1 to 100000." },
+	{ .section = "pool", .name = "max_client_pending_notifications", .type = CONFIG_INT,
+	  .default_value = "1000", .reloadable = true,
+	  .offset = FIELD(max_client_pending_notifications), .min_value = 1, .max_value = 1000000,
+	  .doc = "With transaction pooling, how many notifications pgmux keeps for one "
+		 "client while it is inside a transaction (PostgreSQL delivers them once "
+		 "the transaction ends) or does not read its socket. A client that falls "
+		 "further behind is closed with SQLSTATE 54000 and a message that says so; "
+		 "the notifications of other clients are not held up. From 1 to 1000000." },
 	{ .section = "pool", .name = "max_buffered_message_size", .type = CONFIG_SIZE,
 	  .default_value = "32MB", .reloadable = true,
 	  .offset = FIELD(max_buffered_message_size), .min_value = 1024, .max_value = GIGABYTE,

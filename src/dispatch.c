@@ -102,6 +102,17 @@ static void dispatch_message(struct worker *w, struct worker_msg *msg)
 			}
 		}
 		break;
+	case WORKER_MSG_NOTIFY:
+		/* One notification, for some of this worker's clients (listen.c); one that left is not found. */
+		for (int i = 0; i < msg->n_ids; i++)
+			if ((c = find_client(w, msg->ids[i])) != NULL)
+				client_listen_notify(c, msg->data, msg->data_len);
+		break;
+	case WORKER_MSG_LISTEN_READY:
+		c = find_client(w, msg->client_id);
+		if (c)
+			client_listen_ready(c, msg->text);
+		break;
 	case WORKER_MSG_KILL:
 		c = find_client(w, msg->client_id);
 		if (c)

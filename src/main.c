@@ -27,6 +27,7 @@
 #include "control.h"
 #include "dispatch.h"
 #include "io.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
 #include "monitor.h"
@@ -444,7 +445,7 @@ int main(int argc, char **argv)
 	}
 	client_set_console(&admin_console);
 	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 ||
-	    monitor_start() != 0 || aws_thread_start() != 0) {
+	    monitor_start() != 0 || listen_start() != 0 || aws_thread_start() != 0) {
 		log_error("cannot start threads");
 		exit_code = 1;
 		goto out;
@@ -461,6 +462,8 @@ out:
 	metrics_stop();
 	control_cleanup();
 	monitor_stop();
+	/* Before the workers: it posts to their inboxes. */
+	listen_stop();
 	workers_stop();
 	aws_shutdown(); /* its refreshes update the pools: before they go */
 	pool_shutdown();

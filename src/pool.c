@@ -135,6 +135,13 @@ void pool_put(struct pool *pool)
 	pthread_mutex_unlock(&pool_lock);
 }
 
+void pool_hold(struct pool *pool)
+{
+	pthread_mutex_lock(&pool_lock);
+	pool->n_clients++;
+	pthread_mutex_unlock(&pool_lock);
+}
+
 static void pool_free(struct pool *p)
 {
 	free(p->user);

@@ -136,6 +136,26 @@ void pool_shutdown(void);
 struct pool *pool_get(const char *user, const char *database, enum pool_endpoint endpoint,
 		      const char *password);
 void pool_put(struct pool *pool);
+/* One more hold on a pool someone holds already (the LISTEN connection of its clients, listen.c). */
+void pool_hold(struct pool *pool);
+
+/*
+ * Where and as whom a connection for pool that is none of its backends goes
+ * now (the LISTEN connection, listen.c): the instance its new backends would
+ * go to, and the pool's login, copied. False when there is none now (no
+ * usable writer, say). generation changes with the instance's role, so that
+ * a holder can tell that the instance it is on no longer serves the pool.
+ */
+struct pool_login {
+	char host[256];
+	int port;
+	char instance_id[64];
+	const struct target *target; /* to compare only, never to follow */
+	int generation;
+	char *user, *database, *password; /* owned: pool_login_clear() */
+};
+bool pool_current_login(struct pool *pool, struct pool_login *out);
+void pool_login_clear(struct pool_login *login);
 
 /*
  * Called on the waiter's worker: an idle server of the right instance when

@@ -10,6 +10,7 @@
 #include "pool.h"
 #include "pool_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -209,6 +210,39 @@ struct target *pool_pick_target_locked(struct pool *p, const char **error)
 	if (!any_reader && all_checked)
 		*error = "no reader instance in the cluster";
 	return NULL;
+}
+
+bool pool_current_login(struct pool *pool, struct pool_login *out)
+{
+	const char *error;
+	struct target *t;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&pool_lock);
+	t = pool_pick_target_locked(pool, &error);
+	if (t) {
+		snprintf(out->host, sizeof(out->host), "%s", t->host);
+		out->port = t->port;
+		snprintf(out->instance_id, sizeof(out->instance_id), "%s", t->instance_id);
+		out->target = t;
+		out->generation = t->generation;
+		out->user = xstrdup(pool->user);
+		out->database = xstrdup(pool->database);
+		out->password = pool->password ? xstrdup(pool->password) : NULL;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	return t != NULL;
+}
+
+void pool_login_clear(struct pool_login *login)
+{
+	free(login->user);
+	free(login->database);
+	if (login->password) {
+		memset(login->password, 0, strlen(login->password));
+		free(login->password);
+	}
+	memset(login, 0, sizeof(*login));
 }
 
 /* May s serve its pool now? */

@@ -26,6 +26,7 @@ struct prepared_stmt {
 	bool sets_session; /* its text SETs an untracked parameter or runs code pgmux cannot read: each
 	                    * run may change the session */
 	bool writes;       /* its text writes (SQL_EFFECT_WRITE): a run is opaque while the pool's writes are */
+	bool listen;       /* a LISTEN or UNLISTEN pgmux answered (relay_listen.c): no backend has it */
 };
 
 /*

@@ -293,6 +293,7 @@ enum relay_outcome relay_between_transactions(struct relay *r, struct iobuf *in,
 	const uint8_t *p = iobuf_head(in);
 	enum relay_outcome outcome;
 
+	r->listen_wait_at = SIZE_MAX;
 	if (r->discard_until_sync)
 		return relay_discard_batch(r, in, out, tracking, why);
 	if (r->ignore_remaining > 0) {
@@ -323,6 +324,9 @@ enum relay_outcome relay_between_transactions(struct relay *r, struct iobuf *in,
 	}
 	if (transaction_lost)
 		return RELAY_LOST;
+	if (tracking && r->listen_apply &&
+	    (outcome = relay_listen(r, in, out, r->listen_apply, r->listen_arg, &r->listen_wait_at, why)) != RELAY_BORROW)
+		return outcome;
 	outcome = tracking ? relay_answer(r, in, out, false, why) : RELAY_BORROW;
 	/* Until the batch is here: then it is read again (the client's next read). */
 	if ((outcome == RELAY_BORROW_OR_ANSWER || (outcome == RELAY_BORROW && tracking)) && !relay_batch_ready(in))

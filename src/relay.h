@@ -19,6 +19,21 @@
 
 struct server;
 
+/*
+ * LISTEN and UNLISTEN pgmux answers itself (relay_listen.c): what the client
+ * does with the commands of one statement (all of a Query's, or one
+ * Execute's). WAIT: they are applied, but the LISTEN takes effect only once
+ * the LISTEN connection listens, and the reply must wait until then.
+ */
+enum relay_listen_status {
+	RELAY_LISTEN_DONE,
+	RELAY_LISTEN_WAIT,
+	RELAY_LISTEN_REFUSED, /* why says why; nothing was applied */
+};
+struct relay_refusal;
+typedef enum relay_listen_status (*relay_listen_apply)(void *arg, const struct sql_listen_command *cmds, int n,
+							 struct relay_refusal *why);
+
 /* What the relay keeps for one client (struct client has one). */
 struct relay {
 	struct reply_session session; /* its prepared statements, as the reply tracker keeps them */
@@ -26,6 +41,9 @@ struct relay {
 	bool discard_until_sync;      /* a failed batch: its messages are dropped up to its Sync */
 	bool waiting;                 /* the next message waits for the answer to an earlier batch */
 	bool replies_full;            /* max_pending_replies are owed: reading waits until half are answered */
+	relay_listen_apply listen_apply; /* LISTEN answered here: the client's side (NULL: never) */
+	void *listen_arg;
+	size_t listen_wait_at;        /* after a LISTEN answered here: where its held replies begin in out */
 };
 
 enum relay_outcome {
@@ -69,6 +87,18 @@ enum relay_outcome relay_to_backend(struct relay *r, struct iobuf *in, struct se
  */
 enum relay_outcome relay_between_transactions(struct relay *r, struct iobuf *in, struct iobuf *out, bool tracking,
 					      bool transaction_lost, struct relay_refusal *why);
+
+/*
+ * With no backend and transaction pooling: is the client's next message a
+ * Query of only LISTEN and UNLISTEN statements, or the first of an
+ * extended-protocol batch that only prepares and runs such statements? Then
+ * it is answered into out (RELAY_ANSWERED), its commands handed to apply;
+ * *wait_at is where in out the first reply that must wait (RELAY_LISTEN_WAIT)
+ * begins, or SIZE_MAX. RELAY_NEED_MORE: the batch is not all here.
+ * RELAY_BORROW: it is not one (go on as usual). RELAY_FATAL: why says why.
+ */
+enum relay_outcome relay_listen(struct relay *r, struct iobuf *in, struct iobuf *out, relay_listen_apply apply,
+				void *arg, size_t *wait_at, struct relay_refusal *why);
 
 /*
  * The client's Parse at the head of in, when no backend can judge it

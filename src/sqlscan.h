@@ -88,4 +88,37 @@ const char *sql_pin_reason_text(enum sql_pin_reason reason);
  */
 void sql_scan(const char *sql, size_t len, const char *const *tracked, unsigned flags, struct sql_scan_result *out);
 
+/*
+ * LISTEN and UNLISTEN, which pgmux answers itself with transaction pooling
+ * (listen.h): a text made only of LISTEN channel, UNLISTEN channel and
+ * UNLISTEN * statements (and empty ones) is split into its commands, the
+ * channel names as PostgreSQL resolves them (an unquoted name folds to lower
+ * case, a quoted one is taken as it is, "" stands for "). Anything else
+ * (another statement, a reserved word as a name, a U&"..." name, a name
+ * longer than SQL_LISTEN_NAME_MAX bytes, which PostgreSQL would truncate, a
+ * syntax error, more than SQL_LISTEN_MAX_COMMANDS commands) makes it
+ * return 0: the text is then the server's to run, as any other.
+ */
+#define SQL_LISTEN_NAME_MAX 63
+#define SQL_LISTEN_MAX_COMMANDS 16
+
+enum sql_listen_kind {
+	SQL_LISTEN,         /* LISTEN channel */
+	SQL_UNLISTEN,       /* UNLISTEN channel */
+	SQL_UNLISTEN_ALL,   /* UNLISTEN * */
+};
+
+struct sql_listen_command {
+	enum sql_listen_kind kind;
+	char channel[SQL_LISTEN_NAME_MAX + 1]; /* "" for UNLISTEN * */
+};
+
+/* The commands of a LISTEN/UNLISTEN-only text (len bytes, a NUL ends it), at most max; 0: not one. */
+int sql_listen_parse(const char *sql, size_t len, struct sql_listen_command *out, int max);
+/*
+ * The plain LISTEN and UNLISTEN statements among others in a text (a reset
+ * query such as "CLOSE ALL; UNLISTEN *; RESET ALL"), at most max.
+ */
+int sql_listen_find(const char *sql, size_t len, struct sql_listen_command *out, int max);
+
 #endif

@@ -72,6 +72,14 @@ void worker_schedule_reap(struct worker *w)
 	event_active(w->reap_event, EV_READ, 0);
 }
 
+static void worker_msg_free(struct worker_msg *msg)
+{
+	free(msg->text);
+	free(msg->data);
+	free(msg->ids);
+	free(msg);
+}
+
 static void worker_post(struct worker *w, struct worker_msg *msg)
 {
 	pthread_mutex_lock(&w->inbox_lock);
@@ -154,6 +162,32 @@ void worker_post_migrate(struct worker *w, uint64_t server_id)
 	worker_post_id(w, WORKER_MSG_MIGRATE, server_id);
 }
 
+void worker_post_notify(struct worker *w, const uint64_t *ids, int n, const uint8_t *data, size_t len)
+{
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_NOTIFY);
+
+	if (msg == NULL)
+		return;
+	msg->data = xmalloc(len);
+	memcpy(msg->data, data, len);
+	msg->data_len = len;
+	msg->ids = xmalloc((size_t)n * sizeof(*ids));
+	memcpy(msg->ids, ids, (size_t)n * sizeof(*ids));
+	msg->n_ids = n;
+	worker_post(w, msg);
+}
+
+void worker_post_listen_ready(struct worker *w, uint64_t client_id, const char *error)
+{
+	struct worker_msg *msg = worker_msg_new(WORKER_MSG_LISTEN_READY);
+
+	if (msg == NULL)
+		return;
+	msg->client_id = client_id;
+	msg->text = error ? xstrdup(error) : NULL;
+	worker_post(w, msg);
+}
+
 void worker_post_kill(struct worker *w, uint64_t client_id)
 {
 	worker_post_id(w, WORKER_MSG_KILL, client_id);
@@ -215,8 +249,7 @@ static void worker_wake_cb(evutil_socket_t fd, short what, void *arg)
 		struct worker_msg *msg = list_entry(node, struct worker_msg, node);
 
 		worker_handle_msg(w, msg);
-		free(msg->text);
-		free(msg);
+		worker_msg_free(msg);
 	}
 
 	w->ops->woken(w);
@@ -359,8 +392,7 @@ static void worker_destroy(struct worker *w)
 
 		if (msg->fd >= 0)
 			close(msg->fd);
-		free(msg->text);
-		free(msg);
+		worker_msg_free(msg);
 	}
 	iobuf_free(&w->scratch);
 	if (w->janitor_event)

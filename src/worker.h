@@ -39,6 +39,8 @@ enum worker_msg_type {
 	WORKER_MSG_KILL,       /* KILL from the admin console: close this client */
 	WORKER_MSG_SWEEP,      /* close parked servers that became unusable (failover, cutover) */
 	WORKER_MSG_MIGRATE,    /* detach a parked server so that another worker's client can use it */
+	WORKER_MSG_NOTIFY,     /* a NotificationResponse (data) for this worker's clients ids (listen.c) */
+	WORKER_MSG_LISTEN_READY, /* the LISTEN connection listens on what client_id asked (or text: why not) */
 };
 
 struct worker_msg {
@@ -52,7 +54,11 @@ struct worker_msg {
 	struct pool *pool;
 	struct target *target;
 	bool ok;
-	char *text; /* ADMIN_REPLY: the command tag or the error */
+	char *text; /* ADMIN_REPLY: the command tag or the error; LISTEN_READY: the error, or NULL */
+	uint8_t *data;  /* NOTIFY: the whole message, owned */
+	size_t data_len;
+	uint64_t *ids;  /* NOTIFY: the clients it goes to, owned */
+	int n_ids;
 };
 
 /*
@@ -160,6 +166,12 @@ void worker_post_admin_reply(struct worker *w, uint64_t client_id, bool ok, cons
 
 /* Ask w to detach its parked server server_id and give it to the pool's oldest waiter. */
 void worker_post_migrate(struct worker *w, uint64_t server_id);
+
+/* A NotificationResponse (msg, len bytes, copied) for w's clients ids (n of them, copied). */
+void worker_post_notify(struct worker *w, const uint64_t *ids, int n, const uint8_t *msg, size_t len);
+
+/* The LISTEN connection listens on every channel client_id asked for; error: it could not (copied). */
+void worker_post_listen_ready(struct worker *w, uint64_t client_id, const char *error);
 
 /* Close client_id, wherever it lives (KILL). */
 void worker_post_kill(struct worker *w, uint64_t client_id);

@@ -48,6 +48,33 @@ static void same(const struct sql_scan_result *a, const struct sql_scan_result *
 		   (int)b->pin, a->pin_detail, b->pin_detail, a->effects, b->effects, a->statements, b->statements);
 }
 
+/*
+ * The LISTEN texts pgmux answers itself (sqlscan_listen.c): whatever it
+ * takes is a LISTEN text to sql_scan() too (it pins with LISTEN, or has the
+ * UNLISTEN effect, and nothing else), and every channel name is a
+ * terminated name of 1 to 63 bytes.
+ */
+static void check_listen(const char *text, size_t len)
+{
+	struct sql_listen_command cmds[SQL_LISTEN_MAX_COMMANDS];
+	struct sql_scan_result scan;
+	int n = sql_listen_parse(text, len, cmds, SQL_LISTEN_MAX_COMMANDS);
+
+	if (n < 0 || n > SQL_LISTEN_MAX_COMMANDS)
+		abort();
+	if (n == 0)
+		return;
+	sql_scan(text, len, NULL, 0, &scan);
+	if ((scan.pin != SQL_PIN_NONE && scan.pin != SQL_PIN_LISTEN) || (scan.effects & ~SQL_EFFECT_UNLISTEN) != 0)
+		abort();
+	for (int i = 0; i < n; i++) {
+		size_t name_len = strnlen(cmds[i].channel, sizeof(cmds[i].channel));
+
+		if (name_len == sizeof(cmds[i].channel) || (cmds[i].kind == SQL_UNLISTEN_ALL) != (name_len == 0))
+			abort();
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *const *tracked;
@@ -90,6 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sql_scan(padded, len + 5, tracked, flags, &second);
 	same(&first, &second, "a leading comment and a final semicolon");
 	free(padded);
+	check_listen(text, len);
 	free(text);
 	return 0;
 }

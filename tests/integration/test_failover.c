@@ -1169,3 +1169,76 @@ Test(discovery, aurora_reported_lag_over_max_replica_lag)
 	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
+
+/* ================================================================ LISTEN across a failover */
+
+/*
+ * LISTEN held by pgmux (test_listen.c has the rest): clients that LISTENed
+ * through pgmux before the writer crashed get what is NOTIFYed on the new
+ * writer once it is up, without LISTENing again: pgmux's LISTEN connection
+ * follows the pool to the new writer and LISTENs there again.
+ */
+static PGnotify *failover_wait_notify(PGconn *conn, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	PGnotify *n;
+
+	while ((n = PQnotifies(conn)) == NULL && h_now_ms() < deadline) {
+		h_sleep_ms(20);
+		cr_assert(PQconsumeInput(conn), "reading: %s", PQerrorMessage(conn));
+	}
+	return n;
+}
+
+static void failover_expect_notify(PGconn *conn, const char *channel, const char *payload)
+{
+	PGnotify *n = failover_wait_notify(conn, h_scaled_ms(5000));
+
+	if (n == NULL)
+		pgmux_dump_logs(&px);
+	cr_assert_not_null(n, "no notification on %s (%s)", channel, payload);
+	cr_expect_str_eq(n->relname, channel);
+	cr_expect_str_eq(n->extra, payload);
+	PQfreemem(n);
+}
+
+Test(failover, listen_follows_the_new_writer)
+{
+	PGconn *a, *b, *direct;
+	PGresult *r;
+	long long promoted;
+
+	start_pgmux(hosts_of(&cl.primary, &cl.standby), NULL, "10s");
+	a = connect_app_ok(px.port);
+	b = connect_app_ok(px.port);
+	r = PQexec(a, "LISTEN jobs");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "LISTEN: %s", PQerrorMessage(a));
+	PQclear(r);
+	r = PQexecParams(b, "LISTEN other", 0, NULL, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "LISTEN: %s", PQerrorMessage(b));
+	PQclear(r);
+	direct = connect_super(cl.primary.port);
+	h_exec_ok(direct, "NOTIFY jobs, 'before'");
+	failover_expect_notify(a, "jobs", "before");
+	PQfinish(direct);
+
+	instance_crash(&cl.primary);
+	promoted = promote_standby();
+	direct = connect_super(cl.standby.port);
+	cr_assert(h_poll_value(direct,
+			       "select count(*) from pg_stat_activity where application_name = 'pgmux listen' and "
+			       "state = 'idle' and query like 'LISTEN%'",
+			       "1", h_scaled_ms(10000)),
+		  "pgmux's LISTEN connection did not move to the new writer");
+	fprintf(stderr, "failover/listen: LISTENing on the new writer %lld ms after promotion\n", h_now_ms() - promoted);
+	h_exec_ok(direct, "NOTIFY jobs, 'after'");
+	h_exec_ok(direct, "NOTIFY other, 'after too'");
+	failover_expect_notify(a, "jobs", "after");
+	failover_expect_notify(b, "other", "after too");
+	/* The clients' sessions go on, unpinned, on the new writer. */
+	expect_port(a, cl.standby.port);
+	PQfinish(direct);
+	PQfinish(a);
+	PQfinish(b);
+	h_stop_expect_clean_exit(&px);
+}

@@ -503,11 +503,16 @@ static PGnotify *wait_notify(PGconn *conn, int timeout_ms)
 	}
 }
 
+/*
+ * A LISTEN pgmux does not hold itself (here: with another statement in one
+ * Query) pins, and the session gets its notifications from its backend. A
+ * LISTEN on its own is pgmux's and pins nothing: test_listen.c.
+ */
 Test(pinning, listen)
 {
 	struct pin_test p;
 	pin_test_begin(&p);
-	h_exec_ok(p.conn, "listen ch");
+	h_exec_ok(p.conn, "select 1; listen ch");
 	pin_test_pinned(&p, "LISTEN");
 
 	PGconn *super = h_connect_super_direct();

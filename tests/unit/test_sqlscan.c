@@ -946,3 +946,66 @@ Test(sqlscan_text, every_reason_has_distinct_text)
 	cr_assert_str_eq(sql_pin_reason_text(SQL_PIN_SET), "SET of a parameter pgmux does not track");
 	cr_assert_str_eq(sql_pin_reason_text((enum sql_pin_reason)99), "unknown pin reason");
 }
+
+/* ------------------------------------------------------------ LISTEN texts pgmux answers (sqlscan_listen.c) */
+
+static int listen_parse(const char *sql, struct sql_listen_command *cmds)
+{
+	return sql_listen_parse(sql, strlen(sql), cmds, SQL_LISTEN_MAX_COMMANDS);
+}
+
+Test(sqlscan_listen, names_resolve_as_postgresql_resolves_them)
+{
+	struct sql_listen_command c[SQL_LISTEN_MAX_COMMANDS];
+
+	cr_assert_eq(listen_parse("LISTEN Foo", c), 1);
+	cr_expect_eq(c[0].kind, SQL_LISTEN);
+	cr_expect_str_eq(c[0].channel, "foo");
+	cr_assert_eq(listen_parse("listen \"Foo\"\"Bar\" ;", c), 1);
+	cr_expect_str_eq(c[0].channel, "Foo\"Bar");
+	cr_assert_eq(listen_parse("/* hi */ LISTEN a; unlisten B;;UNLISTEN *", c), 3);
+	cr_expect_eq(c[1].kind, SQL_UNLISTEN);
+	cr_expect_str_eq(c[1].channel, "b");
+	cr_expect_eq(c[2].kind, SQL_UNLISTEN_ALL);
+	cr_expect_str_eq(c[2].channel, "");
+	/* An unreserved keyword is a name; "cache" is one. */
+	cr_assert_eq(listen_parse("LISTEN cache", c), 1);
+	cr_expect_str_eq(c[0].channel, "cache");
+}
+
+Test(sqlscan_listen, anything_else_is_the_servers)
+{
+	struct sql_listen_command c[SQL_LISTEN_MAX_COMMANDS];
+	static const char *const others[] = {
+		"LISTEN",                  /* no name */
+		"LISTEN a b",              /* syntax error */
+		"LISTEN a; SELECT 1",      /* another statement */
+		"LISTEN select",           /* a reserved word */
+		"LISTEN 'a'",              /* a string */
+		"LISTEN U&\"a\"",          /* escapes: the server's */
+		"LISTEN \"\"",             /* zero-length name */
+		"LISTEN \"a",              /* unterminated */
+		"LISTEN a; '",             /* unterminated after */
+		"LISTEN a -- trailing comment",
+		"NOTIFY a",
+		"",
+		"LISTEN aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", /* 65 bytes: truncated by the server */
+	};
+
+	for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+		cr_expect_eq(listen_parse(others[i], c), 0, "%s", others[i]);
+	cr_expect_eq(sql_listen_parse("LISTEN a; LISTEN b", 18, c, 1), 0, "more than max commands");
+	cr_expect_eq(sql_listen_parse("LISTEN a\0; SELECT 1", 19, c, 1), 1, "a NUL ends the text");
+}
+
+Test(sqlscan_listen, find_passes_over_other_statements)
+{
+	struct sql_listen_command c[SQL_LISTEN_MAX_COMMANDS];
+	const char *reset = "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; UNLISTEN \"X\"";
+
+	cr_assert_eq(sql_listen_find(reset, strlen(reset), c, SQL_LISTEN_MAX_COMMANDS), 2);
+	cr_expect_eq(c[0].kind, SQL_UNLISTEN_ALL);
+	cr_expect_eq(c[1].kind, SQL_UNLISTEN);
+	cr_expect_str_eq(c[1].channel, "X");
+	cr_expect_eq(sql_listen_parse(reset, strlen(reset), c, SQL_LISTEN_MAX_COMMANDS), 0);
+}

@@ -1,0 +1,215 @@
+/*
+ * client_listen.c: a client's side of LISTEN held by pgmux (transaction
+ * pooling; listen.h has the design). The relay answers the client's LISTEN
+ * and UNLISTEN statements without a backend (relay_listen.c) and hands
+ * their commands here: the client keeps the list of its channels (at most
+ * max_client_listen_channels) and subscribes through the listen thread's
+ * registry. A LISTEN on a channel the LISTEN connection does not listen on
+ * yet is answered only once it does, as PostgreSQL answers once the LISTEN
+ * took effect: until then the replies are held and the client's input
+ * waits. Notifications come through the worker's inbox (dispatch.c); they
+ * reach the client while it is idle, or once its transaction is over, as
+ * PostgreSQL sends them; at most max_client_pending_notifications wait.
+ */
+#include "client.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "listen.h"
+#include "pgmux.h"
+#include "proto.h"
+#include "util.h"
+#include "worker.h"
+
+static int channel_index(const struct client *c, const char *channel)
+{
+	for (int i = 0; i < c->listen.n_channels; i++)
+		if (strcmp(c->listen.channels[i], channel) == 0)
+			return i;
+	return -1;
+}
+
+static void channel_remove(struct client *c, int i)
+{
+	listen_unsubscribe(c->pool, c->id, c->listen.channels[i]);
+	memmove(c->listen.channels + i, c->listen.channels + i + 1,
+		(size_t)(c->listen.n_channels - i - 1) * sizeof(*c->listen.channels));
+	c->listen.n_channels--;
+}
+
+static void note_added(struct client *c, const char *channel)
+{
+	if (c->listen.n_added == c->listen.cap_added) {
+		c->listen.cap_added = c->listen.cap_added ? 2 * c->listen.cap_added : 4;
+		c->listen.added = xrealloc(c->listen.added, (size_t)c->listen.cap_added * sizeof(*c->listen.added));
+	}
+	snprintf(c->listen.added[c->listen.n_added++], sizeof(*c->listen.added), "%s", channel);
+}
+
+enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_command *cmds, int n,
+					     struct relay_refusal *why)
+{
+	struct client *c = arg;
+	int limit = config_current()->max_client_listen_channels, more = 0;
+	bool wait = false;
+
+	for (int i = 0; i < n; i++)
+		if (cmds[i].kind == SQL_LISTEN && channel_index(c, cmds[i].channel) < 0)
+			more++;
+	if (more > 0 && c->listen.n_channels + more > limit) {
+		why->sqlstate = SQLSTATE_PROGRAM_LIMIT_EXCEEDED;
+		snprintf(why->message, sizeof(why->message),
+			 "too many channels: this session listens on %d, the limit set by max_client_listen_channels is %d",
+			 c->listen.n_channels, limit);
+		return RELAY_LISTEN_REFUSED;
+	}
+	for (int i = 0; i < n; i++) {
+		const char *channel = cmds[i].channel;
+		int at = channel_index(c, channel);
+
+		switch (cmds[i].kind) {
+		case SQL_LISTEN:
+			if (at >= 0)
+				break; /* LISTEN twice is LISTEN once */
+			switch (listen_subscribe(c->pool, c->id, c->worker->id, channel)) {
+			case LISTEN_ERROR:
+				why->sqlstate = SQLSTATE_ADMIN_SHUTDOWN;
+				snprintf(why->message, sizeof(why->message), "pgmux cannot LISTEN now: it is shutting down");
+				return RELAY_LISTEN_REFUSED;
+			case LISTEN_WAIT:
+				wait = true;
+				note_added(c, channel);
+				break;
+			case LISTEN_DONE:
+				break;
+			}
+			if (c->listen.n_channels == c->listen.cap_channels) {
+				c->listen.cap_channels = c->listen.cap_channels ? 2 * c->listen.cap_channels : 4;
+				c->listen.channels = xrealloc(c->listen.channels,
+							      (size_t)c->listen.cap_channels * sizeof(*c->listen.channels));
+			}
+			snprintf(c->listen.channels[c->listen.n_channels++], sizeof(*c->listen.channels), "%s", channel);
+			break;
+		case SQL_UNLISTEN:
+			if (at >= 0)
+				channel_remove(c, at);
+			break;
+		case SQL_UNLISTEN_ALL:
+			client_listen_forget(c);
+			break;
+		}
+	}
+	if (wait && !c->listen.waiting) {
+		c->listen.waiting = true;
+		listen_wait(c->pool, c->id, c->worker->id);
+	}
+	return wait ? RELAY_LISTEN_WAIT : RELAY_LISTEN_DONE;
+}
+
+void client_listen_hold(struct client *c, size_t wait_at)
+{
+	struct iobuf *out = &c->io.out;
+
+	if (!c->listen.waiting || wait_at == SIZE_MAX || wait_at > iobuf_len(out))
+		return;
+	iobuf_append(&c->listen.held, iobuf_head(out) + wait_at, iobuf_len(out) - wait_at);
+	out->end = out->start + wait_at;
+	/* Nothing more is read until the LISTEN took effect: its input is bounded meanwhile. */
+	io_want_read(&c->io, false);
+}
+
+void client_listen_ready(struct client *c, const char *error)
+{
+	if (c->state == CLIENT_CLOSED || !c->listen.waiting)
+		return;
+	c->listen.waiting = false;
+	if (error == NULL) {
+		iobuf_append(&c->io.out, iobuf_head(&c->listen.held), iobuf_len(&c->listen.held));
+	} else {
+		/* The LISTENs that waited did not take effect: the statement fails, the rest of its batch is skipped. */
+		for (int i = 0; i < c->listen.n_added; i++) {
+			int at = channel_index(c, c->listen.added[i]);
+
+			if (at >= 0)
+				channel_remove(c, at);
+		}
+		proto_put_error(&c->io.out, "ERROR", SQLSTATE_CONNECTION_FAILURE, error, NULL, NULL);
+		proto_put_ready(&c->io.out, 'I');
+		log_client(LOG_LEVEL_WARNING, c, "LISTEN failed: %s", error);
+	}
+	c->listen.n_added = 0;
+	iobuf_reset(&c->listen.held);
+	client_listen_idle(c);
+	io_want_read(&c->io, true);
+	/* What it sent meanwhile, and the replies, on its next turn in the loop. */
+	io_schedule_read(&c->io);
+}
+
+bool client_listen_notify(struct client *c, const uint8_t *msg, size_t len)
+{
+	int limit = config_current()->max_client_pending_notifications;
+
+	if (c->state == CLIENT_CLOSED)
+		return false;
+	if (c->state == CLIENT_IDLE && !c->listen.waiting && c->listen.n_pending == 0 &&
+	    io_pending_output(&c->io) < (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT) {
+		iobuf_append(&c->io.out, msg, len);
+		client_flush(c);
+		return c->state != CLIENT_CLOSED;
+	}
+	if (c->listen.n_pending >= limit) {
+		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+			     "terminating connection: %d notifications are waiting for this session, the limit set by "
+			     "max_client_pending_notifications (it is in a long transaction, or does not read)",
+			     c->listen.n_pending);
+		return false;
+	}
+	iobuf_append(&c->listen.pending, msg, len);
+	c->listen.n_pending++;
+	return true;
+}
+
+void client_listen_idle(struct client *c)
+{
+	if (c->listen.n_pending == 0 || c->listen.waiting || c->state != CLIENT_IDLE)
+		return;
+	/* A client that does not read keeps them here, where they are counted, not in its output. */
+	if (io_pending_output(&c->io) >= (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT)
+		return;
+	iobuf_append(&c->io.out, iobuf_head(&c->listen.pending), iobuf_len(&c->listen.pending));
+	iobuf_reset(&c->listen.pending);
+	c->listen.n_pending = 0;
+	io_schedule_read(&c->io);
+}
+
+void client_listen_unlisten_text(struct client *c, const char *sql, size_t len)
+{
+	struct sql_listen_command cmds[SQL_LISTEN_MAX_COMMANDS];
+	int n = sql_listen_find(sql, len, cmds, SQL_LISTEN_MAX_COMMANDS);
+
+	for (int i = 0; i < n; i++) {
+		int at;
+
+		if (cmds[i].kind == SQL_UNLISTEN_ALL)
+			client_listen_forget(c);
+		else if (cmds[i].kind == SQL_UNLISTEN && (at = channel_index(c, cmds[i].channel)) >= 0)
+			channel_remove(c, at);
+	}
+}
+
+void client_listen_forget(struct client *c)
+{
+	while (c->listen.n_channels > 0)
+		channel_remove(c, c->listen.n_channels - 1);
+}
+
+void client_listen_free(struct client *c)
+{
+	free(c->listen.channels);
+	free(c->listen.added);
+	iobuf_free(&c->listen.held);
+	iobuf_free(&c->listen.pending);
+	memset(&c->listen, 0, sizeof(c->listen));
+}
