@@ -305,7 +305,9 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(metrics_port), .min_value = 0, .max_value = 65535,
 	  .doc = "A TCP port, on metrics_addr, for Prometheus: GET /metrics returns pgmux's "
 		 "counters and, per pool and per instance, what SHOW POOLS and SHOW TARGETS "
-		 "show, in the text exposition format. 0 means no metrics endpoint." },
+		 "show, in the text exposition format; GET /healthz and GET /readyz answer a "
+		 "load balancer's or Kubernetes' probes (see pgmux(1)). 0 means no metrics "
+		 "endpoint." },
 	{ .section = "pgmux", .name = "metrics_addr", .type = CONFIG_STRING,
 	  .default_value = "127.0.0.1", .reloadable = false,
 	  .offset = FIELD(metrics_addr), .min_value = 1,

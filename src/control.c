@@ -215,6 +215,11 @@ static int cutover_begin(struct target_host *hosts, int n_hosts, struct worker *
 	return 0;
 }
 
+bool control_is_draining(void)
+{
+	return C.drain_timer != NULL; /* main thread only, as is the metrics endpoint that asks */
+}
+
 void control_get_cutover_stats(struct cutover_stats *out)
 {
 	pthread_mutex_lock(&C.lock);

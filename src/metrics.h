@@ -3,8 +3,10 @@
  *
  * With metrics_port set, GET http://listen_addr:metrics_port/metrics returns
  * the text exposition format: the SHOW STATS counters, and per pool and per
- * instance what SHOW POOLS and SHOW TARGETS show. Runs on the main thread's
- * loop.
+ * instance what SHOW POOLS and SHOW TARGETS show. GET /healthz (200 while
+ * the process runs) and GET /readyz (200 while it accepts clients and knows a
+ * writer, 503 otherwise) are the probes of a load balancer or Kubernetes.
+ * Runs on the main thread's loop.
  */
 #ifndef PGMUX_METRICS_H
 #define PGMUX_METRICS_H

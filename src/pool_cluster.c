@@ -154,6 +154,16 @@ static bool writer_usable_locked(void)
 	return writer != NULL && writer->healthy && !writer->suspect && writer->role == ROLE_WRITER;
 }
 
+bool pool_writer_known(void)
+{
+	bool usable;
+
+	pthread_mutex_lock(&pool_lock);
+	usable = writer_usable_locked();
+	pthread_mutex_unlock(&pool_lock);
+	return usable;
+}
+
 void pool_target_status_locked(const struct target *t, char *out, size_t len)
 {
 	const struct config *cfg = config_current();
