@@ -431,11 +431,36 @@ static void client_begin_auth(struct client *c)
 }
 
 /* The client's first packet (login_process_startup()). Returns false when c was closed or must wait for more bytes. */
+/*
+ * A CancelRequest for (pid, key): to the client of this instance that holds
+ * the key; else, with peers, on to the instance whose id the key carries. A
+ * key that names this instance but no client here is dropped, never passed
+ * on, so a cancel cannot go round between instances.
+ */
+static void client_route_cancel(struct client *c, uint32_t pid, uint32_t key)
+{
+	const struct config *cfg = config_current();
+	int owner = cancel_key_instance(pid);
+	const struct peer *peer;
+	struct worker *w;
+	uint64_t id;
+
+	if (cancel_lookup(pid, key, &w, &id)) {
+		worker_post_cancel(w, id);
+	} else if (owner == 0 || owner == cfg->peer_id) {
+		log_client(LOG_LEVEL_DEBUG, c, "cancel request with an unknown key ignored");
+	} else if ((peer = config_find_peer(cfg, owner)) == NULL) {
+		log_client(LOG_LEVEL_WARNING, c, "cancel request for peer %d, which [peers] does not list: ignored", owner);
+	} else {
+		log_client(LOG_LEVEL_DEBUG, c, "cancel request for peer %d: passing it on to %s:%d", owner,
+			   peer->address.host, peer->address.port);
+		cancel_forward(owner, peer->address.host, peer->address.port, pid, key);
+	}
+}
+
 static bool client_process_startup(struct client *c)
 {
 	struct login_result r;
-	struct worker *w;
-	uint64_t id;
 
 	login_process_startup(&c->login, &c->io, config_current(), &c->startup, &r);
 	if (r.startup_parsed)
@@ -449,10 +474,8 @@ static bool client_process_startup(struct client *c)
 		client_set_state(c, CLIENT_TLS_HANDSHAKE);
 		return true;
 	case LOGIN_CANCEL:
-		if (r.cancel_valid && cancel_lookup(r.cancel_pid, r.cancel_key, &w, &id))
-			worker_post_cancel(w, id);
-		else
-			log_client(LOG_LEVEL_DEBUG, c, "cancel request with an unknown key ignored");
+		if (r.cancel_valid)
+			client_route_cancel(c, r.cancel_pid, r.cancel_key);
 		client_close(c, "cancel request handled");
 		return false;
 	case LOGIN_STARTUP_DONE:

@@ -443,6 +443,7 @@ int main(int argc, char **argv)
 		pidfile_written = true;
 	}
 	client_set_console(&admin_console);
+	cancel_set_instance_id(cfg->peer_id);
 	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 ||
 	    monitor_start() != 0 || aws_thread_start() != 0) {
 		log_error("cannot start threads");
@@ -452,6 +453,9 @@ int main(int argc, char **argv)
 	log_info("pgmux %s listening on %s:%d (writer)%s%.0d, %d worker(s), %s pooling, %d instance(s) listed",
 		 PACKAGE_VERSION, cfg->listen_addr, cfg->listen_port, cfg->readonly_port ? " and readers on port " : "",
 		 cfg->readonly_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->n_hosts);
+	if (cfg->peer_id != 0)
+		log_info("peer %d of %d: cancels for the others' keys are passed on to them; connection caps are "
+			 "shared", cfg->peer_id, cfg->n_peers);
 	daemon_ready();
 
 	event_base_dispatch(M.base);

@@ -127,3 +127,303 @@ Test(probes, readyz_is_503_without_a_writer)
 	cr_expect(strstr(body, "no writer") != NULL, "%s", body);
 	cr_expect_eq(pgmux_stop(&px, SIGTERM, h_scaled_ms(5000)), 0);
 }
+
+/* ---------------------------------------------------------------- peers behind HAProxy */
+
+/*
+ * Two or three pgmux instances listed as each other's peers, and HAProxy in
+ * front of them in TCP mode, checking GET /readyz on each metrics port every
+ * 200 ms. Every port is free when the test starts.
+ */
+#define MAX_INSTANCES 3
+
+struct cluster {
+	int n;
+	struct pgmux px[MAX_INSTANCES];
+	int port[MAX_INSTANCES];
+	int metrics_port[MAX_INSTANCES];
+	int balancer_port;
+	struct h_cmd haproxy;
+};
+
+/* Start n instances with peer ids 1..n, the shared [pool] max_connections, pool_mode. */
+static void cluster_start(struct cluster *cl, int n, int max_connections, const char *pool_mode)
+{
+	static const char *const names[MAX_INSTANCES] = { "pgmux1", "pgmux2", "pgmux3" };
+	char peers[512] = "", extra[MAX_INSTANCES][768];
+	size_t used = 0;
+
+	memset(cl, 0, sizeof(*cl));
+	cl->n = n;
+	for (int i = 0; i < n; i++) {
+		cl->port[i] = h_free_port();
+		cl->metrics_port[i] = h_free_port();
+		used += (size_t)snprintf(peers + used, sizeof(peers) - used, "%d = 127.0.0.1:%d\n", i + 1, cl->port[i]);
+	}
+	for (int i = 0; i < n; i++) {
+		struct pgmux_options o;
+
+		pgmux_options_default(&o);
+		o.listen_port = cl->port[i];
+		o.max_connections = max_connections;
+		o.pool_mode = pool_mode;
+		o.workers = 1;
+		o.instance_name = names[i];
+		/* [peers] follows [pgmux]'s extra lines (the harness writes [target] next). */
+		snprintf(extra[i], sizeof(extra[i]), "metrics_port = %d\npeer_id = %d\n[peers]\n%s",
+			 cl->metrics_port[i], i + 1, peers);
+		o.extra_pgmux = extra[i];
+		cr_assert(pgmux_start(&cl->px[i], &o), "instance %d did not start", i + 1);
+	}
+}
+
+/*
+ * HAProxy in front of the instances: TCP mode, round robin, GET /readyz on
+ * each metrics port every 200 ms (down after one failure, up after one
+ * success), and a connection refused by a dead instance retried on another.
+ */
+static void balancer_start(struct cluster *cl)
+{
+	char path[600], text[2048];
+	size_t used;
+
+	cl->balancer_port = h_free_port();
+	snprintf(path, sizeof(path), "%s/haproxy.cfg", h_test_dir());
+	used = (size_t)snprintf(text, sizeof(text),
+				"global\n  maxconn 512\n"
+				"defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n"
+				"  timeout server 60s\n  retries 3\n  option redispatch\n"
+				"listen pgmux\n  bind 127.0.0.1:%d\n  balance roundrobin\n"
+				"  option httpchk GET /readyz\n  default-server inter 200ms fall 1 rise 1\n",
+				cl->balancer_port);
+	for (int i = 0; i < cl->n; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used,
+					 "  server pgmux%d 127.0.0.1:%d check port %d\n", i + 1, cl->port[i],
+					 cl->metrics_port[i]);
+	h_write_file(path, text, 0644);
+	const char *argv[] = { "haproxy", "-db", "-f", path, NULL };
+	cr_assert(h_cmd_start(&cl->haproxy, argv, NULL), "cannot start haproxy (apt-get install haproxy)");
+	/* Up once it logs clients in through it. */
+	for (long long until = h_now_ms() + h_scaled_ms(10000);; h_sleep_ms(50)) {
+		PGconn *conn = h_connect_app(cl->balancer_port, "disable", NULL);
+		bool ok = PQstatus(conn) == CONNECTION_OK;
+
+		PQfinish(conn);
+		if (ok)
+			break;
+		if (h_now_ms() > until) {
+			h_cmd_kill(&cl->haproxy);
+			h_cmd_dump(&cl->haproxy, "haproxy");
+			cr_assert_fail("no login through haproxy on port %d", cl->balancer_port);
+		}
+	}
+	for (int i = 0; i < cl->n; i++)
+		cr_assert(wait_probe(cl->metrics_port[i], "/readyz", 200, h_scaled_ms(5000)), "instance %d not ready",
+			  i + 1);
+	h_sleep_ms(300); /* a check of each has passed since */
+}
+
+static void cluster_stop(struct cluster *cl)
+{
+	h_cmd_kill(&cl->haproxy);
+	h_cmd_free(&cl->haproxy);
+	for (int i = 0; i < cl->n; i++)
+		if (cl->px[i].pid)
+			cr_expect_eq(pgmux_stop(&cl->px[i], SIGTERM, h_scaled_ms(5000)), 0, "instance %d", i + 1);
+}
+
+/* The number of backends of app that run pg_sleep, as PostgreSQL sees them. */
+#define SLEEPERS_SQL                                                                                   \
+	"select count(*) from pg_stat_activity where usename = 'app' and state = 'active' and query like " \
+	"'select pg_sleep%'"
+
+/*
+ * Send "select pg_sleep(30)" on conn, wait until PostgreSQL runs it, cancel
+ * it through the address conn used (the balancer), and expect 57014 within
+ * a few seconds. Returns how long the cancel took, in ms.
+ */
+static long long cancel_one_sleep(PGconn *conn, PGconn *super, int round)
+{
+	char errbuf[256];
+	PGcancel *cancel;
+	PGresult *res;
+	long long started;
+
+	cr_assert(PQsendQuery(conn, "select pg_sleep(30)"), "%s", PQerrorMessage(conn));
+	cr_assert(h_poll_value(super, SLEEPERS_SQL, "1", h_scaled_ms(5000)), "round %d: the sleep never ran", round);
+	started = h_now_ms();
+	cancel = PQgetCancel(conn);
+	cr_assert_not_null(cancel);
+	cr_assert(PQcancel(cancel, errbuf, sizeof(errbuf)), "round %d: %s", round, errbuf);
+	PQfreeCancel(cancel);
+	res = h_get_result(conn, h_scaled_ms(5000));
+	cr_assert_not_null(res, "round %d: the cancel did not end the sleep within 5 s", round);
+	cr_expect_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE) ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "",
+			 "57014", "round %d: %s", round, PQresultErrorMessage(res));
+	PQclear(res);
+	while ((res = PQgetResult(conn)) != NULL)
+		PQclear(res);
+	return h_now_ms() - started;
+}
+
+TestSuite(peers, .fini = fini_kill_leftovers, .timeout = 120);
+
+/*
+ * 20 cancels through HAProxy: the session and its cancel land on instances
+ * in round-robin order, so a cancel reaches the instance that holds the key
+ * directly or by way of the other; each ends its pg_sleep. Both paths must
+ * have been taken.
+ */
+static void cancels_through_the_balancer(int n_instances, int rounds)
+{
+	struct cluster cl;
+	PGconn *super = h_connect_super_direct();
+	long long slowest = 0;
+	int passed_on = 0;
+
+	cluster_start(&cl, n_instances, 20, "session");
+	balancer_start(&cl);
+	for (int round = 0; round < rounds; round++) {
+		PGconn *conn = h_connect_app(cl.balancer_port, "disable", NULL);
+		long long took;
+
+		cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+		/* Every third round the round robin comes back to the session's instance for the cancel. */
+		for (int shift = 0; round % 3 == 2 && shift < n_instances - 1; shift++)
+			PQfinish(h_connect_app(cl.balancer_port, "disable", NULL));
+		took = cancel_one_sleep(conn, super, round);
+		if (took > slowest)
+			slowest = took;
+		PQfinish(conn);
+	}
+	for (int i = 0; i < n_instances; i++)
+		passed_on += h_file_count(cl.px[i].logfile, "passing it on to");
+	fprintf(stderr, "peers: %d cancels through haproxy to %d instances, %d passed on to another, slowest %lld ms\n",
+		rounds, n_instances, passed_on, slowest);
+	cr_expect(passed_on > 0 && passed_on < rounds, "%d of %d cancels were passed on: both paths must be taken",
+		  passed_on, rounds);
+	PQfinish(super);
+	cluster_stop(&cl);
+}
+
+Test(peers, cancels_through_the_balancer_reach_the_instance_with_the_session)
+{
+	cancels_through_the_balancer(2, 20);
+}
+
+Test(peers, cancels_among_three_instances)
+{
+	cancels_through_the_balancer(3, 9);
+}
+
+/* A cancel whose key names this instance but no session here is dropped, not passed on. */
+Test(peers, an_unknown_key_of_this_instance_is_dropped)
+{
+	struct cluster cl;
+	uint8_t request[16];
+	int fd;
+
+	cluster_start(&cl, 2, 20, "session");
+	h_put_u32(request, 16);
+	h_put_u32(request + 4, 80877102);
+	h_put_u32(request + 8, (1u << 23) | 12345); /* instance 1's */
+	h_put_u32(request + 12, 42);
+	fd = h_raw_connect(cl.port[0], 2000);
+	cr_assert_geq(fd, 0);
+	cr_assert(h_raw_send(fd, request, sizeof(request)));
+	cr_expect(h_raw_wait_closed(fd, 2000));
+	close(fd);
+	h_put_u32(request + 8, (2u << 23) | 12345); /* instance 2's, sent to 1: passed on once, dropped there */
+	fd = h_raw_connect(cl.port[0], 2000);
+	cr_assert_geq(fd, 0);
+	cr_assert(h_raw_send(fd, request, sizeof(request)));
+	cr_expect(h_raw_wait_closed(fd, 2000));
+	close(fd);
+	cr_expect(h_file_wait_count(cl.px[1].logfile, "cancel request with an unknown key ignored", 1, 3000));
+	cr_expect_eq(h_file_count(cl.px[0].logfile, "passing it on to"), 1);
+	cr_expect_eq(h_file_count(cl.px[1].logfile, "passing it on to"), 0);
+	cr_expect_eq(h_file_count(cl.px[0].logfile, "cancel request with an unknown key ignored"), 1);
+	cluster_stop(&cl);
+}
+
+struct sleeper_peak {
+	PGconn *super;
+	int peak;
+	int want;
+};
+
+static bool sleepers_reach(void *arg)
+{
+	struct sleeper_peak *sp = arg;
+	char *v = h_query_value(sp->super, SLEEPERS_SQL);
+	int n = v ? atoi(v) : 0;
+
+	free(v);
+	if (n > sp->peak)
+		sp->peak = n;
+	return false; /* poll for the whole window, keeping the peak */
+}
+
+/*
+ * Two instances share max_connections = 4: with 6 clients through the
+ * balancer each running a 0.6 s statement, PostgreSQL sees at most 4 at once
+ * (2 per instance), and every statement completes. After kill -9 of one
+ * instance, logins through the balancer succeed within 3 s.
+ */
+Test(peers, shares_hold_and_a_killed_instance_is_left_out_within_3s)
+{
+	struct cluster cl;
+	PGconn *clients[6];
+	struct sleeper_peak sp = { h_connect_super_direct(), 0, 4 };
+	long long killed_at, last_failure = -1;
+	int logins = 0, failures = 0;
+
+	h_wait_no_app_backends();
+	cluster_start(&cl, 2, 4, "transaction");
+	balancer_start(&cl);
+	for (int i = 0; i < 6; i++) {
+		clients[i] = h_connect_app(cl.balancer_port, "disable", NULL);
+		cr_assert_eq(PQstatus(clients[i]), CONNECTION_OK, "%s", PQerrorMessage(clients[i]));
+	}
+	for (int i = 0; i < 6; i++)
+		cr_assert(PQsendQuery(clients[i], "select pg_sleep(0.6)"));
+	h_poll_until(sleepers_reach, &sp, 900);
+	for (int i = 0; i < 6; i++) {
+		PGresult *res = h_get_result(clients[i], h_scaled_ms(10000));
+
+		cr_assert_not_null(res, "client %d: no answer", i);
+		cr_expect_eq(PQresultStatus(res), PGRES_TUPLES_OK, "client %d: %s", i, PQresultErrorMessage(res));
+		PQclear(res);
+		while ((res = PQgetResult(clients[i])) != NULL)
+			PQclear(res);
+	}
+	fprintf(stderr, "peers: 6 clients, cap 4 shared by 2 instances: at most %d backends at once\n", sp.peak);
+	cr_expect(sp.peak <= 4, "%d backends at once: more than the server's cap of 4", sp.peak);
+	cr_expect(sp.peak >= 3, "only %d backends at once: the instances did not use their shares", sp.peak);
+
+	cr_assert_eq(kill(cl.px[0].pid, SIGKILL), 0);
+	killed_at = h_now_ms();
+	while (pgmux_running(&cl.px[0]))
+		h_sleep_ms(10);
+	while (h_now_ms() - killed_at < 4000) {
+		PGconn *conn = h_connect_app(cl.balancer_port, "disable", "connect_timeout=2");
+		char *v = PQstatus(conn) == CONNECTION_OK ? h_query_value(conn, "select 1") : NULL;
+
+		logins++;
+		if (v == NULL || strcmp(v, "1") != 0) {
+			failures++;
+			last_failure = h_now_ms() - killed_at;
+		}
+		free(v);
+		PQfinish(conn);
+		h_sleep_ms(50);
+	}
+	for (int i = 0; i < 6; i++)
+		PQfinish(clients[i]);
+	fprintf(stderr, "peers: after kill -9 of one instance, %d of %d logins failed, the last %lld ms after\n",
+		failures, logins, last_failure);
+	cr_expect(last_failure < 3000, "a login failed %lld ms after the kill", last_failure);
+	cr_expect_geq(logins - failures, 10);
+	PQfinish(sp.super);
+	cluster_stop(&cl);
+}
