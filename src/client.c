@@ -348,17 +348,35 @@ void client_free(struct client *c)
 	free(c);
 }
 
-void client_drain(struct client *c)
+/*
+ * While draining, a client between transactions is closed once it has sent
+ * nothing for this long: one that has just logged in (pgbench -C, or any
+ * client connected a moment before a restart) sends its first query within
+ * it and is closed when that transaction ends, rather than refused.
+ */
+#define CLIENT_DRAIN_IDLE_GRACE_USEC (1000 * 1000ULL)
+
+static bool client_drain_closes_now(const struct client *c, uint64_t now)
 {
+	if (c->admin)
+		return true;
 	/*
 	 * Sessions in progress may finish: with session pooling that is the whole
 	 * session, with transaction pooling the current transaction (a client
-	 * that gives its backend back while draining is closed then).
+	 * that gives its backend back while draining is closed then). A login in
+	 * progress may finish too (client_login_timeout bounds it).
 	 */
-	if (!c->admin &&
-	    (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in)))
-		return;
-	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+	if (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in))
+		return false;
+	if (!c->logged_in)
+		return false;
+	return now - c->last_activity_usec >= CLIENT_DRAIN_IDLE_GRACE_USEC;
+}
+
+void client_drain(struct client *c)
+{
+	if (client_drain_closes_now(c, pgmux_now_usec()))
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
 void client_cancel_backend(struct client *c)
@@ -722,6 +740,10 @@ void client_janitor(struct client *c, uint64_t now)
 	bool idle = c->state == CLIENT_IDLE ||
 		    (c->state == CLIENT_ACTIVE && !c->transaction_mode && c->server && server_is_clean(c->server));
 
+	if (c->worker->draining && c->state != CLIENT_CLOSED && client_drain_closes_now(c, now)) {
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+		return;
+	}
 	if (idle && cfg->idle_client_timeout_ms > 0 &&
 	    now - c->last_activity_usec >= (uint64_t)cfg->idle_client_timeout_ms * 1000)
 		client_fatal(c, SQLSTATE_IDLE_SESSION_TIMEOUT,

@@ -466,6 +466,12 @@ static void begin_drain(void)
 	event_add(C.drain_timer, &tick);
 }
 
+void control_drain(const char *why)
+{
+	log_info("%s", why);
+	begin_drain();
+}
+
 /* ------------------------------------------------------------ entry points */
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)

@@ -74,6 +74,8 @@ void control_request(enum control_op op, const char *arg, struct worker *w, uint
 
 /* A graceful shutdown (or a hand-over to a new process) has begun: no new clients here. */
 bool control_is_draining(void);
+/* Begin a graceful shutdown, as SIGINT does (why is logged): after a hand-over to a new process. */
+void control_drain(const char *why);
 
 void control_get_cutover_stats(struct cutover_stats *out);
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -510,14 +511,20 @@ static void metrics_not_found(struct evhttp_request *req, void *arg)
 	evhttp_send_error(req, HTTP_NOTFOUND, "pgmux serves only /metrics, /healthz and /readyz");
 }
 
-int metrics_start(struct event_base *base, const struct config *cfg)
+int metrics_start(struct event_base *base, const struct config *cfg, int inherited_fd)
 {
 	struct evconnlistener *listener;
 
-	if (cfg->metrics_port == 0)
+	if (cfg->metrics_port == 0) {
+		if (inherited_fd >= 0)
+			close(inherited_fd);
 		return 0;
+	}
 	/* No callback: evhttp takes the listener over. */
-	listener = io_listen(base, cfg->metrics_addr, cfg->metrics_port, 64, NULL, NULL);
+	if (inherited_fd >= 0)
+		listener = io_listen_inherited(base, inherited_fd, cfg->metrics_port, NULL, NULL);
+	else
+		listener = io_listen(base, cfg->metrics_addr, cfg->metrics_port, 64, NULL, NULL);
 	if (listener == NULL)
 		return -1;
 	http = evhttp_new(base);
@@ -546,6 +553,11 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 	log_info("metrics on http://%s:%d/metrics%s (probes /healthz and /readyz)", cfg->metrics_addr, cfg->metrics_port,
 		 cfg->metrics_token[0] ? " (bearer token required)" : "");
 	return 0;
+}
+
+int metrics_listen_fd(void)
+{
+	return metrics_listener ? evconnlistener_get_fd(metrics_listener) : -1;
 }
 
 void metrics_stop(void)

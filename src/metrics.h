@@ -15,8 +15,14 @@
 
 #include "config.h"
 
-/* Listen on metrics_port (nothing when it is 0). -1, logged, when the port cannot be had. */
-int metrics_start(struct event_base *base, const struct config *cfg);
+/*
+ * Listen on metrics_port (nothing when it is 0), on inherited_fd when it is
+ * not -1 (a socket handed over by the process pgmux -R replaces). -1,
+ * logged, when the port cannot be had.
+ */
+int metrics_start(struct event_base *base, const struct config *cfg, int inherited_fd);
 void metrics_stop(void);
+/* The listening socket, or -1 (to hand it over). */
+int metrics_listen_fd(void);
 
 #endif

@@ -427,3 +427,243 @@ Test(peers, shares_hold_and_a_killed_instance_is_left_out_within_3s)
 	PQfinish(sp.super);
 	cluster_stop(&cl);
 }
+
+/* ---------------------------------------------------------------- restart in place */
+
+TestSuite(restart, .fini = fini_kill_leftovers, .timeout = 120);
+
+#define RESTART_SHUTDOWN_TIMEOUT_MS 5000
+
+/* pgmux in transaction pooling with a pidfile and a metrics port, ready for pgmux -R. */
+static void start_restartable(struct pgmux *px, char *pidfile, size_t len, int *metrics_port)
+{
+	struct pgmux_options o;
+	static char extra[128];
+
+	snprintf(pidfile, len, "%s/pgmux.pid", h_test_dir());
+	*metrics_port = h_free_port();
+	snprintf(extra, sizeof(extra), "metrics_port = %d\n", *metrics_port);
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.max_connections = 8;
+	o.pidfile = pidfile;
+	o.shutdown_timeout = "5s";
+	o.extra_pgmux = extra;
+	cr_assert(pgmux_start(px, &o));
+	cr_assert(wait_probe(*metrics_port, "/readyz", 200, h_scaled_ms(5000)));
+}
+
+/* Start pgmux -R on px's configuration; the new process's output goes to cmd's files. */
+static void start_replacement(struct h_cmd *cmd, const struct pgmux *px)
+{
+	const char *argv[] = { h_env()->pgmux, "-R", px->config, NULL };
+
+	cr_assert(h_cmd_start(cmd, argv, NULL));
+}
+
+/* pgbench through port for seconds, with extra options (NULL-terminated). */
+static void start_pgbench(struct h_cmd *cmd, int port, const char *seconds, const char *const extra[])
+{
+	const struct h_env *e = h_env();
+	static char pgbench[600], port_text[16], password[256];
+	const char *argv[32];
+	const char *env[] = { password, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=10", NULL };
+	int n = 0;
+
+	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
+	snprintf(port_text, sizeof(port_text), "%d", port);
+	snprintf(password, sizeof(password), "PGPASSWORD=%s", e->apppass);
+	argv[n++] = pgbench;
+	argv[n++] = "-n";
+	for (int i = 0; extra[i] != NULL; i++)
+		argv[n++] = extra[i];
+	const char *tail[] = { "-c", "4", "-j", "2", "-T", seconds, "-h", "127.0.0.1", "-p", port_text, "-U", "app",
+			       "postgres", NULL };
+	for (int i = 0; tail[i] != NULL; i++)
+		argv[n++] = tail[i];
+	argv[n] = NULL;
+	cr_assert(h_cmd_start(cmd, argv, env));
+}
+
+/* The pid the pidfile names, or 0. */
+static pid_t pidfile_pid(const char *pidfile)
+{
+	char *text = h_read_file(pidfile);
+	pid_t pid = (pid_t)atol(text);
+
+	free(text);
+	return pid;
+}
+
+/*
+ * pgbench -C (a connection per transaction) through pgmux while pgmux -R
+ * replaces it: no connection refused, no transaction failed, the old process
+ * gone within shutdown_timeout, the new one serving and named by the pidfile.
+ */
+Test(restart, restart_under_pgbench_with_a_connection_per_transaction)
+{
+	struct pgmux px;
+	struct h_cmd bench, replacement;
+	char pidfile[600];
+	int metrics_port;
+	long long restarted_at, old_gone_ms;
+	const char *const bench_options[] = { "-C", "-S", NULL };
+
+	start_restartable(&px, pidfile, sizeof(pidfile), &metrics_port);
+	start_pgbench(&bench, px.port, "4", bench_options);
+	h_sleep_ms(1200);
+	restarted_at = h_now_ms();
+	start_replacement(&replacement, &px);
+	int st = pgmux_wait_exit(&px, RESTART_SHUTDOWN_TIMEOUT_MS + h_scaled_ms(3000));
+	old_gone_ms = h_now_ms() - restarted_at;
+	cr_expect_eq(st, 0, "the old process: status %d", st);
+	cr_expect_leq(old_gone_ms, RESTART_SHUTDOWN_TIMEOUT_MS + 1000, "the old process took %lld ms to go",
+		      old_gone_ms);
+	cr_assert(h_cmd_wait(&bench, h_scaled_ms(30000)), "pgbench did not end");
+	fprintf(stderr, "restart: old process gone %lld ms after pgmux -R; pgbench -C: %s\n", old_gone_ms,
+		strstr(bench.out, "number of transactions actually processed") ?: bench.out);
+	h_expect_pgbench_clean(&bench, "pgbench -C across pgmux -R");
+	cr_expect(h_file_count(px.logfile, "took the listening sockets over") == 1);
+
+	/* The new process serves, /readyz included, and the pidfile names it. */
+	cr_expect_eq(pidfile_pid(pidfile), replacement.pid);
+	cr_expect(wait_probe(metrics_port, "/readyz", 200, h_scaled_ms(3000)));
+	PGconn *conn = h_connect_app(px.port, "disable", NULL);
+	cr_expect_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+	PQfinish(conn);
+	kill(replacement.pid, SIGTERM);
+	cr_expect(h_cmd_wait(&replacement, h_scaled_ms(5000)));
+	cr_expect_eq(replacement.status, 0, "the new process: status %d", replacement.status);
+	if (replacement.status != 0)
+		h_cmd_dump(&replacement, "pgmux -R");
+	h_cmd_free(&replacement);
+	h_cmd_free(&bench);
+}
+
+/* The FATAL of a connection closed between transactions reaches libpq as a notice: expected here. */
+static void quiet_notices(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
+/* One client of the loop below: its connection, and its transactions committed. */
+struct loop_client {
+	PGconn *conn;
+	int committed;
+	int reconnects;
+};
+
+/*
+ * Run "BEGIN; INSERT; INSERT; COMMIT" on client k, one statement at a time.
+ * A connection closed before BEGIN is between transactions: the client
+ * reconnects and the transaction runs on the new connection. A failure at
+ * any later statement is a transaction cut short, which must never happen.
+ */
+static void loop_transaction(struct loop_client *lc, int k, int port)
+{
+	char insert[128];
+	const char *steps[4] = { "begin", insert, insert, "commit" };
+
+	snprintf(insert, sizeof(insert), "insert into restart_loop values (%d, %d)", k, lc->committed);
+	for (int i = 0; i < 4; i++) {
+		PGresult *r = PQexec(lc->conn, steps[i]);
+		bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+
+		if (!ok && i == 0 && PQstatus(lc->conn) == CONNECTION_BAD) {
+			PQclear(r);
+			PQfinish(lc->conn);
+			lc->conn = h_connect_app(port, "disable", NULL);
+			PQsetNoticeProcessor(lc->conn, quiet_notices, NULL);
+			cr_assert_eq(PQstatus(lc->conn), CONNECTION_OK, "client %d: reconnect: %s", k,
+				     PQerrorMessage(lc->conn));
+			lc->reconnects++;
+			i = -1; /* the whole transaction again, on the new connection */
+			continue;
+		}
+		cr_assert(ok, "client %d: \"%s\" failed inside a transaction: %s", k, steps[i], PQresultErrorMessage(r));
+		PQclear(r);
+	}
+	lc->committed++;
+}
+
+/*
+ * Transaction pooling, pgbench (TPC-B-like transactions, no -C) and four
+ * libpq clients in a loop of two-insert transactions while pgmux -R replaces
+ * the process: the old process closes every client between transactions.
+ * pgbench reports no failed transaction (a client whose connection was
+ * closed between transactions ends, as pgbench does); the loop's clients
+ * lose nothing (each reconnects when its connection was closed before a
+ * BEGIN and every committed row is there); and the old process's log shows
+ * each client it closed as closed while idle.
+ */
+Test(restart, transaction_pooling_closes_clients_between_transactions)
+{
+	struct pgmux px;
+	struct h_cmd bench, replacement;
+	struct loop_client clients[4];
+	char pidfile[600];
+	int metrics_port, committed = 0, reconnects = 0;
+	const char *const bench_options[] = { NULL };
+	PGconn *super = h_connect_super_direct();
+
+	h_exec_ok(super, "drop table if exists restart_loop");
+	h_exec_ok(super, "create table restart_loop (client int, seq int)");
+	h_exec_ok(super, "grant all on restart_loop to app");
+	start_restartable(&px, pidfile, sizeof(pidfile), &metrics_port);
+	for (int k = 0; k < 4; k++) {
+		clients[k] = (struct loop_client){ h_connect_app(px.port, "disable", NULL), 0, 0 };
+		PQsetNoticeProcessor(clients[k].conn, quiet_notices, NULL);
+		cr_assert_eq(PQstatus(clients[k].conn), CONNECTION_OK, "%s", PQerrorMessage(clients[k].conn));
+	}
+	start_pgbench(&bench, px.port, "4", bench_options);
+	long long started = h_now_ms();
+	bool restarted = false;
+
+	while (h_now_ms() - started < 3500) {
+		if (!restarted && h_now_ms() - started > 1000) {
+			start_replacement(&replacement, &px);
+			restarted = true;
+		}
+		for (int k = 0; k < 4; k++)
+			loop_transaction(&clients[k], k, px.port);
+	}
+	cr_expect_eq(pgmux_wait_exit(&px, RESTART_SHUTDOWN_TIMEOUT_MS + h_scaled_ms(3000)), 0);
+	cr_assert(h_cmd_wait(&bench, h_scaled_ms(30000)), "pgbench did not end");
+	for (int k = 0; k < 4; k++) {
+		char sql[128], want[16];
+
+		committed += clients[k].committed;
+		reconnects += clients[k].reconnects;
+		snprintf(sql, sizeof(sql), "select count(*) from restart_loop where client = %d", k);
+		snprintf(want, sizeof(want), "%d", 2 * clients[k].committed);
+		char *got = h_value_ok(super, sql);
+		cr_expect_str_eq(got, want, "client %d: rows", k);
+		free(got);
+		PQfinish(clients[k].conn);
+	}
+	/* The old and the new process share the log: the new one closes nobody while the old one drains. */
+	static const char *const states[] = { "startup", "tls-handshake", "auth", "waiting", "setup", "active", "idle" };
+	int closed = 0, closed_idle = h_file_count(px.logfile, "closing during idle: pgmux is shutting down");
+
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+		char needle[96];
+
+		snprintf(needle, sizeof(needle), "closing during %s: pgmux is shutting down", states[i]);
+		closed += h_file_count(px.logfile, needle);
+	}
+
+	fprintf(stderr, "restart: %d loop transactions, %d reconnects; the old process closed %d clients, %d of them "
+			"between transactions; pgbench: %s\n",
+		committed, reconnects, closed, closed_idle, strstr(bench.out, "number of failed") ?: bench.out);
+	cr_expect_eq(reconnects, 4, "each loop client reconnects once, after the old process closed it");
+	cr_expect(strstr(bench.out, "number of failed transactions: 0 ") != NULL, "pgbench:\n%s", bench.out);
+	cr_expect_geq(closed, 4, "the old process closed fewer clients than the loop had");
+	cr_expect_eq(closed, closed_idle, "a client was closed inside a transaction (see %s)", px.logfile);
+	kill(replacement.pid, SIGTERM);
+	cr_expect(h_cmd_wait(&replacement, h_scaled_ms(5000)));
+	h_exec_ok(super, "drop table restart_loop");
+	PQfinish(super);
+	h_cmd_free(&replacement);
+	h_cmd_free(&bench);
+}
