@@ -74,7 +74,11 @@ void control_request(enum control_op op, const char *arg, struct worker *w, uint
 
 /* A graceful shutdown (or a hand-over to a new process) has begun: no new clients here. */
 bool control_is_draining(void);
-/* Begin a graceful shutdown, as SIGINT does (why is logged): after a hand-over to a new process. */
+/*
+ * Begin a graceful shutdown, as SIGINT does (why is logged), after a
+ * hand-over to a new process: systemd hears nothing of it (the new process
+ * is the service's main process now).
+ */
 void control_drain(const char *why);
 
 void control_get_cutover_stats(struct cutover_stats *out);

@@ -35,6 +35,7 @@
 #include "pool.h"
 #include "secrets.h"
 #include "secretsmgr.h"
+#include "service.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -521,6 +522,15 @@ int main(int argc, char **argv)
 	/* The next pgmux -R finds this process through the pidfile. */
 	if (pidfile_written)
 		handover_listen(M.base, cfg->pidfile, handover_get_fds, handover_taken);
+	if (restart) {
+		char state[64];
+
+		/* The unit's main process is this one now (NotifyAccess=all lets it say so). */
+		snprintf(state, sizeof(state), "MAINPID=%d\nREADY=1", (int)getpid());
+		service_notify(state);
+	} else {
+		service_notify("READY=1");
+	}
 	daemon_ready();
 
 	event_base_dispatch(M.base);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static void fini_kill_leftovers(void)
@@ -453,11 +454,25 @@ static void start_restartable(struct pgmux *px, char *pidfile, size_t len, int *
 	cr_assert(wait_probe(*metrics_port, "/readyz", 200, h_scaled_ms(5000)));
 }
 
-/* Start pgmux -R on px's configuration; the new process's output goes to cmd's files. */
-static void start_replacement(struct h_cmd *cmd, const struct pgmux *px)
+/*
+ * Start pgmux -R on px's configuration; the new process's output goes to
+ * cmd's files. With new_binary, from a copy of the binary elsewhere, as an
+ * upgrade installs one.
+ */
+static void start_replacement(struct h_cmd *cmd, const struct pgmux *px, bool new_binary)
 {
+	static char copy[600];
 	const char *argv[] = { h_env()->pgmux, "-R", px->config, NULL };
 
+	if (new_binary) {
+		struct h_cmd cp;
+		const char *cp_argv[] = { "cp", h_env()->pgmux, copy, NULL };
+
+		snprintf(copy, sizeof(copy), "%s/pgmux-upgraded", h_test_dir());
+		cr_assert_eq(h_cmd_run(&cp, cp_argv, NULL, 10000), 0, "cp %s %s", h_env()->pgmux, copy);
+		h_cmd_free(&cp);
+		argv[0] = copy;
+	}
 	cr_assert(h_cmd_start(cmd, argv, NULL));
 }
 
@@ -496,9 +511,10 @@ static pid_t pidfile_pid(const char *pidfile)
 }
 
 /*
- * pgbench -C (a connection per transaction) through pgmux while pgmux -R
- * replaces it: no connection refused, no transaction failed, the old process
- * gone within shutdown_timeout, the new one serving and named by the pidfile.
+ * pgbench -C (a connection per transaction) through pgmux while pgmux -R,
+ * from another copy of the binary, replaces it: no connection refused, no
+ * transaction failed, the old process gone within shutdown_timeout, the new
+ * one serving and named by the pidfile.
  */
 Test(restart, restart_under_pgbench_with_a_connection_per_transaction)
 {
@@ -513,7 +529,7 @@ Test(restart, restart_under_pgbench_with_a_connection_per_transaction)
 	start_pgbench(&bench, px.port, "4", bench_options);
 	h_sleep_ms(1200);
 	restarted_at = h_now_ms();
-	start_replacement(&replacement, &px);
+	start_replacement(&replacement, &px, true);
 	int st = pgmux_wait_exit(&px, RESTART_SHUTDOWN_TIMEOUT_MS + h_scaled_ms(3000));
 	old_gone_ms = h_now_ms() - restarted_at;
 	cr_expect_eq(st, 0, "the old process: status %d", st);
@@ -622,7 +638,7 @@ Test(restart, transaction_pooling_closes_clients_between_transactions)
 
 	while (h_now_ms() - started < 3500) {
 		if (!restarted && h_now_ms() - started > 1000) {
-			start_replacement(&replacement, &px);
+			start_replacement(&replacement, &px, false);
 			restarted = true;
 		}
 		for (int k = 0; k < 4; k++)
@@ -666,4 +682,53 @@ Test(restart, transaction_pooling_closes_clients_between_transactions)
 	PQfinish(super);
 	h_cmd_free(&replacement);
 	h_cmd_free(&bench);
+}
+
+/* ---------------------------------------------------------------- systemd notifications */
+
+TestSuite(service_notify, .fini = fini_kill_leftovers, .timeout = 60);
+
+/* The next datagram on fd within timeout_ms, as a string ("" on timeout). */
+static const char *next_notification(int fd, int timeout_ms)
+{
+	static char text[512];
+	struct timeval limit = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+	ssize_t n;
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+	n = recv(fd, text, sizeof(text) - 1, 0);
+	text[n > 0 ? n : 0] = '\0';
+	return text;
+}
+
+/*
+ * pgmux, built with libsystemd and started with NOTIFY_SOCKET as systemd
+ * starts a Type=notify unit, says READY=1 once it accepts, RELOADING=1 and
+ * READY=1 around a SIGHUP, STOPPING=1 at SIGINT.
+ */
+Test(service_notify, ready_reloading_stopping)
+{
+	if (system("ldd \"$PGMUX_BIN\" 2>/dev/null | grep -q libsystemd") != 0)
+		cr_skip_test("pgmux was built without libsystemd");
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct pgmux px;
+	struct pgmux_options o;
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/notify", h_test_dir());
+	cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0, "%s: %s", addr.sun_path, strerror(errno));
+	setenv("NOTIFY_SOCKET", addr.sun_path, 1);
+	pgmux_options_default(&o);
+	bool started = pgmux_start(&px, &o);
+	unsetenv("NOTIFY_SOCKET");
+	cr_assert(started);
+	cr_expect_str_eq(next_notification(fd, 5000), "READY=1");
+	cr_assert_eq(kill(px.pid, SIGHUP), 0);
+	cr_expect_str_eq(next_notification(fd, 5000), "RELOADING=1");
+	cr_expect_str_eq(next_notification(fd, 5000), "READY=1");
+	cr_assert_eq(kill(px.pid, SIGINT), 0);
+	cr_expect_str_eq(next_notification(fd, 5000), "STOPPING=1");
+	cr_expect_eq(pgmux_wait_exit(&px, 5000), 0);
+	close(fd);
 }
