@@ -6,12 +6,20 @@
  */
 #include "cancel.h"
 
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "auth.h"
+#include "iobuf.h"
 #include "log.h"
+#include "proto.h"
 #include "util.h"
 
 #define CANCEL_BUCKETS 4096
@@ -20,24 +28,44 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list_node registry[CANCEL_BUCKETS];
 static bool registry_ready;
 static uint32_t next_pid;
+static uint32_t instance_id; /* peer_id; fixed before the first client */
 
+/* A cancel for a backend (pg_cancel), or one to pass on to a peer (host set). */
 struct cancel_job {
 	struct list_node node;
 	PGcancel *pg_cancel;
 	uint64_t client_id;
 	int backend_pid;
+	char *host;
+	int port;
+	int peer_id;
+	uint32_t pid;
+	uint32_t key;
 };
 
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_cond = PTHREAD_COND_INITIALIZER;
 static struct list_node queue = LIST_HEAD_INIT(queue);
 static bool queue_stop;
+static int forwards_queued; /* cancels for peers waiting in queue (queue lock) */
 static bool thread_running;
 static pthread_t cancel_thread;
 
 static struct list_node *bucket_for(uint32_t pid)
 {
 	return &registry[pid % CANCEL_BUCKETS];
+}
+
+void cancel_set_instance_id(int id)
+{
+	instance_id = (uint32_t)id;
+}
+
+int cancel_key_instance(uint32_t pid)
+{
+	if (instance_id == 0)
+		return 0;
+	return (int)((pid >> CANCEL_INSTANCE_SHIFT) & 0xff);
 }
 
 void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t client_id)
@@ -54,6 +82,13 @@ void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t
 	if (next_pid == 0)
 		next_pid = 1;
 	entry->pid = next_pid;
+	if (instance_id != 0) {
+		const uint32_t counter_mask = (1u << CANCEL_INSTANCE_SHIFT) - 1;
+
+		if ((next_pid & counter_mask) == 0)
+			next_pid++;
+		entry->pid = (instance_id << CANCEL_INSTANCE_SHIFT) | (next_pid & counter_mask);
+	}
 	auth_random_bytes(&entry->key, sizeof(entry->key));
 	entry->worker = worker;
 	entry->client_id = client_id;
@@ -104,6 +139,96 @@ void cancel_for_each_entry(void (*fn)(struct cancel_entry *entry, void *arg), vo
 	pthread_mutex_unlock(&registry_lock);
 }
 
+/*
+ * Connect to host:port within CANCEL_FORWARD_TIMEOUT_MS and write a
+ * CancelRequest for (pid, key). Runs on the cancel thread. Returns NULL, or
+ * why it failed.
+ */
+static const char *send_cancel_request(const char *host, int port, uint32_t pid, uint32_t key, char *why,
+				       size_t whylen)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *res = NULL;
+	struct iobuf request;
+	char service[16];
+	int fd = -1, rc;
+	const char *failure = NULL;
+
+	snprintf(service, sizeof(service), "%d", port);
+	if ((rc = getaddrinfo(host, service, &hints, &res)) != 0) {
+		snprintf(why, whylen, "cannot resolve %s: %s", host, gai_strerror(rc));
+		return why;
+	}
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		failure = strerror(errno);
+	} else if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
+		failure = strerror(errno);
+	} else {
+		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+		int err = 0;
+		socklen_t errlen = sizeof(err);
+
+		do
+			rc = poll(&pfd, 1, CANCEL_FORWARD_TIMEOUT_MS);
+		while (rc < 0 && errno == EINTR);
+		if (rc == 0)
+			failure = "connect timed out";
+		else if (rc < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &errlen) != 0)
+			failure = strerror(errno);
+		else if (err != 0)
+			failure = strerror(err);
+		else {
+			iobuf_init(&request);
+			proto_put_cancel_request(&request, pid, key);
+			if (request.failed || send(fd, iobuf_head(&request), iobuf_len(&request), MSG_NOSIGNAL) !=
+						      (ssize_t)iobuf_len(&request))
+				failure = "short write";
+			iobuf_free(&request);
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(res);
+	if (failure == NULL)
+		return NULL;
+	snprintf(why, whylen, "%s", failure);
+	return why;
+}
+
+static void run_job(struct cancel_job *job)
+{
+	char errbuf[256];
+
+	if (job->host != NULL) {
+		pthread_mutex_lock(&queue_lock);
+		forwards_queued--;
+		pthread_mutex_unlock(&queue_lock);
+		if (send_cancel_request(job->host, job->port, job->pid, job->key, errbuf, sizeof(errbuf)) != NULL)
+			log_warning("cancel request for peer %d at %s:%d could not be passed on: %s", job->peer_id,
+				    job->host, job->port, errbuf);
+		else
+			log_debug("cancel request passed on to peer %d at %s:%d", job->peer_id, job->host, job->port);
+		free(job->host);
+	} else {
+		if (!PQcancel(job->pg_cancel, errbuf, sizeof(errbuf)))
+			log_warning("C-%llu: cancel request to backend pid %d failed: %s",
+				    (unsigned long long)job->client_id, job->backend_pid, errbuf);
+		else
+			log_debug("C-%llu: cancel request sent to backend pid %d",
+				  (unsigned long long)job->client_id, job->backend_pid);
+		PQfreeCancel(job->pg_cancel);
+	}
+	free(job);
+}
+
+static void queue_job(struct cancel_job *job)
+{
+	pthread_mutex_lock(&queue_lock);
+	list_append(&queue, &job->node);
+	pthread_cond_signal(&queue_cond);
+	pthread_mutex_unlock(&queue_lock);
+}
+
 static void *cancel_main(void *arg)
 {
 	pthread_setname_np(pthread_self(), "cancel");
@@ -118,17 +243,7 @@ static void *cancel_main(void *arg)
 			break; /* stopping and nothing left */
 		pthread_mutex_unlock(&queue_lock);
 
-		struct cancel_job *job = list_entry(node, struct cancel_job, node);
-		char errbuf[256];
-
-		if (!PQcancel(job->pg_cancel, errbuf, sizeof(errbuf)))
-			log_warning("C-%llu: cancel request to backend pid %d failed: %s",
-				    (unsigned long long)job->client_id, job->backend_pid, errbuf);
-		else
-			log_debug("C-%llu: cancel request sent to backend pid %d", (unsigned long long)job->client_id,
-				  job->backend_pid);
-		PQfreeCancel(job->pg_cancel);
-		free(job);
+		run_job(list_entry(node, struct cancel_job, node));
 		pthread_mutex_lock(&queue_lock);
 	}
 	pthread_mutex_unlock(&queue_lock);
@@ -163,8 +278,33 @@ void cancel_submit(PGcancel *pg_cancel, uint64_t client_id, int backend_pid)
 	job->pg_cancel = pg_cancel;
 	job->client_id = client_id;
 	job->backend_pid = backend_pid;
+	queue_job(job);
+}
+
+void cancel_forward(int peer_id, const char *host, int port, uint32_t pid, uint32_t key)
+{
+	struct cancel_job *job = xcalloc(1, sizeof(*job));
+
+	job->host = xstrdup(host);
+	job->peer_id = peer_id;
+	job->port = port;
+	job->pid = pid;
+	job->key = key;
+	/*
+	 * A peer that does not answer holds the thread for up to
+	 * CANCEL_FORWARD_TIMEOUT_MS per request: a flood of keys naming it must
+	 * not delay the cancels of this instance's own clients for long.
+	 */
 	pthread_mutex_lock(&queue_lock);
-	list_append(&queue, &job->node);
-	pthread_cond_signal(&queue_cond);
+	if (forwards_queued >= CANCEL_FORWARDS_QUEUED_MAX) {
+		pthread_mutex_unlock(&queue_lock);
+		log_warning("cancel request for peer %d dropped: %d are already waiting to be passed on", peer_id,
+			    CANCEL_FORWARDS_QUEUED_MAX);
+		free(job->host);
+		free(job);
+		return;
+	}
+	forwards_queued++;
 	pthread_mutex_unlock(&queue_lock);
+	queue_job(job);
 }

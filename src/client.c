@@ -356,17 +356,35 @@ void client_free(struct client *c)
 	free(c);
 }
 
-void client_drain(struct client *c)
+/*
+ * While draining, a client between transactions is closed once it has sent
+ * nothing for this long: one that has just logged in (pgbench -C, or any
+ * client connected a moment before a restart) sends its first query within
+ * it and is closed when that transaction ends, rather than refused.
+ */
+#define CLIENT_DRAIN_IDLE_GRACE_USEC (1000 * 1000ULL)
+
+static bool client_drain_closes_now(const struct client *c, uint64_t now)
 {
+	if (c->admin)
+		return true;
 	/*
 	 * Sessions in progress may finish: with session pooling that is the whole
 	 * session, with transaction pooling the current transaction (a client
-	 * that gives its backend back while draining is closed then).
+	 * that gives its backend back while draining is closed then). A login in
+	 * progress may finish too (client_login_timeout bounds it).
 	 */
-	if (!c->admin &&
-	    (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in)))
-		return;
-	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+	if (c->state == CLIENT_ACTIVE || c->state == CLIENT_SETUP || (c->state == CLIENT_WAITING && c->logged_in))
+		return false;
+	if (!c->logged_in)
+		return false;
+	return now - c->last_activity_usec >= CLIENT_DRAIN_IDLE_GRACE_USEC;
+}
+
+void client_drain(struct client *c)
+{
+	if (client_drain_closes_now(c, pgmux_now_usec()))
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
 void client_cancel_backend(struct client *c)
@@ -439,11 +457,36 @@ static void client_begin_auth(struct client *c)
 }
 
 /* The client's first packet (login_process_startup()). Returns false when c was closed or must wait for more bytes. */
+/*
+ * A CancelRequest for (pid, key): to the client of this instance that holds
+ * the key; else, with peers, on to the instance whose id the key carries. A
+ * key that names this instance but no client here is dropped, never passed
+ * on, so a cancel cannot go round between instances.
+ */
+static void client_route_cancel(struct client *c, uint32_t pid, uint32_t key)
+{
+	const struct config *cfg = config_current();
+	int owner = cancel_key_instance(pid);
+	const struct peer *peer;
+	struct worker *w;
+	uint64_t id;
+
+	if (cancel_lookup(pid, key, &w, &id)) {
+		worker_post_cancel(w, id);
+	} else if (owner == 0 || owner == cfg->peer_id) {
+		log_client(LOG_LEVEL_DEBUG, c, "cancel request with an unknown key ignored");
+	} else if ((peer = config_find_peer(cfg, owner)) == NULL) {
+		log_client(LOG_LEVEL_WARNING, c, "cancel request for peer %d, which [peers] does not list: ignored", owner);
+	} else {
+		log_client(LOG_LEVEL_DEBUG, c, "cancel request for peer %d: passing it on to %s:%d", owner,
+			   peer->address.host, peer->address.port);
+		cancel_forward(owner, peer->address.host, peer->address.port, pid, key);
+	}
+}
+
 static bool client_process_startup(struct client *c)
 {
 	struct login_result r;
-	struct worker *w;
-	uint64_t id;
 
 	login_process_startup(&c->login, &c->io, config_current(), &c->startup, &r);
 	if (r.startup_parsed)
@@ -457,10 +500,8 @@ static bool client_process_startup(struct client *c)
 		client_set_state(c, CLIENT_TLS_HANDSHAKE);
 		return true;
 	case LOGIN_CANCEL:
-		if (r.cancel_valid && cancel_lookup(r.cancel_pid, r.cancel_key, &w, &id))
-			worker_post_cancel(w, id);
-		else
-			log_client(LOG_LEVEL_DEBUG, c, "cancel request with an unknown key ignored");
+		if (r.cancel_valid)
+			client_route_cancel(c, r.cancel_pid, r.cancel_key);
 		client_close(c, "cancel request handled");
 		return false;
 	case LOGIN_STARTUP_DONE:
@@ -716,6 +757,10 @@ void client_janitor(struct client *c, uint64_t now)
 	bool idle = c->state == CLIENT_IDLE ||
 		    (c->state == CLIENT_ACTIVE && !c->transaction_mode && c->server && server_is_clean(c->server));
 
+	if (c->worker->draining && c->state != CLIENT_CLOSED && client_drain_closes_now(c, now)) {
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+		return;
+	}
 	if (idle && cfg->idle_client_timeout_ms > 0 &&
 	    now - c->last_activity_usec >= (uint64_t)cfg->idle_client_timeout_ms * 1000)
 		client_fatal(c, SQLSTATE_IDLE_SESSION_TIMEOUT,

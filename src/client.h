@@ -173,7 +173,12 @@ void client_fatal(struct client *c, const char *sqlstate, const char *fmt, ...)
 void client_close(struct client *c, const char *reason);
 void client_free(struct client *c);
 
-/* Graceful shutdown: close clients that are not in a session yet. */
+/*
+ * Graceful shutdown or hand-over: close c now with FATAL 57P01 if it is
+ * between transactions (transaction pooling) and has sent nothing for a
+ * second; a transaction, a session (session pooling) or a login in progress
+ * goes on, and the end of the transaction, or the janitor, closes it later.
+ */
 void client_drain(struct client *c);
 
 /* The client's transaction is over: give its backend back to the pool (the last use of it). */

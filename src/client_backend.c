@@ -309,7 +309,19 @@ static void client_settings_read(struct server *s, bool ok, void *arg)
 		client_process_input(c);
 }
 
+/*
+ * Give c's backend back. While draining, a client is closed here, between
+ * transactions (FATAL 57P01), unless the backend only served its login: a
+ * client that has just logged in runs its first transaction first.
+ */
+static void client_give_back_server(struct client *c, bool after_transaction);
+
 void client_release_server(struct client *c)
+{
+	client_give_back_server(c, true);
+}
+
+static void client_give_back_server(struct client *c, bool after_transaction)
 {
 	struct server *s = c->server;
 
@@ -348,7 +360,7 @@ void client_release_server(struct client *c)
 	server_unlink(s);
 	/* The pool may hand s to another worker at once: nothing touches it after this. */
 	pool_release(s);
-	if (c->worker->draining)
+	if (c->worker->draining && after_transaction)
 		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
 }
 
@@ -376,7 +388,7 @@ static void client_login_complete(struct client *c)
 		return;
 	/* Anything the client sent early is processed by whoever called, once it is done. */
 	if (c->transaction_mode && iobuf_len(&c->io.in) == 0 && server_is_clean(s))
-		client_release_server(c);
+		client_give_back_server(c, false);
 }
 
 /*

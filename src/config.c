@@ -39,7 +39,7 @@ _Static_assert(sizeof(enum server_auth_method) == sizeof(int), "enum server_auth
  */
 #define SIZE_CAP 1073741823LL
 
-static const char *const known_sections[] = { "pgmux", "target", "pool" };
+static const char *const known_sections[] = { "pgmux", "target", "pool", "peers" };
 
 /* ------------------------------------------------------------ parse state */
 
@@ -535,7 +535,7 @@ static bool is_known_section(const char *name)
 static void report_unknown_section(struct load_state *state, const char *name)
 {
 	set_error(state, state->line_number,
-		  "unknown section [%s] (expected [pgmux], [target] or [pool])", name);
+		  "unknown section [%s] (expected [pgmux], [target], [pool] or [peers])", name);
 }
 
 /*
@@ -586,6 +586,57 @@ static char *read_line(char *buffer, int size, void *stream)
 	return buffer;
 }
 
+static void free_peers(struct peer *peers, int count)
+{
+	for (int i = 0; i < count; i++)
+		free(peers[i].address.host);
+	free(peers);
+}
+
+/*
+ * One line of [peers]: "ID = host[:port]", ID in 1..PEER_ID_MAX, each ID
+ * once. Kept ordered by id, so that the rank of an id (config_peer_share())
+ * is its index.
+ */
+static int handle_peer(struct load_state *state, const char *name, const char *value)
+{
+	struct config *cfg = state->cfg;
+	struct target_host address = { NULL, 0 };
+	struct value_problem p;
+	const char *why;
+	long long id;
+	int at;
+
+	if (!parse_strict_integer(name, &id) || id < 1 || id > PEER_ID_MAX) {
+		set_error(state, state->line_number, "[peers] %s: a peer's id must be a number from 1 to %d", name,
+			  PEER_ID_MAX);
+		return 0;
+	}
+	if (config_find_peer(cfg, (int)id) != NULL) {
+		set_error(state, state->line_number, "[peers] %s: listed twice", name);
+		return 0;
+	}
+	if (cfg->n_peers == MAX_PEERS) {
+		set_error(state, state->line_number, "[peers] %s: more than %d peers", name, MAX_PEERS);
+		return 0;
+	}
+	if ((why = parse_host_entry(value, &address, &p)) != NULL) {
+		set_error(state, state->line_number, "[peers] %s: %s", name, why);
+		return 0;
+	}
+	if (cfg->peers == NULL && (cfg->peers = calloc(MAX_PEERS, sizeof(*cfg->peers))) == NULL) {
+		free(address.host);
+		set_error(state, state->line_number, "out of memory");
+		return 0;
+	}
+	for (at = cfg->n_peers; at > 0 && cfg->peers[at - 1].id > id; at--)
+		cfg->peers[at] = cfg->peers[at - 1];
+	cfg->peers[at].id = (int)id;
+	cfg->peers[at].address = address;
+	cfg->n_peers++;
+	return 1;
+}
+
 static int handle_pair(void *user, const char *section, const char *name, const char *value)
 {
 	struct load_state *state = user;
@@ -604,6 +655,8 @@ static int handle_pair(void *user, const char *section, const char *name, const 
 		report_unknown_section(state, section);
 		return 0;
 	}
+	if (strcmp(section, "peers") == 0)
+		return handle_peer(state, name, value);
 	opt = config_find_option(section, name);
 	if (opt == NULL) {
 		set_error(state, state->line_number, "[%s] %s: unknown option", section, name);
@@ -674,6 +727,14 @@ static void check_combinations(struct load_state *state)
 	 * so one pool's floor above it could never be met. (With max_connections
 	 * at 0 the limit is only known once the server has been asked.)
 	 */
+	/* A cancel key names its instance: every instance must know every id, its own among them. */
+	if (cfg->n_peers > 0 && cfg->peer_id == 0)
+		set_error(state, -1, "[peers] needs [pgmux] peer_id, this instance's id among them");
+	else if (cfg->peer_id != 0 && config_find_peer(cfg, cfg->peer_id) == NULL)
+		set_error(state, line_of(state, "pgmux", "peer_id"),
+			  "[pgmux] peer_id: %d is not listed in [peers] (list every instance, this one too)",
+			  cfg->peer_id);
+
 	if (cfg->max_connections > 0 && cfg->min_pool_size > cfg->max_connections)
 		set_error(state, line_of(state, "pool", "min_pool_size"),
 			  "[pool] min_pool_size: must not be larger than max_connections (%d)",
@@ -790,6 +851,7 @@ void config_free(struct config *cfg)
 		if (options[i].type == CONFIG_STRING)
 			free(*(char **)field_of(cfg, &options[i]));
 	free_hosts(cfg->hosts, cfg->n_hosts);
+	free_peers(cfg->peers, cfg->n_peers);
 	free(cfg->path);
 	free(cfg);
 }
@@ -833,7 +895,35 @@ struct config *config_with_hosts(const struct config *cfg, const struct target_h
 	}
 	copy->n_hosts = n_hosts;
 	copy->hosts_in_memory = true;
+	copy->peers = NULL;
+	if (cfg->n_peers > 0) {
+		copy->peers = xcalloc(MAX_PEERS, sizeof(*copy->peers));
+		for (int i = 0; i < cfg->n_peers; i++) {
+			copy->peers[i] = cfg->peers[i];
+			copy->peers[i].address.host = xstrdup(cfg->peers[i].address.host);
+		}
+	}
 	return copy;
+}
+
+const struct peer *config_find_peer(const struct config *cfg, int id)
+{
+	for (int i = 0; i < cfg->n_peers; i++)
+		if (cfg->peers[i].id == id)
+			return &cfg->peers[i];
+	return NULL;
+}
+
+int config_peer_share(const struct config *cfg, int total)
+{
+	int rank = 0, n = cfg->n_peers, share;
+
+	if (n == 0 || cfg->peer_id == 0)
+		return total;
+	while (rank < n && cfg->peers[rank].id != cfg->peer_id)
+		rank++;
+	share = total / n + (rank < total % n ? 1 : 0);
+	return share > 0 ? share : 1;
 }
 
 /* ------------------------------------------------------------ queries */

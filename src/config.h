@@ -51,6 +51,20 @@ struct target_host {
 	int port;
 };
 
+/*
+ * [peers]: every pgmux instance that serves the same clients behind a load
+ * balancer, by id (1..PEER_ID_MAX). An id travels in the cancel keys that
+ * instance gives its clients (cancel.c), so any instance can pass a
+ * CancelRequest on to the one that holds the session.
+ */
+#define PEER_ID_MAX 255
+#define MAX_PEERS 64
+
+struct peer {
+	int id;
+	struct target_host address; /* its listen_addr:listen_port, as the other instances reach it */
+};
+
 struct config {
 	char *path; /* the file this was loaded from */
 
@@ -91,6 +105,11 @@ struct config {
 	int max_client_connections; /* across all workers */
 	int max_login_connections;  /* of those, still before authentication */
 	int idle_client_timeout_ms; /* outside a transaction; 0 = never */
+	int peer_id;                /* this instance's id in [peers]; 0 = no peers */
+
+	/* [peers], ordered by id; none without peers */
+	struct peer *peers;
+	int n_peers;
 
 	/* [target] */
 	struct target_host *hosts; /* the instances, writer and readers in any order */
@@ -212,6 +231,15 @@ int config_tls_protocol_range(const char *text, int *min_minor, int *max_minor);
 
 /* True when host (a name or numeric address from hosts) is this machine's loopback. */
 bool config_host_is_loopback(const char *host);
+
+/* The peer with this id in [peers], or NULL. */
+const struct peer *config_find_peer(const struct config *cfg, int id);
+/*
+ * This instance's share of total (a cap on one server's connections) when
+ * [peers] lists n instances: floor(total / n), plus one for each of the
+ * (total mod n) lowest ids; at least 1. total itself without peers.
+ */
+int config_peer_share(const struct config *cfg, int total);
 
 /* True when an option's value is a secret that SHOW CONFIG must not show. */
 bool config_option_is_secret(const struct config_option *opt);

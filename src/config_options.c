@@ -305,7 +305,9 @@ static const struct config_option option_table[] = {
 	  .offset = FIELD(metrics_port), .min_value = 0, .max_value = 65535,
 	  .doc = "A TCP port, on metrics_addr, for Prometheus: GET /metrics returns pgmux's "
 		 "counters and, per pool and per instance, what SHOW POOLS and SHOW TARGETS "
-		 "show, in the text exposition format. 0 means no metrics endpoint." },
+		 "show, in the text exposition format; GET /healthz and GET /readyz answer a "
+		 "load balancer's or Kubernetes' probes (see pgmux(1)). 0 means no metrics "
+		 "endpoint." },
 	{ .section = "pgmux", .name = "metrics_addr", .type = CONFIG_STRING,
 	  .default_value = "127.0.0.1", .reloadable = false,
 	  .offset = FIELD(metrics_addr), .min_value = 1,
@@ -348,6 +350,20 @@ static const struct config_option option_table[] = {
 		 "before it is closed with a FATAL error (SQLSTATE 57P05), like RDS "
 		 "Proxy's IdleClientTimeout. A number without a unit is seconds; 0 means "
 		 "never." },
+	{ .section = "pgmux", .name = "peer_id", .type = CONFIG_INT,
+	  .default_value = "0", .reloadable = false,
+	  .offset = FIELD(peer_id), .min_value = 0, .max_value = PEER_ID_MAX,
+	  .doc = "This instance's id, 1 to 255, among the pgmux instances that serve the "
+		 "same clients behind a load balancer, all listed in the section [peers] as "
+		 "lines ID = host:port (each instance's listen_addr and listen_port, as the "
+		 "others reach it; every instance has the same list). The id travels in the "
+		 "cancel keys this instance gives its clients, so a CancelRequest that the "
+		 "balancer sends to another instance is passed on to this one; and each "
+		 "instance opens at most its share of every server's connection cap "
+		 "(max_connections or max_connections_percent, which then count for all "
+		 "instances together): the cap divided by the number of peers, rounded "
+		 "down, plus one for each of the lowest ids while the remainder lasts. 0 "
+		 "means no peers (and no [peers] section)." },
 
 	/* ----------------------------------------------------------- [target] */
 	{ .section = "target", .name = "hosts", .type = CONFIG_HOSTS,

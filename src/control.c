@@ -26,6 +26,7 @@
 #include "pgmux.h"
 #include "pool.h"
 #include "secrets.h"
+#include "service.h"
 #include "stats.h"
 #include "secretsmgr.h"
 #include "tls.h"
@@ -215,6 +216,11 @@ static int cutover_begin(struct target_host *hosts, int n_hosts, struct worker *
 	return 0;
 }
 
+bool control_is_draining(void)
+{
+	return C.drain_timer != NULL; /* main thread only, as is the metrics endpoint that asks */
+}
+
 void control_get_cutover_stats(struct cutover_stats *out)
 {
 	pthread_mutex_lock(&C.lock);
@@ -376,11 +382,13 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 		log_error("reload failed, keeping the running configuration: %s", err);
 		return -1;
 	}
+	service_notify("RELOADING=1");
 	if (next->client_tls_cert_file[0]) {
 		tls = tls_context_load(next, err, errlen);
 		if (tls == NULL) {
 			log_error("reload failed, keeping the running configuration: %s", err);
 			config_free(next);
+			service_notify("READY=1");
 			return -1;
 		}
 	}
@@ -412,6 +420,7 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	pool_refresh_passwords();
 	pool_apply_caps();
 	log_info("configuration reloaded from %s", C.config_path);
+	service_notify("READY=1");
 	if (hosts_changed) {
 		struct target_host *hosts = xcalloc((size_t)next->n_hosts, sizeof(*hosts));
 
@@ -440,7 +449,11 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static void begin_drain(void)
+/*
+ * tell_manager: say STOPPING=1 to systemd; not after a hand-over, when the
+ * new process is the service's main process and this one leaves quietly.
+ */
+static void begin_drain(bool tell_manager)
 {
 	const struct config *cfg = config_current();
 	struct timeval tick = { 0, 100 * 1000 };
@@ -451,6 +464,8 @@ static void begin_drain(void)
 		return;
 	}
 	log_info("no longer accepting connections; waiting up to %d ms for sessions to end", cfg->shutdown_timeout_ms);
+	if (tell_manager)
+		service_notify("STOPPING=1");
 	if (C.stop_listening)
 		C.stop_listening();
 	workers_broadcast(WORKER_MSG_DRAIN);
@@ -459,6 +474,12 @@ static void begin_drain(void)
 	if (C.drain_timer == NULL)
 		out_of_memory("the shutdown's timer");
 	event_add(C.drain_timer, &tick);
+}
+
+void control_drain(const char *why)
+{
+	log_info("%s", why);
+	begin_drain(false);
 }
 
 /* ------------------------------------------------------------ entry points */
@@ -474,11 +495,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		break;
 	case SIGTERM:
 		log_info("SIGTERM: stopping now");
+		service_notify("STOPPING=1");
 		event_base_loopbreak(C.base);
 		break;
 	case SIGINT:
 		log_info("SIGINT: graceful shutdown");
-		begin_drain();
+		begin_drain(true);
 		break;
 	case SIGUSR1:
 		log_info("SIGUSR1: pausing");
@@ -535,7 +557,7 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 		case CONTROL_SHUTDOWN:
 			log_info("SHUTDOWN from the admin console");
 			reply(r->reply_to, r->client_id, true, "SHUTDOWN");
-			begin_drain();
+			begin_drain(true);
 			break;
 		}
 		free(r->arg);

@@ -72,6 +72,15 @@ void control_apply_log_settings(const void *cfg);
  */
 void control_request(enum control_op op, const char *arg, struct worker *w, uint64_t client_id);
 
+/* A graceful shutdown (or a hand-over to a new process) has begun: no new clients here. */
+bool control_is_draining(void);
+/*
+ * Begin a graceful shutdown, as SIGINT does (why is logged), after a
+ * hand-over to a new process: systemd hears nothing of it (the new process
+ * is the service's main process now).
+ */
+void control_drain(const char *why);
+
 void control_get_cutover_stats(struct cutover_stats *out);
 
 /* Configs replaced by reloads stay allocated until exit; this frees them. */

@@ -347,3 +347,34 @@ struct evconnlistener *io_listen(struct event_base *base, const char *addr, int 
 		log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
 	return listener;
 }
+
+struct evconnlistener *io_listen_inherited(struct event_base *base, int fd, int port, evconnlistener_cb cb,
+					   void *arg)
+{
+	struct sockaddr_storage bound;
+	socklen_t len = sizeof(bound);
+	struct evconnlistener *listener;
+	int bound_port = 0;
+
+	if (getsockname(fd, (struct sockaddr *)&bound, &len) == 0) {
+		if (bound.ss_family == AF_INET)
+			bound_port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+		else if (bound.ss_family == AF_INET6)
+			bound_port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+	}
+	if (bound_port != port) {
+		log_error("the socket handed over listens on port %d, not %d: a port cannot change in a restart in "
+			  "place (-R); restart pgmux instead",
+			  bound_port, port);
+		close(fd);
+		return NULL;
+	}
+	evutil_make_socket_nonblocking(fd);
+	/* Backlog 0: it listens already, with the backlog the first process gave it. */
+	listener = evconnlistener_new(base, cb, arg, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+	if (listener == NULL) {
+		log_error("cannot accept on the socket handed over for port %d: %s", port, strerror(errno));
+		close(fd);
+	}
+	return listener;
+}

@@ -105,5 +105,12 @@ void io_set_nodelay(int fd);
  */
 struct evconnlistener *io_listen(struct event_base *base, const char *addr, int port, int backlog,
 				 evconnlistener_cb cb, void *arg);
+/*
+ * The same on a socket that listens already (one handed over by the process
+ * pgmux -R replaces): it must be bound to port, or NULL is returned, logged,
+ * and fd closed.
+ */
+struct evconnlistener *io_listen_inherited(struct event_base *base, int fd, int port, evconnlistener_cb cb,
+					   void *arg);
 
 #endif

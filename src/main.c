@@ -26,6 +26,7 @@
 #include "config.h"
 #include "control.h"
 #include "dispatch.h"
+#include "handover.h"
 #include "io.h"
 #include "listen.h"
 #include "log.h"
@@ -35,6 +36,7 @@
 #include "pool.h"
 #include "secrets.h"
 #include "secretsmgr.h"
+#include "service.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -53,6 +55,7 @@ struct main_state {
 	uint64_t accept_failures_unlogged;        /* failures since then */
 	char *config_path;
 	int log_level_override; /* -1 when -v/-q were not given */
+	bool handed_over;       /* a process started with -R took the sockets (and the pidfile) */
 };
 
 static struct main_state M;
@@ -61,12 +64,15 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"pgmux %s: a PostgreSQL connection proxy\n\n"
-		"Usage: pgmux [-d] [-v|-q] CONFIG\n"
+		"Usage: pgmux [-d] [-v|-q] [-R] CONFIG\n"
 		"       pgmux --check CONFIG\n"
 		"       pgmux --version | --help\n\n"
 		"  -d, --daemon        run in the background (writes the pidfile named in CONFIG)\n"
 		"  -v, --verbose       log more (debug)\n"
 		"  -q, --quiet         log less (warnings and errors only)\n"
+		"  -R, --restart       take the listening sockets over from the pgmux that the\n"
+		"                      pidfile in CONFIG names, which then drains and exits:\n"
+		"                      a restart or upgrade that refuses no connection\n"
 		"  -t, --check CONFIG  check CONFIG, the secrets and TLS files it names, and exit:\n"
 		"                      0 when pgmux could start with them, 1 with the errors\n"
 		"  -V, --version       print the version and exit\n"
@@ -203,14 +209,41 @@ static void on_accept_error(struct evconnlistener *listener, void *arg)
 	pause_accepting(EVUTIL_SOCKET_ERROR());
 }
 
-static struct evconnlistener *start_listener(const struct config *cfg, int port_number)
+/* Listen on port_number, or on inherited_fd (handed over, see handover.h) when it is not -1. */
+static struct evconnlistener *start_listener(const struct config *cfg, int port_number, int inherited_fd)
 {
 	struct evconnlistener *listener =
-		io_listen(M.base, cfg->listen_addr, port_number, cfg->listen_backlog, on_accept, NULL);
+		inherited_fd >= 0 ? io_listen_inherited(M.base, inherited_fd, port_number, on_accept, NULL)
+				  : io_listen(M.base, cfg->listen_addr, port_number, cfg->listen_backlog, on_accept, NULL);
 
 	if (listener)
 		evconnlistener_set_error_cb(listener, on_accept_error);
 	return listener;
+}
+
+/* ------------------------------------------------------------ restart in place */
+
+static void handover_get_fds(struct handover_fds *out)
+{
+	out->listen_fd = M.listener ? evconnlistener_get_fd(M.listener) : -1;
+	out->readonly_fd = M.readonly_listener ? evconnlistener_get_fd(M.readonly_listener) : -1;
+	out->metrics_fd = metrics_listen_fd();
+}
+
+/*
+ * A process started with -R accepts on the sockets now: this one stops
+ * accepting (its copies close; the sockets stay open in the new process),
+ * leaves the metrics port, and so /readyz, to it, and drains as after SIGINT.
+ */
+static void handover_taken(pid_t new_pid)
+{
+	char why[160];
+
+	M.handed_over = true;
+	metrics_stop();
+	snprintf(why, sizeof(why), "restart: process %d took the listening sockets over; this one drains and exits",
+		 (int)new_pid);
+	control_drain(why);
 }
 
 /* ------------------------------------------------------------ process setup */
@@ -309,7 +342,8 @@ static int daemonize(void)
 
 int main(int argc, char **argv)
 {
-	bool background = false, pidfile_written = false;
+	bool background = false, pidfile_written = false, restart = false;
+	struct handover_fds inherited = { -1, -1, -1 };
 	struct config *cfg;
 	char err[512];
 	int opt, exit_code = 0, n;
@@ -317,18 +351,21 @@ int main(int argc, char **argv)
 		{ "daemon", no_argument, NULL, 'd' },   { "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },    { "check", required_argument, NULL, 't' },
 		{ "version", no_argument, NULL, 'V' },  { "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{ "restart", no_argument, NULL, 'R' },  { NULL, 0, NULL, 0 },
 	};
 	const char *check_path = NULL;
 
 	M.log_level_override = -1;
-	while ((opt = getopt_long(argc, argv, "dvqt:Vh", long_options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "dvqt:VhR", long_options, NULL)) != -1) {
 		switch (opt) {
 		case 't':
 			check_path = optarg;
 			break;
 		case 'd':
 			background = true;
+			break;
+		case 'R':
+			restart = true;
 			break;
 		case 'v':
 			M.log_level_override = LOG_LEVEL_DEBUG;
@@ -368,8 +405,8 @@ int main(int argc, char **argv)
 	control_set_log_level_override(M.log_level_override);
 	control_apply_log_settings(cfg);
 
-	if (background && cfg->pidfile[0] == '\0') {
-		fprintf(stderr, "pgmux: -d needs a pidfile in %s\n", M.config_path);
+	if ((background || restart) && cfg->pidfile[0] == '\0') {
+		fprintf(stderr, "pgmux: %s needs a pidfile in %s\n", restart ? "-R" : "-d", M.config_path);
 		config_free(cfg);
 		return 1;
 	}
@@ -422,10 +459,26 @@ int main(int argc, char **argv)
 	 * SIGHUP as soon as it sees pgmux listening. They are acted on once the
 	 * loop runs, by which time everything below is up.
 	 */
-	if (M.base == NULL || M.accept_resume_timer == NULL || control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 ||
-	    pool_init(cfg) != 0 || (M.listener = start_listener(cfg, cfg->listen_port)) == NULL ||
-	    (cfg->readonly_port && (M.readonly_listener = start_listener(cfg, cfg->readonly_port)) == NULL) ||
-	    metrics_start(M.base, cfg) != 0) {
+	if (M.base == NULL || M.accept_resume_timer == NULL ||
+	    control_init(M.base, M.config_path, M.log_level_override, stop_listening) != 0 || pool_init(cfg) != 0) {
+		exit_code = 1;
+		goto out;
+	}
+	if (restart) {
+		if (handover_receive(cfg->pidfile, &inherited, err, sizeof(err)) != 0) {
+			log_error("%s", err);
+			exit_code = 1;
+			goto out;
+		}
+		log_info("restart: received the listening sockets of the running pgmux");
+		if (cfg->readonly_port == 0 && inherited.readonly_fd >= 0)
+			close(inherited.readonly_fd);
+	}
+	M.listener = start_listener(cfg, cfg->listen_port, inherited.listen_fd);
+	if (cfg->readonly_port)
+		M.readonly_listener = start_listener(cfg, cfg->readonly_port, inherited.readonly_fd);
+	if (M.listener == NULL || (cfg->readonly_port && M.readonly_listener == NULL) ||
+	    metrics_start(M.base, cfg, inherited.metrics_fd) != 0) {
 		exit_code = 1;
 		goto out;
 	}
@@ -433,9 +486,10 @@ int main(int argc, char **argv)
 	 * The pid file is written only once the ports are ours: a second pgmux
 	 * started by mistake with the same configuration cannot listen, and must
 	 * leave the running one's pid file alone rather than overwrite it and
-	 * then remove it on its way out.
+	 * then remove it on its way out. With -R, only once the old process has
+	 * let go of the ports (below).
 	 */
-	if (cfg->pidfile[0]) {
+	if (cfg->pidfile[0] && !restart) {
 		if (write_pidfile(cfg->pidfile) != 0) {
 			log_error("cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
 			exit_code = 1;
@@ -444,6 +498,7 @@ int main(int argc, char **argv)
 		pidfile_written = true;
 	}
 	client_set_console(&admin_console);
+	cancel_set_instance_id(cfg->peer_id);
 	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 ||
 	    monitor_start() != 0 || listen_start() != 0 || aws_thread_start() != 0) {
 		log_error("cannot start threads");
@@ -453,11 +508,36 @@ int main(int argc, char **argv)
 	log_info("pgmux %s listening on %s:%d (writer)%s%.0d, %d worker(s), %s pooling, %d instance(s) listed",
 		 PACKAGE_VERSION, cfg->listen_addr, cfg->listen_port, cfg->readonly_port ? " and readers on port " : "",
 		 cfg->readonly_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->n_hosts);
+	if (cfg->peer_id != 0)
+		log_info("peer %d of %d: cancels for the others' keys are passed on to them; connection caps are "
+			 "shared", cfg->peer_id, cfg->n_peers);
+	if (restart) {
+		/* This process accepts now: the old one may stop. */
+		if (handover_confirm() != 0)
+			log_warning("restart: the old process went away before it heard that this one took over");
+		if (write_pidfile(cfg->pidfile) != 0)
+			log_error("cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
+		else
+			pidfile_written = true;
+	}
+	/* The next pgmux -R finds this process through the pidfile. */
+	if (pidfile_written)
+		handover_listen(M.base, cfg->pidfile, handover_get_fds, handover_taken);
+	if (restart) {
+		char state[64];
+
+		/* The unit's main process is this one now (NotifyAccess=all lets it say so). */
+		snprintf(state, sizeof(state), "MAINPID=%d\nREADY=1", (int)getpid());
+		service_notify(state);
+	} else {
+		service_notify("READY=1");
+	}
 	daemon_ready();
 
 	event_base_dispatch(M.base);
 
 out:
+	handover_stop();
 	stop_listening();
 	metrics_stop();
 	control_cleanup();
@@ -472,7 +552,8 @@ out:
 		event_free(M.accept_resume_timer);
 	if (M.base)
 		event_base_free(M.base);
-	if (pidfile_written)
+	/* After a hand-over the pid file names the new process. */
+	if (pidfile_written && !M.handed_over)
 		unlink(config_current()->pidfile);
 	log_info("pgmux stopped");
 out_early:

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -460,20 +461,70 @@ static void metrics_reply(struct evhttp_request *req, void *arg)
 	evbuffer_free(b);
 }
 
+/* A probe's answer: a status and one line of text, never cached. */
+static void probe_reply(struct evhttp_request *req, int code, const char *reason, const char *text)
+{
+	struct evbuffer *b = evbuffer_new();
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+
+	if (b == NULL) {
+		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		return;
+	}
+	evbuffer_add_printf(b, "%s\n", text);
+	evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+	evhttp_add_header(headers, "Cache-Control", "no-store");
+	evhttp_send_reply(req, code, reason, b);
+	evbuffer_free(b);
+}
+
+/*
+ * GET /healthz: the process is alive and its main loop answers (a liveness
+ * probe). Like /readyz it needs no token: it tells nothing a TCP connect to
+ * the port would not, and balancers and kubelets probe without headers.
+ */
+static void healthz_reply(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	probe_reply(req, HTTP_OK, "OK", "alive");
+}
+
+/*
+ * GET /readyz: 200 only while this process accepts clients (no shutdown or
+ * hand-over to a new process has begun) and knows a healthy writer; 503
+ * otherwise, so that a balancer sends new connections elsewhere.
+ */
+static void readyz_reply(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	if (control_is_draining())
+		probe_reply(req, 503, "Service Unavailable", "draining: not accepting new clients");
+	else if (!pool_writer_known())
+		probe_reply(req, 503, "Service Unavailable", "no writer known");
+	else
+		probe_reply(req, HTTP_OK, "OK", "ready");
+}
+
 static void metrics_not_found(struct evhttp_request *req, void *arg)
 {
 	(void)arg;
-	evhttp_send_error(req, HTTP_NOTFOUND, "pgmux serves only /metrics");
+	evhttp_send_error(req, HTTP_NOTFOUND, "pgmux serves only /metrics, /healthz and /readyz");
 }
 
-int metrics_start(struct event_base *base, const struct config *cfg)
+int metrics_start(struct event_base *base, const struct config *cfg, int inherited_fd)
 {
 	struct evconnlistener *listener;
 
-	if (cfg->metrics_port == 0)
+	if (cfg->metrics_port == 0) {
+		if (inherited_fd >= 0)
+			close(inherited_fd);
 		return 0;
+	}
 	/* No callback: evhttp takes the listener over. */
-	listener = io_listen(base, cfg->metrics_addr, cfg->metrics_port, 64, NULL, NULL);
+	if (inherited_fd >= 0)
+		listener = io_listen_inherited(base, inherited_fd, cfg->metrics_port, NULL, NULL);
+	else
+		listener = io_listen(base, cfg->metrics_addr, cfg->metrics_port, 64, NULL, NULL);
 	if (listener == NULL)
 		return -1;
 	http = evhttp_new(base);
@@ -496,10 +547,17 @@ int metrics_start(struct event_base *base, const struct config *cfg)
 	evhttp_set_max_headers_size(http, 8192);
 	evhttp_set_max_body_size(http, 0);
 	evhttp_set_cb(http, "/metrics", metrics_reply, NULL);
+	evhttp_set_cb(http, "/healthz", healthz_reply, NULL);
+	evhttp_set_cb(http, "/readyz", readyz_reply, NULL);
 	evhttp_set_gencb(http, metrics_not_found, NULL);
-	log_info("metrics on http://%s:%d/metrics%s", cfg->metrics_addr, cfg->metrics_port,
+	log_info("metrics on http://%s:%d/metrics%s (probes /healthz and /readyz)", cfg->metrics_addr, cfg->metrics_port,
 		 cfg->metrics_token[0] ? " (bearer token required)" : "");
 	return 0;
+}
+
+int metrics_listen_fd(void)
+{
+	return metrics_listener ? evconnlistener_get_fd(metrics_listener) : -1;
 }
 
 void metrics_stop(void)

@@ -276,6 +276,9 @@ int pool_pause(const char *instance);
 int pool_resume(const char *instance);
 bool pool_is_paused(void);
 
+/* A healthy writer is known (the monitor found one): what GET /readyz asks. */
+bool pool_writer_known(void);
+
 /* Transactions in flight: active connections not held by pinned sessions. */
 int pool_transactions_in_flight(void);
 

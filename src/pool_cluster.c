@@ -40,6 +40,8 @@ const char *pool_role_name(enum instance_role role)
 	return role_names[role];
 }
 
+static bool target_set_cap_locked(struct target *t, const struct config *cfg);
+
 static struct target *target_new_locked(const char *host, int port, bool listed)
 {
 	const struct config *cfg = config_current();
@@ -49,8 +51,7 @@ static struct target *target_new_locked(const char *host, int port, bool listed)
 	t->port = port;
 	t->listed = listed;
 	snprintf(t->instance_id, sizeof(t->instance_id), "%s:%d", host, port);
-	t->max_connections = cfg->max_connections;
-	t->cap_known = cfg->max_connections > 0;
+	target_set_cap_locked(t, cfg);
 	list_append(&targets, &t->node);
 	return t;
 }
@@ -153,6 +154,16 @@ static bool reader_usable_locked(const struct target *t)
 static bool writer_usable_locked(void)
 {
 	return writer != NULL && writer->healthy && !writer->suspect && writer->role == ROLE_WRITER;
+}
+
+bool pool_writer_known(void)
+{
+	bool usable;
+
+	pthread_mutex_lock(&pool_lock);
+	usable = writer_usable_locked();
+	pthread_mutex_unlock(&pool_lock);
+	return usable;
 }
 
 void pool_target_status_locked(const struct target *t, char *out, size_t len)
@@ -304,8 +315,10 @@ void pool_wait_detail(struct pool *pool, char *out, size_t len)
 
 /*
  * t's cap under cfg: max_connections, or max_connections_percent of what the
- * server allows. Returns false when that needs the server's limit and it is
- * not known yet (the next new connection asks; until then one is allowed).
+ * server allows. With [peers] that is the cap of all instances together, and
+ * this one takes its share (config_peer_share()). Returns false when that
+ * needs the server's limit and it is not known yet (the next new connection
+ * asks; until then one is allowed).
  */
 static bool target_set_cap_locked(struct target *t, const struct config *cfg)
 {
@@ -318,6 +331,7 @@ static bool target_set_cap_locked(struct target *t, const struct config *cfg)
 		}
 		cap = (int)((long)t->server_max * cfg->max_connections_percent / 100);
 	}
+	cap = config_peer_share(cfg, cap > 0 ? cap : 1);
 	t->max_connections = cap > 0 ? cap : 1;
 	t->cap_known = true;
 	return true;

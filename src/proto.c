@@ -465,6 +465,15 @@ void proto_put_query(struct iobuf *buf, const char *sql)
 	proto_end(buf, offset);
 }
 
+/* A CancelRequest is a startup-style packet: no type byte, and its length is always 16. */
+void proto_put_cancel_request(struct iobuf *buf, uint32_t pid, uint32_t key)
+{
+	iobuf_append_u32(buf, 16);
+	iobuf_append_u32(buf, PROTO_CANCEL_REQUEST);
+	iobuf_append_u32(buf, pid);
+	iobuf_append_u32(buf, key);
+}
+
 bool proto_valid_frontend_type(uint8_t type)
 {
 	switch (type) {

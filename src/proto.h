@@ -177,6 +177,8 @@ void proto_put_backend_key(struct iobuf *buf, uint32_t pid, uint32_t key);
 void proto_put_ready(struct iobuf *buf, char status);
 void proto_put_negotiate_version(struct iobuf *buf, uint32_t newest_minor, char *const *unknown, int n_unknown);
 void proto_put_query(struct iobuf *buf, const char *sql);
+/* What a client sends to cancel; pgmux sends it to the peer whose key it is (cancel.c). */
+void proto_put_cancel_request(struct iobuf *buf, uint32_t pid, uint32_t key); /* 16 bytes, no type byte */
 
 /*
  * Is this a message type a frontend may send after startup? Used to reject

@@ -1,6 +1,6 @@
 #!/bin/sh
 # run-tests.sh: runs pgmux's test suites for `make check` (the source checks
-# of tests/check-modules.sh, every unit test binary, then the integration
+# of tests/check-modules.sh, the packaging checks of tests/check-contrib.sh, every unit test binary, then the integration
 # suite against a throw-away PostgreSQL set up by tests/integration/pg-env.sh)
 # and `make check-valgrind` (integration only, with PGMUX_VALGRIND set). Shows
 # each binary's output, adds up criterion's "Synthesis" lines (a check script
@@ -95,6 +95,8 @@ run_check() {
 if [ "$MODE" = all ]; then
 	# No include cycle between modules, no source file over 1,200 lines.
 	run_check check-modules sh "$TOP_SRCDIR/tests/check-modules.sh" "$TOP_SRCDIR/src"
+	# contrib/: the systemd unit verifies, the Kubernetes example parses and checks, the Dockerfile reads right.
+	run_check check-contrib sh "$TOP_SRCDIR/tests/check-contrib.sh" "$TOP_SRCDIR" "$PGMUX_BIN"
 	found=0
 	for bin in "$TOP_BUILDDIR"/tests/unit/test_*; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue

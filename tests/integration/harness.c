@@ -356,19 +356,26 @@ static void path_in_test_dir(char *dst, size_t size, const char *name)
 	cr_assert(n > 0 && (size_t)n < size, "path too long: %s/%s", h_test_dir(), name);
 }
 
-static void set_paths(struct pgmux *p)
+static void set_paths(struct pgmux *p, const char *name)
 {
-	path_in_test_dir(p->config, sizeof(p->config), "pgmux.ini");
-	path_in_test_dir(p->logfile, sizeof(p->logfile), "pgmux.log");
-	path_in_test_dir(p->stderr_file, sizeof(p->stderr_file), "pgmux.stderr");
-	path_in_test_dir(p->valgrind_prefix, sizeof(p->valgrind_prefix), "valgrind.");
+	char file[64];
+
+	snprintf(file, sizeof(file), "%.40s-valgrind.", name ? name : "");
+	path_in_test_dir(p->valgrind_prefix, sizeof(p->valgrind_prefix), name ? file : "valgrind.");
+	name = name ? name : "pgmux";
+	snprintf(file, sizeof(file), "%.40s.ini", name);
+	path_in_test_dir(p->config, sizeof(p->config), file);
+	snprintf(file, sizeof(file), "%.40s.log", name);
+	path_in_test_dir(p->logfile, sizeof(p->logfile), file);
+	snprintf(file, sizeof(file), "%.40s.stderr", name);
+	path_in_test_dir(p->stderr_file, sizeof(p->stderr_file), file);
 }
 
 bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 {
 	const struct h_env *e = h_env();
 	char suite_host[300];
-	set_paths(p);
+	set_paths(p, o->instance_name);
 	p->port = o->listen_port ? o->listen_port : h_free_port();
 	snprintf(suite_host, sizeof(suite_host), "%s:%d", e->pghost, e->pgport);
 	/*

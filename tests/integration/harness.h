@@ -101,6 +101,8 @@ struct pgmux_options {
 	const char *pidfile;      /* [pgmux] pidfile; NULL means none */
 	bool daemonize;           /* run with -d (needs pidfile, an absolute path) */
 	int max_open_files;       /* > 0: pgmux runs under prlimit --nofile with this limit */
+	/* Several pgmux in one test: NAME.ini, NAME.log, NAME.stderr (NULL: pgmux.*). */
+	const char *instance_name;
 };
 
 /* TLS offered but not required, SCRAM, session pooling, 20 connections, 2 workers. */

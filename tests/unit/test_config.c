@@ -787,11 +787,75 @@ Test(config, unknown_keys_and_sections)
 	expect_error("[pool]\nmax_conections = 5\n", "2: [pool] max_conections: unknown option");
 	expect_error("[pgmux]\nhosts = a\n", "2: [pgmux] hosts: unknown option");
 	expect_error("[pgmux]\n[poool]\nmax_connections = 5\n",
-		     "2: unknown section [poool] (expected [pgmux], [target] or [pool])");
+		     "2: unknown section [poool] (expected [pgmux], [target], [pool] or [peers])");
 	expect_error("[pgmux]\nlisten_port = 1\n[extra]\n",
-		     "3: unknown section [extra] (expected [pgmux], [target] or [pool])");
+		     "3: unknown section [extra] (expected [pgmux], [target], [pool] or [peers])");
 	expect_error("; top\nlisten_port = 1\n", "2: listen_port: option outside any section");
-	expect_error("[Pool]\n", "1: unknown section [Pool] (expected [pgmux], [target] or [pool])");
+	expect_error("[Pool]\n", "1: unknown section [Pool] (expected [pgmux], [target], [pool] or [peers])");
+}
+
+/* [peers]: ids in range and once each, kept in id order; peer_id among them. */
+Test(config, peers_are_listed_by_id_and_include_this_instance)
+{
+	struct config *cfg = load_ok("[pgmux]\npeer_id = 2\n[peers]\n3 = c.internal:6434\n1 = 127.0.0.1:6432\n"
+				     "2 = [::1]:6433\n");
+	struct config *copy;
+
+	cr_assert_eq(cfg->n_peers, 3);
+	cr_expect_eq(cfg->peers[0].id, 1);
+	cr_expect_str_eq(cfg->peers[0].address.host, "127.0.0.1");
+	cr_expect_eq(cfg->peers[0].address.port, 6432);
+	cr_expect_eq(cfg->peers[1].id, 2);
+	cr_expect_str_eq(cfg->peers[1].address.host, "::1");
+	cr_expect_eq(cfg->peers[2].id, 3);
+	cr_expect_eq(config_find_peer(cfg, 3)->address.port, 6434);
+	cr_expect_null(config_find_peer(cfg, 4));
+	/* A cutover's copy keeps them. */
+	copy = config_with_hosts(cfg, cfg->hosts, cfg->n_hosts);
+	cr_expect_eq(copy->n_peers, 3);
+	cr_expect_str_eq(copy->peers[2].address.host, "c.internal");
+	config_free(copy);
+	config_free(cfg);
+
+	expect_error("[pgmux]\npeer_id = 1\n[peers]\n0 = a:1\n", "4: [peers] 0: a peer's id must be a number from 1 to 255");
+	expect_error("[pgmux]\npeer_id = 1\n[peers]\n256 = a:1\n",
+		     "4: [peers] 256: a peer's id must be a number from 1 to 255");
+	expect_error("[pgmux]\npeer_id = 1\n[peers]\nb = a:1\n", "4: [peers] b: a peer's id must be a number from 1 to 255");
+	expect_error("[pgmux]\npeer_id = 1\n[peers]\n1 = a:1\n2 = b:1\n1 = c:1\n", "6: [peers] 1: listed twice");
+	expect_error("[pgmux]\npeer_id = 1\n[peers]\n1 = a:0\n",
+		     "4: [peers] 1: invalid port '0' in 'a:0' (expected 1 to 65535)");
+	expect_error("[pgmux]\npeer_id = 3\n[peers]\n1 = a:1\n2 = b:1\n",
+		     "2: [pgmux] peer_id: 3 is not listed in [peers] (list every instance, this one too)");
+	expect_error("[pgmux]\npeer_id = 3\n", "2: [pgmux] peer_id: 3 is not listed in [peers] (list every instance, this one too)");
+	expect_error("[peers]\n1 = a:1\n", " [peers] needs [pgmux] peer_id, this instance's id among them");
+	expect_error("[pgmux]\npeer_id = 256\n", "2: [pgmux] peer_id: must be between 0 and 255");
+}
+
+/* The shares of a cap add up to the cap, the lowest ids taking the remainder. */
+Test(config, peer_shares_add_up_to_the_cap)
+{
+	struct config *cfg[3];
+	const char *texts[3] = {
+		"[pgmux]\npeer_id = 4\n[peers]\n4 = a:1\n7 = b:1\n9 = c:1\n",
+		"[pgmux]\npeer_id = 7\n[peers]\n4 = a:1\n7 = b:1\n9 = c:1\n",
+		"[pgmux]\npeer_id = 9\n[peers]\n4 = a:1\n7 = b:1\n9 = c:1\n",
+	};
+	struct config *alone = load_ok("[pgmux]\n");
+
+	for (int i = 0; i < 3; i++)
+		cfg[i] = load_ok(texts[i]);
+	cr_expect_eq(config_peer_share(alone, 100), 100);
+	cr_expect_eq(config_peer_share(cfg[0], 100), 34);
+	cr_expect_eq(config_peer_share(cfg[1], 100), 33);
+	cr_expect_eq(config_peer_share(cfg[2], 100), 33);
+	for (int total = 3; total < 50; total++)
+		cr_expect_eq(config_peer_share(cfg[0], total) + config_peer_share(cfg[1], total) +
+				     config_peer_share(cfg[2], total),
+			     total, "shares of %d", total);
+	cr_expect_eq(config_peer_share(cfg[2], 1), 1, "never less than one connection");
+	for (int i = 0; i < 3; i++)
+		config_free(cfg[i]);
+	config_free(alone);
 }
 
 Test(config, duplicate_keys)
