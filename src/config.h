@@ -101,6 +101,8 @@ struct config {
 	char *server_tls_ca_file;
 	int server_connect_timeout_ms;
 	int cutover_timeout_ms;
+	bool cutover_require_catchup; /* refuse a cutover with no replication to check */
+	char *cutover_user;           /* "" = health_check_user's secret */
 	int health_check_interval_ms;
 	int health_check_timeout_ms;  /* for the connect or the query */
 	char *health_check_user;      /* "" = the only user in secrets_dir (an error when there are more) */

@@ -402,10 +402,37 @@ static const struct config_option option_table[] = {
 	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(cutover_timeout_ms), .min_value = 0, .max_value = INT_MAX,
 	  .doc = "When a reload (or CUTOVER TO in the admin console) changes hosts, pgmux "
-		 "pauses new transactions, lets those in flight finish for up to this long, "
-		 "then moves the pools to the new instances and resumes. Sessions pinned to "
-		 "an old instance keep it until they end or this much time has passed, then "
-		 "get a FATAL error. A number without a unit is seconds." },
+		 "pauses new transactions, lets those in flight finish, "
+		 "waits until the new target has caught up with the old writer (see "
+		 "cutover_require_catchup), then moves the pools to the new instances and "
+		 "resumes. When that has not happened within this time, the cutover is "
+		 "abandoned: pgmux resumes on the old instances, nothing a client sent "
+		 "fails, and the log and SHOW STATS (cutovers_abandoned) say why. Sessions "
+		 "pinned to an old instance keep it until they end or this much time has "
+		 "passed, then get a FATAL error. A number without a unit is seconds." },
+	{ .section = "target", .name = "cutover_require_catchup", .type = CONFIG_BOOL,
+	  .default_value = "true", .reloadable = true,
+	  .offset = FIELD(cutover_require_catchup),
+	  .doc = "A cutover waits, during its pause and once the transactions in flight "
+		 "have ended, until the new target holds everything the old writer wrote: "
+		 "it reads the old writer's WAL position (pg_current_wal_insert_lsn()) "
+		 "and waits until a "
+		 "physical standby has replayed it (pg_last_wal_replay_lsn()) or, for "
+		 "logical replication, until the replication slots on the old writer of "
+		 "the new target's subscriptions have confirmed it (confirmed_flush_lsn). "
+		 "When there is no such relationship to check (a server restored from a "
+		 "snapshot, say), true refuses the cutover and false switches anyway with "
+		 "a WARNING. The first host of the new list is the one checked: name the "
+		 "new writer first." },
+	{ .section = "target", .name = "cutover_user", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(cutover_user),
+	  .doc = "The user whose secret the cutover's own connections (the catch-up "
+		 "check, cutover_sync_sequences, cutover_promote) log in as, to "
+		 "health_check_database (and, for sequences, to every database). Empty "
+		 "means health_check_user's. Reading WAL positions needs no privilege; "
+		 "setting sequences needs UPDATE on them and pg_promote() needs a "
+		 "superuser or a grant of EXECUTE on it." },
 	{ .section = "target", .name = "health_check_interval", .type = CONFIG_DURATION_MS,
 	  .default_value = "1s", .reloadable = true, .bare_unit = "ms",
 	  .offset = FIELD(health_check_interval_ms), .min_value = 100, .max_value = INT_MAX,

@@ -1,13 +1,12 @@
 /*
  * control.c: process-wide operations on the main thread (see control.h).
  *
- * A cutover is a small state machine driven by a 20 ms timer: PAUSE the
- * pools, wait until no transaction is in flight (or cutover_timeout), retire
- * the old instances and add the new ones, RESUME; the monitor then finds the
- * new writer and the waiting clients proceed. Pinned sessions keep their old
- * backend until cutover_timeout, when the workers close what is left.
+ * A cutover (a reload that changes hosts, or CUTOVER TO) is cutover.c's
+ * state machine; this file starts it and gives it the way to publish the
+ * old hosts again should it be abandoned.
  */
 #include "control.h"
+#include "cutover.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -34,8 +33,6 @@
 
 #include "build_config.h"
 
-#define CUTOVER_TICK_USEC 20000
-
 struct control_request {
 	struct list_node node;
 	enum control_op op;
@@ -53,12 +50,6 @@ struct retired_config {
 	struct config_readers_mark mark;
 };
 
-/* Someone waiting for the end of the cutover in progress (the admin who asked for it). */
-struct cutover_waiter {
-	struct worker *worker;
-	uint64_t client_id;
-};
-
 static struct {
 	struct event_base *base;
 	char *config_path;
@@ -72,19 +63,8 @@ static struct {
 	int n_retired;
 	struct event *reclaim_timer;
 
-	pthread_mutex_t lock; /* the request queue and the cutover stats */
+	pthread_mutex_t lock; /* the request queue */
 	struct list_node requests;
-	struct cutover_stats stats;
-
-	/* The cutover in progress (main thread only). */
-	struct event *cutover_timer;
-	struct event *pinned_timer;
-	uint64_t cutover_started_usec;
-	struct target_host *cutover_hosts;
-	int cutover_n_hosts;
-	int cutover_in_flight;
-	struct cutover_waiter waiters[16];
-	int n_waiters;
 } C;
 
 /* ------------------------------------------------------------------ replies */
@@ -103,123 +83,6 @@ static void reply(struct worker *w, uint64_t client_id, bool ok, const char *fmt
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
 	worker_post_admin_reply(w, client_id, ok, text);
-}
-
-/* ------------------------------------------------------------------ cutover */
-
-static void cutover_finish_pinned(evutil_socket_t fd, short what, void *arg)
-{
-	/* cutover_timeout has passed: sessions still on the old instances must end. */
-	workers_broadcast(WORKER_MSG_RETIRE);
-}
-
-static void cutover_switch(bool timed_out)
-{
-	uint64_t now = pgmux_now_usec();
-	uint64_t paused_ms = (now - C.cutover_started_usec) / 1000;
-	int pinned = (int)__atomic_load_n(&client_pinned_sessions, __ATOMIC_RELAXED);
-	int in_flight = pool_transactions_in_flight();
-	int waited = pool_clients_waiting();
-	const struct config *cfg = config_current();
-
-	pool_replace_targets(C.cutover_hosts, C.cutover_n_hosts);
-	monitor_rescan();
-	pool_resume(NULL);
-	if (timed_out && in_flight > 0) {
-		/* Transactions that outlived cutover_timeout end with an error; pinned sessions with them. */
-		workers_broadcast(WORKER_MSG_RETIRE);
-	} else if (pinned > 0 && cfg->cutover_timeout_ms > 0) {
-		struct timeval rest;
-		uint64_t left_ms = (uint64_t)cfg->cutover_timeout_ms > paused_ms ? (uint64_t)cfg->cutover_timeout_ms - paused_ms : 0;
-
-		rest.tv_sec = (time_t)(left_ms / 1000);
-		rest.tv_usec = (suseconds_t)((left_ms % 1000) * 1000);
-		evtimer_add(C.pinned_timer, &rest);
-	} else if (pinned > 0) {
-		workers_broadcast(WORKER_MSG_RETIRE);
-	}
-	pthread_mutex_lock(&C.lock);
-	C.stats.count++;
-	C.stats.in_progress = false;
-	C.stats.last_pause_ms = paused_ms;
-	C.stats.last_in_flight = C.cutover_in_flight;
-	C.stats.last_waited = waited;
-	C.stats.last_pinned = pinned;
-	pthread_mutex_unlock(&C.lock);
-	stats_cutover_ended();
-	log_info("cutover to %s: new transactions paused for %llu ms; %d transaction(s) were in flight, %d client(s) "
-		 "waited%s; %d pinned session(s) stay on the old instances for up to cutover_timeout",
-		 C.stats.last_hosts, (unsigned long long)paused_ms, C.cutover_in_flight, waited,
-		 timed_out ? "; cutover_timeout cut the remaining transactions short" : "", pinned);
-	for (int i = 0; i < C.n_waiters; i++)
-		reply(C.waiters[i].worker, C.waiters[i].client_id, true, "CUTOVER");
-	C.n_waiters = 0;
-	config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
-	C.cutover_hosts = NULL;
-	C.cutover_n_hosts = 0;
-}
-
-static void cutover_tick(evutil_socket_t fd, short what, void *arg)
-{
-	const struct config *cfg = config_current();
-	struct timeval tick = { 0, CUTOVER_TICK_USEC };
-	uint64_t elapsed_ms = (pgmux_now_usec() - C.cutover_started_usec) / 1000;
-
-	if (pool_transactions_in_flight() == 0) {
-		cutover_switch(false);
-		return;
-	}
-	if (cfg->cutover_timeout_ms >= 0 && elapsed_ms >= (uint64_t)cfg->cutover_timeout_ms) {
-		cutover_switch(true);
-		return;
-	}
-	evtimer_add(C.cutover_timer, &tick);
-}
-
-/* Begin moving to hosts (takes them). Returns -1 when a cutover is already running. */
-static int cutover_begin(struct target_host *hosts, int n_hosts, struct worker *w, uint64_t client_id)
-{
-	struct timeval now = { 0, 0 };
-	size_t used = 0;
-
-	if (C.cutover_hosts) {
-		/* The newest list wins; whoever asked hears when the one running ends. */
-		config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
-	} else {
-		C.cutover_started_usec = pgmux_now_usec();
-		C.cutover_in_flight = pool_transactions_in_flight();
-		pool_pause(NULL);
-		evtimer_add(C.cutover_timer, &now);
-	}
-	C.cutover_hosts = hosts;
-	C.cutover_n_hosts = n_hosts;
-	if (w && C.n_waiters < (int)(sizeof(C.waiters) / sizeof(C.waiters[0]))) {
-		C.waiters[C.n_waiters].worker = w;
-		C.waiters[C.n_waiters].client_id = client_id;
-		C.n_waiters++;
-	}
-	pthread_mutex_lock(&C.lock);
-	C.stats.in_progress = true;
-	C.stats.last_hosts[0] = '\0';
-	for (int i = 0; i < n_hosts; i++) {
-		int n = snprintf(C.stats.last_hosts + used, sizeof(C.stats.last_hosts) - used, "%s%s:%d", i ? ", " : "",
-				 hosts[i].host, hosts[i].port);
-
-		if (n < 0 || (size_t)n >= sizeof(C.stats.last_hosts) - used)
-			break;
-		used += (size_t)n;
-	}
-	pthread_mutex_unlock(&C.lock);
-	log_info("cutover to %s begins: new transactions wait while %d in flight finish (cutover_timeout %d ms)",
-		 C.stats.last_hosts, C.cutover_in_flight, config_current()->cutover_timeout_ms);
-	return 0;
-}
-
-void control_get_cutover_stats(struct cutover_stats *out)
-{
-	pthread_mutex_lock(&C.lock);
-	*out = C.stats;
-	pthread_mutex_unlock(&C.lock);
 }
 
 /* ------------------------------------------------------------------ reload */
@@ -359,6 +222,12 @@ static void publish(struct config *next)
 		evtimer_add(C.reclaim_timer, &soon);
 }
 
+/* An abandoned cutover's way back: hosts are the running ones again (in memory). */
+static void publish_hosts(const struct target_host *hosts, int n_hosts)
+{
+	publish(config_with_hosts(config_current(), hosts, n_hosts));
+}
+
 /*
  * Re-read the file and the secrets. An invalid file changes nothing.
  * Returns 0, or -1 with the reason in err.
@@ -419,7 +288,7 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 			hosts[i].host = xstrdup(next->hosts[i].host);
 			hosts[i].port = next->hosts[i].port;
 		}
-		cutover_begin(hosts, next->n_hosts, w, client_id);
+		cutover_begin(hosts, next->n_hosts, old->hosts, old->n_hosts, w, client_id);
 		return 1;
 	}
 	return 0;
@@ -518,6 +387,7 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 			break;
 		}
 		case CONTROL_CUTOVER: {
+			const struct config *before;
 			struct target_host *hosts;
 			int n;
 
@@ -527,9 +397,10 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 			}
 			/* Instances named here get the same server_tls as hosts; say when that does not verify them. */
 			control_warn_unverified_hosts(config_current(), hosts, n);
-			/* In memory only: the running config says so until the next reload. */
-			publish(config_with_hosts(config_current(), hosts, n));
-			cutover_begin(hosts, n, r->reply_to, r->client_id);
+			/* In memory only: the running config says so until the next reload (or the cutover is abandoned). */
+			before = config_current();
+			publish(config_with_hosts(before, hosts, n));
+			cutover_begin(hosts, n, before->hosts, before->n_hosts, r->reply_to, r->client_id);
 			break;
 		}
 		case CONTROL_SHUTDOWN:
@@ -574,10 +445,8 @@ int control_init(struct event_base *base, const char *config_path, int log_level
 			return -1;
 	}
 	C.request_event = event_new(base, -1, 0, on_requests, NULL);
-	C.cutover_timer = evtimer_new(base, cutover_tick, NULL);
-	C.pinned_timer = evtimer_new(base, cutover_finish_pinned, NULL);
 	C.reclaim_timer = evtimer_new(base, reclaim_configs, NULL);
-	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL || C.reclaim_timer == NULL)
+	if (C.request_event == NULL || C.reclaim_timer == NULL || cutover_init(base, publish_hosts) != 0)
 		return -1;
 	return 0;
 }
@@ -591,10 +460,7 @@ void control_cleanup(void)
 			event_free(C.signals[i]);
 	if (C.request_event)
 		event_free(C.request_event);
-	if (C.cutover_timer)
-		event_free(C.cutover_timer);
-	if (C.pinned_timer)
-		event_free(C.pinned_timer);
+	cutover_cleanup();
 	if (C.reclaim_timer)
 		event_free(C.reclaim_timer);
 	C.reclaim_timer = NULL;
@@ -607,8 +473,6 @@ void control_cleanup(void)
 		free(r->arg);
 		free(r);
 	}
-	if (C.cutover_hosts)
-		config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
 	free(C.config_path);
 	memset(&C.signals, 0, sizeof(C.signals));
 }

@@ -21,17 +21,6 @@ enum control_op {
 	CONTROL_SHUTDOWN, /* graceful, as SIGINT */
 };
 
-/* What SHOW STATS and SHOW TARGETS report about cutovers. */
-struct cutover_stats {
-	int count;
-	bool in_progress;
-	uint64_t last_pause_ms;     /* how long new transactions waited */
-	int last_in_flight;         /* transactions still running when it began */
-	int last_waited;            /* clients waiting when the pools moved */
-	int last_pinned;            /* pinned sessions left on the old instances */
-	char last_hosts[256];
-};
-
 /*
  * Set up signals, the request queue and the pool janitor on the main loop.
  * stop_listening closes the listeners when a graceful shutdown begins.
@@ -71,8 +60,6 @@ void control_apply_log_settings(const void *cfg);
  * gets WORKER_MSG_ADMIN_REPLY for client_id with the outcome.
  */
 void control_request(enum control_op op, const char *arg, struct worker *w, uint64_t client_id);
-
-void control_get_cutover_stats(struct cutover_stats *out);
 
 /* Configs replaced by reloads stay allocated until exit; this frees them. */
 void control_free_retired_configs(void);

@@ -22,6 +22,7 @@
 #include "aws.h"
 #include "client.h"
 #include "control.h"
+#include "cutover.h"
 #include "iamauth.h"
 #include "io.h"
 #include "log.h"
@@ -352,7 +353,7 @@ static void metrics_render(struct evbuffer *b)
 	struct cutover_stats cs;
 
 	workers_sum_stats(&st);
-	control_get_cutover_stats(&cs);
+	cutover_get_stats(&cs);
 	put_help(b, "info", "gauge", "The pgmux version.");
 	evbuffer_add_printf(b, "pgmux_info{version=\"%s\"} 1\n", PACKAGE_VERSION);
 	put_value(b, "client_connections", "gauge", "Client connections open now.",
@@ -391,6 +392,9 @@ static void metrics_render(struct evbuffer *b)
 	put_value(b, "paused", "gauge", "1 while PAUSE (of everything) holds new transactions.",
 		  pool_is_paused() ? 1 : 0);
 	put_value(b, "cutovers_total", "counter", "Cutovers to new instances.", (unsigned long long)cs.count);
+	put_value(b, "cutovers_abandoned_total", "counter",
+		  "Cutovers abandoned: the new target did not catch up (or could not be checked) within cutover_timeout.",
+		  (unsigned long long)cs.abandoned);
 	put_value(b, "cutover_in_progress", "gauge", "1 while a cutover runs.", cs.in_progress ? 1 : 0);
 	put_help(b, "last_cutover_pause_seconds", "gauge", "How long the last cutover held new transactions.");
 	evbuffer_add_printf(b, "pgmux_last_cutover_pause_seconds %.3f\n", cs.last_pause_ms / 1000.0);

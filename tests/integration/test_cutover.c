@@ -37,6 +37,13 @@ static PGconn *app_ok(void)
 
 /* ---------------------------------------------------------------- fixtures */
 
+/* The console's options; B is not a copy of A: these tests are about the pause, not the catch-up (test_cutover_catchup.c). */
+static void cutover_options(struct pgmux_options *o)
+{
+	pgmux_options_console(o);
+	o->extra_target = "health_check_interval = 250ms\ncutover_require_catchup = false";
+}
+
 /*
  * Stop the .init's pgmux and start one with o. A session first: pgmux installs
  * its signal handlers only after its port opens, and a SIGTERM that comes
@@ -90,7 +97,7 @@ static void init_two_servers(void)
 	make_pgbench_db(pgb.port);
 
 	struct pgmux_options o;
-	pgmux_options_console(&o);
+	cutover_options(&o);
 	o.tls = false;
 	pgmux_start_ok(&px, &o);
 }
@@ -209,7 +216,7 @@ static void cutover_under_pgbench(enum cutover_how how, const char *protocol, in
 	const struct h_env *e = h_env();
 	if (max_connections != 8) {
 		struct pgmux_options o;
-		pgmux_options_console(&o);
+		cutover_options(&o);
 		o.tls = false;
 		o.max_connections = max_connections;
 		restart_pgmux(&o);
@@ -254,7 +261,7 @@ static void cutover_under_pgbench(enum cutover_how how, const char *protocol, in
 	long long cut_ended;
 	if (how == BY_SIGHUP) {
 		struct pgmux_options o;
-		pgmux_options_console(&o);
+		cutover_options(&o);
 		o.tls = false;
 		o.max_connections = max_connections;
 		o.hosts = b_hostport;
@@ -408,10 +415,10 @@ Test(cutover, check_of_old_server_under_way_and_new_server_not_yet_healthy)
 			"FROM (SELECT pg_advisory_xact_lock_shared(4242)) AS gate $$");
 
 	struct pgmux_options o;
-	pgmux_options_console(&o);
+	cutover_options(&o);
 	o.tls = false;
 	/* A long interval: the tick after the cutover stops A's check, which must end before it. */
-	o.extra_target = "health_check_interval = 2s\nhealth_check_database = " DB;
+	o.extra_target = "health_check_interval = 2s\nhealth_check_database = " DB "\ncutover_require_catchup = false";
 	restart_pgmux(&o);
 	cr_assert(h_file_wait_contains(px.logfile, "is Aurora PostgreSQL", h_scaled_ms(10000)),
 		  "pgmux did not take A's stand-in functions for Aurora's");
@@ -534,9 +541,9 @@ Test(cutover, pinned_session_keeps_old_backend_until_cutover_timeout)
 	const struct h_env *e = h_env();
 	/* Restart pgmux with a short cutover_timeout. */
 	struct pgmux_options o;
-	pgmux_options_console(&o);
+	cutover_options(&o);
 	o.tls = false;
-	o.extra_target = "health_check_interval = 250ms\ncutover_timeout = 2s";
+	o.extra_target = "health_check_interval = 250ms\ncutover_timeout = 2s\ncutover_require_catchup = false";
 	restart_pgmux(&o);
 
 	PGconn *admin = h_admin_session(&px);
