@@ -424,6 +424,26 @@ static const struct config_option option_table[] = {
 		 "snapshot, say), true refuses the cutover and false switches anyway with "
 		 "a WARNING. The first host of the new list is the one checked: name the "
 		 "new writer first." },
+	{ .section = "target", .name = "cutover_sync_sequences", .type = CONFIG_BOOL,
+	  .default_value = "false", .reloadable = true,
+	  .offset = FIELD(cutover_sync_sequences),
+	  .doc = "Logical replication does not carry sequences: on the new target a "
+		 "serial key would start again where its sequence stands and collide "
+		 "with the rows it received. With true, once the new target has caught "
+		 "up and before the switch, pgmux reads every sequence of every database "
+		 "of the old writer (last_value in pg_sequences) and sets the sequence of "
+		 "the same name on the new target to at least that value plus "
+		 "cutover_sequence_margin steps (setval; a sequence is never moved back, "
+		 "nor past its bounds). A database or sequence the new target lacks is "
+		 "logged and skipped; a sequence cutover_user may not read, or any other "
+		 "failure, abandons the cutover." },
+	{ .section = "target", .name = "cutover_sequence_margin", .type = CONFIG_INT,
+	  .default_value = "1000", .reloadable = true,
+	  .offset = FIELD(cutover_sequence_margin), .min_value = 0, .max_value = 1000000000,
+	  .doc = "How many steps (increments) cutover_sync_sequences sets each sequence "
+		 "ahead of the old writer's value: room for values handed out but not yet "
+		 "in pg_sequences (a session's cache, CACHE above 1) and for writers "
+		 "that do not go through pgmux. Gaps are harmless; collisions are not." },
 	{ .section = "target", .name = "cutover_user", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(cutover_user),

@@ -68,11 +68,47 @@ static const char slots_sql[] =
 	"SELECT pg_catalog.count(*), pg_catalog.min(confirmed_flush_lsn)::text FROM pg_catalog.pg_replication_slots "
 	"WHERE slot_type = 'logical' AND slot_name = ANY ($1::text[])";
 
+/* cutover_sync_sequences: the databases whose sequences are carried. */
+static const char databases_sql[] =
+	"SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1";
+
+/*
+ * A database's sequences on the old writer, as JSON, and those cutover_user
+ * may not read (pg_sequences shows their last_value as NULL, like that of a
+ * sequence never used).
+ */
+static const char old_sequences_sql[] =
+	"SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_object('s', schemaname, 'n', sequencename, "
+	"'v', last_value, 'i', increment_by))::text, '[]') FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL "
+	"UNION ALL SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', schemaname, sequencename), ', ') "
+	"FROM pg_catalog.pg_sequences WHERE NOT pg_catalog.has_sequence_privilege("
+	"pg_catalog.format('%I.%I', schemaname, sequencename), 'SELECT, USAGE')";
+
+/*
+ * The same sequences on the new target, each set to at least the old
+ * writer's value plus the margin ($2 steps of its increment), within its
+ * bounds; never moved back. A sequence the new target lacks comes back with
+ * present = false.
+ */
+static const char new_sequences_sql[] =
+	"SELECT pg_catalog.format('%I.%I', a.s, a.n), q.seqrelid IS NOT NULL, "
+	"CASE WHEN q.seqrelid IS NULL THEN NULL "
+	"WHEN a.i > 0 THEN pg_catalog.setval(q.seqrelid, LEAST(GREATEST(a.v::numeric + $2::numeric * a.i, "
+	"COALESCE(b.last_value, q.seqmin)), q.seqmax)::bigint) "
+	"ELSE pg_catalog.setval(q.seqrelid, GREATEST(LEAST(a.v::numeric + $2::numeric * a.i, "
+	"COALESCE(b.last_value, q.seqmax)), q.seqmin)::bigint) END "
+	"FROM pg_catalog.json_to_recordset($1::json) AS a(s text, n text, v bigint, i bigint) "
+	"LEFT JOIN pg_catalog.pg_namespace ns ON ns.nspname = a.s "
+	"LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = a.n AND c.relkind = 'S' "
+	"LEFT JOIN pg_catalog.pg_sequence q ON q.seqrelid = c.oid "
+	"LEFT JOIN pg_catalog.pg_sequences b ON b.schemaname = a.s AND b.sequencename = a.n";
+
 enum cutover_phase {
 	PHASE_IDLE,
 	PHASE_DRAINING,
 	PHASE_POSITION,
 	PHASE_CATCHUP,
+	PHASE_SEQUENCES,
 };
 
 enum replication_kind {
@@ -94,8 +130,10 @@ struct ctl_conn {
 	PGconn *pg;
 	struct event *io;
 	PGresult *result; /* the first result of the query under way */
+	char *result_text; /* kept for a later step: the old writer's sequences, for the new target */
 	ctl_done_fn done; /* what is under way, or NULL */
 	char last_error[256];
+	char last_sqlstate[6]; /* the server's, when it refused the last login */
 };
 
 /* Someone waiting for the end of the cutover in progress (the admin who asked for it). */
@@ -132,6 +170,9 @@ static struct {
 	char slots[1024]; /* the new target's subscription slots, as a text[] literal */
 	bool new_in_recovery;
 	char unchecked[384]; /* cutover_require_catchup = false and the checks could not run: why */
+	char **databases;    /* cutover_sync_sequences: the old writer's databases */
+	int n_databases, next_database;
+	int sequences_set, sequences_missing;
 } X;
 
 static void cutover_abandon(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -167,6 +208,14 @@ static void ctl_close(struct ctl_conn *k)
 		k->result = NULL;
 	}
 	k->done = NULL;
+}
+
+/* Close k and forget what it kept. */
+static void ctl_reset(struct ctl_conn *k)
+{
+	ctl_close(k);
+	free(k->result_text);
+	k->result_text = NULL;
 }
 
 static bool ctl_ready(const struct ctl_conn *k)
@@ -210,10 +259,12 @@ static void ctl_connected(void *arg, PGconn *pg, const struct pgconn_failure *fa
 	struct ctl_conn *k = arg;
 
 	if (pg == NULL) {
+		memcpy(k->last_sqlstate, failure->sqlstate, sizeof(k->last_sqlstate));
 		ctl_fail(k, failure->message);
 		return;
 	}
 	k->pg = pg;
+	k->last_sqlstate[0] = '\0';
 	ctl_finish(k, NULL, NULL);
 }
 
@@ -325,12 +376,22 @@ static void tell_waiters(bool ok, const char *text)
 	X.n_waiters = 0;
 }
 
+static void free_databases(void)
+{
+	for (int i = 0; i < X.n_databases; i++)
+		free(X.databases[i]);
+	free(X.databases);
+	X.databases = NULL;
+	X.n_databases = X.next_database = 0;
+}
+
 static void cutover_end(void)
 {
 	X.phase = PHASE_IDLE;
+	free_databases();
 	evtimer_del(X.timer);
-	ctl_close(&X.old);
-	ctl_close(&X.new);
+	ctl_reset(&X.old);
+	ctl_reset(&X.new);
 	config_free_hosts(X.hosts, X.n_hosts);
 	config_free_hosts(X.before, X.n_before);
 	X.hosts = X.before = NULL;
@@ -411,9 +472,148 @@ static void cutover_switch(void)
 	cutover_end();
 }
 
+/* ------------------------------------------------------------ sequences */
+
+static void sequences_next_database(void);
+
+static void on_new_sequences(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	const char *db = X.databases[X.next_database];
+
+	if (error) {
+		cutover_abandon("cannot set the sequences of database %s on the new target: %s", db, error);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		if (strcmp(PQgetvalue(res, i, 1), "t") == 0) {
+			X.sequences_set++;
+			continue;
+		}
+		X.sequences_missing++;
+		log_warning("cutover to %s: sequence %s of database %s is not on the new target; not carried",
+			    X.stats.last_hosts, PQgetvalue(res, i, 0), db);
+	}
+	X.next_database++;
+	sequences_next_database();
+}
+
+static void on_new_database(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	const char *db = X.databases[X.next_database];
+	char margin[16];
+	const char *params[2];
+
+	(void)res;
+	if (error && strcmp(k->last_sqlstate, "3D000") == 0) {
+		log_warning("cutover to %s: database %s is not on the new target; its sequences are not carried",
+			    X.stats.last_hosts, db);
+		X.next_database++;
+		sequences_next_database();
+		return;
+	}
+	if (error) {
+		cutover_abandon("cannot connect to database %s on the new target to set its sequences: %s", db, error);
+		return;
+	}
+	snprintf(margin, sizeof(margin), "%d", config_current()->cutover_sequence_margin);
+	params[0] = k->result_text;
+	params[1] = margin;
+	ctl_query(k, new_sequences_sql, 2, params, on_new_sequences);
+}
+
+static void on_old_sequences(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	const char *db = X.databases[X.next_database];
+	char host[256];
+
+	if (error) {
+		cutover_abandon("cannot read the sequences of database %s on the old writer: %s", db, error);
+		return;
+	}
+	if (PQntuples(res) == 2 && !PQgetisnull(res, 1, 0)) {
+		cutover_abandon("cutover_user may not read sequences %.120s of database %s on the old writer, so "
+				"cutover_sync_sequences cannot carry them",
+				PQgetvalue(res, 1, 0), db);
+		return;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "[]") == 0) {
+		X.next_database++;
+		sequences_next_database();
+		return;
+	}
+	free(X.new.result_text);
+	X.new.result_text = xstrdup(PQgetvalue(res, 0, 0));
+	snprintf(host, sizeof(host), "%s", X.new.host);
+	ctl_open(&X.new, host, X.new.port, db, on_new_database);
+}
+
+static void on_old_database(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	(void)res;
+	if (error) {
+		cutover_abandon("cannot connect to database %s on the old writer to read its sequences: %s",
+				X.databases[X.next_database], error);
+		return;
+	}
+	ctl_query(k, old_sequences_sql, 0, NULL, on_old_sequences);
+}
+
+static void sequences_next_database(void)
+{
+	char host[256];
+
+	if (X.next_database == X.n_databases) {
+		log_info("cutover to %s: %d sequence(s) set on the new target (old value + %d steps), %d not there",
+			 X.stats.last_hosts, X.sequences_set, config_current()->cutover_sequence_margin,
+			 X.sequences_missing);
+		cutover_switch();
+		return;
+	}
+	snprintf(host, sizeof(host), "%s", X.old.host);
+	ctl_open(&X.old, host, X.old.port, X.databases[X.next_database], on_old_database);
+}
+
+static void on_databases(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	(void)k;
+	if (error) {
+		cutover_abandon("cannot list the old writer's databases to carry their sequences: %s", error);
+		return;
+	}
+	free_databases();
+	X.n_databases = PQntuples(res);
+	X.databases = xcalloc((size_t)X.n_databases + 1, sizeof(*X.databases));
+	for (int i = 0; i < X.n_databases; i++)
+		X.databases[i] = xstrdup(PQgetvalue(res, i, 0));
+	sequences_next_database();
+}
+
+/*
+ * cutover_sync_sequences: logical replication does not carry sequences, so
+ * without this the new target's serial keys would start where its own
+ * sequences stand (from its initial copy) and collide with rows it got.
+ * Database by database, the old writer's values go to the new target.
+ */
+static void sequences_begin(void)
+{
+	X.phase = PHASE_SEQUENCES;
+	X.sequences_set = X.sequences_missing = 0;
+	if (!ctl_ready(&X.old)) {
+		cutover_abandon("no connection to the old writer to read its sequences (%s)", X.old.last_error);
+		return;
+	}
+	ctl_query(&X.old, databases_sql, 0, NULL, on_databases);
+}
+
+/* ------------------------------------------------------------ the switch */
+
 /* The new target holds what the old writer wrote, or nothing says otherwise and that is allowed. */
 static void cutover_caught_up(void)
 {
+	if (config_current()->cutover_sync_sequences) {
+		sequences_begin();
+		return;
+	}
 	cutover_switch();
 }
 
@@ -585,6 +785,10 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 						cfg->cutover_timeout_ms, X.old.pg ? "" : X.old.last_error,
 						X.old.pg ? X.new.last_error : "");
 			break;
+		case PHASE_SEQUENCES:
+			cutover_abandon("the sequences were not carried within cutover_timeout (%d ms)",
+					cfg->cutover_timeout_ms);
+			break;
 		case PHASE_CATCHUP:
 			cutover_abandon("the new target did not catch up with the old writer's %s within cutover_timeout "
 					"(%d ms)",
@@ -716,8 +920,9 @@ int cutover_init(struct event_base *base, void (*publish_hosts)(const struct tar
 
 void cutover_cleanup(void)
 {
-	ctl_close(&X.old);
-	ctl_close(&X.new);
+	free_databases();
+	ctl_reset(&X.old);
+	ctl_reset(&X.new);
 	config_free_hosts(X.hosts, X.n_hosts);
 	config_free_hosts(X.before, X.n_before);
 	X.hosts = X.before = NULL;

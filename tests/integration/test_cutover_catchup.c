@@ -203,15 +203,18 @@ TestSuite(cutover_catchup, .init = init_servers, .fini = fini_servers, .timeout 
  * The issue's scenario: 8 pgbench clients insert through pgmux into A, which
  * B copies by logical replication; CUTOVER TO B mid-run. When CUTOVER TO
  * answers, B holds every row A has; no insert fails; later rows go to B
- * only. (B's sequence is set ahead here by hand: carrying it is
- * cutover_sync_sequences' job.)
+ * only. Logical replication does not carry B's sequence:
+ * cutover_sync_sequences does, or B's first inserts would collide; a
+ * sequence B lacks is logged and skipped.
  */
 Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 {
 	subscribe_b_to_a();
-	exec_on(pgb.port, DB, "SELECT setval('items_id_seq', 1000000)");
-	char extra[200];
-	snprintf(extra, sizeof(extra), "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 20s",
+	exec_on(pga.port, DB, "CREATE SEQUENCE only_on_a; SELECT nextval('only_on_a')");
+	char extra[300];
+	snprintf(extra, sizeof(extra),
+		 "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 20s\n"
+		 "cutover_sync_sequences = true\ncutover_sequence_margin = 100",
 		 h_env()->superuser);
 	start_pgmux_on_a(extra);
 
@@ -237,6 +240,12 @@ Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 	cr_log_info("CUTOVER TO took %lld ms; A had %lld rows (ids up to %lld), B held %lld of them", took, rows_a,
 		    max_a, of_a_on_b);
 	cr_expect_eq(of_a_on_b, rows_a, "when CUTOVER TO answered, B held %lld of A's %lld rows", of_a_on_b, rows_a);
+	/* B's sequence stands at least the margin (100) past A's. */
+	long long seq_a = number_on(pga.port, DB, "SELECT last_value FROM items_id_seq");
+	long long seq_b = number_on(pgb.port, DB, "SELECT last_value FROM items_id_seq");
+	cr_expect_geq(seq_b, seq_a + 100, "B's sequence is at %lld, A's at %lld", seq_b, seq_a);
+	cr_expect(h_file_count(px.logfile, "only_on_a of database " DB " is not on the new target") == 1,
+		  "the sequence B lacks is not logged");
 
 	bool ended = h_cmd_wait(&bench, h_scaled_ms(30000));
 	if (!ended)
