@@ -105,6 +105,7 @@ struct config {
 	char *cutover_user;           /* "" = health_check_user's secret */
 	bool cutover_sync_sequences;  /* carry sequences to the new target */
 	int cutover_sequence_margin;  /* steps added to each carried sequence */
+	bool cutover_promote;         /* pg_promote() a caught-up standby target */
 	int health_check_interval_ms;
 	int health_check_timeout_ms;  /* for the connect or the query */
 	char *health_check_user;      /* "" = the only user in secrets_dir (an error when there are more) */

@@ -444,6 +444,16 @@ static const struct config_option option_table[] = {
 		 "ahead of the old writer's value: room for values handed out but not yet "
 		 "in pg_sequences (a session's cache, CACHE above 1) and for writers "
 		 "that do not go through pgmux. Gaps are harmless; collisions are not." },
+	{ .section = "target", .name = "cutover_promote", .type = CONFIG_BOOL,
+	  .default_value = "false", .reloadable = true,
+	  .offset = FIELD(cutover_promote),
+	  .doc = "A cutover moves the writer: the new target must accept writes. One "
+		 "that is in recovery (a physical standby) is refused, unless this is "
+		 "true: then, once it has replayed the old writer's position, pgmux calls "
+		 "pg_promote() on it and waits until it leaves recovery "
+		 "(pg_is_in_recovery() false), all within cutover_timeout, before the "
+		 "switch. cutover_user must be allowed to call pg_promote() (a superuser, "
+		 "or a grant of EXECUTE)." },
 	{ .section = "target", .name = "cutover_user", .type = CONFIG_STRING,
 	  .default_value = "", .reloadable = true,
 	  .offset = FIELD(cutover_user),

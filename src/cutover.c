@@ -12,6 +12,10 @@
  *              pg_is_in_recovery() and the slots of its subscriptions
  *   CATCHUP    until the new target has replayed (physical standby) or its
  *              slots on the old writer have confirmed (logical) that position
+ *   PROMOTING  cutover_promote: pg_promote() on the standby, until it
+ *              leaves recovery (a standby is refused without it)
+ *   SEQUENCES  cutover_sync_sequences: the old writer's sequences, database
+ *              by database, set on the new target
  *   switch     the pools move to the new instances and resume
  *
  * Any phase that does not end within cutover_timeout abandons the cutover:
@@ -63,6 +67,10 @@ static const char new_state_sql[] =
 
 static const char replay_sql[] = "SELECT pg_catalog.pg_last_wal_replay_lsn()::text";
 
+/* cutover_promote: the caught-up standby becomes a writer; pgmux waits for it to leave recovery. */
+static const char promote_sql[] = "SELECT pg_catalog.pg_promote(false)";
+static const char in_recovery_sql[] = "SELECT pg_catalog.pg_is_in_recovery()";
+
 /* How far the subscriber has confirmed, on the old writer: every slot of the new target's must have. */
 static const char slots_sql[] =
 	"SELECT pg_catalog.count(*), pg_catalog.min(confirmed_flush_lsn)::text FROM pg_catalog.pg_replication_slots "
@@ -108,6 +116,7 @@ enum cutover_phase {
 	PHASE_DRAINING,
 	PHASE_POSITION,
 	PHASE_CATCHUP,
+	PHASE_PROMOTING,
 	PHASE_SEQUENCES,
 };
 
@@ -607,14 +616,56 @@ static void sequences_begin(void)
 
 /* ------------------------------------------------------------ the switch */
 
-/* The new target holds what the old writer wrote, or nothing says otherwise and that is allowed. */
-static void cutover_caught_up(void)
+/* The new target accepts writes: carry the sequences if asked, then switch. */
+static void cutover_writable(void)
 {
 	if (config_current()->cutover_sync_sequences) {
 		sequences_begin();
 		return;
 	}
 	cutover_switch();
+}
+
+static void on_recovery_answer(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	if (error) {
+		log_debug("cutover: asking %s whether it left recovery failed: %s", k->what, error);
+		return; /* the next tick asks again */
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "f") != 0)
+		return;
+	X.new_in_recovery = false;
+	log_info("cutover to %s: the new target left recovery and accepts writes", X.stats.last_hosts);
+	cutover_writable();
+}
+
+static void on_promote(struct ctl_conn *k, PGresult *res, const char *error)
+{
+	if (error) {
+		cutover_abandon("pg_promote() on the new target %s:%d failed: %s", k->host, k->port, error);
+		return;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+		cutover_abandon("pg_promote() on the new target %s:%d returned false", k->host, k->port);
+		return;
+	}
+	log_info("cutover to %s: the new target caught up and is being promoted (cutover_promote)", X.stats.last_hosts);
+	X.phase = PHASE_PROMOTING;
+}
+
+/* The new target holds what the old writer wrote, or nothing says otherwise and that is allowed. */
+static void cutover_caught_up(void)
+{
+	if (X.new_in_recovery) {
+		/* Only a physical standby gets here, and only with cutover_promote (decide()). */
+		if (!ctl_ready(&X.new)) {
+			cutover_abandon("no connection to the new target to promote it (%s)", X.new.last_error);
+			return;
+		}
+		ctl_query(&X.new, promote_sql, 0, NULL, on_promote);
+		return;
+	}
+	cutover_writable();
 }
 
 /* Nothing replicates from the old writer to the new target, as far as pgmux can see. */
@@ -675,11 +726,18 @@ static void poll_catchup(void)
 /* Both answers of POSITION are in: what relationship is there to wait for? */
 static void decide(void)
 {
+	if (X.new_in_recovery && !config_current()->cutover_promote) {
+		cutover_abandon("the new target %s:%d is in recovery (a standby): it cannot take writes; promote it "
+				"first, or set cutover_promote = true",
+				X.new.host, X.new.port);
+		return;
+	}
 	if (X.new_in_recovery) {
 		X.replication = REPLICATION_PHYSICAL;
-		cutover_abandon("the new target %s:%d is in recovery (a standby): it cannot take writes; promote it "
-				"first",
-				X.new.host, X.new.port);
+		X.phase = PHASE_CATCHUP;
+		log_info("cutover to %s: waiting until the new target (a standby) has replayed %s", X.stats.last_hosts,
+			 X.old_lsn_text);
+		poll_catchup();
 		return;
 	}
 	if (X.slots[0] == '\0') {
@@ -785,6 +843,11 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 						cfg->cutover_timeout_ms, X.old.pg ? "" : X.old.last_error,
 						X.old.pg ? X.new.last_error : "");
 			break;
+		case PHASE_PROMOTING:
+			cutover_abandon("the new target, asked to promote, did not leave recovery within cutover_timeout "
+					"(%d ms); it may still do so, but pgmux stays with the old writer",
+					cfg->cutover_timeout_ms);
+			break;
 		case PHASE_SEQUENCES:
 			cutover_abandon("the sequences were not carried within cutover_timeout (%d ms)",
 					cfg->cutover_timeout_ms);
@@ -825,6 +888,11 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 		open_connections();
 		if (X.phase == PHASE_CATCHUP)
 			poll_catchup();
+		break;
+	case PHASE_PROMOTING:
+		open_connections();
+		if (ctl_ready(&X.new))
+			ctl_query(&X.new, in_recovery_sql, 0, NULL, on_recovery_answer);
 		break;
 	default:
 		break;

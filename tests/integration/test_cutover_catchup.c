@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 static struct pgmux px;
-static struct h_pg pga, pgb;
+static struct h_pg pga, pgb; /* pgb: B, a server of its own or A's standby */
 
 #define DB "shop"
 /* A publishes, so it needs logical WAL; quick to notice a gone subscriber. */
@@ -89,6 +89,14 @@ static void start_pgmux_on_a(const char *extra_target)
 	o.hosts = hosts;
 	o.extra_target = extra_target;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+/* Server A with the shop database, and B its physical standby (pg_basebackup -R). */
+static void init_primary_and_standby(void)
+{
+	cr_assert(h_pg_start_with(&pga, A_CONF), "server A did not start");
+	make_shop(pga.port);
+	cr_assert(h_pg_start_standby(&pgb, pga.port, NULL), "A's standby did not start");
 }
 
 /* Servers A and B, each with the shop database; no replication yet. */
@@ -395,6 +403,83 @@ Test(cutover_catchup, no_replication_follows_cutover_require_catchup)
 	cr_expect_eq(atoi(port), pgb.port);
 	free(port);
 	PQfinish(app);
+	PQfinish(admin);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* ================================================================ a physical standby */
+
+TestSuite(cutover_standby, .init = init_primary_and_standby, .fini = fini_servers, .timeout = 120);
+
+/*
+ * B is A's physical standby. A writer cutover to it is refused while it is
+ * in recovery; with cutover_promote = true, CUTOVER TO mid-run waits until B
+ * has replayed A's position, promotes it, waits until it takes writes, and
+ * switches: no insert fails, B holds every row of A's when CUTOVER TO
+ * returns, and later rows reach B only.
+ */
+Test(cutover_standby, promoted_after_it_caught_up)
+{
+	char extra[300];
+	snprintf(extra, sizeof(extra), "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 20s",
+		 h_env()->superuser);
+	start_pgmux_on_a(extra);
+	PGconn *admin = admin_ok();
+	PGresult *r = cutover_to(admin, pgb.port, h_scaled_ms(10000));
+	cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "CUTOVER TO a standby without cutover_promote succeeded");
+	cr_expect(strstr(PQresultErrorMessage(r), "in recovery") != NULL, "the error: %s", PQresultErrorMessage(r));
+	PQclear(r);
+
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.tls = false;
+	o.max_connections = 8;
+	o.admin_users = h_env()->superuser;
+	char hosts[64];
+	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", pga.port);
+	o.hosts = hosts;
+	snprintf(extra, sizeof(extra),
+		 "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 20s\ncutover_promote = true",
+		 h_env()->superuser);
+	o.extra_target = extra;
+	o.listen_port = px.port;
+	pgmux_write_config(&px, &o);
+	r = PQexec(admin, "RELOAD");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "RELOAD: %s", PQresultErrorMessage(r));
+	PQclear(r);
+
+	struct h_cmd bench;
+	start_inserts(&bench, 300, 1200);
+	wait_rows_on_a(&bench, 300);
+	long long t0 = h_now_ms();
+	r = cutover_to(admin, pgb.port, h_scaled_ms(30000));
+	long long took = h_now_ms() - t0;
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		pgmux_dump_logs(&px);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO the standby: %s", PQresultErrorMessage(r));
+	PQclear(r);
+
+	long long rows_a = number_on(pga.port, DB, "SELECT count(*) FROM items");
+	long long max_a = number_on(pga.port, DB, "SELECT coalesce(max(id), 0) FROM items");
+	char sql[200];
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM items WHERE id <= %lld", max_a);
+	long long of_a_on_b = number_on(pgb.port, DB, sql);
+	cr_expect_eq(of_a_on_b, rows_a, "when CUTOVER TO answered, B held %lld of A's %lld rows", of_a_on_b, rows_a);
+	cr_expect_eq(number_on(pgb.port, "postgres", "SELECT pg_is_in_recovery()::int"), 0, "B is still a standby");
+
+	bool ended = h_cmd_wait(&bench, h_scaled_ms(30000));
+	if (!ended)
+		h_cmd_kill(&bench);
+	h_expect_pgbench_clean(&bench, "pgbench");
+	cr_expect(strstr(bench.out, "number of transactions actually processed: 2400/2400") != NULL,
+		  "pgbench did not insert all 2,400 rows:\n%s", bench.out);
+	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items"), rows_a, "rows reached A after the switch");
+	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items"), 2400);
+	cr_expect(h_file_count(px.logfile, "left recovery") == 1, "the log does not say B left recovery");
+	fprintf(stderr, "cutover to a promoted standby: CUTOVER TO took %lld ms, pause %lld ms\n", took,
+		stat_of("last_cutover_pause_ms"));
+	h_cmd_free(&bench);
 	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
