@@ -407,9 +407,12 @@ static const struct config_option option_table[] = {
 		 "cutover_require_catchup), then moves the pools to the new instances and "
 		 "resumes. When that has not happened within this time, the cutover is "
 		 "abandoned: pgmux resumes on the old instances, nothing a client sent "
-		 "fails, and the log and SHOW STATS (cutovers_abandoned) say why. Sessions "
-		 "pinned to an old instance keep it until they end or this much time has "
-		 "passed, then get a FATAL error. A number without a unit is seconds." },
+		 "fails, and the log and SHOW STATS (cutovers_abandoned) say why. "
+		 "Session-pooled and pinned clients, which cannot move, end their "
+		 "transaction on the old instance and are then closed with FATAL 57P01 "
+		 "(pgmux moved to a new server; reconnect); one whose transaction "
+		 "outlasts this time makes the cutover abandon. A number without a unit is "
+		 "seconds." },
 	{ .section = "target", .name = "cutover_require_catchup", .type = CONFIG_BOOL,
 	  .default_value = "true", .reloadable = true,
 	  .offset = FIELD(cutover_require_catchup),

@@ -161,7 +161,6 @@ static struct {
 	/* The cutover in progress (main thread only). */
 	enum cutover_phase phase;
 	struct event *timer;
-	struct event *pinned_timer;
 	uint64_t started_usec;
 	uint64_t drained_usec;
 	struct target_host *hosts; /* where to */
@@ -183,6 +182,8 @@ static struct {
 	int n_databases, next_database;
 	int sequences_set, sequences_missing;
 } X;
+
+int cutover_workers_pending;
 
 static void cutover_abandon(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void ctl_on_io(evutil_socket_t fd, short what, void *arg);
@@ -433,12 +434,6 @@ static void cutover_abandon(const char *fmt, ...)
 	cutover_end();
 }
 
-static void cutover_finish_pinned(evutil_socket_t fd, short what, void *arg)
-{
-	/* cutover_timeout has passed: sessions still on the old instances must end. */
-	workers_broadcast(WORKER_MSG_RETIRE);
-}
-
 static void cutover_switch(void)
 {
 	uint64_t now = pgmux_now_usec();
@@ -446,21 +441,15 @@ static void cutover_switch(void)
 	uint64_t catchup_ms = X.drained_usec ? (now - X.drained_usec) / 1000 : 0;
 	int pinned = (int)__atomic_load_n(&client_pinned_sessions, __ATOMIC_RELAXED);
 	int waited = pool_clients_waiting();
-	const struct config *cfg = config_current();
 
 	pool_replace_targets(X.hosts, X.n_hosts);
 	monitor_rescan();
 	pool_resume(NULL);
-	if (pinned > 0 && cfg->cutover_timeout_ms > 0) {
-		struct timeval rest;
-		uint64_t left_ms = (uint64_t)cfg->cutover_timeout_ms > paused_ms ? (uint64_t)cfg->cutover_timeout_ms - paused_ms : 0;
-
-		rest.tv_sec = (time_t)(left_ms / 1000);
-		rest.tv_usec = (suseconds_t)((left_ms % 1000) * 1000);
-		evtimer_add(X.pinned_timer, &rest);
-	} else if (pinned > 0) {
-		workers_broadcast(WORKER_MSG_RETIRE);
-	}
+	/*
+	 * Nothing may reach the old instances now: a session pinned since the
+	 * cutover began (in a transaction that was in flight) loses its backend.
+	 */
+	workers_broadcast(WORKER_MSG_RETIRE);
 	pthread_mutex_lock(&X.lock);
 	X.stats.count++;
 	X.stats.in_progress = false;
@@ -473,8 +462,7 @@ static void cutover_switch(void)
 	pthread_mutex_unlock(&X.lock);
 	stats_cutover_ended();
 	log_info("cutover to %s: new transactions paused for %llu ms (%llu ms of it for the catch-up); %d "
-		 "transaction(s) were in flight, %d client(s) waited; %d pinned session(s) stay on the old instances for "
-		 "up to cutover_timeout",
+		 "transaction(s) were in flight, %d client(s) waited; %d pinned session(s) lost their old backend",
 		 X.stats.last_hosts, (unsigned long long)paused_ms, (unsigned long long)catchup_ms, X.in_flight, waited,
 		 pinned);
 	tell_waiters(true, "CUTOVER");
@@ -823,6 +811,17 @@ static void open_connections(void)
 		ctl_open(&X.new, X.hosts[0].host, X.hosts[0].port, cfg->health_check_database, on_connected);
 }
 
+/*
+ * Nothing is written to the old instances through pgmux any more: no
+ * transaction in flight, and every session-pooled or pinned client has ended
+ * its transaction and gone (client_retire_for_cutover()).
+ */
+static bool drained(void)
+{
+	return pool_transactions_in_flight() == 0 && __atomic_load_n(&cutover_workers_pending, __ATOMIC_ACQUIRE) == 0 &&
+	       __atomic_load_n(&client_retiring_sessions, __ATOMIC_RELAXED) == 0;
+}
+
 static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 {
 	const struct config *cfg = config_current();
@@ -835,9 +834,12 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 	if (elapsed_ms >= (uint64_t)cfg->cutover_timeout_ms) {
 		switch (X.phase) {
 		case PHASE_DRAINING:
-			if (pool_transactions_in_flight() > 0)
-				cutover_abandon("%d transaction(s) still in flight after cutover_timeout (%d ms)",
-						pool_transactions_in_flight(), cfg->cutover_timeout_ms);
+			if (!drained())
+				cutover_abandon("%d transaction(s) still in flight and %lld session-pooled or pinned "
+						"session(s) not done after cutover_timeout (%d ms)",
+						pool_transactions_in_flight(),
+						(long long)__atomic_load_n(&client_retiring_sessions, __ATOMIC_RELAXED),
+						cfg->cutover_timeout_ms);
 			else
 				cutover_abandon("no control connection within cutover_timeout (%d ms): %s%s",
 						cfg->cutover_timeout_ms, X.old.pg ? "" : X.old.last_error,
@@ -866,7 +868,7 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 	}
 	switch (X.phase) {
 	case PHASE_DRAINING:
-		if (X.unchecked[0] && pool_transactions_in_flight() == 0) {
+		if (X.unchecked[0] && drained()) {
 			X.drained_usec = pgmux_now_usec();
 			cutover_no_replication(X.unchecked);
 			return;
@@ -874,7 +876,7 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 		open_connections();
 		if (X.phase != PHASE_DRAINING)
 			return;
-		if (pool_transactions_in_flight() > 0 || !ctl_ready(&X.old) || !ctl_ready(&X.new))
+		if (!drained() || !ctl_ready(&X.old) || !ctl_ready(&X.new))
 			break;
 		/* Nothing is written through pgmux now: what the old writer has is what must be carried. */
 		X.phase = PHASE_POSITION;
@@ -924,6 +926,9 @@ void cutover_begin(struct target_host *hosts, int n_hosts, const struct target_h
 		X.n_before = n_before;
 		X.phase = PHASE_DRAINING;
 		pool_pause(NULL);
+		/* Sessions that hold their backend cannot move: each ends its transaction and goes. */
+		__atomic_store_n(&cutover_workers_pending, n_workers, __ATOMIC_RELEASE);
+		workers_broadcast(WORKER_MSG_CUTOVER);
 		evtimer_add(X.timer, &now);
 	}
 	X.hosts = hosts;
@@ -980,8 +985,7 @@ int cutover_init(struct event_base *base, void (*publish_hosts)(const struct tar
 			evdns_base_load_hosts(X.dns, NULL);
 	}
 	X.timer = evtimer_new(base, cutover_tick, NULL);
-	X.pinned_timer = evtimer_new(base, cutover_finish_pinned, NULL);
-	if (X.dns == NULL || X.timer == NULL || X.pinned_timer == NULL)
+	if (X.dns == NULL || X.timer == NULL)
 		return -1;
 	return 0;
 }
@@ -998,10 +1002,8 @@ void cutover_cleanup(void)
 	X.phase = PHASE_IDLE;
 	if (X.timer)
 		event_free(X.timer);
-	if (X.pinned_timer)
-		event_free(X.pinned_timer);
 	if (X.dns)
 		evdns_base_free(X.dns, 1);
-	X.timer = X.pinned_timer = NULL;
+	X.timer = NULL;
 	X.dns = NULL;
 }

@@ -49,6 +49,9 @@ void cutover_begin(struct target_host *hosts, int n_hosts, const struct target_h
 
 bool cutover_in_progress(void);
 
+/* Workers yet to handle WORKER_MSG_CUTOVER (each decrements it once done); atomic. */
+extern int cutover_workers_pending;
+
 void cutover_get_stats(struct cutover_stats *out);
 
 /* "X/Y" (pg_lsn's text) as a number; false when text is not one. */

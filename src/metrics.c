@@ -236,7 +236,7 @@ static void metrics_render_events(struct evbuffer *b, const struct worker_stats 
 	put_value(b, "last_cutover_clients_waited", "gauge", "Clients waiting when the last cutover moved the pools.",
 		  (unsigned long long)cs->last_waited);
 	put_value(b, "last_cutover_pinned_sessions", "gauge",
-		  "Pinned sessions the last cutover left on the old instances.", (unsigned long long)cs->last_pinned);
+		  "Sessions pinned during the last cutover, whose old backend it closed at the switch.", (unsigned long long)cs->last_pinned);
 	put_help(b, "sessions_pinned_by_reason_total", "counter",
 		 "Sessions pinned to their server connection, by reason.");
 	for (int r = SQL_PIN_NONE + 1; r <= SQL_PIN_TOO_LONG; r++) {

@@ -76,12 +76,12 @@ static void subscribe_b_to_a(void)
 	PQfinish(su);
 }
 
-static void start_pgmux_on_a(const char *extra_target)
+static void start_pgmux_mode_on_a(const char *pool_mode, const char *extra_target)
 {
 	struct pgmux_options o;
 	static char hosts[64];
 	pgmux_options_default(&o);
-	o.pool_mode = "transaction";
+	o.pool_mode = pool_mode;
 	o.tls = false;
 	o.max_connections = 8;
 	o.admin_users = h_env()->superuser;
@@ -97,6 +97,11 @@ static void init_primary_and_standby(void)
 	cr_assert(h_pg_start_with(&pga, A_CONF), "server A did not start");
 	make_shop(pga.port);
 	cr_assert(h_pg_start_standby(&pgb, pga.port, NULL), "A's standby did not start");
+}
+
+static void start_pgmux_on_a(const char *extra_target)
+{
+	start_pgmux_mode_on_a("transaction", extra_target);
 }
 
 /* Servers A and B, each with the shop database; no replication yet. */
@@ -405,6 +410,81 @@ Test(cutover_catchup, no_replication_follows_cutover_require_catchup)
 	PQfinish(app);
 	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * A client that holds its backend beyond a transaction (session pooling, or
+ * a pinned session) is in a transaction on A when CUTOVER TO comes: the
+ * cutover waits for it, its COMMIT succeeds on A, and then it gets FATAL
+ * 57P01 "pgmux moved to a new server; reconnect"; what it sends after that
+ * reaches no server. A new session runs on B.
+ */
+static void holder_finishes_then_goes(const char *pool_mode, bool pin)
+{
+	subscribe_b_to_a();
+	char extra[300];
+	snprintf(extra, sizeof(extra), "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 10s",
+		 h_env()->superuser);
+	start_pgmux_mode_on_a(pool_mode, extra);
+	PGconn *c = app_ok();
+	struct h_notices notices = {0};
+	PQsetNoticeReceiver(c, h_record_notices, &notices);
+	if (pin)
+		h_exec_ok(c, "CREATE TEMP TABLE pin_me (x int)");
+	h_exec_ok(c, "BEGIN");
+	char *port = h_value_ok(c, "INSERT INTO items (client, note) VALUES (7, 'in the transaction') "
+				   "RETURNING inet_server_port()");
+	cr_assert_eq(atoi(port), pga.port);
+	free(port);
+
+	PGconn *admin = admin_ok();
+	char sql[200];
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", pgb.port);
+	cr_assert(PQsendQuery(admin, sql));
+	PGresult *r = h_get_result(admin, 500);
+	cr_assert_null(r, "CUTOVER TO answered while a %s session was in a transaction", pin ? "pinned" : pool_mode);
+
+	/* Its transaction completes, on A... */
+	h_exec_ok(c, "COMMIT");
+	r = h_get_result(admin, h_scaled_ms(10000));
+	cr_assert_not_null(r, "CUTOVER TO did not answer after the COMMIT");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO: %s", PQresultErrorMessage(r));
+	PQclear(r);
+	while ((r = h_get_result(admin, 1000)) != NULL)
+		PQclear(r);
+	/* ...then the session is told to reconnect, and what it sends reaches no server. */
+	r = PQexec(c, "INSERT INTO items (client, note) VALUES (7, 'after the cutover')");
+	cr_expect_neq(PQresultStatus(r), PGRES_COMMAND_OK, "the %s session still works after the cutover",
+		      pin ? "pinned" : pool_mode);
+	PQclear(r);
+	cr_expect(strstr(notices.text, "pgmux moved to a new server; reconnect") != NULL ||
+			  strstr(PQerrorMessage(c), "pgmux moved to a new server; reconnect") != NULL,
+		  "no FATAL saying why: \"%s\" / \"%s\"", notices.text, PQerrorMessage(c));
+	cr_expect_eq(PQstatus(c), CONNECTION_BAD);
+	PQfinish(c);
+	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items WHERE note = 'in the transaction'"), 1);
+	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items WHERE note = 'after the cutover'"), 0);
+	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'after the cutover'"), 0);
+	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'in the transaction'"), 1,
+		     "B does not have the row committed on A before the switch");
+
+	c = app_ok();
+	port = h_value_ok(c, "SELECT inet_server_port()");
+	cr_expect_eq(atoi(port), pgb.port, "a new session runs on port %s, not B's", port);
+	free(port);
+	PQfinish(c);
+	PQfinish(admin);
+	h_stop_expect_clean_exit(&px);
+}
+
+Test(cutover_catchup, session_pooled_client_finishes_then_goes)
+{
+	holder_finishes_then_goes("session", false);
+}
+
+Test(cutover_catchup, pinned_client_finishes_then_goes)
+{
+	holder_finishes_then_goes("transaction", true);
 }
 
 /* ================================================================ a physical standby */
