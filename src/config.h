@@ -96,6 +96,7 @@ struct config {
 	struct target_host *hosts; /* the instances, writer and readers in any order */
 	int n_hosts;
 	bool hosts_in_memory; /* set by CUTOVER TO: hosts differ from the file until the next reload */
+	char *hosts_from_secret; /* "" = hosts as written; else the user whose secret's host and port they are */
 	enum server_tls_mode server_tls;
 	enum server_auth_method server_auth;
 	char *server_tls_ca_file;

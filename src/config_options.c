@@ -361,6 +361,17 @@ static const struct config_option option_table[] = {
 		 "Aurora) and follows the writer when it changes in a failover, without "
 		 "relying on DNS; so with Aurora, list the instance endpoints, not the "
 		 "cluster endpoints. At least one and at most 64 hosts." },
+	{ .section = "target", .name = "hosts_from_secret", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(hosts_from_secret),
+	  .doc = "The user name of a secret (a file in secrets_dir, or one of "
+		 "secrets_manager_secrets) whose host and port fields (port 5432 when "
+		 "absent) name the writer, instead of hosts. This is the shape of an RDS "
+		 "or Aurora secret: editing its host, then a reload (SIGHUP, RELOAD; a "
+		 "Secrets Manager secret is read again every secrets_refresh_interval), "
+		 "is a cutover with everything a changed hosts brings (pgmux(1), "
+		 "CUTOVER). A secret without a host keeps the hosts there were; at "
+		 "start-up pgmux refuses to start." },
 	{ .section = "target", .name = "server_tls", .type = CONFIG_ENUM,
 	  .default_value = "prefer", .reloadable = true,
 	  .offset = FIELD(server_tls), .enum_values = server_tls_names,

@@ -222,6 +222,80 @@ static void publish(struct config *next)
 		evtimer_add(C.reclaim_timer, &soon);
 }
 
+static struct target_host *copy_hosts(const struct target_host *hosts, int n)
+{
+	struct target_host *copy = xcalloc((size_t)(n > 0 ? n : 1), sizeof(*copy));
+
+	for (int i = 0; i < n; i++) {
+		copy[i].host = xstrdup(hosts[i].host);
+		copy[i].port = hosts[i].port;
+	}
+	return copy;
+}
+
+int control_hosts_from_secret(struct config *cfg, const struct target_host *fallback, int n_fallback, char *err,
+			      size_t errlen)
+{
+	struct secret secret;
+	struct target_host *hosts;
+
+	if (cfg->hosts_from_secret[0] == '\0')
+		return 0;
+	if (!secrets_find(cfg->hosts_from_secret, &secret)) {
+		snprintf(err, errlen, "hosts_from_secret: there is no secret for %s", cfg->hosts_from_secret);
+	} else if (secret.host == NULL || secret.host[0] == '\0') {
+		snprintf(err, errlen, "hosts_from_secret: the secret of %s has no host", cfg->hosts_from_secret);
+		secret_clear(&secret);
+	} else {
+		hosts = xcalloc(1, sizeof(*hosts));
+		hosts->host = xstrdup(secret.host);
+		hosts->port = secret.port > 0 ? secret.port : 5432;
+		secret_clear(&secret);
+		config_free_hosts(cfg->hosts, cfg->n_hosts);
+		cfg->hosts = hosts;
+		cfg->n_hosts = 1;
+		return 0;
+	}
+	if (fallback) {
+		config_free_hosts(cfg->hosts, cfg->n_hosts);
+		cfg->hosts = copy_hosts(fallback, n_fallback);
+		cfg->n_hosts = n_fallback;
+	}
+	return -1;
+}
+
+/* Begin a cutover to hosts (takes them), the running configuration's in memory until the next reload. */
+static void cutover_to(struct target_host *hosts, int n, struct worker *w, uint64_t client_id)
+{
+	const struct config *before = config_current();
+
+	/* Instances named here get the same server_tls as hosts; say when that does not verify them. */
+	control_warn_unverified_hosts(before, hosts, n);
+	/* In memory only: the running config says so until the next reload (or the cutover is abandoned). */
+	publish(config_with_hosts(before, hosts, n));
+	cutover_begin(hosts, n, before->hosts, before->n_hosts, w, client_id);
+}
+
+/* A secret changed (Secrets Manager's refresh): does hosts_from_secret's host move? */
+static void follow_secret_hosts(void)
+{
+	const struct config *cfg = config_current();
+	struct config *probe;
+	char err[256];
+
+	if (cfg->hosts_from_secret[0] == '\0')
+		return;
+	probe = config_with_hosts(cfg, cfg->hosts, cfg->n_hosts);
+	if (control_hosts_from_secret(probe, NULL, 0, err, sizeof(err)) != 0)
+		log_error("%s; keeping hosts as they are", err);
+	else if (!hosts_equal(cfg->hosts, cfg->n_hosts, probe->hosts, probe->n_hosts)) {
+		log_info("hosts_from_secret: the secret of %s names %s:%d now: cutover", cfg->hosts_from_secret,
+			 probe->hosts[0].host, probe->hosts[0].port);
+		cutover_to(copy_hosts(probe->hosts, probe->n_hosts), probe->n_hosts, NULL, 0);
+	}
+	config_free(probe);
+}
+
 /* An abandoned cutover's way back: hosts are the running ones again (in memory). */
 static void publish_hosts(const struct target_host *hosts, int n_hosts)
 {
@@ -274,6 +348,9 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	if (control_health_check_user_problem(next, secrets_count()) != NULL)
 		log_error("reload: %s; health checks keep the user they had, if any, until it is",
 			  control_health_check_user_problem(next, secrets_count()));
+	/* hosts_from_secret: the secret (just reloaded) says where; without one, the hosts stay as they are. */
+	if (control_hosts_from_secret(next, old->hosts, old->n_hosts, err, errlen) != 0)
+		log_error("reload: %s; keeping hosts as they are", err);
 	control_warn_risky_settings(next);
 	/* A CUTOVER TO in memory counts as the running hosts until the file says otherwise. */
 	hosts_changed = !hosts_equal(old->hosts, old->n_hosts, next->hosts, next->n_hosts);
@@ -282,13 +359,8 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	pool_apply_caps();
 	log_info("configuration reloaded from %s", C.config_path);
 	if (hosts_changed) {
-		struct target_host *hosts = xcalloc((size_t)next->n_hosts, sizeof(*hosts));
-
-		for (int i = 0; i < next->n_hosts; i++) {
-			hosts[i].host = xstrdup(next->hosts[i].host);
-			hosts[i].port = next->hosts[i].port;
-		}
-		cutover_begin(hosts, next->n_hosts, old->hosts, old->n_hosts, w, client_id);
+		cutover_begin(copy_hosts(next->hosts, next->n_hosts), next->n_hosts, old->hosts, old->n_hosts, w,
+			      client_id);
 		return 1;
 	}
 	return 0;
@@ -387,7 +459,6 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 			break;
 		}
 		case CONTROL_CUTOVER: {
-			const struct config *before;
 			struct target_host *hosts;
 			int n;
 
@@ -395,14 +466,12 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 				reply(r->reply_to, r->client_id, false, "CUTOVER TO: %s", err);
 				break;
 			}
-			/* Instances named here get the same server_tls as hosts; say when that does not verify them. */
-			control_warn_unverified_hosts(config_current(), hosts, n);
-			/* In memory only: the running config says so until the next reload (or the cutover is abandoned). */
-			before = config_current();
-			publish(config_with_hosts(before, hosts, n));
-			cutover_begin(hosts, n, before->hosts, before->n_hosts, r->reply_to, r->client_id);
+			cutover_to(hosts, n, r->reply_to, r->client_id);
 			break;
 		}
+		case CONTROL_SECRET_HOSTS:
+			follow_secret_hosts();
+			break;
 		case CONTROL_SHUTDOWN:
 			log_info("SHUTDOWN from the admin console");
 			reply(r->reply_to, r->client_id, true, "SHUTDOWN");
@@ -416,7 +485,12 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 
 void control_request(enum control_op op, const char *arg, struct worker *w, uint64_t client_id)
 {
-	struct control_request *r = xcalloc(1, sizeof(*r));
+	struct control_request *r;
+
+	/* Before control_init() (Secrets Manager's first read at start-up): start-up does it itself. */
+	if (C.request_event == NULL)
+		return;
+	r = xcalloc(1, sizeof(*r));
 
 	r->op = op;
 	r->arg = arg ? xstrdup(arg) : NULL;

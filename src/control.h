@@ -9,6 +9,7 @@
 #define PGMUX_CONTROL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <event2/event.h>
@@ -19,6 +20,7 @@ enum control_op {
 	CONTROL_RELOAD,
 	CONTROL_CUTOVER,  /* arg: the new hosts */
 	CONTROL_SHUTDOWN, /* graceful, as SIGINT */
+	CONTROL_SECRET_HOSTS, /* a secret changed: follow hosts_from_secret (a cutover if its host moved) */
 };
 
 /*
@@ -54,6 +56,14 @@ void control_warn_unverified_hosts(const struct config *cfg, const struct target
 const char *control_health_check_user_problem(const struct config *cfg, int n_secrets);
 
 void control_apply_log_settings(const void *cfg);
+
+/*
+ * hosts_from_secret: make cfg's hosts the host and port of that secret.
+ * When it has none (or there is no such secret), cfg gets fallback's hosts
+ * (none: it keeps its own) and -1 is returned with the reason in err.
+ */
+int control_hosts_from_secret(struct config *cfg, const struct target_host *fallback, int n_fallback, char *err,
+			      size_t errlen);
 
 /*
  * Ask the main thread for op (thread safe). When it is done, the worker w

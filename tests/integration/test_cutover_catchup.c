@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static struct pgmux px;
@@ -485,6 +486,83 @@ Test(cutover_catchup, session_pooled_client_finishes_then_goes)
 Test(cutover_catchup, pinned_client_finishes_then_goes)
 {
 	holder_finishes_then_goes("transaction", true);
+}
+
+/* The secret of user "cluster", which names the writer as RDS's and Aurora's secrets do. */
+static void write_cluster_secret(const char *dir, int port)
+{
+	char path[700], text[300];
+	snprintf(path, sizeof(path), "%s/cluster.json", dir);
+	snprintf(text, sizeof(text),
+		 "{\"username\": \"cluster\", \"password\": \"unused\", \"engine\": \"postgres\", "
+		 "\"host\": \"127.0.0.1\", \"port\": %d, \"dbname\": \"" DB "\"}\n",
+		 port);
+	h_write_file(path, text, 0600);
+}
+
+/*
+ * hosts_from_secret: pgmux takes the writer from the host and port of a
+ * secret in secrets_dir. The user's cutover plan edits that secret's host;
+ * with a SIGHUP that is a cutover, through the catch-up gate: a row written
+ * through pgmux just before is on B when SHOW STATS counts the cutover.
+ */
+Test(cutover_catchup, editing_the_secret_host_and_sighup_cut_over)
+{
+	const struct h_env *e = h_env();
+	subscribe_b_to_a();
+	char dir[600], from[700], to[700];
+	snprintf(dir, sizeof(dir), "%s/secrets", h_test_dir());
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	const char *users[] = {e->appuser, e->superuser};
+	for (int i = 0; i < 2; i++) {
+		snprintf(from, sizeof(from), "%s/%s.json", e->secrets, users[i]);
+		snprintf(to, sizeof(to), "%s/%s.json", dir, users[i]);
+		char *text = h_read_file(from);
+		cr_assert(text[0] != '\0', "cannot read %s", from);
+		h_write_file(to, text, 0600);
+		free(text);
+	}
+	write_cluster_secret(dir, pga.port);
+
+	struct pgmux_options o;
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.tls = false;
+	o.admin_users = e->superuser;
+	o.secrets_dir = dir;
+	o.hosts = "127.0.0.1:1"; /* the secret says otherwise */
+	char extra[300];
+	snprintf(extra, sizeof(extra), "health_check_interval = 250ms\ncutover_user = %s\nhosts_from_secret = cluster",
+		 e->superuser);
+	o.extra_target = extra;
+	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+	PGconn *app = app_ok();
+	char *port = h_value_ok(app, "SELECT inet_server_port()");
+	cr_assert_eq(atoi(port), pga.port, "with the secret naming A, a session runs on port %s", port);
+	free(port);
+
+	/* The user's plan, step 5: the secret's host moves to the new server. */
+	write_cluster_secret(dir, pgb.port);
+	h_exec_ok(app, "INSERT INTO items (client, note) VALUES (5, 'just before the edit')");
+	cr_assert_eq(kill(px.pid, SIGHUP), 0);
+	PGconn *admin = admin_ok();
+	long long deadline = h_now_ms() + h_scaled_ms(15000);
+	while (h_admin_stat(admin, "cutovers") < 1) {
+		if (h_now_ms() >= deadline) {
+			pgmux_dump_logs(&px);
+			cr_assert_fail("no cutover within 15 s of editing the secret and SIGHUP");
+		}
+		h_sleep_ms(20);
+	}
+	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'just before the edit'"), 1,
+		     "the cutover did not wait for B to have A's last row");
+	cr_expect(h_file_count(px.logfile, "confirmed") >= 1, "the cutover did not go through the catch-up gate");
+	port = h_value_ok(app, "SELECT inet_server_port()");
+	cr_expect_eq(atoi(port), pgb.port, "after the edit a session runs on port %s, not B's", port);
+	free(port);
+	PQfinish(app);
+	PQfinish(admin);
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ================================================================ a physical standby */
