@@ -77,19 +77,37 @@ static void subscribe_b_to_a(void)
 	PQfinish(su);
 }
 
+/* pgmux on A: pool_mode, no TLS, 8 connections, the superuser as admin, extra_target. */
+static void options_on_a(struct pgmux_options *o, const char *pool_mode, const char *extra_target)
+{
+	static char hosts[64];
+	pgmux_options_default(o);
+	o->pool_mode = pool_mode;
+	o->tls = false;
+	o->max_connections = 8;
+	o->admin_users = h_env()->superuser;
+	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", pga.port);
+	o->hosts = hosts;
+	o->extra_target = extra_target;
+}
+
 static void start_pgmux_mode_on_a(const char *pool_mode, const char *extra_target)
 {
 	struct pgmux_options o;
-	static char hosts[64];
-	pgmux_options_default(&o);
-	o.pool_mode = pool_mode;
-	o.tls = false;
-	o.max_connections = 8;
-	o.admin_users = h_env()->superuser;
-	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", pga.port);
-	o.hosts = hosts;
-	o.extra_target = extra_target;
+	options_on_a(&o, pool_mode, extra_target);
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
+}
+
+/* Rewrite pgmux's configuration (same port) with extra_target and RELOAD it on the admin console. */
+static void reload_on_a(PGconn *admin, const char *extra_target)
+{
+	struct pgmux_options o;
+	options_on_a(&o, "transaction", extra_target);
+	o.listen_port = px.port;
+	pgmux_write_config(&px, &o);
+	PGresult *r = PQexec(admin, "RELOAD");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "RELOAD: %s", PQresultErrorMessage(r));
+	PQclear(r);
 }
 
 /* Server A with the shop database, and B its physical standby (pg_basebackup -R). */
@@ -383,23 +401,9 @@ Test(cutover_catchup, no_replication_follows_cutover_require_catchup)
 	free(port);
 
 	/* Off: the cutover goes ahead, with a WARNING. */
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.pool_mode = "transaction";
-	o.tls = false;
-	o.max_connections = 8;
-	o.admin_users = h_env()->superuser;
-	char hosts[64];
-	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", pga.port);
-	o.hosts = hosts;
 	snprintf(extra, sizeof(extra), "health_check_interval = 250ms\ncutover_user = %s\ncutover_require_catchup = false",
 		 h_env()->superuser);
-	o.extra_target = extra;
-	o.listen_port = px.port;
-	pgmux_write_config(&px, &o);
-	r = PQexec(admin, "RELOAD");
-	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "RELOAD: %s", PQresultErrorMessage(r));
-	PQclear(r);
+	reload_on_a(admin, extra);
 	r = cutover_to(admin, pgb.port, h_scaled_ms(10000));
 	cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO with cutover_require_catchup = false: %s",
 		     PQresultErrorMessage(r));
@@ -588,24 +592,10 @@ Test(cutover_standby, promoted_after_it_caught_up)
 	cr_expect(strstr(PQresultErrorMessage(r), "in recovery") != NULL, "the error: %s", PQresultErrorMessage(r));
 	PQclear(r);
 
-	struct pgmux_options o;
-	pgmux_options_default(&o);
-	o.pool_mode = "transaction";
-	o.tls = false;
-	o.max_connections = 8;
-	o.admin_users = h_env()->superuser;
-	char hosts[64];
-	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", pga.port);
-	o.hosts = hosts;
 	snprintf(extra, sizeof(extra),
 		 "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 20s\ncutover_promote = true",
 		 h_env()->superuser);
-	o.extra_target = extra;
-	o.listen_port = px.port;
-	pgmux_write_config(&px, &o);
-	r = PQexec(admin, "RELOAD");
-	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "RELOAD: %s", PQresultErrorMessage(r));
-	PQclear(r);
+	reload_on_a(admin, extra);
 
 	struct h_cmd bench;
 	start_inserts(&bench, 300, 1200);
