@@ -342,13 +342,17 @@ static void ctl_query(struct ctl_conn *k, const char *sql, int n_params, const c
 static void ctl_on_io(evutil_socket_t fd, short what, void *arg)
 {
 	struct ctl_conn *k = arg;
+	int flushed = 0;
 
 	(void)fd;
 	if (k->done == NULL || k->pg == NULL)
 		return;
-	if ((what & EV_WRITE) && PQflush(k->pg) < 0) {
-		ctl_fail(k, PQerrorMessage(k->pg));
-		return;
+	if (what & EV_WRITE) {
+		flushed = PQflush(k->pg);
+		if (flushed < 0) {
+			ctl_fail(k, PQerrorMessage(k->pg));
+			return;
+		}
 	}
 	if (!PQconsumeInput(k->pg)) {
 		ctl_fail(k, PQerrorMessage(k->pg));
@@ -374,7 +378,8 @@ static void ctl_on_io(evutil_socket_t fd, short what, void *arg)
 		else
 			k->result = res;
 	}
-	ctl_wait(k, EV_READ);
+	/* A long query (the sequences' JSON) may not have left in one go. */
+	ctl_wait(k, flushed ? EV_READ | EV_WRITE : EV_READ);
 }
 
 /* ------------------------------------------------------------- the cutover */
@@ -910,9 +915,12 @@ void cutover_begin(struct target_host *hosts, int n_hosts, const struct target_h
 	size_t used = 0;
 
 	if (X.phase != PHASE_IDLE) {
-		/* The newest list wins: its checks start again; whoever asked hears when it ends. */
+		/* The newest list wins: its checks start again, from the drain; whoever asked hears when it ends. */
 		config_free_hosts(X.hosts, X.n_hosts);
-		ctl_close(&X.new);
+		ctl_reset(&X.old);
+		ctl_reset(&X.new);
+		free_databases();
+		X.new_in_recovery = false;
 		X.phase = PHASE_DRAINING;
 	} else {
 		X.started_usec = pgmux_now_usec();
