@@ -16,6 +16,7 @@
 #include "client.h"
 #include "config.h"
 #include "control.h"
+#include "cutover.h"
 #include "listen.h"
 #include "log.h"
 #include "pgmux.h"
@@ -383,7 +384,7 @@ static void show_stats(struct client *c, struct iobuf *out)
 	if (!c->admin_session->extended)
 		show_pool_stats(out);
 	workers_sum_stats(&st);
-	control_get_cutover_stats(&cs);
+	cutover_get_stats(&cs);
 	stats_get_events(&ev);
 	put_columns(out, 2, cols);
 	stat_row(out, "client_connections", (unsigned long long)pgmux_clients_open());
@@ -406,8 +407,10 @@ static void show_stats(struct client *c, struct iobuf *out)
 	stat_row(out, "transactions_waiting", (unsigned long long)pool_clients_waiting());
 	stat_row(out, "paused", pool_is_paused() ? 1 : 0);
 	stat_row(out, "cutovers", (unsigned long long)cs.count);
+	stat_row(out, "cutovers_abandoned", (unsigned long long)cs.abandoned);
 	stat_row(out, "cutover_in_progress", cs.in_progress ? 1 : 0);
 	stat_row(out, "last_cutover_pause_ms", cs.last_pause_ms);
+	stat_row(out, "last_cutover_catchup_ms", cs.last_catchup_ms);
 	stat_row(out, "last_cutover_transactions_in_flight", (unsigned long long)cs.last_in_flight);
 	stat_row(out, "last_cutover_clients_waited", (unsigned long long)cs.last_waited);
 	stat_row(out, "last_cutover_pinned_sessions", (unsigned long long)cs.last_pinned);

@@ -51,6 +51,7 @@
 
 static uint64_t next_client_id = 1;
 int64_t client_pinned_sessions;
+int64_t client_retiring_sessions;
 
 /* The admin console's session (admin.c), installed before the workers start. */
 static const struct client_console *console;
@@ -310,6 +311,8 @@ void client_close(struct client *c, const char *reason)
 	}
 	if (c->pin_reason)
 		__atomic_sub_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
+	if (c->retiring)
+		__atomic_sub_fetch(&client_retiring_sessions, 1, __ATOMIC_RELAXED);
 	cancel_unregister(&c->cancel);
 	pool_cancel_wait(&c->waiter);
 	c->server = NULL;
@@ -385,6 +388,27 @@ void client_drain(struct client *c)
 {
 	if (client_drain_closes_now(c, pgmux_now_usec()))
 		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+}
+
+/* A retiring client whose backend is between transactions goes now. Returns true if c was closed. */
+static bool client_retire_if_done(struct client *c)
+{
+	if (!c->retiring || (c->server && !server_is_clean(c->server)))
+		return false;
+	client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux moved to a new server; reconnect");
+	return true;
+}
+
+void client_retire_for_cutover(struct client *c)
+{
+	if (c->admin || c->retiring || c->state == CLIENT_CLOSED || c->server == NULL ||
+	    (c->transaction_mode && c->pin_reason == NULL))
+		return;
+	c->retiring = true;
+	__atomic_add_fetch(&client_retiring_sessions, 1, __ATOMIC_RELAXED);
+	log_client(LOG_LEVEL_INFO, c, "a cutover began: this %s session ends after its current transaction",
+		   c->pin_reason ? "pinned" : "session-pooled");
+	client_retire_if_done(c);
 }
 
 void client_cancel_backend(struct client *c)
@@ -855,6 +879,9 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 			return;
 	}
 	if (!(what & EV_READ) && !c->io.ssl_read_wants_write)
+		return;
+	/* A cutover retires this session: its transaction is over, nothing more goes to the old server. */
+	if (c->retiring && client_retire_if_done(c))
 		return;
 	/* Input left from before (a lost backend, a failed batch) is handled before reading more. */
 	if ((c->state == CLIENT_IDLE || c->state == CLIENT_ACTIVE) && iobuf_len(&c->io.in) > 0 &&

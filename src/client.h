@@ -91,6 +91,7 @@ struct client {
 	                                * verifies the session too, and the backend is RESET ALL after */
 	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
 	                                * (keys only; NULL when none): pg_settings does not list them */
+	bool retiring;                 /* a cutover began: closed once its transaction ends (client_retire_for_cutover()) */
 	bool transaction_lost;         /* its backend died inside a transaction block */
 	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
 	                                * not one another client just used (pool_borrow()) */
@@ -214,6 +215,17 @@ void client_listen_free(struct client *c);
 
 /* Sessions pinned to their backend, across workers (for SHOW and logs). */
 extern int64_t client_pinned_sessions;
+
+/*
+ * A cutover began. A client that holds its backend beyond a transaction
+ * (session pooling, or a pinned session) cannot move to the new server: it
+ * ends the transaction it is in on the old one and is then closed with
+ * FATAL 57P01 "pgmux moved to a new server; reconnect", at once when it is
+ * between transactions. Until then it counts in client_retiring_sessions,
+ * which the cutover waits for.
+ */
+void client_retire_for_cutover(struct client *c);
+extern int64_t client_retiring_sessions;
 
 const char *client_state_name(enum client_state state);
 

@@ -750,6 +750,9 @@ static void client_replies_arrived(struct client *c)
 {
 	if (c->state == CLIENT_CLOSED)
 		return;
+	/* A retiring session's transaction may be over: client_handle_event() looks, from the loop. */
+	if (c->retiring)
+		io_schedule_read(&c->io);
 	if (!c->relay.waiting) {
 		/* Stopped at max_pending_replies: go on once the backend has answered half of them. */
 		if (!c->relay.replies_full ||

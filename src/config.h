@@ -115,11 +115,17 @@ struct config {
 	struct target_host *hosts; /* the instances, writer and readers in any order */
 	int n_hosts;
 	bool hosts_in_memory; /* set by CUTOVER TO: hosts differ from the file until the next reload */
+	char *hosts_from_secret; /* "" = hosts as written; else the user whose secret's host and port they are */
 	enum server_tls_mode server_tls;
 	enum server_auth_method server_auth;
 	char *server_tls_ca_file;
 	int server_connect_timeout_ms;
 	int cutover_timeout_ms;
+	bool cutover_require_catchup; /* refuse a cutover with no replication to check */
+	char *cutover_user;           /* "" = health_check_user's secret */
+	bool cutover_sync_sequences;  /* carry sequences to the new target */
+	int cutover_sequence_margin;  /* steps added to each carried sequence */
+	bool cutover_promote;         /* pg_promote() a caught-up standby target */
 	int health_check_interval_ms;
 	int health_check_timeout_ms;  /* for the connect or the query */
 	char *health_check_user;      /* "" = the only user in secrets_dir (an error when there are more) */

@@ -377,6 +377,17 @@ static const struct config_option option_table[] = {
 		 "Aurora) and follows the writer when it changes in a failover, without "
 		 "relying on DNS; so with Aurora, list the instance endpoints, not the "
 		 "cluster endpoints. At least one and at most 64 hosts." },
+	{ .section = "target", .name = "hosts_from_secret", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(hosts_from_secret),
+	  .doc = "The user name of a secret (a file in secrets_dir, or one of "
+		 "secrets_manager_secrets) whose host and port fields (port 5432 when "
+		 "absent) name the writer, instead of hosts. This is the shape of an RDS "
+		 "or Aurora secret: editing its host, then a reload (SIGHUP, RELOAD; a "
+		 "Secrets Manager secret is read again every secrets_refresh_interval), "
+		 "is a cutover with everything a changed hosts brings (pgmux(1), "
+		 "CUTOVER). A secret without a host keeps the hosts there were; at "
+		 "start-up pgmux refuses to start." },
 	{ .section = "target", .name = "server_tls", .type = CONFIG_ENUM,
 	  .default_value = "prefer", .reloadable = true,
 	  .offset = FIELD(server_tls), .enum_values = server_tls_names,
@@ -418,10 +429,70 @@ static const struct config_option option_table[] = {
 	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(cutover_timeout_ms), .min_value = 0, .max_value = INT_MAX,
 	  .doc = "When a reload (or CUTOVER TO in the admin console) changes hosts, pgmux "
-		 "pauses new transactions, lets those in flight finish for up to this long, "
-		 "then moves the pools to the new instances and resumes. Sessions pinned to "
-		 "an old instance keep it until they end or this much time has passed, then "
-		 "get a FATAL error. A number without a unit is seconds." },
+		 "pauses new transactions, lets those in flight finish, "
+		 "waits until the new target has caught up with the old writer (see "
+		 "cutover_require_catchup), then moves the pools to the new instances and "
+		 "resumes. When that has not happened within this time, the cutover is "
+		 "abandoned: pgmux resumes on the old instances, nothing a client sent "
+		 "fails, and the log and SHOW STATS (cutovers_abandoned) say why. "
+		 "Session-pooled and pinned clients, which cannot move, end their "
+		 "transaction on the old instance and are then closed with FATAL 57P01 "
+		 "(pgmux moved to a new server; reconnect); one whose transaction "
+		 "outlasts this time makes the cutover abandon. A number without a unit is "
+		 "seconds." },
+	{ .section = "target", .name = "cutover_require_catchup", .type = CONFIG_BOOL,
+	  .default_value = "true", .reloadable = true,
+	  .offset = FIELD(cutover_require_catchup),
+	  .doc = "A cutover waits, during its pause and once the transactions in flight "
+		 "have ended, until the new target holds everything the old writer wrote: "
+		 "it reads the old writer's WAL position (pg_current_wal_insert_lsn()) "
+		 "and waits until a "
+		 "physical standby has replayed it (pg_last_wal_replay_lsn()) or, for "
+		 "logical replication, until the replication slots on the old writer of "
+		 "the new target's subscriptions have confirmed it (confirmed_flush_lsn). "
+		 "When there is no such relationship to check (a server restored from a "
+		 "snapshot, say), true refuses the cutover and false switches anyway with "
+		 "a WARNING. The first host of the new list is the one checked: name the "
+		 "new writer first." },
+	{ .section = "target", .name = "cutover_sync_sequences", .type = CONFIG_BOOL,
+	  .default_value = "false", .reloadable = true,
+	  .offset = FIELD(cutover_sync_sequences),
+	  .doc = "Logical replication does not carry sequences: on the new target a "
+		 "serial key would start again where its sequence stands and collide "
+		 "with the rows it received. With true, once the new target has caught "
+		 "up and before the switch, pgmux reads every sequence of every database "
+		 "of the old writer (last_value in pg_sequences) and sets the sequence of "
+		 "the same name on the new target to at least that value plus "
+		 "cutover_sequence_margin steps (setval; a sequence is never moved back, "
+		 "nor past its bounds). A database or sequence the new target lacks is "
+		 "logged and skipped; a sequence cutover_user may not read, or any other "
+		 "failure, abandons the cutover." },
+	{ .section = "target", .name = "cutover_sequence_margin", .type = CONFIG_INT,
+	  .default_value = "1000", .reloadable = true,
+	  .offset = FIELD(cutover_sequence_margin), .min_value = 0, .max_value = 1000000000,
+	  .doc = "How many steps (increments) cutover_sync_sequences sets each sequence "
+		 "ahead of the old writer's value: room for values handed out but not yet "
+		 "in pg_sequences (a session's cache, CACHE above 1) and for writers "
+		 "that do not go through pgmux. Gaps are harmless; collisions are not." },
+	{ .section = "target", .name = "cutover_promote", .type = CONFIG_BOOL,
+	  .default_value = "false", .reloadable = true,
+	  .offset = FIELD(cutover_promote),
+	  .doc = "A cutover moves the writer: the new target must accept writes. One "
+		 "that is in recovery (a physical standby) is refused, unless this is "
+		 "true: then, once it has replayed the old writer's position, pgmux calls "
+		 "pg_promote() on it and waits until it leaves recovery "
+		 "(pg_is_in_recovery() false), all within cutover_timeout, before the "
+		 "switch. cutover_user must be allowed to call pg_promote() (a superuser, "
+		 "or a grant of EXECUTE)." },
+	{ .section = "target", .name = "cutover_user", .type = CONFIG_STRING,
+	  .default_value = "", .reloadable = true,
+	  .offset = FIELD(cutover_user),
+	  .doc = "The user whose secret the cutover's own connections (the catch-up "
+		 "check, cutover_sync_sequences, cutover_promote) log in as, to "
+		 "health_check_database (and, for sequences, to every database). Empty "
+		 "means health_check_user's. Reading WAL positions needs no privilege; "
+		 "setting sequences needs UPDATE on them and pg_promote() needs a "
+		 "superuser or a grant of EXECUTE on it." },
 	{ .section = "target", .name = "health_check_interval", .type = CONFIG_DURATION_MS,
 	  .default_value = "1s", .reloadable = true, .bare_unit = "ms",
 	  .offset = FIELD(health_check_interval_ms), .min_value = 100, .max_value = INT_MAX,

@@ -1,13 +1,12 @@
 /*
  * control.c: process-wide operations on the main thread (see control.h).
  *
- * A cutover is a small state machine driven by a 20 ms timer: PAUSE the
- * pools, wait until no transaction is in flight (or cutover_timeout), retire
- * the old instances and add the new ones, RESUME; the monitor then finds the
- * new writer and the waiting clients proceed. Pinned sessions keep their old
- * backend until cutover_timeout, when the workers close what is left.
+ * A cutover (a reload that changes hosts, or CUTOVER TO) is cutover.c's
+ * state machine; this file starts it and gives it the way to publish the
+ * old hosts again should it be abandoned.
  */
 #include "control.h"
+#include "cutover.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -35,8 +34,6 @@
 
 #include "build_config.h"
 
-#define CUTOVER_TICK_USEC 20000
-
 struct control_request {
 	struct list_node node;
 	enum control_op op;
@@ -54,12 +51,6 @@ struct retired_config {
 	struct config_readers_mark mark;
 };
 
-/* Someone waiting for the end of the cutover in progress (the admin who asked for it). */
-struct cutover_waiter {
-	struct worker *worker;
-	uint64_t client_id;
-};
-
 static struct {
 	struct event_base *base;
 	char *config_path;
@@ -73,19 +64,8 @@ static struct {
 	int n_retired;
 	struct event *reclaim_timer;
 
-	pthread_mutex_t lock; /* the request queue and the cutover stats */
+	pthread_mutex_t lock; /* the request queue */
 	struct list_node requests;
-	struct cutover_stats stats;
-
-	/* The cutover in progress (main thread only). */
-	struct event *cutover_timer;
-	struct event *pinned_timer;
-	uint64_t cutover_started_usec;
-	struct target_host *cutover_hosts;
-	int cutover_n_hosts;
-	int cutover_in_flight;
-	struct cutover_waiter waiters[16];
-	int n_waiters;
 } C;
 
 /* ------------------------------------------------------------------ replies */
@@ -106,126 +86,9 @@ static void reply(struct worker *w, uint64_t client_id, bool ok, const char *fmt
 	worker_post_admin_reply(w, client_id, ok, text);
 }
 
-/* ------------------------------------------------------------------ cutover */
-
-static void cutover_finish_pinned(evutil_socket_t fd, short what, void *arg)
-{
-	/* cutover_timeout has passed: sessions still on the old instances must end. */
-	workers_broadcast(WORKER_MSG_RETIRE);
-}
-
-static void cutover_switch(bool timed_out)
-{
-	uint64_t now = pgmux_now_usec();
-	uint64_t paused_ms = (now - C.cutover_started_usec) / 1000;
-	int pinned = (int)__atomic_load_n(&client_pinned_sessions, __ATOMIC_RELAXED);
-	int in_flight = pool_transactions_in_flight();
-	int waited = pool_clients_waiting();
-	const struct config *cfg = config_current();
-
-	pool_replace_targets(C.cutover_hosts, C.cutover_n_hosts);
-	monitor_rescan();
-	pool_resume(NULL);
-	if (timed_out && in_flight > 0) {
-		/* Transactions that outlived cutover_timeout end with an error; pinned sessions with them. */
-		workers_broadcast(WORKER_MSG_RETIRE);
-	} else if (pinned > 0 && cfg->cutover_timeout_ms > 0) {
-		struct timeval rest;
-		uint64_t left_ms = (uint64_t)cfg->cutover_timeout_ms > paused_ms ? (uint64_t)cfg->cutover_timeout_ms - paused_ms : 0;
-
-		rest.tv_sec = (time_t)(left_ms / 1000);
-		rest.tv_usec = (suseconds_t)((left_ms % 1000) * 1000);
-		evtimer_add(C.pinned_timer, &rest);
-	} else if (pinned > 0) {
-		workers_broadcast(WORKER_MSG_RETIRE);
-	}
-	pthread_mutex_lock(&C.lock);
-	C.stats.count++;
-	C.stats.in_progress = false;
-	C.stats.last_pause_ms = paused_ms;
-	C.stats.last_in_flight = C.cutover_in_flight;
-	C.stats.last_waited = waited;
-	C.stats.last_pinned = pinned;
-	pthread_mutex_unlock(&C.lock);
-	stats_cutover_ended();
-	log_info("cutover to %s: new transactions paused for %llu ms; %d transaction(s) were in flight, %d client(s) "
-		 "waited%s; %d pinned session(s) stay on the old instances for up to cutover_timeout",
-		 C.stats.last_hosts, (unsigned long long)paused_ms, C.cutover_in_flight, waited,
-		 timed_out ? "; cutover_timeout cut the remaining transactions short" : "", pinned);
-	for (int i = 0; i < C.n_waiters; i++)
-		reply(C.waiters[i].worker, C.waiters[i].client_id, true, "CUTOVER");
-	C.n_waiters = 0;
-	config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
-	C.cutover_hosts = NULL;
-	C.cutover_n_hosts = 0;
-}
-
-static void cutover_tick(evutil_socket_t fd, short what, void *arg)
-{
-	const struct config *cfg = config_current();
-	struct timeval tick = { 0, CUTOVER_TICK_USEC };
-	uint64_t elapsed_ms = (pgmux_now_usec() - C.cutover_started_usec) / 1000;
-
-	if (pool_transactions_in_flight() == 0) {
-		cutover_switch(false);
-		return;
-	}
-	if (cfg->cutover_timeout_ms >= 0 && elapsed_ms >= (uint64_t)cfg->cutover_timeout_ms) {
-		cutover_switch(true);
-		return;
-	}
-	evtimer_add(C.cutover_timer, &tick);
-}
-
-/* Begin moving to hosts (takes them). Returns -1 when a cutover is already running. */
-static int cutover_begin(struct target_host *hosts, int n_hosts, struct worker *w, uint64_t client_id)
-{
-	struct timeval now = { 0, 0 };
-	size_t used = 0;
-
-	if (C.cutover_hosts) {
-		/* The newest list wins; whoever asked hears when the one running ends. */
-		config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
-	} else {
-		C.cutover_started_usec = pgmux_now_usec();
-		C.cutover_in_flight = pool_transactions_in_flight();
-		pool_pause(NULL);
-		evtimer_add(C.cutover_timer, &now);
-	}
-	C.cutover_hosts = hosts;
-	C.cutover_n_hosts = n_hosts;
-	if (w && C.n_waiters < (int)(sizeof(C.waiters) / sizeof(C.waiters[0]))) {
-		C.waiters[C.n_waiters].worker = w;
-		C.waiters[C.n_waiters].client_id = client_id;
-		C.n_waiters++;
-	}
-	pthread_mutex_lock(&C.lock);
-	C.stats.in_progress = true;
-	C.stats.last_hosts[0] = '\0';
-	for (int i = 0; i < n_hosts; i++) {
-		int n = snprintf(C.stats.last_hosts + used, sizeof(C.stats.last_hosts) - used, "%s%s:%d", i ? ", " : "",
-				 hosts[i].host, hosts[i].port);
-
-		if (n < 0 || (size_t)n >= sizeof(C.stats.last_hosts) - used)
-			break;
-		used += (size_t)n;
-	}
-	pthread_mutex_unlock(&C.lock);
-	log_info("cutover to %s begins: new transactions wait while %d in flight finish (cutover_timeout %d ms)",
-		 C.stats.last_hosts, C.cutover_in_flight, config_current()->cutover_timeout_ms);
-	return 0;
-}
-
 bool control_is_draining(void)
 {
 	return C.drain_timer != NULL; /* main thread only, as is the metrics endpoint that asks */
-}
-
-void control_get_cutover_stats(struct cutover_stats *out)
-{
-	pthread_mutex_lock(&C.lock);
-	*out = C.stats;
-	pthread_mutex_unlock(&C.lock);
 }
 
 /* ------------------------------------------------------------------ reload */
@@ -365,6 +228,86 @@ static void publish(struct config *next)
 		evtimer_add(C.reclaim_timer, &soon);
 }
 
+static struct target_host *copy_hosts(const struct target_host *hosts, int n)
+{
+	struct target_host *copy = xcalloc((size_t)(n > 0 ? n : 1), sizeof(*copy));
+
+	for (int i = 0; i < n; i++) {
+		copy[i].host = xstrdup(hosts[i].host);
+		copy[i].port = hosts[i].port;
+	}
+	return copy;
+}
+
+int control_hosts_from_secret(struct config *cfg, const struct target_host *fallback, int n_fallback, char *err,
+			      size_t errlen)
+{
+	struct secret secret;
+	struct target_host *hosts;
+
+	if (cfg->hosts_from_secret[0] == '\0')
+		return 0;
+	if (!secrets_find(cfg->hosts_from_secret, &secret)) {
+		snprintf(err, errlen, "hosts_from_secret: there is no secret for %s", cfg->hosts_from_secret);
+	} else if (secret.host == NULL || secret.host[0] == '\0') {
+		snprintf(err, errlen, "hosts_from_secret: the secret of %s has no host", cfg->hosts_from_secret);
+		secret_clear(&secret);
+	} else {
+		hosts = xcalloc(1, sizeof(*hosts));
+		hosts->host = xstrdup(secret.host);
+		hosts->port = secret.port > 0 ? secret.port : 5432;
+		secret_clear(&secret);
+		config_free_hosts(cfg->hosts, cfg->n_hosts);
+		cfg->hosts = hosts;
+		cfg->n_hosts = 1;
+		return 0;
+	}
+	if (fallback) {
+		config_free_hosts(cfg->hosts, cfg->n_hosts);
+		cfg->hosts = copy_hosts(fallback, n_fallback);
+		cfg->n_hosts = n_fallback;
+	}
+	return -1;
+}
+
+/* Begin a cutover to hosts (takes them), the running configuration's in memory until the next reload. */
+static void cutover_to(struct target_host *hosts, int n, struct worker *w, uint64_t client_id)
+{
+	const struct config *before = config_current();
+
+	/* Instances named here get the same server_tls as hosts; say when that does not verify them. */
+	control_warn_unverified_hosts(before, hosts, n);
+	/* In memory only: the running config says so until the next reload (or the cutover is abandoned). */
+	publish(config_with_hosts(before, hosts, n));
+	cutover_begin(hosts, n, before->hosts, before->n_hosts, w, client_id);
+}
+
+/* A secret changed (Secrets Manager's refresh): does hosts_from_secret's host move? */
+static void follow_secret_hosts(void)
+{
+	const struct config *cfg = config_current();
+	struct config *probe;
+	char err[256];
+
+	if (cfg->hosts_from_secret[0] == '\0')
+		return;
+	probe = config_with_hosts(cfg, cfg->hosts, cfg->n_hosts);
+	if (control_hosts_from_secret(probe, NULL, 0, err, sizeof(err)) != 0)
+		log_error("%s; keeping hosts as they are", err);
+	else if (!hosts_equal(cfg->hosts, cfg->n_hosts, probe->hosts, probe->n_hosts)) {
+		log_info("hosts_from_secret: the secret of %s names %s:%d now: cutover", cfg->hosts_from_secret,
+			 probe->hosts[0].host, probe->hosts[0].port);
+		cutover_to(copy_hosts(probe->hosts, probe->n_hosts), probe->n_hosts, NULL, 0);
+	}
+	config_free(probe);
+}
+
+/* An abandoned cutover's way back: hosts are the running ones again (in memory). */
+static void publish_hosts(const struct target_host *hosts, int n_hosts)
+{
+	publish(config_with_hosts(config_current(), hosts, n_hosts));
+}
+
 /*
  * Re-read the file and the secrets. An invalid file changes nothing.
  * Returns 0, or -1 with the reason in err.
@@ -413,6 +356,9 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	if (control_health_check_user_problem(next, secrets_count()) != NULL)
 		log_error("reload: %s; health checks keep the user they had, if any, until it is",
 			  control_health_check_user_problem(next, secrets_count()));
+	/* hosts_from_secret: the secret (just reloaded) says where; without one, the hosts stay as they are. */
+	if (control_hosts_from_secret(next, old->hosts, old->n_hosts, err, errlen) != 0)
+		log_error("reload: %s; keeping hosts as they are", err);
 	control_warn_risky_settings(next);
 	/* A CUTOVER TO in memory counts as the running hosts until the file says otherwise. */
 	hosts_changed = !hosts_equal(old->hosts, old->n_hosts, next->hosts, next->n_hosts);
@@ -422,13 +368,8 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	log_info("configuration reloaded from %s", C.config_path);
 	service_notify("READY=1");
 	if (hosts_changed) {
-		struct target_host *hosts = xcalloc((size_t)next->n_hosts, sizeof(*hosts));
-
-		for (int i = 0; i < next->n_hosts; i++) {
-			hosts[i].host = xstrdup(next->hosts[i].host);
-			hosts[i].port = next->hosts[i].port;
-		}
-		cutover_begin(hosts, next->n_hosts, w, client_id);
+		cutover_begin(copy_hosts(next->hosts, next->n_hosts), next->n_hosts, old->hosts, old->n_hosts, w,
+			      client_id);
 		return 1;
 	}
 	return 0;
@@ -547,13 +488,12 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 				reply(r->reply_to, r->client_id, false, "CUTOVER TO: %s", err);
 				break;
 			}
-			/* Instances named here get the same server_tls as hosts; say when that does not verify them. */
-			control_warn_unverified_hosts(config_current(), hosts, n);
-			/* In memory only: the running config says so until the next reload. */
-			publish(config_with_hosts(config_current(), hosts, n));
-			cutover_begin(hosts, n, r->reply_to, r->client_id);
+			cutover_to(hosts, n, r->reply_to, r->client_id);
 			break;
 		}
+		case CONTROL_SECRET_HOSTS:
+			follow_secret_hosts();
+			break;
 		case CONTROL_SHUTDOWN:
 			log_info("SHUTDOWN from the admin console");
 			reply(r->reply_to, r->client_id, true, "SHUTDOWN");
@@ -567,7 +507,12 @@ static void on_requests(evutil_socket_t fd, short what, void *arg)
 
 void control_request(enum control_op op, const char *arg, struct worker *w, uint64_t client_id)
 {
-	struct control_request *r = xcalloc(1, sizeof(*r));
+	struct control_request *r;
+
+	/* Before control_init() (Secrets Manager's first read at start-up): start-up does it itself. */
+	if (C.request_event == NULL)
+		return;
+	r = xcalloc(1, sizeof(*r));
 
 	r->op = op;
 	r->arg = arg ? xstrdup(arg) : NULL;
@@ -596,10 +541,8 @@ int control_init(struct event_base *base, const char *config_path, int log_level
 			return -1;
 	}
 	C.request_event = event_new(base, -1, 0, on_requests, NULL);
-	C.cutover_timer = evtimer_new(base, cutover_tick, NULL);
-	C.pinned_timer = evtimer_new(base, cutover_finish_pinned, NULL);
 	C.reclaim_timer = evtimer_new(base, reclaim_configs, NULL);
-	if (C.request_event == NULL || C.cutover_timer == NULL || C.pinned_timer == NULL || C.reclaim_timer == NULL)
+	if (C.request_event == NULL || C.reclaim_timer == NULL || cutover_init(base, publish_hosts) != 0)
 		return -1;
 	return 0;
 }
@@ -613,10 +556,7 @@ void control_cleanup(void)
 			event_free(C.signals[i]);
 	if (C.request_event)
 		event_free(C.request_event);
-	if (C.cutover_timer)
-		event_free(C.cutover_timer);
-	if (C.pinned_timer)
-		event_free(C.pinned_timer);
+	cutover_cleanup();
 	if (C.reclaim_timer)
 		event_free(C.reclaim_timer);
 	C.reclaim_timer = NULL;
@@ -629,8 +569,6 @@ void control_cleanup(void)
 		free(r->arg);
 		free(r);
 	}
-	if (C.cutover_hosts)
-		config_free_hosts(C.cutover_hosts, C.cutover_n_hosts);
 	free(C.config_path);
 	memset(&C.signals, 0, sizeof(C.signals));
 }

@@ -9,6 +9,7 @@
 #define PGMUX_CONTROL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <event2/event.h>
@@ -19,17 +20,7 @@ enum control_op {
 	CONTROL_RELOAD,
 	CONTROL_CUTOVER,  /* arg: the new hosts */
 	CONTROL_SHUTDOWN, /* graceful, as SIGINT */
-};
-
-/* What SHOW STATS and SHOW TARGETS report about cutovers. */
-struct cutover_stats {
-	int count;
-	bool in_progress;
-	uint64_t last_pause_ms;     /* how long new transactions waited */
-	int last_in_flight;         /* transactions still running when it began */
-	int last_waited;            /* clients waiting when the pools moved */
-	int last_pinned;            /* pinned sessions left on the old instances */
-	char last_hosts[256];
+	CONTROL_SECRET_HOSTS, /* a secret changed: follow hosts_from_secret (a cutover if its host moved) */
 };
 
 /*
@@ -67,6 +58,14 @@ const char *control_health_check_user_problem(const struct config *cfg, int n_se
 void control_apply_log_settings(const void *cfg);
 
 /*
+ * hosts_from_secret: make cfg's hosts the host and port of that secret.
+ * When it has none (or there is no such secret), cfg gets fallback's hosts
+ * (none: it keeps its own) and -1 is returned with the reason in err.
+ */
+int control_hosts_from_secret(struct config *cfg, const struct target_host *fallback, int n_fallback, char *err,
+			      size_t errlen);
+
+/*
  * Ask the main thread for op (thread safe). When it is done, the worker w
  * gets WORKER_MSG_ADMIN_REPLY for client_id with the outcome.
  */
@@ -80,8 +79,6 @@ bool control_is_draining(void);
  * is the service's main process now).
  */
 void control_drain(const char *why);
-
-void control_get_cutover_stats(struct cutover_stats *out);
 
 /* Configs replaced by reloads stay allocated until exit; this frees them. */
 void control_free_retired_configs(void);

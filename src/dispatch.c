@@ -10,6 +10,7 @@
 
 #include "admin.h"
 #include "client.h"
+#include "cutover.h"
 #include "pgmux.h"
 #include "pool.h"
 #include "proto.h"
@@ -86,6 +87,11 @@ static void dispatch_message(struct worker *w, struct worker_msg *msg)
 				server_close(s, "pgmux cut over to new database instances and this session could not move");
 			}
 		}
+		break;
+	case WORKER_MSG_CUTOVER:
+		list_for_each_safe(pos, tmp, &w->clients)
+			client_retire_for_cutover(list_entry(pos, struct client, worker_node));
+		__atomic_sub_fetch(&cutover_workers_pending, 1, __ATOMIC_RELEASE);
 		break;
 	case WORKER_MSG_SWEEP:
 		pool_janitor(pgmux_now_usec(), w);

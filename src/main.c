@@ -89,6 +89,16 @@ static void usage(FILE *out)
  * Nothing is started: no port, no thread, no log file, no pid file.
  * Returns the exit status.
  */
+/*
+ * Secrets Manager gave new values (aws thread): the pools get the new
+ * passwords, and the main thread looks whether hosts_from_secret's host moved.
+ */
+static void on_secrets_refreshed(void)
+{
+	pool_refresh_passwords();
+	control_request(CONTROL_SECRET_HOSTS, NULL, NULL, 0);
+}
+
 static int check_configuration(const char *path)
 {
 	struct config *cfg;
@@ -429,8 +439,13 @@ int main(int argc, char **argv)
 	if (cfg->secrets_dir[0])
 		log_info("loaded %d secret(s) from %s", n < 0 ? 0 : n, cfg->secrets_dir);
 	/* Secrets Manager's secrets join the directory's; IAM tokens need the AWS credentials. */
-	if (secretsmgr_start(cfg, pool_refresh_passwords, err, sizeof(err)) != 0) {
+	if (secretsmgr_start(cfg, on_secrets_refreshed, err, sizeof(err)) != 0) {
 		log_error("%s", err);
+		exit_code = 1;
+		goto out_early;
+	}
+	if (control_hosts_from_secret(cfg, NULL, 0, err, sizeof(err)) != 0) {
+		log_error("%s: %s", M.config_path, err);
 		exit_code = 1;
 		goto out_early;
 	}

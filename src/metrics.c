@@ -23,6 +23,7 @@
 #include "aws.h"
 #include "client.h"
 #include "control.h"
+#include "cutover.h"
 #include "iamauth.h"
 #include "io.h"
 #include "log.h"
@@ -236,7 +237,7 @@ static void metrics_render_events(struct evbuffer *b, const struct worker_stats 
 	put_value(b, "last_cutover_clients_waited", "gauge", "Clients waiting when the last cutover moved the pools.",
 		  (unsigned long long)cs->last_waited);
 	put_value(b, "last_cutover_pinned_sessions", "gauge",
-		  "Pinned sessions the last cutover left on the old instances.", (unsigned long long)cs->last_pinned);
+		  "Sessions pinned during the last cutover, whose old backend it closed at the switch.", (unsigned long long)cs->last_pinned);
 	put_help(b, "sessions_pinned_by_reason_total", "counter",
 		 "Sessions pinned to their server connection, by reason.");
 	for (int r = SQL_PIN_NONE + 1; r <= SQL_PIN_TOO_LONG; r++) {
@@ -353,7 +354,7 @@ static void metrics_render(struct evbuffer *b)
 	struct cutover_stats cs;
 
 	workers_sum_stats(&st);
-	control_get_cutover_stats(&cs);
+	cutover_get_stats(&cs);
 	put_help(b, "info", "gauge", "The pgmux version.");
 	evbuffer_add_printf(b, "pgmux_info{version=\"%s\"} 1\n", PACKAGE_VERSION);
 	put_value(b, "client_connections", "gauge", "Client connections open now.",
@@ -392,6 +393,9 @@ static void metrics_render(struct evbuffer *b)
 	put_value(b, "paused", "gauge", "1 while PAUSE (of everything) holds new transactions.",
 		  pool_is_paused() ? 1 : 0);
 	put_value(b, "cutovers_total", "counter", "Cutovers to new instances.", (unsigned long long)cs.count);
+	put_value(b, "cutovers_abandoned_total", "counter",
+		  "Cutovers abandoned: the new target did not catch up (or could not be checked) within cutover_timeout.",
+		  (unsigned long long)cs.abandoned);
 	put_value(b, "cutover_in_progress", "gauge", "1 while a cutover runs.", cs.in_progress ? 1 : 0);
 	put_help(b, "last_cutover_pause_seconds", "gauge", "How long the last cutover held new transactions.");
 	evbuffer_add_printf(b, "pgmux_last_cutover_pause_seconds %.3f\n", cs.last_pause_ms / 1000.0);

@@ -296,6 +296,9 @@ void pool_note_pinned(struct server *s);
 void pool_replace_targets(const struct target_host *hosts, int n_hosts);
 
 /* Is t one of the instances a cutover replaced? */
+/* Where the writer is (copied into host, port): false when none is known. */
+bool pool_writer_address(char *host, size_t host_len, int *port);
+
 bool pool_target_retired(const struct target *t);
 
 /* After a reload: backend logins use each user's current secret (credential rotation). */

@@ -635,6 +635,20 @@ void pool_replace_targets(const struct target_host *hosts, int n_hosts)
 	workers_broadcast(WORKER_MSG_SWEEP);
 }
 
+bool pool_writer_address(char *host, size_t host_len, int *port)
+{
+	bool known;
+
+	pthread_mutex_lock(&pool_lock);
+	known = writer != NULL;
+	if (known) {
+		snprintf(host, host_len, "%s", writer->host);
+		*port = writer->port;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	return known;
+}
+
 bool pool_target_retired(const struct target *t)
 {
 	return __atomic_load_n(&t->retired, __ATOMIC_RELAXED);

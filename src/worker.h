@@ -36,6 +36,7 @@ enum worker_msg_type {
 	WORKER_MSG_CONNECT,    /* open a backend connection for a pool (a slot is reserved) */
 	WORKER_MSG_ADMIN_REPLY, /* the main thread finished an admin console request */
 	WORKER_MSG_RETIRE,     /* a cutover is over: close connections to retired instances */
+	WORKER_MSG_CUTOVER,    /* a cutover began: session-pooled and pinned clients finish their transaction and go */
 	WORKER_MSG_KILL,       /* KILL from the admin console: close this client */
 	WORKER_MSG_SWEEP,      /* close parked servers that became unusable (failover, cutover) */
 	WORKER_MSG_MIGRATE,    /* detach a parked server so that another worker's client can use it */

@@ -1649,22 +1649,49 @@ void h_run_as_postgres(const char *what, const char *const argv[], int timeout_m
 	h_cmd_free(&c);
 }
 
-bool h_pg_start(struct h_pg *pg)
+/* A directory for a second server, which postgres (the OS user) owns. */
+static void pg_make_dir(struct h_pg *pg)
 {
 	const struct h_env *e = h_env();
 	memset(pg, 0, sizeof(*pg));
-
 	/* Not in h_test_dir(): that one is private to us, and postgres must reach this. */
 	snprintf(pg->dir, sizeof(pg->dir), "%s/pg2-%ld-XXXXXX", e->dir, (long)getpid());
 	cr_assert(mkdtemp(pg->dir) != NULL, "mkdtemp %s: %s", pg->dir, strerror(errno));
 	h_chown_to_postgres(pg->dir);
 	cr_assert(chmod(pg->dir, 0700) == 0, "chmod %s: %s", pg->dir, strerror(errno));
-	char data[600], pwfile[600], initdb[600], postgres[600], conf[700], pwtext[300], pwopt[700];
+	snprintf(pg->logfile, sizeof(pg->logfile), "%s/postgres.log", pg->dir);
+}
+
+static bool pg_launch(struct h_pg *pg, const char *extra_conf);
+
+bool h_pg_start(struct h_pg *pg)
+{
+	return h_pg_start_with(pg, NULL);
+}
+
+bool h_pg_start_standby(struct h_pg *pg, int primary_port, const char *extra_conf)
+{
+	const struct h_env *e = h_env();
+	pg_make_dir(pg);
+	char data[600], basebackup[600], conninfo[400];
+	snprintf(data, sizeof(data), "%s/data", pg->dir);
+	snprintf(basebackup, sizeof(basebackup), "%s/pg_basebackup", e->pgbin);
+	snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%d user=%s password=%s sslmode=disable",
+		 primary_port, e->superuser, e->superpass);
+	/* -c fast: no wait for a checkpoint; -R: standby.signal and primary_conninfo (with the password). */
+	const char *bb_argv[] = {basebackup, "-d", conninfo, "-D", data, "-c", "fast", "-R", "-X", "stream", "-w", NULL};
+	h_run_as_postgres("pg_basebackup", bb_argv, 60000);
+	return pg_launch(pg, extra_conf);
+}
+
+bool h_pg_start_with(struct h_pg *pg, const char *extra_conf)
+{
+	const struct h_env *e = h_env();
+	pg_make_dir(pg);
+	char data[600], pwfile[600], initdb[600], pwtext[300], pwopt[700];
 	snprintf(data, sizeof(data), "%s/data", pg->dir);
 	snprintf(pwfile, sizeof(pwfile), "%s/pwfile", pg->dir);
-	snprintf(pg->logfile, sizeof(pg->logfile), "%s/postgres.log", pg->dir);
 	snprintf(initdb, sizeof(initdb), "%s/initdb", e->pgbin);
-	snprintf(postgres, sizeof(postgres), "%s/postgres", e->pgbin);
 	snprintf(pwtext, sizeof(pwtext), "%s\n", e->superpass);
 	h_write_file(pwfile, pwtext, 0600);
 	h_chown_to_postgres(pwfile);
@@ -1672,10 +1699,19 @@ bool h_pg_start(struct h_pg *pg)
 	snprintf(pwopt, sizeof(pwopt), "--pwfile=%s", pwfile);
 	const char *initdb_argv[] = {initdb, "-D", data, "-U", e->superuser, pwopt, "--auth=scram-sha-256",
 				     "-E", "UTF8", "--locale=C", "-N", NULL};
-	const char *argv[32];
 	h_run_as_postgres("initdb", initdb_argv, 60000);
 	unlink(pwfile);
+	return pg_launch(pg, extra_conf);
+}
 
+/* Configure the cluster in pg->dir/data for a port of its own (and extra_conf), start it, wait for logins. */
+static bool pg_launch(struct h_pg *pg, const char *extra_conf)
+{
+	const struct h_env *e = h_env();
+	char data[600], postgres[600], conf[700];
+	const char *argv[32];
+	snprintf(data, sizeof(data), "%s/data", pg->dir);
+	snprintf(postgres, sizeof(postgres), "%s/postgres", e->pgbin);
 	pg->port = h_free_port();
 	snprintf(conf, sizeof(conf), "%s/postgresql.conf", data);
 	FILE *f = fopen(conf, "a");
@@ -1691,8 +1727,9 @@ bool h_pg_start(struct h_pg *pg)
 		"synchronous_commit = off\n"
 		"full_page_writes = off\n"
 		"shared_buffers = 16MB\n"
-		"log_line_prefix = '%%m [%%p] %%q%%u@%%d '\n",
-		pg->port, pg->dir);
+		"log_line_prefix = '%%m [%%p] %%q%%u@%%d '\n"
+		"%s\n",
+		pg->port, pg->dir, extra_conf ? extra_conf : "");
 	fclose(f);
 
 	/* The postmaster itself is our child (setpriv execs it), so its PID is the one we stop. */

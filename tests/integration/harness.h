@@ -562,6 +562,14 @@ void h_chown_to_postgres(const char *path);
 void h_run_as_postgres(const char *what, const char *const argv[], int timeout_ms);
 /* initdb, start and wait until it accepts logins; false (and the log printed) when it does not start. */
 bool h_pg_start(struct h_pg *pg);
+/* The same with extra_conf (lines for postgresql.conf, or NULL) appended. */
+bool h_pg_start_with(struct h_pg *pg, const char *extra_conf);
+/*
+ * A physical standby of the server at primary_port (which must allow
+ * replication connections: wal_level replica or logical), made with
+ * pg_basebackup -R as the suite's superuser, started on a port of its own.
+ */
+bool h_pg_start_standby(struct h_pg *pg, int primary_port, const char *extra_conf);
 /* Fast shutdown (SIGINT to the postmaster) and wait; returns its exit status or -1. */
 int h_pg_stop(struct h_pg *pg);
 
