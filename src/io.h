@@ -33,7 +33,7 @@ struct io {
 	SSL *ssl;        /* NULL for plaintext */
 	bool ssl_owned;  /* we free it (client side); libpq owns the backend's */
 	struct event *ev_read;
-	struct event *ev_write;
+	struct event *ev_write; /* made the first time a write would block (NULL until then) */
 	bool reading;    /* ev_read is added */
 	bool writing;    /* ev_write is added */
 	bool ssl_read_wants_write;  /* SSL_read returned WANT_WRITE */
@@ -42,7 +42,7 @@ struct io {
 	bool in_borrowed;           /* in is the worker's scratch buffer: io_close must not free it */
 	struct iobuf in;
 	struct iobuf out;
-	char error[128];
+	const char *error; /* "" until a failure; then its text, valid until the next failure on this thread */
 	uint64_t bytes_read;    /* since io_init(), for the per-pool byte counts (stats.c) */
 	uint64_t bytes_written;
 };
