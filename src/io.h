@@ -1,8 +1,9 @@
 /*
  * io.h: the transport layer. A struct io is one socket, plain or TLS, with an
- * input and an output buffer and its two libevent events. It moves bytes and
- * reports what happened; it never looks inside them. Nothing above this layer
- * calls read(), write(), SSL_read() or SSL_write().
+ * input and an output buffer and its libevent events (read; write once a
+ * write would block). It moves bytes and reports what happened; it never
+ * looks inside them. Nothing above this layer calls read(), write(),
+ * SSL_read() or SSL_write().
  *
  * Contract: io_read() and io_flush() never block. When they cannot make
  * progress they arm the events that will let them, and the owner's callback
