@@ -12,8 +12,14 @@
 #   POOL_SIZE=16        server connections per pooler (pgmux max_connections,
 #                       PgBouncer default_pool_size)
 #   IDLE_CLIENTS=10000  idle client connections in scenario 5
-#   BUSY_POLL_US=200    pgmux's busy_poll_us (0 turns busy polling off)
-#   PGMUX_WORKERS=2     pgmux's worker threads
+#   BUSY_POLL_US=0      pgmux's busy_poll_us (pgmux's default, 0, is off)
+#   PGMUX_WORKERS=2     pgmux's worker threads (pgmux's default: one per CPU)
+#   SYSCALLS=1          count the system calls of each pooler during every pgbench
+#                       run (perf stat on the syscalls tracepoints, all threads);
+#                       0 leaves perf out
+#   RELAY=1             add HAProxy (mode tcp, one thread, one server connection
+#                       per client: a plain relay) as a reference target in
+#                       scenarios 1 to 3; 0 leaves it out
 #   WARMUP=5            seconds of unmeasured pgbench -S, direct, before scenario 1
 #   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
 #   PGMUX_COMMIT_OVERRIDE=text  label printed for that binary (default: the
@@ -39,14 +45,16 @@ SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
 POOL_SIZE=${POOL_SIZE:-16}
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 WARMUP=${WARMUP:-5}
-BUSY_POLL_US=${BUSY_POLL_US:-200}
+BUSY_POLL_US=${BUSY_POLL_US:-0}
+SYSCALLS=${SYSCALLS:-1}
+RELAY=${RELAY:-1}
 PGMUX_WORKERS=${PGMUX_WORKERS:-2}
 KEEP=${KEEP:-}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 RESULTS=${RESULTS:-$HERE/results-latest.txt}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US PGMUX_WORKERS=$PGMUX_WORKERS${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US PGMUX_WORKERS=$PGMUX_WORKERS SYSCALLS=$SYSCALLS RELAY=$RELAY${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -89,28 +97,45 @@ for t in openssl cc pkg-config awk setpriv; do
 done
 pkg-config --exists libpq || die "libpq's pkg-config file not found; install libpq-dev"
 
-# PgBouncer: Debian's package. Install it if missing, without letting the
-# package start its own service (a policy-rc.d that forbids starting
-# services, removed again right after).
-PGBOUNCER=$(command -v pgbouncer || true)
-[ -n "$PGBOUNCER" ] || { [ -x /usr/sbin/pgbouncer ] && PGBOUNCER=/usr/sbin/pgbouncer; } || true
-if [ -z "$PGBOUNCER" ]; then
-	[ "$(id -u)" -eq 0 ] || die "pgbouncer is not installed; run 'sudo apt-get install -y pgbouncer' or run this script as root"
-	log "installing pgbouncer with apt-get (its service is not started)"
-	created_policy=
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 755 /usr/sbin/policy-rc.d
-		created_policy=1
+# Debian's package of a program: its path, installed with apt-get if missing
+# (as root), without letting the package start its own service (a
+# policy-rc.d that forbids starting services, removed again right after).
+# find_or_install PROGRAM PACKAGE
+find_or_install() {
+	local prog=$1 pkg=$2 path created_policy= apt_rc
+	path=$(command -v "$prog" || true)
+	[ -n "$path" ] || { [ -x "/usr/sbin/$prog" ] && path=/usr/sbin/$prog; } || true
+	if [ -z "$path" ]; then
+		[ "$(id -u)" -eq 0 ] || die "$prog is not installed; run 'sudo apt-get install -y $pkg' or run this script as root"
+		log "installing $pkg with apt-get (its service is not started)"
+		if [ ! -e /usr/sbin/policy-rc.d ]; then
+			printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+			chmod 755 /usr/sbin/policy-rc.d
+			created_policy=1
+		fi
+		set +e
+		DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >&2
+		apt_rc=$?
+		set -e
+		[ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
+		[ "$apt_rc" -eq 0 ] || die "apt-get install $pkg failed"
+		path=$(command -v "$prog" || echo "/usr/sbin/$prog")
+		[ -x "$path" ] || die "$prog still not found after installing $pkg"
 	fi
-	set +e
-	DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >&2
-	apt_rc=$?
-	set -e
-	[ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
-	[ "$apt_rc" -eq 0 ] || die "apt-get install pgbouncer failed"
-	PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-	[ -x "$PGBOUNCER" ] || die "pgbouncer still not found after installing it"
+	echo "$path"
+}
+PGBOUNCER=$(find_or_install pgbouncer pgbouncer)
+# HAProxy, the plain-relay reference (RELAY=1; RELAY=0 leaves it out).
+HAPROXY=
+[ "$RELAY" = 1 ] && HAPROXY=$(find_or_install haproxy haproxy)
+
+# perf, for the system-call counts (SYSCALLS=1): the tracepoints must be readable.
+PERF=
+if [ "$SYSCALLS" = 1 ]; then
+	PERF=$(command -v perf || true)
+	[ -n "$PERF" ] || die "perf not found (install linux-perf) or set SYSCALLS=0"
+	"$PERF" stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 ||
+		die "perf cannot count the syscall tracepoints here (perf_event_paranoid, tracefs); set SYSCALLS=0"
 fi
 
 # pgmux: PGMUX_BIN, or the repository's binary, built if missing.
@@ -182,6 +207,8 @@ PGDATA=
 MUX_PID=
 BASE_PID=
 PGB_PID=
+RELAY_PID=
+PERF_PID=
 HELPER_PID=
 HELPER_IN=
 cleanup() {
@@ -190,6 +217,8 @@ cleanup() {
 	trap - EXIT
 	if [ -n "$HELPER_IN" ]; then eval "exec $HELPER_IN>&-" 2>/dev/null; fi
 	stop_pid "$HELPER_PID"
+	if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null; fi
+	stop_pid "$RELAY_PID"
 	stop_pid "$MUX_PID"
 	stop_pid "$BASE_PID"
 	stop_pid "$PGB_PID"
@@ -227,11 +256,11 @@ trap 'exit 129' HUP
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgmux-bench.XXXXXX")
 chmod 755 "$WORK"
 PGDATA=$WORK/pgdata
-mkdir -p "$PGDATA" "$WORK/sock" "$WORK/tls" "$WORK/pgmux/secrets" "$WORK/pgb" "$WORK/out"
+mkdir -p "$PGDATA" "$WORK/sock" "$WORK/tls" "$WORK/pgmux/secrets" "$WORK/pgb" "$WORK/relay" "$WORK/out"
 chmod 700 "$PGDATA" "$WORK/pgmux/secrets"
 touch "$WORK/postgres.log"
 if [ "$RUN_USER" != "$(id -un)" ]; then
-	chown -R "$RUN_USER" "$PGDATA" "$WORK/sock" "$WORK/tls" "$WORK/pgmux" "$WORK/pgb" "$WORK/postgres.log"
+	chown -R "$RUN_USER" "$PGDATA" "$WORK/sock" "$WORK/tls" "$WORK/pgmux" "$WORK/pgb" "$WORK/relay" "$WORK/postgres.log"
 fi
 
 PW=$(openssl rand -hex 16)
@@ -240,8 +269,12 @@ MUXPORT=$(free_port)
 PGBPORT=$(free_port)
 while [ "$MUXPORT" = "$PGPORT" ]; do MUXPORT=$(free_port); done
 while [ "$PGBPORT" = "$PGPORT" ] || [ "$PGBPORT" = "$MUXPORT" ]; do PGBPORT=$(free_port); done
+RELAYPORT=$(free_port)
+while [ "$RELAYPORT" = "$PGPORT" ] || [ "$RELAYPORT" = "$MUXPORT" ] || [ "$RELAYPORT" = "$PGBPORT" ]; do
+	RELAYPORT=$(free_port)
+done
 BASEPORT=$(free_port)
-while [ "$BASEPORT" = "$PGPORT" ] || [ "$BASEPORT" = "$MUXPORT" ] || [ "$BASEPORT" = "$PGBPORT" ]; do
+while [ "$BASEPORT" = "$RELAYPORT" ] || [ "$BASEPORT" = "$PGPORT" ] || [ "$BASEPORT" = "$MUXPORT" ] || [ "$BASEPORT" = "$PGBPORT" ]; do
 	BASEPORT=$(free_port)
 done
 
@@ -419,13 +452,40 @@ start_base() {
 	wait_ready "$BASEPORT" "$BASE_PID" "pgmux (base)" disable
 }
 stop_base() { [ -z "$BASE_PID" ] || stop_pid "$BASE_PID"; BASE_PID=; }
+# The plain relay (RELAY=1): HAProxy in TCP mode with one thread, every client
+# relayed to its own PostgreSQL connection; logins go through to PostgreSQL.
+start_relay() {
+	[ "$RELAY" = 1 ] || return 0
+	cat >"$WORK/relay/haproxy.cfg" <<EOF
+global
+	nbthread 1
+	maxconn 4096
+defaults
+	mode tcp
+	timeout connect 10s
+	timeout client 1h
+	timeout server 1h
+frontend bench
+	bind 127.0.0.1:$RELAYPORT
+	default_backend postgres
+backend postgres
+	server pg 127.0.0.1:$PGPORT
+EOF
+	[ "$RUN_USER" = "$(id -un)" ] || chown -R "$RUN_USER" "$WORK/relay"
+	# -db: stay in the foreground, one process, so that $! is the relay itself.
+	"${AS_USER[@]}" "$HAPROXY" -db -f "$WORK/relay/haproxy.cfg" >>"$WORK/relay/stderr" 2>&1 &
+	RELAY_PID=$!
+	check_comm "$RELAY_PID" haproxy
+	wait_ready "$RELAYPORT" "$RELAY_PID" HAProxy disable
+}
+stop_relay() { [ -z "$RELAY_PID" ] || stop_pid "$RELAY_PID"; RELAY_PID=; }
 stop_pgbouncer() { stop_pid "$PGB_PID"; PGB_PID=; }
 start_poolers() { start_pgmux "$1"; start_pgbouncer "$1"; }
 stop_poolers() { stop_pgmux; stop_pgbouncer; }
 
-port_of() { case $1 in pgmux) echo "$MUXPORT" ;; base) echo "$BASEPORT" ;; pgbouncer) echo "$PGBPORT" ;; direct) echo "$PGPORT" ;; esac; }
-pid_of() { case $1 in pgmux) echo "$MUX_PID" ;; base) echo "$BASE_PID" ;; pgbouncer) echo "$PGB_PID" ;; *) echo "" ;; esac; }
-name_of() { case $1 in pgmux) echo pgmux ;; base) echo "pgmux (base)" ;; pgbouncer) echo PgBouncer ;; direct) echo direct ;; esac; }
+port_of() { case $1 in pgmux) echo "$MUXPORT" ;; base) echo "$BASEPORT" ;; pgbouncer) echo "$PGBPORT" ;; relay) echo "$RELAYPORT" ;; direct) echo "$PGPORT" ;; esac; }
+pid_of() { case $1 in pgmux) echo "$MUX_PID" ;; base) echo "$BASE_PID" ;; pgbouncer) echo "$PGB_PID" ;; relay) echo "$RELAY_PID" ;; *) echo "" ;; esac; }
+name_of() { case $1 in pgmux) echo pgmux ;; base) echo "pgmux (base)" ;; pgbouncer) echo PgBouncer ;; relay) echo "HAProxy (relay)" ;; direct) echo direct ;; esac; }
 
 # utime + stime of every thread of a process, in clock ticks (/proc/PID/stat
 # fields 14 and 15; the fields are counted after the parenthesised command name).
@@ -450,7 +510,34 @@ med() { printf '%s' "${V[$1]:-}" | median; }
 # run_pgbench TARGET SSLMODE TAG PGBENCH-ARGS...
 # Sets R_TPS, R_LAT_US, R_TXNS, R_CPU_US (pooler CPU per transaction, empty
 # for direct), R_RC (pgbench's exit status), R_ABORTED (clients that aborted),
-# R_OUT (the output file).
+# R_OUT (the output file), and with SYSCALLS=1 R_SYS[name] (the pooler's system
+# calls per transaction: total, and each of SYSCALL_NAMES; empty for direct).
+# perf stat counts the syscalls tracepoints of every thread of the pooler from
+# before pgbench starts until after it ends (its logins included); counting
+# costs the pooler a little CPU per call, alike for every target.
+SYSCALL_NAMES="sendto recvfrom epoll_ctl epoll_wait futex read write"
+declare -A R_SYS=()
+perf_start() { # pid file
+	local ev="-e raw_syscalls:sys_enter" s i
+	for s in $SYSCALL_NAMES; do ev+=" -e syscalls:sys_enter_$s"; done
+	rm -f "$2"
+	# shellcheck disable=SC2086 # $ev is a list of options
+	"$PERF" stat -x, -o "$2" $ev -p "$1" >/dev/null 2>&1 &
+	PERF_PID=$!
+	# perf writes its header line once it is attached.
+	for ((i = 0; i < 100; i++)); do [ -s "$2" ] && break; sleep 0.02; done
+	sleep 0.1
+}
+perf_stop() { # file txns: fills R_SYS
+	kill -INT "$PERF_PID" 2>/dev/null || true
+	wait "$PERF_PID" 2>/dev/null || true
+	PERF_PID=
+	R_SYS=()
+	local name v
+	while read -r name v; do R_SYS[$name]=$v; done < <(awk -F, -v n="$2" '
+		$3 == "raw_syscalls:sys_enter" { printf "total %.3f\n", $1 / n }
+		$3 ~ /^syscalls:sys_enter_/ { s = $3; sub(/^syscalls:sys_enter_/, "", s); printf "%s %.3f\n", s, $1 / n }' "$1")
+}
 run_pgbench() {
 	local target=$1 sslmode=$2 tag=$3
 	shift 3
@@ -461,6 +548,7 @@ run_pgbench() {
 	err=$WORK/out/$tag-$target.err
 	if [ -n "$pid" ]; then
 		alive "$pid" || die "$(name_of "$target") (pid $pid) is not running before $tag"
+		[ -z "$PERF" ] || perf_start "$pid" "$WORK/out/$tag-$target.perf"
 		t0=$(cpu_ticks "$pid")
 	fi
 	R_RC=0
@@ -469,6 +557,7 @@ run_pgbench() {
 		alive "$pid" || die "$(name_of "$target") (pid $pid) died during $tag; see $WORK"
 		t1=$(cpu_ticks "$pid")
 	fi
+	R_SYS=()
 	R_OUT=$out
 	R_TPS=$(awk '/^tps = / { print $3; exit }' "$out")
 	R_LAT_US=$(awk '/^latency average = / { printf "%.1f", $4 * 1000; exit }' "$out")
@@ -477,6 +566,11 @@ run_pgbench() {
 	R_CPU_US=
 	if [ -n "$pid" ] && [ -n "$R_TXNS" ] && [ "$R_TXNS" -gt 0 ]; then
 		R_CPU_US=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$R_TXNS" 'BEGIN { printf "%.2f", (b - a) / hz * 1e6 / n }')
+		[ -z "$PERF" ] || perf_stop "$WORK/out/$tag-$target.perf" "$R_TXNS"
+	elif [ -n "$PERF_PID" ]; then
+		kill -INT "$PERF_PID" 2>/dev/null || true
+		wait "$PERF_PID" 2>/dev/null || true
+		PERF_PID=
 	fi
 	if [ -z "$R_TPS" ]; then
 		if [ "$R_RC" -eq 0 ]; then
@@ -492,8 +586,17 @@ run_pgbench() {
 	msg="$tag $(name_of "$target"): $R_TPS tps"
 	[ -n "$R_LAT_US" ] && msg+=", latency $R_LAT_US us"
 	[ -n "$R_CPU_US" ] && msg+=", pooler CPU $R_CPU_US us/txn"
+	[ -n "${R_SYS[total]:-}" ] && msg+=", ${R_SYS[total]} syscalls/txn"
 	[ "$R_RC" -ne 0 ] && msg+=", pgbench exit status $R_RC, $R_ABORTED clients aborted"
 	log "$msg"
+}
+
+# add_syscalls SCENARIO TARGET: keep the last run's system calls per transaction.
+add_syscalls() {
+	local n
+	for n in total $SYSCALL_NAMES; do
+		[ -z "${R_SYS[$n]:-}" ] || add "$1.sys.$n.$2" "${R_SYS[$n]}"
+	done
 }
 
 # ------------------------------------------------------------ machine description
@@ -521,11 +624,14 @@ if [ "$WARMUP" -gt 0 ]; then
 fi
 
 TARGETS="pgmux pgbouncer direct"
-# Scenarios 1 and 2 also run the baseline binary, when there is one.
-BASE_TARGETS=$TARGETS
+# Scenarios 1 to 3 also run the plain relay (RELAY=1), 1 and 2 the baseline
+# binary, when there is one.
+RELAY_TARGETS=$TARGETS
+[ "$RELAY" = 1 ] && RELAY_TARGETS="pgmux pgbouncer relay direct"
+BASE_TARGETS=$RELAY_TARGETS
 if [ -n "${PGMUX_BASE_BIN:-}" ]; then
 	[ -x "$PGMUX_BASE_BIN" ] || die "PGMUX_BASE_BIN=$PGMUX_BASE_BIN is not an executable file"
-	BASE_TARGETS="pgmux base pgbouncer direct"
+	BASE_TARGETS="pgmux base ${RELAY_TARGETS#pgmux }"
 fi
 
 # ------------------------------------------------------------ scenario 1: pgbench -S, 32 clients
@@ -533,11 +639,13 @@ if want 1; then
 	log "scenario 1: pgbench -S -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
 	start_poolers plain
 	start_base plain
+	start_relay
 	for ((r = 1; r <= ROUNDS; r++)); do
 		for t in $BASE_TARGETS; do
 			run_pgbench "$t" disable "s1-r$r" -S -c 32 -j 2 -T "$DURATION"
 			add "s1.tps.$t" "$R_TPS"
 			[ -n "$R_CPU_US" ] && add "s1.cpu.$t" "$R_CPU_US"
+			add_syscalls s1 "$t"
 			[ "$R_RC" -eq 0 ] || note "s1.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
 		done
 	done
@@ -548,6 +656,7 @@ if want 1; then
 	note "s1.pgmux" "backends handed from one worker to the other (SHOW STATS): ${handoffs:-not available}"
 	stop_poolers
 	stop_base
+	stop_relay
 fi
 
 # ------------------------------------------------------------ scenario 2: the same with -M prepared
@@ -555,12 +664,14 @@ if want 2; then
 	log "scenario 2: pgbench -S -M prepared -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
 	start_poolers plain
 	start_base plain
+	start_relay
 	for ((r = 1; r <= ROUNDS; r++)); do
 		for t in $BASE_TARGETS; do
 			run_pgbench "$t" disable "s2-r$r" -S -M prepared -c 32 -j 2 -T "$DURATION"
 			add "s2.tps.$t" "$R_TPS"
 			add "s2.aborted.$t" "$R_ABORTED"
 			[ -n "$R_CPU_US" ] && add "s2.cpu.$t" "$R_CPU_US"
+			add_syscalls s2 "$t"
 			if [ "$R_RC" -ne 0 ]; then
 				first=$(grep -m1 'aborted' "$WORK/out/s2-r$r-$t.err" | sed 's/^pgbench: error: //' || true)
 				note "s2.$t" "round $r: pgbench exit $R_RC, $R_ABORTED of 32 clients aborted, ${R_TXNS:-0} transactions done${first:+ (first error: $first)}"
@@ -569,27 +680,31 @@ if want 2; then
 	done
 	stop_poolers
 	stop_base
+	stop_relay
 fi
 
 # ------------------------------------------------------------ scenario 3: one client, latency
 if want 3; then
 	log "scenario 3: pgbench -S -c 1 -j 1 -T $DURATION: average latency"
 	start_poolers plain
+	start_relay
 	for ((r = 1; r <= ROUNDS; r++)); do
 		declare -A lat=()
-		for t in $TARGETS; do
+		for t in $RELAY_TARGETS; do
 			run_pgbench "$t" disable "s3-r$r" -S -c 1 -j 1 -T "$DURATION"
 			[ -n "$R_LAT_US" ] || die "no latency average in $R_OUT"
 			lat[$t]=$R_LAT_US
 			add "s3.lat.$t" "$R_LAT_US"
 			[ -n "$R_CPU_US" ] && add "s3.cpu.$t" "$R_CPU_US"
+			add_syscalls s3 "$t"
 		done
-		for t in pgmux pgbouncer; do
+		for t in ${RELAY_TARGETS% direct}; do
 			add "s3.added.$t" "$(awk -v a="${lat[$t]}" -v b="${lat[direct]}" 'BEGIN { printf "%.1f", a - b }')"
 		done
 		unset lat
 	done
 	stop_poolers
+	stop_relay
 fi
 
 # ------------------------------------------------------------ scenario 4: connection per transaction, client TLS
@@ -686,19 +801,30 @@ rows=()
 row() { # label key format [no-direct-ratio]
 	local label=$1 key=$2 f=$3 m b d
 	local a
+	local h
 	m=$(med "$key.pgmux"); b=$(med "$key.pgbouncer"); d=$(med "$key.direct"); a=$(med "$key.base")
+	h=$(med "$key.relay")
 	[ -n "$m$b$d" ] || return 0
-	rows+=("$(printf '%-46s %12s %12s %12s %10s %10s' "$label" "$(fmt "$m" "$f")" "$(fmt "$b" "$f")" \
-		"$(fmt "$d" "$f")" "$(ratio "$m" "$b")" "$(ratio "$m" "$d")")$(
+	rows+=("$(printf '%-46s %12s %12s %12s %12s %10s %10s %10s' "$label" "$(fmt "$m" "$f")" "$(fmt "$b" "$f")" \
+		"$(fmt "$h" "$f")" "$(fmt "$d" "$f")" "$(ratio "$m" "$b")" "$(ratio "$m" "$h")" "$(ratio "$m" "$d")")$(
 		[ -z "${PGMUX_BASE_BIN:-}" ] || printf ' %12s %10s' "$(fmt "$a" "$f")" "$(ratio "$m" "$a")")")
 }
 row "1. -S c32: tps"                          s1.tps  "%.0f"
 row "1. -S c32: pooler CPU us/txn"            s1.cpu  "%.2f"
+sysrows() { # scenario label
+	local n
+	row "$2: syscalls/txn" "$1.sys.total" "%.2f"
+	for n in $SYSCALL_NAMES; do row "$2:   $n/txn" "$1.sys.$n" "%.2f"; done
+}
+sysrows s1 "1. -S c32"
 row "2. -S -M prepared c32: tps"              s2.tps  "%.0f"
 row "2. -S -M prepared c32: aborted clients"  s2.aborted "%.0f"
 row "2. -S -M prepared c32: pooler CPU us/txn" s2.cpu "%.2f"
+sysrows s2 "2. -M prepared c32"
 row "3. -S c1: latency average us"            s3.lat  "%.1f"
 row "3. -S c1: added latency over direct us"  s3.added "%.1f"
+row "3. -S c1: pooler CPU us/txn"             s3.cpu  "%.2f"
+sysrows s3 "3. -S c1"
 row "4. -C -S c16 TLS: tps"                   s4.tps  "%.0f"
 row "4. -C -S c16 TLS: pooler CPU us/txn"     s4.cpu  "%.2f"
 row "5. $IDLE_CLIENTS idle clients: RSS bytes/client" s5.rss "%.0f"
@@ -716,12 +842,14 @@ target() { # description value threshold op(ge|le)
 	else verdict=MISSED; fi
 	targets+=("$(printf '%-70s %-8s %-12s' "$desc" "$v" "$verdict")")
 }
-target "1. -S c32 tps, pgmux / PgBouncer >= 1.10" "$(ratio "$(med s1.tps.pgmux)" "$(med s1.tps.pgbouncer)")" 1.10 ge
-target "1. -S c32 CPU per txn, pgmux / PgBouncer <= 0.70" "$(ratio "$(med s1.cpu.pgmux)" "$(med s1.cpu.pgbouncer)")" 0.70 le
+target "1. -S c32 tps, pgmux / PgBouncer >= 1.05" "$(ratio "$(med s1.tps.pgmux)" "$(med s1.tps.pgbouncer)")" 1.05 ge
+target "1. -S c32 CPU per txn, pgmux / PgBouncer <= 0.95" "$(ratio "$(med s1.cpu.pgmux)" "$(med s1.cpu.pgbouncer)")" 0.95 le
+target "1. -S c32 CPU per txn, pgmux / plain relay <= 1.0 (stretch)" "$(ratio "$(med s1.cpu.pgmux)" "$(med s1.cpu.relay)")" 1.0 le
+target "1. -S c32 syscalls per txn, pgmux / PgBouncer < 1.0" "$(ratio "$(med s1.sys.total.pgmux)" "$(med s1.sys.total.pgbouncer)")" 0.999 le
 target "2. -M prepared tps, pgmux / PgBouncer's -S simple tps >= 1.10" "$(ratio "$(med s2.tps.pgmux)" "$(med s1.tps.pgbouncer)")" 1.10 ge
 target "3. one client, pgmux added latency over direct <= 15 us" "$(med s3.added.pgmux)" 15 le
 target "4. -C TLS tps, pgmux / PgBouncer >= 1.0" "$(ratio "$(med s4.tps.pgmux)" "$(med s4.tps.pgbouncer)")" 1.0 ge
-target "5. pgmux resident bytes per idle plaintext client <= 2048" "$(med s5.rss.pgmux)" 2048 le
+target "5. pgmux resident bytes per idle plaintext client <= 1024" "$(med s5.rss.pgmux)" 1024 le
 
 pgmux_log_lines=$(cat "$WORK/pgmux/pgmux.log" "$WORK/pgmux/stderr" 2>/dev/null | wc -l)
 pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNING|ERROR|FATAL) ' || true)
@@ -734,9 +862,11 @@ pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNI
 	echo "setup:     pool $POOL_SIZE server connections, transaction pooling, SCRAM clients, no server TLS,"
 	echo "           pgmux workers = $PGMUX_WORKERS; PostgreSQL fsync = off, shared_buffers = 128MB; everything on loopback"
 	echo "load avg:  $LOAD_START at start, $LOAD_END at end (other processes on the machine add noise)"
-	echo "medians of $ROUNDS interleaved rounds (pgmux, PgBouncer, direct), $DURATION s per pgbench run"
+	echo "medians of $ROUNDS interleaved rounds (pgmux, PgBouncer, relay, direct), $DURATION s per pgbench run"
+	[ "$RELAY" = 1 ] && echo "relay:     $("$HAPROXY" -v 2>/dev/null | head -n 1), mode tcp, nbthread 1, one server connection per client (scenarios 1-3)"
+	[ -n "$PERF" ] && echo "syscalls:  perf stat on raw_syscalls:sys_enter and syscalls:sys_enter_* (all threads), per pgbench transaction, logins included"
 	echo
-	printf '%-46s %12s %12s %12s %10s %10s' scenario pgmux PgBouncer direct mux/pgb mux/direct
+	printf '%-46s %12s %12s %12s %12s %10s %10s %10s' scenario pgmux PgBouncer relay direct mux/pgb mux/relay mux/direct
 	[ -z "${PGMUX_BASE_BIN:-}" ] || printf ' %12s %10s' base mux/base
 	echo
 	[ -z "${PGMUX_BASE_BIN:-}" ] || echo "base:      $PGMUX_BASE_BIN${PGMUX_BASE_LABEL:+ ($PGMUX_BASE_LABEL)}"

@@ -255,14 +255,21 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, host, sizeof(host));
 		port = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
 	}
-	snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
+	{
+		char peer[INET6_ADDRSTRLEN + 8];
+
+		snprintf(peer, sizeof(peer), "%s:%d", host, port);
+		c->peer = xstrdup(peer);
+	}
 	(void)addrlen;
 
 	evutil_make_socket_nonblocking(fd);
 	io_set_nodelay(fd);
 	io_init(&c->io, fd);
+	/* Only while it logs in: an idle session keeps none of it (see client_login_done()). */
+	c->login = calloc(1, sizeof(*c->login));
 	c->timer = evtimer_new(w->base, client_login_timeout, c);
-	if (c->timer == NULL || io_attach(&c->io, w->base, client_on_event, c) != 0) {
+	if (c->login == NULL || c->timer == NULL || io_attach(&c->io, w->base, client_on_event, c) != 0) {
 		client_close(c, "out of memory");
 		return;
 	}
@@ -323,7 +330,8 @@ void client_close(struct client *c, const char *reason)
 		pool_put(c->pool);
 		c->pool = NULL;
 	}
-	login_end_exchange(&c->login);
+	if (c->login)
+		login_end_exchange(c->login);
 	io_close(&c->io, true);
 	list_del(&c->worker_node);
 	list_append(&c->worker->reap_clients, &c->worker_node);
@@ -341,11 +349,23 @@ void client_drop_custom_pending(struct client *c)
 	}
 }
 
+/* The login is over (or the client gone): its state, the secret and the TLS context reference go. */
+static void client_login_done(struct client *c)
+{
+	if (c->login) {
+		login_free(c->login);
+		free(c->login);
+		c->login = NULL;
+	}
+}
+
 void client_free(struct client *c)
 {
 	if (c->have_startup)
 		proto_startup_free(&c->startup);
-	login_free(&c->login);
+	client_login_done(c);
+	free(c->peer);
+	free(c->pin_detail);
 	free(c->waiter.error);
 	free(c->lost_message);
 	free(c->lost_detail);
@@ -467,7 +487,7 @@ static void client_begin_auth(struct client *c)
 	struct login_result r;
 
 	client_set_state(c, CLIENT_AUTH);
-	switch (login_begin_auth(&c->login, &c->io, config_current(), c->startup.user, &r)) {
+	switch (login_begin_auth(c->login, &c->io, config_current(), c->startup.user, &r)) {
 	case LOGIN_AUTHENTICATED:
 		client_authenticated(c);
 		break;
@@ -512,7 +532,7 @@ static bool client_process_startup(struct client *c)
 {
 	struct login_result r;
 
-	login_process_startup(&c->login, &c->io, config_current(), &c->startup, &r);
+	login_process_startup(c->login, &c->io, config_current(), &c->startup, &r);
 	if (r.startup_parsed)
 		c->have_startup = true;
 	switch (r.outcome) {
@@ -545,7 +565,7 @@ static bool client_process_auth(struct client *c)
 {
 	struct login_result r;
 
-	switch (login_process_auth(&c->login, &c->io, c->startup.user, &r)) {
+	switch (login_process_auth(c->login, &c->io, c->startup.user, &r)) {
 	case LOGIN_NEED_MORE:
 		return false;
 	case LOGIN_CHALLENGE_SENT:
@@ -572,7 +592,7 @@ static void client_authenticated(struct client *c)
 	char err[512];
 
 	histogram_record(&c->worker->stats.client_login, pgmux_now_usec() - c->connect_usec);
-	if (login_grant(&c->login, &c->io, &c->startup, &c->params, err, sizeof(err)) != 0) {
+	if (login_grant(c->login, &c->io, &c->startup, &c->params, err, sizeof(err)) != 0) {
 		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
 		return;
 	}
@@ -596,6 +616,7 @@ static void client_authenticated(struct client *c)
 			return;
 		}
 		cancel_register(&c->cancel, c->worker, c->id);
+		client_login_done(c);
 		c->admin = true;
 		client_set_state(c, CLIENT_WAITING);
 		client_set_state(c, CLIENT_ACTIVE);
@@ -607,9 +628,9 @@ static void client_authenticated(struct client *c)
 	}
 	cancel_register(&c->cancel, c->worker, c->id);
 	c->pool = pool_get(c->startup.user, c->startup.database, c->endpoint,
-			   c->login.have_secret ? c->login.secret.password : NULL);
+			   c->login->have_secret ? c->login->secret.password : NULL);
 	/* The pool keeps what backend logins need; the client's copy of the password goes now. */
-	login_forget_secret(&c->login);
+	client_login_done(c);
 	client_set_state(c, CLIENT_WAITING);
 	client_flush(c);
 	if (c->state == CLIENT_CLOSED)

@@ -67,11 +67,12 @@ struct client {
 	enum client_state state;
 	struct worker *worker;
 	struct io io;
-	char peer[64];
+	char *peer;                   /* "address:port", for logs and SHOW CLIENTS */
 
 	struct startup_packet startup; /* who it is: user, database, its parameters (when have_startup) */
 	bool have_startup;
-	struct login login;            /* TLS request, secret and password exchange (login.h) */
+	struct login *login;           /* TLS request, secret and password exchange (login.h); freed
+	                                * once it is logged in (NULL from then on) */
 
 	enum pool_endpoint endpoint; /* which port it came in on: writer or reader */
 	struct pool *pool;
@@ -84,7 +85,7 @@ struct client {
 	struct session_params params;  /* its parameters (session.h); read back when settings_dirty */
 	struct relay relay;            /* its prepared statements and what it sent that waits (relay.h) */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */
-	char pin_detail[64];
+	char *pin_detail;              /* what pinned it, when there is more to say than the reason (or NULL) */
 	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
 	                                * session's settings back before the backend goes */
 	bool state_unverified;         /* it ran code pgmux cannot read (SQL_EFFECT_OPAQUE): the read-back

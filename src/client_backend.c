@@ -247,7 +247,8 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		return;
 	/* Atomic because SHOW CLIENTS reads it from another worker. */
 	__atomic_store_n(&c->pin_reason, sql_pin_reason_text(scan->pin), __ATOMIC_RELAXED);
-	snprintf(c->pin_detail, sizeof(c->pin_detail), "%s", scan->pin_detail);
+	if (scan->pin_detail[0])
+		c->pin_detail = xstrdup(scan->pin_detail);
 	if (c->server) {
 		server_set_pinned(c->server);
 		pool_note_pinned(c->server);
@@ -257,7 +258,8 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 	STAT_INC(c->worker, pins_by_reason[scan->pin]);
 	log_client_because(LOG_LEVEL_INFO, c, NULL, c->pin_reason,
 			   "session pinned to backend pid %d: %s%s%s%s", c->server ? c->server->backend_pid : 0,
-			   c->pin_reason, c->pin_detail[0] ? " (" : "", c->pin_detail, c->pin_detail[0] ? ")" : "");
+			   c->pin_reason, c->pin_detail ? " (" : "", c->pin_detail ? c->pin_detail : "",
+			   c->pin_detail ? ")" : "");
 }
 
 /*

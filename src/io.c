@@ -7,6 +7,7 @@
 #include "io.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <netinet/in.h>
@@ -21,28 +22,48 @@
 
 #define IO_READ_CHUNK 16384
 
+/*
+ * The text of the last failure on this thread: io->error points here after
+ * one. Every caller reads it at once (to log, or as a close reason), before
+ * anything else on its thread can fail, so one buffer per thread does where
+ * a buffer in each struct io cost 128 bytes per connection.
+ */
+static __thread char io_error_text[128];
+
+static void io_set_error(struct io *io, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void io_set_error(struct io *io, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(io_error_text, sizeof(io_error_text), fmt, ap);
+	va_end(ap);
+	io->error = io_error_text;
+}
+
 void io_init(struct io *io, int fd)
 {
 	memset(io, 0, sizeof(*io));
 	io->fd = fd;
+	io->error = "";
 	iobuf_init(&io->in);
 	iobuf_init(&io->out);
 }
 
+static bool io_arm_write(struct io *io);
+
 int io_attach(struct io *io, struct event_base *base, event_callback_fn cb, void *arg)
 {
 	io->ev_read = event_new(base, io->fd, EV_READ | EV_PERSIST, cb, arg);
-	io->ev_write = event_new(base, io->fd, EV_WRITE, cb, arg);
-	if (io->ev_read == NULL || io->ev_write == NULL) {
-		io_detach(io);
+	if (io->ev_read == NULL)
 		return -1;
-	}
 	io->reading = io->writing = false;
 	io_want_read(io, true);
 	/* Output queued while detached, or a TLS retry, still needs the write event. */
-	if (iobuf_len(&io->out) > 0 || io->ssl_read_wants_write) {
-		event_add(io->ev_write, NULL);
-		io->writing = true;
+	if ((iobuf_len(&io->out) > 0 || io->ssl_read_wants_write) && !io_arm_write(io)) {
+		io_detach(io);
+		return -1;
 	}
 	return 0;
 }
@@ -81,12 +102,25 @@ void io_schedule_read(struct io *io)
 		event_active(io->ev_read, EV_READ, 1);
 }
 
-static void io_arm_write(struct io *io)
+/*
+ * The write event exists only once a write would have blocked: most
+ * connections never need one, and an idle one keeps only its read event.
+ * It is made like the read event (same loop, callback and argument).
+ * Returns false when it cannot be made (out of memory).
+ */
+static bool io_arm_write(struct io *io)
 {
-	if (io->ev_write && !io->writing) {
-		event_add(io->ev_write, NULL);
-		io->writing = true;
+	if (io->ev_read == NULL || io->writing)
+		return true;
+	if (io->ev_write == NULL) {
+		io->ev_write = event_new(event_get_base(io->ev_read), io->fd, EV_WRITE,
+					 event_get_callback(io->ev_read), event_get_callback_arg(io->ev_read));
+		if (io->ev_write == NULL)
+			return false;
 	}
+	event_add(io->ev_write, NULL);
+	io->writing = true;
+	return true;
 }
 
 /* The write event is one-shot; note that it fired or is no longer needed. */
@@ -103,13 +137,13 @@ static void io_ssl_error(struct io *io, const char *what, int ret, int err)
 	unsigned long e = ERR_get_error();
 
 	if (e != 0)
-		snprintf(io->error, sizeof(io->error), "%s: %s", what, ERR_reason_error_string(e));
+		io_set_error(io, "%s: %s", what, ERR_reason_error_string(e));
 	else if (err == SSL_ERROR_SYSCALL && ret == 0)
-		snprintf(io->error, sizeof(io->error), "%s: unexpected EOF", what);
+		io_set_error(io, "%s: unexpected EOF", what);
 	else if (err == SSL_ERROR_SYSCALL)
-		snprintf(io->error, sizeof(io->error), "%s: %s", what, strerror(errno));
+		io_set_error(io, "%s: %s", what, strerror(errno));
 	else
-		snprintf(io->error, sizeof(io->error), "%s: TLS error %d", what, err);
+		io_set_error(io, "%s: TLS error %d", what, err);
 	/* OpenSSL's error queue is per thread: leave nothing for the next caller. */
 	ERR_clear_error();
 }
@@ -123,7 +157,7 @@ enum io_status io_read(struct io *io, size_t limit)
 		return IO_AGAIN;
 	p = iobuf_reserve(&io->in, room);
 	if (p == NULL) {
-		snprintf(io->error, sizeof(io->error), "out of memory for its input");
+		io_set_error(io, "out of memory for its input");
 		return IO_ERROR;
 	}
 	if (io->ssl) {
@@ -145,7 +179,10 @@ enum io_status io_read(struct io *io, size_t limit)
 			return IO_AGAIN;
 		case SSL_ERROR_WANT_WRITE:
 			io->ssl_read_wants_write = true;
-			io_arm_write(io);
+			if (!io_arm_write(io)) {
+				io_set_error(io, "out of memory for its write event");
+				return IO_ERROR;
+			}
 			return IO_AGAIN;
 		case SSL_ERROR_ZERO_RETURN:
 			return IO_EOF;
@@ -178,7 +215,7 @@ enum io_status io_read(struct io *io, size_t limit)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			return IO_AGAIN;
-		snprintf(io->error, sizeof(io->error), "read: %s", strerror(errno));
+		io_set_error(io, "read: %s", strerror(errno));
 		return IO_ERROR;
 	}
 }
@@ -187,7 +224,7 @@ enum io_status io_flush(struct io *io)
 {
 	/* Something meant for the peer was lost: the stream cannot go on. */
 	if (io->out.failed) {
-		snprintf(io->error, sizeof(io->error), "out of memory for its output");
+		io_set_error(io, "out of memory for its output");
 		return IO_ERROR;
 	}
 	while (iobuf_len(&io->out) > 0) {
@@ -205,10 +242,8 @@ enum io_status io_flush(struct io *io)
 				continue;
 			}
 			err = SSL_get_error(io->ssl, n);
-			if (err == SSL_ERROR_WANT_WRITE) {
-				io_arm_write(io);
-				return IO_AGAIN;
-			}
+			if (err == SSL_ERROR_WANT_WRITE)
+				goto would_block;
 			if (err == SSL_ERROR_WANT_READ) {
 				/* The read event (always on while output is pending) will retry. */
 				io->ssl_write_wants_read = true;
@@ -227,17 +262,22 @@ enum io_status io_flush(struct io *io)
 			}
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				io_arm_write(io);
-				return IO_AGAIN;
-			}
-			snprintf(io->error, sizeof(io->error), "write: %s", strerror(errno));
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				goto would_block;
+			io_set_error(io, "write: %s", strerror(errno));
 			return IO_ERROR;
 		}
 	}
 	if (!io->ssl_read_wants_write)
 		io_disarm_write(io);
 	return IO_OK;
+
+would_block:
+	if (!io_arm_write(io)) {
+		io_set_error(io, "out of memory for its write event");
+		return IO_ERROR;
+	}
+	return IO_AGAIN;
 }
 
 int io_start_tls_accept(struct io *io, SSL_CTX *ctx)
@@ -273,7 +313,10 @@ enum io_status io_tls_handshake(struct io *io)
 		return IO_AGAIN;
 	}
 	if (err == SSL_ERROR_WANT_WRITE) {
-		io_arm_write(io);
+		if (!io_arm_write(io)) {
+			io_set_error(io, "out of memory for its write event");
+			return IO_ERROR;
+		}
 		return IO_AGAIN;
 	}
 	io_ssl_error(io, "TLS handshake", n, err);

@@ -1,8 +1,9 @@
 /*
  * io.h: the transport layer. A struct io is one socket, plain or TLS, with an
- * input and an output buffer and its two libevent events. It moves bytes and
- * reports what happened; it never looks inside them. Nothing above this layer
- * calls read(), write(), SSL_read() or SSL_write().
+ * input and an output buffer and its libevent events (read; write once a
+ * write would block). It moves bytes and reports what happened; it never
+ * looks inside them. Nothing above this layer calls read(), write(),
+ * SSL_read() or SSL_write().
  *
  * Contract: io_read() and io_flush() never block. When they cannot make
  * progress they arm the events that will let them, and the owner's callback
@@ -33,7 +34,7 @@ struct io {
 	SSL *ssl;        /* NULL for plaintext */
 	bool ssl_owned;  /* we free it (client side); libpq owns the backend's */
 	struct event *ev_read;
-	struct event *ev_write;
+	struct event *ev_write; /* made the first time a write would block (NULL until then) */
 	bool reading;    /* ev_read is added */
 	bool writing;    /* ev_write is added */
 	bool ssl_read_wants_write;  /* SSL_read returned WANT_WRITE */
@@ -42,7 +43,7 @@ struct io {
 	bool in_borrowed;           /* in is the worker's scratch buffer: io_close must not free it */
 	struct iobuf in;
 	struct iobuf out;
-	char error[128];
+	const char *error; /* "" until a failure; then its text, valid until the next failure on this thread */
 	uint64_t bytes_read;    /* since io_init(), for the per-pool byte counts (stats.c) */
 	uint64_t bytes_written;
 };

@@ -22,7 +22,14 @@
 #include "util.h"
 #include "worker.h"
 
-pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * Adaptive: a thread that finds the lock taken spins a little before it
+ * sleeps. Every section under it is a few list operations, so the holder is
+ * almost always done within the spin; with a plain mutex the two workers of
+ * pgbench -S -c 32 made 0.23 futex calls per transaction between them
+ * (bench/README.md, issue 21).
+ */
+pthread_mutex_t pool_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 
 static struct list_node pools = LIST_HEAD_INIT(pools);
 
@@ -283,13 +290,17 @@ static void pool_add_waiter_locked(struct pool *pool, struct pool_waiter *waiter
  * POOL_LOCAL_WAITER_MAX_SKIP_USEC: then the oldest of the next
  * POOL_LOCAL_WAITER_SCAN waiters that is on w, if there is one. Handing the
  * backend across costs a detach, an attach, a peek and a wake-up of the
- * other worker. Under pgbench -S with 32 clients and 16 backends, strict
+ * other worker: about five system calls (epoll_ctl twice, eventfd write and
+ * read, recv). Under pgbench -S with 32 clients and 16 backends, strict
  * first come, first served moved a backend between two workers in about 37 %
- * of transactions, this choice in 27-32 % (bench/README.md). No waiter is
- * passed over for longer than the skip limit.
+ * of transactions; a 1 ms limit over 8 waiters in 27-46 %, some two
+ * system calls per transaction; this limit in a few percent (bench/README.md).
+ * Backends settle on the workers in proportion to their waiters: a worker
+ * short of them sees its oldest waiter pass the limit and gets one more from
+ * the other. No waiter is passed over for longer than the limit.
  */
-#define POOL_LOCAL_WAITER_SCAN 8
-#define POOL_LOCAL_WAITER_MAX_SKIP_USEC 1000
+#define POOL_LOCAL_WAITER_SCAN 64
+#define POOL_LOCAL_WAITER_MAX_SKIP_USEC 5000
 
 /*
  * May waiter be given s? Not a backend another client used, if it waits for

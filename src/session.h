@@ -21,7 +21,9 @@
 
 /* The parameters of one client's session, as pgmux carries them. */
 struct session_params {
-	char *reported[PARAMS_N_CARRIED]; /* carried reported parameters as the client last saw them (NULL: unset) */
+	char *reported[PARAMS_N_CARRIED]; /* carried reported parameters as the client last saw them (NULL: unset);
+	                                   * common values point to shared constants (session.c): never write
+	                                   * through these, change them with session_params_set_reported() */
 	struct strmap set;       /* other parameters: from the startup packet (options -c ...), then as the
 	                          * session's own SETs left them (read back, see session_settings_sql()) */
 	struct strmap startup;   /* set as the startup packet gave it: what RESET goes back to */
@@ -34,6 +36,9 @@ void session_params_free(struct session_params *p);
 
 /* Record a carried parameter's value as the client sees it now (ParameterStatus, startup). */
 void session_params_set_reported(struct session_params *p, int index, const char *value);
+
+/* Forget a carried parameter's value: the client has none of its own (the server's default goes). */
+void session_params_unset_reported(struct session_params *p, int index);
 
 /*
  * A parameter from the startup packet (or its options): a carried reported

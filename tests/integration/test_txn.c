@@ -121,8 +121,9 @@ static long long queued_clock_ok(PGconn *conn, const char *who)
 
 /*
  * A backend given back goes to a waiter on its own worker thread when the
- * oldest waiter is on the other one and has waited under a millisecond, which
- * saves moving the backend between threads. A waiter that has waited longer
+ * oldest waiter is on the other one and has waited under 5 ms
+ * (POOL_LOCAL_WAITER_MAX_SKIP_USEC), which saves moving the backend between
+ * threads. A waiter that has waited longer
  * comes first, wherever it is. The harness starts two workers and pgmux deals
  * connections to them in turn, so x and z share one and y has the other.
  */

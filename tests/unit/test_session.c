@@ -320,8 +320,7 @@ Test(session_state_sql, an_unset_reported_parameter_goes_back_to_the_default)
 
 	fixture_init(&f);
 	/* The client never set TimeZone; the backend's was changed by its last client. */
-	free(f.want.reported[tz]);
-	f.want.reported[tz] = NULL;
+	session_params_unset_reported(&f.want, tz);
 	f.reported.values[4] = "Asia/Tokyo";
 	cr_assert(session_state_sql(&f.sql, &f.want, &f.b, NULL));
 	cr_assert_str_eq(text_of(&f.sql), "SELECT pg_catalog.set_config('timezone','UTC', false)");
