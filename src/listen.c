@@ -665,11 +665,22 @@ static void hub_work(struct hub *h)
 			hub_drop_connection(h, NULL);
 		pool_login_clear(&h->where);
 		pthread_mutex_lock(&listen_lock);
-		log_debug("pool %s@%s: nobody listens any more, LISTEN connection closed", h->pool->user,
-			  h->pool->database);
-		hub_free_locked(h);
-		pthread_mutex_unlock(&listen_lock);
-		return;
+		if (h->subscriptions == 0 && h->n_waiters == 0) {
+			log_debug("pool %s@%s: nobody listens any more, LISTEN connection closed", h->pool->user,
+				  h->pool->database);
+			hub_free_locked(h);
+			pthread_mutex_unlock(&listen_lock);
+			return;
+		}
+		/*
+		 * A client subscribed while the connection was being closed (the
+		 * lock is not held across the close): the hub stays, and connects
+		 * again at once for it.
+		 */
+		changed = h->changed;
+		waiting = h->n_waiters > 0;
+		h->retry_at_usec = now;
+		h->retry_delay_usec = RETRY_FIRST_USEC;
 	}
 	pthread_mutex_unlock(&listen_lock);
 	switch (h->state) {
