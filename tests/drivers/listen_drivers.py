@@ -150,9 +150,13 @@ async def asyncpg_listen():
 # ---------------------------------------------------------------- psql
 def psql_listen():
     # psql prints a notification after the command during which it arrived.
+    # Delivery is asynchronous, directly too (the listening backend is
+    # signalled after the NOTIFY commits): one that comes after the last
+    # command's answer is never printed, so the script waits a moment first.
     script = (
         "LISTEN psql_chan;\n"
         "\\! %s '%s' -qAtc \"NOTIFY psql_chan, 'from psql'\"\n"
+        "SELECT pg_sleep(0.5);\n"
         "SELECT 'after';\n" % (PSQL, DIRECT_DSN)
     )
     out = subprocess.run(
