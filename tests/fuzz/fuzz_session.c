@@ -127,6 +127,9 @@ static void answer_requests(void)
 		case CONTROL_SHUTDOWN:
 			worker_post_admin_reply(r->reply_to, r->client_id, true, "SHUTDOWN");
 			break;
+		case CONTROL_SECRET_HOSTS:
+			FUZZ_CHECK(false, "CONTROL_SECRET_HOSTS comes from the secrets refresh, never from a client");
+			break;
 		case CONTROL_CUTOVER:
 			if (config_parse_hosts(r->arg, &hosts, &n, err, sizeof(err)) != 0) {
 				worker_post_admin_reply(r->reply_to, r->client_id, false, err);

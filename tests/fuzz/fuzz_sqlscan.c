@@ -52,7 +52,9 @@ static void same(const struct sql_scan_result *a, const struct sql_scan_result *
  * The LISTEN texts pgmux answers itself (sqlscan_listen.c): whatever it
  * takes is a LISTEN text to sql_scan() too (it pins with LISTEN, or has the
  * UNLISTEN effect, and nothing else), and every channel name is a
- * terminated name of 1 to 63 bytes.
+ * terminated name of 1 to 63 bytes. One over-reading is allowed: a channel
+ * named like a writing command (LISTEN update, a name PostgreSQL accepts)
+ * reads as a write to sql_scan(), which only makes pgmux check more.
  */
 static void check_listen(const char *text, size_t len)
 {
@@ -65,7 +67,7 @@ static void check_listen(const char *text, size_t len)
 	if (n == 0)
 		return;
 	sql_scan(text, len, NULL, 0, &scan);
-	if ((scan.pin != SQL_PIN_NONE && scan.pin != SQL_PIN_LISTEN) || (scan.effects & ~SQL_EFFECT_UNLISTEN) != 0)
+	if ((scan.pin != SQL_PIN_NONE && scan.pin != SQL_PIN_LISTEN) || (scan.effects & ~(SQL_EFFECT_UNLISTEN | SQL_EFFECT_WRITE)) != 0)
 		abort();
 	for (int i = 0; i < n; i++) {
 		size_t name_len = strnlen(cmds[i].channel, sizeof(cmds[i].channel));
