@@ -775,7 +775,12 @@ void listen_stop(void)
 		event_base_loopbreak(listen_base);
 		pthread_join(listen_thread, NULL);
 	}
-	/* The thread is gone: its connections are closed here. */
+	/*
+	 * The thread is gone: its connections are closed here, under the lock,
+	 * since the workers still run (a client closing now unsubscribes, and
+	 * finds no hub).
+	 */
+	pthread_mutex_lock(&listen_lock);
 	while (!list_empty(&hubs)) {
 		struct hub *h = list_entry(hubs.next, struct hub, node);
 
@@ -787,6 +792,7 @@ void listen_stop(void)
 		pool_login_clear(&h->where);
 		hub_free_locked(h);
 	}
+	pthread_mutex_unlock(&listen_lock);
 	if (wake_event)
 		event_free(wake_event);
 	if (tick_event)
