@@ -466,6 +466,13 @@ void pool_instance_report(struct target *t, bool healthy, enum instance_role rol
 		pool_drop_idle_of_locked(t, &doomed);
 	}
 	if (role == ROLE_WRITER && t != writer && !writer_usable_locked()) {
+		/*
+		 * A writer pgmux had but cannot use (suspect after its connections
+		 * failed, before its health check fails) is left for this one: a
+		 * failover too, counted as one.
+		 */
+		if (writer != NULL && writer_lost_usec == 0)
+			writer_lost_usec = now;
 		writer = t;
 		stats_writer_found(writer_lost_usec, now);
 		if (writer_lost_usec)
