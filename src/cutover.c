@@ -202,9 +202,9 @@ bool cutover_parse_lsn(const char *text, uint64_t *out)
 
 /* ------------------------------------------------------- control connections */
 
-static void ctl_close(struct ctl_conn *k)
+/* Close k's connection and its event, if it has one. */
+static void ctl_disconnect(struct ctl_conn *k)
 {
-	pgconn_cancel(&k->connect);
 	if (k->io) {
 		event_free(k->io);
 		k->io = NULL;
@@ -213,6 +213,12 @@ static void ctl_close(struct ctl_conn *k)
 		PQfinish(k->pg);
 		k->pg = NULL;
 	}
+}
+
+static void ctl_close(struct ctl_conn *k)
+{
+	pgconn_cancel(&k->connect);
+	ctl_disconnect(k);
 	if (k->result) {
 		PQclear(k->result);
 		k->result = NULL;
@@ -253,14 +259,7 @@ static void ctl_fail(struct ctl_conn *k, const char *error)
 
 	snprintf(copy, sizeof(copy), "%s", error);
 	/* A connection that failed is not used again: the next step opens another. */
-	if (k->io) {
-		event_free(k->io);
-		k->io = NULL;
-	}
-	if (k->pg) {
-		PQfinish(k->pg);
-		k->pg = NULL;
-	}
+	ctl_disconnect(k);
 	ctl_finish(k, NULL, copy);
 }
 
