@@ -137,8 +137,7 @@ struct ctl_conn {
 	int port;
 	struct pgconn connect;
 	PGconn *pg;
-	struct event *io;
-	PGresult *result; /* the first result of the query under way */
+	struct pgconn_query query;
 	char *result_text; /* kept for a later step: the old writer's sequences, for the new target */
 	ctl_done_fn done; /* what is under way, or NULL */
 	char last_error[256];
@@ -186,7 +185,6 @@ static struct {
 int cutover_workers_pending;
 
 static void cutover_abandon(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void ctl_on_io(evutil_socket_t fd, short what, void *arg);
 
 bool cutover_parse_lsn(const char *text, uint64_t *out)
 {
@@ -202,13 +200,10 @@ bool cutover_parse_lsn(const char *text, uint64_t *out)
 
 /* ------------------------------------------------------- control connections */
 
-/* Close k's connection and its event, if it has one. */
+/* Close k's connection and stop its query, if it has them. */
 static void ctl_disconnect(struct ctl_conn *k)
 {
-	if (k->io) {
-		event_free(k->io);
-		k->io = NULL;
-	}
+	pgconn_query_cancel(&k->query);
 	if (k->pg) {
 		PQfinish(k->pg);
 		k->pg = NULL;
@@ -219,10 +214,6 @@ static void ctl_close(struct ctl_conn *k)
 {
 	pgconn_cancel(&k->connect);
 	ctl_disconnect(k);
-	if (k->result) {
-		PQclear(k->result);
-		k->result = NULL;
-	}
 	k->done = NULL;
 }
 
@@ -255,7 +246,7 @@ static void ctl_finish(struct ctl_conn *k, PGresult *res, const char *error)
 
 static void ctl_fail(struct ctl_conn *k, const char *error)
 {
-	char copy[256];
+	char copy[512];
 
 	snprintf(copy, sizeof(copy), "%s", error);
 	/* A connection that failed is not used again: the next step opens another. */
@@ -311,74 +302,28 @@ static void ctl_open(struct ctl_conn *k, const char *host, int port, const char 
 	secret_clear(&secret);
 }
 
-static void ctl_wait(struct ctl_conn *k, short what)
+/* A query of k's ended: a server's error is the step's error; a broken exchange closes k too. */
+static void ctl_on_result(void *arg, PGresult *res, const char *error)
 {
-	if (k->io)
-		event_free(k->io);
-	k->io = event_new(X.base, PQsocket(k->pg), what, ctl_on_io, k);
-	if (k->io == NULL || event_add(k->io, NULL) != 0)
-		ctl_fail(k, "out of memory");
+	struct ctl_conn *k = arg;
+	ExecStatusType st;
+
+	if (res == NULL) {
+		ctl_fail(k, error);
+		return;
+	}
+	st = PQresultStatus(res);
+	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+		ctl_finish(k, res, NULL);
+	else
+		ctl_finish(k, NULL, PQresultErrorMessage(res));
 }
 
 /* Send sql with its text parameters on a ready connection; done hears the (first) result. */
 static void ctl_query(struct ctl_conn *k, const char *sql, int n_params, const char *const *params, ctl_done_fn done)
 {
-	int flushed;
-
 	k->done = done;
-	if (!PQsendQueryParams(k->pg, sql, n_params, NULL, params, NULL, NULL, 0)) {
-		ctl_fail(k, PQerrorMessage(k->pg));
-		return;
-	}
-	flushed = PQflush(k->pg);
-	if (flushed < 0) {
-		ctl_fail(k, PQerrorMessage(k->pg));
-		return;
-	}
-	ctl_wait(k, flushed ? EV_READ | EV_WRITE : EV_READ);
-}
-
-static void ctl_on_io(evutil_socket_t fd, short what, void *arg)
-{
-	struct ctl_conn *k = arg;
-	int flushed = 0;
-
-	(void)fd;
-	if (k->done == NULL || k->pg == NULL)
-		return;
-	if (what & EV_WRITE) {
-		flushed = PQflush(k->pg);
-		if (flushed < 0) {
-			ctl_fail(k, PQerrorMessage(k->pg));
-			return;
-		}
-	}
-	if (!PQconsumeInput(k->pg)) {
-		ctl_fail(k, PQerrorMessage(k->pg));
-		return;
-	}
-	while (!PQisBusy(k->pg)) {
-		PGresult *res = PQgetResult(k->pg);
-
-		if (res == NULL) {
-			PGresult *r = k->result;
-			ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-
-			k->result = NULL;
-			if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-				ctl_finish(k, r, NULL);
-			else
-				ctl_finish(k, NULL, r ? PQresultErrorMessage(r) : "no result");
-			PQclear(r);
-			return;
-		}
-		if (k->result)
-			PQclear(res);
-		else
-			k->result = res;
-	}
-	/* A long query (the sequences' JSON) may not have left in one go. */
-	ctl_wait(k, flushed ? EV_READ | EV_WRITE : EV_READ);
+	pgconn_query_start(&k->query, X.base, k->pg, sql, n_params, params, ctl_on_result, k);
 }
 
 /* ------------------------------------------------------------- the cutover */

@@ -59,7 +59,7 @@ struct monitor_conn {
 	bool connected_before; /* pg was up when this check began: one quiet retry on failure */
 	bool retried;
 	bool aurora;
-	struct event *io_event; /* the query's */
+	struct pgconn_query query; /* while MON_QUERYING */
 	struct event *deadline;
 };
 
@@ -75,16 +75,12 @@ static int n_mons;
 static unsigned round_number;
 
 static void monitor_start_check(struct monitor_conn *m);
-static void monitor_on_io(evutil_socket_t fd, short what, void *arg);
 
 /* ------------------------------------------------------------------ results */
 
 static void monitor_reset(struct monitor_conn *m)
 {
-	if (m->io_event) {
-		event_free(m->io_event);
-		m->io_event = NULL;
-	}
+	pgconn_query_cancel(&m->query);
 	if (m->deadline)
 		evtimer_del(m->deadline);
 	pgconn_cancel(&m->connect);
@@ -193,59 +189,21 @@ static void monitor_result(struct monitor_conn *m, PGresult *res)
 
 /* ------------------------------------------------------------ the exchange */
 
-static void monitor_wait(struct monitor_conn *m, short what)
+static void monitor_on_result(void *arg, PGresult *res, const char *error)
 {
-	if (m->io_event)
-		event_free(m->io_event);
-	m->io_event = event_new(mon_base, PQsocket(m->pg), what, monitor_on_io, m);
-	if (m->io_event == NULL) {
-		monitor_fail(m, "out of memory");
-		return;
-	}
-	event_add(m->io_event, NULL);
+	struct monitor_conn *m = arg;
+
+	if (res == NULL)
+		monitor_fail(m, error);
+	else
+		monitor_result(m, res);
 }
 
 static void monitor_send_query(struct monitor_conn *m)
 {
-	int flushed;
-
 	m->state = MON_QUERYING;
-	if (!PQsendQuery(m->pg, m->aurora ? aurora_check_sql : plain_check_sql)) {
-		monitor_fail(m, PQerrorMessage(m->pg));
-		return;
-	}
-	flushed = PQflush(m->pg);
-	if (flushed < 0) {
-		monitor_fail(m, PQerrorMessage(m->pg));
-		return;
-	}
-	monitor_wait(m, flushed ? EV_READ | EV_WRITE : EV_READ);
-}
-
-static void monitor_on_io(evutil_socket_t fd, short what, void *arg)
-{
-	struct monitor_conn *m = arg;
-
-	if (m->state != MON_QUERYING)
-		return;
-	if ((what & EV_WRITE) && PQflush(m->pg) < 0) {
-		monitor_fail(m, PQerrorMessage(m->pg));
-		return;
-	}
-	if (!PQconsumeInput(m->pg)) {
-		monitor_fail(m, PQerrorMessage(m->pg));
-		return;
-	}
-	while (!PQisBusy(m->pg)) {
-		PGresult *res = PQgetResult(m->pg);
-
-		if (res == NULL)
-			return; /* the result was handled; monitor_result reset the state */
-		if (m->state == MON_QUERYING)
-			monitor_result(m, res);
-		PQclear(res);
-	}
-	monitor_wait(m, EV_READ);
+	pgconn_query_start(&m->query, mon_base, m->pg, m->aurora ? aurora_check_sql : plain_check_sql, 0, NULL,
+			   monitor_on_result, m);
 }
 
 /*

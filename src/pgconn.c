@@ -4,7 +4,10 @@
  * PQconnectStartParams with hostaddr, then waits on the loop for whichever
  * direction PQconnectPoll asks for, following the socket should libpq
  * replace it (another address, a retry without TLS). Error verbosity is
- * raised while it connects so that a FATAL comes with its SQLSTATE.
+ * raised while it connects so that a FATAL comes with its SQLSTATE. A query
+ * (pgconn_query_start()) is sent with PQsendQuery (PQsendQueryParams with
+ * parameters), flushed as the socket takes it, and read with PQconsumeInput
+ * until PQgetResult has no more.
  */
 #include "pgconn.h"
 
@@ -27,6 +30,7 @@
 #include "build_config.h"
 
 static void pgconn_on_event(evutil_socket_t fd, short what, void *arg);
+static void pgconn_query_on_event(evutil_socket_t fd, short what, void *arg);
 
 bool pgconn_host_is_numeric(const char *host)
 {
@@ -285,4 +289,119 @@ void pgconn_start(struct pgconn *c, struct event_base *base, struct evdns_base *
 	request = evdns_getaddrinfo(dns, params->host, NULL, &hints, pgconn_resolved, c);
 	if (request)
 		c->dns_request = request;
+}
+
+/* ------------------------------------------------------------------ queries */
+
+void pgconn_query_cancel(struct pgconn_query *q)
+{
+	if (q->event) {
+		event_free(q->event);
+		q->event = NULL;
+	}
+	if (q->result) {
+		PQclear(q->result);
+		q->result = NULL;
+	}
+	q->pg = NULL;
+	q->base = NULL;
+	q->done = NULL;
+	q->arg = NULL;
+}
+
+bool pgconn_query_busy(const struct pgconn_query *q)
+{
+	return q->done != NULL;
+}
+
+/* The query ended: q is idle before its owner hears, so that it may start another. */
+static void pgconn_query_finish(struct pgconn_query *q, PGresult *res, const char *error)
+{
+	pgconn_result_fn done = q->done;
+	void *arg = q->arg;
+	char copy[512];
+
+	if (error) {
+		/* libpq's message lives in the connection, which the owner may close: one line of it, copied. */
+		snprintf(copy, sizeof(copy), "%s", error);
+		copy[strcspn(copy, "\n")] = '\0';
+		error = copy;
+	}
+	q->result = NULL; /* res, if it was the first result, is the caller's to free */
+	pgconn_query_cancel(q);
+	done(arg, res, error);
+}
+
+static void pgconn_query_wait(struct pgconn_query *q, short what)
+{
+	if (q->event)
+		event_free(q->event);
+	q->event = event_new(q->base, PQsocket(q->pg), what, pgconn_query_on_event, q);
+	if (q->event == NULL || event_add(q->event, NULL) != 0)
+		pgconn_query_finish(q, NULL, "out of memory");
+}
+
+void pgconn_query_start(struct pgconn_query *q, struct event_base *base, PGconn *pg, const char *sql, int n_params,
+			const char *const *params, pgconn_result_fn done, void *arg)
+{
+	int flushed;
+
+	pgconn_query_cancel(q);
+	q->pg = pg;
+	q->base = base;
+	q->done = done;
+	q->arg = arg;
+	/* Without parameters, the simple protocol: one message. */
+	if (!(n_params ? PQsendQueryParams(pg, sql, n_params, NULL, params, NULL, NULL, 0) : PQsendQuery(pg, sql))) {
+		pgconn_query_finish(q, NULL, PQerrorMessage(pg));
+		return;
+	}
+	flushed = PQflush(pg);
+	if (flushed < 0) {
+		pgconn_query_finish(q, NULL, PQerrorMessage(pg));
+		return;
+	}
+	pgconn_query_wait(q, flushed ? EV_READ | EV_WRITE : EV_READ);
+}
+
+static void pgconn_query_on_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct pgconn_query *q = arg;
+	int flushed = 0;
+
+	(void)fd;
+	if (q->done == NULL)
+		return;
+	if (what & EV_WRITE) {
+		flushed = PQflush(q->pg);
+		if (flushed < 0) {
+			pgconn_query_finish(q, NULL, PQerrorMessage(q->pg));
+			return;
+		}
+	}
+	if (!PQconsumeInput(q->pg)) {
+		pgconn_query_finish(q, NULL, PQerrorMessage(q->pg));
+		return;
+	}
+	while (!PQisBusy(q->pg)) {
+		PGresult *res = PQgetResult(q->pg);
+
+		if (res == NULL) {
+			PGresult *first = q->result;
+
+			if (first == NULL) {
+				pgconn_query_finish(q, NULL, "no result");
+				return;
+			}
+			pgconn_query_finish(q, first, NULL);
+			PQclear(first);
+			return;
+		}
+		if (q->result)
+			PQclear(res);
+		else
+			q->result = res;
+	}
+	/* A long query (the cutover's sequences) may not have left in one go. */
+	pgconn_query_wait(q, flushed ? EV_READ | EV_WRITE : EV_READ);
 }

@@ -1,11 +1,13 @@
 /*
  * pgconn.h: opening a libpq connection to a PostgreSQL instance without
- * blocking an event loop. The host name is resolved with evdns (libpq's own
+ * blocking an event loop, and querying it the same way. The host name is resolved with evdns (libpq's own
  * lookup blocks), libpq starts on the numeric address with pgmux's settings
  * for backend connections (server_tls and friends), and the loop's events
  * drive PQconnectPoll. The pool's backend connections (server.c) and the
  * health checks (monitor.c) both open theirs here; what each does with the
- * connection once it is up is its own business.
+ * connection once it is up is its own business. pgconn_query_start() runs
+ * one query on such a connection, driven by the loop's events, for the
+ * health checks and the cutover's control connections.
  */
 #ifndef PGMUX_PGCONN_H
 #define PGMUX_PGCONN_H
@@ -69,5 +71,39 @@ void pgconn_start(struct pgconn *c, struct event_base *base, struct evdns_base *
 
 /* Give up an attempt in progress (nothing is called back); harmless on an idle one. */
 void pgconn_cancel(struct pgconn *c);
+
+/*
+ * A query ended: res is its first result, whatever its status (an error the
+ * server sent is a result too; later results are dropped), freed after the
+ * call; or res is NULL and error says why the exchange itself failed (the
+ * connection broke, no result came): the connection is of no further use.
+ * The query is idle by then and may be started again, or cancelled.
+ */
+typedef void (*pgconn_result_fn)(void *arg, PGresult *res, const char *error);
+
+/* One query under way on an open, non-blocking connection; embedded in its owner, all zero when idle. */
+struct pgconn_query {
+	PGconn *pg;
+	struct event_base *base;
+	struct event *event; /* the direction the exchange waits for */
+	PGresult *result;    /* the first result, until the last has come */
+	pgconn_result_fn done;
+	void *arg;
+};
+
+/*
+ * Send sql (with n_params text parameters, $1...) on pg, an open connection
+ * with nothing under way, and drive the exchange on base until its last
+ * result; q must be idle. done hears once, unless cancelled before; it may
+ * run inside this call (the query could not be sent).
+ */
+void pgconn_query_start(struct pgconn_query *q, struct event_base *base, PGconn *pg, const char *sql, int n_params,
+			const char *const *params, pgconn_result_fn done, void *arg);
+
+/* Stop waiting for a query (nothing is called back; the connection is not closed); harmless when idle. */
+void pgconn_query_cancel(struct pgconn_query *q);
+
+/* Is a query under way? */
+bool pgconn_query_busy(const struct pgconn_query *q);
 
 #endif
