@@ -428,18 +428,21 @@ static const struct config_option option_table[] = {
 	{ .section = "target", .name = "cutover_timeout", .type = CONFIG_DURATION_MS,
 	  .default_value = "30s", .reloadable = true, .bare_unit = "s",
 	  .offset = FIELD(cutover_timeout_ms), .min_value = 0, .max_value = INT_MAX,
-	  .doc = "When a reload (or CUTOVER TO in the admin console) changes hosts, pgmux "
-		 "pauses new transactions, lets those in flight finish, "
-		 "waits until the new target has caught up with the old writer (see "
-		 "cutover_require_catchup), then moves the pools to the new instances and "
-		 "resumes. When that has not happened within this time, the cutover is "
-		 "abandoned: pgmux resumes on the old instances, nothing a client sent "
-		 "fails, and the log and SHOW STATS (cutovers_abandoned) say why. "
-		 "Session-pooled and pinned clients, which cannot move, end their "
-		 "transaction on the old instance and are then closed with FATAL 57P01 "
-		 "(pgmux moved to a new server; reconnect); one whose transaction "
-		 "outlasts this time makes the cutover abandon. A number without a unit is "
-		 "seconds." },
+	  .doc = "When a reload (or CUTOVER TO in the admin console) changes hosts, pgmux first "
+		 "logs in to the old writer and the new target on control connections of its own "
+		 "(as cutover_user), without pausing; then it pauses new transactions, lets those "
+		 "in flight finish, waits until the new target has caught up with the old writer "
+		 "(see cutover_require_catchup), then moves the pools to the new instances and "
+		 "resumes. This time bounds the logins, and then, counted afresh, the pause. A "
+		 "control connection that cannot be opened refuses the cutover before anything is "
+		 "paused (unless cutover_require_catchup is false: then the cutover goes ahead "
+		 "without the checks). When the pause has not ended within this time, the cutover "
+		 "is abandoned: pgmux resumes on the old instances, nothing a client sent fails, "
+		 "and the log and SHOW STATS (cutovers_abandoned) say why. Session-pooled and "
+		 "pinned clients, which cannot move, end their transaction on the old instance and "
+		 "are then closed with FATAL 57P01 (pgmux moved to a new server; reconnect); one "
+		 "whose transaction outlasts this time makes the cutover abandon. A number without "
+		 "a unit is seconds." },
 	{ .section = "target", .name = "cutover_require_catchup", .type = CONFIG_BOOL,
 	  .default_value = "true", .reloadable = true,
 	  .offset = FIELD(cutover_require_catchup),

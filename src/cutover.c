@@ -6,8 +6,11 @@
  * asynchronous calls, so the main loop (reloads, the admin console's
  * requests, metrics) never blocks on a server.
  *
- *   DRAINING   pools paused; the transactions in flight end; the control
- *              connections open (and are retried until cutover_timeout)
+ *   CONNECTING the two control connections open and log in, before any
+ *              pause (a failure abandons the cutover at once, or with
+ *              cutover_require_catchup = false, switches without the checks)
+ *   DRAINING   pools paused; the transactions in flight end (a control
+ *              connection lost meanwhile is opened again)
  *   POSITION   the old writer's pg_current_wal_insert_lsn(); the new target's
  *              pg_is_in_recovery() and the slots of its subscriptions
  *   CATCHUP    until the new target has replayed (physical standby) or its
@@ -18,7 +21,8 @@
  *              by database, set on the new target
  *   switch     the pools move to the new instances and resume
  *
- * Any phase that does not end within cutover_timeout abandons the cutover:
+ * Any phase that does not end within cutover_timeout abandons the cutover
+ * (CONNECTING counts from the cutover's start, the others from the pause's):
  * the pools resume on the old instances, the old hosts are published again,
  * and whoever asked gets an error that says why.
  */
@@ -113,6 +117,7 @@ static const char new_sequences_sql[] =
 
 enum cutover_phase {
 	PHASE_IDLE,
+	PHASE_CONNECTING,
 	PHASE_DRAINING,
 	PHASE_POSITION,
 	PHASE_CATCHUP,
@@ -160,8 +165,10 @@ static struct {
 	/* The cutover in progress (main thread only). */
 	enum cutover_phase phase;
 	struct event *timer;
-	uint64_t started_usec;
+	uint64_t begun_usec;   /* asked for; the control connections open from here */
+	uint64_t started_usec; /* the pause began; 0 before (CONNECTING) */
 	uint64_t drained_usec;
+	bool opened; /* CONNECTING: both control connections were asked for */
 	struct target_host *hosts; /* where to */
 	int n_hosts;
 	struct target_host *before; /* where from, to go back to */
@@ -362,21 +369,25 @@ static void cutover_abandon(const char *fmt, ...)
 {
 	char why[256], text[600];
 	va_list ap;
-	uint64_t paused_ms = (pgmux_now_usec() - X.started_usec) / 1000;
+	uint64_t now = pgmux_now_usec();
+	uint64_t paused_ms = X.started_usec ? (now - X.started_usec) / 1000 : 0;
 
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 	X.publish_hosts(X.before, X.n_before);
-	pool_resume(NULL);
+	/* Abandoned while the control connections opened: nothing was paused. */
+	if (X.started_usec)
+		pool_resume(NULL);
 	pthread_mutex_lock(&X.lock);
 	X.stats.abandoned++;
 	X.stats.in_progress = false;
 	X.stats.last_pause_ms = paused_ms;
 	snprintf(X.stats.last_abandon_reason, sizeof(X.stats.last_abandon_reason), "%s", why);
 	pthread_mutex_unlock(&X.lock);
-	log_warning("cutover to %s abandoned after %llu ms: %s; pgmux goes on with the old instances", X.stats.last_hosts,
-		    (unsigned long long)paused_ms, why);
+	log_warning("cutover to %s abandoned after %llu ms (%llu ms of pause): %s; pgmux goes on with the old instances",
+		    X.stats.last_hosts, (unsigned long long)((now - X.begun_usec) / 1000), (unsigned long long)paused_ms,
+		    why);
 	snprintf(text, sizeof(text), "cutover to %s abandoned, pgmux goes on with the old instances: %s",
 		 X.stats.last_hosts, why);
 	tell_waiters(false, text);
@@ -387,6 +398,7 @@ static void cutover_switch(void)
 {
 	uint64_t now = pgmux_now_usec();
 	uint64_t paused_ms = (now - X.started_usec) / 1000;
+	uint64_t connect_ms = (X.started_usec - X.begun_usec) / 1000;
 	uint64_t catchup_ms = X.drained_usec ? (now - X.drained_usec) / 1000 : 0;
 	int pinned = (int)__atomic_load_n(&client_pinned_sessions, __ATOMIC_RELAXED);
 	int waited = pool_clients_waiting();
@@ -410,10 +422,11 @@ static void cutover_switch(void)
 	X.stats.last_abandon_reason[0] = '\0';
 	pthread_mutex_unlock(&X.lock);
 	stats_cutover_ended();
-	log_info("cutover to %s: new transactions paused for %llu ms (%llu ms of it for the catch-up); %d "
-		 "transaction(s) were in flight, %d client(s) waited; %d pinned session(s) lost their old backend",
-		 X.stats.last_hosts, (unsigned long long)paused_ms, (unsigned long long)catchup_ms, X.in_flight, waited,
-		 pinned);
+	log_info("cutover to %s: new transactions paused for %llu ms (%llu ms of it for the catch-up; the control "
+		 "connections opened in %llu ms before it); %d transaction(s) were in flight, %d client(s) waited; %d "
+		 "pinned session(s) lost their old backend",
+		 X.stats.last_hosts, (unsigned long long)paused_ms, (unsigned long long)catchup_ms,
+		 (unsigned long long)connect_ms, X.in_flight, waited, pinned);
 	tell_waiters(true, "CUTOVER");
 	cutover_end();
 }
@@ -725,13 +738,17 @@ static void on_new_state(struct ctl_conn *k, PGresult *res, const char *error)
 }
 
 /*
- * A control connection came up, or did not: the next tick tries again, unless
+ * A control connection came up, or did not. Before the pause (CONNECTING) the
+ * tick runs at once to go on; a failure there abandons the cutover (see
+ * connecting_done()). During the pause the next tick tries again, unless
  * cutover_require_catchup = false, which switches without the checks once the
  * transactions in flight have ended.
  */
 static void on_connected(struct ctl_conn *k, PGresult *res, const char *error)
 {
 	(void)res;
+	if (X.phase == PHASE_CONNECTING)
+		event_active(X.timer, EV_TIMEOUT, 1);
 	if (error == NULL)
 		return;
 	log_debug("cutover: connecting to %s %s:%d failed: %s", k->what, k->host, k->port, error);
@@ -771,17 +788,68 @@ static bool drained(void)
 	       __atomic_load_n(&client_retiring_sessions, __ATOMIC_RELAXED) == 0;
 }
 
+/* The control connections are up (or need not be): pause, and retire what cannot move. */
+static void cutover_pause(void)
+{
+	X.started_usec = pgmux_now_usec();
+	X.in_flight = pool_transactions_in_flight();
+	X.phase = PHASE_DRAINING;
+	pool_pause(NULL);
+	/* Sessions that hold their backend cannot move: each ends its transaction and goes. */
+	__atomic_store_n(&cutover_workers_pending, n_workers, __ATOMIC_RELEASE);
+	workers_broadcast(WORKER_MSG_CUTOVER);
+	log_info("cutover to %s: the control connections took %llu ms; new transactions wait while %d in flight finish "
+		 "and the new target catches up",
+		 X.stats.last_hosts, (unsigned long long)((X.started_usec - X.begun_usec) / 1000), X.in_flight);
+}
+
+/*
+ * CONNECTING: open both control connections and wait for them, so that their
+ * logins are not part of the pause. True once paused (DRAINING). A connection
+ * that cannot be opened abandons the cutover before anything paused; with
+ * cutover_require_catchup = false the pause begins anyway (on_connected()
+ * noted why the checks cannot run).
+ */
+static bool connecting_done(void)
+{
+	if (!X.opened) {
+		X.opened = true;
+		open_connections();
+		if (X.phase != PHASE_CONNECTING)
+			return false;
+	}
+	if (X.old.done || X.new.done)
+		return false;
+	if (config_current()->cutover_require_catchup) {
+		for (struct ctl_conn *k = &X.old; k; k = k == &X.old ? &X.new : NULL) {
+			if (ctl_ready(k))
+				continue;
+			cutover_abandon("cannot open a control connection to %s %s:%d (as cutover_user) before pausing: %s",
+					k->what, k->host, k->port, k->last_error);
+			return false;
+		}
+	}
+	cutover_pause();
+	return true;
+}
+
 static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 {
 	const struct config *cfg = config_current();
 	struct timeval tick = { 0, CUTOVER_TICK_USEC };
-	uint64_t elapsed_ms = (pgmux_now_usec() - X.started_usec) / 1000;
+	uint64_t elapsed_ms = (pgmux_now_usec() - (X.started_usec ? X.started_usec : X.begun_usec)) / 1000;
 
 	(void)fd;
 	(void)what;
 	(void)arg;
 	if (elapsed_ms >= (uint64_t)cfg->cutover_timeout_ms) {
 		switch (X.phase) {
+		case PHASE_CONNECTING:
+			cutover_abandon("the control connections did not open within cutover_timeout (%d ms): %s%s%s",
+					cfg->cutover_timeout_ms, ctl_ready(&X.old) ? "" : X.old.what,
+					ctl_ready(&X.old) || ctl_ready(&X.new) ? "" : " and ",
+					ctl_ready(&X.new) ? "" : X.new.what);
+			break;
 		case PHASE_DRAINING:
 			if (!drained())
 				cutover_abandon("%d transaction(s) still in flight and %lld session-pooled or pinned "
@@ -813,6 +881,12 @@ static void cutover_tick(evutil_socket_t fd, short what, void *arg)
 					cfg->cutover_timeout_ms);
 			break;
 		}
+		return;
+	}
+	/* Once the control connections are up, the pause begins and the drain with it, in this tick. */
+	if (X.phase == PHASE_CONNECTING && !connecting_done()) {
+		if (X.phase != PHASE_IDLE)
+			evtimer_add(X.timer, &tick);
 		return;
 	}
 	switch (X.phase) {
@@ -859,28 +933,32 @@ void cutover_begin(struct target_host *hosts, int n_hosts, const struct target_h
 	size_t used = 0;
 
 	if (X.phase != PHASE_IDLE) {
-		/* The newest list wins: its checks start again, from the drain; whoever asked hears when it ends. */
+		/*
+		 * The newest list wins: its checks start again, from the control
+		 * connections (during the pause if it began: from the drain);
+		 * whoever asked hears when it ends.
+		 */
 		config_free_hosts(X.hosts, X.n_hosts);
 		ctl_reset(&X.old);
 		ctl_reset(&X.new);
 		free_databases();
 		X.new_in_recovery = false;
-		X.phase = PHASE_DRAINING;
+		X.opened = false;
+		X.phase = X.started_usec ? PHASE_DRAINING : PHASE_CONNECTING;
 	} else {
-		X.started_usec = pgmux_now_usec();
+		X.begun_usec = pgmux_now_usec();
+		X.started_usec = 0;
 		X.drained_usec = 0;
-		X.in_flight = pool_transactions_in_flight();
+		X.in_flight = 0;
+		X.opened = false;
 		X.before = xcalloc((size_t)n_before, sizeof(*X.before));
 		for (int i = 0; i < n_before; i++) {
 			X.before[i].host = xstrdup(before[i].host);
 			X.before[i].port = before[i].port;
 		}
 		X.n_before = n_before;
-		X.phase = PHASE_DRAINING;
-		pool_pause(NULL);
-		/* Sessions that hold their backend cannot move: each ends its transaction and goes. */
-		__atomic_store_n(&cutover_workers_pending, n_workers, __ATOMIC_RELEASE);
-		workers_broadcast(WORKER_MSG_CUTOVER);
+		/* The pause waits for the control connections (connecting_done()). */
+		X.phase = PHASE_CONNECTING;
 		evtimer_add(X.timer, &now);
 	}
 	X.hosts = hosts;
@@ -906,9 +984,9 @@ void cutover_begin(struct target_host *hosts, int n_hosts, const struct target_h
 		used += (size_t)n;
 	}
 	pthread_mutex_unlock(&X.lock);
-	log_info("cutover to %s begins: new transactions wait while %d in flight finish and the new target catches up "
-		 "(cutover_timeout %d ms)",
-		 X.stats.last_hosts, X.in_flight, config_current()->cutover_timeout_ms);
+	log_info("cutover to %s begins: the control connections open, then new transactions wait while those in flight "
+		 "finish and the new target catches up (cutover_timeout %d ms)",
+		 X.stats.last_hosts, config_current()->cutover_timeout_ms);
 }
 
 bool cutover_in_progress(void)

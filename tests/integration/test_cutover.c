@@ -490,11 +490,14 @@ Test(cutover, open_transaction_finishes_on_old_server_first)
 
 	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", pgb.port);
 	cr_assert(PQsendQuery(admin, sql));
-	/* pgmux pauses first: poll until it says so, then a new transaction must wait. */
+	/*
+	 * pgmux logs in to both servers (its control connections), then pauses:
+	 * poll until it says so, then a new transaction must wait.
+	 */
 	PGconn *watch = h_admin_session(&px);
-	cr_assert(h_admin_poll_cell(watch, "SHOW STATS", "name", "cutover_in_progress", "value", "1", 5000),
-		  "SHOW STATS never showed the cutover in progress");
-	cr_expect_eq(h_admin_stat(watch, "paused"), 1);
+	cr_assert(h_admin_poll_cell(watch, "SHOW STATS", "name", "paused", "value", "1", 5000),
+		  "SHOW STATS never showed pgmux paused for the cutover");
+	cr_expect_eq(h_admin_stat(watch, "cutover_in_progress"), 1);
 	cr_assert(PQsendQuery(other, "select inet_server_port()"));
 	h_expect_no_result(other, 1000, "a new transaction during the cutover");
 	h_expect_no_result(admin, 10, "CUTOVER TO while a transaction is open");
