@@ -99,6 +99,64 @@ static void on_secrets_refreshed(void)
 	control_request(CONTROL_SECRET_HOSTS, NULL, NULL, 0);
 }
 
+/* A string with no control character and no space at either end (a user or host name as written). */
+static bool plain_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return false;
+	return n > 0 && s[0] != ' ' && s[n - 1] != ' ';
+}
+
+/*
+ * --check: hosts_from_secret as far as it can be checked offline: the value
+ * is a user name, and when the secret is a file in secrets_dir, it names a
+ * host. A secret that only Secrets Manager holds is not read here. The
+ * number of problems printed.
+ */
+static int check_hosts_from_secret(const struct config *cfg, const char *path)
+{
+	const char *user = cfg->hosts_from_secret;
+	struct secret secret;
+	int errors = 0;
+
+	if (user[0] == '\0')
+		return 0;
+	if (!plain_name(user) || strlen(user) > 63) {
+		fprintf(stderr, "pgmux: %s: hosts_from_secret = \"%s\" is not a user name (at most 63 bytes, no control "
+			"character, no space at either end)\n",
+			path, user);
+		return 1;
+	}
+	if (!secrets_find(user, &secret)) {
+		if (cfg->secrets_manager_secrets[0]) {
+			printf("pgmux: %s: hosts_from_secret: no file in secrets_dir has user %s; it must be one of "
+			       "secrets_manager_secrets, which --check does not read\n",
+			       path, user);
+			return 0;
+		}
+		fprintf(stderr, "pgmux: %s: hosts_from_secret: no secret has user %s (none in secrets_dir %s, and "
+			"secrets_manager_secrets is empty)\n",
+			path, user, cfg->secrets_dir[0] ? cfg->secrets_dir : "\"\"");
+		return 1;
+	}
+	if (secret.host == NULL || secret.host[0] == '\0') {
+		fprintf(stderr, "pgmux: %s: hosts_from_secret: the secret of %s in %s has no \"host\" (the writer's host "
+			"name or address)\n",
+			path, user, cfg->secrets_dir);
+		errors++;
+	} else if (!plain_name(secret.host) || strchr(secret.host, ' ') || strlen(secret.host) > 255) {
+		fprintf(stderr, "pgmux: %s: hosts_from_secret: the \"host\" of %s's secret in %s is not a host name or "
+			"address\n",
+			path, user, cfg->secrets_dir);
+		errors++;
+	}
+	secret_clear(&secret);
+	return errors;
+}
+
 static int check_configuration(const char *path)
 {
 	struct config *cfg;
@@ -136,6 +194,7 @@ static int check_configuration(const char *path)
 		fprintf(stderr, "pgmux: %s: %s\n", path, control_health_check_user_problem(cfg, n));
 		errors++;
 	}
+	errors += check_hosts_from_secret(cfg, path);
 	control_warn_risky_settings(cfg);
 	if (errors == 0)
 		printf("pgmux: %s: the configuration is valid (%d secret(s) in %s)\n", path, n < 0 ? 0 : n,

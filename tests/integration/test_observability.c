@@ -130,20 +130,28 @@ Test(observability_cli, check_names_the_file_and_line_of_an_error)
 	h_cmd_free(&c);
 }
 
-/* A secret file that cannot be used fails the check and is named. */
-Test(observability_cli, check_fails_on_a_bad_secret_file)
+/* A secrets_dir of the test's own (into dir) holding a copy of the suite's app secret. */
+static void secrets_dir_with_app(char *dir, size_t size)
 {
-	struct pgmux_options o;
-	struct h_cmd c;
-	char dir[600], from[700], to[700], bad[700];
+	char from[700], to[700];
 
-	snprintf(dir, sizeof(dir), "%s/secrets", h_test_dir());
+	snprintf(dir, size, "%s/secrets", h_test_dir());
 	cr_assert_eq(mkdir(dir, 0700), 0);
 	snprintf(from, sizeof(from), "%s/app.json", h_env()->secrets);
 	snprintf(to, sizeof(to), "%s/app.json", dir);
 	char *text = h_read_file(from);
 	h_write_file(to, text, 0600);
 	free(text);
+}
+
+/* A secret file that cannot be used fails the check and is named. */
+Test(observability_cli, check_fails_on_a_bad_secret_file)
+{
+	struct pgmux_options o;
+	struct h_cmd c;
+	char dir[600], bad[700];
+
+	secrets_dir_with_app(dir, sizeof(dir));
 	snprintf(bad, sizeof(bad), "%s/broken.json", dir);
 	h_write_file(bad, "{\"username\": \"x\", \"password\": ", 0600);
 	pgmux_options_default(&o);
@@ -154,6 +162,55 @@ Test(observability_cli, check_fails_on_a_bad_secret_file)
 	cr_assert_eq(run_pgmux(&c, args), 1, "stdout: %s stderr: %s", c.out, c.err);
 	cr_expect(strstr(c.err, "broken.json") != NULL, "the bad file is not named: %s", c.err);
 	h_cmd_free(&c);
+}
+
+/*
+ * hosts_from_secret, as far as it can be checked offline: a value that is no
+ * user name, a user with no secret (and no Secrets Manager to hold one), and
+ * a secret file without a host each fail the check, named; one with a host
+ * passes.
+ */
+Test(observability_cli, check_validates_hosts_from_secret)
+{
+	static const struct {
+		const char *value, *secret, *expect; /* secret: cluster.json's text, or NULL for none */
+	} cases[] = {
+		{ "cluster", "{\"username\": \"cluster\", \"password\": \"pw\", \"port\": 5432}", "has no \"host\"" },
+		{ "cluster", "{\"username\": \"cluster\", \"password\": \"pw\", \"host\": \"db one\"}",
+		  "is not a host name or address" },
+		{ "nobody", NULL, "no secret has user nobody" },
+		{ "a_name_longer_than_the_63_bytes_of_any_postgresql_user_name_there_is", NULL, "is not a user name" },
+		{ "cluster", "{\"username\": \"cluster\", \"password\": \"pw\", \"host\": \"db.example.com\"}", NULL },
+	};
+	char dir[600], secret[700], extra[200];
+
+	secrets_dir_with_app(dir, sizeof(dir));
+	snprintf(secret, sizeof(secret), "%s/cluster.json", dir);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct pgmux_options o;
+		struct h_cmd c;
+
+		unlink(secret);
+		if (cases[i].secret)
+			h_write_file(secret, cases[i].secret, 0600);
+		pgmux_options_default(&o);
+		o.secrets_dir = dir;
+		o.health_check_user = "app";
+		snprintf(extra, sizeof(extra), "hosts_from_secret = %s", cases[i].value);
+		o.extra_target = extra;
+		cr_assert(pgmux_write_config(&px, &o));
+		const char *const args[] = { "--check", px.config, NULL };
+		int status = run_pgmux(&c, args);
+		if (cases[i].expect) {
+			cr_expect_eq(status, 1, "hosts_from_secret = \"%s\" passed: %s", cases[i].value, c.out);
+			cr_expect(strstr(c.err, cases[i].expect) != NULL && strstr(c.err, "hosts_from_secret") != NULL,
+				  "case %zu: \"%s\" is not in: %s", i, cases[i].expect, c.err);
+		} else {
+			cr_expect_eq(status, 0, "a secret with a host failed the check: %s", c.err);
+			cr_expect(strstr(c.out, "the configuration is valid") != NULL, "stdout: %s", c.out);
+		}
+		h_cmd_free(&c);
+	}
 }
 
 /* A TLS key file that cannot be read fails the check. */
