@@ -92,9 +92,16 @@ static int parse_list(const char *text, char *err, size_t errlen)
 	return 0;
 }
 
+/* Two optional fields of a secret hold the same text (or are both absent). */
+static bool same_text(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 /*
  * One GetSecretValue. On success *changed says whether m now holds another
- * user or password than before (always true for the first read).
+ * user, password, host, port or dbname than before (always true for the
+ * first read).
  */
 static int read_secret(struct managed_secret *m, bool *changed, char *err, size_t errlen)
 {
@@ -138,18 +145,26 @@ static int read_secret(struct managed_secret *m, bool *changed, char *err, size_
 		error_printf(err, errlen, "the secret is not a database secret: %s", why);
 		goto out;
 	}
-	*changed = m->version_id == NULL || strcmp(fresh.username, m->secret.username) != 0 ||
-		   strcmp(fresh.password, m->secret.password) != 0;
-	if (*changed) {
+	if (m->version_id == NULL || strcmp(fresh.username, m->secret.username) != 0 ||
+	    strcmp(fresh.password, m->secret.password) != 0) {
 		/* The PBKDF2, only for a user or password that changed. */
 		if (secret_compute_verifier(&fresh, why, sizeof(why)) != 0) {
 			error_printf(err, errlen, "%s", why);
 			secret_clear(&fresh);
-			*changed = false;
 			goto out;
 		}
 		secret_clear(&m->secret);
 		m->secret = fresh;
+		*changed = true;
+	} else if (!same_text(fresh.host, m->secret.host) || fresh.port != m->secret.port ||
+		   !same_text(fresh.dbname, m->secret.dbname)) {
+		/* Where the server is (hosts_from_secret follows it): the verifier stays, the new fields come in. */
+		struct secret old = m->secret;
+
+		fresh.scram = old.scram;
+		m->secret = fresh;
+		secret_clear(&old);
+		*changed = true;
 	} else {
 		secret_clear(&fresh);
 	}
