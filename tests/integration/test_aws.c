@@ -15,6 +15,7 @@
  * shared files point nowhere.
  */
 #include "harness.h"
+#include "harness_aws.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -37,127 +38,7 @@ static struct pgmux px;
 
 /* ---------------------------------------------------------------- Python, moto */
 
-static const char *python(void)
-{
-	const char *p = getenv("PGMUX_TEST_PYTHON");
-
-	return p && p[0] ? p : "python3";
-}
-
-/* Skip the test (with the reason) unless python can import every module named. */
-static void require_python_modules(const char *modules)
-{
-	struct h_cmd c;
-	char code[256];
-
-	snprintf(code, sizeof(code), "import %s", modules);
-	const char *argv[] = { python(), "-c", code, NULL };
-	int st = h_cmd_run(&c, argv, NULL, 60000);
-	if (st != 0) {
-		fprintf(stderr, "%s cannot import %s (status %d): %s\n", python(), modules, st, c.err ? c.err : "");
-		h_cmd_free(&c);
-		cr_skip_test("%s has no %s (set PGMUX_TEST_PYTHON to a Python with moto 5, boto3 and botocore)",
-			     python(), modules);
-	}
-	h_cmd_free(&c);
-}
-
-/* The environment every test starts from: no credentials anywhere but where the test puts them. */
-static void clean_aws_environment(void)
-{
-	static const char *const unset[] = {
-		"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-		"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-		"AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_ENDPOINT_URL",
-		"AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_STS", "AWS_REGION", "AWS_DEFAULT_REGION",
-		"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-		/* moto and the fake endpoints are on loopback: no proxy in between. */
-		"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy",
-	};
-
-	for (size_t i = 0; i < sizeof(unset) / sizeof(unset[0]); i++)
-		unsetenv(unset[i]);
-	setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
-	setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/pgmux-test/credentials", 1);
-	setenv("AWS_CONFIG_FILE", "/nonexistent/pgmux-test/config", 1);
-}
-
-static void use_static_keys(void)
-{
-	setenv("AWS_ACCESS_KEY_ID", "AKIDPGMUXTEST", 1);
-	setenv("AWS_SECRET_ACCESS_KEY", "pgmux-test-secret-key", 1);
-}
-
-struct moto {
-	struct h_cmd cmd;
-	int port;
-	char url[64];
-};
-
-static struct moto moto;
-
-static bool port_open(void *arg)
-{
-	int fd = h_raw_connect(*(int *)arg, 200);
-
-	if (fd < 0)
-		return false;
-	close(fd);
-	return true;
-}
-
-/* moto_server on a free loopback port; AWS_ENDPOINT_URL points at it. */
-static void moto_start(void)
-{
-	char port[16];
-
-	require_python_modules("moto.server, boto3, botocore");
-	moto.port = h_free_port();
-	snprintf(port, sizeof(port), "%d", moto.port);
-	snprintf(moto.url, sizeof(moto.url), "http://127.0.0.1:%d", moto.port);
-	const char *argv[] = { python(), "-m", "moto.server", "-H", "127.0.0.1", "-p", port, NULL };
-	cr_assert(h_cmd_start(&moto.cmd, argv, NULL), "cannot start moto_server");
-	if (!h_poll_until(port_open, &moto.port, 30000)) {
-		h_cmd_kill(&moto.cmd);
-		h_cmd_dump(&moto.cmd, "moto_server");
-		cr_assert_fail("moto_server did not listen on port %d within 30 s", moto.port);
-	}
-	setenv("AWS_ENDPOINT_URL", moto.url, 1);
-}
-
-/* Stop moto by its PID (h_teardown() would too, should the test fail first). */
-static void moto_stop(void)
-{
-	if (moto.cmd.pid > 0)
-		h_cmd_kill(&moto.cmd);
-}
-
-/*
- * Run Python code (boto3 against moto) with the given secret arguments;
- * fails the test when it fails. Returns its standard output (malloc'd).
- * The keys boto3 uses are moto's and given to Python only, so that pgmux
- * finds whatever credentials the test set up for it.
- */
-static char *run_python(const char *code, const char *const args[])
-{
-	struct h_cmd c;
-	const char *argv[16] = { python(), "-c", code };
-	int n = 3;
-
-	for (int i = 0; args && args[i]; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	const char *env[] = { "AWS_ACCESS_KEY_ID=AKIDBOTO3", "AWS_SECRET_ACCESS_KEY=boto3", "AWS_REGION=us-east-1",
-			      NULL };
-	int st = h_cmd_run(&c, argv, getenv("AWS_ACCESS_KEY_ID") ? NULL : env, 60000);
-	if (st != 0)
-		h_cmd_dump(&c, "python");
-	cr_assert_eq(st, 0, "python failed (status %d)", st);
-	char *out = strdup(c.out ? c.out : "");
-	h_cmd_free(&c);
-	return out;
-}
+static struct h_moto moto;
 
 static const char put_secret_py[] =
 	"import boto3, json, sys\n"
@@ -175,7 +56,7 @@ static void put_secret(const char *name, const char *user, const char *password)
 {
 	const char *args[] = { name, user, password, NULL };
 
-	free(run_python(put_secret_py, args));
+	free(h_run_python(put_secret_py, args));
 }
 
 /* ---------------------------------------------------------------- pgmux */
@@ -187,7 +68,7 @@ static void fini_aws(void)
 
 static void init_aws(void)
 {
-	clean_aws_environment();
+	h_aws_clean_environment();
 }
 
 /* pgmux reading secrets from moto (secrets_dir as given: NULL = the suite's, "" = none). */
@@ -263,8 +144,8 @@ Test(aws, secrets_are_read_from_secrets_manager_at_start)
 	struct pgmux_options o;
 
 	h_wait_no_app_backends();
-	moto_start();
-	use_static_keys();
+	h_moto_start(&moto);
+	h_aws_use_static_keys();
 	put_secret("pgmux/app", h_env()->appuser, h_env()->apppass);
 	options_for_secrets(&o, "", "pgmux/app", NULL);
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
@@ -277,7 +158,7 @@ Test(aws, secrets_are_read_from_secrets_manager_at_start)
 	if (wrong)
 		PQfinish(wrong);
 	h_stop_expect_clean_exit(&px);
-	moto_stop();
+	h_moto_stop(&moto);
 }
 
 /* A secret that cannot be read at start-up stops pgmux, and the error names it. */
@@ -285,8 +166,8 @@ Test(aws, a_secret_missing_at_start_is_a_startup_error_naming_it)
 {
 	struct pgmux_options o;
 
-	moto_start();
-	use_static_keys();
+	h_moto_start(&moto);
+	h_aws_use_static_keys();
 	put_secret("pgmux/app", h_env()->appuser, h_env()->apppass);
 	options_for_secrets(&o, "", "pgmux/app, pgmux/no-such-secret", NULL);
 	int st = pgmux_run_to_exit(&px, &o, 30000);
@@ -294,7 +175,7 @@ Test(aws, a_secret_missing_at_start_is_a_startup_error_naming_it)
 	cr_expect(h_file_count(px.logfile, "cannot read \"pgmux/no-such-secret\"") == 1,
 		  "the error does not name the secret");
 	cr_expect(h_file_count(px.logfile, "ResourceNotFoundException") == 1);
-	moto_stop();
+	h_moto_stop(&moto);
 }
 
 /* Without any credentials, pgmux says so at start-up instead of failing later. */
@@ -341,8 +222,8 @@ Test(aws, a_rotation_is_followed_without_a_reload)
 	struct pgmux_options o;
 	PGconn *super;
 
-	moto_start();
-	use_static_keys();
+	h_moto_start(&moto);
+	h_aws_use_static_keys();
 	drop_rotated_role();
 	super = h_connect_super_direct();
 	h_exec_ok(super, "create role " ROTATED_ROLE " login password 'rotated-old-pw'");
@@ -377,7 +258,7 @@ Test(aws, a_rotation_is_followed_without_a_reload)
 	h_stop_expect_clean_exit(&px);
 	PQfinish(super);
 	drop_rotated_role();
-	moto_stop();
+	h_moto_stop(&moto);
 }
 
 /*
@@ -392,15 +273,15 @@ Test(aws, an_unreachable_endpoint_keeps_the_last_good_value)
 	char extra[128];
 
 	h_wait_no_app_backends();
-	moto_start();
-	use_static_keys();
+	h_moto_start(&moto);
+	h_aws_use_static_keys();
 	put_secret("pgmux/app", h_env()->appuser, h_env()->apppass);
 	snprintf(extra, sizeof(extra), "secrets_refresh_interval = 1s\nmetrics_port = %d\n", metrics_port);
 	options_for_secrets(&o, "", "pgmux/app", extra);
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 	cr_assert(login_works(h_env()->appuser, h_env()->apppass));
 
-	moto_stop();
+	h_moto_stop(&moto);
 	cr_assert(h_file_wait_contains(px.logfile, "reading \"pgmux/app\" failed, keeping its last good value",
 				       15000),
 		  "no failed refresh was logged");
@@ -425,7 +306,7 @@ Test(aws, web_identity_credentials_come_from_sts)
 	char token_file[600];
 
 	h_wait_no_app_backends();
-	moto_start();
+	h_moto_start(&moto);
 	put_secret("pgmux/app", h_env()->appuser, h_env()->apppass);
 	snprintf(token_file, sizeof(token_file), "%s/web-identity-token", h_test_dir());
 	h_write_file(token_file, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6cGdtdXgifQ.c2lnbmF0dXJl\n",
@@ -441,7 +322,7 @@ Test(aws, web_identity_credentials_come_from_sts)
 	cr_expect(h_file_count(px.logfile, "valid until") == 1);
 	cr_expect(login_works(h_env()->appuser, h_env()->apppass));
 	h_stop_expect_clean_exit(&px);
-	moto_stop();
+	h_moto_stop(&moto);
 }
 
 /* A per-service endpoint wins over AWS_ENDPOINT_URL, as in the SDKs. */
@@ -450,8 +331,8 @@ Test(aws, the_per_service_endpoint_wins)
 	struct pgmux_options o;
 
 	h_wait_no_app_backends();
-	moto_start();
-	use_static_keys();
+	h_moto_start(&moto);
+	h_aws_use_static_keys();
 	put_secret("pgmux/app", h_env()->appuser, h_env()->apppass);
 	char closed[64];
 
@@ -462,7 +343,7 @@ Test(aws, the_per_service_endpoint_wins)
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 	cr_expect(login_works(h_env()->appuser, h_env()->apppass));
 	h_stop_expect_clean_exit(&px);
-	moto_stop();
+	h_moto_stop(&moto);
 }
 
 /* ---------------------------------------------------------------- IAM authentication */
@@ -652,7 +533,7 @@ Test(aws_iam, the_token_is_botocores_and_travels_over_tls)
 	struct pgmux_options o;
 	char hosts[64], port[16];
 
-	require_python_modules("botocore");
+	h_require_python_modules("botocore");
 	setenv("AWS_ACCESS_KEY_ID", "ASIAPGMUXIAMTEST", 1);
 	setenv("AWS_SECRET_ACCESS_KEY", "pgmux/iam+test=secret", 1);
 	setenv("AWS_SESSION_TOKEN", TEST_SESSION_TOKEN, 1);
@@ -682,7 +563,7 @@ Test(aws_iam, the_token_is_botocores_and_travels_over_tls)
 	snprintf(amz_date, sizeof(amz_date), "%.16s", date + strlen("X-Amz-Date="));
 	snprintf(port, sizeof(port), "%d", ts.port);
 	const char *args[] = { "127.0.0.1", port, user, "eu-west-1", amz_date, NULL };
-	char *expected = run_python(botocore_token_py, args);
+	char *expected = h_run_python(botocore_token_py, args);
 	cr_expect_str_eq(token, expected, "pgmux's token differs from botocore's:\n pgmux: %s\n boto: %s", token,
 			 expected);
 	/* The second login, moments later, reuses the token (it is good for 15 minutes, reused for 10). */

@@ -7,6 +7,7 @@
  * go on with A, with no client's insert failing either way.
  */
 #include "harness.h"
+#include "harness_cutover.h"
 
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -20,61 +21,15 @@
 static struct pgmux px;
 static struct h_pg pga, pgb; /* pgb: B, a server of its own or A's standby */
 
-#define DB "shop"
-/* A publishes, so it needs logical WAL; quick to notice a gone subscriber. */
-#define A_CONF "wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nwal_sender_timeout = 5s\n"
+#define DB H_SHOP_DB
+#define A_CONF H_PUBLISHER_CONF
 
 /* ---------------------------------------------------------------- servers */
-
-static void exec_on(int port, const char *dbname, const char *sql)
-{
-	PGconn *su = h_connect_super_port(port, dbname);
-	h_exec_ok(su, sql);
-	PQfinish(su);
-}
-
-static long long number_on(int port, const char *dbname, const char *sql)
-{
-	PGconn *su = h_connect_super_port(port, dbname);
-	char *v = h_value_ok(su, sql);
-	long long n = atoll(v);
-	free(v);
-	PQfinish(su);
-	return n;
-}
-
-/* The app role and DB (owned by app) with the items table, on the server at port. */
-static void make_shop(int port)
-{
-	const struct h_env *e = h_env();
-	char sql[400];
-	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN PASSWORD '%s'", e->appuser, e->apppass);
-	exec_on(port, "postgres", sql);
-	snprintf(sql, sizeof(sql), "CREATE DATABASE " DB " OWNER %s", e->appuser);
-	exec_on(port, "postgres", sql);
-	snprintf(sql, sizeof(sql),
-		 "CREATE TABLE items (id bigserial PRIMARY KEY, client int NOT NULL, note text); "
-		 "ALTER TABLE items OWNER TO %s",
-		 e->appuser);
-	exec_on(port, DB, sql);
-}
 
 /* B subscribes to A's items and has copied what was there. */
 static void subscribe_b_to_a(void)
 {
-	const struct h_env *e = h_env();
-	char sql[600];
-	exec_on(pga.port, DB, "CREATE PUBLICATION pub FOR TABLE items");
-	snprintf(sql, sizeof(sql),
-		 "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port=%d user=%s password=%s dbname=" DB
-		 " sslmode=disable' PUBLICATION pub",
-		 pga.port, e->superuser, e->superpass);
-	exec_on(pgb.port, DB, sql);
-	PGconn *su = h_connect_super_port(pgb.port, DB);
-	cr_assert(h_poll_value(su, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", "0",
-			       h_scaled_ms(20000)),
-		  "B's subscription did not finish its initial copy");
-	PQfinish(su);
+	h_subscribe(pga.port, pgb.port);
 }
 
 /* pgmux on A: pool_mode, no TLS, 8 connections, the superuser as admin, extra_target. */
@@ -114,7 +69,7 @@ static void reload_on_a(PGconn *admin, const char *extra_target)
 static void init_primary_and_standby(void)
 {
 	cr_assert(h_pg_start_with(&pga, A_CONF), "server A did not start");
-	make_shop(pga.port);
+	h_make_shop(pga.port);
 	cr_assert(h_pg_start_standby(&pgb, pga.port, NULL), "A's standby did not start");
 }
 
@@ -126,10 +81,7 @@ static void start_pgmux_on_a(const char *extra_target)
 /* Servers A and B, each with the shop database; no replication yet. */
 static void init_servers(void)
 {
-	cr_assert(h_pg_start_with(&pga, A_CONF), "server A did not start");
-	cr_assert(h_pg_start(&pgb), "server B did not start");
-	make_shop(pga.port);
-	make_shop(pgb.port);
+	h_shop_servers_start(&pga, &pgb);
 }
 
 static void fini_servers(void)
@@ -162,25 +114,6 @@ static PGconn *app_ok(void)
 		pgmux_dump_logs(&px);
 	cr_assert_eq(PQstatus(c), CONNECTION_OK, "an app session through pgmux: %s", PQerrorMessage(c));
 	return c;
-}
-
-/* pgbench: 8 clients, each inserting `per_client` rows (one per transaction) at a steady rate. */
-static void start_inserts(struct h_cmd *bench, int per_client, int rate)
-{
-	const struct h_env *e = h_env();
-	char pgbench[600], script[600], portstr[16], pw[300], t[16], r[16], f[700];
-	snprintf(pgbench, sizeof(pgbench), "%s/pgbench", e->pgbin);
-	snprintf(script, sizeof(script), "%s/insert.sql", h_test_dir());
-	h_write_file(script, "INSERT INTO items (client, note) VALUES (:client_id, 'through pgmux');\n", 0644);
-	snprintf(f, sizeof(f), "--file=%s", script);
-	snprintf(portstr, sizeof(portstr), "%d", px.port);
-	snprintf(pw, sizeof(pw), "PGPASSWORD=%s", e->apppass);
-	snprintf(t, sizeof(t), "%d", per_client);
-	snprintf(r, sizeof(r), "%d", rate);
-	const char *argv[] = {pgbench, "-n", "-c", "8", "-j", "2", "-t", t, "-R", r, f, "-h", "127.0.0.1", "-p",
-			      portstr, "-U", e->appuser, DB, NULL};
-	const char *env[] = {pw, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=30", NULL};
-	cr_assert(h_cmd_start(bench, argv, env));
 }
 
 /* Wait until A has at least n rows (pgbench is flowing). */
@@ -242,7 +175,7 @@ TestSuite(cutover_catchup, .init = init_servers, .fini = fini_servers, .timeout 
 Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 {
 	subscribe_b_to_a();
-	exec_on(pga.port, DB, "CREATE SEQUENCE only_on_a; SELECT nextval('only_on_a')");
+	h_exec_on(pga.port, DB, "CREATE SEQUENCE only_on_a; SELECT nextval('only_on_a')");
 	char extra[300];
 	snprintf(extra, sizeof(extra),
 		 "health_check_interval = 250ms\ncutover_user = %s\ncutover_timeout = 20s\n"
@@ -251,7 +184,7 @@ Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 	start_pgmux_on_a(extra);
 
 	struct h_cmd bench;
-	start_inserts(&bench, 300, 1200); /* 2,400 rows in about 2 s */
+	h_start_inserts(&bench, px.port, 300, 1200); /* 2,400 rows in about 2 s */
 	wait_rows_on_a(&bench, 300);
 
 	PGconn *admin = admin_ok();
@@ -264,17 +197,17 @@ Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 	PQclear(r);
 
 	/* At this moment B must hold every row A committed. */
-	long long rows_a = number_on(pga.port, DB, "SELECT count(*) FROM items");
-	long long max_a = number_on(pga.port, DB, "SELECT coalesce(max(id), 0) FROM items");
+	long long rows_a = h_number_on(pga.port, DB, "SELECT count(*) FROM items");
+	long long max_a = h_number_on(pga.port, DB, "SELECT coalesce(max(id), 0) FROM items");
 	char sql[200];
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM items WHERE id <= %lld", max_a);
-	long long of_a_on_b = number_on(pgb.port, DB, sql);
+	long long of_a_on_b = h_number_on(pgb.port, DB, sql);
 	cr_log_info("CUTOVER TO took %lld ms; A had %lld rows (ids up to %lld), B held %lld of them", took, rows_a,
 		    max_a, of_a_on_b);
 	cr_expect_eq(of_a_on_b, rows_a, "when CUTOVER TO answered, B held %lld of A's %lld rows", of_a_on_b, rows_a);
 	/* B's sequence stands at least the margin (100) past A's. */
-	long long seq_a = number_on(pga.port, DB, "SELECT last_value FROM items_id_seq");
-	long long seq_b = number_on(pgb.port, DB, "SELECT last_value FROM items_id_seq");
+	long long seq_a = h_number_on(pga.port, DB, "SELECT last_value FROM items_id_seq");
+	long long seq_b = h_number_on(pgb.port, DB, "SELECT last_value FROM items_id_seq");
 	cr_expect_geq(seq_b, seq_a + 100, "B's sequence is at %lld, A's at %lld", seq_b, seq_a);
 	cr_expect(h_file_count(px.logfile, "only_on_a of database " DB " is not on the new target") == 1,
 		  "the sequence B lacks is not logged");
@@ -287,8 +220,8 @@ Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 		  "pgbench did not insert all 2,400 rows:\n%s", bench.out);
 
 	/* Nothing reached A after the switch, and B has every row. */
-	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items"), rows_a, "rows reached A after the switch");
-	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items"), 2400);
+	cr_expect_eq(h_number_on(pga.port, DB, "SELECT count(*) FROM items"), rows_a, "rows reached A after the switch");
+	cr_expect_eq(h_number_on(pgb.port, DB, "SELECT count(*) FROM items"), 2400);
 	cr_expect_eq(stat_of("cutovers"), 1);
 	cr_expect_eq(stat_of("cutovers_abandoned"), 0);
 	cr_expect(h_file_count(px.logfile, "confirmed") >= 1, "the log does not say what B confirmed");
@@ -307,7 +240,7 @@ Test(cutover_catchup, logical_subscriber_holds_every_row_when_cutover_returns)
 Test(cutover_catchup, a_target_that_never_catches_up_is_abandoned)
 {
 	subscribe_b_to_a();
-	exec_on(pgb.port, DB, "ALTER SUBSCRIPTION sub DISABLE");
+	h_exec_on(pgb.port, DB, "ALTER SUBSCRIPTION sub DISABLE");
 	/* The apply worker stops a moment later: until then it would still take what A writes. */
 	PGconn *on_a = h_connect_super_port(pga.port, DB);
 	cr_assert(h_poll_value(on_a, "SELECT active FROM pg_replication_slots WHERE slot_name = 'sub'", "f",
@@ -467,10 +400,10 @@ static void holder_finishes_then_goes(const char *pool_mode, bool pin)
 		  "no FATAL saying why: \"%s\" / \"%s\"", notices.text, PQerrorMessage(c));
 	cr_expect_eq(PQstatus(c), CONNECTION_BAD);
 	PQfinish(c);
-	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items WHERE note = 'in the transaction'"), 1);
-	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items WHERE note = 'after the cutover'"), 0);
-	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'after the cutover'"), 0);
-	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'in the transaction'"), 1,
+	cr_expect_eq(h_number_on(pga.port, DB, "SELECT count(*) FROM items WHERE note = 'in the transaction'"), 1);
+	cr_expect_eq(h_number_on(pga.port, DB, "SELECT count(*) FROM items WHERE note = 'after the cutover'"), 0);
+	cr_expect_eq(h_number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'after the cutover'"), 0);
+	cr_expect_eq(h_number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'in the transaction'"), 1,
 		     "B does not have the row committed on A before the switch");
 
 	c = app_ok();
@@ -514,18 +447,8 @@ Test(cutover_catchup, editing_the_secret_host_and_sighup_cut_over)
 {
 	const struct h_env *e = h_env();
 	subscribe_b_to_a();
-	char dir[600], from[700], to[700];
-	snprintf(dir, sizeof(dir), "%s/secrets", h_test_dir());
-	cr_assert_eq(mkdir(dir, 0700), 0);
-	const char *users[] = {e->appuser, e->superuser};
-	for (int i = 0; i < 2; i++) {
-		snprintf(from, sizeof(from), "%s/%s.json", e->secrets, users[i]);
-		snprintf(to, sizeof(to), "%s/%s.json", dir, users[i]);
-		char *text = h_read_file(from);
-		cr_assert(text[0] != '\0', "cannot read %s", from);
-		h_write_file(to, text, 0600);
-		free(text);
-	}
+	char dir[600];
+	h_secrets_dir_for_cutover(dir, sizeof(dir));
 	write_cluster_secret(dir, pga.port);
 
 	struct pgmux_options o;
@@ -558,7 +481,7 @@ Test(cutover_catchup, editing_the_secret_host_and_sighup_cut_over)
 		}
 		h_sleep_ms(20);
 	}
-	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'just before the edit'"), 1,
+	cr_expect_eq(h_number_on(pgb.port, DB, "SELECT count(*) FROM items WHERE note = 'just before the edit'"), 1,
 		     "the cutover did not wait for B to have A's last row");
 	cr_expect(h_file_count(px.logfile, "confirmed") >= 1, "the cutover did not go through the catch-up gate");
 	port = h_value_ok(app, "SELECT inet_server_port()");
@@ -598,7 +521,7 @@ Test(cutover_standby, promoted_after_it_caught_up)
 	reload_on_a(admin, extra);
 
 	struct h_cmd bench;
-	start_inserts(&bench, 300, 1200);
+	h_start_inserts(&bench, px.port, 300, 1200);
 	wait_rows_on_a(&bench, 300);
 	long long t0 = h_now_ms();
 	r = cutover_to(admin, pgb.port, h_scaled_ms(30000));
@@ -608,13 +531,13 @@ Test(cutover_standby, promoted_after_it_caught_up)
 	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO the standby: %s", PQresultErrorMessage(r));
 	PQclear(r);
 
-	long long rows_a = number_on(pga.port, DB, "SELECT count(*) FROM items");
-	long long max_a = number_on(pga.port, DB, "SELECT coalesce(max(id), 0) FROM items");
+	long long rows_a = h_number_on(pga.port, DB, "SELECT count(*) FROM items");
+	long long max_a = h_number_on(pga.port, DB, "SELECT coalesce(max(id), 0) FROM items");
 	char sql[200];
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM items WHERE id <= %lld", max_a);
-	long long of_a_on_b = number_on(pgb.port, DB, sql);
+	long long of_a_on_b = h_number_on(pgb.port, DB, sql);
 	cr_expect_eq(of_a_on_b, rows_a, "when CUTOVER TO answered, B held %lld of A's %lld rows", of_a_on_b, rows_a);
-	cr_expect_eq(number_on(pgb.port, "postgres", "SELECT pg_is_in_recovery()::int"), 0, "B is still a standby");
+	cr_expect_eq(h_number_on(pgb.port, "postgres", "SELECT pg_is_in_recovery()::int"), 0, "B is still a standby");
 
 	bool ended = h_cmd_wait(&bench, h_scaled_ms(30000));
 	if (!ended)
@@ -622,8 +545,8 @@ Test(cutover_standby, promoted_after_it_caught_up)
 	h_expect_pgbench_clean(&bench, "pgbench");
 	cr_expect(strstr(bench.out, "number of transactions actually processed: 2400/2400") != NULL,
 		  "pgbench did not insert all 2,400 rows:\n%s", bench.out);
-	cr_expect_eq(number_on(pga.port, DB, "SELECT count(*) FROM items"), rows_a, "rows reached A after the switch");
-	cr_expect_eq(number_on(pgb.port, DB, "SELECT count(*) FROM items"), 2400);
+	cr_expect_eq(h_number_on(pga.port, DB, "SELECT count(*) FROM items"), rows_a, "rows reached A after the switch");
+	cr_expect_eq(h_number_on(pgb.port, DB, "SELECT count(*) FROM items"), 2400);
 	cr_expect(h_file_count(px.logfile, "left recovery") == 1, "the log does not say B left recovery");
 	fprintf(stderr, "cutover to a promoted standby: CUTOVER TO took %lld ms, pause %lld ms\n", took,
 		stat_of("last_cutover_pause_ms"));
