@@ -418,6 +418,7 @@ static void show_stats(struct client *c, struct iobuf *out)
 	stat_row(out, "failovers", ev.failovers);
 	stat_row(out, "last_failover_unix_time", ev.last_failover_unix_usec / 1000000);
 	stat_row(out, "last_failover_ms", ev.last_failover_outage_usec / 1000);
+	stat_row(out, "resends", ev.resends);
 	stat_row(out, "tls_handshake_failures", st.tls_handshake_failures);
 	stat_row(out, "clients_refused_max_client_connections", st.refused_max_client_connections);
 	stat_row(out, "clients_refused_max_login_connections", st.refused_max_login_connections);

@@ -26,6 +26,7 @@
 #include "server.h"
 #include "session.h"
 #include "sqlscan.h"
+#include "stats.h"
 #include "util.h"
 #include "worker.h"
 
@@ -631,6 +632,7 @@ static bool client_resend_first_batch(struct client *c, struct server *s, const 
 	iobuf_free(&c->io.in);
 	c->io.in = again;
 	c->resends++;
+	stats_first_batch_resent();
 	c->batch_recording = false;
 	iobuf_reset(&c->first_batch);
 	c->relay.waiting = false;

@@ -223,6 +223,10 @@ static void metrics_render_events(struct evbuffer *b, const struct worker_stats 
 	stats_get_events(&ev);
 	put_value(b, "failovers_total", "counter", "Times pgmux moved to a new writer after losing the previous one.",
 		  ev.failovers);
+	put_value(b, "resends_total", "counter",
+		  "Transactions whose first statements pgmux sent again, to another server connection, because the "
+		  "one they went to had ended its session (57P05) before answering.",
+		  ev.resends);
 	put_help(b, "last_failover_timestamp_seconds", "gauge",
 		 "When the last failover found its new writer (Unix time; 0: none).");
 	evbuffer_add_printf(b, "pgmux_last_failover_timestamp_seconds %.6f\n", ev.last_failover_unix_usec / 1e6);

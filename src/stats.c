@@ -51,7 +51,7 @@ void stats_pool_sum(const struct pool_stats *stats, struct pool_stats_slot *out)
 	}
 }
 
-static uint64_t failovers, last_failover_unix_usec, last_failover_outage_usec, last_cutover_unix_usec;
+static uint64_t failovers, last_failover_unix_usec, last_failover_outage_usec, last_cutover_unix_usec, resends;
 
 static uint64_t unix_now_usec(void)
 {
@@ -75,10 +75,16 @@ void stats_cutover_ended(void)
 	__atomic_store_n(&last_cutover_unix_usec, unix_now_usec(), __ATOMIC_RELAXED);
 }
 
+void stats_first_batch_resent(void)
+{
+	__atomic_add_fetch(&resends, 1, __ATOMIC_RELAXED);
+}
+
 void stats_get_events(struct event_stats *out)
 {
 	out->failovers = __atomic_load_n(&failovers, __ATOMIC_RELAXED);
 	out->last_failover_unix_usec = __atomic_load_n(&last_failover_unix_usec, __ATOMIC_RELAXED);
 	out->last_failover_outage_usec = __atomic_load_n(&last_failover_outage_usec, __ATOMIC_RELAXED);
 	out->last_cutover_unix_usec = __atomic_load_n(&last_cutover_unix_usec, __ATOMIC_RELAXED);
+	out->resends = __atomic_load_n(&resends, __ATOMIC_RELAXED);
 }

@@ -44,12 +44,18 @@ void stats_pool_sum(const struct pool_stats *stats, struct pool_stats_slot *out)
 void stats_writer_found(uint64_t lost_usec, uint64_t found_usec);
 /* A cutover ended (control.c, main thread). */
 void stats_cutover_ended(void);
+/*
+ * A transaction's first batch went to another backend because the one it
+ * was sent to had ended its session before answering (57P05; any worker).
+ */
+void stats_first_batch_resent(void);
 
 struct event_stats {
 	uint64_t failovers;
 	uint64_t last_failover_unix_usec; /* wall clock; 0: none yet */
 	uint64_t last_failover_outage_usec;
 	uint64_t last_cutover_unix_usec;  /* wall clock; 0: none yet */
+	uint64_t resends;                 /* stats_first_batch_resent() */
 };
 
 void stats_get_events(struct event_stats *out);

@@ -432,12 +432,19 @@ Test(errors_parked, a_batch_sent_to_a_backend_that_timed_out_goes_to_another, .f
 	h_exec_ok(super, "alter database errors_idle set idle_session_timeout = '1s'");
 	h_wait_no_app_backends();
 	struct pgmux_options o;
+	char metrics[64];
+	int metrics_port = h_free_port();
 	pgmux_options_default(&o);
 	o.pool_mode = "transaction";
 	o.max_connections = 2;
 	o.workers = 1; /* the client's socket and its backend's on one loop, read in the order they became ready */
+	o.admin_users = h_env()->superuser;
+	snprintf(metrics, sizeof(metrics), "metrics_port = %d\n", metrics_port);
+	o.extra_pgmux = metrics;
 	cr_assert(pgmux_start(&px, &o), "pgmux did not start (config %s)", px.config);
 	PGconn *c = h_app_session(&px, "disable", "dbname=errors_idle");
+	PGconn *admin = h_admin_session(&px);
+	cr_expect_eq(h_admin_stat(admin, "resends"), 0);
 
 	static void (*const resendable[])(PGconn *) = {send_query, send_unnamed_extended};
 	for (size_t i = 0; i < sizeof(resendable) / sizeof(resendable[0]); i++) {
@@ -467,6 +474,12 @@ Test(errors_parked, a_batch_sent_to_a_backend_that_timed_out_goes_to_another, .f
 		PQclear(r);
 	cr_expect_eq(h_file_count(px.logfile, "first statements go to another backend"), 2,
 		     "a named Parse was sent again");
+	/* SHOW STATS and /metrics count the two batches sent again. */
+	cr_expect_eq(h_admin_stat(admin, "resends"), 2);
+	char *body = h_scrape(metrics_port);
+	cr_expect_eq(h_sample(body, "pgmux_resends_total"), 2, "pgmux_resends_total in the scrape");
+	free(body);
+	PQfinish(admin);
 	cr_assert_eq(PQstatus(c), CONNECTION_OK, "the session ended");
 	h_expect_value(c, "select 'goes on'", "goes on");
 	PQfinish(c);
