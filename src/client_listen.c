@@ -48,6 +48,29 @@ static void note_added(struct client *c, const char *channel)
 	snprintf(c->listen.added[c->listen.n_added++], sizeof(*c->listen.added), "%s", channel);
 }
 
+bool client_listen_has(const struct client *c, const char *channel)
+{
+	return channel_index(c, channel) >= 0;
+}
+
+void client_listen_add(struct client *c, const char *channel)
+{
+	if (c->listen.n_channels == c->listen.cap_channels) {
+		c->listen.cap_channels = c->listen.cap_channels ? 2 * c->listen.cap_channels : 4;
+		c->listen.channels =
+			xrealloc(c->listen.channels, (size_t)c->listen.cap_channels * sizeof(*c->listen.channels));
+	}
+	snprintf(c->listen.channels[c->listen.n_channels++], sizeof(*c->listen.channels), "%s", channel);
+}
+
+void client_listen_remove(struct client *c, const char *channel)
+{
+	int at = channel_index(c, channel);
+
+	if (at >= 0)
+		channel_remove(c, at);
+}
+
 enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_command *cmds, int n,
 					     struct relay_refusal *why)
 {
@@ -85,12 +108,7 @@ enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_
 			case LISTEN_DONE:
 				break;
 			}
-			if (c->listen.n_channels == c->listen.cap_channels) {
-				c->listen.cap_channels = c->listen.cap_channels ? 2 * c->listen.cap_channels : 4;
-				c->listen.channels = xrealloc(c->listen.channels,
-							      (size_t)c->listen.cap_channels * sizeof(*c->listen.channels));
-			}
-			snprintf(c->listen.channels[c->listen.n_channels++], sizeof(*c->listen.channels), "%s", channel);
+			client_listen_add(c, channel);
 			break;
 		case SQL_UNLISTEN:
 			if (at >= 0)
@@ -122,7 +140,7 @@ void client_listen_hold(struct client *c, size_t wait_at)
 
 void client_listen_ready(struct client *c, const char *error)
 {
-	if (c->state == CLIENT_CLOSED || !c->listen.waiting)
+	if (c->state == CLIENT_CLOSED || client_listen_handover_ready(c, error) || !c->listen.waiting)
 		return;
 	c->listen.waiting = false;
 	if (error == NULL) {
@@ -148,6 +166,15 @@ void client_listen_ready(struct client *c, const char *error)
 }
 
 bool client_listen_notify(struct client *c, const uint8_t *msg, size_t len)
+{
+	if (c->state == CLIENT_CLOSED)
+		return false;
+	if (!client_listen_handover_filter(c, msg, len))
+		return c->state != CLIENT_CLOSED;
+	return client_listen_queue(c, msg, len);
+}
+
+bool client_listen_queue(struct client *c, const uint8_t *msg, size_t len)
 {
 	int limit = config_current()->max_client_pending_notifications;
 
@@ -207,6 +234,7 @@ void client_listen_forget(struct client *c)
 
 void client_listen_free(struct client *c)
 {
+	client_listen_handover_free(c);
 	free(c->listen.channels);
 	free(c->listen.added);
 	iobuf_free(&c->listen.held);
