@@ -276,8 +276,10 @@ bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t 
 
 	if (len < PROTO_HEADER_LEN || !parse_body(msg + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN, &channel, &payload))
 		return true;
-	if (strcmp(channel, CLIENT_LISTEN_SYNC_CHANNEL) == 0 && !client_listen_has(c, channel)) {
+	if (strcmp(channel, CLIENT_LISTEN_SYNC_CHANNEL) == 0) {
 		/* A marker: this client's, or another takeover's (late, or of another client). */
+		bool listens = client_listen_has(c, channel);
+
 		if (h && strcmp(payload, h->token) == 0 && !h->hub_marker) {
 			h->hub_marker = true;
 			if (h->backend_marker)
@@ -285,7 +287,8 @@ bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t 
 			if (h->phase == PHASE_HUB_MARKER)
 				handover_done(c);
 		}
-		return false;
+		/* Only a client that listens on that channel itself sees them. */
+		return listens && c->state != CLIENT_CLOSED;
 	}
 	if (h == NULL || !is_fresh(h, channel))
 		return true;
