@@ -824,6 +824,9 @@ static void client_on_replies(struct client *c, struct server *s, bool over)
 	/* A LISTEN ran on it: the client's ReadyForQuery waits for the takeover (client_listen_handover.c). */
 	if (over && c->listen.on_backend && !c->pin_reason && c->server == s)
 		client_listen_hold_rfq(c);
+	/* A pinned session between its transactions: the notifications pgmux held for it go now. */
+	if (c->pin_reason && c->listen.n_pending > 0)
+		client_listen_idle(c);
 	client_flush(c);
 	client_replies_arrived(c);
 	/* The transaction is over: give the backend back (the last use of it here). */

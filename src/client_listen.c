@@ -20,8 +20,24 @@
 #include "listen.h"
 #include "pgmux.h"
 #include "proto.h"
+#include "server.h"
 #include "util.h"
 #include "worker.h"
+
+/*
+ * May a notification go to c now? Between its transactions: idle, or
+ * pinned (a session that keeps its backend) with that backend idle and
+ * nothing of its replies on the way.
+ */
+static bool between_transactions(const struct client *c)
+{
+	const struct server *s = c->server;
+
+	if (c->state == CLIENT_IDLE)
+		return true;
+	return c->state == CLIENT_ACTIVE && c->pin_reason && s && s->tx_status == 'I' && server_replies_pending(s) == 0 &&
+	       s->forward_remaining == 0;
+}
 
 static int channel_index(const struct client *c, const char *channel)
 {
@@ -180,7 +196,7 @@ bool client_listen_queue(struct client *c, const uint8_t *msg, size_t len)
 
 	if (c->state == CLIENT_CLOSED)
 		return false;
-	if (c->state == CLIENT_IDLE && !c->listen.waiting && c->listen.n_pending == 0 &&
+	if (between_transactions(c) && !c->listen.waiting && c->listen.n_pending == 0 &&
 	    io_pending_output(&c->io) < (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT) {
 		iobuf_append(&c->io.out, msg, len);
 		client_flush(c);
@@ -200,7 +216,7 @@ bool client_listen_queue(struct client *c, const uint8_t *msg, size_t len)
 
 void client_listen_idle(struct client *c)
 {
-	if (c->listen.n_pending == 0 || c->listen.waiting || c->state != CLIENT_IDLE)
+	if (c->listen.n_pending == 0 || c->listen.waiting || !between_transactions(c))
 		return;
 	/* A client that does not read keeps them here, where they are counted, not in its output. */
 	if (io_pending_output(&c->io) >= (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT)

@@ -176,6 +176,103 @@ Test(listen_txn, client_leaves_during_takeover)
 	h_stop_expect_clean_exit(&px);
 }
 
+/*
+ * More channels than max_client_listen_channels with those it held: the
+ * session keeps its backend (a pin, as before), which delivers them all.
+ */
+Test(listen_txn, over_the_channel_bound_pins)
+{
+	PGconn *a, *b, *notifier, *admin;
+
+	h_start_transaction_pgmux(&px, 2, "max_client_listen_channels = 2\n");
+	a = h_app_session(&px, "disable", NULL);
+	b = h_app_session(&px, "disable", NULL);
+	notifier = h_connect_super_direct();
+	admin = h_connect_app(px.port, "disable", "dbname=pgmux");
+	h_expect_tag(a, "LISTEN o1", "LISTEN");
+	h_expect_tag(a, "BEGIN; LISTEN o2; LISTEN o3; COMMIT", "COMMIT");
+	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 1, "the session was to be pinned");
+	h_exec_ok(notifier, "NOTIFY o1, '1'");
+	h_exec_ok(notifier, "NOTIFY o2, '2'");
+	h_exec_ok(notifier, "NOTIFY o3, '3'");
+	h_expect_notify(a, "o1", "1", 0);
+	h_expect_notify(a, "o2", "2", 0);
+	h_expect_notify(a, "o3", "3", 0);
+	h_expect_no_notify(a, 100);
+	/* Within the bound, b's takeover pins nothing. */
+	h_expect_tag(b, "BEGIN; LISTEN o2; COMMIT", "COMMIT");
+	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 1);
+	h_exec_ok(notifier, "NOTIFY o2, '4'");
+	h_expect_notify(b, "o2", "4", 0);
+	h_expect_notify(a, "o2", "4", 0);
+	PQfinish(admin);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(notifier);
+	h_stop_expect_clean_exit(&px);
+}
+
+/*
+ * The backend is terminated at any moment of the takeover: the client's
+ * session goes on (or ends with an error, when its channels were not known
+ * yet), nothing is pinned, and no subscription is left behind.
+ */
+Test(listen_txn, backend_terminated_during_takeover)
+{
+	PGconn *super, *notifier, *admin, *b;
+	char kill[400];
+
+	snprintf(kill, sizeof(kill),
+		 "select pg_terminate_backend(pid) from pg_stat_activity where usename = '%s' and "
+		 "application_name <> 'pgmux listen'",
+		 h_env()->appuser);
+	h_start_transaction_pgmux(&px, 1, NULL);
+	super = h_connect_super_direct();
+	notifier = h_connect_super_direct();
+	for (int i = 0; i < 12; i++) {
+		PGconn *a = h_app_session(&px, "disable", NULL);
+		PGresult *r;
+
+		h_expect_value(a, "select 1", "1");
+		cr_assert(PQsendQuery(a, "BEGIN; LISTEN killed; COMMIT"));
+		if (i % 3)
+			h_sleep_ms(i % 3);
+		h_exec_ok(super, kill);
+		while ((r = PQgetResult(a)) != NULL)
+			PQclear(r);
+		/*
+		 * Still usable, or closed with an error: never stuck. A statement
+		 * may still meet the terminated backend (lent before pgmux read its
+		 * FATAL: the window pgmux(1) documents) and fail with 57P01 once.
+		 */
+		for (int tries = 0; tries < 2 && PQstatus(a) == CONNECTION_OK; tries++) {
+			bool done;
+
+			r = PQexec(a, "select 1");
+			done = PQresultStatus(r) == PGRES_TUPLES_OK;
+			cr_expect(done || tries == 0, "%s", PQerrorMessage(a));
+			PQclear(r);
+			if (done)
+				break;
+		}
+		PQfinish(a);
+	}
+	admin = h_connect_app(px.port, "disable", "dbname=pgmux");
+	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 0);
+	b = h_app_session(&px, "disable", NULL);
+	h_expect_value(b, "select count(*) from pg_listening_channels()", "0");
+	h_expect_tag(b, "LISTEN after", "LISTEN");
+	h_exec_ok(notifier, "NOTIFY killed, 'x'");
+	h_exec_ok(notifier, "NOTIFY after, 'y'");
+	h_expect_notify(b, "after", "y", 0);
+	h_expect_no_notify(b, 100);
+	PQfinish(b);
+	PQfinish(admin);
+	PQfinish(super);
+	PQfinish(notifier);
+	h_stop_expect_clean_exit(&px);
+}
+
 /* ---------------------------------------------------------------- the stress case */
 
 #define S_CLIENTS 32
