@@ -154,7 +154,7 @@ Test(listen_txn, client_leaves_during_takeover)
 
 	h_start_transaction_pgmux(&px, 1, NULL);
 	notifier = h_connect_super_direct();
-	for (int i = 0; i < 20; i++) {
+	for (int i = 0; i < 10; i++) {
 		a = h_app_session(&px, "disable", NULL);
 		PQsendQuery(a, "BEGIN; LISTEN gone; COMMIT");
 		if (i % 2)
@@ -224,12 +224,12 @@ Test(listen_txn, backend_terminated_during_takeover)
 
 	snprintf(kill, sizeof(kill),
 		 "select pg_terminate_backend(pid) from pg_stat_activity where usename = '%s' and "
-		 "application_name <> 'pgmux listen'",
+		 "application_name not like 'pgmux %%'",
 		 h_env()->appuser);
 	h_start_transaction_pgmux(&px, 1, NULL);
 	super = h_connect_super_direct();
 	notifier = h_connect_super_direct();
-	for (int i = 0; i < 12; i++) {
+	for (int i = 0; i < 8; i++) {
 		PGconn *a = h_app_session(&px, "disable", NULL);
 		PGresult *r;
 
