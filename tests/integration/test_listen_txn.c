@@ -285,6 +285,8 @@ static void *notifier_main(void *arg)
 {
 	PGconn *n = arg;
 	char sql[256];
+	/* Under valgrind or a sanitizer pgmux is many times slower: a stream it can follow. */
+	int pause_us = h_under_valgrind() || h_under_sanitizer() ? 10000 : 500;
 
 	for (int k = 1; !__atomic_load_n(&stream_stop, __ATOMIC_ACQUIRE); k++) {
 		PGresult *r;
@@ -300,7 +302,7 @@ static void *notifier_main(void *arg)
 		}
 		PQclear(r);
 		__atomic_store_n(&stream_last, k, __ATOMIC_RELEASE);
-		usleep(500);
+		usleep(pause_us);
 	}
 	return NULL;
 }
