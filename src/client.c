@@ -322,6 +322,8 @@ void client_close(struct client *c, const char *reason)
 		__atomic_sub_fetch(&client_retiring_sessions, 1, __ATOMIC_RELAXED);
 	cancel_unregister(&c->cancel);
 	pool_cancel_wait(&c->waiter);
+	/* Leaving while its LISTEN is taken over: the backend may still listen, and is closed. */
+	client_listen_handover_free(c);
 	c->server = NULL;
 	if (s)
 		server_client_gone(s, !c->transaction_mode);

@@ -46,6 +46,16 @@ struct client_listen {
 	int n_added, cap_added;
 	struct iobuf pending;   /* NotificationResponses for when it is idle */
 	int n_pending;
+	/*
+	 * A LISTEN ran on the backend in this transaction (transaction pooling,
+	 * SQL_SCAN_LISTEN_HELD): when the transaction ends, its channels are
+	 * taken over through the hub (client_listen_handover.c) before the
+	 * backend goes back, with the client's ReadyForQuery held meanwhile.
+	 */
+	bool on_backend;
+	bool rfq_held;
+	uint8_t rfq[6];
+	struct client_handover *handover; /* while its channels are taken over */
 };
 
 enum client_state {
@@ -213,6 +223,35 @@ void client_listen_unlisten_text(struct client *c, const char *sql, size_t len);
 /* UNLISTEN * (DISCARD ALL, the client leaves). */
 void client_listen_forget(struct client *c);
 void client_listen_free(struct client *c);
+/* Does c listen on channel through pgmux? */
+bool client_listen_has(const struct client *c, const char *channel);
+/* Note channel in c's list (subscribed already); remove one (and unsubscribe). */
+void client_listen_add(struct client *c, const char *channel);
+void client_listen_remove(struct client *c, const char *channel);
+/* A NotificationResponse for c, wherever it came from: now if idle, else queued (bounded). */
+bool client_listen_queue(struct client *c, const uint8_t *msg, size_t len);
+
+/* ---- LISTEN run on a backend in a transaction, taken over at its end (client_listen_handover.c) */
+
+/* How long a takeover may take before pgmux gives up on the backend (closes it). */
+#define CLIENT_LISTEN_HANDOVER_TIMEOUT_MS 5000
+/* The channel of the markers; the hub listens on it while a takeover waits for one. */
+#define CLIENT_LISTEN_SYNC_CHANNEL "pgmux.sync"
+
+/* The transaction's ReadyForQuery (the last bytes of c's output) waits for the takeover. */
+void client_listen_hold_rfq(struct client *c);
+/* The held ReadyForQuery goes to the client's output (before the notifications that wait). */
+void client_listen_unhold_rfq(struct client *c);
+/* Take over what backend s (linked, idle) listens on. Returns false when there is nothing to take over. */
+bool client_listen_handover_begin(struct client *c, struct server *s);
+/* The hub's answer to the takeover's subscriptions. Returns false if c is not waiting for one. */
+bool client_listen_handover_ready(struct client *c, const char *error);
+/* A notification from the hub during a takeover: false when it is not for the client (yet). */
+bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t len);
+/* The backend was lost during the takeover (it is unlinked already). */
+void client_listen_handover_lost(struct client *c, const char *why);
+/* The client leaves: the takeover ends, its backend is closed (it still listens). */
+void client_listen_handover_free(struct client *c);
 
 /* Sessions pinned to their backend, across workers (for SHOW and logs). */
 extern int64_t client_pinned_sessions;

@@ -281,9 +281,18 @@ static void client_settings_unread(struct client *c, struct server *s, enum sess
 		log_client(LOG_LEVEL_WARNING, c, "could not read the session's settings back (%s)",
 			   s->query_error ? s->query_error : "unexpected reply");
 	session_readback_pin(outcome, s->query_value, &pin);
-	client_pin(c, &pin);
-	server_set_state(s, SERVER_ACTIVE);
+	client_keep_backend(c, &pin);
+}
+
+void client_keep_backend(struct client *c, const struct sql_scan_result *pin)
+{
+	client_pin(c, pin);
+	server_set_state(c->server, SERVER_ACTIVE);
 	client_set_state(c, CLIENT_ACTIVE);
+	client_listen_unhold_rfq(c);
+	client_flush(c);
+	if (c->state == CLIENT_CLOSED)
+		return;
 	io_want_read(&c->io, !c->read_paused);
 	client_process_input(c);
 }
@@ -352,9 +361,17 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 		iobuf_free(&sql);
 		return;
 	}
+	/* A LISTEN ran on it: the hub takes its channels over before it goes (client_listen_handover.c). */
+	if (c->listen.on_backend && !c->pin_reason) {
+		c->listen.on_backend = false;
+		if (client_listen_handover_begin(c, s))
+			return;
+	}
+	c->listen.on_backend = false;
 	c->server = NULL;
 	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
 	STAT_INC(c->worker, transactions);
+	client_listen_unhold_rfq(c);
 	client_set_state(c, CLIENT_IDLE);
 	if (c->read_paused) {
 		c->read_paused = false;
@@ -489,9 +506,13 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 {
 	struct sql_scan_result scan;
 
-	sql_scan(sql, len, params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
+	sql_scan(sql, len, params_carried_names,
+		 SQL_SCAN_CARRY_SETS | (c->relay.listen_apply ? SQL_SCAN_LISTEN_HELD : 0), &scan);
 	if (scan.pin != SQL_PIN_NONE)
 		client_pin(c, &scan);
+	/* Taken over when its transaction ends, instead of a pin (client_listen_handover.c). */
+	if (scan.effects & SQL_EFFECT_LISTEN)
+		c->listen.on_backend = true;
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->relay.session.reset_all_pending = true;
 	/* DISCARD ALL is UNLISTEN * too; an UNLISTEN sent to the backend (in a transaction) ends what pgmux holds. */
@@ -548,8 +569,10 @@ static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 {
 	struct client *c = arg;
 
-	if (st->listen) {
-		/* A LISTEN pgmux answered, now run inside a transaction: on the backend, as before. */
+	if (st->listen && c->relay.listen_apply) {
+		/* A LISTEN pgmux answered, now run inside a transaction: taken over when it ends. */
+		c->listen.on_backend = true;
+	} else if (st->listen) {
 		struct sql_scan_result scan = { .pin = SQL_PIN_LISTEN };
 
 		client_pin(c, &scan);
@@ -666,6 +689,16 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 		c->server = NULL;
 	if (c->state == CLIENT_CLOSED)
 		return;
+	c->listen.on_backend = false;
+	if (c->listen.handover) {
+		/* The transaction was over: the client keeps what was taken over so far. */
+		client_listen_handover_lost(c, message);
+		return;
+	}
+	if (c->listen.rfq_held) {
+		/* Lost while its settings were read back, after the transaction's end. */
+		client_listen_unhold_rfq(c);
+	}
 	if (s->forward_remaining > 0) {
 		/* The client has part of a message of s: nothing can follow it (see client_vfatal()). */
 		client_close(c, message);
@@ -790,6 +823,12 @@ static void client_on_replies(struct client *c, struct server *s, bool over)
 		iobuf_reset(&c->first_batch);
 		iobuf_shrink(&c->first_batch);
 	}
+	/* A LISTEN ran on it: the client's ReadyForQuery waits for the takeover (client_listen_handover.c). */
+	if (over && c->listen.on_backend && !c->pin_reason && c->server == s)
+		client_listen_hold_rfq(c);
+	/* A pinned session between its transactions: the notifications pgmux held for it go now. */
+	if (c->pin_reason && c->listen.n_pending > 0)
+		client_listen_idle(c);
 	client_flush(c);
 	client_replies_arrived(c);
 	/* The transaction is over: give the backend back (the last use of it here). */

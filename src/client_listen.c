@@ -20,8 +20,24 @@
 #include "listen.h"
 #include "pgmux.h"
 #include "proto.h"
+#include "server.h"
 #include "util.h"
 #include "worker.h"
+
+/*
+ * May a notification go to c now? Between its transactions: idle, or
+ * pinned (a session that keeps its backend) with that backend idle and
+ * nothing of its replies on the way.
+ */
+static bool between_transactions(const struct client *c)
+{
+	const struct server *s = c->server;
+
+	if (c->state == CLIENT_IDLE)
+		return true;
+	return c->state == CLIENT_ACTIVE && c->pin_reason && s && s->tx_status == 'I' && server_replies_pending(s) == 0 &&
+	       s->forward_remaining == 0;
+}
 
 static int channel_index(const struct client *c, const char *channel)
 {
@@ -46,6 +62,29 @@ static void note_added(struct client *c, const char *channel)
 		c->listen.added = xrealloc(c->listen.added, (size_t)c->listen.cap_added * sizeof(*c->listen.added));
 	}
 	snprintf(c->listen.added[c->listen.n_added++], sizeof(*c->listen.added), "%s", channel);
+}
+
+bool client_listen_has(const struct client *c, const char *channel)
+{
+	return channel_index(c, channel) >= 0;
+}
+
+void client_listen_add(struct client *c, const char *channel)
+{
+	if (c->listen.n_channels == c->listen.cap_channels) {
+		c->listen.cap_channels = c->listen.cap_channels ? 2 * c->listen.cap_channels : 4;
+		c->listen.channels =
+			xrealloc(c->listen.channels, (size_t)c->listen.cap_channels * sizeof(*c->listen.channels));
+	}
+	snprintf(c->listen.channels[c->listen.n_channels++], sizeof(*c->listen.channels), "%s", channel);
+}
+
+void client_listen_remove(struct client *c, const char *channel)
+{
+	int at = channel_index(c, channel);
+
+	if (at >= 0)
+		channel_remove(c, at);
 }
 
 enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_command *cmds, int n,
@@ -85,12 +124,7 @@ enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_
 			case LISTEN_DONE:
 				break;
 			}
-			if (c->listen.n_channels == c->listen.cap_channels) {
-				c->listen.cap_channels = c->listen.cap_channels ? 2 * c->listen.cap_channels : 4;
-				c->listen.channels = xrealloc(c->listen.channels,
-							      (size_t)c->listen.cap_channels * sizeof(*c->listen.channels));
-			}
-			snprintf(c->listen.channels[c->listen.n_channels++], sizeof(*c->listen.channels), "%s", channel);
+			client_listen_add(c, channel);
 			break;
 		case SQL_UNLISTEN:
 			if (at >= 0)
@@ -122,7 +156,7 @@ void client_listen_hold(struct client *c, size_t wait_at)
 
 void client_listen_ready(struct client *c, const char *error)
 {
-	if (c->state == CLIENT_CLOSED || !c->listen.waiting)
+	if (c->state == CLIENT_CLOSED || client_listen_handover_ready(c, error) || !c->listen.waiting)
 		return;
 	c->listen.waiting = false;
 	if (error == NULL) {
@@ -149,11 +183,20 @@ void client_listen_ready(struct client *c, const char *error)
 
 bool client_listen_notify(struct client *c, const uint8_t *msg, size_t len)
 {
+	if (c->state == CLIENT_CLOSED)
+		return false;
+	if (!client_listen_handover_filter(c, msg, len))
+		return c->state != CLIENT_CLOSED;
+	return client_listen_queue(c, msg, len);
+}
+
+bool client_listen_queue(struct client *c, const uint8_t *msg, size_t len)
+{
 	int limit = config_current()->max_client_pending_notifications;
 
 	if (c->state == CLIENT_CLOSED)
 		return false;
-	if (c->state == CLIENT_IDLE && !c->listen.waiting && c->listen.n_pending == 0 &&
+	if (between_transactions(c) && !c->listen.waiting && c->listen.n_pending == 0 &&
 	    io_pending_output(&c->io) < (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT) {
 		iobuf_append(&c->io.out, msg, len);
 		client_flush(c);
@@ -173,7 +216,7 @@ bool client_listen_notify(struct client *c, const uint8_t *msg, size_t len)
 
 void client_listen_idle(struct client *c)
 {
-	if (c->listen.n_pending == 0 || c->listen.waiting || c->state != CLIENT_IDLE)
+	if (c->listen.n_pending == 0 || c->listen.waiting || !between_transactions(c))
 		return;
 	/* A client that does not read keeps them here, where they are counted, not in its output. */
 	if (io_pending_output(&c->io) >= (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT)
@@ -207,6 +250,7 @@ void client_listen_forget(struct client *c)
 
 void client_listen_free(struct client *c)
 {
+	client_listen_handover_free(c);
 	free(c->listen.channels);
 	free(c->listen.added);
 	iobuf_free(&c->listen.held);

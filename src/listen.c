@@ -58,6 +58,7 @@ struct channel {
 	int n_subs, cap_subs;
 	bool listening;   /* the connection has LISTENed on it */
 	bool in_flight;   /* a LISTEN or UNLISTEN of it is on its way */
+	bool sent_listen; /* which of the two */
 };
 
 struct waiter {
@@ -384,7 +385,13 @@ static void hub_on_io(evutil_socket_t fd, short what, void *arg)
 			struct channel *ch = h->sent[i];
 
 			ch->in_flight = false;
-			ch->listening = !h->query_failed && ch->n_subs > 0;
+			/*
+			 * What was sent, not who subscribes now: a client that came
+			 * while its UNLISTEN was on its way needs another LISTEN. A
+			 * failed query (one transaction) changed nothing.
+			 */
+			if (!h->query_failed)
+				ch->listening = ch->sent_listen;
 			if ((ch->n_subs > 0) != ch->listening)
 				h->changed = true;
 		}
@@ -576,6 +583,7 @@ static void hub_sync(struct hub *h)
 		append_quoted(&q, ch->name);
 		iobuf_append(&q, ";", 1);
 		ch->in_flight = true;
+		ch->sent_listen = ch->n_subs > 0;
 		h->sent[h->n_sent++] = ch;
 	}
 	h->waiters_covered = h->n_waiters;

@@ -595,6 +595,10 @@ static bool server_internal_message(struct server *s, uint8_t type, const uint8_
 			return false;
 		}
 		break;
+	case BE_NOTIFICATION:
+		if (s->query_notify)
+			s->query_notify(s, body, len, s->query_arg);
+		break;
 	default:
 		/* RowDescription, CommandComplete, notices: nobody to show them to. */
 		break;

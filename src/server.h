@@ -150,6 +150,8 @@ struct server {
 	char *query_error;          /* message of the first ErrorResponse */
 	char query_sqlstate[6];
 	char *query_value;          /* first column of the first row */
+	/* NotificationResponses (their bodies) while pgmux's own queries run (client_listen_handover.c). */
+	void (*query_notify)(struct server *s, const uint8_t *body, size_t len, void *arg);
 
 	/* Parameters the server reported (ParameterStatus), and their values at connect time. */
 	struct server_param *params;

@@ -877,7 +877,10 @@ static void judge_command(struct scan *sc, const struct statement *st, size_t i,
 	} else if (head_keyword(st, i, "declare")) {
 		judge_declare(sc, st, i);
 	} else if (head_keyword(st, i, "listen")) {
-		pin_with_token(sc, SQL_PIN_LISTEN, st, i + 1);
+		if (sc->flags & SQL_SCAN_LISTEN_HELD)
+			sc->out->effects |= SQL_EFFECT_LISTEN;
+		else
+			pin_with_token(sc, SQL_PIN_LISTEN, st, i + 1);
 	} else if (head_keyword(st, i, "unlisten")) {
 		sc->out->effects |= SQL_EFFECT_UNLISTEN;
 	} else if (head_keyword(st, i, "load")) {

@@ -44,6 +44,7 @@ enum sql_pin_reason {
                                               * triggers, column defaults, ... (code no text shows) */
 #define SQL_EFFECT_DEFINES_CODE        0x200 /* CREATE or ALTER of a function, procedure, trigger, rule,
                                               * extension or language: what DML may run changes */
+#define SQL_EFFECT_LISTEN              0x400 /* LISTEN name (with SQL_SCAN_LISTEN_HELD, instead of a pin) */
 
 /*
  * sql_scan() flags. SQL_SCAN_CARRY_SETS: the caller carries session-level
@@ -53,6 +54,12 @@ enum sql_pin_reason {
  * instead of pinning, and RESET of one reports it too.
  */
 #define SQL_SCAN_CARRY_SETS 0x01
+/*
+ * SQL_SCAN_LISTEN_HELD: the caller takes over what a LISTEN leaves on the
+ * backend once its transaction ends (client_listen_handover.c): LISTEN
+ * reports SQL_EFFECT_LISTEN instead of pinning.
+ */
+#define SQL_SCAN_LISTEN_HELD 0x02
 
 #define SQL_SCAN_MAX_CUSTOM 4
 

@@ -28,6 +28,11 @@ static void check_result(const struct sql_scan_result *r, unsigned flags)
 	FUZZ_CHECK(r->pin != SQL_PIN_NONE || r->pin_detail[0] == '\0', "detail %s without a pin", r->pin_detail);
 	FUZZ_CHECK(r->statements >= 0, "statements %d", r->statements);
 	FUZZ_CHECK(r->n_custom >= 0 && r->n_custom <= SQL_SCAN_MAX_CUSTOM, "n_custom %d", r->n_custom);
+	/* LISTEN is an effect instead of a pin where the caller takes it over, and only there. */
+	if (flags & SQL_SCAN_LISTEN_HELD)
+		FUZZ_CHECK(r->pin != SQL_PIN_LISTEN, "a LISTEN pin with SQL_SCAN_LISTEN_HELD");
+	else
+		FUZZ_CHECK(!(r->effects & SQL_EFFECT_LISTEN), "SQL_EFFECT_LISTEN without SQL_SCAN_LISTEN_HELD");
 	if (!(flags & SQL_SCAN_CARRY_SETS)) {
 		FUZZ_CHECK(!(r->effects & SQL_EFFECT_SET_SESSION), "SET_SESSION without SQL_SCAN_CARRY_SETS");
 		FUZZ_CHECK(r->n_custom == 0 && !r->custom_overflow, "custom names without SQL_SCAN_CARRY_SETS");
@@ -88,6 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	flags = (data[0] & 1) ? SQL_SCAN_CARRY_SETS : 0;
+	if (data[0] & 8)
+		flags |= SQL_SCAN_LISTEN_HELD;
 	switch ((data[0] >> 1) & 3) {
 	case 0:
 		tracked = params_carried_names;

@@ -2203,3 +2203,65 @@ char *h_scrape(int port)
 	free(response);
 	return body;
 }
+
+PGnotify *h_wait_notify(PGconn *conn, int timeout_ms)
+{
+	long long deadline = h_now_ms() + timeout_ms;
+	PGnotify *n;
+
+	for (;;) {
+		cr_assert(PQconsumeInput(conn), "reading: %s", PQerrorMessage(conn));
+		if ((n = PQnotifies(conn)) != NULL)
+			return n;
+		long long left = deadline - h_now_ms();
+		if (left <= 0)
+			return NULL;
+		struct pollfd pfd = { .fd = PQsocket(conn), .events = POLLIN };
+		poll(&pfd, 1, (int)(left > 100 ? 100 : left));
+	}
+}
+
+void h_expect_notify(PGconn *conn, const char *channel, const char *payload, int pid)
+{
+	PGnotify *n = h_wait_notify(conn, h_scaled_ms(5000));
+
+	cr_assert_not_null(n, "no notification on %s (%s) came", channel, payload);
+	cr_expect_str_eq(n->relname, channel);
+	cr_expect_str_eq(n->extra, payload);
+	if (pid)
+		cr_expect_eq(n->be_pid, pid, "the notifying backend's pid");
+	PQfreemem(n);
+}
+
+void h_expect_no_notify(PGconn *conn, int wait_ms)
+{
+	PGnotify *n = h_wait_notify(conn, wait_ms);
+
+	cr_expect_null(n, "unexpected notification on %s (%s)", n ? n->relname : "", n ? n->extra : "");
+	if (n)
+		PQfreemem(n);
+}
+
+void h_start_transaction_pgmux(struct pgmux *p, int max_connections, const char *extra_pool)
+{
+	struct pgmux_options o;
+
+	h_wait_no_app_backends();
+	pgmux_options_default(&o);
+	o.pool_mode = "transaction";
+	o.client_auth = "trust";
+	o.max_connections = max_connections;
+	o.admin_users = h_env()->appuser;
+	o.extra_pool = extra_pool;
+	cr_assert(pgmux_start(p, &o), "pgmux did not start");
+}
+
+void h_expect_tag(PGconn *conn, const char *sql, const char *want)
+{
+	PGresult *r = PQexec(conn, sql);
+
+	cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql,
+		  PQerrorMessage(conn));
+	cr_assert_str_eq(PQcmdStatus(r), want, "%s", sql);
+	PQclear(r);
+}

@@ -311,6 +311,16 @@ int h_backend_pid(PGconn *conn);
  * want, or timeout_ms passes. Returns true when it did.
  */
 bool h_poll_value(PGconn *super, const char *sql, const char *want, int timeout_ms);
+/* pgmux with transaction pooling, trust, the app user as admin, a pool of max_connections (extra_pool: more lines). */
+void h_start_transaction_pgmux(struct pgmux *p, int max_connections, const char *extra_pool);
+/* sql through conn ends with the command tag want (a command, or rows). */
+void h_expect_tag(PGconn *conn, const char *sql, const char *want);
+/* LISTEN: wait until conn has a notification (consuming input), at most timeout_ms; NULL when none came. */
+PGnotify *h_wait_notify(PGconn *conn, int timeout_ms);
+/* The next notification on conn is channel's, with payload, from backend pid (0: any), within 5 s (scaled). */
+void h_expect_notify(PGconn *conn, const char *channel, const char *payload, int pid);
+/* No notification comes to conn within wait_ms. */
+void h_expect_no_notify(PGconn *conn, int wait_ms);
 /* Poll check(arg) every 20 ms until it returns true (then true) or timeout_ms passes (false). */
 bool h_poll_until(bool (*check)(void *arg), void *arg, int timeout_ms);
 /* Wait until PQgetResult() would not block, at most timeout_ms; false on timeout. */

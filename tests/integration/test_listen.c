@@ -19,36 +19,12 @@
 
 static struct pgmux px;
 
-static void start_listen_pgmux(int max_connections, const char *extra_pool)
-{
-	struct pgmux_options o;
-
-	h_wait_no_app_backends();
-	pgmux_options_default(&o);
-	o.pool_mode = "transaction";
-	o.client_auth = "trust";
-	o.max_connections = max_connections;
-	o.admin_users = h_env()->appuser;
-	o.extra_pool = extra_pool;
-	cr_assert(pgmux_start(&px, &o), "pgmux did not start");
-}
-
 static PGconn *admin_session(void)
 {
 	PGconn *admin = h_connect_app(px.port, "disable", "dbname=pgmux");
 
 	cr_assert_eq(PQstatus(admin), CONNECTION_OK, "admin console: %s", PQerrorMessage(admin));
 	return admin;
-}
-
-/* A statement through conn that must end with the command tag want. */
-static void expect_tag(PGconn *conn, const char *sql, const char *want)
-{
-	PGresult *r = PQexec(conn, sql);
-
-	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
-	cr_assert_str_eq(PQcmdStatus(r), want, "%s", sql);
-	PQclear(r);
 }
 
 /* The same in the extended protocol (Parse, Bind, Describe, Execute, Sync). */
@@ -59,45 +35,6 @@ static void expect_tag_extended(PGconn *conn, const char *sql, const char *want)
 	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
 	cr_assert_str_eq(PQcmdStatus(r), want, "%s", sql);
 	PQclear(r);
-}
-
-/* Wait until conn has a notification (consuming input), at most timeout_ms; NULL when none came. */
-static PGnotify *wait_notify(PGconn *conn, int timeout_ms)
-{
-	long long deadline = h_now_ms() + timeout_ms;
-	PGnotify *n;
-
-	for (;;) {
-		cr_assert(PQconsumeInput(conn), "reading: %s", PQerrorMessage(conn));
-		if ((n = PQnotifies(conn)) != NULL)
-			return n;
-		long long left = deadline - h_now_ms();
-		if (left <= 0)
-			return NULL;
-		struct pollfd pfd = { .fd = PQsocket(conn), .events = POLLIN };
-		poll(&pfd, 1, (int)(left > 100 ? 100 : left));
-	}
-}
-
-static void expect_notify(PGconn *conn, const char *channel, const char *payload, int pid)
-{
-	PGnotify *n = wait_notify(conn, h_scaled_ms(5000));
-
-	cr_assert_not_null(n, "no notification on %s (%s) came", channel, payload);
-	cr_expect_str_eq(n->relname, channel);
-	cr_expect_str_eq(n->extra, payload);
-	if (pid)
-		cr_expect_eq(n->be_pid, pid, "the notifying backend's pid");
-	PQfreemem(n);
-}
-
-static void expect_no_notify(PGconn *conn, int wait_ms)
-{
-	PGnotify *n = wait_notify(conn, wait_ms);
-
-	cr_expect_null(n, "unexpected notification on %s (%s)", n ? n->relname : "", n ? n->extra : "");
-	if (n)
-		PQfreemem(n);
 }
 
 /* SHOW LISTENERS: one pool, its LISTEN connection up, with these channels and subscriptions. */
@@ -143,7 +80,7 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 	long long t0 = h_now_ms(), deadline;
 	int pid, remaining = N_CLIENTS;
 
-	start_listen_pgmux(4, NULL);
+	h_start_transaction_pgmux(&px, 4, NULL);
 	super = h_connect_super_direct();
 	for (int i = 0; i < N_CLIENTS; i++) {
 		clients[i] = h_connect_app(px.port, "disable", NULL);
@@ -151,7 +88,7 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 		switch (i % 4) {
 		case 0:
 			snprintf(sql, sizeof(sql), "LISTEN ch_%d", i % N_CHANNELS);
-			expect_tag(clients[i], sql, "LISTEN");
+			h_expect_tag(clients[i], sql, "LISTEN");
 			break;
 		case 1:
 			snprintf(sql, sizeof(sql), "LISTEN CH_%d", i % N_CHANNELS);
@@ -159,7 +96,7 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 			break;
 		case 2:
 			snprintf(sql, sizeof(sql), "listen \"ch_%d\";", i % N_CHANNELS);
-			expect_tag(clients[i], sql, "LISTEN");
+			h_expect_tag(clients[i], sql, "LISTEN");
 			break;
 		default:
 			snprintf(sql, sizeof(sql), "/* a comment */ Listen \"ch_%d\"", i % N_CHANNELS);
@@ -221,7 +158,7 @@ Test(listen, five_hundred_clients_fifty_channels_pool_of_four)
 	cr_log_info("1500 deliveries in %lld ms after the NOTIFYs", h_now_ms() - deadline + h_scaled_ms(15000));
 	/* Nothing more comes. */
 	for (int i = 0; i < N_CLIENTS; i += 50)
-		expect_no_notify(clients[i], 20);
+		h_expect_no_notify(clients[i], 20);
 	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 0);
 	cr_assert_leq(h_app_backends(super), 4 + 1);
 	r = PQexec(admin, "SHOW LISTENERS");
@@ -248,51 +185,51 @@ Test(listen, unlisten_unlisten_all_discard_all)
 {
 	PGconn *a, *b, *notifier;
 
-	start_listen_pgmux(2, NULL);
+	h_start_transaction_pgmux(&px, 2, NULL);
 	a = h_app_session(&px, "disable", NULL);
 	b = h_app_session(&px, "disable", NULL);
 	notifier = h_connect_super_direct();
-	expect_tag(a, "LISTEN one; LISTEN two", "LISTEN");
-	expect_tag(a, "LISTEN one", "LISTEN");
-	expect_tag(b, "LISTEN two", "LISTEN");
+	h_expect_tag(a, "LISTEN one; LISTEN two", "LISTEN");
+	h_expect_tag(a, "LISTEN one", "LISTEN");
+	h_expect_tag(b, "LISTEN two", "LISTEN");
 	h_exec_ok(notifier, "NOTIFY one, 'x1'");
 	h_exec_ok(notifier, "NOTIFY two, 'x2'");
-	expect_notify(a, "one", "x1", PQbackendPID(notifier));
-	expect_notify(a, "two", "x2", 0);
-	expect_no_notify(a, 100); /* LISTEN twice: delivered once */
-	expect_notify(b, "two", "x2", 0);
+	h_expect_notify(a, "one", "x1", PQbackendPID(notifier));
+	h_expect_notify(a, "two", "x2", 0);
+	h_expect_no_notify(a, 100); /* LISTEN twice: delivered once */
+	h_expect_notify(b, "two", "x2", 0);
 
 	expect_tag_extended(a, "UNLISTEN one", "UNLISTEN");
 	h_exec_ok(notifier, "NOTIFY one, 'y1'");
 	h_exec_ok(notifier, "NOTIFY two, 'y2'");
-	expect_notify(a, "two", "y2", 0);
-	expect_no_notify(a, 100);
-	expect_notify(b, "two", "y2", 0);
+	h_expect_notify(a, "two", "y2", 0);
+	h_expect_no_notify(a, 100);
+	h_expect_notify(b, "two", "y2", 0);
 
-	expect_tag(a, "UNLISTEN *", "UNLISTEN");
+	h_expect_tag(a, "UNLISTEN *", "UNLISTEN");
 	h_exec_ok(notifier, "NOTIFY two, 'z2'");
-	expect_notify(b, "two", "z2", 0);
-	expect_no_notify(a, 100);
+	h_expect_notify(b, "two", "z2", 0);
+	h_expect_no_notify(a, 100);
 
 	/* DISCARD ALL runs on a backend, and is UNLISTEN * too. */
-	expect_tag(a, "LISTEN three", "LISTEN");
-	expect_tag(a, "DISCARD ALL", "DISCARD ALL");
+	h_expect_tag(a, "LISTEN three", "LISTEN");
+	h_expect_tag(a, "DISCARD ALL", "DISCARD ALL");
 	h_exec_ok(notifier, "NOTIFY three, 'w3'");
-	expect_no_notify(a, 150);
+	h_expect_no_notify(a, 150);
 
 	/* An UNLISTEN in a transaction block runs on the backend, and ends pgmux's subscription too. */
-	expect_tag(a, "LISTEN four", "LISTEN");
-	expect_tag(a, "BEGIN", "BEGIN");
-	expect_tag(a, "UNLISTEN four", "UNLISTEN");
-	expect_tag(a, "COMMIT", "COMMIT");
+	h_expect_tag(a, "LISTEN four", "LISTEN");
+	h_expect_tag(a, "BEGIN", "BEGIN");
+	h_expect_tag(a, "UNLISTEN four", "UNLISTEN");
+	h_expect_tag(a, "COMMIT", "COMMIT");
 	h_exec_ok(notifier, "NOTIFY four, 'u4'");
-	expect_no_notify(a, 150);
+	h_expect_no_notify(a, 150);
 
 	/* A client that leaves listens no more; the other still does. */
-	expect_tag(a, "LISTEN two", "LISTEN");
+	h_expect_tag(a, "LISTEN two", "LISTEN");
 	PQfinish(a);
 	h_exec_ok(notifier, "NOTIFY two, 'v2'");
-	expect_notify(b, "two", "v2", 0);
+	h_expect_notify(b, "two", "v2", 0);
 	PQfinish(b);
 	PQfinish(notifier);
 	h_stop_expect_clean_exit(&px);
@@ -308,20 +245,20 @@ Test(listen, delivery_waits_for_the_end_of_a_transaction)
 	PGconn *a, *notifier;
 	PGresult *r;
 
-	start_listen_pgmux(2, NULL);
+	h_start_transaction_pgmux(&px, 2, NULL);
 	a = h_app_session(&px, "disable", NULL);
 	notifier = h_connect_super_direct();
-	expect_tag(a, "LISTEN jobs", "LISTEN");
-	expect_tag(a, "BEGIN", "BEGIN");
+	h_expect_tag(a, "LISTEN jobs", "LISTEN");
+	h_expect_tag(a, "BEGIN", "BEGIN");
 	r = PQexec(a, "select 1");
 	PQclear(r);
 	h_exec_ok(notifier, "NOTIFY jobs, 'during'");
 	h_sleep_ms(200);
-	expect_no_notify(a, 100);
-	expect_tag(a, "NOTIFY jobs, 'mine'", "NOTIFY");
-	expect_tag(a, "COMMIT", "COMMIT");
-	expect_notify(a, "jobs", "during", PQbackendPID(notifier));
-	expect_notify(a, "jobs", "mine", 0);
+	h_expect_no_notify(a, 100);
+	h_expect_tag(a, "NOTIFY jobs, 'mine'", "NOTIFY");
+	h_expect_tag(a, "COMMIT", "COMMIT");
+	h_expect_notify(a, "jobs", "during", PQbackendPID(notifier));
+	h_expect_notify(a, "jobs", "mine", 0);
 	PQfinish(a);
 	PQfinish(notifier);
 	h_stop_expect_clean_exit(&px);
@@ -334,11 +271,11 @@ Test(listen, bounds_per_client)
 	PGresult *r;
 	char sql[64];
 
-	start_listen_pgmux(2, "max_client_listen_channels = 3\nmax_client_pending_notifications = 5\n");
+	h_start_transaction_pgmux(&px, 2, "max_client_listen_channels = 3\nmax_client_pending_notifications = 5\n");
 	a = h_app_session(&px, "disable", NULL);
 	b = h_app_session(&px, "disable", NULL);
 	notifier = h_connect_super_direct();
-	expect_tag(a, "LISTEN c1; LISTEN c2; LISTEN c3", "LISTEN");
+	h_expect_tag(a, "LISTEN c1; LISTEN c2; LISTEN c3", "LISTEN");
 	r = PQexec(a, "LISTEN c4");
 	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
 	cr_expect_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "54000");
@@ -346,15 +283,15 @@ Test(listen, bounds_per_client)
 	h_expect_value(a, "select 'still here'", "still here");
 
 	/* b sits in a transaction while more notifications come than may wait for it. */
-	expect_tag(b, "LISTEN c1", "LISTEN");
-	expect_tag(b, "BEGIN", "BEGIN");
+	h_expect_tag(b, "LISTEN c1", "LISTEN");
+	h_expect_tag(b, "BEGIN", "BEGIN");
 	for (int i = 0; i < 7; i++) {
 		snprintf(sql, sizeof(sql), "NOTIFY c1, '%d'", i);
 		h_exec_ok(notifier, sql);
 	}
 	for (int i = 0; i < 7; i++) {
 		snprintf(sql, sizeof(sql), "%d", i);
-		expect_notify(a, "c1", sql, 0);
+		h_expect_notify(a, "c1", sql, 0);
 	}
 	r = PQexec(b, "select 1");
 	cr_expect_neq(PQresultStatus(r), PGRES_TUPLES_OK, "b was to be closed");
@@ -362,7 +299,7 @@ Test(listen, bounds_per_client)
 	PQclear(r);
 	/* Nobody else noticed. */
 	h_exec_ok(notifier, "NOTIFY c2, 'after'");
-	expect_notify(a, "c2", "after", 0);
+	h_expect_notify(a, "c2", "after", 0);
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(notifier);
@@ -379,11 +316,11 @@ Test(listen, the_listen_connection_comes_back)
 	PGconn *a, *notifier, *super;
 	bool back = false;
 
-	start_listen_pgmux(2, NULL);
+	h_start_transaction_pgmux(&px, 2, NULL);
 	a = h_app_session(&px, "disable", NULL);
 	notifier = h_connect_super_direct();
 	super = h_connect_super_direct();
-	expect_tag(a, "LISTEN again", "LISTEN");
+	h_expect_tag(a, "LISTEN again", "LISTEN");
 	h_exec_ok(super, "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pgmux listen'");
 	cr_assert(h_file_wait_contains(px.logfile, "LISTEN connection to", h_scaled_ms(5000)));
 	cr_assert(h_poll_value(super,
@@ -392,7 +329,7 @@ Test(listen, the_listen_connection_comes_back)
 			       "1", h_scaled_ms(5000)),
 		  "pgmux did not LISTEN again");
 	h_exec_ok(notifier, "NOTIFY again, 'back'");
-	back = wait_notify(a, h_scaled_ms(5000)) != NULL;
+	back = h_wait_notify(a, h_scaled_ms(5000)) != NULL;
 	cr_expect(back, "no notification after the LISTEN connection came back");
 	PQfinish(a);
 	PQfinish(notifier);
@@ -422,7 +359,7 @@ Test(listen_drivers, psycopg3_psycopg2_asyncpg_psql)
 	int st;
 
 	cr_assert(access(PYTHON, X_OK) == 0, "%s is missing (install python3 and the drivers: see .ci/run)", PYTHON);
-	start_listen_pgmux(2, NULL);
+	h_start_transaction_pgmux(&px, 2, NULL);
 	snprintf(path, sizeof(path), "%s/tests/drivers/listen_drivers.py", top ? top : ".");
 	snprintf(port, sizeof(port), "PGPORT=%d", px.port);
 	snprintf(user, sizeof(user), "PGUSER=%s", e->appuser);

@@ -504,15 +504,19 @@ static PGnotify *wait_notify(PGconn *conn, int timeout_ms)
 }
 
 /*
- * A LISTEN pgmux does not hold itself (here: with another statement in one
- * Query) pins, and the session gets its notifications from its backend. A
- * LISTEN on its own is pgmux's and pins nothing: test_listen.c.
+ * A LISTEN pgmux cannot take over (here: more channels in one transaction
+ * than max_client_listen_channels) pins, and the session gets its
+ * notifications from its backend. A LISTEN on its own, or one pgmux takes
+ * over at its transaction's end, pins nothing: test_listen.c,
+ * test_listen_txn.c.
  */
 Test(pinning, listen)
 {
 	struct pin_test p;
-	pin_test_begin(&p);
-	h_exec_ok(p.conn, "select 1; listen ch");
+	pgmux_start_transaction(&px, 2, NULL, "max_client_listen_channels = 1");
+	p.conn = app(NULL);
+	h_traffic_start(&p.traffic, &px);
+	h_exec_ok(p.conn, "select 1; listen ch; listen ch2");
 	pin_test_pinned(&p, "LISTEN");
 
 	PGconn *super = h_connect_super_direct();

@@ -208,6 +208,25 @@ Test(sqlscan_listen, listen_pins_with_channel)
 	pins("LISTEN \"Jobs\"", SQL_PIN_LISTEN, "Jobs");
 }
 
+/* With SQL_SCAN_LISTEN_HELD (transaction pooling: the LISTEN is taken over at its transaction's end), no pin. */
+Test(sqlscan_listen, listen_held_is_an_effect)
+{
+	struct sql_scan_result r;
+	const char *sql = "BEGIN; LISTEN jobs; PREPARE p AS SELECT 1";
+
+	sql_scan(sql, strlen(sql), NULL, SQL_SCAN_LISTEN_HELD, &r);
+	cr_assert(r.effects & SQL_EFFECT_LISTEN);
+	/* Another cause after it still pins. */
+	cr_assert_eq(r.pin, SQL_PIN_PREPARE);
+	sql = "LISTEN jobs; SELECT 1";
+	sql_scan(sql, strlen(sql), NULL, SQL_SCAN_LISTEN_HELD, &r);
+	cr_assert(r.effects & SQL_EFFECT_LISTEN);
+	cr_assert_eq(r.pin, SQL_PIN_NONE);
+	sql_scan(sql, strlen(sql), NULL, 0, &r);
+	cr_assert_eq(r.pin, SQL_PIN_LISTEN);
+	cr_assert_eq(r.effects & SQL_EFFECT_LISTEN, 0);
+}
+
 Test(sqlscan_listen, unlisten_is_an_effect)
 {
 	check("UNLISTEN jobs", SQL_PIN_NONE, "", SQL_EFFECT_UNLISTEN, 1);
