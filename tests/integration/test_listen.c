@@ -322,10 +322,14 @@ Test(listen, the_listen_connection_comes_back)
 	super = h_connect_super_direct();
 	h_expect_tag(a, "LISTEN again", "LISTEN");
 	h_exec_ok(super, "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pgmux listen'");
+	/*
+	 * The query text shows from the moment the LISTEN starts; it listens
+	 * once it committed, when the connection is idle again.
+	 */
 	cr_assert(h_file_wait_contains(px.logfile, "LISTEN connection to", h_scaled_ms(5000)));
 	cr_assert(h_poll_value(super,
 			       "select count(*) from pg_stat_activity where application_name = 'pgmux listen' and "
-			       "query = 'LISTEN \"again\";'",
+			       "state = 'idle' and query = 'LISTEN \"again\";'",
 			       "1", h_scaled_ms(5000)),
 		  "pgmux did not LISTEN again");
 	h_exec_ok(notifier, "NOTIFY again, 'back'");
