@@ -36,6 +36,16 @@ static const struct server_client_ops client_server_ops;
 
 /* ------------------------------------------------------- getting a backend */
 
+void client_lost_free(struct client *c)
+{
+	if (c->lost == NULL)
+		return;
+	free(c->lost->message);
+	free(c->lost->detail);
+	free(c->lost);
+	c->lost = NULL;
+}
+
 static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
@@ -340,7 +350,7 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 			s->reset_before_reuse = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
-		session_settings_sql(&sql, &c->params.set, c->custom_pending, verify ? &check : NULL);
+		session_settings_sql(&sql, session_params_set(&c->params), c->custom_pending, verify ? &check : NULL);
 		client_drop_custom_pending(c);
 		if (sql.failed) {
 			iobuf_free(&sql);
@@ -496,7 +506,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 	/* DISCARD ALL is UNLISTEN * too; an UNLISTEN sent to the backend (in a transaction) ends what pgmux holds. */
 	if (scan.effects & SQL_EFFECT_DISCARD_ALL)
 		client_listen_forget(c);
-	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen.n_channels > 0)
+	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0)
 		client_listen_unlisten_text(c, sql, len);
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
@@ -736,11 +746,11 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 	} else if (was_in_transaction || s->replies.unsynced) {
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
-		snprintf(c->lost_sqlstate, sizeof(c->lost_sqlstate), "%s", error_sqlstate);
-		free(c->lost_message);
-		free(c->lost_detail);
-		c->lost_message = s->end_message ? xstrdup(error_message) : NULL;
-		c->lost_detail = xstrdup(error_detail);
+		client_lost_free(c);
+		c->lost = xcalloc(1, sizeof(*c->lost));
+		snprintf(c->lost->sqlstate, sizeof(c->lost->sqlstate), "%s", error_sqlstate);
+		c->lost->message = s->end_message ? xstrdup(error_message) : NULL;
+		c->lost->detail = xstrdup(error_detail);
 	}
 	client_flush(c);
 	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */

@@ -63,6 +63,8 @@ bool client_borrow_for_parse(struct client *c);
 /* Answer a batch no backend could be had for: an ErrorResponse, its messages dropped up to its Sync. */
 void client_fail_batch(struct client *c, const char *sqlstate, const char *message);
 void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message, const char *detail);
+/* Forget the error kept for a lost transaction (c->lost). */
+void client_lost_free(struct client *c);
 /* n bytes at p that the client's backend was just sent: kept while batch_recording (client_server_lost()). */
 void client_record_batch(struct client *c, const uint8_t *p, size_t n);
 
