@@ -122,11 +122,7 @@ void iobuf_append_str(struct iobuf *buf, const char *s)
 
 void iobuf_consume(struct iobuf *buf, size_t n)
 {
-	if (n >= iobuf_len(buf)) {
-		buf->start = buf->end = 0;
-		return;
-	}
-	buf->start += (uint32_t)n;
+	buf->start += (uint32_t)n; /* n <= iobuf_len(buf) */
 	if (buf->start >= buf->end)
 		buf->start = buf->end = 0;
 }

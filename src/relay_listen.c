@@ -335,10 +335,12 @@ enum relay_outcome relay_listen(struct relay *r, struct iobuf *in, struct iobuf 
 {
 	const uint8_t *p = iobuf_head(in);
 	size_t avail = iobuf_len(in), end = 0;
-	struct listen_batch b = { .n_stmts = 0 };
+	struct listen_batch b; /* its entries are written before they are read: only the counts are set
+	                        * (zeroing it all cost some 300 instructions per statement, issue 21) */
 	enum relay_outcome outcome;
 	bool synced = false;
 
+	b.n_stmts = b.n_portals = 0;
 	*wait_at = SIZE_MAX;
 	if (avail < PROTO_HEADER_LEN)
 		return RELAY_NEED_MORE;
