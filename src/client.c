@@ -895,11 +895,18 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 		iobuf_free(&c->io.in);
 	}
 	/*
-	 * A small output buffer stays between transactions (a malloc and a free
-	 * fewer per transaction); the janitor lets it go once the client has
-	 * been idle for a second (client_release_idle()). A large one goes now.
+	 * A small output buffer stays between the transactions of a client that
+	 * runs them (a malloc and a free fewer per transaction; its first batch's
+	 * buffer says it does), until the janitor lets both go once it has been
+	 * idle for a second (client_release_idle()). A client that has only
+	 * logged in gives it back now: kept while thousands log in, the buffers
+	 * would leave holes between the clients when the janitor frees them.
+	 * A large one goes now too.
 	 */
-	if (c->state == CLIENT_IDLE)
+	if (c->state == CLIENT_IDLE && c->first_batch.data == NULL && iobuf_len(&c->io.out) == 0 &&
+	    !c->io.out.failed)
+		iobuf_free(&c->io.out);
+	else if (c->state == CLIENT_IDLE)
 		iobuf_shrink(&c->io.out);
 }
 
