@@ -163,7 +163,7 @@ void client_flush(struct client *c)
 		if (s)
 			server_resume_reading(s);
 		/* Notifications kept while its output was full. */
-		if (c->state == CLIENT_IDLE && c->listen.n_pending > 0)
+		if (c->state == CLIENT_IDLE && c->listen && c->listen->n_pending > 0)
 			client_listen_idle(c);
 		/* And the client, if its unread output was what stopped it. */
 		if (c->read_paused && !client_input_blocked(c)) {
@@ -228,25 +228,11 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 		   enum pool_endpoint endpoint)
 {
 	const struct config *cfg = config_current();
-	struct client *c = calloc(1, sizeof(*c));
-	char host[INET6_ADDRSTRLEN] = "?";
+	struct client *c;
+	char host[INET6_ADDRSTRLEN] = "?", peer[INET6_ADDRSTRLEN + 8];
 	int port = 0;
+	size_t peer_len;
 	struct timeval tv;
-
-	if (c == NULL) {
-		close(fd);
-		return;
-	}
-	c->id = __atomic_fetch_add(&next_client_id, 1, __ATOMIC_RELAXED);
-	c->worker = w;
-	c->endpoint = endpoint;
-	c->state = CLIENT_STARTUP;
-	c->connect_usec = pgmux_now_usec();
-	pool_waiter_init(&c->waiter, w, client_wait_ended);
-	list_init(&c->cancel.node);
-	list_append(&w->clients, &c->worker_node);
-	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
 
 	if (addr->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, host, sizeof(host));
@@ -255,27 +241,42 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, host, sizeof(host));
 		port = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
 	}
-	{
-		char peer[INET6_ADDRSTRLEN + 8];
-
-		snprintf(peer, sizeof(peer), "%s:%d", host, port);
-		c->peer = xstrdup(peer);
-	}
 	(void)addrlen;
+	snprintf(peer, sizeof(peer), "%s:%d", host, port);
+	peer_len = strlen(peer);
+	/* The address is part of the client's own block: one allocation fewer per client. */
+	c = calloc(1, sizeof(*c) + peer_len + 1);
+	if (c == NULL) {
+		close(fd);
+		return;
+	}
+	memcpy(c->peer, peer, peer_len + 1);
+	c->id = __atomic_fetch_add(&next_client_id, 1, __ATOMIC_RELAXED);
+	c->worker = w;
+	c->endpoint = endpoint;
+	c->state = CLIENT_STARTUP;
+	c->connect_usec = pgmux_now_usec();
+	pool_waiter_init(&c->waiter, w);
+	list_init(&c->cancel.node);
+	list_append(&w->clients, &c->worker_node);
+	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
+
 
 	evutil_make_socket_nonblocking(fd);
 	io_set_nodelay(fd);
 	io_init(&c->io, fd);
 	/* Only while it logs in: an idle session keeps none of it (see client_login_done()). */
 	c->login = calloc(1, sizeof(*c->login));
-	c->timer = evtimer_new(w->base, client_login_timeout, c);
-	if (c->login == NULL || c->timer == NULL || io_attach(&c->io, w->base, client_on_event, c) != 0) {
+	if (c->login)
+		c->login->timeout = evtimer_new(w->base, client_login_timeout, c);
+	if (c->login == NULL || c->login->timeout == NULL || io_attach(&c->io, w->base, client_on_event, c) != 0) {
 		client_close(c, "out of memory");
 		return;
 	}
 	tv.tv_sec = cfg->client_login_timeout_ms / 1000;
 	tv.tv_usec = (cfg->client_login_timeout_ms % 1000) * 1000;
-	evtimer_add(c->timer, &tv);
+	evtimer_add(c->login->timeout, &tv);
 	c->last_activity_usec = c->connect_usec;
 	session_params_init(&c->params);
 	relay_init(&c->relay, &client_reply_hooks, c);
@@ -308,9 +309,9 @@ void client_close(struct client *c, const char *reason)
 		log_client_because(LOG_LEVEL_INFO, c, c->fatal_sqlstate[0] ? c->fatal_sqlstate : NULL, reason,
 				   "closing during %s: %s", client_state_names[c->state], reason);
 	client_set_state(c, CLIENT_CLOSED);
-	if (c->timer) {
-		event_free(c->timer);
-		c->timer = NULL;
+	if (c->login && c->login->timeout) {
+		event_free(c->login->timeout);
+		c->login->timeout = NULL;
 	}
 	if (c->wait_timer) {
 		event_free(c->wait_timer);
@@ -355,6 +356,8 @@ void client_drop_custom_pending(struct client *c)
 static void client_login_done(struct client *c)
 {
 	if (c->login) {
+		if (c->login->timeout)
+			event_free(c->login->timeout);
 		login_free(c->login);
 		free(c->login);
 		c->login = NULL;
@@ -366,11 +369,9 @@ void client_free(struct client *c)
 	if (c->have_startup)
 		proto_startup_free(&c->startup);
 	client_login_done(c);
-	free(c->peer);
 	free(c->pin_detail);
 	free(c->waiter.error);
-	free(c->lost_message);
-	free(c->lost_detail);
+	client_lost_free(c);
 	iobuf_free(&c->first_batch);
 	if (c->admin_session)
 		console->session_free(c);
@@ -598,15 +599,14 @@ static void client_authenticated(struct client *c)
 		client_fatal(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
 		return;
 	}
-	if (c->timer) {
-		event_free(c->timer);
-		c->timer = NULL;
+	if (c->login && c->login->timeout) {
+		event_free(c->login->timeout);
+		c->login->timeout = NULL;
 	}
 	c->transaction_mode = cfg->pool_mode == POOL_MODE_TRANSACTION;
 	/* LISTEN is pgmux's to hold with transaction pooling, on the writer endpoint (a standby refuses it). */
 	if (c->transaction_mode && c->endpoint == ENDPOINT_WRITER) {
 		c->relay.listen_apply = client_listen_apply;
-		c->relay.listen_arg = c;
 	}
 	log_client(LOG_LEVEL_DEBUG, c, "authenticated");
 	if (strcmp(c->startup.database, ADMIN_DATABASE) == 0) {
@@ -693,13 +693,13 @@ static bool client_process_idle(struct client *c)
 	struct relay_refusal why;
 
 	/* Its LISTEN has not taken effect yet: what follows waits for it (client_listen_ready()). */
-	if (c->listen.waiting)
+	if (c->listen && c->listen->waiting)
 		return false;
 	switch (relay_between_transactions(&c->relay, &c->io.in, &c->io.out, c->transaction_mode, c->transaction_lost,
 					   &why)) {
 	case RELAY_ANSWERED:
 		client_listen_hold(c, c->relay.listen_wait_at);
-		return !c->listen.waiting;
+		return !(c->listen && c->listen->waiting);
 	case RELAY_PARSE_ANSWERED:
 		STAT_INC(c->worker, parses_answered);
 		return true;
@@ -713,16 +713,20 @@ static bool client_process_idle(struct client *c)
 		client_fatal(c, why.sqlstate, "%s", why.message);
 		return false;
 	case RELAY_LOST: {
-		char *message = c->lost_message, *detail = c->lost_detail;
+		struct client_lost *lost = c->lost;
+		const char *message = lost ? lost->message : NULL;
 
 		c->transaction_lost = false;
-		c->lost_message = c->lost_detail = NULL;
+		c->lost = NULL;
 		client_set_state(c, CLIENT_WAITING);
 		/* What client_server_lost() kept: the server's SQLSTATE and message, or pgmux's words. */
-		client_fail_batch_detail(c, message ? c->lost_sqlstate : SQLSTATE_CONNECTION_FAILURE,
-					 message ? message : CLIENT_LOST_TRANSACTION_MESSAGE, detail);
-		free(message);
-		free(detail);
+		client_fail_batch_detail(c, message ? lost->sqlstate : SQLSTATE_CONNECTION_FAILURE,
+					 message ? message : CLIENT_LOST_TRANSACTION_MESSAGE, lost ? lost->detail : NULL);
+		if (lost) {
+			free(lost->message);
+			free(lost->detail);
+			free(lost);
+		}
 		return c->state == CLIENT_IDLE;
 	}
 	case RELAY_BORROW_OR_ANSWER:
@@ -798,6 +802,26 @@ static bool client_holds_waiting_backend(const struct client *c)
 	return s->tx_status != 'I' || s->replies.unsynced || s->frontend_remaining > 0 || iobuf_len(&c->io.in) > 0;
 }
 
+/*
+ * A client between transactions that has sent nothing for this long gives
+ * back what it only needs while it works (client_release_idle()): once a
+ * second (the janitor), not at the end of every transaction, where the next
+ * one would make it all again.
+ */
+#define CLIENT_IDLE_RELEASE_USEC (1000 * 1000ULL)
+
+/* Buffers and events an idle client can do without; each is made again on its next use. */
+static void client_release_idle(struct client *c)
+{
+	if (!c->batch_recording && iobuf_len(&c->first_batch) == 0 && !c->first_batch.failed)
+		iobuf_free(&c->first_batch);
+	if (c->wait_timer && !evtimer_pending(c->wait_timer, NULL)) {
+		event_free(c->wait_timer);
+		c->wait_timer = NULL;
+	}
+	io_release_idle(&c->io);
+}
+
 void client_janitor(struct client *c, uint64_t now)
 {
 	const struct config *cfg = config_current();
@@ -813,6 +837,8 @@ void client_janitor(struct client *c, uint64_t now)
 		client_fatal(c, SQLSTATE_IDLE_SESSION_TIMEOUT,
 			     "terminating connection due to idle_client_timeout (%d s)",
 			     cfg->idle_client_timeout_ms / 1000);
+	if (c->state == CLIENT_IDLE && now - c->last_activity_usec >= CLIENT_IDLE_RELEASE_USEC)
+		client_release_idle(c);
 	if (c->state == CLIENT_CLOSED || cfg->idle_transaction_timeout_ms <= 0)
 		return;
 	if (!client_holds_waiting_backend(c)) {
@@ -836,7 +862,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
  * A client with nothing buffered reads into its worker's scratch buffer;
  * only bytes left over (a partial message) get a buffer of its own. Idle
  * clients (most of them, with transaction pooling) thus hold no input
- * buffer, and their output buffer is let go once it is empty.
+ * buffer, and their output buffer is let go by the janitor.
  */
 static void client_on_event(evutil_socket_t fd, short what, void *arg)
 {
@@ -870,8 +896,20 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 	} else if (c->io.in.data && iobuf_len(&c->io.in) == 0) {
 		iobuf_free(&c->io.in);
 	}
-	if (c->state == CLIENT_IDLE && iobuf_len(&c->io.out) == 0 && !c->io.out.failed)
+	/*
+	 * A small output buffer stays between the transactions of a client that
+	 * runs them (a malloc and a free fewer per transaction; its first batch's
+	 * buffer says it does), until the janitor lets both go once it has been
+	 * idle for a second (client_release_idle()). A client that has only
+	 * logged in gives it back now: kept while thousands log in, the buffers
+	 * would leave holes between the clients when the janitor frees them.
+	 * A large one goes now too.
+	 */
+	if (c->state == CLIENT_IDLE && c->first_batch.data == NULL && iobuf_len(&c->io.out) == 0 &&
+	    !c->io.out.failed)
 		iobuf_free(&c->io.out);
+	else if (c->state == CLIENT_IDLE)
+		iobuf_shrink(&c->io.out);
 }
 
 static void client_handle_event(evutil_socket_t fd, short what, struct client *c)

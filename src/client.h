@@ -35,7 +35,8 @@ struct worker;
  * LISTEN through pgmux (transaction pooling; listen.h, client_listen.c):
  * the channels the client listens on, the replies to its LISTEN held until
  * the LISTEN connection listens, and the notifications that wait for it to
- * be idle.
+ * be idle. Made on the client's first LISTEN (or notification) and freed
+ * once it has nothing left: most clients never LISTEN.
  */
 struct client_listen {
 	char (*channels)[SQL_LISTEN_NAME_MAX + 1];
@@ -58,6 +59,17 @@ struct client_listen {
 	struct client_handover *handover; /* while its channels are taken over */
 };
 
+/*
+ * The error a client's next statement gets when its backend died inside its
+ * transaction (transaction_lost): the server's SQLSTATE and message when it
+ * ended the session with a FATAL, else (message NULL) 08006 and pgmux's words.
+ */
+struct client_lost {
+	char *message;
+	char *detail;
+	char sqlstate[6];
+};
+
 enum client_state {
 	CLIENT_STARTUP,       /* reading the startup packet (before or after TLS) */
 	CLIENT_TLS_HANDSHAKE, /* answered 'S' to SSLRequest, handshaking */
@@ -69,67 +81,69 @@ enum client_state {
 	CLIENT_CLOSED,        /* waiting to be freed */
 };
 
+/*
+ * Pointers and 64-bit fields first, the small ones together at the end: an
+ * idle client is mostly this struct, so it has no padding to speak of.
+ * What only some clients need (LISTEN, the login, the admin session, a lost
+ * transaction's error text) is allocated on need and pointed to.
+ */
 struct client {
 	struct list_node worker_node; /* owner's clients list, or its reap list */
 	struct pool_waiter waiter;    /* waiting for a backend (pool.c) */
 	struct cancel_entry cancel;   /* cancel registry (its own lock): the client's (pid, key) */
 	uint64_t id;
-	enum client_state state;
 	struct worker *worker;
 	struct io io;
-	char *peer;                   /* "address:port", for logs and SHOW CLIENTS */
 
 	struct startup_packet startup; /* who it is: user, database, its parameters (when have_startup) */
-	bool have_startup;
 	struct login *login;           /* TLS request, secret and password exchange (login.h); freed
 	                                * once it is logged in (NULL from then on) */
 
-	enum pool_endpoint endpoint; /* which port it came in on: writer or reader */
 	struct pool *pool;
 	struct server *server;
-	bool read_paused; /* back-pressure: the server's output is full */
-	bool logged_in;   /* the client has had its ReadyForQuery after authentication */
-	bool transaction_mode; /* pool_mode at login: borrow a backend per transaction */
 
 	/* Session state pgmux carries from backend to backend (transaction pooling). */
 	struct session_params params;  /* its parameters (session.h); read back when settings_dirty */
 	struct relay relay;            /* its prepared statements and what it sent that waits (relay.h) */
 	const char *pin_reason;        /* why the session is pinned to its backend, or NULL; atomic store */
 	char *pin_detail;              /* what pinned it, when there is more to say than the reason (or NULL) */
-	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
-	                                * session's settings back before the backend goes */
-	bool state_unverified;         /* it ran code pgmux cannot read (SQL_EFFECT_OPAQUE): the read-back
-	                                * verifies the session too, and the backend is RESET ALL after */
 	struct strmap *custom_pending; /* custom (dotted) parameters SET or RESET since the last read-back
 	                                * (keys only; NULL when none): pg_settings does not list them */
-	bool retiring;                 /* a cutover began: closed once its transaction ends (client_retire_for_cutover()) */
-	bool transaction_lost;         /* its backend died inside a transaction block */
-	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
-	                                * not one another client just used (pool_borrow()) */
 	struct iobuf first_batch;      /* what it sent to its backend since the link, as it sent it, while
 	                                * batch_recording (at most CLIENT_RESEND_MAX bytes) */
-	bool batch_recording;          /* transaction pooling: first_batch is all it sent in this transaction */
-	uint8_t resends;               /* times this transaction's first batch went to another backend */
-	char lost_sqlstate[6];         /* the error its next statement gets (transaction_lost): the */
-	char *lost_message;            /* server's SQLSTATE and message when it ended the session with */
-	char *lost_detail;             /* a FATAL, else 08006 and pgmux's words (see client_lost_error()) */
-	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
-	                                * once the client's own statements are on their way */
+	struct client_lost *lost;      /* the error its next statement gets (transaction_lost; NULL: none) */
 	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
 	uint64_t last_activity_usec;
 	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
 
-	struct event *timer; /* login timeout */
-	int backend_pid;     /* of the backend serving it now (0: none); atomic, for SHOW CLIENTS */
-	bool admin;          /* a session of the admin console (database "pgmux") */
 	struct admin_session *admin_session;
 	uint64_t connect_usec;
-	char fatal_sqlstate[6];        /* the SQLSTATE of the FATAL it was sent, for the closing line ("": none) */
 	uint64_t borrow_start_usec;    /* when it asked for a server connection (0: it is not waiting); stats.c */
 	uint64_t txn_start_usec;       /* the first message of its transaction (0: none in progress); stats.c */
-	struct client_listen listen;   /* LISTEN held by pgmux (client_listen.c) */
-	uint64_t bytes_read_counted;   /* io.bytes_read and bytes_written its pool has counted */
-	uint64_t bytes_written_counted;
+	struct client_listen *listen;  /* LISTEN held by pgmux (client_listen.c); NULL while it has none */
+
+	enum client_state state;
+	enum pool_endpoint endpoint;   /* which port it came in on: writer or reader */
+	int backend_pid;               /* of the backend serving it now (0: none); atomic, for SHOW CLIENTS */
+	char fatal_sqlstate[6];        /* the SQLSTATE of the FATAL it was sent, for the closing line ("": none) */
+	uint8_t resends;               /* times this transaction's first batch went to another backend */
+	bool have_startup;
+	bool read_paused;              /* back-pressure: the server's output is full */
+	bool logged_in;                /* the client has had its ReadyForQuery after authentication */
+	bool transaction_mode;         /* pool_mode at login: borrow a backend per transaction */
+	bool settings_dirty;           /* a statement may have SET an untracked parameter: read the
+	                                * session's settings back before the backend goes */
+	bool state_unverified;         /* it ran code pgmux cannot read (SQL_EFFECT_OPAQUE): the read-back
+	                                * verifies the session too, and the backend is RESET ALL after */
+	bool retiring;                 /* a cutover began: closed once its transaction ends (client_retire_for_cutover()) */
+	bool transaction_lost;         /* its backend died inside a transaction block */
+	bool fresh_backend;            /* its backend died under it: its next one is a new connection,
+	                                * not one another client just used (pool_borrow()) */
+	bool batch_recording;          /* transaction pooling: first_batch is all it sent in this transaction */
+	bool cancel_deferred;          /* a cancel came while pgmux prepared the backend: forward it
+	                                * once the client's own statements are on their way */
+	bool admin;                    /* a session of the admin console (database "pgmux") */
+	char peer[];                   /* "address:port", for logs and SHOW CLIENTS (allocated with it) */
 };
 
 /*
@@ -223,6 +237,8 @@ void client_listen_unlisten_text(struct client *c, const char *sql, size_t len);
 /* UNLISTEN * (DISCARD ALL, the client leaves). */
 void client_listen_forget(struct client *c);
 void client_listen_free(struct client *c);
+/* c's LISTEN state, made if it has none yet. */
+struct client_listen *client_listen_state(struct client *c);
 /* Does c listen on channel through pgmux? */
 bool client_listen_has(const struct client *c, const char *channel);
 /* Note channel in c's list (subscribed already); remove one (and unsubscribe). */

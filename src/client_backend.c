@@ -37,6 +37,16 @@ static const struct server_client_ops client_server_ops;
 
 /* ------------------------------------------------------- getting a backend */
 
+void client_lost_free(struct client *c)
+{
+	if (c->lost == NULL)
+		return;
+	free(c->lost->message);
+	free(c->lost->detail);
+	free(c->lost);
+	c->lost = NULL;
+}
+
 static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
@@ -350,7 +360,7 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 			s->reset_before_reuse = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
-		session_settings_sql(&sql, &c->params.set, c->custom_pending, verify ? &check : NULL);
+		session_settings_sql(&sql, session_params_set(&c->params), c->custom_pending, verify ? &check : NULL);
 		client_drop_custom_pending(c);
 		if (sql.failed) {
 			iobuf_free(&sql);
@@ -362,12 +372,11 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 		return;
 	}
 	/* A LISTEN ran on it: the hub takes its channels over before it goes (client_listen_handover.c). */
-	if (c->listen.on_backend && !c->pin_reason) {
-		c->listen.on_backend = false;
-		if (client_listen_handover_begin(c, s))
+	if (c->listen && c->listen->on_backend) {
+		c->listen->on_backend = false;
+		if (!c->pin_reason && client_listen_handover_begin(c, s))
 			return;
 	}
-	c->listen.on_backend = false;
 	c->server = NULL;
 	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
 	STAT_INC(c->worker, transactions);
@@ -512,13 +521,13 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 		client_pin(c, &scan);
 	/* Taken over when its transaction ends, instead of a pin (client_listen_handover.c). */
 	if (scan.effects & SQL_EFFECT_LISTEN)
-		c->listen.on_backend = true;
+		client_listen_state(c)->on_backend = true;
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->relay.session.reset_all_pending = true;
 	/* DISCARD ALL is UNLISTEN * too; an UNLISTEN sent to the backend (in a transaction) ends what pgmux holds. */
 	if (scan.effects & SQL_EFFECT_DISCARD_ALL)
 		client_listen_forget(c);
-	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen.n_channels > 0)
+	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0)
 		client_listen_unlisten_text(c, sql, len);
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
@@ -571,7 +580,7 @@ static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 
 	if (st->listen && c->relay.listen_apply) {
 		/* A LISTEN pgmux answered, now run inside a transaction: taken over when it ends. */
-		c->listen.on_backend = true;
+		client_listen_state(c)->on_backend = true;
 	} else if (st->listen) {
 		struct sql_scan_result scan = { .pin = SQL_PIN_LISTEN };
 
@@ -689,13 +698,14 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 		c->server = NULL;
 	if (c->state == CLIENT_CLOSED)
 		return;
-	c->listen.on_backend = false;
-	if (c->listen.handover) {
+	if (c->listen)
+		c->listen->on_backend = false;
+	if (c->listen && c->listen->handover) {
 		/* The transaction was over: the client keeps what was taken over so far. */
 		client_listen_handover_lost(c, message);
 		return;
 	}
-	if (c->listen.rfq_held) {
+	if (c->listen && c->listen->rfq_held) {
 		/* Lost while its settings were read back, after the transaction's end. */
 		client_listen_unhold_rfq(c);
 	}
@@ -771,11 +781,11 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 	} else if (was_in_transaction || s->replies.unsynced) {
 		/* Nothing in flight, but an open transaction died: its next statement must fail. */
 		c->transaction_lost = true;
-		snprintf(c->lost_sqlstate, sizeof(c->lost_sqlstate), "%s", error_sqlstate);
-		free(c->lost_message);
-		free(c->lost_detail);
-		c->lost_message = s->end_message ? xstrdup(error_message) : NULL;
-		c->lost_detail = xstrdup(error_detail);
+		client_lost_free(c);
+		c->lost = xcalloc(1, sizeof(*c->lost));
+		snprintf(c->lost->sqlstate, sizeof(c->lost->sqlstate), "%s", error_sqlstate);
+		c->lost->message = s->end_message ? xstrdup(error_message) : NULL;
+		c->lost->detail = xstrdup(error_detail);
 	}
 	client_flush(c);
 	/* Messages already buffered (the rest of the batch, the next one) are looked at from the loop. */
@@ -824,10 +834,10 @@ static void client_on_replies(struct client *c, struct server *s, bool over)
 		iobuf_shrink(&c->first_batch);
 	}
 	/* A LISTEN ran on it: the client's ReadyForQuery waits for the takeover (client_listen_handover.c). */
-	if (over && c->listen.on_backend && !c->pin_reason && c->server == s)
+	if (over && c->listen && c->listen->on_backend && !c->pin_reason && c->server == s)
 		client_listen_hold_rfq(c);
 	/* A pinned session between its transactions: the notifications pgmux held for it go now. */
-	if (c->pin_reason && c->listen.n_pending > 0)
+	if (c->pin_reason && c->listen && c->listen->n_pending > 0)
 		client_listen_idle(c);
 	client_flush(c);
 	client_replies_arrived(c);

@@ -65,6 +65,8 @@ void client_fail_batch(struct client *c, const char *sqlstate, const char *messa
 void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message, const char *detail);
 /* The session keeps its backend (pin), which goes on serving it; the held ReadyForQuery goes out. */
 void client_keep_backend(struct client *c, const struct sql_scan_result *pin);
+/* Forget the error kept for a lost transaction (c->lost). */
+void client_lost_free(struct client *c);
 /* n bytes at p that the client's backend was just sent: kept while batch_recording (client_server_lost()). */
 void client_record_batch(struct client *c, const uint8_t *p, size_t n);
 

@@ -41,27 +41,47 @@ static bool between_transactions(const struct client *c)
 
 static int channel_index(const struct client *c, const char *channel)
 {
-	for (int i = 0; i < c->listen.n_channels; i++)
-		if (strcmp(c->listen.channels[i], channel) == 0)
+	if (c->listen == NULL)
+		return -1;
+	for (int i = 0; i < c->listen->n_channels; i++)
+		if (strcmp(c->listen->channels[i], channel) == 0)
 			return i;
 	return -1;
 }
 
+/* The LISTEN state is made on first need: most clients never LISTEN. */
+struct client_listen *client_listen_state(struct client *c)
+{
+	if (c->listen == NULL)
+		c->listen = xcalloc(1, sizeof(*c->listen));
+	return c->listen;
+}
+
+/* Nothing left in it (no channel, no wait, nothing queued, no takeover): an idle client keeps none of it. */
+static void listen_trim(struct client *c)
+{
+	const struct client_listen *l = c->listen;
+
+	if (l != NULL && l->n_channels == 0 && !l->waiting && l->n_added == 0 && l->n_pending == 0 && !l->on_backend &&
+	    !l->rfq_held && l->handover == NULL)
+		client_listen_free(c);
+}
+
 static void channel_remove(struct client *c, int i)
 {
-	listen_unsubscribe(c->pool, c->id, c->listen.channels[i]);
-	memmove(c->listen.channels + i, c->listen.channels + i + 1,
-		(size_t)(c->listen.n_channels - i - 1) * sizeof(*c->listen.channels));
-	c->listen.n_channels--;
+	listen_unsubscribe(c->pool, c->id, c->listen->channels[i]);
+	memmove(c->listen->channels + i, c->listen->channels + i + 1,
+		(size_t)(c->listen->n_channels - i - 1) * sizeof(*c->listen->channels));
+	c->listen->n_channels--;
 }
 
 static void note_added(struct client *c, const char *channel)
 {
-	if (c->listen.n_added == c->listen.cap_added) {
-		c->listen.cap_added = c->listen.cap_added ? 2 * c->listen.cap_added : 4;
-		c->listen.added = xrealloc(c->listen.added, (size_t)c->listen.cap_added * sizeof(*c->listen.added));
+	if (c->listen->n_added == c->listen->cap_added) {
+		c->listen->cap_added = c->listen->cap_added ? 2 * c->listen->cap_added : 4;
+		c->listen->added = xrealloc(c->listen->added, (size_t)c->listen->cap_added * sizeof(*c->listen->added));
 	}
-	snprintf(c->listen.added[c->listen.n_added++], sizeof(*c->listen.added), "%s", channel);
+	snprintf(c->listen->added[c->listen->n_added++], sizeof(*c->listen->added), "%s", channel);
 }
 
 bool client_listen_has(const struct client *c, const char *channel)
@@ -71,12 +91,13 @@ bool client_listen_has(const struct client *c, const char *channel)
 
 void client_listen_add(struct client *c, const char *channel)
 {
-	if (c->listen.n_channels == c->listen.cap_channels) {
-		c->listen.cap_channels = c->listen.cap_channels ? 2 * c->listen.cap_channels : 4;
-		c->listen.channels =
-			xrealloc(c->listen.channels, (size_t)c->listen.cap_channels * sizeof(*c->listen.channels));
+	struct client_listen *l = client_listen_state(c);
+
+	if (l->n_channels == l->cap_channels) {
+		l->cap_channels = l->cap_channels ? 2 * l->cap_channels : 4;
+		l->channels = xrealloc(l->channels, (size_t)l->cap_channels * sizeof(*l->channels));
 	}
-	snprintf(c->listen.channels[c->listen.n_channels++], sizeof(*c->listen.channels), "%s", channel);
+	snprintf(l->channels[l->n_channels++], sizeof(*l->channels), "%s", channel);
 }
 
 void client_listen_remove(struct client *c, const char *channel)
@@ -97,11 +118,11 @@ enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_
 	for (int i = 0; i < n; i++)
 		if (cmds[i].kind == SQL_LISTEN && channel_index(c, cmds[i].channel) < 0)
 			more++;
-	if (more > 0 && c->listen.n_channels + more > limit) {
+	if (more > 0 && (c->listen ? c->listen->n_channels : 0) + more > limit) {
 		why->sqlstate = SQLSTATE_PROGRAM_LIMIT_EXCEEDED;
 		snprintf(why->message, sizeof(why->message),
 			 "too many channels: this session listens on %d, the limit set by max_client_listen_channels is %d",
-			 c->listen.n_channels, limit);
+			 c->listen ? c->listen->n_channels : 0, limit);
 		return RELAY_LISTEN_REFUSED;
 	}
 	for (int i = 0; i < n; i++) {
@@ -112,10 +133,12 @@ enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_
 		case SQL_LISTEN:
 			if (at >= 0)
 				break; /* LISTEN twice is LISTEN once */
+			client_listen_state(c);
 			switch (listen_subscribe(c->pool, c->id, c->worker->id, channel)) {
 			case LISTEN_ERROR:
 				why->sqlstate = SQLSTATE_ADMIN_SHUTDOWN;
 				snprintf(why->message, sizeof(why->message), "pgmux cannot LISTEN now: it is shutting down");
+				listen_trim(c);
 				return RELAY_LISTEN_REFUSED;
 			case LISTEN_WAIT:
 				wait = true;
@@ -135,10 +158,11 @@ enum relay_listen_status client_listen_apply(void *arg, const struct sql_listen_
 			break;
 		}
 	}
-	if (wait && !c->listen.waiting) {
-		c->listen.waiting = true;
+	if (wait && !c->listen->waiting) {
+		c->listen->waiting = true;
 		listen_wait(c->pool, c->id, c->worker->id);
 	}
+	listen_trim(c);
 	return wait ? RELAY_LISTEN_WAIT : RELAY_LISTEN_DONE;
 }
 
@@ -146,25 +170,25 @@ void client_listen_hold(struct client *c, size_t wait_at)
 {
 	struct iobuf *out = &c->io.out;
 
-	if (!c->listen.waiting || wait_at == SIZE_MAX || wait_at > iobuf_len(out))
+	if (c->listen == NULL || !c->listen->waiting || wait_at == SIZE_MAX || wait_at > iobuf_len(out))
 		return;
-	iobuf_append(&c->listen.held, iobuf_head(out) + wait_at, iobuf_len(out) - wait_at);
-	out->end = out->start + wait_at;
+	iobuf_append(&c->listen->held, iobuf_head(out) + wait_at, iobuf_len(out) - wait_at);
+	out->end = out->start + (uint32_t)wait_at; /* wait_at <= iobuf_len(out), checked above */
 	/* Nothing more is read until the LISTEN took effect: its input is bounded meanwhile. */
 	io_want_read(&c->io, false);
 }
 
 void client_listen_ready(struct client *c, const char *error)
 {
-	if (c->state == CLIENT_CLOSED || client_listen_handover_ready(c, error) || !c->listen.waiting)
+	if (c->state == CLIENT_CLOSED || client_listen_handover_ready(c, error) || c->listen == NULL || !c->listen->waiting)
 		return;
-	c->listen.waiting = false;
+	c->listen->waiting = false;
 	if (error == NULL) {
-		iobuf_append(&c->io.out, iobuf_head(&c->listen.held), iobuf_len(&c->listen.held));
+		iobuf_append(&c->io.out, iobuf_head(&c->listen->held), iobuf_len(&c->listen->held));
 	} else {
 		/* The LISTENs that waited did not take effect: the statement fails, the rest of its batch is skipped. */
-		for (int i = 0; i < c->listen.n_added; i++) {
-			int at = channel_index(c, c->listen.added[i]);
+		for (int i = 0; i < c->listen->n_added; i++) {
+			int at = channel_index(c, c->listen->added[i]);
 
 			if (at >= 0)
 				channel_remove(c, at);
@@ -173,9 +197,10 @@ void client_listen_ready(struct client *c, const char *error)
 		proto_put_ready(&c->io.out, 'I');
 		log_client(LOG_LEVEL_WARNING, c, "LISTEN failed: %s", error);
 	}
-	c->listen.n_added = 0;
-	iobuf_reset(&c->listen.held);
+	c->listen->n_added = 0;
+	iobuf_reset(&c->listen->held);
 	client_listen_idle(c);
+	listen_trim(c);
 	io_want_read(&c->io, true);
 	/* What it sent meanwhile, and the replies, on its next turn in the loop. */
 	io_schedule_read(&c->io);
@@ -196,34 +221,36 @@ bool client_listen_queue(struct client *c, const uint8_t *msg, size_t len)
 
 	if (c->state == CLIENT_CLOSED)
 		return false;
-	if (between_transactions(c) && !c->listen.waiting && c->listen.n_pending == 0 &&
+	if (between_transactions(c) && (c->listen == NULL || (!c->listen->waiting && c->listen->n_pending == 0)) &&
 	    io_pending_output(&c->io) < (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT) {
 		iobuf_append(&c->io.out, msg, len);
 		client_flush(c);
 		return c->state != CLIENT_CLOSED;
 	}
-	if (c->listen.n_pending >= limit) {
+	client_listen_state(c);
+	if (c->listen->n_pending >= limit) {
 		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
 			     "terminating connection: %d notifications are waiting for this session, the limit set by "
 			     "max_client_pending_notifications (it is in a long transaction, or does not read)",
-			     c->listen.n_pending);
+			     c->listen->n_pending);
 		return false;
 	}
-	iobuf_append(&c->listen.pending, msg, len);
-	c->listen.n_pending++;
+	iobuf_append(&c->listen->pending, msg, len);
+	c->listen->n_pending++;
 	return true;
 }
 
 void client_listen_idle(struct client *c)
 {
-	if (c->listen.n_pending == 0 || c->listen.waiting || !between_transactions(c))
+	if (c->listen == NULL || c->listen->n_pending == 0 || c->listen->waiting || !between_transactions(c))
 		return;
 	/* A client that does not read keeps them here, where they are counted, not in its output. */
 	if (io_pending_output(&c->io) >= (size_t)CLIENT_NOTIFY_OUTPUT_LIMIT)
 		return;
-	iobuf_append(&c->io.out, iobuf_head(&c->listen.pending), iobuf_len(&c->listen.pending));
-	iobuf_reset(&c->listen.pending);
-	c->listen.n_pending = 0;
+	iobuf_append(&c->io.out, iobuf_head(&c->listen->pending), iobuf_len(&c->listen->pending));
+	iobuf_reset(&c->listen->pending);
+	c->listen->n_pending = 0;
+	listen_trim(c);
 	io_schedule_read(&c->io);
 }
 
@@ -244,16 +271,25 @@ void client_listen_unlisten_text(struct client *c, const char *sql, size_t len)
 
 void client_listen_forget(struct client *c)
 {
-	while (c->listen.n_channels > 0)
-		channel_remove(c, c->listen.n_channels - 1);
+	if (c->listen == NULL)
+		return;
+	while (c->listen->n_channels > 0)
+		channel_remove(c, c->listen->n_channels - 1);
+	listen_trim(c);
 }
 
 void client_listen_free(struct client *c)
 {
+	struct client_listen *l;
+
 	client_listen_handover_free(c);
-	free(c->listen.channels);
-	free(c->listen.added);
-	iobuf_free(&c->listen.held);
-	iobuf_free(&c->listen.pending);
-	memset(&c->listen, 0, sizeof(c->listen));
+	l = c->listen;
+	if (l == NULL)
+		return;
+	free(l->channels);
+	free(l->added);
+	iobuf_free(&l->held);
+	iobuf_free(&l->pending);
+	free(l);
+	c->listen = NULL;
 }

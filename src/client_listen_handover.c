@@ -88,6 +88,12 @@ static bool parse_body(const uint8_t *body, size_t len, const char **channel, co
 	return true;
 }
 
+/* The takeover under way for c, if any (its LISTEN state is made on first need). */
+static struct client_handover *handover_of(const struct client *c)
+{
+	return c->listen ? c->listen->handover : NULL;
+}
+
 static bool is_fresh(const struct client_handover *h, const char *channel)
 {
 	for (int i = 0; i < h->n_fresh; i++)
@@ -102,29 +108,29 @@ void client_listen_hold_rfq(struct client *c)
 	static const uint8_t idle_rfq[6] = { 'Z', 0, 0, 0, 5, 'I' };
 	size_t n = iobuf_len(out);
 
-	if (c->listen.rfq_held || n < sizeof(idle_rfq) || memcmp(iobuf_head(out) + n - 6, idle_rfq, 6) != 0)
+	if (c->listen == NULL || c->listen->rfq_held || n < sizeof(idle_rfq) || memcmp(iobuf_head(out) + n - 6, idle_rfq, 6) != 0)
 		return;
-	memcpy(c->listen.rfq, idle_rfq, sizeof(idle_rfq));
+	memcpy(c->listen->rfq, idle_rfq, sizeof(idle_rfq));
 	out->end -= sizeof(idle_rfq);
-	c->listen.rfq_held = true;
+	c->listen->rfq_held = true;
 }
 
 void client_listen_unhold_rfq(struct client *c)
 {
-	if (!c->listen.rfq_held)
+	if (c->listen == NULL || !c->listen->rfq_held)
 		return;
-	c->listen.rfq_held = false;
-	iobuf_append(&c->io.out, c->listen.rfq, sizeof(c->listen.rfq));
+	c->listen->rfq_held = false;
+	iobuf_append(&c->io.out, c->listen->rfq, sizeof(c->listen->rfq));
 }
 
 /* The takeover is over (or given up): hub deliveries reach the client as usual from now on. */
 static void handover_end(struct client *c)
 {
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 
 	if (h == NULL)
 		return;
-	c->listen.handover = NULL;
+	c->listen->handover = NULL;
 	if (h->subscribed && c->pool && !client_listen_has(c, CLIENT_LISTEN_SYNC_CHANNEL))
 		listen_unsubscribe(c->pool, c->id, CLIENT_LISTEN_SYNC_CHANNEL);
 	if (c->server)
@@ -170,8 +176,8 @@ static void handover_pin(struct client *c, const char *why)
 
 	log_client(LOG_LEVEL_WARNING, c, "LISTEN in a transaction stays on its backend: %s", why);
 	snprintf(pin.pin_detail, sizeof(pin.pin_detail), "%s", why);
-	for (int i = 0; c->listen.handover && i < c->listen.handover->n_fresh; i++)
-		client_listen_remove(c, c->listen.handover->fresh[i]);
+	for (int i = 0; handover_of(c) && i < handover_of(c)->n_fresh; i++)
+		client_listen_remove(c, handover_of(c)->fresh[i]);
 	handover_end(c);
 	client_keep_backend(c, &pin);
 }
@@ -197,7 +203,7 @@ static void handover_abandon(struct client *c, const char *why)
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 
 	if (h == NULL || c->state == CLIENT_CLOSED)
 		return;
@@ -221,18 +227,18 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
 
-	if (c->listen.handover && c->listen.handover->phase == PHASE_POLL && c->server)
+	if (handover_of(c) && handover_of(c)->phase == PHASE_POLL && c->server)
 		run(c, PHASE_POLL, "SELECT 1");
 }
 
 /* Once both markers came: the backend's notifications are all here, then what the hub sent after its own. */
 static void markers_met(struct client *c)
 {
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 
 	if (h->n_later > 0) {
-		iobuf_append(&c->listen.pending, iobuf_head(&h->later), iobuf_len(&h->later));
-		c->listen.n_pending += h->n_later;
+		iobuf_append(&c->listen->pending, iobuf_head(&h->later), iobuf_len(&h->later));
+		c->listen->n_pending += h->n_later;
 		iobuf_reset(&h->later);
 		h->n_later = 0;
 	}
@@ -242,7 +248,7 @@ static void markers_met(struct client *c)
 static void on_backend_notify(struct server *s, const uint8_t *body, size_t len, void *arg)
 {
 	struct client *c = arg;
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 	const char *channel, *payload;
 	struct iobuf msg;
 	size_t begin;
@@ -271,7 +277,7 @@ static void on_backend_notify(struct server *s, const uint8_t *body, size_t len,
 
 bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t len)
 {
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 	const char *channel, *payload;
 
 	if (len < PROTO_HEADER_LEN || !parse_body(msg + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN, &channel, &payload))
@@ -296,11 +302,11 @@ bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t 
 		return false; /* the backend delivers it */
 	if (h->backend_marker)
 		return true;
-	if (c->listen.n_pending + h->n_later >= config_current()->max_client_pending_notifications) {
+	if (c->listen->n_pending + h->n_later >= config_current()->max_client_pending_notifications) {
 		client_fatal(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
 			     "terminating connection: %d notifications are waiting for this session, the limit set by "
 			     "max_client_pending_notifications",
-			     c->listen.n_pending + h->n_later);
+			     c->listen->n_pending + h->n_later);
 		return false;
 	}
 	iobuf_append(&h->later, msg, len);
@@ -311,7 +317,7 @@ bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t 
 static void on_unlistened(struct server *s, bool ok, void *arg)
 {
 	struct client *c = arg;
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 
 	if (h == NULL)
 		return;
@@ -331,7 +337,7 @@ static void on_unlistened(struct server *s, bool ok, void *arg)
 static void on_marked(struct server *s, bool ok, void *arg)
 {
 	struct client *c = arg;
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 	struct timeval tv = { 0, POLL_USEC };
 
 	if (h == NULL)
@@ -359,7 +365,7 @@ static void on_marked(struct server *s, bool ok, void *arg)
 /* The hub listens on the new channels and the marker channel: the backend sends the marker. */
 static void send_marker(struct client *c)
 {
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 	char sql[160];
 
 	snprintf(sql, sizeof(sql), "LISTEN \"%s\"; NOTIFY \"%s\", '%s'", CLIENT_LISTEN_SYNC_CHANNEL,
@@ -369,7 +375,7 @@ static void send_marker(struct client *c)
 
 bool client_listen_handover_ready(struct client *c, const char *error)
 {
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 
 	if (h == NULL || h->phase != PHASE_HUB)
 		return false;
@@ -385,7 +391,7 @@ bool client_listen_handover_ready(struct client *c, const char *error)
 static void on_channels(struct server *s, bool ok, void *arg)
 {
 	struct client *c = arg;
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 	json_error_t jerr;
 	json_t *root, *v;
 	size_t i, n;
@@ -423,11 +429,11 @@ static void on_channels(struct server *s, bool ok, void *arg)
 		run(c, PHASE_UNLISTEN, "UNLISTEN *");
 		return;
 	}
-	if (c->listen.n_channels + h->n_fresh > limit) {
+	if (c->listen->n_channels + h->n_fresh > limit) {
 		char why[160];
 
 		snprintf(why, sizeof(why), "%d channels with the session's own, more than max_client_listen_channels (%d)",
-			 c->listen.n_channels + h->n_fresh, limit);
+			 c->listen->n_channels + h->n_fresh, limit);
 		handover_pin(c, why);
 		return;
 	}
@@ -458,7 +464,7 @@ static void run(struct client *c, enum handover_phase phase, const char *sql)
 {
 	struct server *s = c->server;
 
-	c->listen.handover->phase = phase;
+	c->listen->handover->phase = phase;
 	s->query_notify = on_backend_notify;
 	server_run_query(s, sql, phase == PHASE_CHANNELS ? on_channels
 				 : phase == PHASE_UNLISTEN ? on_unlistened
@@ -473,7 +479,7 @@ bool client_listen_handover_begin(struct client *c, struct server *s)
 	uint8_t nonce[8];
 	uint64_t r;
 
-	if (c->listen.handover || s->tx_status != 'I')
+	if (handover_of(c) || s->tx_status != 'I')
 		return false;
 	h = xcalloc(1, sizeof(*h));
 	iobuf_init(&h->later);
@@ -487,7 +493,7 @@ bool client_listen_handover_begin(struct client *c, struct server *s)
 		return false;
 	}
 	evtimer_add(h->deadline, &tv);
-	c->listen.handover = h;
+	client_listen_state(c)->handover = h;
 	if (c->state != CLIENT_SETUP)
 		client_set_state(c, CLIENT_SETUP);
 	run(c, PHASE_CHANNELS, channels_sql);
@@ -496,7 +502,7 @@ bool client_listen_handover_begin(struct client *c, struct server *s)
 
 void client_listen_handover_lost(struct client *c, const char *why)
 {
-	struct client_handover *h = c->listen.handover;
+	struct client_handover *h = handover_of(c);
 
 	if (h->phase == PHASE_CHANNELS) {
 		handover_end(c);
@@ -513,7 +519,7 @@ void client_listen_handover_lost(struct client *c, const char *why)
 
 void client_listen_handover_free(struct client *c)
 {
-	if (c->listen.handover == NULL)
+	if (handover_of(c) == NULL)
 		return;
 	/* It still listens, or may: never given back. */
 	if (c->server)

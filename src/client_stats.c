@@ -40,14 +40,13 @@ void stats_borrow_ended(struct client *c)
 			   (unsigned long long)(waited / 1000), threshold_ms);
 }
 
-/* The bytes c moved since they were last counted go to its pool. */
+/* The bytes c moved since they were last counted go to its pool (and its io counts from zero again). */
 static void count_bytes(struct client *c, struct pool_stats_slot *slot)
 {
-	__atomic_store_n(&slot->bytes_in, slot->bytes_in + (c->io.bytes_read - c->bytes_read_counted), __ATOMIC_RELAXED);
-	__atomic_store_n(&slot->bytes_out, slot->bytes_out + (c->io.bytes_written - c->bytes_written_counted),
-			 __ATOMIC_RELAXED);
-	c->bytes_read_counted = c->io.bytes_read;
-	c->bytes_written_counted = c->io.bytes_written;
+	__atomic_store_n(&slot->bytes_in, slot->bytes_in + c->io.bytes_read, __ATOMIC_RELAXED);
+	__atomic_store_n(&slot->bytes_out, slot->bytes_out + c->io.bytes_written, __ATOMIC_RELAXED);
+	c->io.bytes_read = 0;
+	c->io.bytes_written = 0;
 }
 
 void stats_ready_for_query(struct client *c, struct server *s)

@@ -357,6 +357,25 @@ void io_shrink(struct io *io)
 	iobuf_shrink(&io->out);
 }
 
+void io_release_idle(struct io *io)
+{
+	if (io->ev_write && !io->writing) {
+		event_free(io->ev_write);
+		io->ev_write = NULL;
+	}
+	if (!io->in_borrowed && iobuf_len(&io->in) == 0 && !io->in.failed)
+		iobuf_free(&io->in);
+	if (iobuf_len(&io->out) == 0 && !io->out.failed)
+		iobuf_free(&io->out);
+	/*
+	 * Some 20 to 40 KB with TLS. OpenSSL keeps them if they hold unread
+	 * data; before 3.0.14 it could free them while a record was half read
+	 * (CVE-2024-4741), so older libraries keep them.
+	 */
+	if (io->ssl && OpenSSL_version_num() >= 0x300000e0L && !SSL_has_pending(io->ssl))
+		SSL_free_buffers(io->ssl);
+}
+
 void io_set_nodelay(int fd)
 {
 	int on = 1;

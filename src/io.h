@@ -30,11 +30,11 @@ enum io_status {
 };
 
 struct io {
-	int fd;
 	SSL *ssl;        /* NULL for plaintext */
-	bool ssl_owned;  /* we free it (client side); libpq owns the backend's */
 	struct event *ev_read;
 	struct event *ev_write; /* made the first time a write would block (NULL until then) */
+	int fd;
+	bool ssl_owned;  /* we free it (client side); libpq owns the backend's */
 	bool reading;    /* ev_read is added */
 	bool writing;    /* ev_write is added */
 	bool ssl_read_wants_write;  /* SSL_read returned WANT_WRITE */
@@ -44,7 +44,8 @@ struct io {
 	struct iobuf in;
 	struct iobuf out;
 	const char *error; /* "" until a failure; then its text, valid until the next failure on this thread */
-	uint64_t bytes_read;    /* since io_init(), for the per-pool byte counts (stats.c) */
+	uint64_t bytes_read;    /* since io_init() or since its owner counted them and set them to 0
+	                         * (the per-pool byte counts, client_stats.c) */
 	uint64_t bytes_written;
 };
 
@@ -95,6 +96,14 @@ void io_close(struct io *io, bool close_fd);
 
 /* Release buffer memory of an idle connection. */
 void io_shrink(struct io *io);
+
+/*
+ * A connection that has been idle a while keeps only what it needs to be
+ * woken: empty buffers, the write event (when not armed) and, with TLS,
+ * OpenSSL's record buffers (when they hold nothing) go; each comes back on
+ * the next use.
+ */
+void io_release_idle(struct io *io);
 
 void io_set_nodelay(int fd);
 

@@ -39,29 +39,29 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
 	if (buf->start > 0 && buf->cap - len >= n && len <= buf->start) {
 		memcpy(buf->data, buf->data + buf->start, len);
 		buf->start = 0;
-		buf->end = len;
+		buf->end = (uint32_t)len;
 		return buf->data + buf->end;
 	}
 	if (buf->start > 0 && buf->cap - len >= n) {
 		memmove(buf->data, buf->data + buf->start, len);
 		buf->start = 0;
-		buf->end = len;
+		buf->end = (uint32_t)len;
 		return buf->data + buf->end;
 	}
-	need = len + n;
-	if (need < len) {
+	if (n > IOBUF_MAX_CAP - len) {
 		buf->failed = true;
 		return NULL;
 	}
+	need = len + n;
 	newcap = buf->cap ? buf->cap : IOBUF_MIN_CAP;
-	while (newcap < need && newcap <= SIZE_MAX / 2)
+	while (newcap < need && newcap <= IOBUF_MAX_CAP / 2)
 		newcap *= 2;
 	if (newcap < need)
 		newcap = need;
 	if (buf->start > 0) {
 		memmove(buf->data, buf->data + buf->start, len);
 		buf->start = 0;
-		buf->end = len;
+		buf->end = (uint32_t)len;
 	}
 	p = realloc(buf->data, newcap);
 	if (p == NULL) {
@@ -70,7 +70,7 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n)
 		return NULL;
 	}
 	buf->data = p;
-	buf->cap = newcap;
+	buf->cap = (uint32_t)newcap;
 	return buf->data + buf->end;
 }
 
@@ -81,7 +81,7 @@ void iobuf_append(struct iobuf *buf, const void *data, size_t len)
 	if (len == 0 || (p = iobuf_reserve(buf, len)) == NULL)
 		return;
 	memcpy(p, data, len);
-	buf->end += len;
+	buf->end += (uint32_t)len;
 }
 
 void iobuf_append_u8(struct iobuf *buf, uint8_t v)
@@ -122,7 +122,7 @@ void iobuf_append_str(struct iobuf *buf, const char *s)
 
 void iobuf_consume(struct iobuf *buf, size_t n)
 {
-	buf->start += n;
+	buf->start += (uint32_t)n; /* n <= iobuf_len(buf) */
 	if (buf->start >= buf->end)
 		buf->start = buf->end = 0;
 }

@@ -16,13 +16,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * Offsets are 32 bits: every connection has three or more of these, and no
+ * buffer may hold IOBUF_MAX_CAP bytes or more (growing past it fails like a
+ * failed allocation; every message is far smaller, see max_packet_size).
+ */
 struct iobuf {
 	uint8_t *data;
-	size_t start; /* first unread byte */
-	size_t end;   /* one past the last written byte */
-	size_t cap;
+	uint32_t start; /* first unread byte */
+	uint32_t end;   /* one past the last written byte */
+	uint32_t cap;
 	bool failed; /* an allocation failed: bytes appended since were dropped */
 };
+
+#define IOBUF_MAX_CAP ((size_t)UINT32_MAX)
 
 void iobuf_init(struct iobuf *buf);
 void iobuf_free(struct iobuf *buf);
@@ -43,7 +50,7 @@ uint8_t *iobuf_reserve(struct iobuf *buf, size_t n);
 /* Record that n bytes were written at the pointer iobuf_reserve() returned. */
 static inline void iobuf_commit(struct iobuf *buf, size_t n)
 {
-	buf->end += n;
+	buf->end += (uint32_t)n; /* n is at most what iobuf_reserve() was asked for */
 }
 
 void iobuf_append(struct iobuf *buf, const void *data, size_t len);

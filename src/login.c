@@ -378,7 +378,7 @@ int login_grant(struct login *l, struct io *io, const struct startup_packet *sta
 				return -1;
 			continue;
 		}
-		session_params_put_startup(params, name, value);
+		session_params_keep_startup(params, name, value);
 	}
 	proto_put_auth(&io->out, AUTH_REQ_OK, NULL, 0);
 	return 0;

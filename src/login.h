@@ -34,6 +34,8 @@ enum login_auth_step {
 };
 
 /* What the login of one client holds; zeroed with the client. */
+struct event;
+
 struct login {
 	bool ssl_asked; /* an SSLRequest was answered: another one is an unknown protocol version */
 	bool gss_asked; /* likewise a GSSENCRequest */
@@ -43,6 +45,7 @@ struct login {
 	enum login_auth_step auth_step;
 	struct scram_server *scram;
 	uint8_t md5_salt[4];
+	struct event *timeout;   /* the login timeout: client.c makes and frees it (here, not in every client) */
 };
 
 enum login_outcome {
@@ -102,7 +105,8 @@ enum login_outcome login_process_auth(struct login *l, struct io *io, const char
  * parameters into p (the carried reported ones, and the others, including
  * "-c name=value" and "--name=value" from options) and queue
  * AuthenticationOk. Returns -1 with err set, having queued nothing, for an
- * options string pgmux cannot honour.
+ * options string pgmux cannot honour. p may point to startup's values
+ * (session_params_keep_startup()): startup must outlive p.
  */
 int login_grant(struct login *l, struct io *io, const struct startup_packet *startup, struct session_params *p,
 		char *err, size_t errlen);

@@ -572,6 +572,7 @@ int main(int argc, char **argv)
 		pidfile_written = true;
 	}
 	client_set_console(&admin_console);
+	pool_set_wait_ended(client_wait_ended);
 	cancel_set_instance_id(cfg->peer_id);
 	if (cancel_thread_start() != 0 || workers_start(config_worker_count(cfg), &dispatch_worker_ops) != 0 ||
 	    monitor_start() != 0 || listen_start() != 0 || aws_thread_start() != 0) {

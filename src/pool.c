@@ -32,6 +32,8 @@
 pthread_mutex_t pool_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 
 static struct list_node pools = LIST_HEAD_INIT(pools);
+/* Set once before the workers start (pool_set_wait_ended()); read by them after. */
+static void (*wait_ended)(struct pool_waiter *waiter);
 
 static void set_string(char **dst, const char *src)
 {
@@ -939,8 +941,13 @@ void pool_run_ready(struct worker *w)
 	while ((node = list_pop_front(&ready)) != NULL) {
 		struct pool_waiter *waiter = list_entry(node, struct pool_waiter, node);
 
-		waiter->ended(waiter);
+		wait_ended(waiter);
 	}
+}
+
+void pool_set_wait_ended(void (*ended)(struct pool_waiter *waiter))
+{
+	wait_ended = ended;
 }
 
 void pool_close_idle(void)

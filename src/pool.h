@@ -94,28 +94,33 @@ static inline bool pool_writes_check_due(const struct pool *pool, uint64_t now_u
  * client, set up once by pool_waiter_init(). The pool ends a wait under its
  * lock: it sets assigned (a backend, detached or parked on the waiter's
  * loop) or error, puts the waiter on its worker's ready list and wakes that
- * worker, which calls ended (pool_run_ready()).
+ * worker, which calls the ended callback (pool_set_wait_ended(), from
+ * pool_run_ready()).
  */
 struct pool_waiter {
 	struct list_node node;  /* its pool's waiters, or its worker's ready list (pool lock) */
 	struct worker *worker;  /* the loop it lives on */
 	struct pool *pool;      /* where it last borrowed (its worker's thread only) */
 	uint64_t since_usec;    /* when it joined its pool's waiters (pool lock) */
-	bool fresh_only;        /* no backend another client used, while one opens for it (pool lock) */
-	/* Set by the pool, under its lock, when the wait ends. */
+	/* Set by the pool, under its lock, when the wait ends (with sqlstate). */
 	struct server *assigned;
 	char *error; /* malloc'd, the waiter's to free */
 	char sqlstate[6];
-	void (*ended)(struct pool_waiter *waiter); /* on its worker, once assigned or error is set */
+	bool fresh_only;        /* no backend another client used, while one opens for it (pool lock) */
 };
 
-static inline void pool_waiter_init(struct pool_waiter *waiter, struct worker *worker,
-				    void (*ended)(struct pool_waiter *waiter))
+static inline void pool_waiter_init(struct pool_waiter *waiter, struct worker *worker)
 {
 	list_init(&waiter->node);
 	waiter->worker = worker;
-	waiter->ended = ended;
 }
+
+/*
+ * What a worker calls for each of its waiters whose wait ended, once
+ * assigned or error is set (every waiter is a client's: one callback for
+ * all, set before the workers start, rather than a pointer in each).
+ */
+void pool_set_wait_ended(void (*ended)(struct pool_waiter *waiter));
 
 enum pool_borrow_result {
 	POOL_BORROWED, /* *server is attached to the caller's worker */

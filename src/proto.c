@@ -123,15 +123,26 @@ int proto_parse_startup(uint32_t version, const uint8_t *body, size_t len, struc
 	if (find_params(body, len, spans, &n_spans, err, errlen) < 0)
 		return -1;
 
+	size_t strings = 0;
+	char *text;
+
 	for (int i = 0; i < n_spans; i++) {
 		if (is_protocol_option(body, &spans[i]))
 			n_options++;
+		else
+			strings += spans[i].name_len + 1 + spans[i].value_len + 1;
 	}
+	/*
+	 * The parameters and their text in one block: a logged-in client keeps
+	 * them for good, and one allocation costs one malloc header, not two
+	 * per parameter.
+	 */
 	if (n_spans - n_options > 0) {
-		out->params = calloc((size_t)(n_spans - n_options), sizeof(*out->params));
+		out->params = malloc((size_t)(n_spans - n_options) * sizeof(*out->params) + strings);
 		if (out->params == NULL)
 			goto oom;
 	}
+	text = out->params ? (char *)(out->params + (n_spans - n_options)) : NULL;
 	if (n_options > 0) {
 		out->unknown_protocol_options = calloc((size_t)n_options, sizeof(*out->unknown_protocol_options));
 		if (out->unknown_protocol_options == NULL)
@@ -156,13 +167,13 @@ int proto_parse_startup(uint32_t version, const uint8_t *body, size_t len, struc
 			out->unknown_protocol_options[out->n_unknown_protocol_options++] = copy;
 			continue;
 		}
-		param = &out->params[out->n_params];
-		param->name = strdup(name);
-		param->value = strdup(value);
-		/* Count the slot first so that proto_startup_free() sees a half-filled one. */
-		out->n_params++;
-		if (param->name == NULL || param->value == NULL)
-			goto oom;
+		param = &out->params[out->n_params++];
+		param->name = text;
+		memcpy(text, name, spans[i].name_len + 1);
+		text += spans[i].name_len + 1;
+		param->value = text;
+		memcpy(text, value, spans[i].value_len + 1);
+		text += spans[i].value_len + 1;
 		if (strcmp(name, "user") == 0)
 			user = param->value;
 		else if (strcmp(name, "database") == 0)
@@ -190,11 +201,7 @@ void proto_startup_free(struct startup_packet *sp)
 {
 	if (sp == NULL)
 		return;
-	for (int i = 0; i < sp->n_params; i++) {
-		free(sp->params[i].name);
-		free(sp->params[i].value);
-	}
-	free(sp->params);
+	free(sp->params); /* and their text, in the same block */
 	for (int i = 0; i < sp->n_unknown_protocol_options; i++)
 		free(sp->unknown_protocol_options[i]);
 	free(sp->unknown_protocol_options);

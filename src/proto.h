@@ -113,13 +113,14 @@ struct startup_param {
 
 /* A parsed StartupMessage. */
 struct startup_packet {
-	uint32_t version;           /* PROTO_VERSION(3, minor) */
-	struct startup_param *params; /* every parameter, in order, including user and database */
-	int n_params;
+	struct startup_param *params; /* every parameter, in order, including user and database; one
+	                               * block with their text (never free a name or value alone) */
 	const char *user;     /* points into params; never NULL after a successful parse */
 	const char *database; /* defaults to user when absent */
 	char **unknown_protocol_options; /* names of _pq_.* options, which pgmux does not support */
+	int n_params;
 	int n_unknown_protocol_options;
+	uint32_t version;           /* PROTO_VERSION(3, minor) */
 };
 
 /*

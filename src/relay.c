@@ -325,7 +325,7 @@ enum relay_outcome relay_between_transactions(struct relay *r, struct iobuf *in,
 	if (transaction_lost)
 		return RELAY_LOST;
 	if (tracking && r->listen_apply &&
-	    (outcome = relay_listen(r, in, out, r->listen_apply, r->listen_arg, &r->listen_wait_at, why)) != RELAY_BORROW)
+	    (outcome = relay_listen(r, in, out, r->listen_apply, r->session.hook_arg, &r->listen_wait_at, why)) != RELAY_BORROW)
 		return outcome;
 	outcome = tracking ? relay_answer(r, in, out, false, why) : RELAY_BORROW;
 	/* Until the batch is here: then it is read again (the client's next read). */

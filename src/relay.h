@@ -41,8 +41,8 @@ struct relay {
 	bool discard_until_sync;      /* a failed batch: its messages are dropped up to its Sync */
 	bool waiting;                 /* the next message waits for the answer to an earlier batch */
 	bool replies_full;            /* max_pending_replies are owed: reading waits until half are answered */
-	relay_listen_apply listen_apply; /* LISTEN answered here: the client's side (NULL: never) */
-	void *listen_arg;
+	relay_listen_apply listen_apply; /* LISTEN answered here: the client's side, called with the
+	                                  * session's hook_arg (NULL: never) */
 	size_t listen_wait_at;        /* after a LISTEN answered here: where its held replies begin in out */
 };
 

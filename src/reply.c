@@ -18,6 +18,7 @@
 #include "params.h"
 #include "proto.h"
 #include "sqlscan.h"
+#include "util.h"
 
 _Static_assert(sizeof(((struct pending_reply *)0)->client_name) == REPLY_STMT_KEY_LEN + 1,
 	       "the reply queue must hold a whole statement key");
@@ -48,16 +49,28 @@ const char *reply_kind_name(enum reply_kind kind)
 void reply_session_init(struct reply_session *rs, const struct reply_hooks *hooks, void *hook_arg)
 {
 	memset(rs, 0, sizeof(*rs));
-	strmap_init(&rs->stmts);
-	strmap_init(&rs->stmt_names);
 	rs->hooks = hooks;
 	rs->hook_arg = hook_arg;
 }
 
+struct reply_names *reply_names_make(struct reply_session *rs)
+{
+	if (rs->names == NULL) {
+		rs->names = xmalloc(sizeof(*rs->names));
+		strmap_init(&rs->names->stmts);
+		strmap_init(&rs->names->stmt_names);
+	}
+	return rs->names;
+}
+
 void reply_session_free(struct reply_session *rs)
 {
-	strmap_clear(&rs->stmts, prepared_free);
-	params_clear(&rs->stmt_names);
+	if (rs->names) {
+		strmap_clear(&rs->names->stmts, prepared_free);
+		params_clear(&rs->names->stmt_names);
+		free(rs->names);
+		rs->names = NULL;
+	}
 	free(rs->unnamed_parse);
 	rs->unnamed_parse = NULL;
 	rs->unnamed_parse_len = rs->unnamed_parse_cap = 0;
@@ -347,9 +360,9 @@ static void close_owed(struct reply_tracker *t, const char *client_name, struct 
 		return;
 	if (!reply_push(t, REPLY_OWED_CLOSE, NULL, to_server))
 		return;
-	if (rs && (e = strmap_find(&rs->stmts, client_name)) != NULL) {
+	if (rs && (e = strmap_find(reply_stmts(rs), client_name)) != NULL) {
 		snprintf(reply_back(t)->client_name, sizeof(reply_back(t)->client_name), "%s", client_name);
-		reply_back(t)->closed = strmap_delete(&rs->stmts, e);
+		reply_back(t)->closed = strmap_delete(&rs->names->stmts, e);
 	}
 }
 
@@ -400,15 +413,17 @@ static void use_unnamed(struct reply_tracker *t, struct reply_session *rs, struc
 /* The client Parses the unnamed statement (msg, len bytes): it is the client's from now on. */
 static void unnamed_parsed(struct reply_tracker *t, struct reply_session *rs, const uint8_t *msg, size_t len)
 {
+	if (len > UINT32_MAX)
+		len = 0; /* cannot be: a message is at most max_packet_size (as if out of memory) */
 	if (len > rs->unnamed_parse_cap) {
 		uint8_t *copy = malloc(len);
 
 		/* Out of memory: it has none, and a later use closes what another client left instead. */
 		free(rs->unnamed_parse);
 		rs->unnamed_parse = copy;
-		rs->unnamed_parse_cap = copy ? len : 0;
+		rs->unnamed_parse_cap = copy ? (uint32_t)len : 0;
 	}
-	rs->unnamed_parse_len = rs->unnamed_parse ? len : 0;
+	rs->unnamed_parse_len = rs->unnamed_parse ? (uint32_t)len : 0;
 	if (rs->unnamed_parse)
 		memcpy(rs->unnamed_parse, msg, len);
 	if (!t->skipping_until_sync)
@@ -557,7 +572,7 @@ enum reply_action reply_frontend(struct reply_tracker *t, const uint8_t *msg, si
 		st = name && name[0] ? prepared_from_parse(body, blen, &client_name) : NULL;
 		if (name && name[0] && st == NULL && errno == ENOMEM)
 			return REPLY_NO_MEMORY;
-		if (st && (e = strmap_find(&rs->stmts, key)) != NULL)
+		if (st && (e = strmap_find(reply_stmts(rs), key)) != NULL)
 			taken = e->value;
 		/* Has the backend the statement (the one that has the name, if taken) already? */
 		if (st && statement_unsettled(t, taken ? taken->server_name : st->server_name, key)) {
@@ -580,14 +595,14 @@ enum reply_action reply_frontend(struct reply_tracker *t, const uint8_t *msg, si
 		 * pgmux keeps each statement's text for as long as the client
 		 * holds it, so their number is bounded per client.
 		 */
-		if (rs->stmts.count >= (size_t)limits->max_client_statements) {
+		if (reply_stmts(rs)->count >= (size_t)limits->max_client_statements) {
 			prepared_free(st);
 			return REPLY_TOO_MANY;
 		}
 		st->sets_session = (effects & REPLY_SETTINGS_EFFECTS) != 0;
 		st->writes = (effects & SQL_EFFECT_WRITE) != 0;
-		strmap_insert(&rs->stmts, key, st);
-		params_put(&rs->stmt_names, st->server_name, key);
+		strmap_insert(&reply_names_make(rs)->stmts, key, st);
+		params_put(&reply_names_make(rs)->stmt_names, st->server_name, key);
 		return parse(t, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0, tx_status, limits, to_server)
 			       ? REPLY_ANSWERED
 			       : REPLY_REWRITTEN;
@@ -605,7 +620,7 @@ enum reply_action reply_frontend(struct reply_tracker *t, const uint8_t *msg, si
 		 */
 		if (parse_unsettled(t, stmt_key(name, key), true))
 			return REPLY_WAIT;
-		if ((e = strmap_find(&rs->stmts, key)) == NULL)
+		if ((e = strmap_find(reply_stmts(rs), key)) == NULL)
 			break; /* unknown: the backend answers as it would directly */
 		st = e->value;
 		if (statement_unsettled(t, st->server_name, key))
@@ -628,7 +643,7 @@ enum reply_action reply_frontend(struct reply_tracker *t, const uint8_t *msg, si
 			use_unnamed(t, rs, to_server);
 			break;
 		}
-		e = strmap_find(&rs->stmts, stmt_key(name, key));
+		e = strmap_find(reply_stmts(rs), stmt_key(name, key));
 		if (type == FE_CLOSE) {
 			/* Answered by pgmux: the backend's statement stays for others. */
 			close_owed(t, key, to_server);
@@ -699,11 +714,11 @@ static void statements_dropped(struct reply_tracker *t, struct reply_session *rs
 	}
 	if (rs == NULL)
 		return;
-	list_for_each_safe(pos, tmp, &rs->stmts.lru) {
+	list_for_each_safe(pos, tmp, &reply_stmts(rs)->lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 
 		if (!client_parse_pending(t, e->key))
-			prepared_free(strmap_delete(&rs->stmts, e));
+			prepared_free(strmap_delete(&rs->names->stmts, e));
 	}
 }
 
@@ -804,9 +819,9 @@ static void skipped_to_sync(struct reply_tracker *t)
 		 * undoing that Close bring it back)...
 		 */
 		if ((r->kind == REPLY_PARSE || r->kind == REPLY_OWED_PARSE) && r->client_name[0] && rs &&
-		    (e = strmap_find(&rs->stmts, r->client_name)) != NULL &&
+		    (e = strmap_find(reply_stmts(rs), r->client_name)) != NULL &&
 		    strcmp(((struct prepared_stmt *)e->value)->server_name, r->name) == 0) {
-			prepared_free(strmap_delete(&rs->stmts, e));
+			prepared_free(strmap_delete(&rs->names->stmts, e));
 		} else if ((r->kind == REPLY_PARSE || r->kind == REPLY_OWED_PARSE) && r->client_name[0]) {
 			for (uint32_t j = n; j < t->count; j++) {
 				struct pending_reply *later = reply_at(t, j);
@@ -827,8 +842,8 @@ static void skipped_to_sync(struct reply_tracker *t)
 		if ((r->kind == REPLY_OWN_UNNAMED_CLOSE || (is_parse && r->name[0] == '\0')) && rs)
 			rs->unnamed_here = false;
 		/* ...and one it never closed is the client's again. */
-		if (r->closed && rs && strmap_find(&rs->stmts, r->client_name) == NULL)
-			strmap_insert(&rs->stmts, r->client_name, r->closed);
+		if (r->closed && rs && strmap_find(reply_stmts(rs), r->client_name) == NULL)
+			strmap_insert(&reply_names_make(rs)->stmts, r->client_name, r->closed);
 		else
 			prepared_free(r->closed);
 		r->closed = NULL;
@@ -965,7 +980,7 @@ bool reply_translate_error(const struct reply_session *rs, const uint8_t *body, 
 	size_t begin;
 	const uint8_t *p = body, *end = body + len;
 
-	if (hit == NULL || rs == NULL || rs->stmt_names.count == 0)
+	if (hit == NULL || rs == NULL || reply_stmt_names(rs)->count == 0)
 		return false;
 	begin = proto_begin(out, BE_ERROR_RESPONSE);
 	while (p < end && *p) {
@@ -982,7 +997,7 @@ bool reply_translate_error(const struct reply_session *rs, const uint8_t *body, 
 
 			memcpy(internal, at, PREPARED_NAME_LEN - 1);
 			internal[PREPARED_NAME_LEN - 1] = '\0';
-			e = strmap_find(&rs->stmt_names, internal);
+			e = strmap_find(reply_stmt_names(rs), internal);
 			iobuf_append(out, field, (size_t)(at - field));
 			if (e)
 				iobuf_append(out, e->value, strlen(e->value));
@@ -1087,8 +1102,8 @@ enum reply_idle reply_answer_idle(struct reply_session *rs, const uint8_t *in, s
 		if (msg_read_u8(&r, &kind) != 0 || (kind != 'S' && kind != 'P') || (name = msg_read_str(&r)) == NULL ||
 		    r.pos != blen)
 			return REPLY_IDLE_BORROW;
-		if (kind == 'S' && (e = strmap_find(&rs->stmts, stmt_key(name, key))) != NULL)
-			prepared_free(strmap_delete(&rs->stmts, e));
+		if (kind == 'S' && (e = strmap_find(reply_stmts(rs), stmt_key(name, key))) != NULL)
+			prepared_free(strmap_delete(&rs->names->stmts, e));
 		iobuf_append_u8(to_client, BE_CLOSE_COMPLETE);
 		iobuf_append_u32(to_client, 4);
 		break;
@@ -1105,7 +1120,7 @@ enum reply_idle reply_answer_idle(struct reply_session *rs, const uint8_t *in, s
 			return REPLY_IDLE_BORROW;
 		if ((batch = batch_answerable(in, avail, limits)) != REPLY_IDLE_ANSWERED)
 			return batch;
-		taken = strmap_find(&rs->stmts, stmt_key(name, key)) != NULL;
+		taken = strmap_find(reply_stmts(rs), stmt_key(name, key)) != NULL;
 		/* A text that pins the session pins it on a backend; one that defines code, likewise, to be seen. */
 		sql_scan(query, strlen(query), params_carried_names, SQL_SCAN_CARRY_SETS, &scan);
 		if (scan.pin != SQL_PIN_NONE || scan.custom_overflow || (scan.effects & SQL_EFFECT_DEFINES_CODE))
@@ -1127,14 +1142,14 @@ enum reply_idle reply_answer_idle(struct reply_session *rs, const uint8_t *in, s
 			out->discard_batch = true;
 			return REPLY_IDLE_ANSWERED;
 		}
-		if (rs->stmts.count >= (size_t)limits->max_client_statements) {
+		if (reply_stmts(rs)->count >= (size_t)limits->max_client_statements) {
 			prepared_free(st);
 			return REPLY_IDLE_TOO_MANY;
 		}
 		st->sets_session = (scan.effects & REPLY_SETTINGS_EFFECTS) != 0;
 		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
-		strmap_insert(&rs->stmts, key, st);
-		params_put(&rs->stmt_names, st->server_name, key);
+		strmap_insert(&reply_names_make(rs)->stmts, key, st);
+		params_put(&reply_names_make(rs)->stmt_names, st->server_name, key);
 		iobuf_append_u8(to_client, BE_PARSE_COMPLETE);
 		iobuf_append_u32(to_client, 4);
 		out->parse_answered = true;

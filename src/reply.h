@@ -85,12 +85,18 @@ struct reply_hooks {
 };
 
 /* The client's side, kept across the backends it uses (struct client has one). */
-struct reply_session {
+/* A session's named prepared statements (made on its first; most sessions have none). */
+struct reply_names {
 	struct strmap stmts;      /* named prepared statements: key -> struct prepared_stmt */
 	struct strmap stmt_names; /* server-side name -> the client's key, for error messages */
+};
+
+struct reply_session {
+	struct reply_names *names; /* NULL until its first named statement: read through reply_stmts()
+	                            * and reply_stmt_names(), add through reply_names_make() */
 	uint8_t *unnamed_parse;   /* the client's last Parse of the unnamed statement, whole */
-	size_t unnamed_parse_len;
-	size_t unnamed_parse_cap;
+	uint32_t unnamed_parse_len; /* a message: at most max_packet_size, under 2^31 */
+	uint32_t unnamed_parse_cap;
 	bool unnamed_here;        /* the backend's unnamed statement is this client's (or none):
 	                           * cleared at each link, see use_unnamed() in reply.c */
 	bool reset_all_pending;   /* a RESET ALL was sent; its CommandComplete resets the session */
@@ -120,6 +126,19 @@ struct reply_limits {
 	int max_client_statements;  /* max_client_prepared_statements */
 	int max_packet_size;
 };
+
+static inline const struct strmap *reply_stmts(const struct reply_session *rs)
+{
+	return rs->names ? &rs->names->stmts : &strmap_empty;
+}
+
+static inline const struct strmap *reply_stmt_names(const struct reply_session *rs)
+{
+	return rs->names ? &rs->names->stmt_names : &strmap_empty;
+}
+
+/* The session's statement maps, made now if it had none. */
+struct reply_names *reply_names_make(struct reply_session *rs);
 
 void reply_session_init(struct reply_session *rs, const struct reply_hooks *hooks, void *hook_arg);
 void reply_session_free(struct reply_session *rs);

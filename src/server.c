@@ -727,7 +727,7 @@ static enum server_input server_relay_message(struct server *s, uint8_t type, co
 		server_deliver_span(s, true, span);
 		iobuf_consume(&s->io.in, PROTO_HEADER_LEN + blen);
 	} else if (type == BE_ERROR_RESPONSE && s->replies.tracking && s->replies.session &&
-		   s->replies.session->stmt_names.count > 0 && memmem(body, blen, "pgmux_", 6) != NULL) {
+		   reply_stmt_names(s->replies.session)->count > 0 && memmem(body, blen, "pgmux_", 6) != NULL) {
 		/* It may name a statement by pgmux's name: the client gets its own (rare: only then a copy). */
 		struct iobuf translated;
 

@@ -27,12 +27,20 @@ static const char *const shared_reported_values[] = {
 	"postgres", "iso_8601", "UTC", "Etc/UTC", "GMT",
 };
 
-static char *reported_copy(const char *value)
+/* The shared constant equal to value, or NULL. */
+static char *reported_copy_shared(const char *value)
 {
 	for (size_t i = 0; i < sizeof(shared_reported_values) / sizeof(shared_reported_values[0]); i++)
 		if (strcmp(value, shared_reported_values[i]) == 0)
 			return (char *)shared_reported_values[i];
-	return xstrdup(value);
+	return NULL;
+}
+
+static char *reported_copy(const char *value)
+{
+	char *shared = reported_copy_shared(value);
+
+	return shared ? shared : xstrdup(value);
 }
 
 static void reported_free(char *value)
@@ -45,33 +53,84 @@ static void reported_free(char *value)
 
 void session_params_init(struct session_params *p)
 {
-	strmap_init(&p->set);
-	strmap_init(&p->startup);
+	p->extra = NULL;
+	p->borrowed = 0;
+}
+
+/* reported[i] is let go: freed if it is pgmux's own copy. */
+static void reported_release(struct session_params *p, int i)
+{
+	if (!(p->borrowed & (1u << i)))
+		reported_free(p->reported[i]);
+	p->borrowed &= (uint8_t)~(1u << i);
+	p->reported[i] = NULL;
+}
+
+static struct session_extra *extra_make(struct session_params *p)
+{
+	if (p->extra == NULL) {
+		p->extra = xmalloc(sizeof(*p->extra));
+		strmap_init(&p->extra->set);
+		strmap_init(&p->extra->startup);
+	}
+	return p->extra;
+}
+
+static void extra_free(struct session_params *p)
+{
+	if (p->extra == NULL)
+		return;
+	params_clear(&p->extra->set);
+	params_clear(&p->extra->startup);
+	free(p->extra);
+	p->extra = NULL;
+}
+
+/* An idle session keeps no empty maps (issue 21). */
+static void extra_trim(struct session_params *p)
+{
+	if (p->extra && p->extra->set.count == 0 && p->extra->startup.count == 0)
+		extra_free(p);
 }
 
 void session_params_free(struct session_params *p)
 {
-	for (int i = 0; i < PARAMS_N_CARRIED; i++) {
-		reported_free(p->reported[i]);
-		p->reported[i] = NULL;
-	}
-	params_clear(&p->set);
-	params_clear(&p->startup);
+	for (int i = 0; i < PARAMS_N_CARRIED; i++)
+		reported_release(p, i);
+	extra_free(p);
 }
 
 void session_params_set_reported(struct session_params *p, int index, const char *value)
 {
 	if (p->reported[index] && strcmp(p->reported[index], value) == 0)
 		return;
-	reported_free(p->reported[index]);
+	reported_release(p, index);
 	p->reported[index] = reported_copy(value);
 	p->fingerprint_valid = false;
 }
 
 void session_params_unset_reported(struct session_params *p, int index)
 {
-	reported_free(p->reported[index]);
-	p->reported[index] = NULL;
+	reported_release(p, index);
+	p->fingerprint_valid = false;
+}
+
+void session_params_keep_startup(struct session_params *p, const char *name, const char *value)
+{
+	int index = params_carried_index(name);
+	char *shared;
+
+	if (index < 0) {
+		session_params_put_startup(p, name, value);
+		return;
+	}
+	if (p->reported[index] && strcmp(p->reported[index], value) == 0)
+		return;
+	reported_release(p, index);
+	shared = reported_copy_shared(value);
+	p->reported[index] = shared ? shared : (char *)value;
+	if (shared == NULL)
+		p->borrowed |= (uint8_t)(1u << index);
 	p->fingerprint_valid = false;
 }
 
@@ -83,8 +142,10 @@ void session_params_put_startup(struct session_params *p, const char *name, cons
 	if (index >= 0) {
 		session_params_set_reported(p, index, value);
 	} else {
-		params_put(&p->set, name, value);
-		params_put(&p->startup, name, value);
+		struct session_extra *x = extra_make(p);
+
+		params_put(&x->set, name, value);
+		params_put(&x->startup, name, value);
 	}
 }
 
@@ -99,7 +160,7 @@ static const char *session_reported_get(const char *name, void *arg)
 uint64_t session_params_fingerprint(struct session_params *p)
 {
 	if (!p->fingerprint_valid) {
-		p->fingerprint = params_fingerprint(session_reported_get, p, &p->set);
+		p->fingerprint = params_fingerprint(session_reported_get, p, session_params_set(p));
 		p->fingerprint_valid = true;
 	}
 	return p->fingerprint;
@@ -108,19 +169,21 @@ uint64_t session_params_fingerprint(struct session_params *p)
 void session_params_adopt(struct session_params *p, const struct strmap *settings)
 {
 	struct list_node *pos;
+	struct session_extra *x = extra_make(p);
 
-	params_clear(&p->set);
+	params_clear(&x->set);
 	list_for_each(pos, &settings->lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 
-		params_put(&p->set, e->key, e->value);
+		params_put(&x->set, e->key, e->value);
 	}
-	list_for_each(pos, &p->startup.lru) {
+	list_for_each(pos, &x->startup.lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 
-		if (params_get(&p->set, e->key) == NULL)
-			params_put(&p->set, e->key, e->value);
+		if (params_get(&x->set, e->key) == NULL)
+			params_put(&x->set, e->key, e->value);
 	}
+	extra_trim(p);
 	p->fingerprint_valid = false;
 }
 
@@ -190,7 +253,7 @@ bool session_state_sql(struct iobuf *sql, const struct session_params *p, struct
 	list_for_each_safe(pos, tmp, &b->applied->lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 
-		if (params_get(&p->set, e->key) == NULL) {
+		if (params_get(session_params_set(p), e->key) == NULL) {
 			session_append_reset(sql, e->key);
 			free(strmap_delete(b->applied, e));
 			b->applied_changed = true;
@@ -219,7 +282,7 @@ bool session_state_sql(struct iobuf *sql, const struct session_params *p, struct
 			continue;
 		session_append_set(sql, &count, name, want);
 	}
-	list_for_each(pos, &p->set.lru) {
+	list_for_each(pos, &session_params_set(p)->lru) {
 		struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
 		const char *have = params_get(b->applied, e->key);
 

@@ -19,17 +19,31 @@
 #include "sqlscan.h"
 #include "strmap.h"
 
+/* The parameters a session has besides the carried reported ones (most have none). */
+struct session_extra {
+	struct strmap set;       /* other parameters: from the startup packet (options -c ...), then as the
+	                          * session's own SETs left them (read back, see session_settings_sql()) */
+	struct strmap startup;   /* set as the startup packet gave it: what RESET goes back to */
+};
+
 /* The parameters of one client's session, as pgmux carries them. */
 struct session_params {
 	char *reported[PARAMS_N_CARRIED]; /* carried reported parameters as the client last saw them (NULL: unset);
 	                                   * common values point to shared constants (session.c): never write
 	                                   * through these, change them with session_params_set_reported() */
-	struct strmap set;       /* other parameters: from the startup packet (options -c ...), then as the
-	                          * session's own SETs left them (read back, see session_settings_sql()) */
-	struct strmap startup;   /* set as the startup packet gave it: what RESET goes back to */
+	struct session_extra *extra; /* made on the first such parameter, freed when both maps are empty
+	                              * (NULL: none); read them with session_params_set() */
 	uint64_t fingerprint;    /* of reported and set, when fingerprint_valid (session_params_fingerprint()) */
 	bool fingerprint_valid;
+	uint8_t borrowed;        /* bit i: reported[i] points to the startup packet's value, not a copy
+	                          * (session_params_keep_startup()) */
 };
+
+/* The session's other parameters (extra->set), or an empty map: read only. */
+static inline const struct strmap *session_params_set(const struct session_params *p)
+{
+	return p->extra ? &p->extra->set : &strmap_empty;
+}
 
 void session_params_init(struct session_params *p);
 void session_params_free(struct session_params *p);
@@ -46,6 +60,12 @@ void session_params_unset_reported(struct session_params *p, int index);
  * every backend the client uses, and is what RESET goes back to.
  */
 void session_params_put_startup(struct session_params *p, const char *name, const char *value);
+
+/*
+ * The same for a value that lives as long as p (the client's startup
+ * packet): a carried reported one is pointed to, not copied.
+ */
+void session_params_keep_startup(struct session_params *p, const char *name, const char *value);
 
 /* The fingerprint of the session's parameters (params_fingerprint()), cached until one changes. */
 uint64_t session_params_fingerprint(struct session_params *p);

@@ -11,6 +11,10 @@
 
 #define STRMAP_INITIAL_BUCKETS 16
 
+const struct strmap strmap_empty = {
+	.lru = {(struct list_node *)&strmap_empty.lru, (struct list_node *)&strmap_empty.lru},
+};
+
 void strmap_init(struct strmap *m)
 {
 	m->buckets = NULL;
@@ -63,10 +67,10 @@ struct strmap_entry *strmap_find(const struct strmap *m, const char *key)
 
 static void strmap_grow(struct strmap *m)
 {
-	size_t n = m->n_buckets ? m->n_buckets * 2 : STRMAP_INITIAL_BUCKETS;
+	uint32_t n = m->n_buckets ? m->n_buckets * 2 : STRMAP_INITIAL_BUCKETS;
 	struct strmap_entry **buckets = xcalloc(n, sizeof(*buckets));
 
-	for (size_t i = 0; i < m->n_buckets; i++) {
+	for (uint32_t i = 0; i < m->n_buckets; i++) {
 		struct strmap_entry *e = m->buckets[i];
 
 		while (e) {

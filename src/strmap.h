@@ -23,12 +23,18 @@ struct strmap_entry {
 
 struct strmap {
 	struct strmap_entry **buckets;
-	size_t n_buckets; /* a power of two, or 0 before the first insert */
-	size_t count;
+	uint32_t n_buckets; /* a power of two, or 0 before the first insert */
+	uint32_t count;     /* every map is bounded far below 2^31 entries (by its owner's limit) */
 	struct list_node lru;
 };
 
 void strmap_init(struct strmap *m);
+
+/*
+ * An empty map for readers of a map that is made on first use (NULL until
+ * then): find and iterate on it, never insert, delete or clear.
+ */
+extern const struct strmap strmap_empty;
 
 /* Free every entry; free_value (may be NULL) is called on each value. */
 void strmap_clear(struct strmap *m, void (*free_value)(void *));

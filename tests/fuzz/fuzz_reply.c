@@ -39,7 +39,7 @@ static void trace_queue(const struct reply_tracker *t, const struct strmap *stat
 
 		fprintf(stderr, " %s%s%.12s", reply_kind_name(r->kind), r->name[0] ? ":" : "", r->name);
 	}
-	fprintf(stderr, " | statements %zu, outstanding %d%s%s\n", statements->count, t->outstanding,
+	fprintf(stderr, " | statements %zu, outstanding %d%s%s\n", (size_t)statements->count, t->outstanding,
 		t->unsynced ? ", unsynced" : "", t->skipping_until_sync ? ", skipping" : "");
 }
 
@@ -505,7 +505,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					fprintf(stderr, "    backend %d has %s\n", i, list_entry(pos, struct strmap_entry, lru)->key);
 			}
 			FUZZ_CHECK(statements[i].count == model[i].has.count, "backend %d has %zu statements, the tracker "
-				   "believes %zu", i, model[i].has.count, statements[i].count);
+				   "believes %zu", i, (size_t)model[i].has.count, (size_t)statements[i].count);
 			for (struct list_node *pos = statements[i].lru.next; pos != &statements[i].lru; pos = pos->next)
 				FUZZ_CHECK(strmap_find(&model[i].has, list_entry(pos, struct strmap_entry, lru)->key),
 					   "the tracker believes backend %d has %s", i,

@@ -99,6 +99,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	FUZZ_CHECK(C.base && C.request_event, "control");
 
 	client_set_console(&admin_console);
+	pool_set_wait_ended(client_wait_ended); /* as main.c does */
 	worker = worker_create(0, &dispatch_worker_ops);
 	FUZZ_CHECK(worker != NULL, "worker_create");
 	current_worker = worker;

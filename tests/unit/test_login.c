@@ -403,12 +403,12 @@ Test(login_auth, grant_sorts_the_startup_parameters_and_says_ok)
 	cr_assert_eq(iobuf_len(&f.io.out), sizeof(ok));
 	cr_assert_arr_eq(iobuf_head(&f.io.out), ok, sizeof(ok));
 	cr_assert_str_eq(p.reported[params_carried_index("timezone")], "UTC");
-	cr_assert_str_eq(params_get(&p.set, "search_path"), "app");
-	cr_assert_str_eq(params_get(&p.set, "work_mem"), "64MB");
-	cr_assert_str_eq(params_get(&p.startup, "lock_timeout"), "1s");
-	cr_assert_null(params_get(&p.set, "user"));
-	cr_assert_null(params_get(&p.set, "database"));
-	cr_assert_null(params_get(&p.set, "options"));
+	cr_assert_str_eq(params_get(session_params_set(&p), "search_path"), "app");
+	cr_assert_str_eq(params_get(session_params_set(&p), "work_mem"), "64MB");
+	cr_assert_str_eq(params_get(&p.extra->startup, "lock_timeout"), "1s");
+	cr_assert_null(params_get(session_params_set(&p), "user"));
+	cr_assert_null(params_get(session_params_set(&p), "database"));
+	cr_assert_null(params_get(session_params_set(&p), "options"));
 	session_params_free(&p);
 
 	/* Options pgmux cannot honour: nothing is queued. */
@@ -440,21 +440,21 @@ Test(login_options, settings_in_every_spelling)
 				   "--app.some-thing=a-b",
 				   &p, err),
 		     0, "%s", err);
-	cr_assert_str_eq(params_get(&p.set, "a.b"), "1");
-	cr_assert_str_eq(params_get(&p.set, "work_mem"), "2MB");
-	cr_assert_str_eq(params_get(&p.set, "lock_timeout"), "3s");
-	cr_assert_str_eq(params_get(&p.set, "search_path"), "x y\\z");
-	cr_assert_str_eq(params_get(&p.set, "app.some_thing"), "a-b", "dashes only in the name become _");
-	cr_assert_eq(p.set.count, 5);
+	cr_assert_str_eq(params_get(session_params_set(&p), "a.b"), "1");
+	cr_assert_str_eq(params_get(session_params_set(&p), "work_mem"), "2MB");
+	cr_assert_str_eq(params_get(session_params_set(&p), "lock_timeout"), "3s");
+	cr_assert_str_eq(params_get(session_params_set(&p), "search_path"), "x y\\z");
+	cr_assert_str_eq(params_get(session_params_set(&p), "app.some_thing"), "a-b", "dashes only in the name become _");
+	cr_assert_eq(session_params_set(&p)->count, 5);
 	session_params_free(&p);
 
 	cr_assert_eq(parse_options("-c application_name=it's", &p, err), 0, "%s", err);
 	cr_assert_str_eq(p.reported[params_carried_index("application_name")], "it's");
-	cr_assert_eq(p.set.count, 0);
+	cr_assert_eq(session_params_set(&p)->count, 0);
 	session_params_free(&p);
 
 	cr_assert_eq(parse_options("", &p, err), 0);
-	cr_assert_eq(p.set.count, 0);
+	cr_assert_eq(session_params_set(&p)->count, 0);
 	session_params_free(&p);
 }
 

@@ -1062,7 +1062,7 @@ static struct reply_verdict scene_reply(struct scene *sc, char type, const char 
 
 static const char *server_name_of(struct scene *sc, const char *client_name)
 {
-	struct strmap_entry *e = strmap_find(&sc->rs.stmts, client_name);
+	struct strmap_entry *e = strmap_find(reply_stmts(&sc->rs), client_name);
 
 	cr_assert_not_null(e, "the client has no statement %s", client_name);
 	return ((struct prepared_stmt *)e->value)->server_name;
@@ -1081,7 +1081,7 @@ Test(reply_found, deallocate_all_ahead_of_a_parse_in_flight)
 	snprintf(x, sizeof(x), "%s", server_name_of(&sc, "s1"));
 	scene_reply(&sc, BE_COMMAND_COMPLETE, "DEALLOCATE ALL");
 	cr_assert_not_null(strmap_find(&sc.statements, x), "the backend's statement went with the DEALLOCATE ALL");
-	cr_assert_not_null(strmap_find(&sc.rs.stmts, "s1"), "the client's statement went with the DEALLOCATE ALL");
+	cr_assert_not_null(strmap_find(reply_stmts(&sc.rs), "s1"), "the client's statement went with the DEALLOCATE ALL");
 	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
 	scene_reply(&sc, BE_PARSE_COMPLETE, NULL);
 	scene_reply(&sc, BE_READY_FOR_QUERY, "I");

@@ -433,9 +433,9 @@ Test(session_params, startup_parameters_are_sorted_and_remembered)
 	session_params_put_startup(&p, "TimeZone", "UTC");
 	session_params_put_startup(&p, "Search_Path", "app");
 	cr_assert_str_eq(p.reported[params_carried_index("timezone")], "UTC");
-	cr_assert_null(params_get(&p.set, "timezone"));
-	cr_assert_str_eq(params_get(&p.set, "search_path"), "app");
-	cr_assert_str_eq(params_get(&p.startup, "search_path"), "app");
+	cr_assert_null(params_get(session_params_set(&p), "timezone"));
+	cr_assert_str_eq(params_get(session_params_set(&p), "search_path"), "app");
+	cr_assert_str_eq(params_get(&p.extra->startup, "search_path"), "app");
 	session_params_free(&p);
 }
 
@@ -469,17 +469,18 @@ Test(session_params, adopt_takes_the_settings_and_startup_values_for_what_was_re
 	strmap_init(&settings);
 	session_params_put_startup(&p, "search_path", "app");
 	session_params_put_startup(&p, "work_mem", "64MB");
-	params_put(&p.set, "statement_timeout", "1s"); /* SET earlier, RESET since */
+	cr_assert_not_null(p.extra);
+	params_put(&p.extra->set, "statement_timeout", "1s"); /* SET earlier, RESET since */
 	params_put(&settings, "work_mem", "128MB");
 	params_put(&settings, "app.tenant", "t1");
 	(void)session_params_fingerprint(&p);
 	session_params_adopt(&p, &settings);
 	cr_assert_not(p.fingerprint_valid);
-	cr_assert_eq(p.set.count, 3);
-	cr_assert_str_eq(params_get(&p.set, "work_mem"), "128MB");
-	cr_assert_str_eq(params_get(&p.set, "app.tenant"), "t1");
-	cr_assert_str_eq(params_get(&p.set, "search_path"), "app");
-	cr_assert_null(params_get(&p.set, "statement_timeout"));
+	cr_assert_eq(session_params_set(&p)->count, 3);
+	cr_assert_str_eq(params_get(session_params_set(&p), "work_mem"), "128MB");
+	cr_assert_str_eq(params_get(session_params_set(&p), "app.tenant"), "t1");
+	cr_assert_str_eq(params_get(session_params_set(&p), "search_path"), "app");
+	cr_assert_null(params_get(session_params_set(&p), "statement_timeout"));
 	params_clear(&settings);
 	session_params_free(&p);
 }
