@@ -323,7 +323,7 @@ static enum relay_outcome keep_statements(struct reply_session *rs, const uint8_
 			st->listen = true;
 			snprintf(key, sizeof(key), "%s", client_name);
 			strmap_insert(&reply_names_make(rs)->stmts, key, st);
-			params_put(&reply_names_make(rs)->stmt_names, st->server_name, key);
+			reply_note_stmt_name(rs, st, key);
 		}
 		off += 1 + (size_t)mlen;
 	}

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "params.h"
 #include "proto.h"
@@ -61,6 +62,32 @@ struct reply_names *reply_names_make(struct reply_session *rs)
 		strmap_init(&rs->names->stmt_names);
 	}
 	return rs->names;
+}
+
+/*
+ * Note which of the client's statements server_name stands for (its error
+ * texts name the client's statement, reply_translate_error()). An entry
+ * outlives its statement (a Close, DEALLOCATE or DEALLOCATE ALL does not
+ * look here), so when the map reaches twice the statements the client holds
+ * (and a few), the entries of statements it no longer holds go: like the
+ * statements, the map stays bounded by max_client_prepared_statements.
+ */
+void reply_note_stmt_name(struct reply_session *rs, const struct prepared_stmt *st, const char *key)
+{
+	struct reply_names *n = reply_names_make(rs);
+
+	if (n->stmt_names.count >= 2 * n->stmts.count + STMT_NAMES_SLACK) {
+		struct list_node *pos, *tmp;
+
+		list_for_each_safe(pos, tmp, &n->stmt_names.lru) {
+			struct strmap_entry *e = list_entry(pos, struct strmap_entry, lru);
+			struct strmap_entry *held = strmap_find(&n->stmts, e->value);
+
+			if (held == NULL || strcasecmp(((struct prepared_stmt *)held->value)->server_name, e->key) != 0)
+				free(strmap_delete(&n->stmt_names, e));
+		}
+	}
+	params_put(&n->stmt_names, st->server_name, key);
 }
 
 void reply_session_free(struct reply_session *rs)
@@ -602,7 +629,7 @@ enum reply_action reply_frontend(struct reply_tracker *t, const uint8_t *msg, si
 		st->sets_session = (effects & REPLY_SETTINGS_EFFECTS) != 0;
 		st->writes = (effects & SQL_EFFECT_WRITE) != 0;
 		strmap_insert(&reply_names_make(rs)->stmts, key, st);
-		params_put(&reply_names_make(rs)->stmt_names, st->server_name, key);
+		reply_note_stmt_name(rs, st, key);
 		return parse(t, st, key, (effects & SQL_EFFECT_TRANSACTION_CONTROL) != 0, tx_status, limits, to_server)
 			       ? REPLY_ANSWERED
 			       : REPLY_REWRITTEN;
@@ -1149,7 +1176,7 @@ enum reply_idle reply_answer_idle(struct reply_session *rs, const uint8_t *in, s
 		st->sets_session = (scan.effects & REPLY_SETTINGS_EFFECTS) != 0;
 		st->writes = (scan.effects & SQL_EFFECT_WRITE) != 0;
 		strmap_insert(&reply_names_make(rs)->stmts, key, st);
-		params_put(&reply_names_make(rs)->stmt_names, st->server_name, key);
+		reply_note_stmt_name(rs, st, key);
 		iobuf_append_u8(to_client, BE_PARSE_COMPLETE);
 		iobuf_append_u32(to_client, 4);
 		out->parse_answered = true;

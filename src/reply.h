@@ -137,6 +137,10 @@ static inline const struct strmap *reply_stmt_names(const struct reply_session *
 	return rs->names ? &rs->names->stmt_names : &strmap_empty;
 }
 
+/* The client's statement key now stands for server-side name st->server_name (for error texts; bounded). */
+#define STMT_NAMES_SLACK 16
+void reply_note_stmt_name(struct reply_session *rs, const struct prepared_stmt *st, const char *key);
+
 /* The session's statement maps, made now if it had none. */
 struct reply_names *reply_names_make(struct reply_session *rs);
 

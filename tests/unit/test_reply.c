@@ -1143,3 +1143,45 @@ Test(reply_found, a_parse_under_a_name_dropped_meanwhile_breaks_the_backend)
 	cr_assert(!v.forward);
 	scene_free(&sc);
 }
+
+/*
+ * A client that prepares and closes statement after statement (a driver's
+ * statement cache turning over): the names pgmux keeps for its error texts
+ * stay bounded by the statements it holds, and a held statement's name is
+ * still translated.
+ */
+Test(reply_found, statement_names_stay_bounded_as_statements_come_and_go)
+{
+	struct scene sc;
+	const uint8_t close_s[] = { 'S', 's', 0 };
+	char text[32], error[96];
+	struct iobuf out;
+	size_t n;
+
+	scene_init(&sc, 5000);
+	for (int i = 0; i < 1000; i++) {
+		snprintf(text, sizeof(text), "SELECT %d", i);
+		scene_parse(&sc, "s", text);
+		scene_send(&sc, FE_CLOSE, close_s, sizeof(close_s));
+		scene_send(&sc, FE_SYNC, NULL, 0);
+		scene_reply(&sc, BE_PARSE_COMPLETE, NULL);
+		scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+		cr_assert(reply_settled(&sc.t), "round %d", i);
+		cr_assert_eq(reply_stmts(&sc.rs)->count, 0);
+		/* Pruned before a new name once there are twice the statements held (one, the new one) and the slack. */
+		cr_assert_leq(reply_stmt_names(&sc.rs)->count, 2 + STMT_NAMES_SLACK, "round %d: %u names kept", i,
+			      reply_stmt_names(&sc.rs)->count);
+	}
+	scene_parse(&sc, "kept", "SELECT 'kept'");
+	scene_send(&sc, FE_SYNC, NULL, 0);
+	scene_reply(&sc, BE_PARSE_COMPLETE, NULL);
+	scene_reply(&sc, BE_READY_FOR_QUERY, "I");
+	/* An ErrorResponse body naming the server-side statement: S, C and M fields. */
+	n = (size_t)snprintf(error, sizeof(error), "SERROR%cC26000%cMprepared statement \"%s\" does not exist%c",
+			     0, 0, server_name_of(&sc, "kept"), 0) + 1;
+	iobuf_init(&out);
+	cr_assert(reply_translate_error(&sc.rs, (const uint8_t *)error, n, &out));
+	cr_assert_not_null(memmem(iobuf_head(&out), iobuf_len(&out), "\"kept\"", 6), "the client's name is not in the error");
+	iobuf_free(&out);
+	scene_free(&sc);
+}
