@@ -327,7 +327,10 @@ static void pgconn_query_finish(struct pgconn_query *q, PGresult *res, const cha
 		copy[strcspn(copy, "\n")] = '\0';
 		error = copy;
 	}
-	q->result = NULL; /* res, if it was the first result, is the caller's to free */
+	/* res, if it is the first result, is the caller's to free; one kept before an error is freed here. */
+	if (q->result != res)
+		PQclear(q->result);
+	q->result = NULL;
 	pgconn_query_cancel(q);
 	done(arg, res, error);
 }
