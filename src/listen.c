@@ -645,10 +645,17 @@ static bool hub_moved(struct hub *h)
 static void hub_work(struct hub *h)
 {
 	bool empty, changed, waiting;
-	uint64_t now = pgmux_now_usec();
+	uint64_t now;
 	const struct config *cfg = config_current();
 
 	pthread_mutex_lock(&listen_lock);
+	/*
+	 * Read under the lock: a worker stamps a waiter (listen_wait()) under it,
+	 * so no waiter is younger than now. Read before it, a waiter added
+	 * meanwhile was "older" than any timeout (the unsigned difference
+	 * wrapped) and its LISTEN failed at once.
+	 */
+	now = pgmux_now_usec();
 	empty = h->subscriptions == 0 && h->n_waiters == 0;
 	changed = h->changed;
 	waiting = h->n_waiters > 0;
@@ -656,7 +663,7 @@ static void hub_work(struct hub *h)
 	if (waiting && h->state != HUB_UP && h->state != HUB_QUERYING && cfg->connection_borrow_timeout_ms > 0) {
 		int n = 0;
 
-		while (n < h->n_waiters &&
+		while (n < h->n_waiters && now >= h->waiters[n].since_usec &&
 		       now - h->waiters[n].since_usec >= (uint64_t)cfg->connection_borrow_timeout_ms * 1000)
 			n++;
 		if (n > 0) {
