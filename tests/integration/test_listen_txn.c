@@ -14,16 +14,24 @@
 #include <criterion/criterion.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 static struct pgmux px;
+static int stopped_pid; /* a backend a test stopped (SIGSTOP): continued whatever way the test ends */
+
+static struct h_pg second; /* the cutover's new server */
 
 static void fini(void)
 {
+	if (stopped_pid > 0)
+		kill(stopped_pid, SIGCONT);
+	stopped_pid = 0;
 	h_teardown();
+	h_pg_stop(&second);
 }
 
 /*
@@ -312,6 +320,182 @@ Test(listen_txn, backend_terminated_during_takeover)
 	expect_nothing_left_behind(notifier, "killed");
 	PQfinish(super);
 	PQfinish(notifier);
+}
+
+/* The pid of pgmux's LISTEN connection on the server at super, once it listens on what it was asked to. */
+static int hub_pid(PGconn *super)
+{
+	cr_assert(h_poll_value(super,
+			       "select count(*) from pg_stat_activity where application_name = 'pgmux listen' and "
+			       "state = 'idle' and query like 'LISTEN%'",
+			       "1", h_scaled_ms(10000)),
+		  "pgmux's LISTEN connection does not listen");
+	return (int)h_number_ok(super, "select pid from pg_stat_activity where application_name = 'pgmux listen'");
+}
+
+/*
+ * A session that listens on keep through pgmux; then the backend of pgmux's
+ * LISTEN connection (on the server at super) is stopped: a takeover waits
+ * for it in vain. Its pid in *hub.
+ */
+static PGconn *listen_then_stop_the_hub(PGconn *super, int *hub)
+{
+	PGconn *keep = h_app_session(&px, "disable", NULL);
+
+	h_expect_tag(keep, "LISTEN keep", "LISTEN");
+	*hub = hub_pid(super);
+	cr_assert_eq(kill(*hub, SIGSTOP), 0, "SIGSTOP to backend %d", *hub);
+	stopped_pid = *hub;
+	return keep;
+}
+
+static void continue_the_hub(int hub)
+{
+	cr_assert_eq(kill(hub, SIGCONT), 0, "SIGCONT to backend %d", hub);
+	stopped_pid = 0;
+}
+
+/*
+ * The takeover does not complete in CLIENT_LISTEN_HANDOVER_TIMEOUT_MS (5 s;
+ * pgmux(1)): pgmux's LISTEN connection's backend is stopped, so the hub
+ * never says it listens on the new channel. The backend of the transaction
+ * is closed instead of given back, the client gets its ReadyForQuery and
+ * goes on unpinned, a warning says so, and it keeps its subscription: once
+ * the hub's backend runs again, notifications of the channel reach it.
+ */
+Test(listen_txn, takeover_times_out_backend_closed)
+{
+	PGconn *super, *notifier, *keep, *a, *admin;
+	long long began, took;
+	int backend, hub;
+	char warning[120];
+
+	h_start_transaction_pgmux(&px, 1, NULL);
+	super = h_connect_super_direct();
+	notifier = h_connect_super_direct();
+	keep = listen_then_stop_the_hub(super, &hub);
+	a = h_app_session(&px, "disable", NULL);
+	h_expect_tag(a, "BEGIN", "BEGIN");
+	backend = (int)h_number_ok(a, "select pg_backend_pid()");
+	h_expect_tag(a, "LISTEN stall", "LISTEN");
+	began = h_now_ms();
+	h_expect_tag(a, "COMMIT", "COMMIT");
+	took = h_now_ms() - began;
+	cr_expect(took >= 4500, "the COMMIT came back after %lld ms, before the takeover's 5 s", took);
+	cr_expect(took < h_scaled_ms(9000), "the COMMIT came back after %lld ms", took);
+	snprintf(warning, sizeof(warning), "taking over the LISTEN of backend pid %d failed (timed out)", backend);
+	h_expect_log(&px, warning, 1000);
+	/* Closed, not given back; the session is not pinned and goes on. */
+	cr_expect(h_wait_backend_gone(super, backend, 5000), "the backend of the stalled takeover (pid %d) is still there",
+		  backend);
+	h_expect_value(a, "select 1", "1");
+	admin = h_connect_app(px.port, "disable", "dbname=pgmux");
+	expect_not_pinned(admin, "a takeover that timed out");
+	/* The hub's backend runs again: a's subscription takes effect there. */
+	continue_the_hub(hub);
+	/* Answered once pgmux's LISTEN connection listens on it (client_listen.c). */
+	h_expect_tag(keep, "LISTEN stall", "LISTEN");
+	h_exec_ok(notifier, "NOTIFY stall, 's'");
+	h_exec_ok(notifier, "NOTIFY keep, 'k'");
+	h_expect_notify(a, "stall", "s", 0);
+	h_expect_notify(keep, "stall", "s", 0);
+	h_expect_notify(keep, "keep", "k", 0);
+	h_expect_no_notify(a, 100);
+	PQfinish(admin);
+	PQfinish(a);
+	PQfinish(keep);
+	PQfinish(notifier);
+	PQfinish(super);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* Is conn's query over (its ReadyForQuery read) within ms? */
+static bool ready_within(PGconn *conn, int ms)
+{
+	long long deadline = h_now_ms() + ms;
+
+	for (;;) {
+		cr_assert(PQconsumeInput(conn), "reading: %s", PQerrorMessage(conn));
+		if (!PQisBusy(conn))
+			return true;
+		if (h_now_ms() >= deadline)
+			return false;
+		struct pollfd pfd = { .fd = PQsocket(conn), .events = POLLIN };
+		poll(&pfd, 1, 20);
+	}
+}
+
+/*
+ * A cutover to another server while a takeover waits for pgmux's LISTEN
+ * connection (its backend stopped, as above). The cutover counts the
+ * takeover as a transaction in flight and waits for it; the takeover gives
+ * up at its 5 s and its backend is closed; then the cutover switches. The
+ * COMMIT and the CUTOVER both come back, the LISTEN connection follows the
+ * pool to the new server, and the client that was taken over keeps its
+ * channel there: what is NOTIFYed on the new server reaches it, as it does
+ * a client that LISTENed through pgmux before. Nothing is pinned.
+ */
+Test(listen_txn, cutover_during_a_takeover)
+{
+	const struct h_env *e = h_env();
+	struct pgmux_options o;
+	PGconn *su, *super, *keep, *a, *admin;
+	PGresult *r;
+	char sql[200], port[16];
+	int hub;
+
+	cr_assert(h_pg_start(&second), "the second PostgreSQL did not start");
+	su = h_connect_super_port(second.port, "postgres");
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN PASSWORD '%s'", e->appuser, e->apppass);
+	h_exec_ok(su, sql);
+	pgmux_options_console(&o);
+	o.tls = false;
+	o.max_connections = 2;
+	o.extra_target = "health_check_interval = 250ms\ncutover_require_catchup = false";
+	pgmux_start_ok(&px, &o);
+	super = h_connect_super_direct();
+	keep = listen_then_stop_the_hub(super, &hub);
+	a = h_app_session(&px, "disable", NULL);
+	h_expect_tag(a, "BEGIN; LISTEN moved", "LISTEN");
+	cr_assert(PQsendQuery(a, "COMMIT"));
+	r = h_get_result(a, h_scaled_ms(5000));
+	cr_assert(r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK, "COMMIT: %s", PQerrorMessage(a));
+	PQclear(r);
+	/* Its ReadyForQuery waits for the takeover. */
+	cr_assert(!ready_within(a, 300), "the takeover did not wait for pgmux's stopped LISTEN connection");
+	admin = h_admin_session(&px);
+	snprintf(sql, sizeof(sql), "CUTOVER TO '127.0.0.1:%d'", second.port);
+	cr_assert(PQsendQuery(admin, sql));
+	if (!ready_within(a, h_scaled_ms(15000)))
+		h_dump_current_logs();
+	cr_assert(ready_within(a, 0), "the COMMIT's ReadyForQuery did not come");
+	cr_assert_null(PQgetResult(a));
+	r = h_get_result(admin, h_scaled_ms(20000));
+	if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
+		h_dump_current_logs();
+	cr_assert_not_null(r, "CUTOVER TO did not come back");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "CUTOVER TO: %s", PQresultErrorMessage(r));
+	PQclear(r);
+	h_drain_results(admin);
+	continue_the_hub(hub);
+	/* On the new server: the LISTEN connection listens on both channels again (one query). */
+	PQfinish(super);
+	super = h_connect_super_port(second.port, "postgres");
+	hub_pid(super);
+	h_exec_ok(super, "NOTIFY moved, 'm'");
+	h_exec_ok(super, "NOTIFY keep, 'k'");
+	h_expect_notify(a, "moved", "m", 0);
+	h_expect_notify(keep, "keep", "k", 0);
+	h_expect_no_notify(a, 100);
+	snprintf(port, sizeof(port), "%d", second.port);
+	h_expect_value(a, "select inet_server_port()", port);
+	expect_not_pinned(admin, "a takeover during a cutover");
+	PQfinish(admin);
+	PQfinish(a);
+	PQfinish(keep);
+	PQfinish(super);
+	PQfinish(su);
+	h_stop_expect_clean_exit(&px);
 }
 
 /* ---------------------------------------------------------------- the stress case */
