@@ -536,16 +536,15 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 		c->relay.session.reset_all_pending = true;
 	/*
 	 * DISCARD ALL is UNLISTEN * too. On a mirrored transaction the backend
-	 * says at its end what took effect (client_listen_handover.c); else an
-	 * UNLISTEN sent to the backend ends what pgmux holds now.
+	 * says at its end what took effect (the takeover, client_listen_handover.c);
+	 * else an UNLISTEN sent to the backend ends what pgmux holds now.
 	 */
-	if (c->listen && c->listen->n_mirrored > 0) {
-		/* Nothing to do: the takeover runs at the transaction's end. */
-	} else if (scan.effects & SQL_EFFECT_DISCARD_ALL) {
-		client_listen_forget(c);
+	if (c->listen == NULL || c->listen->n_mirrored == 0) {
+		if (scan.effects & SQL_EFFECT_DISCARD_ALL)
+			client_listen_forget(c);
+		if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0)
+			client_listen_unlisten_text(c, sql, len);
 	}
-	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0 && c->listen->n_mirrored == 0)
-		client_listen_unlisten_text(c, sql, len);
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;

@@ -63,6 +63,16 @@ static void unlisten_in_transactions(PGconn *a, PGconn *notifier, const char *wh
 	h_expect_tag(a, "COMMIT", "COMMIT");
 	expect_kept(a, notifier, "u1", false, who);
 
+	/* The extended protocol (a driver's prepared UNLISTEN): the same. */
+	h_expect_tag(a, "LISTEN u1", "LISTEN");
+	h_expect_tag(a, "BEGIN", "BEGIN");
+	r = PQexecParams(a, "UNLISTEN u1", 0, NULL, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", who, PQerrorMessage(a));
+	PQclear(r);
+	h_expect_tag(a, "ROLLBACK", "ROLLBACK");
+	expect_kept(a, notifier, "u1", true, who);
+	h_expect_tag(a, "UNLISTEN u1", "UNLISTEN");
+
 	/* A savepoint rolled back keeps it. */
 	h_expect_tag(a, "LISTEN u2", "LISTEN");
 	h_expect_tag(a, "BEGIN; SAVEPOINT s; UNLISTEN u2; ROLLBACK TO s; COMMIT", "COMMIT");
@@ -153,6 +163,31 @@ Test(unlisten_txn, same_as_postgresql_no_pin_backend_back_clean)
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(admin);
+	PQfinish(notifier);
+	h_stop_expect_clean_exit(&px);
+}
+
+/* A client leaves in a mirrored transaction, or right after it: the backend never goes back listening. */
+Test(unlisten_txn, client_leaves)
+{
+	PGconn *a, *b, *notifier;
+
+	h_start_transaction_pgmux(&px, 1, NULL);
+	notifier = h_connect_super_direct();
+	for (int i = 0; i < 10; i++) {
+		a = h_app_session(&px, "disable", NULL);
+		h_expect_tag(a, "LISTEN leaving", "LISTEN");
+		PQsendQuery(a, i % 2 ? "BEGIN; UNLISTEN leaving; ROLLBACK" : "BEGIN");
+		if (i % 3)
+			h_sleep_ms(i % 3);
+		PQfinish(a);
+	}
+	b = h_app_session(&px, "disable", NULL);
+	h_expect_value(b, "select count(*) from pg_listening_channels()", "0");
+	h_exec_ok(notifier, "NOTIFY leaving, 'x'");
+	h_expect_value(b, "select 1", "1");
+	h_expect_no_notify(b, 100);
+	PQfinish(b);
 	PQfinish(notifier);
 	h_stop_expect_clean_exit(&px);
 }
