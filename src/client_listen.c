@@ -10,6 +10,10 @@
  * waits. Notifications come through the worker's inbox (dispatch.c); they
  * reach the client while it is idle, or once its transaction is over, as
  * PostgreSQL sends them; at most max_client_pending_notifications wait.
+ * Before a transaction that may UNLISTEN, the client's channels are
+ * mirrored on its backend (client_listen_mirror()), so that the UNLISTEN
+ * takes effect at its commit, which the takeover at the transaction's end
+ * reads back (client_listen_handover.c).
  */
 #include "client.h"
 

@@ -159,6 +159,12 @@ Test(unlisten_txn, same_as_postgresql_no_pin_backend_back_clean)
 	h_expect_no_notify(b, 150);
 	h_expect_value(b, "select 1", "1");
 	h_expect_no_notify(b, 50);
+	/* And after one whose UNLISTEN * committed (it listens on nothing then: no UNLISTEN * of pgmux's). */
+	h_expect_tag(a, "BEGIN; UNLISTEN *; COMMIT", "COMMIT");
+	h_expect_value(b, "select count(*) from pg_listening_channels()", "0");
+	h_exec_ok(notifier, "NOTIFY w, 'for nobody'");
+	h_expect_no_notify(a, 100);
+	h_expect_no_notify(b, 50);
 	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 0);
 	PQfinish(a);
 	PQfinish(b);
