@@ -539,7 +539,10 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 	 * says at its end what took effect (the takeover, client_listen_handover.c);
 	 * else an UNLISTEN sent to the backend ends what pgmux holds now.
 	 */
-	if (c->listen == NULL || c->listen->n_mirrored == 0) {
+	if (c->listen && c->listen->n_mirrored > 0 && !c->pin_reason) {
+		if (scan.effects & (SQL_EFFECT_DISCARD_ALL | SQL_EFFECT_UNLISTEN))
+			c->listen->unlisten_deferred = true;
+	} else {
 		if (scan.effects & SQL_EFFECT_DISCARD_ALL)
 			client_listen_forget(c);
 		if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0)
@@ -597,8 +600,8 @@ static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 	if (st->listen && c->relay.listen_apply) {
 		/* A LISTEN pgmux answered, now run inside a transaction: taken over when it ends. */
 		client_listen_state(c)->on_backend = true;
-		/* An UNLISTEN on a transaction that was not mirrored: as one sent in a text (client_scan_sql()). */
-		if (c->listen->n_mirrored == 0 && c->listen->n_channels > 0)
+		/* An UNLISTEN: as one sent in a text (client_scan_sql()). */
+		if (c->listen->n_channels > 0)
 			client_rescan_prepared(c, st);
 	} else if (st->listen) {
 		struct sql_scan_result scan = { .pin = SQL_PIN_LISTEN };

@@ -71,8 +71,23 @@ static void listen_trim(struct client *c)
 		client_listen_free(c);
 }
 
+static bool is_mirrored(const struct client *c, const char *channel)
+{
+	for (int i = 0; i < c->listen->n_mirrored; i++)
+		if (strcmp(c->listen->mirrored[i], channel) == 0)
+			return true;
+	return false;
+}
+
 static void channel_remove(struct client *c, int i)
 {
+	/*
+	 * A pinned session's backend listens on a mirrored channel: it delivers
+	 * it from now on (what the hub queued of it, the backend delivers too),
+	 * and its UNLISTEN takes effect there at its commit.
+	 */
+	if (c->pin_reason && is_mirrored(c, c->listen->channels[i]))
+		client_listen_drop_pending(c, c->listen->channels[i]);
 	listen_unsubscribe(c->pool, c->id, c->listen->channels[i]);
 	memmove(c->listen->channels + i, c->listen->channels + i + 1,
 		(size_t)(c->listen->n_channels - i - 1) * sizeof(*c->listen->channels));
@@ -314,8 +329,10 @@ bool client_listen_mirror(struct client *c, struct iobuf *sql)
 {
 	struct client_listen *l = c->listen;
 
-	if (l != NULL)
+	if (l != NULL) {
 		l->n_mirrored = 0;
+		l->unlisten_deferred = false;
+	}
 	if (l == NULL || l->n_channels == 0 || !c->transaction_mode || c->pin_reason || l->handover ||
 	    !may_unlisten(iobuf_head(&c->io.in), iobuf_len(&c->io.in)))
 		return false;
@@ -343,16 +360,18 @@ void client_listen_mirror_pinned(struct client *c)
 
 	/*
 	 * The backend listens on them since the mirror committed, and stays the
-	 * session's: it delivers them from now on, and an UNLISTEN takes effect
-	 * there at its commit. What the hub queued of them since, the backend
-	 * delivers too.
+	 * session's. The hub goes on delivering them (the backend's copies are
+	 * dropped): no source changes while notifications are on their way.
+	 * An UNLISTEN the transaction ran already is not read back (no takeover
+	 * on a pinned session): the backend takes them all over now, and an
+	 * UNLISTEN takes effect there at its commit (channel_remove()).
 	 */
-	for (int i = 0; l && i < l->n_mirrored; i++) {
+	if (l == NULL || !l->unlisten_deferred)
+		return;
+	l->unlisten_deferred = false;
+	for (int i = 0; i < l->n_mirrored; i++)
 		client_listen_remove(c, l->mirrored[i]);
-		client_listen_drop_pending(c, l->mirrored[i]);
-	}
-	if (l)
-		l->n_mirrored = 0;
+	l->n_mirrored = 0;
 }
 
 void client_listen_drop_pending(struct client *c, const char *channel)

@@ -414,6 +414,7 @@ static void unlistened(struct client *c, json_t *listening)
 {
 	struct client_listen *l = c->listen;
 
+	l->unlisten_deferred = false;
 	for (int k = 0; k < l->n_mirrored; k++) {
 		const char *name = l->mirrored[k];
 		bool still = false;

@@ -250,17 +250,20 @@ Test(unlisten_txn, each_notification_once_during_mirrored_transactions)
 
 /*
  * A mirrored transaction pinned for another reason (a session-level
- * advisory lock): its backend, which listens on the mirrored channels,
- * delivers them from then on, once each, and an UNLISTEN there takes effect
- * at its commit, as in PostgreSQL.
+ * advisory lock): pgmux's LISTEN connection goes on delivering the channels
+ * until the session UNLISTENs one, which then comes from its backend (which
+ * listens on it) and ends at the UNLISTEN's commit, as in PostgreSQL; each
+ * notification once. One that UNLISTENed before the pin hands them all to
+ * its backend at the pin.
  */
 Test(unlisten_txn, pinned_mirrored_session)
 {
-	PGconn *a, *notifier, *admin;
+	PGconn *a, *d, *notifier, *admin;
 	int pid;
 
-	h_start_transaction_pgmux(&px, 2, NULL);
+	h_start_transaction_pgmux(&px, 3, NULL);
 	a = h_app_session(&px, "disable", NULL);
+	d = h_app_session(&px, "disable", NULL);
 	notifier = h_connect_super_direct();
 	pid = PQbackendPID(notifier);
 	h_expect_tag(a, "LISTEN p", "LISTEN");
@@ -272,15 +275,43 @@ Test(unlisten_txn, pinned_mirrored_session)
 	h_exec_ok(notifier, "NOTIFY p, 'one'");
 	h_expect_notify(a, "p", "one", pid);
 	h_expect_no_notify(a, 100);
-	h_expect_tag(a, "BEGIN; UNLISTEN p; ROLLBACK", "ROLLBACK");
+	/* 'early' reaches pgmux through its LISTEN connection before the UNLISTEN is sent: still once. */
+	h_expect_tag(a, "BEGIN", "BEGIN");
+	h_exec_ok(notifier, "NOTIFY p, 'early'");
+	h_sleep_ms(100);
+	h_expect_tag(a, "UNLISTEN p", "UNLISTEN");
+	h_exec_ok(notifier, "NOTIFY p, 'during'");
+	h_expect_tag(a, "ROLLBACK", "ROLLBACK");
+	h_expect_notify(a, "p", "early", pid);
+	h_expect_notify(a, "p", "during", pid);
+	h_expect_no_notify(a, 100);
 	h_exec_ok(notifier, "NOTIFY p, 'two'");
 	h_expect_notify(a, "p", "two", pid);
 	h_expect_no_notify(a, 100);
 	h_expect_tag(a, "BEGIN; UNLISTEN p; COMMIT", "COMMIT");
 	h_exec_ok(notifier, "NOTIFY p, 'three'");
 	h_expect_no_notify(a, 150);
+
+	/* Pinned after its UNLISTEN, in the same transaction, which rolls back: both channels kept. */
+	h_expect_tag(d, "LISTEN r1; LISTEN r2", "LISTEN");
+	h_expect_tag(d, "BEGIN", "BEGIN");
+	h_expect_tag(d, "UNLISTEN r1", "UNLISTEN");
+	h_expect_value(d, "select pg_advisory_lock(4243)::text", "");
+	h_expect_tag(d, "ROLLBACK", "ROLLBACK");
+	cr_expect_eq(h_admin_stat(admin, "sessions_pinned_total"), 2, "the session was to be pinned");
+	h_exec_ok(notifier, "NOTIFY r1, 'r1'");
+	h_exec_ok(notifier, "NOTIFY r2, 'r2'");
+	h_expect_notify(d, "r1", "r1", pid);
+	h_expect_notify(d, "r2", "r2", pid);
+	h_expect_no_notify(d, 100);
+	h_expect_tag(d, "BEGIN; UNLISTEN r1; COMMIT", "COMMIT");
+	h_exec_ok(notifier, "NOTIFY r1, 'gone'");
+	h_exec_ok(notifier, "NOTIFY r2, 'kept'");
+	h_expect_notify(d, "r2", "kept", pid);
+	h_expect_no_notify(d, 100);
 	PQfinish(admin);
 	PQfinish(a);
+	PQfinish(d);
 	PQfinish(notifier);
 	h_stop_expect_clean_exit(&px);
 }
