@@ -353,7 +353,8 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 	if (c->settings_dirty && c->transaction_mode && !c->pin_reason) {
 		struct iobuf sql;
 		bool verify = c->state_unverified;
-		struct session_verify check = {.user = c->startup.user, .prepared = s->prepared.count};
+		struct session_verify check = {.user = c->startup.user, .prepared = s->prepared.count,
+					       .listen_taken_over = c->listen && c->listen->on_backend};
 
 		c->settings_dirty = false;
 		c->state_unverified = false;

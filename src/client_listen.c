@@ -366,10 +366,21 @@ void client_listen_mirror_pinned(struct client *c)
 	 * on a pinned session): the backend takes them all over now, and an
 	 * UNLISTEN takes effect there at its commit (channel_remove()).
 	 */
+	int n;
+
 	if (l == NULL || !l->unlisten_deferred)
 		return;
 	l->unlisten_deferred = false;
-	for (int i = 0; i < l->n_mirrored; i++)
+	n = l->n_mirrored;
+	/*
+	 * Pinned at the transaction's end (a settings read-back, CLIENT_SETUP):
+	 * the backend delivered what it had read before its ReadyForQuery, and
+	 * pgmux dropped those as the hub's: the hub's queued copies stay the
+	 * client's (channel_remove() drops them only while n_mirrored says so).
+	 */
+	if (c->state == CLIENT_SETUP)
+		l->n_mirrored = 0;
+	for (int i = 0; i < n; i++)
 		client_listen_remove(c, l->mirrored[i]);
 	l->n_mirrored = 0;
 }

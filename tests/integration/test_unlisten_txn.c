@@ -123,6 +123,17 @@ static void unlisten_in_transactions(PGconn *a, PGconn *notifier, const char *wh
 	h_expect_no_notify(a, 150);
 	expect_kept(a, notifier, "u9", false, who);
 
+	/*
+	 * Code pgmux cannot read (a DO block): its settings are verified at the
+	 * end, which pins nothing for the mirror; an UNLISTEN run by such code
+	 * is read back like any other.
+	 */
+	h_expect_tag(a, "LISTEN u10", "LISTEN");
+	h_expect_tag(a, "BEGIN; DO $$BEGIN PERFORM 1; END$$; UNLISTEN u10; ROLLBACK", "ROLLBACK");
+	expect_kept(a, notifier, "u10", true, who);
+	h_expect_tag(a, "BEGIN; DO $$BEGIN EXECUTE 'UNLISTEN u10'; END$$; COMMIT", "COMMIT");
+	expect_kept(a, notifier, "u10", false, who);
+
 	/* A LISTEN and an UNLISTEN in one transaction, with one it held: the backend says what is left. */
 	h_expect_tag(a, "LISTEN v1; LISTEN v2", "LISTEN");
 	h_expect_tag(a, "BEGIN; UNLISTEN v1; LISTEN v3; COMMIT", "COMMIT");
