@@ -73,6 +73,13 @@ static void unlisten_in_transactions(PGconn *a, PGconn *notifier, const char *wh
 	expect_kept(a, notifier, "u1", true, who);
 	h_expect_tag(a, "UNLISTEN u1", "UNLISTEN");
 
+	/* A quoted name, with a double quote in it: mirrored as it is. */
+	h_expect_tag(a, "LISTEN \"Mixed \"\"Q\"\" ch\"", "LISTEN");
+	h_expect_tag(a, "BEGIN; UNLISTEN \"Mixed \"\"Q\"\" ch\"; ROLLBACK", "ROLLBACK");
+	h_exec_ok(notifier, "NOTIFY \"Mixed \"\"Q\"\" ch\", 'q'");
+	h_expect_notify(a, "Mixed \"Q\" ch", "q", pid);
+	h_expect_tag(a, "UNLISTEN \"Mixed \"\"Q\"\" ch\"", "UNLISTEN");
+
 	/* A savepoint rolled back keeps it. */
 	h_expect_tag(a, "LISTEN u2", "LISTEN");
 	h_expect_tag(a, "BEGIN; SAVEPOINT s; UNLISTEN u2; ROLLBACK TO s; COMMIT", "COMMIT");
