@@ -54,6 +54,21 @@ struct client_listen {
 	 * backend goes back, with the client's ReadyForQuery held meanwhile.
 	 */
 	bool on_backend;
+	/*
+	 * The mirror (client_listen_mirror()): the channels it held through the
+	 * hub when this transaction began, LISTENed on the backend by pgmux's
+	 * setup query, so that an UNLISTEN the transaction runs there takes
+	 * effect at its commit, as in PostgreSQL: the takeover at its end reads
+	 * which of them the backend still listens on. At most
+	 * max_client_listen_channels; n_mirrored is 0 between transactions,
+	 * except in a session pinned in a mirrored transaction, whose backend
+	 * listens on them from then on (client_listen_mirror_pinned()).
+	 * unlisten_deferred: an UNLISTEN or DISCARD ALL ran in it, not yet
+	 * read back.
+	 */
+	char (*mirrored)[SQL_LISTEN_NAME_MAX + 1];
+	int n_mirrored, cap_mirrored;
+	bool unlisten_deferred;
 	bool rfq_held;
 	uint8_t rfq[6];
 	struct client_handover *handover; /* while its channels are taken over */
@@ -236,6 +251,22 @@ void client_listen_idle(struct client *c);
 void client_listen_unlisten_text(struct client *c, const char *sql, size_t len);
 /* UNLISTEN * (DISCARD ALL, the client leaves). */
 void client_listen_forget(struct client *c);
+/*
+ * c (transaction pooling, holding channels through the hub) begins a
+ * transaction on a backend: when its first batch may UNLISTEN or open a
+ * transaction block, append to sql a LISTEN of each channel it holds, for
+ * the setup query that runs before the batch, and note them mirrored.
+ * Returns whether it did.
+ */
+bool client_listen_mirror(struct client *c, struct iobuf *sql);
+/*
+ * The mirrored transaction's session is pinned: the hub goes on delivering
+ * the mirrored channels, until an UNLISTEN hands one to the backend (which
+ * listens on it); all of them at once if the transaction UNLISTENed already.
+ */
+void client_listen_mirror_pinned(struct client *c);
+/* The queued notifications of channel are dropped (its UNLISTEN took effect). */
+void client_listen_drop_pending(struct client *c, const char *channel);
 void client_listen_free(struct client *c);
 /* c's LISTEN state, made if it has none yet. */
 struct client_listen *client_listen_state(struct client *c);

@@ -264,6 +264,9 @@ static void client_pin(struct client *c, const struct sql_scan_result *scan)
 		server_set_pinned(c->server);
 		pool_note_pinned(c->server);
 	}
+	/* Its backend listens on the mirrored channels: it delivers them from now on. */
+	if (c->listen && c->listen->n_mirrored > 0)
+		client_listen_mirror_pinned(c);
 	__atomic_add_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	STAT_INC(c->worker, sessions_pinned);
 	STAT_INC(c->worker, pins_by_reason[scan->pin]);
@@ -350,7 +353,8 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 	if (c->settings_dirty && c->transaction_mode && !c->pin_reason) {
 		struct iobuf sql;
 		bool verify = c->state_unverified;
-		struct session_verify check = {.user = c->startup.user, .prepared = s->prepared.count};
+		struct session_verify check = {.user = c->startup.user, .prepared = s->prepared.count,
+					       .listen_taken_over = c->listen && c->listen->on_backend};
 
 		c->settings_dirty = false;
 		c->state_unverified = false;
@@ -376,6 +380,10 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 		c->listen->on_backend = false;
 		if (!c->pin_reason && client_listen_handover_begin(c, s))
 			return;
+		/* It may listen, and nobody asked it: closed, not given back. */
+		if (!c->pin_reason)
+			server_set_pinned(s);
+		c->listen->n_mirrored = 0;
 	}
 	c->server = NULL;
 	__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
@@ -468,6 +476,7 @@ static bool client_state_matches(struct client *c, struct server *s)
 static void client_link(struct client *c, struct server *s)
 {
 	struct iobuf sql;
+	bool mirror;
 
 	stats_borrow_ended(c);
 	c->fresh_backend = false;
@@ -483,13 +492,15 @@ static void client_link(struct client *c, struct server *s)
 	/* A session-pooled client or a pinned one holds this backend beyond a transaction. */
 	if (c->pin_reason || !c->transaction_mode)
 		pool_note_pinned(s);
-	if (!s->init_undone && !s->reset_before_reuse && client_state_matches(c, s)) {
+	iobuf_init(&sql);
+	/* Its hub channels LISTENed here first, when the batch may UNLISTEN (client_listen_mirror()). */
+	mirror = c->listen && client_listen_mirror(c, &sql);
+	if (!mirror && !s->init_undone && !s->reset_before_reuse && client_state_matches(c, s)) {
 		client_set_state(c, CLIENT_SETUP);
 		client_setup_complete(c);
 		return;
 	}
-	iobuf_init(&sql);
-	if (!client_state_sql(c, s, &sql)) {
+	if (!client_state_sql(c, s, &sql) && !mirror) {
 		iobuf_free(&sql);
 		client_set_state(c, CLIENT_SETUP);
 		client_setup_complete(c);
@@ -524,11 +535,20 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 		client_listen_state(c)->on_backend = true;
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->relay.session.reset_all_pending = true;
-	/* DISCARD ALL is UNLISTEN * too; an UNLISTEN sent to the backend (in a transaction) ends what pgmux holds. */
-	if (scan.effects & SQL_EFFECT_DISCARD_ALL)
-		client_listen_forget(c);
-	if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0)
-		client_listen_unlisten_text(c, sql, len);
+	/*
+	 * DISCARD ALL is UNLISTEN * too. On a mirrored transaction the backend
+	 * says at its end what took effect (the takeover, client_listen_handover.c);
+	 * else an UNLISTEN sent to the backend ends what pgmux holds now.
+	 */
+	if (c->listen && c->listen->n_mirrored > 0 && !c->pin_reason) {
+		if (scan.effects & (SQL_EFFECT_DISCARD_ALL | SQL_EFFECT_UNLISTEN))
+			c->listen->unlisten_deferred = true;
+	} else {
+		if (scan.effects & SQL_EFFECT_DISCARD_ALL)
+			client_listen_forget(c);
+		if ((scan.effects & SQL_EFFECT_UNLISTEN) && c->listen && c->listen->n_channels > 0)
+			client_listen_unlisten_text(c, sql, len);
+	}
 	if (scan.custom_overflow && !c->pin_reason) {
 		/* More custom parameters in one text than the scanner lists: keep them on this backend. */
 		scan.pin = SQL_PIN_SET;
@@ -581,6 +601,9 @@ static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 	if (st->listen && c->relay.listen_apply) {
 		/* A LISTEN pgmux answered, now run inside a transaction: taken over when it ends. */
 		client_listen_state(c)->on_backend = true;
+		/* An UNLISTEN: as one sent in a text (client_scan_sql()). */
+		if (c->listen->n_channels > 0)
+			client_rescan_prepared(c, st);
 	} else if (st->listen) {
 		struct sql_scan_result scan = { .pin = SQL_PIN_LISTEN };
 
@@ -698,8 +721,11 @@ static void client_server_lost(struct client *c, struct server *s, const char *s
 		c->server = NULL;
 	if (c->state == CLIENT_CLOSED)
 		return;
-	if (c->listen)
+	if (c->listen && !c->listen->handover) {
+		/* Its transaction is lost, rolled back: what it UNLISTENed on that backend never took effect. */
 		c->listen->on_backend = false;
+		c->listen->n_mirrored = 0;
+	}
 	if (c->listen && c->listen->handover) {
 		/* The transaction was over: the client keeps what was taken over so far. */
 		client_listen_handover_lost(c, message);
@@ -846,6 +872,20 @@ static void client_on_replies(struct client *c, struct server *s, bool over)
 		client_release_server(c);
 }
 
+/*
+ * A notification from the backend: of a channel the client holds through
+ * the hub (the backend listens on it too, in a mirrored transaction, or
+ * LISTENed on it in a pinned session), the hub's copy is the one it gets.
+ */
+static bool client_on_notification(struct client *c, const uint8_t *body, size_t len)
+{
+	const char *channel = (const char *)body + 4;
+
+	if (c->listen == NULL || c->listen->n_channels == 0 || len < 6 || body[len - 1] != '\0')
+		return true;
+	return !client_listen_has(c, channel);
+}
+
 static void client_on_drained(struct client *c)
 {
 	if (c->read_paused) {
@@ -876,5 +916,6 @@ static const struct server_client_ops client_server_ops = {
 	.drained = client_on_drained,
 	.ready_for_query = stats_ready_for_query,
 	.parameter = client_on_parameter,
+	.notification = client_on_notification,
 	.lost = client_server_lost,
 };

@@ -10,6 +10,10 @@
  * waits. Notifications come through the worker's inbox (dispatch.c); they
  * reach the client while it is idle, or once its transaction is over, as
  * PostgreSQL sends them; at most max_client_pending_notifications wait.
+ * Before a transaction that may UNLISTEN, the client's channels are
+ * mirrored on its backend (client_listen_mirror()), so that the UNLISTEN
+ * takes effect at its commit, which the takeover at the transaction's end
+ * reads back (client_listen_handover.c).
  */
 #include "client.h"
 
@@ -63,12 +67,27 @@ static void listen_trim(struct client *c)
 	const struct client_listen *l = c->listen;
 
 	if (l != NULL && l->n_channels == 0 && !l->waiting && l->n_added == 0 && l->n_pending == 0 && !l->on_backend &&
-	    !l->rfq_held && l->handover == NULL)
+	    l->n_mirrored == 0 && !l->rfq_held && l->handover == NULL)
 		client_listen_free(c);
+}
+
+static bool is_mirrored(const struct client *c, const char *channel)
+{
+	for (int i = 0; i < c->listen->n_mirrored; i++)
+		if (strcmp(c->listen->mirrored[i], channel) == 0)
+			return true;
+	return false;
 }
 
 static void channel_remove(struct client *c, int i)
 {
+	/*
+	 * A pinned session's backend listens on a mirrored channel: it delivers
+	 * it from now on (what the hub queued of it, the backend delivers too),
+	 * and its UNLISTEN takes effect there at its commit.
+	 */
+	if (c->pin_reason && is_mirrored(c, c->listen->channels[i]))
+		client_listen_drop_pending(c, c->listen->channels[i]);
 	listen_unsubscribe(c->pool, c->id, c->listen->channels[i]);
 	memmove(c->listen->channels + i, c->listen->channels + i + 1,
 		(size_t)(c->listen->n_channels - i - 1) * sizeof(*c->listen->channels));
@@ -278,6 +297,123 @@ void client_listen_forget(struct client *c)
 	listen_trim(c);
 }
 
+/*
+ * Whether a client's first batch may UNLISTEN (UNLISTEN, DISCARD ALL) or
+ * open a transaction block in which a later batch may (BEGIN, START
+ * TRANSACTION): "unlisten", "discard", "begin" or "start" anywhere, in any
+ * case. A keyword is never quoted or escaped; a word in a string or a name
+ * only costs a mirror.
+ */
+static bool may_unlisten(const uint8_t *p, size_t n)
+{
+	static const char *const words[] = {"unlisten", "discard", "begin", "start"};
+
+	for (size_t at = 0; at < n; at++) {
+		uint8_t first = p[at] | 0x20;
+
+		for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+			size_t len = strlen(words[w]), k = 1;
+
+			if (first != (uint8_t)words[w][0] || n - at < len)
+				continue;
+			while (k < len && (p[at + k] | 0x20) == (uint8_t)words[w][k])
+				k++;
+			if (k == len)
+				return true;
+		}
+	}
+	return false;
+}
+
+bool client_listen_mirror(struct client *c, struct iobuf *sql)
+{
+	struct client_listen *l = c->listen;
+
+	if (l != NULL) {
+		l->n_mirrored = 0;
+		l->unlisten_deferred = false;
+	}
+	if (l == NULL || l->n_channels == 0 || !c->transaction_mode || c->pin_reason || l->handover ||
+	    !may_unlisten(iobuf_head(&c->io.in), iobuf_len(&c->io.in)))
+		return false;
+	if (l->cap_mirrored < l->n_channels) {
+		l->cap_mirrored = l->n_channels;
+		l->mirrored = xrealloc(l->mirrored, (size_t)l->cap_mirrored * sizeof(*l->mirrored));
+	}
+	for (int i = 0; i < l->n_channels; i++) {
+		/* A quoted identifier: the name as it is, a double quote doubled. */
+		iobuf_append(sql, "LISTEN \"", 8);
+		for (const char *p = l->channels[i]; *p; p++)
+			iobuf_append(sql, *p == '"' ? "\"\"" : p, *p == '"' ? 2 : 1);
+		iobuf_append(sql, "\"; ", 3);
+		memcpy(l->mirrored[i], l->channels[i], sizeof(l->mirrored[i]));
+	}
+	l->n_mirrored = l->n_channels;
+	/* The takeover at the transaction's end reads what the backend listens on, and leaves it clean. */
+	l->on_backend = true;
+	return true;
+}
+
+void client_listen_mirror_pinned(struct client *c)
+{
+	struct client_listen *l = c->listen;
+
+	/*
+	 * The backend listens on them since the mirror committed, and stays the
+	 * session's. The hub goes on delivering them (the backend's copies are
+	 * dropped): no source changes while notifications are on their way.
+	 * An UNLISTEN the transaction ran already is not read back (no takeover
+	 * on a pinned session): the backend takes them all over now, and an
+	 * UNLISTEN takes effect there at its commit (channel_remove()).
+	 */
+	int n;
+
+	if (l == NULL || !l->unlisten_deferred)
+		return;
+	l->unlisten_deferred = false;
+	n = l->n_mirrored;
+	/*
+	 * Pinned at the transaction's end (a settings read-back, CLIENT_SETUP):
+	 * the backend delivered what it had read before its ReadyForQuery, and
+	 * pgmux dropped those as the hub's: the hub's queued copies stay the
+	 * client's (channel_remove() drops them only while n_mirrored says so).
+	 */
+	if (c->state == CLIENT_SETUP)
+		l->n_mirrored = 0;
+	for (int i = 0; i < n; i++)
+		client_listen_remove(c, l->mirrored[i]);
+	l->n_mirrored = 0;
+}
+
+void client_listen_drop_pending(struct client *c, const char *channel)
+{
+	struct client_listen *l = c->listen;
+	struct iobuf kept;
+	size_t at = 0, n;
+	int n_kept = 0;
+
+	if (l == NULL || l->n_pending == 0)
+		return;
+	iobuf_init(&kept);
+	n = iobuf_len(&l->pending);
+	while (at + PROTO_HEADER_LEN <= n) {
+		const uint8_t *msg = iobuf_head(&l->pending) + at;
+		size_t len = 1 + (size_t)get_u32(msg + 1);
+
+		/* Type, length, the notifying pid, then the channel. */
+		if (len < PROTO_HEADER_LEN + 4 || at + len > n)
+			break;
+		if (strncmp((const char *)msg + PROTO_HEADER_LEN + 4, channel, len - PROTO_HEADER_LEN - 4) != 0) {
+			iobuf_append(&kept, msg, len);
+			n_kept++;
+		}
+		at += len;
+	}
+	iobuf_free(&l->pending);
+	l->pending = kept;
+	l->n_pending = n_kept;
+}
+
 void client_listen_free(struct client *c)
 {
 	struct client_listen *l;
@@ -288,6 +424,7 @@ void client_listen_free(struct client *c)
 		return;
 	free(l->channels);
 	free(l->added);
+	free(l->mirrored);
 	iobuf_free(&l->held);
 	iobuf_free(&l->pending);
 	free(l);

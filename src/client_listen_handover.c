@@ -23,6 +23,18 @@
  * and follows the backend's. Then UNLISTEN * leaves the backend clean, it
  * goes back, and the client gets its ReadyForQuery, then the notifications.
  *
+ * The same takeover ends a mirrored transaction (client_listen_mirror():
+ * pgmux's setup query LISTENed on the client's hub channels on the backend
+ * before the client's first statement, so that an UNLISTEN, UNLISTEN * or
+ * DISCARD ALL it runs takes effect at its commit, as in PostgreSQL). A
+ * mirrored channel the backend still listens on stays the hub's (a
+ * rollback, of the transaction or a savepoint, kept it); one it no longer
+ * listens on was UNLISTENed by a commit (the mirror committed before the
+ * transaction began, so nothing but a committed UNLISTEN removes it), and
+ * ends: unsubscribed from the hub, its queued notifications dropped
+ * (unlistened()). Nothing left (pg_listening_channels() empty) needs no
+ * UNLISTEN *; else UNLISTEN * leaves the backend clean as above.
+ *
  * Bounds: the new channels are at most max_client_listen_channels; what
  * waits counts against max_client_pending_notifications; the takeover takes
  * at most CLIENT_LISTEN_HANDOVER_TIMEOUT_MS, else the backend is closed
@@ -161,6 +173,7 @@ static void client_idle_again(struct client *c)
 static void handover_done(struct client *c)
 {
 	handover_end(c);
+	c->listen->n_mirrored = 0;
 	client_release_server(c);
 	if (c->state == CLIENT_CLOSED)
 		return;
@@ -191,6 +204,7 @@ static void handover_abandon(struct client *c, const char *why)
 		   "notifications of the channels it listened on may have been lost or may come twice",
 		   s ? s->backend_pid : 0, why);
 	handover_end(c);
+	c->listen->n_mirrored = 0;
 	if (s) {
 		c->server = NULL;
 		__atomic_store_n(&c->backend_pid, 0, __ATOMIC_RELAXED);
@@ -296,8 +310,9 @@ bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t 
 		/* Only a client that listens on that channel itself sees them. */
 		return listens && c->state != CLIENT_CLOSED;
 	}
+	/* One on its way when its UNLISTEN took effect is dropped, as PostgreSQL drops those it has not read. */
 	if (h == NULL || !is_fresh(h, channel))
-		return true;
+		return client_listen_has(c, channel);
 	if (!h->hub_marker)
 		return false; /* the backend delivers it */
 	if (h->backend_marker)
@@ -387,6 +402,40 @@ bool client_listen_handover_ready(struct client *c, const char *error)
 	return true;
 }
 
+/*
+ * The mirror (client_listen_mirror()): a channel the client held through the
+ * hub when the transaction began, and the backend no longer listens on, was
+ * UNLISTENed by the transaction, which committed (the mirror committed
+ * before it, so a rollback cannot undo it): the hub's subscription ends
+ * now, and what it queued of that channel is dropped, as PostgreSQL drops
+ * what it has not delivered when the UNLISTEN commits. The others stay.
+ */
+static void unlistened(struct client *c, json_t *listening)
+{
+	struct client_listen *l = c->listen;
+
+	l->unlisten_deferred = false;
+	for (int k = 0; k < l->n_mirrored; k++) {
+		const char *name = l->mirrored[k];
+		bool still = false;
+		size_t i;
+		json_t *v;
+
+		json_array_foreach(listening, i, v) {
+			const char *on = json_string_value(v);
+
+			if (on && strcmp(on, name) == 0) {
+				still = true;
+				break;
+			}
+		}
+		if (!still && client_listen_has(c, name)) {
+			client_listen_remove(c, name);
+			client_listen_drop_pending(c, name);
+		}
+	}
+}
+
 /* What the backend listens on is known: take it over, keep it, or give the backend back. */
 static void on_channels(struct server *s, bool ok, void *arg)
 {
@@ -408,6 +457,7 @@ static void on_channels(struct server *s, bool ok, void *arg)
 	}
 	n = json_array_size(root);
 	h->fresh = xcalloc(n ? n : 1, sizeof(*h->fresh));
+	unlistened(c, root);
 	json_array_foreach(root, i, v) {
 		const char *name = json_string_value(v);
 
@@ -418,7 +468,7 @@ static void on_channels(struct server *s, bool ok, void *arg)
 	}
 	json_decref(root);
 	if (n == 0) {
-		/* It listens on nothing (rolled back, or UNLISTENed): it goes back as it is. */
+		/* It listens on nothing (rolled back, or UNLISTENed, the mirror too): it goes back as it is. */
 		s->query_notify = NULL;
 		handover_done(c);
 		return;
@@ -514,11 +564,15 @@ void client_listen_handover_lost(struct client *c, const char *why)
 		log_client(LOG_LEVEL_WARNING, c, "backend lost while pgmux took over its LISTEN (%s); notifications of "
 			   "its channels may have been lost", why);
 	handover_end(c);
+	c->listen->n_mirrored = 0;
 	client_idle_again(c);
 }
 
 void client_listen_handover_free(struct client *c)
 {
+	/* A mirrored transaction's backend listens (the mirror committed): never given back either. */
+	if (c->listen && c->listen->n_mirrored > 0 && c->server)
+		server_set_pinned(c->server);
 	if (handover_of(c) == NULL)
 		return;
 	/* It still listens, or may: never given back. */

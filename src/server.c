@@ -722,8 +722,8 @@ static enum server_input server_relay_message(struct server *s, uint8_t type, co
 		pool_ops->statement_accepted(s->pool, v.statement_name);
 	else if (v.statement == REPLY_STATEMENT_REFUSED && s->pool)
 		pool_ops->statement_refused(s->pool, v.statement_name);
-	if (!v.forward) {
-		/* The reply to a message of pgmux's own. */
+	if (!v.forward || (type == BE_NOTIFICATION && !s->client_ops->notification(s->client, body, blen))) {
+		/* The reply to a message of pgmux's own, or a notification the client gets otherwise. */
 		server_deliver_span(s, true, span);
 		iobuf_consume(&s->io.in, PROTO_HEADER_LEN + blen);
 	} else if (type == BE_ERROR_RESPONSE && s->replies.tracking && s->replies.session &&

@@ -68,6 +68,8 @@ struct server_client_ops {
 	void (*ready_for_query)(struct client *c, struct server *s);
 	/* The backend reported a parameter's value (ParameterStatus). */
 	void (*parameter)(struct client *c, const char *name, const char *value);
+	/* A NotificationResponse (its body): false drops it. */
+	bool (*notification)(struct client *c, const uint8_t *body, size_t len);
 	/* s is closing under its client, unlinked already (a lost backend). */
 	void (*lost)(struct client *c, struct server *s, const char *sqlstate, const char *message);
 };

@@ -340,13 +340,15 @@ static const char verify_head[] =
 	" THEN 'SET ROLE or SESSION AUTHORIZATION'"
 	" WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements) <> %zu"
 	" THEN 'SQL-level PREPARE or DEALLOCATE'"
-	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN 'LISTEN'"
+	"%s"
 	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors) THEN 'cursor WITH HOLD'"
 	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
 	" THEN 'temporary table'"
 	" WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid()"
 	" AND locktype = 'advisory') THEN 'session-level advisory lock'"
 	" ELSE (";
+/* Left out when pgmux's LISTEN takeover reads what the backend listens on next (listen_taken_over). */
+static const char verify_listen[] = " WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN 'LISTEN'";
 static const char verify_catalog_names[] =
 	" UNION SELECT m.name, pg_catalog.current_setting(m.name, true) FROM (SELECT DISTINCT"
 	" pg_catalog.lower(r[1]) AS name FROM pg_catalog.pg_proc p, pg_catalog.regexp_matches(p.prosrc,"
@@ -372,9 +374,11 @@ void session_settings_sql(struct iobuf *sql, const struct strmap *set, const str
 		iobuf_init(&user);
 		session_append_literal(&user, verify->user);
 		iobuf_append_u8(&user, '\0');
-		len = snprintf(NULL, 0, verify_head, (const char *)iobuf_head(&user), verify->prepared);
+		len = snprintf(NULL, 0, verify_head, (const char *)iobuf_head(&user), verify->prepared,
+			       verify->listen_taken_over ? "" : verify_listen);
 		text = xmalloc((size_t)len + 1);
-		snprintf(text, (size_t)len + 1, verify_head, (const char *)iobuf_head(&user), verify->prepared);
+		snprintf(text, (size_t)len + 1, verify_head, (const char *)iobuf_head(&user), verify->prepared,
+			 verify->listen_taken_over ? "" : verify_listen);
 		iobuf_append(sql, text, (size_t)len);
 		free(text);
 		iobuf_free(&user);

@@ -122,6 +122,8 @@ bool session_state_sql(struct iobuf *sql, const struct session_params *p, struct
 struct session_verify {
 	const char *user;  /* the startup packet's user: SESSION_USER and CURRENT_USER */
 	size_t prepared;   /* the prepared statements pgmux made on the backend */
+	bool listen_taken_over; /* a LISTEN takeover follows (client_listen_handover.c): it reads what the
+	                         * backend listens on itself, so the verification does not */
 };
 
 /*

@@ -91,6 +91,28 @@ def psycopg3():
     conn.close()
 
 
+def psycopg3_transactions():
+    """Not autocommit: psycopg sends BEGIN first; an UNLISTEN takes effect at COMMIT, not at ROLLBACK."""
+    conn = psycopg.connect(DSN)
+    conn.execute("LISTEN psycopg3_tx")
+    conn.execute("LISTEN psycopg3_tx_other")
+    conn.commit()
+    conn.execute("UNLISTEN psycopg3_tx")
+    conn.rollback()
+    notify("psycopg3_tx", "kept")
+    for n in conn.notifies():
+        check((n.channel, n.payload), ("psycopg3_tx", "kept"), "psycopg 3 after ROLLBACK")
+        break
+    conn.execute("UNLISTEN psycopg3_tx")
+    conn.commit()
+    notify("psycopg3_tx", "gone")
+    notify("psycopg3_tx_other", "sentinel")
+    for n in conn.notifies():
+        check((n.channel, n.payload), ("psycopg3_tx_other", "sentinel"), "psycopg 3 after COMMIT")
+        break
+    conn.close()
+
+
 # ---------------------------------------------------------------- psycopg2
 def psycopg2_listen():
     conn = psycopg2.connect(DSN)
@@ -168,6 +190,7 @@ def psql_listen():
 
 
 psycopg3()
+psycopg3_transactions()
 print("psycopg 3 ok", flush=True)
 psycopg2_listen()
 print("psycopg2 ok", flush=True)
