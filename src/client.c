@@ -655,7 +655,7 @@ static bool client_relay(struct client *c)
 	 * with nothing to relay must not start the next one's clock.
 	 */
 	if (c->txn_start_usec == 0 && iobuf_len(&c->io.in) > 0)
-		c->txn_start_usec = pgmux_now_usec();
+		c->txn_start_usec = pgmux_pass_now_usec();
 	/* Consumed bytes stay where they are until more is appended: what went is copied after. */
 	const uint8_t *head = iobuf_head(&c->io.in);
 	size_t before = iobuf_len(&c->io.in);
@@ -963,7 +963,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		if (st == IO_OK) {
 			size_t got = iobuf_len(&c->io.in) - before;
 
-			c->last_activity_usec = pgmux_now_usec();
+			c->last_activity_usec = pgmux_pass_now_usec();
 
 			budget -= got < budget ? got : budget;
 			if (!client_process_input(c))

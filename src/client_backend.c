@@ -92,7 +92,7 @@ static void client_arm_wait_timer(struct client *c)
 static void client_borrow_result(struct client *c, enum pool_borrow_result result, struct server *s,
 				 const char *error)
 {
-	c->borrow_start_usec = pgmux_now_usec(); /* the borrow wait (stats_borrow_ended()) counts from here */
+	c->borrow_start_usec = pgmux_pass_now_usec(); /* the borrow wait (stats_borrow_ended()) counts from here */
 	switch (result) {
 	case POOL_BORROWED:
 		client_link(c, s);
@@ -123,7 +123,7 @@ void client_borrow(struct client *c)
 /* A logged-in client needs a backend for the transaction it just started. */
 void client_begin_transaction(struct client *c)
 {
-	c->txn_start_usec = pgmux_now_usec();
+	c->txn_start_usec = pgmux_pass_now_usec();
 	client_set_state(c, CLIENT_WAITING);
 	client_borrow(c);
 }

@@ -339,6 +339,7 @@ static bool worker_busy_poll(struct worker *w)
 	until = now + (uint64_t)window;
 	do {
 		config_reader_quiescent(w->config_reader);
+		pgmux_pass_begin();
 		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 		if (event_base_got_exit(w->base))
 			return false;
@@ -362,6 +363,7 @@ static void worker_run(struct worker *w)
 			return;
 		/* Between passes no callback runs, so no pointer into a configuration is held. */
 		config_reader_quiescent(w->config_reader);
+		pgmux_pass_begin(); /* "now" is read again after the wait (pgmux.h) */
 		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
 		if (event_base_got_exit(w->base))
 			return;
