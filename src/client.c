@@ -313,10 +313,7 @@ void client_close(struct client *c, const char *reason)
 		event_free(c->login->timeout);
 		c->login->timeout = NULL;
 	}
-	if (c->wait_timer) {
-		event_free(c->wait_timer);
-		c->wait_timer = NULL;
-	}
+	client_wait_free(c, true);
 	if (c->pin_reason)
 		__atomic_sub_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	if (c->retiring)
@@ -815,10 +812,7 @@ static void client_release_idle(struct client *c)
 {
 	if (!c->batch_recording && iobuf_len(&c->first_batch) == 0 && !c->first_batch.failed)
 		iobuf_free(&c->first_batch);
-	if (c->wait_timer && !evtimer_pending(c->wait_timer, NULL)) {
-		event_free(c->wait_timer);
-		c->wait_timer = NULL;
-	}
+	client_wait_free(c, false);
 	io_release_idle(&c->io);
 }
 

@@ -431,6 +431,8 @@ static void worker_destroy(struct worker *w)
 	iobuf_free(&w->scratch);
 	if (w->janitor_event)
 		event_free(w->janitor_event);
+	if (w->borrow_timer)
+		event_free(w->borrow_timer);
 	if (w->wake_event)
 		event_free(w->wake_event);
 	if (w->wake_fd_event)
@@ -466,6 +468,7 @@ static struct worker *worker_create(int id, const struct worker_ops *ops)
 	list_init(&w->servers);
 	list_init(&w->reap_clients);
 	list_init(&w->reap_servers);
+	list_init(&w->borrow_waits);
 	ecfg = event_config_new();
 	if (ecfg == NULL)
 		goto fail;

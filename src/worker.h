@@ -130,6 +130,10 @@ struct worker {
 	bool wake_pending; /* wake_fd written and not yet read; atomic */
 	struct event *reap_event; /* frees closed objects after the current callbacks */
 	struct event *janitor_event; /* once a second: client timeouts */
+	/* Clients waiting for a backend, by connection_borrow_timeout deadline (client_backend.c). */
+	struct list_node borrow_waits;
+	struct event *borrow_timer;  /* for the first deadline; made on first use */
+	uint64_t borrow_timer_at;    /* the deadline it is set for; 0: not set */
 
 	pthread_mutex_t inbox_lock;
 	struct list_node inbox; /* struct worker_msg, under inbox_lock */
