@@ -313,10 +313,7 @@ void client_close(struct client *c, const char *reason)
 		event_free(c->login->timeout);
 		c->login->timeout = NULL;
 	}
-	if (c->wait_timer) {
-		event_free(c->wait_timer);
-		c->wait_timer = NULL;
-	}
+	client_wait_free(c, true);
 	if (c->pin_reason)
 		__atomic_sub_fetch(&client_pinned_sessions, 1, __ATOMIC_RELAXED);
 	if (c->retiring)
@@ -655,7 +652,7 @@ static bool client_relay(struct client *c)
 	 * with nothing to relay must not start the next one's clock.
 	 */
 	if (c->txn_start_usec == 0 && iobuf_len(&c->io.in) > 0)
-		c->txn_start_usec = pgmux_now_usec();
+		c->txn_start_usec = pgmux_pass_now_usec();
 	/* Consumed bytes stay where they are until more is appended: what went is copied after. */
 	const uint8_t *head = iobuf_head(&c->io.in);
 	size_t before = iobuf_len(&c->io.in);
@@ -815,10 +812,7 @@ static void client_release_idle(struct client *c)
 {
 	if (!c->batch_recording && iobuf_len(&c->first_batch) == 0 && !c->first_batch.failed)
 		iobuf_free(&c->first_batch);
-	if (c->wait_timer && !evtimer_pending(c->wait_timer, NULL)) {
-		event_free(c->wait_timer);
-		c->wait_timer = NULL;
-	}
+	client_wait_free(c, false);
 	io_release_idle(&c->io);
 }
 
@@ -963,7 +957,7 @@ static void client_handle_event(evutil_socket_t fd, short what, struct client *c
 		if (st == IO_OK) {
 			size_t got = iobuf_len(&c->io.in) - before;
 
-			c->last_activity_usec = pgmux_now_usec();
+			c->last_activity_usec = pgmux_pass_now_usec();
 
 			budget -= got < budget ? got : budget;
 			if (!client_process_input(c))

@@ -127,7 +127,7 @@ struct client {
 	struct iobuf first_batch;      /* what it sent to its backend since the link, as it sent it, while
 	                                * batch_recording (at most CLIENT_RESEND_MAX bytes) */
 	struct client_lost *lost;      /* the error its next statement gets (transaction_lost; NULL: none) */
-	struct event *wait_timer;      /* connection_borrow_timeout while WAITING */
+	struct client_wait *wait;      /* connection_borrow_timeout while WAITING (client_backend.c) */
 	uint64_t last_activity_usec;
 	uint64_t backend_waiting_since_usec; /* its backend waits for it since (janitor; 0: it does not) */
 

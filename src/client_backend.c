@@ -69,30 +69,109 @@ static void client_borrow_timeout(evutil_socket_t fd, short what, void *arg)
 	client_resume(c);
 }
 
+/*
+ * connection_borrow_timeout. The clients of a worker that wait for a backend
+ * are on its borrow_waits list in deadline order and share one timer, set
+ * for the first deadline: a timer per wait cost an event_add and an
+ * event_del (some 380 instructions) in every transaction that queued. A
+ * wait that ends only leaves the list; the timer, left as it was, finds
+ * nothing due when it fires and is set again for the new first deadline.
+ */
+struct client_wait {
+	struct list_node node; /* on the worker's borrow_waits while waiting */
+	struct client *client;
+	uint64_t deadline_usec;
+};
+
+static void client_wait_stop(struct client *c)
+{
+	if (c->wait)
+		list_del(&c->wait->node);
+}
+
+void client_wait_free(struct client *c, bool closing)
+{
+	if (c->wait == NULL || (!closing && list_linked(&c->wait->node)))
+		return;
+	client_wait_stop(c);
+	free(c->wait);
+	c->wait = NULL;
+}
+
+/* Set w's borrow timer for its first deadline, unless it is set for that or earlier already. */
+static void borrow_timer_set(struct worker *w, uint64_t now)
+{
+	struct client_wait *first;
+	uint64_t delay;
+	struct timeval tv;
+
+	if (list_empty(&w->borrow_waits))
+		return;
+	first = list_entry(w->borrow_waits.next, struct client_wait, node);
+	if (w->borrow_timer_at != 0 && w->borrow_timer_at <= first->deadline_usec)
+		return;
+	delay = pgmux_usec_since(now, first->deadline_usec);
+	tv.tv_sec = (time_t)(delay / 1000000);
+	tv.tv_usec = (suseconds_t)(delay % 1000000);
+	if (evtimer_add(w->borrow_timer, &tv) == 0)
+		w->borrow_timer_at = first->deadline_usec;
+}
+
+/* The borrow timer: every wait whose deadline passed times out, then the timer is set for the next. */
+static void borrow_timer_fired(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	uint64_t now = pgmux_now_usec();
+
+	w->borrow_timer_at = 0;
+	while (!list_empty(&w->borrow_waits)) {
+		struct client_wait *first = list_entry(w->borrow_waits.next, struct client_wait, node);
+
+		if (first->deadline_usec > now)
+			break;
+		list_del(&first->node);
+		client_borrow_timeout(-1, EV_TIMEOUT, first->client);
+	}
+	borrow_timer_set(w, now);
+}
+
 static void client_arm_wait_timer(struct client *c)
 {
 	const struct config *cfg = config_current();
-	struct timeval tv;
+	struct worker *w = c->worker;
+	struct list_node *pos;
+	uint64_t now = pgmux_pass_now_usec();
 
 	if (c->state != CLIENT_WAITING || cfg->connection_borrow_timeout_ms <= 0)
 		return;
-	if (c->wait_timer == NULL) {
-		c->wait_timer = evtimer_new(c->worker->base, client_borrow_timeout, c);
-		if (c->wait_timer == NULL) {
+	if (w->borrow_timer == NULL && (w->borrow_timer = evtimer_new(w->base, borrow_timer_fired, w)) == NULL) {
+		client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	if (c->wait == NULL) {
+		c->wait = calloc(1, sizeof(*c->wait));
+		if (c->wait == NULL) {
 			client_fatal(c, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 			return;
 		}
+		c->wait->client = c;
+		list_init(&c->wait->node);
 	}
-	tv.tv_sec = cfg->connection_borrow_timeout_ms / 1000;
-	tv.tv_usec = (cfg->connection_borrow_timeout_ms % 1000) * 1000;
-	evtimer_add(c->wait_timer, &tv);
+	client_wait_stop(c);
+	c->wait->deadline_usec = now + (uint64_t)cfg->connection_borrow_timeout_ms * 1000;
+	/* In deadline order: at the end, unless a reload shortened the timeout. */
+	for (pos = w->borrow_waits.prev; pos != &w->borrow_waits; pos = pos->prev)
+		if (list_entry(pos, struct client_wait, node)->deadline_usec <= c->wait->deadline_usec)
+			break;
+	list_insert_between(&c->wait->node, pos, pos->next);
+	borrow_timer_set(w, now);
 }
 
 /* Act on what pool_borrow() said; the client is WAITING. */
 static void client_borrow_result(struct client *c, enum pool_borrow_result result, struct server *s,
 				 const char *error)
 {
-	c->borrow_start_usec = pgmux_now_usec(); /* the borrow wait (stats_borrow_ended()) counts from here */
+	c->borrow_start_usec = pgmux_pass_now_usec(); /* the borrow wait (stats_borrow_ended()) counts from here */
 	switch (result) {
 	case POOL_BORROWED:
 		client_link(c, s);
@@ -123,7 +202,7 @@ void client_borrow(struct client *c)
 /* A logged-in client needs a backend for the transaction it just started. */
 void client_begin_transaction(struct client *c)
 {
-	c->txn_start_usec = pgmux_now_usec();
+	c->txn_start_usec = pgmux_pass_now_usec();
 	client_set_state(c, CLIENT_WAITING);
 	client_borrow(c);
 }
@@ -204,8 +283,7 @@ bool client_borrow_for_parse(struct client *c)
 void client_fail_batch_detail(struct client *c, const char *sqlstate, const char *message,
 				     const char *detail)
 {
-	if (c->wait_timer)
-		evtimer_del(c->wait_timer);
+	client_wait_stop(c);
 	pool_cancel_wait(&c->waiter);
 	if (c->state == CLIENT_WAITING)
 		client_set_state(c, CLIENT_IDLE);
@@ -482,8 +560,7 @@ static void client_link(struct client *c, struct server *s)
 	c->fresh_backend = false;
 	c->batch_recording = c->transaction_mode && c->logged_in;
 	iobuf_reset(&c->first_batch);
-	if (c->wait_timer)
-		evtimer_del(c->wait_timer);
+	client_wait_stop(c);
 	c->server = s;
 	server_link(s, c, c->id, &client_server_ops, &c->relay.session, c->transaction_mode);
 	__atomic_store_n(&c->backend_pid, s->backend_pid, __ATOMIC_RELAXED);

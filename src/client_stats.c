@@ -30,7 +30,7 @@ void stats_borrow_ended(struct client *c)
 
 	if (c->borrow_start_usec == 0)
 		return;
-	waited = pgmux_now_usec() - c->borrow_start_usec;
+	waited = pgmux_usec_since(c->borrow_start_usec, pgmux_pass_now_usec());
 	c->borrow_start_usec = 0;
 	if (slot)
 		histogram_record(&slot->borrow_wait, waited);
@@ -53,16 +53,16 @@ void stats_ready_for_query(struct client *c, struct server *s)
 {
 	struct pool_stats_slot *slot = slot_of(c);
 	int threshold_ms;
-	uint64_t now = pgmux_now_usec(), took;
+	uint64_t now = pgmux_pass_now_usec(), took;
 
 	if (s->query_sent_usec) {
 		if (slot)
-			histogram_record(&slot->query, now - s->query_sent_usec);
+			histogram_record(&slot->query, pgmux_usec_since(s->query_sent_usec, now));
 		s->query_sent_usec = s->replies.outstanding > 0 ? now : 0;
 	}
 	if (s->replies.outstanding > 0 || s->tx_status != 'I' || c->txn_start_usec == 0)
 		return;
-	took = now - c->txn_start_usec;
+	took = pgmux_usec_since(c->txn_start_usec, now);
 	c->txn_start_usec = 0;
 	if (slot) {
 		histogram_record(&slot->transaction, took);

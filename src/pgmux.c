@@ -14,6 +14,9 @@ int64_t pgmux_client_count;
 int64_t pgmux_login_count;
 uint64_t pgmux_accept_out_of_descriptors;
 
+__thread uint64_t pgmux_pass_usec;
+__thread bool pgmux_pass_cached;
+
 uint64_t pgmux_now_usec(void)
 {
 	struct timespec ts;

@@ -281,7 +281,7 @@ static struct server *pool_steal_idle_locked(struct pool *for_pool, struct targe
 
 static void pool_add_waiter_locked(struct pool *pool, struct pool_waiter *waiter)
 {
-	waiter->since_usec = pgmux_now_usec();
+	waiter->since_usec = pgmux_pass_now_usec();
 	list_append(&pool->waiters, &waiter->node);
 	pool->n_waiting++;
 }
@@ -559,10 +559,11 @@ void pool_release(struct server *s)
 	struct pool *pool = s->pool;
 	struct pool_waiter *waiter = NULL;
 	struct worker *wake = NULL;
-	uint64_t now = pgmux_now_usec();
+	uint64_t now = pgmux_pass_now_usec();
 	bool usable;
 
-	if (cfg->server_lifetime_ms > 0 && now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000) {
+	if (cfg->server_lifetime_ms > 0 &&
+	    pgmux_usec_since(s->created_usec, now) >= (uint64_t)cfg->server_lifetime_ms * 1000) {
 		server_close(s, "server_lifetime reached");
 		return;
 	}
@@ -809,12 +810,12 @@ void pool_janitor(uint64_t now, struct worker *w)
 		for (spos = p->idle.prev, stmp = spos->prev; spos != &p->idle; spos = stmp, stmp = spos->prev) {
 			struct server *s = list_entry(spos, struct server, pool_node);
 			struct target *t = s->target;
-			uint64_t idle_for = now - s->last_used_usec;
+			uint64_t idle_for = pgmux_usec_since(s->last_used_usec, now);
 			int max_idle = t->cap_known ? t->max_connections * cfg->max_idle_connections_percent / 100 : t->n_idle;
 			bool expired = (cfg->server_idle_timeout_ms > 0 &&
 					idle_for >= (uint64_t)cfg->server_idle_timeout_ms * 1000) ||
 				       (cfg->server_lifetime_ms > 0 &&
-					now - s->created_usec >= (uint64_t)cfg->server_lifetime_ms * 1000);
+					pgmux_usec_since(s->created_usec, now) >= (uint64_t)cfg->server_lifetime_ms * 1000);
 			bool surplus = t->n_idle > max_idle && idle_for >= 1000000;
 			bool unusable = !pool_server_usable_locked(s, p);
 

@@ -371,7 +371,7 @@ bool server_attach(struct server *s, struct worker *w)
 		 * is looked at (its server had time to end it: an idle timeout,
 		 * a terminate, a restart).
 		 */
-		if (pgmux_now_usec() - s->last_used_usec >= check_after && !server_parked_clean(s, &why)) {
+		if (pgmux_usec_since(s->last_used_usec, pgmux_pass_now_usec()) >= check_after && !server_parked_clean(s, &why)) {
 			server_close(s, why);
 			return false;
 		}
@@ -449,7 +449,7 @@ static void server_count_message(struct server *s, uint8_t type)
 {
 	/* Pipelined queries: the next one's clock starts when the one before it is answered (client_stats.c). */
 	if ((type == FE_QUERY || type == FE_SYNC || type == FE_FUNCTION_CALL) && s->replies.outstanding == 0)
-		s->query_sent_usec = pgmux_now_usec();
+		s->query_sent_usec = pgmux_pass_now_usec();
 	if (reply_count_frontend(&s->replies, type))
 		STAT_INC(s->worker, queries);
 }

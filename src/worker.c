@@ -12,6 +12,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 
 #include <event2/thread.h>
 
@@ -62,14 +63,45 @@ struct worker *worker_self(void)
 	return current_worker;
 }
 
+/*
+ * On w's own thread the wake runs later in this pass; from any other thread
+ * it goes through w's eventfd, written once however many wakes come before
+ * w reads it. The base has no lock, so no other thread may touch its events:
+ * libevent's locked bases took a mutex around every event_add, event_del and
+ * event_active (about ten lock and unlock pairs per transaction).
+ */
 void worker_wake(struct worker *w)
 {
-	event_active(w->wake_event, EV_READ, 0);
+	static const uint64_t one = 1;
+
+	if (current_worker == w) {
+		event_active(w->wake_event, EV_READ, 0);
+		return;
+	}
+	if (__atomic_exchange_n(&w->wake_pending, true, __ATOMIC_SEQ_CST))
+		return;
+	while (write(w->wake_fd, &one, sizeof(one)) < 0 && errno == EINTR)
+		continue;
 }
 
 void worker_schedule_reap(struct worker *w)
 {
 	event_active(w->reap_event, EV_READ, 0);
+}
+
+static void worker_wake_cb(evutil_socket_t fd, short what, void *arg);
+
+/* The eventfd another thread wrote: clear it, then look at the inbox and the ready list. */
+static void worker_wake_fd_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	uint64_t count;
+
+	while (read(fd, &count, sizeof(count)) < 0 && errno == EINTR)
+		continue;
+	/* Cleared before the inbox and the ready list are read: a wake after this writes again. */
+	__atomic_store_n(&w->wake_pending, false, __ATOMIC_SEQ_CST);
+	worker_wake_cb(-1, EV_READ, w);
 }
 
 static void worker_msg_free(struct worker_msg *msg)
@@ -339,6 +371,7 @@ static bool worker_busy_poll(struct worker *w)
 	until = now + (uint64_t)window;
 	do {
 		config_reader_quiescent(w->config_reader);
+		pgmux_pass_begin();
 		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 		if (event_base_got_exit(w->base))
 			return false;
@@ -362,6 +395,7 @@ static void worker_run(struct worker *w)
 			return;
 		/* Between passes no callback runs, so no pointer into a configuration is held. */
 		config_reader_quiescent(w->config_reader);
+		pgmux_pass_begin(); /* "now" is read again after the wait (pgmux.h) */
 		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
 		if (event_base_got_exit(w->base))
 			return;
@@ -397,8 +431,14 @@ static void worker_destroy(struct worker *w)
 	iobuf_free(&w->scratch);
 	if (w->janitor_event)
 		event_free(w->janitor_event);
+	if (w->borrow_timer)
+		event_free(w->borrow_timer);
 	if (w->wake_event)
 		event_free(w->wake_event);
+	if (w->wake_fd_event)
+		event_free(w->wake_fd_event);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
 	if (w->reap_event)
 		event_free(w->reap_event);
 	if (w->dns)
@@ -418,6 +458,7 @@ static struct worker *worker_create(int id, const struct worker_ops *ops)
 		return NULL;
 	w->id = id;
 	w->ops = ops;
+	w->wake_fd = -1;
 	iobuf_init(&w->scratch);
 	iobuf_reserve(&w->scratch, 32 * 1024);
 	pthread_mutex_init(&w->inbox_lock, NULL);
@@ -427,9 +468,12 @@ static struct worker *worker_create(int id, const struct worker_ops *ops)
 	list_init(&w->servers);
 	list_init(&w->reap_clients);
 	list_init(&w->reap_servers);
+	list_init(&w->borrow_waits);
 	ecfg = event_config_new();
 	if (ecfg == NULL)
 		goto fail;
+	/* Only this worker's thread uses the base (worker_wake()). */
+	event_config_set_flag(ecfg, EVENT_BASE_FLAG_NOLOCK);
 	/*
 	 * One priority for every event. A wake-up posted during a pass (a
 	 * backend given to a client of this worker) then runs in that same pass:
@@ -453,6 +497,12 @@ static struct worker *worker_create(int id, const struct worker_ops *ops)
 	w->wake_event = event_new(w->base, -1, 0, worker_wake_cb, w);
 	w->reap_event = event_new(w->base, -1, 0, worker_reap_cb, w);
 	if (w->wake_event == NULL || w->reap_event == NULL)
+		goto fail;
+	w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w->wake_fd < 0)
+		goto fail;
+	w->wake_fd_event = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, worker_wake_fd_cb, w);
+	if (w->wake_fd_event == NULL || event_add(w->wake_fd_event, NULL) != 0)
 		goto fail;
 	w->janitor_event = event_new(w->base, -1, EV_PERSIST, worker_janitor_cb, w);
 	if (w->janitor_event == NULL)

@@ -119,9 +119,21 @@ struct worker {
 	pthread_t thread;
 	struct event_base *base;
 	struct evdns_base *dns;
-	struct event *wake_event; /* activated by other threads */
+	/*
+	 * The base has no lock (EVENT_BASE_FLAG_NOLOCK): only this worker's
+	 * thread touches its events. Another thread wakes it through wake_fd
+	 * (an eventfd), written only when wake_pending was clear.
+	 */
+	struct event *wake_event; /* the wake's callback, activated by this thread or by wake_fd_event */
+	struct event *wake_fd_event;
+	int wake_fd;
+	bool wake_pending; /* wake_fd written and not yet read; atomic */
 	struct event *reap_event; /* frees closed objects after the current callbacks */
 	struct event *janitor_event; /* once a second: client timeouts */
+	/* Clients waiting for a backend, by connection_borrow_timeout deadline (client_backend.c). */
+	struct list_node borrow_waits;
+	struct event *borrow_timer;  /* for the first deadline; made on first use */
+	uint64_t borrow_timer_at;    /* the deadline it is set for; 0: not set */
 
 	pthread_mutex_t inbox_lock;
 	struct list_node inbox; /* struct worker_msg, under inbox_lock */
@@ -183,7 +195,7 @@ void workers_post_connect(struct pool *pool, struct target *target);
 /* Wake a worker so that it looks at its inbox and ready list. Thread safe. */
 void worker_wake(struct worker *w);
 
-/* Ask for the reap callback to run once the current callbacks are done. */
+/* Ask for the reap callback to run once the current callbacks are done (from w's own thread). */
 void worker_schedule_reap(struct worker *w);
 
 /* Add up every worker's counters. */
