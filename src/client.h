@@ -63,12 +63,14 @@ struct client_listen {
 	 * max_client_listen_channels; n_mirrored is 0 between transactions,
 	 * except in a session pinned in a mirrored transaction, whose backend
 	 * listens on them from then on (client_listen_mirror_pinned()).
-	 * unlisten_deferred: an UNLISTEN or DISCARD ALL ran in it, not yet
-	 * read back.
+	 * unlisten_deferred: an UNLISTEN or DISCARD ALL ran in it, or code
+	 * pgmux cannot read (which may), not yet read back. listen_ran: a
+	 * LISTEN ran in it. With neither, the transaction changed nothing the
+	 * hub holds for it.
 	 */
 	char (*mirrored)[SQL_LISTEN_NAME_MAX + 1];
 	int n_mirrored, cap_mirrored;
-	bool unlisten_deferred;
+	bool unlisten_deferred, listen_ran;
 	bool rfq_held;
 	uint8_t rfq[6];
 	struct client_handover *handover; /* while its channels are taken over */

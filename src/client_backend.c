@@ -440,6 +440,9 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 		/* Whatever the verification finds, what it cannot see goes before anyone else's turn. */
 		if (verify)
 			s->reset_before_reuse = true;
+		/* Code pgmux cannot read may have UNLISTENed: the takeover's reading decides. */
+		if (verify && c->listen && c->listen->n_mirrored > 0)
+			c->listen->unlisten_deferred = true;
 		client_set_state(c, CLIENT_SETUP);
 		iobuf_init(&sql);
 		session_settings_sql(&sql, session_params_set(&c->params), c->custom_pending, verify ? &check : NULL);
@@ -609,7 +612,7 @@ static unsigned client_scan_sql(struct client *c, const char *sql, size_t len)
 		client_pin(c, &scan);
 	/* Taken over when its transaction ends, instead of a pin (client_listen_handover.c). */
 	if (scan.effects & SQL_EFFECT_LISTEN)
-		client_listen_state(c)->on_backend = true;
+		client_listen_state(c)->on_backend = client_listen_state(c)->listen_ran = true;
 	if (scan.effects & SQL_EFFECT_RESET_ALL)
 		c->relay.session.reset_all_pending = true;
 	/*
@@ -677,7 +680,7 @@ static void client_hook_bound(void *arg, const struct prepared_stmt *st)
 
 	if (st->listen && c->relay.listen_apply) {
 		/* A LISTEN pgmux answered, now run inside a transaction: taken over when it ends. */
-		client_listen_state(c)->on_backend = true;
+		client_listen_state(c)->on_backend = client_listen_state(c)->listen_ran = true;
 		/* An UNLISTEN: as one sent in a text (client_scan_sql()). */
 		if (c->listen->n_channels > 0)
 			client_rescan_prepared(c, st);

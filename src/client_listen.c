@@ -331,7 +331,7 @@ bool client_listen_mirror(struct client *c, struct iobuf *sql)
 
 	if (l != NULL) {
 		l->n_mirrored = 0;
-		l->unlisten_deferred = false;
+		l->unlisten_deferred = l->listen_ran = false;
 	}
 	if (l == NULL || l->n_channels == 0 || !c->transaction_mode || c->pin_reason || l->handover ||
 	    !may_unlisten(iobuf_head(&c->io.in), iobuf_len(&c->io.in)))

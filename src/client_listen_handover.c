@@ -555,6 +555,19 @@ void client_listen_handover_lost(struct client *c, const char *why)
 	struct client_handover *h = handover_of(c);
 
 	if (h->phase == PHASE_CHANNELS) {
+		struct client_listen *l = c->listen;
+
+		/*
+		 * A mirrored transaction that ran no LISTEN, UNLISTEN or code pgmux
+		 * cannot read changed nothing the hub holds for it: the client
+		 * keeps its subscriptions, as without the mirror.
+		 */
+		if (l->n_mirrored > 0 && !l->unlisten_deferred && !l->listen_ran) {
+			handover_end(c);
+			l->n_mirrored = 0;
+			client_idle_again(c);
+			return;
+		}
 		handover_end(c);
 		client_fatal(c, SQLSTATE_CONNECTION_FAILURE, "lost the connection to the database server before pgmux "
 			     "could take over this session's LISTEN: %s", why);
