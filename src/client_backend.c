@@ -959,9 +959,9 @@ static void client_on_replies(struct client *c, struct server *s, bool over)
  */
 static bool client_on_notification(struct client *c, const uint8_t *body, size_t len)
 {
-	const char *channel = (const char *)body + 4;
+	const char *channel, *payload;
 
-	if (c->listen == NULL || c->listen->n_channels == 0 || len < 6 || body[len - 1] != '\0')
+	if (c->listen == NULL || c->listen->n_channels == 0 || !proto_parse_notification(body, len, &channel, &payload))
 		return true;
 	return !client_listen_has(c, channel);
 }

@@ -399,11 +399,12 @@ void client_listen_drop_pending(struct client *c, const char *channel)
 	while (at + PROTO_HEADER_LEN <= n) {
 		const uint8_t *msg = iobuf_head(&l->pending) + at;
 		size_t len = 1 + (size_t)get_u32(msg + 1);
+		const char *name, *payload;
 
-		/* Type, length, the notifying pid, then the channel. */
-		if (len < PROTO_HEADER_LEN + 4 || at + len > n)
+		if (len < PROTO_HEADER_LEN || at + len > n)
 			break;
-		if (strncmp((const char *)msg + PROTO_HEADER_LEN + 4, channel, len - PROTO_HEADER_LEN - 4) != 0) {
+		if (!proto_parse_notification(msg + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN, &name, &payload) ||
+		    strcmp(name, channel) != 0) {
 			iobuf_append(&kept, msg, len);
 			n_kept++;
 		}

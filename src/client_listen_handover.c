@@ -88,18 +88,6 @@ static const char channels_sql[] =
 
 static void run(struct client *c, enum handover_phase phase, const char *sql);
 
-/* The channel and payload of a NotificationResponse's body. */
-static bool parse_body(const uint8_t *body, size_t len, const char **channel, const char **payload)
-{
-	const char *p = (const char *)body + 4, *end = (const char *)body + len, *z;
-
-	if (len < 6 || (z = memchr(p, '\0', (size_t)(end - p))) == NULL || memchr(z + 1, '\0', (size_t)(end - z - 1)) == NULL)
-		return false;
-	*channel = p;
-	*payload = z + 1;
-	return true;
-}
-
 /* The takeover under way for c, if any (its LISTEN state is made on first need). */
 static struct client_handover *handover_of(const struct client *c)
 {
@@ -267,7 +255,7 @@ static void on_backend_notify(struct server *s, const uint8_t *body, size_t len,
 	struct iobuf msg;
 	size_t begin;
 
-	if (h == NULL || c->state == CLIENT_CLOSED || !parse_body(body, len, &channel, &payload))
+	if (h == NULL || c->state == CLIENT_CLOSED || !proto_parse_notification(body, len, &channel, &payload))
 		return;
 	if (strcmp(channel, CLIENT_LISTEN_SYNC_CHANNEL) == 0) {
 		if (strcmp(payload, h->token) == 0) {
@@ -294,7 +282,7 @@ bool client_listen_handover_filter(struct client *c, const uint8_t *msg, size_t 
 	struct client_handover *h = handover_of(c);
 	const char *channel, *payload;
 
-	if (len < PROTO_HEADER_LEN || !parse_body(msg + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN, &channel, &payload))
+	if (len < PROTO_HEADER_LEN || !proto_parse_notification(msg + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN, &channel, &payload))
 		return true;
 	if (strcmp(channel, CLIENT_LISTEN_SYNC_CHANNEL) == 0) {
 		/* A marker: this client's, or another takeover's (late, or of another client). */

@@ -303,6 +303,17 @@ const uint8_t *msg_read_bytes(struct msg_reader *r, size_t n)
 	return reader_take(r, n);
 }
 
+bool proto_parse_notification(const uint8_t *body, size_t len, const char **channel, const char **payload)
+{
+	const char *p = (const char *)body + 4, *end = (const char *)body + len, *z;
+
+	if (len < 6 || (z = memchr(p, '\0', (size_t)(end - p))) == NULL || memchr(z + 1, '\0', (size_t)(end - z - 1)) == NULL)
+		return false;
+	*channel = p;
+	*payload = z + 1;
+	return true;
+}
+
 int proto_parse_error(const uint8_t *body, size_t len, struct error_fields *out)
 {
 	struct msg_reader r;

@@ -163,6 +163,12 @@ struct error_fields {
 	const char *detail;   /* 'D' */
 };
 int proto_parse_error(const uint8_t *body, size_t len, struct error_fields *out);
+/*
+ * The channel and payload of a NotificationResponse's body (the notifying
+ * pid, then two NUL-terminated strings), pointing into body. Returns false
+ * when the body is malformed.
+ */
+bool proto_parse_notification(const uint8_t *body, size_t len, const char **channel, const char **payload);
 
 /* Start a message of the given type: writes the type and a placeholder length; returns its offset. */
 size_t proto_begin(struct iobuf *buf, char type);

@@ -1070,3 +1070,25 @@ Test(resend, what_may_not_go_again)
 	cr_expect(!proto_batch_resendable(NULL, 0), "nothing");
 	iobuf_free(&b);
 }
+
+Test(notification, channel_and_payload_or_malformed)
+{
+	/* The notifying pid, the channel, the payload (each string NUL-terminated). */
+	static const char good[] = "\0\0\0\7chan\0hello";
+	static const char empty_payload[] = "\0\0\0\7c\0";
+	static const char no_payload[] = "\0\0\0\7chan";
+	const char *channel = NULL, *payload = NULL;
+
+	cr_assert(proto_parse_notification((const uint8_t *)good, sizeof(good), &channel, &payload));
+	cr_expect_str_eq(channel, "chan");
+	cr_expect_str_eq(payload, "hello");
+	cr_assert(proto_parse_notification((const uint8_t *)empty_payload, sizeof(empty_payload), &channel, &payload));
+	cr_expect_str_eq(channel, "c");
+	cr_expect_str_eq(payload, "");
+	/* The channel ends at the body's end: no payload. */
+	cr_expect(!proto_parse_notification((const uint8_t *)no_payload, sizeof(no_payload), &channel, &payload));
+	/* Nothing ends the channel. */
+	cr_expect(!proto_parse_notification((const uint8_t *)good, 8, &channel, &payload));
+	/* Shorter than a pid and two empty strings. */
+	cr_expect(!proto_parse_notification((const uint8_t *)good, 5, &channel, &payload));
+}
