@@ -363,7 +363,11 @@ static const struct config_option option_table[] = {
 		 "(max_connections or max_connections_percent, which then count for all "
 		 "instances together): the cap divided by the number of peers, rounded "
 		 "down, plus one for each of the lowest ids while the remainder lasts. 0 "
-		 "means no peers (and no [peers] section)." },
+		 "means no peers (and no [peers] section). An instance that is down keeps "
+		 "its share: the others do not take it over, because none of them can tell "
+		 "an instance that is down from one it cannot reach, and taking the share "
+		 "of one that still runs could open more connections than the server "
+		 "allows. Remove a peer that is gone for good from [peers] and reload." },
 
 	/* ----------------------------------------------------------- [target] */
 	{ .section = "target", .name = "hosts", .type = CONFIG_HOSTS,
