@@ -24,6 +24,8 @@
 #   PGMUX_BIN=path      the pgmux binary (default: <repo>/pgmux, built if missing)
 #   PGMUX_COMMIT_OVERRIDE=text  label printed for that binary (default: the
 #                       repository's HEAD commit, which a PGMUX_BIN snapshot may not match)
+#   PGMUX_BASE_WORKERS=n  the base binary's worker threads (default: PGMUX_WORKERS),
+#                       to compare two worker counts of one binary in one run
 #   PGMUX_BASE_BIN=path another pgmux binary (an earlier commit, say), run with the
 #                       same configuration as a fourth target in every round of
 #                       scenarios 1 and 2: the table gets a column and a ratio
@@ -49,12 +51,13 @@ BUSY_POLL_US=${BUSY_POLL_US:-0}
 SYSCALLS=${SYSCALLS:-1}
 RELAY=${RELAY:-1}
 PGMUX_WORKERS=${PGMUX_WORKERS:-2}
+PGMUX_BASE_WORKERS=${PGMUX_BASE_WORKERS:-$PGMUX_WORKERS}
 KEEP=${KEEP:-}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 RESULTS=${RESULTS:-$HERE/results-latest.txt}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US PGMUX_WORKERS=$PGMUX_WORKERS SYSCALLS=$SYSCALLS RELAY=$RELAY${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" POOL_SIZE=$POOL_SIZE IDLE_CLIENTS=$IDLE_CLIENTS BUSY_POLL_US=$BUSY_POLL_US PGMUX_WORKERS=$PGMUX_WORKERS${PGMUX_BASE_BIN:+ PGMUX_BASE_WORKERS=$PGMUX_BASE_WORKERS} SYSCALLS=$SYSCALLS RELAY=$RELAY${PGMUX_BIN:+ PGMUX_BIN=$PGMUX_BIN} bash bench/bench.sh"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -68,6 +71,7 @@ is_uint "$IDLE_CLIENTS" && [ "$IDLE_CLIENTS" -ge 1 ] || die "IDLE_CLIENTS must b
 is_uint "$WARMUP" || die "WARMUP must be a number of seconds (got '$WARMUP')"
 is_uint "$BUSY_POLL_US" && [ "$BUSY_POLL_US" -le 10000 ] || die "BUSY_POLL_US must be 0 to 10000 microseconds (got '$BUSY_POLL_US')"
 is_uint "$PGMUX_WORKERS" && [ "$PGMUX_WORKERS" -ge 1 ] && [ "$PGMUX_WORKERS" -le 64 ] || die "PGMUX_WORKERS must be 1 to 64 (got '$PGMUX_WORKERS')"
+is_uint "$PGMUX_BASE_WORKERS" && [ "$PGMUX_BASE_WORKERS" -ge 1 ] && [ "$PGMUX_BASE_WORKERS" -le 64 ] || die "PGMUX_BASE_WORKERS must be 1 to 64 (got '$PGMUX_BASE_WORKERS')"
 for s in $SCENARIOS; do
 	case $s in 1|2|3|4|5|6) ;; *) die "SCENARIOS may only list 1 to 6 (got '$s')" ;; esac
 done
@@ -328,14 +332,14 @@ log "pgbench -i -s 10"
 # server connections kept (pgmux max_idle_connections_percent = 100, like
 # PgBouncer, which keeps its pool until server_idle_timeout), the same accept
 # backlog. $1: plain (TLS offered, not required) or tls (TLS required).
-write_pgmux_conf() { # plain|tls [port file logfile]
+write_pgmux_conf() { # plain|tls [port file logfile workers]
 	local require=false
 	[ "$1" = tls ] && require=true
 	cat >"${3:-$WORK/pgmux/pgmux.ini}" <<EOF
 [pgmux]
 listen_addr = 127.0.0.1
 listen_port = ${2:-$MUXPORT}
-workers = $PGMUX_WORKERS
+workers = ${5:-$PGMUX_WORKERS}
 busy_poll_us = $BUSY_POLL_US
 client_tls_cert_file = $WORK/tls/server.crt
 client_tls_key_file = $WORK/tls/server.key
@@ -444,7 +448,7 @@ stop_pgmux() { stop_pid "$MUX_PID"; MUX_PID=; }
 # The baseline binary (PGMUX_BASE_BIN): the same configuration on its own port and log.
 start_base() {
 	[ -n "${PGMUX_BASE_BIN:-}" ] || return 0
-	write_pgmux_conf "$1" "$BASEPORT" "$WORK/pgmux/base.ini" "$WORK/pgmux/base.log"
+	write_pgmux_conf "$1" "$BASEPORT" "$WORK/pgmux/base.ini" "$WORK/pgmux/base.log" "$PGMUX_BASE_WORKERS"
 	[ "$RUN_USER" = "$(id -un)" ] || chown "$RUN_USER" "$WORK/pgmux/base.ini"
 	"${AS_USER[@]}" "$PGMUX_BASE_BIN" "$WORK/pgmux/base.ini" >>"$WORK/pgmux/base.stderr" 2>&1 &
 	BASE_PID=$!
@@ -869,7 +873,7 @@ pgb_warn_lines=$(cat "$WORK/pgb/pgbouncer.log" 2>/dev/null | grep -c -E ' (WARNI
 	printf '%-46s %12s %12s %12s %12s %10s %10s %10s' scenario pgmux PgBouncer relay direct mux/pgb mux/relay mux/direct
 	[ -z "${PGMUX_BASE_BIN:-}" ] || printf ' %12s %10s' base mux/base
 	echo
-	[ -z "${PGMUX_BASE_BIN:-}" ] || echo "base:      $PGMUX_BASE_BIN${PGMUX_BASE_LABEL:+ ($PGMUX_BASE_LABEL)}"
+	[ -z "${PGMUX_BASE_BIN:-}" ] || echo "base:      $PGMUX_BASE_BIN${PGMUX_BASE_LABEL:+ ($PGMUX_BASE_LABEL)}, workers = $PGMUX_BASE_WORKERS"
 	printf '%s\n' "${rows[@]}"
 	echo
 	printf '%-70s %-8s %-12s\n' "target" value verdict

@@ -259,15 +259,17 @@ static void client_row(struct cancel_entry *entry, void *arg)
 	cell(&r, "%d", __atomic_load_n(&c->backend_pid, __ATOMIC_RELAXED));
 	cell(&r, "%s", pin_reason ? pin_reason : "");
 	cell(&r, "%llu", (unsigned long long)((pgmux_now_usec() - c->connect_usec) / 1000000));
+	/* The registry's lock is held: client_move() changes the entry's worker under it. */
+	cell(&r, "%d", entry->worker ? entry->worker->id : -1);
 	put_row(out, r.n, r.ptrs);
 }
 
 static void show_clients(struct iobuf *out)
 {
 	static const char *const cols[] = { "id",  "user",        "database", "address", "state",
-					    "tls", "backend_pid", "pinned",   "connected_seconds" };
+					    "tls", "backend_pid", "pinned",   "connected_seconds", "worker" };
 
-	put_columns(out, 9, cols);
+	put_columns(out, 10, cols);
 	cancel_for_each_entry(client_row, out);
 	put_complete(out, "SHOW");
 }
@@ -402,6 +404,8 @@ static void show_stats(struct client *c, struct iobuf *out)
 	stat_row(out, "database_connections_opened", st.servers_opened);
 	stat_row(out, "database_connection_failures", st.server_connect_failures);
 	stat_row(out, "database_connection_handoffs", st.server_handoffs);
+	stat_row(out, "clients_moved_between_workers", st.clients_moved);
+	stat_row(out, "workers_taking_clients", (unsigned long long)workers_active());
 	stat_row(out, "parses_answered_without_backend", st.parses_answered);
 	stat_row(out, "parses_answered_unjudged", st.parses_unjudged);
 	stat_row(out, "transactions_waiting", (unsigned long long)pool_clients_waiting());

@@ -96,6 +96,34 @@ void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t
 	pthread_mutex_unlock(&registry_lock);
 }
 
+void cancel_move(struct cancel_entry *entry, struct worker *worker)
+{
+	pthread_mutex_lock(&registry_lock);
+	entry->worker = worker;
+	pthread_mutex_unlock(&registry_lock);
+}
+
+struct worker *cancel_worker_of(uint64_t client_id)
+{
+	struct worker *found = NULL;
+
+	pthread_mutex_lock(&registry_lock);
+	for (int i = 0; registry_ready && i < CANCEL_BUCKETS && found == NULL; i++) {
+		struct list_node *pos;
+
+		list_for_each(pos, &registry[i]) {
+			struct cancel_entry *e = list_entry(pos, struct cancel_entry, node);
+
+			if (e->client_id == client_id) {
+				found = e->worker;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+	return found;
+}
+
 void cancel_unregister(struct cancel_entry *entry)
 {
 	pthread_mutex_lock(&registry_lock);

@@ -44,6 +44,10 @@ int cancel_key_instance(uint32_t pid);
 /* Give the client client_id, which lives on worker, a fresh (pid, key) and make it findable. */
 void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t client_id);
 void cancel_unregister(struct cancel_entry *entry);
+/* The client moved to another worker (client_move()): cancels and KILLs go there from now on. */
+void cancel_move(struct cancel_entry *entry, struct worker *worker);
+/* The worker a registered client is on now, or NULL (it left); a scan, for the rare miss. */
+struct worker *cancel_worker_of(uint64_t client_id);
 
 /* Find the client a CancelRequest names; false for unknown keys. */
 bool cancel_lookup(uint32_t pid, uint32_t key, struct worker **worker, uint64_t *client_id);

@@ -259,6 +259,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	pool_waiter_init(&c->waiter, w);
 	list_init(&c->cancel.node);
 	list_append(&w->clients, &c->worker_node);
+	worker_count_client(w, 1);
 	__atomic_add_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&pgmux_login_count, 1, __ATOMIC_RELAXED);
 
@@ -334,6 +335,7 @@ void client_close(struct client *c, const char *reason)
 		login_end_exchange(c->login);
 	io_close(&c->io, true);
 	list_del(&c->worker_node);
+	worker_count_client(c->worker, -1);
 	list_append(&c->worker->reap_clients, &c->worker_node);
 	worker_schedule_reap(c->worker);
 	__atomic_sub_fetch(&pgmux_client_count, 1, __ATOMIC_RELAXED);
@@ -408,6 +410,75 @@ void client_drain(struct client *c)
 {
 	if (client_drain_closes_now(c, pgmux_now_usec()))
 		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+}
+
+/*
+ * Moving an idle client to another worker (worker_spread_percent, worker.c).
+ * Only a client that holds nothing of its worker's but its socket's events
+ * and its place on the worker's list: logged in with transaction pooling,
+ * between transactions with no backend, nothing buffered either way, not
+ * waiting, pinned, retiring, listening through pgmux (the LISTEN hub knows
+ * its worker) or an admin session (the main thread answers to its worker).
+ * Anything else that names it by id follows it: cancels and KILLs through
+ * the cancel registry (dispatch.c forwards one that missed it).
+ */
+static bool client_may_move(const struct client *c)
+{
+	const struct io *io = &c->io;
+
+	return c->state == CLIENT_IDLE && c->logged_in && c->transaction_mode && !c->admin && c->login == NULL &&
+	       c->server == NULL && c->listen == NULL && c->pin_reason == NULL && !c->retiring && !c->read_paused &&
+	       !c->cancel_deferred && !client_wait_queued(c) && !io->in_borrowed &&
+	       iobuf_len(&io->in) == 0 && iobuf_len(&io->out) == 0 && !io->writing && !io->ssl_read_wants_write &&
+	       !io->ssl_write_wants_read && !c->worker->draining && !c->worker->stopping;
+}
+
+void client_consider_move(struct client *c)
+{
+	struct worker *w = c->worker, *to;
+
+	if (!client_may_move(c) || (to = worker_move_target(w)) == NULL)
+		return;
+	/* Moved by the reaper, once the callbacks of this pass that may hold c have returned. */
+	w->moving[w->n_moving].client = c;
+	w->moving[w->n_moving].to = to;
+	w->n_moving++;
+	worker_schedule_reap(w);
+}
+
+void client_move(struct client *c, struct worker *to)
+{
+	struct worker *from = c->worker;
+
+	/* It may have sent its next statement, or gone, since it was chosen. */
+	if (!client_may_move(c)) {
+		__atomic_add_fetch(&from->move_quota, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	io_detach(&c->io);
+	list_del(&c->worker_node);
+	worker_count_client(from, -1);
+	cancel_move(&c->cancel, to);
+	pool_waiter_init(&c->waiter, to);
+	c->worker = to;
+	STAT_INC(from, clients_moved);
+	log_client(LOG_LEVEL_DEBUG, c, "moved from worker %d to worker %d", from->id, to->id);
+	worker_post_adopt(to, c);
+}
+
+void client_adopt(struct worker *w, struct client *c)
+{
+	list_append(&w->clients, &c->worker_node);
+	worker_count_client(w, 1);
+	/* Level-triggered: a statement it sent meanwhile wakes the new loop at once. */
+	if (io_attach(&c->io, w->base, client_on_event, c) != 0) {
+		client_close(c, "out of memory");
+		return;
+	}
+	if (w->stopping)
+		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+	else if (w->draining)
+		client_drain(c);
 }
 
 /* A retiring client whose backend is between transactions goes now. Returns true if c was closed. */

@@ -224,6 +224,18 @@ void client_free(struct client *c);
  */
 void client_drain(struct client *c);
 
+/*
+ * Spreading clients over the workers (worker_spread_percent, worker.c).
+ * client_consider_move(): c fell idle between transactions; if its worker
+ * should give clients away and c holds nothing that ties it to the worker,
+ * it is queued to move (the reaper calls client_move() after this pass).
+ * client_move() detaches it and posts it to the other worker, whose
+ * client_adopt() attaches it there (WORKER_MSG_ADOPT).
+ */
+void client_consider_move(struct client *c);
+void client_move(struct client *c, struct worker *to);
+void client_adopt(struct worker *w, struct client *c);
+
 /* The client's transaction is over: give its backend back to the pool (the last use of it). */
 void client_release_server(struct client *c);
 

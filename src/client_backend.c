@@ -98,6 +98,11 @@ void client_wait_free(struct client *c, bool closing)
 	c->wait = NULL;
 }
 
+bool client_wait_queued(const struct client *c)
+{
+	return c->wait != NULL && list_linked(&c->wait->node);
+}
+
 /* Set w's borrow timer for its first deadline, unless it is set for that or earlier already. */
 static void borrow_timer_set(struct worker *w, uint64_t now)
 {
@@ -480,6 +485,8 @@ static void client_give_back_server(struct client *c, bool after_transaction)
 	pool_release(s);
 	if (c->worker->draining && after_transaction)
 		client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "pgmux is shutting down");
+	else if (c->state == CLIENT_IDLE)
+		client_consider_move(c);
 }
 
 static void client_login_complete(struct client *c)

@@ -58,6 +58,8 @@ extern const struct reply_hooks client_reply_hooks;
 void client_borrow(struct client *c);
 /* Free c's borrow-wait entry: closing, off its worker's list first; else only if it is not waiting. */
 void client_wait_free(struct client *c, bool closing);
+/* Whether c is on its worker's borrow-wait list (its connection_borrow_timeout runs). */
+bool client_wait_queued(const struct client *c);
 /* A logged-in client needs a backend for the transaction it just started. */
 void client_begin_transaction(struct client *c);
 /* A Parse no backend of the pool has judged: borrow one, or answer it unjudged. False if c was closed or waits. */

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "cancel.h"
 #include "client.h"
 #include "cutover.h"
 #include "pgmux.h"
@@ -27,6 +28,23 @@ static struct client *find_client(struct worker *w, uint64_t id)
 			return c;
 	}
 	return NULL;
+}
+
+/*
+ * A message for a client that is not here: it left, or it moved to another
+ * worker after the message was addressed (client_move()). A cancel or a
+ * KILL follows it there; the other messages name clients that never move.
+ */
+static void forward_to_client(struct worker *w, struct worker_msg *msg)
+{
+	struct worker *now = cancel_worker_of(msg->client_id);
+
+	if (now == NULL || now == w)
+		return;
+	if (msg->type == WORKER_MSG_CANCEL)
+		worker_post_cancel(now, msg->client_id);
+	else
+		worker_post_kill(now, msg->client_id);
 }
 
 static void close_everything(struct worker *w)
@@ -62,6 +80,8 @@ static void dispatch_message(struct worker *w, struct worker_msg *msg)
 		c = find_client(w, msg->client_id);
 		if (c)
 			client_cancel_backend(c);
+		else
+			forward_to_client(w, msg);
 		break;
 	case WORKER_MSG_DRAIN:
 		list_for_each_safe(pos, tmp, &w->clients)
@@ -123,6 +143,11 @@ static void dispatch_message(struct worker *w, struct worker_msg *msg)
 		c = find_client(w, msg->client_id);
 		if (c)
 			client_fatal(c, SQLSTATE_ADMIN_SHUTDOWN, "terminating connection due to KILL from the pgmux admin console");
+		else
+			forward_to_client(w, msg);
+		break;
+	case WORKER_MSG_ADOPT:
+		client_adopt(w, msg->client);
 		break;
 	}
 }
@@ -131,6 +156,10 @@ static void dispatch_reap(struct worker *w)
 {
 	struct list_node *node;
 
+	/* First the clients this pass chose to move: none of them is freed before it is looked at. */
+	for (int i = 0; i < w->n_moving; i++)
+		client_move(w->moving[i].client, w->moving[i].to);
+	w->n_moving = 0;
 	while ((node = list_pop_front(&w->reap_clients)) != NULL)
 		client_free(list_entry(node, struct client, worker_node));
 	while ((node = list_pop_front(&w->reap_servers)) != NULL)

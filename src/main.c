@@ -51,6 +51,7 @@ struct main_state {
 	struct evconnlistener *listener;          /* listen_port: the writer endpoint */
 	struct evconnlistener *readonly_listener; /* readonly_port: the reader endpoint */
 	struct event *accept_resume_timer;        /* re-enables the listeners after a pause */
+	struct event *balance_timer;              /* workers_balance(): which workers take clients */
 	uint64_t accept_pause_logged_usec;        /* when the last "out of descriptors" line was written */
 	uint64_t accept_failures_unlogged;        /* failures since then */
 	char *config_path;
@@ -225,6 +226,14 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 {
 	workers_dispatch_connection(fd, addr, (socklen_t)addrlen,
 				    listener == M.readonly_listener ? ENDPOINT_READER : ENDPOINT_WRITER);
+}
+
+static void balance_workers(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	workers_balance();
 }
 
 static void resume_accepting(evutil_socket_t fd, short what, void *arg)
@@ -580,6 +589,12 @@ int main(int argc, char **argv)
 		exit_code = 1;
 		goto out;
 	}
+	M.balance_timer = event_new(M.base, -1, EV_PERSIST, balance_workers, NULL);
+	if (M.balance_timer) {
+		struct timeval tick = { 0, WORKERS_BALANCE_MS * 1000 };
+
+		event_add(M.balance_timer, &tick);
+	}
 	log_info("pgmux %s listening on %s:%d (writer)%s%.0d, %d worker(s), %s pooling, %d instance(s) listed",
 		 PACKAGE_VERSION, cfg->listen_addr, cfg->listen_port, cfg->readonly_port ? " and readers on port " : "",
 		 cfg->readonly_port, n_workers, config_pool_mode_name(cfg->pool_mode), cfg->n_hosts);
@@ -625,6 +640,8 @@ out:
 	cancel_thread_stop();
 	if (M.accept_resume_timer)
 		event_free(M.accept_resume_timer);
+	if (M.balance_timer)
+		event_free(M.balance_timer);
 	if (M.base)
 		event_base_free(M.base);
 	/* After a hand-over the pid file names the new process. */

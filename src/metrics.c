@@ -388,6 +388,10 @@ static void metrics_render(struct evbuffer *b)
 		  st.server_connect_failures);
 	put_value(b, "server_connection_handoffs_total", "counter",
 		  "Idle server connections moved from one worker thread to another.", st.server_handoffs);
+	put_value(b, "client_moves_total", "counter",
+		  "Idle clients moved from one worker thread to another (worker_spread_percent).", st.clients_moved);
+	put_value(b, "workers_active", "gauge", "Worker threads that take new clients now (worker_spread_percent).",
+		  (unsigned long long)workers_active());
 	put_value(b, "parses_answered_without_backend_total", "counter",
 		  "Parse messages of clients outside a transaction that pgmux answered without a server connection.",
 		  st.parses_answered);

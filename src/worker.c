@@ -25,6 +25,8 @@ int n_workers;
 
 /* Round robin; the main thread (accept) and the monitor (connects) both take from it. */
 static unsigned next_worker;
+/* The workers that take new clients and backends: the first n_active (workers_balance()). */
+static int n_active = 1;
 static __thread struct worker *current_worker;
 
 void workers_sum_stats(struct worker_stats *out)
@@ -43,6 +45,7 @@ void workers_sum_stats(struct worker_stats *out)
 		out->server_connect_failures += __atomic_load_n(&s->server_connect_failures, __ATOMIC_RELAXED);
 		out->sessions_pinned += __atomic_load_n(&s->sessions_pinned, __ATOMIC_RELAXED);
 		out->server_handoffs += __atomic_load_n(&s->server_handoffs, __ATOMIC_RELAXED);
+		out->clients_moved += __atomic_load_n(&s->clients_moved, __ATOMIC_RELAXED);
 		out->parses_answered += __atomic_load_n(&s->parses_answered, __ATOMIC_RELAXED);
 		out->parses_unjudged += __atomic_load_n(&s->parses_unjudged, __ATOMIC_RELAXED);
 		out->tls_handshake_failures += __atomic_load_n(&s->tls_handshake_failures, __ATOMIC_RELAXED);
@@ -146,9 +149,24 @@ static struct worker_msg *worker_msg_must(enum worker_msg_type type)
 	return msg;
 }
 
+int workers_active(void)
+{
+	return __atomic_load_n(&n_active, __ATOMIC_RELAXED);
+}
+
+/* The next of the active workers, in turn. */
+static struct worker *next_active_worker(void)
+{
+	unsigned n = (unsigned)workers_active();
+
+	if (n < 1 || n > (unsigned)n_workers)
+		n = (unsigned)n_workers;
+	return workers[__atomic_fetch_add(&next_worker, 1, __ATOMIC_RELAXED) % n];
+}
+
 void workers_dispatch_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, enum pool_endpoint endpoint)
 {
-	struct worker *w = workers[__atomic_fetch_add(&next_worker, 1, __ATOMIC_RELAXED) % (unsigned)n_workers];
+	struct worker *w = next_active_worker();
 	struct worker_msg *msg = worker_msg_new(WORKER_MSG_CONNECTION);
 
 	if (msg == NULL) {
@@ -225,9 +243,17 @@ void worker_post_kill(struct worker *w, uint64_t client_id)
 	worker_post_id(w, WORKER_MSG_KILL, client_id);
 }
 
+void worker_post_adopt(struct worker *w, void *client)
+{
+	struct worker_msg *msg = worker_msg_must(WORKER_MSG_ADOPT);
+
+	msg->client = client;
+	worker_post(w, msg);
+}
+
 void workers_post_connect(struct pool *pool, struct target *target)
 {
-	struct worker *w = workers[__atomic_fetch_add(&next_worker, 1, __ATOMIC_RELAXED) % (unsigned)n_workers];
+	struct worker *w = next_active_worker();
 	struct worker_msg *msg = worker_msg_must(WORKER_MSG_CONNECT);
 
 	msg->pool = pool;
@@ -304,6 +330,128 @@ static void worker_janitor_cb(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 
 	w->ops->janitor(w, pgmux_now_usec());
+}
+
+/*
+ * Spreading clients over the workers (worker_spread_percent).
+ *
+ * Two half-busy loops each sleep in epoll_wait and are woken about twice as
+ * often per transaction as one loop that sees every socket (bench/README.md,
+ * issue 21: 0.83 against 0.39 voluntary context switches per transaction, a
+ * sleep and a wake-up costing more than several system calls). So new
+ * clients go to the first n_active workers only, one while that keeps up,
+ * and the balancer takes one more in when the busiest active worker uses
+ * more than the configured share of a CPU, or gives the last one back when
+ * the others could carry everything at under 60 % of that share each (the
+ * gap keeps it from flapping; a change waits SPREAD_SETTLE_NS after the
+ * last one, a give-back SPREAD_GATHER_TICKS low readings in a row).
+ * Clients move only when they fall idle between transactions
+ * (worker_move_target(), client_consider_move()); the balancer sets each
+ * worker's quota: all its clients for a worker outside the active ones,
+ * those above its share for an active one, towards the active worker with
+ * the fewest.
+ */
+#define SPREAD_SETTLE_NS (500 * 1000 * 1000ULL)
+#define SPREAD_GATHER_TICKS 8
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void workers_balance(void)
+{
+	static uint64_t last_ns, changed_ns;
+	static int low_ticks;
+	const struct config *cfg = config_current();
+	uint64_t now = monotonic_ns(), elapsed = now - last_ns;
+	int active = workers_active(), dest = 0, total_clients = 0, share, slack;
+	double spread, busiest = 0, total_load = 0;
+
+	if (workers == NULL || n_workers < 1)
+		return;
+	for (int i = 0; i < n_workers; i++) {
+		struct worker *w = workers[i];
+		struct timespec ts;
+		uint64_t cpu;
+
+		if (!w->cpu_clock_ok || clock_gettime(w->cpu_clock, &ts) != 0)
+			continue;
+		cpu = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+		if (last_ns != 0 && elapsed > 0 && cpu >= w->cpu_seen_ns)
+			w->load = (w->load + (double)(cpu - w->cpu_seen_ns) / (double)elapsed) / 2;
+		w->cpu_seen_ns = cpu;
+	}
+	last_ns = now;
+	if (cfg->worker_spread_percent == 0 || n_workers == 1) {
+		__atomic_store_n(&n_active, n_workers, __ATOMIC_RELAXED);
+		for (int i = 0; i < n_workers; i++)
+			__atomic_store_n(&workers[i]->move_quota, 0, __ATOMIC_RELAXED);
+		return;
+	}
+	spread = cfg->worker_spread_percent / 100.0;
+	if (active < 1 || active > n_workers)
+		active = n_workers;
+	for (int i = 0; i < n_workers; i++) {
+		if (i < active && workers[i]->load > busiest)
+			busiest = workers[i]->load;
+		total_load += workers[i]->load;
+	}
+	if (active < n_workers && busiest > spread && now - changed_ns >= SPREAD_SETTLE_NS) {
+		active++;
+		changed_ns = now;
+		low_ticks = 0;
+		log_info("workers: %d take clients (the busiest used %.0f%% of a CPU)", active, busiest * 100);
+	} else if (active > 1 && total_load < 0.6 * spread * (active - 1)) {
+		if (++low_ticks >= SPREAD_GATHER_TICKS && now - changed_ns >= SPREAD_SETTLE_NS) {
+			active--;
+			changed_ns = now;
+			low_ticks = 0;
+			log_info("workers: %d take clients (all of them used %.0f%% of a CPU)", active, total_load * 100);
+		}
+	} else {
+		low_ticks = 0;
+	}
+	__atomic_store_n(&n_active, active, __ATOMIC_RELAXED);
+
+	/* Quotas: everything off the inactive workers, the excess off the active ones. */
+	for (int i = 0; i < n_workers; i++) {
+		int n = __atomic_load_n(&workers[i]->n_clients, __ATOMIC_RELAXED);
+
+		total_clients += n;
+		if (i < active && n < __atomic_load_n(&workers[dest]->n_clients, __ATOMIC_RELAXED))
+			dest = i;
+	}
+	share = (total_clients + active - 1) / active;
+	slack = share / 16 > 1 ? share / 16 : 1;
+	for (int i = 0; i < n_workers; i++) {
+		struct worker *w = workers[i];
+		int n = __atomic_load_n(&w->n_clients, __ATOMIC_RELAXED), quota = 0;
+
+		if (i >= active)
+			quota = n;
+		else if (i != dest && n > share + slack)
+			quota = n - share;
+		__atomic_store_n(&w->move_to, dest, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->move_quota, i == dest ? 0 : quota, __ATOMIC_RELAXED);
+	}
+}
+
+struct worker *worker_move_target(struct worker *w)
+{
+	int to;
+
+	if (__atomic_load_n(&w->move_quota, __ATOMIC_RELAXED) <= 0 || w->draining || w->stopping ||
+	    w->n_moving >= (int)(sizeof(w->moving) / sizeof(w->moving[0])))
+		return NULL;
+	to = __atomic_load_n(&w->move_to, __ATOMIC_RELAXED);
+	if (to < 0 || to >= n_workers || to == w->id)
+		return NULL;
+	__atomic_sub_fetch(&w->move_quota, 1, __ATOMIC_RELAXED);
+	return workers[to];
 }
 
 /*
@@ -424,6 +572,12 @@ static void worker_destroy(struct worker *w)
 	while ((node = list_pop_front(&w->inbox)) != NULL) {
 		struct worker_msg *msg = list_entry(node, struct worker_msg, node);
 
+		/* A client moved here after this worker stopped: its ops close and free it. */
+		if (msg->type == WORKER_MSG_ADOPT && w->base) {
+			w->stopping = true;
+			w->ops->message(w, msg);
+			w->ops->reap(w);
+		}
 		if (msg->fd >= 0)
 			close(msg->fd);
 		worker_msg_free(msg);
@@ -535,6 +689,7 @@ int workers_start(int n, const struct worker_ops *ops)
 		}
 		n_workers = i + 1;
 	}
+	n_active = config_current()->worker_spread_percent > 0 ? 1 : n;
 	for (int i = 0; i < n; i++) {
 		int rc = pthread_create(&workers[i]->thread, NULL, worker_main, workers[i]);
 
@@ -542,6 +697,7 @@ int workers_start(int n, const struct worker_ops *ops)
 			log_error("cannot start worker thread %d: %s", i, strerror(rc));
 			return -1;
 		}
+		workers[i]->cpu_clock_ok = pthread_getcpuclockid(workers[i]->thread, &workers[i]->cpu_clock) == 0;
 	}
 	return 0;
 }

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/dns.h>
 #include <event2/event.h>
@@ -42,6 +43,7 @@ enum worker_msg_type {
 	WORKER_MSG_MIGRATE,    /* detach a parked server so that another worker's client can use it */
 	WORKER_MSG_NOTIFY,     /* a NotificationResponse (data) for this worker's clients ids (listen.c) */
 	WORKER_MSG_LISTEN_READY, /* the LISTEN connection listens on what client_id asked (or text: why not) */
+	WORKER_MSG_ADOPT,      /* a client another worker moved here (client), detached from its loop */
 };
 
 struct worker_msg {
@@ -60,6 +62,7 @@ struct worker_msg {
 	size_t data_len;
 	uint64_t *ids;  /* NOTIFY: the clients it goes to, owned */
 	int n_ids;
+	void *client;   /* ADOPT: the struct client, now this worker's */
 };
 
 /*
@@ -77,6 +80,7 @@ struct worker_stats {
 	uint64_t server_connect_failures;
 	uint64_t sessions_pinned;
 	uint64_t server_handoffs;  /* backends detached from this worker for a client on another */
+	uint64_t clients_moved;    /* idle clients this worker gave to another (worker_spread_percent) */
 	uint64_t parses_answered;  /* Parses of clients outside a transaction answered without a backend */
 	uint64_t parses_unjudged;  /* ... of which no backend had accepted the text before */
 	uint64_t tls_handshake_failures;
@@ -155,6 +159,26 @@ struct worker {
 	bool busy_poll_ok;          /* it had an idle CPU then */
 	bool draining;
 	bool stopping;
+	/*
+	 * Spreading clients over the workers (worker_spread_percent): its
+	 * clients (written by this thread, read by the main thread's balancer),
+	 * how many of them it should give away and to which worker (set by the
+	 * balancer, taken by this thread), and the clients it chose this pass
+	 * (moved by its ops' reap, after the callbacks that may hold them).
+	 */
+	int n_clients;   /* atomic */
+	int move_quota;  /* atomic */
+	int move_to;     /* atomic: a worker id */
+	int n_moving;
+	struct worker_move {
+		void *client;
+		struct worker *to;
+	} moving[16];
+	/* The balancer's view of its CPU time (main thread only). */
+	clockid_t cpu_clock;
+	bool cpu_clock_ok;
+	uint64_t cpu_seen_ns;
+	double load; /* share of one CPU it used lately, smoothed */
 };
 
 extern struct worker **workers;
@@ -162,6 +186,31 @@ extern int n_workers;
 
 /* Create and start n workers doing what ops says; returns 0 or -1 with a logged reason. */
 int workers_start(int n, const struct worker_ops *ops);
+
+/*
+ * The workers that take new clients now (1 to n_workers; worker_spread_percent).
+ * workers_balance() runs on the main thread a few times a second: it reads
+ * each worker's CPU time, takes a worker in or out, and sets the quotas of
+ * clients to move that worker_move_target() hands out.
+ */
+int workers_active(void);
+void workers_balance(void);
+#define WORKERS_BALANCE_MS 250
+
+/*
+ * A client of w has just become idle between transactions: the worker it
+ * should move to, or NULL to stay. Cheap (one relaxed load) when nothing is
+ * to move; a non-NULL answer takes one from w's quota.
+ */
+struct worker *worker_move_target(struct worker *w);
+
+/* Count a client in or out of w (it was attached to or left w). */
+static inline void worker_count_client(struct worker *w, int delta)
+{
+	__atomic_add_fetch(&w->n_clients, delta, __ATOMIC_RELAXED);
+}
+
+void worker_post_adopt(struct worker *w, void *client);
 
 /* Post STOP to every worker and join them. */
 void workers_stop(void);

@@ -336,6 +336,7 @@ void pgmux_options_default(struct pgmux_options *o)
 	 */
 	o->server_tls = h_under_valgrind() ? "disable" : "prefer";
 	o->workers = 2;
+	o->worker_spread_percent = 0;
 	o->shutdown_timeout = "30s";
 	o->client_login_timeout = "60s";
 }
@@ -403,6 +404,9 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 			snprintf(target_extra + strlen(target_extra), sizeof(target_extra) - strlen(target_extra),
 				 "%shealth_check_user = %s\n", target_extra[0] ? "\n" : "", user);
 	}
+	char spread[48] = "";
+	if (o->worker_spread_percent >= 0)
+		snprintf(spread, sizeof(spread), "worker_spread_percent = %d\n", o->worker_spread_percent);
 	FILE *f = fopen(p->config, "w");
 	cr_assert(f != NULL, "%s: %s", p->config, strerror(errno));
 	fprintf(f,
@@ -411,6 +415,7 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		"listen_addr = 127.0.0.1\n"
 		"listen_port = %d\n"
 		"workers = %d\n"
+		"%s"
 		"client_tls_cert_file = %s\n"
 		"client_tls_key_file = %s\n"
 		"require_tls = %s\n"
@@ -433,7 +438,7 @@ bool pgmux_write_config(struct pgmux *p, const struct pgmux_options *o)
 		"max_connections = %d\n"
 		"max_connections_percent = %d\n"
 		"%s\n",
-		p->port, o->workers, o->tls ? e->cert : "", o->tls ? e->key : "",
+		p->port, o->workers, spread, o->tls ? e->cert : "", o->tls ? e->key : "",
 		o->require_tls ? "true" : "false", o->client_auth,
 		o->secrets_dir ? o->secrets_dir : e->secrets, o->admin_users ? o->admin_users : "", p->logfile,
 		o->pidfile ? o->pidfile : "", o->client_login_timeout, o->shutdown_timeout, o->extra_pgmux ? o->extra_pgmux : "",

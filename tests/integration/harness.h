@@ -84,6 +84,12 @@ struct pgmux_options {
 	const char *server_tls_ca_file; /* NULL: the suite's CA with verify-*, else none */
 	int max_connections_percent;    /* [pool] max_connections_percent; 0 means 100 */
 	int workers;
+	/*
+	 * worker_spread_percent: 0 by default here (clients dealt to both
+	 * workers in turn, so that every suite crosses between workers); -1
+	 * leaves it out (pgmux's default, 75: one worker until it is busy).
+	 */
+	int worker_spread_percent;
 	const char *shutdown_timeout;
 	const char *client_login_timeout;
 	const char *extra_pgmux; /* raw lines appended to [pgmux], or NULL */
