@@ -638,6 +638,16 @@ if [ -n "${PGMUX_BASE_BIN:-}" ]; then
 	BASE_TARGETS="pgmux base ${RELAY_TARGETS#pgmux }"
 fi
 
+# worker_spread_percent at work: clients pgmux moved between its workers, and
+# how many take new clients at the end of the scenario (SHOW STATS).
+spread_note() {
+	local moved
+	moved=$("$PSQL" -X -At -F ' ' -h 127.0.0.1 -p "$MUXPORT" -U bench -d pgmux -c 'SHOW STATS' 2>/dev/null |
+		awk '$1 == "clients_moved_between_workers" { m = $2 } $1 == "workers_taking_clients" { a = $2 }
+		     END { if (m != "") printf "%d clients moved between workers; %d worker(s) taking clients at the end", m, a }' || true)
+	note "$1.pgmux" "worker_spread_percent (SHOW STATS): ${moved:-not available (an older pgmux)}"
+}
+
 # ------------------------------------------------------------ scenario 1: pgbench -S, 32 clients
 if want 1; then
 	log "scenario 1: pgbench -S -c 32 -j 2 -T $DURATION, pool $POOL_SIZE"
@@ -658,6 +668,7 @@ if want 1; then
 		awk '$1 == "transactions" { t = $2 } $1 == "database_connection_handoffs" { h = $2 }
 		     END { if (t > 0) printf "%d of %d transactions (%.2f per transaction)", h, t, h / t }' || true)
 	note "s1.pgmux" "backends handed from one worker to the other (SHOW STATS): ${handoffs:-not available}"
+	spread_note s1
 	stop_poolers
 	stop_base
 	stop_relay
@@ -682,6 +693,7 @@ if want 2; then
 			fi
 		done
 	done
+	spread_note s2
 	stop_poolers
 	stop_base
 	stop_relay
@@ -727,6 +739,7 @@ if want 4; then
 			[ "$R_RC" -eq 0 ] || note "s4.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
 		done
 	done
+	spread_note s4
 	stop_poolers
 fi
 
