@@ -28,7 +28,7 @@
 #                       to compare two worker counts of one binary in one run
 #   PGMUX_BASE_BIN=path another pgmux binary (an earlier commit, say), run with the
 #                       same configuration as a fourth target in every round of
-#                       scenarios 1 and 2: the table gets a column and a ratio
+#                       scenarios 1, 2 and 4: the table gets a column and a ratio
 #                       for it ("base"), measured interleaved in the same run
 #   PGBIN=dir           PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
 #   RESULTS=file        where to write the table (default bench/results-latest.txt)
@@ -453,7 +453,9 @@ start_base() {
 	"${AS_USER[@]}" "$PGMUX_BASE_BIN" "$WORK/pgmux/base.ini" >>"$WORK/pgmux/base.stderr" 2>&1 &
 	BASE_PID=$!
 	check_comm "$BASE_PID" pgmux
-	wait_ready "$BASEPORT" "$BASE_PID" "pgmux (base)" disable
+	local sslmode=disable
+	[ "$1" = tls ] && sslmode=require
+	wait_ready "$BASEPORT" "$BASE_PID" "pgmux (base)" "$sslmode"
 }
 stop_base() { [ -z "$BASE_PID" ] || stop_pid "$BASE_PID"; BASE_PID=; }
 # The plain relay (RELAY=1): HAProxy in TCP mode with one thread, every client
@@ -496,6 +498,8 @@ name_of() { case $1 in pgmux) echo pgmux ;; base) echo "pgmux (base)" ;; pgbounc
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# Times the process's threads went to sleep (voluntary context switches), all threads.
+sleeps() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches:/ { n += $2 } END { print n + 0 }'; }
 
 # ------------------------------------------------------------ results store
 declare -A V=()   # key -> space-separated values, one per round
@@ -545,7 +549,7 @@ perf_stop() { # file txns: fills R_SYS
 run_pgbench() {
 	local target=$1 sslmode=$2 tag=$3
 	shift 3
-	local port pid out err t0='' t1=''
+	local port pid out err t0='' t1='' v0='' v1=''
 	port=$(port_of "$target")
 	pid=$(pid_of "$target")
 	out=$WORK/out/$tag-$target.out
@@ -554,12 +558,14 @@ run_pgbench() {
 		alive "$pid" || die "$(name_of "$target") (pid $pid) is not running before $tag"
 		[ -z "$PERF" ] || perf_start "$pid" "$WORK/out/$tag-$target.perf"
 		t0=$(cpu_ticks "$pid")
+		v0=$(sleeps "$pid")
 	fi
 	R_RC=0
 	PGSSLMODE=$sslmode "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U bench "$@" bench >"$out" 2>"$err" || R_RC=$?
 	if [ -n "$pid" ]; then
 		alive "$pid" || die "$(name_of "$target") (pid $pid) died during $tag; see $WORK"
 		t1=$(cpu_ticks "$pid")
+		v1=$(sleeps "$pid")
 	fi
 	R_SYS=()
 	R_OUT=$out
@@ -568,8 +574,10 @@ run_pgbench() {
 	R_TXNS=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
 	R_ABORTED=$(grep -c 'client [0-9]* .*aborted' "$err" || true)
 	R_CPU_US=
+	R_SLEEPS=
 	if [ -n "$pid" ] && [ -n "$R_TXNS" ] && [ "$R_TXNS" -gt 0 ]; then
 		R_CPU_US=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$R_TXNS" 'BEGIN { printf "%.2f", (b - a) / hz * 1e6 / n }')
+		R_SLEEPS=$(awk -v a="$v0" -v b="$v1" -v n="$R_TXNS" 'BEGIN { printf "%.3f", (b - a) / n }')
 		[ -z "$PERF" ] || perf_stop "$WORK/out/$tag-$target.perf" "$R_TXNS"
 	elif [ -n "$PERF_PID" ]; then
 		kill -INT "$PERF_PID" 2>/dev/null || true
@@ -628,7 +636,7 @@ if [ "$WARMUP" -gt 0 ]; then
 fi
 
 TARGETS="pgmux pgbouncer direct"
-# Scenarios 1 to 3 also run the plain relay (RELAY=1), 1 and 2 the baseline
+# Scenarios 1 to 3 also run the plain relay (RELAY=1), 1, 2 and 4 the baseline
 # binary, when there is one.
 RELAY_TARGETS=$TARGETS
 [ "$RELAY" = 1 ] && RELAY_TARGETS="pgmux pgbouncer relay direct"
@@ -659,6 +667,7 @@ if want 1; then
 			run_pgbench "$t" disable "s1-r$r" -S -c 32 -j 2 -T "$DURATION"
 			add "s1.tps.$t" "$R_TPS"
 			[ -n "$R_CPU_US" ] && add "s1.cpu.$t" "$R_CPU_US"
+			[ -n "$R_SLEEPS" ] && add "s1.sleeps.$t" "$R_SLEEPS"
 			add_syscalls s1 "$t"
 			[ "$R_RC" -eq 0 ] || note "s1.$t" "round $r: pgbench exit $R_RC, $R_ABORTED clients aborted"
 		done
@@ -686,6 +695,7 @@ if want 2; then
 			add "s2.tps.$t" "$R_TPS"
 			add "s2.aborted.$t" "$R_ABORTED"
 			[ -n "$R_CPU_US" ] && add "s2.cpu.$t" "$R_CPU_US"
+			[ -n "$R_SLEEPS" ] && add "s2.sleeps.$t" "$R_SLEEPS"
 			add_syscalls s2 "$t"
 			if [ "$R_RC" -ne 0 ]; then
 				first=$(grep -m1 'aborted' "$WORK/out/s2-r$r-$t.err" | sed 's/^pgbench: error: //' || true)
@@ -727,12 +737,15 @@ fi
 if want 4; then
 	log "scenario 4: pgbench -C -S -c 16 -j 2 -T $DURATION with client TLS (sslmode=require)"
 	start_poolers tls
+	start_base tls
+	S4_TARGETS=$TARGETS
+	[ -z "${PGMUX_BASE_BIN:-}" ] || S4_TARGETS="pgmux base ${TARGETS#pgmux }"
 	for t in pgmux pgbouncer direct; do
 		info=$(PGSSLMODE=require "$PSQL" -X -q "host=127.0.0.1 port=$(port_of "$t") user=bench dbname=bench" -c '\conninfo' 2>&1 | grep -o 'SSL connection.*' || true)
 		note "s4.tls.$t" "${info:-no TLS information}"
 	done
 	for ((r = 1; r <= ROUNDS; r++)); do
-		for t in $TARGETS; do
+		for t in $S4_TARGETS; do
 			run_pgbench "$t" require "s4-r$r" -C -S -c 16 -j 2 -T "$DURATION"
 			add "s4.tps.$t" "$R_TPS"
 			[ -n "$R_CPU_US" ] && add "s4.cpu.$t" "$R_CPU_US"
@@ -741,6 +754,7 @@ if want 4; then
 	done
 	spread_note s4
 	stop_poolers
+	stop_base
 fi
 
 # ------------------------------------------------------------ scenario 5: idle clients, resident memory
@@ -828,6 +842,7 @@ row() { # label key format [no-direct-ratio]
 }
 row "1. -S c32: tps"                          s1.tps  "%.0f"
 row "1. -S c32: pooler CPU us/txn"            s1.cpu  "%.2f"
+row "1. -S c32: pooler sleeps/txn"             s1.sleeps "%.3f"
 sysrows() { # scenario label
 	local n
 	row "$2: syscalls/txn" "$1.sys.total" "%.2f"
@@ -837,6 +852,7 @@ sysrows s1 "1. -S c32"
 row "2. -S -M prepared c32: tps"              s2.tps  "%.0f"
 row "2. -S -M prepared c32: aborted clients"  s2.aborted "%.0f"
 row "2. -S -M prepared c32: pooler CPU us/txn" s2.cpu "%.2f"
+row "2. -S -M prepared c32: pooler sleeps/txn" s2.sleeps "%.3f"
 sysrows s2 "2. -M prepared c32"
 row "3. -S c1: latency average us"            s3.lat  "%.1f"
 row "3. -S c1: added latency over direct us"  s3.added "%.1f"
