@@ -211,6 +211,9 @@ static void close_all(PGconn **conns, int n)
  */
 Test(spread, one_worker_while_quiet)
 {
+	/* The balancer reads CPU time: under valgrind eight logins keep worker 0 above 75 % (it spread, seen). */
+	if (h_under_valgrind())
+		cr_skip_test("under valgrind light traffic is not light");
 	start("transaction", 4, -1, NULL);
 	PGconn *admin = h_admin_session(&px);
 	PGconn *clients[8];
