@@ -96,10 +96,11 @@ void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t
 	pthread_mutex_unlock(&registry_lock);
 }
 
-void cancel_move(struct cancel_entry *entry, struct worker *worker)
+void cancel_move(struct cancel_entry *entry, struct worker *worker, void (*then)(void *arg), void *arg)
 {
 	pthread_mutex_lock(&registry_lock);
 	entry->worker = worker;
+	then(arg);
 	pthread_mutex_unlock(&registry_lock);
 }
 

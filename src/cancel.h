@@ -44,8 +44,13 @@ int cancel_key_instance(uint32_t pid);
 /* Give the client client_id, which lives on worker, a fresh (pid, key) and make it findable. */
 void cancel_register(struct cancel_entry *entry, struct worker *worker, uint64_t client_id);
 void cancel_unregister(struct cancel_entry *entry);
-/* The client moved to another worker (client_move()): cancels and KILLs go there from now on. */
-void cancel_move(struct cancel_entry *entry, struct worker *worker);
+/*
+ * The client moved to another worker (client_move()): cancels and KILLs go
+ * there from now on. then(arg) runs under the registry's lock right after,
+ * so that whoever looks the entry up and posts to the new worker posts
+ * after what then posted there (the client itself).
+ */
+void cancel_move(struct cancel_entry *entry, struct worker *worker, void (*then)(void *arg), void *arg);
 /* The worker a registered client is on now, or NULL (it left); a scan, for the rare miss. */
 struct worker *cancel_worker_of(uint64_t client_id);
 

@@ -446,6 +446,13 @@ void client_consider_move(struct client *c)
 	worker_schedule_reap(w);
 }
 
+static void client_post_adopt(void *arg)
+{
+	struct client *c = arg;
+
+	worker_post_adopt(c->worker, c);
+}
+
 void client_move(struct client *c, struct worker *to)
 {
 	struct worker *from = c->worker;
@@ -458,12 +465,17 @@ void client_move(struct client *c, struct worker *to)
 	io_detach(&c->io);
 	list_del(&c->worker_node);
 	worker_count_client(from, -1);
-	cancel_move(&c->cancel, to);
 	pool_waiter_init(&c->waiter, to);
 	c->worker = to;
 	STAT_INC(from, clients_moved);
 	log_client(LOG_LEVEL_DEBUG, c, "moved from worker %d to worker %d", from->id, to->id);
-	worker_post_adopt(to, c);
+	/*
+	 * Posted under the registry's lock: a KILL or cancel that finds the new
+	 * worker there reaches it after the client, never ahead of it (it would
+	 * find nobody, and the registry would send it nowhere else). c is the
+	 * new worker's from here on.
+	 */
+	cancel_move(&c->cancel, to, client_post_adopt, c);
 }
 
 void client_adopt(struct worker *w, struct client *c)
