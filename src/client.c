@@ -437,7 +437,14 @@ void client_consider_move(struct client *c)
 {
 	struct worker *w = c->worker, *to;
 
-	if (!client_may_move(c) || (to = worker_move_target(w)) == NULL)
+	/* The common case, nothing to move, costs one relaxed load. */
+	if (__atomic_load_n(&w->move_quota, __ATOMIC_RELAXED) <= 0 || !client_may_move(c))
+		return;
+	/* Once per pass: a second client_move() would find it another worker's. */
+	for (int i = 0; i < w->n_moving; i++)
+		if (w->moving[i].client == c)
+			return;
+	if ((to = worker_move_target(w)) == NULL)
 		return;
 	/* Moved by the reaper, once the callbacks of this pass that may hold c have returned. */
 	w->moving[w->n_moving].client = c;
