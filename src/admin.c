@@ -503,15 +503,6 @@ static void admin_error(struct iobuf *out, const char *sqlstate, const char *mes
 	proto_put_error(out, "ERROR", sqlstate, message, NULL, NULL);
 }
 
-/* KILL: the entry of the client whose id *found names. */
-static void admin_kill_find(struct cancel_entry *entry, void *arg)
-{
-	struct cancel_entry *found = arg;
-
-	if (found->worker == NULL && entry->client_id == found->client_id)
-		*found = *entry;
-}
-
 /* Run one command. */
 static enum admin_outcome admin_run(struct client *c, const char *sql, struct iobuf *out)
 {
@@ -589,7 +580,7 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 		return ADMIN_ASYNC;
 	}
 	if (strcmp(w1, "KILL") == 0) {
-		struct cancel_entry found = { .worker = NULL };
+		struct worker *owner;
 		char *end;
 		unsigned long long id;
 
@@ -599,14 +590,13 @@ static enum admin_outcome admin_run(struct client *c, const char *sql, struct io
 			admin_error(out, SQLSTATE_SYNTAX_ERROR, "KILL needs a client id (SHOW CLIENTS lists them)");
 			return ADMIN_DONE;
 		}
-		found.client_id = id;
-		cancel_for_each_entry(admin_kill_find, &found);
-		if (found.worker == NULL) {
+		owner = cancel_worker_of(id);
+		if (owner == NULL) {
 			admin_error(out, SQLSTATE_INVALID_PARAMETER_VALUE, "no such client; SHOW CLIENTS lists them");
 			return ADMIN_DONE;
 		}
 		/* The client belongs to its worker: ask it (a worker never frees it while registered). */
-		worker_post_kill(found.worker, id);
+		worker_post_kill(owner, id);
 		put_complete(out, "KILL");
 		return ADMIN_DONE;
 	}

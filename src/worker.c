@@ -368,7 +368,7 @@ void workers_balance(void)
 	static int low_ticks;
 	const struct config *cfg = config_current();
 	uint64_t now = monotonic_ns(), elapsed = now - last_ns;
-	int active = workers_active(), dest = 0, total_clients = 0, share, slack;
+	int active = workers_active(), dest = 0, total_clients = 0, share, slack, clients[MAX_WORKERS];
 	double spread, busiest = 0, total_load = 0;
 
 	if (workers == NULL || n_workers < 1)
@@ -417,19 +417,18 @@ void workers_balance(void)
 	}
 	__atomic_store_n(&n_active, active, __ATOMIC_RELAXED);
 
-	/* Quotas: everything off the inactive workers, the excess off the active ones. */
+	/* Quotas: everything off the inactive workers, the excess off the active ones (one reading of the counts). */
 	for (int i = 0; i < n_workers; i++) {
-		int n = __atomic_load_n(&workers[i]->n_clients, __ATOMIC_RELAXED);
-
-		total_clients += n;
-		if (i < active && n < __atomic_load_n(&workers[dest]->n_clients, __ATOMIC_RELAXED))
+		clients[i] = __atomic_load_n(&workers[i]->n_clients, __ATOMIC_RELAXED);
+		total_clients += clients[i];
+		if (i < active && clients[i] < clients[dest])
 			dest = i;
 	}
 	share = (total_clients + active - 1) / active;
 	slack = share / 16 > 1 ? share / 16 : 1;
 	for (int i = 0; i < n_workers; i++) {
 		struct worker *w = workers[i];
-		int n = __atomic_load_n(&w->n_clients, __ATOMIC_RELAXED), quota = 0;
+		int n = clients[i], quota = 0;
 
 		if (i >= active)
 			quota = n;
