@@ -523,7 +523,7 @@ med() { printf '%s' "${V[$1]:-}" | median; }
 # perf stat counts the syscalls tracepoints of every thread of the pooler from
 # before pgbench starts until after it ends (its logins included); counting
 # costs the pooler a little CPU per call, alike for every target.
-SYSCALL_NAMES="sendto recvfrom epoll_ctl epoll_wait futex read write"
+SYSCALL_NAMES="sendto recvfrom io_uring_enter epoll_ctl epoll_wait futex read write"
 declare -A R_SYS=()
 perf_start() { # pid file
 	local ev="-e raw_syscalls:sys_enter" s i
@@ -647,13 +647,16 @@ if [ -n "${PGMUX_BASE_BIN:-}" ]; then
 fi
 
 # worker_spread_percent at work: clients pgmux moved between its workers, and
-# how many take new clients at the end of the scenario (SHOW STATS).
+# how many take new clients at the end of the scenario; batch_sends at work:
+# the sends made through io_uring and the system calls they took (SHOW STATS).
 spread_note() {
 	local moved
 	moved=$("$PSQL" -X -At -F ' ' -h 127.0.0.1 -p "$MUXPORT" -U bench -d pgmux -c 'SHOW STATS' 2>/dev/null |
 		awk '$1 == "clients_moved_between_workers" { m = $2 } $1 == "workers_taking_clients" { a = $2 }
-		     END { if (m != "") printf "%d clients moved between workers; %d worker(s) taking clients at the end", m, a }' || true)
-	note "$1.pgmux" "worker_spread_percent (SHOW STATS): ${moved:-not available (an older pgmux)}"
+		     $1 == "send_batches" { b = $2 } $1 == "batched_sends" { n = $2 }
+		     END { if (m != "") printf "%d clients moved between workers; %d worker(s) taking clients at the end", m, a
+		           if (b != "") printf "; batch_sends: %d sends in %d system calls (%.1f per call)", n, b, b ? n / b : 0 }' || true)
+	note "$1.pgmux" "worker_spread_percent and batch_sends (SHOW STATS): ${moved:-not available (an older pgmux)}"
 }
 
 # ------------------------------------------------------------ scenario 1: pgbench -S, 32 clients

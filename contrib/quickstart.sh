@@ -44,7 +44,7 @@ die() { printf 'quickstart: %s\n' "$*" >&2; exit 1; }
 # ------------------------------------------------------------ packages
 PACKAGES=(
 	build-essential autoconf automake libtool pkg-config
-	libevent-dev libssl-dev libpq-dev libinih-dev libjansson-dev libcurl4-openssl-dev
+	libevent-dev libssl-dev libpq-dev libinih-dev libjansson-dev libcurl4-openssl-dev liburing-dev
 	postgresql-15 postgresql-contrib postgresql-client-15
 	openssl perl ca-certificates procps util-linux
 )

@@ -406,6 +406,8 @@ static void show_stats(struct client *c, struct iobuf *out)
 	stat_row(out, "database_connection_handoffs", st.server_handoffs);
 	stat_row(out, "clients_moved_between_workers", st.clients_moved);
 	stat_row(out, "workers_taking_clients", (unsigned long long)workers_active());
+	stat_row(out, "send_batches", st.send_batches);
+	stat_row(out, "batched_sends", st.batched_sends);
 	stat_row(out, "parses_answered_without_backend", st.parses_answered);
 	stat_row(out, "parses_answered_unjudged", st.parses_unjudged);
 	stat_row(out, "transactions_waiting", (unsigned long long)pool_clients_waiting());

@@ -151,11 +151,25 @@ static bool client_input_blocked(const struct client *c)
 	       (c->transaction_mode && server_replies_pending(s) >= (uint32_t)config_current()->max_pending_replies);
 }
 
+static void client_trim_output(struct client *c);
+
+/* The end of the pass sent what client_flush() queued (io_batch.c): the rest of the flush. */
+static void client_flush_queued(void *arg)
+{
+	struct client *c = arg;
+
+	client_flush(c);
+	client_trim_output(c);
+}
+
 void client_flush(struct client *c)
 {
 	struct server *s = c->server;
 
 	if (c->state == CLIENT_CLOSED)
+		return;
+	/* On its own loop, during a pass: sent with the pass's other output (batch_sends). */
+	if (c->worker == worker_self() && io_defer_flush(&c->io, client_flush_queued, c))
 		return;
 	switch (io_flush(&c->io)) {
 	case IO_OK:
@@ -422,14 +436,23 @@ void client_drain(struct client *c)
  * Anything else that names it by id follows it: cancels and KILLs through
  * the cancel registry (dispatch.c forwards one that missed it).
  */
+static bool client_may_move_but_for_output(const struct client *c);
+
 static bool client_may_move(const struct client *c)
+{
+	return client_may_move_but_for_output(c) && iobuf_len(&c->io.out) == 0;
+}
+
+/* All but its output, which may wait for the end of the pass (batch_sends; client_move() sends it first). */
+static bool client_may_move_but_for_output(const struct client *c)
 {
 	const struct io *io = &c->io;
 
 	return c->state == CLIENT_IDLE && c->logged_in && c->transaction_mode && !c->admin && c->login == NULL &&
 	       c->server == NULL && c->listen == NULL && c->pin_reason == NULL && !c->retiring && !c->read_paused &&
 	       !c->cancel_deferred && !client_wait_queued(c) && !io->in_borrowed &&
-	       iobuf_len(&io->in) == 0 && iobuf_len(&io->out) == 0 && !io->writing && !io->ssl_read_wants_write &&
+	       iobuf_len(&io->in) == 0 && (iobuf_len(&io->out) == 0 || io->batch_slot > 0) && !io->writing &&
+	       !io->ssl_read_wants_write &&
 	       !io->ssl_write_wants_read && !c->worker->draining && !c->worker->stopping;
 }
 
@@ -438,7 +461,7 @@ void client_consider_move(struct client *c)
 	struct worker *w = c->worker, *to;
 
 	/* The common case, nothing to move, costs one relaxed load. */
-	if (__atomic_load_n(&w->move_quota, __ATOMIC_RELAXED) <= 0 || !client_may_move(c))
+	if (__atomic_load_n(&w->move_quota, __ATOMIC_RELAXED) <= 0 || !client_may_move_but_for_output(c))
 		return;
 	/* Once per pass: a second client_move() would find it another worker's. */
 	for (int i = 0; i < w->n_moving; i++)
@@ -464,8 +487,10 @@ void client_move(struct client *c, struct worker *to)
 {
 	struct worker *from = c->worker;
 
+	/* Its last reply may still be queued for the end of the pass (batch_sends): it goes first. */
+	io_batch_send_now(&c->io);
 	/* It may have sent its next statement, or gone, since it was chosen. */
-	if (!client_may_move(c)) {
+	if (c->state == CLIENT_CLOSED || !client_may_move(c)) {
 		__atomic_add_fetch(&from->move_quota, 1, __ATOMIC_RELAXED);
 		return;
 	}
@@ -540,6 +565,9 @@ void client_cancel_backend(struct client *c)
 		c->cancel_deferred = true;
 		return;
 	}
+	/* The statement may still be queued for the end of the pass (batch_sends): it goes before its cancel. */
+	if (c->server)
+		io_batch_send_now(&c->server->io);
 	/* Reading the settings back: the client's statements are over, and the read must not fail. */
 	if (c->server == NULL || c->server->reading_settings || !server_send_cancel(c->server, c->id)) {
 		log_client(LOG_LEVEL_DEBUG, c, "cancel request: nothing to cancel");
@@ -980,19 +1008,26 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 	} else if (c->io.in.data && iobuf_len(&c->io.in) == 0) {
 		iobuf_free(&c->io.in);
 	}
-	/*
-	 * A small output buffer stays between the transactions of a client that
-	 * runs them (a malloc and a free fewer per transaction; its first batch's
-	 * buffer says it does), until the janitor lets both go once it has been
-	 * idle for a second (client_release_idle()). A client that has only
-	 * logged in gives it back now: kept while thousands log in, the buffers
-	 * would leave holes between the clients when the janitor frees them.
-	 * A large one goes now too.
-	 */
-	if (c->state == CLIENT_IDLE && c->first_batch.data == NULL && iobuf_len(&c->io.out) == 0 &&
-	    !c->io.out.failed)
+	client_trim_output(c);
+}
+
+/*
+ * A small output buffer stays between the transactions of a client that
+ * runs them (a malloc and a free fewer per transaction; its first batch's
+ * buffer says it does), until the janitor lets both go once it has been
+ * idle for a second (client_release_idle()). A client that has only logged
+ * in gives it back now: kept while thousands log in, the buffers would
+ * leave holes between the clients when the janitor frees them. A large one
+ * goes now too. Output queued for the end of the pass is looked at again
+ * once it went (client_flush_queued()).
+ */
+static void client_trim_output(struct client *c)
+{
+	if (c->state != CLIENT_IDLE || c->io.batch_slot > 0)
+		return;
+	if (c->first_batch.data == NULL && iobuf_len(&c->io.out) == 0 && !c->io.out.failed)
 		iobuf_free(&c->io.out);
-	else if (c->state == CLIENT_IDLE)
+	else
 		iobuf_shrink(&c->io.out);
 }
 

@@ -77,6 +77,7 @@ struct config {
 	char *metrics_token; /* "" = /metrics needs no Authorization header */
 	int workers; /* as configured; 0 = one per CPU */
 	int busy_poll_us; /* 0 = off */
+	bool batch_sends; /* a loop pass's sends in one io_uring_enter (io_batch.c) */
 	int worker_spread_percent; /* a worker's CPU share that adds one (worker.c); 0 = all from the start */
 	char *client_tls_cert_file;
 	char *client_tls_key_file;

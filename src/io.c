@@ -70,6 +70,11 @@ int io_attach(struct io *io, struct event_base *base, event_callback_fn cb, void
 
 void io_detach(struct io *io)
 {
+	/* Leaving the loop in the middle of a pass: what was queued goes now, on the loop it was meant for. */
+	if (io->batch_slot > 0) {
+		io_batch_forget(io);
+		(void)io_flush(io);
+	}
 	if (io->ev_read) {
 		event_free(io->ev_read);
 		io->ev_read = NULL;

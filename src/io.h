@@ -41,6 +41,7 @@ struct io {
 	bool ssl_write_wants_read;  /* SSL_write returned WANT_READ */
 	bool drained;               /* the last read took everything there was (a short read) */
 	bool in_borrowed;           /* in is the worker's scratch buffer: io_close must not free it */
+	int batch_slot;             /* 1 + its place in this thread's queue of sends (io_batch.c); 0: not queued */
 	struct iobuf in;
 	struct iobuf out;
 	const char *error; /* "" until a failure; then its text, valid until the next failure on this thread */
@@ -106,6 +107,39 @@ void io_shrink(struct io *io);
 void io_release_idle(struct io *io);
 
 void io_set_nodelay(int fd);
+
+/*
+ * Batched sends (batch_sends; io_batch.c). A worker opens a batch before each
+ * pass of its loop and ends it after: io_defer_flush() queues a plaintext
+ * socket's output instead of sending it, and io_batch_end() sends all that
+ * was queued with one io_uring_enter, without waiting, then calls each
+ * done(arg), which flushes as usual (io_flush() finds the output gone, or
+ * sends the rest, or arms the write event, or reports the error). The
+ * queue and the ring are the calling thread's.
+ */
+typedef void (*io_flush_done_fn)(void *arg);
+
+/* Open the batch (enabled: batch_sends); without io_uring the batch stays shut. */
+void io_batch_begin(bool enabled);
+
+/* Queue io's output for the end of the pass: false when the caller must flush now (no batch, TLS, full). */
+bool io_defer_flush(struct io *io, io_flush_done_fn done, void *arg);
+
+/*
+ * Send io's queued output now, through its owner's done function, when
+ * something must not overtake it (a cancel request for the statement in
+ * it, a client about to move). Nothing if it is not queued.
+ */
+void io_batch_send_now(struct io *io);
+
+/* Take io off the queue (io_detach() does, and flushes what it held). */
+void io_batch_forget(struct io *io);
+
+/* Send what was queued and run the owners' done functions; returns the sends made in the one call. */
+int io_batch_end(void);
+
+/* Free the calling thread's ring (a worker that stops). */
+void io_batch_thread_exit(void);
 
 /*
  * Listen on addr:port (addr numeric, or "*" for every address) with the given

@@ -392,6 +392,9 @@ static void metrics_render(struct evbuffer *b)
 		  "Idle clients moved from one worker thread to another (worker_spread_percent).", st.clients_moved);
 	put_value(b, "workers_active", "gauge", "Worker threads that take new clients now (worker_spread_percent).",
 		  (unsigned long long)workers_active());
+	put_value(b, "send_batches_total", "counter",
+		  "Loop passes whose sends went out in one io_uring_enter system call (batch_sends).", st.send_batches);
+	put_value(b, "batched_sends_total", "counter", "Sends made in those system calls.", st.batched_sends);
 	put_value(b, "parses_answered_without_backend_total", "counter",
 		  "Parse messages of clients outside a transaction that pgmux answered without a server connection.",
 		  st.parses_answered);

@@ -22,7 +22,6 @@
 
 #include <event2/dns.h>
 #include <jansson.h>
-#include <netdb.h>
 
 #include "cancel.h"
 #include "log.h"
@@ -513,10 +512,18 @@ void server_resume_reading(struct server *s)
 
 /* ---------------------------------------------------------------- relaying */
 
+static void server_flush_queued(void *arg)
+{
+	server_flush(arg);
+}
+
 void server_flush(struct server *s)
 {
 	struct client *c = s->client;
 
+	/* On its own loop, during a pass: sent with the pass's other output (batch_sends; io_batch.c). */
+	if (s->worker != NULL && s->worker == worker_self() && io_defer_flush(&s->io, server_flush_queued, s))
+		return;
 	switch (io_flush(&s->io)) {
 	case IO_OK:
 		/* Drained: the client may send again. */

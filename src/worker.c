@@ -16,6 +16,7 @@
 
 #include <event2/thread.h>
 
+#include "io.h"
 #include "log.h"
 #include "pgmux.h"
 #include "util.h"
@@ -46,6 +47,8 @@ void workers_sum_stats(struct worker_stats *out)
 		out->sessions_pinned += __atomic_load_n(&s->sessions_pinned, __ATOMIC_RELAXED);
 		out->server_handoffs += __atomic_load_n(&s->server_handoffs, __ATOMIC_RELAXED);
 		out->clients_moved += __atomic_load_n(&s->clients_moved, __ATOMIC_RELAXED);
+		out->send_batches += __atomic_load_n(&s->send_batches, __ATOMIC_RELAXED);
+		out->batched_sends += __atomic_load_n(&s->batched_sends, __ATOMIC_RELAXED);
 		out->parses_answered += __atomic_load_n(&s->parses_answered, __ATOMIC_RELAXED);
 		out->parses_unjudged += __atomic_load_n(&s->parses_unjudged, __ATOMIC_RELAXED);
 		out->tls_handshake_failures += __atomic_load_n(&s->tls_handshake_failures, __ATOMIC_RELAXED);
@@ -504,6 +507,27 @@ static bool worker_may_poll(struct worker *w, uint64_t now)
 	return w->busy_poll_ok;
 }
 
+/*
+ * One pass of the loop: the callbacks of the events that are ready (waiting
+ * for one first unless flags say EVLOOP_NONBLOCK), then the sends they left
+ * for the end of the pass, in one system call (batch_sends; io_batch.c).
+ */
+static void worker_pass(struct worker *w, int flags)
+{
+	int sent;
+
+	/* Between passes no callback runs, so no pointer into a configuration is held. */
+	config_reader_quiescent(w->config_reader);
+	pgmux_pass_begin(); /* "now" is read again after the wait (pgmux.h) */
+	io_batch_begin(config_current()->batch_sends);
+	event_base_loop(w->base, flags);
+	sent = io_batch_end();
+	if (sent > 0) {
+		STAT_INC(w, send_batches);
+		STAT_ADD(w, batched_sends, (uint64_t)sent);
+	}
+}
+
 static bool worker_busy_poll(struct worker *w)
 {
 	int window = config_current()->busy_poll_us;
@@ -517,9 +541,7 @@ static bool worker_busy_poll(struct worker *w)
 		return true;
 	until = now + (uint64_t)window;
 	do {
-		config_reader_quiescent(w->config_reader);
-		pgmux_pass_begin();
-		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		worker_pass(w, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 		if (event_base_got_exit(w->base))
 			return false;
 		if (w->activity != seen) {
@@ -540,10 +562,7 @@ static void worker_run(struct worker *w)
 	for (;;) {
 		if (!worker_busy_poll(w))
 			return;
-		/* Between passes no callback runs, so no pointer into a configuration is held. */
-		config_reader_quiescent(w->config_reader);
-		pgmux_pass_begin(); /* "now" is read again after the wait (pgmux.h) */
-		event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
+		worker_pass(w, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
 		if (event_base_got_exit(w->base))
 			return;
 	}
@@ -560,6 +579,7 @@ static void *worker_main(void *arg)
 	pthread_setname_np(pthread_self(), name);
 	log_debug("worker %d started", w->id);
 	worker_run(w);
+	io_batch_thread_exit();
 	log_debug("worker %d stopped", w->id);
 	return NULL;
 }

@@ -81,6 +81,8 @@ struct worker_stats {
 	uint64_t sessions_pinned;
 	uint64_t server_handoffs;  /* backends detached from this worker for a client on another */
 	uint64_t clients_moved;    /* idle clients this worker gave to another (worker_spread_percent) */
+	uint64_t send_batches;     /* loop passes whose sends went in one io_uring_enter (batch_sends) */
+	uint64_t batched_sends;    /* ... and the sends they made */
 	uint64_t parses_answered;  /* Parses of clients outside a transaction answered without a backend */
 	uint64_t parses_unjudged;  /* ... of which no backend had accepted the text before */
 	uint64_t tls_handshake_failures;
@@ -93,6 +95,7 @@ struct worker_stats {
 };
 
 #define STAT_INC(w, field) __atomic_store_n(&(w)->stats.field, (w)->stats.field + 1, __ATOMIC_RELAXED)
+#define STAT_ADD(w, field, n) __atomic_store_n(&(w)->stats.field, (w)->stats.field + (n), __ATOMIC_RELAXED)
 
 /*
  * What a worker does with the work it is handed, on its own thread: the
