@@ -1005,6 +1005,61 @@ long h_pgbench_processed(const struct h_cmd *c)
 	return strtol(p + strlen(key), NULL, 10);
 }
 
+long h_pgbench_modes_wait(struct h_cmd *runs, const char *const *modes, int n)
+{
+	long processed = 0;
+
+	for (int i = 0; i < n; i++) {
+		bool ended = h_cmd_wait(&runs[i], h_scaled_ms(60000));
+		if (!ended)
+			h_cmd_kill(&runs[i]);
+		cr_assert(ended, "pgbench -M %s did not end in time", modes[i]);
+	}
+	for (int i = 0; i < n; i++) {
+		char what[64];
+		snprintf(what, sizeof(what), "pgbench -M %s", modes[i]);
+		h_expect_pgbench_clean(&runs[i], what);
+		cr_assert_null(strstr(runs[i].err, "aborted"), "%s: a client aborted:\n%s", what, runs[i].err);
+		long done = h_pgbench_processed(&runs[i]);
+		cr_assert_gt(done, 0, "%s processed nothing", what);
+		processed += done;
+	}
+	return processed;
+}
+
+struct h_bank h_bank_totals(PGconn *super)
+{
+	struct h_bank b;
+	PGresult *r = h_rows_ok(super, "select (select count(*) from pgbench_history), "
+				       "(select coalesce(sum(delta), 0) from pgbench_history), "
+				       "(select sum(abalance) from pgbench_accounts), "
+				       "(select sum(bbalance) from pgbench_branches), "
+				       "(select sum(tbalance) from pgbench_tellers)");
+
+	b.history_rows = atoll(PQgetvalue(r, 0, 0));
+	b.history_delta = atoll(PQgetvalue(r, 0, 1));
+	b.accounts = atoll(PQgetvalue(r, 0, 2));
+	b.branches = atoll(PQgetvalue(r, 0, 3));
+	b.tellers = atoll(PQgetvalue(r, 0, 4));
+	PQclear(r);
+	return b;
+}
+
+void h_expect_bank_adds_up(const struct h_bank *before, const struct h_bank *after, long processed)
+{
+	long long delta = after->history_delta - before->history_delta;
+
+	cr_expect_eq(after->history_rows - before->history_rows, processed,
+		     "%lld history rows for %ld transactions pgbench counted", after->history_rows - before->history_rows,
+		     processed);
+	cr_expect_eq(after->accounts - before->accounts, delta, "accounts moved by %lld, history says %lld",
+		     after->accounts - before->accounts, delta);
+	cr_expect_eq(after->branches - before->branches, delta, "branches moved by %lld, history says %lld",
+		     after->branches - before->branches, delta);
+	cr_expect_eq(after->tellers - before->tellers, delta, "tellers moved by %lld, history says %lld",
+		     after->tellers - before->tellers, delta);
+}
+
 /* ---------------------------------------------------------------- libpq */
 
 char *h_conninfo(int port, const char *user, const char *password, const char *sslmode, const char *extra)

@@ -260,6 +260,19 @@ int h_pgbench_run(struct h_cmd *c, int port, const char *sslmode, const char *db
 void h_expect_pgbench_clean(const struct h_cmd *c, const char *what);
 /* pgbench's "number of transactions actually processed", which its output (c, ended) must give. */
 long h_pgbench_processed(const struct h_cmd *c);
+/*
+ * Wait for n pgbench runs, one per query protocol in modes (-M), started
+ * with h_pgbench_start(): each must end in time and clean, with no client
+ * aborted and some transactions. Returns the transactions of all of them.
+ */
+long h_pgbench_modes_wait(struct h_cmd *runs, const char *const *modes, int n);
+/* Totals of the pgbench tables, read directly from PostgreSQL (super: a connection to it). */
+struct h_bank {
+	long long history_rows, history_delta, accounts, branches, tellers;
+};
+struct h_bank h_bank_totals(PGconn *super);
+/* Between before and after, processed TPC-B transactions: one history row each, balances moved by the deltas. */
+void h_expect_bank_adds_up(const struct h_bank *before, const struct h_bank *after, long processed);
 
 /* ---------------------------------------------------------------- libpq */
 

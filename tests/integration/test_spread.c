@@ -240,29 +240,6 @@ Test(spread, one_worker_while_quiet)
 
 /* ================================================================ pgbench while spreading and gathering */
 
-/* Totals of the pgbench tables, read directly from PostgreSQL. */
-struct bank {
-	long long history_rows, history_delta, accounts, branches, tellers;
-};
-
-static struct bank bank_totals(PGconn *super)
-{
-	struct bank b;
-	PGresult *r = h_rows_ok(super, "select (select count(*) from pgbench_history), "
-				       "(select coalesce(sum(delta), 0) from pgbench_history), "
-				       "(select sum(abalance) from pgbench_accounts), "
-				       "(select sum(bbalance) from pgbench_branches), "
-				       "(select sum(tbalance) from pgbench_tellers)");
-
-	b.history_rows = atoll(PQgetvalue(r, 0, 0));
-	b.history_delta = atoll(PQgetvalue(r, 0, 1));
-	b.accounts = atoll(PQgetvalue(r, 0, 2));
-	b.branches = atoll(PQgetvalue(r, 0, 3));
-	b.tellers = atoll(PQgetvalue(r, 0, 4));
-	PQclear(r);
-	return b;
-}
-
 struct cycle_check {
 	PGconn *admin;
 	bool spread; /* want clients on both workers (else all on worker 0) */
@@ -302,7 +279,7 @@ Test(spread, spreads_and_gathers_under_pgbench)
 	start("transaction", 4, 1, metrics);
 	PGconn *admin = h_admin_session(&px);
 	PGconn *super = h_connect_super_direct();
-	struct bank before = bank_totals(super);
+	struct h_bank before = h_bank_totals(super);
 	long long moved_before = h_admin_stat(admin, "clients_moved_between_workers");
 
 	static const char *const modes[PGBENCH_RUNS] = {"simple", "extended", "prepared"};
@@ -336,22 +313,7 @@ Test(spread, spreads_and_gathers_under_pgbench)
 	}
 	struct placement last = cc.last;
 
-	for (int i = 0; i < PGBENCH_RUNS; i++) {
-		bool ended = h_cmd_wait(&runs[i], h_scaled_ms(60000));
-		if (!ended)
-			h_cmd_kill(&runs[i]);
-		cr_assert(ended, "pgbench -M %s did not end in time", modes[i]);
-	}
-	long processed = 0;
-	for (int i = 0; i < PGBENCH_RUNS; i++) {
-		char what[64];
-		snprintf(what, sizeof(what), "pgbench -M %s", modes[i]);
-		h_expect_pgbench_clean(&runs[i], what);
-		cr_assert_null(strstr(runs[i].err, "aborted"), "%s: a client aborted:\n%s", what, runs[i].err);
-		long n = h_pgbench_processed(&runs[i]);
-		cr_assert_gt(n, 0, "%s processed nothing", what);
-		processed += n;
-	}
+	long processed = h_pgbench_modes_wait(runs, modes, PGBENCH_RUNS);
 	long long moved = h_admin_stat(admin, "clients_moved_between_workers") - moved_before;
 	cr_log_info("%d spreads, %d gathers, %lld moves, %ld transactions", spreads, gathers, moved, processed);
 	fprintf(stderr, "spread: %d spreads, %d gathers, %lld moves, %ld transactions\n", spreads, gathers, moved,
@@ -379,17 +341,8 @@ Test(spread, spreads_and_gathers_under_pgbench)
 		  active, active_before, active_after);
 	free(body);
 
-	struct bank after = bank_totals(super);
-	cr_expect_eq(after.history_rows - before.history_rows, processed,
-		     "%lld history rows for %ld transactions pgbench counted", after.history_rows - before.history_rows,
-		     processed);
-	long long delta = after.history_delta - before.history_delta;
-	cr_expect_eq(after.accounts - before.accounts, delta, "accounts moved by %lld, history says %lld",
-		     after.accounts - before.accounts, delta);
-	cr_expect_eq(after.branches - before.branches, delta, "branches moved by %lld, history says %lld",
-		     after.branches - before.branches, delta);
-	cr_expect_eq(after.tellers - before.tellers, delta, "tellers moved by %lld, history says %lld",
-		     after.tellers - before.tellers, delta);
+	struct h_bank after = h_bank_totals(super);
+	h_expect_bank_adds_up(&before, &after, processed);
 	for (int i = 0; i < PGBENCH_RUNS; i++)
 		h_cmd_free(&runs[i]);
 	PQfinish(super);
