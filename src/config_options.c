@@ -129,12 +129,13 @@ static const struct config_option option_table[] = {
 	  .doc = "Send what a worker's loop pass has for its plaintext sockets with one "
 		 "system call: the pass queues each socket's output, and when it is over one "
 		 "io_uring_enter sends it all, each send taking what the socket's buffer has "
-		 "room for without waiting, as send(2) would. Under load a pass has replies "
-		 "for several clients and statements for several backends, and one call "
-		 "instead of one per socket is much of the CPU time a proxy uses. TLS "
-		 "connections send as before. Without io_uring (an old kernel, a seccomp "
-		 "profile that forbids it, kernel.io_uring_disabled) pgmux logs a warning "
-		 "and sends each socket's output with its own call, as with off." },
+		 "room for without waiting, as send(2) would (a pass with one socket to "
+		 "write to sends as before). Under load a pass has replies for several "
+		 "clients and statements for several backends, and one call instead of one "
+		 "per socket is much of the CPU time a proxy uses. TLS connections send as "
+		 "before. Without io_uring (an old kernel, a seccomp profile that forbids "
+		 "it, kernel.io_uring_disabled) pgmux logs a warning and sends each socket's "
+		 "output with its own call, as with off." },
 	{ .section = "pgmux", .name = "busy_poll_us", .type = CONFIG_INT,
 	  .default_value = "0", .reloadable = true,
 	  .offset = FIELD(busy_poll_us), .min_value = 0, .max_value = 10000,

@@ -5,7 +5,8 @@
  * During a pass, client_flush() and server_flush() queue a plaintext
  * socket's output here instead of sending it (io_defer_flush()). When the
  * pass is over, io_batch_end() puts one IORING_OP_SEND per queued socket in
- * the worker's io_uring and submits them all with one io_uring_enter. Each
+ * the worker's io_uring and submits them all with one io_uring_enter (with
+ * only one, its owner's flush sends it with send(2), the cheaper call). Each
  * send carries MSG_DONTWAIT, which makes the kernel complete it during the
  * submission itself, with what send(2) would have returned: the bytes taken,
  * or -EAGAIN when the socket's buffer is full, never a wait. No buffer is
@@ -128,9 +129,14 @@ void io_batch_forget(struct io *io)
 static int batch_submit(void)
 {
 	struct io_uring_cqe *cqe;
-	int queued = 0, submitted, ret;
+	int queued = 0, submitted, ret, live = 0;
 	bool broken = false;
 
+	for (int i = 0; i < batch_len; i++)
+		live += batch_queue[i].io != NULL && iobuf_len(&batch_queue[i].io->out) > 0;
+	/* One socket to write to: its owner's own send() is the cheaper call (one client alone, light load). */
+	if (live < 2)
+		return 0;
 	for (int i = 0; i < batch_len; i++) {
 		struct io *io = batch_queue[i].io;
 		struct io_uring_sqe *sqe;

@@ -132,15 +132,15 @@ Test(batch, pgbench_while_batch_sends_is_switched_off_and_on)
 #define ROW_CHARS 32000 /* repeat(md5(i::text), 1000) */
 
 /*
- * 32 MB of result for a raw client that reads nothing for a while: pgmux
- * sends what the socket takes and keeps the rest for the write event. The
- * worker meanwhile serves another client of its own at once, and the big
- * result then arrives whole and in order.
+ * 32 MB of result for a raw client that reads nothing for a while: the
+ * output queued for the end of each pass goes as far as the socket takes,
+ * and the rest waits for the write event. The worker meanwhile serves
+ * another client of its own at once, and the big result then arrives whole
+ * and in order.
  */
 Test(batch, a_result_larger_than_the_socket_for_a_client_that_does_not_read)
 {
 	pgmux_start_trust(&px, "transaction", 2, 1, "batch_sends = true", NULL);
-	PGconn *admin = h_admin_session(&px);
 	int fd = h_raw_session(&px, "big", NULL);
 	char sql[128];
 
@@ -157,8 +157,6 @@ Test(batch, a_result_larger_than_the_socket_for_a_client_that_does_not_read)
 		h_expect_value(other, "select 41 + 1", "42");
 		cr_expect_lt(h_now_ms() - t0, h_scaled_ms(2000), "another client of the same worker waited");
 	}
-	long long batches = h_admin_stat(admin, "send_batches");
-	cr_expect_gt(batches, 0);
 
 	int rows = 0;
 	bool complete = false, ready = false;
@@ -203,7 +201,6 @@ Test(batch, a_result_larger_than_the_socket_for_a_client_that_does_not_read)
 	cr_assert(h_raw_query(fd, "select 1"));
 	close(fd);
 	PQfinish(other);
-	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
 
