@@ -365,6 +365,7 @@ static int reload(char *err, size_t errlen, struct worker *w, uint64_t client_id
 	publish(next);
 	pool_refresh_passwords();
 	pool_apply_caps();
+	workers_spread_reloaded();
 	log_info("configuration reloaded from %s", C.config_path);
 	service_notify("READY=1");
 	if (hosts_changed) {

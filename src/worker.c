@@ -365,6 +365,20 @@ static uint64_t monotonic_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* Every worker takes clients, and none gives any away. */
+static void workers_take_all(void)
+{
+	__atomic_store_n(&n_active, n_workers, __ATOMIC_RELAXED);
+	for (int i = 0; i < n_workers; i++)
+		__atomic_store_n(&workers[i]->move_quota, 0, __ATOMIC_RELAXED);
+}
+
+void workers_spread_reloaded(void)
+{
+	if (workers != NULL && config_current()->worker_spread_percent == 0)
+		workers_take_all();
+}
+
 void workers_balance(void)
 {
 	static uint64_t last_ns, changed_ns;
@@ -390,9 +404,7 @@ void workers_balance(void)
 	}
 	last_ns = now;
 	if (cfg->worker_spread_percent == 0 || n_workers == 1) {
-		__atomic_store_n(&n_active, n_workers, __ATOMIC_RELAXED);
-		for (int i = 0; i < n_workers; i++)
-			__atomic_store_n(&workers[i]->move_quota, 0, __ATOMIC_RELAXED);
+		workers_take_all();
 		return;
 	}
 	spread = cfg->worker_spread_percent / 100.0;

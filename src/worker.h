@@ -198,6 +198,13 @@ int workers_start(int n, const struct worker_ops *ops);
  */
 int workers_active(void);
 void workers_balance(void);
+/*
+ * After a reload (main thread): with worker_spread_percent now 0, every
+ * worker takes clients and no client moves from here on, rather than from
+ * workers_balance()'s next tick (until then the quotas set under the old
+ * setting would still move clients, and only the active workers take new ones).
+ */
+void workers_spread_reloaded(void);
 #define WORKERS_BALANCE_MS 250
 
 /*

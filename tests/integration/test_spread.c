@@ -16,16 +16,14 @@
  * client over it), so the tests that follow particular clients keep a few
  * idle sessions on worker 0 to make room for them to leave.
  */
-#include "harness.h"
+#include "harness_spread.h"
 
 #include <criterion/criterion.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 static struct pgmux px;
 static struct pgmux_options opts;
@@ -35,16 +33,7 @@ TestSuite(spread, .fini = h_teardown, .timeout = 120);
 /* Two workers, pool_mode over max_connections backends (kept while idle), the admin console, spread as given. */
 static void start(const char *pool_mode, int max_connections, int spread, const char *extra_pgmux)
 {
-	h_wait_no_app_backends();
-	pgmux_options_default(&opts);
-	opts.pool_mode = pool_mode;
-	opts.max_connections = max_connections;
-	opts.workers = 2;
-	opts.worker_spread_percent = spread;
-	opts.admin_users = h_env()->superuser;
-	opts.extra_pgmux = extra_pgmux;
-	opts.extra_pool = "max_idle_connections_percent = 100\nconnection_borrow_timeout = 20s";
-	pgmux_start_ok(&px, &opts);
+	h_spread_start(&px, &opts, pool_mode, max_connections, spread, extra_pgmux);
 }
 
 /* worker_spread_percent = spread, by SIGHUP (waits for the reload's log line). */
@@ -52,64 +41,6 @@ static void set_spread(int spread)
 {
 	opts.worker_spread_percent = spread;
 	pgmux_reload(&px, &opts);
-}
-
-/* The "address:port" SHOW CLIENTS lists conn under. */
-static void peer_of(PGconn *conn, char *out, size_t n)
-{
-	struct sockaddr_in sa;
-	socklen_t len = sizeof(sa);
-
-	cr_assert_eq(getsockname(PQsocket(conn), (struct sockaddr *)&sa, &len), 0, "getsockname");
-	snprintf(out, n, "127.0.0.1:%d", ntohs(sa.sin_port));
-}
-
-/* Column col of conn's row in SHOW CLIENTS (malloc'd), or NULL when it is not listed. */
-static char *client_cell(PGconn *admin, PGconn *conn, const char *col)
-{
-	char peer[64];
-
-	peer_of(conn, peer, sizeof(peer));
-	return h_admin_cell(admin, "SHOW CLIENTS", "address", peer, col);
-}
-
-/* The worker that serves conn now (SHOW CLIENTS), or -1 when it is not listed. */
-static int worker_of(PGconn *admin, PGconn *conn)
-{
-	char *v = client_cell(admin, conn, "worker");
-	int w = v ? atoi(v) : -1;
-
-	free(v);
-	return w;
-}
-
-/* The app's clients (database postgres) in SHOW CLIENTS: how many on each worker, and pinned. */
-struct placement {
-	int on[2];
-	int elsewhere;
-	int pinned;
-};
-
-static struct placement app_placement(PGconn *admin)
-{
-	struct placement pl = {{0, 0}, 0, 0};
-	PGresult *r = h_rows_ok(admin, "SHOW CLIENTS");
-	int db = PQfnumber(r, "database"), wk = PQfnumber(r, "worker"), pin = PQfnumber(r, "pinned");
-
-	cr_assert(db >= 0 && wk >= 0 && pin >= 0, "SHOW CLIENTS lacks database, worker or pinned");
-	for (int i = 0; i < PQntuples(r); i++) {
-		if (strcmp(PQgetvalue(r, i, db), "postgres") != 0)
-			continue;
-		int w = atoi(PQgetvalue(r, i, wk));
-		if (w == 0 || w == 1)
-			pl.on[w]++;
-		else
-			pl.elsewhere++;
-		if (PQgetvalue(r, i, pin)[0] != '\0')
-			pl.pinned++;
-	}
-	PQclear(r);
-	return pl;
 }
 
 /* Every admin session (database pgmux) is on worker 0. */
@@ -126,81 +57,6 @@ static void expect_admin_sessions_on_worker_0(PGconn *admin)
 	}
 	PQclear(r);
 	cr_expect_gt(seen, 0, "SHOW CLIENTS lists no admin session");
-}
-
-/* One short transaction (a statement of its own) on each of conns. */
-static void one_round(PGconn *const *conns, int n)
-{
-	for (int i = 0; i < n; i++)
-		h_expect_value(conns[i], "select 1", "1");
-}
-
-/*
- * Keep busy running (a transaction each per round, pause_ms between rounds)
- * until every one of movers is on worker want, at most timeout_ms (scaled).
- * pause_ms 0 keeps worker 0 busy enough for worker_spread_percent = 1 to
- * spread; a few milliseconds keep the load low enough to gather.
- */
-static bool run_until_on(PGconn *admin, PGconn *const *busy, int n_busy, PGconn *const *movers, int n_movers,
-			 int want, int pause_ms, int timeout_ms)
-{
-	long long deadline = h_now_ms() + h_scaled_ms(timeout_ms);
-
-	for (int round = 0;; round++) {
-		one_round(busy, n_busy);
-		if (pause_ms)
-			h_sleep_ms(pause_ms);
-		if (round % 4 != 3)
-			continue;
-		bool all = true;
-		for (int i = 0; i < n_movers && all; i++)
-			all = worker_of(admin, movers[i]) == want;
-		if (all)
-			return true;
-		if (h_now_ms() > deadline)
-			return false;
-	}
-}
-
-/* run_until_on() that must succeed. */
-static void move_to(PGconn *admin, PGconn *const *busy, int n_busy, PGconn *const *movers, int n_movers, int want,
-		    int pause_ms, const char *what)
-{
-	bool moved = run_until_on(admin, busy, n_busy, movers, n_movers, want, pause_ms, 15000);
-
-	if (!moved) {
-		PGresult *r = h_rows_ok(admin, "SHOW CLIENTS");
-		for (int i = 0; i < PQntuples(r); i++)
-			fprintf(stderr, "client %s %s/%s worker %s pinned '%s'\n", PQgetvalue(r, i, 0),
-				PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, PQfnumber(r, "worker")),
-				PQgetvalue(r, i, PQfnumber(r, "pinned")));
-		PQclear(r);
-		fprintf(stderr, "workers_taking_clients %lld, clients_moved_between_workers %lld\n",
-			h_admin_stat(admin, "workers_taking_clients"), h_admin_stat(admin, "clients_moved_between_workers"));
-		h_dump_current_logs();
-	}
-	cr_assert(moved, "%s: the clients did not reach worker %d within %d ms", what, want, h_scaled_ms(15000));
-}
-
-/* The pause between rounds while gathering: light traffic. */
-static int gather_pause_ms(void)
-{
-	return h_under_valgrind() ? 40 : 5;
-}
-
-/* n idle sessions (they never end a transaction, so never move): room in worker 0's quota for others. */
-static void open_idle(PGconn **out, int n)
-{
-	for (int i = 0; i < n; i++) {
-		out[i] = h_app_session(&px, "disable", NULL);
-		h_expect_value(out[i], "select 1", "1");
-	}
-}
-
-static void close_all(PGconn **conns, int n)
-{
-	for (int i = 0; i < n; i++)
-		PQfinish(conns[i]);
 }
 
 /* ================================================================ quiet: one worker */
@@ -221,19 +77,19 @@ Test(spread, one_worker_while_quiet)
 	for (int i = 0; i < 8; i++)
 		clients[i] = h_app_session(&px, i % 2 ? "require" : "disable", NULL);
 	for (int round = 0; round < 10; round++) {
-		one_round(clients, 8);
+		h_one_round(clients, 8);
 		h_sleep_ms(20);
 	}
 	/* Two balancer ticks at least, on light traffic. */
 	h_sleep_ms(600);
-	struct placement pl = app_placement(admin);
+	struct h_placement pl = h_placement_of(admin, "postgres");
 	cr_expect_eq(pl.on[0], 8, "app clients on worker 0: %d of 8 (worker 1: %d)", pl.on[0], pl.on[1]);
 	cr_expect_eq(pl.on[1], 0);
 	cr_expect_eq(pl.elsewhere, 0);
 	expect_admin_sessions_on_worker_0(admin);
 	cr_expect_eq(h_admin_stat(admin, "workers_taking_clients"), 1);
 	cr_expect_eq(h_admin_stat(admin, "clients_moved_between_workers"), 0);
-	close_all(clients, 8);
+	h_close_all(clients, 8);
 	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
@@ -243,7 +99,7 @@ Test(spread, one_worker_while_quiet)
 struct cycle_check {
 	PGconn *admin;
 	bool spread; /* want clients on both workers (else all on worker 0) */
-	struct placement last;
+	struct h_placement last;
 	int pinned_seen;
 };
 
@@ -251,7 +107,7 @@ static bool placement_reached(void *arg)
 {
 	struct cycle_check *cc = arg;
 
-	cc->last = app_placement(cc->admin);
+	cc->last = h_placement_of(cc->admin, "postgres");
 	if (cc->last.pinned > cc->pinned_seen)
 		cc->pinned_seen = cc->last.pinned;
 	/* Spread: worker 0 gives away about half of its 18 (more than a straggler or two). */
@@ -311,7 +167,7 @@ Test(spread, spreads_and_gathers_under_pgbench)
 		cc.spread = !cc.spread;
 		set_spread(cc.spread ? 1 : 100);
 	}
-	struct placement last = cc.last;
+	struct h_placement last = cc.last;
 
 	long processed = h_pgbench_modes_wait(runs, modes, PGBENCH_RUNS);
 	long long moved = h_admin_stat(admin, "clients_moved_between_workers") - moved_before;
@@ -361,7 +217,7 @@ static PGconn *start_with_pad(PGconn **pad, int n_pad)
 {
 	start("transaction", 2, 100, NULL);
 	PGconn *admin = h_admin_session(&px);
-	open_idle(pad, n_pad);
+	h_open_idle(&px, pad, n_pad);
 	return admin;
 }
 
@@ -401,7 +257,7 @@ static void expect_t_state(PGconn *admin, PGconn *t, const char *where)
 	char *v = h_prepared_value_ok(t, "shout", "quiet");
 	cr_expect_str_eq(v, "QUIET", "T's prepared statement on %s", where);
 	free(v);
-	v = client_cell(admin, t, "tls");
+	v = h_client_cell(admin, t, "tls");
 	cr_expect_str_eq(v ? v : "(not listed)", "yes", "T's TLS on %s", where);
 	free(v);
 	cr_assert(PQsslInUse(t));
@@ -416,18 +272,18 @@ Test(spread, session_state_follows_the_client)
 	PGconn *x = client_x(), *t = client_t();
 	PGconn *both[2] = {x, t};
 
-	cr_assert_eq(worker_of(admin, x), 0);
-	cr_assert_eq(worker_of(admin, t), 0);
+	cr_assert_eq(h_worker_of(admin, x), 0);
+	cr_assert_eq(h_worker_of(admin, t), 0);
 	long long moved_before = h_admin_stat(admin, "clients_moved_between_workers");
 
 	set_spread(1);
-	move_to(admin, both, 2, both, 2, 1, 0, "spreading");
+	h_move_to(admin, both, 2, both, 2, 1, 0, "spreading");
 	expect_x_state(x, "worker 1");
 	expect_t_state(admin, t, "worker 1");
-	cr_expect_eq(worker_of(admin, x), 1, "X left worker 1 while it was checked");
+	cr_expect_eq(h_worker_of(admin, x), 1, "X left worker 1 while it was checked");
 
 	set_spread(100);
-	move_to(admin, both, 2, both, 2, 0, gather_pause_ms(), "gathering");
+	h_move_to(admin, both, 2, both, 2, 0, h_gather_pause_ms(), "gathering");
 	expect_x_state(x, "worker 0 again");
 	expect_t_state(admin, t, "worker 0 again");
 	cr_expect_eq(h_admin_stat(admin, "workers_taking_clients"), 1);
@@ -435,8 +291,8 @@ Test(spread, session_state_follows_the_client)
 		      "X and T moved twice each");
 	/* The pad never ended a transaction: it stayed. */
 	for (int i = 0; i < PAD; i++)
-		cr_expect_eq(worker_of(admin, pad[i]), 0, "idle session %d moved", i);
-	close_all(pad, PAD);
+		cr_expect_eq(h_worker_of(admin, pad[i]), 0, "idle session %d moved", i);
+	h_close_all(pad, PAD);
 	PQfinish(x);
 	PQfinish(t);
 	PQfinish(admin);
@@ -467,12 +323,12 @@ Test(spread, cancel_and_kill_follow_a_moved_client)
 	PGconn *both[2] = {x, k};
 
 	set_spread(1);
-	move_to(admin, both, 2, both, 2, 1, 0, "spreading");
+	h_move_to(admin, both, 2, both, 2, 1, 0, "spreading");
 
 	/* A cancel of X's statement reaches it on worker 1. */
 	cr_assert_eq(PQsendQuery(x, "select pg_sleep(30)"), 1, "%s", PQerrorMessage(x));
 	cr_assert(h_poll_value(super, H_SLEEP_ACTIVE_SQL(30), "1", h_scaled_ms(10000)), "pg_sleep(30) never ran");
-	cr_expect_eq(worker_of(admin, x), 1, "X left worker 1 inside its statement");
+	cr_expect_eq(h_worker_of(admin, x), 1, "X left worker 1 inside its statement");
 	PGcancel *cancel = PQgetCancel(x);
 	char errbuf[256];
 	cr_assert_not_null(cancel);
@@ -492,7 +348,7 @@ Test(spread, cancel_and_kill_follow_a_moved_client)
 	/* X back on worker 0 (it ended transactions since): a cancel still finds it. */
 	set_spread(100);
 	PGconn *x_only[1] = {x};
-	move_to(admin, x_only, 1, x_only, 1, 0, gather_pause_ms(), "gathering");
+	h_move_to(admin, x_only, 1, x_only, 1, 0, h_gather_pause_ms(), "gathering");
 	cr_assert_eq(PQsendQuery(x, "select pg_sleep(31)"), 1, "%s", PQerrorMessage(x));
 	cr_assert(h_poll_value(super, H_SLEEP_ACTIVE_SQL(31), "1", h_scaled_ms(10000)), "pg_sleep(31) never ran");
 	cr_assert_eq(PQcancel(cancel, errbuf, sizeof(errbuf)), 1, "PQcancel: %s", errbuf);
@@ -506,8 +362,8 @@ Test(spread, cancel_and_kill_follow_a_moved_client)
 	h_expect_value(x, "select 'still here'", "still here");
 
 	/* K went to worker 1 and stayed there, idle since: KILL finds it. */
-	cr_assert_eq(worker_of(admin, k), 1, "K is not on worker 1");
-	char *id = client_cell(admin, k, "id");
+	cr_assert_eq(h_worker_of(admin, k), 1, "K is not on worker 1");
+	char *id = h_client_cell(admin, k, "id");
 	cr_assert_not_null(id);
 	char sql[64];
 	snprintf(sql, sizeof(sql), "KILL %s", id);
@@ -518,7 +374,7 @@ Test(spread, cancel_and_kill_follow_a_moved_client)
 	free(id);
 	h_expect_value(x, "select 'x unharmed'", "x unharmed");
 
-	close_all(pad, PAD);
+	h_close_all(pad, PAD);
 	PQfinish(x);
 	PQfinish(k);
 	PQfinish(super);
@@ -545,18 +401,18 @@ Test(spread, listening_pinned_and_admin_sessions_stay)
 
 	h_exec_ok(l, "listen spread_ch");
 	h_exec_ok(p, "create temp table spread_pin (x int)");
-	char *pin = client_cell(admin, p, "pinned");
+	char *pin = h_client_cell(admin, p, "pinned");
 	cr_assert(pin && pin[0], "the temporary table did not pin P");
 	free(pin);
 
 	PGconn *busy[4] = {l, p, m1, m2}, *movers[2] = {m1, m2};
 	set_spread(1);
-	move_to(admin, busy, 4, movers, 2, 1, 0, "spreading");
+	h_move_to(admin, busy, 4, movers, 2, 1, 0, "spreading");
 	/* Worker 0 still has more than its share (L, P, the admin session, the pad): it keeps offering. */
 	for (int round = 0; round < 50; round++)
-		one_round(busy, 4);
-	cr_expect_eq(worker_of(admin, l), 0, "the LISTENing client moved");
-	cr_expect_eq(worker_of(admin, p), 0, "the pinned client moved");
+		h_one_round(busy, 4);
+	cr_expect_eq(h_worker_of(admin, l), 0, "the LISTENing client moved");
+	cr_expect_eq(h_worker_of(admin, p), 0, "the pinned client moved");
 	expect_admin_sessions_on_worker_0(admin);
 	h_exec_ok(p, "insert into spread_pin values (1)");
 	h_expect_value(p, "select count(*) from spread_pin", "1");
@@ -566,13 +422,13 @@ Test(spread, listening_pinned_and_admin_sessions_stay)
 	/* Without its channel it may go. */
 	h_exec_ok(l, "unlisten *");
 	PGconn *l_only[1] = {l};
-	move_to(admin, busy, 4, l_only, 1, 1, 0, "after UNLISTEN");
+	h_move_to(admin, busy, 4, l_only, 1, 1, 0, "after UNLISTEN");
 	h_exec_ok(l, "listen spread_ch");
 	h_exec_ok(super, "notify spread_ch, 'two'");
 	h_expect_notify(l, "spread_ch", "two", 0);
-	cr_expect_eq(worker_of(admin, p), 0, "the pinned client moved");
+	cr_expect_eq(h_worker_of(admin, p), 0, "the pinned client moved");
 
-	close_all(pad, PAD);
+	h_close_all(pad, PAD);
 	PQfinish(l);
 	PQfinish(p);
 	PQfinish(m1);
@@ -596,14 +452,14 @@ Test(spread, session_pooled_clients_stay)
 	while (h_admin_stat(admin, "workers_taking_clients") != 2) {
 		cr_assert_lt(h_now_ms(), deadline, "worker 1 never took clients");
 		for (int round = 0; round < 20; round++)
-			one_round(clients, 6);
+			h_one_round(clients, 6);
 	}
 	for (int round = 0; round < 100; round++)
-		one_round(clients, 6);
-	struct placement pl = app_placement(admin);
+		h_one_round(clients, 6);
+	struct h_placement pl = h_placement_of(admin, "postgres");
 	cr_expect_eq(pl.on[0], 6, "session-pooled clients on worker 0: %d of 6", pl.on[0]);
 	cr_expect_eq(h_admin_stat(admin, "clients_moved_between_workers"), 0);
-	close_all(clients, 6);
+	h_close_all(clients, 6);
 	PQfinish(admin);
 	h_stop_expect_clean_exit(&px);
 }
@@ -627,7 +483,7 @@ static void stop_while_moving(int sig)
 
 	/* All 8 on worker 0 first; then spread, then gather, and stop once clients are coming back. */
 	long long deadline = h_now_ms() + h_scaled_ms(15000);
-	while (app_placement(admin).on[0] < 8) {
+	while (h_placement_of(admin, "postgres").on[0] < 8) {
 		cr_assert_lt(h_now_ms(), deadline, "pgbench's 8 clients did not all log in on worker 0");
 		h_sleep_ms(20);
 	}
