@@ -125,56 +125,57 @@ void io_batch_forget(struct io *io)
 	io->batch_slot = 0;
 }
 
+/* The socket at place i of the queue if it is still there with output to send, else NULL. */
+static struct io *queued_output(int i)
+{
+	struct io *io = batch_queue[i].io;
+
+	return io != NULL && iobuf_len(&io->out) > 0 ? io : NULL;
+}
+
 /* Submits the queued sends and takes their results; returns how many went in the one submission. */
 static int batch_submit(void)
 {
 	struct io_uring_cqe *cqe;
 	int queued = 0, submitted, ret, live = 0;
-	bool broken = false;
+	char why[96] = "";
 
 	for (int i = 0; i < batch_len; i++)
-		live += batch_queue[i].io != NULL && iobuf_len(&batch_queue[i].io->out) > 0;
+		live += queued_output(i) != NULL;
 	/* One socket to write to: its owner's own send() is the cheaper call (one client alone, light load). */
 	if (live < 2)
 		return 0;
 	for (int i = 0; i < batch_len; i++) {
-		struct io *io = batch_queue[i].io;
+		struct io *io = queued_output(i);
 		struct io_uring_sqe *sqe;
 
-		if (io == NULL || iobuf_len(&io->out) == 0)
+		if (io == NULL)
 			continue;
 		sqe = io_uring_get_sqe(&batch_ring);
 		io_uring_prep_send(sqe, io->fd, iobuf_head(&io->out), iobuf_len(&io->out), MSG_NOSIGNAL | MSG_DONTWAIT);
 		io_uring_sqe_set_data64(sqe, (uint64_t)i);
 		queued++;
 	}
-	if (queued == 0)
-		return 0;
 	do
 		ret = io_uring_submit(&batch_ring);
 	while (ret == -EINTR);
-	if (ret != queued) {
-		char why[96];
-
-		/* Some SQEs may sit unsubmitted with pointers into buffers that are about to change: the ring goes. */
-		snprintf(why, sizeof(why), "io_uring_enter submitted %d of %d sends (%s)", ret < 0 ? 0 : ret, queued,
+	submitted = ret > 0 ? ret : 0;
+	/* Some SQEs may sit unsubmitted with pointers into buffers that are about to change: the ring goes. */
+	if (ret != queued)
+		snprintf(why, sizeof(why), "io_uring_enter submitted %d of %d sends (%s)", submitted, queued,
 			 ret < 0 ? strerror(-ret) : "short");
-		if (ret > 0)
-			(void)io_uring_submit_and_wait(&batch_ring, (unsigned)ret);
-		batch_ring_give_up(why);
-		return 0;
-	}
-	submitted = queued;
-	if (io_uring_cq_ready(&batch_ring) < (unsigned)queued) {
+	if (io_uring_cq_ready(&batch_ring) < (unsigned)submitted) {
 		struct io_uring_sync_cancel_reg reg = {.flags = IORING_ASYNC_CANCEL_ANY,
 						       .timeout = {.tv_sec = -1, .tv_nsec = -1}};
 
 		/* A send the kernel left pending holds a buffer: take it back before anything changes. */
-		broken = true;
+		if (why[0] == '\0')
+			snprintf(why, sizeof(why), "a send with MSG_DONTWAIT did not complete during its submission");
 		(void)io_uring_register_sync_cancel(&batch_ring, &reg);
-		(void)io_uring_wait_cqe_nr(&batch_ring, &cqe, (unsigned)queued);
+		(void)io_uring_wait_cqe_nr(&batch_ring, &cqe, (unsigned)submitted);
 	}
-	while (queued > 0 && io_uring_peek_cqe(&batch_ring, &cqe) == 0) {
+	/* What each submitted send took is gone from its output (also on the way out: never sent twice). */
+	for (int left = submitted; left > 0 && io_uring_peek_cqe(&batch_ring, &cqe) == 0; left--) {
 		struct io *io = batch_queue[cqe->user_data].io;
 
 		if (io && cqe->res > 0) {
@@ -182,10 +183,11 @@ static int batch_submit(void)
 			io->bytes_written += (uint64_t)cqe->res;
 		}
 		io_uring_cqe_seen(&batch_ring, cqe);
-		queued--;
 	}
-	if (broken)
-		batch_ring_give_up("a send with MSG_DONTWAIT did not complete during its submission");
+	if (why[0] != '\0') {
+		batch_ring_give_up(why);
+		return 0;
+	}
 	return submitted;
 }
 
